@@ -1,0 +1,210 @@
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use opendal::{ErrorKind, Operator, services};
+
+use crate::{Backend, Error, Result, check_key, check_prefix};
+
+/// Directory (under the root) where OpenDAL stages atomic writes before renaming them.
+const STAGING_DIR: &str = ".staging";
+
+/// The local filesystem backend, on Apache OpenDAL's `fs` service.
+///
+/// Every put is written to a staging file, fsynced and renamed into place, so a crash never
+/// leaves a truncated object under its real name. The directories that received renames are
+/// fsynced by [`Backend::sync`].
+#[derive(Debug)]
+pub struct FsBackend {
+    root: PathBuf,
+    op: Operator,
+    rt: tokio::runtime::Runtime,
+    dirty_dirs: Mutex<BTreeSet<PathBuf>>,
+}
+
+impl FsBackend {
+    /// Opens (creating if needed) a backend rooted at `root`.
+    pub fn open(root: &Path) -> Result<Self> {
+        let storage_err = |message: String| Error::Storage {
+            key: root.display().to_string(),
+            op: "open",
+            message,
+        };
+        std::fs::create_dir_all(root).map_err(|e| storage_err(e.to_string()))?;
+        let root = root
+            .canonicalize()
+            .map_err(|e| storage_err(e.to_string()))?;
+        let staging = root.join(STAGING_DIR);
+        let root_str = root
+            .to_str()
+            .ok_or_else(|| storage_err("path is not UTF-8".into()))?;
+        let staging_str = staging
+            .to_str()
+            .ok_or_else(|| storage_err("path is not UTF-8".into()))?;
+        let builder = services::Fs::default()
+            .root(root_str)
+            .atomic_write_dir(staging_str);
+        let op = Operator::new(builder).map_err(|e| storage_err(e.to_string()))?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("kura-fs-io")
+            .enable_all()
+            .build()
+            .map_err(|e| storage_err(e.to_string()))?;
+        Ok(FsBackend {
+            root,
+            op,
+            rt,
+            dirty_dirs: Mutex::new(BTreeSet::new()),
+        })
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn mark_dirty(&self, key: &str) {
+        let mut dir = self.root.join(key);
+        dir.pop();
+        let mut dirty = self.dirty_dirs.lock().unwrap_or_else(|e| e.into_inner());
+        // New directories must be made durable in their parents too.
+        while dir.starts_with(&self.root) && dirty.insert(dir.clone()) {
+            if dir == self.root || !dir.pop() {
+                break;
+            }
+        }
+    }
+}
+
+fn map_err(key: &str, op: &'static str, e: opendal::Error) -> Error {
+    match e.kind() {
+        ErrorKind::NotFound => Error::NotFound {
+            key: key.to_string(),
+        },
+        ErrorKind::ConditionNotMatch | ErrorKind::AlreadyExists => Error::AlreadyExists {
+            key: key.to_string(),
+        },
+        _ => Error::Storage {
+            key: key.to_string(),
+            op,
+            message: e.to_string(),
+        },
+    }
+}
+
+impl Backend for FsBackend {
+    fn put(&self, key: &str, data: &[u8]) -> Result<()> {
+        check_key(key)?;
+        self.rt
+            .block_on(self.op.write(key, data.to_vec()))
+            .map_err(|e| map_err(key, "put", e))?;
+        self.mark_dirty(key);
+        Ok(())
+    }
+
+    fn put_new(&self, key: &str, data: &[u8]) -> Result<()> {
+        check_key(key)?;
+        self.rt
+            .block_on(async { self.op.write_with(key, data.to_vec()).if_not_exists(true).await })
+            .map_err(|e| map_err(key, "put_new", e))?;
+        self.mark_dirty(key);
+        Ok(())
+    }
+
+    fn get(&self, key: &str) -> Result<Vec<u8>> {
+        check_key(key)?;
+        let buf = self
+            .rt
+            .block_on(self.op.read(key))
+            .map_err(|e| map_err(key, "get", e))?;
+        Ok(buf.to_vec())
+    }
+
+    fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>> {
+        check_key(key)?;
+        let size = self.stat(key)?.ok_or_else(|| Error::NotFound {
+            key: key.to_string(),
+        })?;
+        if range.start > range.end || range.end > size {
+            return Err(Error::InvalidRange {
+                key: key.to_string(),
+                start: range.start,
+                end: range.end,
+                size,
+            });
+        }
+        if range.start == range.end {
+            return Ok(Vec::new());
+        }
+        let buf = self
+            .rt
+            .block_on(async { self.op.read_with(key).range(range).await })
+            .map_err(|e| map_err(key, "get_range", e))?;
+        Ok(buf.to_vec())
+    }
+
+    fn stat(&self, key: &str) -> Result<Option<u64>> {
+        check_key(key)?;
+        match self.rt.block_on(self.op.stat(key)) {
+            Ok(meta) if meta.is_file() => Ok(Some(meta.content_length())),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(map_err(key, "stat", e)),
+        }
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        check_prefix(prefix)?;
+        let entries = match self
+            .rt
+            .block_on(async { self.op.list_with(prefix).recursive(true).await })
+        {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(map_err(prefix, "list", e)),
+        };
+        let mut keys: Vec<String> = entries
+            .into_iter()
+            .filter(|e| e.metadata().is_file())
+            .map(|e| e.path().to_string())
+            .filter(|k| !k.starts_with(STAGING_DIR) && k.starts_with(prefix))
+            .collect();
+        keys.sort();
+        Ok(keys)
+    }
+
+    fn delete(&self, key: &str) -> Result<()> {
+        check_key(key)?;
+        match self.rt.block_on(self.op.delete(key)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(map_err(key, "delete", e)),
+        }?;
+        self.mark_dirty(key);
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<()> {
+        let dirs = std::mem::take(&mut *self.dirty_dirs.lock().unwrap_or_else(|e| e.into_inner()));
+        // Deepest first, so a new directory's entries are durable before its own name.
+        for dir in dirs.iter().rev() {
+            let r = File::open(dir).and_then(|f| f.sync_all());
+            if let Err(e) = r {
+                // Put what is left back so a retry covers it.
+                self.dirty_dirs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend(dirs.iter().cloned());
+                return Err(Error::Storage {
+                    key: dir.display().to_string(),
+                    op: "sync",
+                    message: e.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+}

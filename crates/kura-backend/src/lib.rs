@@ -1,0 +1,175 @@
+//! Where kura's bytes go.
+//!
+//! A vault keeps everything (config, chunks, indexes, manifests) as named objects on a
+//! [`Backend`]: a deliberately small, synchronous object-storage trait with whole-object
+//! puts, whole or ranged gets, listing by prefix, deletes and a durability barrier.
+//!
+//! Backends here:
+//! - [`FsBackend`]: the local filesystem, built on Apache OpenDAL's `fs` service with atomic
+//!   writes (temp file, fsync, rename) and directory fsyncs at [`Backend::sync`]. S3 and Azure
+//!   Blob are further OpenDAL services and will plug in the same way.
+//! - [`MemoryBackend`]: the in-memory reference implementation, for unit tests and for pinning
+//!   down the rules every backend must follow.
+//!
+//! [`conformance::run`] is the rule book: every backend must pass it.
+//!
+//! This crate must never interpret the bytes it stores: no format, no crypto, no catalog.
+//!
+//! ```
+//! use kura_backend::{Backend, MemoryBackend};
+//! let b = MemoryBackend::default();
+//! b.put("chunks/ab/cd", b"bytes").unwrap();
+//! assert_eq!(b.get("chunks/ab/cd").unwrap(), b"bytes");
+//! assert!(b.get("missing").unwrap_err().is_not_found());
+//! ```
+
+pub mod conformance;
+mod fs;
+mod memory;
+
+pub use fs::FsBackend;
+pub use memory::MemoryBackend;
+
+use std::ops::Range;
+
+/// What went wrong in a backend, with the key it happened on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The object does not exist.
+    #[error("object {key:?} not found")]
+    NotFound {
+        /// Object key.
+        key: String,
+    },
+    /// A conditional put found the object already there.
+    #[error("object {key:?} already exists")]
+    AlreadyExists {
+        /// Object key.
+        key: String,
+    },
+    /// The key is not acceptable (empty, absolute, `..`, ...).
+    #[error("invalid object key {key:?}: {reason}")]
+    InvalidKey {
+        /// Object key.
+        key: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// A requested range lies outside the object.
+    #[error("range {start}..{end} is outside object {key:?} of {size} bytes")]
+    InvalidRange {
+        /// Object key.
+        key: String,
+        /// Range start.
+        start: u64,
+        /// Range end.
+        end: u64,
+        /// Object size.
+        size: u64,
+    },
+    /// Any other storage failure (I/O, permission, network, ...).
+    #[error("storage error on {key:?} during {op}: {message}")]
+    Storage {
+        /// Object key or prefix.
+        key: String,
+        /// Operation name.
+        op: &'static str,
+        /// The underlying error, rendered.
+        message: String,
+    },
+}
+
+impl Error {
+    /// True when the object does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::NotFound { .. })
+    }
+}
+
+/// Result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A flat namespace of immutable-ish objects.
+///
+/// Rules (checked by [`conformance::run`]):
+/// - keys are relative `/`-separated paths of `[A-Za-z0-9._-]` segments, never `..`;
+/// - `put` is atomic: a reader sees the old object, the new one, or nothing, never a prefix;
+///   `put` replaces an existing object; `put_new` refuses to;
+/// - `get` of a missing object is [`Error::NotFound`];
+/// - `get_range` returns exactly the bytes asked for or [`Error::InvalidRange`];
+/// - `list(prefix)` (`""` or a path ending in `/`) returns every key under it, recursively, sorted;
+/// - `delete` of a missing object succeeds (deletes are idempotent);
+/// - after `sync` returns, every completed `put` survives a crash of the machine.
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    /// Stores `data` under `key`, replacing any existing object.
+    fn put(&self, key: &str, data: &[u8]) -> Result<()>;
+    /// Stores `data` under `key` only if no object has that key.
+    fn put_new(&self, key: &str, data: &[u8]) -> Result<()>;
+    /// Reads a whole object.
+    fn get(&self, key: &str) -> Result<Vec<u8>>;
+    /// Reads `range` of an object.
+    fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>>;
+    /// The size of an object, or `None` when it does not exist.
+    fn stat(&self, key: &str) -> Result<Option<u64>>;
+    /// Every key under `prefix`, sorted.
+    fn list(&self, prefix: &str) -> Result<Vec<String>>;
+    /// Removes an object; removing a missing object is not an error.
+    fn delete(&self, key: &str) -> Result<()>;
+    /// Makes every completed put durable.
+    fn sync(&self) -> Result<()>;
+}
+
+/// Checks a key against the rules in [`Backend`].
+pub fn check_key(key: &str) -> Result<()> {
+    let bad = |reason| {
+        Err(Error::InvalidKey {
+            key: key.to_string(),
+            reason,
+        })
+    };
+    if key.is_empty() {
+        return bad("empty");
+    }
+    for seg in key.split('/') {
+        if seg.is_empty() {
+            return bad("empty path segment");
+        }
+        if seg == "." || seg == ".." {
+            return bad("relative path segment");
+        }
+        if !seg
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+        {
+            return bad("only A-Z a-z 0-9 . _ - are allowed in a segment");
+        }
+    }
+    Ok(())
+}
+
+fn check_prefix(prefix: &str) -> Result<()> {
+    if prefix.is_empty() {
+        return Ok(());
+    }
+    match prefix.strip_suffix('/') {
+        Some(dir) => check_key(dir),
+        None => Err(Error::InvalidKey {
+            key: prefix.to_string(),
+            reason: "a list prefix is empty or ends with '/'",
+        }),
+    }
+}
+
+fn slice_range(key: &str, data: &[u8], range: Range<u64>) -> Result<Vec<u8>> {
+    let size = data.len() as u64;
+    if range.start > range.end || range.end > size {
+        return Err(Error::InvalidRange {
+            key: key.to_string(),
+            start: range.start,
+            end: range.end,
+            size,
+        });
+    }
+    Ok(data[range.start as usize..range.end as usize].to_vec())
+}
