@@ -1,1 +1,50 @@
-//! kura-store
+//! kura's vault format: chunk ids, blobs, keys, disk indexes and manifests.
+//!
+//! A vault is a set of objects on a [`kura_backend::Backend`]. This crate decides what those
+//! objects contain, byte by byte (see `docs/format.md`), and nothing else:
+//!
+//! - [`ChunkId`]: keyed BLAKE3 of a chunk's plaintext; [`ChunkId::ZERO`] is the all-zero
+//!   chunk, which is never hashed, stored or fetched.
+//! - [`blob`]: the stored form of every object except the config: a versioned header,
+//!   zstd payload (raw when it does not shrink), AEAD encryption with the header as associated
+//!   data, and a keyless BLAKE3 checksum of the stored bytes.
+//! - [`keys`]: the vault's data key, wrapped by a passphrase (Argon2id) or a key file.
+//! - [`DiskIndex`]: the full list of chunk ids of one disk in one recovery point.
+//! - [`Manifest`]: what a recovery point is; written last, so its presence means the
+//!   recovery point is complete.
+//! - [`Vault`]: the typed view over a backend that ties these together.
+//!
+//! This crate never sees a catalog, a source or a terminal, and never hands an unwrapped key
+//! or plaintext chunk data to a backend.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use kura_backend::MemoryBackend;
+//! use kura_store::{Vault, VaultOptions, KeySecret};
+//!
+//! let backend = Arc::new(MemoryBackend::default());
+//! let secret = KeySecret::from("correct horse");
+//! let vault = Vault::create(backend.clone(), &VaultOptions::for_tests(), &secret).unwrap();
+//! let mut codec = vault.codec();
+//! let data = vec![7u8; 4096];
+//! let id = vault.chunk_id(&data);
+//! vault.put_chunk(&id, &codec.encode_chunk(&data).unwrap()).unwrap();
+//! let vault = Vault::open(backend, &secret).unwrap();
+//! assert_eq!(vault.get_chunk(&id, &mut vault.codec()).unwrap(), data);
+//! ```
+
+pub mod blob;
+mod error;
+mod id;
+mod index;
+pub mod keys;
+mod manifest;
+mod vault;
+
+pub use blob::{BlobKind, Codec};
+pub use error::{Error, Result};
+pub use id::{ChunkId, is_zero};
+pub use index::DiskIndex;
+pub use keys::{Cipher, KeySecret};
+pub use manifest::{DiskEntry, ItemRecord, Manifest, RpStats};
+pub use vault::{FORMAT_VERSION, Vault, VaultConfig, VaultOptions};

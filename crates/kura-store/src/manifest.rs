@@ -1,0 +1,97 @@
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// Manifest schema version written by this build.
+pub const MANIFEST_VERSION: u32 = 1;
+
+/// What a recovery point is. Stored (as JSON inside a manifest blob) after all its chunks
+/// and indexes are durable, so its presence is what makes the recovery point exist.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Schema version.
+    pub version: u32,
+    /// Recovery point id.
+    pub rp_id: String,
+    /// The vault it belongs to.
+    pub vault_id: String,
+    /// The protected item.
+    pub item: ItemRecord,
+    /// When the backup read its source (RFC 3339, UTC).
+    pub time: String,
+    /// `crash`, `file-system` or `application`.
+    pub consistency: String,
+    /// `vault-standard` (kept in the vault) or `snapshot`.
+    pub tier: String,
+    /// Date until which it is kept, if set (YYYY-MM-DD).
+    #[serde(default)]
+    pub retain_until: Option<String>,
+    /// The job that made it.
+    pub job_id: String,
+    /// The disks.
+    pub disks: Vec<DiskEntry>,
+    /// What the backup cost.
+    pub stats: RpStats,
+}
+
+/// One disk of a recovery point.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskEntry {
+    /// Disk name inside the item (e.g. `disk0`).
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Object key of its [`crate::DiskIndex`].
+    pub index: String,
+    /// Number of chunks.
+    pub chunks: u64,
+    /// Number of zero chunks (holes).
+    pub zero_chunks: u64,
+    /// Format of the source (`raw`, `qcow2`, ...).
+    pub source_format: String,
+}
+
+/// Costs of one backup.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RpStats {
+    /// Bytes read from the source.
+    pub read_bytes: u64,
+    /// Chunks written to the vault by this backup.
+    pub new_chunks: u64,
+    /// Stored (compressed, encrypted) bytes written by this backup.
+    pub new_stored_bytes: u64,
+    /// Plaintext bytes of the chunks written by this backup.
+    pub new_plain_bytes: u64,
+}
+
+/// A protected item as recorded in the vault, so that `vault attach` can rebuild the catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemRecord {
+    /// Item id.
+    pub id: String,
+    /// Item name (unique in a home).
+    pub name: String,
+    /// Kind (`disk`).
+    pub kind: String,
+    /// Where the source lives (an image path).
+    pub source: String,
+    /// When it was protected (RFC 3339).
+    pub created: String,
+}
+
+impl Manifest {
+    /// Parses a manifest's JSON; `object` names it in errors.
+    pub fn decode(object: &str, b: &[u8]) -> Result<Self> {
+        let m: Manifest =
+            serde_json::from_slice(b).map_err(|e| Error::corrupt(object, format!("manifest JSON: {e}")))?;
+        if m.version != MANIFEST_VERSION {
+            return Err(Error::corrupt(object, format!("unknown manifest version {}", m.version)));
+        }
+        Ok(m)
+    }
+
+    /// Serializes to JSON.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).expect("a manifest always serializes")
+    }
+}

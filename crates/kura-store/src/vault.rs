@@ -1,0 +1,368 @@
+use std::sync::Arc;
+
+use kura_backend::Backend;
+use serde::{Deserialize, Serialize};
+
+use crate::blob::{BlobKind, Codec};
+use crate::keys::{self, Cipher, KeySecret, Keys, WrappedKey};
+use crate::{ChunkId, DiskIndex, Error, ItemRecord, Manifest, Result};
+
+/// Vault format version written by this build.
+pub const FORMAT_VERSION: u32 = 1;
+const CONFIG_KEY: &str = "config";
+const FORMAT_NAME: &str = "kura-vault";
+/// Smallest and largest accepted chunk sizes.
+pub const CHUNK_SIZE_RANGE: (u32, u32) = (64 << 10, 64 << 20);
+
+/// The vault's `config` object (plaintext JSON: it holds no secret in the clear).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VaultConfig {
+    /// Always `kura-vault`.
+    pub format: String,
+    /// Format version.
+    pub version: u32,
+    /// Random id, also the associated data of the key wrap.
+    pub vault_id: String,
+    /// Creation time (RFC 3339).
+    pub created: String,
+    /// Chunk size for disks, in bytes.
+    pub chunk_size: u32,
+    /// zstd level.
+    pub compression_level: i32,
+    /// Encryption, when on.
+    pub encryption: Option<EncryptionConfig>,
+    /// The chunk-id key in hex, only for vaults without encryption.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_key: Option<String>,
+}
+
+/// Encryption settings and the wrapped master key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EncryptionConfig {
+    /// Blob cipher.
+    pub cipher: Cipher,
+    /// The wrapped master key.
+    pub key: WrappedKey,
+}
+
+/// Settings for a new vault.
+#[derive(Debug, Clone)]
+pub struct VaultOptions {
+    /// Chunk size for disks (64 KiB – 64 MiB, a multiple of 4 KiB). Default 4 MiB.
+    pub chunk_size: u32,
+    /// Blob cipher when encrypted. Default AES-256-GCM.
+    pub cipher: Cipher,
+    /// zstd level. Default 1.
+    pub compression_level: i32,
+    /// Use cheap Argon2 parameters (tests only).
+    pub fast_kdf: bool,
+}
+
+impl Default for VaultOptions {
+    fn default() -> Self {
+        VaultOptions {
+            chunk_size: 4 << 20,
+            cipher: Cipher::Aes256Gcm,
+            compression_level: 1,
+            fast_kdf: false,
+        }
+    }
+}
+
+impl VaultOptions {
+    /// Defaults with small chunks and cheap key derivation, for tests and examples.
+    pub fn for_tests() -> Self {
+        VaultOptions {
+            chunk_size: 64 << 10,
+            fast_kdf: true,
+            ..Default::default()
+        }
+    }
+}
+
+/// A vault opened with its key: typed access to its objects.
+#[derive(Clone)]
+pub struct Vault {
+    backend: Arc<dyn Backend>,
+    config: VaultConfig,
+    keys: Arc<Keys>,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault")
+            .field("backend", &self.backend)
+            .field("vault_id", &self.config.vault_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Vault {
+    /// Creates a vault on an empty backend.
+    pub fn create(backend: Arc<dyn Backend>, opts: &VaultOptions, secret: &KeySecret) -> Result<Vault> {
+        let (lo, hi) = CHUNK_SIZE_RANGE;
+        if opts.chunk_size < lo || opts.chunk_size > hi || opts.chunk_size % 4096 != 0 {
+            return Err(Error::Invalid {
+                field: "chunk size",
+                reason: format!(
+                    "{} bytes; it must be a multiple of 4 KiB between 64 KiB and 64 MiB",
+                    opts.chunk_size
+                ),
+            });
+        }
+        if backend.stat(CONFIG_KEY)?.is_some() {
+            return Err(Error::AlreadyAVault {
+                location: format!("{backend:?}"),
+            });
+        }
+        let vault_id = hex::encode(keys::random_bytes::<16>());
+        let master = zeroize::Zeroizing::new(keys::random_bytes::<32>());
+        let encryption = match keys::new_kek_spec(secret, opts.fast_kdf) {
+            Some(spec) => Some(EncryptionConfig {
+                cipher: opts.cipher,
+                key: keys::wrap(&master, spec, secret, vault_id.as_bytes())?,
+            }),
+            None => None,
+        };
+        let keys = Keys::from_master(&master, encryption.is_some());
+        let config = VaultConfig {
+            format: FORMAT_NAME.into(),
+            version: FORMAT_VERSION,
+            vault_id,
+            created: jiff::Timestamp::now().to_string(),
+            chunk_size: opts.chunk_size,
+            compression_level: opts.compression_level,
+            id_key: encryption.is_none().then(|| hex::encode(*keys.id_key)),
+            encryption,
+        };
+        // Validate the compression level before anything is written.
+        Codec::new(Arc::new(Keys::from_master(&master, false)), None, config.compression_level)?;
+        let json = serde_json::to_vec_pretty(&config).expect("config serializes");
+        backend.put_new(CONFIG_KEY, &json).map_err(|e| match e {
+            kura_backend::Error::AlreadyExists { .. } => Error::AlreadyAVault {
+                location: format!("{backend:?}"),
+            },
+            e => e.into(),
+        })?;
+        backend.sync()?;
+        Ok(Vault {
+            backend,
+            config,
+            keys: Arc::new(keys),
+        })
+    }
+
+    /// Reads a vault's config without unlocking it.
+    pub fn read_config(backend: &dyn Backend) -> Result<VaultConfig> {
+        let location = format!("{backend:?}");
+        let raw = backend.get(CONFIG_KEY).map_err(|e| match e {
+            kura_backend::Error::NotFound { .. } => Error::NotAVault {
+                location: location.clone(),
+                reason: "it has no vault config".into(),
+            },
+            e => e.into(),
+        })?;
+        let config: VaultConfig = serde_json::from_slice(&raw).map_err(|e| Error::NotAVault {
+            location: location.clone(),
+            reason: format!("its config is not valid: {e}"),
+        })?;
+        if config.format != FORMAT_NAME {
+            return Err(Error::NotAVault {
+                location,
+                reason: format!("config format is {:?}", config.format),
+            });
+        }
+        if config.version != FORMAT_VERSION {
+            return Err(Error::UnsupportedVersion {
+                found: config.version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        Ok(config)
+    }
+
+    /// Opens a vault, unwrapping its key with `secret`.
+    pub fn open(backend: Arc<dyn Backend>, secret: &KeySecret) -> Result<Vault> {
+        let config = Self::read_config(backend.as_ref())?;
+        let keys = match (&config.encryption, &config.id_key) {
+            (Some(enc), _) => {
+                let master = keys::unwrap(&enc.key, secret, config.vault_id.as_bytes())?;
+                Keys::from_master(&master, true)
+            }
+            (None, Some(id_key)) => {
+                let mut k = zeroize::Zeroizing::new([0u8; 32]);
+                hex::decode_to_slice(id_key, k.as_mut())
+                    .map_err(|e| Error::corrupt("vault config", format!("id key: {e}")))?;
+                Keys {
+                    id_key: k,
+                    blob_key: None,
+                }
+            }
+            (None, None) => return Err(Error::corrupt("vault config", "no key material")),
+        };
+        Ok(Vault {
+            backend,
+            config,
+            keys: Arc::new(keys),
+        })
+    }
+
+    /// The config.
+    pub fn config(&self) -> &VaultConfig {
+        &self.config
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// The wrapped key, for escrow; `None` for an unencrypted vault.
+    pub fn wrapped_key(&self) -> Option<&WrappedKey> {
+        self.config.encryption.as_ref().map(|e| &e.key)
+    }
+
+    /// A new codec (one per worker thread).
+    pub fn codec(&self) -> Codec {
+        Codec::new(
+            self.keys.clone(),
+            self.config.encryption.as_ref().map(|e| e.cipher),
+            self.config.compression_level,
+        )
+        .expect("the compression level was validated at creation")
+    }
+
+    /// Keyed BLAKE3 of `data`.
+    pub fn chunk_id(&self, data: &[u8]) -> ChunkId {
+        ChunkId(*blake3::keyed_hash(&self.keys.id_key, data).as_bytes())
+    }
+
+    /// Stores an encoded chunk.
+    pub fn put_chunk(&self, id: &ChunkId, stored: &[u8]) -> Result<()> {
+        Ok(self.backend.put(&id.key(), stored)?)
+    }
+
+    /// Whether a chunk is stored.
+    pub fn has_chunk(&self, id: &ChunkId) -> Result<bool> {
+        Ok(self.backend.stat(&id.key())?.is_some())
+    }
+
+    /// The stored bytes of a chunk; [`Error::Missing`] when absent.
+    pub fn get_chunk_stored(&self, id: &ChunkId) -> Result<Vec<u8>> {
+        self.backend.get(&id.key()).map_err(|e| match e {
+            kura_backend::Error::NotFound { .. } => Error::Missing {
+                object: format!("chunk {id}"),
+            },
+            e => e.into(),
+        })
+    }
+
+    /// Fetches, checks and decodes a chunk.
+    pub fn get_chunk(&self, id: &ChunkId, codec: &mut Codec) -> Result<Vec<u8>> {
+        let stored = self.get_chunk_stored(id)?;
+        codec.decode_chunk(id, &stored)
+    }
+
+    fn put_object(&self, key: &str, kind: BlobKind, plain: &[u8], new: bool) -> Result<()> {
+        let stored = self.codec().encode(kind, plain)?;
+        if new {
+            self.backend.put_new(key, &stored)?;
+        } else {
+            self.backend.put(key, &stored)?;
+        }
+        Ok(())
+    }
+
+    fn get_object(&self, key: &str, kind: BlobKind, object: &str) -> Result<Vec<u8>> {
+        let stored = self.backend.get(key).map_err(|e| match e {
+            kura_backend::Error::NotFound { .. } => Error::Missing {
+                object: object.to_string(),
+            },
+            e => e.into(),
+        })?;
+        self.codec().decode(kind, object, &stored)
+    }
+
+    /// Stores a disk index of a recovery point; returns its key.
+    pub fn put_index(&self, rp_id: &str, disk: &str, index: &DiskIndex) -> Result<String> {
+        let key = format!("rps/{rp_id}/{disk}.index");
+        self.put_object(&key, BlobKind::Index, &index.encode(), false)?;
+        Ok(key)
+    }
+
+    /// Reads and validates a disk index.
+    pub fn get_index(&self, key: &str) -> Result<DiskIndex> {
+        let object = format!("index {key}");
+        let plain = self.get_object(key, BlobKind::Index, &object)?;
+        let index = DiskIndex::decode(&object, &plain)?;
+        if index.chunk_size != self.config.chunk_size {
+            return Err(Error::corrupt(object, "chunk size differs from the vault's"));
+        }
+        Ok(index)
+    }
+
+    /// Publishes a recovery point: call after its chunks and indexes are synced. Syncs again,
+    /// so the manifest is durable when this returns.
+    pub fn put_manifest(&self, m: &Manifest) -> Result<()> {
+        self.put_object(&format!("rps/{}/manifest", m.rp_id), BlobKind::Manifest, &m.encode(), true)?;
+        self.backend.sync()?;
+        Ok(())
+    }
+
+    /// Reads a manifest.
+    pub fn get_manifest(&self, rp_id: &str) -> Result<Manifest> {
+        let object = format!("manifest of recovery point {rp_id}");
+        let plain = self.get_object(&format!("rps/{rp_id}/manifest"), BlobKind::Manifest, &object)?;
+        let m = Manifest::decode(&object, &plain)?;
+        if m.rp_id != rp_id || m.vault_id != self.config.vault_id {
+            return Err(Error::corrupt(object, "it describes another recovery point or vault"));
+        }
+        Ok(m)
+    }
+
+    /// Ids of every published recovery point (those with a manifest), oldest first.
+    pub fn list_rp_ids(&self) -> Result<Vec<String>> {
+        Ok(self
+            .backend
+            .list("rps/")?
+            .into_iter()
+            .filter_map(|k| k.strip_prefix("rps/")?.strip_suffix("/manifest").map(str::to_string))
+            .collect())
+    }
+
+    /// Records a protected item in the vault.
+    pub fn put_item(&self, item: &ItemRecord) -> Result<()> {
+        let json = serde_json::to_vec(item).expect("item serializes");
+        self.put_object(&format!("items/{}", item.id), BlobKind::Item, &json, false)?;
+        self.backend.sync()?;
+        Ok(())
+    }
+
+    /// Every item recorded in the vault.
+    pub fn list_items(&self) -> Result<Vec<ItemRecord>> {
+        let mut out = Vec::new();
+        for key in self.backend.list("items/")? {
+            let object = format!("item record {key}");
+            let plain = self.get_object(&key, BlobKind::Item, &object)?;
+            out.push(
+                serde_json::from_slice(&plain).map_err(|e| Error::corrupt(object, e.to_string()))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Ids of every chunk stored in the vault.
+    pub fn list_chunks(&self) -> Result<Vec<ChunkId>> {
+        self.backend
+            .list("chunks/")?
+            .iter()
+            .filter_map(|k| k.rsplit('/').next())
+            .map(ChunkId::from_hex)
+            .collect()
+    }
+
+    /// Makes every completed write durable.
+    pub fn sync(&self) -> Result<()> {
+        Ok(self.backend.sync()?)
+    }
+}
