@@ -1,1 +1,132 @@
-//! kura-source
+//! What kura backs up: disk images, read without touching their holes.
+//!
+//! A [`DiskReader`] gives a disk's size, an allocation map ([`DiskReader::extents`]) and
+//! positional reads. Two readers exist:
+//!
+//! - [`RawReader`]: raw image files and block devices, with `pread` and SEEK_DATA/SEEK_HOLE;
+//! - [`NbdReader`]: every format QEMU reads (qcow2, vmdk, vdi, vhdx, ...), served by a
+//!   read-only `qemu-nbd` and read by kura's own NBD client ([`nbd`]), which negotiates
+//!   structured replies and the `base:allocation` meta context so that unallocated and zero
+//!   extents are never read.
+//!
+//! Change tracking plugs in at the NBD client: [`nbd::Client::block_status`] answers for any
+//! negotiated meta context, so a `qemu:dirty-bitmap:NAME` context yields dirty extents the
+//! same way `base:allocation` yields data extents.
+//!
+//! This crate never writes to a source and knows nothing of vaults or catalogs.
+//!
+//! ```no_run
+//! let mut disk = kura_source::open_disk(std::path::Path::new("disk.qcow2")).unwrap();
+//! let extents = disk.extents(0, disk.size()).unwrap();
+//! let data: u64 = extents.iter().filter(|e| e.kind == kura_source::ExtentKind::Data).map(|e| e.len).sum();
+//! println!("{} of {} bytes allocated", data, disk.size());
+//! ```
+
+pub mod nbd;
+mod qemu;
+mod raw;
+
+pub use qemu::{NbdReader, image_format};
+pub use raw::RawReader;
+
+use std::path::{Path, PathBuf};
+
+/// What went wrong reading a source.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The source does not exist.
+    #[error("source {path} does not exist")]
+    NotFound {
+        /// Path.
+        path: PathBuf,
+    },
+    /// I/O on the source failed.
+    #[error("cannot read source {path}: {source}")]
+    Io {
+        /// Path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A helper tool (qemu-img, qemu-nbd) failed or is missing.
+    #[error("{tool} failed for {path}: {message}")]
+    Tool {
+        /// Tool name.
+        tool: &'static str,
+        /// Path of the source.
+        path: PathBuf,
+        /// What it said.
+        message: String,
+    },
+    /// The NBD conversation failed.
+    #[error("NBD: {0}")]
+    Nbd(String),
+}
+
+/// Result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How a range of the disk reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExtentKind {
+    /// May hold data: must be read.
+    Data,
+    /// Reads as zeros (a hole or a zero extent): never read.
+    Zero,
+}
+
+/// A run of bytes with one [`ExtentKind`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    /// Start offset.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// Kind.
+    pub kind: ExtentKind,
+}
+
+/// A disk being read.
+pub trait DiskReader: Send {
+    /// Size in bytes.
+    fn size(&self) -> u64;
+    /// The image format (`raw`, `qcow2`, ...).
+    fn format(&self) -> &str;
+    /// The allocation map of `offset..offset+len` (clamped to the disk): contiguous extents,
+    /// in order, covering the whole range.
+    fn extents(&mut self, offset: u64, len: u64) -> Result<Vec<Extent>>;
+    /// Fills `buf` from `offset`; the range must lie inside the disk.
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<()>;
+}
+
+/// Opens a disk image or block device: raw ones directly, anything else through `qemu-nbd`.
+pub fn open_disk(path: &Path) -> Result<Box<dyn DiskReader>> {
+    if !path.exists() {
+        return Err(Error::NotFound {
+            path: path.to_path_buf(),
+        });
+    }
+    let format = image_format(path)?;
+    if format == "raw" {
+        Ok(Box::new(RawReader::open(path)?))
+    } else {
+        Ok(Box::new(NbdReader::open(path, &format)?))
+    }
+}
+
+/// Merges neighbouring extents of the same kind and clamps them to `start..end`.
+pub(crate) fn normalize(mut extents: Vec<Extent>, start: u64, end: u64) -> Vec<Extent> {
+    extents.retain(|e| e.len > 0 && e.offset < end && e.offset + e.len > start);
+    let mut out: Vec<Extent> = Vec::with_capacity(extents.len());
+    for mut e in extents {
+        let e_end = (e.offset + e.len).min(end);
+        e.offset = e.offset.max(start);
+        e.len = e_end - e.offset;
+        match out.last_mut() {
+            Some(last) if last.kind == e.kind && last.offset + last.len == e.offset => last.len += e.len,
+            _ => out.push(e),
+        }
+    }
+    out
+}

@@ -1,0 +1,200 @@
+use std::io::Read as _;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::nbd::{Client, STATE_ZERO};
+use crate::{DiskReader, Error, Extent, ExtentKind, Result, normalize};
+
+const ALLOCATION: &str = "base:allocation";
+
+/// The format QEMU sees in an image (`raw`, `qcow2`, `vmdk`, ...), from `qemu-img info`.
+///
+/// Without `qemu-img` installed, a qcow2 header is still recognised (and reported as an
+/// error asking for qemu-utils); anything else is taken as raw.
+pub fn image_format(path: &Path) -> Result<String> {
+    let out = Command::new("qemu-img")
+        .args(["info", "--output=json", "-U", "--"])
+        .arg(path)
+        .stdin(Stdio::null())
+        .output();
+    match out {
+        Ok(out) if out.status.success() => {
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| Error::Tool {
+                tool: "qemu-img",
+                path: path.to_path_buf(),
+                message: format!("unreadable JSON: {e}"),
+            })?;
+            v.get("format")
+                .and_then(|f| f.as_str())
+                .map(str::to_string)
+                .ok_or_else(|| Error::Tool {
+                    tool: "qemu-img",
+                    path: path.to_path_buf(),
+                    message: "no format in its answer".into(),
+                })
+        }
+        Ok(out) => Err(Error::Tool {
+            tool: "qemu-img",
+            path: path.to_path_buf(),
+            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut magic = [0u8; 4];
+            let f = std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic));
+            if f.is_ok() && &magic == b"QFI\xfb" {
+                return Err(Error::Tool {
+                    tool: "qemu-img",
+                    path: path.to_path_buf(),
+                    message: "this is a qcow2 image; install qemu-utils to read it".into(),
+                });
+            }
+            Ok("raw".into())
+        }
+        Err(e) => Err(Error::Tool {
+            tool: "qemu-img",
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// An image in any format QEMU reads, served read-only by a private `qemu-nbd` on a Unix
+/// socket and read with kura's NBD client. The server stops when the reader is dropped.
+#[derive(Debug)]
+pub struct NbdReader {
+    path: PathBuf,
+    format: String,
+    child: Child,
+    dir: PathBuf,
+    client: Option<Client<UnixStream>>,
+    size: u64,
+}
+
+static NEXT: AtomicU64 = AtomicU64::new(0);
+
+impl NbdReader {
+    /// Starts `qemu-nbd` on `path` (of format `format`) and connects to it.
+    pub fn open(path: &Path, format: &str) -> Result<Self> {
+        let tool = |message: String| Error::Tool {
+            tool: "qemu-nbd",
+            path: path.to_path_buf(),
+            message,
+        };
+        let dir = std::env::temp_dir().join(format!(
+            "kura-nbd-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).map_err(|e| tool(format!("cannot create {}: {e}", dir.display())))?;
+        let sock = dir.join("nbd.sock");
+        let child = Command::new("qemu-nbd")
+            .arg("--read-only")
+            .arg(format!("--format={format}"))
+            .arg("--socket")
+            .arg(&sock)
+            .arg("--shared=1")
+            .arg("--")
+            .arg(path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| {
+                let _ = std::fs::remove_dir_all(&dir);
+                tool(if e.kind() == std::io::ErrorKind::NotFound {
+                    "qemu-nbd is not installed (Debian package qemu-utils)".into()
+                } else {
+                    e.to_string()
+                })
+            })?;
+        let mut reader = NbdReader {
+            path: path.to_path_buf(),
+            format: format.to_string(),
+            child,
+            dir,
+            client: None,
+            size: 0,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = reader.child.try_wait().map_err(|e| tool(e.to_string()))? {
+                let mut err = String::new();
+                if let Some(mut s) = reader.child.stderr.take() {
+                    let _ = s.read_to_string(&mut err);
+                }
+                return Err(tool(format!("exited with {status}: {}", err.trim())));
+            }
+            if sock.exists()
+                && let Ok(c) = Client::connect_unix(&sock, "", &[ALLOCATION])
+            {
+                reader.size = c.size();
+                reader.client = Some(c);
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(tool("did not start within 30 s".into()));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(reader)
+    }
+
+    fn client(&mut self) -> &mut Client<UnixStream> {
+        self.client.as_mut().expect("connected while the reader lives")
+    }
+}
+
+impl DiskReader for NbdReader {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn format(&self) -> &str {
+        &self.format
+    }
+
+    fn extents(&mut self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        let end = offset.saturating_add(len).min(self.size);
+        let mut out = Vec::new();
+        let mut pos = offset;
+        let has_alloc = self.client().has_context(ALLOCATION);
+        while pos < end {
+            if !has_alloc {
+                out.push(Extent { offset: pos, len: end - pos, kind: ExtentKind::Data });
+                break;
+            }
+            let ask = (end - pos).min(1 << 30) as u32;
+            for d in self.client().block_status(ALLOCATION, pos, ask)? {
+                let kind = if d.flags & STATE_ZERO != 0 { ExtentKind::Zero } else { ExtentKind::Data };
+                out.push(Extent { offset: pos, len: d.len, kind });
+                pos += d.len;
+                if pos >= end {
+                    break;
+                }
+            }
+        }
+        Ok(normalize(out, offset, end))
+    }
+
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let path = self.path.clone();
+        self.client().read(buf, offset).map_err(|e| match e {
+            Error::Nbd(m) => Error::Nbd(format!("{}: {m}", path.display())),
+            e => e,
+        })
+    }
+}
+
+impl Drop for NbdReader {
+    fn drop(&mut self) {
+        if let Some(c) = self.client.take() {
+            let _ = c.disconnect();
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
