@@ -1,1 +1,565 @@
-//! kura-catalog
+//! kura's catalog: an index of vaults, items, recovery points and jobs, kept in SQLite.
+//!
+//! The catalog is never the only copy of anything needed to restore: every recovery point
+//! is described by a manifest in its vault, and `kura vault attach` rebuilds the catalog rows
+//! from there. The catalog makes listing fast and holds what only the home knows (where each
+//! vault lives, how its key is supplied, job history).
+//!
+//! Main type: [`Catalog`]. Rows: [`VaultRow`], [`ItemRow`], [`RpRow`], [`JobRow`].
+//!
+//! This crate must never read or write vault storage.
+//!
+//! ```
+//! let cat = kura_catalog::Catalog::open_in_memory().unwrap();
+//! assert!(cat.list_vaults().unwrap().is_empty());
+//! ```
+
+mod schema;
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde::Serialize;
+
+/// What went wrong in the catalog.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No such object.
+    #[error("{kind} {name:?} not found")]
+    NotFound {
+        /// `vault`, `item`, `recovery point`, `job`.
+        kind: &'static str,
+        /// The name or id asked for.
+        name: String,
+    },
+    /// The name is already taken.
+    #[error("{kind} {name:?} already exists")]
+    AlreadyExists {
+        /// Object kind.
+        kind: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// A short id matched several objects.
+    #[error("{kind} id prefix {prefix:?} is ambiguous; give more characters")]
+    Ambiguous {
+        /// Object kind.
+        kind: &'static str,
+        /// The prefix.
+        prefix: String,
+    },
+    /// Refused because of the object's state.
+    #[error("{0}")]
+    Conflict(String),
+    /// SQLite failed.
+    #[error("catalog database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// Result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A vault registered in the home.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VaultRow {
+    /// Catalog id (same as the vault's own id).
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Storage directory.
+    pub path: String,
+    /// Chunk size.
+    pub chunk_size: u32,
+    /// `none`, `passphrase` or `key-file`.
+    pub encryption: String,
+    /// Cipher name when encrypted.
+    pub cipher: Option<String>,
+    /// For `key-file` vaults whose key file kura generated or was told about.
+    pub key_file: Option<String>,
+    /// When it was created or attached.
+    pub created: String,
+}
+
+/// A protected item.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ItemRow {
+    /// Id.
+    pub id: String,
+    /// Name (unique in the home).
+    pub name: String,
+    /// Vault id.
+    pub vault_id: String,
+    /// `disk`.
+    pub kind: String,
+    /// Source path.
+    pub source: String,
+    /// When protected.
+    pub created: String,
+}
+
+/// A recovery point.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RpRow {
+    /// Id.
+    pub id: String,
+    /// Item id.
+    pub item_id: String,
+    /// Backup time (RFC 3339).
+    pub time: String,
+    /// Sum of disk sizes.
+    pub logical_size: u64,
+    /// Stored bytes this backup added to the vault.
+    pub stored_size: u64,
+    /// `crash`, `file-system`, `application`.
+    pub consistency: String,
+    /// `vault-standard` or `snapshot`.
+    pub tier: String,
+    /// Kept until (YYYY-MM-DD), if set.
+    pub retain_until: Option<String>,
+    /// Job that made it.
+    pub job_id: Option<String>,
+}
+
+/// A job.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct JobRow {
+    /// Id.
+    pub id: String,
+    /// `Backup`, `Restore`, `Verify`, ...
+    pub operation: String,
+    /// Item name or other target.
+    pub target: String,
+    /// `InProgress`, `Completed`, `Failed`, ...
+    pub status: String,
+    /// Start time.
+    pub started: String,
+    /// End time.
+    pub ended: Option<String>,
+    /// Bytes processed.
+    pub bytes_done: u64,
+    /// Bytes to process.
+    pub bytes_total: u64,
+    /// Resulting recovery point, if any.
+    pub rp_id: Option<String>,
+    /// Error message, if it failed.
+    pub error: Option<String>,
+    /// Log lines.
+    pub log: Vec<String>,
+    /// Process that runs it (to detect jobs orphaned by a crash).
+    #[serde(skip)]
+    pub pid: u32,
+}
+
+/// The catalog. Cheap to share behind an `Arc`; calls are serialized on one connection.
+#[derive(Debug)]
+pub struct Catalog {
+    conn: Mutex<Connection>,
+}
+
+fn now() -> String {
+    jiff::Timestamp::now().round(jiff::Unit::Millisecond).unwrap_or(jiff::Timestamp::now()).to_string()
+}
+
+fn constraint(e: rusqlite::Error, kind: &'static str, name: &str) -> Error {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+            Error::AlreadyExists {
+                kind,
+                name: name.to_string(),
+            }
+        }
+        e => e.into(),
+    }
+}
+
+impl Catalog {
+    /// Opens (creating and migrating if needed) the catalog at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        Self::init(conn)
+    }
+
+    /// An in-memory catalog (tests).
+    pub fn open_in_memory() -> Result<Self> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(conn: Connection) -> Result<Self> {
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        schema::migrate(&conn)?;
+        Ok(Catalog {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    // ---- vaults
+
+    /// Registers a vault.
+    pub fn insert_vault(&self, v: &VaultRow) -> Result<()> {
+        self.conn()
+            .execute(
+                "INSERT INTO vaults (id, name, path, chunk_size, encryption, cipher, key_file, created)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![v.id, v.name, v.path, v.chunk_size, v.encryption, v.cipher, v.key_file, v.created],
+            )
+            .map_err(|e| constraint(e, "vault", &v.name))?;
+        Ok(())
+    }
+
+    fn vault_from(r: &Row<'_>) -> rusqlite::Result<VaultRow> {
+        Ok(VaultRow {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            path: r.get(2)?,
+            chunk_size: r.get(3)?,
+            encryption: r.get(4)?,
+            cipher: r.get(5)?,
+            key_file: r.get(6)?,
+            created: r.get(7)?,
+        })
+    }
+
+    /// A vault by name.
+    pub fn vault(&self, name: &str) -> Result<VaultRow> {
+        self.conn()
+            .query_row(
+                "SELECT id, name, path, chunk_size, encryption, cipher, key_file, created FROM vaults WHERE name = ?1",
+                [name],
+                Self::vault_from,
+            )
+            .optional()?
+            .ok_or_else(|| Error::NotFound {
+                kind: "vault",
+                name: name.into(),
+            })
+    }
+
+    /// A vault by id.
+    pub fn vault_by_id(&self, id: &str) -> Result<VaultRow> {
+        self.conn()
+            .query_row(
+                "SELECT id, name, path, chunk_size, encryption, cipher, key_file, created FROM vaults WHERE id = ?1",
+                [id],
+                Self::vault_from,
+            )
+            .optional()?
+            .ok_or_else(|| Error::NotFound {
+                kind: "vault",
+                name: id.into(),
+            })
+    }
+
+    /// Every vault, by name.
+    pub fn list_vaults(&self) -> Result<Vec<VaultRow>> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT id, name, path, chunk_size, encryption, cipher, key_file, created FROM vaults ORDER BY name",
+        )?;
+        let rows = st.query_map([], Self::vault_from)?.collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    // ---- items
+
+    /// Registers an item.
+    pub fn insert_item(&self, i: &ItemRow) -> Result<()> {
+        let conn = self.conn();
+        let taken: Option<String> = conn
+            .query_row(
+                "SELECT name FROM items WHERE kind = ?1 AND source = ?2",
+                params![i.kind, i.source],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(other) = taken {
+            return Err(Error::Conflict(format!(
+                "{} is already protected as item {other:?}",
+                i.source
+            )));
+        }
+        conn.execute(
+            "INSERT INTO items (id, name, vault_id, kind, source, created) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![i.id, i.name, i.vault_id, i.kind, i.source, i.created],
+        )
+        .map_err(|e| constraint(e, "item", &i.name))?;
+        Ok(())
+    }
+
+    fn item_from(r: &Row<'_>) -> rusqlite::Result<ItemRow> {
+        Ok(ItemRow {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            vault_id: r.get(2)?,
+            kind: r.get(3)?,
+            source: r.get(4)?,
+            created: r.get(5)?,
+        })
+    }
+
+    /// An item by name or id.
+    pub fn item(&self, name_or_id: &str) -> Result<ItemRow> {
+        self.conn()
+            .query_row(
+                "SELECT id, name, vault_id, kind, source, created FROM items WHERE name = ?1 OR id = ?1",
+                [name_or_id],
+                Self::item_from,
+            )
+            .optional()?
+            .ok_or_else(|| Error::NotFound {
+                kind: "item",
+                name: name_or_id.into(),
+            })
+    }
+
+    /// Items, all or of one vault, by name.
+    pub fn list_items(&self, vault_id: Option<&str>) -> Result<Vec<ItemRow>> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT id, name, vault_id, kind, source, created FROM items
+             WHERE ?1 IS NULL OR vault_id = ?1 ORDER BY name",
+        )?;
+        let rows = st.query_map([vault_id], Self::item_from)?.collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    // ---- recovery points
+
+    /// Records a recovery point (ignored if already present, so attach can re-run).
+    pub fn insert_rp(&self, rp: &RpRow) -> Result<()> {
+        self.conn().execute(
+            "INSERT OR IGNORE INTO recovery_points
+             (id, item_id, time, logical_size, stored_size, consistency, tier, retain_until, job_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                rp.id,
+                rp.item_id,
+                rp.time,
+                rp.logical_size as i64,
+                rp.stored_size as i64,
+                rp.consistency,
+                rp.tier,
+                rp.retain_until,
+                rp.job_id
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn rp_from(r: &Row<'_>) -> rusqlite::Result<RpRow> {
+        Ok(RpRow {
+            id: r.get(0)?,
+            item_id: r.get(1)?,
+            time: r.get(2)?,
+            logical_size: r.get::<_, i64>(3)? as u64,
+            stored_size: r.get::<_, i64>(4)? as u64,
+            consistency: r.get(5)?,
+            tier: r.get(6)?,
+            retain_until: r.get(7)?,
+            job_id: r.get(8)?,
+        })
+    }
+
+    const RP_COLS: &str =
+        "id, item_id, time, logical_size, stored_size, consistency, tier, retain_until, job_id";
+
+    /// Recovery points of an item, newest first.
+    pub fn list_rps(&self, item_id: &str) -> Result<Vec<RpRow>> {
+        let conn = self.conn();
+        let mut st = conn.prepare(&format!(
+            "SELECT {} FROM recovery_points WHERE item_id = ?1 ORDER BY time DESC, id DESC",
+            Self::RP_COLS
+        ))?;
+        let rows = st.query_map([item_id], Self::rp_from)?.collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// A recovery point by id or unique id prefix (at least 4 characters).
+    pub fn rp(&self, id_or_prefix: &str) -> Result<RpRow> {
+        let not_found = || Error::NotFound {
+            kind: "recovery point",
+            name: id_or_prefix.into(),
+        };
+        if id_or_prefix.len() < 4 || !id_or_prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err(not_found());
+        }
+        let conn = self.conn();
+        let mut st = conn.prepare(&format!(
+            "SELECT {} FROM recovery_points WHERE id >= ?1 AND id < ?1 || '~' LIMIT 2",
+            Self::RP_COLS
+        ))?;
+        let rows: Vec<RpRow> = st.query_map([id_or_prefix], Self::rp_from)?.collect::<rusqlite::Result<_>>()?;
+        match rows.len() {
+            0 => Err(not_found()),
+            1 => Ok(rows.into_iter().next().expect("one")),
+            _ if rows.iter().any(|r| r.id == id_or_prefix) => {
+                Ok(rows.into_iter().find(|r| r.id == id_or_prefix).expect("found"))
+            }
+            _ => Err(Error::Ambiguous {
+                kind: "recovery point",
+                prefix: id_or_prefix.into(),
+            }),
+        }
+    }
+
+    // ---- jobs
+
+    /// Starts a job row. With `exclusive_target`, refuses when a job on the same target is
+    /// still in progress in a live process.
+    pub fn start_job(&self, id: &str, operation: &str, target: &str, exclusive_target: bool) -> Result<JobRow> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        if exclusive_target {
+            let running: Option<(String, u32)> = tx
+                .query_row(
+                    "SELECT id, pid FROM jobs WHERE target = ?1 AND operation = ?2 AND status = 'InProgress'",
+                    params![target, operation],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            if let Some((other, pid)) = running
+                && process_alive(pid)
+            {
+                return Err(Error::Conflict(format!(
+                    "job {other} ({operation} of {target}) is still running"
+                )));
+            }
+        }
+        let job = JobRow {
+            id: id.into(),
+            operation: operation.into(),
+            target: target.into(),
+            status: "InProgress".into(),
+            started: now(),
+            ended: None,
+            bytes_done: 0,
+            bytes_total: 0,
+            rp_id: None,
+            error: None,
+            log: Vec::new(),
+            pid: std::process::id(),
+        };
+        tx.execute(
+            "INSERT INTO jobs (id, operation, target, status, started, pid, bytes_done, bytes_total, log)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, 0, '[]')",
+            params![job.id, job.operation, job.target, job.status, job.started, job.pid],
+        )?;
+        tx.commit()?;
+        Ok(job)
+    }
+
+    /// Updates progress.
+    pub fn job_progress(&self, id: &str, done: u64, total: u64) -> Result<()> {
+        self.conn().execute(
+            "UPDATE jobs SET bytes_done = ?2, bytes_total = ?3 WHERE id = ?1",
+            params![id, done as i64, total as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Appends a log line.
+    pub fn job_log(&self, id: &str, line: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE jobs SET log = json_insert(log, '$[#]', ?2) WHERE id = ?1",
+            params![id, format!("{} {line}", now())],
+        )?;
+        Ok(())
+    }
+
+    /// Ends a job.
+    pub fn finish_job(&self, id: &str, status: &str, rp_id: Option<&str>, error: Option<&str>) -> Result<()> {
+        self.conn().execute(
+            "UPDATE jobs SET status = ?2, ended = ?3, rp_id = ?4, error = ?5 WHERE id = ?1",
+            params![id, status, now(), rp_id, error],
+        )?;
+        Ok(())
+    }
+
+    /// Marks InProgress jobs whose process is gone as Failed; returns how many.
+    pub fn fail_orphaned_jobs(&self) -> Result<usize> {
+        let conn = self.conn();
+        let orphans: Vec<(String, u32)> = conn
+            .prepare("SELECT id, pid FROM jobs WHERE status = 'InProgress'")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?
+            .into_iter()
+            .filter(|(_, pid)| !process_alive(*pid))
+            .collect();
+        for (id, _) in &orphans {
+            conn.execute(
+                "UPDATE jobs SET status = 'Failed', ended = ?2,
+                 error = 'the process running this job ended before it finished' WHERE id = ?1",
+                params![id, now()],
+            )?;
+        }
+        Ok(orphans.len())
+    }
+
+    fn job_from(r: &Row<'_>) -> rusqlite::Result<JobRow> {
+        let log: String = r.get(10)?;
+        Ok(JobRow {
+            id: r.get(0)?,
+            operation: r.get(1)?,
+            target: r.get(2)?,
+            status: r.get(3)?,
+            started: r.get(4)?,
+            ended: r.get(5)?,
+            bytes_done: r.get::<_, i64>(6)? as u64,
+            bytes_total: r.get::<_, i64>(7)? as u64,
+            rp_id: r.get(8)?,
+            error: r.get(9)?,
+            log: serde_json::from_str(&log).unwrap_or_default(),
+            pid: r.get(11)?,
+        })
+    }
+
+    const JOB_COLS: &str =
+        "id, operation, target, status, started, ended, bytes_done, bytes_total, rp_id, error, log, pid";
+
+    /// A job by id or unique prefix.
+    pub fn job(&self, id_or_prefix: &str) -> Result<JobRow> {
+        let conn = self.conn();
+        let mut st = conn.prepare(&format!(
+            "SELECT {} FROM jobs WHERE id >= ?1 AND id < ?1 || '~' LIMIT 2",
+            Self::JOB_COLS
+        ))?;
+        let rows: Vec<JobRow> = st.query_map([id_or_prefix], Self::job_from)?.collect::<rusqlite::Result<_>>()?;
+        match (rows.len(), id_or_prefix.len() >= 4) {
+            (1, true) => Ok(rows.into_iter().next().expect("one")),
+            (2, true) => rows
+                .into_iter()
+                .find(|r| r.id == id_or_prefix)
+                .ok_or(Error::Ambiguous {
+                    kind: "job",
+                    prefix: id_or_prefix.into(),
+                }),
+            _ => Err(Error::NotFound {
+                kind: "job",
+                name: id_or_prefix.into(),
+            }),
+        }
+    }
+
+    /// The latest `limit` jobs, newest first.
+    pub fn list_jobs(&self, limit: usize) -> Result<Vec<JobRow>> {
+        let conn = self.conn();
+        let mut st = conn.prepare(&format!(
+            "SELECT {} FROM jobs ORDER BY started DESC, id DESC LIMIT ?1",
+            Self::JOB_COLS
+        ))?;
+        let rows = st.query_map([limit as i64], Self::job_from)?.collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+}
+
+fn process_alive(pid: u32) -> bool {
+    pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists()
+}

@@ -1,0 +1,62 @@
+//! Catalog schema and its migrations, tracked with `PRAGMA user_version`.
+
+use rusqlite::Connection;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the foundation.
+    "CREATE TABLE vaults (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        path TEXT NOT NULL,
+        chunk_size INTEGER NOT NULL,
+        encryption TEXT NOT NULL,
+        cipher TEXT,
+        key_file TEXT,
+        created TEXT NOT NULL
+    );
+    CREATE TABLE items (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        vault_id TEXT NOT NULL REFERENCES vaults(id),
+        kind TEXT NOT NULL,
+        source TEXT NOT NULL,
+        created TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX items_by_source ON items(kind, source);
+    CREATE TABLE recovery_points (
+        id TEXT PRIMARY KEY,
+        item_id TEXT NOT NULL REFERENCES items(id),
+        time TEXT NOT NULL,
+        logical_size INTEGER NOT NULL,
+        stored_size INTEGER NOT NULL,
+        consistency TEXT NOT NULL,
+        tier TEXT NOT NULL,
+        retain_until TEXT,
+        job_id TEXT
+    );
+    CREATE INDEX rps_by_item_time ON recovery_points(item_id, time);
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        operation TEXT NOT NULL,
+        target TEXT NOT NULL,
+        status TEXT NOT NULL,
+        started TEXT NOT NULL,
+        ended TEXT,
+        pid INTEGER NOT NULL,
+        bytes_done INTEGER NOT NULL,
+        bytes_total INTEGER NOT NULL,
+        rp_id TEXT,
+        error TEXT,
+        log TEXT NOT NULL
+    );
+    CREATE INDEX jobs_by_start ON jobs(started);
+    CREATE INDEX jobs_by_status ON jobs(status);",
+];
+
+pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let current: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        conn.execute_batch(&format!("BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {}; COMMIT;", i + 1))?;
+    }
+    Ok(())
+}
