@@ -1,1 +1,47 @@
-//! kura-engine
+//! kura's engine: the operations users run, over the store, the sources and the catalog.
+//!
+//! [`Home`] is the entry point: one directory holding the SQLite catalog, the key files kura
+//! generated, and (by default) the vaults' local storage. Its methods are the product's
+//! verbs: create and attach vaults, protect items, back up ([`backup`]), restore
+//! ([`restore`]) and verify ([`verify`]). Every long operation is a job with an id, a log and
+//! progress in the catalog, and reports progress to a [`Progress`] sink as it goes.
+//!
+//! Architecture invariants kept here:
+//! - a recovery point is published (manifest written, catalog row inserted) only after its
+//!   chunks and indexes are durable;
+//! - a restore writes to a temporary file next to the target and renames it into place only
+//!   when every chunk has been verified and written;
+//! - bad input is refused before anything is written.
+//!
+//! The engine knows nothing about terminals or HTTP; the CLI and (later) the server call it.
+//!
+//! ```no_run
+//! use kura_engine::{Home, Secrets, NoProgress};
+//! let home = Home::open(std::path::Path::new("/var/lib/kura")).unwrap();
+//! let report = home.backup("web-disk", &Secrets::default(), &Default::default(), &NoProgress).unwrap();
+//! println!("job {} made recovery point {}", report.job_id, report.rp_id);
+//! ```
+
+pub mod backup;
+mod error;
+mod home;
+mod progress;
+pub mod restore;
+pub mod verify;
+
+pub use backup::{BackupOptions, BackupReport};
+pub use error::{Error, ErrorKind, Result};
+pub use home::{AttachReport, CreateVault, Home, Secrets, VaultInfo};
+pub use progress::{NoProgress, Progress};
+pub use restore::{RestoreFormat, RestoreReport};
+pub use verify::{VerifyProblem, VerifyReport, VerifyScope};
+
+/// Number of worker threads for data-path work.
+pub(crate) fn workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 16)
+}
+
+/// A new time-ordered id (UUID v7, simple form: 32 hex digits).
+pub(crate) fn new_id() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}

@@ -47,4 +47,9 @@ pub use id::{ChunkId, is_zero};
 pub use index::DiskIndex;
 pub use keys::{Cipher, KeySecret};
 pub use manifest::{DiskEntry, ItemRecord, Manifest, RpStats};
+
+/// The manifest schema version this build writes.
+pub fn manifest_version() -> u32 {
+    manifest::MANIFEST_VERSION
+}
 pub use vault::{FORMAT_VERSION, Vault, VaultConfig, VaultOptions};

@@ -1,0 +1,334 @@
+//! Backup: read a disk, chunk it, store the new chunks, publish a recovery point.
+//!
+//! The pipeline is one reader thread and N workers joined by bounded channels:
+//!
+//! ```text
+//! reader: allocation map → skip zero chunks → read data extents into a pooled buffer ─┐
+//! workers: zero check → keyed BLAKE3 → known? skip : zstd → AEAD → put ◄──────────────┘
+//! ```
+//!
+//! Memory is bounded by the buffer pool (`2 × workers + 2` chunks) plus one id per chunk of
+//! the disk. A chunk is "known" when the item's previous recovery point has it or the vault
+//! already stores it, so an incremental backup reads and hashes every allocated chunk but
+//! uploads only new ones, and still produces a full index.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crossbeam_channel::bounded;
+use kura_catalog::ItemRow;
+use kura_source::{DiskReader, Extent, ExtentKind};
+use kura_store::{ChunkId, DiskEntry, DiskIndex, Manifest, RpStats, Vault, is_zero};
+use serde::Serialize;
+
+use crate::home::{JobCtx, item_record, rp_row};
+use crate::{Error, ErrorKind, Home, Progress, Result, Secrets, new_id, workers};
+
+/// Options of `backup now`.
+#[derive(Debug, Clone, Default)]
+pub struct BackupOptions {
+    /// Keep the recovery point until this date (YYYY-MM-DD).
+    pub retain_until: Option<String>,
+    /// Test hook: stop with an error after this many chunks were stored (fault injection).
+    pub fail_after_chunks: Option<u64>,
+}
+
+/// The outcome of a backup.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupReport {
+    /// The job.
+    pub job_id: String,
+    /// The new recovery point.
+    pub rp_id: String,
+    /// Item name.
+    pub item: String,
+    /// Disk size.
+    pub logical_size: u64,
+    /// Bytes read from the source (allocated data only).
+    pub read_bytes: u64,
+    /// Chunks in the index.
+    pub chunks: u64,
+    /// Zero chunks (holes).
+    pub zero_chunks: u64,
+    /// Chunks uploaded by this backup.
+    pub new_chunks: u64,
+    /// Stored bytes uploaded by this backup.
+    pub new_stored_bytes: u64,
+    /// Whether a previous recovery point was used to skip known chunks.
+    pub incremental: bool,
+}
+
+impl Home {
+    /// Backs an item up now, as a job.
+    pub fn backup(&self, item: &str, secrets: &Secrets, opts: &BackupOptions, progress: &dyn Progress) -> Result<BackupReport> {
+        let item = self.catalog.item(item)?;
+        if let Some(d) = &opts.retain_until {
+            check_retain_until(d)?;
+        }
+        let (job_id, report) = self.run_job("Backup", &item.name, true, progress, |job| {
+            let report = self.backup_job(&item, secrets, opts, job)?;
+            let rp = report.rp_id.clone();
+            Ok((report, Some(rp)))
+        })?;
+        Ok(BackupReport { job_id, ..report })
+    }
+
+    fn backup_job(&self, item: &ItemRow, secrets: &Secrets, opts: &BackupOptions, job: &JobCtx<'_>) -> Result<BackupReport> {
+        let vrow = self.catalog.vault_by_id(&item.vault_id)?;
+        let vault = self.open_vault_row(&vrow, secrets)?;
+        let source = std::path::Path::new(&item.source);
+        if !source.exists() {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("the source of item {:?} is missing: {} does not exist", item.name, source.display()),
+            ));
+        }
+        let mut disk = kura_source::open_disk(source)?;
+
+        let previous = self.previous_index(item, &vault, job);
+        let incremental = previous.is_some();
+        job.message(&match &previous {
+            Some((rp, _)) => format!("incremental: chunks known from recovery point {rp} are not uploaded again"),
+            None => "full backup: no previous recovery point".into(),
+        });
+        let known: HashSet<ChunkId> = previous.map(|(_, idx)| idx.chunks.into_iter().collect()).unwrap_or_default();
+
+        let rp_id = new_id();
+        let time = jiff::Timestamp::now().to_string();
+        let (index, stats) = run_pipeline(&vault, disk.as_mut(), &known, job, opts.fail_after_chunks)?;
+        drop(disk);
+        // Invariant: chunks durable, then indexes durable, then the manifest.
+        vault.sync()?;
+        let index_key = vault.put_index(&rp_id, "disk0", &index)?;
+        vault.sync()?;
+        let zero_chunks = index.chunks.iter().filter(|c| c.is_zero()).count() as u64;
+        let manifest = Manifest {
+            version: kura_store::manifest_version(),
+            rp_id: rp_id.clone(),
+            vault_id: vault.config().vault_id.clone(),
+            item: item_record(item),
+            time,
+            consistency: "crash".into(),
+            tier: "vault-standard".into(),
+            retain_until: opts.retain_until.clone(),
+            job_id: job.id.clone(),
+            disks: vec![DiskEntry {
+                name: "disk0".into(),
+                size: index.size,
+                index: index_key,
+                chunks: index.chunks.len() as u64,
+                zero_chunks,
+                source_format: stats.format.clone(),
+            }],
+            stats: stats.rp.clone(),
+        };
+        vault.put_manifest(&manifest)?;
+        self.catalog.insert_rp(&rp_row(&manifest))?;
+        job.message(&format!(
+            "recovery point {rp_id}: {} chunks, {} new ({} bytes stored), {} bytes read",
+            index.chunks.len(),
+            stats.rp.new_chunks,
+            stats.rp.new_stored_bytes,
+            stats.rp.read_bytes
+        ));
+        Ok(BackupReport {
+            job_id: String::new(),
+            rp_id,
+            item: item.name.clone(),
+            logical_size: index.size,
+            read_bytes: stats.rp.read_bytes,
+            chunks: index.chunks.len() as u64,
+            zero_chunks,
+            new_chunks: stats.rp.new_chunks,
+            new_stored_bytes: stats.rp.new_stored_bytes,
+            incremental,
+        })
+    }
+
+    /// The index of the item's latest recovery point, when it can be read. A damaged one only
+    /// costs dedup against it, so it is logged and skipped rather than failing the backup.
+    fn previous_index(&self, item: &ItemRow, vault: &Vault, job: &JobCtx<'_>) -> Option<(String, DiskIndex)> {
+        let latest = self.catalog.list_rps(&item.id).ok()?.into_iter().next()?;
+        let load = || -> Result<DiskIndex> {
+            let m = vault.get_manifest(&latest.id)?;
+            let disk = m.disks.first().ok_or_else(|| Error::new(ErrorKind::Corrupt, "manifest lists no disk"))?;
+            Ok(vault.get_index(&disk.index)?)
+        };
+        match load() {
+            Ok(idx) => Some((latest.id, idx)),
+            Err(e) => {
+                job.message(&format!("previous recovery point {} unusable for dedup: {e}", latest.id));
+                None
+            }
+        }
+    }
+}
+
+fn check_retain_until(d: &str) -> Result<()> {
+    let date: jiff::civil::Date = d.parse().map_err(|e| {
+        Error::new(ErrorKind::Invalid, format!("--retain-until {d:?} is not a date in YYYY-MM-DD form: {e}"))
+    })?;
+    if date < jiff::Zoned::now().date() {
+        return Err(Error::new(ErrorKind::Invalid, format!("--retain-until {d} is in the past")));
+    }
+    Ok(())
+}
+
+struct PipelineStats {
+    rp: RpStats,
+    format: String,
+}
+
+struct Work {
+    slot: usize,
+    buf: Vec<u8>,
+    len: usize,
+}
+
+/// Reads `disk` and stores its new chunks; returns the full index.
+fn run_pipeline(
+    vault: &Vault,
+    disk: &mut dyn DiskReader,
+    known: &HashSet<ChunkId>,
+    progress: &dyn Progress,
+    fail_after: Option<u64>,
+) -> Result<(DiskIndex, PipelineStats)> {
+    let size = disk.size();
+    let chunk_size = vault.config().chunk_size;
+    let count = DiskIndex::chunk_count(size, chunk_size) as usize;
+    let ids = Mutex::new(vec![ChunkId::ZERO; count]);
+    let n_workers = workers();
+    let (work_tx, work_rx) = bounded::<Work>(n_workers);
+    let (free_tx, free_rx) = bounded::<Vec<u8>>(2 * n_workers + 2);
+    for _ in 0..2 * n_workers + 2 {
+        free_tx.send(Vec::new()).expect("pool has room");
+    }
+    let failed = AtomicBool::new(false);
+    let first_error: Mutex<Option<Error>> = Mutex::new(None);
+    let fail = |e: Error| {
+        failed.store(true, Ordering::SeqCst);
+        let mut slot = first_error.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            *slot = Some(e);
+        }
+    };
+    let read_bytes = AtomicU64::new(0);
+    let new_chunks = AtomicU64::new(0);
+    let new_stored = AtomicU64::new(0);
+    let new_plain = AtomicU64::new(0);
+    let format = disk.format().to_string();
+
+    progress.start("backup disk0", size);
+    std::thread::scope(|s| {
+        for _ in 0..n_workers {
+            let work_rx = work_rx.clone();
+            let free_tx = free_tx.clone();
+            let (ids, failed, fail) = (&ids, &failed, &fail);
+            let (new_chunks, new_stored, new_plain) = (&new_chunks, &new_stored, &new_plain);
+            s.spawn(move || {
+                let mut codec = vault.codec();
+                for w in work_rx {
+                    if failed.load(Ordering::SeqCst) {
+                        let _ = free_tx.send(w.buf);
+                        continue;
+                    }
+                    let data = &w.buf[..w.len];
+                    let id = if is_zero(data) { ChunkId::ZERO } else { codec.chunk_id(data) };
+                    let result = (|| -> Result<()> {
+                        if id.is_zero() || known.contains(&id) || vault.has_chunk(&id)? {
+                            return Ok(());
+                        }
+                        let stored = codec.encode_chunk(data)?;
+                        vault.put_chunk(&id, &stored)?;
+                        let n = new_chunks.fetch_add(1, Ordering::SeqCst) + 1;
+                        new_stored.fetch_add(stored.len() as u64, Ordering::Relaxed);
+                        new_plain.fetch_add(data.len() as u64, Ordering::Relaxed);
+                        if fail_after.is_some_and(|limit| n >= limit) {
+                            return Err(Error::new(ErrorKind::Other, "injected failure (fail_after_chunks)"));
+                        }
+                        Ok(())
+                    })();
+                    match result {
+                        Ok(()) => ids.lock().unwrap_or_else(|e| e.into_inner())[w.slot] = id,
+                        Err(e) => fail(e),
+                    }
+                    progress.advance(w.len as u64);
+                    let _ = free_tx.send(w.buf);
+                }
+            });
+        }
+        drop(work_rx);
+
+        // Reader, on this thread.
+        let mut reader = || -> Result<()> {
+            let mut window: Vec<Extent> = Vec::new();
+            let mut window_end = 0u64;
+            let window_len = 256 * u64::from(chunk_size);
+            for slot in 0..count {
+                if failed.load(Ordering::SeqCst) {
+                    break;
+                }
+                let start = slot as u64 * u64::from(chunk_size);
+                let end = (start + u64::from(chunk_size)).min(size);
+                if start >= window_end {
+                    window = disk.extents(start, window_len)?;
+                    window_end = (start + window_len).min(size);
+                }
+                let parts: Vec<Extent> = window
+                    .iter()
+                    .filter(|e| e.offset < end && e.offset + e.len > start)
+                    .copied()
+                    .collect();
+                if parts.iter().all(|e| e.kind == ExtentKind::Zero) {
+                    progress.advance(end - start);
+                    continue; // a hole: ChunkId::ZERO, never read
+                }
+                let mut buf = free_rx.recv().expect("workers return buffers");
+                let len = (end - start) as usize;
+                buf.resize(len, 0);
+                for e in parts {
+                    let a = e.offset.max(start);
+                    let b = (e.offset + e.len).min(end);
+                    let dst = &mut buf[(a - start) as usize..(b - start) as usize];
+                    match e.kind {
+                        ExtentKind::Zero => dst.fill(0),
+                        ExtentKind::Data => {
+                            disk.read_at(dst, a)?;
+                            read_bytes.fetch_add(b - a, Ordering::Relaxed);
+                        }
+                    }
+                }
+                if work_tx.send(Work { slot, buf, len }).is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        };
+        if let Err(e) = reader() {
+            fail(e);
+        }
+        drop(work_tx);
+    });
+    progress.finish();
+    if let Some(e) = first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(e);
+    }
+    let index = DiskIndex {
+        size,
+        chunk_size,
+        chunks: ids.into_inner().unwrap_or_else(|e| e.into_inner()),
+    };
+    Ok((
+        index,
+        PipelineStats {
+            rp: RpStats {
+                read_bytes: read_bytes.into_inner(),
+                new_chunks: new_chunks.into_inner(),
+                new_stored_bytes: new_stored.into_inner(),
+                new_plain_bytes: new_plain.into_inner(),
+            },
+            format,
+        },
+    ))
+}

@@ -1,0 +1,93 @@
+/// What kind of failure, for callers that branch (exit codes, HTTP status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// Unknown vault, item, recovery point, job or path.
+    NotFound,
+    /// The target already exists.
+    AlreadyExists,
+    /// The request is malformed or not allowed.
+    Invalid,
+    /// The object's state forbids it (e.g. a job already running).
+    Conflict,
+    /// Stored data failed a check.
+    Corrupt,
+    /// The key or passphrase is wrong or missing.
+    Key,
+    /// Anything else (I/O, tools).
+    Other,
+}
+
+/// An engine error: a message naming the object, and a kind.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// From the store.
+    #[error(transparent)]
+    Store(#[from] kura_store::Error),
+    /// From the catalog.
+    #[error(transparent)]
+    Catalog(#[from] kura_catalog::Error),
+    /// From a source.
+    #[error(transparent)]
+    Source(#[from] kura_source::Error),
+    /// From a backend.
+    #[error(transparent)]
+    Backend(#[from] kura_backend::Error),
+    /// Anything else, with its kind.
+    #[error("{message}")]
+    Other {
+        /// Kind.
+        kind: ErrorKind,
+        /// Message naming the object.
+        message: String,
+    },
+}
+
+impl Error {
+    pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error::Other {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn io(what: impl std::fmt::Display, e: std::io::Error) -> Self {
+        let kind = match e.kind() {
+            std::io::ErrorKind::NotFound => ErrorKind::NotFound,
+            std::io::ErrorKind::AlreadyExists => ErrorKind::AlreadyExists,
+            _ => ErrorKind::Other,
+        };
+        Error::new(kind, format!("{what}: {e}"))
+    }
+
+    /// The kind of failure.
+    pub fn kind(&self) -> ErrorKind {
+        use kura_store::Error as S;
+        match self {
+            Error::Store(S::NotAVault { .. } | S::Missing { .. }) => ErrorKind::NotFound,
+            Error::Store(S::AlreadyAVault { .. }) => ErrorKind::AlreadyExists,
+            Error::Store(S::WrongKey | S::SecretNeeded { .. }) => ErrorKind::Key,
+            Error::Store(S::Corrupt { .. } | S::UnsupportedVersion { .. }) => ErrorKind::Corrupt,
+            Error::Store(S::Invalid { .. }) => ErrorKind::Invalid,
+            Error::Store(S::Backend(b)) | Error::Backend(b) => match b {
+                kura_backend::Error::NotFound { .. } => ErrorKind::NotFound,
+                _ => ErrorKind::Other,
+            },
+            Error::Store(_) => ErrorKind::Other,
+            Error::Catalog(c) => match c {
+                kura_catalog::Error::NotFound { .. } => ErrorKind::NotFound,
+                kura_catalog::Error::AlreadyExists { .. } => ErrorKind::AlreadyExists,
+                kura_catalog::Error::Ambiguous { .. } => ErrorKind::Invalid,
+                kura_catalog::Error::Conflict(_) => ErrorKind::Conflict,
+                _ => ErrorKind::Other,
+            },
+            Error::Source(kura_source::Error::NotFound { .. }) => ErrorKind::NotFound,
+            Error::Source(_) => ErrorKind::Other,
+            Error::Other { kind, .. } => *kind,
+        }
+    }
+}
+
+/// Result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,628 @@
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use kura_backend::FsBackend;
+use kura_catalog::{Catalog, ItemRow, RpRow, VaultRow};
+use kura_store::{Cipher, ItemRecord, KeySecret, Vault, VaultOptions};
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+use crate::{Error, ErrorKind, Progress, Result, new_id};
+
+const CATALOG_FILE: &str = "catalog.db";
+
+/// The secrets a command was given to unlock vaults.
+#[derive(Debug, Clone, Default)]
+pub struct Secrets {
+    /// A passphrase (from `--passphrase-file` or `KURA_PASSPHRASE`).
+    pub passphrase: Option<Zeroizing<String>>,
+    /// A key file path (`--key-file`).
+    pub key_file: Option<PathBuf>,
+}
+
+impl Secrets {
+    fn key_file_secret(path: &Path) -> Result<KeySecret> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(format!("cannot read key file {}", path.display()), e))?;
+        Ok(KeySecret::KeyFile(Zeroizing::new(bytes)))
+    }
+}
+
+/// Settings for `vault create`.
+#[derive(Debug, Clone, Default)]
+pub struct CreateVault {
+    /// Storage directory; default `HOME/vaults/NAME`.
+    pub path: Option<PathBuf>,
+    /// Chunk size; default 4 MiB.
+    pub chunk_size: Option<u32>,
+    /// Turn encryption off.
+    pub no_encryption: bool,
+    /// Cipher; default AES-256-GCM.
+    pub cipher: Option<Cipher>,
+    /// Cheap key derivation (tests).
+    pub fast_kdf: bool,
+}
+
+/// A vault as shown to users.
+#[derive(Debug, Clone, Serialize)]
+pub struct VaultInfo {
+    /// Catalog row.
+    #[serde(flatten)]
+    pub row: VaultRow,
+    /// Number of items.
+    pub items: usize,
+    /// A note for the user (e.g. where a generated key file went).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// What `vault attach` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttachReport {
+    /// The vault.
+    pub vault: VaultRow,
+    /// Items registered.
+    pub items: Vec<String>,
+    /// Recovery points registered.
+    pub recovery_points: usize,
+    /// Problems met (e.g. an unreadable manifest), each naming the object.
+    pub warnings: Vec<String>,
+}
+
+/// A kura home: catalog, generated key files and default vault storage.
+#[derive(Debug)]
+pub struct Home {
+    root: PathBuf,
+    pub(crate) catalog: Arc<Catalog>,
+}
+
+impl Home {
+    /// Opens (creating if needed) the home at `root`. Jobs left `InProgress` by a process that
+    /// died are marked failed.
+    pub fn open(root: &Path) -> Result<Home> {
+        std::fs::create_dir_all(root).map_err(|e| Error::io(format!("cannot create home {}", root.display()), e))?;
+        let root = root
+            .canonicalize()
+            .map_err(|e| Error::io(format!("home {}", root.display()), e))?;
+        let catalog = Catalog::open(&root.join(CATALOG_FILE))?;
+        catalog.fail_orphaned_jobs()?;
+        Ok(Home {
+            root,
+            catalog: Arc::new(catalog),
+        })
+    }
+
+    /// The home directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The catalog.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    // ---- vaults
+
+    /// Creates a vault. With no passphrase and no key file (and encryption on), a key file is
+    /// generated in `HOME/keys/NAME.key` and the returned note says so.
+    pub fn create_vault(&self, name: &str, opts: &CreateVault, secrets: &Secrets) -> Result<VaultInfo> {
+        check_name("vault", name)?;
+        if self.catalog.vault(name).is_ok() {
+            return Err(Error::new(ErrorKind::AlreadyExists, format!("vault {name:?} already exists")));
+        }
+        let path = match &opts.path {
+            Some(p) => absolute(p)?,
+            None => self.root.join("vaults").join(name),
+        };
+        if path.exists() && path.read_dir().map(|mut d| d.next().is_some()).unwrap_or(true) {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("vault directory {} is not empty (to use an existing vault, run `kura vault attach`)", path.display()),
+            ));
+        }
+        let mut note = None;
+        let mut generated_key = None;
+        let (secret, encryption, key_file) = if opts.no_encryption {
+            if secrets.passphrase.is_some() || secrets.key_file.is_some() {
+                return Err(Error::new(
+                    ErrorKind::Invalid,
+                    "--no-encryption cannot be combined with a passphrase or key file",
+                ));
+            }
+            (KeySecret::None, "none", None)
+        } else if let Some(p) = &secrets.passphrase {
+            if p.is_empty() {
+                return Err(Error::new(ErrorKind::Invalid, "the passphrase is empty"));
+            }
+            (KeySecret::Passphrase(p.clone()), "passphrase", None)
+        } else if let Some(kf) = &secrets.key_file {
+            let kf = absolute(kf)?;
+            (Secrets::key_file_secret(&kf)?, "key-file", Some(kf))
+        } else {
+            let kf = self.root.join("keys").join(format!("{name}.key"));
+            if kf.exists() {
+                return Err(Error::new(
+                    ErrorKind::AlreadyExists,
+                    format!("key file {} already exists; move it away or pass --key-file", kf.display()),
+                ));
+            }
+            let contents = kura_store::keys::generate_key_file();
+            note = Some(format!(
+                "generated key file {}: keep a copy somewhere safe (or run `kura vault key export`); without it the vault cannot be read",
+                kf.display()
+            ));
+            generated_key = Some((kf.clone(), contents.clone()));
+            (KeySecret::KeyFile(contents), "key-file", Some(kf))
+        };
+        let mut vopts = VaultOptions {
+            fast_kdf: opts.fast_kdf,
+            ..VaultOptions::default()
+        };
+        if let Some(cs) = opts.chunk_size {
+            vopts.chunk_size = cs;
+        }
+        if let Some(c) = opts.cipher {
+            vopts.cipher = c;
+        }
+        let created_dir = !path.exists();
+        let cleanup = |e: Error| {
+            if created_dir {
+                let _ = std::fs::remove_dir_all(&path);
+            }
+            e
+        };
+        let backend = Arc::new(FsBackend::open(&path).map_err(|e| cleanup(e.into()))?);
+        let vault = Vault::create(backend, &vopts, &secret).map_err(|e| cleanup(e.into()))?;
+        if let Some((kf, contents)) = generated_key {
+            write_private(&kf, &contents).map_err(cleanup)?;
+        }
+        let row = VaultRow {
+            id: vault.config().vault_id.clone(),
+            name: name.to_string(),
+            path: path.display().to_string(),
+            chunk_size: vault.config().chunk_size,
+            encryption: encryption.into(),
+            cipher: vault.config().encryption.as_ref().map(|e| e.cipher.name().to_string()),
+            key_file: key_file.map(|k| k.display().to_string()),
+            created: vault.config().created.clone(),
+        };
+        self.catalog.insert_vault(&row)?;
+        Ok(VaultInfo { row, items: 0, note })
+    }
+
+    /// A vault's catalog row and item count.
+    pub fn vault_info(&self, name: &str) -> Result<VaultInfo> {
+        let row = self.catalog.vault(name)?;
+        let items = self.catalog.list_items(Some(&row.id))?.len();
+        Ok(VaultInfo { row, items, note: None })
+    }
+
+    /// Every vault.
+    pub fn list_vaults(&self) -> Result<Vec<VaultInfo>> {
+        self.catalog
+            .list_vaults()?
+            .into_iter()
+            .map(|row| {
+                let items = self.catalog.list_items(Some(&row.id))?.len();
+                Ok(VaultInfo { row, items, note: None })
+            })
+            .collect()
+    }
+
+    fn secret_for(&self, row: &VaultRow, secrets: &Secrets) -> Result<KeySecret> {
+        Ok(match row.encryption.as_str() {
+            "none" => KeySecret::None,
+            "passphrase" => match &secrets.passphrase {
+                Some(p) => KeySecret::Passphrase(p.clone()),
+                None => {
+                    return Err(Error::new(
+                        ErrorKind::Key,
+                        format!("vault {:?} is encrypted with a passphrase: pass --passphrase-file FILE or set KURA_PASSPHRASE", row.name),
+                    ));
+                }
+            },
+            _ => match (&secrets.key_file, &row.key_file) {
+                (Some(p), _) => Secrets::key_file_secret(p)?,
+                (None, Some(p)) => Secrets::key_file_secret(Path::new(p))?,
+                (None, None) => {
+                    return Err(Error::new(
+                        ErrorKind::Key,
+                        format!("vault {:?} is encrypted with a key file: pass --key-file FILE", row.name),
+                    ));
+                }
+            },
+        })
+    }
+
+    /// Opens a vault by catalog row.
+    pub(crate) fn open_vault_row(&self, row: &VaultRow, secrets: &Secrets) -> Result<Vault> {
+        let path = Path::new(&row.path);
+        if !path.join("config").exists() {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("vault {:?}: its storage {} is missing or is not a vault", row.name, path.display()),
+            ));
+        }
+        let backend = Arc::new(FsBackend::open(path)?);
+        let vault = Vault::open(backend, &self.secret_for(row, secrets)?).map_err(|e| match e {
+            kura_store::Error::WrongKey => Error::new(
+                ErrorKind::Key,
+                format!("vault {:?}: wrong passphrase or key file", row.name),
+            ),
+            e => e.into(),
+        })?;
+        if vault.config().vault_id != row.id {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!("vault {:?}: {} now holds a different vault", row.name, path.display()),
+            ));
+        }
+        Ok(vault)
+    }
+
+    /// Opens a vault by name.
+    pub fn open_vault(&self, name: &str, secrets: &Secrets) -> Result<Vault> {
+        let row = self.catalog.vault(name)?;
+        self.open_vault_row(&row, secrets)
+    }
+
+    /// Writes a vault's wrapped key (never the unwrapped one) to `to`, for escrow.
+    pub fn export_key(&self, name: &str, to: &Path, force: bool) -> Result<PathBuf> {
+        let row = self.catalog.vault(name)?;
+        let backend = FsBackend::open(Path::new(&row.path))?;
+        let config = Vault::read_config(&backend)?;
+        let enc = config.encryption.as_ref().ok_or_else(|| {
+            Error::new(ErrorKind::Invalid, format!("vault {name:?} is not encrypted; it has no key to export"))
+        })?;
+        if to.exists() && !force {
+            return Err(Error::new(ErrorKind::AlreadyExists, format!("{} already exists (use --force to overwrite)", to.display())));
+        }
+        let doc = serde_json::json!({
+            "kura_wrapped_key": 1,
+            "vault_id": config.vault_id,
+            "vault_name": name,
+            "cipher": enc.cipher.name(),
+            "key": enc.key,
+            "note": "the vault's data key wrapped by its passphrase or key file; useless without them",
+        });
+        let text = serde_json::to_vec_pretty(&doc).expect("json");
+        write_private(to, &text)?;
+        Ok(to.to_path_buf())
+    }
+
+    /// Registers an existing vault directory and rebuilds its items and recovery points from
+    /// the manifests stored in it.
+    pub fn attach_vault(&self, name: &str, path: &Path, secrets: &Secrets) -> Result<AttachReport> {
+        check_name("vault", name)?;
+        if self.catalog.vault(name).is_ok() {
+            return Err(Error::new(ErrorKind::AlreadyExists, format!("vault {name:?} already exists")));
+        }
+        let path = absolute(path)?;
+        if !path.is_dir() {
+            return Err(Error::new(ErrorKind::NotFound, format!("{} is not a directory", path.display())));
+        }
+        let backend = Arc::new(FsBackend::open(&path)?);
+        let config = Vault::read_config(backend.as_ref()).map_err(|e| match e {
+            kura_store::Error::NotAVault { reason, .. } => {
+                Error::new(ErrorKind::Invalid, format!("{} is not a kura vault: {reason}", path.display()))
+            }
+            e => e.into(),
+        })?;
+        if let Ok(existing) = self.catalog.vault_by_id(&config.vault_id) {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("this vault is already attached as {:?}", existing.name),
+            ));
+        }
+        let (encryption, key_file) = match (&config.encryption, &secrets.passphrase, &secrets.key_file) {
+            (None, _, _) => ("none", None),
+            (Some(e), _, _) if matches!(e.key.kek, kura_store::keys::KekSpec::Argon2id { .. }) => ("passphrase", None),
+            (Some(_), _, Some(kf)) => ("key-file", Some(absolute(kf)?.display().to_string())),
+            (Some(_), _, None) => {
+                return Err(Error::new(ErrorKind::Key, "this vault is encrypted with a key file: pass --key-file FILE"));
+            }
+        };
+        let row = VaultRow {
+            id: config.vault_id.clone(),
+            name: name.into(),
+            path: path.display().to_string(),
+            chunk_size: config.chunk_size,
+            encryption: encryption.into(),
+            cipher: config.encryption.as_ref().map(|e| e.cipher.name().to_string()),
+            key_file,
+            created: jiff::Timestamp::now().to_string(),
+        };
+        // Prove the key works before registering anything.
+        let vault = self.open_vault_row(&row, secrets)?;
+        let mut warnings = Vec::new();
+        let mut manifests = Vec::new();
+        for rp_id in vault.list_rp_ids()? {
+            match vault.get_manifest(&rp_id) {
+                Ok(m) => manifests.push(m),
+                Err(e) => warnings.push(format!("recovery point {rp_id} skipped: {e}")),
+            }
+        }
+        let mut records = vault.list_items().unwrap_or_else(|e| {
+            warnings.push(format!("item records unreadable: {e}"));
+            Vec::new()
+        });
+        for m in &manifests {
+            if !records.iter().any(|r| r.id == m.item.id) {
+                records.push(m.item.clone());
+            }
+        }
+        self.catalog.insert_vault(&row)?;
+        let mut items = Vec::new();
+        for r in &records {
+            let item = ItemRow {
+                id: r.id.clone(),
+                name: r.name.clone(),
+                vault_id: row.id.clone(),
+                kind: r.kind.clone(),
+                source: r.source.clone(),
+                created: r.created.clone(),
+            };
+            match self.catalog.insert_item(&item) {
+                Ok(()) => items.push(r.name.clone()),
+                Err(e) => warnings.push(format!("item {:?} not registered: {e}", r.name)),
+            }
+        }
+        let mut rps = 0;
+        for m in &manifests {
+            if !items.contains(&m.item.name) {
+                continue;
+            }
+            self.catalog.insert_rp(&rp_row(m))?;
+            rps += 1;
+        }
+        Ok(AttachReport {
+            vault: row,
+            items,
+            recovery_points: rps,
+            warnings,
+        })
+    }
+
+    // ---- items
+
+    /// Protects a disk image (or block device) in a vault.
+    pub fn protect_disk(&self, image: &Path, vault: &str, name: Option<&str>, secrets: &Secrets) -> Result<ItemRow> {
+        let vrow = self.catalog.vault(vault)?;
+        let source = absolute(image)?;
+        let meta = std::fs::metadata(&source).map_err(|e| Error::io(format!("disk image {}", source.display()), e))?;
+        if meta.is_dir() {
+            return Err(Error::new(ErrorKind::Invalid, format!("{} is a directory, not a disk image", source.display())));
+        }
+        std::fs::File::open(&source).map_err(|e| Error::io(format!("disk image {} is not readable", source.display()), e))?;
+        let name = match name {
+            Some(n) => n.to_string(),
+            None => default_item_name(&source),
+        };
+        check_name("item", &name)?;
+        let vault = self.open_vault_row(&vrow, secrets)?;
+        let item = ItemRow {
+            id: new_id(),
+            name,
+            vault_id: vrow.id.clone(),
+            kind: "disk".into(),
+            source: source.display().to_string(),
+            created: jiff::Timestamp::now().to_string(),
+        };
+        self.catalog.insert_item(&item)?;
+        if let Err(e) = vault.put_item(&item_record(&item)) {
+            return Err(e.into());
+        }
+        Ok(item)
+    }
+
+    /// An item by name or id.
+    pub fn item(&self, name: &str) -> Result<ItemRow> {
+        Ok(self.catalog.item(name)?)
+    }
+
+    /// Items.
+    pub fn list_items(&self) -> Result<Vec<ItemRow>> {
+        Ok(self.catalog.list_items(None)?)
+    }
+
+    /// Recovery points of an item, newest first.
+    pub fn list_rps(&self, item: &str) -> Result<Vec<RpRow>> {
+        let item = self.catalog.item(item)?;
+        Ok(self.catalog.list_rps(&item.id)?)
+    }
+
+    /// Resolves `RP` or `latest` for an item.
+    pub fn resolve_rp(&self, item: &ItemRow, rp: &str) -> Result<RpRow> {
+        if rp == "latest" {
+            return self
+                .catalog
+                .list_rps(&item.id)?
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("item {:?} has no recovery point yet", item.name)));
+        }
+        let row = self.catalog.rp(rp)?;
+        if row.item_id != item.id {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                format!("recovery point {rp} belongs to another item, not {:?}", item.name),
+            ));
+        }
+        Ok(row)
+    }
+
+    // ---- jobs
+
+    /// Runs `f` as a job: a catalog row with progress, log and final status. The error of a
+    /// failed job names the job.
+    pub(crate) fn run_job<T>(
+        &self,
+        operation: &str,
+        target: &str,
+        exclusive: bool,
+        progress: &dyn Progress,
+        f: impl FnOnce(&JobCtx<'_>) -> Result<(T, Option<String>)>,
+    ) -> Result<(String, T)> {
+        let id = new_id();
+        self.catalog.start_job(&id, operation, target, exclusive)?;
+        let ctx = JobCtx {
+            id: id.clone(),
+            catalog: &self.catalog,
+            user: progress,
+            state: Mutex::new(TeeState::default()),
+        };
+        ctx.log(&format!("{operation} of {target} started"));
+        match f(&ctx) {
+            Ok((value, rp)) => {
+                ctx.flush();
+                ctx.log(&format!("{operation} completed"));
+                self.catalog.finish_job(&id, "Completed", rp.as_deref(), None)?;
+                Ok((id, value))
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                ctx.log(&format!("failed: {msg}"));
+                self.catalog.finish_job(&id, "Failed", None, Some(&msg))?;
+                Err(Error::new(e.kind(), format!("{msg} (job {id})")))
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct TeeState {
+    done: u64,
+    total: u64,
+    last_write: Option<Instant>,
+}
+
+/// A running job: forwards progress to the user's sink and records it in the catalog about
+/// once a second.
+pub(crate) struct JobCtx<'a> {
+    pub(crate) id: String,
+    catalog: &'a Catalog,
+    user: &'a dyn Progress,
+    state: Mutex<TeeState>,
+}
+
+impl JobCtx<'_> {
+    pub(crate) fn log(&self, line: &str) {
+        let _ = self.catalog.job_log(&self.id, line);
+    }
+
+    fn flush(&self) {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = self.catalog.job_progress(&self.id, st.done, st.total);
+    }
+}
+
+impl Progress for JobCtx<'_> {
+    fn start(&self, phase: &str, total: u64) {
+        {
+            let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.total += total;
+        }
+        self.log(&format!("{phase}: {total} bytes"));
+        self.user.start(phase, total);
+        self.flush();
+    }
+
+    fn advance(&self, bytes: u64) {
+        self.user.advance(bytes);
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.done += bytes;
+        if st.last_write.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
+            st.last_write = Some(Instant::now());
+            let _ = self.catalog.job_progress(&self.id, st.done, st.total);
+        }
+    }
+
+    fn finish(&self) {
+        self.user.finish();
+        self.flush();
+    }
+
+    fn message(&self, line: &str) {
+        self.log(line);
+        self.user.message(line);
+    }
+}
+
+pub(crate) fn rp_row(m: &kura_store::Manifest) -> RpRow {
+    RpRow {
+        id: m.rp_id.clone(),
+        item_id: m.item.id.clone(),
+        time: m.time.clone(),
+        logical_size: m.disks.iter().map(|d| d.size).sum(),
+        stored_size: m.stats.new_stored_bytes,
+        consistency: m.consistency.clone(),
+        tier: m.tier.clone(),
+        retain_until: m.retain_until.clone(),
+        job_id: Some(m.job_id.clone()),
+    }
+}
+
+pub(crate) fn item_record(item: &ItemRow) -> ItemRecord {
+    ItemRecord {
+        id: item.id.clone(),
+        name: item.name.clone(),
+        kind: item.kind.clone(),
+        source: item.source.clone(),
+        created: item.created.clone(),
+    }
+}
+
+fn default_item_name(path: &Path) -> String {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "disk".into());
+    let cleaned: String = stem
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '-' })
+        .collect();
+    if cleaned.is_empty() { "disk".into() } else { cleaned }
+}
+
+/// Names: 1–64 characters of `A-Z a-z 0-9 . _ -`, not starting with `.` or `-`.
+pub(crate) fn check_name(kind: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with(['.', '-'])
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::Invalid,
+            format!("invalid {kind} name {name:?}: use 1-64 characters from A-Z a-z 0-9 . _ - (not starting with . or -)"),
+        ))
+    }
+}
+
+pub(crate) fn absolute(p: &Path) -> Result<PathBuf> {
+    std::path::absolute(p).map_err(|e| Error::io(format!("path {}", p.display()), e))
+}
+
+/// Writes a file readable only by its owner, atomically (temp file + rename).
+pub(crate) fn write_private(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+    let tmp = dir.join(format!(".{}.tmp-{}", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(), std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| Error::io(format!("cannot write {}", tmp.display()), e))?;
+    let r = f.write_all(data).and_then(|()| f.sync_all()).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = r {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::io(format!("cannot write {}", path.display()), e));
+    }
+    Ok(())
+}

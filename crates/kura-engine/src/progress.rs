@@ -1,0 +1,22 @@
+/// Where long operations report progress. Implementations must be cheap: `advance` is called
+/// once per chunk from worker threads.
+pub trait Progress: Sync {
+    /// A phase starts with `total` bytes to go (e.g. `backup disk0`).
+    fn start(&self, phase: &str, total: u64);
+    /// `bytes` more are done.
+    fn advance(&self, bytes: u64);
+    /// The phase ended.
+    fn finish(&self);
+    /// A line for the user (also kept in the job log by the engine).
+    fn message(&self, _line: &str) {}
+}
+
+/// Discards progress.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn start(&self, _: &str, _: u64) {}
+    fn advance(&self, _: u64) {}
+    fn finish(&self) {}
+}

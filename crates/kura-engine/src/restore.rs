@@ -1,0 +1,257 @@
+//! Restore: fetch an index's chunks in parallel, out of order, verify each, and write it at
+//! its offset into a sparse temporary file that is renamed over the target at the end.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use kura_store::{DiskIndex, Vault};
+use serde::Serialize;
+
+use crate::home::absolute;
+use crate::{Error, ErrorKind, Home, Progress, Result, Secrets, workers};
+
+/// Output format of a restored disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RestoreFormat {
+    /// A sparse raw image.
+    #[default]
+    Raw,
+    /// A qcow2 image (made from the sparse raw image with `qemu-img convert`).
+    Qcow2,
+}
+
+/// The outcome of a restore.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreReport {
+    /// The job.
+    pub job_id: String,
+    /// The recovery point restored.
+    pub rp_id: String,
+    /// Where it went.
+    pub target: String,
+    /// Format written.
+    pub format: RestoreFormat,
+    /// Disk size.
+    pub size: u64,
+    /// Chunks fetched (zero chunks are not).
+    pub chunks_fetched: u64,
+    /// Bytes written (holes are not).
+    pub bytes_written: u64,
+}
+
+/// Granularity at which zero runs inside a chunk are left as holes.
+const HOLE_BLOCK: usize = 4096;
+
+impl Home {
+    /// Restores the disk of recovery point `rp` (an id, a unique prefix, or `latest`) of
+    /// `item` to a new file `to`. Refuses an existing target unless `force`.
+    pub fn restore_disk(
+        &self,
+        item: &str,
+        rp: &str,
+        to: &Path,
+        format: RestoreFormat,
+        force: bool,
+        secrets: &Secrets,
+        progress: &dyn Progress,
+    ) -> Result<RestoreReport> {
+        let item = self.catalog.item(item)?;
+        let rp = self.resolve_rp(&item, rp)?;
+        let target = absolute(to)?;
+        if target.is_dir() {
+            return Err(Error::new(ErrorKind::Invalid, format!("restore target {} is a directory", target.display())));
+        }
+        if target.exists() && !force {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("restore target {} already exists (use --force to replace it)", target.display()),
+            ));
+        }
+        let dir = target.parent().unwrap_or(Path::new("/"));
+        if !dir.is_dir() {
+            return Err(Error::new(ErrorKind::NotFound, format!("directory {} does not exist", dir.display())));
+        }
+        let vrow = self.catalog.vault_by_id(&item.vault_id)?;
+        let vault = self.open_vault_row(&vrow, secrets)?;
+        let (job_id, report) = self.run_job("Restore", &item.name, false, progress, |job| {
+            let manifest = vault.get_manifest(&rp.id)?;
+            let disk = manifest
+                .disks
+                .first()
+                .ok_or_else(|| Error::new(ErrorKind::Corrupt, format!("manifest of {} lists no disk", rp.id)))?;
+            let index = vault.get_index(&disk.index)?;
+            if index.size != disk.size {
+                return Err(Error::new(ErrorKind::Corrupt, format!("index {} disagrees with its manifest on the disk size", disk.index)));
+            }
+            job.message(&format!("restoring recovery point {} ({} bytes) to {}", rp.id, index.size, target.display()));
+            let partial = temp_name(&target, &job.id, "raw");
+            let _cleanup = RemoveOnDrop(partial.clone());
+            let (fetched, written) = write_raw(&vault, &index, &partial, job)?;
+            let final_tmp = match format {
+                RestoreFormat::Raw => partial.clone(),
+                RestoreFormat::Qcow2 => {
+                    let q = temp_name(&target, &job.id, "qcow2");
+                    convert_to_qcow2(&partial, &q)?;
+                    q
+                }
+            };
+            let _cleanup2 = RemoveOnDrop(final_tmp.clone());
+            std::fs::rename(&final_tmp, &target).map_err(|e| Error::io(format!("cannot move the restored image to {}", target.display()), e))?;
+            sync_dir(dir);
+            let report = RestoreReport {
+                job_id: String::new(),
+                rp_id: rp.id.clone(),
+                target: target.display().to_string(),
+                format,
+                size: index.size,
+                chunks_fetched: fetched,
+                bytes_written: written,
+            };
+            Ok((report, Some(rp.id.clone())))
+        })?;
+        Ok(RestoreReport { job_id, ..report })
+    }
+}
+
+fn temp_name(target: &Path, job: &str, ext: &str) -> PathBuf {
+    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    target.with_file_name(format!(".{name}.kura-restore-{}.{ext}", &job[..12.min(job.len())]))
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(f) = File::open(dir) {
+        let _ = f.sync_all();
+    }
+}
+
+/// Writes every chunk of `index` into a new sparse file at `path`; returns (chunks fetched,
+/// bytes written).
+fn write_raw(vault: &Vault, index: &DiskIndex, path: &Path, progress: &dyn Progress) -> Result<(u64, u64)> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| Error::io(format!("cannot create {}", path.display()), e))?;
+    file.set_len(index.size).map_err(|e| Error::io(format!("cannot size {}", path.display()), e))?;
+    let slots: Vec<usize> = (0..index.chunks.len()).filter(|&i| !index.chunks[i].is_zero()).collect();
+    let zero_bytes: u64 = (0..index.chunks.len())
+        .filter(|&i| index.chunks[i].is_zero())
+        .map(|i| index.chunk_range(i).end - index.chunk_range(i).start)
+        .sum();
+    progress.start("restore disk0", index.size);
+    progress.advance(zero_bytes);
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let first_error: Mutex<Option<Error>> = Mutex::new(None);
+    let written = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..workers() {
+            s.spawn(|| {
+                let mut codec = vault.codec();
+                loop {
+                    if failed.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let n = next.fetch_add(1, Ordering::SeqCst);
+                    let Some(&slot) = slots.get(n) else { break };
+                    let id = &index.chunks[slot];
+                    let range = index.chunk_range(slot);
+                    let r = (|| -> Result<u64> {
+                        let data = vault.get_chunk(id, &mut codec)?;
+                        if data.len() as u64 != range.end - range.start {
+                            return Err(Error::new(
+                                ErrorKind::Corrupt,
+                                format!("chunk {id} has {} bytes but its place in the index needs {}", data.len(), range.end - range.start),
+                            ));
+                        }
+                        write_sparse(&file, &data, range.start)
+                            .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
+                    })();
+                    match r {
+                        Ok(w) => {
+                            written.fetch_add(w, Ordering::Relaxed);
+                            progress.advance(range.end - range.start);
+                        }
+                        Err(e) => {
+                            failed.store(true, Ordering::SeqCst);
+                            first_error.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    progress.finish();
+    if let Some(e) = first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(e);
+    }
+    file.sync_all().map_err(|e| Error::io(format!("cannot sync {}", path.display()), e))?;
+    Ok((slots.len() as u64, written.into_inner()))
+}
+
+/// Writes the non-zero 4 KiB blocks of `data` at `offset`, coalesced; zero blocks stay holes.
+fn write_sparse(file: &File, data: &[u8], offset: u64) -> std::io::Result<u64> {
+    let mut written = 0;
+    let mut run_start: Option<usize> = None;
+    let mut pos = 0;
+    while pos < data.len() {
+        let end = (pos + HOLE_BLOCK).min(data.len());
+        let zero = kura_store::is_zero(&data[pos..end]);
+        match (zero, run_start) {
+            (false, None) => run_start = Some(pos),
+            (true, Some(s)) => {
+                file.write_all_at(&data[s..pos], offset + s as u64)?;
+                written += (pos - s) as u64;
+                run_start = None;
+            }
+            _ => {}
+        }
+        pos = end;
+    }
+    if let Some(s) = run_start {
+        file.write_all_at(&data[s..], offset + s as u64)?;
+        written += (data.len() - s) as u64;
+    }
+    Ok(written)
+}
+
+fn convert_to_qcow2(raw: &Path, out: &Path) -> Result<()> {
+    let output = Command::new("qemu-img")
+        .args(["convert", "-q", "-f", "raw", "-O", "qcow2", "-W", "-m", "8"])
+        .arg(raw)
+        .arg(out)
+        .output()
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Other,
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    "restoring to qcow2 needs qemu-img (Debian package qemu-utils)".to_string()
+                } else {
+                    format!("qemu-img: {e}")
+                },
+            )
+        })?;
+    if !output.status.success() {
+        return Err(Error::new(
+            ErrorKind::Other,
+            format!("qemu-img convert to qcow2 failed: {}", String::from_utf8_lossy(&output.stderr).trim()),
+        ));
+    }
+    if let Ok(f) = File::open(out) {
+        let _ = f.sync_all();
+    }
+    Ok(())
+}

@@ -1,0 +1,210 @@
+//! Verify: re-read and fully check every chunk of a recovery point, an item or a vault, and
+//! name every bad chunk with the recovery points that use it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use kura_catalog::{ItemRow, RpRow};
+use kura_store::{ChunkId, Vault};
+use serde::Serialize;
+
+use crate::{Error, ErrorKind, Home, Progress, Result, Secrets, workers};
+
+/// What to verify.
+#[derive(Debug, Clone)]
+pub enum VerifyScope {
+    /// Every recovery point of every vault.
+    All,
+    /// Every recovery point in a vault.
+    Vault(String),
+    /// Every recovery point of an item.
+    Item(String),
+    /// One recovery point (id or unique prefix).
+    Rp(String),
+}
+
+/// One problem found.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyProblem {
+    /// The object: `chunk <id>`, `manifest of …`, `index …`.
+    pub object: String,
+    /// `missing` or `corrupt`.
+    pub problem: String,
+    /// Details.
+    pub detail: String,
+    /// Recovery points affected.
+    pub recovery_points: Vec<String>,
+}
+
+/// The outcome of a verify.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    /// The job.
+    pub job_id: String,
+    /// Recovery points checked.
+    pub recovery_points: usize,
+    /// Distinct chunks checked.
+    pub chunks_checked: usize,
+    /// Problems; empty when all is well.
+    pub problems: Vec<VerifyProblem>,
+}
+
+impl VerifyReport {
+    /// True when nothing is wrong.
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+impl Home {
+    /// Verifies `scope`. Problems are reported in the result, not as an error; an error means
+    /// verification itself could not run (unknown name, wrong key).
+    pub fn verify(&self, scope: &VerifyScope, secrets: &Secrets, progress: &dyn Progress) -> Result<VerifyReport> {
+        // Resolve the scope to (vault, recovery points) groups first: unknown names fail here.
+        let mut groups: BTreeMap<String, Vec<RpRow>> = BTreeMap::new();
+        let add_item = |item: &ItemRow, groups: &mut BTreeMap<String, Vec<RpRow>>| -> Result<()> {
+            let rps = self.catalog.list_rps(&item.id)?;
+            groups.entry(item.vault_id.clone()).or_default().extend(rps);
+            Ok(())
+        };
+        let target = match scope {
+            VerifyScope::All => {
+                for v in self.catalog.list_vaults()? {
+                    groups.entry(v.id.clone()).or_default();
+                    for item in self.catalog.list_items(Some(&v.id))? {
+                        add_item(&item, &mut groups)?;
+                    }
+                }
+                "all vaults".to_string()
+            }
+            VerifyScope::Vault(name) => {
+                let v = self.catalog.vault(name)?;
+                groups.entry(v.id.clone()).or_default();
+                for item in self.catalog.list_items(Some(&v.id))? {
+                    add_item(&item, &mut groups)?;
+                }
+                format!("vault {name}")
+            }
+            VerifyScope::Item(name) => {
+                let item = self.catalog.item(name)?;
+                add_item(&item, &mut groups)?;
+                format!("item {name}")
+            }
+            VerifyScope::Rp(id) => {
+                let rp = self.catalog.rp(id)?;
+                let item = self.catalog.item(&rp.item_id)?;
+                let id = rp.id.clone();
+                groups.entry(item.vault_id.clone()).or_default().push(rp);
+                format!("recovery point {id}")
+            }
+        };
+        let mut vaults = Vec::new();
+        for (vault_id, rps) in groups {
+            let row = self.catalog.vault_by_id(&vault_id)?;
+            vaults.push((self.open_vault_row(&row, secrets)?, rps));
+        }
+        let (job_id, report) = self.run_job("Verify", &target, false, progress, |job| {
+            let mut report = VerifyReport {
+                job_id: String::new(),
+                recovery_points: 0,
+                chunks_checked: 0,
+                problems: Vec::new(),
+            };
+            for (vault, rps) in &vaults {
+                verify_vault(vault, rps, &mut report, job)?;
+            }
+            for p in &report.problems {
+                job.message(&format!("{} {}: {} (recovery points: {})", p.object, p.problem, p.detail, p.recovery_points.join(", ")));
+            }
+            if !report.ok() {
+                job.message(&format!("{} problem(s) found", report.problems.len()));
+            }
+            Ok((report, None))
+        })?;
+        Ok(VerifyReport { job_id, ..report })
+    }
+}
+
+fn verify_vault(vault: &Vault, rps: &[RpRow], report: &mut VerifyReport, progress: &dyn Progress) -> Result<()> {
+    // chunk -> indexes of the recovery points that use it
+    let mut users: HashMap<ChunkId, Vec<u32>> = HashMap::new();
+    for (n, rp) in rps.iter().enumerate() {
+        report.recovery_points += 1;
+        let problem = |object: String, e: &kura_store::Error| VerifyProblem {
+            object,
+            problem: if matches!(e, kura_store::Error::Missing { .. }) { "missing" } else { "corrupt" }.into(),
+            detail: e.to_string(),
+            recovery_points: vec![rp.id.clone()],
+        };
+        let manifest = match vault.get_manifest(&rp.id) {
+            Ok(m) => m,
+            Err(e) => {
+                report.problems.push(problem(format!("manifest of recovery point {}", rp.id), &e));
+                continue;
+            }
+        };
+        for disk in &manifest.disks {
+            match vault.get_index(&disk.index) {
+                Ok(index) if index.size == disk.size => {
+                    for id in index.chunks.iter().filter(|c| !c.is_zero()) {
+                        let list = users.entry(*id).or_default();
+                        if list.last() != Some(&(n as u32)) {
+                            list.push(n as u32);
+                        }
+                    }
+                }
+                Ok(_) => report.problems.push(VerifyProblem {
+                    object: format!("index {}", disk.index),
+                    problem: "corrupt".into(),
+                    detail: "its disk size differs from the manifest's".into(),
+                    recovery_points: vec![rp.id.clone()],
+                }),
+                Err(e) => report.problems.push(problem(format!("index {}", disk.index), &e)),
+            }
+        }
+    }
+    let chunks: Vec<(ChunkId, Vec<u32>)> = users.into_iter().collect();
+    report.chunks_checked += chunks.len();
+    let bad: Mutex<Vec<VerifyProblem>> = Mutex::new(Vec::new());
+    let next = AtomicUsize::new(0);
+    let fatal: Mutex<Option<Error>> = Mutex::new(None);
+    progress.start("verify chunks", chunks.len() as u64 * u64::from(vault.config().chunk_size));
+    std::thread::scope(|s| {
+        for _ in 0..workers() {
+            s.spawn(|| {
+                let mut codec = vault.codec();
+                loop {
+                    let n = next.fetch_add(1, Ordering::SeqCst);
+                    let Some((id, used_by)) = chunks.get(n) else { break };
+                    let outcome = vault.get_chunk(id, &mut codec);
+                    progress.advance(u64::from(vault.config().chunk_size));
+                    let (problem, detail) = match outcome {
+                        Ok(_) => continue,
+                        Err(kura_store::Error::Missing { .. }) => ("missing", "not found in the vault".to_string()),
+                        Err(kura_store::Error::Corrupt { reason, .. }) => ("corrupt", reason),
+                        Err(e) => {
+                            // Storage failures are not verdicts about the chunk: stop.
+                            fatal.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e.into());
+                            break;
+                        }
+                    };
+                    bad.lock().unwrap_or_else(|e| e.into_inner()).push(VerifyProblem {
+                        object: format!("chunk {id}"),
+                        problem: problem.into(),
+                        detail,
+                        recovery_points: used_by.iter().map(|&i| rps[i as usize].id.clone()).collect(),
+                    });
+                }
+            });
+        }
+    });
+    progress.finish();
+    if let Some(e) = fatal.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(Error::new(ErrorKind::Other, format!("verification stopped: {e}")));
+    }
+    let mut bad = bad.into_inner().unwrap_or_else(|e| e.into_inner());
+    bad.sort_by(|a, b| a.object.cmp(&b.object));
+    report.problems.extend(bad);
+    Ok(())
+}
