@@ -1,0 +1,128 @@
+//! Output: tables or one JSON document on stdout; progress bars on a terminal's stderr.
+
+use std::io::IsTerminal;
+use std::sync::Mutex;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use kura_engine::Progress;
+use serde::Serialize;
+
+/// Where results go.
+pub struct Out {
+    json: bool,
+}
+
+impl Out {
+    pub fn new(json: bool) -> Self {
+        Out { json }
+    }
+
+    pub fn json(&self) -> bool {
+        self.json
+    }
+
+    /// Prints `value` as JSON, or `table()` for people.
+    pub fn print<T: Serialize>(&self, value: &T, table: impl FnOnce() -> String) {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(value).expect("serializable"));
+        } else {
+            print!("{}", table());
+        }
+    }
+
+    /// Reports an error: JSON on stdout, or a message on stderr.
+    pub fn error(&self, e: &anyhow::Error) {
+        if self.json {
+            let doc = serde_json::json!({"error": {"code": crate::error_code(e), "message": format!("{e:#}")}});
+            println!("{}", serde_json::to_string_pretty(&doc).expect("json"));
+        } else {
+            eprintln!("error: {e:#}");
+        }
+    }
+}
+
+/// Human-readable binary size.
+pub fn size(bytes: u64) -> String {
+    bytesize::ByteSize(bytes).display().iec().to_string()
+}
+
+/// A progress bar on stderr when it is a terminal and output is for people; silent otherwise.
+pub struct Bar {
+    enabled: bool,
+    bar: Mutex<Option<ProgressBar>>,
+}
+
+impl Bar {
+    pub fn new(out: &Out) -> Self {
+        Bar {
+            enabled: !out.json() && std::io::stderr().is_terminal(),
+            bar: Mutex::new(None),
+        }
+    }
+}
+
+impl Progress for Bar {
+    fn start(&self, phase: &str, total: u64) {
+        if !self.enabled {
+            return;
+        }
+        let pb = ProgressBar::new(total);
+        pb.set_style(
+            ProgressStyle::with_template("{msg:16} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        pb.set_message(phase.to_string());
+        *self.bar.lock().unwrap_or_else(|e| e.into_inner()) = Some(pb);
+    }
+
+    fn advance(&self, bytes: u64) {
+        if let Some(pb) = self.bar.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            pb.inc(bytes);
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(pb) = self.bar.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            pb.finish_and_clear();
+        }
+    }
+
+    fn message(&self, line: &str) {
+        if self.enabled {
+            match self.bar.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                Some(pb) => pb.println(line),
+                None => eprintln!("{line}"),
+            }
+        }
+    }
+}
+
+/// A plain aligned table.
+pub struct Table {
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(header: &[&str]) -> Self {
+        Table { rows: vec![header.iter().map(|s| s.to_string()).collect()] }
+    }
+
+    pub fn row(&mut self, r: Vec<String>) {
+        self.rows.push(r);
+    }
+
+    pub fn render(&self) -> String {
+        let cols = self.rows[0].len();
+        let widths: Vec<usize> = (0..cols)
+            .map(|c| self.rows.iter().map(|r| r.get(c).map_or(0, |s| s.chars().count())).max().unwrap_or(0))
+            .collect();
+        let mut out = String::new();
+        for r in &self.rows {
+            let line: Vec<String> = r.iter().enumerate().map(|(i, s)| format!("{s:<w$}", w = widths[i])).collect();
+            out += line.join("  ").trim_end();
+            out.push('\n');
+        }
+        out
+    }
+}
