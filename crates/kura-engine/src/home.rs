@@ -455,6 +455,16 @@ impl Home {
 
     // ---- jobs
 
+    /// A job by id or unique prefix.
+    pub fn job(&self, id: &str) -> Result<kura_catalog::JobRow> {
+        Ok(self.catalog.job(id)?)
+    }
+
+    /// The latest `limit` jobs, newest first.
+    pub fn list_jobs(&self, limit: usize) -> Result<Vec<kura_catalog::JobRow>> {
+        Ok(self.catalog.list_jobs(limit)?)
+    }
+
     /// Runs `f` as a job: a catalog row with progress, log and final status. The error of a
     /// failed job names the job.
     pub(crate) fn run_job<T>(

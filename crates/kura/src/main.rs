@@ -413,7 +413,7 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             Ok(if r.ok() { 0 } else { EXIT_DAMAGED })
         }
         Command::Job(JobCmd::List { limit }) => {
-            let jobs = home.catalog().list_jobs(*limit)?;
+            let jobs = home.list_jobs(*limit)?;
             out.print(&jobs, || {
                 let mut t = Table::new(&["ID", "OPERATION", "TARGET", "STATUS", "STARTED", "PROGRESS"]);
                 for j in &jobs {
@@ -427,7 +427,7 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Job(JobCmd::Show { id }) => {
-            let j = home.catalog().job(id)?;
+            let j = home.job(id)?;
             out.print(&j, || {
                 let mut s = format!(
                     "job        {}\noperation  {}\ntarget     {}\nstatus     {}\nstarted    {}\nended      {}\nprogress   {} of {}\n",
@@ -531,6 +531,9 @@ fn vault(home: &Home, cmd: &VaultCmd, secrets: &Secrets, out: &Out) -> anyhow::R
 
 /// Maps an error to a stable snake_case code.
 fn error_code(e: &anyhow::Error) -> &'static str {
+    if let Some(kura_catalog::Error::NotFound { .. }) = e.downcast_ref::<kura_catalog::Error>() {
+        return "not_found";
+    }
     match e.downcast_ref::<kura_engine::Error>().map(|e| e.kind()) {
         Some(ErrorKind::NotFound) => "not_found",
         Some(ErrorKind::AlreadyExists) => "already_exists",
