@@ -20,20 +20,32 @@ pub fn run(b: &dyn Backend) {
 
 fn put_get(b: &dyn Backend) {
     b.put("pg/a", b"hello").unwrap();
-    assert_eq!(b.get("pg/a").unwrap(), b"hello", "get returns what put stored");
+    assert_eq!(
+        b.get("pg/a").unwrap(),
+        b"hello",
+        "get returns what put stored"
+    );
     b.put("pg/empty", b"").unwrap();
     assert_eq!(b.get("pg/empty").unwrap(), b"", "empty objects round-trip");
     assert_eq!(b.stat("pg/empty").unwrap(), Some(0), "empty object exists");
     let big: Vec<u8> = (0..(5 << 20)).map(|i| (i % 251) as u8).collect();
     b.put("pg/big", &big).unwrap();
-    assert_eq!(b.get("pg/big").unwrap(), big, "multi-MiB objects round-trip");
+    assert_eq!(
+        b.get("pg/big").unwrap(),
+        big,
+        "multi-MiB objects round-trip"
+    );
     assert_eq!(b.stat("pg/big").unwrap(), Some(big.len() as u64));
 }
 
 fn overwrite(b: &dyn Backend) {
     b.put("ow/x", b"first version").unwrap();
     b.put("ow/x", b"2nd").unwrap();
-    assert_eq!(b.get("ow/x").unwrap(), b"2nd", "put replaces, no leftover tail");
+    assert_eq!(
+        b.get("ow/x").unwrap(),
+        b"2nd",
+        "put replaces, no leftover tail"
+    );
 }
 
 fn put_new(b: &dyn Backend) {
@@ -43,7 +55,11 @@ fn put_new(b: &dyn Backend) {
         matches!(err, Error::AlreadyExists { ref key } if key == "pn/x"),
         "put_new on an existing key is AlreadyExists, got {err:?}"
     );
-    assert_eq!(b.get("pn/x").unwrap(), b"one", "a refused put_new changes nothing");
+    assert_eq!(
+        b.get("pn/x").unwrap(),
+        b"one",
+        "a refused put_new changes nothing"
+    );
 }
 
 fn not_found(b: &dyn Backend) {
@@ -90,7 +106,10 @@ fn listing(b: &dyn Backend) {
 fn deletes(b: &dyn Backend) {
     b.put("del/x", b"x").unwrap();
     b.delete("del/x").unwrap();
-    assert!(b.get("del/x").unwrap_err().is_not_found(), "deleted objects are gone");
+    assert!(
+        b.get("del/x").unwrap_err().is_not_found(),
+        "deleted objects are gone"
+    );
     b.delete("del/x").unwrap();
     b.delete("del/never").unwrap();
     assert!(!b.list("").unwrap().iter().any(|k| k.starts_with("del/")));

@@ -108,7 +108,12 @@ impl Backend for FsBackend {
     fn put_new(&self, key: &str, data: &[u8]) -> Result<()> {
         check_key(key)?;
         self.rt
-            .block_on(async { self.op.write_with(key, data.to_vec()).if_not_exists(true).await })
+            .block_on(async {
+                self.op
+                    .write_with(key, data.to_vec())
+                    .if_not_exists(true)
+                    .await
+            })
             .map_err(|e| map_err(key, "put_new", e))?;
         self.mark_dirty(key);
         Ok(())

@@ -22,7 +22,8 @@ impl MemoryBackend {
 impl Backend for MemoryBackend {
     fn put(&self, key: &str, data: &[u8]) -> Result<()> {
         check_key(key)?;
-        self.write().insert(key.to_string(), Arc::new(data.to_vec()));
+        self.write()
+            .insert(key.to_string(), Arc::new(data.to_vec()));
         Ok(())
     }
 
@@ -50,9 +51,13 @@ impl Backend for MemoryBackend {
 
     fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>> {
         check_key(key)?;
-        let data = self.read().get(key).cloned().ok_or_else(|| Error::NotFound {
-            key: key.to_string(),
-        })?;
+        let data = self
+            .read()
+            .get(key)
+            .cloned()
+            .ok_or_else(|| Error::NotFound {
+                key: key.to_string(),
+            })?;
         slice_range(key, &data, range)
     }
 

@@ -159,12 +159,17 @@ pub struct Catalog {
 }
 
 fn now() -> String {
-    jiff::Timestamp::now().round(jiff::Unit::Millisecond).unwrap_or(jiff::Timestamp::now()).to_string()
+    jiff::Timestamp::now()
+        .round(jiff::Unit::Millisecond)
+        .unwrap_or(jiff::Timestamp::now())
+        .to_string()
 }
 
 fn constraint(e: rusqlite::Error, kind: &'static str, name: &str) -> Error {
     match e {
-        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
             Error::AlreadyExists {
                 kind,
                 name: name.to_string(),
@@ -264,7 +269,9 @@ impl Catalog {
         let mut st = conn.prepare(
             "SELECT id, name, path, chunk_size, encryption, cipher, key_file, created FROM vaults ORDER BY name",
         )?;
-        let rows = st.query_map([], Self::vault_from)?.collect::<rusqlite::Result<_>>()?;
+        let rows = st
+            .query_map([], Self::vault_from)?
+            .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
     }
 
@@ -327,7 +334,9 @@ impl Catalog {
             "SELECT id, name, vault_id, kind, source, created FROM items
              WHERE ?1 IS NULL OR vault_id = ?1 ORDER BY name",
         )?;
-        let rows = st.query_map([vault_id], Self::item_from)?.collect::<rusqlite::Result<_>>()?;
+        let rows = st
+            .query_map([vault_id], Self::item_from)?
+            .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
     }
 
@@ -378,7 +387,9 @@ impl Catalog {
             "SELECT {} FROM recovery_points WHERE item_id = ?1 ORDER BY time DESC, id DESC",
             Self::RP_COLS
         ))?;
-        let rows = st.query_map([item_id], Self::rp_from)?.collect::<rusqlite::Result<_>>()?;
+        let rows = st
+            .query_map([item_id], Self::rp_from)?
+            .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
     }
 
@@ -388,7 +399,11 @@ impl Catalog {
             kind: "recovery point",
             name: id_or_prefix.into(),
         };
-        if id_or_prefix.len() < 4 || !id_or_prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        if id_or_prefix.len() < 4
+            || !id_or_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
             return Err(not_found());
         }
         let conn = self.conn();
@@ -396,13 +411,16 @@ impl Catalog {
             "SELECT {} FROM recovery_points WHERE id >= ?1 AND id < ?1 || '~' LIMIT 2",
             Self::RP_COLS
         ))?;
-        let rows: Vec<RpRow> = st.query_map([id_or_prefix], Self::rp_from)?.collect::<rusqlite::Result<_>>()?;
+        let rows: Vec<RpRow> = st
+            .query_map([id_or_prefix], Self::rp_from)?
+            .collect::<rusqlite::Result<_>>()?;
         match rows.len() {
             0 => Err(not_found()),
             1 => Ok(rows.into_iter().next().expect("one")),
-            _ if rows.iter().any(|r| r.id == id_or_prefix) => {
-                Ok(rows.into_iter().find(|r| r.id == id_or_prefix).expect("found"))
-            }
+            _ if rows.iter().any(|r| r.id == id_or_prefix) => Ok(rows
+                .into_iter()
+                .find(|r| r.id == id_or_prefix)
+                .expect("found")),
             _ => Err(Error::Ambiguous {
                 kind: "recovery point",
                 prefix: id_or_prefix.into(),
@@ -414,7 +432,13 @@ impl Catalog {
 
     /// Starts a job row. With `exclusive_target`, refuses when a job on the same target is
     /// still in progress in a live process.
-    pub fn start_job(&self, id: &str, operation: &str, target: &str, exclusive_target: bool) -> Result<JobRow> {
+    pub fn start_job(
+        &self,
+        id: &str,
+        operation: &str,
+        target: &str,
+        exclusive_target: bool,
+    ) -> Result<JobRow> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         if exclusive_target {
@@ -475,7 +499,13 @@ impl Catalog {
     }
 
     /// Ends a job.
-    pub fn finish_job(&self, id: &str, status: &str, rp_id: Option<&str>, error: Option<&str>) -> Result<()> {
+    pub fn finish_job(
+        &self,
+        id: &str,
+        status: &str,
+        rp_id: Option<&str>,
+        error: Option<&str>,
+    ) -> Result<()> {
         self.conn().execute(
             "UPDATE jobs SET status = ?2, ended = ?3, rp_id = ?4, error = ?5 WHERE id = ?1",
             params![id, status, now(), rp_id, error],
@@ -521,8 +551,7 @@ impl Catalog {
         })
     }
 
-    const JOB_COLS: &str =
-        "id, operation, target, status, started, ended, bytes_done, bytes_total, rp_id, error, log, pid";
+    const JOB_COLS: &str = "id, operation, target, status, started, ended, bytes_done, bytes_total, rp_id, error, log, pid";
 
     /// A job by id or unique prefix.
     pub fn job(&self, id_or_prefix: &str) -> Result<JobRow> {
@@ -531,7 +560,9 @@ impl Catalog {
             "SELECT {} FROM jobs WHERE id >= ?1 AND id < ?1 || '~' LIMIT 2",
             Self::JOB_COLS
         ))?;
-        let rows: Vec<JobRow> = st.query_map([id_or_prefix], Self::job_from)?.collect::<rusqlite::Result<_>>()?;
+        let rows: Vec<JobRow> = st
+            .query_map([id_or_prefix], Self::job_from)?
+            .collect::<rusqlite::Result<_>>()?;
         match (rows.len(), id_or_prefix.len() >= 4) {
             (1, true) => Ok(rows.into_iter().next().expect("one")),
             (2, true) => rows
@@ -555,7 +586,9 @@ impl Catalog {
             "SELECT {} FROM jobs ORDER BY started DESC, id DESC LIMIT ?1",
             Self::JOB_COLS
         ))?;
-        let rows = st.query_map([limit as i64], Self::job_from)?.collect::<rusqlite::Result<_>>()?;
+        let rows = st
+            .query_map([limit as i64], Self::job_from)?
+            .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
     }
 }

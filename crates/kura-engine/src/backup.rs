@@ -61,7 +61,13 @@ pub struct BackupReport {
 
 impl Home {
     /// Backs an item up now, as a job.
-    pub fn backup(&self, item: &str, secrets: &Secrets, opts: &BackupOptions, progress: &dyn Progress) -> Result<BackupReport> {
+    pub fn backup(
+        &self,
+        item: &str,
+        secrets: &Secrets,
+        opts: &BackupOptions,
+        progress: &dyn Progress,
+    ) -> Result<BackupReport> {
         let item = self.catalog.item(item)?;
         if let Some(d) = &opts.retain_until {
             check_retain_until(d)?;
@@ -74,14 +80,24 @@ impl Home {
         Ok(BackupReport { job_id, ..report })
     }
 
-    fn backup_job(&self, item: &ItemRow, secrets: &Secrets, opts: &BackupOptions, job: &JobCtx<'_>) -> Result<BackupReport> {
+    fn backup_job(
+        &self,
+        item: &ItemRow,
+        secrets: &Secrets,
+        opts: &BackupOptions,
+        job: &JobCtx<'_>,
+    ) -> Result<BackupReport> {
         let vrow = self.catalog.vault_by_id(&item.vault_id)?;
         let vault = self.open_vault_row(&vrow, secrets)?;
         let source = std::path::Path::new(&item.source);
         if !source.exists() {
             return Err(Error::new(
                 ErrorKind::NotFound,
-                format!("the source of item {:?} is missing: {} does not exist", item.name, source.display()),
+                format!(
+                    "the source of item {:?} is missing: {} does not exist",
+                    item.name,
+                    source.display()
+                ),
             ));
         }
         let mut disk = kura_source::open_disk(source)?;
@@ -89,14 +105,19 @@ impl Home {
         let previous = self.previous_index(item, &vault, job);
         let incremental = previous.is_some();
         job.message(&match &previous {
-            Some((rp, _)) => format!("incremental: chunks known from recovery point {rp} are not uploaded again"),
+            Some((rp, _)) => {
+                format!("incremental: chunks known from recovery point {rp} are not uploaded again")
+            }
             None => "full backup: no previous recovery point".into(),
         });
-        let known: HashSet<ChunkId> = previous.map(|(_, idx)| idx.chunks.into_iter().collect()).unwrap_or_default();
+        let known: HashSet<ChunkId> = previous
+            .map(|(_, idx)| idx.chunks.into_iter().collect())
+            .unwrap_or_default();
 
         let rp_id = new_id();
         let time = jiff::Timestamp::now().to_string();
-        let (index, stats) = run_pipeline(&vault, disk.as_mut(), &known, job, opts.fail_after_chunks)?;
+        let (index, stats) =
+            run_pipeline(&vault, disk.as_mut(), &known, job, opts.fail_after_chunks)?;
         drop(disk);
         // Invariant: chunks durable, then indexes durable, then the manifest.
         vault.sync()?;
@@ -148,17 +169,28 @@ impl Home {
 
     /// The index of the item's latest recovery point, when it can be read. A damaged one only
     /// costs dedup against it, so it is logged and skipped rather than failing the backup.
-    fn previous_index(&self, item: &ItemRow, vault: &Vault, job: &JobCtx<'_>) -> Option<(String, DiskIndex)> {
+    fn previous_index(
+        &self,
+        item: &ItemRow,
+        vault: &Vault,
+        job: &JobCtx<'_>,
+    ) -> Option<(String, DiskIndex)> {
         let latest = self.catalog.list_rps(&item.id).ok()?.into_iter().next()?;
         let load = || -> Result<DiskIndex> {
             let m = vault.get_manifest(&latest.id)?;
-            let disk = m.disks.first().ok_or_else(|| Error::new(ErrorKind::Corrupt, "manifest lists no disk"))?;
+            let disk = m
+                .disks
+                .first()
+                .ok_or_else(|| Error::new(ErrorKind::Corrupt, "manifest lists no disk"))?;
             Ok(vault.get_index(&disk.index)?)
         };
         match load() {
             Ok(idx) => Some((latest.id, idx)),
             Err(e) => {
-                job.message(&format!("previous recovery point {} unusable for dedup: {e}", latest.id));
+                job.message(&format!(
+                    "previous recovery point {} unusable for dedup: {e}",
+                    latest.id
+                ));
                 None
             }
         }
@@ -167,10 +199,16 @@ impl Home {
 
 fn check_retain_until(d: &str) -> Result<()> {
     let date: jiff::civil::Date = d.parse().map_err(|e| {
-        Error::new(ErrorKind::Invalid, format!("--retain-until {d:?} is not a date in YYYY-MM-DD form: {e}"))
+        Error::new(
+            ErrorKind::Invalid,
+            format!("--retain-until {d:?} is not a date in YYYY-MM-DD form: {e}"),
+        )
     })?;
     if date < jiff::Zoned::now().date() {
-        return Err(Error::new(ErrorKind::Invalid, format!("--retain-until {d} is in the past")));
+        return Err(Error::new(
+            ErrorKind::Invalid,
+            format!("--retain-until {d} is in the past"),
+        ));
     }
     Ok(())
 }
@@ -234,7 +272,11 @@ fn run_pipeline(
                         continue;
                     }
                     let data = &w.buf[..w.len];
-                    let id = if is_zero(data) { ChunkId::ZERO } else { codec.chunk_id(data) };
+                    let id = if is_zero(data) {
+                        ChunkId::ZERO
+                    } else {
+                        codec.chunk_id(data)
+                    };
                     let result = (|| -> Result<()> {
                         if id.is_zero() || known.contains(&id) || vault.has_chunk(&id)? {
                             return Ok(());
@@ -245,7 +287,10 @@ fn run_pipeline(
                         new_stored.fetch_add(stored.len() as u64, Ordering::Relaxed);
                         new_plain.fetch_add(data.len() as u64, Ordering::Relaxed);
                         if fail_after.is_some_and(|limit| n >= limit) {
-                            return Err(Error::new(ErrorKind::Other, "injected failure (fail_after_chunks)"));
+                            return Err(Error::new(
+                                ErrorKind::Other,
+                                "injected failure (fail_after_chunks)",
+                            ));
                         }
                         Ok(())
                     })();

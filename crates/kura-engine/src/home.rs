@@ -24,7 +24,8 @@ pub struct Secrets {
 
 impl Secrets {
     fn key_file_secret(path: &Path) -> Result<KeySecret> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(format!("cannot read key file {}", path.display()), e))?;
+        let bytes = std::fs::read(path)
+            .map_err(|e| Error::io(format!("cannot read key file {}", path.display()), e))?;
         Ok(KeySecret::KeyFile(Zeroizing::new(bytes)))
     }
 }
@@ -81,7 +82,8 @@ impl Home {
     /// Opens (creating if needed) the home at `root`. Jobs left `InProgress` by a process that
     /// died are marked failed.
     pub fn open(root: &Path) -> Result<Home> {
-        std::fs::create_dir_all(root).map_err(|e| Error::io(format!("cannot create home {}", root.display()), e))?;
+        std::fs::create_dir_all(root)
+            .map_err(|e| Error::io(format!("cannot create home {}", root.display()), e))?;
         let root = root
             .canonicalize()
             .map_err(|e| Error::io(format!("home {}", root.display()), e))?;
@@ -107,19 +109,35 @@ impl Home {
 
     /// Creates a vault. With no passphrase and no key file (and encryption on), a key file is
     /// generated in `HOME/keys/NAME.key` and the returned note says so.
-    pub fn create_vault(&self, name: &str, opts: &CreateVault, secrets: &Secrets) -> Result<VaultInfo> {
+    pub fn create_vault(
+        &self,
+        name: &str,
+        opts: &CreateVault,
+        secrets: &Secrets,
+    ) -> Result<VaultInfo> {
         check_name("vault", name)?;
         if self.catalog.vault(name).is_ok() {
-            return Err(Error::new(ErrorKind::AlreadyExists, format!("vault {name:?} already exists")));
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("vault {name:?} already exists"),
+            ));
         }
         let path = match &opts.path {
             Some(p) => absolute(p)?,
             None => self.root.join("vaults").join(name),
         };
-        if path.exists() && path.read_dir().map(|mut d| d.next().is_some()).unwrap_or(true) {
+        if path.exists()
+            && path
+                .read_dir()
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(true)
+        {
             return Err(Error::new(
                 ErrorKind::AlreadyExists,
-                format!("vault directory {} is not empty (to use an existing vault, run `kura vault attach`)", path.display()),
+                format!(
+                    "vault directory {} is not empty (to use an existing vault, run `kura vault attach`)",
+                    path.display()
+                ),
             ));
         }
         let mut note = None;
@@ -145,7 +163,10 @@ impl Home {
             if kf.exists() {
                 return Err(Error::new(
                     ErrorKind::AlreadyExists,
-                    format!("key file {} already exists; move it away or pass --key-file", kf.display()),
+                    format!(
+                        "key file {} already exists; move it away or pass --key-file",
+                        kf.display()
+                    ),
                 ));
             }
             let contents = kura_store::keys::generate_key_file();
@@ -184,19 +205,31 @@ impl Home {
             path: path.display().to_string(),
             chunk_size: vault.config().chunk_size,
             encryption: encryption.into(),
-            cipher: vault.config().encryption.as_ref().map(|e| e.cipher.name().to_string()),
+            cipher: vault
+                .config()
+                .encryption
+                .as_ref()
+                .map(|e| e.cipher.name().to_string()),
             key_file: key_file.map(|k| k.display().to_string()),
             created: vault.config().created.clone(),
         };
         self.catalog.insert_vault(&row)?;
-        Ok(VaultInfo { row, items: 0, note })
+        Ok(VaultInfo {
+            row,
+            items: 0,
+            note,
+        })
     }
 
     /// A vault's catalog row and item count.
     pub fn vault_info(&self, name: &str) -> Result<VaultInfo> {
         let row = self.catalog.vault(name)?;
         let items = self.catalog.list_items(Some(&row.id))?.len();
-        Ok(VaultInfo { row, items, note: None })
+        Ok(VaultInfo {
+            row,
+            items,
+            note: None,
+        })
     }
 
     /// Every vault.
@@ -206,7 +239,11 @@ impl Home {
             .into_iter()
             .map(|row| {
                 let items = self.catalog.list_items(Some(&row.id))?.len();
-                Ok(VaultInfo { row, items, note: None })
+                Ok(VaultInfo {
+                    row,
+                    items,
+                    note: None,
+                })
             })
             .collect()
     }
@@ -219,7 +256,10 @@ impl Home {
                 None => {
                     return Err(Error::new(
                         ErrorKind::Key,
-                        format!("vault {:?} is encrypted with a passphrase: pass --passphrase-file FILE or set KURA_PASSPHRASE", row.name),
+                        format!(
+                            "vault {:?} is encrypted with a passphrase: pass --passphrase-file FILE or set KURA_PASSPHRASE",
+                            row.name
+                        ),
                     ));
                 }
             },
@@ -229,7 +269,10 @@ impl Home {
                 (None, None) => {
                     return Err(Error::new(
                         ErrorKind::Key,
-                        format!("vault {:?} is encrypted with a key file: pass --key-file FILE", row.name),
+                        format!(
+                            "vault {:?} is encrypted with a key file: pass --key-file FILE",
+                            row.name
+                        ),
                     ));
                 }
             },
@@ -242,7 +285,11 @@ impl Home {
         if !path.join("config").exists() {
             return Err(Error::new(
                 ErrorKind::NotFound,
-                format!("vault {:?}: its storage {} is missing or is not a vault", row.name, path.display()),
+                format!(
+                    "vault {:?}: its storage {} is missing or is not a vault",
+                    row.name,
+                    path.display()
+                ),
             ));
         }
         let backend = Arc::new(FsBackend::open(path)?);
@@ -256,7 +303,11 @@ impl Home {
         if vault.config().vault_id != row.id {
             return Err(Error::new(
                 ErrorKind::Conflict,
-                format!("vault {:?}: {} now holds a different vault", row.name, path.display()),
+                format!(
+                    "vault {:?}: {} now holds a different vault",
+                    row.name,
+                    path.display()
+                ),
             ));
         }
         Ok(vault)
@@ -274,10 +325,16 @@ impl Home {
         let backend = FsBackend::open(Path::new(&row.path))?;
         let config = Vault::read_config(&backend)?;
         let enc = config.encryption.as_ref().ok_or_else(|| {
-            Error::new(ErrorKind::Invalid, format!("vault {name:?} is not encrypted; it has no key to export"))
+            Error::new(
+                ErrorKind::Invalid,
+                format!("vault {name:?} is not encrypted; it has no key to export"),
+            )
         })?;
         if to.exists() && !force {
-            return Err(Error::new(ErrorKind::AlreadyExists, format!("{} already exists (use --force to overwrite)", to.display())));
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("{} already exists (use --force to overwrite)", to.display()),
+            ));
         }
         let doc = serde_json::json!({
             "kura_wrapped_key": 1,
@@ -297,17 +354,24 @@ impl Home {
     pub fn attach_vault(&self, name: &str, path: &Path, secrets: &Secrets) -> Result<AttachReport> {
         check_name("vault", name)?;
         if self.catalog.vault(name).is_ok() {
-            return Err(Error::new(ErrorKind::AlreadyExists, format!("vault {name:?} already exists")));
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("vault {name:?} already exists"),
+            ));
         }
         let path = absolute(path)?;
         if !path.is_dir() {
-            return Err(Error::new(ErrorKind::NotFound, format!("{} is not a directory", path.display())));
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("{} is not a directory", path.display()),
+            ));
         }
         let backend = Arc::new(FsBackend::open(&path)?);
         let config = Vault::read_config(backend.as_ref()).map_err(|e| match e {
-            kura_store::Error::NotAVault { reason, .. } => {
-                Error::new(ErrorKind::Invalid, format!("{} is not a kura vault: {reason}", path.display()))
-            }
+            kura_store::Error::NotAVault { reason, .. } => Error::new(
+                ErrorKind::Invalid,
+                format!("{} is not a kura vault: {reason}", path.display()),
+            ),
             e => e.into(),
         })?;
         if let Ok(existing) = self.catalog.vault_by_id(&config.vault_id) {
@@ -316,21 +380,32 @@ impl Home {
                 format!("this vault is already attached as {:?}", existing.name),
             ));
         }
-        let (encryption, key_file) = match (&config.encryption, &secrets.passphrase, &secrets.key_file) {
-            (None, _, _) => ("none", None),
-            (Some(e), _, _) if matches!(e.key.kek, kura_store::keys::KekSpec::Argon2id { .. }) => ("passphrase", None),
-            (Some(_), _, Some(kf)) => ("key-file", Some(absolute(kf)?.display().to_string())),
-            (Some(_), _, None) => {
-                return Err(Error::new(ErrorKind::Key, "this vault is encrypted with a key file: pass --key-file FILE"));
-            }
-        };
+        let (encryption, key_file) =
+            match (&config.encryption, &secrets.passphrase, &secrets.key_file) {
+                (None, _, _) => ("none", None),
+                (Some(e), _, _)
+                    if matches!(e.key.kek, kura_store::keys::KekSpec::Argon2id { .. }) =>
+                {
+                    ("passphrase", None)
+                }
+                (Some(_), _, Some(kf)) => ("key-file", Some(absolute(kf)?.display().to_string())),
+                (Some(_), _, None) => {
+                    return Err(Error::new(
+                        ErrorKind::Key,
+                        "this vault is encrypted with a key file: pass --key-file FILE",
+                    ));
+                }
+            };
         let row = VaultRow {
             id: config.vault_id.clone(),
             name: name.into(),
             path: path.display().to_string(),
             chunk_size: config.chunk_size,
             encryption: encryption.into(),
-            cipher: config.encryption.as_ref().map(|e| e.cipher.name().to_string()),
+            cipher: config
+                .encryption
+                .as_ref()
+                .map(|e| e.cipher.name().to_string()),
             key_file,
             created: jiff::Timestamp::now().to_string(),
         };
@@ -388,14 +463,29 @@ impl Home {
     // ---- items
 
     /// Protects a disk image (or block device) in a vault.
-    pub fn protect_disk(&self, image: &Path, vault: &str, name: Option<&str>, secrets: &Secrets) -> Result<ItemRow> {
+    pub fn protect_disk(
+        &self,
+        image: &Path,
+        vault: &str,
+        name: Option<&str>,
+        secrets: &Secrets,
+    ) -> Result<ItemRow> {
         let vrow = self.catalog.vault(vault)?;
         let source = absolute(image)?;
-        let meta = std::fs::metadata(&source).map_err(|e| Error::io(format!("disk image {}", source.display()), e))?;
+        let meta = std::fs::metadata(&source)
+            .map_err(|e| Error::io(format!("disk image {}", source.display()), e))?;
         if meta.is_dir() {
-            return Err(Error::new(ErrorKind::Invalid, format!("{} is a directory, not a disk image", source.display())));
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                format!("{} is a directory, not a disk image", source.display()),
+            ));
         }
-        std::fs::File::open(&source).map_err(|e| Error::io(format!("disk image {} is not readable", source.display()), e))?;
+        std::fs::File::open(&source).map_err(|e| {
+            Error::io(
+                format!("disk image {} is not readable", source.display()),
+                e,
+            )
+        })?;
         let name = match name {
             Some(n) => n.to_string(),
             None => default_item_name(&source),
@@ -441,13 +531,21 @@ impl Home {
                 .list_rps(&item.id)?
                 .into_iter()
                 .next()
-                .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("item {:?} has no recovery point yet", item.name)));
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::NotFound,
+                        format!("item {:?} has no recovery point yet", item.name),
+                    )
+                });
         }
         let row = self.catalog.rp(rp)?;
         if row.item_id != item.id {
             return Err(Error::new(
                 ErrorKind::Invalid,
-                format!("recovery point {rp} belongs to another item, not {:?}", item.name),
+                format!(
+                    "recovery point {rp} belongs to another item, not {:?}",
+                    item.name
+                ),
             ));
         }
         Ok(row)
@@ -488,7 +586,8 @@ impl Home {
             Ok((value, rp)) => {
                 ctx.flush();
                 ctx.log(&format!("{operation} completed"));
-                self.catalog.finish_job(&id, "Completed", rp.as_deref(), None)?;
+                self.catalog
+                    .finish_job(&id, "Completed", rp.as_deref(), None)?;
                 Ok((id, value))
             }
             Err(e) => {
@@ -543,7 +642,10 @@ impl Progress for JobCtx<'_> {
         self.user.advance(bytes);
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         st.done += bytes;
-        if st.last_write.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
+        if st
+            .last_write
+            .is_none_or(|t| t.elapsed() > Duration::from_secs(1))
+        {
             st.last_write = Some(Instant::now());
             let _ = self.catalog.job_progress(&self.id, st.done, st.total);
         }
@@ -591,9 +693,19 @@ fn default_item_name(path: &Path) -> String {
         .unwrap_or_else(|| "disk".into());
     let cleaned: String = stem
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
-    if cleaned.is_empty() { "disk".into() } else { cleaned }
+    if cleaned.is_empty() {
+        "disk".into()
+    } else {
+        cleaned
+    }
 }
 
 /// Names: 1–64 characters of `A-Z a-z 0-9 . _ -`, not starting with `.` or `-`.
@@ -601,13 +713,17 @@ pub(crate) fn check_name(kind: &str, name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && !name.starts_with(['.', '-'])
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if ok {
         Ok(())
     } else {
         Err(Error::new(
             ErrorKind::Invalid,
-            format!("invalid {kind} name {name:?}: use 1-64 characters from A-Z a-z 0-9 . _ - (not starting with . or -)"),
+            format!(
+                "invalid {kind} name {name:?}: use 1-64 characters from A-Z a-z 0-9 . _ - (not starting with . or -)"
+            ),
         ))
     }
 }
@@ -621,15 +737,25 @@ pub(crate) fn write_private(path: &Path, data: &[u8]) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
-    let tmp = dir.join(format!(".{}.tmp-{}", path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(), std::process::id()));
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(&tmp)
         .map_err(|e| Error::io(format!("cannot write {}", tmp.display()), e))?;
-    let r = f.write_all(data).and_then(|()| f.sync_all()).and_then(|()| std::fs::rename(&tmp, path));
+    let r = f
+        .write_all(data)
+        .and_then(|()| f.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, path));
     if let Err(e) = r {
         let _ = std::fs::remove_file(&tmp);
         return Err(Error::io(format!("cannot write {}", path.display()), e));

@@ -33,12 +33,14 @@ pub use backup::{BackupOptions, BackupReport};
 pub use error::{Error, ErrorKind, Result};
 pub use home::{AttachReport, CreateVault, Home, Secrets, VaultInfo};
 pub use progress::{NoProgress, Progress};
-pub use restore::{RestoreFormat, RestoreReport};
+pub use restore::{RestoreFormat, RestoreOptions, RestoreReport};
 pub use verify::{VerifyProblem, VerifyReport, VerifyScope};
 
 /// Number of worker threads for data-path work.
 pub(crate) fn workers() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 16)
+    std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(2, 16)
 }
 
 /// A new time-ordered id (UUID v7, simple form: 32 hex digits).

@@ -25,6 +25,19 @@ pub enum RestoreFormat {
     Qcow2,
 }
 
+/// What to restore and where.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// Recovery point id, unique prefix, or `latest`.
+    pub rp: String,
+    /// Target file; must not exist unless `force`.
+    pub to: PathBuf,
+    /// Output format.
+    pub format: RestoreFormat,
+    /// Replace an existing target.
+    pub force: bool,
+}
+
 /// The outcome of a restore.
 #[derive(Debug, Clone, Serialize)]
 pub struct RestoreReport {
@@ -48,47 +61,66 @@ pub struct RestoreReport {
 const HOLE_BLOCK: usize = 4096;
 
 impl Home {
-    /// Restores the disk of recovery point `rp` (an id, a unique prefix, or `latest`) of
-    /// `item` to a new file `to`. Refuses an existing target unless `force`.
+    /// Restores the disk of a recovery point of `item` to a new file.
     pub fn restore_disk(
         &self,
         item: &str,
-        rp: &str,
-        to: &Path,
-        format: RestoreFormat,
-        force: bool,
+        opts: &RestoreOptions,
         secrets: &Secrets,
         progress: &dyn Progress,
     ) -> Result<RestoreReport> {
+        let (format, force) = (opts.format, opts.force);
         let item = self.catalog.item(item)?;
-        let rp = self.resolve_rp(&item, rp)?;
-        let target = absolute(to)?;
+        let rp = self.resolve_rp(&item, &opts.rp)?;
+        let target = absolute(&opts.to)?;
         if target.is_dir() {
-            return Err(Error::new(ErrorKind::Invalid, format!("restore target {} is a directory", target.display())));
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                format!("restore target {} is a directory", target.display()),
+            ));
         }
         if target.exists() && !force {
             return Err(Error::new(
                 ErrorKind::AlreadyExists,
-                format!("restore target {} already exists (use --force to replace it)", target.display()),
+                format!(
+                    "restore target {} already exists (use --force to replace it)",
+                    target.display()
+                ),
             ));
         }
         let dir = target.parent().unwrap_or(Path::new("/"));
         if !dir.is_dir() {
-            return Err(Error::new(ErrorKind::NotFound, format!("directory {} does not exist", dir.display())));
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("directory {} does not exist", dir.display()),
+            ));
         }
         let vrow = self.catalog.vault_by_id(&item.vault_id)?;
         let vault = self.open_vault_row(&vrow, secrets)?;
         let (job_id, report) = self.run_job("Restore", &item.name, false, progress, |job| {
             let manifest = vault.get_manifest(&rp.id)?;
-            let disk = manifest
-                .disks
-                .first()
-                .ok_or_else(|| Error::new(ErrorKind::Corrupt, format!("manifest of {} lists no disk", rp.id)))?;
+            let disk = manifest.disks.first().ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Corrupt,
+                    format!("manifest of {} lists no disk", rp.id),
+                )
+            })?;
             let index = vault.get_index(&disk.index)?;
             if index.size != disk.size {
-                return Err(Error::new(ErrorKind::Corrupt, format!("index {} disagrees with its manifest on the disk size", disk.index)));
+                return Err(Error::new(
+                    ErrorKind::Corrupt,
+                    format!(
+                        "index {} disagrees with its manifest on the disk size",
+                        disk.index
+                    ),
+                ));
             }
-            job.message(&format!("restoring recovery point {} ({} bytes) to {}", rp.id, index.size, target.display()));
+            job.message(&format!(
+                "restoring recovery point {} ({} bytes) to {}",
+                rp.id,
+                index.size,
+                target.display()
+            ));
             let partial = temp_name(&target, &job.id, "raw");
             let _cleanup = RemoveOnDrop(partial.clone());
             let (fetched, written) = write_raw(&vault, &index, &partial, job)?;
@@ -101,7 +133,12 @@ impl Home {
                 }
             };
             let _cleanup2 = RemoveOnDrop(final_tmp.clone());
-            std::fs::rename(&final_tmp, &target).map_err(|e| Error::io(format!("cannot move the restored image to {}", target.display()), e))?;
+            std::fs::rename(&final_tmp, &target).map_err(|e| {
+                Error::io(
+                    format!("cannot move the restored image to {}", target.display()),
+                    e,
+                )
+            })?;
             sync_dir(dir);
             let report = RestoreReport {
                 job_id: String::new(),
@@ -119,8 +156,14 @@ impl Home {
 }
 
 fn temp_name(target: &Path, job: &str, ext: &str) -> PathBuf {
-    let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    target.with_file_name(format!(".{name}.kura-restore-{}.{ext}", &job[..12.min(job.len())]))
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    target.with_file_name(format!(
+        ".{name}.kura-restore-{}.{ext}",
+        &job[..12.min(job.len())]
+    ))
 }
 
 struct RemoveOnDrop(PathBuf);
@@ -139,14 +182,22 @@ fn sync_dir(dir: &Path) {
 
 /// Writes every chunk of `index` into a new sparse file at `path`; returns (chunks fetched,
 /// bytes written).
-fn write_raw(vault: &Vault, index: &DiskIndex, path: &Path, progress: &dyn Progress) -> Result<(u64, u64)> {
+fn write_raw(
+    vault: &Vault,
+    index: &DiskIndex,
+    path: &Path,
+    progress: &dyn Progress,
+) -> Result<(u64, u64)> {
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(path)
         .map_err(|e| Error::io(format!("cannot create {}", path.display()), e))?;
-    file.set_len(index.size).map_err(|e| Error::io(format!("cannot size {}", path.display()), e))?;
-    let slots: Vec<usize> = (0..index.chunks.len()).filter(|&i| !index.chunks[i].is_zero()).collect();
+    file.set_len(index.size)
+        .map_err(|e| Error::io(format!("cannot size {}", path.display()), e))?;
+    let slots: Vec<usize> = (0..index.chunks.len())
+        .filter(|&i| !index.chunks[i].is_zero())
+        .collect();
     let zero_bytes: u64 = (0..index.chunks.len())
         .filter(|&i| index.chunks[i].is_zero())
         .map(|i| index.chunk_range(i).end - index.chunk_range(i).start)
@@ -174,7 +225,11 @@ fn write_raw(vault: &Vault, index: &DiskIndex, path: &Path, progress: &dyn Progr
                         if data.len() as u64 != range.end - range.start {
                             return Err(Error::new(
                                 ErrorKind::Corrupt,
-                                format!("chunk {id} has {} bytes but its place in the index needs {}", data.len(), range.end - range.start),
+                                format!(
+                                    "chunk {id} has {} bytes but its place in the index needs {}",
+                                    data.len(),
+                                    range.end - range.start
+                                ),
                             ));
                         }
                         write_sparse(&file, &data, range.start)
@@ -187,7 +242,10 @@ fn write_raw(vault: &Vault, index: &DiskIndex, path: &Path, progress: &dyn Progr
                         }
                         Err(e) => {
                             failed.store(true, Ordering::SeqCst);
-                            first_error.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e);
+                            first_error
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .get_or_insert(e);
                         }
                     }
                 }
@@ -198,7 +256,8 @@ fn write_raw(vault: &Vault, index: &DiskIndex, path: &Path, progress: &dyn Progr
     if let Some(e) = first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
         return Err(e);
     }
-    file.sync_all().map_err(|e| Error::io(format!("cannot sync {}", path.display()), e))?;
+    file.sync_all()
+        .map_err(|e| Error::io(format!("cannot sync {}", path.display()), e))?;
     Ok((slots.len() as u64, written.into_inner()))
 }
 
@@ -247,7 +306,10 @@ fn convert_to_qcow2(raw: &Path, out: &Path) -> Result<()> {
     if !output.status.success() {
         return Err(Error::new(
             ErrorKind::Other,
-            format!("qemu-img convert to qcow2 failed: {}", String::from_utf8_lossy(&output.stderr).trim()),
+            format!(
+                "qemu-img convert to qcow2 failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
         ));
     }
     if let Ok(f) = File::open(out) {

@@ -60,7 +60,12 @@ impl VerifyReport {
 impl Home {
     /// Verifies `scope`. Problems are reported in the result, not as an error; an error means
     /// verification itself could not run (unknown name, wrong key).
-    pub fn verify(&self, scope: &VerifyScope, secrets: &Secrets, progress: &dyn Progress) -> Result<VerifyReport> {
+    pub fn verify(
+        &self,
+        scope: &VerifyScope,
+        secrets: &Secrets,
+        progress: &dyn Progress,
+    ) -> Result<VerifyReport> {
         // Resolve the scope to (vault, recovery points) groups first: unknown names fail here.
         let mut groups: BTreeMap<String, Vec<RpRow>> = BTreeMap::new();
         let add_item = |item: &ItemRow, groups: &mut BTreeMap<String, Vec<RpRow>>| -> Result<()> {
@@ -115,7 +120,13 @@ impl Home {
                 verify_vault(vault, rps, &mut report, job)?;
             }
             for p in &report.problems {
-                job.message(&format!("{} {}: {} (recovery points: {})", p.object, p.problem, p.detail, p.recovery_points.join(", ")));
+                job.message(&format!(
+                    "{} {}: {} (recovery points: {})",
+                    p.object,
+                    p.problem,
+                    p.detail,
+                    p.recovery_points.join(", ")
+                ));
             }
             if !report.ok() {
                 job.message(&format!("{} problem(s) found", report.problems.len()));
@@ -126,21 +137,33 @@ impl Home {
     }
 }
 
-fn verify_vault(vault: &Vault, rps: &[RpRow], report: &mut VerifyReport, progress: &dyn Progress) -> Result<()> {
+fn verify_vault(
+    vault: &Vault,
+    rps: &[RpRow],
+    report: &mut VerifyReport,
+    progress: &dyn Progress,
+) -> Result<()> {
     // chunk -> indexes of the recovery points that use it
     let mut users: HashMap<ChunkId, Vec<u32>> = HashMap::new();
     for (n, rp) in rps.iter().enumerate() {
         report.recovery_points += 1;
         let problem = |object: String, e: &kura_store::Error| VerifyProblem {
             object,
-            problem: if matches!(e, kura_store::Error::Missing { .. }) { "missing" } else { "corrupt" }.into(),
+            problem: if matches!(e, kura_store::Error::Missing { .. }) {
+                "missing"
+            } else {
+                "corrupt"
+            }
+            .into(),
             detail: e.to_string(),
             recovery_points: vec![rp.id.clone()],
         };
         let manifest = match vault.get_manifest(&rp.id) {
             Ok(m) => m,
             Err(e) => {
-                report.problems.push(problem(format!("manifest of recovery point {}", rp.id), &e));
+                report
+                    .problems
+                    .push(problem(format!("manifest of recovery point {}", rp.id), &e));
                 continue;
             }
         };
@@ -160,7 +183,9 @@ fn verify_vault(vault: &Vault, rps: &[RpRow], report: &mut VerifyReport, progres
                     detail: "its disk size differs from the manifest's".into(),
                     recovery_points: vec![rp.id.clone()],
                 }),
-                Err(e) => report.problems.push(problem(format!("index {}", disk.index), &e)),
+                Err(e) => report
+                    .problems
+                    .push(problem(format!("index {}", disk.index), &e)),
             }
         }
     }
@@ -169,39 +194,57 @@ fn verify_vault(vault: &Vault, rps: &[RpRow], report: &mut VerifyReport, progres
     let bad: Mutex<Vec<VerifyProblem>> = Mutex::new(Vec::new());
     let next = AtomicUsize::new(0);
     let fatal: Mutex<Option<Error>> = Mutex::new(None);
-    progress.start("verify chunks", chunks.len() as u64 * u64::from(vault.config().chunk_size));
+    progress.start(
+        "verify chunks",
+        chunks.len() as u64 * u64::from(vault.config().chunk_size),
+    );
     std::thread::scope(|s| {
         for _ in 0..workers() {
             s.spawn(|| {
                 let mut codec = vault.codec();
                 loop {
                     let n = next.fetch_add(1, Ordering::SeqCst);
-                    let Some((id, used_by)) = chunks.get(n) else { break };
+                    let Some((id, used_by)) = chunks.get(n) else {
+                        break;
+                    };
                     let outcome = vault.get_chunk(id, &mut codec);
                     progress.advance(u64::from(vault.config().chunk_size));
                     let (problem, detail) = match outcome {
                         Ok(_) => continue,
-                        Err(kura_store::Error::Missing { .. }) => ("missing", "not found in the vault".to_string()),
+                        Err(kura_store::Error::Missing { .. }) => {
+                            ("missing", "not found in the vault".to_string())
+                        }
                         Err(kura_store::Error::Corrupt { reason, .. }) => ("corrupt", reason),
                         Err(e) => {
                             // Storage failures are not verdicts about the chunk: stop.
-                            fatal.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e.into());
+                            fatal
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .get_or_insert(e.into());
                             break;
                         }
                     };
-                    bad.lock().unwrap_or_else(|e| e.into_inner()).push(VerifyProblem {
-                        object: format!("chunk {id}"),
-                        problem: problem.into(),
-                        detail,
-                        recovery_points: used_by.iter().map(|&i| rps[i as usize].id.clone()).collect(),
-                    });
+                    bad.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(VerifyProblem {
+                            object: format!("chunk {id}"),
+                            problem: problem.into(),
+                            detail,
+                            recovery_points: used_by
+                                .iter()
+                                .map(|&i| rps[i as usize].id.clone())
+                                .collect(),
+                        });
                 }
             });
         }
     });
     progress.finish();
     if let Some(e) = fatal.into_inner().unwrap_or_else(|e| e.into_inner()) {
-        return Err(Error::new(ErrorKind::Other, format!("verification stopped: {e}")));
+        return Err(Error::new(
+            ErrorKind::Other,
+            format!("verification stopped: {e}"),
+        ));
     }
     let mut bad = bad.into_inner().unwrap_or_else(|e| e.into_inner());
     bad.sort_by(|a, b| a.object.cmp(&b.object));

@@ -124,7 +124,9 @@ pub(crate) fn normalize(mut extents: Vec<Extent>, start: u64, end: u64) -> Vec<E
         e.offset = e.offset.max(start);
         e.len = e_end - e.offset;
         match out.last_mut() {
-            Some(last) if last.kind == e.kind && last.offset + last.len == e.offset => last.len += e.len,
+            Some(last) if last.kind == e.kind && last.offset + last.len == e.offset => {
+                last.len += e.len
+            }
             _ => out.push(e),
         }
     }

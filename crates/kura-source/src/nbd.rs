@@ -230,8 +230,14 @@ impl<S: Read + Write> Client<S> {
     }
 
     fn read_one(&mut self, buf: &mut [u8], offset: u64) -> Result<()> {
-        if offset.checked_add(buf.len() as u64).is_none_or(|e| e > self.size) {
-            return Err(proto(format!("read of {} bytes at {offset} is past the end", buf.len())));
+        if offset
+            .checked_add(buf.len() as u64)
+            .is_none_or(|e| e > self.size)
+        {
+            return Err(proto(format!(
+                "read of {} bytes at {offset} is past the end",
+                buf.len()
+            )));
         }
         let cookie = self.send_request(CMD_READ, offset, buf.len() as u32)?;
         let magic = read_u32(&mut self.s)?;
@@ -246,7 +252,9 @@ impl<S: Read + Write> Client<S> {
         self.structured_chunks(magic, cookie, |c, ty, payload_len| match ty {
             REPLY_TYPE_OFFSET_DATA => {
                 let at = read_u64(&mut c.s)?;
-                let n = payload_len.checked_sub(8).ok_or_else(|| proto("short data chunk"))?;
+                let n = payload_len
+                    .checked_sub(8)
+                    .ok_or_else(|| proto("short data chunk"))?;
                 let start = at
                     .checked_sub(offset)
                     .map(|s| s as usize)
@@ -271,7 +279,12 @@ impl<S: Read + Write> Client<S> {
 
     /// Block status of `offset..offset+len` in meta context `context`. The server may answer
     /// for less than the whole range; the descriptors start at `offset` and are contiguous.
-    pub fn block_status(&mut self, context: &str, offset: u64, len: u32) -> Result<Vec<Descriptor>> {
+    pub fn block_status(
+        &mut self,
+        context: &str,
+        offset: u64,
+        len: u32,
+    ) -> Result<Vec<Descriptor>> {
         let id = *self
             .contexts
             .get(context)
@@ -281,12 +294,16 @@ impl<S: Read + Write> Client<S> {
         if magic == SIMPLE_REPLY_MAGIC {
             let err = read_u32(&mut self.s)?;
             self.check_cookie(cookie)?;
-            return Err(proto(format!("block status at {offset} failed with error {err}")));
+            return Err(proto(format!(
+                "block status at {offset} failed with error {err}"
+            )));
         }
         let mut out = Vec::new();
         self.structured_chunks(magic, cookie, |c, ty, payload_len| {
             if ty != REPLY_TYPE_BLOCK_STATUS || payload_len < 4 || (payload_len - 4) % 8 != 0 {
-                return Err(proto(format!("unexpected reply chunk type {ty} to BLOCK_STATUS")));
+                return Err(proto(format!(
+                    "unexpected reply chunk type {ty} to BLOCK_STATUS"
+                )));
             }
             let ctx = read_u32(&mut c.s)?;
             for _ in 0..(payload_len - 4) / 8 {
@@ -299,7 +316,9 @@ impl<S: Read + Write> Client<S> {
             Ok(())
         })?;
         if out.is_empty() {
-            return Err(proto(format!("no block status returned for {context:?} at {offset}")));
+            return Err(proto(format!(
+                "no block status returned for {context:?} at {offset}"
+            )));
         }
         Ok(out)
     }
@@ -332,9 +351,14 @@ impl<S: Read + Write> Client<S> {
             if ty & REPLY_TYPE_ERROR_BIT != 0 {
                 let mut payload = vec![0; len.min(1 << 20)];
                 self.s.read_exact(&mut payload).map_err(io)?;
-                let code = payload.get(..4).map_or(0, |b| u32::from_be_bytes(b.try_into().expect("4")));
+                let code = payload
+                    .get(..4)
+                    .map_or(0, |b| u32::from_be_bytes(b.try_into().expect("4")));
                 let msg_len = payload.get(4..6).map_or(0, |b| usize::from(read_be16(b)));
-                let msg = payload.get(6..6 + msg_len).map(String::from_utf8_lossy).unwrap_or_default();
+                let msg = payload
+                    .get(6..6 + msg_len)
+                    .map(String::from_utf8_lossy)
+                    .unwrap_or_default();
                 error = Some(proto(format!("server error {code}: {msg}")));
             } else if ty != REPLY_TYPE_NONE {
                 each(self, ty, len)?;

@@ -22,11 +22,12 @@ pub fn image_format(path: &Path) -> Result<String> {
         .output();
     match out {
         Ok(out) if out.status.success() => {
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| Error::Tool {
-                tool: "qemu-img",
-                path: path.to_path_buf(),
-                message: format!("unreadable JSON: {e}"),
-            })?;
+            let v: serde_json::Value =
+                serde_json::from_slice(&out.stdout).map_err(|e| Error::Tool {
+                    tool: "qemu-img",
+                    path: path.to_path_buf(),
+                    message: format!("unreadable JSON: {e}"),
+                })?;
             v.get("format")
                 .and_then(|f| f.as_str())
                 .map(str::to_string)
@@ -88,7 +89,8 @@ impl NbdReader {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
-        std::fs::create_dir_all(&dir).map_err(|e| tool(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| tool(format!("cannot create {}: {e}", dir.display())))?;
         let sock = dir.join("nbd.sock");
         let child = Command::new("qemu-nbd")
             .arg("--read-only")
@@ -143,7 +145,9 @@ impl NbdReader {
     }
 
     fn client(&mut self) -> &mut Client<UnixStream> {
-        self.client.as_mut().expect("connected while the reader lives")
+        self.client
+            .as_mut()
+            .expect("connected while the reader lives")
     }
 }
 
@@ -163,13 +167,25 @@ impl DiskReader for NbdReader {
         let has_alloc = self.client().has_context(ALLOCATION);
         while pos < end {
             if !has_alloc {
-                out.push(Extent { offset: pos, len: end - pos, kind: ExtentKind::Data });
+                out.push(Extent {
+                    offset: pos,
+                    len: end - pos,
+                    kind: ExtentKind::Data,
+                });
                 break;
             }
             let ask = (end - pos).min(1 << 30) as u32;
             for d in self.client().block_status(ALLOCATION, pos, ask)? {
-                let kind = if d.flags & STATE_ZERO != 0 { ExtentKind::Zero } else { ExtentKind::Data };
-                out.push(Extent { offset: pos, len: d.len, kind });
+                let kind = if d.flags & STATE_ZERO != 0 {
+                    ExtentKind::Zero
+                } else {
+                    ExtentKind::Data
+                };
+                out.push(Extent {
+                    offset: pos,
+                    len: d.len,
+                    kind,
+                });
                 pos += d.len;
                 if pos >= end {
                     break;

@@ -79,7 +79,11 @@ impl DiskReader for RawReader {
             return Ok(Vec::new());
         }
         if !self.seek_data {
-            return Ok(vec![Extent { offset, len: end - offset, kind: ExtentKind::Data }]);
+            return Ok(vec![Extent {
+                offset,
+                len: end - offset,
+                kind: ExtentKind::Data,
+            }]);
         }
         let mut out = Vec::new();
         let mut pos = offset;
@@ -90,18 +94,30 @@ impl DiskReader for RawReader {
                 Err(_) if pos == offset => {
                     // Filesystem without SEEK_DATA: treat everything as data from now on.
                     self.seek_data = false;
-                    return Ok(vec![Extent { offset, len: end - offset, kind: ExtentKind::Data }]);
+                    return Ok(vec![Extent {
+                        offset,
+                        len: end - offset,
+                        kind: ExtentKind::Data,
+                    }]);
                 }
                 Err(e) => return Err(e),
             };
             if data > pos {
-                out.push(Extent { offset: pos, len: data - pos, kind: ExtentKind::Zero });
+                out.push(Extent {
+                    offset: pos,
+                    len: data - pos,
+                    kind: ExtentKind::Zero,
+                });
             }
             if data >= end {
                 break;
             }
             let hole = self.next_hole(data)?.min(end);
-            out.push(Extent { offset: data, len: hole - data, kind: ExtentKind::Data });
+            out.push(Extent {
+                offset: data,
+                len: hole - data,
+                kind: ExtentKind::Data,
+            });
             pos = hole;
         }
         Ok(normalize(out, offset, end))

@@ -123,7 +123,11 @@ impl Codec {
         header[32..40].copy_from_slice(&(sealed_len as u64).to_le_bytes());
         if let Some(cipher) = self.cipher {
             self.blob_aead(cipher, &salt)
-                .seal_in_place_append_tag(Nonce::assume_unique_for_key([0; 12]), Aad::from(&header), &mut body)
+                .seal_in_place_append_tag(
+                    Nonce::assume_unique_for_key([0; 12]),
+                    Aad::from(&header),
+                    &mut body,
+                )
                 .map_err(|_| Error::Invalid {
                     field: "blob",
                     reason: "too large to encrypt".into(),
@@ -152,7 +156,10 @@ impl Codec {
     pub fn decode(&mut self, kind: BlobKind, object: &str, stored: &[u8]) -> Result<Vec<u8>> {
         let header = check_stored(object, stored)?;
         if header.kind != kind {
-            return Err(Error::corrupt(object, format!("holds a {:?} blob, expected {kind:?}", header.kind)));
+            return Err(Error::corrupt(
+                object,
+                format!("holds a {:?} blob, expected {kind:?}", header.kind),
+            ));
         }
         if header.cipher != self.cipher {
             return Err(Error::corrupt(
@@ -169,8 +176,14 @@ impl Codec {
             let aad: [u8; HEADER_LEN] = stored[..HEADER_LEN].try_into().expect("header");
             let n = self
                 .blob_aead(cipher, &header.salt)
-                .open_in_place(Nonce::assume_unique_for_key([0; 12]), Aad::from(&aad), &mut body)
-                .map_err(|_| Error::corrupt(object, "authentication failed (wrong key or tampered data)"))?
+                .open_in_place(
+                    Nonce::assume_unique_for_key([0; 12]),
+                    Aad::from(&aad),
+                    &mut body,
+                )
+                .map_err(|_| {
+                    Error::corrupt(object, "authentication failed (wrong key or tampered data)")
+                })?
                 .len();
             body.truncate(n);
         }
@@ -180,12 +193,18 @@ impl Codec {
                 .decompress(&body, header.plain_len as usize)
                 .map_err(|e| Error::corrupt(object, format!("zstd: {e}")))?;
             if out.len() as u64 != header.plain_len {
-                return Err(Error::corrupt(object, "decompressed length differs from the header"));
+                return Err(Error::corrupt(
+                    object,
+                    "decompressed length differs from the header",
+                ));
             }
             out
         } else {
             if body.len() as u64 != header.plain_len {
-                return Err(Error::corrupt(object, "payload length differs from the header"));
+                return Err(Error::corrupt(
+                    object,
+                    "payload length differs from the header",
+                ));
             }
             body
         };
@@ -221,20 +240,29 @@ pub struct Header {
 /// Checks a stored blob without any key: structure, lengths and checksum.
 pub fn check_stored(object: &str, stored: &[u8]) -> Result<Header> {
     if stored.len() < HEADER_LEN + CHECKSUM_LEN {
-        return Err(Error::corrupt(object, format!("truncated: {} bytes", stored.len())));
+        return Err(Error::corrupt(
+            object,
+            format!("truncated: {} bytes", stored.len()),
+        ));
     }
     if &stored[..4] != MAGIC {
         return Err(Error::corrupt(object, "bad magic"));
     }
     if stored[4] != BLOB_VERSION {
-        return Err(Error::corrupt(object, format!("unknown blob version {}", stored[4])));
+        return Err(Error::corrupt(
+            object,
+            format!("unknown blob version {}", stored[4]),
+        ));
     }
     let payload_len = u64::from_le_bytes(stored[32..40].try_into().expect("8 bytes"));
     let expected = (HEADER_LEN + CHECKSUM_LEN) as u64;
     if payload_len.checked_add(expected) != Some(stored.len() as u64) {
         return Err(Error::corrupt(
             object,
-            format!("truncated or padded: header says {payload_len} payload bytes, found {}", stored.len() as u64 - expected),
+            format!(
+                "truncated or padded: header says {payload_len} payload bytes, found {}",
+                stored.len() as u64 - expected
+            ),
         ));
     }
     let split = stored.len() - CHECKSUM_LEN;
@@ -250,11 +278,17 @@ pub fn check_stored(object: &str, stored: &[u8]) -> Result<Header> {
     };
     let cipher = match stored[7] {
         0 => None,
-        c => Some(Cipher::from_code(c).ok_or_else(|| Error::corrupt(object, format!("unknown cipher {c}")))?),
+        c => Some(
+            Cipher::from_code(c)
+                .ok_or_else(|| Error::corrupt(object, format!("unknown cipher {c}")))?,
+        ),
     };
     let plain_len = u64::from_le_bytes(stored[8..16].try_into().expect("8 bytes"));
     if plain_len > MAX_PLAIN_LEN {
-        return Err(Error::corrupt(object, format!("declares {plain_len} plaintext bytes")));
+        return Err(Error::corrupt(
+            object,
+            format!("declares {plain_len} plaintext bytes"),
+        ));
     }
     Ok(Header {
         kind,

@@ -77,7 +77,10 @@ impl DiskIndex {
         }
         let body = &b[HEADER_LEN..];
         if Some(body.len() as u64) != count.checked_mul(32) {
-            return Err(bad(format!("expected {count} chunk ids, found {} bytes", body.len())));
+            return Err(bad(format!(
+                "expected {count} chunk ids, found {} bytes",
+                body.len()
+            )));
         }
         let chunks = body
             .chunks_exact(32)

@@ -138,7 +138,8 @@ impl Keys {
     pub(crate) fn from_master(master: &[u8; 32], encrypted: bool) -> Keys {
         Keys {
             id_key: Zeroizing::new(blake3::derive_key(ID_KEY_CONTEXT, master)),
-            blob_key: encrypted.then(|| Zeroizing::new(blake3::derive_key(BLOB_KEY_CONTEXT, master))),
+            blob_key: encrypted
+                .then(|| Zeroizing::new(blake3::derive_key(BLOB_KEY_CONTEXT, master))),
         }
     }
 }
@@ -155,7 +156,8 @@ fn derive_kek(spec: &KekSpec, secret: &KeySecret) -> Result<Zeroizing<[u8; 32]>>
             },
             KeySecret::Passphrase(p),
         ) => {
-            let salt = hex::decode(salt).map_err(|e| Error::corrupt("vault config", format!("kek salt: {e}")))?;
+            let salt = hex::decode(salt)
+                .map_err(|e| Error::corrupt("vault config", format!("kek salt: {e}")))?;
             let params = argon2::Params::new(*m_cost, *t_cost, *p_cost, Some(32))
                 .map_err(|e| Error::corrupt("vault config", format!("argon2 parameters: {e}")))?;
             argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
@@ -174,7 +176,11 @@ fn derive_kek(spec: &KekSpec, secret: &KeySecret) -> Result<Zeroizing<[u8; 32]>>
             }
             *kek = blake3::derive_key(KEY_FILE_CONTEXT, bytes);
         }
-        (KekSpec::Argon2id { .. }, _) => return Err(Error::SecretNeeded { needed: "passphrase" }),
+        (KekSpec::Argon2id { .. }, _) => {
+            return Err(Error::SecretNeeded {
+                needed: "passphrase",
+            });
+        }
         (KekSpec::KeyFile, _) => return Err(Error::SecretNeeded { needed: "key file" }),
     }
     Ok(kek)
@@ -194,13 +200,22 @@ pub(crate) fn new_kek_spec(secret: &KeySecret, fast: bool) -> Option<KekSpec> {
     }
 }
 
-pub(crate) fn wrap(master: &[u8; 32], spec: KekSpec, secret: &KeySecret, aad: &[u8]) -> Result<WrappedKey> {
+pub(crate) fn wrap(
+    master: &[u8; 32],
+    spec: KekSpec,
+    secret: &KeySecret,
+    aad: &[u8],
+) -> Result<WrappedKey> {
     let kek = derive_kek(&spec, secret)?;
     let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, kek.as_ref()).expect("32-byte key"));
     let nonce = random_bytes::<12>();
     let mut buf = master.to_vec();
-    key.seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut buf)
-        .expect("sealing 32 bytes cannot fail");
+    key.seal_in_place_append_tag(
+        Nonce::assume_unique_for_key(nonce),
+        Aad::from(aad),
+        &mut buf,
+    )
+    .expect("sealing 32 bytes cannot fail");
     let mut out = nonce.to_vec();
     out.extend_from_slice(&buf);
     Ok(WrappedKey {
@@ -209,17 +224,29 @@ pub(crate) fn wrap(master: &[u8; 32], spec: KekSpec, secret: &KeySecret, aad: &[
     })
 }
 
-pub(crate) fn unwrap(w: &WrappedKey, secret: &KeySecret, aad: &[u8]) -> Result<Zeroizing<[u8; 32]>> {
+pub(crate) fn unwrap(
+    w: &WrappedKey,
+    secret: &KeySecret,
+    aad: &[u8],
+) -> Result<Zeroizing<[u8; 32]>> {
     let kek = derive_kek(&w.kek, secret)?;
-    let raw = hex::decode(&w.wrapped).map_err(|e| Error::corrupt("vault config", format!("wrapped key: {e}")))?;
+    let raw = hex::decode(&w.wrapped)
+        .map_err(|e| Error::corrupt("vault config", format!("wrapped key: {e}")))?;
     if raw.len() != 12 + 32 + 16 {
-        return Err(Error::corrupt("vault config", "wrapped key has the wrong length"));
+        return Err(Error::corrupt(
+            "vault config",
+            "wrapped key has the wrong length",
+        ));
     }
     let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, kek.as_ref()).expect("32-byte key"));
     let nonce: [u8; 12] = raw[..12].try_into().expect("12 bytes");
     let mut buf = Zeroizing::new(raw[12..].to_vec());
     let plain = key
-        .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), &mut buf)
+        .open_in_place(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad),
+            &mut buf,
+        )
         .map_err(|_| Error::WrongKey)?;
     let mut master = Zeroizing::new([0u8; 32]);
     master.copy_from_slice(plain);

@@ -82,10 +82,13 @@ pub struct ItemRecord {
 impl Manifest {
     /// Parses a manifest's JSON; `object` names it in errors.
     pub fn decode(object: &str, b: &[u8]) -> Result<Self> {
-        let m: Manifest =
-            serde_json::from_slice(b).map_err(|e| Error::corrupt(object, format!("manifest JSON: {e}")))?;
+        let m: Manifest = serde_json::from_slice(b)
+            .map_err(|e| Error::corrupt(object, format!("manifest JSON: {e}")))?;
         if m.version != MANIFEST_VERSION {
-            return Err(Error::corrupt(object, format!("unknown manifest version {}", m.version)));
+            return Err(Error::corrupt(
+                object,
+                format!("unknown manifest version {}", m.version),
+            ));
         }
         Ok(m)
     }

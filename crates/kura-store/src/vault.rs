@@ -99,9 +99,13 @@ impl std::fmt::Debug for Vault {
 
 impl Vault {
     /// Creates a vault on an empty backend.
-    pub fn create(backend: Arc<dyn Backend>, opts: &VaultOptions, secret: &KeySecret) -> Result<Vault> {
+    pub fn create(
+        backend: Arc<dyn Backend>,
+        opts: &VaultOptions,
+        secret: &KeySecret,
+    ) -> Result<Vault> {
         let (lo, hi) = CHUNK_SIZE_RANGE;
-        if opts.chunk_size < lo || opts.chunk_size > hi || opts.chunk_size % 4096 != 0 {
+        if opts.chunk_size < lo || opts.chunk_size > hi || !opts.chunk_size.is_multiple_of(4096) {
             return Err(Error::Invalid {
                 field: "chunk size",
                 reason: format!(
@@ -136,7 +140,11 @@ impl Vault {
             encryption,
         };
         // Validate the compression level before anything is written.
-        Codec::new(Arc::new(Keys::from_master(&master, false)), None, config.compression_level)?;
+        Codec::new(
+            Arc::new(Keys::from_master(&master, false)),
+            None,
+            config.compression_level,
+        )?;
         let json = serde_json::to_vec_pretty(&config).expect("config serializes");
         backend.put_new(CONFIG_KEY, &json).map_err(|e| match e {
             kura_backend::Error::AlreadyExists { .. } => Error::AlreadyAVault {
@@ -296,7 +304,10 @@ impl Vault {
         let plain = self.get_object(key, BlobKind::Index, &object)?;
         let index = DiskIndex::decode(&object, &plain)?;
         if index.chunk_size != self.config.chunk_size {
-            return Err(Error::corrupt(object, "chunk size differs from the vault's"));
+            return Err(Error::corrupt(
+                object,
+                "chunk size differs from the vault's",
+            ));
         }
         Ok(index)
     }
@@ -304,7 +315,12 @@ impl Vault {
     /// Publishes a recovery point: call after its chunks and indexes are synced. Syncs again,
     /// so the manifest is durable when this returns.
     pub fn put_manifest(&self, m: &Manifest) -> Result<()> {
-        self.put_object(&format!("rps/{}/manifest", m.rp_id), BlobKind::Manifest, &m.encode(), true)?;
+        self.put_object(
+            &format!("rps/{}/manifest", m.rp_id),
+            BlobKind::Manifest,
+            &m.encode(),
+            true,
+        )?;
         self.backend.sync()?;
         Ok(())
     }
@@ -312,10 +328,17 @@ impl Vault {
     /// Reads a manifest.
     pub fn get_manifest(&self, rp_id: &str) -> Result<Manifest> {
         let object = format!("manifest of recovery point {rp_id}");
-        let plain = self.get_object(&format!("rps/{rp_id}/manifest"), BlobKind::Manifest, &object)?;
+        let plain = self.get_object(
+            &format!("rps/{rp_id}/manifest"),
+            BlobKind::Manifest,
+            &object,
+        )?;
         let m = Manifest::decode(&object, &plain)?;
         if m.rp_id != rp_id || m.vault_id != self.config.vault_id {
-            return Err(Error::corrupt(object, "it describes another recovery point or vault"));
+            return Err(Error::corrupt(
+                object,
+                "it describes another recovery point or vault",
+            ));
         }
         Ok(m)
     }
@@ -326,7 +349,11 @@ impl Vault {
             .backend
             .list("rps/")?
             .into_iter()
-            .filter_map(|k| k.strip_prefix("rps/")?.strip_suffix("/manifest").map(str::to_string))
+            .filter_map(|k| {
+                k.strip_prefix("rps/")?
+                    .strip_suffix("/manifest")
+                    .map(str::to_string)
+            })
             .collect())
     }
 
@@ -345,7 +372,8 @@ impl Vault {
             let object = format!("item record {key}");
             let plain = self.get_object(&key, BlobKind::Item, &object)?;
             out.push(
-                serde_json::from_slice(&plain).map_err(|e| Error::corrupt(object, e.to_string()))?,
+                serde_json::from_slice(&plain)
+                    .map_err(|e| Error::corrupt(object, e.to_string()))?,
             );
         }
         Ok(out)

@@ -89,10 +89,15 @@ fn index_rejects_inconsistent_counts() {
 #[test]
 fn wrong_passphrase_and_missing_secret_are_refused() {
     let (b, _) = vault(&KeySecret::from("right"));
-    assert!(matches!(Vault::open(b.clone(), &KeySecret::from("wrong")), Err(Error::WrongKey)));
+    assert!(matches!(
+        Vault::open(b.clone(), &KeySecret::from("wrong")),
+        Err(Error::WrongKey)
+    ));
     assert!(matches!(
         Vault::open(b.clone(), &KeySecret::None),
-        Err(Error::SecretNeeded { needed: "passphrase" })
+        Err(Error::SecretNeeded {
+            needed: "passphrase"
+        })
     ));
     Vault::open(b, &KeySecret::from("right")).unwrap();
 }
@@ -102,7 +107,10 @@ fn key_file_vault_needs_the_same_file() {
     let kf = kura_store::keys::generate_key_file();
     let (b, _) = vault(&KeySecret::KeyFile(kf.clone()));
     let other = kura_store::keys::generate_key_file();
-    assert!(matches!(Vault::open(b.clone(), &KeySecret::KeyFile(other)), Err(Error::WrongKey)));
+    assert!(matches!(
+        Vault::open(b.clone(), &KeySecret::KeyFile(other)),
+        Err(Error::WrongKey)
+    ));
     Vault::open(b, &KeySecret::KeyFile(kf)).unwrap();
 }
 
@@ -116,11 +124,18 @@ fn no_plaintext_or_key_reaches_the_backend() {
     let (b, v) = vault(&KeySecret::from("secret passphrase"));
     let mut codec = v.codec();
     let id = v.chunk_id(&data);
-    v.put_chunk(&id, &codec.encode_chunk(&data).unwrap()).unwrap();
+    v.put_chunk(&id, &codec.encode_chunk(&data).unwrap())
+        .unwrap();
     for key in b.list("").unwrap() {
         let bytes = b.get(&key).unwrap();
-        assert!(!bytes.windows(16).any(|w| w == &marker[..16]), "marker found in {key}");
-        assert!(!bytes.windows(17).any(|w| w == b"secret passphrase"), "passphrase found in {key}");
+        assert!(
+            !bytes.windows(16).any(|w| w == &marker[..16]),
+            "marker found in {key}"
+        );
+        assert!(
+            !bytes.windows(17).any(|w| w == b"secret passphrase"),
+            "passphrase found in {key}"
+        );
     }
 }
 
@@ -137,19 +152,31 @@ fn creating_twice_is_refused_and_changes_nothing() {
 #[test]
 fn not_a_vault_is_named() {
     let b = MemoryBackend::default();
-    assert!(matches!(Vault::read_config(&b), Err(Error::NotAVault { .. })));
+    assert!(matches!(
+        Vault::read_config(&b),
+        Err(Error::NotAVault { .. })
+    ));
     b.put("config", b"{not json").unwrap();
-    assert!(matches!(Vault::read_config(&b), Err(Error::NotAVault { .. })));
+    assert!(matches!(
+        Vault::read_config(&b),
+        Err(Error::NotAVault { .. })
+    ));
 }
 
 #[test]
 fn bad_chunk_sizes_are_refused() {
     for cs in [0, 4096, 65537, 128 << 20] {
         let b = Arc::new(MemoryBackend::default());
-        let opts = VaultOptions { chunk_size: cs, ..VaultOptions::for_tests() };
+        let opts = VaultOptions {
+            chunk_size: cs,
+            ..VaultOptions::for_tests()
+        };
         let e = Vault::create(b.clone(), &opts, &KeySecret::None).unwrap_err();
         assert!(e.to_string().contains("chunk size"), "{e}");
-        assert!(b.list("").unwrap().is_empty(), "a refused create writes nothing");
+        assert!(
+            b.list("").unwrap().is_empty(),
+            "a refused create writes nothing"
+        );
     }
 }
 
@@ -167,7 +194,9 @@ fn compressible_chunks_shrink_and_random_ones_stay_raw() {
     let mut codec = v.codec();
     let text = b"a fairly compressible line of log text\n".repeat(2000);
     assert!(codec.encode_chunk(&text).unwrap().len() < text.len() / 4);
-    let random: Vec<u8> = (0..65536u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let random: Vec<u8> = (0..65536u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     let stored = codec.encode_chunk(&random).unwrap();
     assert!(stored.len() <= random.len() + 40 + 32 + 16);
 }

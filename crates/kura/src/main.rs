@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use kura_engine::{BackupOptions, CreateVault, ErrorKind, Home, RestoreFormat, Secrets, VerifyScope};
+use kura_engine::{
+    BackupOptions, CreateVault, ErrorKind, Home, RestoreFormat, RestoreOptions, Secrets,
+    VerifyScope,
+};
 use output::{Bar, Out, Table};
 use zeroize::Zeroizing;
 
@@ -255,7 +258,9 @@ fn default_home() -> PathBuf {
     if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
         return PathBuf::from(d).join("kura");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".local/share/kura")
 }
 
@@ -291,7 +296,8 @@ fn parse_size(s: &str) -> anyhow::Result<u32> {
             .map_err(|e| anyhow::anyhow!("--chunk-size {s:?} is not a size (e.g. 4MiB): {e}"))?
             .as_u64(),
     };
-    u32::try_from(bytes).map_err(|_| anyhow::anyhow!("--chunk-size {s} is too large (at most 64MiB)"))
+    u32::try_from(bytes)
+        .map_err(|_| anyhow::anyhow!("--chunk-size {s} is too large (at most 64MiB)"))
 }
 
 fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
@@ -307,7 +313,10 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
         Command::Item(ItemCmd::Protect(ProtectCmd::Disk { image, vault, name })) => {
             let item = home.protect_disk(image, vault, name.as_deref(), &secrets)?;
             out.print(&item, || {
-                format!("protected {} as item {} in vault {vault}\n", item.source, item.name)
+                format!(
+                    "protected {} as item {} in vault {vault}\n",
+                    item.source, item.name
+                )
             });
             Ok(0)
         }
@@ -316,8 +325,17 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             out.print(&items, || {
                 let mut t = Table::new(&["NAME", "KIND", "VAULT", "SOURCE"]);
                 for i in &items {
-                    let vault = home.catalog().vault_by_id(&i.vault_id).map(|v| v.name).unwrap_or_default();
-                    t.row(vec![i.name.clone(), i.kind.clone(), vault, i.source.clone()]);
+                    let vault = home
+                        .catalog()
+                        .vault_by_id(&i.vault_id)
+                        .map(|v| v.name)
+                        .unwrap_or_default();
+                    t.row(vec![
+                        i.name.clone(),
+                        i.kind.clone(),
+                        vault,
+                        i.source.clone(),
+                    ]);
                 }
                 t.render()
             });
@@ -346,8 +364,15 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             });
             Ok(0)
         }
-        Command::Backup(BackupCmd::Now { item, retain_until, fail_after_chunks }) => {
-            let opts = BackupOptions { retain_until: retain_until.clone(), fail_after_chunks: *fail_after_chunks };
+        Command::Backup(BackupCmd::Now {
+            item,
+            retain_until,
+            fail_after_chunks,
+        }) => {
+            let opts = BackupOptions {
+                retain_until: retain_until.clone(),
+                fail_after_chunks: *fail_after_chunks,
+            };
             let r = home.backup(item, &secrets, &opts, &bar)?;
             out.print(&r, || {
                 format!(
@@ -364,25 +389,48 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
                 let mut t = Table::new(&["ID", "TIME", "LOGICAL", "STORED", "CONSISTENCY", "TIER"]);
                 for r in &rps {
                     t.row(vec![
-                        r.id.clone(), r.time.clone(), output::size(r.logical_size), output::size(r.stored_size),
-                        r.consistency.clone(), r.tier.clone(),
+                        r.id.clone(),
+                        r.time.clone(),
+                        output::size(r.logical_size),
+                        output::size(r.stored_size),
+                        r.consistency.clone(),
+                        r.tier.clone(),
                     ]);
                 }
                 t.render()
             });
             Ok(0)
         }
-        Command::Restore(RestoreCmd::Disk { item, rp, to, format, force }) => {
+        Command::Restore(RestoreCmd::Disk {
+            item,
+            rp,
+            to,
+            format,
+            force,
+        }) => {
             let format = match format {
                 FormatArg::Raw => RestoreFormat::Raw,
                 FormatArg::Qcow2 => RestoreFormat::Qcow2,
             };
-            let r = home.restore_disk(item, rp, to, format, *force, &secrets, &bar)?;
+            let opts = RestoreOptions {
+                rp: rp.clone(),
+                to: to.clone(),
+                format,
+                force: *force,
+            };
+            let r = home.restore_disk(item, &opts, &secrets, &bar)?;
             out.print(&r, || {
                 format!(
                     "job {} completed\nrestored recovery point {} to {} ({}, {}; {} written)\n",
-                    r.job_id, r.rp_id, r.target, serde_json::to_value(r.format).unwrap_or_default().as_str().unwrap_or(""),
-                    output::size(r.size), output::size(r.bytes_written)
+                    r.job_id,
+                    r.rp_id,
+                    r.target,
+                    serde_json::to_value(r.format)
+                        .unwrap_or_default()
+                        .as_str()
+                        .unwrap_or(""),
+                    output::size(r.size),
+                    output::size(r.bytes_written)
                 )
             });
             Ok(0)
@@ -404,7 +452,13 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
                     s += "all data verified\n";
                 } else {
                     for p in &r.problems {
-                        s += &format!("{} {}: {}\n  used by recovery points: {}\n", p.object, p.problem.to_uppercase(), p.detail, p.recovery_points.join(", "));
+                        s += &format!(
+                            "{} {}: {}\n  used by recovery points: {}\n",
+                            p.object,
+                            p.problem.to_uppercase(),
+                            p.detail,
+                            p.recovery_points.join(", ")
+                        );
                     }
                     s += &format!("{} problem(s) found\n", r.problems.len());
                 }
@@ -415,11 +469,20 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
         Command::Job(JobCmd::List { limit }) => {
             let jobs = home.list_jobs(*limit)?;
             out.print(&jobs, || {
-                let mut t = Table::new(&["ID", "OPERATION", "TARGET", "STATUS", "STARTED", "PROGRESS"]);
+                let mut t =
+                    Table::new(&["ID", "OPERATION", "TARGET", "STATUS", "STARTED", "PROGRESS"]);
                 for j in &jobs {
                     t.row(vec![
-                        j.id.clone(), j.operation.clone(), j.target.clone(), j.status.clone(), j.started.clone(),
-                        format!("{}/{}", output::size(j.bytes_done), output::size(j.bytes_total)),
+                        j.id.clone(),
+                        j.operation.clone(),
+                        j.target.clone(),
+                        j.status.clone(),
+                        j.started.clone(),
+                        format!(
+                            "{}/{}",
+                            output::size(j.bytes_done),
+                            output::size(j.bytes_total)
+                        ),
                     ]);
                 }
                 t.render()
@@ -454,7 +517,13 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
 
 fn vault(home: &Home, cmd: &VaultCmd, secrets: &Secrets, out: &Out) -> anyhow::Result<u8> {
     match cmd {
-        VaultCmd::Create { name, path, chunk_size, no_encryption, cipher } => {
+        VaultCmd::Create {
+            name,
+            path,
+            chunk_size,
+            no_encryption,
+            cipher,
+        } => {
             let opts = CreateVault {
                 path: path.clone(),
                 chunk_size: chunk_size.as_deref().map(parse_size).transpose()?,
@@ -469,7 +538,10 @@ fn vault(home: &Home, cmd: &VaultCmd, secrets: &Secrets, out: &Out) -> anyhow::R
             out.print(&v, || {
                 let mut s = format!(
                     "created vault {} at {} (chunk size {}, encryption {})\n",
-                    v.row.name, v.row.path, output::size(u64::from(v.row.chunk_size)), v.row.encryption
+                    v.row.name,
+                    v.row.path,
+                    output::size(u64::from(v.row.chunk_size)),
+                    v.row.encryption
                 );
                 if let Some(n) = &v.note {
                     s += &format!("note: {n}\n");
@@ -484,8 +556,11 @@ fn vault(home: &Home, cmd: &VaultCmd, secrets: &Secrets, out: &Out) -> anyhow::R
                 let mut t = Table::new(&["NAME", "ITEMS", "ENCRYPTION", "CHUNK", "PATH"]);
                 for v in &vs {
                     t.row(vec![
-                        v.row.name.clone(), v.items.to_string(), v.row.encryption.clone(),
-                        output::size(u64::from(v.row.chunk_size)), v.row.path.clone(),
+                        v.row.name.clone(),
+                        v.items.to_string(),
+                        v.row.encryption.clone(),
+                        output::size(u64::from(v.row.chunk_size)),
+                        v.row.path.clone(),
                     ]);
                 }
                 t.render()
@@ -509,7 +584,10 @@ fn vault(home: &Home, cmd: &VaultCmd, secrets: &Secrets, out: &Out) -> anyhow::R
             out.print(&r, || {
                 let mut s = format!(
                     "attached vault {} from {}: {} item(s), {} recovery point(s)\n",
-                    r.vault.name, r.vault.path, r.items.len(), r.recovery_points
+                    r.vault.name,
+                    r.vault.path,
+                    r.items.len(),
+                    r.recovery_points
                 );
                 for w in &r.warnings {
                     s += &format!("warning: {w}\n");

@@ -5,7 +5,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use kura_engine::{BackupOptions, CreateVault, Home, RestoreFormat, Secrets, VerifyScope};
+use kura_engine::{
+    BackupOptions, CreateVault, Home, RestoreFormat, RestoreOptions, Secrets, VerifyScope,
+};
 use serde::Serialize;
 
 use crate::output::{Bar, Out, size};
@@ -39,7 +41,11 @@ struct Summary {
 }
 
 pub fn run(args: &Args, home: Option<&Path>, out: &Out) -> anyhow::Result<u8> {
-    let dir = args.dir.clone().or_else(|| home.map(Path::to_path_buf)).unwrap_or_else(|| PathBuf::from("kura-quickstart"));
+    let dir = args
+        .dir
+        .clone()
+        .or_else(|| home.map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("kura-quickstart"));
     let dir = std::path::absolute(&dir)?;
     prepare_dir(&dir)?;
     let home_dir = dir.join("home");
@@ -50,59 +56,131 @@ pub fn run(args: &Args, home: Option<&Path>, out: &Out) -> anyhow::Result<u8> {
         if !out.json() {
             println!("==> {step}\n    {detail}");
         }
-        steps.push(Step { step: step.into(), detail });
+        steps.push(Step {
+            step: step.into(),
+            detail,
+        });
     };
 
     make_demo_disk(&disk, 256 * MIB)?;
-    say("made a demo disk", format!("{}: 256 MiB sparse raw image with 32 MiB of log-like text, 32 MiB of random data and a few scattered blocks", disk.display()));
+    say(
+        "made a demo disk",
+        format!(
+            "{}: 256 MiB sparse raw image with 32 MiB of log-like text, 32 MiB of random data and a few scattered blocks",
+            disk.display()
+        ),
+    );
 
     let home = Home::open(&home_dir)?;
     let secrets = Secrets::default();
     let v = home.create_vault("demo", &CreateVault::default(), &secrets)?;
-    say("created vault demo", format!("encrypted (AES-256-GCM) with a key file kura generated at {}", v.row.key_file.clone().unwrap_or_default()));
+    say(
+        "created vault demo",
+        format!(
+            "encrypted (AES-256-GCM) with a key file kura generated at {}",
+            v.row.key_file.clone().unwrap_or_default()
+        ),
+    );
 
     let item = home.protect_disk(&disk, "demo", Some("demo-disk"), &secrets)?;
-    say("protected the disk", format!("item {} in vault demo", item.name));
+    say(
+        "protected the disk",
+        format!("item {} in vault demo", item.name),
+    );
 
     let first_hash = file_hash(&disk)?;
     let r1 = home.backup(&item.name, &secrets, &BackupOptions::default(), &bar)?;
     say(
         "full backup",
-        format!("job {} made recovery point {}: read {} of a {} disk (holes are never read), stored {}", r1.job_id, r1.rp_id, size(r1.read_bytes), size(r1.logical_size), size(r1.new_stored_bytes)),
+        format!(
+            "job {} made recovery point {}: read {} of a {} disk (holes are never read), stored {}",
+            r1.job_id,
+            r1.rp_id,
+            size(r1.read_bytes),
+            size(r1.logical_size),
+            size(r1.new_stored_bytes)
+        ),
     );
 
     let changed = change_disk(&disk)?;
-    say("changed the disk", format!("wrote {changed} scattered 4 KiB blocks (about 1% of its data) and grew it by 16 MiB"));
+    say(
+        "changed the disk",
+        format!(
+            "wrote {changed} scattered 4 KiB blocks (about 1% of its data) and grew it by 16 MiB"
+        ),
+    );
     let second_hash = file_hash(&disk)?;
 
     let r2 = home.backup(&item.name, &secrets, &BackupOptions::default(), &bar)?;
     say(
         "incremental backup",
-        format!("job {} made recovery point {}: uploaded only {} new chunks ({}); its index still lists the whole disk", r2.job_id, r2.rp_id, r2.new_chunks, size(r2.new_stored_bytes)),
+        format!(
+            "job {} made recovery point {}: uploaded only {} new chunks ({}); its index still lists the whole disk",
+            r2.job_id,
+            r2.rp_id,
+            r2.new_chunks,
+            size(r2.new_stored_bytes)
+        ),
     );
 
+    let restore = |rp: &str, to: &Path, format| {
+        let opts = RestoreOptions {
+            rp: rp.to_string(),
+            to: to.to_path_buf(),
+            format,
+            force: false,
+        };
+        home.restore_disk(&item.name, &opts, &secrets, &bar)
+    };
     let restored_latest = dir.join("restored-latest.raw");
-    let rr = home.restore_disk(&item.name, "latest", &restored_latest, RestoreFormat::Raw, false, &secrets, &bar)?;
+    let rr = restore("latest", &restored_latest, RestoreFormat::Raw)?;
     let restored_first = dir.join("restored-first.raw");
-    home.restore_disk(&item.name, &r1.rp_id, &restored_first, RestoreFormat::Raw, false, &secrets, &bar)?;
-    let exact = file_hash(&restored_latest)? == second_hash && file_hash(&restored_first)? == first_hash;
+    restore(&r1.rp_id, &restored_first, RestoreFormat::Raw)?;
+    let exact =
+        file_hash(&restored_latest)? == second_hash && file_hash(&restored_first)? == first_hash;
     say(
         "restored both recovery points",
         format!(
             "{} and {}: {} (sparse: {} allocated for a {} disk)",
             restored_latest.display(),
             restored_first.display(),
-            if exact { "bit-exact with the disk at each backup" } else { "MISMATCH" },
+            if exact {
+                "bit-exact with the disk at each backup"
+            } else {
+                "MISMATCH"
+            },
             size(allocated(&restored_latest)),
             size(rr.size)
         ),
     );
-    if home.restore_disk(&item.name, "latest", &dir.join("restored-latest.qcow2"), RestoreFormat::Qcow2, false, &secrets, &bar).is_ok() {
-        say("restored as qcow2", format!("{}", dir.join("restored-latest.qcow2").display()));
+    if restore(
+        "latest",
+        &dir.join("restored-latest.qcow2"),
+        RestoreFormat::Qcow2,
+    )
+    .is_ok()
+    {
+        say(
+            "restored as qcow2",
+            format!("{}", dir.join("restored-latest.qcow2").display()),
+        );
     }
 
     let vr = home.verify(&VerifyScope::Vault("demo".into()), &secrets, &bar)?;
-    say("verified the vault", format!("job {}: {} chunks of {} recovery points re-read and checked: {}", vr.job_id, vr.chunks_checked, vr.recovery_points, if vr.ok() { "all good" } else { "PROBLEMS FOUND" }));
+    say(
+        "verified the vault",
+        format!(
+            "job {}: {} chunks of {} recovery points re-read and checked: {}",
+            vr.job_id,
+            vr.chunks_checked,
+            vr.recovery_points,
+            if vr.ok() {
+                "all good"
+            } else {
+                "PROBLEMS FOUND"
+            }
+        ),
+    );
 
     let summary = Summary {
         dir: dir.display().to_string(),
@@ -124,7 +202,10 @@ pub fn run(args: &Args, home: Option<&Path>, out: &Out) -> anyhow::Result<u8> {
         );
     }
     if !exact || !vr.ok() {
-        bail!("the quickstart found a problem: restored bit-exact = {exact}, verified = {}", vr.ok());
+        bail!(
+            "the quickstart found a problem: restored bit-exact = {exact}, verified = {}",
+            vr.ok()
+        );
     }
     Ok(0)
 }
@@ -132,13 +213,20 @@ pub fn run(args: &Args, home: Option<&Path>, out: &Out) -> anyhow::Result<u8> {
 fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
     if dir.exists() {
         if dir.join(MARKER).exists() {
-            std::fs::remove_dir_all(dir).with_context(|| format!("cannot clear the previous demo in {}", dir.display()))?;
+            std::fs::remove_dir_all(dir)
+                .with_context(|| format!("cannot clear the previous demo in {}", dir.display()))?;
         } else if std::fs::read_dir(dir)?.next().is_some() {
-            bail!("{} exists and is not a kura quickstart directory; pass --dir with a new or empty directory", dir.display());
+            bail!(
+                "{} exists and is not a kura quickstart directory; pass --dir with a new or empty directory",
+                dir.display()
+            );
         }
     }
     std::fs::create_dir_all(dir)?;
-    std::fs::write(dir.join(MARKER), "made by kura quickstart; safe to delete\n")?;
+    std::fs::write(
+        dir.join(MARKER),
+        "made by kura quickstart; safe to delete\n",
+    )?;
     Ok(())
 }
 
@@ -165,13 +253,22 @@ fn make_demo_disk(path: &Path, len: u64) -> anyhow::Result<()> {
     f.set_len(len)?;
     let mut rng = Rng(0x6b75_7261);
     let mut text = String::new();
-    let words = ["backup", "vault", "chunk", "restore", "policy", "snapshot", "disk", "verify", "item", "job"];
+    let words = [
+        "backup", "vault", "chunk", "restore", "policy", "snapshot", "disk", "verify", "item",
+        "job",
+    ];
     let mut n = 0u64;
     while text.len() < (32 * MIB) as usize {
         n += 1;
         let w1 = words[(rng.next() % 10) as usize];
         let w2 = words[(rng.next() % 10) as usize];
-        text += &format!("2026-11-22T10:{:02}:{:02}Z INFO {w1} {w2} id={} took {}ms\n", (n / 60) % 60, n % 60, rng.next() % 100_000, rng.next() % 900);
+        text += &format!(
+            "2026-11-22T10:{:02}:{:02}Z INFO {w1} {w2} id={} took {}ms\n",
+            (n / 60) % 60,
+            n % 60,
+            rng.next() % 100_000,
+            rng.next() % 900
+        );
     }
     f.write_all_at(&text.as_bytes()[..(32 * MIB) as usize], 0)?;
     let mut buf = vec![0u8; MIB as usize];
@@ -194,7 +291,11 @@ fn change_disk(path: &Path) -> anyhow::Result<usize> {
     let blocks = (64 * MIB / 4096 / 100) as usize; // 1% of the 64 MiB of data
     for _ in 0..blocks {
         rng.fill(&mut block);
-        let region = if rng.next() % 2 == 0 { 0 } else { 64 * MIB };
+        let region = if rng.next().is_multiple_of(2) {
+            0
+        } else {
+            64 * MIB
+        };
         let off = region + (rng.next() % (32 * MIB / 4096)) * 4096;
         f.write_all_at(&block, off)?;
     }
@@ -213,5 +314,7 @@ fn file_hash(path: &Path) -> anyhow::Result<blake3::Hash> {
 
 fn allocated(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).map(|m| m.blocks() * 512).unwrap_or(0)
+    std::fs::metadata(path)
+        .map(|m| m.blocks() * 512)
+        .unwrap_or(0)
 }

@@ -13,7 +13,9 @@ struct Env {
 
 impl Env {
     fn new() -> Self {
-        Env { dir: tempfile::tempdir().unwrap() }
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -36,7 +38,12 @@ impl Env {
     /// Runs and expects success; returns stdout.
     fn ok(&self, args: &[&str]) -> String {
         let o = self.run(args);
-        assert!(o.status.success(), "kura {args:?} failed: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "kura {args:?} failed: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
         String::from_utf8(o.stdout).unwrap()
     }
 
@@ -45,7 +52,8 @@ impl Env {
         let mut a = vec!["--output", "json"];
         a.extend_from_slice(args);
         let out = self.ok(&a);
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("kura {args:?} printed non-JSON ({e}): {out}"))
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("kura {args:?} printed non-JSON ({e}): {out}"))
     }
 
     /// Runs with --output json and expects failure; returns (exit code, error document).
@@ -53,9 +61,17 @@ impl Env {
         let mut a = vec!["--output", "json"];
         a.extend_from_slice(args);
         let o = self.run(&a);
-        assert!(!o.status.success(), "kura {args:?} should have failed: {}", String::from_utf8_lossy(&o.stdout));
-        let doc: Value = serde_json::from_slice(&o.stdout)
-            .unwrap_or_else(|e| panic!("error output of {args:?} is not JSON ({e}): {}", String::from_utf8_lossy(&o.stdout)));
+        assert!(
+            !o.status.success(),
+            "kura {args:?} should have failed: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+        let doc: Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+            panic!(
+                "error output of {args:?} is not JSON ({e}): {}",
+                String::from_utf8_lossy(&o.stdout)
+            )
+        });
         (o.status.code().unwrap_or(-1), doc)
     }
 
@@ -72,7 +88,17 @@ impl Env {
     }
 
     fn restore(&self, item: &str, rp: &str, to: &Path, format: &str) {
-        self.ok(&["restore", "disk", item, "--rp", rp, "--to", to.to_str().unwrap(), "--format", format]);
+        self.ok(&[
+            "restore",
+            "disk",
+            item,
+            "--rp",
+            rp,
+            "--to",
+            to.to_str().unwrap(),
+            "--format",
+            format,
+        ]);
     }
 
     fn vault_files(&self, vault: &str) -> Vec<PathBuf> {
@@ -81,14 +107,22 @@ impl Env {
         while let Some(d) = stack.pop() {
             for e in std::fs::read_dir(&d).unwrap() {
                 let p = e.unwrap().path();
-                if p.is_dir() { stack.push(p) } else { out.push(p) }
+                if p.is_dir() {
+                    stack.push(p)
+                } else {
+                    out.push(p)
+                }
             }
         }
         out
     }
 
     fn chunk_files(&self, vault: &str) -> Vec<PathBuf> {
-        let mut v: Vec<PathBuf> = self.vault_files(vault).into_iter().filter(|p| p.to_string_lossy().contains("/chunks/")).collect();
+        let mut v: Vec<PathBuf> = self
+            .vault_files(vault)
+            .into_iter()
+            .filter(|p| p.to_string_lossy().contains("/chunks/"))
+            .collect();
         v.sort();
         v
     }
@@ -129,8 +163,15 @@ fn allocated(p: &Path) -> u64 {
 }
 
 fn qemu_img(args: &[&str]) {
-    let o = Command::new("qemu-img").args(args).output().expect("qemu-img is installed by the README's test command");
-    assert!(o.status.success(), "qemu-img {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new("qemu-img")
+        .args(args)
+        .output()
+        .expect("qemu-img is installed by the README's test command");
+    assert!(
+        o.status.success(),
+        "qemu-img {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 #[test]
@@ -139,15 +180,38 @@ fn sparse_raw_round_trip_is_bit_exact_and_sparse() {
     e.vault("v", &[]);
     let img = e.path("disk.raw");
     // 20 MiB + 12345 bytes: not a multiple of the chunk size; data scattered, holes between.
-    make_image(&img, (20 << 20) + 12345, &[(0, 100_000, 1), (5 << 20, 300_000, 2), ((20 << 20) + 12000, 345, 3)]);
-    e.ok(&["item", "protect", "disk", img.to_str().unwrap(), "--vault", "v"]);
+    make_image(
+        &img,
+        (20 << 20) + 12345,
+        &[
+            (0, 100_000, 1),
+            (5 << 20, 300_000, 2),
+            ((20 << 20) + 12000, 345, 3),
+        ],
+    );
+    e.ok(&[
+        "item",
+        "protect",
+        "disk",
+        img.to_str().unwrap(),
+        "--vault",
+        "v",
+    ]);
     let r = e.json(&["backup", "now", "disk"]);
-    assert!(r["read_bytes"].as_u64().unwrap() < 2 << 20, "holes are not read: {r}");
+    assert!(
+        r["read_bytes"].as_u64().unwrap() < 2 << 20,
+        "holes are not read: {r}"
+    );
     assert!(r["zero_chunks"].as_u64().unwrap() > 250, "{r}");
     let out = e.path("out.raw");
     e.restore("disk", "latest", &out, "raw");
     assert!(same_file(&img, &out));
-    assert!(allocated(&out) <= allocated(&img) * 105 / 100 + 8192, "restored {} vs source {}", allocated(&out), allocated(&img));
+    assert!(
+        allocated(&out) <= allocated(&img) * 105 / 100 + 8192,
+        "restored {} vs source {}",
+        allocated(&out),
+        allocated(&img)
+    );
 }
 
 #[test]
@@ -157,25 +221,63 @@ fn qcow2_source_and_qcow2_restore() {
     let q = e.path("vm.qcow2");
     qemu_img(&["create", "-q", "-f", "qcow2", q.to_str().unwrap(), "30M"]);
     let o = Command::new("qemu-io")
-        .args(["-f", "qcow2", "-c", "write -P 0x61 1M 3M", "-c", "write -P 0x62 17M 64k", "-c", "write -P 0x63 30719k 1k"])
+        .args([
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x61 1M 3M",
+            "-c",
+            "write -P 0x62 17M 64k",
+            "-c",
+            "write -P 0x63 30719k 1k",
+        ])
         .arg(&q)
         .output()
         .unwrap();
     assert!(o.status.success());
-    e.ok(&["item", "protect", "disk", q.to_str().unwrap(), "--vault", "v"]);
+    e.ok(&[
+        "item",
+        "protect",
+        "disk",
+        q.to_str().unwrap(),
+        "--vault",
+        "v",
+    ]);
     let r = e.json(&["backup", "now", "vm"]);
-    assert!(r["read_bytes"].as_u64().unwrap() <= (4 << 20), "unallocated qcow2 clusters are not read: {r}");
+    assert!(
+        r["read_bytes"].as_u64().unwrap() <= (4 << 20),
+        "unallocated qcow2 clusters are not read: {r}"
+    );
     let expected = e.path("expected.raw");
-    qemu_img(&["convert", "-f", "qcow2", "-O", "raw", q.to_str().unwrap(), expected.to_str().unwrap()]);
+    qemu_img(&[
+        "convert",
+        "-f",
+        "qcow2",
+        "-O",
+        "raw",
+        q.to_str().unwrap(),
+        expected.to_str().unwrap(),
+    ]);
     let raw = e.path("r.raw");
     e.restore("vm", "latest", &raw, "raw");
     assert!(same_file(&expected, &raw));
     let rq = e.path("r.qcow2");
     e.restore("vm", "latest", &rq, "qcow2");
     let back = e.path("back.raw");
-    qemu_img(&["convert", "-f", "qcow2", "-O", "raw", rq.to_str().unwrap(), back.to_str().unwrap()]);
+    qemu_img(&[
+        "convert",
+        "-f",
+        "qcow2",
+        "-O",
+        "raw",
+        rq.to_str().unwrap(),
+        back.to_str().unwrap(),
+    ]);
     assert!(same_file(&expected, &back));
-    let info = Command::new("qemu-img").args(["info", "--output=json", rq.to_str().unwrap()]).output().unwrap();
+    let info = Command::new("qemu-img")
+        .args(["info", "--output=json", rq.to_str().unwrap()])
+        .output()
+        .unwrap();
     let info: Value = serde_json::from_slice(&info.stdout).unwrap();
     assert_eq!(info["format"], "qcow2");
 }
@@ -184,10 +286,21 @@ fn qcow2_source_and_qcow2_restore() {
 fn empty_and_tiny_images() {
     let e = Env::new();
     e.vault("v", &["--no-encryption"]);
-    for (name, size, writes) in [("empty", 0u64, vec![]), ("one", 1, vec![(0u64, 1usize, 9u64)]), ("small", 4097, vec![(0, 4097, 8)])] {
+    for (name, size, writes) in [
+        ("empty", 0u64, vec![]),
+        ("one", 1, vec![(0u64, 1usize, 9u64)]),
+        ("small", 4097, vec![(0, 4097, 8)]),
+    ] {
         let img = e.path(&format!("{name}.img"));
         make_image(&img, size, &writes);
-        e.ok(&["item", "protect", "disk", img.to_str().unwrap(), "--vault", "v"]);
+        e.ok(&[
+            "item",
+            "protect",
+            "disk",
+            img.to_str().unwrap(),
+            "--vault",
+            "v",
+        ]);
         e.backup(name);
         let out = e.path(&format!("{name}.out"));
         e.restore(name, "latest", &out, "raw");
@@ -201,21 +314,43 @@ fn offsets_past_4_gib() {
     e.vault("v", &[]);
     let img = e.path("big.raw");
     let at = (4u64 << 30) + (1 << 20) + 777;
-    make_image(&img, (5u64 << 30) + 3, &[(4096, 5000, 1), (at, 200_000, 2), ((5u64 << 30) - 10, 13, 3)]);
-    e.ok(&["item", "protect", "disk", img.to_str().unwrap(), "--vault", "v"]);
+    make_image(
+        &img,
+        (5u64 << 30) + 3,
+        &[
+            (4096, 5000, 1),
+            (at, 200_000, 2),
+            ((5u64 << 30) - 10, 13, 3),
+        ],
+    );
+    e.ok(&[
+        "item",
+        "protect",
+        "disk",
+        img.to_str().unwrap(),
+        "--vault",
+        "v",
+    ]);
     e.backup("big");
     let out = e.path("big.out");
     e.restore("big", "latest", &out, "raw");
     let (a, b) = (File::open(&img).unwrap(), File::open(&out).unwrap());
     assert_eq!(b.metadata().unwrap().len(), (5u64 << 30) + 3);
     for off in [0, 4096, at - 10, at + 199_990, (5u64 << 30) - 10] {
-        let (mut x, mut y) = (vec![0; 300_000.min(((5u64 << 30) + 3 - off) as usize)], vec![0; 0]);
+        let (mut x, mut y) = (
+            vec![0; 300_000.min(((5u64 << 30) + 3 - off) as usize)],
+            vec![0; 0],
+        );
         y.resize(x.len(), 1);
         a.read_exact_at(&mut x, off).unwrap();
         b.read_exact_at(&mut y, off).unwrap();
         assert_eq!(x, y, "bytes at {off}");
     }
-    assert!(allocated(&out) < 4 << 20, "a 5 GiB sparse disk restores sparse: {}", allocated(&out));
+    assert!(
+        allocated(&out) < 4 << 20,
+        "a 5 GiB sparse disk restores sparse: {}",
+        allocated(&out)
+    );
 }
 
 #[test]
@@ -225,7 +360,14 @@ fn incremental_restore_equals_full_and_only_new_chunks_upload() {
     e.vault("w", &[]);
     let img = e.path("d.raw");
     make_image(&img, 8 << 20, &[(0, 8 << 20, 1)]);
-    e.ok(&["item", "protect", "disk", img.to_str().unwrap(), "--vault", "v"]);
+    e.ok(&[
+        "item",
+        "protect",
+        "disk",
+        img.to_str().unwrap(),
+        "--vault",
+        "v",
+    ]);
     let first = e.backup("d");
     let v1 = e.path("v1.raw");
     std::fs::copy(&img, &v1).unwrap();
@@ -236,12 +378,22 @@ fn incremental_restore_equals_full_and_only_new_chunks_upload() {
     drop(f);
     let r = e.json(&["backup", "now", "d"]);
     assert_eq!(r["incremental"], true);
-    assert_eq!(r["new_chunks"], 2, "only the two changed chunks upload: {r}");
+    assert_eq!(
+        r["new_chunks"], 2,
+        "only the two changed chunks upload: {r}"
+    );
     assert_eq!(r["chunks"], 128, "the index is full: {r}");
     // A full backup of the same state in another vault restores to the same bytes.
     let img2 = e.path("d2.raw");
     std::fs::copy(&img, &img2).unwrap();
-    e.ok(&["item", "protect", "disk", img2.to_str().unwrap(), "--vault", "w"]);
+    e.ok(&[
+        "item",
+        "protect",
+        "disk",
+        img2.to_str().unwrap(),
+        "--vault",
+        "w",
+    ]);
     e.backup("d2");
     let (inc, full, old) = (e.path("inc.raw"), e.path("full.raw"), e.path("old.raw"));
     e.restore("d", "latest", &inc, "raw");
@@ -249,7 +401,10 @@ fn incremental_restore_equals_full_and_only_new_chunks_upload() {
     e.restore("d", &first[..12], &old, "raw");
     assert!(same_file(&inc, &full));
     assert!(same_file(&inc, &img));
-    assert!(same_file(&old, &v1), "the older recovery point still restores its own state");
+    assert!(
+        same_file(&old, &v1),
+        "the older recovery point still restores its own state"
+    );
 }
 
 #[test]
@@ -258,7 +413,14 @@ fn disk_grows_and_shrinks_between_backups() {
     e.vault("v", &[]);
     let img = e.path("d.raw");
     make_image(&img, 3 << 20, &[(0, 3 << 20, 4)]);
-    e.ok(&["item", "protect", "disk", img.to_str().unwrap(), "--vault", "v"]);
+    e.ok(&[
+        "item",
+        "protect",
+        "disk",
+        img.to_str().unwrap(),
+        "--vault",
+        "v",
+    ]);
     e.backup("d");
     for (size, seed) in [((5 << 20) + 100, 5u64), ((1 << 20) + 1, 6)] {
         let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
@@ -276,7 +438,10 @@ fn disk_grows_and_shrinks_between_backups() {
 fn no_plaintext_marker_reaches_vault_storage() {
     let e = Env::new();
     std::fs::write(e.path("pass"), "a passphrase for tests\n").unwrap();
-    e.vault("v", &["--passphrase-file", e.path("pass").to_str().unwrap()]);
+    e.vault(
+        "v",
+        &["--passphrase-file", e.path("pass").to_str().unwrap()],
+    );
     let marker = b"KURA-SECRET-MARKER-7f3a9c";
     let mut data = Vec::new();
     while data.len() < 1 << 20 {
@@ -287,14 +452,28 @@ fn no_plaintext_marker_reaches_vault_storage() {
     std::fs::write(&img, &data).unwrap();
     let pf = e.path("pass");
     let p = pf.to_str().unwrap();
-    e.ok(&["--passphrase-file", p, "item", "protect", "disk", img.to_str().unwrap(), "--vault", "v"]);
+    e.ok(&[
+        "--passphrase-file",
+        p,
+        "item",
+        "protect",
+        "disk",
+        img.to_str().unwrap(),
+        "--vault",
+        "v",
+    ]);
     e.ok(&["--passphrase-file", p, "backup", "now", "m"]);
     let files = e.vault_files("v");
     assert!(files.len() > 5);
     for f in files {
         let bytes = std::fs::read(&f).unwrap();
         for needle in [&marker[..], b"a passphrase for tests", b"m.raw"] {
-            assert!(!bytes.windows(needle.len()).any(|w| w == needle), "{:?} found in {}", String::from_utf8_lossy(needle), f.display());
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle),
+                "{:?} found in {}",
+                String::from_utf8_lossy(needle),
+                f.display()
+            );
         }
     }
 }
@@ -304,25 +483,83 @@ fn wrong_or_missing_passphrase_is_refused_and_changes_nothing() {
     let e = Env::new();
     std::fs::write(e.path("good"), "right one").unwrap();
     std::fs::write(e.path("bad"), "wrong one").unwrap();
-    e.vault("v", &["--passphrase-file", e.path("good").to_str().unwrap()]);
+    e.vault(
+        "v",
+        &["--passphrase-file", e.path("good").to_str().unwrap()],
+    );
     let img = e.path("d.raw");
     make_image(&img, 1 << 20, &[(0, 1000, 1)]);
     let good = e.path("good");
     let bad = e.path("bad");
-    let (code, err) = e.fails(&["--passphrase-file", bad.to_str().unwrap(), "item", "protect", "disk", img.to_str().unwrap(), "--vault", "v"]);
+    let (code, err) = e.fails(&[
+        "--passphrase-file",
+        bad.to_str().unwrap(),
+        "item",
+        "protect",
+        "disk",
+        img.to_str().unwrap(),
+        "--vault",
+        "v",
+    ]);
     assert_eq!(code, 1);
     assert_eq!(err["error"]["code"], "key");
-    assert!(err["error"]["message"].as_str().unwrap().contains("wrong passphrase"), "{err}");
-    assert_eq!(e.json(&["item", "list"]).as_array().unwrap().len(), 0, "nothing was registered");
-    let (_, err) = e.fails(&["item", "protect", "disk", img.to_str().unwrap(), "--vault", "v"]);
-    assert!(err["error"]["message"].as_str().unwrap().contains("KURA_PASSPHRASE"), "{err}");
-    e.ok(&["--passphrase-file", good.to_str().unwrap(), "item", "protect", "disk", img.to_str().unwrap(), "--vault", "v"]);
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("wrong passphrase"),
+        "{err}"
+    );
+    assert_eq!(
+        e.json(&["item", "list"]).as_array().unwrap().len(),
+        0,
+        "nothing was registered"
+    );
+    let (_, err) = e.fails(&[
+        "item",
+        "protect",
+        "disk",
+        img.to_str().unwrap(),
+        "--vault",
+        "v",
+    ]);
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("KURA_PASSPHRASE"),
+        "{err}"
+    );
+    e.ok(&[
+        "--passphrase-file",
+        good.to_str().unwrap(),
+        "item",
+        "protect",
+        "disk",
+        img.to_str().unwrap(),
+        "--vault",
+        "v",
+    ]);
     // The environment variable works too.
-    let o = e.cmd(&["--output", "json", "backup", "now", "d"]).env("KURA_PASSPHRASE", "right one").output().unwrap();
+    let o = e
+        .cmd(&["--output", "json", "backup", "now", "d"])
+        .env("KURA_PASSPHRASE", "right one")
+        .output()
+        .unwrap();
     assert!(o.status.success());
-    let (_, err) = e.fails(&["--passphrase-file", bad.to_str().unwrap(), "backup", "now", "d"]);
+    let (_, err) = e.fails(&[
+        "--passphrase-file",
+        bad.to_str().unwrap(),
+        "backup",
+        "now",
+        "d",
+    ]);
     assert_eq!(err["error"]["code"], "key");
-    assert_eq!(e.json(&["rp", "list", "d"]).as_array().unwrap().len(), 1, "the failed backup made no recovery point");
+    assert_eq!(
+        e.json(&["rp", "list", "d"]).as_array().unwrap().len(),
+        1,
+        "the failed backup made no recovery point"
+    );
 }
 
 /// Sets up one item with two recovery points; returns the env.
@@ -331,9 +568,21 @@ fn two_points() -> (Env, PathBuf, String, String) {
     e.vault("v", &[]);
     let img = e.path("d.raw");
     make_image(&img, 2 << 20, &[(0, 2 << 20, 1)]);
-    e.ok(&["item", "protect", "disk", img.to_str().unwrap(), "--vault", "v"]);
+    e.ok(&[
+        "item",
+        "protect",
+        "disk",
+        img.to_str().unwrap(),
+        "--vault",
+        "v",
+    ]);
     let a = e.backup("d");
-    std::fs::OpenOptions::new().write(true).open(&img).unwrap().write_all_at(&[1; 10], 0).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .write_all_at(&[1; 10], 0)
+        .unwrap();
     let b = e.backup("d");
     (e, img, a, b)
 }
@@ -344,7 +593,11 @@ fn verify_and_restore_detect_a_corrupt_chunk() {
     e.json(&["verify", "--item", "d"]);
     // Flip a byte in the middle of a chunk that both recovery points use.
     let chunks = e.chunk_files("v");
-    let victim = chunks.iter().max_by_key(|p| p.to_string_lossy().to_string()).unwrap().clone();
+    let victim = chunks
+        .iter()
+        .max_by_key(|p| p.to_string_lossy().to_string())
+        .unwrap()
+        .clone();
     let id = victim.file_name().unwrap().to_string_lossy().to_string();
     let mut bytes = std::fs::read(&victim).unwrap();
     let mid = bytes.len() / 2;
@@ -358,8 +611,16 @@ fn verify_and_restore_detect_a_corrupt_chunk() {
     assert_eq!(problems.len(), 1, "{r}");
     assert_eq!(problems[0]["object"], format!("chunk {id}"));
     assert_eq!(problems[0]["problem"], "corrupt");
-    let users: Vec<&str> = problems[0]["recovery_points"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-    assert!(users.contains(&a.as_str()) || users.contains(&b.as_str()), "{r}");
+    let users: Vec<&str> = problems[0]["recovery_points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        users.contains(&a.as_str()) || users.contains(&b.as_str()),
+        "{r}"
+    );
     let table = String::from_utf8(e.run(&["verify", "--rp", &b]).stdout).unwrap();
     if users.contains(&b.as_str()) {
         assert!(table.contains(&id) && table.contains("CORRUPT"), "{table}");
@@ -367,10 +628,25 @@ fn verify_and_restore_detect_a_corrupt_chunk() {
 
     let out = e.path("out.raw");
     let rp = users[0];
-    let (_, err) = e.fails(&["restore", "disk", "d", "--rp", rp, "--to", out.to_str().unwrap()]);
-    assert!(err["error"]["message"].as_str().unwrap().contains(&id), "the error names the chunk: {err}");
+    let (_, err) = e.fails(&[
+        "restore",
+        "disk",
+        "d",
+        "--rp",
+        rp,
+        "--to",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        err["error"]["message"].as_str().unwrap().contains(&id),
+        "the error names the chunk: {err}"
+    );
     assert!(!out.exists(), "a failed restore leaves no target");
-    let leftovers: Vec<_> = std::fs::read_dir(e.dir.path()).unwrap().filter_map(|x| x.ok()).filter(|x| x.file_name().to_string_lossy().contains("kura-restore")).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(e.dir.path())
+        .unwrap()
+        .filter_map(|x| x.ok())
+        .filter(|x| x.file_name().to_string_lossy().contains("kura-restore"))
+        .collect();
     assert!(leftovers.is_empty(), "no temporary files are left behind");
 }
 
@@ -389,7 +665,10 @@ fn verify_reports_truncated_and_missing_chunks_and_damaged_metadata() {
     let text = r.to_string();
     assert!(text.contains(&truncated.file_name().unwrap().to_string_lossy().to_string()));
     assert!(text.contains(&missing.file_name().unwrap().to_string_lossy().to_string()));
-    assert!(text.contains("\"missing\"") && text.contains("truncated"), "{text}");
+    assert!(
+        text.contains("\"missing\"") && text.contains("truncated"),
+        "{text}"
+    );
 
     // Damage the index and then the manifest of the newest recovery point.
     let rp_dir = e.path("home").join("vaults/v/rps").join(&b);
@@ -401,8 +680,22 @@ fn verify_reports_truncated_and_missing_chunks_and_damaged_metadata() {
     assert_eq!(o.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&o.stdout).contains("disk0.index"));
     let out = e.path("x.raw");
-    let (_, err) = e.fails(&["restore", "disk", "d", "--rp", &b, "--to", out.to_str().unwrap()]);
-    assert!(err["error"]["message"].as_str().unwrap().contains("disk0.index"), "{err}");
+    let (_, err) = e.fails(&[
+        "restore",
+        "disk",
+        "d",
+        "--rp",
+        &b,
+        "--to",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("disk0.index"),
+        "{err}"
+    );
     std::fs::write(rp_dir.join("manifest"), b"garbage").unwrap();
     let o = e.run(&["--output", "json", "verify", "--rp", &b]);
     assert_eq!(o.status.code(), Some(3));
@@ -416,25 +709,49 @@ fn kill_during_backup_leaves_no_recovery_point_and_next_backup_succeeds() {
     e.vault("v", &[]);
     let img = e.path("d.raw");
     make_image(&img, 48 << 20, &[(0, 48 << 20, 7)]);
-    e.ok(&["item", "protect", "disk", img.to_str().unwrap(), "--vault", "v"]);
+    e.ok(&[
+        "item",
+        "protect",
+        "disk",
+        img.to_str().unwrap(),
+        "--vault",
+        "v",
+    ]);
+    let mut interrupted = 0;
     for delay_ms in [30u64, 150, 400] {
         let mut child = e.cmd(&["backup", "now", "d"]).spawn().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        let _ = Command::new("kill").args(["-9", &child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-9", &child.id().to_string()])
+            .status();
         let status = child.wait().unwrap();
         let rps = e.json(&["rp", "list", "d"]).as_array().unwrap().len();
         if status.success() {
             continue; // finished before the kill: fine, and consistent
         }
+        interrupted += 1;
         let r = e.json(&["verify", "--vault", "v"]);
         assert!(r["problems"].as_array().unwrap().is_empty(), "{r}");
         let jobs = e.json(&["job", "list"]);
-        assert!(jobs.as_array().unwrap().iter().all(|j| j["status"] != "InProgress"), "orphaned jobs are marked failed: {jobs}");
+        assert!(
+            jobs.as_array()
+                .unwrap()
+                .iter()
+                .all(|j| j["status"] != "InProgress"),
+            "orphaned jobs are marked failed: {jobs}"
+        );
         assert_eq!(e.json(&["rp", "list", "d"]).as_array().unwrap().len(), rps);
     }
+    assert!(
+        interrupted > 0,
+        "at least one backup must have been killed mid-way"
+    );
     let before = e.json(&["rp", "list", "d"]).as_array().unwrap().len();
     e.backup("d");
-    assert_eq!(e.json(&["rp", "list", "d"]).as_array().unwrap().len(), before + 1);
+    assert_eq!(
+        e.json(&["rp", "list", "d"]).as_array().unwrap().len(),
+        before + 1
+    );
     let out = e.path("out.raw");
     e.restore("d", "latest", &out, "raw");
     assert!(same_file(&img, &out));
@@ -447,14 +764,28 @@ fn injected_failure_mid_backup_publishes_nothing() {
     e.vault("v", &[]);
     let img = e.path("d.raw");
     make_image(&img, 4 << 20, &[(0, 4 << 20, 3)]);
-    e.ok(&["item", "protect", "disk", img.to_str().unwrap(), "--vault", "v"]);
+    e.ok(&[
+        "item",
+        "protect",
+        "disk",
+        img.to_str().unwrap(),
+        "--vault",
+        "v",
+    ]);
     let (_, err) = e.fails(&["backup", "now", "d", "--fail-after-chunks", "5"]);
     let msg = err["error"]["message"].as_str().unwrap();
     assert!(msg.contains("injected") && msg.contains("job "), "{msg}");
     assert!(e.json(&["rp", "list", "d"]).as_array().unwrap().is_empty());
     let jobs = e.json(&["job", "list"]);
     assert_eq!(jobs[0]["status"], "Failed");
-    assert!(e.path("home").join("vaults/v/rps").read_dir().map(|d| d.count()).unwrap_or(0) <= 1);
+    assert!(
+        e.path("home")
+            .join("vaults/v/rps")
+            .read_dir()
+            .map(|d| d.count())
+            .unwrap_or(0)
+            <= 1
+    );
     e.backup("d");
     e.json(&["verify"]);
 }
@@ -465,14 +796,45 @@ fn attach_rebuilds_the_catalog_in_a_new_home() {
     let key = e.path("home/keys/v.key");
     let vault_dir = e.path("home/vaults/v");
     let other = Env::new();
-    let (_, err) = other.fails(&["vault", "attach", "x", "--path", vault_dir.to_str().unwrap()]);
+    let (_, err) = other.fails(&[
+        "vault",
+        "attach",
+        "x",
+        "--path",
+        vault_dir.to_str().unwrap(),
+    ]);
     assert_eq!(err["error"]["code"], "key", "{err}");
-    let (_, err) = other.fails(&["vault", "attach", "x", "--path", other.dir.path().to_str().unwrap()]);
-    assert!(err["error"]["message"].as_str().unwrap().contains("not a kura vault"), "{err}");
-    let r = other.json(&["--key-file", key.to_str().unwrap(), "vault", "attach", "x", "--path", vault_dir.to_str().unwrap()]);
+    let (_, err) = other.fails(&[
+        "vault",
+        "attach",
+        "x",
+        "--path",
+        other.dir.path().to_str().unwrap(),
+    ]);
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a kura vault"),
+        "{err}"
+    );
+    let r = other.json(&[
+        "--key-file",
+        key.to_str().unwrap(),
+        "vault",
+        "attach",
+        "x",
+        "--path",
+        vault_dir.to_str().unwrap(),
+    ]);
     assert_eq!(r["recovery_points"], 2, "{r}");
     let rps = other.json(&["rp", "list", "d"]);
-    let ids: Vec<&str> = rps.as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = rps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, vec![b.as_str(), a.as_str()]);
     let out = other.path("out.raw");
     other.restore("d", "latest", &out, "raw");
@@ -488,7 +850,12 @@ fn key_export_writes_only_the_wrapped_key() {
     let doc: Value = serde_json::from_slice(&std::fs::read(&to).unwrap()).unwrap();
     assert!(doc["key"]["wrapped"].as_str().unwrap().len() > 100);
     let keyfile = std::fs::read_to_string(e.path("home/keys/v.key")).unwrap();
-    assert!(!std::fs::read_to_string(&to).unwrap().contains(keyfile.trim()), "the key file itself is not exported");
+    assert!(
+        !std::fs::read_to_string(&to)
+            .unwrap()
+            .contains(keyfile.trim()),
+        "the key file itself is not exported"
+    );
     let (_, err) = e.fails(&["vault", "key", "export", "v", "--to", to.to_str().unwrap()]);
     assert_eq!(err["error"]["code"], "already_exists");
     assert_eq!(std::fs::metadata(&to).unwrap().mode() & 0o777, 0o600);
@@ -500,42 +867,138 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
     e.vault("v", &[]);
     let img = e.path("d.raw");
     make_image(&img, 1 << 20, &[(0, 100, 1)]);
-    let (_, err) = e.fails(&["item", "protect", "disk", "/no/such/image.raw", "--vault", "v"]);
-    assert!(err["error"]["message"].as_str().unwrap().contains("/no/such/image.raw"));
+    let (_, err) = e.fails(&[
+        "item",
+        "protect",
+        "disk",
+        "/no/such/image.raw",
+        "--vault",
+        "v",
+    ]);
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/no/such/image.raw")
+    );
     assert_eq!(err["error"]["code"], "not_found");
-    let (_, err) = e.fails(&["item", "protect", "disk", img.to_str().unwrap(), "--vault", "nope"]);
+    let (_, err) = e.fails(&[
+        "item",
+        "protect",
+        "disk",
+        img.to_str().unwrap(),
+        "--vault",
+        "nope",
+    ]);
     assert!(err["error"]["message"].as_str().unwrap().contains("nope"));
     let (_, err) = e.fails(&["vault", "create", "v"]);
     assert_eq!(err["error"]["code"], "already_exists");
     let (_, err) = e.fails(&["vault", "create", "bad name"]);
     assert_eq!(err["error"]["code"], "invalid");
     let (_, err) = e.fails(&["vault", "create", "w", "--chunk-size", "1KiB"]);
-    assert!(err["error"]["message"].as_str().unwrap().contains("chunk size"));
-    assert!(!e.path("home/vaults/w").exists(), "a refused vault leaves no directory");
-    assert!(!e.path("home/keys/w.key").exists(), "a refused vault leaves no key file");
-    e.ok(&["item", "protect", "disk", img.to_str().unwrap(), "--vault", "v"]);
-    let (_, err) = e.fails(&["item", "protect", "disk", img.to_str().unwrap(), "--vault", "v", "--name", "other"]);
-    assert!(err["error"]["message"].as_str().unwrap().contains("already protected"));
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("chunk size")
+    );
+    assert!(
+        !e.path("home/vaults/w").exists(),
+        "a refused vault leaves no directory"
+    );
+    assert!(
+        !e.path("home/keys/w.key").exists(),
+        "a refused vault leaves no key file"
+    );
+    e.ok(&[
+        "item",
+        "protect",
+        "disk",
+        img.to_str().unwrap(),
+        "--vault",
+        "v",
+    ]);
+    let (_, err) = e.fails(&[
+        "item",
+        "protect",
+        "disk",
+        img.to_str().unwrap(),
+        "--vault",
+        "v",
+        "--name",
+        "other",
+    ]);
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("already protected")
+    );
     let (_, err) = e.fails(&["backup", "now", "ghost"]);
     assert_eq!(err["error"]["code"], "not_found");
     let (_, err) = e.fails(&["backup", "now", "d", "--retain-until", "tomorrow"]);
-    assert!(err["error"]["message"].as_str().unwrap().contains("retain-until"));
-    let (_, err) = e.fails(&["restore", "disk", "d", "--rp", "latest", "--to", e.path("x").to_str().unwrap()]);
-    assert!(err["error"]["message"].as_str().unwrap().contains("no recovery point"));
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("retain-until")
+    );
+    let (_, err) = e.fails(&[
+        "restore",
+        "disk",
+        "d",
+        "--rp",
+        "latest",
+        "--to",
+        e.path("x").to_str().unwrap(),
+    ]);
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no recovery point")
+    );
     e.backup("d");
     let existing = e.path("existing.raw");
     std::fs::write(&existing, b"precious").unwrap();
-    let (_, err) = e.fails(&["restore", "disk", "d", "--rp", "latest", "--to", existing.to_str().unwrap()]);
+    let (_, err) = e.fails(&[
+        "restore",
+        "disk",
+        "d",
+        "--rp",
+        "latest",
+        "--to",
+        existing.to_str().unwrap(),
+    ]);
     assert_eq!(err["error"]["code"], "already_exists");
-    assert_eq!(std::fs::read(&existing).unwrap(), b"precious", "the existing target is untouched");
-    e.ok(&["restore", "disk", "d", "--rp", "latest", "--to", existing.to_str().unwrap(), "--force"]);
+    assert_eq!(
+        std::fs::read(&existing).unwrap(),
+        b"precious",
+        "the existing target is untouched"
+    );
+    e.ok(&[
+        "restore",
+        "disk",
+        "d",
+        "--rp",
+        "latest",
+        "--to",
+        existing.to_str().unwrap(),
+        "--force",
+    ]);
     assert!(same_file(&img, &existing));
     let (_, err) = e.fails(&["job", "show", "nosuchjob"]);
     assert_eq!(err["error"]["code"], "not_found");
     // A missing source fails its backup clearly and keeps the last recovery point.
     std::fs::remove_file(&img).unwrap();
     let (_, err) = e.fails(&["backup", "now", "d"]);
-    assert!(err["error"]["message"].as_str().unwrap().contains("missing"), "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("missing"),
+        "{err}"
+    );
     assert_eq!(e.json(&["rp", "list", "d"]).as_array().unwrap().len(), 1);
     let show = e.json(&["item", "show", "d"]);
     assert_eq!(show["source_present"], false);
@@ -544,7 +1007,10 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
 #[test]
 fn every_command_prints_one_json_document() {
     let (e, _img, a, _b) = two_points();
-    let job = e.json(&["job", "list"])[0]["id"].as_str().unwrap().to_string();
+    let job = e.json(&["job", "list"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     for args in [
         vec!["vault", "list"],
         vec!["vault", "show", "v"],
@@ -558,7 +1024,10 @@ fn every_command_prints_one_json_document() {
         e.json(&args);
     }
     let shown = e.json(&["job", "show", &job]);
-    assert!(!shown["log"].as_array().unwrap().is_empty(), "jobs keep a log: {shown}");
+    assert!(
+        !shown["log"].as_array().unwrap().is_empty(),
+        "jobs keep a log: {shown}"
+    );
 }
 
 #[test]
