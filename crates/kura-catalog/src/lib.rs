@@ -395,37 +395,15 @@ impl Catalog {
 
     /// A recovery point by id or unique id prefix (at least 4 characters).
     pub fn rp(&self, id_or_prefix: &str) -> Result<RpRow> {
-        let not_found = || Error::NotFound {
-            kind: "recovery point",
-            name: id_or_prefix.into(),
-        };
-        if id_or_prefix.len() < 4
-            || !id_or_prefix
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-')
-        {
-            return Err(not_found());
-        }
         let conn = self.conn();
         let mut st = conn.prepare(&format!(
-            "SELECT {} FROM recovery_points WHERE id >= ?1 AND id < ?1 || '~' LIMIT 2",
+            "SELECT {} FROM recovery_points WHERE id >= ?1 AND id < ?1 || '~' ORDER BY id LIMIT 2",
             Self::RP_COLS
         ))?;
         let rows: Vec<RpRow> = st
             .query_map([id_or_prefix], Self::rp_from)?
             .collect::<rusqlite::Result<_>>()?;
-        match rows.len() {
-            0 => Err(not_found()),
-            1 => Ok(rows.into_iter().next().expect("one")),
-            _ if rows.iter().any(|r| r.id == id_or_prefix) => Ok(rows
-                .into_iter()
-                .find(|r| r.id == id_or_prefix)
-                .expect("found")),
-            _ => Err(Error::Ambiguous {
-                kind: "recovery point",
-                prefix: id_or_prefix.into(),
-            }),
-        }
+        pick_unique("recovery point", id_or_prefix, rows, |r| &r.id)
     }
 
     // ---- jobs
@@ -513,6 +491,14 @@ impl Catalog {
         Ok(())
     }
 
+    /// Changes the process recorded for a job (tests: simulates a job whose process died).
+    #[doc(hidden)]
+    pub fn debug_set_job_pid(&self, id: &str, pid: u32) -> Result<()> {
+        self.conn()
+            .execute("UPDATE jobs SET pid = ?2 WHERE id = ?1", params![id, pid])?;
+        Ok(())
+    }
+
     /// Marks InProgress jobs whose process is gone as Failed; returns how many.
     pub fn fail_orphaned_jobs(&self) -> Result<usize> {
         let conn = self.conn();
@@ -553,30 +539,17 @@ impl Catalog {
 
     const JOB_COLS: &str = "id, operation, target, status, started, ended, bytes_done, bytes_total, rp_id, error, log, pid";
 
-    /// A job by id or unique prefix.
+    /// A job by id or unique prefix (at least 4 characters).
     pub fn job(&self, id_or_prefix: &str) -> Result<JobRow> {
         let conn = self.conn();
         let mut st = conn.prepare(&format!(
-            "SELECT {} FROM jobs WHERE id >= ?1 AND id < ?1 || '~' LIMIT 2",
+            "SELECT {} FROM jobs WHERE id >= ?1 AND id < ?1 || '~' ORDER BY id LIMIT 2",
             Self::JOB_COLS
         ))?;
         let rows: Vec<JobRow> = st
             .query_map([id_or_prefix], Self::job_from)?
             .collect::<rusqlite::Result<_>>()?;
-        match (rows.len(), id_or_prefix.len() >= 4) {
-            (1, true) => Ok(rows.into_iter().next().expect("one")),
-            (2, true) => rows
-                .into_iter()
-                .find(|r| r.id == id_or_prefix)
-                .ok_or(Error::Ambiguous {
-                    kind: "job",
-                    prefix: id_or_prefix.into(),
-                }),
-            _ => Err(Error::NotFound {
-                kind: "job",
-                name: id_or_prefix.into(),
-            }),
-        }
+        pick_unique("job", id_or_prefix, rows, |r| &r.id)
     }
 
     /// The latest `limit` jobs, newest first.
@@ -590,6 +563,34 @@ impl Catalog {
             .query_map([limit as i64], Self::job_from)?
             .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
+    }
+}
+
+/// Chooses the row matching `key` exactly, or the only row it is a prefix of (when at least
+/// 4 characters long). `rows` are the first two rows in id order starting at `key`.
+fn pick_unique<T>(
+    kind: &'static str,
+    key: &str,
+    rows: Vec<T>,
+    id: impl Fn(&T) -> &str,
+) -> Result<T> {
+    let mut rows: Vec<T> = rows
+        .into_iter()
+        .filter(|r| id(r).starts_with(key))
+        .collect();
+    if let Some(pos) = rows.iter().position(|r| id(r) == key) {
+        return Ok(rows.swap_remove(pos));
+    }
+    match rows.len() {
+        1 if key.len() >= 4 => Ok(rows.pop().expect("one row")),
+        2 if key.len() >= 4 => Err(Error::Ambiguous {
+            kind,
+            prefix: key.into(),
+        }),
+        _ => Err(Error::NotFound {
+            kind,
+            name: key.into(),
+        }),
     }
 }
 

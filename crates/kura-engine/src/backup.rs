@@ -7,7 +7,7 @@
 //! workers: zero check → keyed BLAKE3 → known? skip : zstd → AEAD → put ◄──────────────┘
 //! ```
 //!
-//! Memory is bounded by the buffer pool (`2 × workers + 2` chunks) plus one id per chunk of
+//! Memory is bounded by the buffer pool (`workers + 2` chunks) plus one id per chunk of
 //! the disk. A chunk is "known" when the item's previous recovery point has it or the vault
 //! already stores it, so an incremental backup reads and hashes every allocated chunk but
 //! uploads only new ones, and still produces a full index.
@@ -238,8 +238,8 @@ fn run_pipeline(
     let ids = Mutex::new(vec![ChunkId::ZERO; count]);
     let n_workers = workers();
     let (work_tx, work_rx) = bounded::<Work>(n_workers);
-    let (free_tx, free_rx) = bounded::<Vec<u8>>(2 * n_workers + 2);
-    for _ in 0..2 * n_workers + 2 {
+    let (free_tx, free_rx) = bounded::<Vec<u8>>(n_workers + 2);
+    for _ in 0..n_workers + 2 {
         free_tx.send(Vec::new()).expect("pool has room");
     }
     let failed = AtomicBool::new(false);

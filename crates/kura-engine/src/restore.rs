@@ -59,6 +59,8 @@ pub struct RestoreReport {
 
 /// Granularity at which zero runs inside a chunk are left as holes.
 const HOLE_BLOCK: usize = 4096;
+/// Bytes written between background flushes of the target.
+const FLUSH_EVERY: u64 = 64 << 20;
 
 impl Home {
     /// Restores the disk of a recovery point of `item` to a new file.
@@ -208,9 +210,25 @@ fn write_raw(
     let failed = AtomicBool::new(false);
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
     let written = std::sync::atomic::AtomicU64::new(0);
+    let writers_done = AtomicBool::new(false);
     std::thread::scope(|s| {
-        for _ in 0..workers() {
-            s.spawn(|| {
+        // Start writeback while chunks are still arriving, so the final fsync has little
+        // left to do: the page cache would otherwise hold everything until the end.
+        s.spawn(|| {
+            let mut flushed = 0;
+            while !writers_done.load(Ordering::SeqCst) && !failed.load(Ordering::SeqCst) {
+                let now = written.load(Ordering::Relaxed);
+                if now - flushed >= FLUSH_EVERY {
+                    let _ = file.sync_data();
+                    flushed = now;
+                } else {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            }
+        });
+        let workers: Vec<_> = (0..workers())
+            .map(|_| {
+                s.spawn(|| {
                 let mut codec = vault.codec();
                 loop {
                     if failed.load(Ordering::SeqCst) {
@@ -249,8 +267,13 @@ fn write_raw(
                         }
                     }
                 }
-            });
+            })
+            })
+            .collect();
+        for w in workers {
+            let _ = w.join();
         }
+        writers_done.store(true, Ordering::SeqCst);
     });
     progress.finish();
     if let Some(e) = first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {

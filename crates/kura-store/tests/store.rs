@@ -65,6 +65,11 @@ proptest! {
     }
 
     #[test]
+    fn manifest_decoder_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+        let _ = kura_store::Manifest::decode("t", &bytes);
+    }
+
+    #[test]
     fn index_decoder_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
         let _ = DiskIndex::decode("t", &bytes);
     }

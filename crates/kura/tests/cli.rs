@@ -1045,3 +1045,46 @@ fn quickstart_runs_and_reports_success() {
     e.fails(&["quickstart", "--dir", foreign.to_str().unwrap()]);
     assert!(foreign.join("keep").exists());
 }
+
+#[test]
+fn block_device_round_trip() {
+    // Needs root and a loop device (both present on the CI machines); fails loudly otherwise.
+    let e = Env::new();
+    e.vault("v", &[]);
+    let img = e.path("backing.raw");
+    make_image(
+        &img,
+        (6 << 20) + 4096,
+        &[(0, 300_000, 1), (4 << 20, 100_000, 2)],
+    );
+    let o = Command::new("losetup")
+        .args(["-f", "--show"])
+        .arg(&img)
+        .output()
+        .expect("losetup (util-linux) must exist");
+    assert!(
+        o.status.success(),
+        "this test needs root and a free loop device: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let dev = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = Command::new("losetup").args(["-d", &self.0]).status();
+        }
+    }
+    let _guard = Detach(dev.clone());
+    e.ok(&[
+        "item", "protect", "disk", &dev, "--vault", "v", "--name", "blk",
+    ]);
+    let r = e.json(&["backup", "now", "blk"]);
+    assert_eq!(r["logical_size"], (6 << 20) + 4096);
+    let out = e.path("blk.out");
+    e.restore("blk", "latest", &out, "raw");
+    assert!(same_file(&img, &out));
+    assert!(
+        allocated(&out) < 2 << 20,
+        "zero chunks of a device restore as holes"
+    );
+}

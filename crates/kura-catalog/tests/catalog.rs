@@ -1,0 +1,151 @@
+//! Catalog rules: names, one item per source, id prefixes, job exclusivity, orphaned jobs.
+
+use kura_catalog::{Catalog, Error, ItemRow, RpRow, VaultRow};
+
+fn vault(cat: &Catalog, name: &str) -> VaultRow {
+    let v = VaultRow {
+        id: format!("id-{name}"),
+        name: name.into(),
+        path: format!("/v/{name}"),
+        chunk_size: 4 << 20,
+        encryption: "none".into(),
+        cipher: None,
+        key_file: None,
+        created: "2026-01-01T00:00:00Z".into(),
+    };
+    cat.insert_vault(&v).unwrap();
+    v
+}
+
+fn item(cat: &Catalog, name: &str, source: &str) -> Result<ItemRow, Error> {
+    let i = ItemRow {
+        id: format!("item-{name}"),
+        name: name.into(),
+        vault_id: "id-v".into(),
+        kind: "disk".into(),
+        source: source.into(),
+        created: "2026-01-01T00:00:00Z".into(),
+    };
+    cat.insert_item(&i).map(|()| i)
+}
+
+fn rp(id: &str, item: &str, time: &str) -> RpRow {
+    RpRow {
+        id: id.into(),
+        item_id: item.into(),
+        time: time.into(),
+        logical_size: 1,
+        stored_size: 1,
+        consistency: "crash".into(),
+        tier: "vault-standard".into(),
+        retain_until: None,
+        job_id: None,
+    }
+}
+
+#[test]
+fn names_are_unique_and_sources_belong_to_one_item() {
+    let cat = Catalog::open_in_memory().unwrap();
+    vault(&cat, "v");
+    let dup = VaultRow {
+        id: "other".into(),
+        ..cat.vault("v").unwrap()
+    };
+    assert!(matches!(
+        cat.insert_vault(&dup),
+        Err(Error::AlreadyExists { kind: "vault", .. })
+    ));
+    item(&cat, "a", "/img/a").unwrap();
+    assert!(matches!(item(&cat, "b", "/img/a"), Err(Error::Conflict(_))));
+    assert!(matches!(
+        item(&cat, "a", "/img/other"),
+        Err(Error::AlreadyExists { .. })
+    ));
+    assert!(matches!(
+        cat.item("zzz"),
+        Err(Error::NotFound { kind: "item", .. })
+    ));
+    assert_eq!(
+        cat.item("item-a").unwrap().name,
+        "a",
+        "items resolve by id too"
+    );
+}
+
+#[test]
+fn recovery_points_list_newest_first_and_resolve_by_prefix() {
+    let cat = Catalog::open_in_memory().unwrap();
+    vault(&cat, "v");
+    item(&cat, "a", "/img/a").unwrap();
+    cat.insert_rp(&rp("0001aaaa", "item-a", "2026-01-01T00:00:00Z"))
+        .unwrap();
+    cat.insert_rp(&rp("0002bbbb", "item-a", "2026-01-02T00:00:00Z"))
+        .unwrap();
+    cat.insert_rp(&rp("0002bbbc", "item-a", "2026-01-03T00:00:00Z"))
+        .unwrap();
+    let ids: Vec<String> = cat
+        .list_rps("item-a")
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(ids, ["0002bbbc", "0002bbbb", "0001aaaa"]);
+    assert_eq!(cat.rp("0001").unwrap().id, "0001aaaa");
+    assert!(matches!(cat.rp("0002bbb"), Err(Error::Ambiguous { .. })));
+    assert_eq!(cat.rp("0002bbbb").unwrap().id, "0002bbbb");
+    assert!(
+        matches!(cat.rp("00"), Err(Error::NotFound { .. })),
+        "too short"
+    );
+    assert!(matches!(cat.rp("%%%%"), Err(Error::NotFound { .. })));
+    // Re-inserting (attach run twice) is harmless.
+    cat.insert_rp(&rp("0001aaaa", "item-a", "2026-01-01T00:00:00Z"))
+        .unwrap();
+    assert_eq!(cat.list_rps("item-a").unwrap().len(), 3);
+}
+
+#[test]
+fn one_backup_job_per_item_at_a_time_and_orphans_fail() {
+    let cat = Catalog::open_in_memory().unwrap();
+    cat.start_job("j1", "Backup", "a", true).unwrap();
+    assert!(matches!(
+        cat.start_job("j2", "Backup", "a", true),
+        Err(Error::Conflict(_))
+    ));
+    cat.start_job("j3", "Backup", "b", true).unwrap();
+    cat.start_job("j4", "Restore", "a", false).unwrap();
+    cat.job_log("j1", "hello").unwrap();
+    cat.job_progress("j1", 5, 10).unwrap();
+    cat.finish_job("j1", "Completed", Some("rp"), None).unwrap();
+    let j = cat.job("j1").unwrap();
+    assert_eq!(
+        (j.status.as_str(), j.bytes_done, j.bytes_total),
+        ("Completed", 5, 10)
+    );
+    assert!(j.log[0].ends_with("hello"));
+    cat.start_job("j2", "Backup", "a", true).unwrap();
+    assert_eq!(cat.list_jobs(2).unwrap().len(), 2);
+    // Jobs of this (live) process are not orphans.
+    assert_eq!(cat.fail_orphaned_jobs().unwrap(), 0);
+}
+
+#[test]
+fn jobs_of_dead_processes_are_marked_failed_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    {
+        let cat = Catalog::open(&path).unwrap();
+        cat.start_job("j1", "Backup", "a", true).unwrap();
+    }
+    // Pretend the job belonged to a process that no longer exists.
+    Catalog::open(&path)
+        .unwrap()
+        .debug_set_job_pid("j1", u32::MAX - 1)
+        .unwrap();
+    let cat = Catalog::open(&path).unwrap();
+    assert_eq!(cat.fail_orphaned_jobs().unwrap(), 1);
+    let j = cat.job("j1").unwrap();
+    assert_eq!(j.status, "Failed");
+    assert!(j.error.unwrap().contains("ended before it finished"));
+    cat.start_job("j2", "Backup", "a", true).unwrap();
+}
