@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = blob::check_stored("fuzz", data);
     for v in vaults() {
         let mut codec = v.codec();
-        let _ = codec.decode(BlobKind::Chunk, "fuzz", data);
-        let _ = codec.decode(BlobKind::Index, "fuzz", data);
+        let _ = codec.decode_chunk(&kura_store::ChunkId([7; 32]), data.to_vec());
+        let _ = codec.decode(BlobKind::Index, b"rps/x/disk0.index", "fuzz", data.to_vec());
     }
 });

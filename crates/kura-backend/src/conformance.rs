@@ -19,17 +19,17 @@ pub fn run(b: &dyn Backend) {
 }
 
 fn put_get(b: &dyn Backend) {
-    b.put("pg/a", b"hello").unwrap();
+    b.put("pg/a", b"hello".to_vec()).unwrap();
     assert_eq!(
         b.get("pg/a").unwrap(),
         b"hello",
         "get returns what put stored"
     );
-    b.put("pg/empty", b"").unwrap();
+    b.put("pg/empty", b"".to_vec()).unwrap();
     assert_eq!(b.get("pg/empty").unwrap(), b"", "empty objects round-trip");
     assert_eq!(b.stat("pg/empty").unwrap(), Some(0), "empty object exists");
     let big: Vec<u8> = (0..(5 << 20)).map(|i| (i % 251) as u8).collect();
-    b.put("pg/big", &big).unwrap();
+    b.put("pg/big", big.clone()).unwrap();
     assert_eq!(
         b.get("pg/big").unwrap(),
         big,
@@ -39,8 +39,8 @@ fn put_get(b: &dyn Backend) {
 }
 
 fn overwrite(b: &dyn Backend) {
-    b.put("ow/x", b"first version").unwrap();
-    b.put("ow/x", b"2nd").unwrap();
+    b.put("ow/x", b"first version".to_vec()).unwrap();
+    b.put("ow/x", b"2nd".to_vec()).unwrap();
     assert_eq!(
         b.get("ow/x").unwrap(),
         b"2nd",
@@ -49,8 +49,8 @@ fn overwrite(b: &dyn Backend) {
 }
 
 fn put_new(b: &dyn Backend) {
-    b.put_new("pn/x", b"one").unwrap();
-    let err = b.put_new("pn/x", b"two").unwrap_err();
+    b.put_new("pn/x", b"one".to_vec()).unwrap();
+    let err = b.put_new("pn/x", b"two".to_vec()).unwrap_err();
     assert!(
         matches!(err, Error::AlreadyExists { ref key } if key == "pn/x"),
         "put_new on an existing key is AlreadyExists, got {err:?}"
@@ -74,7 +74,7 @@ fn not_found(b: &dyn Backend) {
 }
 
 fn ranges(b: &dyn Backend) {
-    b.put("rg/x", b"0123456789").unwrap();
+    b.put("rg/x", b"0123456789".to_vec()).unwrap();
     assert_eq!(b.get_range("rg/x", 2..5).unwrap(), b"234");
     assert_eq!(b.get_range("rg/x", 0..10).unwrap(), b"0123456789");
     assert_eq!(b.get_range("rg/x", 10..10).unwrap(), b"");
@@ -87,7 +87,7 @@ fn ranges(b: &dyn Backend) {
 
 fn listing(b: &dyn Backend) {
     for k in ["ls/b/2", "ls/a", "ls/b/1", "ls/c/d/e", "lsx/other"] {
-        b.put(k, k.as_bytes()).unwrap();
+        b.put(k, k.as_bytes().to_vec()).unwrap();
     }
     assert_eq!(
         b.list("ls/").unwrap(),
@@ -104,7 +104,7 @@ fn listing(b: &dyn Backend) {
 }
 
 fn deletes(b: &dyn Backend) {
-    b.put("del/x", b"x").unwrap();
+    b.put("del/x", b"x".to_vec()).unwrap();
     b.delete("del/x").unwrap();
     assert!(
         b.get("del/x").unwrap_err().is_not_found(),
@@ -117,7 +117,7 @@ fn deletes(b: &dyn Backend) {
 
 fn bad_keys(b: &dyn Backend) {
     for key in ["", "/abs", "a//b", "../up", "a/../b", "sp ace", "a/"] {
-        let err = b.put(key, b"x").unwrap_err();
+        let err = b.put(key, b"x".to_vec()).unwrap_err();
         assert!(
             matches!(err, Error::InvalidKey { .. }),
             "key {key:?} must be refused, got {err:?}"

@@ -96,24 +96,19 @@ fn map_err(key: &str, op: &'static str, e: opendal::Error) -> Error {
 }
 
 impl Backend for FsBackend {
-    fn put(&self, key: &str, data: &[u8]) -> Result<()> {
+    fn put(&self, key: &str, data: Vec<u8>) -> Result<()> {
         check_key(key)?;
         self.rt
-            .block_on(self.op.write(key, data.to_vec()))
+            .block_on(self.op.write(key, data))
             .map_err(|e| map_err(key, "put", e))?;
         self.mark_dirty(key);
         Ok(())
     }
 
-    fn put_new(&self, key: &str, data: &[u8]) -> Result<()> {
+    fn put_new(&self, key: &str, data: Vec<u8>) -> Result<()> {
         check_key(key)?;
         self.rt
-            .block_on(async {
-                self.op
-                    .write_with(key, data.to_vec())
-                    .if_not_exists(true)
-                    .await
-            })
+            .block_on(async { self.op.write_with(key, data).if_not_exists(true).await })
             .map_err(|e| map_err(key, "put_new", e))?;
         self.mark_dirty(key);
         Ok(())

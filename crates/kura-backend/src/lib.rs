@@ -18,7 +18,7 @@
 //! ```
 //! use kura_backend::{Backend, MemoryBackend};
 //! let b = MemoryBackend::default();
-//! b.put("chunks/ab/cd", b"bytes").unwrap();
+//! b.put("chunks/ab/cd", b"bytes".to_vec()).unwrap();
 //! assert_eq!(b.get("chunks/ab/cd").unwrap(), b"bytes");
 //! assert!(b.get("missing").unwrap_err().is_not_found());
 //! ```
@@ -103,9 +103,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// - after `sync` returns, every completed `put` survives a crash of the machine.
 pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Stores `data` under `key`, replacing any existing object.
-    fn put(&self, key: &str, data: &[u8]) -> Result<()>;
+    fn put(&self, key: &str, data: Vec<u8>) -> Result<()>;
     /// Stores `data` under `key` only if no object has that key.
-    fn put_new(&self, key: &str, data: &[u8]) -> Result<()>;
+    fn put_new(&self, key: &str, data: Vec<u8>) -> Result<()>;
     /// Reads a whole object.
     fn get(&self, key: &str) -> Result<Vec<u8>>;
     /// Reads `range` of an object.

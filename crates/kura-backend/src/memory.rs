@@ -20,14 +20,13 @@ impl MemoryBackend {
 }
 
 impl Backend for MemoryBackend {
-    fn put(&self, key: &str, data: &[u8]) -> Result<()> {
+    fn put(&self, key: &str, data: Vec<u8>) -> Result<()> {
         check_key(key)?;
-        self.write()
-            .insert(key.to_string(), Arc::new(data.to_vec()));
+        self.write().insert(key.to_string(), Arc::new(data));
         Ok(())
     }
 
-    fn put_new(&self, key: &str, data: &[u8]) -> Result<()> {
+    fn put_new(&self, key: &str, data: Vec<u8>) -> Result<()> {
         check_key(key)?;
         let mut objects = self.write();
         if objects.contains_key(key) {
@@ -35,7 +34,7 @@ impl Backend for MemoryBackend {
                 key: key.to_string(),
             });
         }
-        objects.insert(key.to_string(), Arc::new(data.to_vec()));
+        objects.insert(key.to_string(), Arc::new(data));
         Ok(())
     }
 

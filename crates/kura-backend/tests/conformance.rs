@@ -17,7 +17,7 @@ fn fs_backend_conforms() {
 fn fs_backend_never_exposes_staging_files() {
     let dir = tempfile::tempdir().unwrap();
     let b = FsBackend::open(dir.path()).unwrap();
-    b.put("a/b", b"x").unwrap();
+    b.put("a/b", b"x".to_vec()).unwrap();
     // A crashed writer leaves a staging file behind: it must not show up as an object.
     std::fs::write(dir.path().join(".staging").join("leftover"), b"partial").unwrap();
     assert_eq!(b.list("").unwrap(), vec!["a/b"]);

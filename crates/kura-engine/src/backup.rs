@@ -281,10 +281,11 @@ fn run_pipeline(
                         if id.is_zero() || known.contains(&id) || vault.has_chunk(&id)? {
                             return Ok(());
                         }
-                        let stored = codec.encode_chunk(data)?;
-                        vault.put_chunk(&id, &stored)?;
+                        let stored = codec.encode_chunk(&id, data)?;
+                        let stored_len = stored.len() as u64;
+                        vault.put_chunk(&id, stored)?;
                         let n = new_chunks.fetch_add(1, Ordering::SeqCst) + 1;
-                        new_stored.fetch_add(stored.len() as u64, Ordering::Relaxed);
+                        new_stored.fetch_add(stored_len, Ordering::Relaxed);
                         new_plain.fetch_add(data.len() as u64, Ordering::Relaxed);
                         if fail_after.is_some_and(|limit| n >= limit) {
                             return Err(Error::new(

@@ -582,6 +582,7 @@ impl Home {
             state: Mutex::new(TeeState::default()),
         };
         ctx.log(&format!("{operation} of {target} started"));
+        progress.message(&format!("job {id} started: {operation} of {target}"));
         match f(&ctx) {
             Ok((value, rp)) => {
                 ctx.flush();

@@ -14,9 +14,12 @@
 //!   40+n    32  BLAKE3 (unkeyed) of bytes 0..40+n
 //! ```
 //!
-//! The 40-byte header is the AEAD's associated data. Each blob is sealed under its own key,
-//! `BLAKE3-keyed(blob key, salt)`, with an all-zero nonce: keys never repeat, so nonces need
-//! not be random, and there is no limit on the number of blobs per vault.
+//! The AEAD's associated data is the 40-byte header followed by the blob's *context*: the
+//! 32-byte chunk id for chunks, the object key for everything else. A blob therefore
+//! authenticates only under the name it was written for, and an authentic chunk is known to
+//! hold the content its id was computed from without hashing it again. Each blob is sealed
+//! under its own key, `BLAKE3-keyed(blob key, salt)`, with an all-zero nonce: keys never
+//! repeat, so nonces need not be random, and there is no limit on the number of blobs.
 
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey};
 use std::sync::Arc;
@@ -68,6 +71,7 @@ pub struct Codec {
     cipher: Option<Cipher>,
     compressor: zstd::bulk::Compressor<'static>,
     decompressor: zstd::bulk::Decompressor<'static>,
+    scratch: Vec<u8>,
 }
 
 impl Codec {
@@ -81,6 +85,7 @@ impl Codec {
             cipher,
             compressor: zstd::bulk::Compressor::new(level).map_err(zerr)?,
             decompressor: zstd::bulk::Decompressor::new().map_err(zerr)?,
+            scratch: Vec::new(),
         })
     }
 
@@ -89,15 +94,18 @@ impl Codec {
         ChunkId(*blake3::keyed_hash(&self.keys.id_key, data).as_bytes())
     }
 
-    /// Encodes a chunk's plaintext.
-    pub fn encode_chunk(&mut self, plain: &[u8]) -> Result<Vec<u8>> {
-        self.encode(BlobKind::Chunk, plain)
+    /// Encodes a chunk's plaintext, whose id is `id`.
+    pub fn encode_chunk(&mut self, id: &ChunkId, plain: &[u8]) -> Result<Vec<u8>> {
+        self.encode(BlobKind::Chunk, &id.0, plain)
     }
 
-    /// Encodes `plain` as a blob of `kind`.
-    pub fn encode(&mut self, kind: BlobKind, plain: &[u8]) -> Result<Vec<u8>> {
+    /// Encodes `plain` as a blob of `kind` bound to `context` (see the module doc).
+    pub fn encode(&mut self, kind: BlobKind, context: &[u8], plain: &[u8]) -> Result<Vec<u8>> {
         let bound = zstd::zstd_safe::compress_bound(plain.len());
-        let mut body = Vec::with_capacity(bound.max(plain.len()) + TAG_LEN);
+        // The payload is built in a scratch buffer kept across calls (no page faults per chunk).
+        let mut body = std::mem::take(&mut self.scratch);
+        body.clear();
+        body.reserve(bound.max(plain.len()) + TAG_LEN);
         let compressed = !plain.is_empty()
             && self
                 .compressor
@@ -125,7 +133,7 @@ impl Codec {
             self.blob_aead(cipher, &salt)
                 .seal_in_place_append_tag(
                     Nonce::assume_unique_for_key([0; 12]),
-                    Aad::from(&header),
+                    Aad::from(associated_data(&header, context)),
                     &mut body,
                 )
                 .map_err(|_| Error::Invalid {
@@ -138,6 +146,7 @@ impl Codec {
         out.extend_from_slice(&body);
         let sum = blake3::hash(&out);
         out.extend_from_slice(sum.as_bytes());
+        self.scratch = body;
         Ok(out)
     }
 
@@ -151,10 +160,16 @@ impl Codec {
         LessSafeKey::new(UnboundKey::new(cipher.algorithm(), key.as_bytes()).expect("32-byte key"))
     }
 
-    /// Decodes a blob of `kind`; `object` names it in errors. Checks the checksum, the header,
-    /// the AEAD tag and the lengths.
-    pub fn decode(&mut self, kind: BlobKind, object: &str, stored: &[u8]) -> Result<Vec<u8>> {
-        let header = check_stored(object, stored)?;
+    /// Decodes a blob of `kind` written for `context`; `object` names it in errors. Checks
+    /// the checksum, the header, the AEAD tag and the lengths.
+    pub fn decode(
+        &mut self,
+        kind: BlobKind,
+        context: &[u8],
+        object: &str,
+        stored: Vec<u8>,
+    ) -> Result<Vec<u8>> {
+        let header = check_stored(object, &stored)?;
         if header.kind != kind {
             return Err(Error::corrupt(
                 object,
@@ -171,26 +186,30 @@ impl Codec {
                 ),
             ));
         }
-        let mut body = stored[HEADER_LEN..stored.len() - CHECKSUM_LEN].to_vec();
-        if let Some(cipher) = self.cipher {
-            let aad: [u8; HEADER_LEN] = stored[..HEADER_LEN].try_into().expect("header");
-            let n = self
-                .blob_aead(cipher, &header.salt)
-                .open_in_place(
-                    Nonce::assume_unique_for_key([0; 12]),
-                    Aad::from(&aad),
-                    &mut body,
-                )
-                .map_err(|_| {
-                    Error::corrupt(object, "authentication failed (wrong key or tampered data)")
-                })?
-                .len();
-            body.truncate(n);
-        }
-        let plain = if header.compressed {
+        let mut stored = stored;
+        let end = stored.len() - CHECKSUM_LEN;
+        let (head, rest) = stored.split_at_mut(HEADER_LEN);
+        let body = &mut rest[..end - HEADER_LEN];
+        let payload_len = match self.cipher {
+            Some(cipher) => {
+                let aad = associated_data(head, context);
+                self.blob_aead(cipher, &header.salt)
+                    .open_in_place(Nonce::assume_unique_for_key([0; 12]), Aad::from(aad), body)
+                    .map_err(|_| {
+                        Error::corrupt(
+                            object,
+                            "authentication failed (wrong key, wrong name or tampered data)",
+                        )
+                    })?
+                    .len()
+            }
+            None => body.len(),
+        };
+        let payload = &body[..payload_len];
+        if header.compressed {
             let out = self
                 .decompressor
-                .decompress(&body, header.plain_len as usize)
+                .decompress(payload, header.plain_len as usize)
                 .map_err(|e| Error::corrupt(object, format!("zstd: {e}")))?;
             if out.len() as u64 != header.plain_len {
                 return Err(Error::corrupt(
@@ -198,28 +217,38 @@ impl Codec {
                     "decompressed length differs from the header",
                 ));
             }
-            out
+            Ok(out)
         } else {
-            if body.len() as u64 != header.plain_len {
+            if payload_len as u64 != header.plain_len {
                 return Err(Error::corrupt(
                     object,
                     "payload length differs from the header",
                 ));
             }
-            body
-        };
-        Ok(plain)
+            // Reuse the stored buffer: move the plaintext to its front.
+            stored.copy_within(HEADER_LEN..HEADER_LEN + payload_len, 0);
+            stored.truncate(payload_len);
+            Ok(stored)
+        }
     }
 
-    /// Decodes a chunk and checks that its content hashes to `id`.
-    pub fn decode_chunk(&mut self, id: &ChunkId, stored: &[u8]) -> Result<Vec<u8>> {
+    /// Decodes a chunk and checks that it holds the content of `id`: by the AEAD tag (which
+    /// covers the id) when encrypted, by hashing it again otherwise.
+    pub fn decode_chunk(&mut self, id: &ChunkId, stored: Vec<u8>) -> Result<Vec<u8>> {
         let object = format!("chunk {id}");
-        let plain = self.decode(BlobKind::Chunk, &object, stored)?;
-        if self.chunk_id(&plain) != *id {
+        let plain = self.decode(BlobKind::Chunk, &id.0, &object, stored)?;
+        if self.cipher.is_none() && self.chunk_id(&plain) != *id {
             return Err(Error::corrupt(object, "content does not match its id"));
         }
         Ok(plain)
     }
+}
+
+fn associated_data(header: &[u8], context: &[u8]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(header.len() + context.len());
+    aad.extend_from_slice(header);
+    aad.extend_from_slice(context);
+    aad
 }
 
 /// A parsed blob header.

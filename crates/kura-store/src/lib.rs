@@ -28,7 +28,7 @@
 //! let mut codec = vault.codec();
 //! let data = vec![7u8; 4096];
 //! let id = vault.chunk_id(&data);
-//! vault.put_chunk(&id, &codec.encode_chunk(&data).unwrap()).unwrap();
+//! vault.put_chunk(&id, codec.encode_chunk(&id, &data).unwrap()).unwrap();
 //! let vault = Vault::open(backend, &secret).unwrap();
 //! assert_eq!(vault.get_chunk(&id, &mut vault.codec()).unwrap(), data);
 //! ```

@@ -146,7 +146,7 @@ impl Vault {
             config.compression_level,
         )?;
         let json = serde_json::to_vec_pretty(&config).expect("config serializes");
-        backend.put_new(CONFIG_KEY, &json).map_err(|e| match e {
+        backend.put_new(CONFIG_KEY, json).map_err(|e| match e {
             kura_backend::Error::AlreadyExists { .. } => Error::AlreadyAVault {
                 location: format!("{backend:?}"),
             },
@@ -246,7 +246,7 @@ impl Vault {
     }
 
     /// Stores an encoded chunk.
-    pub fn put_chunk(&self, id: &ChunkId, stored: &[u8]) -> Result<()> {
+    pub fn put_chunk(&self, id: &ChunkId, stored: Vec<u8>) -> Result<()> {
         Ok(self.backend.put(&id.key(), stored)?)
     }
 
@@ -268,15 +268,15 @@ impl Vault {
     /// Fetches, checks and decodes a chunk.
     pub fn get_chunk(&self, id: &ChunkId, codec: &mut Codec) -> Result<Vec<u8>> {
         let stored = self.get_chunk_stored(id)?;
-        codec.decode_chunk(id, &stored)
+        codec.decode_chunk(id, stored)
     }
 
     fn put_object(&self, key: &str, kind: BlobKind, plain: &[u8], new: bool) -> Result<()> {
-        let stored = self.codec().encode(kind, plain)?;
+        let stored = self.codec().encode(kind, key.as_bytes(), plain)?;
         if new {
-            self.backend.put_new(key, &stored)?;
+            self.backend.put_new(key, stored)?;
         } else {
-            self.backend.put(key, &stored)?;
+            self.backend.put(key, stored)?;
         }
         Ok(())
     }
@@ -288,7 +288,7 @@ impl Vault {
             },
             e => e.into(),
         })?;
-        self.codec().decode(kind, object, &stored)
+        self.codec().decode(kind, key.as_bytes(), object, stored)
     }
 
     /// Stores a disk index of a recovery point; returns its key.

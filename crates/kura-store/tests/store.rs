@@ -29,20 +29,24 @@ proptest! {
         let data = if repeat { data.repeat(4) } else { data };
         let (_, v) = vault(&secrets()[s]);
         let mut codec = v.codec();
-        let stored = codec.encode(BlobKind::Index, &data).unwrap();
+        let stored = codec.encode(BlobKind::Index, b"ctx", &data).unwrap();
         blob::check_stored("t", &stored).unwrap();
-        prop_assert_eq!(codec.decode(BlobKind::Index, "t", &stored).unwrap(), data);
+        prop_assert_eq!(codec.decode(BlobKind::Index, b"ctx", "t", stored.clone()).unwrap(), data);
+        if s > 0 {
+            // Encrypted blobs only authenticate under the name they were written for.
+            prop_assert!(codec.decode(BlobKind::Index, b"other", "t", stored).is_err());
+        }
     }
 
     #[test]
     fn blob_detects_any_single_byte_change(data in prop::collection::vec(any::<u8>(), 1..5000), pos in any::<prop::sample::Index>(), flip in 1u8..=255) {
         let (_, v) = vault(&KeySecret::from("p"));
         let mut codec = v.codec();
-        let mut stored = codec.encode_chunk(&data).unwrap();
+        let id = codec.chunk_id(&data);
+        let mut stored = codec.encode_chunk(&id, &data).unwrap();
         let i = pos.index(stored.len());
         stored[i] ^= flip;
-        let id = codec.chunk_id(&data);
-        let corrupt = matches!(codec.decode_chunk(&id, &stored), Err(Error::Corrupt { .. }));
+        let corrupt = matches!(codec.decode_chunk(&id, stored.clone()), Err(Error::Corrupt { .. }));
         prop_assert!(corrupt);
         prop_assert!(blob::check_stored("t", &stored).is_err());
     }
@@ -50,7 +54,7 @@ proptest! {
     #[test]
     fn blob_decoder_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
         let (_, v) = vault(&KeySecret::None);
-        let _ = v.codec().decode(BlobKind::Chunk, "t", &bytes);
+        let _ = v.codec().decode(BlobKind::Chunk, b"", "t", bytes);
     }
 
     #[test]
@@ -129,7 +133,7 @@ fn no_plaintext_or_key_reaches_the_backend() {
     let (b, v) = vault(&KeySecret::from("secret passphrase"));
     let mut codec = v.codec();
     let id = v.chunk_id(&data);
-    v.put_chunk(&id, &codec.encode_chunk(&data).unwrap())
+    v.put_chunk(&id, codec.encode_chunk(&id, &data).unwrap())
         .unwrap();
     for key in b.list("").unwrap() {
         let bytes = b.get(&key).unwrap();
@@ -161,7 +165,7 @@ fn not_a_vault_is_named() {
         Vault::read_config(&b),
         Err(Error::NotAVault { .. })
     ));
-    b.put("config", b"{not json").unwrap();
+    b.put("config", b"{not json".to_vec()).unwrap();
     assert!(matches!(
         Vault::read_config(&b),
         Err(Error::NotAVault { .. })
@@ -198,10 +202,24 @@ fn compressible_chunks_shrink_and_random_ones_stay_raw() {
     let (_, v) = vault(&KeySecret::from("p"));
     let mut codec = v.codec();
     let text = b"a fairly compressible line of log text\n".repeat(2000);
-    assert!(codec.encode_chunk(&text).unwrap().len() < text.len() / 4);
+    assert!(codec.encode_chunk(&ChunkId::ZERO, &text).unwrap().len() < text.len() / 4);
     let random: Vec<u8> = (0..65536u32)
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();
-    let stored = codec.encode_chunk(&random).unwrap();
+    let stored = codec.encode_chunk(&ChunkId::ZERO, &random).unwrap();
     assert!(stored.len() <= random.len() + 40 + 32 + 16);
+}
+
+#[test]
+fn a_chunk_stored_under_another_id_is_refused() {
+    for secret in secrets() {
+        let (_, v) = vault(&secret);
+        let mut codec = v.codec();
+        let (a, b) = (b"first chunk".to_vec(), b"second chunk".to_vec());
+        let (ida, idb) = (codec.chunk_id(&a), codec.chunk_id(&b));
+        let stored_a = codec.encode_chunk(&ida, &a).unwrap();
+        assert_eq!(codec.decode_chunk(&ida, stored_a.clone()).unwrap(), a);
+        let e = codec.decode_chunk(&idb, stored_a).unwrap_err();
+        assert!(e.to_string().contains(&idb.to_hex()), "{e}");
+    }
 }
