@@ -250,9 +250,18 @@ impl Vault {
         Ok(self.backend.put(&id.key(), stored)?)
     }
 
-    /// Whether a chunk is stored.
+    /// Whether an intact copy of a chunk is stored: it exists and its stored bytes pass the
+    /// keyless check. A damaged copy counts as absent, so the next backup that meets the
+    /// chunk writes it again and repairs every recovery point that uses it.
     pub fn has_chunk(&self, id: &ChunkId) -> Result<bool> {
-        Ok(self.backend.stat(&id.key())?.is_some())
+        if self.backend.stat(&id.key())?.is_none() {
+            return Ok(false);
+        }
+        match self.backend.get(&id.key()) {
+            Ok(stored) => Ok(crate::blob::check_stored("chunk", &stored).is_ok()),
+            Err(kura_backend::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The stored bytes of a chunk; [`Error::Missing`] when absent.

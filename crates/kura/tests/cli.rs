@@ -1088,3 +1088,41 @@ fn block_device_round_trip() {
         "zero chunks of a device restore as holes"
     );
 }
+
+#[test]
+fn a_later_backup_repairs_a_damaged_chunk_it_meets_again() {
+    let e = Env::new();
+    e.vault("v", &[]);
+    let img = e.path("a.raw");
+    make_image(&img, 1 << 20, &[(0, 1 << 20, 11)]);
+    e.ok(&[
+        "item",
+        "protect",
+        "disk",
+        img.to_str().unwrap(),
+        "--vault",
+        "v",
+    ]);
+    e.backup("a");
+    let victim = e.chunk_files("v")[0].clone();
+    let mut bytes = std::fs::read(&victim).unwrap();
+    bytes.truncate(bytes.len() / 2);
+    std::fs::write(&victim, &bytes).unwrap();
+    assert_eq!(e.run(&["verify"]).status.code(), Some(3));
+    // Another item with the same content has no previous recovery point: every chunk it
+    // meets in the vault is checked, and the damaged one is written again.
+    let copy = e.path("b.raw");
+    std::fs::copy(&img, &copy).unwrap();
+    e.ok(&[
+        "item",
+        "protect",
+        "disk",
+        copy.to_str().unwrap(),
+        "--vault",
+        "v",
+    ]);
+    let r = e.json(&["backup", "now", "b"]);
+    assert_eq!(r["new_chunks"], 1, "{r}");
+    let v = e.json(&["verify"]);
+    assert!(v["problems"].as_array().unwrap().is_empty(), "{v}");
+}
