@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use opendal::{ErrorKind, Operator, services};
 
-use crate::{Backend, Error, Result, check_key, check_prefix};
+use crate::{Backend, Error, Result, check_key, check_prefix, check_range};
 
 /// Directory (under the root) where OpenDAL stages atomic writes before renaming them.
 const STAGING_DIR: &str = ".staging";
@@ -128,14 +128,7 @@ impl Backend for FsBackend {
         let size = self.stat(key)?.ok_or_else(|| Error::NotFound {
             key: key.to_string(),
         })?;
-        if range.start > range.end || range.end > size {
-            return Err(Error::InvalidRange {
-                key: key.to_string(),
-                start: range.start,
-                end: range.end,
-                size,
-            });
-        }
+        check_range(key, &range, size)?;
         if range.start == range.end {
             return Ok(Vec::new());
         }

@@ -161,8 +161,8 @@ fn check_prefix(prefix: &str) -> Result<()> {
     }
 }
 
-fn slice_range(key: &str, data: &[u8], range: Range<u64>) -> Result<Vec<u8>> {
-    let size = data.len() as u64;
+/// Checks that `range` lies inside an object of `size` bytes.
+fn check_range(key: &str, range: &Range<u64>, size: u64) -> Result<()> {
     if range.start > range.end || range.end > size {
         return Err(Error::InvalidRange {
             key: key.to_string(),
@@ -171,5 +171,10 @@ fn slice_range(key: &str, data: &[u8], range: Range<u64>) -> Result<Vec<u8>> {
             size,
         });
     }
+    Ok(())
+}
+
+fn slice_range(key: &str, data: &[u8], range: Range<u64>) -> Result<Vec<u8>> {
+    check_range(key, &range, data.len() as u64)?;
     Ok(data[range.start as usize..range.end as usize].to_vec())
 }

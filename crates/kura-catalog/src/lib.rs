@@ -312,6 +312,23 @@ impl Catalog {
         })
     }
 
+    /// Removes an item that has no recovery points (undoing a failed protect).
+    pub fn delete_item(&self, id: &str) -> Result<()> {
+        let conn = self.conn();
+        let rps: i64 = conn.query_row(
+            "SELECT count(*) FROM recovery_points WHERE item_id = ?1",
+            [id],
+            |r| r.get(0),
+        )?;
+        if rps > 0 {
+            return Err(Error::Conflict(format!(
+                "item {id} has {rps} recovery points"
+            )));
+        }
+        conn.execute("DELETE FROM items WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
     /// An item by name or id.
     pub fn item(&self, name_or_id: &str) -> Result<ItemRow> {
         self.conn()

@@ -502,6 +502,8 @@ impl Home {
         };
         self.catalog.insert_item(&item)?;
         if let Err(e) = vault.put_item(&item_record(&item)) {
+            // Refused: leave the catalog as it was.
+            let _ = self.catalog.delete_item(&item.id);
             return Err(e.into());
         }
         Ok(item)

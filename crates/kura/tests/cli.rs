@@ -81,6 +81,20 @@ impl Env {
         self.ok(&a);
     }
 
+    /// Protects `image` in `vault` (extra arguments, e.g. `--name`, follow).
+    fn protect(&self, image: &Path, vault: &str, extra: &[&str]) {
+        let mut a = vec![
+            "item",
+            "protect",
+            "disk",
+            image.to_str().unwrap(),
+            "--vault",
+            vault,
+        ];
+        a.extend_from_slice(extra);
+        self.ok(&a);
+    }
+
     fn backup(&self, item: &str) -> String {
         let r = self.json(&["backup", "now", item]);
         assert!(r["job_id"].as_str().unwrap().len() >= 16);
@@ -189,14 +203,7 @@ fn sparse_raw_round_trip_is_bit_exact_and_sparse() {
             ((20 << 20) + 12000, 345, 3),
         ],
     );
-    e.ok(&[
-        "item",
-        "protect",
-        "disk",
-        img.to_str().unwrap(),
-        "--vault",
-        "v",
-    ]);
+    e.protect(&img, "v", &[]);
     let r = e.json(&["backup", "now", "disk"]);
     assert!(
         r["read_bytes"].as_u64().unwrap() < 2 << 20,
@@ -235,14 +242,7 @@ fn qcow2_source_and_qcow2_restore() {
         .output()
         .unwrap();
     assert!(o.status.success());
-    e.ok(&[
-        "item",
-        "protect",
-        "disk",
-        q.to_str().unwrap(),
-        "--vault",
-        "v",
-    ]);
+    e.protect(&q, "v", &[]);
     let r = e.json(&["backup", "now", "vm"]);
     assert!(
         r["read_bytes"].as_u64().unwrap() <= (4 << 20),
@@ -293,14 +293,7 @@ fn empty_and_tiny_images() {
     ] {
         let img = e.path(&format!("{name}.img"));
         make_image(&img, size, &writes);
-        e.ok(&[
-            "item",
-            "protect",
-            "disk",
-            img.to_str().unwrap(),
-            "--vault",
-            "v",
-        ]);
+        e.protect(&img, "v", &[]);
         e.backup(name);
         let out = e.path(&format!("{name}.out"));
         e.restore(name, "latest", &out, "raw");
@@ -323,14 +316,7 @@ fn offsets_past_4_gib() {
             ((5u64 << 30) - 10, 13, 3),
         ],
     );
-    e.ok(&[
-        "item",
-        "protect",
-        "disk",
-        img.to_str().unwrap(),
-        "--vault",
-        "v",
-    ]);
+    e.protect(&img, "v", &[]);
     e.backup("big");
     let out = e.path("big.out");
     e.restore("big", "latest", &out, "raw");
@@ -360,14 +346,7 @@ fn incremental_restore_equals_full_and_only_new_chunks_upload() {
     e.vault("w", &[]);
     let img = e.path("d.raw");
     make_image(&img, 8 << 20, &[(0, 8 << 20, 1)]);
-    e.ok(&[
-        "item",
-        "protect",
-        "disk",
-        img.to_str().unwrap(),
-        "--vault",
-        "v",
-    ]);
+    e.protect(&img, "v", &[]);
     let first = e.backup("d");
     let v1 = e.path("v1.raw");
     std::fs::copy(&img, &v1).unwrap();
@@ -386,14 +365,7 @@ fn incremental_restore_equals_full_and_only_new_chunks_upload() {
     // A full backup of the same state in another vault restores to the same bytes.
     let img2 = e.path("d2.raw");
     std::fs::copy(&img, &img2).unwrap();
-    e.ok(&[
-        "item",
-        "protect",
-        "disk",
-        img2.to_str().unwrap(),
-        "--vault",
-        "w",
-    ]);
+    e.protect(&img2, "w", &[]);
     e.backup("d2");
     let (inc, full, old) = (e.path("inc.raw"), e.path("full.raw"), e.path("old.raw"));
     e.restore("d", "latest", &inc, "raw");
@@ -413,14 +385,7 @@ fn disk_grows_and_shrinks_between_backups() {
     e.vault("v", &[]);
     let img = e.path("d.raw");
     make_image(&img, 3 << 20, &[(0, 3 << 20, 4)]);
-    e.ok(&[
-        "item",
-        "protect",
-        "disk",
-        img.to_str().unwrap(),
-        "--vault",
-        "v",
-    ]);
+    e.protect(&img, "v", &[]);
     e.backup("d");
     for (size, seed) in [((5 << 20) + 100, 5u64), ((1 << 20) + 1, 6)] {
         let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
@@ -568,14 +533,7 @@ fn two_points() -> (Env, PathBuf, String, String) {
     e.vault("v", &[]);
     let img = e.path("d.raw");
     make_image(&img, 2 << 20, &[(0, 2 << 20, 1)]);
-    e.ok(&[
-        "item",
-        "protect",
-        "disk",
-        img.to_str().unwrap(),
-        "--vault",
-        "v",
-    ]);
+    e.protect(&img, "v", &[]);
     let a = e.backup("d");
     std::fs::OpenOptions::new()
         .write(true)
@@ -709,14 +667,7 @@ fn kill_during_backup_leaves_no_recovery_point_and_next_backup_succeeds() {
     e.vault("v", &[]);
     let img = e.path("d.raw");
     make_image(&img, 48 << 20, &[(0, 48 << 20, 7)]);
-    e.ok(&[
-        "item",
-        "protect",
-        "disk",
-        img.to_str().unwrap(),
-        "--vault",
-        "v",
-    ]);
+    e.protect(&img, "v", &[]);
     let mut interrupted = 0;
     for delay_ms in [30u64, 150, 400] {
         let mut child = e.cmd(&["backup", "now", "d"]).spawn().unwrap();
@@ -764,14 +715,7 @@ fn injected_failure_mid_backup_publishes_nothing() {
     e.vault("v", &[]);
     let img = e.path("d.raw");
     make_image(&img, 4 << 20, &[(0, 4 << 20, 3)]);
-    e.ok(&[
-        "item",
-        "protect",
-        "disk",
-        img.to_str().unwrap(),
-        "--vault",
-        "v",
-    ]);
+    e.protect(&img, "v", &[]);
     let (_, err) = e.fails(&["backup", "now", "d", "--fail-after-chunks", "5"]);
     let msg = err["error"]["message"].as_str().unwrap();
     assert!(msg.contains("injected") && msg.contains("job "), "{msg}");
@@ -910,14 +854,7 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
         !e.path("home/keys/w.key").exists(),
         "a refused vault leaves no key file"
     );
-    e.ok(&[
-        "item",
-        "protect",
-        "disk",
-        img.to_str().unwrap(),
-        "--vault",
-        "v",
-    ]);
+    e.protect(&img, "v", &[]);
     let (_, err) = e.fails(&[
         "item",
         "protect",
@@ -1095,14 +1032,7 @@ fn a_later_backup_repairs_a_damaged_chunk_it_meets_again() {
     e.vault("v", &[]);
     let img = e.path("a.raw");
     make_image(&img, 1 << 20, &[(0, 1 << 20, 11)]);
-    e.ok(&[
-        "item",
-        "protect",
-        "disk",
-        img.to_str().unwrap(),
-        "--vault",
-        "v",
-    ]);
+    e.protect(&img, "v", &[]);
     e.backup("a");
     let victim = e.chunk_files("v")[0].clone();
     let mut bytes = std::fs::read(&victim).unwrap();
@@ -1113,14 +1043,7 @@ fn a_later_backup_repairs_a_damaged_chunk_it_meets_again() {
     // meets in the vault is checked, and the damaged one is written again.
     let copy = e.path("b.raw");
     std::fs::copy(&img, &copy).unwrap();
-    e.ok(&[
-        "item",
-        "protect",
-        "disk",
-        copy.to_str().unwrap(),
-        "--vault",
-        "v",
-    ]);
+    e.protect(&copy, "v", &[]);
     let r = e.json(&["backup", "now", "b"]);
     assert_eq!(r["new_chunks"], 1, "{r}");
     let v = e.json(&["verify"]);
