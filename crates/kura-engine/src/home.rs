@@ -41,6 +41,8 @@ pub struct CreateVault {
     pub no_encryption: bool,
     /// Cipher; default AES-256-GCM.
     pub cipher: Option<Cipher>,
+    /// zstd level; default 1.
+    pub compression_level: Option<i32>,
     /// Cheap key derivation (tests).
     pub fast_kdf: bool,
 }
@@ -186,6 +188,9 @@ impl Home {
         }
         if let Some(c) = opts.cipher {
             vopts.cipher = c;
+        }
+        if let Some(l) = opts.compression_level {
+            vopts.compression_level = l;
         }
         let created_dir = !path.exists();
         let cleanup = |e: Error| {

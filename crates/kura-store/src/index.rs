@@ -64,6 +64,9 @@ impl DiskIndex {
         if b[4] != VERSION {
             return Err(bad(format!("unknown index version {}", b[4])));
         }
+        if b[5..8] != [0; 3] || b[20..24] != [0; 4] {
+            return Err(bad("reserved header bytes are not zero".into()));
+        }
         let size = u64::from_le_bytes(b[8..16].try_into().expect("8"));
         let chunk_size = u32::from_le_bytes(b[16..20].try_into().expect("4"));
         let count = u64::from_le_bytes(b[24..32].try_into().expect("8"));

@@ -11,6 +11,8 @@ use crate::{ChunkId, DiskIndex, Error, ItemRecord, Manifest, Result};
 pub const FORMAT_VERSION: u32 = 1;
 const CONFIG_KEY: &str = "config";
 const FORMAT_NAME: &str = "kura-vault";
+/// Accepted zstd levels (negative levels are zstd's fast modes).
+pub const COMPRESSION_LEVELS: std::ops::RangeInclusive<i32> = -7..=19;
 /// Smallest and largest accepted chunk sizes.
 pub const CHUNK_SIZE_RANGE: (u32, u32) = (64 << 10, 64 << 20);
 
@@ -52,7 +54,7 @@ pub struct VaultOptions {
     pub chunk_size: u32,
     /// Blob cipher when encrypted. Default AES-256-GCM.
     pub cipher: Cipher,
-    /// zstd level. Default 1.
+    /// zstd level (-7 to 19). Default 1.
     pub compression_level: i32,
     /// Use cheap Argon2 parameters (tests only).
     pub fast_kdf: bool,
@@ -111,6 +113,17 @@ impl Vault {
                 reason: format!(
                     "{} bytes; it must be a multiple of 4 KiB between 64 KiB and 64 MiB",
                     opts.chunk_size
+                ),
+            });
+        }
+        if !COMPRESSION_LEVELS.contains(&opts.compression_level) {
+            return Err(Error::Invalid {
+                field: "compression level",
+                reason: format!(
+                    "{}; zstd levels from {} (fastest) to {} (smallest) are accepted",
+                    opts.compression_level,
+                    COMPRESSION_LEVELS.start(),
+                    COMPRESSION_LEVELS.end()
                 ),
             });
         }

@@ -80,6 +80,27 @@ proptest! {
 }
 
 #[test]
+fn index_rejects_nonzero_reserved_bytes() {
+    // Found by the index fuzz target: a decoded index must re-encode to the same bytes.
+    let mut b = DiskIndex {
+        size: 0,
+        chunk_size: 65536,
+        chunks: vec![],
+    }
+    .encode();
+    b[7] = 16;
+    assert!(DiskIndex::decode("i", &b).is_err());
+    let mut b = DiskIndex {
+        size: 0,
+        chunk_size: 65536,
+        chunks: vec![],
+    }
+    .encode();
+    b[21] = 1;
+    assert!(DiskIndex::decode("i", &b).is_err());
+}
+
+#[test]
 fn index_rejects_inconsistent_counts() {
     let idx = DiskIndex {
         size: 100_000,

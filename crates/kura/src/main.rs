@@ -84,6 +84,9 @@ enum VaultCmd {
         /// AEAD cipher.
         #[arg(long, value_enum)]
         cipher: Option<CipherArg>,
+        /// zstd level, -7 (fastest) to 19 (smallest); default 1.
+        #[arg(long, allow_hyphen_values = true, value_name = "LEVEL")]
+        compression_level: Option<i32>,
     },
     /// List vaults.
     List,
@@ -523,6 +526,7 @@ fn vault(home: &Home, cmd: &VaultCmd, secrets: &Secrets, out: &Out) -> anyhow::R
             chunk_size,
             no_encryption,
             cipher,
+            compression_level,
         } => {
             let opts = CreateVault {
                 path: path.clone(),
@@ -532,6 +536,7 @@ fn vault(home: &Home, cmd: &VaultCmd, secrets: &Secrets, out: &Out) -> anyhow::R
                     CipherArg::Aes256Gcm => kura_store::Cipher::Aes256Gcm,
                     CipherArg::Chacha20Poly1305 => kura_store::Cipher::Chacha20Poly1305,
                 }),
+                compression_level: *compression_level,
                 fast_kdf: std::env::var_os("KURA_TEST_FAST_KDF").is_some(),
             };
             let v = home.create_vault(name, &opts, secrets)?;
