@@ -115,7 +115,7 @@ pub fn run(args: &Args, home: Option<&Path>, out: &Out) -> anyhow::Result<u8> {
     say(
         "incremental backup",
         format!(
-            "job {} made recovery point {}: uploaded only {} new chunks ({}); its index still lists the whole disk",
+            "job {} made recovery point {}: uploaded the {} chunks holding a change ({}); its index still lists the whole disk",
             r2.job_id,
             r2.rp_id,
             r2.new_chunks,
@@ -196,8 +196,10 @@ pub fn run(args: &Args, home: Option<&Path>, out: &Out) -> anyhow::Result<u8> {
         out.print(&summary, String::new);
     } else {
         let h = home_dir.display();
+        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("kura"));
+        let k = exe.display();
         println!(
-            "\nkura works on this machine. Look around with:\n  kura --home {h} rp list demo-disk\n  kura --home {h} job list\n  kura --home {h} verify --item demo-disk\n  kura --home {h} restore disk demo-disk --rp latest --to /tmp/demo.qcow2 --format qcow2\nRemove {} when you are done.",
+            "\nkura works on this machine. Look around with:\n  {k} --home {h} rp list demo-disk\n  {k} --home {h} job list\n  {k} --home {h} verify --item demo-disk\n  {k} --home {h} restore disk demo-disk --rp latest --to /tmp/demo.qcow2 --format qcow2\nRemove {} when you are done.",
             dir.display()
         );
     }
