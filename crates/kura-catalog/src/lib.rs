@@ -14,7 +14,10 @@
 //! assert!(cat.list_vaults().unwrap().is_empty());
 //! ```
 
+mod policies;
 mod schema;
+
+pub use policies::PolicyRow;
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -97,6 +100,8 @@ pub struct ItemRow {
     pub source: String,
     /// When protected.
     pub created: String,
+    /// The policy (in the item's vault) that schedules it, if any.
+    pub policy: Option<String>,
 }
 
 /// A recovery point.
@@ -120,6 +125,12 @@ pub struct RpRow {
     pub retain_until: Option<String>,
     /// Job that made it.
     pub job_id: Option<String>,
+    /// GFS tags (`daily`, `weekly`, ...), or `on-demand`.
+    pub tags: Vec<String>,
+    /// When it expires (RFC 3339); `None` for never.
+    pub expires: Option<String>,
+    /// `on-demand` or `scheduled`.
+    pub origin: String,
 }
 
 /// A job.
@@ -158,14 +169,14 @@ pub struct Catalog {
     conn: Mutex<Connection>,
 }
 
-fn now() -> String {
+pub(crate) fn now() -> String {
     jiff::Timestamp::now()
         .round(jiff::Unit::Millisecond)
         .unwrap_or(jiff::Timestamp::now())
         .to_string()
 }
 
-fn constraint(e: rusqlite::Error, kind: &'static str, name: &str) -> Error {
+pub(crate) fn constraint(e: rusqlite::Error, kind: &'static str, name: &str) -> Error {
     match e {
         rusqlite::Error::SqliteFailure(f, _)
             if f.code == rusqlite::ErrorCode::ConstraintViolation =>
@@ -294,8 +305,11 @@ impl Catalog {
             )));
         }
         conn.execute(
-            "INSERT INTO items (id, name, vault_id, kind, source, created) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![i.id, i.name, i.vault_id, i.kind, i.source, i.created],
+            "INSERT INTO items (id, name, vault_id, kind, source, created, policy)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                i.id, i.name, i.vault_id, i.kind, i.source, i.created, i.policy
+            ],
         )
         .map_err(|e| constraint(e, "item", &i.name))?;
         Ok(())
@@ -309,7 +323,17 @@ impl Catalog {
             kind: r.get(3)?,
             source: r.get(4)?,
             created: r.get(5)?,
+            policy: r.get(6)?,
         })
+    }
+
+    /// Sets (or clears) an item's policy.
+    pub fn set_item_policy(&self, item_id: &str, policy: Option<&str>) -> Result<()> {
+        self.conn().execute(
+            "UPDATE items SET policy = ?2 WHERE id = ?1",
+            params![item_id, policy],
+        )?;
+        Ok(())
     }
 
     /// Removes an item that has no recovery points (undoing a failed protect).
@@ -333,7 +357,7 @@ impl Catalog {
     pub fn item(&self, name_or_id: &str) -> Result<ItemRow> {
         self.conn()
             .query_row(
-                "SELECT id, name, vault_id, kind, source, created FROM items WHERE name = ?1 OR id = ?1",
+                "SELECT id, name, vault_id, kind, source, created, policy FROM items WHERE name = ?1 OR id = ?1",
                 [name_or_id],
                 Self::item_from,
             )
@@ -348,7 +372,7 @@ impl Catalog {
     pub fn list_items(&self, vault_id: Option<&str>) -> Result<Vec<ItemRow>> {
         let conn = self.conn();
         let mut st = conn.prepare(
-            "SELECT id, name, vault_id, kind, source, created FROM items
+            "SELECT id, name, vault_id, kind, source, created, policy FROM items
              WHERE ?1 IS NULL OR vault_id = ?1 ORDER BY name",
         )?;
         let rows = st
@@ -363,8 +387,9 @@ impl Catalog {
     pub fn insert_rp(&self, rp: &RpRow) -> Result<()> {
         self.conn().execute(
             "INSERT OR IGNORE INTO recovery_points
-             (id, item_id, time, logical_size, stored_size, consistency, tier, retain_until, job_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+             (id, item_id, time, logical_size, stored_size, consistency, tier, retain_until, job_id,
+              tags, expires, origin)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             params![
                 rp.id,
                 rp.item_id,
@@ -374,7 +399,10 @@ impl Catalog {
                 rp.consistency,
                 rp.tier,
                 rp.retain_until,
-                rp.job_id
+                rp.job_id,
+                serde_json::to_string(&rp.tags).expect("tags serialize"),
+                rp.expires,
+                rp.origin
             ],
         )?;
         Ok(())
@@ -391,11 +419,34 @@ impl Catalog {
             tier: r.get(6)?,
             retain_until: r.get(7)?,
             job_id: r.get(8)?,
+            tags: serde_json::from_str(&r.get::<_, String>(9)?).unwrap_or_default(),
+            expires: r.get(10)?,
+            origin: r.get(11)?,
         })
     }
 
-    const RP_COLS: &str =
-        "id, item_id, time, logical_size, stored_size, consistency, tier, retain_until, job_id";
+    const RP_COLS: &str = "id, item_id, time, logical_size, stored_size, consistency, tier, \
+                           retain_until, job_id, tags, expires, origin";
+
+    /// Changes a recovery point's retention.
+    pub fn set_rp_retention(&self, id: &str, tags: &[String], expires: Option<&str>) -> Result<()> {
+        self.conn().execute(
+            "UPDATE recovery_points SET tags = ?2, expires = ?3 WHERE id = ?1",
+            params![
+                id,
+                serde_json::to_string(tags).expect("tags serialize"),
+                expires
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets a recovery point (after its manifest left the vault).
+    pub fn delete_rp(&self, id: &str) -> Result<()> {
+        self.conn()
+            .execute("DELETE FROM recovery_points WHERE id = ?1", [id])?;
+        Ok(())
+    }
 
     /// Recovery points of an item, newest first.
     pub fn list_rps(&self, item_id: &str) -> Result<Vec<RpRow>> {

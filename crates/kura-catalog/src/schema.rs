@@ -51,6 +51,19 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX jobs_by_start ON jobs(started);
     CREATE INDEX jobs_by_status ON jobs(status);",
+    // 2: policies, an item's policy, retention of recovery points.
+    "CREATE TABLE policies (
+        vault_id TEXT NOT NULL REFERENCES vaults(id),
+        name TEXT NOT NULL,
+        doc TEXT NOT NULL,
+        created TEXT NOT NULL,
+        updated TEXT NOT NULL,
+        PRIMARY KEY (vault_id, name)
+    );
+    ALTER TABLE items ADD COLUMN policy TEXT;
+    ALTER TABLE recovery_points ADD COLUMN tags TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE recovery_points ADD COLUMN expires TEXT;
+    ALTER TABLE recovery_points ADD COLUMN origin TEXT NOT NULL DEFAULT 'on-demand';",
 ];
 
 pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {

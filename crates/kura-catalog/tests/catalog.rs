@@ -25,6 +25,7 @@ fn item(cat: &Catalog, name: &str, source: &str) -> Result<ItemRow, Error> {
         kind: "disk".into(),
         source: source.into(),
         created: "2026-01-01T00:00:00Z".into(),
+        policy: Some("DefaultPolicy".into()),
     };
     cat.insert_item(&i).map(|()| i)
 }
@@ -40,6 +41,9 @@ fn rp(id: &str, item: &str, time: &str) -> RpRow {
         tier: "vault-standard".into(),
         retain_until: None,
         job_id: None,
+        tags: vec!["on-demand".into()],
+        expires: None,
+        origin: "on-demand".into(),
     }
 }
 
@@ -148,4 +152,35 @@ fn jobs_of_dead_processes_are_marked_failed_on_open() {
     assert_eq!(j.status, "Failed");
     assert!(j.error.unwrap().contains("ended before it finished"));
     cat.start_job("j2", "Backup", "a", true).unwrap();
+}
+
+#[test]
+fn policies_are_per_vault_and_cannot_go_while_used() {
+    let cat = Catalog::open_in_memory().unwrap();
+    vault(&cat, "v");
+    let doc = serde_json::json!({"name": "p"});
+    cat.insert_policy("id-v", "DefaultPolicy", &doc).unwrap();
+    assert!(matches!(
+        cat.insert_policy("id-v", "DefaultPolicy", &doc),
+        Err(Error::AlreadyExists { .. })
+    ));
+    item(&cat, "a", "/img/a").unwrap();
+    assert_eq!(cat.policy("id-v", "DefaultPolicy").unwrap().items, 1);
+    let e = cat.delete_policy("id-v", "DefaultPolicy").unwrap_err();
+    assert!(
+        e.to_string().contains("\"a\"")
+            || e.to_string().contains("a;")
+            || e.to_string().contains(" a"),
+        "{e}"
+    );
+    cat.set_item_policy("item-a", None).unwrap();
+    cat.delete_policy("id-v", "DefaultPolicy").unwrap();
+    assert!(matches!(
+        cat.policy("id-v", "DefaultPolicy"),
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        cat.update_policy("id-v", "nope", &doc),
+        Err(Error::NotFound { .. })
+    ));
 }

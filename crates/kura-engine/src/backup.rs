@@ -115,7 +115,9 @@ impl Home {
             .unwrap_or_default();
 
         let rp_id = new_id();
-        let time = jiff::Timestamp::now().to_string();
+        let now = jiff::Timestamp::now();
+        let time = now.to_string();
+        let (tags, expires) = self.on_demand_retention(opts.retain_until.as_deref(), now)?;
         let (index, stats) =
             run_pipeline(&vault, disk.as_mut(), &known, job, opts.fail_after_chunks)?;
         drop(disk);
@@ -133,6 +135,9 @@ impl Home {
             consistency: "crash".into(),
             tier: "vault-standard".into(),
             retain_until: opts.retain_until.clone(),
+            origin: "on-demand".into(),
+            tags,
+            expires: Some(expires),
             job_id: job.id.clone(),
             disks: vec![DiskEntry {
                 name: "disk0".into(),

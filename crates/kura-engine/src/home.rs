@@ -91,10 +91,14 @@ impl Home {
             .map_err(|e| Error::io(format!("home {}", root.display()), e))?;
         let catalog = Catalog::open(&root.join(CATALOG_FILE))?;
         catalog.fail_orphaned_jobs()?;
-        Ok(Home {
+        let home = Home {
             root,
             catalog: Arc::new(catalog),
-        })
+        };
+        for v in home.catalog.list_vaults()? {
+            home.ensure_default_policy(&v.id)?;
+        }
+        Ok(home)
     }
 
     /// The home directory.
@@ -219,6 +223,7 @@ impl Home {
             created: vault.config().created.clone(),
         };
         self.catalog.insert_vault(&row)?;
+        self.ensure_default_policy(&row.id)?;
         Ok(VaultInfo {
             row,
             items: 0,
@@ -434,6 +439,7 @@ impl Home {
             }
         }
         self.catalog.insert_vault(&row)?;
+        self.ensure_default_policy(&row.id)?;
         let mut items = Vec::new();
         for r in &records {
             let item = ItemRow {
@@ -443,6 +449,7 @@ impl Home {
                 kind: r.kind.clone(),
                 source: r.source.clone(),
                 created: r.created.clone(),
+                policy: Some(kura_policy::DEFAULT_POLICY.into()),
             };
             match self.catalog.insert_item(&item) {
                 Ok(()) => items.push(r.name.clone()),
@@ -467,15 +474,26 @@ impl Home {
 
     // ---- items
 
-    /// Protects a disk image (or block device) in a vault.
+    /// Protects a disk image (or block device) in a vault, scheduled by `policy` (default
+    /// `DefaultPolicy`).
     pub fn protect_disk(
         &self,
         image: &Path,
         vault: &str,
         name: Option<&str>,
+        policy: Option<&str>,
         secrets: &Secrets,
     ) -> Result<ItemRow> {
         let vrow = self.catalog.vault(vault)?;
+        let policy = policy.unwrap_or(kura_policy::DEFAULT_POLICY);
+        if !self.catalog.has_policy(&vrow.id, policy)? {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "vault {vault:?} has no policy {policy:?} (see `kura policy list --vault {vault}`)"
+                ),
+            ));
+        }
         let source = absolute(image)?;
         let meta = std::fs::metadata(&source)
             .map_err(|e| Error::io(format!("disk image {}", source.display()), e))?;
@@ -504,6 +522,7 @@ impl Home {
             kind: "disk".into(),
             source: source.display().to_string(),
             created: jiff::Timestamp::now().to_string(),
+            policy: Some(policy.to_string()),
         };
         self.catalog.insert_item(&item)?;
         if let Err(e) = vault.put_item(&item_record(&item)) {
@@ -681,6 +700,9 @@ pub(crate) fn rp_row(m: &kura_store::Manifest) -> RpRow {
         tier: m.tier.clone(),
         retain_until: m.retain_until.clone(),
         job_id: Some(m.job_id.clone()),
+        tags: m.tags.clone(),
+        expires: m.expires.clone(),
+        origin: m.origin.clone(),
     }
 }
 

@@ -25,15 +25,19 @@
 pub mod backup;
 mod error;
 mod home;
+mod policy;
 mod progress;
 pub mod restore;
+pub mod retention;
 pub mod verify;
 
 pub use backup::{BackupOptions, BackupReport};
 pub use error::{Error, ErrorKind, Result};
 pub use home::{AttachReport, CreateVault, Home, Secrets, VaultInfo};
+pub use policy::{PolicySource, split_policy_path};
 pub use progress::{NoProgress, Progress};
 pub use restore::{RestoreFormat, RestoreOptions, RestoreReport};
+pub use retention::{PlanEntry, RetentionPlan};
 pub use verify::{VerifyProblem, VerifyReport, VerifyScope};
 
 /// Number of worker threads for data-path work.

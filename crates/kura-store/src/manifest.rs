@@ -26,6 +26,15 @@ pub struct Manifest {
     /// Date until which it is kept, if set (YYYY-MM-DD).
     #[serde(default)]
     pub retain_until: Option<String>,
+    /// `on-demand` or `scheduled`.
+    #[serde(default = "on_demand")]
+    pub origin: String,
+    /// GFS tags given by the policy (`daily`, `weekly`, `monthly`, `yearly`) or `on-demand`.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// When it expires (RFC 3339), if ever.
+    #[serde(default)]
+    pub expires: Option<String>,
     /// The job that made it.
     pub job_id: String,
     /// The disks.
@@ -77,6 +86,10 @@ pub struct ItemRecord {
     pub source: String,
     /// When it was protected (RFC 3339).
     pub created: String,
+}
+
+fn on_demand() -> String {
+    "on-demand".into()
 }
 
 impl Manifest {

@@ -347,6 +347,19 @@ impl Vault {
         Ok(())
     }
 
+    /// Removes a recovery point: its manifest first (after which it no longer exists), then
+    /// its indexes. Its chunks are left for garbage collection.
+    pub fn delete_rp(&self, rp_id: &str) -> Result<()> {
+        let dir = format!("rps/{rp_id}/");
+        self.backend.delete(&format!("{dir}manifest"))?;
+        self.backend.sync()?;
+        for key in self.backend.list(&dir)? {
+            self.backend.delete(&key)?;
+        }
+        self.backend.sync()?;
+        Ok(())
+    }
+
     /// Reads a manifest.
     pub fn get_manifest(&self, rp_id: &str) -> Result<Manifest> {
         let object = format!("manifest of recovery point {rp_id}");

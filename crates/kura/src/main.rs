@@ -1,6 +1,7 @@
 //! The `kura` command line: the product's verbs over an embedded home.
 
 mod output;
+mod policy_cmd;
 mod quickstart;
 
 use std::path::{Path, PathBuf};
@@ -62,6 +63,12 @@ enum Command {
     /// List and show jobs.
     #[command(subcommand)]
     Job(JobCmd),
+    /// Backup policies: schedules and retention.
+    #[command(subcommand)]
+    Policy(policy_cmd::PolicyCmd),
+    /// Plan and apply the removal of expired recovery points.
+    #[command(subcommand)]
+    Retention(policy_cmd::RetentionCmd),
     /// Try kura end to end on a small demo disk, in a demo home.
     Quickstart(quickstart::Args),
 }
@@ -157,6 +164,9 @@ enum ProtectCmd {
         /// Item name (default: the image's file name without extension).
         #[arg(long)]
         name: Option<String>,
+        /// Policy of the vault that schedules its backups (default DefaultPolicy).
+        #[arg(long)]
+        policy: Option<String>,
     },
 }
 
@@ -313,8 +323,14 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
     let bar = Bar::new(out);
     match &cli.command {
         Command::Vault(cmd) => vault(&home, cmd, &secrets, out),
-        Command::Item(ItemCmd::Protect(ProtectCmd::Disk { image, vault, name })) => {
-            let item = home.protect_disk(image, vault, name.as_deref(), &secrets)?;
+        Command::Item(ItemCmd::Protect(ProtectCmd::Disk {
+            image,
+            vault,
+            name,
+            policy,
+        })) => {
+            let item =
+                home.protect_disk(image, vault, name.as_deref(), policy.as_deref(), &secrets)?;
             out.print(&item, || {
                 format!(
                     "protected {} as item {} in vault {vault}\n",
@@ -389,7 +405,16 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
         Command::Rp(RpCmd::List { item }) => {
             let rps = home.list_rps(item)?;
             out.print(&rps, || {
-                let mut t = Table::new(&["ID", "TIME", "LOGICAL", "STORED", "CONSISTENCY", "TIER"]);
+                let mut t = Table::new(&[
+                    "ID",
+                    "TIME",
+                    "LOGICAL",
+                    "STORED",
+                    "CONSISTENCY",
+                    "TIER",
+                    "TAGS",
+                    "EXPIRES",
+                ]);
                 for r in &rps {
                     t.row(vec![
                         r.id.clone(),
@@ -398,6 +423,8 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
                         output::size(r.stored_size),
                         r.consistency.clone(),
                         r.tier.clone(),
+                        r.tags.join(","),
+                        r.expires.clone().unwrap_or_else(|| "never".into()),
                     ]);
                 }
                 t.render()
@@ -514,6 +541,8 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             });
             Ok(0)
         }
+        Command::Policy(cmd) => policy_cmd::run_policy(&home, cmd, out),
+        Command::Retention(cmd) => policy_cmd::run_retention(&home, cmd, &secrets, out),
         Command::Quickstart(_) => unreachable!("handled above"),
     }
 }

@@ -7,6 +7,8 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+mod policies;
+
 struct Env {
     dir: tempfile::TempDir,
 }

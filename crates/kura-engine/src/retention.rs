@@ -1,0 +1,141 @@
+//! Retention: every recovery point gets tags and an expiry when it is made; a plan shows
+//! which points have expired and why, and applying it removes them (plan, then apply).
+
+use jiff::{Span, Timestamp};
+use kura_catalog::{ItemRow, RpRow};
+use serde::Serialize;
+
+use crate::{Error, ErrorKind, Home, Result, Secrets};
+
+/// Days an on-demand recovery point is kept without `--retain-until`.
+pub const ON_DEMAND_DAYS: i64 = 30;
+
+/// What retention decides for one recovery point.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanEntry {
+    /// Recovery point.
+    pub rp_id: String,
+    /// When it was taken.
+    pub time: String,
+    /// Its tags.
+    pub tags: Vec<String>,
+    /// Its expiry.
+    pub expires: Option<String>,
+    /// `keep` or `delete`.
+    pub action: &'static str,
+    /// Why.
+    pub reason: String,
+}
+
+/// Retention's plan for an item at an instant.
+#[derive(Debug, Clone, Serialize)]
+pub struct RetentionPlan {
+    /// Item name.
+    pub item: String,
+    /// The instant judged.
+    pub at: String,
+    /// One entry per recovery point, newest first.
+    pub entries: Vec<PlanEntry>,
+}
+
+impl RetentionPlan {
+    /// The recovery points to delete.
+    pub fn deletions(&self) -> impl Iterator<Item = &PlanEntry> {
+        self.entries.iter().filter(|e| e.action == "delete")
+    }
+}
+
+/// Decides keep or delete for each point (newest first): a point exists while `at` is before
+/// its expiry, and the newest point is kept until a newer backup succeeds.
+pub(crate) fn plan_points(rps: &[RpRow], at: Timestamp) -> Vec<PlanEntry> {
+    rps.iter()
+        .enumerate()
+        .map(|(i, rp)| {
+            let expires: Option<Timestamp> = rp.expires.as_deref().and_then(|e| e.parse().ok());
+            let (action, reason) = match expires {
+                _ if i == 0 => (
+                    "keep",
+                    "newest recovery point: kept until a newer backup succeeds".to_string(),
+                ),
+                None => ("keep", "no expiry".to_string()),
+                Some(e) if at < e => ("keep", format!("kept until {e} ({})", rp.tags.join(", "))),
+                Some(e) => ("delete", format!("expired at {e} ({})", rp.tags.join(", "))),
+            };
+            PlanEntry {
+                rp_id: rp.id.clone(),
+                time: rp.time.clone(),
+                tags: rp.tags.clone(),
+                expires: rp.expires.clone(),
+                action,
+                reason,
+            }
+        })
+        .collect()
+}
+
+impl Home {
+    /// Tags and expiry of an on-demand point taken at `t`: `--retain-until` (kept through
+    /// that day, UTC) or 30 days.
+    pub(crate) fn on_demand_retention(
+        &self,
+        retain_until: Option<&str>,
+        t: Timestamp,
+    ) -> Result<(Vec<String>, String)> {
+        let expires = match retain_until {
+            Some(d) => {
+                let date: jiff::civil::Date = d.parse().map_err(|e| {
+                    Error::new(
+                        ErrorKind::Invalid,
+                        format!("--retain-until {d:?} is not a date in YYYY-MM-DD form: {e}"),
+                    )
+                })?;
+                date.tomorrow()
+                    .and_then(|d| d.to_zoned(jiff::tz::TimeZone::UTC))
+                    .map_err(|e| {
+                        Error::new(ErrorKind::Invalid, format!("--retain-until {d}: {e}"))
+                    })?
+                    .timestamp()
+            }
+            None => t
+                .to_zoned(jiff::tz::TimeZone::UTC)
+                .checked_add(Span::new().days(ON_DEMAND_DAYS))
+                .map_err(|e| Error::new(ErrorKind::Other, e.to_string()))?
+                .timestamp(),
+        };
+        Ok((vec!["on-demand".into()], expires.to_string()))
+    }
+
+    /// What retention would do to an item's recovery points at `at`.
+    pub fn retention_plan(&self, item: &str, at: Timestamp) -> Result<RetentionPlan> {
+        let item = self.catalog.item(item)?;
+        let rps = self.catalog.list_rps(&item.id)?;
+        Ok(RetentionPlan {
+            item: item.name.clone(),
+            at: at.to_string(),
+            entries: plan_points(&rps, at),
+        })
+    }
+
+    /// Applies the plan at `at`: removes each expired recovery point from the vault
+    /// (manifest first, so it disappears at once) and from the catalog. Chunks stay until
+    /// garbage collection.
+    pub fn retention_apply(
+        &self,
+        item: &str,
+        at: Timestamp,
+        secrets: &Secrets,
+    ) -> Result<RetentionPlan> {
+        let plan = self.retention_plan(item, at)?;
+        let item: ItemRow = self.catalog.item(item)?;
+        if plan.deletions().next().is_none() {
+            return Ok(plan);
+        }
+        let vrow = self.catalog.vault_by_id(&item.vault_id)?;
+        let vault = self.open_vault_row(&vrow, secrets)?;
+        for e in plan.deletions() {
+            vault.delete_rp(&e.rp_id)?;
+            self.catalog.delete_rp(&e.rp_id)?;
+        }
+        Ok(plan)
+    }
+}
