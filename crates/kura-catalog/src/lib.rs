@@ -102,6 +102,8 @@ pub struct ItemRow {
     pub created: String,
     /// The policy (in the item's vault) that schedules it, if any.
     pub policy: Option<String>,
+    /// The last schedule slot the scheduler handled (RFC 3339).
+    pub last_slot: Option<String>,
 }
 
 /// A recovery point.
@@ -170,10 +172,13 @@ pub struct Catalog {
 }
 
 pub(crate) fn now() -> String {
-    jiff::Timestamp::now()
-        .round(jiff::Unit::Millisecond)
-        .unwrap_or(jiff::Timestamp::now())
-        .to_string()
+    stamp(jiff::Timestamp::now())
+}
+
+/// The catalog's form of an instant: RFC 3339 in UTC with milliseconds, so that text order is
+/// time order.
+pub fn stamp(t: jiff::Timestamp) -> String {
+    format!("{t:.3}")
 }
 
 pub(crate) fn constraint(e: rusqlite::Error, kind: &'static str, name: &str) -> Error {
@@ -324,7 +329,17 @@ impl Catalog {
             source: r.get(4)?,
             created: r.get(5)?,
             policy: r.get(6)?,
+            last_slot: r.get(7)?,
         })
+    }
+
+    /// Records the last schedule slot handled for an item.
+    pub fn set_item_last_slot(&self, item_id: &str, slot: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE items SET last_slot = ?2 WHERE id = ?1",
+            params![item_id, slot],
+        )?;
+        Ok(())
     }
 
     /// Sets (or clears) an item's policy.
@@ -357,7 +372,7 @@ impl Catalog {
     pub fn item(&self, name_or_id: &str) -> Result<ItemRow> {
         self.conn()
             .query_row(
-                "SELECT id, name, vault_id, kind, source, created, policy FROM items WHERE name = ?1 OR id = ?1",
+                "SELECT id, name, vault_id, kind, source, created, policy, last_slot FROM items WHERE name = ?1 OR id = ?1",
                 [name_or_id],
                 Self::item_from,
             )
@@ -372,7 +387,7 @@ impl Catalog {
     pub fn list_items(&self, vault_id: Option<&str>) -> Result<Vec<ItemRow>> {
         let conn = self.conn();
         let mut st = conn.prepare(
-            "SELECT id, name, vault_id, kind, source, created, policy FROM items
+            "SELECT id, name, vault_id, kind, source, created, policy, last_slot FROM items
              WHERE ?1 IS NULL OR vault_id = ?1 ORDER BY name",
         )?;
         let rows = st

@@ -64,6 +64,8 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE recovery_points ADD COLUMN tags TEXT NOT NULL DEFAULT '[]';
     ALTER TABLE recovery_points ADD COLUMN expires TEXT;
     ALTER TABLE recovery_points ADD COLUMN origin TEXT NOT NULL DEFAULT 'on-demand';",
+    // 3: the scheduler's memory of the last slot it handled per item.
+    "ALTER TABLE items ADD COLUMN last_slot TEXT;",
 ];
 
 pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {

@@ -26,6 +26,7 @@ fn item(cat: &Catalog, name: &str, source: &str) -> Result<ItemRow, Error> {
         source: source.into(),
         created: "2026-01-01T00:00:00Z".into(),
         policy: Some("DefaultPolicy".into()),
+        last_slot: None,
     };
     cat.insert_item(&i).map(|()| i)
 }

@@ -32,6 +32,20 @@ pub struct BackupOptions {
     pub retain_until: Option<String>,
     /// Test hook: stop with an error after this many chunks were stored (fault injection).
     pub fail_after_chunks: Option<u64>,
+    /// The current time, from the caller's clock (default: the system clock).
+    pub now: Option<jiff::Timestamp>,
+    /// Set when the scheduler runs the backup: retention then comes from the item's policy.
+    pub scheduled: Option<ScheduledRun>,
+}
+
+/// A backup the scheduler runs for a policy slot.
+#[derive(Debug, Clone)]
+pub struct ScheduledRun {
+    /// The slot (the policy's time plus the item's spread offset).
+    pub slot: jiff::Timestamp,
+    /// Whether the slot goes to the vault tier with GFS retention (every slot of a standard
+    /// policy, the last of each day of an hourly one) or is kept only the instant-restore days.
+    pub vault: bool,
 }
 
 /// The outcome of a backup.
@@ -115,9 +129,19 @@ impl Home {
             .unwrap_or_default();
 
         let rp_id = new_id();
-        let now = jiff::Timestamp::now();
-        let time = now.to_string();
-        let (tags, expires) = self.on_demand_retention(opts.retain_until.as_deref(), now)?;
+        let now = opts.now.unwrap_or_else(jiff::Timestamp::now);
+        let time = kura_catalog::stamp(now);
+        let (origin, tags, expires) = match &opts.scheduled {
+            Some(run) => {
+                let (tags, expires) = self.scheduled_retention(item, run, now)?;
+                ("scheduled", tags, expires)
+            }
+            None => {
+                let (tags, expires) =
+                    self.on_demand_retention(opts.retain_until.as_deref(), now)?;
+                ("on-demand", tags, expires)
+            }
+        };
         let (index, stats) =
             run_pipeline(&vault, disk.as_mut(), &known, job, opts.fail_after_chunks)?;
         drop(disk);
@@ -135,7 +159,7 @@ impl Home {
             consistency: "crash".into(),
             tier: "vault-standard".into(),
             retain_until: opts.retain_until.clone(),
-            origin: "on-demand".into(),
+            origin: origin.into(),
             tags,
             expires: Some(expires),
             job_id: job.id.clone(),

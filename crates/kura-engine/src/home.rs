@@ -417,7 +417,7 @@ impl Home {
                 .as_ref()
                 .map(|e| e.cipher.name().to_string()),
             key_file,
-            created: jiff::Timestamp::now().to_string(),
+            created: kura_catalog::stamp(jiff::Timestamp::now()),
         };
         // Prove the key works before registering anything.
         let vault = self.open_vault_row(&row, secrets)?;
@@ -450,6 +450,7 @@ impl Home {
                 source: r.source.clone(),
                 created: r.created.clone(),
                 policy: Some(kura_policy::DEFAULT_POLICY.into()),
+                last_slot: None,
             };
             match self.catalog.insert_item(&item) {
                 Ok(()) => items.push(r.name.clone()),
@@ -521,8 +522,9 @@ impl Home {
             vault_id: vrow.id.clone(),
             kind: "disk".into(),
             source: source.display().to_string(),
-            created: jiff::Timestamp::now().to_string(),
+            created: kura_catalog::stamp(jiff::Timestamp::now()),
             policy: Some(policy.to_string()),
+            last_slot: None,
         };
         self.catalog.insert_item(&item)?;
         if let Err(e) = vault.put_item(&item_record(&item)) {

@@ -29,15 +29,17 @@ mod policy;
 mod progress;
 pub mod restore;
 pub mod retention;
+pub mod scheduler;
 pub mod verify;
 
-pub use backup::{BackupOptions, BackupReport};
+pub use backup::{BackupOptions, BackupReport, ScheduledRun};
 pub use error::{Error, ErrorKind, Result};
 pub use home::{AttachReport, CreateVault, Home, Secrets, VaultInfo};
 pub use policy::{PolicySource, split_policy_path};
 pub use progress::{NoProgress, Progress};
 pub use restore::{RestoreFormat, RestoreOptions, RestoreReport};
 pub use retention::{PlanEntry, RetentionPlan};
+pub use scheduler::{Clock, SchedulerOptions, SystemClock, TickReport};
 pub use verify::{VerifyProblem, VerifyReport, VerifyScope};
 
 /// Number of worker threads for data-path work.

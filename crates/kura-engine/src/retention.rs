@@ -102,7 +102,30 @@ impl Home {
                 .map_err(|e| Error::new(ErrorKind::Other, e.to_string()))?
                 .timestamp(),
         };
-        Ok((vec!["on-demand".into()], expires.to_string()))
+        Ok((vec!["on-demand".into()], kura_catalog::stamp(expires)))
+    }
+
+    /// Tags and expiry of a scheduled point taken at `t`, from the item's policy.
+    pub(crate) fn scheduled_retention(
+        &self,
+        item: &ItemRow,
+        run: &crate::backup::ScheduledRun,
+        t: Timestamp,
+    ) -> Result<(Vec<String>, String)> {
+        let name = item.policy.as_deref().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Invalid,
+                format!("item {:?} has no policy to schedule it", item.name),
+            )
+        })?;
+        let policy = self.load_policy(&item.vault_id, name)?;
+        let kept = policy.retain(&t.to_zoned(policy.tz.clone()), run.vault);
+        let tags = if run.vault {
+            kept.tags.iter().map(|s| s.to_string()).collect()
+        } else {
+            vec!["instant-restore".into()]
+        };
+        Ok((tags, kura_catalog::stamp(kept.expires().timestamp())))
     }
 
     /// What retention would do to an item's recovery points at `at`.
@@ -111,7 +134,7 @@ impl Home {
         let rps = self.catalog.list_rps(&item.id)?;
         Ok(RetentionPlan {
             item: item.name.clone(),
-            at: at.to_string(),
+            at: kura_catalog::stamp(at),
             entries: plan_points(&rps, at),
         })
     }

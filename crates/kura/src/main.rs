@@ -69,6 +69,9 @@ enum Command {
     /// Plan and apply the removal of expired recovery points.
     #[command(subcommand)]
     Retention(policy_cmd::RetentionCmd),
+    /// Run scheduled backups: once (`tick`, e.g. from a timer) or continuously (`run`).
+    #[command(subcommand)]
+    Scheduler(policy_cmd::SchedulerCmd),
     /// Try kura end to end on a small demo disk, in a demo home.
     Quickstart(quickstart::Args),
 }
@@ -391,6 +394,7 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             let opts = BackupOptions {
                 retain_until: retain_until.clone(),
                 fail_after_chunks: *fail_after_chunks,
+                ..Default::default()
             };
             let r = home.backup(item, &secrets, &opts, &bar)?;
             out.print(&r, || {
@@ -543,6 +547,7 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
         }
         Command::Policy(cmd) => policy_cmd::run_policy(&home, cmd, out),
         Command::Retention(cmd) => policy_cmd::run_retention(&home, cmd, &secrets, out),
+        Command::Scheduler(cmd) => policy_cmd::run_scheduler(&home, cmd, secrets, out),
         Command::Quickstart(_) => unreachable!("handled above"),
     }
 }

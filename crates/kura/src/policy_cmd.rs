@@ -80,6 +80,28 @@ pub enum RetentionCmd {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum SchedulerCmd {
+    /// Run every backup that is due now (or at --now), then apply retention.
+    Tick {
+        /// Pretend it is this instant (RFC 3339); for previews and tests.
+        #[arg(long)]
+        now: Option<String>,
+        /// Spread window for items sharing a schedule, in seconds.
+        #[arg(long, default_value_t = 600)]
+        spread: i64,
+    },
+    /// Tick forever, every --interval seconds.
+    Run {
+        /// Seconds between ticks.
+        #[arg(long, default_value_t = 30)]
+        interval: u64,
+        /// Spread window for items sharing a schedule, in seconds.
+        #[arg(long, default_value_t = 600)]
+        spread: i64,
+    },
+}
+
 fn read(file: &PathBuf) -> anyhow::Result<Vec<u8>> {
     std::fs::read(file).with_context(|| format!("cannot read policy file {}", file.display()))
 }
@@ -228,4 +250,75 @@ pub fn run_retention(
         t.render()
     });
     Ok(0)
+}
+
+fn tick_text(r: &kura_engine::TickReport) -> String {
+    let mut s = String::new();
+    for b in &r.backups {
+        s += &match (&b.rp_id, &b.error) {
+            (Some(rp), _) => format!(
+                "{} {}: backed up slot {} as recovery point {rp}",
+                r.at, b.item, b.slot
+            ),
+            (None, Some(e)) => format!(
+                "{} {}: backup for slot {} FAILED: {e}",
+                r.at, b.item, b.slot
+            ),
+            (None, None) => format!("{} {}: slot {}", r.at, b.item, b.slot),
+        };
+        if b.skipped_slots > 0 {
+            s += &format!(" ({} missed slot(s) folded into this one)", b.skipped_slots);
+        }
+        s.push('\n');
+    }
+    for x in &r.expired {
+        s += &format!(
+            "{} {}: removed recovery point {}: {}\n",
+            r.at, x.item, x.rp_id, x.reason
+        );
+    }
+    for e in &r.retention_errors {
+        s += &format!("{} retention failed for {e}\n", r.at);
+    }
+    s
+}
+
+pub fn run_scheduler(
+    home: &Home,
+    cmd: &SchedulerCmd,
+    secrets: Secrets,
+    out: &Out,
+) -> anyhow::Result<u8> {
+    match cmd {
+        SchedulerCmd::Tick { now, spread } => {
+            let opts = kura_engine::SchedulerOptions {
+                spread: jiff::SignedDuration::from_secs(*spread),
+                secrets,
+            };
+            let r = home.scheduler_tick(instant(now)?, &opts)?;
+            out.print(&r, || {
+                let t = tick_text(&r);
+                if t.is_empty() {
+                    format!("{}: nothing due\n", r.at)
+                } else {
+                    t
+                }
+            });
+            Ok(0)
+        }
+        SchedulerCmd::Run { interval, spread } => {
+            let opts = kura_engine::SchedulerOptions {
+                spread: jiff::SignedDuration::from_secs(*spread),
+                secrets,
+            };
+            eprintln!("scheduler running; ticking every {interval} s (Ctrl-C to stop)");
+            loop {
+                match home.scheduler_tick(jiff::Timestamp::now(), &opts) {
+                    Ok(r) => print!("{}", tick_text(&r)),
+                    Err(e) => eprintln!("scheduler: {e}"),
+                }
+                std::thread::sleep(std::time::Duration::from_secs((*interval).max(1)));
+            }
+        }
+    }
 }

@@ -1,0 +1,229 @@
+//! The scheduler driven by an injected clock: days of schedule in seconds.
+
+use std::os::unix::fs::FileExt;
+
+use jiff::{SignedDuration, Span, Timestamp, Zoned};
+use kura_engine::{CreateVault, Home, SchedulerOptions, Secrets};
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    home: Home,
+    image: std::path::PathBuf,
+}
+
+fn setup(policy: serde_json::Value) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let home = Home::open(&dir.path().join("home")).unwrap();
+    let opts = CreateVault {
+        chunk_size: Some(64 << 10),
+        no_encryption: true,
+        ..Default::default()
+    };
+    home.create_vault("v", &opts, &Secrets::default()).unwrap();
+    home.create_policy("v", policy.to_string().as_bytes())
+        .unwrap();
+    let image = dir.path().join("d.raw");
+    let f = std::fs::File::create(&image).unwrap();
+    f.set_len(1 << 20).unwrap();
+    f.write_all_at(b"some data", 4096).unwrap();
+    home.protect_disk(
+        &image,
+        "v",
+        Some("d"),
+        Some(policy["name"].as_str().unwrap()),
+        &Secrets::default(),
+    )
+    .unwrap();
+    Setup {
+        _dir: dir,
+        home,
+        image,
+    }
+}
+
+fn no_spread() -> SchedulerOptions {
+    SchedulerOptions {
+        spread: SignedDuration::ZERO,
+        ..Default::default()
+    }
+}
+
+/// Ticks every `step` from `start` for `days` days; returns the end instant.
+fn drive(s: &Setup, start: Timestamp, days: i64, step: SignedDuration) -> Timestamp {
+    let end = start
+        .checked_add(SignedDuration::from_hours(24 * days))
+        .unwrap();
+    let mut t = start;
+    while t < end {
+        s.home.scheduler_tick(t, &no_spread()).unwrap();
+        t = t.checked_add(step).unwrap();
+    }
+    end
+}
+
+fn berlin(t: &str) -> Zoned {
+    t.parse::<Timestamp>()
+        .unwrap()
+        .to_zoned(jiff::tz::TimeZone::get("Europe/Berlin").unwrap())
+}
+
+#[test]
+fn daily_backups_fire_once_a_day_and_retention_keeps_exactly_what_the_rules_say() {
+    let s = setup(
+        serde_json::json!({"name": "p", "schedule": {"frequency": "daily", "times": ["02:30"], "time_zone": "Europe/Berlin"},
+        "retention": {"daily": {"days": 7}, "weekly": {"weeks": 2, "days_of_week": ["sunday"]}}}),
+    );
+    let tz = jiff::tz::TimeZone::get("Europe/Berlin").unwrap();
+    // Tick at each day's 02:30 local time (computed here, independently of the scheduler),
+    // plus ticks in between that must do nothing.
+    let first = Zoned::now()
+        .with_time_zone(tz.clone())
+        .date()
+        .tomorrow()
+        .unwrap();
+    let slots: Vec<Zoned> = (0..40)
+        .map(|d| {
+            first
+                .checked_add(Span::new().days(d))
+                .unwrap()
+                .at(2, 30, 0, 0)
+                .to_zoned(tz.clone())
+                .unwrap()
+        })
+        .collect();
+    for slot in &slots {
+        let r = s
+            .home
+            .scheduler_tick(slot.timestamp(), &no_spread())
+            .unwrap();
+        assert_eq!(r.backups.len(), 1, "one backup at {slot}");
+        assert_eq!(r.backups[0].skipped_slots, 0);
+        for h in [1, 7, 13, 19] {
+            let between = slot
+                .timestamp()
+                .checked_add(SignedDuration::from_hours(h))
+                .unwrap();
+            assert!(
+                s.home
+                    .scheduler_tick(between, &no_spread())
+                    .unwrap()
+                    .backups
+                    .is_empty()
+            );
+        }
+    }
+    let backups: Vec<_> = s
+        .home
+        .list_jobs(1000)
+        .unwrap()
+        .into_iter()
+        .filter(|j| j.operation == "Backup")
+        .collect();
+    assert_eq!(backups.len(), 40);
+    assert!(backups.iter().all(|j| j.status == "Completed"));
+
+    // What must exist at the last tick: the rules applied by hand.
+    let end = slots
+        .last()
+        .unwrap()
+        .checked_add(Span::new().hours(19))
+        .unwrap();
+    let expected: Vec<String> = slots
+        .iter()
+        .filter(|t| {
+            let daily = end < t.checked_add(Span::new().days(7)).unwrap();
+            let weekly = t.weekday() == jiff::civil::Weekday::Sunday
+                && end < t.checked_add(Span::new().weeks(2)).unwrap();
+            daily || weekly
+        })
+        .map(|t| kura_catalog::stamp(t.timestamp()))
+        .rev()
+        .collect();
+    let remaining = s.home.list_rps("d").unwrap();
+    let got: Vec<String> = remaining.iter().map(|r| r.time.clone()).collect();
+    assert_eq!(got, expected);
+    for rp in &remaining {
+        let t = berlin(&rp.time);
+        assert_eq!(rp.origin, "scheduled");
+        assert!(rp.tags.contains(&"daily".to_string()));
+        assert_eq!(
+            rp.tags.contains(&"weekly".to_string()),
+            t.weekday() == jiff::civil::Weekday::Sunday
+        );
+    }
+}
+
+#[test]
+fn after_downtime_a_missed_backup_runs_once() {
+    let s = setup(
+        serde_json::json!({"name": "p", "schedule": {"frequency": "daily", "times": ["02:30"], "time_zone": "UTC"},
+        "retention": {"daily": {"days": 30}}}),
+    );
+    let start = Timestamp::now();
+    let t = drive(&s, start, 2, SignedDuration::from_hours(1));
+    let before = s.home.list_rps("d").unwrap().len();
+    // The server was down for five days.
+    let back = t.checked_add(SignedDuration::from_hours(24 * 5)).unwrap();
+    let r = s.home.scheduler_tick(back, &no_spread()).unwrap();
+    assert_eq!(r.backups.len(), 1);
+    assert_eq!(r.backups[0].skipped_slots, 4, "{:?}", r.backups);
+    assert_eq!(s.home.list_rps("d").unwrap().len(), before + 1);
+    // The same instant again: nothing more is due.
+    assert!(
+        s.home
+            .scheduler_tick(back, &no_spread())
+            .unwrap()
+            .backups
+            .is_empty()
+    );
+}
+
+#[test]
+fn a_missing_source_fails_its_backups_and_the_last_point_is_kept() {
+    let s = setup(
+        serde_json::json!({"name": "p", "schedule": {"frequency": "daily", "times": ["02:30"], "time_zone": "UTC"},
+        "retention": {"daily": {"days": 7}}}),
+    );
+    let start = Timestamp::now();
+    let t = drive(&s, start, 3, SignedDuration::from_hours(12));
+    std::fs::remove_file(&s.image).unwrap();
+    let t2 = drive(&s, t, 20, SignedDuration::from_hours(12));
+    let rps = s.home.list_rps("d").unwrap();
+    assert_eq!(
+        rps.len(),
+        1,
+        "only the newest point survives, long after it expired"
+    );
+    let failed = s
+        .home
+        .list_jobs(1000)
+        .unwrap()
+        .into_iter()
+        .filter(|j| j.status == "Failed")
+        .count();
+    assert!(failed >= 19, "{failed}");
+    let r = s
+        .home
+        .scheduler_tick(
+            t2.checked_add(SignedDuration::from_hours(24)).unwrap(),
+            &no_spread(),
+        )
+        .unwrap();
+    assert!(
+        r.backups[0].error.as_deref().unwrap().contains("missing"),
+        "{:?}",
+        r.backups
+    );
+}
+
+#[test]
+fn spread_offsets_are_deterministic_and_inside_the_window() {
+    let w = SignedDuration::from_mins(10);
+    let a = kura_engine::scheduler::spread_offset("item-a", w);
+    assert_eq!(a, kura_engine::scheduler::spread_offset("item-a", w));
+    let offsets: std::collections::BTreeSet<i64> = (0..50)
+        .map(|i| kura_engine::scheduler::spread_offset(&format!("item-{i}"), w).as_secs())
+        .collect();
+    assert!(offsets.iter().all(|&o| (0..600).contains(&o)));
+    assert!(offsets.len() > 40, "items spread out: {offsets:?}");
+}
