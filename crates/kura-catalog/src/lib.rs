@@ -14,9 +14,11 @@
 //! assert!(cat.list_vaults().unwrap().is_empty());
 //! ```
 
+mod gc;
 mod policies;
 mod schema;
 
+pub use gc::{Doomed, Lease, Rescue};
 pub use policies::PolicyRow;
 
 use std::path::Path;
@@ -677,6 +679,6 @@ fn pick_unique<T>(
     }
 }
 
-fn process_alive(pid: u32) -> bool {
+pub(crate) fn process_alive(pid: u32) -> bool {
     pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists()
 }

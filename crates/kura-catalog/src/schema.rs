@@ -66,6 +66,22 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE recovery_points ADD COLUMN origin TEXT NOT NULL DEFAULT 'on-demand';",
     // 3: the scheduler's memory of the last slot it handled per item.
     "ALTER TABLE items ADD COLUMN last_slot TEXT;",
+    // 4: garbage collection: writer leases and chunks marked for deletion.
+    "CREATE TABLE leases (
+        id TEXT PRIMARY KEY,
+        vault_id TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        started TEXT NOT NULL,
+        pid INTEGER NOT NULL
+    );
+    CREATE TABLE gc_doomed (
+        vault_id TEXT NOT NULL,
+        chunk TEXT NOT NULL,
+        doomed_at TEXT NOT NULL,
+        state TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        PRIMARY KEY (vault_id, chunk)
+    );",
 ];
 
 pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {

@@ -116,6 +116,9 @@ impl Home {
         }
         let mut disk = kura_source::open_disk(source)?;
 
+        // The lease tells garbage collection a writer is active, before anything is chosen
+        // for reuse; it ends however this function ends.
+        let _lease = self.lease(&vrow.id, "backup")?;
         let previous = self.previous_index(item, &vault, job);
         let incremental = previous.is_some();
         job.message(&match &previous {
@@ -142,8 +145,14 @@ impl Home {
                 ("on-demand", tags, expires)
             }
         };
-        let (index, stats) =
-            run_pipeline(&vault, disk.as_mut(), &known, job, opts.fail_after_chunks)?;
+        let (index, stats) = run_pipeline(
+            &vault,
+            disk.as_mut(),
+            &known,
+            &|id| self.reusable(&vrow.id, &vault, id),
+            job,
+            opts.fail_after_chunks,
+        )?;
         drop(disk);
         // Invariant: chunks durable, then indexes durable, then the manifest.
         vault.sync()?;
@@ -258,6 +267,7 @@ fn run_pipeline(
     vault: &Vault,
     disk: &mut dyn DiskReader,
     known: &HashSet<ChunkId>,
+    reusable: &(dyn Fn(&ChunkId) -> Result<bool> + Sync),
     progress: &dyn Progress,
     fail_after: Option<u64>,
 ) -> Result<(DiskIndex, PipelineStats)> {
@@ -307,7 +317,7 @@ fn run_pipeline(
                         codec.chunk_id(data)
                     };
                     let result = (|| -> Result<()> {
-                        if id.is_zero() || known.contains(&id) || vault.has_chunk(&id)? {
+                        if id.is_zero() || known.contains(&id) || reusable(&id)? {
                             return Ok(());
                         }
                         let stored = codec.encode_chunk(&id, data)?;

@@ -24,6 +24,7 @@
 
 pub mod backup;
 mod error;
+pub mod gc;
 mod home;
 mod policy;
 mod progress;
@@ -34,6 +35,7 @@ pub mod verify;
 
 pub use backup::{BackupOptions, BackupReport, ScheduledRun};
 pub use error::{Error, ErrorKind, Result};
+pub use gc::{GcOptions, GcReport};
 pub use home::{AttachReport, CreateVault, Home, Secrets, VaultInfo};
 pub use policy::{PolicySource, split_policy_path};
 pub use progress::{NoProgress, Progress};

@@ -69,6 +69,18 @@ enum Command {
     /// Plan and apply the removal of expired recovery points.
     #[command(subcommand)]
     Retention(policy_cmd::RetentionCmd),
+    /// Remove chunks no recovery point references (safe while backups run).
+    Gc {
+        /// Vault name.
+        #[arg(long)]
+        vault: String,
+        /// Seconds a chunk stays marked before it may be deleted.
+        #[arg(long, default_value_t = 3600)]
+        grace: i64,
+        /// Report only; mark and delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Run scheduled backups: once (`tick`, e.g. from a timer) or continuously (`run`).
     #[command(subcommand)]
     Scheduler(policy_cmd::SchedulerCmd),
@@ -546,6 +558,26 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Policy(cmd) => policy_cmd::run_policy(&home, cmd, out),
+        Command::Gc {
+            vault,
+            grace,
+            dry_run,
+        } => {
+            let opts = kura_engine::GcOptions {
+                grace: jiff::SignedDuration::from_secs((*grace).max(0)),
+                dry_run: *dry_run,
+            };
+            let r = home.gc(vault, &opts, &secrets, &bar)?;
+            out.print(&r, || {
+                format!(
+                    "job {}: {} recovery point(s) reference {} of {} stored chunks\n{} newly marked, {} released, {} deleted ({}), {} waiting for their grace period or older writers{}\n",
+                    r.job_id, r.recovery_points, r.referenced_chunks, r.stored_chunks, r.newly_doomed, r.released, r.deleted,
+                    output::size(r.freed_bytes), r.waiting,
+                    if *dry_run { " (dry run: nothing changed)" } else { "" }
+                )
+            });
+            Ok(0)
+        }
         Command::Retention(cmd) => policy_cmd::run_retention(&home, cmd, &secrets, out),
         Command::Scheduler(cmd) => policy_cmd::run_scheduler(&home, cmd, secrets, out),
         Command::Quickstart(_) => unreachable!("handled above"),

@@ -301,3 +301,36 @@ fn retention_plan_then_apply_removes_expired_points_but_never_the_newest() {
     let (_, err) = e.fails(&["retention", "plan", "d", "--at", "yesterday"]);
     assert!(err["error"]["message"].as_str().unwrap().contains("--at"));
 }
+
+#[test]
+fn gc_from_the_command_line() {
+    let e = Env::new();
+    e.vault("v", &[]);
+    let img = e.path("d.raw");
+    make_image(&img, 1 << 20, &[(0, 1 << 20, 1)]);
+    e.protect(&img, "v", &[]);
+    e.backup("d");
+    make_image(&img, 1 << 20, &[(0, 1 << 20, 2)]);
+    e.backup("d");
+    let far = jiff::Timestamp::now()
+        .checked_add(jiff::SignedDuration::from_hours(24 * 400))
+        .unwrap()
+        .to_string();
+    e.json(&["retention", "apply", "d", "--at", &far]);
+    let before = e.chunk_files("v").len();
+    let dry = e.json(&["gc", "--vault", "v", "--grace", "0", "--dry-run"]);
+    assert_eq!(dry["newly_doomed"], 16);
+    assert_eq!(e.chunk_files("v").len(), before);
+    let first = e.json(&["gc", "--vault", "v", "--grace", "0"]);
+    assert_eq!(
+        (first["newly_doomed"].as_u64(), first["deleted"].as_u64()),
+        (Some(16), Some(0)),
+        "marked first"
+    );
+    let second = e.json(&["gc", "--vault", "v", "--grace", "0"]);
+    assert_eq!(second["deleted"], 16, "{second}");
+    assert_eq!(e.chunk_files("v").len(), before - 16);
+    e.json(&["verify"]);
+    let (_, err) = e.fails(&["gc", "--vault", "nope"]);
+    assert_eq!(err["error"]["code"], "not_found");
+}

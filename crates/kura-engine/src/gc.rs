@@ -1,0 +1,263 @@
+//! Garbage collection: remove chunks no recovery point references, without ever blocking a
+//! backup or deleting a chunk a running backup is about to reference.
+//!
+//! Protocol (state in the catalog, see `kura_catalog::gc`):
+//!
+//! 1. **Mark**: read every manifest and index in the vault; the chunks they list are
+//!    referenced. Any unreadable manifest or index stops GC before it deletes anything.
+//! 2. **Doom**: every stored chunk that is not referenced and not yet doomed is doomed now;
+//!    doomed chunks found referenced again are released.
+//! 3. **Sweep**: a doomed chunk is deleted when it was doomed by an earlier run (before this
+//!    run's mark started, so every recovery point published since is in this mark), longer ago
+//!    than the grace period, and before the start of every writer lease active at this run's
+//!    mark or at its sweep. Each deletion is claimed in the catalog first
+//!    (`doomed` → `deleting`).
+//!
+//! Writers take a lease before choosing what to reuse. A writer reusing a stored chunk first
+//! *rescues* it: a doomed mark is removed (GC then cannot claim it), a chunk being deleted is
+//! waited for and written again. A chunk a writer relies on is therefore either not doomed,
+//! rescued, or doomed after the writer started — and GC deletes none of those while the writer
+//! runs. Once the writer publishes, the chunk is referenced and the next mark releases it.
+
+use std::collections::HashSet;
+
+use jiff::{SignedDuration, Timestamp};
+use kura_store::{ChunkId, Vault};
+use serde::Serialize;
+
+use crate::{Error, ErrorKind, Home, Progress, Result, Secrets};
+
+/// GC settings.
+#[derive(Debug, Clone)]
+pub struct GcOptions {
+    /// A doomed chunk is deleted only after this long. Default 1 hour.
+    pub grace: SignedDuration,
+    /// Report what would happen; delete and doom nothing.
+    pub dry_run: bool,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        GcOptions {
+            grace: SignedDuration::from_hours(1),
+            dry_run: false,
+        }
+    }
+}
+
+/// What a GC run did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GcReport {
+    /// The job.
+    pub job_id: String,
+    /// Recovery points read.
+    pub recovery_points: usize,
+    /// Distinct chunks they reference.
+    pub referenced_chunks: usize,
+    /// Chunks stored in the vault.
+    pub stored_chunks: usize,
+    /// Chunks doomed by this run.
+    pub newly_doomed: usize,
+    /// Doomed chunks released because they are referenced again.
+    pub released: usize,
+    /// Chunks deleted.
+    pub deleted: usize,
+    /// Stored bytes freed.
+    pub freed_bytes: u64,
+    /// Doomed chunks kept for now (grace period, or a writer older than their mark).
+    pub waiting: usize,
+    /// Incomplete recovery point directories (no manifest) removed.
+    pub orphan_indexes_removed: usize,
+}
+
+/// Ends a lease when dropped.
+pub(crate) struct LeaseGuard<'a> {
+    home: &'a Home,
+    id: String,
+}
+
+impl Drop for LeaseGuard<'_> {
+    fn drop(&mut self) {
+        let _ = self.home.catalog.end_lease(&self.id);
+    }
+}
+
+impl Home {
+    pub(crate) fn lease(&self, vault_id: &str, purpose: &str) -> Result<LeaseGuard<'_>> {
+        let id = crate::new_id();
+        self.catalog.start_lease(&id, vault_id, purpose)?;
+        Ok(LeaseGuard { home: self, id })
+    }
+
+    /// Whether a writer may reuse the stored copy of `id` (see the module doc).
+    pub(crate) fn reusable(&self, vault_id: &str, vault: &Vault, id: &ChunkId) -> Result<bool> {
+        let hex = id.to_hex();
+        loop {
+            match self.catalog.rescue(vault_id, &hex)? {
+                kura_catalog::Rescue::Deleting => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                _ => return Ok(vault.has_chunk(id)?),
+            }
+        }
+    }
+
+    /// Collects garbage in a vault, as a job.
+    pub fn gc(
+        &self,
+        vault: &str,
+        opts: &GcOptions,
+        secrets: &Secrets,
+        progress: &dyn Progress,
+    ) -> Result<GcReport> {
+        let vrow = self.catalog.vault(vault)?;
+        let v = self.open_vault_row(&vrow, secrets)?;
+        let (job_id, report) = self.run_job("GarbageCollect", vault, true, progress, |job| {
+            let r = self.gc_vault(&vrow.id, &v, opts, job)?;
+            job.message(&format!(
+                "{} referenced of {} stored chunks; {} doomed, {} released, {} deleted ({} bytes), {} waiting",
+                r.referenced_chunks, r.stored_chunks, r.newly_doomed, r.released, r.deleted, r.freed_bytes, r.waiting
+            ));
+            Ok((r, None))
+        })?;
+        Ok(GcReport { job_id, ..report })
+    }
+
+    fn gc_vault(
+        &self,
+        vault_id: &str,
+        vault: &Vault,
+        opts: &GcOptions,
+        progress: &dyn Progress,
+    ) -> Result<GcReport> {
+        let mut report = GcReport::default();
+        // Writers active when the mark starts may publish recovery points this mark does not
+        // see; they count until the end of the run, like the writers active at the sweep.
+        let mark_start = kura_catalog::stamp(Timestamp::now());
+        let leases_at_mark = self.catalog.active_leases(vault_id)?;
+
+        // 1. Mark, from the vault itself (a superset of what the catalog knows).
+        let mut referenced: HashSet<ChunkId> = HashSet::new();
+        let rp_ids = vault.list_rp_ids()?;
+        for rp in &rp_ids {
+            let m = vault.get_manifest(rp).map_err(|e| {
+                Error::new(
+                    ErrorKind::Corrupt,
+                    format!("garbage collection stopped, nothing deleted: {e}"),
+                )
+            })?;
+            for d in &m.disks {
+                let idx = vault.get_index(&d.index).map_err(|e| {
+                    Error::new(
+                        ErrorKind::Corrupt,
+                        format!("garbage collection stopped, nothing deleted: {e}"),
+                    )
+                })?;
+                referenced.extend(idx.chunks.into_iter().filter(|c| !c.is_zero()));
+            }
+        }
+        report.recovery_points = rp_ids.len();
+        report.referenced_chunks = referenced.len();
+
+        // 2. Doom the unreferenced, release the referenced.
+        let stored = vault.list_chunks()?;
+        report.stored_chunks = stored.len();
+        let doomed = self.catalog.doomed(vault_id)?;
+        let doomed_set: HashSet<&str> = doomed.iter().map(|d| d.chunk.as_str()).collect();
+        let release: Vec<String> = doomed
+            .iter()
+            .filter(|d| d.state == "doomed")
+            .filter(|d| ChunkId::from_hex(&d.chunk).is_ok_and(|c| referenced.contains(&c)))
+            .map(|d| d.chunk.clone())
+            .collect();
+        let fresh: Vec<String> = stored
+            .iter()
+            .filter(|c| !referenced.contains(c))
+            .map(|c| c.to_hex())
+            .filter(|h| !doomed_set.contains(h.as_str()))
+            .collect();
+        report.released = release.len();
+        report.newly_doomed = fresh.len();
+        if opts.dry_run {
+            return Ok(report);
+        }
+        self.catalog.undoom(vault_id, &release)?;
+        self.catalog
+            .doom(vault_id, &fresh, &kura_catalog::stamp(Timestamp::now()))?;
+
+        // 3. Sweep.
+        let oldest_writer = leases_at_mark
+            .iter()
+            .chain(self.catalog.active_leases(vault_id)?.iter())
+            .map(|l| l.started.clone())
+            .min();
+        let grace_cutoff = kura_catalog::stamp(
+            Timestamp::now()
+                .checked_sub(opts.grace)
+                .unwrap_or(Timestamp::MIN),
+        );
+        let candidates = self.catalog.doomed(vault_id)?;
+        progress.start("garbage collection", candidates.len() as u64);
+        for d in candidates {
+            progress.advance(1);
+            // Only marks from an earlier run: a recovery point published after that run's mark
+            // is seen by this run's mark, which released its chunks above.
+            let old_enough = d.doomed_at < grace_cutoff && d.doomed_at < mark_start;
+            let before_writers = oldest_writer.as_ref().is_none_or(|w| d.doomed_at < *w);
+            let Ok(id) = ChunkId::from_hex(&d.chunk) else {
+                self.catalog
+                    .undoom(vault_id, std::slice::from_ref(&d.chunk))?;
+                continue;
+            };
+            if d.state == "deleting"
+                || (d.state == "doomed"
+                    && old_enough
+                    && before_writers
+                    && !referenced.contains(&id))
+            {
+                if d.state == "doomed" && !self.catalog.claim_doomed(vault_id, &d.chunk)? {
+                    continue; // a writer rescued it
+                }
+                let size = vault.backend().stat(&id.key())?.unwrap_or(0);
+                vault.backend().delete(&id.key())?;
+                self.catalog
+                    .undoom(vault_id, std::slice::from_ref(&d.chunk))?;
+                report.deleted += 1;
+                report.freed_bytes += size;
+            } else {
+                report.waiting += 1;
+            }
+        }
+        vault.sync()?;
+        progress.finish();
+
+        // Directories of recovery points that never got a manifest (interrupted backups).
+        // A running backup writes its index before its manifest, so: list first, then go on
+        // only if no writer is active (a writer that starts later has nothing in the list),
+        // and skip any directory whose manifest exists by now.
+        let keys = vault.backend().list("rps/")?;
+        if self.catalog.active_leases(vault_id)?.is_empty() {
+            let mut dirs: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+            for key in keys {
+                if let Some(rp) = key.strip_prefix("rps/").and_then(|k| k.split('/').next()) {
+                    dirs.entry(rp.to_string()).or_default().push(key.clone());
+                }
+            }
+            for (rp, keys) in dirs {
+                if vault
+                    .backend()
+                    .stat(&format!("rps/{rp}/manifest"))?
+                    .is_some()
+                {
+                    continue;
+                }
+                for key in keys {
+                    vault.backend().delete(&key)?;
+                }
+                report.orphan_indexes_removed += 1;
+            }
+            vault.sync()?;
+        }
+        Ok(report)
+    }
+}
