@@ -106,6 +106,10 @@ pub struct ItemRow {
     pub policy: Option<String>,
     /// The last schedule slot the scheduler handled (RFC 3339).
     pub last_slot: Option<String>,
+    /// `protected`, `stopped` (data retained) or `soft-deleted`.
+    pub state: String,
+    /// When its data was (soft-)deleted.
+    pub deleted_at: Option<String>,
 }
 
 /// A recovery point.
@@ -332,7 +336,51 @@ impl Catalog {
             created: r.get(5)?,
             policy: r.get(6)?,
             last_slot: r.get(7)?,
+            state: r.get(8)?,
+            deleted_at: r.get(9)?,
         })
+    }
+
+    /// Sets an item's protection state (and when its data was deleted).
+    pub fn set_item_state(
+        &self,
+        item_id: &str,
+        state: &str,
+        deleted_at: Option<&str>,
+    ) -> Result<()> {
+        self.conn().execute(
+            "UPDATE items SET state = ?2, deleted_at = ?3 WHERE id = ?1",
+            params![item_id, state, deleted_at],
+        )?;
+        Ok(())
+    }
+
+    /// Removes an item and its recovery point rows (after its data left the vault).
+    pub fn purge_item(&self, item_id: &str) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute("DELETE FROM recovery_points WHERE item_id = ?1", [item_id])?;
+        tx.execute("DELETE FROM items WHERE id = ?1", [item_id])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// A vault's soft-delete setting: (`enabled` | `disabled` | `always-on`, days).
+    pub fn soft_delete(&self, vault_id: &str) -> Result<(String, u32)> {
+        Ok(self.conn().query_row(
+            "SELECT soft_delete, soft_delete_days FROM vaults WHERE id = ?1",
+            [vault_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?)
+    }
+
+    /// Changes a vault's soft-delete setting.
+    pub fn set_soft_delete(&self, vault_id: &str, mode: &str, days: u32) -> Result<()> {
+        self.conn().execute(
+            "UPDATE vaults SET soft_delete = ?2, soft_delete_days = ?3 WHERE id = ?1",
+            params![vault_id, mode, days],
+        )?;
+        Ok(())
     }
 
     /// Records the last schedule slot handled for an item.
@@ -374,7 +422,7 @@ impl Catalog {
     pub fn item(&self, name_or_id: &str) -> Result<ItemRow> {
         self.conn()
             .query_row(
-                "SELECT id, name, vault_id, kind, source, created, policy, last_slot FROM items WHERE name = ?1 OR id = ?1",
+                "SELECT id, name, vault_id, kind, source, created, policy, last_slot, state, deleted_at FROM items WHERE name = ?1 OR id = ?1",
                 [name_or_id],
                 Self::item_from,
             )
@@ -389,7 +437,7 @@ impl Catalog {
     pub fn list_items(&self, vault_id: Option<&str>) -> Result<Vec<ItemRow>> {
         let conn = self.conn();
         let mut st = conn.prepare(
-            "SELECT id, name, vault_id, kind, source, created, policy, last_slot FROM items
+            "SELECT id, name, vault_id, kind, source, created, policy, last_slot, state, deleted_at FROM items
              WHERE ?1 IS NULL OR vault_id = ?1 ORDER BY name",
         )?;
         let rows = st

@@ -82,6 +82,11 @@ const MIGRATIONS: &[&str] = &[
         pid INTEGER NOT NULL,
         PRIMARY KEY (vault_id, chunk)
     );",
+    // 5: protection state of items and soft delete per vault.
+    "ALTER TABLE items ADD COLUMN state TEXT NOT NULL DEFAULT 'protected';
+    ALTER TABLE items ADD COLUMN deleted_at TEXT;
+    ALTER TABLE vaults ADD COLUMN soft_delete TEXT NOT NULL DEFAULT 'enabled';
+    ALTER TABLE vaults ADD COLUMN soft_delete_days INTEGER NOT NULL DEFAULT 14;",
 ];
 
 pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {

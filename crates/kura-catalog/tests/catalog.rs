@@ -27,6 +27,8 @@ fn item(cat: &Catalog, name: &str, source: &str) -> Result<ItemRow, Error> {
         created: "2026-01-01T00:00:00Z".into(),
         policy: Some("DefaultPolicy".into()),
         last_slot: None,
+        state: "protected".into(),
+        deleted_at: None,
     };
     cat.insert_item(&i).map(|()| i)
 }

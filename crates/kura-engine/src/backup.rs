@@ -83,6 +83,7 @@ impl Home {
         progress: &dyn Progress,
     ) -> Result<BackupReport> {
         let item = self.catalog.item(item)?;
+        Self::check_can_backup(&item)?;
         if let Some(d) = &opts.retain_until {
             check_retain_until(d)?;
         }

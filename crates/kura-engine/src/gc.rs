@@ -113,6 +113,11 @@ impl Home {
         let vrow = self.catalog.vault(vault)?;
         let v = self.open_vault_row(&vrow, secrets)?;
         let (job_id, report) = self.run_job("GarbageCollect", vault, true, progress, |job| {
+            if !opts.dry_run {
+                for name in self.purge_soft_deleted(&vrow.id, jiff::Timestamp::now(), secrets)? {
+                    job.message(&format!("purged soft-deleted item {name}: its soft-delete period is over"));
+                }
+            }
             let r = self.gc_vault(&vrow.id, &v, opts, job)?;
             job.message(&format!(
                 "{} referenced of {} stored chunks; {} doomed, {} released, {} deleted ({} bytes), {} waiting",

@@ -55,6 +55,10 @@ pub struct VaultInfo {
     pub row: VaultRow,
     /// Number of items.
     pub items: usize,
+    /// Soft delete: `enabled`, `disabled` or `always-on`.
+    pub soft_delete: String,
+    /// Days soft-deleted data is kept.
+    pub soft_delete_days: u32,
     /// A note for the user (e.g. where a generated key file went).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
@@ -225,9 +229,19 @@ impl Home {
         self.catalog.insert_vault(&row)?;
         self.ensure_default_policy(&row.id)?;
         Ok(VaultInfo {
-            row,
-            items: 0,
             note,
+            ..self.vault_info_of(row, 0)?
+        })
+    }
+
+    fn vault_info_of(&self, row: VaultRow, items: usize) -> Result<VaultInfo> {
+        let (soft_delete, soft_delete_days) = self.catalog.soft_delete(&row.id)?;
+        Ok(VaultInfo {
+            row,
+            items,
+            soft_delete,
+            soft_delete_days,
+            note: None,
         })
     }
 
@@ -235,11 +249,7 @@ impl Home {
     pub fn vault_info(&self, name: &str) -> Result<VaultInfo> {
         let row = self.catalog.vault(name)?;
         let items = self.catalog.list_items(Some(&row.id))?.len();
-        Ok(VaultInfo {
-            row,
-            items,
-            note: None,
-        })
+        self.vault_info_of(row, items)
     }
 
     /// Every vault.
@@ -249,11 +259,7 @@ impl Home {
             .into_iter()
             .map(|row| {
                 let items = self.catalog.list_items(Some(&row.id))?.len();
-                Ok(VaultInfo {
-                    row,
-                    items,
-                    note: None,
-                })
+                self.vault_info_of(row, items)
             })
             .collect()
     }
@@ -451,6 +457,8 @@ impl Home {
                 created: r.created.clone(),
                 policy: Some(kura_policy::DEFAULT_POLICY.into()),
                 last_slot: None,
+                state: "protected".into(),
+                deleted_at: None,
             };
             match self.catalog.insert_item(&item) {
                 Ok(()) => items.push(r.name.clone()),
@@ -525,6 +533,8 @@ impl Home {
             created: kura_catalog::stamp(jiff::Timestamp::now()),
             policy: Some(policy.to_string()),
             last_slot: None,
+            state: "protected".into(),
+            deleted_at: None,
         };
         self.catalog.insert_item(&item)?;
         if let Err(e) = vault.put_item(&item_record(&item)) {

@@ -73,6 +73,7 @@ impl Home {
     ) -> Result<RestoreReport> {
         let (format, force) = (opts.format, opts.force);
         let item = self.catalog.item(item)?;
+        Self::check_can_restore(&item)?;
         let rp = self.resolve_rp(&item, &opts.rp)?;
         let target = absolute(&opts.to)?;
         if target.is_dir() {

@@ -132,10 +132,18 @@ impl Home {
     pub fn retention_plan(&self, item: &str, at: Timestamp) -> Result<RetentionPlan> {
         let item = self.catalog.item(item)?;
         let rps = self.catalog.list_rps(&item.id)?;
+        let mut entries = plan_points(&rps, at);
+        if item.state != "protected" {
+            // Stopped and soft-deleted items keep their data until resumed or purged.
+            for e in &mut entries {
+                e.action = "keep";
+                e.reason = format!("protection {}: data retained", item.state);
+            }
+        }
         Ok(RetentionPlan {
             item: item.name.clone(),
             at: kura_catalog::stamp(at),
-            entries: plan_points(&rps, at),
+            entries,
         })
     }
 

@@ -86,6 +86,8 @@ pub struct TickReport {
     pub expired: Vec<Expired>,
     /// Items retention could not be applied to, with the reason.
     pub retention_errors: Vec<String>,
+    /// Soft-deleted items purged because their soft-delete period ended.
+    pub purged: Vec<String>,
 }
 
 /// The fixed offset of an item within the spread window.
@@ -107,8 +109,20 @@ impl Home {
             backups: Vec::new(),
             expired: Vec::new(),
             retention_errors: Vec::new(),
+            purged: Vec::new(),
         };
+        for v in self.catalog.list_vaults()? {
+            match self.purge_soft_deleted(&v.id, now, &opts.secrets) {
+                Ok(names) => report.purged.extend(names),
+                Err(e) => report
+                    .retention_errors
+                    .push(format!("purge in vault {}: {e}", v.name)),
+            }
+        }
         for item in self.catalog.list_items(None)? {
+            if item.state != "protected" {
+                continue;
+            }
             if let Some(b) = self.tick_item(&item, now, opts)? {
                 report.backups.push(b);
             }

@@ -400,6 +400,13 @@ impl Vault {
         Ok(())
     }
 
+    /// Removes an item's record.
+    pub fn delete_item(&self, item_id: &str) -> Result<()> {
+        self.backend.delete(&format!("items/{item_id}"))?;
+        self.backend.sync()?;
+        Ok(())
+    }
+
     /// Every item recorded in the vault.
     pub fn list_items(&self) -> Result<Vec<ItemRecord>> {
         let mut out = Vec::new();

@@ -128,6 +128,17 @@ enum VaultCmd {
     /// Key management.
     #[command(subcommand)]
     Key(KeyCmd),
+    /// Change a vault's settings.
+    Set {
+        /// Vault name.
+        name: String,
+        /// Soft delete: enabled, disabled or always-on (irreversible).
+        #[arg(long)]
+        soft_delete: Option<String>,
+        /// Days soft-deleted data is kept, 14-180.
+        #[arg(long)]
+        soft_delete_days: Option<u32>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -160,9 +171,30 @@ enum ItemCmd {
     Protect(ProtectCmd),
     /// List items.
     List,
-    /// Show an item and its latest recovery point.
+    /// Show an item: protection state, health, latest recovery point.
     Show {
         /// Item name or id.
+        item: String,
+    },
+    /// Stop protection: keep the data (default) or delete it (soft delete applies).
+    Stop {
+        /// Item name.
+        item: String,
+        /// Delete the backup data too (recoverable with `undelete` during soft delete).
+        #[arg(long)]
+        delete_data: bool,
+    },
+    /// Resume protection of a stopped item with a policy.
+    Resume {
+        /// Item name.
+        item: String,
+        /// Policy of the item's vault.
+        #[arg(long)]
+        policy: String,
+    },
+    /// Bring back a soft-deleted item (as stopped, data retained).
+    Undelete {
+        /// Item name.
         item: String,
     },
 }
@@ -376,26 +408,23 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Item(ItemCmd::Show { item }) => {
-            let item = home.item(item)?;
-            let vault = home.catalog().vault_by_id(&item.vault_id)?;
-            let rps = home.list_rps(&item.id)?;
-            let doc = serde_json::json!({
-                "item": item, "vault": vault.name, "recovery_points": rps.len(),
-                "latest_recovery_point": rps.first(),
-                "source_present": Path::new(&item.source).exists(),
-            });
-            out.print(&doc, || {
-                let mut s = format!(
-                    "item     {}\nid       {}\nkind     {}\nvault    {}\nsource   {}{}\ncreated  {}\nrecovery points  {}\n",
-                    item.name, item.id, item.kind, vault.name, item.source,
-                    if Path::new(&item.source).exists() { "" } else { "  (MISSING)" },
-                    item.created, rps.len()
-                );
-                if let Some(rp) = rps.first() {
-                    s += &format!("latest   {} at {}\n", rp.id, rp.time);
-                }
-                s
-            });
+            let st = home.item_status(item)?;
+            out.print(&st, || item_text(&st));
+            Ok(0)
+        }
+        Command::Item(ItemCmd::Stop { item, delete_data }) => {
+            let st = home.stop_protection(item, *delete_data, &secrets, jiff::Timestamp::now())?;
+            out.print(&st, || item_text(&st));
+            Ok(0)
+        }
+        Command::Item(ItemCmd::Resume { item, policy }) => {
+            let st = home.resume_protection(item, policy)?;
+            out.print(&st, || item_text(&st));
+            Ok(0)
+        }
+        Command::Item(ItemCmd::Undelete { item }) => {
+            let st = home.undelete(item)?;
+            out.print(&st, || item_text(&st));
             Ok(0)
         }
         Command::Backup(BackupCmd::Now {
@@ -621,6 +650,20 @@ fn vault(home: &Home, cmd: &VaultCmd, secrets: &Secrets, out: &Out) -> anyhow::R
             });
             Ok(0)
         }
+        VaultCmd::Set {
+            name,
+            soft_delete,
+            soft_delete_days,
+        } => {
+            let (mode, days) =
+                home.set_soft_delete(name, soft_delete.as_deref(), *soft_delete_days)?;
+            let doc =
+                serde_json::json!({"vault": name, "soft_delete": mode, "soft_delete_days": days});
+            out.print(&doc, || {
+                format!("vault {name}: soft delete {mode}, {days} days\n")
+            });
+            Ok(0)
+        }
         VaultCmd::List => {
             let vs = home.list_vaults()?;
             out.print(&vs, || {
@@ -642,10 +685,10 @@ fn vault(home: &Home, cmd: &VaultCmd, secrets: &Secrets, out: &Out) -> anyhow::R
             let v = home.vault_info(name)?;
             out.print(&v, || {
                 format!(
-                    "vault       {}\nid          {}\npath        {}\nchunk size  {}\nencryption  {}{}\nkey file    {}\nitems       {}\ncreated     {}\n",
+                    "vault       {}\nid          {}\npath        {}\nchunk size  {}\nencryption  {}{}\nkey file    {}\nitems       {}\nsoft delete {} ({} days)\ncreated     {}\n",
                     v.row.name, v.row.id, v.row.path, output::size(u64::from(v.row.chunk_size)), v.row.encryption,
                     v.row.cipher.as_ref().map(|c| format!(" ({c})")).unwrap_or_default(),
-                    v.row.key_file.clone().unwrap_or_else(|| "-".into()), v.items, v.row.created
+                    v.row.key_file.clone().unwrap_or_else(|| "-".into()), v.items, v.soft_delete, v.soft_delete_days, v.row.created
                 )
             });
             Ok(0)
@@ -676,6 +719,34 @@ fn vault(home: &Home, cmd: &VaultCmd, secrets: &Secrets, out: &Out) -> anyhow::R
             Ok(0)
         }
     }
+}
+
+fn item_text(st: &kura_engine::ItemStatus) -> String {
+    let i = &st.item;
+    let mut s = format!(
+        "item              {}\nid                {}\nkind              {}\nvault             {}\npolicy            {}\nsource            {}{}\nprotection state  {}\nlast backup       {}\nhealth            {}\nrecovery points   {}\n",
+        i.name,
+        i.id,
+        i.kind,
+        st.vault,
+        i.policy.as_deref().unwrap_or("-"),
+        i.source,
+        if st.source_present { "" } else { "  (MISSING)" },
+        st.protection_state,
+        st.last_backup_status,
+        st.health_status,
+        st.recovery_points
+    );
+    for d in &st.health_details {
+        s += &format!("  ! {d}\n");
+    }
+    if let Some(rp) = &st.latest_recovery_point {
+        s += &format!("latest            {} at {}\n", rp.id, rp.time);
+    }
+    if let Some(p) = &st.purge_at {
+        s += &format!("purged at         {p} unless undeleted\n");
+    }
+    s
 }
 
 /// Maps an error to a stable snake_case code.

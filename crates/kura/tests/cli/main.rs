@@ -8,6 +8,7 @@ use std::process::{Command, Output};
 use serde_json::Value;
 
 mod policies;
+mod protection;
 
 struct Env {
     dir: tempfile::TempDir,

@@ -1,0 +1,322 @@
+//! Protection states of items (Azure's stop protection, resume, undelete) and soft delete.
+//!
+//! ```text
+//!  protected ──stop──► stopped (data retained) ──resume --policy P──► protected
+//!      │                  │  ▲
+//!      └──stop --delete-data──► soft-deleted ──undelete──┘
+//!                             │ (soft delete disabled: data deleted at once)
+//!                             └── after the vault's soft-delete days: purged
+//! ```
+//!
+//! Stopped and soft-deleted items get no scheduled backups and no retention; their recovery
+//! points stay in the vault (so garbage collection keeps their chunks) until a purge.
+
+use jiff::{SignedDuration, Timestamp};
+use kura_catalog::{ItemRow, RpRow};
+use serde::Serialize;
+
+use crate::{Error, ErrorKind, Home, NoProgress, Progress, Result, Secrets};
+
+/// Soft-delete days allowed.
+pub const SOFT_DELETE_DAYS: std::ops::RangeInclusive<u32> = 14..=180;
+
+/// An item's protection and health, in Azure's terms.
+#[derive(Debug, Clone, Serialize)]
+pub struct ItemStatus {
+    /// The item.
+    #[serde(flatten)]
+    pub item: ItemRow,
+    /// Vault name.
+    pub vault: String,
+    /// `IRPending`, `Protected`, `ProtectionError`, `ProtectionStopped` or `SoftDeleted`.
+    pub protection_state: &'static str,
+    /// `Healthy`, `Unhealthy` or `IRPending` (no backup yet).
+    pub last_backup_status: &'static str,
+    /// `Passed` or `ActionRequired`.
+    pub health_status: &'static str,
+    /// What needs attention, if anything.
+    pub health_details: Vec<String>,
+    /// Whether the source exists.
+    pub source_present: bool,
+    /// Recovery points.
+    pub recovery_points: usize,
+    /// The newest one.
+    pub latest_recovery_point: Option<RpRow>,
+    /// For soft-deleted items: when the data will be purged.
+    pub purge_at: Option<String>,
+}
+
+fn parse_ts(s: &str) -> Option<Timestamp> {
+    s.parse().ok()
+}
+
+impl Home {
+    fn require_state(item: &ItemRow, allowed: &[&str], what: &str) -> Result<()> {
+        if allowed.contains(&item.state.as_str()) {
+            return Ok(());
+        }
+        let hint = match item.state.as_str() {
+            "soft-deleted" => "; run `kura item undelete` first",
+            "stopped" => "; run `kura item resume --policy P` first",
+            _ => "",
+        };
+        Err(Error::new(
+            ErrorKind::Conflict,
+            format!(
+                "item {:?} is {}: cannot {what}{hint}",
+                item.name, item.state
+            ),
+        ))
+    }
+
+    /// Refuses backups and restores for items whose state forbids them.
+    pub(crate) fn check_can_backup(item: &ItemRow) -> Result<()> {
+        Self::require_state(item, &["protected"], "back it up")
+    }
+
+    pub(crate) fn check_can_restore(item: &ItemRow) -> Result<()> {
+        Self::require_state(item, &["protected", "stopped"], "restore from it")
+    }
+
+    /// Protection state and health of an item.
+    pub fn item_status(&self, item: &str) -> Result<ItemStatus> {
+        let item = self.catalog.item(item)?;
+        let vault = self.catalog.vault_by_id(&item.vault_id)?;
+        let rps = self.catalog.list_rps(&item.id)?;
+        let last_backup =
+            self.catalog.list_jobs(10_000)?.into_iter().find(|j| {
+                j.operation == "Backup" && j.target == item.name && j.status != "InProgress"
+            });
+        let last_backup_status = match last_backup.as_ref().map(|j| j.status.as_str()) {
+            None => "IRPending",
+            Some("Completed") => "Healthy",
+            Some(_) => "Unhealthy",
+        };
+        let source_present = std::path::Path::new(&item.source).exists();
+        let protection_state = match item.state.as_str() {
+            "soft-deleted" => "SoftDeleted",
+            "stopped" => "ProtectionStopped",
+            _ if rps.is_empty() && last_backup.is_none() => "IRPending",
+            _ if last_backup_status == "Unhealthy" => "ProtectionError",
+            _ => "Protected",
+        };
+        let mut health_details = Vec::new();
+        if !source_present {
+            health_details.push(format!("the source {} is missing", item.source));
+        }
+        if let Some(j) = last_backup.as_ref().filter(|j| j.status != "Completed") {
+            health_details.push(format!(
+                "the last backup (job {}) failed: {}",
+                j.id,
+                j.error.clone().unwrap_or_default()
+            ));
+        }
+        let purge_at = match (
+            item.state.as_str(),
+            item.deleted_at.as_deref().and_then(parse_ts),
+        ) {
+            ("soft-deleted", Some(t)) => {
+                let (_, days) = self.catalog.soft_delete(&item.vault_id)?;
+                t.checked_add(SignedDuration::from_hours(24 * i64::from(days)))
+                    .ok()
+                    .map(kura_catalog::stamp)
+            }
+            _ => None,
+        };
+        Ok(ItemStatus {
+            vault: vault.name,
+            protection_state,
+            last_backup_status,
+            health_status: if health_details.is_empty() {
+                "Passed"
+            } else {
+                "ActionRequired"
+            },
+            health_details,
+            source_present,
+            recovery_points: rps.len(),
+            latest_recovery_point: rps.into_iter().next(),
+            purge_at,
+            item,
+        })
+    }
+
+    /// Stops protection. Without `delete_data` the recovery points are retained
+    /// indefinitely; with it they are soft-deleted (or, with soft delete disabled, deleted).
+    pub fn stop_protection(
+        &self,
+        item: &str,
+        delete_data: bool,
+        secrets: &Secrets,
+        now: Timestamp,
+    ) -> Result<ItemStatus> {
+        let row = self.catalog.item(item)?;
+        if !delete_data {
+            Self::require_state(&row, &["protected"], "stop its protection")?;
+            self.run_job("DisableBackup", &row.name, false, &NoProgress, |_| {
+                self.catalog.set_item_policy(&row.id, None)?;
+                self.catalog.set_item_state(&row.id, "stopped", None)?;
+                Ok(((), None))
+            })?;
+            return self.item_status(&row.name);
+        }
+        Self::require_state(&row, &["protected", "stopped"], "delete its backup data")?;
+        let (mode, _) = self.catalog.soft_delete(&row.vault_id)?;
+        if mode == "disabled" {
+            let vrow = self.catalog.vault_by_id(&row.vault_id)?;
+            let vault = self.open_vault_row(&vrow, secrets)?;
+            let name = row.name.clone();
+            self.run_job("DeleteBackupData", &name, false, &NoProgress, |job| {
+                let rps = self.catalog.list_rps(&row.id)?;
+                for rp in &rps {
+                    vault.delete_rp(&rp.id)?;
+                }
+                vault.delete_item(&row.id)?;
+                self.catalog.purge_item(&row.id)?;
+                job.message(&format!(
+                    "soft delete is disabled: {} recovery point(s) deleted",
+                    rps.len()
+                ));
+                Ok(((), None))
+            })?;
+            // The item is gone: report its last state.
+            return Ok(ItemStatus {
+                item: row.clone(),
+                vault: vrow.name.clone(),
+                protection_state: "Deleted",
+                last_backup_status: "IRPending",
+                health_status: "Passed",
+                health_details: vec![format!(
+                    "item {name:?} and its backup data were deleted (soft delete is disabled in its vault)"
+                )],
+                source_present: std::path::Path::new(&row.source).exists(),
+                recovery_points: 0,
+                latest_recovery_point: None,
+                purge_at: None,
+            });
+        }
+        self.run_job("DeleteBackupData", &row.name, false, &NoProgress, |job| {
+            self.catalog.set_item_policy(&row.id, None)?;
+            self.catalog.set_item_state(
+                &row.id,
+                "soft-deleted",
+                Some(&kura_catalog::stamp(now)),
+            )?;
+            job.message(
+                "backup data soft-deleted; `kura item undelete` restores it until the purge",
+            );
+            Ok(((), None))
+        })?;
+        self.item_status(&row.name)
+    }
+
+    /// Returns a soft-deleted item to "stopped, data retained".
+    pub fn undelete(&self, item: &str) -> Result<ItemStatus> {
+        let row = self.catalog.item(item)?;
+        Self::require_state(
+            &row,
+            &["soft-deleted"],
+            "undelete it (it is not soft-deleted)",
+        )?;
+        self.run_job("Undelete", &row.name, false, &NoProgress, |_| {
+            self.catalog.set_item_state(&row.id, "stopped", None)?;
+            Ok(((), None))
+        })?;
+        self.item_status(&row.name)
+    }
+
+    /// Resumes protection of a stopped item with a policy of its vault.
+    pub fn resume_protection(&self, item: &str, policy: &str) -> Result<ItemStatus> {
+        let row = self.catalog.item(item)?;
+        Self::require_state(&row, &["stopped"], "resume its protection")?;
+        if !self.catalog.has_policy(&row.vault_id, policy)? {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("the item's vault has no policy {policy:?}"),
+            ));
+        }
+        self.run_job("ConfigureBackup", &row.name, false, &NoProgress, |_| {
+            self.catalog.set_item_policy(&row.id, Some(policy))?;
+            self.catalog.set_item_state(&row.id, "protected", None)?;
+            // The schedule starts from now, not from the time protection stopped.
+            self.catalog
+                .set_item_last_slot(&row.id, &kura_catalog::stamp(Timestamp::now()))?;
+            Ok(((), None))
+        })?;
+        self.item_status(&row.name)
+    }
+
+    /// Purges soft-deleted items of a vault whose soft-delete period is over at `now`;
+    /// returns their names.
+    pub fn purge_soft_deleted(
+        &self,
+        vault_id: &str,
+        now: Timestamp,
+        secrets: &Secrets,
+    ) -> Result<Vec<String>> {
+        let (_, days) = self.catalog.soft_delete(vault_id)?;
+        let period = SignedDuration::from_hours(24 * i64::from(days));
+        let due: Vec<ItemRow> = self
+            .catalog
+            .list_items(Some(vault_id))?
+            .into_iter()
+            .filter(|i| i.state == "soft-deleted")
+            .filter(|i| {
+                i.deleted_at
+                    .as_deref()
+                    .and_then(parse_ts)
+                    .and_then(|t| t.checked_add(period).ok())
+                    .is_some_and(|end| end <= now)
+            })
+            .collect();
+        if due.is_empty() {
+            return Ok(Vec::new());
+        }
+        let vrow = self.catalog.vault_by_id(vault_id)?;
+        let vault = self.open_vault_row(&vrow, secrets)?;
+        let mut purged = Vec::new();
+        for item in due {
+            for rp in self.catalog.list_rps(&item.id)? {
+                vault.delete_rp(&rp.id)?;
+            }
+            vault.delete_item(&item.id)?;
+            self.catalog.purge_item(&item.id)?;
+            purged.push(item.name);
+        }
+        Ok(purged)
+    }
+
+    /// Changes a vault's soft delete: `enabled`, `disabled` or `always-on` (irreversible),
+    /// kept 14-180 days.
+    pub fn set_soft_delete(
+        &self,
+        vault: &str,
+        mode: Option<&str>,
+        days: Option<u32>,
+    ) -> Result<(String, u32)> {
+        let v = self.catalog.vault(vault)?;
+        let (current, current_days) = self.catalog.soft_delete(&v.id)?;
+        let mode = mode.unwrap_or(&current);
+        if !["enabled", "disabled", "always-on"].contains(&mode) {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                format!("--soft-delete {mode:?}: use enabled, disabled or always-on"),
+            ));
+        }
+        if current == "always-on" && mode != "always-on" {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!("vault {vault:?} has soft delete always on; that cannot be undone"),
+            ));
+        }
+        let days = days.unwrap_or(current_days);
+        if !SOFT_DELETE_DAYS.contains(&days) {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                format!("--soft-delete-days {days} is out of range; allowed 14-180"),
+            ));
+        }
+        self.catalog.set_soft_delete(&v.id, mode, days)?;
+        Ok((mode.to_string(), days))
+    }
+}

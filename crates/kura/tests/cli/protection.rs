@@ -1,0 +1,192 @@
+//! Stop protection, resume, soft delete, undelete and purge through the CLI.
+
+use super::*;
+
+fn protected_item(e: &Env) -> PathBuf {
+    e.vault("v", &[]);
+    let img = e.path("d.raw");
+    make_image(&img, 1 << 20, &[(0, 1 << 20, 3)]);
+    e.protect(&img, "v", &[]);
+    e.backup("d");
+    img
+}
+
+#[test]
+fn item_show_reports_protection_state_and_health() {
+    let e = Env::new();
+    e.vault("v", &[]);
+    let img = e.path("d.raw");
+    make_image(&img, 1 << 20, &[(0, 1000, 3)]);
+    e.protect(&img, "v", &[]);
+    let st = e.json(&["item", "show", "d"]);
+    assert_eq!(st["protection_state"], "IRPending");
+    assert_eq!(st["last_backup_status"], "IRPending");
+    assert_eq!(st["policy"], "DefaultPolicy");
+    e.backup("d");
+    let st = e.json(&["item", "show", "d"]);
+    assert_eq!(
+        (
+            st["protection_state"].as_str(),
+            st["health_status"].as_str()
+        ),
+        (Some("Protected"), Some("Passed"))
+    );
+    std::fs::remove_file(&img).unwrap();
+    e.fails(&["backup", "now", "d"]);
+    let st = e.json(&["item", "show", "d"]);
+    assert_eq!(st["protection_state"], "ProtectionError");
+    assert_eq!(st["last_backup_status"], "Unhealthy");
+    assert_eq!(st["health_status"], "ActionRequired");
+    assert!(st["health_details"].to_string().contains("missing"), "{st}");
+    assert_eq!(st["recovery_points"], 1, "the last point is kept");
+}
+
+#[test]
+fn stop_retain_resume_and_refusals() {
+    let e = Env::new();
+    let _img = protected_item(&e);
+    let st = e.json(&["item", "stop", "d"]);
+    assert_eq!(st["protection_state"], "ProtectionStopped");
+    assert_eq!(st["policy"], Value::Null);
+    let (_, err) = e.fails(&["backup", "now", "d"]);
+    assert_eq!(err["error"]["code"], "conflict");
+    assert!(
+        err["error"]["message"].as_str().unwrap().contains("resume"),
+        "{err}"
+    );
+    // Data is retained: retention keeps everything, restores work.
+    let far = jiff::Timestamp::now()
+        .checked_add(jiff::SignedDuration::from_hours(24 * 400))
+        .unwrap()
+        .to_string();
+    let plan = e.json(&["retention", "plan", "d", "--at", &far]);
+    assert!(
+        plan["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x["action"] == "keep")
+    );
+    e.restore("d", "latest", &e.path("r.raw"), "raw");
+    let (_, err) = e.fails(&["item", "stop", "d"]);
+    assert_eq!(err["error"]["code"], "conflict");
+    let (_, err) = e.fails(&["item", "resume", "d", "--policy", "nope"]);
+    assert_eq!(err["error"]["code"], "not_found");
+    let st = e.json(&["item", "resume", "d", "--policy", "DefaultPolicy"]);
+    assert_eq!(st["protection_state"], "Protected");
+    e.backup("d");
+    let (_, err) = e.fails(&["item", "undelete", "d"]);
+    assert_eq!(err["error"]["code"], "conflict");
+    let ops: Vec<String> = e
+        .json(&["job", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["operation"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        ops.contains(&"DisableBackup".to_string()) && ops.contains(&"ConfigureBackup".to_string()),
+        "{ops:?}"
+    );
+}
+
+#[test]
+fn soft_delete_undelete_and_purge_after_the_period() {
+    let e = Env::new();
+    let img = protected_item(&e);
+    let st = e.json(&["item", "stop", "d", "--delete-data"]);
+    assert_eq!(st["protection_state"], "SoftDeleted");
+    assert!(st["purge_at"].as_str().is_some());
+    let (_, err) = e.fails(&[
+        "restore",
+        "disk",
+        "d",
+        "--rp",
+        "latest",
+        "--to",
+        e.path("x.raw").to_str().unwrap(),
+    ]);
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("undelete"),
+        "{err}"
+    );
+    // GC keeps the chunks of soft-deleted points.
+    let chunks = e.chunk_files("v").len();
+    e.json(&["gc", "--vault", "v", "--grace", "0"]);
+    e.json(&["gc", "--vault", "v", "--grace", "0"]);
+    assert_eq!(e.chunk_files("v").len(), chunks);
+    let st = e.json(&["item", "undelete", "d"]);
+    assert_eq!(st["protection_state"], "ProtectionStopped");
+    e.restore("d", "latest", &e.path("back.raw"), "raw");
+    assert!(same_file(&img, &e.path("back.raw")));
+
+    // Soft-delete again; 14 days later the scheduler purges it and GC frees the chunks.
+    e.json(&["item", "stop", "d", "--delete-data"]);
+    let in13 = jiff::Timestamp::now()
+        .checked_add(jiff::SignedDuration::from_hours(24 * 13))
+        .unwrap()
+        .to_string();
+    let tick = e.json(&["scheduler", "tick", "--now", &in13]);
+    assert_eq!(tick["purged"], serde_json::json!([]));
+    let in15 = jiff::Timestamp::now()
+        .checked_add(jiff::SignedDuration::from_hours(24 * 15))
+        .unwrap()
+        .to_string();
+    let tick = e.json(&["scheduler", "tick", "--now", &in15]);
+    assert_eq!(tick["purged"], serde_json::json!(["d"]));
+    assert_eq!(e.json(&["item", "list"]).as_array().unwrap().len(), 0);
+    e.json(&["gc", "--vault", "v", "--grace", "0"]);
+    e.json(&["gc", "--vault", "v", "--grace", "0"]);
+    assert_eq!(e.chunk_files("v").len(), 0, "purged data is collected");
+    // The image can be protected again.
+    e.protect(&img, "v", &[]);
+}
+
+#[test]
+fn soft_delete_settings() {
+    let e = Env::new();
+    let _img = protected_item(&e);
+    let (_, err) = e.fails(&["vault", "set", "v", "--soft-delete-days", "13"]);
+    assert!(err["error"]["message"].as_str().unwrap().contains("14-180"));
+    let (_, err) = e.fails(&["vault", "set", "v", "--soft-delete", "maybe"]);
+    assert_eq!(err["error"]["code"], "invalid");
+    e.json(&["vault", "set", "v", "--soft-delete", "disabled"]);
+    assert_eq!(e.json(&["vault", "show", "v"])["soft_delete"], "disabled");
+    // With soft delete disabled, deleting data deletes it at once.
+    let st = e.json(&["item", "stop", "d", "--delete-data"]);
+    assert_eq!(st["protection_state"], "Deleted");
+    assert_eq!(e.json(&["item", "list"]).as_array().unwrap().len(), 0);
+    assert!(
+        e.json(&["verify", "--vault", "v"])["problems"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    e.json(&[
+        "vault",
+        "set",
+        "v",
+        "--soft-delete",
+        "always-on",
+        "--soft-delete-days",
+        "30",
+    ]);
+    let (_, err) = e.fails(&["vault", "set", "v", "--soft-delete", "enabled"]);
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be undone")
+    );
+    let show = e.json(&["vault", "show", "v"]);
+    assert_eq!(
+        (
+            show["soft_delete"].as_str(),
+            show["soft_delete_days"].as_u64()
+        ),
+        (Some("always-on"), Some(30))
+    );
+}
