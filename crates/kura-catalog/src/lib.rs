@@ -139,6 +139,8 @@ pub struct RpRow {
     pub expires: Option<String>,
     /// `on-demand` or `scheduled`.
     pub origin: String,
+    /// Allocated (used) bytes of its disks.
+    pub used_bytes: u64,
 }
 
 /// A job.
@@ -453,8 +455,8 @@ impl Catalog {
         self.conn().execute(
             "INSERT OR IGNORE INTO recovery_points
              (id, item_id, time, logical_size, stored_size, consistency, tier, retain_until, job_id,
-              tags, expires, origin)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+              tags, expires, origin, used_bytes)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             params![
                 rp.id,
                 rp.item_id,
@@ -467,7 +469,8 @@ impl Catalog {
                 rp.job_id,
                 serde_json::to_string(&rp.tags).expect("tags serialize"),
                 rp.expires,
-                rp.origin
+                rp.origin,
+                rp.used_bytes as i64
             ],
         )?;
         Ok(())
@@ -487,11 +490,12 @@ impl Catalog {
             tags: serde_json::from_str(&r.get::<_, String>(9)?).unwrap_or_default(),
             expires: r.get(10)?,
             origin: r.get(11)?,
+            used_bytes: r.get::<_, i64>(12)? as u64,
         })
     }
 
     const RP_COLS: &str = "id, item_id, time, logical_size, stored_size, consistency, tier, \
-                           retain_until, job_id, tags, expires, origin";
+                           retain_until, job_id, tags, expires, origin, used_bytes";
 
     /// Changes a recovery point's retention.
     pub fn set_rp_retention(&self, id: &str, tags: &[String], expires: Option<&str>) -> Result<()> {

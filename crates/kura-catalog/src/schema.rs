@@ -87,6 +87,8 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE items ADD COLUMN deleted_at TEXT;
     ALTER TABLE vaults ADD COLUMN soft_delete TEXT NOT NULL DEFAULT 'enabled';
     ALTER TABLE vaults ADD COLUMN soft_delete_days INTEGER NOT NULL DEFAULT 14;",
+    // 6: the used (allocated) bytes a backup read, for the usage report.
+    "ALTER TABLE recovery_points ADD COLUMN used_bytes INTEGER NOT NULL DEFAULT 0;",
 ];
 
 pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {

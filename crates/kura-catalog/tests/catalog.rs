@@ -47,6 +47,7 @@ fn rp(id: &str, item: &str, time: &str) -> RpRow {
         tags: vec!["on-demand".into()],
         expires: None,
         origin: "on-demand".into(),
+        used_bytes: 0,
     }
 }
 

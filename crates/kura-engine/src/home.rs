@@ -715,6 +715,7 @@ pub(crate) fn rp_row(m: &kura_store::Manifest) -> RpRow {
         tags: m.tags.clone(),
         expires: m.expires.clone(),
         origin: m.origin.clone(),
+        used_bytes: m.stats.read_bytes,
     }
 }
 

@@ -32,6 +32,7 @@ mod protection;
 pub mod restore;
 pub mod retention;
 pub mod scheduler;
+pub mod usage;
 pub mod verify;
 
 pub use backup::{BackupOptions, BackupReport, ScheduledRun};

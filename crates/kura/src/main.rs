@@ -69,6 +69,12 @@ enum Command {
     /// Plan and apply the removal of expired recovery points.
     #[command(subcommand)]
     Retention(policy_cmd::RetentionCmd),
+    /// Protected size, instances and stored size per vault and item.
+    Usage {
+        /// Only this vault.
+        #[arg(long)]
+        vault: Option<String>,
+    },
     /// Remove chunks no recovery point references (safe while backups run).
     Gc {
         /// Vault name.
@@ -587,6 +593,11 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Policy(cmd) => policy_cmd::run_policy(&home, cmd, out),
+        Command::Usage { vault } => {
+            let u = home.usage(vault.as_deref())?;
+            out.print(&u, || usage_text(&u));
+            Ok(0)
+        }
         Command::Gc {
             vault,
             grace,
@@ -719,6 +730,45 @@ fn vault(home: &Home, cmd: &VaultCmd, secrets: &Secrets, out: &Out) -> anyhow::R
             Ok(0)
         }
     }
+}
+
+fn usage_text(u: &[kura_engine::usage::VaultUsage]) -> String {
+    let mut t = Table::new(&[
+        "VAULT/ITEM",
+        "STATE",
+        "PROTECTED",
+        "INSTANCES",
+        "RPS",
+        "LOGICAL",
+        "STORED",
+        "RATIO",
+    ]);
+    for v in u {
+        let empty = String::new;
+        t.row(vec![
+            v.vault.clone(),
+            empty(),
+            empty(),
+            empty(),
+            empty(),
+            output::size(v.logical_bytes),
+            output::size(v.stored_bytes),
+            format!("{:.2}", v.ratio),
+        ]);
+        for i in &v.items {
+            t.row(vec![
+                format!("  {}", i.item),
+                i.state.clone(),
+                output::size(i.protected_bytes),
+                format!("{} {}", i.protected_instances, i.instance_tier),
+                i.recovery_points.to_string(),
+                output::size(i.logical_bytes),
+                output::size(i.stored_bytes),
+                format!("{:.2}", i.ratio),
+            ]);
+        }
+    }
+    t.render()
 }
 
 fn item_text(st: &kura_engine::ItemStatus) -> String {

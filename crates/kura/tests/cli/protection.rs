@@ -190,3 +190,31 @@ fn soft_delete_settings() {
         (Some("always-on"), Some(30))
     );
 }
+
+#[test]
+fn usage_report() {
+    let e = Env::new();
+    e.vault("v", &[]);
+    let img = e.path("d.raw");
+    // 2 MiB allocated of a 64 MiB sparse disk, compressible half of it.
+    make_image(&img, 64 << 20, &[(0, 2 << 20, 9)]);
+    e.protect(&img, "v", &[]);
+    e.backup("d");
+    e.backup("d"); // nothing changed: dedup doubles the logical size, not the stored one
+    let u = e.json(&["usage"]);
+    let item = &u[0]["items"][0];
+    assert_eq!(item["protected_bytes"], 2 << 20);
+    assert_eq!(item["instance_tier"], "small");
+    assert_eq!(item["protected_instances"], 1);
+    assert_eq!(item["recovery_points"], 2);
+    assert_eq!(item["logical_bytes"], 4 << 20);
+    let stored = item["stored_bytes"].as_u64().unwrap();
+    assert!(
+        stored > 0 && stored < 2 << 20,
+        "compressed and deduplicated: {stored}"
+    );
+    assert!(item["ratio"].as_f64().unwrap() > 2.0, "{item}");
+    assert!(u[0]["stored_bytes"].as_u64().unwrap() >= stored);
+    let (_, err) = e.fails(&["usage", "--vault", "nope"]);
+    assert_eq!(err["error"]["code"], "not_found");
+}
