@@ -36,6 +36,8 @@ pub struct BackupOptions {
     pub now: Option<jiff::Timestamp>,
     /// Set when the scheduler runs the backup: retention then comes from the item's policy.
     pub scheduled: Option<ScheduledRun>,
+    /// A job made beforehand with [`Home::begin_job`] (the API answers with its id at once).
+    pub job_id: Option<String>,
 }
 
 /// A backup the scheduler runs for a policy slot.
@@ -87,11 +89,18 @@ impl Home {
         if let Some(d) = &opts.retain_until {
             check_retain_until(d)?;
         }
-        let (job_id, report) = self.run_job("Backup", &item.name, true, progress, |job| {
-            let report = self.backup_job(&item, secrets, opts, job)?;
-            let rp = report.rp_id.clone();
-            Ok((report, Some(rp)))
-        })?;
+        let (job_id, report) = self.run_job(
+            "Backup",
+            &item.name,
+            true,
+            opts.job_id.as_deref(),
+            progress,
+            |job| {
+                let report = self.backup_job(&item, secrets, opts, job)?;
+                let rp = report.rp_id.clone();
+                Ok((report, Some(rp)))
+            },
+        )?;
         Ok(BackupReport { job_id, ..report })
     }
 

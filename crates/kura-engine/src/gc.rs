@@ -112,7 +112,7 @@ impl Home {
     ) -> Result<GcReport> {
         let vrow = self.catalog.vault(vault)?;
         let v = self.open_vault_row(&vrow, secrets)?;
-        let (job_id, report) = self.run_job("GarbageCollect", vault, true, progress, |job| {
+        let (job_id, report) = self.run_job("GarbageCollect", vault, true, None, progress, |job| {
             if !opts.dry_run {
                 for name in self.purge_soft_deleted(&vrow.id, jiff::Timestamp::now(), secrets)? {
                     job.message(&format!("purged soft-deleted item {name}: its soft-delete period is over"));

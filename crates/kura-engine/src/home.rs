@@ -601,18 +601,43 @@ impl Home {
         Ok(self.catalog.list_jobs(limit)?)
     }
 
+    /// Registers a job (status InProgress) and returns its id at once; the work is then run
+    /// by passing the id in the operation's options (`job_id`). Refused like the operation
+    /// itself would be when a job of the same kind runs on the same target.
+    pub fn begin_job(&self, operation: &str, target: &str, exclusive: bool) -> Result<String> {
+        let id = new_id();
+        self.catalog.start_job(&id, operation, target, exclusive)?;
+        Ok(id)
+    }
+
+    /// Marks a begun job failed if it is still in progress (its work could not start).
+    pub fn abandon_job(&self, id: &str, error: &str) -> Result<()> {
+        if self.catalog.job(id)?.status == "InProgress" {
+            self.catalog.finish_job(id, "Failed", None, Some(error))?;
+        }
+        Ok(())
+    }
+
     /// Runs `f` as a job: a catalog row with progress, log and final status. The error of a
-    /// failed job names the job.
+    /// failed job names the job. With `preassigned`, the row made by [`Home::begin_job`] is
+    /// used.
     pub(crate) fn run_job<T>(
         &self,
         operation: &str,
         target: &str,
         exclusive: bool,
+        preassigned: Option<&str>,
         progress: &dyn Progress,
         f: impl FnOnce(&JobCtx<'_>) -> Result<(T, Option<String>)>,
     ) -> Result<(String, T)> {
-        let id = new_id();
-        self.catalog.start_job(&id, operation, target, exclusive)?;
+        let id = match preassigned {
+            Some(id) => id.to_string(),
+            None => {
+                let id = new_id();
+                self.catalog.start_job(&id, operation, target, exclusive)?;
+                id
+            }
+        };
         let ctx = JobCtx {
             id: id.clone(),
             catalog: &self.catalog,

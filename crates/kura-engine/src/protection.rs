@@ -153,7 +153,7 @@ impl Home {
         let row = self.catalog.item(item)?;
         if !delete_data {
             Self::require_state(&row, &["protected"], "stop its protection")?;
-            self.run_job("DisableBackup", &row.name, false, &NoProgress, |_| {
+            self.run_job("DisableBackup", &row.name, false, None, &NoProgress, |_| {
                 self.catalog.set_item_policy(&row.id, None)?;
                 self.catalog.set_item_state(&row.id, "stopped", None)?;
                 Ok(((), None))
@@ -166,7 +166,7 @@ impl Home {
             let vrow = self.catalog.vault_by_id(&row.vault_id)?;
             let vault = self.open_vault_row(&vrow, secrets)?;
             let name = row.name.clone();
-            self.run_job("DeleteBackupData", &name, false, &NoProgress, |job| {
+            self.run_job("DeleteBackupData", &name, false, None, &NoProgress, |job| {
                 let rps = self.catalog.list_rps(&row.id)?;
                 for rp in &rps {
                     vault.delete_rp(&rp.id)?;
@@ -195,18 +195,25 @@ impl Home {
                 purge_at: None,
             });
         }
-        self.run_job("DeleteBackupData", &row.name, false, &NoProgress, |job| {
-            self.catalog.set_item_policy(&row.id, None)?;
-            self.catalog.set_item_state(
-                &row.id,
-                "soft-deleted",
-                Some(&kura_catalog::stamp(now)),
-            )?;
-            job.message(
-                "backup data soft-deleted; `kura item undelete` restores it until the purge",
-            );
-            Ok(((), None))
-        })?;
+        self.run_job(
+            "DeleteBackupData",
+            &row.name,
+            false,
+            None,
+            &NoProgress,
+            |job| {
+                self.catalog.set_item_policy(&row.id, None)?;
+                self.catalog.set_item_state(
+                    &row.id,
+                    "soft-deleted",
+                    Some(&kura_catalog::stamp(now)),
+                )?;
+                job.message(
+                    "backup data soft-deleted; `kura item undelete` restores it until the purge",
+                );
+                Ok(((), None))
+            },
+        )?;
         self.item_status(&row.name)
     }
 
@@ -218,7 +225,7 @@ impl Home {
             &["soft-deleted"],
             "undelete it (it is not soft-deleted)",
         )?;
-        self.run_job("Undelete", &row.name, false, &NoProgress, |_| {
+        self.run_job("Undelete", &row.name, false, None, &NoProgress, |_| {
             self.catalog.set_item_state(&row.id, "stopped", None)?;
             Ok(((), None))
         })?;
@@ -235,14 +242,21 @@ impl Home {
                 format!("the item's vault has no policy {policy:?}"),
             ));
         }
-        self.run_job("ConfigureBackup", &row.name, false, &NoProgress, |_| {
-            self.catalog.set_item_policy(&row.id, Some(policy))?;
-            self.catalog.set_item_state(&row.id, "protected", None)?;
-            // The schedule starts from now, not from the time protection stopped.
-            self.catalog
-                .set_item_last_slot(&row.id, &kura_catalog::stamp(Timestamp::now()))?;
-            Ok(((), None))
-        })?;
+        self.run_job(
+            "ConfigureBackup",
+            &row.name,
+            false,
+            None,
+            &NoProgress,
+            |_| {
+                self.catalog.set_item_policy(&row.id, Some(policy))?;
+                self.catalog.set_item_state(&row.id, "protected", None)?;
+                // The schedule starts from now, not from the time protection stopped.
+                self.catalog
+                    .set_item_last_slot(&row.id, &kura_catalog::stamp(Timestamp::now()))?;
+                Ok(((), None))
+            },
+        )?;
         self.item_status(&row.name)
     }
 

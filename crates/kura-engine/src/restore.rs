@@ -36,6 +36,8 @@ pub struct RestoreOptions {
     pub format: RestoreFormat,
     /// Replace an existing target.
     pub force: bool,
+    /// A job made beforehand with [`Home::begin_job`] (the API answers with its id at once).
+    pub job_id: Option<String>,
 }
 
 /// The outcome of a restore.
@@ -100,60 +102,67 @@ impl Home {
         }
         let vrow = self.catalog.vault_by_id(&item.vault_id)?;
         let vault = self.open_vault_row(&vrow, secrets)?;
-        let (job_id, report) = self.run_job("Restore", &item.name, false, progress, |job| {
-            let manifest = vault.get_manifest(&rp.id)?;
-            let disk = manifest.disks.first().ok_or_else(|| {
-                Error::new(
-                    ErrorKind::Corrupt,
-                    format!("manifest of {} lists no disk", rp.id),
-                )
-            })?;
-            let index = vault.get_index(&disk.index)?;
-            if index.size != disk.size {
-                return Err(Error::new(
-                    ErrorKind::Corrupt,
-                    format!(
-                        "index {} disagrees with its manifest on the disk size",
-                        disk.index
-                    ),
-                ));
-            }
-            job.message(&format!(
-                "restoring recovery point {} ({} bytes) to {}",
-                rp.id,
-                index.size,
-                target.display()
-            ));
-            let partial = temp_name(&target, &job.id, "raw");
-            let _cleanup = RemoveOnDrop(partial.clone());
-            let (fetched, written) = write_raw(&vault, &index, &partial, job)?;
-            let final_tmp = match format {
-                RestoreFormat::Raw => partial.clone(),
-                RestoreFormat::Qcow2 => {
-                    let q = temp_name(&target, &job.id, "qcow2");
-                    convert_to_qcow2(&partial, &q)?;
-                    q
+        let (job_id, report) = self.run_job(
+            "Restore",
+            &item.name,
+            false,
+            opts.job_id.as_deref(),
+            progress,
+            |job| {
+                let manifest = vault.get_manifest(&rp.id)?;
+                let disk = manifest.disks.first().ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Corrupt,
+                        format!("manifest of {} lists no disk", rp.id),
+                    )
+                })?;
+                let index = vault.get_index(&disk.index)?;
+                if index.size != disk.size {
+                    return Err(Error::new(
+                        ErrorKind::Corrupt,
+                        format!(
+                            "index {} disagrees with its manifest on the disk size",
+                            disk.index
+                        ),
+                    ));
                 }
-            };
-            let _cleanup2 = RemoveOnDrop(final_tmp.clone());
-            std::fs::rename(&final_tmp, &target).map_err(|e| {
-                Error::io(
-                    format!("cannot move the restored image to {}", target.display()),
-                    e,
-                )
-            })?;
-            sync_dir(dir);
-            let report = RestoreReport {
-                job_id: String::new(),
-                rp_id: rp.id.clone(),
-                target: target.display().to_string(),
-                format,
-                size: index.size,
-                chunks_fetched: fetched,
-                bytes_written: written,
-            };
-            Ok((report, Some(rp.id.clone())))
-        })?;
+                job.message(&format!(
+                    "restoring recovery point {} ({} bytes) to {}",
+                    rp.id,
+                    index.size,
+                    target.display()
+                ));
+                let partial = temp_name(&target, &job.id, "raw");
+                let _cleanup = RemoveOnDrop(partial.clone());
+                let (fetched, written) = write_raw(&vault, &index, &partial, job)?;
+                let final_tmp = match format {
+                    RestoreFormat::Raw => partial.clone(),
+                    RestoreFormat::Qcow2 => {
+                        let q = temp_name(&target, &job.id, "qcow2");
+                        convert_to_qcow2(&partial, &q)?;
+                        q
+                    }
+                };
+                let _cleanup2 = RemoveOnDrop(final_tmp.clone());
+                std::fs::rename(&final_tmp, &target).map_err(|e| {
+                    Error::io(
+                        format!("cannot move the restored image to {}", target.display()),
+                        e,
+                    )
+                })?;
+                sync_dir(dir);
+                let report = RestoreReport {
+                    job_id: String::new(),
+                    rp_id: rp.id.clone(),
+                    target: target.display().to_string(),
+                    format,
+                    size: index.size,
+                    chunks_fetched: fetched,
+                    bytes_written: written,
+                };
+                Ok((report, Some(rp.id.clone())))
+            },
+        )?;
         Ok(RestoreReport { job_id, ..report })
     }
 }

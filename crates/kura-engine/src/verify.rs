@@ -109,7 +109,7 @@ impl Home {
             let row = self.catalog.vault_by_id(&vault_id)?;
             vaults.push((self.open_vault_row(&row, secrets)?, rps));
         }
-        let (job_id, report) = self.run_job("Verify", &target, false, progress, |job| {
+        let (job_id, report) = self.run_job("Verify", &target, false, None, progress, |job| {
             let mut report = VerifyReport {
                 job_id: String::new(),
                 recovery_points: 0,

@@ -128,6 +128,7 @@ fn gc_removes_only_unreferenced_chunks_after_the_grace_period() {
             to: out.clone(),
             format: RestoreFormat::Raw,
             force: false,
+            job_id: None,
         },
         &Secrets::default(),
         &NoProgress,
@@ -293,6 +294,7 @@ fn stress_backups_and_gc_run_concurrently_without_losing_a_chunk() {
                 to: out.clone(),
                 format: RestoreFormat::Raw,
                 force: false,
+                job_id: None,
             };
             h.restore_disk(name, &opts, &Secrets::default(), &NoProgress)
                 .unwrap();

@@ -3,6 +3,7 @@
 mod output;
 mod policy_cmd;
 mod quickstart;
+mod server;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -90,6 +91,15 @@ enum Command {
     /// Run scheduled backups: once (`tick`, e.g. from a timer) or continuously (`run`).
     #[command(subcommand)]
     Scheduler(policy_cmd::SchedulerCmd),
+    /// Run the service: the HTTP API and the scheduler over the home.
+    Server {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8640")]
+        listen: String,
+        /// Seconds between scheduler ticks.
+        #[arg(long, default_value_t = 30)]
+        tick: u64,
+    },
     /// Try kura end to end on a small demo disk, in a demo home.
     Quickstart(quickstart::Args),
 }
@@ -498,6 +508,7 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
                 to: to.clone(),
                 format,
                 force: *force,
+                job_id: None,
             };
             let r = home.restore_disk(item, &opts, &secrets, &bar)?;
             out.print(&r, || {
@@ -593,6 +604,7 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Policy(cmd) => policy_cmd::run_policy(&home, cmd, out),
+        Command::Server { listen, tick } => server::run(home, secrets, listen, *tick),
         Command::Usage { vault } => {
             let u = home.usage(vault.as_deref())?;
             out.print(&u, || usage_text(&u));

@@ -129,6 +129,7 @@ pub fn run(args: &Args, home: Option<&Path>, out: &Out) -> anyhow::Result<u8> {
             to: to.to_path_buf(),
             format,
             force: false,
+            job_id: None,
         };
         home.restore_disk(&item.name, &opts, &secrets, &bar)
     };

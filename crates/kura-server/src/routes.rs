@@ -1,0 +1,749 @@
+//! Routes mirror URLs. One table ([`ROUTES`]) drives both the router and the OpenAPI
+//! document, so they cannot drift apart.
+
+use std::sync::Arc;
+
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, delete, get, patch, post, put};
+use axum::{Json, Router};
+use kura_engine::{BackupOptions, PolicySource, RestoreFormat, RestoreOptions};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// One API route.
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    /// HTTP method.
+    pub method: &'static str,
+    /// Path with `{param}` segments.
+    pub path: &'static str,
+    /// OpenAPI operation id; also selects the handler.
+    pub operation: &'static str,
+    /// One line for the document.
+    pub summary: &'static str,
+    /// Success status.
+    pub success: u16,
+    /// Whether it takes a JSON body.
+    pub body: bool,
+}
+
+const fn r(
+    method: &'static str,
+    path: &'static str,
+    operation: &'static str,
+    summary: &'static str,
+    success: u16,
+    body: bool,
+) -> Route {
+    Route {
+        method,
+        path,
+        operation,
+        summary,
+        success,
+        body,
+    }
+}
+
+/// Every route of the API.
+pub const ROUTES: &[Route] = &[
+    r(
+        "GET",
+        "/api/v1/openapi.json",
+        "getOpenApi",
+        "This document",
+        200,
+        false,
+    ),
+    r(
+        "GET",
+        "/api/v1/vaults",
+        "listVaults",
+        "List vaults",
+        200,
+        false,
+    ),
+    r(
+        "POST",
+        "/api/v1/vaults",
+        "createVault",
+        "Create a vault",
+        201,
+        true,
+    ),
+    r(
+        "GET",
+        "/api/v1/vaults/{vault}",
+        "getVault",
+        "Show a vault",
+        200,
+        false,
+    ),
+    r(
+        "PATCH",
+        "/api/v1/vaults/{vault}",
+        "updateVault",
+        "Change soft-delete settings",
+        200,
+        true,
+    ),
+    r(
+        "GET",
+        "/api/v1/vaults/{vault}/policies",
+        "listPolicies",
+        "List a vault's policies",
+        200,
+        false,
+    ),
+    r(
+        "POST",
+        "/api/v1/vaults/{vault}/policies",
+        "createPolicy",
+        "Create a policy",
+        201,
+        true,
+    ),
+    r(
+        "GET",
+        "/api/v1/vaults/{vault}/policies/{policy}",
+        "getPolicy",
+        "Show a policy",
+        200,
+        false,
+    ),
+    r(
+        "PUT",
+        "/api/v1/vaults/{vault}/policies/{policy}",
+        "updatePolicy",
+        "Replace a policy and re-apply retention",
+        200,
+        true,
+    ),
+    r(
+        "DELETE",
+        "/api/v1/vaults/{vault}/policies/{policy}",
+        "deletePolicy",
+        "Delete an unused policy",
+        200,
+        false,
+    ),
+    r(
+        "POST",
+        "/api/v1/vaults/{vault}/policies/{policy}/simulate",
+        "simulatePolicy",
+        "Preview a policy",
+        200,
+        true,
+    ),
+    r(
+        "GET",
+        "/api/v1/items",
+        "listItems",
+        "List protected items",
+        200,
+        false,
+    ),
+    r(
+        "POST",
+        "/api/v1/items",
+        "protectItem",
+        "Protect a disk image",
+        201,
+        true,
+    ),
+    r(
+        "GET",
+        "/api/v1/items/{item}",
+        "getItem",
+        "Protection state and health of an item",
+        200,
+        false,
+    ),
+    r(
+        "POST",
+        "/api/v1/items/{item}/stop",
+        "stopProtection",
+        "Stop protection, keeping or deleting data",
+        200,
+        true,
+    ),
+    r(
+        "POST",
+        "/api/v1/items/{item}/resume",
+        "resumeProtection",
+        "Resume protection with a policy",
+        200,
+        true,
+    ),
+    r(
+        "POST",
+        "/api/v1/items/{item}/undelete",
+        "undeleteItem",
+        "Undelete a soft-deleted item",
+        200,
+        false,
+    ),
+    r(
+        "POST",
+        "/api/v1/items/{item}/backups",
+        "backupNow",
+        "Start an on-demand backup",
+        202,
+        true,
+    ),
+    r(
+        "GET",
+        "/api/v1/items/{item}/recovery-points",
+        "listRecoveryPoints",
+        "List recovery points",
+        200,
+        false,
+    ),
+    r(
+        "GET",
+        "/api/v1/items/{item}/retention-plan",
+        "retentionPlan",
+        "What retention would remove",
+        200,
+        false,
+    ),
+    r(
+        "POST",
+        "/api/v1/items/{item}/restores",
+        "restoreDisk",
+        "Start a restore to a new image",
+        202,
+        true,
+    ),
+    r(
+        "GET",
+        "/api/v1/jobs",
+        "listJobs",
+        "The latest jobs",
+        200,
+        false,
+    ),
+    r(
+        "GET",
+        "/api/v1/jobs/{job}",
+        "getJob",
+        "One job with its log",
+        200,
+        false,
+    ),
+    r(
+        "GET",
+        "/api/v1/usage",
+        "getUsage",
+        "Usage per vault and item",
+        200,
+        false,
+    ),
+];
+
+type S = Arc<AppState>;
+type ApiResult = Result<Response, ApiError>;
+
+/// Requires `Authorization: Bearer TOKEN`.
+pub struct Auth;
+
+impl FromRequestParts<S> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let token = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match token {
+            Some(t) if blake3::hash(t.as_bytes()).as_bytes() == &state.token_hash => Ok(Auth),
+            _ => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid bearer token is required",
+            )),
+        }
+    }
+}
+
+/// A JSON body whose rejections (malformed JSON, wrong types, missing fields) are API errors.
+pub struct Body<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| ApiError::invalid(format!("unreadable body: {e}")))?;
+        let bytes = if bytes.is_empty() {
+            axum::body::Bytes::from_static(b"{}")
+        } else {
+            bytes
+        };
+        let de = &mut serde_json::Deserializer::from_slice(&bytes);
+        serde_path_to_error::deserialize(de).map(Body).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." {
+                String::new()
+            } else {
+                format!("{path}: ")
+            };
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("{field}{}", e.into_inner()),
+            )
+        })
+    }
+}
+
+/// Runs blocking engine work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+}
+
+fn ok(status: u16, v: impl serde::Serialize) -> ApiResult {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    Ok((status, Json(serde_json::to_value(v).unwrap_or(Value::Null))).into_response())
+}
+
+// ---- vaults
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewVault {
+    name: String,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    chunk_size: Option<u32>,
+    #[serde(default)]
+    no_encryption: bool,
+}
+
+async fn list_vaults(_: Auth, State(s): State<S>) -> ApiResult {
+    ok(200, blocking(move || Ok(s.home.list_vaults()?)).await?)
+}
+
+async fn create_vault(_: Auth, State(s): State<S>, Body(b): Body<NewVault>) -> ApiResult {
+    let v = blocking(move || {
+        let opts = kura_engine::CreateVault {
+            path: b.path.map(Into::into),
+            chunk_size: b.chunk_size,
+            no_encryption: b.no_encryption,
+            ..Default::default()
+        };
+        Ok(s.home.create_vault(&b.name, &opts, &s.secrets)?)
+    })
+    .await?;
+    ok(201, v)
+}
+
+async fn get_vault(_: Auth, State(s): State<S>, Path(vault): Path<String>) -> ApiResult {
+    ok(200, blocking(move || Ok(s.home.vault_info(&vault)?)).await?)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VaultSettings {
+    #[serde(default)]
+    soft_delete: Option<String>,
+    #[serde(default)]
+    soft_delete_days: Option<u32>,
+}
+
+async fn update_vault(
+    _: Auth,
+    State(s): State<S>,
+    Path(vault): Path<String>,
+    Body(b): Body<VaultSettings>,
+) -> ApiResult {
+    let v = blocking(move || {
+        s.home
+            .set_soft_delete(&vault, b.soft_delete.as_deref(), b.soft_delete_days)?;
+        Ok(s.home.vault_info(&vault)?)
+    })
+    .await?;
+    ok(200, v)
+}
+
+// ---- policies
+
+async fn list_policies(_: Auth, State(s): State<S>, Path(vault): Path<String>) -> ApiResult {
+    ok(
+        200,
+        blocking(move || Ok(s.home.list_policies(&vault)?)).await?,
+    )
+}
+
+async fn create_policy(
+    _: Auth,
+    State(s): State<S>,
+    Path(vault): Path<String>,
+    Body(doc): Body<Value>,
+) -> ApiResult {
+    ok(
+        201,
+        blocking(move || Ok(s.home.create_policy(&vault, doc.to_string().as_bytes())?)).await?,
+    )
+}
+
+async fn get_policy(
+    _: Auth,
+    State(s): State<S>,
+    Path((vault, policy)): Path<(String, String)>,
+) -> ApiResult {
+    ok(
+        200,
+        blocking(move || Ok(s.home.policy(&vault, &policy)?)).await?,
+    )
+}
+
+async fn update_policy(
+    _: Auth,
+    State(s): State<S>,
+    Path((vault, policy)): Path<(String, String)>,
+    Body(doc): Body<Value>,
+) -> ApiResult {
+    let (p, changed) = blocking(move || {
+        Ok(s.home
+            .update_policy(&vault, &policy, doc.to_string().as_bytes())?)
+    })
+    .await?;
+    ok(
+        200,
+        json!({"policy": p, "recovery_points_updated": changed}),
+    )
+}
+
+async fn delete_policy(
+    _: Auth,
+    State(s): State<S>,
+    Path((vault, policy)): Path<(String, String)>,
+) -> ApiResult {
+    let name = format!("{vault}/{policy}");
+    blocking(move || Ok(s.home.delete_policy(&vault, &policy)?)).await?;
+    ok(200, json!({"deleted": name}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Simulate {
+    from: String,
+    days: u32,
+}
+
+async fn simulate_policy(
+    _: Auth,
+    State(s): State<S>,
+    Path((vault, name)): Path<(String, String)>,
+    Body(b): Body<Simulate>,
+) -> ApiResult {
+    let from: jiff::civil::Date = b.from.parse().map_err(|e| {
+        ApiError::invalid(format!(
+            "from: {:?} is not a date (YYYY-MM-DD): {e}",
+            b.from
+        ))
+    })?;
+    let sim = blocking(move || {
+        Ok(s.home
+            .simulate_policy(&PolicySource::Stored { vault, name }, from, b.days)?)
+    })
+    .await?;
+    ok(200, sim)
+}
+
+// ---- items
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Protect {
+    kind: String,
+    source: String,
+    vault: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    policy: Option<String>,
+}
+
+async fn list_items(_: Auth, State(s): State<S>) -> ApiResult {
+    ok(200, blocking(move || Ok(s.home.list_items()?)).await?)
+}
+
+async fn protect_item(_: Auth, State(s): State<S>, Body(b): Body<Protect>) -> ApiResult {
+    if b.kind != "disk" {
+        return Err(ApiError::invalid(format!(
+            "kind: {:?} is not supported; use \"disk\"",
+            b.kind
+        )));
+    }
+    let item = blocking(move || {
+        let path = std::path::PathBuf::from(&b.source);
+        Ok(s.home.protect_disk(
+            &path,
+            &b.vault,
+            b.name.as_deref(),
+            b.policy.as_deref(),
+            &s.secrets,
+        )?)
+    })
+    .await?;
+    ok(201, item)
+}
+
+async fn get_item(_: Auth, State(s): State<S>, Path(item): Path<String>) -> ApiResult {
+    ok(200, blocking(move || Ok(s.home.item_status(&item)?)).await?)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Stop {
+    #[serde(default)]
+    delete_data: bool,
+}
+
+async fn stop_protection(
+    _: Auth,
+    State(s): State<S>,
+    Path(item): Path<String>,
+    Body(b): Body<Stop>,
+) -> ApiResult {
+    ok(
+        200,
+        blocking(move || {
+            Ok(s.home
+                .stop_protection(&item, b.delete_data, &s.secrets, jiff::Timestamp::now())?)
+        })
+        .await?,
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Resume {
+    policy: String,
+}
+
+async fn resume_protection(
+    _: Auth,
+    State(s): State<S>,
+    Path(item): Path<String>,
+    Body(b): Body<Resume>,
+) -> ApiResult {
+    ok(
+        200,
+        blocking(move || Ok(s.home.resume_protection(&item, &b.policy)?)).await?,
+    )
+}
+
+async fn undelete_item(_: Auth, State(s): State<S>, Path(item): Path<String>) -> ApiResult {
+    ok(200, blocking(move || Ok(s.home.undelete(&item)?)).await?)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackupNow {
+    #[serde(default)]
+    retain_until: Option<String>,
+}
+
+/// Registers the job, answers 202 with its id, and runs the work in the background.
+async fn start_job(
+    s: S,
+    operation: &'static str,
+    target: String,
+    exclusive: bool,
+    work: impl FnOnce(&AppState, String) -> Result<(), kura_engine::Error> + Send + 'static,
+) -> ApiResult {
+    let st = s.clone();
+    let id = blocking(move || {
+        st.home.item(&target)?;
+        Ok(st.home.begin_job(operation, &target, exclusive)?)
+    })
+    .await?;
+    let job = id.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = work(&s, job.clone()) {
+            let _ = s.home.abandon_job(&job, &e.to_string());
+        }
+    });
+    ok(202, json!({"job_id": id, "status": "InProgress"}))
+}
+
+async fn backup_now(
+    _: Auth,
+    State(s): State<S>,
+    Path(item): Path<String>,
+    Body(b): Body<BackupNow>,
+) -> ApiResult {
+    let target = item.clone();
+    start_job(s, "Backup", target, true, move |st, job| {
+        let opts = BackupOptions {
+            retain_until: b.retain_until,
+            job_id: Some(job),
+            ..Default::default()
+        };
+        st.home
+            .backup(&item, &st.secrets, &opts, &kura_engine::NoProgress)
+            .map(|_| ())
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Restore {
+    rp: String,
+    to: String,
+    #[serde(default)]
+    format: Option<String>,
+    #[serde(default)]
+    force: bool,
+}
+
+async fn restore_disk(
+    _: Auth,
+    State(s): State<S>,
+    Path(item): Path<String>,
+    Body(b): Body<Restore>,
+) -> ApiResult {
+    let format = match b.format.as_deref() {
+        None | Some("raw") => RestoreFormat::Raw,
+        Some("qcow2") => RestoreFormat::Qcow2,
+        Some(f) => {
+            return Err(ApiError::invalid(format!(
+                "format: {f:?} is not raw or qcow2"
+            )));
+        }
+    };
+    let target = item.clone();
+    start_job(s, "Restore", target, false, move |st, job| {
+        let opts = RestoreOptions {
+            rp: b.rp,
+            to: b.to.into(),
+            format,
+            force: b.force,
+            job_id: Some(job),
+        };
+        st.home
+            .restore_disk(&item, &opts, &st.secrets, &kura_engine::NoProgress)
+            .map(|_| ())
+    })
+    .await
+}
+
+async fn list_rps(_: Auth, State(s): State<S>, Path(item): Path<String>) -> ApiResult {
+    ok(200, blocking(move || Ok(s.home.list_rps(&item)?)).await?)
+}
+
+#[derive(Deserialize)]
+struct At {
+    at: Option<String>,
+}
+
+async fn retention_plan(
+    _: Auth,
+    State(s): State<S>,
+    Path(item): Path<String>,
+    Query(q): Query<At>,
+) -> ApiResult {
+    let at = match q.at {
+        Some(a) => a
+            .parse()
+            .map_err(|e| ApiError::invalid(format!("at: {a:?} is not an RFC 3339 instant: {e}")))?,
+        None => jiff::Timestamp::now(),
+    };
+    ok(
+        200,
+        blocking(move || Ok(s.home.retention_plan(&item, at)?)).await?,
+    )
+}
+
+// ---- jobs, usage, document
+
+#[derive(Deserialize)]
+struct Limit {
+    limit: Option<usize>,
+}
+
+async fn list_jobs(_: Auth, State(s): State<S>, Query(q): Query<Limit>) -> ApiResult {
+    let limit = q.limit.unwrap_or(100).min(10_000);
+    ok(200, blocking(move || Ok(s.home.list_jobs(limit)?)).await?)
+}
+
+async fn get_job(_: Auth, State(s): State<S>, Path(job): Path<String>) -> ApiResult {
+    ok(200, blocking(move || Ok(s.home.job(&job)?)).await?)
+}
+
+async fn get_usage(_: Auth, State(s): State<S>) -> ApiResult {
+    ok(200, blocking(move || Ok(s.home.usage(None)?)).await?)
+}
+
+async fn get_openapi() -> ApiResult {
+    ok(200, crate::openapi())
+}
+
+fn handler(route: &Route) -> MethodRouter<S> {
+    match route.operation {
+        "getOpenApi" => get(get_openapi),
+        "listVaults" => get(list_vaults),
+        "createVault" => post(create_vault),
+        "getVault" => get(get_vault),
+        "updateVault" => patch(update_vault),
+        "listPolicies" => get(list_policies),
+        "createPolicy" => post(create_policy),
+        "getPolicy" => get(get_policy),
+        "updatePolicy" => put(update_policy),
+        "deletePolicy" => delete(delete_policy),
+        "simulatePolicy" => post(simulate_policy),
+        "listItems" => get(list_items),
+        "protectItem" => post(protect_item),
+        "getItem" => get(get_item),
+        "stopProtection" => post(stop_protection),
+        "resumeProtection" => post(resume_protection),
+        "undeleteItem" => post(undelete_item),
+        "backupNow" => post(backup_now),
+        "listRecoveryPoints" => get(list_rps),
+        "retentionPlan" => get(retention_plan),
+        "restoreDisk" => post(restore_disk),
+        "listJobs" => get(list_jobs),
+        "getJob" => get(get_job),
+        "getUsage" => get(get_usage),
+        other => panic!("route table names an operation without a handler: {other}"),
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+pub(crate) fn router(state: S) -> Router {
+    let mut router = Router::new();
+    for route in ROUTES {
+        router = router.route(route.path, handler(route));
+    }
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
+        })
+        .with_state(state)
+}

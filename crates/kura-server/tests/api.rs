@@ -1,0 +1,355 @@
+//! The API against a real server on 127.0.0.1:0, with a tiny HTTP/1.1 client.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+
+use kura_engine::{Home, Secrets};
+use kura_server::{AppState, ROUTES};
+use serde_json::{Value, json};
+
+const TOKEN: &str = "test-admin-token";
+
+struct Server {
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+    _rt: tokio::runtime::Runtime,
+}
+
+fn start() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let home = Home::open(&dir.path().join("home")).unwrap();
+    let (token_hash, token) = kura_server::first_start(&home, Some(TOKEN)).unwrap();
+    assert_eq!(token.as_deref(), Some(TOKEN));
+    let (_, again) = kura_server::first_start(&home, Some(TOKEN)).unwrap();
+    assert!(
+        again.is_none(),
+        "the token is only handed out at the first start"
+    );
+    let stored =
+        std::fs::read_to_string(dir.path().join("home").join(kura_server::TOKEN_FILE)).unwrap();
+    assert!(!stored.contains(TOKEN), "only a hash is stored");
+    let state = Arc::new(AppState {
+        home: Arc::new(home),
+        token_hash,
+        secrets: Secrets::default(),
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    rt.spawn(async move {
+        axum::serve(listener, kura_server::app(state))
+            .await
+            .unwrap()
+    });
+    Server { addr, dir, _rt: rt }
+}
+
+/// Sends one request; returns (status, JSON body).
+fn call(
+    s: &Server,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, Value) {
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    let body = body.unwrap_or("");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(c, "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut raw = Vec::new();
+    c.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    let status: u16 = text.split(' ').nth(1).unwrap().parse().unwrap();
+    let head_end = text.find("\r\n\r\n").unwrap();
+    let head = &text[..head_end];
+    let mut payload = text[head_end + 4..].to_string();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        payload = dechunk(&payload);
+    }
+    let v = serde_json::from_str(&payload)
+        .unwrap_or_else(|e| panic!("{method} {path}: body is not JSON ({e}): {payload:?}"));
+    (status, v)
+}
+
+fn dechunk(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find("\r\n") {
+        let n = usize::from_str_radix(rest[..i].trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[i + 2..i + 2 + n]);
+        rest = &rest[i + 2 + n + 2..];
+    }
+    out
+}
+
+fn ok(s: &Server, method: &str, path: &str, body: Option<Value>) -> Value {
+    let b = body.map(|b| b.to_string());
+    let (status, v) = call(s, method, path, Some(TOKEN), b.as_deref());
+    assert!(
+        (200..300).contains(&status),
+        "{method} {path}: {status} {v}"
+    );
+    v
+}
+
+fn concrete(path: &str) -> String {
+    path.split('/')
+        .map(|seg| if seg.starts_with('{') { "nope" } else { seg })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+#[test]
+fn every_route_needs_a_token_and_bad_input_is_a_4xx_json_error() {
+    let s = start();
+    for r in ROUTES {
+        let path = concrete(r.path);
+        if r.operation == "getOpenApi" {
+            assert_eq!(call(&s, r.method, &path, None, None).0, 200);
+            continue;
+        }
+        for token in [None, Some("wrong")] {
+            let (status, v) = call(&s, r.method, &path, token, Some("{}"));
+            assert_eq!(status, 401, "{} {path}", r.method);
+            assert_eq!(v["error"]["code"], "unauthorized");
+        }
+        let bodies: &[&str] = if r.body {
+            &[
+                "{not json",
+                "[1, 2]",
+                r#"{"unexpected_field": true}"#,
+                r#"{"name": 5, "days": "x", "from": 3, "policy": [], "rp": 1, "to": false}"#,
+            ]
+        } else {
+            &[""]
+        };
+        for body in bodies {
+            let (status, v) = call(&s, r.method, &path, Some(TOKEN), Some(body));
+            assert!(
+                status < 500,
+                "{} {path} with {body:?}: {status} {v}",
+                r.method
+            );
+            if r.body || r.path.contains('{') {
+                // A bad body, or an unknown id in the path.
+                assert!(
+                    (400..500).contains(&status),
+                    "{} {path} with {body:?}: {status} {v}",
+                    r.method
+                );
+                assert!(
+                    v["error"]["code"].is_string() && v["error"]["message"].is_string(),
+                    "{v}"
+                );
+            } else {
+                assert!(
+                    (200..300).contains(&status),
+                    "{} {path}: {status} {v}",
+                    r.method
+                );
+            }
+        }
+    }
+    // Unknown routes and methods are JSON errors too.
+    assert_eq!(call(&s, "GET", "/api/v1/nothing", Some(TOKEN), None).0, 404);
+    assert_eq!(
+        call(&s, "DELETE", "/api/v1/items", Some(TOKEN), None).0,
+        405
+    );
+}
+
+#[test]
+fn the_openapi_document_matches_the_routes() {
+    let s = start();
+    let doc = ok(&s, "GET", "/api/v1/openapi.json", None);
+    assert_eq!(doc["openapi"], "3.1.0");
+    let mut listed = 0;
+    for (path, methods) in doc["paths"].as_object().unwrap() {
+        for (method, op) in methods.as_object().unwrap() {
+            listed += 1;
+            let r = ROUTES
+                .iter()
+                .find(|r| r.path == path && r.method.eq_ignore_ascii_case(method))
+                .unwrap_or_else(|| panic!("{method} {path} is documented but not routed"));
+            assert_eq!(op["operationId"], r.operation);
+            // The server answers it: anything but "no such route" or "method not allowed".
+            let (status, v) = call(
+                &s,
+                &method.to_ascii_uppercase(),
+                &concrete(path),
+                Some(TOKEN),
+                Some("{}"),
+            );
+            assert!(
+                status != 405 && v["error"]["message"] != "no such route",
+                "{method} {path}: {status} {v}"
+            );
+        }
+    }
+    assert_eq!(listed, ROUTES.len());
+}
+
+#[test]
+fn protect_back_up_and_restore_over_the_api() {
+    let s = start();
+    let vaults = ok(&s, "GET", "/api/v1/vaults", None);
+    assert_eq!(
+        vaults[0]["name"], "default",
+        "the first start creates the default vault"
+    );
+    assert_eq!(vaults[0]["encryption"], "key-file");
+    ok(
+        &s,
+        "POST",
+        "/api/v1/vaults",
+        Some(json!({"name": "small", "chunk_size": 65536})),
+    );
+    let (status, v) = call(
+        &s,
+        "POST",
+        "/api/v1/vaults",
+        Some(TOKEN),
+        Some(&json!({"name": "small"}).to_string()),
+    );
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (409, Some("already_exists"))
+    );
+    let policies = ok(&s, "GET", "/api/v1/vaults/small/policies", None);
+    assert_eq!(policies[0]["name"], "DefaultPolicy");
+    let bad = json!({"name": "p", "schedule": {"frequency": "daily", "times": ["25:00"]}, "retention": {"daily": {"days": 3}}});
+    let (status, v) = call(
+        &s,
+        "POST",
+        "/api/v1/vaults/small/policies",
+        Some(TOKEN),
+        Some(&bad.to_string()),
+    );
+    assert_eq!(status, 400);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("retention.daily.days"),
+        "{v}"
+    );
+    let good = json!({"name": "p", "schedule": {"frequency": "daily", "times": ["01:00"], "time_zone": "Europe/Berlin"}, "retention": {"daily": {"days": 7}}});
+    ok(&s, "POST", "/api/v1/vaults/small/policies", Some(good));
+    let sim = ok(
+        &s,
+        "POST",
+        "/api/v1/vaults/small/policies/p/simulate",
+        Some(json!({"from": "2026-01-01", "days": 10})),
+    );
+    assert_eq!(sim["runs"].as_array().unwrap().len(), 10);
+    assert_eq!(sim["surviving"].as_array().unwrap().len(), 7);
+
+    let img = s.dir.path().join("disk.raw");
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&img, &data).unwrap();
+    let item = ok(
+        &s,
+        "POST",
+        "/api/v1/items",
+        Some(json!({"kind": "disk", "source": img, "vault": "small", "policy": "p"})),
+    );
+    assert_eq!(item["name"], "disk");
+    let started = ok(&s, "POST", "/api/v1/items/disk/backups", Some(json!({})));
+    let job = started["job_id"].as_str().unwrap().to_string();
+    let done = wait(&s, &job);
+    assert_eq!(done["status"], "Completed", "{done}");
+    let rps = ok(&s, "GET", "/api/v1/items/disk/recovery-points", None);
+    assert_eq!(rps.as_array().unwrap().len(), 1);
+    let status = ok(&s, "GET", "/api/v1/items/disk", None);
+    assert_eq!(status["protection_state"], "Protected");
+    let out = s.dir.path().join("restored.raw");
+    let started = ok(
+        &s,
+        "POST",
+        "/api/v1/items/disk/restores",
+        Some(json!({"rp": "latest", "to": out})),
+    );
+    let done = wait(&s, started["job_id"].as_str().unwrap());
+    assert_eq!(done["status"], "Completed", "{done}");
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    // A restore onto an existing file fails as a job, with the reason.
+    let started = ok(
+        &s,
+        "POST",
+        "/api/v1/items/disk/restores",
+        Some(json!({"rp": "latest", "to": out})),
+    );
+    let done = wait(&s, started["job_id"].as_str().unwrap());
+    assert_eq!(done["status"], "Failed");
+    assert!(
+        done["error"].as_str().unwrap().contains("already exists"),
+        "{done}"
+    );
+    let usage = ok(&s, "GET", "/api/v1/usage", None);
+    assert!(usage.to_string().contains("\"disk\""));
+    let plan = ok(&s, "GET", "/api/v1/items/disk/retention-plan", None);
+    assert_eq!(plan["entries"][0]["action"], "keep");
+    let (status, _) = call(
+        &s,
+        "GET",
+        "/api/v1/items/disk/retention-plan?at=tomorrow",
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(status, 400);
+    let (status, v) = call(
+        &s,
+        "DELETE",
+        "/api/v1/vaults/small/policies/p",
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (409, Some("conflict"))
+    );
+    ok(
+        &s,
+        "POST",
+        "/api/v1/items/disk/stop",
+        Some(json!({"delete_data": true})),
+    );
+    ok(&s, "POST", "/api/v1/items/disk/undelete", None);
+    ok(
+        &s,
+        "POST",
+        "/api/v1/items/disk/resume",
+        Some(json!({"policy": "p"})),
+    );
+    ok(
+        &s,
+        "PATCH",
+        "/api/v1/vaults/small",
+        Some(json!({"soft_delete_days": 30})),
+    );
+}
+
+fn wait(s: &Server, job: &str) -> Value {
+    for _ in 0..200 {
+        let j = ok(s, "GET", &format!("/api/v1/jobs/{job}"), None);
+        if j["status"] != "InProgress" {
+            return j;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    panic!("job {job} did not finish");
+}

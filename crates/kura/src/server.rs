@@ -1,0 +1,67 @@
+//! `kura server`: the HTTP API and the scheduler, over the home.
+
+use std::sync::Arc;
+
+use kura_engine::{Home, SchedulerOptions, Secrets};
+use kura_server::AppState;
+
+pub fn run(home: Home, secrets: Secrets, listen: &str, tick: u64) -> anyhow::Result<u8> {
+    let admin = std::env::var("KURA_ADMIN_TOKEN").ok();
+    let (token_hash, token) = kura_server::first_start(&home, admin.as_deref())?;
+    let home = Arc::new(home);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(listen))
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    let addr = listener.local_addr()?;
+    println!(
+        "kura server listening on http://{addr}/api/v1 (home {})",
+        home.root().display()
+    );
+    match token {
+        Some(_) if admin.is_some() => {
+            println!("admin token: taken from KURA_ADMIN_TOKEN (stored hashed)")
+        }
+        Some(t) => println!("admin token (shown once, stored hashed): {t}"),
+        None => println!("admin token: the one printed at the first start"),
+    }
+    // The scheduler runs on its own thread with the system clock.
+    let sched_home = home.clone();
+    let sched_opts = SchedulerOptions {
+        secrets: secrets.clone(),
+        ..Default::default()
+    };
+    std::thread::spawn(move || {
+        loop {
+            match sched_home.scheduler_tick(jiff::Timestamp::now(), &sched_opts) {
+                Ok(r) => {
+                    for b in &r.backups {
+                        println!(
+                            "scheduler: {} slot {}: {}",
+                            b.item,
+                            b.slot,
+                            b.rp_id.as_deref().or(b.error.as_deref()).unwrap_or("")
+                        );
+                    }
+                }
+                Err(e) => eprintln!("scheduler: {e}"),
+            }
+            std::thread::sleep(std::time::Duration::from_secs(tick.max(1)));
+        }
+    });
+    let state = Arc::new(AppState {
+        home,
+        token_hash,
+        secrets,
+    });
+    rt.block_on(async move {
+        axum::serve(listener, kura_server::app(state))
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await
+    })?;
+    Ok(0)
+}
