@@ -124,6 +124,9 @@ rm -rf "$W/borg-out"
 "$KURA" item protect disk "$W/big.raw" --vault big --name big >/dev/null
 measure full-${BIG_GIB}G kura "$KURA" backup now big
 
+# --- catalog: 10,000 items, 1,000,000 recovery points ----------------------------------------
+cargo run --release --locked -q -p kura-catalog --example catalog_bench "$W" | tee "$W/catalog.txt"
+
 # --- report -------------------------------------------------------------------------------
 get() { awk -F'\t' -v t="$1" -v l="$2" -v c="$3" '$1==t && $2==l {print $c}' "$RES"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
@@ -141,5 +144,6 @@ mib() { awk -v b="$1" 'BEGIN { printf "%.0f", b / 1048576 }'; }
   echo "- restore speed-up: vs restic $(ratio "$(get restic restore 3)" "$(get kura restore 3)")x, vs Borg $(ratio "$(get borg restore 3)" "$(get kura restore 3)")x"
   echo "- kura peak RSS: ${SIZE_GIB} GiB image $(get kura full 4) MiB, ${BIG_GIB} GiB image (same data) $(get kura full-${BIG_GIB}G 4) MiB in $(get kura full-${BIG_GIB}G 3) s"
   echo "- source image: ${SIZE_GIB} GiB, $(mib "$SRC_ALLOC") MiB allocated; machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+  sed 's/^/- catalog: /' "$W/catalog.txt"
   echo "- versions: $("$KURA" --version), $(restic version | cut -d' ' -f1-2), $(borg --version), $(zstd --version | head -c 60)"
 } | tee "$W/results.md"

@@ -452,27 +452,39 @@ impl Catalog {
 
     /// Records a recovery point (ignored if already present, so attach can re-run).
     pub fn insert_rp(&self, rp: &RpRow) -> Result<()> {
-        self.conn().execute(
-            "INSERT OR IGNORE INTO recovery_points
-             (id, item_id, time, logical_size, stored_size, consistency, tier, retain_until, job_id,
-              tags, expires, origin, used_bytes)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-            params![
-                rp.id,
-                rp.item_id,
-                rp.time,
-                rp.logical_size as i64,
-                rp.stored_size as i64,
-                rp.consistency,
-                rp.tier,
-                rp.retain_until,
-                rp.job_id,
-                serde_json::to_string(&rp.tags).expect("tags serialize"),
-                rp.expires,
-                rp.origin,
-                rp.used_bytes as i64
-            ],
-        )?;
+        self.insert_rps(std::slice::from_ref(rp))
+    }
+
+    /// Records many recovery points in one transaction (attach, benchmarks).
+    pub fn insert_rps(&self, rps: &[RpRow]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        {
+            let mut st = tx.prepare(
+                "INSERT OR IGNORE INTO recovery_points
+                 (id, item_id, time, logical_size, stored_size, consistency, tier, retain_until, job_id,
+                  tags, expires, origin, used_bytes)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            )?;
+            for rp in rps {
+                st.execute(params![
+                    rp.id,
+                    rp.item_id,
+                    rp.time,
+                    rp.logical_size as i64,
+                    rp.stored_size as i64,
+                    rp.consistency,
+                    rp.tier,
+                    rp.retain_until,
+                    rp.job_id,
+                    serde_json::to_string(&rp.tags).expect("tags serialize"),
+                    rp.expires,
+                    rp.origin,
+                    rp.used_bytes as i64
+                ])?;
+            }
+        }
+        tx.commit()?;
         Ok(())
     }
 
