@@ -3,11 +3,13 @@
 mod output;
 mod policy_cmd;
 mod quickstart;
+mod remote;
 mod server;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kura_engine::{
     BackupOptions, CreateVault, ErrorKind, Home, RestoreFormat, RestoreOptions, Secrets,
@@ -32,6 +34,18 @@ struct Cli {
     /// Key file that unlocks the vault.
     #[arg(long, global = true, value_name = "FILE")]
     key_file: Option<PathBuf>,
+    /// Send the command to a running `kura server` instead of using the home directly.
+    #[arg(long, global = true, env = "KURA_SERVER", value_name = "URL")]
+    server: Option<String>,
+    /// API token for --server.
+    #[arg(
+        long,
+        global = true,
+        env = "KURA_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -379,6 +393,13 @@ fn parse_size(s: &str) -> anyhow::Result<u32> {
 fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
     if let Command::Quickstart(args) = &cli.command {
         return quickstart::run(args, cli.home.as_deref(), out);
+    }
+    if let Some(url) = &cli.server {
+        let token = cli
+            .token
+            .as_deref()
+            .context("--server needs --token (or KURA_TOKEN)")?;
+        return remote::run(&cli.command, &remote::Client::new(url, token), out);
     }
     let home_dir = cli.home.clone().unwrap_or_else(default_home);
     let home = Home::open(&home_dir)?;
@@ -812,7 +833,10 @@ fn item_text(st: &kura_engine::ItemStatus) -> String {
 }
 
 /// Maps an error to a stable snake_case code.
-fn error_code(e: &anyhow::Error) -> &'static str {
+fn error_code(e: &anyhow::Error) -> &str {
+    if let Some(f) = e.downcast_ref::<remote::ApiFailure>() {
+        return &f.code;
+    }
     if let Some(kura_catalog::Error::NotFound { .. }) = e.downcast_ref::<kura_catalog::Error>() {
         return "not_found";
     }

@@ -322,3 +322,72 @@ pub fn run_scheduler(
         }
     }
 }
+
+/// `kura policy ...` through the server.
+pub fn run_policy_remote(
+    cmd: &PolicyCmd,
+    c: &crate::remote::Client,
+    out: &Out,
+) -> anyhow::Result<u8> {
+    use crate::remote::segment as seg;
+    let v = match cmd {
+        PolicyCmd::Create { vault, file } => {
+            let doc: serde_json::Value = serde_json::from_slice(&read(file)?)
+                .with_context(|| format!("{} is not JSON", file.display()))?;
+            c.request(
+                "POST",
+                &format!("/vaults/{}/policies", seg(vault)),
+                Some(doc),
+            )?
+        }
+        PolicyCmd::List { vault } => {
+            c.request("GET", &format!("/vaults/{}/policies", seg(vault)), None)?
+        }
+        PolicyCmd::Show { path } => {
+            let (v, n) = split_policy_path(path)?;
+            c.request(
+                "GET",
+                &format!("/vaults/{}/policies/{}", seg(&v), seg(&n)),
+                None,
+            )?
+        }
+        PolicyCmd::Update { path, file } => {
+            let (v, n) = split_policy_path(path)?;
+            let doc: serde_json::Value = serde_json::from_slice(&read(file)?)
+                .with_context(|| format!("{} is not JSON", file.display()))?;
+            c.request(
+                "PUT",
+                &format!("/vaults/{}/policies/{}", seg(&v), seg(&n)),
+                Some(doc),
+            )?
+        }
+        PolicyCmd::Delete { path } => {
+            let (v, n) = split_policy_path(path)?;
+            c.request(
+                "DELETE",
+                &format!("/vaults/{}/policies/{}", seg(&v), seg(&n)),
+                None,
+            )?
+        }
+        PolicyCmd::Simulate {
+            path: Some(path),
+            file: None,
+            from,
+            days,
+        } => {
+            let (v, n) = split_policy_path(path)?;
+            c.request(
+                "POST",
+                &format!("/vaults/{}/policies/{}/simulate", seg(&v), seg(&n)),
+                Some(serde_json::json!({"from": from, "days": days})),
+            )?
+        }
+        PolicyCmd::Simulate { .. } => {
+            anyhow::bail!("through --server, simulate a stored policy: VAULT/NAME")
+        }
+    };
+    out.print(&v, || {
+        serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
+    });
+    Ok(0)
+}

@@ -1,9 +1,17 @@
 //! `kura server`: the HTTP API and the scheduler, over the home.
 
+use std::io::Write;
 use std::sync::Arc;
 
 use kura_engine::{Home, SchedulerOptions, Secrets};
 use kura_server::AppState;
+
+/// Prints a line; a closed stdout (a detached server) is not an error.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
 
 pub fn run(home: Home, secrets: Secrets, listen: &str, tick: u64) -> anyhow::Result<u8> {
     let admin = std::env::var("KURA_ADMIN_TOKEN").ok();
@@ -16,16 +24,16 @@ pub fn run(home: Home, secrets: Secrets, listen: &str, tick: u64) -> anyhow::Res
         .block_on(tokio::net::TcpListener::bind(listen))
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
     let addr = listener.local_addr()?;
-    println!(
+    say!(
         "kura server listening on http://{addr}/api/v1 (home {})",
         home.root().display()
     );
     match token {
         Some(_) if admin.is_some() => {
-            println!("admin token: taken from KURA_ADMIN_TOKEN (stored hashed)")
+            say!("admin token: taken from KURA_ADMIN_TOKEN (stored hashed)")
         }
-        Some(t) => println!("admin token (shown once, stored hashed): {t}"),
-        None => println!("admin token: the one printed at the first start"),
+        Some(t) => say!("admin token (shown once, stored hashed): {t}"),
+        None => say!("admin token: the one printed at the first start"),
     }
     // The scheduler runs on its own thread with the system clock.
     let sched_home = home.clone();
@@ -38,7 +46,7 @@ pub fn run(home: Home, secrets: Secrets, listen: &str, tick: u64) -> anyhow::Res
             match sched_home.scheduler_tick(jiff::Timestamp::now(), &sched_opts) {
                 Ok(r) => {
                     for b in &r.backups {
-                        println!(
+                        say!(
                             "scheduler: {} slot {}: {}",
                             b.item,
                             b.slot,
@@ -46,7 +54,9 @@ pub fn run(home: Home, secrets: Secrets, listen: &str, tick: u64) -> anyhow::Res
                         );
                     }
                 }
-                Err(e) => eprintln!("scheduler: {e}"),
+                Err(e) => {
+                    let _ = writeln!(std::io::stderr().lock(), "scheduler: {e}");
+                }
             }
             std::thread::sleep(std::time::Duration::from_secs(tick.max(1)));
         }

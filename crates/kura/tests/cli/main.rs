@@ -9,6 +9,7 @@ use serde_json::Value;
 
 mod policies;
 mod protection;
+mod remote;
 
 struct Env {
     dir: tempfile::TempDir,

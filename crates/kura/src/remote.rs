@@ -1,0 +1,330 @@
+//! The CLI against a running `kura server` (`--server URL` or `KURA_SERVER`): the same
+//! commands, sent to the HTTP API with `--token` (or `KURA_TOKEN`).
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+use crate::output::{Out, Table};
+use crate::{BackupCmd, Command, ItemCmd, JobCmd, ProtectCmd, RestoreCmd, RpCmd, VaultCmd};
+
+/// An API client.
+pub struct Client {
+    base: String,
+    token: String,
+    agent: ureq::Agent,
+}
+
+/// An error the server answered with; the CLI prints it and exits non-zero.
+#[derive(Debug)]
+pub struct ApiFailure {
+    /// Stable code.
+    pub code: String,
+    /// Message.
+    pub message: String,
+}
+
+impl std::fmt::Display for ApiFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ApiFailure {}
+
+impl Client {
+    pub fn new(url: &str, token: &str) -> Self {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Client {
+            base: format!("{}/api/v1", url.trim_end_matches('/')),
+            token: token.to_string(),
+            agent,
+        }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let url = format!("{}{}", self.base, path);
+        let auth = format!("Bearer {}", self.token);
+        let resp = match (method, body) {
+            ("GET", _) => self.agent.get(&url).header("Authorization", &auth).call(),
+            ("DELETE", _) => self
+                .agent
+                .delete(&url)
+                .header("Authorization", &auth)
+                .call(),
+            (m, b) => {
+                let req = match m {
+                    "PUT" => self.agent.put(&url),
+                    "PATCH" => self.agent.patch(&url),
+                    _ => self.agent.post(&url),
+                };
+                req.header("Authorization", &auth)
+                    .send_json(b.unwrap_or_else(|| json!({})))
+            }
+        };
+        let mut resp =
+            resp.with_context(|| format!("cannot reach the kura server at {}", self.base))?;
+        let status = resp.status().as_u16();
+        let text = resp
+            .body_mut()
+            .read_to_string()
+            .context("unreadable answer from the server")?;
+        let v: Value = serde_json::from_str(&text)
+            .with_context(|| format!("the server answered {status} with non-JSON"))?;
+        if status >= 400 {
+            return Err(ApiFailure {
+                code: v["error"]["code"].as_str().unwrap_or("error").to_string(),
+                message: v["error"]["message"]
+                    .as_str()
+                    .unwrap_or("request failed")
+                    .to_string(),
+            }
+            .into());
+        }
+        Ok(v)
+    }
+
+    fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.call("GET", path, None)
+    }
+
+    fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.call("POST", path, Some(body))
+    }
+
+    /// Waits for a job to end; returns its final row.
+    fn wait(&self, job: &str) -> anyhow::Result<Value> {
+        loop {
+            let j = self.get(&format!("/jobs/{job}"))?;
+            if j["status"] != "InProgress" {
+                return Ok(j);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Renders selected fields of a list of objects.
+fn table(v: &Value, cols: &[&str]) -> String {
+    let mut t = Table::new(
+        &cols
+            .iter()
+            .map(|c| c.to_ascii_uppercase())
+            .collect::<Vec<_>>()
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    for row in v.as_array().into_iter().flatten() {
+        t.row(
+            cols.iter()
+                .map(|c| match &row[*c] {
+                    Value::String(s) => s.clone(),
+                    Value::Null => "-".into(),
+                    Value::Array(a) => a
+                        .iter()
+                        .map(|x| {
+                            x.as_str()
+                                .map(str::to_string)
+                                .unwrap_or_else(|| x.to_string())
+                        })
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    other => other.to_string(),
+                })
+                .collect(),
+        );
+    }
+    t.render()
+}
+
+fn fields(v: &Value) -> String {
+    let mut s = String::new();
+    if let Some(o) = v.as_object() {
+        for (k, x) in o {
+            let text = match x {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            s += &format!("{k:18} {text}\n");
+        }
+    }
+    s
+}
+
+fn job_done(out: &Out, c: &Client, started: &Value) -> anyhow::Result<u8> {
+    let job = started["job_id"]
+        .as_str()
+        .context("the server returned no job id")?;
+    if !out.json() {
+        eprintln!("job {job} started");
+    }
+    let j = c.wait(job)?;
+    out.print(&j, || fields(&j));
+    if j["status"] == "Completed" {
+        Ok(0)
+    } else {
+        bail!(
+            "job {job} {}: {}",
+            j["status"].as_str().unwrap_or("?"),
+            j["error"].as_str().unwrap_or("")
+        )
+    }
+}
+
+/// Runs a command through the server.
+pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
+    let show = |v: Value, cols: Option<&[&str]>| {
+        match cols {
+            Some(cols) => out.print(&v, || table(&v, cols)),
+            None => out.print(&v, || fields(&v)),
+        }
+        Ok(0)
+    };
+    match cmd {
+        Command::Vault(VaultCmd::List) => show(
+            c.get("/vaults")?,
+            Some(&["name", "items", "encryption", "chunk_size", "path"]),
+        ),
+        Command::Vault(VaultCmd::Show { name }) => {
+            show(c.get(&format!("/vaults/{}", enc(name)))?, None)
+        }
+        Command::Vault(VaultCmd::Create {
+            name,
+            path,
+            chunk_size,
+            no_encryption,
+            cipher: None,
+            compression_level: None,
+        }) => {
+            let chunk = chunk_size.as_deref().map(crate::parse_size).transpose()?;
+            show(c.post("/vaults", json!({"name": name, "path": path, "chunk_size": chunk, "no_encryption": no_encryption}))?, None)
+        }
+        Command::Vault(VaultCmd::Set {
+            name,
+            soft_delete,
+            soft_delete_days,
+        }) => show(
+            c.call(
+                "PATCH",
+                &format!("/vaults/{}", enc(name)),
+                Some(json!({"soft_delete": soft_delete, "soft_delete_days": soft_delete_days})),
+            )?,
+            None,
+        ),
+        Command::Item(ItemCmd::List) => show(
+            c.get("/items")?,
+            Some(&["name", "kind", "state", "policy", "source"]),
+        ),
+        Command::Item(ItemCmd::Show { item }) => {
+            show(c.get(&format!("/items/{}", enc(item)))?, None)
+        }
+        Command::Item(ItemCmd::Protect(ProtectCmd::Disk {
+            image,
+            vault,
+            name,
+            policy,
+        })) => {
+            let source = std::path::absolute(image)?;
+            show(c.post("/items", json!({"kind": "disk", "source": source, "vault": vault, "name": name, "policy": policy}))?, None)
+        }
+        Command::Item(ItemCmd::Stop { item, delete_data }) => show(
+            c.post(
+                &format!("/items/{}/stop", enc(item)),
+                json!({"delete_data": delete_data}),
+            )?,
+            None,
+        ),
+        Command::Item(ItemCmd::Resume { item, policy }) => show(
+            c.post(
+                &format!("/items/{}/resume", enc(item)),
+                json!({"policy": policy}),
+            )?,
+            None,
+        ),
+        Command::Item(ItemCmd::Undelete { item }) => show(
+            c.post(&format!("/items/{}/undelete", enc(item)), json!({}))?,
+            None,
+        ),
+        Command::Backup(BackupCmd::Now {
+            item,
+            retain_until,
+            fail_after_chunks: None,
+        }) => {
+            let started = c.post(
+                &format!("/items/{}/backups", enc(item)),
+                json!({"retain_until": retain_until}),
+            )?;
+            job_done(out, c, &started)
+        }
+        Command::Rp(RpCmd::List { item }) => show(
+            c.get(&format!("/items/{}/recovery-points", enc(item)))?,
+            Some(&[
+                "id",
+                "time",
+                "logical_size",
+                "stored_size",
+                "consistency",
+                "tier",
+                "tags",
+                "expires",
+            ]),
+        ),
+        Command::Restore(RestoreCmd::Disk {
+            item,
+            rp,
+            to,
+            format,
+            force,
+        }) => {
+            let to = std::path::absolute(to)?;
+            let format = match format {
+                crate::FormatArg::Raw => "raw",
+                crate::FormatArg::Qcow2 => "qcow2",
+            };
+            let started = c.post(
+                &format!("/items/{}/restores", enc(item)),
+                json!({"rp": rp, "to": to, "format": format, "force": force}),
+            )?;
+            job_done(out, c, &started)
+        }
+        Command::Job(JobCmd::List { limit }) => show(
+            c.get(&format!("/jobs?limit={limit}"))?,
+            Some(&["id", "operation", "target", "status", "started"]),
+        ),
+        Command::Job(JobCmd::Show { id }) => show(c.get(&format!("/jobs/{}", enc(id)))?, None),
+        Command::Usage { vault: None } => show(
+            c.get("/usage")?,
+            Some(&["vault", "logical_bytes", "stored_bytes", "ratio"]),
+        ),
+        Command::Policy(p) => crate::policy_cmd::run_policy_remote(p, c, out),
+        _ => bail!(
+            "this command is not available through --server; run it on the server's host without --server"
+        ),
+    }
+}
+
+impl Client {
+    /// Sends a request (for other modules).
+    pub fn request(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        self.call(method, path, body)
+    }
+}
+
+/// Percent-encodes a path segment.
+pub fn segment(s: &str) -> String {
+    enc(s)
+}

@@ -1,0 +1,139 @@
+//! The same CLI through a running `kura server` (`--server URL --token T`).
+
+use std::io::BufRead;
+use std::process::{Child, Stdio};
+
+use super::*;
+
+struct ServerProcess {
+    child: Child,
+    url: String,
+    // Kept open: the server keeps printing.
+    _stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(e: &Env) -> ServerProcess {
+    let mut child = e
+        .cmd(&[
+            "--home",
+            e.path("server-home").to_str().unwrap(),
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--tick",
+            "3600",
+        ])
+        .env("KURA_ADMIN_TOKEN", "tok")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    stdout.read_line(&mut line).unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .trim_end_matches("/api/v1")
+        .to_string();
+    ServerProcess {
+        child,
+        url,
+        _stdout: stdout,
+    }
+}
+
+#[test]
+fn the_cli_works_through_the_server() {
+    let e = Env::new();
+    let srv = serve(&e);
+    let remote = |args: &[&str]| -> Vec<String> {
+        let mut a = vec![
+            "--server".to_string(),
+            srv.url.clone(),
+            "--token".into(),
+            "tok".into(),
+        ];
+        a.extend(args.iter().map(|s| s.to_string()));
+        a
+    };
+    let json = |args: &[&str]| -> Value {
+        let a = remote(args);
+        e.json(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let vaults = json(&["vault", "list"]);
+    assert_eq!(vaults[0]["name"], "default");
+    let img = e.path("d.raw");
+    make_image(&img, 3 << 20, &[(0, 3 << 20, 4)]);
+    let item = json(&[
+        "item",
+        "protect",
+        "disk",
+        img.to_str().unwrap(),
+        "--vault",
+        "default",
+    ]);
+    assert_eq!(item["name"], "d");
+    let job = json(&["backup", "now", "d"]);
+    assert_eq!(job["status"], "Completed", "{job}");
+    assert!(job["rp_id"].as_str().is_some());
+    let rps = json(&["rp", "list", "d"]);
+    assert_eq!(rps.as_array().unwrap().len(), 1);
+    let out = e.path("out.raw");
+    let job = json(&[
+        "restore",
+        "disk",
+        "d",
+        "--rp",
+        "latest",
+        "--to",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(job["status"], "Completed");
+    assert!(same_file(&img, &out));
+    assert!(json(&["job", "list"]).as_array().unwrap().len() >= 2);
+    assert_eq!(
+        json(&["policy", "list", "--vault", "default"])[0]["name"],
+        "DefaultPolicy"
+    );
+    let table = e.ok(&remote(&["rp", "list", "d"])
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
+    assert!(
+        table.contains("ID") && table.contains(rps[0]["id"].as_str().unwrap()),
+        "{table}"
+    );
+
+    // Errors keep their codes; a wrong token is refused.
+    let bad: Vec<String> = vec![
+        "--server".into(),
+        srv.url.clone(),
+        "--token".into(),
+        "nope".into(),
+        "item".into(),
+        "list".into(),
+    ];
+    let (_, err) = e.fails(&bad.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(err["error"]["code"], "unauthorized");
+    let a = remote(&["backup", "now", "ghost"]);
+    let (_, err) = e.fails(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(err["error"]["code"], "not_found");
+    let a = remote(&["verify"]);
+    let (_, err) = e.fails(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--server"),
+        "{err}"
+    );
+}
