@@ -168,9 +168,23 @@ pub struct JobRow {
     pub error: Option<String>,
     /// Log lines.
     pub log: Vec<String>,
+    /// Sub-tasks (a backup's `snapshot` and `transfer`), in order.
+    pub tasks: Vec<SubTask>,
     /// Process that runs it (to detect jobs orphaned by a crash).
     #[serde(skip)]
     pub pid: u32,
+}
+
+/// A phase of a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct SubTask {
+    /// `snapshot` or `transfer`.
+    pub name: String,
+    /// `InProgress`, `Completed`, `Skipped`, `Failed` or `Cancelled`.
+    pub status: String,
+    /// Why, when it was skipped or failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// The catalog. Cheap to share behind an `Arc`; calls are serialized on one connection.
@@ -597,6 +611,7 @@ impl Catalog {
             error: None,
             log: Vec::new(),
             pid: std::process::id(),
+            tasks: Vec::new(),
         };
         tx.execute(
             "INSERT INTO jobs (id, operation, target, status, started, pid, bytes_done, bytes_total, log)
@@ -683,10 +698,20 @@ impl Catalog {
             error: r.get(9)?,
             log: serde_json::from_str(&log).unwrap_or_default(),
             pid: r.get(11)?,
+            tasks: serde_json::from_str(&r.get::<_, String>(12)?).unwrap_or_default(),
         })
     }
 
-    const JOB_COLS: &str = "id, operation, target, status, started, ended, bytes_done, bytes_total, rp_id, error, log, pid";
+    const JOB_COLS: &str = "id, operation, target, status, started, ended, bytes_done, bytes_total, rp_id, error, log, pid, tasks";
+
+    /// Records a job's sub-tasks.
+    pub fn set_job_tasks(&self, id: &str, tasks: &[SubTask]) -> Result<()> {
+        self.conn().execute(
+            "UPDATE jobs SET tasks = ?2 WHERE id = ?1",
+            params![id, serde_json::to_string(tasks).expect("tasks serialize")],
+        )?;
+        Ok(())
+    }
 
     /// A job by id or unique prefix (at least 4 characters).
     pub fn job(&self, id_or_prefix: &str) -> Result<JobRow> {

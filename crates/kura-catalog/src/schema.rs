@@ -89,6 +89,8 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE vaults ADD COLUMN soft_delete_days INTEGER NOT NULL DEFAULT 14;",
     // 6: the used (allocated) bytes a backup read, for the usage report.
     "ALTER TABLE recovery_points ADD COLUMN used_bytes INTEGER NOT NULL DEFAULT 0;",
+    // 7: sub-tasks of jobs (a backup's snapshot and transfer).
+    "ALTER TABLE jobs ADD COLUMN tasks TEXT NOT NULL DEFAULT '[]';",
 ];
 
 pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {

@@ -96,7 +96,21 @@ impl Home {
             opts.job_id.as_deref(),
             progress,
             |job| {
-                let report = self.backup_job(&item, secrets, opts, job)?;
+                // No snapshot provider yet: the snapshot tier is unavailable and the job goes
+                // straight to its transfer (sub-tasks and status as in `jobs::backup_status`).
+                let snapshot = crate::jobs::task(
+                    "snapshot",
+                    "Skipped",
+                    Some("the snapshot tier is unavailable for this item; going straight to transfer".into()),
+                );
+                job.message("snapshot tier unavailable for this item: going straight to transfer");
+                let mut tasks = vec![snapshot, crate::jobs::task("transfer", "InProgress", None)];
+                self.catalog.set_job_tasks(&job.id, &tasks)?;
+                let result = self.backup_job(&item, secrets, opts, job);
+                tasks[1].status = if result.is_ok() { "Completed" } else { "Failed" }.into();
+                tasks[1].detail = result.as_ref().err().map(|e| e.to_string());
+                self.catalog.set_job_tasks(&job.id, &tasks)?;
+                let report = result?;
                 let rp = report.rp_id.clone();
                 Ok((report, Some(rp)))
             },

@@ -218,3 +218,23 @@ fn usage_report() {
     let (_, err) = e.fails(&["usage", "--vault", "nope"]);
     assert_eq!(err["error"]["code"], "not_found");
 }
+
+#[test]
+fn backup_jobs_report_their_snapshot_and_transfer_sub_tasks() {
+    let e = Env::new();
+    let img = protected_item(&e);
+    let job = &e.json(&["job", "list"])[0];
+    let tasks = &job["tasks"];
+    assert_eq!(tasks[0]["name"], "snapshot");
+    assert_eq!(tasks[0]["status"], "Skipped");
+    assert!(tasks[0]["detail"].as_str().unwrap().contains("unavailable"));
+    assert_eq!(
+        (tasks[1]["name"].as_str(), tasks[1]["status"].as_str()),
+        (Some("transfer"), Some("Completed"))
+    );
+    std::fs::remove_file(&img).unwrap();
+    e.fails(&["backup", "now", "d"]);
+    let job = &e.json(&["job", "list"])[0];
+    assert_eq!(job["status"], "Failed");
+    assert_eq!(job["tasks"][1]["status"], "Failed");
+}
