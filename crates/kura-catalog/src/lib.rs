@@ -170,9 +170,37 @@ pub struct JobRow {
     pub log: Vec<String>,
     /// Sub-tasks (a backup's `snapshot` and `transfer`), in order.
     pub tasks: Vec<SubTask>,
+    /// Average rate so far, bytes per second.
+    pub rate_bytes_per_sec: Option<u64>,
+    /// Estimated seconds to completion, while in progress.
+    pub eta_seconds: Option<u64>,
     /// Process that runs it (to detect jobs orphaned by a crash).
     #[serde(skip)]
     pub pid: u32,
+}
+
+impl JobRow {
+    /// Fills in the rate and ETA from the start time and bytes done.
+    fn with_rate(mut self) -> Self {
+        let start: Option<jiff::Timestamp> = self.started.parse().ok();
+        let end = self
+            .ended
+            .as_deref()
+            .and_then(|e| e.parse::<jiff::Timestamp>().ok())
+            .unwrap_or_else(jiff::Timestamp::now);
+        if let Some(start) = start {
+            let secs = end.duration_since(start).as_secs_f64();
+            if secs > 0.0 && self.bytes_done > 0 {
+                let rate = self.bytes_done as f64 / secs;
+                self.rate_bytes_per_sec = Some(rate as u64);
+                if self.status == "InProgress" && self.bytes_total >= self.bytes_done {
+                    self.eta_seconds =
+                        Some(((self.bytes_total - self.bytes_done) as f64 / rate).ceil() as u64);
+                }
+            }
+        }
+        self
+    }
 }
 
 /// A phase of a job.
@@ -612,6 +640,8 @@ impl Catalog {
             log: Vec::new(),
             pid: std::process::id(),
             tasks: Vec::new(),
+            rate_bytes_per_sec: None,
+            eta_seconds: None,
         };
         tx.execute(
             "INSERT INTO jobs (id, operation, target, status, started, pid, bytes_done, bytes_total, log)
@@ -699,7 +729,10 @@ impl Catalog {
             log: serde_json::from_str(&log).unwrap_or_default(),
             pid: r.get(11)?,
             tasks: serde_json::from_str(&r.get::<_, String>(12)?).unwrap_or_default(),
-        })
+            rate_bytes_per_sec: None,
+            eta_seconds: None,
+        }
+        .with_rate())
     }
 
     const JOB_COLS: &str = "id, operation, target, status, started, ended, bytes_done, bytes_total, rp_id, error, log, pid, tasks";
