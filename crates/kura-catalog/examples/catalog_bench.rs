@@ -69,6 +69,8 @@ fn main() {
                 expires: Some("2027-01-01T00:00:00.000Z".into()),
                 origin: "scheduled".into(),
                 used_bytes: 1 << 29,
+                snapshot: None,
+                snapshot_expires: None,
             }
         })
         .collect();

@@ -141,6 +141,10 @@ pub struct RpRow {
     pub origin: String,
     /// Allocated (used) bytes of its disks.
     pub used_bytes: u64,
+    /// Its snapshot-tier copy (a provider reference), while it exists.
+    pub snapshot: Option<String>,
+    /// When the snapshot tier expires.
+    pub snapshot_expires: Option<String>,
 }
 
 /// A job.
@@ -505,8 +509,8 @@ impl Catalog {
             let mut st = tx.prepare(
                 "INSERT OR IGNORE INTO recovery_points
                  (id, item_id, time, logical_size, stored_size, consistency, tier, retain_until, job_id,
-                  tags, expires, origin, used_bytes)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                  tags, expires, origin, used_bytes, snapshot, snapshot_expires)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             )?;
             for rp in rps {
                 st.execute(params![
@@ -522,7 +526,9 @@ impl Catalog {
                     serde_json::to_string(&rp.tags).expect("tags serialize"),
                     rp.expires,
                     rp.origin,
-                    rp.used_bytes as i64
+                    rp.used_bytes as i64,
+                    rp.snapshot,
+                    rp.snapshot_expires
                 ])?;
             }
         }
@@ -545,11 +551,28 @@ impl Catalog {
             expires: r.get(10)?,
             origin: r.get(11)?,
             used_bytes: r.get::<_, i64>(12)? as u64,
+            snapshot: r.get(13)?,
+            snapshot_expires: r.get(14)?,
         })
     }
 
     const RP_COLS: &str = "id, item_id, time, logical_size, stored_size, consistency, tier, \
-                           retain_until, job_id, tags, expires, origin, used_bytes";
+                           retain_until, job_id, tags, expires, origin, used_bytes, snapshot, snapshot_expires";
+
+    /// Replaces a recovery point's row (e.g. when its transfer adds the vault tier).
+    pub fn replace_rp(&self, rp: &RpRow) -> Result<()> {
+        self.delete_rp(&rp.id)?;
+        self.insert_rp(rp)
+    }
+
+    /// Drops a recovery point's snapshot tier: the row keeps its vault tier.
+    pub fn drop_rp_snapshot(&self, id: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE recovery_points SET snapshot = NULL, snapshot_expires = NULL, tier = 'vault-standard' WHERE id = ?1",
+            [id],
+        )?;
+        Ok(())
+    }
 
     /// Changes a recovery point's retention.
     pub fn set_rp_retention(&self, id: &str, tags: &[String], expires: Option<&str>) -> Result<()> {

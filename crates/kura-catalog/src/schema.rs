@@ -91,6 +91,9 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE recovery_points ADD COLUMN used_bytes INTEGER NOT NULL DEFAULT 0;",
     // 7: sub-tasks of jobs (a backup's snapshot and transfer).
     "ALTER TABLE jobs ADD COLUMN tasks TEXT NOT NULL DEFAULT '[]';",
+    // 8: the snapshot tier of recovery points.
+    "ALTER TABLE recovery_points ADD COLUMN snapshot TEXT;
+    ALTER TABLE recovery_points ADD COLUMN snapshot_expires TEXT;",
 ];
 
 pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {

@@ -48,6 +48,8 @@ fn rp(id: &str, item: &str, time: &str) -> RpRow {
         expires: None,
         origin: "on-demand".into(),
         used_bytes: 0,
+        snapshot: None,
+        snapshot_expires: None,
     }
 }
 

@@ -73,6 +73,13 @@ pub struct BackupReport {
     pub new_stored_bytes: u64,
     /// Whether a previous recovery point was used to skip known chunks.
     pub incremental: bool,
+    /// Tiers the recovery point has: `snapshot`, `snapshot+vault` or `vault-standard`.
+    pub tier: String,
+    /// Status of the transfer sub-task (`Completed`, `Skipped`, `Failed`).
+    pub transfer: String,
+    /// Why the transfer was skipped or failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transfer_detail: Option<String>,
 }
 
 impl Home {
@@ -92,38 +99,246 @@ impl Home {
         let (job_id, report) = self.run_job(
             "Backup",
             &item.name,
-            true,
+            false,
             opts.job_id.as_deref(),
             progress,
             |job| {
-                // No snapshot provider yet: the snapshot tier is unavailable and the job goes
-                // straight to its transfer (sub-tasks and status as in `jobs::backup_status`).
-                let snapshot = crate::jobs::task(
-                    "snapshot",
-                    "Skipped",
-                    Some("the snapshot tier is unavailable for this item; going straight to transfer".into()),
-                );
-                job.message("snapshot tier unavailable for this item: going straight to transfer");
-                let mut tasks = vec![snapshot, crate::jobs::task("transfer", "InProgress", None)];
-                self.catalog.set_job_tasks(&job.id, &tasks)?;
-                let result = self.backup_job(&item, secrets, opts, job);
-                tasks[1].status = if result.is_ok() { "Completed" } else { "Failed" }.into();
-                tasks[1].detail = result.as_ref().err().map(|e| e.to_string());
-                self.catalog.set_job_tasks(&job.id, &tasks)?;
-                let report = result?;
+                let report = self.two_phase_backup(&item, secrets, opts, job)?;
                 let rp = report.rp_id.clone();
                 Ok((report, Some(rp)))
             },
         )?;
+        if report.transfer == "Failed" {
+            return Err(Error::new(
+                ErrorKind::Other,
+                format!(
+                    "the transfer to the vault failed: {}; recovery point {} exists in the snapshot tier only (job {job_id}, CompletedWithWarnings)",
+                    report.transfer_detail.clone().unwrap_or_default(),
+                    report.rp_id
+                ),
+            ));
+        }
         Ok(BackupReport { job_id, ..report })
     }
 
+    /// Snapshot, then transfer (see `jobs::backup_status` for the resulting job status).
+    fn two_phase_backup(
+        &self,
+        item: &ItemRow,
+        secrets: &Secrets,
+        opts: &BackupOptions,
+        job: &JobCtx<'_>,
+    ) -> Result<BackupReport> {
+        use crate::jobs::task;
+        let others = || -> Result<Vec<kura_catalog::JobRow>> {
+            Ok(self
+                .catalog
+                .list_jobs(1000)?
+                .into_iter()
+                .filter(|j| {
+                    j.id != job.id
+                        && j.operation == "Backup"
+                        && j.target == item.name
+                        && j.status == "InProgress"
+                })
+                .collect())
+        };
+        let running = |phase: usize| -> Result<Option<String>> {
+            Ok(others()?
+                .into_iter()
+                .find(|j| j.tasks.get(phase).is_some_and(|t| t.status == "InProgress"))
+                .map(|j| j.id))
+        };
+        // Only one snapshot per item at a time.
+        if let Some(other) = running(0)? {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!("job {other} is taking a snapshot of item {:?}", item.name),
+            ));
+        }
+        let mut tasks = vec![
+            task("snapshot", "InProgress", None),
+            task("transfer", "Pending", None),
+        ];
+        self.catalog.set_job_tasks(&job.id, &tasks)?;
+        let rp_id = new_id();
+        let now = opts.now.unwrap_or_else(jiff::Timestamp::now);
+        let source = std::path::Path::new(&item.source);
+        if !source.exists() {
+            let e = Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "the source of item {:?} is missing: {} does not exist",
+                    item.name,
+                    source.display()
+                ),
+            );
+            tasks[0] = task("snapshot", "Failed", Some(e.to_string()));
+            tasks[1] = task("transfer", "Failed", Some("no source".into()));
+            self.catalog.set_job_tasks(&job.id, &tasks)?;
+            return Err(e);
+        }
+        let snapshot = match crate::snapshot::Snapshot::take(source, &rp_id) {
+            Ok(Ok(s)) => Some(s),
+            Ok(Err(reason)) => {
+                job.message(&format!(
+                    "snapshot tier unavailable: {reason}; going straight to transfer"
+                ));
+                tasks[0] = task(
+                    "snapshot",
+                    "Skipped",
+                    Some(format!("the snapshot tier is unavailable: {reason}")),
+                );
+                None
+            }
+            Err(e) => {
+                tasks[0] = task("snapshot", "Failed", Some(e.to_string()));
+                tasks[1] = task("transfer", "Failed", Some("no snapshot".into()));
+                self.catalog.set_job_tasks(&job.id, &tasks)?;
+                return Err(e);
+            }
+        };
+        let mut snap_row = None;
+        if let Some(snap) = &snapshot {
+            let days = item
+                .policy
+                .as_deref()
+                .and_then(|p| self.load_policy(&item.vault_id, p).ok())
+                .map_or(2, |p| p.instant_restore_days);
+            let expires = now
+                .to_zoned(jiff::tz::TimeZone::UTC)
+                .checked_add(jiff::Span::new().days(i64::from(days)))
+                .map_err(|e| Error::new(ErrorKind::Other, e.to_string()))?
+                .timestamp();
+            let row = kura_catalog::RpRow {
+                id: rp_id.clone(),
+                item_id: item.id.clone(),
+                time: kura_catalog::stamp(now),
+                logical_size: std::fs::metadata(source).map(|m| m.len()).unwrap_or(0),
+                stored_size: 0,
+                consistency: "crash".into(),
+                tier: "snapshot".into(),
+                retain_until: None,
+                job_id: Some(job.id.clone()),
+                tags: vec!["instant-restore".into()],
+                expires: Some(kura_catalog::stamp(expires)),
+                origin: if opts.scheduled.is_some() {
+                    "scheduled"
+                } else {
+                    "on-demand"
+                }
+                .into(),
+                used_bytes: 0,
+                snapshot: Some(snap.encode()),
+                snapshot_expires: Some(kura_catalog::stamp(expires)),
+            };
+            self.catalog.insert_rp(&row)?;
+            job.message(&format!(
+                "snapshot taken ({}); recovery point {rp_id} can be restored now",
+                snap.encode()
+            ));
+            tasks[0] = task("snapshot", "Completed", None);
+            snap_row = Some(row);
+        }
+        // One transfer per item at a time: a later job keeps its snapshot and skips its
+        // transfer; the next transfer carries every change since the last vault point.
+        if let Some(other) = running(1)? {
+            let Some(row) = snap_row else {
+                tasks[1] = task(
+                    "transfer",
+                    "Failed",
+                    Some(format!("job {other} is transferring this item")),
+                );
+                self.catalog.set_job_tasks(&job.id, &tasks)?;
+                return Err(Error::new(
+                    ErrorKind::Conflict,
+                    format!("a backup of item {:?} is running (job {other})", item.name),
+                ));
+            };
+            let detail = format!(
+                "job {other} is still transferring this item; the next transfer carries these changes"
+            );
+            job.message(&format!("transfer skipped: {detail}"));
+            tasks[1] = task("transfer", "Skipped", Some(detail.clone()));
+            self.catalog.set_job_tasks(&job.id, &tasks)?;
+            return Ok(BackupReport {
+                job_id: String::new(),
+                rp_id,
+                item: item.name.clone(),
+                logical_size: row.logical_size,
+                read_bytes: 0,
+                chunks: 0,
+                zero_chunks: 0,
+                new_chunks: 0,
+                new_stored_bytes: 0,
+                incremental: false,
+                tier: "snapshot".into(),
+                transfer: "Skipped".into(),
+                transfer_detail: Some(detail),
+            });
+        }
+        tasks[1] = task("transfer", "InProgress", None);
+        self.catalog.set_job_tasks(&job.id, &tasks)?;
+        if let Some(ms) = std::env::var("KURA_TEST_TRANSFER_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            std::thread::sleep(std::time::Duration::from_millis(ms)); // test hook: a slow transfer
+        }
+        let result = self.backup_job(
+            item,
+            secrets,
+            opts,
+            job,
+            &rp_id,
+            snap_row.as_ref(),
+            snapshot.as_ref(),
+        );
+        match result {
+            Ok(report) => {
+                tasks[1] = task("transfer", "Completed", None);
+                self.catalog.set_job_tasks(&job.id, &tasks)?;
+                Ok(report)
+            }
+            Err(e) if snap_row.is_some() => {
+                tasks[1] = task("transfer", "Failed", Some(e.to_string()));
+                self.catalog.set_job_tasks(&job.id, &tasks)?;
+                job.warn(&format!("transfer failed: {e}"));
+                let row = snap_row.expect("checked");
+                Ok(BackupReport {
+                    job_id: String::new(),
+                    rp_id,
+                    item: item.name.clone(),
+                    logical_size: row.logical_size,
+                    read_bytes: 0,
+                    chunks: 0,
+                    zero_chunks: 0,
+                    new_chunks: 0,
+                    new_stored_bytes: 0,
+                    incremental: false,
+                    tier: "snapshot".into(),
+                    transfer: "Failed".into(),
+                    transfer_detail: Some(e.to_string()),
+                })
+            }
+            Err(e) => {
+                tasks[1] = task("transfer", "Failed", Some(e.to_string()));
+                self.catalog.set_job_tasks(&job.id, &tasks)?;
+                Err(e)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn backup_job(
         &self,
         item: &ItemRow,
         secrets: &Secrets,
         opts: &BackupOptions,
         job: &JobCtx<'_>,
+        rp_id: &str,
+        snap_row: Option<&kura_catalog::RpRow>,
+        snapshot: Option<&crate::snapshot::Snapshot>,
     ) -> Result<BackupReport> {
         let vrow = self.catalog.vault_by_id(&item.vault_id)?;
         let vault = self.open_vault_row(&vrow, secrets)?;
@@ -138,7 +353,10 @@ impl Home {
                 ),
             ));
         }
-        let mut disk = kura_source::open_disk(source)?;
+        let mut disk = match snapshot {
+            Some(s) => s.reader()?,
+            None => kura_source::open_disk(source)?,
+        };
 
         // The lease tells garbage collection a writer is active, before anything is chosen
         // for reuse; it ends however this function ends.
@@ -155,8 +373,11 @@ impl Home {
             .map(|(_, idx)| idx.chunks.into_iter().collect())
             .unwrap_or_default();
 
-        let rp_id = new_id();
-        let now = opts.now.unwrap_or_else(jiff::Timestamp::now);
+        let rp_id = rp_id.to_string();
+        let now = match snap_row {
+            Some(r) => r.time.parse().unwrap_or_else(|_| jiff::Timestamp::now()),
+            None => opts.now.unwrap_or_else(jiff::Timestamp::now),
+        };
         let time = kura_catalog::stamp(now);
         let (origin, tags, expires) = match &opts.scheduled {
             Some(run) => {
@@ -207,7 +428,16 @@ impl Home {
             stats: stats.rp.clone(),
         };
         vault.put_manifest(&manifest)?;
-        self.catalog.insert_rp(&rp_row(&manifest))?;
+        let mut row = rp_row(&manifest);
+        if let Some(s) = snap_row {
+            row.tier = "snapshot+vault".into();
+            row.snapshot = s.snapshot.clone();
+            row.snapshot_expires = s.snapshot_expires.clone();
+            self.catalog.replace_rp(&row)?;
+        } else {
+            self.catalog.insert_rp(&row)?;
+        }
+        let tier = row.tier.clone();
         job.message(&format!(
             "recovery point {rp_id}: {} chunks, {} new ({} bytes stored), {} bytes read",
             index.chunks.len(),
@@ -226,6 +456,9 @@ impl Home {
             new_chunks: stats.rp.new_chunks,
             new_stored_bytes: stats.rp.new_stored_bytes,
             incremental,
+            tier,
+            transfer: "Completed".into(),
+            transfer_detail: None,
         })
     }
 
@@ -237,7 +470,13 @@ impl Home {
         vault: &Vault,
         job: &JobCtx<'_>,
     ) -> Option<(String, DiskIndex)> {
-        let latest = self.catalog.list_rps(&item.id).ok()?.into_iter().next()?;
+        // The latest point with a vault copy (snapshot-only points have no index).
+        let latest = self
+            .catalog
+            .list_rps(&item.id)
+            .ok()?
+            .into_iter()
+            .find(|r| r.tier != "snapshot")?;
         let load = || -> Result<DiskIndex> {
             let m = vault.get_manifest(&latest.id)?;
             let disk = m

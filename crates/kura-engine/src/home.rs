@@ -643,15 +643,22 @@ impl Home {
             catalog: &self.catalog,
             user: progress,
             state: Mutex::new(TeeState::default()),
+            warning: Mutex::new(None),
         };
         ctx.log(&format!("{operation} of {target} started"));
         progress.message(&format!("job {id} started: {operation} of {target}"));
         match f(&ctx) {
             Ok((value, rp)) => {
                 ctx.flush();
-                ctx.log(&format!("{operation} completed"));
+                let warning = ctx.warning.lock().unwrap_or_else(|e| e.into_inner()).take();
+                let status = if warning.is_some() {
+                    "CompletedWithWarnings"
+                } else {
+                    "Completed"
+                };
+                ctx.log(&format!("{operation} {}", status.to_lowercase()));
                 self.catalog
-                    .finish_job(&id, "Completed", rp.as_deref(), None)?;
+                    .finish_job(&id, status, rp.as_deref(), warning.as_deref())?;
                 Ok((id, value))
             }
             Err(e) => {
@@ -678,9 +685,16 @@ pub(crate) struct JobCtx<'a> {
     catalog: &'a Catalog,
     user: &'a dyn Progress,
     state: Mutex<TeeState>,
+    warning: Mutex<Option<String>>,
 }
 
 impl JobCtx<'_> {
+    /// Ends the job CompletedWithWarnings (with this message) if it otherwise succeeds.
+    pub(crate) fn warn(&self, message: &str) {
+        self.log(&format!("warning: {message}"));
+        *self.warning.lock().unwrap_or_else(|e| e.into_inner()) = Some(message.to_string());
+    }
+
     pub(crate) fn log(&self, line: &str) {
         let _ = self.catalog.job_log(&self.id, line);
     }
@@ -741,6 +755,8 @@ pub(crate) fn rp_row(m: &kura_store::Manifest) -> RpRow {
         expires: m.expires.clone(),
         origin: m.origin.clone(),
         used_bytes: m.stats.read_bytes,
+        snapshot: None,
+        snapshot_expires: None,
     }
 }
 

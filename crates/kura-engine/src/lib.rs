@@ -33,6 +33,7 @@ mod protection;
 pub mod restore;
 pub mod retention;
 pub mod scheduler;
+pub mod snapshot;
 pub mod usage;
 pub mod verify;
 

@@ -109,32 +109,46 @@ impl Home {
             opts.job_id.as_deref(),
             progress,
             |job| {
-                let manifest = vault.get_manifest(&rp.id)?;
-                let disk = manifest.disks.first().ok_or_else(|| {
-                    Error::new(
-                        ErrorKind::Corrupt,
-                        format!("manifest of {} lists no disk", rp.id),
-                    )
-                })?;
-                let index = vault.get_index(&disk.index)?;
-                if index.size != disk.size {
-                    return Err(Error::new(
-                        ErrorKind::Corrupt,
-                        format!(
-                            "index {} disagrees with its manifest on the disk size",
-                            disk.index
-                        ),
-                    ));
-                }
-                job.message(&format!(
-                    "restoring recovery point {} ({} bytes) to {}",
-                    rp.id,
-                    index.size,
-                    target.display()
-                ));
                 let partial = temp_name(&target, &job.id, "raw");
                 let _cleanup = RemoveOnDrop(partial.clone());
-                let (fetched, written) = write_raw(&vault, &index, &partial, job)?;
+                // Prefer the snapshot tier: it is local and needs no decryption.
+                let snapshot = rp
+                    .snapshot
+                    .as_deref()
+                    .and_then(crate::snapshot::Snapshot::decode)
+                    .filter(|s| s.exists());
+                let (size, fetched, written) = match snapshot {
+                    Some(snap) => {
+                        job.message(&format!("restoring recovery point {} from the snapshot tier ({}) to {}", rp.id, snap.encode(), target.display()));
+                        let mut reader = snap.reader()?;
+                        let size = reader.size();
+                        let written = crate::snapshot::copy_sparse(reader.as_mut(), &partial, job)?;
+                        (size, 0, written)
+                    }
+                    None if rp.tier == "snapshot" => {
+                        return Err(Error::new(
+                            ErrorKind::NotFound,
+                            format!("recovery point {} had only a snapshot tier, and the snapshot is gone", rp.id),
+                        ));
+                    }
+                    None => {
+                        let manifest = vault.get_manifest(&rp.id)?;
+                        let disk = manifest
+                            .disks
+                            .first()
+                            .ok_or_else(|| Error::new(ErrorKind::Corrupt, format!("manifest of {} lists no disk", rp.id)))?;
+                        let index = vault.get_index(&disk.index)?;
+                        if index.size != disk.size {
+                            return Err(Error::new(
+                                ErrorKind::Corrupt,
+                                format!("index {} disagrees with its manifest on the disk size", disk.index),
+                            ));
+                        }
+                        job.message(&format!("restoring recovery point {} ({} bytes) from the vault to {}", rp.id, index.size, target.display()));
+                        let (fetched, written) = write_raw(&vault, &index, &partial, job)?;
+                        (index.size, fetched, written)
+                    }
+                };
                 let final_tmp = match format {
                     RestoreFormat::Raw => partial.clone(),
                     RestoreFormat::Qcow2 => {
@@ -156,7 +170,7 @@ impl Home {
                     rp_id: rp.id.clone(),
                     target: target.display().to_string(),
                     format,
-                    size: index.size,
+                    size,
                     chunks_fetched: fetched,
                     bytes_written: written,
                 };

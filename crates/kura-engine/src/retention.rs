@@ -158,12 +158,38 @@ impl Home {
     ) -> Result<RetentionPlan> {
         let plan = self.retention_plan(item, at)?;
         let item: ItemRow = self.catalog.item(item)?;
+        let rps = self.catalog.list_rps(&item.id)?;
+        let snapshot_of = |id: &str| {
+            rps.iter()
+                .find(|r| r.id == id)
+                .and_then(|r| r.snapshot.as_deref())
+                .and_then(crate::snapshot::Snapshot::decode)
+        };
+        // Snapshot tiers past their instant-restore days go, except the newest point's.
+        if item.state == "protected" {
+            for (i, rp) in rps.iter().enumerate() {
+                let expired = rp
+                    .snapshot_expires
+                    .as_deref()
+                    .and_then(|e| e.parse::<Timestamp>().ok())
+                    .is_some_and(|e| e <= at);
+                if i > 0 && expired && rp.tier != "snapshot" {
+                    if let Some(s) = snapshot_of(&rp.id) {
+                        s.delete()?;
+                    }
+                    self.catalog.drop_rp_snapshot(&rp.id)?;
+                }
+            }
+        }
         if plan.deletions().next().is_none() {
             return Ok(plan);
         }
         let vrow = self.catalog.vault_by_id(&item.vault_id)?;
         let vault = self.open_vault_row(&vrow, secrets)?;
         for e in plan.deletions() {
+            if let Some(s) = snapshot_of(&e.rp_id) {
+                s.delete()?;
+            }
             vault.delete_rp(&e.rp_id)?;
             self.catalog.delete_rp(&e.rp_id)?;
         }

@@ -591,7 +591,7 @@ async fn backup_now(
     Body(b): Body<BackupNow>,
 ) -> ApiResult {
     let target = item.clone();
-    start_job(s, "Backup", target, true, move |st, job| {
+    start_job(s, "Backup", target, false, move |st, job| {
         let opts = BackupOptions {
             retain_until: b.retain_until,
             job_id: Some(job),

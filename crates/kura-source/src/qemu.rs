@@ -79,6 +79,15 @@ static NEXT: AtomicU64 = AtomicU64::new(0);
 impl NbdReader {
     /// Starts `qemu-nbd` on `path` (of format `format`) and connects to it.
     pub fn open(path: &Path, format: &str) -> Result<Self> {
+        Self::open_with(path, format, None)
+    }
+
+    /// Like [`NbdReader::open`], reading the internal snapshot `snapshot` of a qcow2 image.
+    pub fn open_snapshot(path: &Path, format: &str, snapshot: &str) -> Result<Self> {
+        Self::open_with(path, format, Some(snapshot))
+    }
+
+    fn open_with(path: &Path, format: &str, snapshot: Option<&str>) -> Result<Self> {
         let tool = |message: String| Error::Tool {
             tool: "qemu-nbd",
             path: path.to_path_buf(),
@@ -98,6 +107,7 @@ impl NbdReader {
             .arg("--socket")
             .arg(&sock)
             .arg("--shared=1")
+            .args(snapshot.map(|s| format!("--load-snapshot=snapshot.name={s}")))
             .arg("--")
             .arg(path)
             .stdin(Stdio::null())

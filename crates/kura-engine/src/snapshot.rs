@@ -1,0 +1,231 @@
+//! Snapshot providers: the instant-restore tier, a point-in-time copy next to the source.
+//!
+//! - qcow2 images: an internal snapshot (`qemu-img snapshot -c`), read through `qemu-nbd
+//!   --load-snapshot`, restored with `qemu-img convert -l`, removed with `qemu-img snapshot -d`;
+//! - raw image files on filesystems with reflinks (XFS, btrfs): a reflink clone in
+//!   `.kura-snapshots/` beside the image (it shares blocks until either side changes);
+//! - anything else (block devices, ext4, other formats): no snapshot tier; the backup says so
+//!   and goes straight to its transfer.
+//!
+//! A snapshot is recorded in the catalog as a reference string: `qcow2:NAME:IMAGE` or
+//! `reflink:CLONE_PATH`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use kura_source::{DiskReader, NbdReader, RawReader};
+
+use crate::{Error, ErrorKind, Result};
+
+/// A taken snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Snapshot {
+    /// An internal snapshot of a qcow2 image.
+    Qcow2 {
+        /// The image.
+        image: PathBuf,
+        /// Snapshot name inside it.
+        name: String,
+    },
+    /// A reflink clone of a raw image.
+    Reflink {
+        /// The clone.
+        clone: PathBuf,
+    },
+}
+
+fn qemu_img(args: &[&str], image: &Path) -> Result<()> {
+    let out = Command::new("qemu-img")
+        .args(args)
+        .arg(image)
+        .output()
+        .map_err(|e| Error::new(ErrorKind::Other, format!("qemu-img: {e}")))?;
+    if !out.status.success() {
+        return Err(Error::new(
+            ErrorKind::Other,
+            format!(
+                "qemu-img {} failed for {}: {}",
+                args.join(" "),
+                image.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl Snapshot {
+    /// Takes a snapshot of `source` for recovery point `rp_id`. `Ok(Err(reason))` when no
+    /// provider applies to this source.
+    pub fn take(source: &Path, rp_id: &str) -> Result<std::result::Result<Snapshot, String>> {
+        let meta = std::fs::metadata(source)
+            .map_err(|e| Error::io(format!("source {}", source.display()), e))?;
+        if !meta.is_file() {
+            return Ok(Err(
+                "the source is not a regular file (block devices have no snapshot provider yet)"
+                    .into(),
+            ));
+        }
+        let format = kura_source::image_format(source)?;
+        let tag = format!("kura-{}", &rp_id[..rp_id.len().min(16)]);
+        match format.as_str() {
+            "qcow2" => {
+                qemu_img(&["snapshot", "-c", &tag], source)?;
+                Ok(Ok(Snapshot::Qcow2 {
+                    image: source.to_path_buf(),
+                    name: tag,
+                }))
+            }
+            "raw" => {
+                let dir = source
+                    .parent()
+                    .unwrap_or(Path::new("."))
+                    .join(".kura-snapshots");
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+                let file = source
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let clone = dir.join(format!("{file}.{tag}"));
+                let src = std::fs::File::open(source)
+                    .map_err(|e| Error::io(format!("source {}", source.display()), e))?;
+                let dst = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&clone)
+                    .map_err(|e| Error::io(format!("cannot create {}", clone.display()), e))?;
+                match rustix::fs::ioctl_ficlone(&dst, &src) {
+                    Ok(()) => {
+                        dst.sync_all().map_err(|e| {
+                            Error::io(format!("cannot sync {}", clone.display()), e)
+                        })?;
+                        Ok(Ok(Snapshot::Reflink { clone }))
+                    }
+                    Err(e) => {
+                        drop(dst);
+                        let _ = std::fs::remove_file(&clone);
+                        let _ = std::fs::remove_dir(&dir);
+                        Ok(Err(format!(
+                            "the filesystem of {} cannot make reflink clones ({e})",
+                            source.display()
+                        )))
+                    }
+                }
+            }
+            other => Ok(Err(format!("no snapshot provider for {other} images"))),
+        }
+    }
+
+    /// The catalog reference.
+    pub fn encode(&self) -> String {
+        match self {
+            Snapshot::Qcow2 { image, name } => format!("qcow2:{name}:{}", image.display()),
+            Snapshot::Reflink { clone } => format!("reflink:{}", clone.display()),
+        }
+    }
+
+    /// Parses a catalog reference.
+    pub fn decode(s: &str) -> Option<Snapshot> {
+        if let Some(rest) = s.strip_prefix("qcow2:") {
+            let (name, image) = rest.split_once(':')?;
+            return Some(Snapshot::Qcow2 {
+                image: image.into(),
+                name: name.into(),
+            });
+        }
+        s.strip_prefix("reflink:")
+            .map(|p| Snapshot::Reflink { clone: p.into() })
+    }
+
+    /// Whether the snapshot is still there.
+    pub fn exists(&self) -> bool {
+        match self {
+            Snapshot::Reflink { clone } => clone.is_file(),
+            Snapshot::Qcow2 { image, name } => Command::new("qemu-img")
+                .args(["snapshot", "-l", "-U"])
+                .arg(image)
+                .output()
+                .is_ok_and(|o| {
+                    o.status.success()
+                        && String::from_utf8_lossy(&o.stdout)
+                            .split_whitespace()
+                            .any(|w| w == name)
+                }),
+        }
+    }
+
+    /// A reader of the snapshot's contents.
+    pub fn reader(&self) -> Result<Box<dyn DiskReader>> {
+        Ok(match self {
+            Snapshot::Qcow2 { image, name } => {
+                Box::new(NbdReader::open_snapshot(image, "qcow2", name)?)
+            }
+            Snapshot::Reflink { clone } => Box::new(RawReader::open(clone)?),
+        })
+    }
+
+    /// Removes the snapshot.
+    pub fn delete(&self) -> Result<()> {
+        match self {
+            Snapshot::Qcow2 { image, name } => {
+                if self.exists() {
+                    qemu_img(&["snapshot", "-d", name], image)?;
+                }
+            }
+            Snapshot::Reflink { clone } => match std::fs::remove_file(clone) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(Error::io(
+                        format!("cannot remove snapshot {}", clone.display()),
+                        e,
+                    ));
+                }
+            },
+        }
+        Ok(())
+    }
+}
+
+/// Copies a disk's data extents into a new sparse file (restore from the snapshot tier).
+pub(crate) fn copy_sparse(
+    disk: &mut dyn DiskReader,
+    to: &Path,
+    progress: &dyn crate::Progress,
+) -> Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let size = disk.size();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(to)
+        .map_err(|e| Error::io(format!("cannot create {}", to.display()), e))?;
+    file.set_len(size)
+        .map_err(|e| Error::io(format!("cannot size {}", to.display()), e))?;
+    progress.start("restore from snapshot", size);
+    let mut buf = vec![0u8; 4 << 20];
+    let mut written = 0;
+    for e in disk.extents(0, size)? {
+        if e.kind == kura_source::ExtentKind::Zero {
+            progress.advance(e.len);
+            continue;
+        }
+        let mut off = e.offset;
+        while off < e.offset + e.len {
+            let n = ((e.offset + e.len - off) as usize).min(buf.len());
+            disk.read_at(&mut buf[..n], off)?;
+            if !kura_store::is_zero(&buf[..n]) {
+                file.write_all_at(&buf[..n], off)
+                    .map_err(|e| Error::io(format!("cannot write {}", to.display()), e))?;
+                written += n as u64;
+            }
+            progress.advance(n as u64);
+            off += n as u64;
+        }
+    }
+    file.sync_all()
+        .map_err(|e| Error::io(format!("cannot sync {}", to.display()), e))?;
+    progress.finish();
+    Ok(written)
+}
