@@ -10,6 +10,7 @@ use serde_json::Value;
 mod policies;
 mod protection;
 mod remote;
+mod snapshots;
 
 struct Env {
     dir: tempfile::TempDir,

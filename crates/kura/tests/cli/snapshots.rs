@@ -1,0 +1,252 @@
+//! The snapshot tier and two-phase backup jobs.
+
+use super::*;
+
+fn qcow2_item(e: &Env) -> PathBuf {
+    e.vault("v", &[]);
+    let q = e.path("vm.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", q.to_str().unwrap(), "8M"]);
+    qemu_io(&q, "write -P 0x41 0 2M");
+    e.protect(&q, "v", &[]);
+    q
+}
+
+fn qemu_io(q: &Path, cmd: &str) {
+    let o = Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", cmd])
+        .arg(q)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn raw_of(e: &Env, q: &Path, name: &str) -> PathBuf {
+    let out = e.path(name);
+    qemu_img(&[
+        "convert",
+        "-f",
+        "qcow2",
+        "-O",
+        "raw",
+        q.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
+    out
+}
+
+fn snapshots(q: &Path) -> String {
+    String::from_utf8(
+        Command::new("qemu-img")
+            .args(["snapshot", "-l", "-U"])
+            .arg(q)
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+}
+
+#[test]
+fn qcow2_backups_take_an_internal_snapshot_that_restores_use_first() {
+    let e = Env::new();
+    let q = qcow2_item(&e);
+    let first_state = raw_of(&e, &q, "first.raw");
+    let r = e.json(&["backup", "now", "vm"]);
+    assert_eq!(r["tier"], "snapshot+vault");
+    let job = &e.json(&["job", "list"])[0];
+    assert_eq!(
+        (
+            job["tasks"][0]["status"].as_str(),
+            job["tasks"][1]["status"].as_str()
+        ),
+        (Some("Completed"), Some("Completed"))
+    );
+    assert!(snapshots(&q).contains("kura-"), "{}", snapshots(&q));
+    let rp = r["rp_id"].as_str().unwrap().to_string();
+    let rps = e.json(&["rp", "list", "vm"]);
+    assert_eq!(rps[0]["tier"], "snapshot+vault");
+    assert!(rps[0]["snapshot_expires"].as_str().is_some());
+
+    // The image changes; the first point restores from its snapshot.
+    qemu_io(&q, "write -P 0x42 0 1M");
+    e.backup("vm");
+    let out = e.path("restored.raw");
+    e.restore("vm", &rp, &out, "raw");
+    assert!(same_file(&first_state, &out));
+    let log = e.json(&["job", "list"])[0]["log"].to_string();
+    assert!(log.contains("snapshot tier"), "{log}");
+
+    // Two days later (DefaultPolicy keeps snapshots 2 days) the older snapshot goes; the
+    // point keeps its vault copy and still restores, from the vault.
+    let later = jiff::Timestamp::now()
+        .checked_add(jiff::SignedDuration::from_hours(49))
+        .unwrap()
+        .to_string();
+    e.json(&["retention", "apply", "vm", "--at", &later]);
+    let rps = e.json(&["rp", "list", "vm"]);
+    let old = rps
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == rp.as_str())
+        .unwrap();
+    assert_eq!(old["tier"], "vault-standard");
+    assert_eq!(
+        snapshots(&q).matches("kura-").count(),
+        1,
+        "only the newest point keeps its snapshot"
+    );
+    let again = e.path("again.raw");
+    e.restore("vm", &rp, &again, "raw");
+    assert!(same_file(&first_state, &again));
+}
+
+#[test]
+fn a_failed_transfer_leaves_a_snapshot_point_and_completes_with_warnings() {
+    let e = Env::new();
+    let q = qcow2_item(&e);
+    let state = raw_of(&e, &q, "state.raw");
+    let o = e.run(&[
+        "--output",
+        "json",
+        "backup",
+        "now",
+        "vm",
+        "--fail-after-chunks",
+        "1",
+    ]);
+    assert!(
+        !o.status.success(),
+        "the CLI exits non-zero when the transfer failed"
+    );
+    let err: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("snapshot tier only"),
+        "{err}"
+    );
+    let job = &e.json(&["job", "list"])[0];
+    assert_eq!(job["status"], "CompletedWithWarnings");
+    assert_eq!(job["tasks"][1]["status"], "Failed");
+    let rps = e.json(&["rp", "list", "vm"]);
+    assert_eq!(rps[0]["tier"], "snapshot");
+    let out = e.path("out.raw");
+    e.restore("vm", "latest", &out, "raw");
+    assert!(same_file(&state, &out));
+    // The next backup transfers everything since the last vault point (none yet: a full one).
+    let r = e.json(&["backup", "now", "vm"]);
+    assert_eq!(r["incremental"], false);
+    assert_eq!(r["tier"], "snapshot+vault");
+}
+
+#[test]
+fn while_a_transfer_runs_the_next_job_snapshots_and_skips_its_transfer() {
+    let e = Env::new();
+    let _q = qcow2_item(&e);
+    let mut slow = e
+        .cmd(&["--output", "json", "backup", "now", "vm"])
+        .env("KURA_TEST_TRANSFER_DELAY_MS", "3000")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the slow job is in its transfer phase.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let jobs = e.json(&["job", "list"]);
+        if jobs
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|j| j["tasks"][1]["status"] == "InProgress")
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow job never reached its transfer"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let quick = e.json(&["backup", "now", "vm"]);
+    assert_eq!(quick["transfer"], "Skipped", "{quick}");
+    assert_eq!(quick["tier"], "snapshot");
+    let job = e.json(&["job", "show", quick["job_id"].as_str().unwrap()]);
+    assert_eq!(job["status"], "Completed");
+    assert_eq!(job["tasks"][0]["status"], "Completed");
+    assert_eq!(job["tasks"][1]["status"], "Skipped");
+    assert!(slow.wait().unwrap().success());
+    let rps = e.json(&["rp", "list", "vm"]);
+    let tiers: Vec<&str> = rps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["tier"].as_str().unwrap())
+        .collect();
+    assert!(
+        tiers.contains(&"snapshot") && tiers.contains(&"snapshot+vault"),
+        "{tiers:?}"
+    );
+}
+
+#[test]
+fn raw_images_on_xfs_get_reflink_snapshots() {
+    // Needs root, a loop device and mkfs.xfs (installed by scripts/test); fails loudly if not.
+    let e = Env::new();
+    e.vault("v", &[]);
+    let fs_img = e.path("xfs.img");
+    std::fs::File::create(&fs_img)
+        .unwrap()
+        .set_len(512 << 20)
+        .unwrap();
+    let o = Command::new("mkfs.xfs")
+        .args(["-q", "-m", "reflink=1"])
+        .arg(&fs_img)
+        .output()
+        .expect("mkfs.xfs (xfsprogs) is installed by scripts/test");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mnt = e.path("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let o = Command::new("mount")
+        .args(["-o", "loop"])
+        .arg(&fs_img)
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "this test needs root and a loop device: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let img = mnt.join("disk.raw");
+    make_image(&img, 4 << 20, &[(0, 1 << 20, 1)]);
+    let before = std::fs::read(&img).unwrap();
+    e.protect(&img, "v", &[]);
+    let r = e.json(&["backup", "now", "disk"]);
+    assert_eq!(r["tier"], "snapshot+vault", "{r}");
+    let clones: Vec<_> = std::fs::read_dir(mnt.join(".kura-snapshots"))
+        .unwrap()
+        .collect();
+    assert_eq!(clones.len(), 1);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .write_all_at(&[9; 4096], 0)
+        .unwrap();
+    let out = e.path("out.raw");
+    e.restore("disk", "latest", &out, "raw");
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        before,
+        "restored from the clone, not the changed image"
+    );
+}
