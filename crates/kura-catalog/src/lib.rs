@@ -720,7 +720,7 @@ impl Catalog {
     pub fn fail_orphaned_jobs(&self) -> Result<usize> {
         let conn = self.conn();
         let orphans: Vec<(String, u32)> = conn
-            .prepare("SELECT id, pid FROM jobs WHERE status = 'InProgress'")?
+            .prepare("SELECT id, pid FROM jobs WHERE status IN ('InProgress', 'Cancelling')")?
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<Vec<_>>>()?
             .into_iter()
@@ -759,6 +759,15 @@ impl Catalog {
     }
 
     const JOB_COLS: &str = "id, operation, target, status, started, ended, bytes_done, bytes_total, rp_id, error, log, pid, tasks";
+
+    /// Asks a running job to stop: InProgress → Cancelling. False if it was not in progress.
+    pub fn request_cancel(&self, id: &str) -> Result<bool> {
+        let n = self.conn().execute(
+            "UPDATE jobs SET status = 'Cancelling' WHERE id = ?1 AND status = 'InProgress'",
+            [id],
+        )?;
+        Ok(n == 1)
+    }
 
     /// Records a job's sub-tasks.
     pub fn set_job_tasks(&self, id: &str, tasks: &[SubTask]) -> Result<()> {

@@ -104,10 +104,16 @@ impl Home {
             progress,
             |job| {
                 let report = self.two_phase_backup(&item, secrets, opts, job)?;
-                let rp = report.rp_id.clone();
-                Ok((report, Some(rp)))
+                let rp = (!report.rp_id.is_empty()).then(|| report.rp_id.clone());
+                Ok((report, rp))
             },
         )?;
+        if report.rp_id.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!("job {job_id} was cancelled during its snapshot phase"),
+            ));
+        }
         if report.transfer == "Failed" {
             return Err(Error::new(
                 ErrorKind::Other,
@@ -139,7 +145,7 @@ impl Home {
                     j.id != job.id
                         && j.operation == "Backup"
                         && j.target == item.name
-                        && j.status == "InProgress"
+                        && (j.status == "InProgress" || j.status == "Cancelling")
                 })
                 .collect())
         };
@@ -198,6 +204,37 @@ impl Home {
                 return Err(e);
             }
         };
+        if let Some(ms) = std::env::var("KURA_TEST_SNAPSHOT_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            std::thread::sleep(std::time::Duration::from_millis(ms)); // test hook: a slow snapshot
+        }
+        // Cancel is accepted during the snapshot phase: honour it before anything is published.
+        if job.cancelled() {
+            if let Some(s) = &snapshot {
+                s.delete()?;
+            }
+            tasks[0] = task("snapshot", "Cancelled", None);
+            tasks[1] = task("transfer", "Skipped", Some("the job was cancelled".into()));
+            self.catalog.set_job_tasks(&job.id, &tasks)?;
+            job.message("cancelled during the snapshot phase; nothing was kept");
+            return Ok(BackupReport {
+                job_id: String::new(),
+                rp_id: String::new(),
+                item: item.name.clone(),
+                logical_size: 0,
+                read_bytes: 0,
+                chunks: 0,
+                zero_chunks: 0,
+                new_chunks: 0,
+                new_stored_bytes: 0,
+                incremental: false,
+                tier: String::new(),
+                transfer: "Skipped".into(),
+                transfer_detail: Some("the job was cancelled".into()),
+            });
+        }
         let mut snap_row = None;
         if let Some(snap) = &snapshot {
             let days = item

@@ -596,6 +596,43 @@ impl Home {
         Ok(self.catalog.job(id)?)
     }
 
+    /// Cancels a backup job; accepted only while its snapshot phase runs.
+    pub fn cancel_job(&self, id: &str) -> Result<kura_catalog::JobRow> {
+        let job = self.catalog.job(id)?;
+        if job.status != "InProgress" {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!(
+                    "job {} is {}; only running jobs can be cancelled",
+                    job.id, job.status
+                ),
+            ));
+        }
+        let in_snapshot = job.operation == "Backup"
+            && job.tasks.first().is_some_and(|t| t.status == "InProgress");
+        if !in_snapshot {
+            let phase = job
+                .tasks
+                .iter()
+                .find(|t| t.status == "InProgress")
+                .map_or("its work", |t| t.name.as_str());
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!(
+                    "job {} is in {phase}; cancel is accepted only during a backup's snapshot phase",
+                    job.id
+                ),
+            ));
+        }
+        if !self.catalog.request_cancel(&job.id)? {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!("job {} ended meanwhile", job.id),
+            ));
+        }
+        Ok(self.catalog.job(&job.id)?)
+    }
+
     /// The latest `limit` jobs, newest first.
     pub fn list_jobs(&self, limit: usize) -> Result<Vec<kura_catalog::JobRow>> {
         Ok(self.catalog.list_jobs(limit)?)
@@ -651,7 +688,9 @@ impl Home {
             Ok((value, rp)) => {
                 ctx.flush();
                 let warning = ctx.warning.lock().unwrap_or_else(|e| e.into_inner()).take();
-                let status = if warning.is_some() {
+                let status = if ctx.cancelled() {
+                    "Cancelled"
+                } else if warning.is_some() {
                     "CompletedWithWarnings"
                 } else {
                     "Completed"
@@ -689,6 +728,13 @@ pub(crate) struct JobCtx<'a> {
 }
 
 impl JobCtx<'_> {
+    /// Whether someone asked this job to stop (`kura job cancel`).
+    pub(crate) fn cancelled(&self) -> bool {
+        self.catalog
+            .job(&self.id)
+            .is_ok_and(|j| j.status == "Cancelling" || j.status == "Cancelled")
+    }
+
     /// Ends the job CompletedWithWarnings (with this message) if it otherwise succeeds.
     pub(crate) fn warn(&self, message: &str) {
         self.log(&format!("warning: {message}"));

@@ -239,6 +239,14 @@ pub const ROUTES: &[Route] = &[
         false,
     ),
     r(
+        "POST",
+        "/api/v1/jobs/{job}/cancel",
+        "cancelJob",
+        "Cancel a backup during its snapshot phase",
+        200,
+        false,
+    ),
+    r(
         "GET",
         "/api/v1/usage",
         "getUsage",
@@ -689,6 +697,10 @@ async fn get_job(_: Auth, State(s): State<S>, Path(job): Path<String>) -> ApiRes
     ok(200, blocking(move || Ok(s.home.job(&job)?)).await?)
 }
 
+async fn cancel_job(_: Auth, State(s): State<S>, Path(job): Path<String>) -> ApiResult {
+    ok(200, blocking(move || Ok(s.home.cancel_job(&job)?)).await?)
+}
+
 async fn get_usage(_: Auth, State(s): State<S>) -> ApiResult {
     ok(200, blocking(move || Ok(s.home.usage(None)?)).await?)
 }
@@ -722,6 +734,7 @@ fn handler(route: &Route) -> MethodRouter<S> {
         "restoreDisk" => post(restore_disk),
         "listJobs" => get(list_jobs),
         "getJob" => get(get_job),
+        "cancelJob" => post(cancel_job),
         "getUsage" => get(get_usage),
         other => panic!("route table names an operation without a handler: {other}"),
     }

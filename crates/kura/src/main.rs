@@ -325,6 +325,11 @@ enum JobCmd {
         /// Job id or unique prefix.
         id: String,
     },
+    /// Cancel a backup job (accepted only during its snapshot phase).
+    Cancel {
+        /// Job id or unique prefix.
+        id: String,
+    },
 }
 
 /// Exit codes: 0 success, 1 error, 2 usage error, 3 verify found damaged data.
@@ -600,6 +605,11 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
                 }
                 t.render()
             });
+            Ok(0)
+        }
+        Command::Job(JobCmd::Cancel { id }) => {
+            let j = home.cancel_job(id)?;
+            out.print(&j, || format!("job {} is {}\n", j.id, j.status));
             Ok(0)
         }
         Command::Job(JobCmd::Show { id }) => {

@@ -306,6 +306,10 @@ pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
             Some(&["id", "operation", "target", "status", "started"]),
         ),
         Command::Job(JobCmd::Show { id }) => show(c.get(&format!("/jobs/{}", enc(id)))?, None),
+        Command::Job(JobCmd::Cancel { id }) => show(
+            c.post(&format!("/jobs/{}/cancel", enc(id)), json!({}))?,
+            None,
+        ),
         Command::Usage { vault: None } => show(
             c.get("/usage")?,
             Some(&["vault", "logical_bytes", "stored_bytes", "ratio"]),

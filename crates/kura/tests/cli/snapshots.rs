@@ -250,3 +250,79 @@ fn raw_images_on_xfs_get_reflink_snapshots() {
         "restored from the clone, not the changed image"
     );
 }
+
+#[test]
+fn cancel_is_accepted_only_during_the_snapshot_phase() {
+    let e = Env::new();
+    let q = qcow2_item(&e);
+    // A slow snapshot phase: cancel it.
+    let mut slow = e
+        .cmd(&["--output", "json", "backup", "now", "vm"])
+        .env("KURA_TEST_SNAPSHOT_DELAY_MS", "3000")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let job = wait_for_task(&e, 0);
+    let c = e.json(&["job", "cancel", &job]);
+    assert_eq!(c["status"], "Cancelling");
+    assert!(
+        !slow.wait().unwrap().success(),
+        "a cancelled backup exits non-zero"
+    );
+    let j = e.json(&["job", "show", &job]);
+    assert_eq!(j["status"], "Cancelled");
+    assert_eq!(
+        (
+            j["tasks"][0]["status"].as_str(),
+            j["tasks"][1]["status"].as_str()
+        ),
+        (Some("Cancelled"), Some("Skipped"))
+    );
+    assert_eq!(
+        e.json(&["rp", "list", "vm"]).as_array().unwrap().len(),
+        0,
+        "nothing was kept"
+    );
+    assert!(!snapshots(&q).contains("kura-"), "the snapshot was removed");
+    let (_, err) = e.fails(&["job", "cancel", &job]);
+    assert_eq!(err["error"]["code"], "conflict");
+
+    // During the transfer phase: refused, and the backup completes.
+    let mut slow = e
+        .cmd(&["--output", "json", "backup", "now", "vm"])
+        .env("KURA_TEST_TRANSFER_DELAY_MS", "2000")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let job = wait_for_task(&e, 1);
+    let (_, err) = e.fails(&["job", "cancel", &job]);
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("only during a backup's snapshot phase"),
+        "{err}"
+    );
+    assert!(slow.wait().unwrap().success());
+    assert_eq!(e.json(&["job", "show", &job])["status"], "Completed");
+}
+
+/// Waits until a running job has sub-task `phase` in progress; returns its id.
+fn wait_for_task(e: &Env, phase: usize) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let jobs = e.json(&["job", "list"]);
+        if let Some(j) =
+            jobs.as_array().unwrap().iter().find(|j| {
+                j["status"] == "InProgress" && j["tasks"][phase]["status"] == "InProgress"
+            })
+        {
+            return j["id"].as_str().unwrap().to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no job reached phase {phase}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(30));
+    }
+}
