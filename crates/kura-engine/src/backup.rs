@@ -82,6 +82,34 @@ pub struct BackupReport {
     pub transfer_detail: Option<String>,
 }
 
+impl BackupReport {
+    /// The report of a backup that ended without a vault transfer.
+    fn without_transfer(
+        item: &ItemRow,
+        rp_id: String,
+        logical_size: u64,
+        tier: &str,
+        transfer: &str,
+        detail: String,
+    ) -> Self {
+        BackupReport {
+            job_id: String::new(),
+            rp_id,
+            item: item.name.clone(),
+            logical_size,
+            read_bytes: 0,
+            chunks: 0,
+            zero_chunks: 0,
+            new_chunks: 0,
+            new_stored_bytes: 0,
+            incremental: false,
+            tier: tier.into(),
+            transfer: transfer.into(),
+            transfer_detail: Some(detail),
+        }
+    }
+}
+
 impl Home {
     /// Backs an item up now, as a job.
     pub fn backup(
@@ -219,21 +247,14 @@ impl Home {
             tasks[1] = task("transfer", "Skipped", Some("the job was cancelled".into()));
             self.catalog.set_job_tasks(&job.id, &tasks)?;
             job.message("cancelled during the snapshot phase; nothing was kept");
-            return Ok(BackupReport {
-                job_id: String::new(),
-                rp_id: String::new(),
-                item: item.name.clone(),
-                logical_size: 0,
-                read_bytes: 0,
-                chunks: 0,
-                zero_chunks: 0,
-                new_chunks: 0,
-                new_stored_bytes: 0,
-                incremental: false,
-                tier: String::new(),
-                transfer: "Skipped".into(),
-                transfer_detail: Some("the job was cancelled".into()),
-            });
+            return Ok(BackupReport::without_transfer(
+                item,
+                String::new(),
+                0,
+                "",
+                "Skipped",
+                "the job was cancelled".into(),
+            ));
         }
         let mut snap_row = None;
         if let Some(snap) = &snapshot {
@@ -277,6 +298,25 @@ impl Home {
             tasks[0] = task("snapshot", "Completed", None);
             snap_row = Some(row);
         }
+        // Hourly policies send only the last backup of each day to the vault; the others
+        // stay snapshots (when there is no snapshot tier, they are transferred and kept for
+        // the instant-restore days instead).
+        if let (Some(run), Some(row)) = (&opts.scheduled, &snap_row)
+            && !run.vault
+        {
+            let detail =
+                "hourly policy: only the last backup of the day goes to the vault".to_string();
+            tasks[1] = task("transfer", "Skipped", Some(detail.clone()));
+            self.catalog.set_job_tasks(&job.id, &tasks)?;
+            return Ok(BackupReport::without_transfer(
+                item,
+                rp_id,
+                row.logical_size,
+                "snapshot",
+                "Skipped",
+                detail,
+            ));
+        }
         // One transfer per item at a time: a later job keeps its snapshot and skips its
         // transfer; the next transfer carries every change since the last vault point.
         if let Some(other) = running(1)? {
@@ -298,21 +338,14 @@ impl Home {
             job.message(&format!("transfer skipped: {detail}"));
             tasks[1] = task("transfer", "Skipped", Some(detail.clone()));
             self.catalog.set_job_tasks(&job.id, &tasks)?;
-            return Ok(BackupReport {
-                job_id: String::new(),
+            return Ok(BackupReport::without_transfer(
+                item,
                 rp_id,
-                item: item.name.clone(),
-                logical_size: row.logical_size,
-                read_bytes: 0,
-                chunks: 0,
-                zero_chunks: 0,
-                new_chunks: 0,
-                new_stored_bytes: 0,
-                incremental: false,
-                tier: "snapshot".into(),
-                transfer: "Skipped".into(),
-                transfer_detail: Some(detail),
-            });
+                row.logical_size,
+                "snapshot",
+                "Skipped",
+                detail,
+            ));
         }
         tasks[1] = task("transfer", "InProgress", None);
         self.catalog.set_job_tasks(&job.id, &tasks)?;
@@ -342,21 +375,14 @@ impl Home {
                 self.catalog.set_job_tasks(&job.id, &tasks)?;
                 job.warn(&format!("transfer failed: {e}"));
                 let row = snap_row.expect("checked");
-                Ok(BackupReport {
-                    job_id: String::new(),
+                Ok(BackupReport::without_transfer(
+                    item,
                     rp_id,
-                    item: item.name.clone(),
-                    logical_size: row.logical_size,
-                    read_bytes: 0,
-                    chunks: 0,
-                    zero_chunks: 0,
-                    new_chunks: 0,
-                    new_stored_bytes: 0,
-                    incremental: false,
-                    tier: "snapshot".into(),
-                    transfer: "Failed".into(),
-                    transfer_detail: Some(e.to_string()),
-                })
+                    row.logical_size,
+                    "snapshot",
+                    "Failed",
+                    e.to_string(),
+                ))
             }
             Err(e) => {
                 tasks[1] = task("transfer", "Failed", Some(e.to_string()));

@@ -683,7 +683,7 @@ impl Home {
             warning: Mutex::new(None),
         };
         ctx.log(&format!("{operation} of {target} started"));
-        progress.message(&format!("job {id} started: {operation} of {target}"));
+        progress.job_started(&id, operation, target);
         match f(&ctx) {
             Ok((value, rp)) => {
                 ctx.flush();

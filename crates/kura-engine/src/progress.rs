@@ -9,6 +9,8 @@ pub trait Progress: Sync {
     fn finish(&self);
     /// A line for the user (also kept in the job log by the engine).
     fn message(&self, _line: &str) {}
+    /// A job started (its id is known before any work is done).
+    fn job_started(&self, _id: &str, _operation: &str, _target: &str) {}
 }
 
 /// Discards progress.

@@ -167,16 +167,40 @@ impl Home {
             return Ok(None);
         };
         let slot = latest.time.timestamp().checked_add(offset).unwrap_or(now);
+        // Hourly policies: when the previous day's vault backup is missing (it failed), the
+        // first backup of the next day goes to the vault instead.
+        let mut vault = latest.vault;
+        if !vault {
+            let window = latest
+                .time
+                .timestamp()
+                .checked_sub(SignedDuration::from_hours(48))
+                .unwrap_or(Timestamp::MIN);
+            if let Some(prev) = policy
+                .runs(window, latest.time.timestamp())
+                .into_iter()
+                .rev()
+                .find(|r| r.vault)
+            {
+                let prev_slot = prev
+                    .time
+                    .timestamp()
+                    .checked_add(offset)
+                    .unwrap_or(prev.time.timestamp());
+                let transferred = self.catalog.list_rps(&item.id)?.iter().any(|r| {
+                    r.tier != "snapshot"
+                        && r.time.parse::<Timestamp>().is_ok_and(|t| t >= prev_slot)
+                });
+                vault = !transferred;
+            }
+        }
         // Remember the slot first: a backup that fails or is interrupted is not retried in a
         // loop; the next slot runs as usual.
         self.catalog
             .set_item_last_slot(&item.id, &kura_catalog::stamp(slot))?;
         let backup = BackupOptions {
             now: Some(now),
-            scheduled: Some(ScheduledRun {
-                slot,
-                vault: latest.vault,
-            }),
+            scheduled: Some(ScheduledRun { slot, vault }),
             ..Default::default()
         };
         let (rp_id, error) = match self.backup(&item.name, &opts.secrets, &backup, &NoProgress) {

@@ -227,3 +227,55 @@ fn spread_offsets_are_deterministic_and_inside_the_window() {
     assert!(offsets.iter().all(|&o| (0..600).contains(&o)));
     assert!(offsets.len() > 40, "items spread out: {offsets:?}");
 }
+
+#[test]
+fn hourly_policies_send_the_last_backup_of_the_day_to_the_vault_or_the_next_one_if_it_failed() {
+    let s = setup(
+        serde_json::json!({"name": "h", "schedule": {"frequency": "hourly", "interval_hours": 12, "window_start": "00:00", "window_hours": 24, "time_zone": "UTC"},
+        "retention": {"daily": {"days": 30}}}),
+    );
+    let day = Zoned::now()
+        .with_time_zone(jiff::tz::TimeZone::UTC)
+        .date()
+        .tomorrow()
+        .unwrap();
+    let at = |d: i64, h: i8| {
+        day.checked_add(Span::new().days(d))
+            .unwrap()
+            .at(h, 0, 0, 0)
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .unwrap()
+            .timestamp()
+    };
+    let tags = |s: &Setup| -> Vec<Vec<String>> {
+        s.home
+            .list_rps("d")
+            .unwrap()
+            .into_iter()
+            .map(|r| r.tags)
+            .collect()
+    };
+    // The very first backup has no vault copy to lean on: it goes to the vault.
+    s.home.scheduler_tick(at(0, 0), &no_spread()).unwrap();
+    s.home.scheduler_tick(at(0, 12), &no_spread()).unwrap();
+    s.home.scheduler_tick(at(1, 0), &no_spread()).unwrap();
+    // Newest first: 00:00 of day 1 is kept only for instant restore; 12:00 went to the vault.
+    assert_eq!(
+        tags(&s)[..2],
+        [
+            vec!["instant-restore".to_string()],
+            vec!["daily".to_string()]
+        ]
+    );
+    // The last backup of day 1 fails (its source is gone for a moment)...
+    let saved = std::fs::read(&s.image).unwrap();
+    std::fs::remove_file(&s.image).unwrap();
+    let r = s.home.scheduler_tick(at(1, 12), &no_spread()).unwrap();
+    assert!(r.backups[0].error.is_some());
+    std::fs::write(&s.image, saved).unwrap();
+    // ...so the first backup of day 2 goes to the vault.
+    s.home.scheduler_tick(at(2, 0), &no_spread()).unwrap();
+    assert_eq!(tags(&s)[0], vec!["daily".to_string()], "{:?}", tags(&s));
+    s.home.scheduler_tick(at(2, 12), &no_spread()).unwrap();
+    assert_eq!(tags(&s)[0], vec!["daily".to_string()]);
+}

@@ -52,6 +52,7 @@ pub fn size(bytes: u64) -> String {
 /// A progress bar on stderr when it is a terminal and output is for people; silent otherwise.
 pub struct Bar {
     enabled: bool,
+    json: bool,
     bar: Mutex<Option<ProgressBar>>,
 }
 
@@ -59,6 +60,7 @@ impl Bar {
     pub fn new(out: &Out) -> Self {
         Bar {
             enabled: !out.json() && std::io::stderr().is_terminal(),
+            json: out.json(),
             bar: Mutex::new(None),
         }
     }
@@ -90,6 +92,17 @@ impl Progress for Bar {
     fn finish(&self) {
         if let Some(pb) = self.bar.lock().unwrap_or_else(|e| e.into_inner()).take() {
             pb.finish_and_clear();
+        }
+    }
+
+    fn job_started(&self, id: &str, operation: &str, target: &str) {
+        // Printed at once, on a terminal or not, so the id is known while the job runs.
+        if !self.json {
+            let line = format!("job {id} started: {operation} of {target}");
+            match self.bar.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                Some(pb) => pb.println(line),
+                None => eprintln!("{line}"),
+            }
         }
     }
 

@@ -238,3 +238,22 @@ fn backup_jobs_report_their_snapshot_and_transfer_sub_tasks() {
     assert_eq!(job["status"], "Failed");
     assert_eq!(job["tasks"][1]["status"], "Failed");
 }
+
+#[test]
+fn the_cli_prints_the_job_id_as_the_job_starts() {
+    let e = Env::new();
+    let _img = protected_item(&e);
+    let o = e.run(&["backup", "now", "d"]);
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    let out = String::from_utf8_lossy(&o.stdout);
+    let id = e.json(&["job", "list"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains(&format!("job {id} started: Backup of d")),
+        "stderr: {err}"
+    );
+    assert!(out.contains(&id), "stdout: {out}");
+}
