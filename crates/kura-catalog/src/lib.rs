@@ -174,6 +174,8 @@ pub struct JobRow {
     pub log: Vec<String>,
     /// Sub-tasks (a backup's `snapshot` and `transfer`), in order.
     pub tasks: Vec<SubTask>,
+    /// The operation's report (JSON), once it ended.
+    pub result: Option<serde_json::Value>,
     /// Average rate so far, bytes per second.
     pub rate_bytes_per_sec: Option<u64>,
     /// Estimated seconds to completion, while in progress.
@@ -663,6 +665,7 @@ impl Catalog {
             log: Vec::new(),
             pid: std::process::id(),
             tasks: Vec::new(),
+            result: None,
             rate_bytes_per_sec: None,
             eta_seconds: None,
         };
@@ -752,13 +755,25 @@ impl Catalog {
             log: serde_json::from_str(&log).unwrap_or_default(),
             pid: r.get(11)?,
             tasks: serde_json::from_str(&r.get::<_, String>(12)?).unwrap_or_default(),
+            result: r
+                .get::<_, Option<String>>(13)?
+                .and_then(|t| serde_json::from_str(&t).ok()),
             rate_bytes_per_sec: None,
             eta_seconds: None,
         }
         .with_rate())
     }
 
-    const JOB_COLS: &str = "id, operation, target, status, started, ended, bytes_done, bytes_total, rp_id, error, log, pid, tasks";
+    const JOB_COLS: &str = "id, operation, target, status, started, ended, bytes_done, bytes_total, rp_id, error, log, pid, tasks, result";
+
+    /// Stores a job's report.
+    pub fn set_job_result(&self, id: &str, result: &serde_json::Value) -> Result<()> {
+        self.conn().execute(
+            "UPDATE jobs SET result = ?2 WHERE id = ?1",
+            params![id, result.to_string()],
+        )?;
+        Ok(())
+    }
 
     /// Asks a running job to stop: InProgress → Cancelling. False if it was not in progress.
     pub fn request_cancel(&self, id: &str) -> Result<bool> {

@@ -94,6 +94,8 @@ const MIGRATIONS: &[&str] = &[
     // 8: the snapshot tier of recovery points.
     "ALTER TABLE recovery_points ADD COLUMN snapshot TEXT;
     ALTER TABLE recovery_points ADD COLUMN snapshot_expires TEXT;",
+    // 9: what a job produced (its report), for clients that were not attached to it.
+    "ALTER TABLE jobs ADD COLUMN result TEXT;",
 ];
 
 pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {

@@ -34,6 +34,8 @@ pub struct GcOptions {
     pub grace: SignedDuration,
     /// Report what would happen; delete and doom nothing.
     pub dry_run: bool,
+    /// A job made beforehand with [`Home::begin_job`].
+    pub job_id: Option<String>,
 }
 
 impl Default for GcOptions {
@@ -41,6 +43,7 @@ impl Default for GcOptions {
         GcOptions {
             grace: SignedDuration::from_hours(1),
             dry_run: false,
+            job_id: None,
         }
     }
 }
@@ -112,7 +115,7 @@ impl Home {
     ) -> Result<GcReport> {
         let vrow = self.catalog.vault(vault)?;
         let v = self.open_vault_row(&vrow, secrets)?;
-        let (job_id, report) = self.run_job("GarbageCollect", vault, true, None, progress, |job| {
+        let (job_id, report) = self.run_job("GarbageCollect", vault, true, opts.job_id.as_deref(), progress, |job| {
             if !opts.dry_run {
                 for name in self.purge_soft_deleted(&vrow.id, jiff::Timestamp::now(), secrets)? {
                     job.message(&format!("purged soft-deleted item {name}: its soft-delete period is over"));

@@ -537,10 +537,27 @@ impl Home {
             deleted_at: None,
         };
         self.catalog.insert_item(&item)?;
-        if let Err(e) = vault.put_item(&item_record(&item)) {
+        // Azure's ConfigureBackup: recorded as a job once the item exists.
+        let configured = self.run_job(
+            "ConfigureBackup",
+            &item.name,
+            false,
+            None,
+            &crate::NoProgress,
+            |job| {
+                vault.put_item(&item_record(&item))?;
+                job.message(&format!(
+                    "protected {} in vault {vault_name} with policy {policy}",
+                    item.source,
+                    vault_name = vrow.name
+                ));
+                Ok(((), None))
+            },
+        );
+        if let Err(e) = configured {
             // Refused: leave the catalog as it was.
             let _ = self.catalog.delete_item(&item.id);
-            return Err(e.into());
+            return Err(e);
         }
         Ok(item)
     }
@@ -658,7 +675,7 @@ impl Home {
     /// Runs `f` as a job: a catalog row with progress, log and final status. The error of a
     /// failed job names the job. With `preassigned`, the row made by [`Home::begin_job`] is
     /// used.
-    pub(crate) fn run_job<T>(
+    pub(crate) fn run_job<T: serde::Serialize>(
         &self,
         operation: &str,
         target: &str,
@@ -696,6 +713,14 @@ impl Home {
                     "Completed"
                 };
                 ctx.log(&format!("{operation} {}", status.to_lowercase()));
+                if let Ok(mut v) = serde_json::to_value(&value) {
+                    if let Some(o) = v.as_object_mut()
+                        && o.contains_key("job_id")
+                    {
+                        o.insert("job_id".into(), serde_json::Value::String(id.clone()));
+                    }
+                    let _ = self.catalog.set_job_result(&id, &v);
+                }
                 self.catalog
                     .finish_job(&id, status, rp.as_deref(), warning.as_deref())?;
                 Ok((id, value))

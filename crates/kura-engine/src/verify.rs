@@ -66,6 +66,27 @@ impl Home {
         secrets: &Secrets,
         progress: &dyn Progress,
     ) -> Result<VerifyReport> {
+        self.verify_in_job(scope, None, secrets, progress)
+    }
+
+    /// The job target name of a scope (as [`Home::begin_job`] needs it).
+    pub fn verify_target(scope: &VerifyScope) -> String {
+        match scope {
+            VerifyScope::All => "all vaults".to_string(),
+            VerifyScope::Vault(n) => format!("vault {n}"),
+            VerifyScope::Item(n) => format!("item {n}"),
+            VerifyScope::Rp(id) => format!("recovery point {id}"),
+        }
+    }
+
+    /// [`Home::verify`] in a job made beforehand with [`Home::begin_job`].
+    pub fn verify_in_job(
+        &self,
+        scope: &VerifyScope,
+        job_id: Option<&str>,
+        secrets: &Secrets,
+        progress: &dyn Progress,
+    ) -> Result<VerifyReport> {
         // Resolve the scope to (vault, recovery points) groups first: unknown names fail here.
         let mut groups: BTreeMap<String, Vec<RpRow>> = BTreeMap::new();
         let add_item = |item: &ItemRow, groups: &mut BTreeMap<String, Vec<RpRow>>| -> Result<()> {
@@ -109,7 +130,7 @@ impl Home {
             let row = self.catalog.vault_by_id(&vault_id)?;
             vaults.push((self.open_vault_row(&row, secrets)?, rps));
         }
-        let (job_id, report) = self.run_job("Verify", &target, false, None, progress, |job| {
+        let (job_id, report) = self.run_job("Verify", &target, false, job_id, progress, |job| {
             let mut report = VerifyReport {
                 job_id: String::new(),
                 recovery_points: 0,

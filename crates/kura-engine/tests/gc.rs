@@ -50,6 +50,7 @@ fn no_grace() -> GcOptions {
     GcOptions {
         grace: SignedDuration::ZERO,
         dry_run: false,
+        job_id: None,
     }
 }
 

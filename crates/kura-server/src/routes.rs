@@ -247,6 +247,30 @@ pub const ROUTES: &[Route] = &[
         false,
     ),
     r(
+        "POST",
+        "/api/v1/verify",
+        "verify",
+        "Re-read and check chunks of a vault, item or recovery point",
+        202,
+        true,
+    ),
+    r(
+        "POST",
+        "/api/v1/vaults/{vault}/gc",
+        "collectGarbage",
+        "Remove unreferenced chunks",
+        202,
+        true,
+    ),
+    r(
+        "POST",
+        "/api/v1/items/{item}/retention",
+        "applyRetention",
+        "Remove the recovery points retention marks for deletion",
+        200,
+        true,
+    ),
+    r(
         "GET",
         "/api/v1/usage",
         "getUsage",
@@ -569,17 +593,19 @@ struct BackupNow {
     retain_until: Option<String>,
 }
 
-/// Registers the job, answers 202 with its id, and runs the work in the background.
+/// Registers the job (after `check`), answers 202 with its id, and runs the work in the
+/// background.
 async fn start_job(
     s: S,
     operation: &'static str,
     target: String,
     exclusive: bool,
+    check: impl FnOnce(&AppState) -> Result<(), kura_engine::Error> + Send + 'static,
     work: impl FnOnce(&AppState, String) -> Result<(), kura_engine::Error> + Send + 'static,
 ) -> ApiResult {
     let st = s.clone();
     let id = blocking(move || {
-        st.home.item(&target)?;
+        check(&st)?;
         Ok(st.home.begin_job(operation, &target, exclusive)?)
     })
     .await?;
@@ -592,6 +618,12 @@ async fn start_job(
     ok(202, json!({"job_id": id, "status": "InProgress"}))
 }
 
+fn item_exists(
+    item: String,
+) -> impl FnOnce(&AppState) -> Result<(), kura_engine::Error> + Send + 'static {
+    move |st| st.home.item(&item).map(|_| ())
+}
+
 async fn backup_now(
     _: Auth,
     State(s): State<S>,
@@ -599,16 +631,23 @@ async fn backup_now(
     Body(b): Body<BackupNow>,
 ) -> ApiResult {
     let target = item.clone();
-    start_job(s, "Backup", target, false, move |st, job| {
-        let opts = BackupOptions {
-            retain_until: b.retain_until,
-            job_id: Some(job),
-            ..Default::default()
-        };
-        st.home
-            .backup(&item, &st.secrets, &opts, &kura_engine::NoProgress)
-            .map(|_| ())
-    })
+    start_job(
+        s,
+        "Backup",
+        target,
+        false,
+        item_exists(item.clone()),
+        move |st, job| {
+            let opts = BackupOptions {
+                retain_until: b.retain_until,
+                job_id: Some(job),
+                ..Default::default()
+            };
+            st.home
+                .backup(&item, &st.secrets, &opts, &kura_engine::NoProgress)
+                .map(|_| ())
+        },
+    )
     .await
 }
 
@@ -639,18 +678,25 @@ async fn restore_disk(
         }
     };
     let target = item.clone();
-    start_job(s, "Restore", target, false, move |st, job| {
-        let opts = RestoreOptions {
-            rp: b.rp,
-            to: b.to.into(),
-            format,
-            force: b.force,
-            job_id: Some(job),
-        };
-        st.home
-            .restore_disk(&item, &opts, &st.secrets, &kura_engine::NoProgress)
-            .map(|_| ())
-    })
+    start_job(
+        s,
+        "Restore",
+        target,
+        false,
+        item_exists(item.clone()),
+        move |st, job| {
+            let opts = RestoreOptions {
+                rp: b.rp,
+                to: b.to.into(),
+                format,
+                force: b.force,
+                job_id: Some(job),
+            };
+            st.home
+                .restore_disk(&item, &opts, &st.secrets, &kura_engine::NoProgress)
+                .map(|_| ())
+        },
+    )
     .await
 }
 
@@ -697,6 +743,111 @@ async fn get_job(_: Auth, State(s): State<S>, Path(job): Path<String>) -> ApiRes
     ok(200, blocking(move || Ok(s.home.job(&job)?)).await?)
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VerifyBody {
+    #[serde(default)]
+    vault: Option<String>,
+    #[serde(default)]
+    item: Option<String>,
+    #[serde(default)]
+    rp: Option<String>,
+}
+
+async fn verify(_: Auth, State(s): State<S>, Body(b): Body<VerifyBody>) -> ApiResult {
+    let scope = match (b.vault, b.item, b.rp) {
+        (None, None, None) => kura_engine::VerifyScope::All,
+        (Some(v), None, None) => kura_engine::VerifyScope::Vault(v),
+        (None, Some(i), None) => kura_engine::VerifyScope::Item(i),
+        (None, None, Some(r)) => kura_engine::VerifyScope::Rp(r),
+        _ => return Err(ApiError::invalid("give at most one of vault, item, rp")),
+    };
+    let target = kura_engine::Home::verify_target(&scope);
+    let check_scope = scope.clone();
+    start_job(
+        s,
+        "Verify",
+        target,
+        false,
+        move |st| match &check_scope {
+            kura_engine::VerifyScope::All => Ok(()),
+            kura_engine::VerifyScope::Vault(v) => st.home.vault_info(v).map(|_| ()),
+            kura_engine::VerifyScope::Item(i) => st.home.item(i).map(|_| ()),
+            kura_engine::VerifyScope::Rp(r) => {
+                st.home.catalog().rp(r).map(|_| ()).map_err(Into::into)
+            }
+        },
+        move |st, job| {
+            st.home
+                .verify_in_job(&scope, Some(&job), &st.secrets, &kura_engine::NoProgress)
+                .map(|_| ())
+        },
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GcBody {
+    #[serde(default)]
+    grace_seconds: Option<i64>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+async fn collect_garbage(
+    _: Auth,
+    State(s): State<S>,
+    Path(vault): Path<String>,
+    Body(b): Body<GcBody>,
+) -> ApiResult {
+    let grace = jiff::SignedDuration::from_secs(b.grace_seconds.unwrap_or(3600).max(0));
+    let v = vault.clone();
+    start_job(
+        s,
+        "GarbageCollect",
+        vault.clone(),
+        true,
+        move |st| st.home.vault_info(&v).map(|_| ()),
+        move |st, job| {
+            let opts = kura_engine::GcOptions {
+                grace,
+                dry_run: b.dry_run,
+                job_id: Some(job),
+            };
+            st.home
+                .gc(&vault, &opts, &st.secrets, &kura_engine::NoProgress)
+                .map(|_| ())
+        },
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetentionBody {
+    #[serde(default)]
+    at: Option<String>,
+}
+
+async fn apply_retention(
+    _: Auth,
+    State(s): State<S>,
+    Path(item): Path<String>,
+    Body(b): Body<RetentionBody>,
+) -> ApiResult {
+    let at = match b.at {
+        Some(a) => a
+            .parse()
+            .map_err(|e| ApiError::invalid(format!("at: {a:?} is not an RFC 3339 instant: {e}")))?,
+        None => jiff::Timestamp::now(),
+    };
+    ok(
+        200,
+        blocking(move || Ok(s.home.retention_apply(&item, at, &s.secrets)?)).await?,
+    )
+}
+
 async fn cancel_job(_: Auth, State(s): State<S>, Path(job): Path<String>) -> ApiResult {
     ok(200, blocking(move || Ok(s.home.cancel_job(&job)?)).await?)
 }
@@ -735,6 +886,9 @@ fn handler(route: &Route) -> MethodRouter<S> {
         "listJobs" => get(list_jobs),
         "getJob" => get(get_job),
         "cancelJob" => post(cancel_job),
+        "verify" => post(verify),
+        "collectGarbage" => post(collect_garbage),
+        "applyRetention" => post(apply_retention),
         "getUsage" => get(get_usage),
         other => panic!("route table names an operation without a handler: {other}"),
     }

@@ -334,7 +334,7 @@ enum JobCmd {
 
 /// Exit codes: 0 success, 1 error, 2 usage error, 3 verify found damaged data.
 const EXIT_ERROR: u8 = 1;
-const EXIT_DAMAGED: u8 = 3;
+pub(crate) const EXIT_DAMAGED: u8 = 3;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -649,6 +649,7 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             let opts = kura_engine::GcOptions {
                 grace: jiff::SignedDuration::from_secs((*grace).max(0)),
                 dry_run: *dry_run,
+                job_id: None,
             };
             let r = home.gc(vault, &opts, &secrets, &bar)?;
             out.print(&r, || {

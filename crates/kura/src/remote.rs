@@ -165,7 +165,8 @@ fn fields(v: &Value) -> String {
     s
 }
 
-fn job_done(out: &Out, c: &Client, started: &Value) -> anyhow::Result<u8> {
+/// Waits for a started job and prints its report, as the local command would.
+fn job_done(out: &Out, c: &Client, started: &Value) -> anyhow::Result<(u8, Value)> {
     let job = started["job_id"]
         .as_str()
         .context("the server returned no job id")?;
@@ -173,16 +174,20 @@ fn job_done(out: &Out, c: &Client, started: &Value) -> anyhow::Result<u8> {
         eprintln!("job {job} started");
     }
     let j = c.wait(job)?;
-    out.print(&j, || fields(&j));
-    if j["status"] == "Completed" {
-        Ok(0)
-    } else {
+    if j["status"] != "Completed" {
         bail!(
             "job {job} {}: {}",
             j["status"].as_str().unwrap_or("?"),
             j["error"].as_str().unwrap_or("")
-        )
+        );
     }
+    let report = if j["result"].is_null() {
+        j.clone()
+    } else {
+        j["result"].clone()
+    };
+    out.print(&report, || fields(&report));
+    Ok((0, report))
 }
 
 /// Runs a command through the server.
@@ -268,7 +273,7 @@ pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
                 &format!("/items/{}/backups", enc(item)),
                 json!({"retain_until": retain_until}),
             )?;
-            job_done(out, c, &started)
+            Ok(job_done(out, c, &started)?.0)
         }
         Command::Rp(RpCmd::List { item }) => show(
             c.get(&format!("/items/{}/recovery-points", enc(item)))?,
@@ -299,7 +304,7 @@ pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
                 &format!("/items/{}/restores", enc(item)),
                 json!({"rp": rp, "to": to, "format": format, "force": force}),
             )?;
-            job_done(out, c, &started)
+            Ok(job_done(out, c, &started)?.0)
         }
         Command::Job(JobCmd::List { limit }) => show(
             c.get(&format!("/jobs?limit={limit}"))?,
@@ -315,6 +320,64 @@ pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
             Some(&["vault", "logical_bytes", "stored_bytes", "ratio"]),
         ),
         Command::Policy(p) => crate::policy_cmd::run_policy_remote(p, c, out),
+        Command::Verify(v) => {
+            let started = c.post(
+                "/verify",
+                json!({"vault": v.vault, "item": v.item, "rp": v.rp}),
+            )?;
+            let (_, report) = job_done(out, c, &started)?;
+            let damaged = report["problems"].as_array().is_some_and(|p| !p.is_empty());
+            Ok(if damaged { crate::EXIT_DAMAGED } else { 0 })
+        }
+        Command::Gc {
+            vault,
+            grace,
+            dry_run,
+        } => {
+            let started = c.post(
+                &format!("/vaults/{}/gc", enc(vault)),
+                json!({"grace_seconds": grace, "dry_run": dry_run}),
+            )?;
+            Ok(job_done(out, c, &started)?.0)
+        }
+        Command::Retention(crate::policy_cmd::RetentionCmd::Plan { item, at }) => {
+            let q = at
+                .as_ref()
+                .map(|a| format!("?at={}", enc(a)))
+                .unwrap_or_default();
+            show(
+                c.get(&format!("/items/{}/retention-plan{q}", enc(item)))?,
+                None,
+            )
+        }
+        Command::Retention(crate::policy_cmd::RetentionCmd::Apply { item, at }) => show(
+            c.post(
+                &format!("/items/{}/retention", enc(item)),
+                json!({"at": at}),
+            )?,
+            None,
+        ),
+        Command::Usage { vault: Some(v) } => {
+            let all = c.get("/usage")?;
+            let one: Vec<Value> = all
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|u| u["vault"] == v.as_str())
+                .cloned()
+                .collect();
+            if one.is_empty() {
+                return Err(ApiFailure {
+                    code: "not_found".into(),
+                    message: format!("vault {v:?} not found"),
+                }
+                .into());
+            }
+            show(
+                Value::Array(one),
+                Some(&["vault", "logical_bytes", "stored_bytes", "ratio"]),
+            )
+        }
         _ => bail!(
             "this command is not available through --server; run it on the server's host without --server"
         ),

@@ -82,11 +82,24 @@ fn the_cli_works_through_the_server() {
         "default",
     ]);
     assert_eq!(item["name"], "d");
-    let job = json(&["backup", "now", "d"]);
-    assert_eq!(job["status"], "Completed", "{job}");
-    assert!(job["rp_id"].as_str().is_some());
+    let report = json(&["backup", "now", "d"]);
+    assert!(report["rp_id"].as_str().is_some(), "{report}");
+    assert!(
+        report["job_id"].as_str().is_some_and(|j| j.len() == 32),
+        "{report}"
+    );
+    // The same report as the local command prints.
+    let local = e.json(&[
+        "--home",
+        e.path("server-home").to_str().unwrap(),
+        "backup",
+        "now",
+        "d",
+    ]);
+    let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&report), keys(&local));
     let rps = json(&["rp", "list", "d"]);
-    assert_eq!(rps.as_array().unwrap().len(), 1);
+    assert_eq!(rps.as_array().unwrap().len(), 2);
     let out = e.path("out.raw");
     let job = json(&[
         "restore",
@@ -97,8 +110,17 @@ fn the_cli_works_through_the_server() {
         "--to",
         out.to_str().unwrap(),
     ]);
-    assert_eq!(job["status"], "Completed");
+    assert_eq!(job["target"], out.to_str().unwrap());
     assert!(same_file(&img, &out));
+    let verified = json(&["verify", "--item", "d"]);
+    assert_eq!(verified["problems"], serde_json::json!([]));
+    assert_eq!(verified["recovery_points"], 2);
+    let gc = json(&["gc", "--vault", "default", "--grace", "0"]);
+    assert_eq!(gc["deleted"], 0);
+    let plan = json(&["retention", "plan", "d"]);
+    assert_eq!(plan["entries"].as_array().unwrap().len(), 2);
+    let usage = json(&["usage", "--vault", "default"]);
+    assert_eq!(usage[0]["vault"], "default");
     assert!(json(&["job", "list"]).as_array().unwrap().len() >= 2);
     assert_eq!(
         json(&["policy", "list", "--vault", "default"])[0]["name"],
@@ -127,7 +149,7 @@ fn the_cli_works_through_the_server() {
     let a = remote(&["backup", "now", "ghost"]);
     let (_, err) = e.fails(&a.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(err["error"]["code"], "not_found");
-    let a = remote(&["verify"]);
+    let a = remote(&["scheduler", "tick"]);
     let (_, err) = e.fails(&a.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(
         err["error"]["message"]
