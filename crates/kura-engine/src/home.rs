@@ -337,6 +337,20 @@ impl Home {
 
     /// Writes a vault's wrapped key (never the unwrapped one) to `to`, for escrow.
     pub fn export_key(&self, name: &str, to: &Path, force: bool) -> Result<PathBuf> {
+        if to.exists() && !force {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("{} already exists (use --force to overwrite)", to.display()),
+            ));
+        }
+        let doc = self.wrapped_key_document(name)?;
+        let text = serde_json::to_vec_pretty(&doc).expect("json");
+        write_private(to, &text)?;
+        Ok(to.to_path_buf())
+    }
+
+    /// The escrow document of a vault's wrapped key (never the unwrapped key).
+    pub fn wrapped_key_document(&self, name: &str) -> Result<serde_json::Value> {
         let row = self.catalog.vault(name)?;
         let backend = FsBackend::open(Path::new(&row.path))?;
         let config = Vault::read_config(&backend)?;
@@ -346,23 +360,14 @@ impl Home {
                 format!("vault {name:?} is not encrypted; it has no key to export"),
             )
         })?;
-        if to.exists() && !force {
-            return Err(Error::new(
-                ErrorKind::AlreadyExists,
-                format!("{} already exists (use --force to overwrite)", to.display()),
-            ));
-        }
-        let doc = serde_json::json!({
+        Ok(serde_json::json!({
             "kura_wrapped_key": 1,
             "vault_id": config.vault_id,
             "vault_name": name,
             "cipher": enc.cipher.name(),
             "key": enc.key,
             "note": "the vault's data key wrapped by its passphrase or key file; useless without them",
-        });
-        let text = serde_json::to_vec_pretty(&doc).expect("json");
-        write_private(to, &text)?;
-        Ok(to.to_path_buf())
+        }))
     }
 
     /// Registers an existing vault directory and rebuilds its items and recovery points from

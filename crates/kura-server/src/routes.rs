@@ -248,6 +248,22 @@ pub const ROUTES: &[Route] = &[
     ),
     r(
         "POST",
+        "/api/v1/vaults/attach",
+        "attachVault",
+        "Register an existing vault directory and rebuild its catalog entries",
+        201,
+        true,
+    ),
+    r(
+        "GET",
+        "/api/v1/vaults/{vault}/key",
+        "exportKey",
+        "The vault's wrapped data key, for escrow",
+        200,
+        false,
+    ),
+    r(
+        "POST",
         "/api/v1/verify",
         "verify",
         "Re-read and check chunks of a vault, item or recovery point",
@@ -848,6 +864,35 @@ async fn apply_retention(
     )
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Attach {
+    name: String,
+    path: String,
+    #[serde(default)]
+    key_file: Option<String>,
+}
+
+async fn attach_vault(_: Auth, State(s): State<S>, Body(b): Body<Attach>) -> ApiResult {
+    let report = blocking(move || {
+        let mut secrets = s.secrets.clone();
+        if let Some(k) = b.key_file {
+            secrets.key_file = Some(k.into());
+        }
+        Ok(s.home
+            .attach_vault(&b.name, std::path::Path::new(&b.path), &secrets)?)
+    })
+    .await?;
+    ok(201, report)
+}
+
+async fn export_key(_: Auth, State(s): State<S>, Path(vault): Path<String>) -> ApiResult {
+    ok(
+        200,
+        blocking(move || Ok(s.home.wrapped_key_document(&vault)?)).await?,
+    )
+}
+
 async fn cancel_job(_: Auth, State(s): State<S>, Path(job): Path<String>) -> ApiResult {
     ok(200, blocking(move || Ok(s.home.cancel_job(&job)?)).await?)
 }
@@ -887,6 +932,8 @@ fn handler(route: &Route) -> MethodRouter<S> {
         "getJob" => get(get_job),
         "cancelJob" => post(cancel_job),
         "verify" => post(verify),
+        "attachVault" => post(attach_vault),
+        "exportKey" => get(export_key),
         "collectGarbage" => post(collect_garbage),
         "applyRetention" => post(apply_retention),
         "getUsage" => get(get_usage),

@@ -113,6 +113,9 @@ enum Command {
         /// Seconds between scheduler ticks.
         #[arg(long, default_value_t = 30)]
         tick: u64,
+        /// Spread window, in seconds, for items that share a schedule.
+        #[arg(long, default_value_t = 600)]
+        spread: i64,
     },
     /// Try kura end to end on a small demo disk, in a demo home.
     Quickstart(quickstart::Args),
@@ -172,7 +175,7 @@ enum VaultCmd {
 }
 
 #[derive(Debug, Subcommand)]
-enum KeyCmd {
+pub(crate) enum KeyCmd {
     /// Write the vault's wrapped data key to a file, for escrow.
     Export {
         /// Vault name.
@@ -635,7 +638,11 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Policy(cmd) => policy_cmd::run_policy(&home, cmd, out),
-        Command::Server { listen, tick } => server::run(home, secrets, listen, *tick),
+        Command::Server {
+            listen,
+            tick,
+            spread,
+        } => server::run(home, secrets, listen, *tick, *spread),
         Command::Usage { vault } => {
             let u = home.usage(vault.as_deref())?;
             out.print(&u, || usage_text(&u));

@@ -320,6 +320,22 @@ pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
             Some(&["vault", "logical_bytes", "stored_bytes", "ratio"]),
         ),
         Command::Policy(p) => crate::policy_cmd::run_policy_remote(p, c, out),
+        Command::Vault(VaultCmd::Attach { name, path }) => {
+            let path = std::path::absolute(path)?;
+            show(
+                c.post("/vaults/attach", json!({"name": name, "path": path}))?,
+                None,
+            )
+        }
+        Command::Vault(VaultCmd::Key(crate::KeyCmd::Export { name, to, force })) => {
+            if to.exists() && !force {
+                bail!("{} already exists (use --force to overwrite)", to.display());
+            }
+            let doc = c.get(&format!("/vaults/{}/key", enc(name)))?;
+            std::fs::write(to, serde_json::to_vec_pretty(&doc)?)
+                .with_context(|| format!("cannot write {}", to.display()))?;
+            show(json!({"vault": name, "exported_to": to}), None)
+        }
         Command::Verify(v) => {
             let started = c.post(
                 "/verify",

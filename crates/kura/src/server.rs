@@ -13,7 +13,13 @@ macro_rules! say {
     }};
 }
 
-pub fn run(home: Home, secrets: Secrets, listen: &str, tick: u64) -> anyhow::Result<u8> {
+pub fn run(
+    home: Home,
+    secrets: Secrets,
+    listen: &str,
+    tick: u64,
+    spread: i64,
+) -> anyhow::Result<u8> {
     let admin = std::env::var("KURA_ADMIN_TOKEN").ok();
     let (token_hash, token) = kura_server::first_start(&home, admin.as_deref())?;
     let home = Arc::new(home);
@@ -39,7 +45,7 @@ pub fn run(home: Home, secrets: Secrets, listen: &str, tick: u64) -> anyhow::Res
     let sched_home = home.clone();
     let sched_opts = SchedulerOptions {
         secrets: secrets.clone(),
-        ..Default::default()
+        spread: jiff::SignedDuration::from_secs(spread.max(0)),
     };
     std::thread::spawn(move || {
         loop {

@@ -119,6 +119,32 @@ fn the_cli_works_through_the_server() {
     assert_eq!(gc["deleted"], 0);
     let plan = json(&["retention", "plan", "d"]);
     assert_eq!(plan["entries"].as_array().unwrap().len(), 2);
+    let escrow = e.path("escrow.json");
+    json(&[
+        "vault",
+        "key",
+        "export",
+        "default",
+        "--to",
+        escrow.to_str().unwrap(),
+    ]);
+    let doc: Value = serde_json::from_slice(&std::fs::read(&escrow).unwrap()).unwrap();
+    assert!(doc["key"]["wrapped"].as_str().unwrap().len() > 100);
+    let a = remote(&[
+        "vault",
+        "attach",
+        "x",
+        "--path",
+        e.dir.path().to_str().unwrap(),
+    ]);
+    let (_, err) = e.fails(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a kura vault"),
+        "{err}"
+    );
     let usage = json(&["usage", "--vault", "default"]);
     assert_eq!(usage[0]["vault"], "default");
     assert!(json(&["job", "list"]).as_array().unwrap().len() >= 2);
