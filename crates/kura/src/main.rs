@@ -5,6 +5,7 @@ mod policy_cmd;
 mod quickstart;
 mod remote;
 mod server;
+mod views;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -15,7 +16,7 @@ use kura_engine::{
     BackupOptions, CreateVault, ErrorKind, Home, RestoreFormat, RestoreOptions, Secrets,
     VerifyScope,
 };
-use output::{Bar, Out, Table};
+use output::{Bar, Out};
 use zeroize::Zeroizing;
 
 /// kura: self-hosted, policy-driven backup for disk images and virtual machines.
@@ -423,53 +424,32 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
         })) => {
             let item =
                 home.protect_disk(image, vault, name.as_deref(), policy.as_deref(), &secrets)?;
-            out.print(&item, || {
-                format!(
-                    "protected {} as item {} in vault {vault}\n",
-                    item.source, item.name
-                )
-            });
+            out.view(&item, views::protected);
             Ok(0)
         }
         Command::Item(ItemCmd::List) => {
             let items = home.list_items()?;
-            out.print(&items, || {
-                let mut t = Table::new(&["NAME", "KIND", "VAULT", "SOURCE"]);
-                for i in &items {
-                    let vault = home
-                        .catalog()
-                        .vault_by_id(&i.vault_id)
-                        .map(|v| v.name)
-                        .unwrap_or_default();
-                    t.row(vec![
-                        i.name.clone(),
-                        i.kind.clone(),
-                        vault,
-                        i.source.clone(),
-                    ]);
-                }
-                t.render()
-            });
+            out.view(&items, views::item_list);
             Ok(0)
         }
         Command::Item(ItemCmd::Show { item }) => {
             let st = home.item_status(item)?;
-            out.print(&st, || item_text(&st));
+            out.view(&st, views::item_status);
             Ok(0)
         }
         Command::Item(ItemCmd::Stop { item, delete_data }) => {
             let st = home.stop_protection(item, *delete_data, &secrets, jiff::Timestamp::now())?;
-            out.print(&st, || item_text(&st));
+            out.view(&st, views::item_status);
             Ok(0)
         }
         Command::Item(ItemCmd::Resume { item, policy }) => {
             let st = home.resume_protection(item, policy)?;
-            out.print(&st, || item_text(&st));
+            out.view(&st, views::item_status);
             Ok(0)
         }
         Command::Item(ItemCmd::Undelete { item }) => {
             let st = home.undelete(item)?;
-            out.print(&st, || item_text(&st));
+            out.view(&st, views::item_status);
             Ok(0)
         }
         Command::Backup(BackupCmd::Now {
@@ -483,42 +463,12 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
                 ..Default::default()
             };
             let r = home.backup(item, &secrets, &opts, &bar)?;
-            out.print(&r, || {
-                format!(
-                    "job {} completed\nrecovery point {}\n  {} of disk, {} read, {} new chunks ({} stored){}\n",
-                    r.job_id, r.rp_id, output::size(r.logical_size), output::size(r.read_bytes), r.new_chunks,
-                    output::size(r.new_stored_bytes), if r.incremental { ", incremental" } else { ", full" }
-                )
-            });
+            out.view(&r, views::backup);
             Ok(0)
         }
         Command::Rp(RpCmd::List { item }) => {
             let rps = home.list_rps(item)?;
-            out.print(&rps, || {
-                let mut t = Table::new(&[
-                    "ID",
-                    "TIME",
-                    "LOGICAL",
-                    "STORED",
-                    "CONSISTENCY",
-                    "TIER",
-                    "TAGS",
-                    "EXPIRES",
-                ]);
-                for r in &rps {
-                    t.row(vec![
-                        r.id.clone(),
-                        r.time.clone(),
-                        output::size(r.logical_size),
-                        output::size(r.stored_size),
-                        r.consistency.clone(),
-                        r.tier.clone(),
-                        r.tags.join(","),
-                        r.expires.clone().unwrap_or_else(|| "never".into()),
-                    ]);
-                }
-                t.render()
-            });
+            out.view(&rps, views::rp_list);
             Ok(0)
         }
         Command::Restore(RestoreCmd::Disk {
@@ -540,20 +490,7 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
                 job_id: None,
             };
             let r = home.restore_disk(item, &opts, &secrets, &bar)?;
-            out.print(&r, || {
-                format!(
-                    "job {} completed\nrestored recovery point {} to {} ({}, {}; {} written)\n",
-                    r.job_id,
-                    r.rp_id,
-                    r.target,
-                    serde_json::to_value(r.format)
-                        .unwrap_or_default()
-                        .as_str()
-                        .unwrap_or(""),
-                    output::size(r.size),
-                    output::size(r.bytes_written)
-                )
-            });
+            out.view(&r, views::restore);
             Ok(0)
         }
         Command::Verify(args) => {
@@ -564,77 +501,22 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
                 _ => VerifyScope::All,
             };
             let r = home.verify(&scope, &secrets, &bar)?;
-            out.print(&r, || {
-                let mut s = format!(
-                    "job {}: checked {} recovery point(s), {} chunk(s)\n",
-                    r.job_id, r.recovery_points, r.chunks_checked
-                );
-                if r.ok() {
-                    s += "all data verified\n";
-                } else {
-                    for p in &r.problems {
-                        s += &format!(
-                            "{} {}: {}\n  used by recovery points: {}\n",
-                            p.object,
-                            p.problem.to_uppercase(),
-                            p.detail,
-                            p.recovery_points.join(", ")
-                        );
-                    }
-                    s += &format!("{} problem(s) found\n", r.problems.len());
-                }
-                s
-            });
+            out.view(&r, views::verify);
             Ok(if r.ok() { 0 } else { EXIT_DAMAGED })
         }
         Command::Job(JobCmd::List { limit }) => {
             let jobs = home.list_jobs(*limit)?;
-            out.print(&jobs, || {
-                let mut t =
-                    Table::new(&["ID", "OPERATION", "TARGET", "STATUS", "STARTED", "PROGRESS"]);
-                for j in &jobs {
-                    t.row(vec![
-                        j.id.clone(),
-                        j.operation.clone(),
-                        j.target.clone(),
-                        j.status.clone(),
-                        j.started.clone(),
-                        format!(
-                            "{}/{}",
-                            output::size(j.bytes_done),
-                            output::size(j.bytes_total)
-                        ),
-                    ]);
-                }
-                t.render()
-            });
+            out.view(&jobs, views::job_list);
             Ok(0)
         }
         Command::Job(JobCmd::Cancel { id }) => {
             let j = home.cancel_job(id)?;
-            out.print(&j, || format!("job {} is {}\n", j.id, j.status));
+            out.view(&j, views::job_status);
             Ok(0)
         }
         Command::Job(JobCmd::Show { id }) => {
             let j = home.job(id)?;
-            out.print(&j, || {
-                let mut s = format!(
-                    "job        {}\noperation  {}\ntarget     {}\nstatus     {}\nstarted    {}\nended      {}\nprogress   {} of {}\n",
-                    j.id, j.operation, j.target, j.status, j.started, j.ended.clone().unwrap_or_default(),
-                    output::size(j.bytes_done), output::size(j.bytes_total)
-                );
-                if let Some(rp) = &j.rp_id {
-                    s += &format!("recovery point  {rp}\n");
-                }
-                if let Some(e) = &j.error {
-                    s += &format!("error      {e}\n");
-                }
-                s += "log:\n";
-                for l in &j.log {
-                    s += &format!("  {l}\n");
-                }
-                s
-            });
+            out.view(&j, views::job_show);
             Ok(0)
         }
         Command::Policy(cmd) => policy_cmd::run_policy(&home, cmd, out),
@@ -645,7 +527,7 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
         } => server::run(home, secrets, listen, *tick, *spread),
         Command::Usage { vault } => {
             let u = home.usage(vault.as_deref())?;
-            out.print(&u, || usage_text(&u));
+            out.view(&u, views::usage);
             Ok(0)
         }
         Command::Gc {
@@ -659,14 +541,7 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
                 job_id: None,
             };
             let r = home.gc(vault, &opts, &secrets, &bar)?;
-            out.print(&r, || {
-                format!(
-                    "job {}: {} recovery point(s) reference {} of {} stored chunks\n{} newly marked, {} released, {} deleted ({}), {} waiting for their grace period or older writers{}\n",
-                    r.job_id, r.recovery_points, r.referenced_chunks, r.stored_chunks, r.newly_doomed, r.released, r.deleted,
-                    output::size(r.freed_bytes), r.waiting,
-                    if *dry_run { " (dry run: nothing changed)" } else { "" }
-                )
-            });
+            out.view(&r, views::gc);
             Ok(0)
         }
         Command::Retention(cmd) => policy_cmd::run_retention(&home, cmd, &secrets, out),
@@ -728,48 +603,17 @@ fn vault(home: &Home, cmd: &VaultCmd, secrets: &Secrets, out: &Out) -> anyhow::R
         }
         VaultCmd::List => {
             let vs = home.list_vaults()?;
-            out.print(&vs, || {
-                let mut t = Table::new(&["NAME", "ITEMS", "ENCRYPTION", "CHUNK", "PATH"]);
-                for v in &vs {
-                    t.row(vec![
-                        v.row.name.clone(),
-                        v.items.to_string(),
-                        v.row.encryption.clone(),
-                        output::size(u64::from(v.row.chunk_size)),
-                        v.row.path.clone(),
-                    ]);
-                }
-                t.render()
-            });
+            out.view(&vs, views::vault_list);
             Ok(0)
         }
         VaultCmd::Show { name } => {
             let v = home.vault_info(name)?;
-            out.print(&v, || {
-                format!(
-                    "vault       {}\nid          {}\npath        {}\nchunk size  {}\nencryption  {}{}\nkey file    {}\nitems       {}\nsoft delete {} ({} days)\ncreated     {}\n",
-                    v.row.name, v.row.id, v.row.path, output::size(u64::from(v.row.chunk_size)), v.row.encryption,
-                    v.row.cipher.as_ref().map(|c| format!(" ({c})")).unwrap_or_default(),
-                    v.row.key_file.clone().unwrap_or_else(|| "-".into()), v.items, v.soft_delete, v.soft_delete_days, v.row.created
-                )
-            });
+            out.view(&v, views::vault_show);
             Ok(0)
         }
         VaultCmd::Attach { name, path } => {
             let r = home.attach_vault(name, path, secrets)?;
-            out.print(&r, || {
-                let mut s = format!(
-                    "attached vault {} from {}: {} item(s), {} recovery point(s)\n",
-                    r.vault.name,
-                    r.vault.path,
-                    r.items.len(),
-                    r.recovery_points
-                );
-                for w in &r.warnings {
-                    s += &format!("warning: {w}\n");
-                }
-                s
-            });
+            out.view(&r, views::attached);
             Ok(0)
         }
         VaultCmd::Key(KeyCmd::Export { name, to, force }) => {
@@ -781,73 +625,6 @@ fn vault(home: &Home, cmd: &VaultCmd, secrets: &Secrets, out: &Out) -> anyhow::R
             Ok(0)
         }
     }
-}
-
-fn usage_text(u: &[kura_engine::usage::VaultUsage]) -> String {
-    let mut t = Table::new(&[
-        "VAULT/ITEM",
-        "STATE",
-        "PROTECTED",
-        "INSTANCES",
-        "RPS",
-        "LOGICAL",
-        "STORED",
-        "RATIO",
-    ]);
-    for v in u {
-        let empty = String::new;
-        t.row(vec![
-            v.vault.clone(),
-            empty(),
-            empty(),
-            empty(),
-            empty(),
-            output::size(v.logical_bytes),
-            output::size(v.stored_bytes),
-            format!("{:.2}", v.ratio),
-        ]);
-        for i in &v.items {
-            t.row(vec![
-                format!("  {}", i.item),
-                i.state.clone(),
-                output::size(i.protected_bytes),
-                format!("{} {}", i.protected_instances, i.instance_tier),
-                i.recovery_points.to_string(),
-                output::size(i.logical_bytes),
-                output::size(i.stored_bytes),
-                format!("{:.2}", i.ratio),
-            ]);
-        }
-    }
-    t.render()
-}
-
-fn item_text(st: &kura_engine::ItemStatus) -> String {
-    let i = &st.item;
-    let mut s = format!(
-        "item              {}\nid                {}\nkind              {}\nvault             {}\npolicy            {}\nsource            {}{}\nprotection state  {}\nlast backup       {}\nhealth            {}\nrecovery points   {}\n",
-        i.name,
-        i.id,
-        i.kind,
-        st.vault,
-        i.policy.as_deref().unwrap_or("-"),
-        i.source,
-        if st.source_present { "" } else { "  (MISSING)" },
-        st.protection_state,
-        st.last_backup_status,
-        st.health_status,
-        st.recovery_points
-    );
-    for d in &st.health_details {
-        s += &format!("  ! {d}\n");
-    }
-    if let Some(rp) = &st.latest_recovery_point {
-        s += &format!("latest            {} at {}\n", rp.id, rp.time);
-    }
-    if let Some(p) = &st.purge_at {
-        s += &format!("purged at         {p} unless undeleted\n");
-    }
-    s
 }
 
 /// Maps an error to a stable snake_case code.

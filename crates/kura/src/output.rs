@@ -33,6 +33,19 @@ impl Out {
         }
     }
 
+    /// Prints `value` as JSON, or as text by `render` from the same JSON.
+    pub fn view<T: Serialize>(&self, value: &T, render: impl FnOnce(&serde_json::Value) -> String) {
+        let v = serde_json::to_value(value).expect("serializable");
+        if self.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&v).expect("serializable")
+            );
+        } else {
+            print!("{}", render(&v));
+        }
+    }
+
     /// Reports an error: JSON on stdout, or a message on stderr.
     pub fn error(&self, e: &anyhow::Error) {
         if self.json {

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Subcommand;
 use kura_engine::{Home, PolicySource, Secrets, split_policy_path};
 
-use crate::output::{Out, Table};
+use crate::output::Out;
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCmd {
@@ -106,54 +106,26 @@ fn read(file: &PathBuf) -> anyhow::Result<Vec<u8>> {
     std::fs::read(file).with_context(|| format!("cannot read policy file {}", file.display()))
 }
 
-fn policy_table(rows: &[kura_catalog::PolicyRow]) -> String {
-    let mut t = Table::new(&["NAME", "FREQUENCY", "TIME ZONE", "ITEMS", "UPDATED"]);
-    for p in rows {
-        let s = &p.doc["schedule"];
-        t.row(vec![
-            p.name.clone(),
-            s["frequency"].as_str().unwrap_or("?").to_string(),
-            s["time_zone"].as_str().unwrap_or("UTC").to_string(),
-            p.items.to_string(),
-            p.updated.clone(),
-        ]);
-    }
-    t.render()
-}
-
-fn show(p: &kura_catalog::PolicyRow) -> String {
-    format!(
-        "policy {} ({} item(s))\n{}\n",
-        p.name,
-        p.items,
-        serde_json::to_string_pretty(&p.doc).unwrap_or_default()
-    )
-}
-
 pub fn run_policy(home: &Home, cmd: &PolicyCmd, out: &Out) -> anyhow::Result<u8> {
     match cmd {
         PolicyCmd::Create { vault, file } => {
             let p = home.create_policy(vault, &read(file)?)?;
-            out.print(&p, || format!("created policy {vault}/{}\n", p.name));
+            out.view(&p, crate::views::policy_show);
         }
         PolicyCmd::List { vault } => {
             let rows = home.list_policies(vault)?;
-            out.print(&rows, || policy_table(&rows));
+            out.view(&rows, crate::views::policy_list);
         }
         PolicyCmd::Show { path } => {
             let (v, n) = split_policy_path(path)?;
             let p = home.policy(&v, &n)?;
-            out.print(&p, || show(&p));
+            out.view(&p, crate::views::policy_show);
         }
         PolicyCmd::Update { path, file } => {
             let (v, n) = split_policy_path(path)?;
             let (p, changed) = home.update_policy(&v, &n, &read(file)?)?;
             let doc = serde_json::json!({"policy": p, "recovery_points_updated": changed});
-            out.print(&doc, || {
-                format!(
-                    "updated policy {path}; retention re-applied to {changed} recovery point(s)\n"
-                )
-            });
+            out.view(&doc, crate::views::policy_show);
         }
         PolicyCmd::Delete { path } => {
             let (v, n) = split_policy_path(path)?;
@@ -180,32 +152,7 @@ pub fn run_policy(home: &Home, cmd: &PolicyCmd, out: &Out) -> anyhow::Result<u8>
                 .parse()
                 .with_context(|| format!("--from {from:?} is not a date in YYYY-MM-DD form"))?;
             let sim = home.simulate_policy(&source, from, *days)?;
-            out.print(&sim, || {
-                let mut s = format!(
-                    "{} backup(s) from {} until {} ({})\n",
-                    sim.runs.len(),
-                    sim.from,
-                    sim.until,
-                    sim.time_zone
-                );
-                for r in &sim.runs {
-                    s += &format!("  {}  {}\n", r.time, r.tier);
-                }
-                s += &format!(
-                    "{} recovery point(s) still exist at {}:\n",
-                    sim.surviving.len(),
-                    sim.until
-                );
-                let mut t = Table::new(&["  TIME", "TAGS", "EXPIRES"]);
-                for p in &sim.surviving {
-                    t.row(vec![
-                        format!("  {}", p.time),
-                        p.tags.join(","),
-                        p.expires.clone(),
-                    ]);
-                }
-                s + &t.render()
-            });
+            out.view(&sim, crate::views::simulation);
         }
     }
     Ok(0)
@@ -232,23 +179,7 @@ pub fn run_retention(
             (home.retention_apply(item, instant(at)?, secrets)?, true)
         }
     };
-    out.print(&plan, || {
-        let mut t = Table::new(&["RECOVERY POINT", "TIME", "ACTION", "REASON"]);
-        for e in &plan.entries {
-            let action = if applied && e.action == "delete" {
-                "deleted"
-            } else {
-                e.action
-            };
-            t.row(vec![
-                e.rp_id.clone(),
-                e.time.clone(),
-                action.to_string(),
-                e.reason.clone(),
-            ]);
-        }
-        t.render()
-    });
+    out.view(&plan, |v| crate::views::retention(v, applied));
     Ok(0)
 }
 
@@ -386,8 +317,14 @@ pub fn run_policy_remote(
             anyhow::bail!("through --server, simulate a stored policy: VAULT/NAME")
         }
     };
-    out.print(&v, || {
-        serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
-    });
+    let render: fn(&serde_json::Value) -> String = match cmd {
+        PolicyCmd::List { .. } => crate::views::policy_list,
+        PolicyCmd::Simulate { .. } => crate::views::simulation,
+        PolicyCmd::Delete { .. } => {
+            |v| format!("deleted policy {}\n", v["deleted"].as_str().unwrap_or(""))
+        }
+        _ => crate::views::policy_show,
+    };
+    out.view(&v, render);
     Ok(0)
 }

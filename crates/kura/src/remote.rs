@@ -4,7 +4,8 @@
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use crate::output::{Out, Table};
+use crate::output::Out;
+use crate::views;
 use crate::{BackupCmd, Command, ItemCmd, JobCmd, ProtectCmd, RestoreCmd, RpCmd, VaultCmd};
 
 /// An API client.
@@ -117,56 +118,13 @@ fn enc(s: &str) -> String {
         .collect()
 }
 
-/// Renders selected fields of a list of objects.
-fn table(v: &Value, cols: &[&str]) -> String {
-    let mut t = Table::new(
-        &cols
-            .iter()
-            .map(|c| c.to_ascii_uppercase())
-            .collect::<Vec<_>>()
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>(),
-    );
-    for row in v.as_array().into_iter().flatten() {
-        t.row(
-            cols.iter()
-                .map(|c| match &row[*c] {
-                    Value::String(s) => s.clone(),
-                    Value::Null => "-".into(),
-                    Value::Array(a) => a
-                        .iter()
-                        .map(|x| {
-                            x.as_str()
-                                .map(str::to_string)
-                                .unwrap_or_else(|| x.to_string())
-                        })
-                        .collect::<Vec<_>>()
-                        .join(","),
-                    other => other.to_string(),
-                })
-                .collect(),
-        );
-    }
-    t.render()
-}
-
-fn fields(v: &Value) -> String {
-    let mut s = String::new();
-    if let Some(o) = v.as_object() {
-        for (k, x) in o {
-            let text = match x {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            s += &format!("{k:18} {text}\n");
-        }
-    }
-    s
-}
-
 /// Waits for a started job and prints its report, as the local command would.
-fn job_done(out: &Out, c: &Client, started: &Value) -> anyhow::Result<(u8, Value)> {
+fn job_done(
+    out: &Out,
+    c: &Client,
+    started: &Value,
+    render: fn(&Value) -> String,
+) -> anyhow::Result<Value> {
     let job = started["job_id"]
         .as_str()
         .context("the server returned no job id")?;
@@ -186,26 +144,20 @@ fn job_done(out: &Out, c: &Client, started: &Value) -> anyhow::Result<(u8, Value
     } else {
         j["result"].clone()
     };
-    out.print(&report, || fields(&report));
-    Ok((0, report))
+    out.view(&report, render);
+    Ok(report)
 }
 
-/// Runs a command through the server.
+/// Runs a command through the server; the output is rendered by the same views as locally.
 pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
-    let show = |v: Value, cols: Option<&[&str]>| {
-        match cols {
-            Some(cols) => out.print(&v, || table(&v, cols)),
-            None => out.print(&v, || fields(&v)),
-        }
+    let show = |v: Value, render: fn(&Value) -> String| {
+        out.view(&v, render);
         Ok(0)
     };
     match cmd {
-        Command::Vault(VaultCmd::List) => show(
-            c.get("/vaults")?,
-            Some(&["name", "items", "encryption", "chunk_size", "path"]),
-        ),
+        Command::Vault(VaultCmd::List) => show(c.get("/vaults")?, views::vault_list),
         Command::Vault(VaultCmd::Show { name }) => {
-            show(c.get(&format!("/vaults/{}", enc(name)))?, None)
+            show(c.get(&format!("/vaults/{}", enc(name)))?, views::vault_show)
         }
         Command::Vault(VaultCmd::Create {
             name,
@@ -216,7 +168,8 @@ pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
             compression_level: None,
         }) => {
             let chunk = chunk_size.as_deref().map(crate::parse_size).transpose()?;
-            show(c.post("/vaults", json!({"name": name, "path": path, "chunk_size": chunk, "no_encryption": no_encryption}))?, None)
+            let path = path.as_ref().map(std::path::absolute).transpose()?;
+            show(c.post("/vaults", json!({"name": name, "path": path, "chunk_size": chunk, "no_encryption": no_encryption}))?, views::vault_show)
         }
         Command::Vault(VaultCmd::Set {
             name,
@@ -228,14 +181,33 @@ pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
                 &format!("/vaults/{}", enc(name)),
                 Some(json!({"soft_delete": soft_delete, "soft_delete_days": soft_delete_days})),
             )?,
-            None,
+            views::vault_show,
         ),
-        Command::Item(ItemCmd::List) => show(
-            c.get("/items")?,
-            Some(&["name", "kind", "state", "policy", "source"]),
-        ),
+        Command::Vault(VaultCmd::Attach { name, path }) => {
+            let path = std::path::absolute(path)?;
+            show(
+                c.post("/vaults/attach", json!({"name": name, "path": path}))?,
+                views::attached,
+            )
+        }
+        Command::Vault(VaultCmd::Key(crate::KeyCmd::Export { name, to, force })) => {
+            if to.exists() && !force {
+                bail!("{} already exists (use --force to overwrite)", to.display());
+            }
+            let doc = c.get(&format!("/vaults/{}/key", enc(name)))?;
+            std::fs::write(to, serde_json::to_vec_pretty(&doc)?)
+                .with_context(|| format!("cannot write {}", to.display()))?;
+            show(json!({"vault": name, "exported_to": to}), |v| {
+                format!(
+                    "wrote the wrapped key of vault {} to {}\n",
+                    v["vault"].as_str().unwrap_or(""),
+                    v["exported_to"].as_str().unwrap_or("")
+                )
+            })
+        }
+        Command::Item(ItemCmd::List) => show(c.get("/items")?, views::item_list),
         Command::Item(ItemCmd::Show { item }) => {
-            show(c.get(&format!("/items/{}", enc(item)))?, None)
+            show(c.get(&format!("/items/{}", enc(item)))?, views::item_status)
         }
         Command::Item(ItemCmd::Protect(ProtectCmd::Disk {
             image,
@@ -244,25 +216,25 @@ pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
             policy,
         })) => {
             let source = std::path::absolute(image)?;
-            show(c.post("/items", json!({"kind": "disk", "source": source, "vault": vault, "name": name, "policy": policy}))?, None)
+            show(c.post("/items", json!({"kind": "disk", "source": source, "vault": vault, "name": name, "policy": policy}))?, views::protected)
         }
         Command::Item(ItemCmd::Stop { item, delete_data }) => show(
             c.post(
                 &format!("/items/{}/stop", enc(item)),
                 json!({"delete_data": delete_data}),
             )?,
-            None,
+            views::item_status,
         ),
         Command::Item(ItemCmd::Resume { item, policy }) => show(
             c.post(
                 &format!("/items/{}/resume", enc(item)),
                 json!({"policy": policy}),
             )?,
-            None,
+            views::item_status,
         ),
         Command::Item(ItemCmd::Undelete { item }) => show(
             c.post(&format!("/items/{}/undelete", enc(item)), json!({}))?,
-            None,
+            views::item_status,
         ),
         Command::Backup(BackupCmd::Now {
             item,
@@ -273,20 +245,12 @@ pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
                 &format!("/items/{}/backups", enc(item)),
                 json!({"retain_until": retain_until}),
             )?;
-            Ok(job_done(out, c, &started)?.0)
+            job_done(out, c, &started, views::backup)?;
+            Ok(0)
         }
         Command::Rp(RpCmd::List { item }) => show(
             c.get(&format!("/items/{}/recovery-points", enc(item)))?,
-            Some(&[
-                "id",
-                "time",
-                "logical_size",
-                "stored_size",
-                "consistency",
-                "tier",
-                "tags",
-                "expires",
-            ]),
+            views::rp_list,
         ),
         Command::Restore(RestoreCmd::Disk {
             item,
@@ -304,77 +268,33 @@ pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
                 &format!("/items/{}/restores", enc(item)),
                 json!({"rp": rp, "to": to, "format": format, "force": force}),
             )?;
-            Ok(job_done(out, c, &started)?.0)
-        }
-        Command::Job(JobCmd::List { limit }) => show(
-            c.get(&format!("/jobs?limit={limit}"))?,
-            Some(&["id", "operation", "target", "status", "started"]),
-        ),
-        Command::Job(JobCmd::Show { id }) => show(c.get(&format!("/jobs/{}", enc(id)))?, None),
-        Command::Job(JobCmd::Cancel { id }) => show(
-            c.post(&format!("/jobs/{}/cancel", enc(id)), json!({}))?,
-            None,
-        ),
-        Command::Usage { vault: None } => show(
-            c.get("/usage")?,
-            Some(&["vault", "logical_bytes", "stored_bytes", "ratio"]),
-        ),
-        Command::Policy(p) => crate::policy_cmd::run_policy_remote(p, c, out),
-        Command::Vault(VaultCmd::Attach { name, path }) => {
-            let path = std::path::absolute(path)?;
-            show(
-                c.post("/vaults/attach", json!({"name": name, "path": path}))?,
-                None,
-            )
-        }
-        Command::Vault(VaultCmd::Key(crate::KeyCmd::Export { name, to, force })) => {
-            if to.exists() && !force {
-                bail!("{} already exists (use --force to overwrite)", to.display());
-            }
-            let doc = c.get(&format!("/vaults/{}/key", enc(name)))?;
-            std::fs::write(to, serde_json::to_vec_pretty(&doc)?)
-                .with_context(|| format!("cannot write {}", to.display()))?;
-            show(json!({"vault": name, "exported_to": to}), None)
+            job_done(out, c, &started, views::restore)?;
+            Ok(0)
         }
         Command::Verify(v) => {
             let started = c.post(
                 "/verify",
                 json!({"vault": v.vault, "item": v.item, "rp": v.rp}),
             )?;
-            let (_, report) = job_done(out, c, &started)?;
+            let report = job_done(out, c, &started, views::verify)?;
             let damaged = report["problems"].as_array().is_some_and(|p| !p.is_empty());
             Ok(if damaged { crate::EXIT_DAMAGED } else { 0 })
         }
-        Command::Gc {
-            vault,
-            grace,
-            dry_run,
-        } => {
-            let started = c.post(
-                &format!("/vaults/{}/gc", enc(vault)),
-                json!({"grace_seconds": grace, "dry_run": dry_run}),
-            )?;
-            Ok(job_done(out, c, &started)?.0)
+        Command::Job(JobCmd::List { limit }) => {
+            show(c.get(&format!("/jobs?limit={limit}"))?, views::job_list)
         }
-        Command::Retention(crate::policy_cmd::RetentionCmd::Plan { item, at }) => {
-            let q = at
-                .as_ref()
-                .map(|a| format!("?at={}", enc(a)))
-                .unwrap_or_default();
-            show(
-                c.get(&format!("/items/{}/retention-plan{q}", enc(item)))?,
-                None,
-            )
+        Command::Job(JobCmd::Show { id }) => {
+            show(c.get(&format!("/jobs/{}", enc(id)))?, views::job_show)
         }
-        Command::Retention(crate::policy_cmd::RetentionCmd::Apply { item, at }) => show(
-            c.post(
-                &format!("/items/{}/retention", enc(item)),
-                json!({"at": at}),
-            )?,
-            None,
+        Command::Job(JobCmd::Cancel { id }) => show(
+            c.post(&format!("/jobs/{}/cancel", enc(id)), json!({}))?,
+            views::job_status,
         ),
-        Command::Usage { vault: Some(v) } => {
+        Command::Usage { vault } => {
             let all = c.get("/usage")?;
+            let Some(v) = vault else {
+                return show(all, views::usage);
+            };
             let one: Vec<Value> = all
                 .as_array()
                 .into_iter()
@@ -389,13 +309,40 @@ pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
                 }
                 .into());
             }
+            show(Value::Array(one), views::usage)
+        }
+        Command::Gc {
+            vault,
+            grace,
+            dry_run,
+        } => {
+            let started = c.post(
+                &format!("/vaults/{}/gc", enc(vault)),
+                json!({"grace_seconds": grace, "dry_run": dry_run}),
+            )?;
+            job_done(out, c, &started, views::gc)?;
+            Ok(0)
+        }
+        Command::Retention(crate::policy_cmd::RetentionCmd::Plan { item, at }) => {
+            let q = at
+                .as_ref()
+                .map(|a| format!("?at={}", enc(a)))
+                .unwrap_or_default();
             show(
-                Value::Array(one),
-                Some(&["vault", "logical_bytes", "stored_bytes", "ratio"]),
+                c.get(&format!("/items/{}/retention-plan{q}", enc(item)))?,
+                |v| views::retention(v, false),
             )
         }
+        Command::Retention(crate::policy_cmd::RetentionCmd::Apply { item, at }) => show(
+            c.post(
+                &format!("/items/{}/retention", enc(item)),
+                json!({"at": at}),
+            )?,
+            |v| views::retention(v, true),
+        ),
+        Command::Policy(p) => crate::policy_cmd::run_policy_remote(p, c, out),
         _ => bail!(
-            "this command is not available through --server; run it on the server's host without --server"
+            "this command runs on the server's host only (quickstart, server, scheduler, and vault create with a passphrase, key file, cipher or compression level); run it there without --server"
         ),
     }
 }

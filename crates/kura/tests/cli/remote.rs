@@ -145,6 +145,25 @@ fn the_cli_works_through_the_server() {
             .contains("not a kura vault"),
         "{err}"
     );
+    // Tables are the same through the server as on the home.
+    let home = e.path("server-home");
+    for args in [
+        vec!["rp", "list", "d"],
+        vec!["item", "list"],
+        vec!["vault", "list"],
+        vec!["policy", "list", "--vault", "default"],
+        vec!["item", "show", "d"],
+        vec!["usage"],
+    ] {
+        let mut local = vec!["--home", home.to_str().unwrap()];
+        local.extend(args.iter().copied());
+        let through = remote(&args);
+        assert_eq!(
+            e.ok(&through.iter().map(String::as_str).collect::<Vec<_>>()),
+            e.ok(&local),
+            "{args:?}"
+        );
+    }
     let usage = json(&["usage", "--vault", "default"]);
     assert_eq!(usage[0]["vault"], "default");
     assert!(json(&["job", "list"]).as_array().unwrap().len() >= 2);

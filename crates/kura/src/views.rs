@@ -1,0 +1,464 @@
+//! How results look as text. Every renderer takes the JSON document a command prints with
+//! `--output json`, so a command shows the same thing whether it ran on the home or through
+//! `--server`.
+
+use serde_json::Value;
+
+use crate::output::{Table, size};
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        Value::Array(a) => a.iter().map(s).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+fn sz(v: &Value) -> String {
+    size(v.as_u64().unwrap_or(0))
+}
+
+fn rows(v: &Value) -> impl Iterator<Item = &Value> {
+    v.as_array().into_iter().flatten()
+}
+
+/// `kura item protect`.
+pub fn protected(i: &Value) -> String {
+    format!(
+        "protected {} as item {} (policy {})\n",
+        s(&i["source"]),
+        s(&i["name"]),
+        s(&i["policy"])
+    )
+}
+
+/// `kura item list`.
+pub fn item_list(v: &Value) -> String {
+    let mut t = Table::new(&["NAME", "KIND", "STATE", "POLICY", "SOURCE"]);
+    for i in rows(v) {
+        t.row(vec![
+            s(&i["name"]),
+            s(&i["kind"]),
+            s(&i["state"]),
+            s(&i["policy"]),
+            s(&i["source"]),
+        ]);
+    }
+    t.render()
+}
+
+/// `kura item show` and the protection commands.
+pub fn item_status(st: &Value) -> String {
+    let mut out = format!(
+        "item              {}\nid                {}\nkind              {}\nvault             {}\npolicy            {}\nsource            {}{}\nprotection state  {}\nlast backup       {}\nhealth            {}\nrecovery points   {}\n",
+        s(&st["name"]),
+        s(&st["id"]),
+        s(&st["kind"]),
+        s(&st["vault"]),
+        if st["policy"].is_null() {
+            "-".into()
+        } else {
+            s(&st["policy"])
+        },
+        s(&st["source"]),
+        if st["source_present"] == true {
+            ""
+        } else {
+            "  (MISSING)"
+        },
+        s(&st["protection_state"]),
+        s(&st["last_backup_status"]),
+        s(&st["health_status"]),
+        s(&st["recovery_points"]),
+    );
+    for d in rows(&st["health_details"]) {
+        out += &format!("  ! {}\n", s(d));
+    }
+    if let Some(rp) = st["latest_recovery_point"].as_object() {
+        out += &format!("latest            {} at {}\n", s(&rp["id"]), s(&rp["time"]));
+    }
+    if !st["purge_at"].is_null() {
+        out += &format!(
+            "purged at         {} unless undeleted\n",
+            s(&st["purge_at"])
+        );
+    }
+    out
+}
+
+/// `kura backup now`.
+pub fn backup(r: &Value) -> String {
+    let mut out = format!(
+        "job {} completed\nrecovery point {} ({})\n",
+        s(&r["job_id"]),
+        s(&r["rp_id"]),
+        s(&r["tier"])
+    );
+    if r["transfer"] == "Completed" {
+        out += &format!(
+            "  {} of disk, {} read, {} new chunks ({} stored), {}\n",
+            sz(&r["logical_size"]),
+            sz(&r["read_bytes"]),
+            s(&r["new_chunks"]),
+            sz(&r["new_stored_bytes"]),
+            if r["incremental"] == true {
+                "incremental"
+            } else {
+                "full"
+            }
+        );
+    } else {
+        out += &format!(
+            "  transfer {}: {}\n",
+            s(&r["transfer"]),
+            s(&r["transfer_detail"])
+        );
+    }
+    out
+}
+
+/// `kura rp list`.
+pub fn rp_list(v: &Value) -> String {
+    let mut t = Table::new(&[
+        "ID",
+        "TIME",
+        "LOGICAL",
+        "STORED",
+        "CONSISTENCY",
+        "TIER",
+        "TAGS",
+        "EXPIRES",
+    ]);
+    for r in rows(v) {
+        let expires = if r["expires"].is_null() {
+            "never".into()
+        } else {
+            s(&r["expires"])
+        };
+        t.row(vec![
+            s(&r["id"]),
+            s(&r["time"]),
+            sz(&r["logical_size"]),
+            sz(&r["stored_size"]),
+            s(&r["consistency"]),
+            s(&r["tier"]),
+            s(&r["tags"]),
+            expires,
+        ]);
+    }
+    t.render()
+}
+
+/// `kura restore disk`.
+pub fn restore(r: &Value) -> String {
+    format!(
+        "job {} completed\nrestored recovery point {} to {} ({}, {}; {} written)\n",
+        s(&r["job_id"]),
+        s(&r["rp_id"]),
+        s(&r["target"]),
+        s(&r["format"]),
+        sz(&r["size"]),
+        sz(&r["bytes_written"])
+    )
+}
+
+/// `kura verify`.
+pub fn verify(r: &Value) -> String {
+    let mut out = format!(
+        "job {}: checked {} recovery point(s), {} chunk(s)\n",
+        s(&r["job_id"]),
+        s(&r["recovery_points"]),
+        s(&r["chunks_checked"])
+    );
+    let problems: Vec<&Value> = rows(&r["problems"]).collect();
+    if problems.is_empty() {
+        out += "all data verified\n";
+    } else {
+        for p in &problems {
+            out += &format!(
+                "{} {}: {}\n  used by recovery points: {}\n",
+                s(&p["object"]),
+                s(&p["problem"]).to_uppercase(),
+                s(&p["detail"]),
+                rows(&p["recovery_points"])
+                    .map(s)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        out += &format!("{} problem(s) found\n", problems.len());
+    }
+    out
+}
+
+/// `kura job list`.
+pub fn job_list(v: &Value) -> String {
+    let mut t = Table::new(&["ID", "OPERATION", "TARGET", "STATUS", "STARTED", "PROGRESS"]);
+    for j in rows(v) {
+        t.row(vec![
+            s(&j["id"]),
+            s(&j["operation"]),
+            s(&j["target"]),
+            s(&j["status"]),
+            s(&j["started"]),
+            format!("{}/{}", sz(&j["bytes_done"]), sz(&j["bytes_total"])),
+        ]);
+    }
+    t.render()
+}
+
+/// `kura job show`.
+pub fn job_show(j: &Value) -> String {
+    let mut out = format!(
+        "job        {}\noperation  {}\ntarget     {}\nstatus     {}\nstarted    {}\nended      {}\nprogress   {} of {}\n",
+        s(&j["id"]),
+        s(&j["operation"]),
+        s(&j["target"]),
+        s(&j["status"]),
+        s(&j["started"]),
+        s(&j["ended"]),
+        sz(&j["bytes_done"]),
+        sz(&j["bytes_total"])
+    );
+    if !j["rate_bytes_per_sec"].is_null() {
+        out += &format!("rate       {}/s\n", sz(&j["rate_bytes_per_sec"]));
+    }
+    if !j["eta_seconds"].is_null() {
+        out += &format!("eta        {} s\n", s(&j["eta_seconds"]));
+    }
+    for t in rows(&j["tasks"]) {
+        out += &format!(
+            "{:10} {}{}\n",
+            s(&t["name"]),
+            s(&t["status"]),
+            if t["detail"].is_null() {
+                String::new()
+            } else {
+                format!(": {}", s(&t["detail"]))
+            }
+        );
+    }
+    if !j["rp_id"].is_null() {
+        out += &format!("recovery point  {}\n", s(&j["rp_id"]));
+    }
+    if !j["error"].is_null() {
+        out += &format!("error      {}\n", s(&j["error"]));
+    }
+    out += "log:\n";
+    for l in rows(&j["log"]) {
+        out += &format!("  {}\n", s(l));
+    }
+    out
+}
+
+/// `kura job cancel`.
+pub fn job_status(j: &Value) -> String {
+    format!("job {} is {}\n", s(&j["id"]), s(&j["status"]))
+}
+
+/// `kura usage`.
+pub fn usage(u: &Value) -> String {
+    let mut t = Table::new(&[
+        "VAULT/ITEM",
+        "STATE",
+        "PROTECTED",
+        "INSTANCES",
+        "RPS",
+        "LOGICAL",
+        "STORED",
+        "RATIO",
+    ]);
+    for v in rows(u) {
+        t.row(vec![
+            s(&v["vault"]),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            sz(&v["logical_bytes"]),
+            sz(&v["stored_bytes"]),
+            format!("{:.2}", v["ratio"].as_f64().unwrap_or(0.0)),
+        ]);
+        for i in rows(&v["items"]) {
+            t.row(vec![
+                format!("  {}", s(&i["item"])),
+                s(&i["state"]),
+                sz(&i["protected_bytes"]),
+                format!(
+                    "{} {}",
+                    s(&i["protected_instances"]),
+                    s(&i["instance_tier"])
+                ),
+                s(&i["recovery_points"]),
+                sz(&i["logical_bytes"]),
+                sz(&i["stored_bytes"]),
+                format!("{:.2}", i["ratio"].as_f64().unwrap_or(0.0)),
+            ]);
+        }
+    }
+    t.render()
+}
+
+/// `kura gc`.
+pub fn gc(r: &Value) -> String {
+    format!(
+        "job {}: {} recovery point(s) reference {} of {} stored chunks\n{} newly marked, {} released, {} deleted ({}), {} waiting for their grace period or older writers\n",
+        s(&r["job_id"]),
+        s(&r["recovery_points"]),
+        s(&r["referenced_chunks"]),
+        s(&r["stored_chunks"]),
+        s(&r["newly_doomed"]),
+        s(&r["released"]),
+        s(&r["deleted"]),
+        sz(&r["freed_bytes"]),
+        s(&r["waiting"])
+    )
+}
+
+/// `kura vault list`.
+pub fn vault_list(v: &Value) -> String {
+    let mut t = Table::new(&[
+        "NAME",
+        "ITEMS",
+        "ENCRYPTION",
+        "CHUNK",
+        "SOFT DELETE",
+        "PATH",
+    ]);
+    for x in rows(v) {
+        t.row(vec![
+            s(&x["name"]),
+            s(&x["items"]),
+            s(&x["encryption"]),
+            sz(&x["chunk_size"]),
+            format!("{} ({} d)", s(&x["soft_delete"]), s(&x["soft_delete_days"])),
+            s(&x["path"]),
+        ]);
+    }
+    t.render()
+}
+
+/// `kura vault show` (and create).
+pub fn vault_show(v: &Value) -> String {
+    let mut out = format!(
+        "vault       {}\nid          {}\npath        {}\nchunk size  {}\nencryption  {}{}\nkey file    {}\nitems       {}\nsoft delete {} ({} days)\ncreated     {}\n",
+        s(&v["name"]),
+        s(&v["id"]),
+        s(&v["path"]),
+        sz(&v["chunk_size"]),
+        s(&v["encryption"]),
+        if v["cipher"].is_null() {
+            String::new()
+        } else {
+            format!(" ({})", s(&v["cipher"]))
+        },
+        if v["key_file"].is_null() {
+            "-".into()
+        } else {
+            s(&v["key_file"])
+        },
+        s(&v["items"]),
+        s(&v["soft_delete"]),
+        s(&v["soft_delete_days"]),
+        s(&v["created"])
+    );
+    if !v["note"].is_null() {
+        out += &format!("note: {}\n", s(&v["note"]));
+    }
+    out
+}
+
+/// `kura vault attach`.
+pub fn attached(r: &Value) -> String {
+    let mut out = format!(
+        "attached vault {} from {}: {} item(s), {} recovery point(s)\n",
+        s(&r["vault"]["name"]),
+        s(&r["vault"]["path"]),
+        rows(&r["items"]).count(),
+        s(&r["recovery_points"])
+    );
+    for w in rows(&r["warnings"]) {
+        out += &format!("warning: {}\n", s(w));
+    }
+    out
+}
+
+/// `kura policy list`.
+pub fn policy_list(v: &Value) -> String {
+    let mut t = Table::new(&["NAME", "FREQUENCY", "TIME ZONE", "ITEMS", "UPDATED"]);
+    for p in rows(v) {
+        let sch = &p["doc"]["schedule"];
+        t.row(vec![
+            s(&p["name"]),
+            s(&sch["frequency"]),
+            if sch["time_zone"].is_null() {
+                "UTC".into()
+            } else {
+                s(&sch["time_zone"])
+            },
+            s(&p["items"]),
+            s(&p["updated"]),
+        ]);
+    }
+    t.render()
+}
+
+/// `kura policy show` / create / update.
+pub fn policy_show(p: &Value) -> String {
+    let p = if p["policy"].is_object() {
+        &p["policy"]
+    } else {
+        p
+    };
+    format!(
+        "policy {} ({} item(s))\n{}\n",
+        s(&p["name"]),
+        s(&p["items"]),
+        serde_json::to_string_pretty(&p["doc"]).unwrap_or_default()
+    )
+}
+
+/// `kura policy simulate`.
+pub fn simulation(sim: &Value) -> String {
+    let runs: Vec<&Value> = rows(&sim["runs"]).collect();
+    let mut out = format!(
+        "{} backup(s) from {} until {} ({})\n",
+        runs.len(),
+        s(&sim["from"]),
+        s(&sim["until"]),
+        s(&sim["time_zone"])
+    );
+    for r in runs {
+        out += &format!("  {}  {}\n", s(&r["time"]), s(&r["tier"]));
+    }
+    let surviving: Vec<&Value> = rows(&sim["surviving"]).collect();
+    out += &format!(
+        "{} recovery point(s) still exist at {}:\n",
+        surviving.len(),
+        s(&sim["until"])
+    );
+    let mut t = Table::new(&["  TIME", "TAGS", "EXPIRES"]);
+    for p in surviving {
+        t.row(vec![
+            format!("  {}", s(&p["time"])),
+            s(&p["tags"]),
+            s(&p["expires"]),
+        ]);
+    }
+    out + &t.render()
+}
+
+/// `kura retention plan/apply`.
+pub fn retention(plan: &Value, applied: bool) -> String {
+    let mut t = Table::new(&["RECOVERY POINT", "TIME", "ACTION", "REASON"]);
+    for e in rows(&plan["entries"]) {
+        let action = if applied && e["action"] == "delete" {
+            "deleted".into()
+        } else {
+            s(&e["action"])
+        };
+        t.row(vec![s(&e["rp_id"]), s(&e["time"]), action, s(&e["reason"])]);
+    }
+    t.render()
+}
