@@ -298,24 +298,24 @@ impl Home {
             tasks[0] = task("snapshot", "Completed", None);
             snap_row = Some(row);
         }
+        // Ends the job with its snapshot only.
+        let skip_transfer =
+            |tasks: &mut Vec<kura_catalog::SubTask>, rp_id: String, size: u64, detail: String| {
+                job.message(&format!("transfer skipped: {detail}"));
+                tasks[1] = task("transfer", "Skipped", Some(detail.clone()));
+                self.catalog.set_job_tasks(&job.id, tasks)?;
+                Ok(BackupReport::without_transfer(
+                    item, rp_id, size, "snapshot", "Skipped", detail,
+                ))
+            };
         // Hourly policies send only the last backup of each day to the vault; the others
         // stay snapshots (when there is no snapshot tier, they are transferred and kept for
         // the instant-restore days instead).
         if let (Some(run), Some(row)) = (&opts.scheduled, &snap_row)
             && !run.vault
         {
-            let detail =
-                "hourly policy: only the last backup of the day goes to the vault".to_string();
-            tasks[1] = task("transfer", "Skipped", Some(detail.clone()));
-            self.catalog.set_job_tasks(&job.id, &tasks)?;
-            return Ok(BackupReport::without_transfer(
-                item,
-                rp_id,
-                row.logical_size,
-                "snapshot",
-                "Skipped",
-                detail,
-            ));
+            let detail = "hourly policy: only the last backup of the day goes to the vault";
+            return skip_transfer(&mut tasks, rp_id, row.logical_size, detail.into());
         }
         // One transfer per item at a time: a later job keeps its snapshot and skips its
         // transfer; the next transfer carries every change since the last vault point.
@@ -335,17 +335,7 @@ impl Home {
             let detail = format!(
                 "job {other} is still transferring this item; the next transfer carries these changes"
             );
-            job.message(&format!("transfer skipped: {detail}"));
-            tasks[1] = task("transfer", "Skipped", Some(detail.clone()));
-            self.catalog.set_job_tasks(&job.id, &tasks)?;
-            return Ok(BackupReport::without_transfer(
-                item,
-                rp_id,
-                row.logical_size,
-                "snapshot",
-                "Skipped",
-                detail,
-            ));
+            return skip_transfer(&mut tasks, rp_id, row.logical_size, detail);
         }
         tasks[1] = task("transfer", "InProgress", None);
         self.catalog.set_job_tasks(&job.id, &tasks)?;

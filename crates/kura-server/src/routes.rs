@@ -720,6 +720,16 @@ async fn list_rps(_: Auth, State(s): State<S>, Path(item): Path<String>) -> ApiR
     ok(200, blocking(move || Ok(s.home.list_rps(&item)?)).await?)
 }
 
+/// An optional `at` instant (RFC 3339); now when absent.
+fn instant(at: Option<String>) -> Result<jiff::Timestamp, ApiError> {
+    match at {
+        Some(a) => a
+            .parse()
+            .map_err(|e| ApiError::invalid(format!("at: {a:?} is not an RFC 3339 instant: {e}"))),
+        None => Ok(jiff::Timestamp::now()),
+    }
+}
+
 #[derive(Deserialize)]
 struct At {
     at: Option<String>,
@@ -731,12 +741,7 @@ async fn retention_plan(
     Path(item): Path<String>,
     Query(q): Query<At>,
 ) -> ApiResult {
-    let at = match q.at {
-        Some(a) => a
-            .parse()
-            .map_err(|e| ApiError::invalid(format!("at: {a:?} is not an RFC 3339 instant: {e}")))?,
-        None => jiff::Timestamp::now(),
-    };
+    let at = instant(q.at)?;
     ok(
         200,
         blocking(move || Ok(s.home.retention_plan(&item, at)?)).await?,
@@ -852,12 +857,7 @@ async fn apply_retention(
     Path(item): Path<String>,
     Body(b): Body<RetentionBody>,
 ) -> ApiResult {
-    let at = match b.at {
-        Some(a) => a
-            .parse()
-            .map_err(|e| ApiError::invalid(format!("at: {a:?} is not an RFC 3339 instant: {e}")))?,
-        None => jiff::Timestamp::now(),
-    };
+    let at = instant(b.at)?;
     ok(
         200,
         blocking(move || Ok(s.home.retention_apply(&item, at, &s.secrets)?)).await?,
