@@ -46,6 +46,18 @@ pub struct ItemStatus {
     pub purge_at: Option<String>,
 }
 
+/// Removes a recovery point's snapshot tier, if it has one (its data is being deleted).
+fn drop_snapshot(rp: &RpRow) -> Result<()> {
+    match rp
+        .snapshot
+        .as_deref()
+        .and_then(crate::snapshot::Snapshot::decode)
+    {
+        Some(s) => s.delete(),
+        None => Ok(()),
+    }
+}
+
 fn parse_ts(s: &str) -> Option<Timestamp> {
     s.parse().ok()
 }
@@ -169,6 +181,8 @@ impl Home {
             self.run_job("DeleteBackupData", &name, false, None, &NoProgress, |job| {
                 let rps = self.catalog.list_rps(&row.id)?;
                 for rp in &rps {
+                    drop_snapshot(rp)?;
+                    drop_snapshot(&rp)?;
                     vault.delete_rp(&rp.id)?;
                 }
                 vault.delete_item(&row.id)?;

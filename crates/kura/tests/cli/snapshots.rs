@@ -326,3 +326,14 @@ fn wait_for_task(e: &Env, phase: usize) -> String {
         std::thread::sleep(std::time::Duration::from_millis(30));
     }
 }
+
+#[test]
+fn deleting_backup_data_removes_snapshots_from_the_image() {
+    let e = Env::new();
+    let q = qcow2_item(&e);
+    e.backup("vm");
+    assert!(snapshots(&q).contains("kura-"));
+    e.json(&["vault", "set", "v", "--soft-delete", "disabled"]);
+    e.json(&["item", "stop", "vm", "--delete-data"]);
+    assert!(!snapshots(&q).contains("kura-"), "{}", snapshots(&q));
+}
