@@ -182,7 +182,7 @@ impl Home {
                 let rps = self.catalog.list_rps(&row.id)?;
                 for rp in &rps {
                     drop_snapshot(rp)?;
-                    drop_snapshot(&rp)?;
+                    drop_snapshot(rp)?;
                     vault.delete_rp(&rp.id)?;
                 }
                 vault.delete_item(&row.id)?;
