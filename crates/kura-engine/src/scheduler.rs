@@ -38,6 +38,9 @@ pub struct SchedulerOptions {
     pub spread: SignedDuration,
     /// Secrets for vaults that need them.
     pub secrets: Secrets,
+    /// Collect garbage in each vault this often (at a tick, after backups). Default daily;
+    /// `None` never.
+    pub gc_every: Option<SignedDuration>,
 }
 
 impl Default for SchedulerOptions {
@@ -45,6 +48,7 @@ impl Default for SchedulerOptions {
         SchedulerOptions {
             spread: SignedDuration::from_mins(10),
             secrets: Secrets::default(),
+            gc_every: Some(SignedDuration::from_hours(24)),
         }
     }
 }
@@ -88,6 +92,8 @@ pub struct TickReport {
     pub retention_errors: Vec<String>,
     /// Soft-deleted items purged because their soft-delete period ended.
     pub purged: Vec<String>,
+    /// Garbage-collection jobs started by this tick.
+    pub gc_jobs: Vec<String>,
 }
 
 /// The fixed offset of an item within the spread window.
@@ -110,6 +116,7 @@ impl Home {
             expired: Vec::new(),
             retention_errors: Vec::new(),
             purged: Vec::new(),
+            gc_jobs: Vec::new(),
         };
         for v in self.catalog.list_vaults()? {
             match self.purge_soft_deleted(&v.id, now, &opts.secrets) {
@@ -135,7 +142,35 @@ impl Home {
                 Err(e) => report.retention_errors.push(format!("{}: {e}", item.name)),
             }
         }
+        if let Some(every) = opts.gc_every {
+            for v in self.catalog.list_vaults()? {
+                if self.gc_due(&v.name, now, every)? {
+                    match self.gc(
+                        &v.name,
+                        &crate::GcOptions::default(),
+                        &opts.secrets,
+                        &NoProgress,
+                    ) {
+                        Ok(r) => report.gc_jobs.push(r.job_id),
+                        Err(e) => report
+                            .retention_errors
+                            .push(format!("garbage collection in vault {}: {e}", v.name)),
+                    }
+                }
+            }
+        }
         Ok(report)
+    }
+
+    /// Whether the last garbage collection of a vault started more than `every` before `now`.
+    fn gc_due(&self, vault: &str, now: Timestamp, every: SignedDuration) -> Result<bool> {
+        let last = self
+            .catalog
+            .list_jobs(10_000)?
+            .into_iter()
+            .find(|j| j.operation == "GarbageCollect" && j.target == vault)
+            .and_then(|j| j.started.parse::<Timestamp>().ok());
+        Ok(last.is_none_or(|t| t.checked_add(every).is_ok_and(|due| due <= now)))
     }
 
     fn tick_item(

@@ -279,3 +279,62 @@ fn hourly_policies_send_the_last_backup_of_the_day_to_the_vault_or_the_next_one_
     s.home.scheduler_tick(at(2, 12), &no_spread()).unwrap();
     assert_eq!(tags(&s)[0], vec!["daily".to_string()]);
 }
+
+#[test]
+fn the_scheduler_collects_garbage_once_a_day() {
+    let s = setup(
+        serde_json::json!({"name": "p", "schedule": {"frequency": "daily", "times": ["02:30"], "time_zone": "UTC"},
+        "retention": {"daily": {"days": 7}}}),
+    );
+    let opts = SchedulerOptions {
+        spread: SignedDuration::ZERO,
+        gc_every: Some(SignedDuration::from_hours(24)),
+        ..Default::default()
+    };
+    let start = Timestamp::now();
+    let gc_jobs = |s: &Setup| {
+        s.home
+            .list_jobs(1000)
+            .unwrap()
+            .into_iter()
+            .filter(|j| j.operation == "GarbageCollect")
+            .count()
+    };
+    assert_eq!(
+        s.home.scheduler_tick(start, &opts).unwrap().gc_jobs.len(),
+        1
+    );
+    let later = start.checked_add(SignedDuration::from_hours(6)).unwrap();
+    assert!(
+        s.home
+            .scheduler_tick(later, &opts)
+            .unwrap()
+            .gc_jobs
+            .is_empty(),
+        "not again the same day"
+    );
+    let next_day = start.checked_add(SignedDuration::from_hours(25)).unwrap();
+    assert_eq!(
+        s.home
+            .scheduler_tick(next_day, &opts)
+            .unwrap()
+            .gc_jobs
+            .len(),
+        1
+    );
+    assert_eq!(gc_jobs(&s), 2);
+    let never = SchedulerOptions {
+        gc_every: None,
+        ..opts
+    };
+    let far = start
+        .checked_add(SignedDuration::from_hours(24 * 10))
+        .unwrap();
+    assert!(
+        s.home
+            .scheduler_tick(far, &never)
+            .unwrap()
+            .gc_jobs
+            .is_empty()
+    );
+}

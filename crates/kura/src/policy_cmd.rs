@@ -208,6 +208,9 @@ fn tick_text(r: &kura_engine::TickReport) -> String {
             r.at, x.item, x.rp_id, x.reason
         );
     }
+    for j in &r.gc_jobs {
+        s += &format!("{} garbage collection ran as job {j}\n", r.at);
+    }
     for e in &r.retention_errors {
         s += &format!("{} retention failed for {e}\n", r.at);
     }
@@ -225,6 +228,7 @@ pub fn run_scheduler(
             let opts = kura_engine::SchedulerOptions {
                 spread: jiff::SignedDuration::from_secs(*spread),
                 secrets,
+                ..Default::default()
             };
             let r = home.scheduler_tick(instant(now)?, &opts)?;
             out.print(&r, || {
@@ -241,6 +245,7 @@ pub fn run_scheduler(
             let opts = kura_engine::SchedulerOptions {
                 spread: jiff::SignedDuration::from_secs(*spread),
                 secrets,
+                ..Default::default()
             };
             eprintln!("scheduler running; ticking every {interval} s (Ctrl-C to stop)");
             loop {

@@ -46,6 +46,7 @@ pub fn run(
     let sched_opts = SchedulerOptions {
         secrets: secrets.clone(),
         spread: jiff::SignedDuration::from_secs(spread.max(0)),
+        ..Default::default()
     };
     std::thread::spawn(move || {
         loop {
