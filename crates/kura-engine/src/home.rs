@@ -451,6 +451,17 @@ impl Home {
         }
         self.catalog.insert_vault(&row)?;
         self.ensure_default_policy(&row.id)?;
+        // Policies the vault carries (they replace the default DefaultPolicy).
+        for (name, doc) in crate::policy::vault_policies(vault.backend().as_ref(), &mut warnings) {
+            let stored = if self.catalog.has_policy(&row.id, &name)? {
+                self.catalog.update_policy(&row.id, &name, &doc)
+            } else {
+                self.catalog.insert_policy(&row.id, &name, &doc)
+            };
+            if let Err(e) = stored {
+                warnings.push(format!("policy {name:?} not registered: {e}"));
+            }
+        }
         let mut items = Vec::new();
         for r in &records {
             let item = ItemRow {
@@ -460,7 +471,12 @@ impl Home {
                 kind: r.kind.clone(),
                 source: r.source.clone(),
                 created: r.created.clone(),
-                policy: Some(kura_policy::DEFAULT_POLICY.into()),
+                policy: Some(
+                    r.policy
+                        .clone()
+                        .filter(|p| self.catalog.has_policy(&row.id, p).unwrap_or(false))
+                        .unwrap_or_else(|| kura_policy::DEFAULT_POLICY.into()),
+                ),
                 last_slot: None,
                 state: "protected".into(),
                 deleted_at: None,
@@ -843,6 +859,7 @@ pub(crate) fn item_record(item: &ItemRow) -> ItemRecord {
         kind: item.kind.clone(),
         source: item.source.clone(),
         created: item.created.clone(),
+        policy: item.policy.clone(),
     }
 }
 

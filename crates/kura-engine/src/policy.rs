@@ -41,7 +41,54 @@ fn doc_json(p: &Policy) -> serde_json::Value {
     serde_json::to_value(&p.doc).expect("policy documents serialize")
 }
 
+/// Object key of a policy in its vault. Policies are plain JSON (they hold no data and no
+/// secret), so the vault describes its schedules too and `vault attach` brings them back.
+fn policy_key(name: &str) -> String {
+    format!("policies/{name}.json")
+}
+
+/// The policies stored in a vault; unreadable ones are reported in `warnings`.
+pub(crate) fn vault_policies(
+    backend: &dyn kura_backend::Backend,
+    warnings: &mut Vec<String>,
+) -> Vec<(String, serde_json::Value)> {
+    let mut out = Vec::new();
+    for key in backend.list("policies/").unwrap_or_default() {
+        let parsed = backend
+            .get(&key)
+            .map_err(|e| e.to_string())
+            .and_then(|b| Policy::parse(&b).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(p) => out.push((p.name.clone(), doc_json(&p))),
+            Err(e) => warnings.push(format!("policy {key} skipped: {e}")),
+        }
+    }
+    out
+}
+
 impl Home {
+    /// Writes (or with `None`, removes) a policy in the vault's storage.
+    fn store_policy(
+        &self,
+        vault_id: &str,
+        name: &str,
+        doc: Option<&serde_json::Value>,
+    ) -> Result<()> {
+        let v = self.catalog.vault_by_id(vault_id)?;
+        let backend = kura_backend::FsBackend::open(std::path::Path::new(&v.path))?;
+        let key = policy_key(name);
+        match doc {
+            Some(d) => kura_backend::Backend::put(
+                &backend,
+                &key,
+                serde_json::to_vec_pretty(d).expect("json"),
+            )?,
+            None => kura_backend::Backend::delete(&backend, &key)?,
+        }
+        kura_backend::Backend::sync(&backend)?;
+        Ok(())
+    }
+
     /// Makes sure a vault has `DefaultPolicy`.
     pub(crate) fn ensure_default_policy(&self, vault_id: &str) -> Result<()> {
         if !self.catalog.has_policy(vault_id, DEFAULT_POLICY)? {
@@ -64,7 +111,13 @@ impl Home {
     pub fn create_policy(&self, vault: &str, json: &[u8]) -> Result<PolicyRow> {
         let v = self.catalog.vault(vault)?;
         let p = parse(json)?;
-        self.catalog.insert_policy(&v.id, &p.name, &doc_json(&p))?;
+        let doc = doc_json(&p);
+        self.catalog.insert_policy(&v.id, &p.name, &doc)?;
+        if let Err(e) = self.store_policy(&v.id, &p.name, Some(&doc)) {
+            // Refused: leave the catalog as it was.
+            let _ = self.catalog.delete_policy(&v.id, &p.name);
+            return Err(e);
+        }
         Ok(self.catalog.policy(&v.id, &p.name)?)
     }
 
@@ -100,6 +153,7 @@ impl Home {
                 ),
             ));
         }
+        self.store_policy(&v.id, name, Some(&doc_json(&p)))?;
         self.catalog.update_policy(&v.id, name, &doc_json(&p))?;
         let mut changed = 0;
         for item in self.catalog.list_items(Some(&v.id))? {
@@ -138,7 +192,8 @@ impl Home {
                 format!("{DEFAULT_POLICY} cannot be deleted; every vault has one"),
             ));
         }
-        Ok(self.catalog.delete_policy(&v.id, name)?)
+        self.catalog.delete_policy(&v.id, name)?;
+        self.store_policy(&v.id, name, None)
     }
 
     /// Previews a policy over `days` days from `from`.

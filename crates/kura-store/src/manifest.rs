@@ -86,6 +86,9 @@ pub struct ItemRecord {
     pub source: String,
     /// When it was protected (RFC 3339).
     pub created: String,
+    /// The policy it was protected with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
 }
 
 fn on_demand() -> String {

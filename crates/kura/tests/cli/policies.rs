@@ -334,3 +334,51 @@ fn gc_from_the_command_line() {
     let (_, err) = e.fails(&["gc", "--vault", "nope"]);
     assert_eq!(err["error"]["code"], "not_found");
 }
+
+#[test]
+fn policies_travel_with_the_vault() {
+    let e = Env::new();
+    e.vault("v", &[]);
+    let f = write_json(&e, "p.json", &gfs("gfs"));
+    e.json(&[
+        "policy",
+        "create",
+        "--vault",
+        "v",
+        "--file",
+        f.to_str().unwrap(),
+    ]);
+    let img = e.path("d.raw");
+    make_image(&img, 1 << 20, &[(0, 1000, 1)]);
+    e.protect(&img, "v", &["--policy", "gfs"]);
+    e.backup("d");
+    assert!(e.path("home/vaults/v/policies/gfs.json").exists());
+    let other = Env::new();
+    let key = e.path("home/keys/v.key");
+    other.json(&[
+        "--key-file",
+        key.to_str().unwrap(),
+        "vault",
+        "attach",
+        "w",
+        "--path",
+        e.path("home/vaults/v").to_str().unwrap(),
+    ]);
+    let names: Vec<String> = other
+        .json(&["policy", "list", "--vault", "w"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["DefaultPolicy", "gfs"]);
+    assert_eq!(other.json(&["item", "show", "d"])["policy"], "gfs");
+    assert_eq!(
+        other.json(&["policy", "show", "w/gfs"])["doc"]["retention"]["weekly"]["weeks"],
+        4
+    );
+    // Deleting a policy removes it from the vault too.
+    e.json(&["item", "stop", "d"]);
+    e.json(&["policy", "delete", "v/gfs"]);
+    assert!(!e.path("home/vaults/v/policies/gfs.json").exists());
+}
