@@ -358,6 +358,10 @@ impl Home {
             Ok(report) => {
                 tasks[1] = task("transfer", "Completed", None);
                 self.catalog.set_job_tasks(&job.id, &tasks)?;
+                // Without a scheduler running, old snapshots must not pile up in the image.
+                if let Err(e) = self.expire_snapshots(&item.id, now) {
+                    job.message(&format!("could not remove expired snapshots: {e}"));
+                }
                 Ok(report)
             }
             Err(e) if snap_row.is_some() => {

@@ -128,6 +128,29 @@ impl Home {
         Ok((tags, kura_catalog::stamp(kept.expires().timestamp())))
     }
 
+    /// Drops the snapshot tiers of an item's points whose instant-restore days are over at
+    /// `at`, except the newest point's. Points left with no tier are removed by the plan.
+    pub(crate) fn expire_snapshots(&self, item_id: &str, at: Timestamp) -> Result<()> {
+        for (i, rp) in self.catalog.list_rps(item_id)?.iter().enumerate() {
+            let expired = rp
+                .snapshot_expires
+                .as_deref()
+                .and_then(|e| e.parse::<Timestamp>().ok())
+                .is_some_and(|e| e <= at);
+            if i > 0 && expired && rp.tier != "snapshot" {
+                if let Some(s) = rp
+                    .snapshot
+                    .as_deref()
+                    .and_then(crate::snapshot::Snapshot::decode)
+                {
+                    s.delete()?;
+                }
+                self.catalog.drop_rp_snapshot(&rp.id)?;
+            }
+        }
+        Ok(())
+    }
+
     /// What retention would do to an item's recovery points at `at`.
     pub fn retention_plan(&self, item: &str, at: Timestamp) -> Result<RetentionPlan> {
         let item = self.catalog.item(item)?;
@@ -165,21 +188,8 @@ impl Home {
                 .and_then(|r| r.snapshot.as_deref())
                 .and_then(crate::snapshot::Snapshot::decode)
         };
-        // Snapshot tiers past their instant-restore days go, except the newest point's.
         if item.state == "protected" {
-            for (i, rp) in rps.iter().enumerate() {
-                let expired = rp
-                    .snapshot_expires
-                    .as_deref()
-                    .and_then(|e| e.parse::<Timestamp>().ok())
-                    .is_some_and(|e| e <= at);
-                if i > 0 && expired && rp.tier != "snapshot" {
-                    if let Some(s) = snapshot_of(&rp.id) {
-                        s.delete()?;
-                    }
-                    self.catalog.drop_rp_snapshot(&rp.id)?;
-                }
-            }
+            self.expire_snapshots(&item.id, at)?;
         }
         if plan.deletions().next().is_none() {
             return Ok(plan);
