@@ -806,6 +806,19 @@ impl Catalog {
         pick_unique("job", id_or_prefix, rows, |r| &r.id)
     }
 
+    /// The latest `limit` jobs of one operation on one target, newest first.
+    pub fn jobs_for(&self, operation: &str, target: &str, limit: usize) -> Result<Vec<JobRow>> {
+        let conn = self.conn();
+        let mut st = conn.prepare(&format!(
+            "SELECT {} FROM jobs WHERE target = ?1 AND operation = ?2 ORDER BY started DESC, id DESC LIMIT ?3",
+            Self::JOB_COLS
+        ))?;
+        let rows = st
+            .query_map(params![target, operation, limit as i64], Self::job_from)?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
     /// The latest `limit` jobs, newest first.
     pub fn list_jobs(&self, limit: usize) -> Result<Vec<JobRow>> {
         let conn = self.conn();

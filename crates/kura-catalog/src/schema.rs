@@ -96,6 +96,8 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE recovery_points ADD COLUMN snapshot_expires TEXT;",
     // 9: what a job produced (its report), for clients that were not attached to it.
     "ALTER TABLE jobs ADD COLUMN result TEXT;",
+    // 10: one item's or vault's jobs without scanning them all.
+    "CREATE INDEX jobs_by_target ON jobs(target, operation, started);",
 ];
 
 pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {

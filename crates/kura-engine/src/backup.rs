@@ -167,13 +167,10 @@ impl Home {
         let others = || -> Result<Vec<kura_catalog::JobRow>> {
             Ok(self
                 .catalog
-                .list_jobs(1000)?
+                .jobs_for("Backup", &item.name, 10_000)?
                 .into_iter()
                 .filter(|j| {
-                    j.id != job.id
-                        && j.operation == "Backup"
-                        && j.target == item.name
-                        && (j.status == "InProgress" || j.status == "Cancelling")
+                    j.id != job.id && (j.status == "InProgress" || j.status == "Cancelling")
                 })
                 .collect())
         };

@@ -95,10 +95,11 @@ impl Home {
         let item = self.catalog.item(item)?;
         let vault = self.catalog.vault_by_id(&item.vault_id)?;
         let rps = self.catalog.list_rps(&item.id)?;
-        let last_backup =
-            self.catalog.list_jobs(10_000)?.into_iter().find(|j| {
-                j.operation == "Backup" && j.target == item.name && j.status != "InProgress"
-            });
+        let last_backup = self
+            .catalog
+            .jobs_for("Backup", &item.name, 100)?
+            .into_iter()
+            .find(|j| j.status != "InProgress");
         let last_backup_status = match last_backup.as_ref().map(|j| j.status.as_str()) {
             None => "IRPending",
             Some("Completed") => "Healthy",

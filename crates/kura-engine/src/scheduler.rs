@@ -166,9 +166,9 @@ impl Home {
     fn gc_due(&self, vault: &str, now: Timestamp, every: SignedDuration) -> Result<bool> {
         let last = self
             .catalog
-            .list_jobs(10_000)?
+            .jobs_for("GarbageCollect", vault, 1)?
             .into_iter()
-            .find(|j| j.operation == "GarbageCollect" && j.target == vault)
+            .next()
             .and_then(|j| j.started.parse::<Timestamp>().ok());
         Ok(last.is_none_or(|t| t.checked_add(every).is_ok_and(|due| due <= now)))
     }

@@ -302,6 +302,15 @@ enum FormatArg {
     Qcow2,
 }
 
+impl FormatArg {
+    fn restore_format(self) -> RestoreFormat {
+        match self {
+            FormatArg::Raw => RestoreFormat::Raw,
+            FormatArg::Qcow2 => RestoreFormat::Qcow2,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 #[group(multiple = false)]
 struct VerifyArgs {
@@ -478,10 +487,7 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             format,
             force,
         }) => {
-            let format = match format {
-                FormatArg::Raw => RestoreFormat::Raw,
-                FormatArg::Qcow2 => RestoreFormat::Qcow2,
-            };
+            let format = format.restore_format();
             let opts = RestoreOptions {
                 rp: rp.clone(),
                 to: to.clone(),

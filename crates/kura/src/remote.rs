@@ -260,10 +260,7 @@ pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
             force,
         }) => {
             let to = std::path::absolute(to)?;
-            let format = match format {
-                crate::FormatArg::Raw => "raw",
-                crate::FormatArg::Qcow2 => "qcow2",
-            };
+            let format = format.restore_format();
             let started = c.post(
                 &format!("/items/{}/restores", enc(item)),
                 json!({"rp": rp, "to": to, "format": format, "force": force}),
