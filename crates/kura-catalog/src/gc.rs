@@ -154,6 +154,11 @@ impl Catalog {
     /// A writer's attempt to reuse a chunk. A `deleting` mark left by a GC process that died
     /// is cleared (the chunk is then written again).
     pub fn rescue(&self, vault_id: &str, chunk: &str) -> Result<Rescue> {
+        // The common case, no mark, needs no write transaction: a mark made after this
+        // check is younger than the caller's lease, and GC keeps such chunks.
+        if !self.is_doomed(vault_id, chunk)? {
+            return Ok(Rescue::NotDoomed);
+        }
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let row: Option<(String, u32)> = tx
