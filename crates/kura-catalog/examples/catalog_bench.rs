@@ -45,6 +45,7 @@ fn main() {
             last_slot: None,
             state: "protected".into(),
             deleted_at: None,
+            format: None,
         })
         .unwrap();
     }

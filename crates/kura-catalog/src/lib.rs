@@ -110,6 +110,9 @@ pub struct ItemRow {
     pub state: String,
     /// When its data was (soft-)deleted.
     pub deleted_at: Option<String>,
+    /// How its source is opened, pinned at protect time (JSON of the source's format and
+    /// backing chain); `None` only for items protected before formats were pinned.
+    pub format: Option<String>,
 }
 
 /// A recovery point.
@@ -366,10 +369,19 @@ impl Catalog {
             )));
         }
         conn.execute(
-            "INSERT INTO items (id, name, vault_id, kind, source, created, policy)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO items (id, name, vault_id, kind, source, created, policy, state, deleted_at, format)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
-                i.id, i.name, i.vault_id, i.kind, i.source, i.created, i.policy
+                i.id,
+                i.name,
+                i.vault_id,
+                i.kind,
+                i.source,
+                i.created,
+                i.policy,
+                i.state,
+                i.deleted_at,
+                i.format
             ],
         )
         .map_err(|e| constraint(e, "item", &i.name))?;
@@ -388,7 +400,17 @@ impl Catalog {
             last_slot: r.get(7)?,
             state: r.get(8)?,
             deleted_at: r.get(9)?,
+            format: r.get(10)?,
         })
+    }
+
+    /// Records how an item's source is opened.
+    pub fn set_item_format(&self, item_id: &str, format: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE items SET format = ?2 WHERE id = ?1",
+            params![item_id, format],
+        )?;
+        Ok(())
     }
 
     /// Sets an item's protection state (and when its data was deleted).
@@ -472,7 +494,7 @@ impl Catalog {
     pub fn item(&self, name_or_id: &str) -> Result<ItemRow> {
         self.conn()
             .query_row(
-                "SELECT id, name, vault_id, kind, source, created, policy, last_slot, state, deleted_at FROM items WHERE name = ?1 OR id = ?1",
+                "SELECT id, name, vault_id, kind, source, created, policy, last_slot, state, deleted_at, format FROM items WHERE name = ?1 OR id = ?1",
                 [name_or_id],
                 Self::item_from,
             )
@@ -487,7 +509,7 @@ impl Catalog {
     pub fn list_items(&self, vault_id: Option<&str>) -> Result<Vec<ItemRow>> {
         let conn = self.conn();
         let mut st = conn.prepare(
-            "SELECT id, name, vault_id, kind, source, created, policy, last_slot, state, deleted_at FROM items
+            "SELECT id, name, vault_id, kind, source, created, policy, last_slot, state, deleted_at, format FROM items
              WHERE ?1 IS NULL OR vault_id = ?1 ORDER BY name",
         )?;
         let rows = st

@@ -98,6 +98,8 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE jobs ADD COLUMN result TEXT;",
     // 10: one item's or vault's jobs without scanning them all.
     "CREATE INDEX jobs_by_target ON jobs(target, operation, started);",
+    // 11: an item's source format, pinned when it is protected.
+    "ALTER TABLE items ADD COLUMN format TEXT;",
 ];
 
 pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {

@@ -29,6 +29,7 @@ fn item(cat: &Catalog, name: &str, source: &str) -> Result<ItemRow, Error> {
         last_slot: None,
         state: "protected".into(),
         deleted_at: None,
+        format: None,
     };
     cat.insert_item(&i).map(|()| i)
 }

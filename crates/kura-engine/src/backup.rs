@@ -209,7 +209,25 @@ impl Home {
             self.catalog.set_job_tasks(&job.id, &tasks)?;
             return Err(e);
         }
-        let snapshot = match crate::snapshot::Snapshot::take(source, &rp_id) {
+        // Every precondition before the source is touched: the vault opens with the secrets
+        // given, and the image still has the format and backing chain pinned at protect time.
+        let prepared = (|| -> Result<(kura_store::Vault, kura_source::PinnedFormat)> {
+            let vrow = self.catalog.vault_by_id(&item.vault_id)?;
+            let vault = self.open_vault_row(&vrow, secrets)?;
+            let pinned = crate::home::pinned_format(self, item, Some(&vault))?;
+            pinned.check(source)?;
+            Ok((vault, pinned))
+        })();
+        let (vault, pinned) = match prepared {
+            Ok(v) => v,
+            Err(e) => {
+                tasks[0] = task("snapshot", "Failed", Some(format!("not started: {e}")));
+                tasks[1] = task("transfer", "Failed", Some("not started".into()));
+                self.catalog.set_job_tasks(&job.id, &tasks)?;
+                return Err(e);
+            }
+        };
+        let snapshot = match crate::snapshot::Snapshot::take(source, &pinned, &rp_id) {
             Ok(Ok(s)) => Some(s),
             Ok(Err(reason)) => {
                 job.message(&format!(
@@ -344,7 +362,8 @@ impl Home {
         }
         let result = self.backup_job(
             item,
-            secrets,
+            &vault,
+            &pinned,
             opts,
             job,
             &rp_id,
@@ -387,7 +406,8 @@ impl Home {
     fn backup_job(
         &self,
         item: &ItemRow,
-        secrets: &Secrets,
+        vault: &Vault,
+        pinned: &kura_source::PinnedFormat,
         opts: &BackupOptions,
         job: &JobCtx<'_>,
         rp_id: &str,
@@ -395,7 +415,6 @@ impl Home {
         snapshot: Option<&crate::snapshot::Snapshot>,
     ) -> Result<BackupReport> {
         let vrow = self.catalog.vault_by_id(&item.vault_id)?;
-        let vault = self.open_vault_row(&vrow, secrets)?;
         let source = std::path::Path::new(&item.source);
         if !source.exists() {
             return Err(Error::new(
@@ -409,13 +428,13 @@ impl Home {
         }
         let mut disk = match snapshot {
             Some(s) => s.reader()?,
-            None => kura_source::open_disk(source)?,
+            None => pinned.open(source)?,
         };
 
         // The lease tells garbage collection a writer is active, before anything is chosen
         // for reuse; it ends however this function ends.
         let _lease = self.lease(&vrow.id, "backup")?;
-        let previous = self.previous_index(item, &vault, job);
+        let previous = self.previous_index(item, vault, job);
         let incremental = previous.is_some();
         job.message(&match &previous {
             Some((rp, _)) => {
@@ -445,13 +464,15 @@ impl Home {
             }
         };
         let (index, stats) = run_pipeline(
-            &vault,
+            vault,
             disk.as_mut(),
             &known,
-            &|id| self.reusable(&vrow.id, &vault, id),
+            &|id| self.reusable(&vrow.id, vault, id),
             job,
             opts.fail_after_chunks,
         )?;
+        // A source that shrank or was replaced while it was read would give a wrong point.
+        disk.check_unchanged()?;
         drop(disk);
         // Invariant: chunks durable, then indexes durable, then the manifest.
         vault.sync()?;

@@ -478,8 +478,9 @@ impl Home {
                         .unwrap_or_else(|| kura_policy::DEFAULT_POLICY.into()),
                 ),
                 last_slot: None,
-                state: "protected".into(),
-                deleted_at: None,
+                state: r.state.clone().unwrap_or_else(|| "protected".into()),
+                deleted_at: r.deleted_at.clone(),
+                format: r.format.as_ref().map(|f| f.to_string()),
             };
             match self.catalog.insert_item(&item) {
                 Ok(()) => items.push(r.name.clone()),
@@ -506,12 +507,17 @@ impl Home {
 
     /// Protects a disk image (or block device) in a vault, scheduled by `policy` (default
     /// `DefaultPolicy`).
+    ///
+    /// The image's format is pinned now: `format` when given, otherwise what `qemu-img info`
+    /// probes (shown to the user by the caller from the item's `format`). Later backups never
+    /// probe again.
     pub fn protect_disk(
         &self,
         image: &Path,
         vault: &str,
         name: Option<&str>,
         policy: Option<&str>,
+        format: Option<&str>,
         secrets: &Secrets,
     ) -> Result<ItemRow> {
         let vrow = self.catalog.vault(vault)?;
@@ -545,6 +551,7 @@ impl Home {
         };
         check_name("item", &name)?;
         let vault = self.open_vault_row(&vrow, secrets)?;
+        let pinned = kura_source::PinnedFormat::inspect(&source, format)?;
         let item = ItemRow {
             id: new_id(),
             name,
@@ -556,6 +563,7 @@ impl Home {
             last_slot: None,
             state: "protected".into(),
             deleted_at: None,
+            format: Some(serde_json::to_string(&pinned).expect("json")),
         };
         self.catalog.insert_item(&item)?;
         // Azure's ConfigureBackup: recorded as a job once the item exists.
@@ -568,8 +576,9 @@ impl Home {
             |job| {
                 vault.put_item(&item_record(&item))?;
                 job.message(&format!(
-                    "protected {} in vault {vault_name} with policy {policy}",
+                    "protected {} ({}) in vault {vault_name} with policy {policy}",
                     item.source,
+                    pinned.describe(),
                     vault_name = vrow.name
                 ));
                 Ok(((), None))
@@ -860,7 +869,39 @@ pub(crate) fn item_record(item: &ItemRow) -> ItemRecord {
         source: item.source.clone(),
         created: item.created.clone(),
         policy: item.policy.clone(),
+        format: item
+            .format
+            .as_deref()
+            .and_then(|f| serde_json::from_str(f).ok()),
+        state: Some(item.state.clone()),
+        deleted_at: item.deleted_at.clone(),
     }
+}
+
+/// How an item's source is opened. Items protected before formats were pinned get theirs
+/// probed once, recorded in the catalog and the vault, and never probed again.
+pub(crate) fn pinned_format(
+    home: &Home,
+    item: &ItemRow,
+    vault: Option<&kura_store::Vault>,
+) -> Result<kura_source::PinnedFormat> {
+    if let Some(f) = &item.format {
+        return serde_json::from_str(f).map_err(|e| {
+            Error::new(
+                ErrorKind::Corrupt,
+                format!("item {:?}: unreadable format record: {e}", item.name),
+            )
+        });
+    }
+    let pinned = kura_source::PinnedFormat::inspect(Path::new(&item.source), None)?;
+    let text = serde_json::to_string(&pinned).expect("json");
+    home.catalog.set_item_format(&item.id, &text)?;
+    if let Some(v) = vault {
+        let mut updated = item.clone();
+        updated.format = Some(text);
+        v.put_item(&item_record(&updated))?;
+    }
+    Ok(pinned)
 }
 
 fn default_item_name(path: &Path) -> String {

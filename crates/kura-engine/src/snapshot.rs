@@ -10,6 +10,7 @@
 //! A snapshot is recorded in the catalog as a reference string: `qcow2:NAME:IMAGE` or
 //! `reflink:CLONE_PATH`.
 
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -57,7 +58,12 @@ fn qemu_img(args: &[&str], image: &Path) -> Result<()> {
 impl Snapshot {
     /// Takes a snapshot of `source` for recovery point `rp_id`. `Ok(Err(reason))` when no
     /// provider applies to this source.
-    pub fn take(source: &Path, rp_id: &str) -> Result<std::result::Result<Snapshot, String>> {
+    /// The image is taken as `format` (pinned when the item was protected), never probed.
+    pub fn take(
+        source: &Path,
+        format: &kura_source::PinnedFormat,
+        rp_id: &str,
+    ) -> Result<std::result::Result<Snapshot, String>> {
         let meta = std::fs::metadata(source)
             .map_err(|e| Error::io(format!("source {}", source.display()), e))?;
         if !meta.is_file() {
@@ -66,11 +72,10 @@ impl Snapshot {
                     .into(),
             ));
         }
-        let format = kura_source::image_format(source)?;
         let tag = format!("kura-{}", &rp_id[..rp_id.len().min(16)]);
-        match format.as_str() {
+        match format.format.as_str() {
             "qcow2" => {
-                qemu_img(&["snapshot", "-c", &tag], source)?;
+                qemu_img(&["snapshot", "-f", "qcow2", "-c", &tag], source)?;
                 Ok(Ok(Snapshot::Qcow2 {
                     image: source.to_path_buf(),
                     name: tag,
@@ -81,7 +86,11 @@ impl Snapshot {
                     .parent()
                     .unwrap_or(Path::new("."))
                     .join(".kura-snapshots");
-                std::fs::create_dir_all(&dir)
+                // Only the owner may enter: the clones hold the guest's data.
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&dir)
                     .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
                 let file = source
                     .file_name()
@@ -90,13 +99,21 @@ impl Snapshot {
                 let clone = dir.join(format!("{file}.{tag}"));
                 let src = std::fs::File::open(source)
                     .map_err(|e| Error::io(format!("source {}", source.display()), e))?;
+                // The clone is as private as its source, and never more open than 0600 while
+                // it is made.
                 let dst = std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
+                    .mode(0o600)
                     .open(&clone)
                     .map_err(|e| Error::io(format!("cannot create {}", clone.display()), e))?;
                 match rustix::fs::ioctl_ficlone(&dst, &src) {
                     Ok(()) => {
+                        let mode = meta.permissions().mode() & 0o777;
+                        dst.set_permissions(std::fs::Permissions::from_mode(mode))
+                            .map_err(|e| {
+                                Error::io(format!("cannot chmod {}", clone.display()), e)
+                            })?;
                         dst.sync_all().map_err(|e| {
                             Error::io(format!("cannot sync {}", clone.display()), e)
                         })?;
@@ -143,7 +160,7 @@ impl Snapshot {
         match self {
             Snapshot::Reflink { clone } => clone.is_file(),
             Snapshot::Qcow2 { image, name } => Command::new("qemu-img")
-                .args(["snapshot", "-l", "-U"])
+                .args(["snapshot", "-f", "qcow2", "-l", "-U"])
                 .arg(image)
                 .output()
                 .is_ok_and(|o| {
@@ -170,7 +187,7 @@ impl Snapshot {
         match self {
             Snapshot::Qcow2 { image, name } => {
                 if self.exists() {
-                    qemu_img(&["snapshot", "-d", name], image)?;
+                    qemu_img(&["snapshot", "-f", "qcow2", "-d", name], image)?;
                 }
             }
             Snapshot::Reflink { clone } => match std::fs::remove_file(clone) {

@@ -75,7 +75,7 @@ fn gc_removes_only_unreferenced_chunks_after_the_grace_period() {
     let h = home(dir.path());
     let img = dir.path().join("d.raw");
     write_image(&img, &[0; 8]);
-    h.protect_disk(&img, "v", Some("d"), None, &Secrets::default())
+    h.protect_disk(&img, "v", Some("d"), None, None, &Secrets::default())
         .unwrap();
     h.backup(
         "d",
@@ -144,7 +144,7 @@ fn a_writer_older_than_a_mark_keeps_the_marked_chunks() {
     let h = home(dir.path());
     let img = dir.path().join("d.raw");
     write_image(&img, &[0; 4]);
-    h.protect_disk(&img, "v", Some("d"), None, &Secrets::default())
+    h.protect_disk(&img, "v", Some("d"), None, None, &Secrets::default())
         .unwrap();
     h.backup(
         "d",
@@ -195,7 +195,7 @@ fn gc_refuses_to_run_on_a_damaged_index() {
     let h = home(dir.path());
     let img = dir.path().join("d.raw");
     write_image(&img, &[0; 2]);
-    h.protect_disk(&img, "v", Some("d"), None, &Secrets::default())
+    h.protect_disk(&img, "v", Some("d"), None, None, &Secrets::default())
         .unwrap();
     let rp = h
         .backup(
@@ -228,7 +228,7 @@ fn stress_backups_and_gc_run_concurrently_without_losing_a_chunk() {
             let p = dir.path().join(format!("d{i}.raw"));
             write_image(&p, &[0; 16]);
             let name = format!("d{i}");
-            h.protect_disk(&p, "v", Some(&name), None, &Secrets::default())
+            h.protect_disk(&p, "v", Some(&name), None, None, &Secrets::default())
                 .unwrap();
             (name, p)
         })

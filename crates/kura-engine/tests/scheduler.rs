@@ -31,6 +31,7 @@ fn setup(policy: serde_json::Value) -> Setup {
         "v",
         Some("d"),
         Some(policy["name"].as_str().unwrap()),
+        None,
         &Secrets::default(),
     )
     .unwrap();

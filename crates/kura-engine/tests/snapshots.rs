@@ -23,7 +23,7 @@ fn a_backup_drops_expired_snapshot_tiers_of_older_points() {
         .status()
         .unwrap();
     assert!(ok.success());
-    home.protect_disk(&q, "v", Some("vm"), None, &Secrets::default())
+    home.protect_disk(&q, "v", Some("vm"), None, None, &Secrets::default())
         .unwrap();
     let t0 = Timestamp::now();
     let at = |h: i64| BackupOptions {

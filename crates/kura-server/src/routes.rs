@@ -526,6 +526,8 @@ struct Protect {
     name: Option<String>,
     #[serde(default)]
     policy: Option<String>,
+    #[serde(default)]
+    format: Option<String>,
 }
 
 async fn list_items(_: Auth, State(s): State<S>) -> ApiResult {
@@ -546,6 +548,7 @@ async fn protect_item(_: Auth, State(s): State<S>, Body(b): Body<Protect>) -> Ap
             &b.vault,
             b.name.as_deref(),
             b.policy.as_deref(),
+            b.format.as_deref(),
             &s.secrets,
         )?)
     })

@@ -15,21 +15,27 @@
 //!
 //! This crate never writes to a source and knows nothing of vaults or catalogs.
 //!
+//! An image's format is never taken from its bytes at backup time: it is pinned when the
+//! item is protected ([`PinnedFormat`]) and every open passes it on.
+//!
 //! ```no_run
-//! let mut disk = kura_source::open_disk(std::path::Path::new("disk.qcow2")).unwrap();
+//! let format = kura_source::PinnedFormat::new("qcow2").unwrap();
+//! let mut disk = format.open(std::path::Path::new("disk.qcow2")).unwrap();
 //! let extents = disk.extents(0, disk.size()).unwrap();
 //! let data: u64 = extents.iter().filter(|e| e.kind == kura_source::ExtentKind::Data).map(|e| e.len).sum();
 //! println!("{} of {} bytes allocated", data, disk.size());
 //! ```
 
+mod format;
 pub mod nbd;
 mod qemu;
 mod raw;
 
-pub use qemu::{NbdReader, image_format};
+pub use format::{BackingFile, FORMATS, PinnedFormat};
+pub use qemu::NbdReader;
 pub use raw::RawReader;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// What went wrong reading a source.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +68,17 @@ pub enum Error {
     /// The NBD conversation failed.
     #[error("NBD: {0}")]
     Nbd(String),
+    /// A request or a source that kura refuses (unknown format, changed backing chain).
+    #[error("{0}")]
+    Invalid(String),
+    /// The source changed size or identity while it was read.
+    #[error("source {path} changed while it was read: {what}")]
+    Changed {
+        /// Path.
+        path: PathBuf,
+        /// What changed.
+        what: String,
+    },
 }
 
 /// Result type of this crate.
@@ -98,20 +115,11 @@ pub trait DiskReader: Send {
     fn extents(&mut self, offset: u64, len: u64) -> Result<Vec<Extent>>;
     /// Fills `buf` from `offset`; the range must lie inside the disk.
     fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<()>;
-}
-
-/// Opens a disk image or block device: raw ones directly, anything else through `qemu-nbd`.
-pub fn open_disk(path: &Path) -> Result<Box<dyn DiskReader>> {
-    if !path.exists() {
-        return Err(Error::NotFound {
-            path: path.to_path_buf(),
-        });
-    }
-    let format = image_format(path)?;
-    if format == "raw" {
-        Ok(Box::new(RawReader::open(path)?))
-    } else {
-        Ok(Box::new(NbdReader::open(path, &format)?))
+    /// Fails with [`Error::Changed`] when the source no longer has the size (or, for files,
+    /// the identity) it had when it was opened. Called after the last read, so a point is
+    /// never made from a source that shrank or was replaced under the reader.
+    fn check_unchanged(&mut self) -> Result<()> {
+        Ok(())
     }
 }
 

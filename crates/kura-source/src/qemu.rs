@@ -10,58 +10,6 @@ use crate::{DiskReader, Error, Extent, ExtentKind, Result, normalize};
 
 const ALLOCATION: &str = "base:allocation";
 
-/// The format QEMU sees in an image (`raw`, `qcow2`, `vmdk`, ...), from `qemu-img info`.
-///
-/// Without `qemu-img` installed, a qcow2 header is still recognised (and reported as an
-/// error asking for qemu-utils); anything else is taken as raw.
-pub fn image_format(path: &Path) -> Result<String> {
-    let out = Command::new("qemu-img")
-        .args(["info", "--output=json", "-U", "--"])
-        .arg(path)
-        .stdin(Stdio::null())
-        .output();
-    match out {
-        Ok(out) if out.status.success() => {
-            let v: serde_json::Value =
-                serde_json::from_slice(&out.stdout).map_err(|e| Error::Tool {
-                    tool: "qemu-img",
-                    path: path.to_path_buf(),
-                    message: format!("unreadable JSON: {e}"),
-                })?;
-            v.get("format")
-                .and_then(|f| f.as_str())
-                .map(str::to_string)
-                .ok_or_else(|| Error::Tool {
-                    tool: "qemu-img",
-                    path: path.to_path_buf(),
-                    message: "no format in its answer".into(),
-                })
-        }
-        Ok(out) => Err(Error::Tool {
-            tool: "qemu-img",
-            path: path.to_path_buf(),
-            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut magic = [0u8; 4];
-            let f = std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic));
-            if f.is_ok() && &magic == b"QFI\xfb" {
-                return Err(Error::Tool {
-                    tool: "qemu-img",
-                    path: path.to_path_buf(),
-                    message: "this is a qcow2 image; install qemu-utils to read it".into(),
-                });
-            }
-            Ok("raw".into())
-        }
-        Err(e) => Err(Error::Tool {
-            tool: "qemu-img",
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        }),
-    }
-}
-
 /// An image in any format QEMU reads, served read-only by a private `qemu-nbd` on a Unix
 /// socket and read with kura's NBD client. The server stops when the reader is dropped.
 #[derive(Debug)]

@@ -1,6 +1,6 @@
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use crate::{DiskReader, Error, Extent, ExtentKind, Result, normalize};
@@ -11,6 +11,8 @@ pub struct RawReader {
     path: PathBuf,
     file: File,
     size: u64,
+    /// Device and inode at open, to notice a file replaced under the reader.
+    identity: (u64, u64),
     /// False when the filesystem or device does not support SEEK_DATA (then all is data).
     seek_data: bool,
 }
@@ -39,6 +41,7 @@ impl RawReader {
             path: path.to_path_buf(),
             file,
             size,
+            identity: (meta.dev(), meta.ino()),
             seek_data,
         })
     }
@@ -125,5 +128,26 @@ impl DiskReader for RawReader {
 
     fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<()> {
         self.file.read_exact_at(buf, offset).map_err(|e| self.io(e))
+    }
+
+    fn check_unchanged(&mut self) -> Result<()> {
+        let changed = |what: String| Error::Changed {
+            path: self.path.clone(),
+            what,
+        };
+        // SEEK_DATA past a new end answers ENXIO, which reads as a hole: only the size
+        // after the last read tells a shrunk file from a sparse one.
+        let now = self.file.seek(SeekFrom::End(0)).map_err(|e| self.io(e))?;
+        if now != self.size {
+            return Err(changed(format!(
+                "its size went from {} to {now} bytes",
+                self.size
+            )));
+        }
+        match std::fs::metadata(&self.path) {
+            Ok(m) if (m.dev(), m.ino()) == self.identity => Ok(()),
+            Ok(_) => Err(changed("another file now has its name".into())),
+            Err(e) => Err(changed(format!("it can no longer be opened ({e})"))),
+        }
     }
 }

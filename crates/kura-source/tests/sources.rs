@@ -4,7 +4,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
 
-use kura_source::{DiskReader, ExtentKind, NbdReader, RawReader, open_disk};
+use kura_source::{DiskReader, ExtentKind, NbdReader, PinnedFormat, RawReader};
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap_or_else(|e| {
@@ -70,7 +70,9 @@ fn raw_reader_finds_holes() {
 
 #[test]
 fn missing_source_is_named() {
-    let e = open_disk(Path::new("/nonexistent/disk.img"))
+    let e = PinnedFormat::new("raw")
+        .unwrap()
+        .open(Path::new("/nonexistent/disk.img"))
         .err()
         .expect("must fail");
     assert!(e.to_string().contains("/nonexistent/disk.img"), "{e}");
@@ -104,7 +106,9 @@ fn qcow2_through_qemu_nbd_matches_qemu_img_convert() {
         .arg(&q)
         .arg(&raw));
 
-    let mut d = open_disk(&q).unwrap();
+    let pinned = PinnedFormat::inspect(&q, None).unwrap();
+    assert_eq!(pinned, PinnedFormat::new("qcow2").unwrap());
+    let mut d = pinned.open(&q).unwrap();
     assert_eq!(d.format(), "qcow2");
     assert_eq!(d.size(), 80 << 20);
     let data = data_bytes(d.as_mut());
@@ -168,4 +172,111 @@ fn nbd_reader_stops_its_server() {
     run(Command::new("qemu-io")
         .args(["-f", "qcow2", "-c", "write 0 4k"])
         .arg(&q));
+}
+
+/// A guest that writes a qcow2 header (backing file: a host file) into its raw disk changes
+/// nothing: the pinned raw format reads the guest's own bytes, never the host file.
+#[test]
+fn a_raw_disk_holding_a_qcow2_header_is_read_as_raw() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("host-secret");
+    std::fs::write(&secret, vec![0x5a; 64 << 10]).unwrap();
+    let guest = dir.path().join("guest.raw");
+    std::fs::write(&guest, vec![0x11; 1 << 20]).unwrap();
+    assert_eq!(
+        PinnedFormat::inspect(&guest, None).unwrap(),
+        PinnedFormat::new("raw").unwrap()
+    );
+    let hdr = dir.path().join("hdr.qcow2");
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(&secret)
+        .arg(&hdr)
+        .arg("1M"));
+    let header = std::fs::read(&hdr).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&guest)
+        .unwrap()
+        .write_all_at(&header, 0)
+        .unwrap();
+    let expected = std::fs::read(&guest).unwrap();
+    // A fresh probe would be fooled; the pinned format is not.
+    assert_eq!(PinnedFormat::inspect(&guest, None).unwrap().format, "qcow2");
+    let pinned = PinnedFormat::new("raw").unwrap();
+    pinned.check(&guest).unwrap();
+    let mut d = pinned.open(&guest).unwrap();
+    assert_eq!(d.format(), "raw");
+    assert_eq!(read_all(d.as_mut()), expected);
+}
+
+/// A qcow2 image whose backing chain is not the one recorded is refused before it is read.
+#[test]
+fn a_qcow2_whose_backing_chain_changed_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.raw");
+    std::fs::write(&base, vec![1u8; 1 << 20]).unwrap();
+    let other = dir.path().join("other.raw");
+    std::fs::write(&other, vec![2u8; 1 << 20]).unwrap();
+    let top = dir.path().join("top.qcow2");
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(&base)
+        .arg(&top)
+        .arg("1M"));
+    let pinned = PinnedFormat::inspect(&top, Some("qcow2")).unwrap();
+    assert_eq!(pinned.backing.len(), 1, "{pinned:?}");
+    assert_eq!(pinned.backing[0].format, "raw");
+    pinned.check(&top).unwrap();
+    let mut d = pinned.open(&top).unwrap();
+    assert_eq!(read_all(d.as_mut()), vec![1u8; 1 << 20]);
+    drop(d);
+    run(Command::new("qemu-img")
+        .args(["rebase", "-u", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(&other)
+        .arg(&top));
+    let e = pinned.open(&top).err().expect("a changed chain is refused");
+    assert!(e.to_string().contains("backing chain changed"), "{e}");
+    assert!(e.to_string().contains("other.raw"), "{e}");
+    // An image that was standalone when pinned may not grow a backing file either.
+    let alone = PinnedFormat::new("qcow2").unwrap();
+    assert!(alone.check(&top).is_err());
+}
+
+#[test]
+fn unknown_formats_are_refused_by_name() {
+    let e = PinnedFormat::new("json:{}").unwrap_err();
+    assert!(e.to_string().contains("unknown disk format"), "{e}");
+}
+
+/// SEEK_DATA past a new end looks like a hole; the size check after the last read does not.
+#[test]
+fn a_raw_source_that_shrinks_or_is_replaced_is_noticed() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("d.raw");
+    std::fs::write(&img, vec![3u8; 2 << 20]).unwrap();
+    let mut r = RawReader::open(&img).unwrap();
+    r.check_unchanged().unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let e = r.check_unchanged().unwrap_err();
+    assert!(
+        e.to_string().contains("size went from 2097152 to 1048576"),
+        "{e}"
+    );
+
+    std::fs::write(&img, vec![3u8; 2 << 20]).unwrap();
+    let mut r = RawReader::open(&img).unwrap();
+    let tmp = dir.path().join("d.new");
+    std::fs::write(&tmp, vec![4u8; 2 << 20]).unwrap();
+    std::fs::rename(&tmp, &img).unwrap();
+    let e = r.check_unchanged().unwrap_err();
+    assert!(
+        e.to_string().contains("another file now has its name"),
+        "{e}"
+    );
 }

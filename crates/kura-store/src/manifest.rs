@@ -89,6 +89,15 @@ pub struct ItemRecord {
     /// The policy it was protected with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
+    /// How its source is opened (format and backing chain), pinned when it was protected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<serde_json::Value>,
+    /// Protection state: `protected`, `stopped` or `soft-deleted` (absent: `protected`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// When its data was (soft-)deleted (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<String>,
 }
 
 fn on_demand() -> String {

@@ -248,6 +248,11 @@ enum ProtectCmd {
         /// Policy of the vault that schedules its backups (default DefaultPolicy).
         #[arg(long)]
         policy: Option<String>,
+        /// The image's format (raw, qcow2, vmdk, vdi, vhdx, vpc, qed). Without it, the format
+        /// is probed once now and shown; backups never probe again, so bytes a guest writes
+        /// into its disk cannot change how kura opens it.
+        #[arg(long)]
+        format: Option<String>,
     },
 }
 
@@ -430,9 +435,16 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             vault,
             name,
             policy,
+            format,
         })) => {
-            let item =
-                home.protect_disk(image, vault, name.as_deref(), policy.as_deref(), &secrets)?;
+            let item = home.protect_disk(
+                image,
+                vault,
+                name.as_deref(),
+                policy.as_deref(),
+                format.as_deref(),
+                &secrets,
+            )?;
             out.view(&item, views::protected);
             Ok(0)
         }

@@ -82,7 +82,7 @@ pub fn run(args: &Args, home: Option<&Path>, out: &Out) -> anyhow::Result<u8> {
         ),
     );
 
-    let item = home.protect_disk(&disk, "demo", Some("demo-disk"), None, &secrets)?;
+    let item = home.protect_disk(&disk, "demo", Some("demo-disk"), None, None, &secrets)?;
     say(
         "protected the disk",
         format!("item {} in vault demo", item.name),

@@ -214,9 +214,10 @@ pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
             vault,
             name,
             policy,
+            format,
         })) => {
             let source = std::path::absolute(image)?;
-            show(c.post("/items", json!({"kind": "disk", "source": source, "vault": vault, "name": name, "policy": policy}))?, views::protected)
+            show(c.post("/items", json!({"kind": "disk", "source": source, "vault": vault, "name": name, "policy": policy, "format": format}))?, views::protected)
         }
         Command::Item(ItemCmd::Stop { item, delete_data }) => show(
             c.post(

@@ -26,11 +26,27 @@ fn rows(v: &Value) -> impl Iterator<Item = &Value> {
 /// `kura item protect`.
 pub fn protected(i: &Value) -> String {
     format!(
-        "protected {} as item {} (policy {})\n",
+        "protected {} as item {} (policy {}, format {})\n",
         s(&i["source"]),
         s(&i["name"]),
-        s(&i["policy"])
+        s(&i["policy"]),
+        item_format(i)
     )
+}
+
+/// An item's pinned format as one phrase: `qcow2`, `qcow2 on /base.raw (raw)`, or `-`.
+pub fn item_format(i: &Value) -> String {
+    let Some(doc) = i["format"]
+        .as_str()
+        .and_then(|f| serde_json::from_str::<Value>(f).ok())
+    else {
+        return "-".into();
+    };
+    let mut out = s(&doc["format"]);
+    for b in rows(&doc["backing"]) {
+        out.push_str(&format!(" on {} ({})", s(&b["path"]), s(&b["format"])));
+    }
+    out
 }
 
 /// `kura item list`.
