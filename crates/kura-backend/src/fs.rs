@@ -96,6 +96,10 @@ fn map_err(key: &str, op: &'static str, e: opendal::Error) -> Error {
 }
 
 impl Backend for FsBackend {
+    fn cheap_stat(&self) -> bool {
+        true
+    }
+
     fn put(&self, key: &str, data: Vec<u8>) -> Result<()> {
         check_key(key)?;
         self.rt

@@ -118,6 +118,11 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn delete(&self, key: &str) -> Result<()>;
     /// Makes every completed put durable.
     fn sync(&self) -> Result<()>;
+    /// Whether [`Backend::stat`] is cheap enough to call once per chunk of a backup (a local
+    /// filesystem), rather than a network request (object storage).
+    fn cheap_stat(&self) -> bool {
+        false
+    }
 }
 
 /// Checks a key against the rules in [`Backend`].

@@ -20,6 +20,10 @@ impl MemoryBackend {
 }
 
 impl Backend for MemoryBackend {
+    fn cheap_stat(&self) -> bool {
+        true
+    }
+
     fn put(&self, key: &str, data: Vec<u8>) -> Result<()> {
         check_key(key)?;
         self.write().insert(key.to_string(), Arc::new(data));

@@ -46,6 +46,7 @@ fn main() {
             state: "protected".into(),
             deleted_at: None,
             format: None,
+            damaged_points: 0,
         })
         .unwrap();
     }

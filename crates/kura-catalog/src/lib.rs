@@ -113,6 +113,9 @@ pub struct ItemRow {
     /// How its source is opened, pinned at protect time (JSON of the source's format and
     /// backing chain); `None` only for items protected before formats were pinned.
     pub format: Option<String>,
+    /// Recovery points that reference chunks the last verify found missing or corrupt
+    /// (derived; not stored with the item).
+    pub damaged_points: u64,
 }
 
 /// A recovery point.
@@ -401,6 +404,7 @@ impl Catalog {
             state: r.get(8)?,
             deleted_at: r.get(9)?,
             format: r.get(10)?,
+            damaged_points: r.get(11)?,
         })
     }
 
@@ -431,6 +435,7 @@ impl Catalog {
     pub fn purge_item(&self, item_id: &str) -> Result<()> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute("DELETE FROM damage WHERE item_id = ?1", [item_id])?;
         tx.execute("DELETE FROM recovery_points WHERE item_id = ?1", [item_id])?;
         tx.execute("DELETE FROM items WHERE id = ?1", [item_id])?;
         tx.commit()?;
@@ -494,7 +499,7 @@ impl Catalog {
     pub fn item(&self, name_or_id: &str) -> Result<ItemRow> {
         self.conn()
             .query_row(
-                "SELECT id, name, vault_id, kind, source, created, policy, last_slot, state, deleted_at, format FROM items WHERE name = ?1 OR id = ?1",
+                "SELECT id, name, vault_id, kind, source, created, policy, last_slot, state, deleted_at, format, (SELECT count(DISTINCT rp_id) FROM damage WHERE damage.item_id = items.id) FROM items WHERE name = ?1 OR id = ?1",
                 [name_or_id],
                 Self::item_from,
             )
@@ -509,7 +514,7 @@ impl Catalog {
     pub fn list_items(&self, vault_id: Option<&str>) -> Result<Vec<ItemRow>> {
         let conn = self.conn();
         let mut st = conn.prepare(
-            "SELECT id, name, vault_id, kind, source, created, policy, last_slot, state, deleted_at, format FROM items
+            "SELECT id, name, vault_id, kind, source, created, policy, last_slot, state, deleted_at, format, (SELECT count(DISTINCT rp_id) FROM damage WHERE damage.item_id = items.id) FROM items
              WHERE ?1 IS NULL OR vault_id = ?1 ORDER BY name",
         )?;
         let rows = st
@@ -613,9 +618,60 @@ impl Catalog {
 
     /// Forgets a recovery point (after its manifest left the vault).
     pub fn delete_rp(&self, id: &str) -> Result<()> {
-        self.conn()
-            .execute("DELETE FROM recovery_points WHERE id = ?1", [id])?;
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute("DELETE FROM damage WHERE rp_id = ?1", [id])?;
+        tx.execute("DELETE FROM recovery_points WHERE id = ?1", [id])?;
+        tx.commit()?;
         Ok(())
+    }
+
+    // ---- damage found by verify
+
+    /// Records what a verify found: the damage rows of every recovery point in `checked`
+    /// are replaced by `found` (`(item_id, rp_id, chunk)`), in one transaction.
+    pub fn record_damage(
+        &self,
+        vault_id: &str,
+        checked: &[String],
+        found: &[(String, String, String)],
+    ) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        for rp in checked {
+            tx.execute("DELETE FROM damage WHERE rp_id = ?1", [rp])?;
+        }
+        for (item, rp, chunk) in found {
+            tx.execute(
+                "INSERT OR IGNORE INTO damage (vault_id, item_id, rp_id, chunk) VALUES (?1, ?2, ?3, ?4)",
+                params![vault_id, item, rp, chunk],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Forgets damage a backup repaired by writing `chunks` again.
+    pub fn clear_damage(&self, vault_id: &str, chunks: &[String]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        for c in chunks {
+            tx.execute(
+                "DELETE FROM damage WHERE vault_id = ?1 AND chunk = ?2",
+                params![vault_id, c],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Distinct bad chunks the recovery points of an item reference.
+    pub fn damaged_chunks(&self, item_id: &str) -> Result<u64> {
+        Ok(self.conn().query_row(
+            "SELECT count(DISTINCT chunk) FROM damage WHERE item_id = ?1",
+            [item_id],
+            |r| r.get(0),
+        )?)
     }
 
     /// Recovery points of an item, newest first.

@@ -100,6 +100,16 @@ const MIGRATIONS: &[&str] = &[
     "CREATE INDEX jobs_by_target ON jobs(target, operation, started);",
     // 11: an item's source format, pinned when it is protected.
     "ALTER TABLE items ADD COLUMN format TEXT;",
+    // 12: which recovery points reference chunks verify found bad.
+    "CREATE TABLE damage (
+        vault_id TEXT NOT NULL,
+        item_id TEXT NOT NULL,
+        rp_id TEXT NOT NULL,
+        chunk TEXT NOT NULL,
+        PRIMARY KEY (rp_id, chunk)
+    );
+    CREATE INDEX damage_by_chunk ON damage(vault_id, chunk);
+    CREATE INDEX damage_by_item ON damage(item_id);",
 ];
 
 pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {

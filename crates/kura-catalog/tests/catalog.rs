@@ -30,6 +30,7 @@ fn item(cat: &Catalog, name: &str, source: &str) -> Result<ItemRow, Error> {
         state: "protected".into(),
         deleted_at: None,
         format: None,
+        damaged_points: 0,
     };
     cat.insert_item(&i).map(|()| i)
 }

@@ -442,9 +442,30 @@ impl Home {
             }
             None => "full backup: no previous recovery point".into(),
         });
-        let known: HashSet<ChunkId> = previous
+        // Chunks verify found bad (and no backup has healed since) are never reused: they
+        // are read from the source and written again, which repairs every older point too.
+        let unhealthy = unhealthy_chunks(vault, job);
+        let mut known: HashSet<ChunkId> = previous
             .map(|(_, idx)| idx.chunks.into_iter().collect())
             .unwrap_or_default();
+        known.retain(|id| !unhealthy.contains(id));
+        let cheap_stat = vault.backend().cheap_stat();
+        if !cheap_stat {
+            let last = vault
+                .bad_chunks()
+                .ok()
+                .and_then(|b| b.verified_at)
+                .unwrap_or_else(|| "never".into());
+            job.message(&format!(
+                "chunks reused from the previous point are not re-checked on this storage (one request each); the last verify of this vault: {last}"
+            ));
+        }
+        let reuse = Reuse {
+            known: &known,
+            unhealthy: &unhealthy,
+            cheap_stat,
+            stored: &|id| self.reusable(&vrow.id, vault, id),
+        };
 
         let rp_id = rp_id.to_string();
         let now = match snap_row {
@@ -463,14 +484,8 @@ impl Home {
                 ("on-demand", tags, expires)
             }
         };
-        let (index, stats) = run_pipeline(
-            vault,
-            disk.as_mut(),
-            &known,
-            &|id| self.reusable(&vrow.id, vault, id),
-            job,
-            opts.fail_after_chunks,
-        )?;
+        let (index, stats) =
+            run_pipeline(vault, disk.as_mut(), &reuse, job, opts.fail_after_chunks)?;
         // A source that shrank or was replaced while it was read would give a wrong point.
         disk.check_unchanged()?;
         drop(disk);
@@ -503,6 +518,21 @@ impl Home {
             stats: stats.rp.clone(),
         };
         vault.put_manifest(&manifest)?;
+        if !stats.healed.is_empty() {
+            let mut chunks: Vec<String> = stats.healed.iter().map(ChunkId::to_hex).collect();
+            chunks.sort();
+            chunks.dedup();
+            vault.put_healed(&kura_store::Healed {
+                rp_id: rp_id.clone(),
+                time: manifest.time.clone(),
+                chunks: chunks.clone(),
+            })?;
+            self.catalog.clear_damage(&vrow.id, &chunks)?;
+            job.message(&format!(
+                "healed {} bad or missing chunk(s) by writing them again; older recovery points that use them are readable again",
+                chunks.len()
+            ));
+        }
         let mut row = rp_row(&manifest);
         if let Some(s) = snap_row {
             row.tier = "snapshot+vault".into();
@@ -589,9 +619,66 @@ fn check_retain_until(d: &str) -> Result<()> {
     Ok(())
 }
 
+/// Chunks on the vault's bad list that no backup has written again since.
+fn unhealthy_chunks(vault: &Vault, job: &JobCtx<'_>) -> HashSet<ChunkId> {
+    let bad = match vault.bad_chunks() {
+        Ok(b) => b,
+        Err(e) => {
+            job.message(&format!("the vault's bad-chunk list is unreadable: {e}"));
+            return HashSet::new();
+        }
+    };
+    let mut set: HashSet<ChunkId> = bad
+        .chunks
+        .keys()
+        .filter_map(|h| ChunkId::from_hex(h).ok())
+        .collect();
+    if let Ok(healed) = vault.list_healed() {
+        for (_, h) in healed {
+            for c in h.chunks {
+                if let Ok(id) = ChunkId::from_hex(&c) {
+                    set.remove(&id);
+                }
+            }
+        }
+    }
+    set
+}
+
+/// What a backup may reuse instead of writing.
+struct Reuse<'a> {
+    /// Ids of the previous point (minus unhealthy ones).
+    known: &'a HashSet<ChunkId>,
+    /// Ids on the bad list: always written again.
+    unhealthy: &'a HashSet<ChunkId>,
+    /// Whether a known chunk's existence is confirmed with a stat before reuse.
+    cheap_stat: bool,
+    /// Whether the vault holds an intact copy (and GC lets it be reused).
+    stored: &'a (dyn Fn(&ChunkId) -> Result<bool> + Sync),
+}
+
+impl Reuse<'_> {
+    /// `Ok(None)` to reuse; `Ok(Some(healing))` to write, `healing` when a bad or missing
+    /// chunk is being replaced.
+    fn decide(&self, vault: &Vault, id: &ChunkId) -> Result<Option<bool>> {
+        if self.unhealthy.contains(id) {
+            return Ok(Some(true));
+        }
+        if self.known.contains(id) {
+            if !self.cheap_stat || vault.chunk_exists_cheaply(id)? != Some(false) {
+                return Ok(None);
+            }
+            // Referenced by the previous point, yet gone: heal it if it cannot be reused.
+            return Ok((!(self.stored)(id)?).then_some(true));
+        }
+        Ok((!(self.stored)(id)?).then_some(false))
+    }
+}
+
 struct PipelineStats {
     rp: RpStats,
     format: String,
+    healed: Vec<ChunkId>,
 }
 
 struct Work {
@@ -604,8 +691,7 @@ struct Work {
 fn run_pipeline(
     vault: &Vault,
     disk: &mut dyn DiskReader,
-    known: &HashSet<ChunkId>,
-    reusable: &(dyn Fn(&ChunkId) -> Result<bool> + Sync),
+    reuse: &Reuse<'_>,
     progress: &dyn Progress,
     fail_after: Option<u64>,
 ) -> Result<(DiskIndex, PipelineStats)> {
@@ -633,13 +719,14 @@ fn run_pipeline(
     let new_stored = AtomicU64::new(0);
     let new_plain = AtomicU64::new(0);
     let format = disk.format().to_string();
+    let healed: Mutex<Vec<ChunkId>> = Mutex::new(Vec::new());
 
     progress.start("backup disk0", size);
     std::thread::scope(|s| {
         for _ in 0..n_workers {
             let work_rx = work_rx.clone();
             let free_tx = free_tx.clone();
-            let (ids, failed, fail) = (&ids, &failed, &fail);
+            let (ids, failed, fail, healed) = (&ids, &failed, &fail, &healed);
             let (new_chunks, new_stored, new_plain) = (&new_chunks, &new_stored, &new_plain);
             s.spawn(move || {
                 let mut codec = vault.codec();
@@ -655,12 +742,18 @@ fn run_pipeline(
                         codec.chunk_id(data)
                     };
                     let result = (|| -> Result<()> {
-                        if id.is_zero() || known.contains(&id) || reusable(&id)? {
+                        if id.is_zero() {
                             return Ok(());
                         }
+                        let Some(healing) = reuse.decide(vault, &id)? else {
+                            return Ok(());
+                        };
                         let stored = codec.encode_chunk(&id, data)?;
                         let stored_len = stored.len() as u64;
                         vault.put_chunk(&id, stored)?;
+                        if healing {
+                            healed.lock().unwrap_or_else(|e| e.into_inner()).push(id);
+                        }
                         let n = new_chunks.fetch_add(1, Ordering::SeqCst) + 1;
                         new_stored.fetch_add(stored_len, Ordering::Relaxed);
                         new_plain.fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -752,6 +845,7 @@ fn run_pipeline(
                 new_plain_bytes: new_plain.into_inner(),
             },
             format,
+            healed: healed.into_inner().unwrap_or_else(|e| e.into_inner()),
         },
     ))
 }

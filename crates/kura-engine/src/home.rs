@@ -481,6 +481,7 @@ impl Home {
                 state: r.state.clone().unwrap_or_else(|| "protected".into()),
                 deleted_at: r.deleted_at.clone(),
                 format: r.format.as_ref().map(|f| f.to_string()),
+                damaged_points: 0,
             };
             match self.catalog.insert_item(&item) {
                 Ok(()) => items.push(r.name.clone()),
@@ -564,6 +565,7 @@ impl Home {
             state: "protected".into(),
             deleted_at: None,
             format: Some(serde_json::to_string(&pinned).expect("json")),
+            damaged_points: 0,
         };
         self.catalog.insert_item(&item)?;
         // Azure's ConfigureBackup: recorded as a job once the item exists.

@@ -124,6 +124,13 @@ impl Home {
                 j.error.clone().unwrap_or_default()
             ));
         }
+        if item.damaged_points > 0 {
+            let chunks = self.catalog.damaged_chunks(&item.id)?;
+            health_details.push(format!(
+                "{} recovery point(s) reference {chunks} chunk(s) verify found missing or corrupt; the next backup writes them again if the source still has their data",
+                item.damaged_points
+            ));
+        }
         let purge_at = match (
             item.state.as_str(),
             item.deleted_at.as_deref().and_then(parse_ts),

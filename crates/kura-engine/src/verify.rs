@@ -1,7 +1,7 @@
 //! Verify: re-read and fully check every chunk of a recovery point, an item or a vault, and
 //! name every bad chunk with the recovery points that use it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -48,6 +48,11 @@ pub struct VerifyReport {
     pub chunks_checked: usize,
     /// Problems; empty when all is well.
     pub problems: Vec<VerifyProblem>,
+    /// Recovery points that exist only in the snapshot tier: they have no vault copy to
+    /// verify, which is not damage.
+    pub snapshot_only: Vec<String>,
+    /// Chunks backups wrote again since the last verify, as `CHUNK (recovery point RP)`.
+    pub healed: Vec<String>,
 }
 
 impl VerifyReport {
@@ -136,9 +141,43 @@ impl Home {
                 recovery_points: 0,
                 chunks_checked: 0,
                 problems: Vec::new(),
+                snapshot_only: Vec::new(),
+                healed: Vec::new(),
             };
             for (vault, rps) in &vaults {
-                verify_vault(vault, rps, &mut report, job)?;
+                let (vault_rps, snapshot_only): (Vec<RpRow>, Vec<RpRow>) =
+                    rps.iter().cloned().partition(|r| r.tier != "snapshot");
+                report
+                    .snapshot_only
+                    .extend(snapshot_only.into_iter().map(|r| r.id));
+                let healed = vault.list_healed().unwrap_or_else(|e| {
+                    job.message(&format!("healed-chunk records unreadable: {e}"));
+                    Vec::new()
+                });
+                let first = report.problems.len();
+                let checked = verify_vault(vault, &vault_rps, &mut report, job)?;
+                self.remember_bad_chunks(vault, &vault_rps, &checked, &report.problems[first..])?;
+                for (key, h) in healed {
+                    report.healed.extend(
+                        h.chunks
+                            .iter()
+                            .map(|c| format!("{c} (recovery point {})", h.rp_id)),
+                    );
+                    vault.delete_healed(&key)?;
+                }
+            }
+            if !report.snapshot_only.is_empty() {
+                job.message(&format!(
+                    "{} recovery point(s) exist only in the snapshot tier and have no vault copy to verify: {}",
+                    report.snapshot_only.len(),
+                    report.snapshot_only.join(", ")
+                ));
+            }
+            if !report.healed.is_empty() {
+                job.message(&format!(
+                    "healed by backups since the last verify: {}",
+                    report.healed.join(", ")
+                ));
             }
             for p in &report.problems {
                 job.message(&format!(
@@ -158,12 +197,63 @@ impl Home {
     }
 }
 
+impl Home {
+    /// Keeps what a verify found in the vault (the bad-chunk list every backup honours) and in
+    /// the catalog (which points are damaged). Chunks this run did not check keep their entry.
+    fn remember_bad_chunks(
+        &self,
+        vault: &Vault,
+        rps: &[RpRow],
+        checked: &HashSet<ChunkId>,
+        problems: &[VerifyProblem],
+    ) -> Result<()> {
+        let now = kura_catalog::stamp(jiff::Timestamp::now());
+        let old = vault.bad_chunks().unwrap_or_default();
+        let mut list = old.clone();
+        list.chunks
+            .retain(|hex, _| ChunkId::from_hex(hex).is_ok_and(|id| !checked.contains(&id)));
+        let item_of: HashMap<&str, &str> = rps
+            .iter()
+            .map(|r| (r.id.as_str(), r.item_id.as_str()))
+            .collect();
+        let mut found = Vec::new();
+        for p in problems {
+            let Some(hex) = p.object.strip_prefix("chunk ") else {
+                continue;
+            };
+            let first_found = old
+                .chunks
+                .get(hex)
+                .map_or_else(|| now.clone(), |b| b.found.clone());
+            list.chunks.insert(
+                hex.to_string(),
+                kura_store::BadChunk {
+                    problem: p.problem.clone(),
+                    found: first_found,
+                },
+            );
+            for rp in &p.recovery_points {
+                if let Some(item) = item_of.get(rp.as_str()) {
+                    found.push((item.to_string(), rp.clone(), hex.to_string()));
+                }
+            }
+        }
+        list.verified_at = Some(now);
+        vault.put_bad_chunks(&list)?;
+        let ids: Vec<String> = rps.iter().map(|r| r.id.clone()).collect();
+        self.catalog
+            .record_damage(&vault.config().vault_id, &ids, &found)?;
+        Ok(())
+    }
+}
+
+/// Checks the recovery points `rps` of one vault; returns the chunks it checked.
 fn verify_vault(
     vault: &Vault,
     rps: &[RpRow],
     report: &mut VerifyReport,
     progress: &dyn Progress,
-) -> Result<()> {
+) -> Result<HashSet<ChunkId>> {
     // chunk -> indexes of the recovery points that use it
     let mut users: HashMap<ChunkId, Vec<u32>> = HashMap::new();
     for (n, rp) in rps.iter().enumerate() {
@@ -270,5 +360,5 @@ fn verify_vault(
     let mut bad = bad.into_inner().unwrap_or_else(|e| e.into_inner());
     bad.sort_by(|a, b| a.object.cmp(&b.object));
     report.problems.extend(bad);
-    Ok(())
+    Ok(chunks.into_iter().map(|(id, _)| id).collect())
 }

@@ -50,6 +50,8 @@ pub enum BlobKind {
     Manifest = 3,
     /// An [`crate::ItemRecord`].
     Item = 4,
+    /// A health record: the vault's bad-chunk list or a backup's healed chunks.
+    Health = 5,
 }
 
 impl BlobKind {
@@ -59,6 +61,7 @@ impl BlobKind {
             2 => BlobKind::Index,
             3 => BlobKind::Manifest,
             4 => BlobKind::Item,
+            5 => BlobKind::Health,
             _ => return None,
         })
     }

@@ -52,4 +52,4 @@ pub use manifest::{DiskEntry, ItemRecord, Manifest, RpStats};
 pub fn manifest_version() -> u32 {
     manifest::MANIFEST_VERSION
 }
-pub use vault::{FORMAT_VERSION, Vault, VaultConfig, VaultOptions};
+pub use vault::{BadChunk, BadChunks, FORMAT_VERSION, Healed, Vault, VaultConfig, VaultOptions};

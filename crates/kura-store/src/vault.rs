@@ -277,6 +277,62 @@ impl Vault {
         }
     }
 
+    /// Whether a chunk's object exists, when the backend can tell cheaply (a local
+    /// filesystem); `None` when asking would cost a request per chunk (object storage).
+    pub fn chunk_exists_cheaply(&self, id: &ChunkId) -> Result<Option<bool>> {
+        if !self.backend.cheap_stat() {
+            return Ok(None);
+        }
+        Ok(Some(self.backend.stat(&id.key())?.is_some()))
+    }
+
+    /// The vault's list of bad chunks, as the last `verify` left it (empty when none ran).
+    pub fn bad_chunks(&self) -> Result<BadChunks> {
+        match self.get_object(BAD_CHUNKS, BlobKind::Health, "bad-chunk list") {
+            Ok(plain) => serde_json::from_slice(&plain)
+                .map_err(|e| Error::corrupt("bad-chunk list", e.to_string())),
+            Err(Error::Missing { .. }) => Ok(BadChunks::default()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Replaces the bad-chunk list (written by `verify` only).
+    pub fn put_bad_chunks(&self, list: &BadChunks) -> Result<()> {
+        let json = serde_json::to_vec(list).expect("serializes");
+        self.put_object(BAD_CHUNKS, BlobKind::Health, &json, false)?;
+        self.backend.sync()?;
+        Ok(())
+    }
+
+    /// Records chunks a backup wrote again because they were bad or missing. One object per
+    /// recovery point, so backups never rewrite each other's records.
+    pub fn put_healed(&self, healed: &Healed) -> Result<()> {
+        let json = serde_json::to_vec(healed).expect("serializes");
+        let key = format!("{HEALED}{}", healed.rp_id);
+        self.put_object(&key, BlobKind::Health, &json, false)?;
+        self.backend.sync()?;
+        Ok(())
+    }
+
+    /// Every healed-chunk record not yet consumed by a `verify`, with its key.
+    pub fn list_healed(&self) -> Result<Vec<(String, Healed)>> {
+        let mut out = Vec::new();
+        for key in self.backend.list(HEALED)? {
+            let object = format!("healed-chunk record {key}");
+            let plain = self.get_object(&key, BlobKind::Health, &object)?;
+            let h = serde_json::from_slice(&plain)
+                .map_err(|e| Error::corrupt(object, e.to_string()))?;
+            out.push((key, h));
+        }
+        Ok(out)
+    }
+
+    /// Removes a healed-chunk record that `verify` has reported.
+    pub fn delete_healed(&self, key: &str) -> Result<()> {
+        self.backend.delete(key)?;
+        Ok(())
+    }
+
     /// The stored bytes of a chunk; [`Error::Missing`] when absent.
     pub fn get_chunk_stored(&self, id: &ChunkId) -> Result<Vec<u8>> {
         self.backend.get(&id.key()).map_err(|e| match e {
@@ -435,4 +491,39 @@ impl Vault {
     pub fn sync(&self) -> Result<()> {
         Ok(self.backend.sync()?)
     }
+}
+
+const BAD_CHUNKS: &str = "health/bad-chunks";
+const HEALED: &str = "health/healed/";
+
+/// The chunks `verify` found missing or corrupt, kept in the vault so that every later
+/// backup writes them again instead of reusing them, whichever home it runs from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BadChunks {
+    /// When a verify last wrote the list (RFC 3339).
+    #[serde(default)]
+    pub verified_at: Option<String>,
+    /// Chunk id (hex) → what is wrong with it.
+    #[serde(default)]
+    pub chunks: std::collections::BTreeMap<String, BadChunk>,
+}
+
+/// One bad chunk.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BadChunk {
+    /// `missing` or `corrupt`.
+    pub problem: String,
+    /// When verify first found it (RFC 3339).
+    pub found: String,
+}
+
+/// Chunks one backup wrote again (they were on the bad list, or missing when reused).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Healed {
+    /// The recovery point whose backup healed them.
+    pub rp_id: String,
+    /// When (RFC 3339).
+    pub time: String,
+    /// Chunk ids (hex).
+    pub chunks: Vec<String>,
 }

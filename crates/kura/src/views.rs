@@ -51,13 +51,17 @@ pub fn item_format(i: &Value) -> String {
 
 /// `kura item list`.
 pub fn item_list(v: &Value) -> String {
-    let mut t = Table::new(&["NAME", "KIND", "STATE", "POLICY", "SOURCE"]);
+    let mut t = Table::new(&["NAME", "KIND", "STATE", "POLICY", "DAMAGED", "SOURCE"]);
     for i in rows(v) {
         t.row(vec![
             s(&i["name"]),
             s(&i["kind"]),
             s(&i["state"]),
             s(&i["policy"]),
+            match i["damaged_points"].as_u64() {
+                Some(0) | None => "-".into(),
+                Some(n) => format!("{n} point(s)"),
+            },
             s(&i["source"]),
         ]);
     }
@@ -88,6 +92,7 @@ pub fn item_status(st: &Value) -> String {
         s(&st["health_status"]),
         s(&st["recovery_points"]),
     );
+    out += &format!("format            {}\n", item_format(st));
     for d in rows(&st["health_details"]) {
         out += &format!("  ! {}\n", s(d));
     }
@@ -204,6 +209,24 @@ pub fn verify(r: &Value) -> String {
             );
         }
         out += &format!("{} problem(s) found\n", problems.len());
+    }
+    let healed: Vec<String> = rows(&r["healed"]).map(s).collect();
+    if !healed.is_empty() {
+        out += &format!(
+            "healed by backups since the last verify: {} chunk(s)\n",
+            healed.len()
+        );
+        for h in healed {
+            out += &format!("  {h}\n");
+        }
+    }
+    let snaps: Vec<String> = rows(&r["snapshot_only"]).map(s).collect();
+    if !snaps.is_empty() {
+        out += &format!(
+            "not verified: {} recovery point(s) exist only in the snapshot tier (no vault copy): {}\n",
+            snaps.len(),
+            snaps.join(", ")
+        );
     }
     out
 }
