@@ -9,7 +9,7 @@
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 
-use crate::{Catalog, Result, now, process_alive};
+use crate::{Catalog, Result, now};
 
 /// An active writer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -58,8 +58,8 @@ impl Catalog {
             pid: std::process::id(),
         };
         self.conn().execute(
-            "INSERT INTO leases (id, vault_id, purpose, started, pid) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![lease.id, vault_id, lease.purpose, lease.started, lease.pid],
+            "INSERT INTO leases (id, vault_id, purpose, started, pid, owner) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![lease.id, vault_id, lease.purpose, lease.started, lease.pid, self.owner_id()],
         )?;
         Ok(lease)
     }
@@ -74,23 +74,29 @@ impl Catalog {
     /// Active leases on a vault, oldest first; leases of dead processes are dropped.
     pub fn active_leases(&self, vault_id: &str) -> Result<Vec<Lease>> {
         let conn = self.conn();
-        let all: Vec<Lease> = conn
+        let all: Vec<(Lease, Option<String>)> = conn
             .prepare(
-                "SELECT id, purpose, started, pid FROM leases WHERE vault_id = ?1 ORDER BY started",
+                "SELECT id, purpose, started, pid, owner FROM leases WHERE vault_id = ?1 ORDER BY started",
             )?
             .query_map([vault_id], |r| {
-                Ok(Lease {
-                    id: r.get(0)?,
-                    purpose: r.get(1)?,
-                    started: r.get(2)?,
-                    pid: r.get(3)?,
-                })
+                Ok((
+                    Lease {
+                        id: r.get(0)?,
+                        purpose: r.get(1)?,
+                        started: r.get(2)?,
+                        pid: r.get(3)?,
+                    },
+                    r.get(4)?,
+                ))
             })?
             .collect::<rusqlite::Result<_>>()?;
-        let (live, dead): (Vec<Lease>, Vec<Lease>) =
-            all.into_iter().partition(|l| process_alive(l.pid));
-        for l in dead {
-            conn.execute("DELETE FROM leases WHERE id = ?1", [&l.id])?;
+        let mut live = Vec::new();
+        for (l, owner) in all {
+            if self.alive(owner.as_deref(), l.pid) {
+                live.push(l);
+            } else {
+                conn.execute("DELETE FROM leases WHERE id = ?1", [&l.id])?;
+            }
         }
         Ok(live)
     }
@@ -118,10 +124,16 @@ impl Catalog {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         {
             let mut st = tx.prepare(
-                "INSERT OR IGNORE INTO gc_doomed (vault_id, chunk, doomed_at, state, pid) VALUES (?1, ?2, ?3, 'doomed', ?4)",
+                "INSERT OR IGNORE INTO gc_doomed (vault_id, chunk, doomed_at, state, pid, owner) VALUES (?1, ?2, ?3, 'doomed', ?4, ?5)",
             )?;
             for c in chunks {
-                st.execute(params![vault_id, c, at, std::process::id()])?;
+                st.execute(params![
+                    vault_id,
+                    c,
+                    at,
+                    std::process::id(),
+                    self.owner_id()
+                ])?;
             }
         }
         tx.commit()?;
@@ -145,8 +157,8 @@ impl Catalog {
     /// GC claims a doomed chunk for deletion; false if a writer rescued it meanwhile.
     pub fn claim_doomed(&self, vault_id: &str, chunk: &str) -> Result<bool> {
         let n = self.conn().execute(
-            "UPDATE gc_doomed SET state = 'deleting', pid = ?3 WHERE vault_id = ?1 AND chunk = ?2 AND state = 'doomed'",
-            params![vault_id, chunk, std::process::id()],
+            "UPDATE gc_doomed SET state = 'deleting', pid = ?3, owner = ?4 WHERE vault_id = ?1 AND chunk = ?2 AND state = 'doomed'",
+            params![vault_id, chunk, std::process::id(), self.owner_id()],
         )?;
         Ok(n == 1)
     }
@@ -161,23 +173,23 @@ impl Catalog {
         }
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let row: Option<(String, u32)> = tx
+        let row: Option<(String, u32, Option<String>)> = tx
             .query_row(
-                "SELECT state, pid FROM gc_doomed WHERE vault_id = ?1 AND chunk = ?2",
+                "SELECT state, pid, owner FROM gc_doomed WHERE vault_id = ?1 AND chunk = ?2",
                 params![vault_id, chunk],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?;
         let outcome = match row {
             None => Rescue::NotDoomed,
-            Some((state, _)) if state == "doomed" => {
+            Some((state, _, _)) if state == "doomed" => {
                 tx.execute(
                     "DELETE FROM gc_doomed WHERE vault_id = ?1 AND chunk = ?2",
                     params![vault_id, chunk],
                 )?;
                 Rescue::Rescued
             }
-            Some((_, pid)) if !process_alive(pid) => {
+            Some((_, pid, owner)) if !self.alive(owner.as_deref(), pid) => {
                 tx.execute(
                     "DELETE FROM gc_doomed WHERE vault_id = ?1 AND chunk = ?2",
                     params![vault_id, chunk],

@@ -15,6 +15,7 @@
 //! ```
 
 mod gc;
+mod owner;
 mod policies;
 mod schema;
 
@@ -54,6 +55,14 @@ pub enum Error {
         kind: &'static str,
         /// The prefix.
         prefix: String,
+    },
+    /// The owner lock beside the catalog could not be made.
+    #[error("cannot create the owner lock in {dir}: {source}")]
+    Locks {
+        /// The `locks/` directory.
+        dir: std::path::PathBuf,
+        /// Cause.
+        source: std::io::Error,
     },
     /// Refused because of the object's state.
     #[error("{0}")]
@@ -231,6 +240,9 @@ pub struct SubTask {
 #[derive(Debug)]
 pub struct Catalog {
     conn: Mutex<Connection>,
+    /// This process's owner lock (`None` for an in-memory catalog: then PIDs are used).
+    owner: Option<owner::Owner>,
+    locks: Option<std::path::PathBuf>,
 }
 
 pub(crate) fn now() -> String {
@@ -261,12 +273,35 @@ impl Catalog {
     /// Opens (creating and migrating if needed) the catalog at `path`.
     pub fn open(path: &Path) -> Result<Self> {
         let conn = Connection::open(path)?;
-        Self::init(conn)
+        let locks = path.parent().unwrap_or(Path::new(".")).join("locks");
+        let owner = owner::Owner::create(&locks).map_err(|e| Error::Locks {
+            dir: locks.clone(),
+            source: e,
+        })?;
+        owner.sweep();
+        let mut cat = Self::init(conn)?;
+        cat.owner = Some(owner);
+        cat.locks = Some(locks);
+        Ok(cat)
     }
 
     /// An in-memory catalog (tests).
     pub fn open_in_memory() -> Result<Self> {
         Self::init(Connection::open_in_memory()?)
+    }
+
+    /// The owner id rows made by this catalog carry.
+    pub(crate) fn owner_id(&self) -> Option<&str> {
+        self.owner.as_ref().map(|o| o.id.as_str())
+    }
+
+    /// Whether the process that made a row (owner id, or PID for rows without one) lives.
+    pub(crate) fn alive(&self, owner: Option<&str>, pid: u32) -> bool {
+        match (owner, &self.locks) {
+            (Some(o), _) if Some(o) == self.owner_id() => true,
+            (Some(o), Some(dir)) => owner::alive_in(dir, o),
+            _ => process_alive(pid),
+        }
     }
 
     fn init(conn: Connection) -> Result<Self> {
@@ -277,6 +312,8 @@ impl Catalog {
         schema::migrate(&conn)?;
         Ok(Catalog {
             conn: Mutex::new(conn),
+            owner: None,
+            locks: None,
         })
     }
 
@@ -714,15 +751,17 @@ impl Catalog {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         if exclusive_target {
-            let running: Option<(String, u32)> = tx
-                .query_row(
-                    "SELECT id, pid FROM jobs WHERE target = ?1 AND operation = ?2 AND status = 'InProgress'",
-                    params![target, operation],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?;
-            if let Some((other, pid)) = running
-                && process_alive(pid)
+            let running: Vec<(String, u32, Option<String>)> = tx
+                .prepare(
+                    "SELECT id, pid, owner FROM jobs WHERE target = ?1 AND operation = ?2 AND status = 'InProgress'",
+                )?
+                .query_map(params![target, operation], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            if let Some((other, _, _)) = running
+                .into_iter()
+                .find(|(_, pid, owner)| self.alive(owner.as_deref(), *pid))
             {
                 return Err(Error::Conflict(format!(
                     "job {other} ({operation} of {target}) is still running"
@@ -748,9 +787,9 @@ impl Catalog {
             eta_seconds: None,
         };
         tx.execute(
-            "INSERT INTO jobs (id, operation, target, status, started, pid, bytes_done, bytes_total, log)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, 0, '[]')",
-            params![job.id, job.operation, job.target, job.status, job.started, job.pid],
+            "INSERT INTO jobs (id, operation, target, status, started, pid, bytes_done, bytes_total, log, owner)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, 0, '[]', ?7)",
+            params![job.id, job.operation, job.target, job.status, job.started, job.pid, self.owner_id()],
         )?;
         tx.commit()?;
         Ok(job)
@@ -800,14 +839,16 @@ impl Catalog {
     /// Marks InProgress jobs whose process is gone as Failed; returns how many.
     pub fn fail_orphaned_jobs(&self) -> Result<usize> {
         let conn = self.conn();
-        let orphans: Vec<(String, u32)> = conn
-            .prepare("SELECT id, pid FROM jobs WHERE status IN ('InProgress', 'Cancelling')")?
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<Vec<_>>>()?
+        let orphans: Vec<(String, u32, Option<String>)> = conn
+            .prepare(
+                "SELECT id, pid, owner FROM jobs WHERE status IN ('InProgress', 'Cancelling')",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<Vec<(String, u32, Option<String>)>>>()?
             .into_iter()
-            .filter(|(_, pid)| !process_alive(*pid))
+            .filter(|(_, pid, owner)| !self.alive(owner.as_deref(), *pid))
             .collect();
-        for (id, _) in &orphans {
+        for (id, _, _) in &orphans {
             conn.execute(
                 "UPDATE jobs SET status = 'Failed', ended = ?2,
                  error = 'the process running this job ended before it finished' WHERE id = ?1",
@@ -860,6 +901,57 @@ impl Catalog {
             [id],
         )?;
         Ok(n == 1)
+    }
+
+    /// Claims sub-task `phase` of job `job_id` and records `tasks`, atomically: refused, with
+    /// the other job's id and nothing written, when another live job of the same operation
+    /// on the same target has that sub-task in progress. Jobs whose process died do not count.
+    pub fn claim_task(
+        &self,
+        job_id: &str,
+        operation: &str,
+        target: &str,
+        phase: usize,
+        tasks: &[SubTask],
+    ) -> Result<Option<String>> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let holders: Vec<(String, u32, Option<String>)> = tx
+            .prepare(
+                "SELECT id, pid, owner FROM jobs
+                 WHERE target = ?1 AND operation = ?2 AND id != ?3
+                   AND status IN ('InProgress', 'Cancelling')
+                   AND json_extract(tasks, '$[' || ?4 || '].status') = 'InProgress'",
+            )?
+            .query_map(params![target, operation, job_id, phase as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        if let Some((other, _, _)) = holders
+            .into_iter()
+            .find(|(_, pid, owner)| self.alive(owner.as_deref(), *pid))
+        {
+            return Ok(Some(other));
+        }
+        tx.execute(
+            "UPDATE jobs SET tasks = ?2 WHERE id = ?1",
+            params![
+                job_id,
+                serde_json::to_string(tasks).expect("tasks serialize")
+            ],
+        )?;
+        tx.commit()?;
+        Ok(None)
+    }
+
+    /// Whether the process running a job is gone (the job can never end by itself).
+    pub fn job_orphaned(&self, id: &str) -> Result<bool> {
+        let (pid, owner): (u32, Option<String>) =
+            self.conn()
+                .query_row("SELECT pid, owner FROM jobs WHERE id = ?1", [id], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
+        Ok(!self.alive(owner.as_deref(), pid))
     }
 
     /// Records a job's sub-tasks.

@@ -110,6 +110,10 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX damage_by_chunk ON damage(vault_id, chunk);
     CREATE INDEX damage_by_item ON damage(item_id);",
+    // 13: owners judged by a lock a dead process cannot keep (see owner.rs), not by PID.
+    "ALTER TABLE jobs ADD COLUMN owner TEXT;
+    ALTER TABLE leases ADD COLUMN owner TEXT;
+    ALTER TABLE gc_doomed ADD COLUMN owner TEXT;",
 ];
 
 pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {

@@ -30,7 +30,8 @@ use crate::{Error, ErrorKind, Home, Progress, Result, Secrets, new_id, workers};
 pub struct BackupOptions {
     /// Keep the recovery point until this date (YYYY-MM-DD).
     pub retain_until: Option<String>,
-    /// Test hook: stop with an error after this many chunks were stored (fault injection).
+    /// Fault injection for tests: stop with an error after this many chunks were stored
+    /// (the CLI offers it only in builds with the `test-hooks` feature).
     pub fail_after_chunks: Option<u64>,
     /// The current time, from the caller's clock (default: the system clock).
     pub now: Option<jiff::Timestamp>,
@@ -164,34 +165,21 @@ impl Home {
         job: &JobCtx<'_>,
     ) -> Result<BackupReport> {
         use crate::jobs::task;
-        let others = || -> Result<Vec<kura_catalog::JobRow>> {
-            Ok(self
-                .catalog
-                .jobs_for("Backup", &item.name, 10_000)?
-                .into_iter()
-                .filter(|j| {
-                    j.id != job.id && (j.status == "InProgress" || j.status == "Cancelling")
-                })
-                .collect())
-        };
-        let running = |phase: usize| -> Result<Option<String>> {
-            Ok(others()?
-                .into_iter()
-                .find(|j| j.tasks.get(phase).is_some_and(|t| t.status == "InProgress"))
-                .map(|j| j.id))
-        };
-        // Only one snapshot per item at a time.
-        if let Some(other) = running(0)? {
+        // Only one snapshot per item at a time; claiming the phase is one transaction, so
+        // two jobs that start together cannot both get it.
+        let mut tasks = vec![
+            task("snapshot", "InProgress", None),
+            task("transfer", "Pending", None),
+        ];
+        if let Some(other) = self
+            .catalog
+            .claim_task(&job.id, "Backup", &item.name, 0, &tasks)?
+        {
             return Err(Error::new(
                 ErrorKind::Conflict,
                 format!("job {other} is taking a snapshot of item {:?}", item.name),
             ));
         }
-        let mut tasks = vec![
-            task("snapshot", "InProgress", None),
-            task("transfer", "Pending", None),
-        ];
-        self.catalog.set_job_tasks(&job.id, &tasks)?;
         let rp_id = new_id();
         let now = opts.now.unwrap_or_else(jiff::Timestamp::now);
         let source = std::path::Path::new(&item.source);
@@ -247,12 +235,7 @@ impl Home {
                 return Err(e);
             }
         };
-        if let Some(ms) = std::env::var("KURA_TEST_SNAPSHOT_DELAY_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-        {
-            std::thread::sleep(std::time::Duration::from_millis(ms)); // test hook: a slow snapshot
-        }
+        crate::hooks::gate("snapshot");
         // Cancel is accepted during the snapshot phase: honour it before anything is published.
         if job.cancelled() {
             if let Some(s) = &snapshot {
@@ -334,7 +317,11 @@ impl Home {
         }
         // One transfer per item at a time: a later job keeps its snapshot and skips its
         // transfer; the next transfer carries every change since the last vault point.
-        if let Some(other) = running(1)? {
+        tasks[1] = task("transfer", "InProgress", None);
+        if let Some(other) = self
+            .catalog
+            .claim_task(&job.id, "Backup", &item.name, 1, &tasks)?
+        {
             let Some(row) = snap_row else {
                 tasks[1] = task(
                     "transfer",
@@ -352,14 +339,7 @@ impl Home {
             );
             return skip_transfer(&mut tasks, rp_id, row.logical_size, detail);
         }
-        tasks[1] = task("transfer", "InProgress", None);
-        self.catalog.set_job_tasks(&job.id, &tasks)?;
-        if let Some(ms) = std::env::var("KURA_TEST_TRANSFER_DELAY_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-        {
-            std::thread::sleep(std::time::Duration::from_millis(ms)); // test hook: a slow transfer
-        }
+        crate::hooks::gate("transfer");
         let result = self.backup_job(
             item,
             &vault,

@@ -645,9 +645,22 @@ impl Home {
         Ok(self.catalog.job(id)?)
     }
 
-    /// Cancels a backup job; accepted only while its snapshot phase runs.
+    /// Cancels a backup job; accepted only while its snapshot phase runs. A job of any kind
+    /// whose process is gone (killed, or a container that stopped) is cleared instead: it is
+    /// recorded Failed and no longer blocks its item.
     pub fn cancel_job(&self, id: &str) -> Result<kura_catalog::JobRow> {
         let job = self.catalog.job(id)?;
+        if matches!(job.status.as_str(), "InProgress" | "Cancelling")
+            && self.catalog.job_orphaned(&job.id)?
+        {
+            self.catalog.finish_job(
+                &job.id,
+                "Failed",
+                None,
+                Some("the process running this job is gone; cleared by `kura job cancel`"),
+            )?;
+            return Ok(self.catalog.job(&job.id)?);
+        }
         if job.status != "InProgress" {
             return Err(Error::new(
                 ErrorKind::Conflict,

@@ -26,6 +26,7 @@ pub mod backup;
 mod error;
 pub mod gc;
 mod home;
+mod hooks;
 pub mod jobs;
 mod policy;
 mod progress;

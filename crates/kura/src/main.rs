@@ -257,7 +257,7 @@ enum ProtectCmd {
 }
 
 #[derive(Debug, Subcommand)]
-enum BackupCmd {
+pub(crate) enum BackupCmd {
     /// Back an item up now.
     Now {
         /// Item name.
@@ -266,6 +266,7 @@ enum BackupCmd {
         #[arg(long, value_name = "YYYY-MM-DD")]
         retain_until: Option<String>,
         /// Testing only: fail after storing this many chunks.
+        #[cfg(feature = "test-hooks")]
         #[arg(long, hide = true)]
         fail_after_chunks: Option<u64>,
     },
@@ -473,14 +474,14 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             out.view(&st, views::item_status);
             Ok(0)
         }
-        Command::Backup(BackupCmd::Now {
-            item,
-            retain_until,
-            fail_after_chunks,
-        }) => {
+        Command::Backup(
+            now @ BackupCmd::Now {
+                item, retain_until, ..
+            },
+        ) => {
             let opts = BackupOptions {
                 retain_until: retain_until.clone(),
-                fail_after_chunks: *fail_after_chunks,
+                fail_after_chunks: now.fail_after_chunks(),
                 ..Default::default()
             };
             let r = home.backup(item, &secrets, &opts, &bar)?;
@@ -587,7 +588,7 @@ fn vault(home: &Home, cmd: &VaultCmd, secrets: &Secrets, out: &Out) -> anyhow::R
                     CipherArg::Chacha20Poly1305 => kura_store::Cipher::Chacha20Poly1305,
                 }),
                 compression_level: *compression_level,
-                fast_kdf: std::env::var_os("KURA_TEST_FAST_KDF").is_some(),
+                fast_kdf: test_fast_kdf(),
             };
             let v = home.create_vault(name, &opts, secrets)?;
             out.print(&v, || {
@@ -662,4 +663,32 @@ fn error_code(e: &anyhow::Error) -> &str {
         Some(ErrorKind::Key) => "key",
         _ => "error",
     }
+}
+
+impl BackupCmd {
+    /// The injected failure point (builds with the `test-hooks` feature only).
+    pub(crate) fn fail_after_chunks(&self) -> Option<u64> {
+        #[cfg(feature = "test-hooks")]
+        {
+            let BackupCmd::Now {
+                fail_after_chunks, ..
+            } = self;
+            *fail_after_chunks
+        }
+        #[cfg(not(feature = "test-hooks"))]
+        {
+            let _ = self;
+            None
+        }
+    }
+}
+
+/// Cheap key derivation for tests: only builds with the `test-hooks` feature read
+/// `KURA_TEST_FAST_KDF`; a release binary always uses the real Argon2id parameters.
+fn test_fast_kdf() -> bool {
+    #[cfg(feature = "test-hooks")]
+    if std::env::var_os("KURA_TEST_FAST_KDF").is_some_and(|v| v != "0") {
+        return true;
+    }
+    false
 }

@@ -237,11 +237,11 @@ pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
             c.post(&format!("/items/{}/undelete", enc(item)), json!({}))?,
             views::item_status,
         ),
-        Command::Backup(BackupCmd::Now {
-            item,
-            retain_until,
-            fail_after_chunks: None,
-        }) => {
+        Command::Backup(
+            now @ BackupCmd::Now {
+                item, retain_until, ..
+            },
+        ) if now.fail_after_chunks().is_none() => {
             let started = c.post(
                 &format!("/items/{}/backups", enc(item)),
                 json!({"retain_until": retain_until}),

@@ -172,6 +172,10 @@ fn a_lost_chunk_heals_instead_of_being_reused() {
 /// A point that exists only in the snapshot tier has no vault copy to verify: it is reported
 /// as such, not as damage.
 #[test]
+#[cfg_attr(
+    not(feature = "test-hooks"),
+    ignore = "needs the test-hooks feature (scripts/test turns it on)"
+)]
 fn verify_reports_snapshot_only_points_without_calling_them_damaged() {
     let e = Env::new();
     e.vault("v", &[]);
@@ -194,5 +198,193 @@ fn verify_reports_snapshot_only_points_without_calling_them_damaged() {
     assert!(
         e.ok(&["verify"])
             .contains("exist only in the snapshot tier")
+    );
+}
+
+/// A backup killed with `kill -9` while kura runs as PID 1 (as in a container) must not
+/// block its item: liveness is a lock the dead process cannot keep, not a PID.
+#[test]
+#[cfg_attr(
+    not(feature = "test-hooks"),
+    ignore = "needs the test-hooks feature (scripts/test turns it on)"
+)]
+fn a_backup_killed_as_pid_1_does_not_block_its_item() {
+    let e = Env::new();
+    e.vault("v", &[]);
+    let img = e.path("d.raw");
+    make_image(&img, 1 << 20, &[(0, 1 << 20, 3)]);
+    e.protect(&img, "v", &[]);
+    let gate = Gate::new(&e, "snapshot");
+    let (var, val) = gate.env();
+    let mut c = e.cmd(&["backup", "now", "d"]);
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--kill-child", "--"])
+        .arg(c.get_program())
+        .args(c.get_args())
+        .envs(c.get_envs().filter_map(|(k, v)| v.map(|v| (k, v))))
+        .env(var, val)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let _ = &mut c;
+    let mut child = cmd
+        .spawn()
+        .expect("unshare (util-linux) runs kura in a new PID namespace; needs root, as in CI");
+    gate.wait_reached();
+    let pid_inside = std::fs::read_to_string(gate.file(".reached")).unwrap();
+    assert_eq!(pid_inside, "1", "kura runs as PID 1 in its namespace");
+    let stuck = &e.json(&["job", "list"])[0];
+    assert_eq!(stuck["status"], "InProgress");
+    child.kill().unwrap(); // SIGKILL to unshare; --kill-child sends SIGKILL to kura
+    child.wait().unwrap();
+    let stuck_id = stuck["id"].as_str().unwrap().to_string();
+    // The next run sees that the owner is gone: the item is free, the job is Failed.
+    e.backup("d");
+    let j = e.json(&["job", "show", &stuck_id]);
+    assert_eq!(j["status"], "Failed", "{j}");
+    let (_, err) = e.fails(&["job", "cancel", &stuck_id]);
+    assert_eq!(
+        err["error"]["code"], "conflict",
+        "an ended job is not cancelled again"
+    );
+}
+
+/// Four backups of one item started together: claiming a phase is atomic, so exactly one of
+/// them transfers while the others are refused or skip their transfer.
+#[test]
+#[cfg_attr(
+    not(feature = "test-hooks"),
+    ignore = "needs the test-hooks feature (scripts/test turns it on)"
+)]
+fn parallel_backups_of_one_item_never_overlap_their_transfers() {
+    let e = Env::new();
+    e.vault("v", &[]);
+    let img = e.path("d.raw");
+    make_image(&img, 1 << 20, &[(0, 1 << 20, 4)]);
+    e.protect(&img, "v", &[]);
+    for round in 0..5 {
+        let gate = Gate::new(&e, "transfer");
+        let (var, val) = gate.env();
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(4));
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let mut c = e.cmd(&["--output", "json", "backup", "now", "d"]);
+                c.env(&var, val);
+                let b = barrier.clone();
+                std::thread::spawn(move || {
+                    b.wait();
+                    c.output().unwrap()
+                })
+            })
+            .collect();
+        gate.wait_reached();
+        // Three of the four end by themselves; the gated one holds its transfer.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let jobs = e.json(&["job", "list"]);
+            let running = jobs
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|j| j["status"] == "InProgress")
+                .count();
+            if running <= 1 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: {jobs}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let jobs = e.json(&["job", "list"]);
+        let transferring = jobs
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|j| j["tasks"][1]["status"] == "InProgress")
+            .count();
+        assert_eq!(transferring, 1, "round {round}: {jobs}");
+        gate.release();
+        let outputs: Vec<Output> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let ok = outputs.iter().filter(|o| o.status.success()).count();
+        assert_eq!(ok, 1, "round {round}: exactly one backup made a point");
+        for o in outputs.iter().filter(|o| !o.status.success()) {
+            let err: Value = serde_json::from_slice(&o.stdout).unwrap();
+            assert_eq!(err["error"]["code"], "conflict", "round {round}: {err}");
+        }
+    }
+}
+
+/// A build without the `test-hooks` feature (a release build) reads no test switch: scripts/test
+/// runs this test against such a build.
+#[test]
+#[cfg_attr(
+    feature = "test-hooks",
+    ignore = "checks a build without test-hooks; scripts/test runs it in one"
+)]
+fn release_build_reads_no_test_switches() {
+    let e = Env::new();
+    std::fs::write(e.path("pass"), "correct horse").unwrap();
+    let p = e.path("pass");
+    // KURA_TEST_FAST_KDF (set by Env, even as "0") must not weaken the stored parameters.
+    let o = e
+        .cmd(&[
+            "--passphrase-file",
+            p.to_str().unwrap(),
+            "vault",
+            "create",
+            "v",
+        ])
+        .env("KURA_TEST_FAST_KDF", "0")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let config: Value =
+        serde_json::from_slice(&std::fs::read(e.path("home/vaults/v/config")).unwrap()).unwrap();
+    assert_eq!(
+        config["encryption"]["key"]["kek"]["m_cost"], 65536,
+        "{config}"
+    );
+    assert_eq!(config["encryption"]["key"]["kek"]["t_cost"], 3, "{config}");
+
+    let img = e.path("d.raw");
+    make_image(&img, 1 << 20, &[(0, 1 << 20, 8)]);
+    e.ok(&[
+        "--passphrase-file",
+        p.to_str().unwrap(),
+        "item",
+        "protect",
+        "disk",
+        img.to_str().unwrap(),
+        "--vault",
+        "v",
+    ]);
+    let o = e.run(&[
+        "--passphrase-file",
+        p.to_str().unwrap(),
+        "backup",
+        "now",
+        "d",
+        "--fail-after-chunks",
+        "1",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "the hidden flag does not exist");
+    let gate = Gate::new(&e, "snapshot");
+    let (var, val) = gate.env();
+    let o = e
+        .cmd(&[
+            "--passphrase-file",
+            p.to_str().unwrap(),
+            "backup",
+            "now",
+            "d",
+        ])
+        .env(var, val)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        !gate.file(".reached").exists(),
+        "no pause point in this build"
     );
 }

@@ -148,6 +148,54 @@ impl Env {
     }
 }
 
+/// A pause point of a build with the `test-hooks` feature: a job started with [`Gate::env`]
+/// waits there until the test calls [`Gate::release`], so real operations meet on cue.
+struct Gate {
+    point: &'static str,
+    prefix: PathBuf,
+}
+
+impl Gate {
+    fn new(e: &Env, point: &'static str) -> Self {
+        let prefix = e.path(&format!(
+            "gate-{point}-{}",
+            e.dir.path().read_dir().unwrap().count()
+        ));
+        Gate { point, prefix }
+    }
+
+    /// The variable that arms this gate in a child process.
+    fn env(&self) -> (String, &Path) {
+        (
+            format!("KURA_TEST_GATE_{}", self.point.to_uppercase()),
+            &self.prefix,
+        )
+    }
+
+    fn file(&self, ext: &str) -> PathBuf {
+        let mut p = self.prefix.clone().into_os_string();
+        p.push(ext);
+        p.into()
+    }
+
+    /// Waits until a job stands at the gate.
+    fn wait_reached(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !self.file(".reached").exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no job reached the {} gate",
+                self.point
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    fn release(&self) {
+        std::fs::write(self.file(".release"), b"").unwrap();
+    }
+}
+
 /// Deterministic test data.
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
@@ -716,6 +764,10 @@ fn kill_during_backup_leaves_no_recovery_point_and_next_backup_succeeds() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "test-hooks"),
+    ignore = "needs the test-hooks feature (scripts/test turns it on)"
+)]
 fn injected_failure_mid_backup_publishes_nothing() {
     let e = Env::new();
     e.vault("v", &[]);

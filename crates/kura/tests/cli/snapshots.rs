@@ -102,6 +102,10 @@ fn qcow2_backups_take_an_internal_snapshot_that_restores_use_first() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "test-hooks"),
+    ignore = "needs the test-hooks feature (scripts/test turns it on)"
+)]
 fn a_failed_transfer_leaves_a_snapshot_point_and_completes_with_warnings() {
     let e = Env::new();
     let q = qcow2_item(&e);
@@ -142,34 +146,25 @@ fn a_failed_transfer_leaves_a_snapshot_point_and_completes_with_warnings() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "test-hooks"),
+    ignore = "needs the test-hooks feature (scripts/test turns it on)"
+)]
 fn while_a_transfer_runs_the_next_job_snapshots_and_skips_its_transfer() {
     let e = Env::new();
     let _q = qcow2_item(&e);
+    let gate = Gate::new(&e, "transfer");
+    let (var, val) = gate.env();
     let mut slow = e
         .cmd(&["--output", "json", "backup", "now", "vm"])
-        .env("KURA_TEST_TRANSFER_DELAY_MS", "3000")
+        .env(var, val)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until the slow job is in its transfer phase.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let jobs = e.json(&["job", "list"]);
-        if jobs
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|j| j["tasks"][1]["status"] == "InProgress")
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the slow job never reached its transfer"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    // The first job holds its transfer phase open while the second one runs.
+    gate.wait_reached();
     let quick = e.json(&["backup", "now", "vm"]);
+    gate.release();
     assert_eq!(quick["transfer"], "Skipped", "{quick}");
     assert_eq!(quick["tier"], "snapshot");
     let job = e.json(&["job", "show", quick["job_id"].as_str().unwrap()]);
@@ -252,19 +247,27 @@ fn raw_images_on_xfs_get_reflink_snapshots() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "test-hooks"),
+    ignore = "needs the test-hooks feature (scripts/test turns it on)"
+)]
 fn cancel_is_accepted_only_during_the_snapshot_phase() {
     let e = Env::new();
     let q = qcow2_item(&e);
     // A slow snapshot phase: cancel it.
+    let gate = Gate::new(&e, "snapshot");
+    let (var, val) = gate.env();
     let mut slow = e
         .cmd(&["--output", "json", "backup", "now", "vm"])
-        .env("KURA_TEST_SNAPSHOT_DELAY_MS", "3000")
+        .env(var, val)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    gate.wait_reached();
     let job = wait_for_task(&e, 0);
     let c = e.json(&["job", "cancel", &job]);
     assert_eq!(c["status"], "Cancelling");
+    gate.release();
     assert!(
         !slow.wait().unwrap().success(),
         "a cancelled backup exits non-zero"
@@ -288,14 +291,18 @@ fn cancel_is_accepted_only_during_the_snapshot_phase() {
     assert_eq!(err["error"]["code"], "conflict");
 
     // During the transfer phase: refused, and the backup completes.
+    let gate = Gate::new(&e, "transfer");
+    let (var, val) = gate.env();
     let mut slow = e
         .cmd(&["--output", "json", "backup", "now", "vm"])
-        .env("KURA_TEST_TRANSFER_DELAY_MS", "2000")
+        .env(var, val)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    gate.wait_reached();
     let job = wait_for_task(&e, 1);
     let (_, err) = e.fails(&["job", "cancel", &job]);
+    gate.release();
     assert!(
         err["error"]["message"]
             .as_str()

@@ -1,0 +1,31 @@
+//! Pause points for tests, compiled only with the `test-hooks` feature (release builds leave
+//! it off, so the shipped binary reads no test switch).
+//!
+//! With `KURA_TEST_GATE_<POINT>=PREFIX` set, a job reaching `<POINT>` creates `PREFIX.reached`
+//! and waits until the test creates `PREFIX.release`. Tests thereby make real operations meet
+//! at a chosen moment, without sleeps.
+
+/// Waits at `point` (`snapshot`: after the snapshot is taken; `transfer`: before the transfer
+/// reads the source) when a test asked for it.
+#[cfg(feature = "test-hooks")]
+pub(crate) fn gate(point: &str) {
+    let var = format!("KURA_TEST_GATE_{}", point.to_uppercase());
+    let Some(prefix) = std::env::var_os(&var) else {
+        return;
+    };
+    let with = |ext: &str| {
+        let mut p = prefix.clone();
+        p.push(ext);
+        std::path::PathBuf::from(p)
+    };
+    let _ = std::fs::write(with(".reached"), std::process::id().to_string());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while !with(".release").exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// Without the `test-hooks` feature: nothing.
+#[cfg(not(feature = "test-hooks"))]
+#[inline(always)]
+pub(crate) fn gate(_point: &str) {}
