@@ -488,6 +488,24 @@ impl Catalog {
         )?)
     }
 
+    /// When the scheduler last started garbage collection in a vault (its clock's time).
+    pub fn vault_last_gc(&self, vault_id: &str) -> Result<Option<String>> {
+        Ok(self.conn().query_row(
+            "SELECT last_gc FROM vaults WHERE id = ?1",
+            [vault_id],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Records when the scheduler started garbage collection in a vault.
+    pub fn set_vault_last_gc(&self, vault_id: &str, at: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE vaults SET last_gc = ?2 WHERE id = ?1",
+            params![vault_id, at],
+        )?;
+        Ok(())
+    }
+
     /// Changes a vault's soft-delete setting.
     pub fn set_soft_delete(&self, vault_id: &str, mode: &str, days: u32) -> Result<()> {
         self.conn().execute(

@@ -114,6 +114,8 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE jobs ADD COLUMN owner TEXT;
     ALTER TABLE leases ADD COLUMN owner TEXT;
     ALTER TABLE gc_doomed ADD COLUMN owner TEXT;",
+    // 14: when the scheduler last started a vault's GC, on the scheduler's own clock.
+    "ALTER TABLE vaults ADD COLUMN last_gc TEXT;",
 ];
 
 pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {

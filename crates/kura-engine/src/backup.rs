@@ -123,7 +123,8 @@ impl Home {
         let item = self.catalog.item(item)?;
         Self::check_can_backup(&item)?;
         if let Some(d) = &opts.retain_until {
-            check_retain_until(d)?;
+            let now = opts.now.unwrap_or_else(|| self.now());
+            crate::retention::retain_until_end(d, now, self.zone())?;
         }
         let (job_id, report) = self.run_job(
             "Backup",
@@ -181,7 +182,7 @@ impl Home {
             ));
         }
         let rp_id = new_id();
-        let now = opts.now.unwrap_or_else(jiff::Timestamp::now);
+        let now = opts.now.unwrap_or_else(|| self.now());
         let source = std::path::Path::new(&item.source);
         if !source.exists() {
             let e = Error::new(
@@ -449,8 +450,8 @@ impl Home {
 
         let rp_id = rp_id.to_string();
         let now = match snap_row {
-            Some(r) => r.time.parse().unwrap_or_else(|_| jiff::Timestamp::now()),
-            None => opts.now.unwrap_or_else(jiff::Timestamp::now),
+            Some(r) => r.time.parse().unwrap_or_else(|_| self.now()),
+            None => opts.now.unwrap_or_else(|| self.now()),
         };
         let time = kura_catalog::stamp(now);
         let (origin, tags, expires) = match &opts.scheduled {
@@ -581,22 +582,6 @@ impl Home {
             }
         }
     }
-}
-
-fn check_retain_until(d: &str) -> Result<()> {
-    let date: jiff::civil::Date = d.parse().map_err(|e| {
-        Error::new(
-            ErrorKind::Invalid,
-            format!("--retain-until {d:?} is not a date in YYYY-MM-DD form: {e}"),
-        )
-    })?;
-    if date < jiff::Zoned::now().date() {
-        return Err(Error::new(
-            ErrorKind::Invalid,
-            format!("--retain-until {d} is in the past"),
-        ));
-    }
-    Ok(())
 }
 
 /// Chunks on the vault's bad list that no backup has written again since.

@@ -82,12 +82,35 @@ pub struct AttachReport {
 pub struct Home {
     root: PathBuf,
     pub(crate) catalog: Arc<Catalog>,
+    clock: Arc<dyn crate::scheduler::Clock>,
+    zone: jiff::tz::TimeZone,
+}
+
+impl std::fmt::Debug for dyn crate::scheduler::Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Clock")
+    }
 }
 
 impl Home {
     /// Opens (creating if needed) the home at `root`. Jobs left `InProgress` by a process that
     /// died are marked failed.
     pub fn open(root: &Path) -> Result<Home> {
+        Self::open_with(
+            root,
+            Arc::new(crate::scheduler::SystemClock),
+            jiff::tz::TimeZone::system(),
+        )
+    }
+
+    /// Like [`Home::open`], with the clock that stamps new items and on-demand backups and
+    /// the time zone dates typed by users (`--retain-until`) are read in. Tests pass fixed
+    /// instants and zones here.
+    pub fn open_with(
+        root: &Path,
+        clock: Arc<dyn crate::scheduler::Clock>,
+        zone: jiff::tz::TimeZone,
+    ) -> Result<Home> {
         std::fs::create_dir_all(root)
             .map_err(|e| Error::io(format!("cannot create home {}", root.display()), e))?;
         let root = root
@@ -98,11 +121,23 @@ impl Home {
         let home = Home {
             root,
             catalog: Arc::new(catalog),
+            clock,
+            zone,
         };
         for v in home.catalog.list_vaults()? {
             home.ensure_default_policy(&v.id)?;
         }
         Ok(home)
+    }
+
+    /// The current time, from the home's clock.
+    pub fn now(&self) -> jiff::Timestamp {
+        self.clock.now()
+    }
+
+    /// The zone user-given dates are read in (the system's local zone by default).
+    pub fn zone(&self) -> &jiff::tz::TimeZone {
+        &self.zone
     }
 
     /// The home directory.
@@ -559,7 +594,7 @@ impl Home {
             vault_id: vrow.id.clone(),
             kind: "disk".into(),
             source: source.display().to_string(),
-            created: kura_catalog::stamp(jiff::Timestamp::now()),
+            created: kura_catalog::stamp(self.now()),
             policy: Some(policy.to_string()),
             last_slot: None,
             state: "protected".into(),

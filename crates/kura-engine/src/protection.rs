@@ -275,7 +275,7 @@ impl Home {
                 self.catalog.set_item_state(&row.id, "protected", None)?;
                 // The schedule starts from now, not from the time protection stopped.
                 self.catalog
-                    .set_item_last_slot(&row.id, &kura_catalog::stamp(Timestamp::now()))?;
+                    .set_item_last_slot(&row.id, &kura_catalog::stamp(self.now()))?;
                 Ok(((), None))
             },
         )?;

@@ -82,20 +82,7 @@ impl Home {
         t: Timestamp,
     ) -> Result<(Vec<String>, String)> {
         let expires = match retain_until {
-            Some(d) => {
-                let date: jiff::civil::Date = d.parse().map_err(|e| {
-                    Error::new(
-                        ErrorKind::Invalid,
-                        format!("--retain-until {d:?} is not a date in YYYY-MM-DD form: {e}"),
-                    )
-                })?;
-                date.tomorrow()
-                    .and_then(|d| d.to_zoned(jiff::tz::TimeZone::UTC))
-                    .map_err(|e| {
-                        Error::new(ErrorKind::Invalid, format!("--retain-until {d}: {e}"))
-                    })?
-                    .timestamp()
-            }
+            Some(d) => retain_until_end(d, t, self.zone())?,
             None => t
                 .to_zoned(jiff::tz::TimeZone::UTC)
                 .checked_add(Span::new().days(ON_DEMAND_DAYS))
@@ -205,4 +192,37 @@ impl Home {
         }
         Ok(plan)
     }
+}
+
+/// The instant a `--retain-until DATE` point expires: the end of `DATE` in `zone` (the
+/// local zone of the machine running kura), so a date means the same day the user sees on
+/// their calendar. A date whose end is not after `now` is refused: the point would be
+/// removed at once.
+pub(crate) fn retain_until_end(
+    d: &str,
+    now: Timestamp,
+    zone: &jiff::tz::TimeZone,
+) -> Result<Timestamp> {
+    let date: jiff::civil::Date = d.parse().map_err(|e| {
+        Error::new(
+            ErrorKind::Invalid,
+            format!("--retain-until {d:?} is not a date in YYYY-MM-DD form: {e}"),
+        )
+    })?;
+    let end = date
+        .tomorrow()
+        .and_then(|next| next.to_zoned(zone.clone()))
+        .map_err(|e| Error::new(ErrorKind::Invalid, format!("--retain-until {d}: {e}")))?
+        .timestamp();
+    if end <= now {
+        return Err(Error::new(
+            ErrorKind::Invalid,
+            format!(
+                "--retain-until {d} is in the past (it is {} in time zone {})",
+                now.to_zoned(zone.clone()).date(),
+                zone.iana_name().unwrap_or("local")
+            ),
+        ));
+    }
+    Ok(end)
 }

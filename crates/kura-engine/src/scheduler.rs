@@ -144,7 +144,9 @@ impl Home {
         }
         if let Some(every) = opts.gc_every {
             for v in self.catalog.list_vaults()? {
-                if self.gc_due(&v.name, now, every)? {
+                if self.gc_due(&v.id, now, every)? {
+                    self.catalog
+                        .set_vault_last_gc(&v.id, &kura_catalog::stamp(now))?;
                     match self.gc(
                         &v.name,
                         &crate::GcOptions::default(),
@@ -163,13 +165,13 @@ impl Home {
     }
 
     /// Whether the last garbage collection of a vault started more than `every` before `now`.
-    fn gc_due(&self, vault: &str, now: Timestamp, every: SignedDuration) -> Result<bool> {
+    /// Judged on the scheduler's clock (the instant of the tick that started it), never on
+    /// job rows stamped with the system time.
+    fn gc_due(&self, vault_id: &str, now: Timestamp, every: SignedDuration) -> Result<bool> {
         let last = self
             .catalog
-            .jobs_for("GarbageCollect", vault, 1)?
-            .into_iter()
-            .next()
-            .and_then(|j| j.started.parse::<Timestamp>().ok());
+            .vault_last_gc(vault_id)?
+            .and_then(|t| t.parse::<Timestamp>().ok());
         Ok(last.is_none_or(|t| t.checked_add(every).is_ok_and(|due| due <= now)))
     }
 

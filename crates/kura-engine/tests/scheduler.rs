@@ -11,9 +11,31 @@ struct Setup {
     image: std::path::PathBuf,
 }
 
+/// Every test starts here, whatever the date and time it runs at (`scripts/test` also runs
+/// this file under faketime at other instants to prove it).
+const START: &str = "2026-03-10T10:17:00Z";
+
+fn start() -> Timestamp {
+    START.parse().unwrap()
+}
+
+/// A clock that stands at one instant.
+struct Fixed(Timestamp);
+
+impl kura_engine::scheduler::Clock for Fixed {
+    fn now(&self) -> Timestamp {
+        self.0
+    }
+}
+
 fn setup(policy: serde_json::Value) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let home = Home::open(&dir.path().join("home")).unwrap();
+    let home = Home::open_with(
+        &dir.path().join("home"),
+        std::sync::Arc::new(Fixed(start())),
+        jiff::tz::TimeZone::UTC,
+    )
+    .unwrap();
     let opts = CreateVault {
         chunk_size: Some(64 << 10),
         no_encryption: true,
@@ -77,11 +99,7 @@ fn daily_backups_fire_once_a_day_and_retention_keeps_exactly_what_the_rules_say(
     let tz = jiff::tz::TimeZone::get("Europe/Berlin").unwrap();
     // Tick at each day's 02:30 local time (computed here, independently of the scheduler),
     // plus ticks in between that must do nothing.
-    let first = Zoned::now()
-        .with_time_zone(tz.clone())
-        .date()
-        .tomorrow()
-        .unwrap();
+    let first = start().to_zoned(tz.clone()).date().tomorrow().unwrap();
     let slots: Vec<Zoned> = (0..40)
         .map(|d| {
             first
@@ -160,7 +178,7 @@ fn after_downtime_a_missed_backup_runs_once() {
         serde_json::json!({"name": "p", "schedule": {"frequency": "daily", "times": ["02:30"], "time_zone": "UTC"},
         "retention": {"daily": {"days": 30}}}),
     );
-    let start = Timestamp::now();
+    let start = start();
     let t = drive(&s, start, 2, SignedDuration::from_hours(1));
     let before = s.home.list_rps("d").unwrap().len();
     // The server was down for five days.
@@ -185,7 +203,7 @@ fn a_missing_source_fails_its_backups_and_the_last_point_is_kept() {
         serde_json::json!({"name": "p", "schedule": {"frequency": "daily", "times": ["02:30"], "time_zone": "UTC"},
         "retention": {"daily": {"days": 7}}}),
     );
-    let start = Timestamp::now();
+    let start = start();
     let t = drive(&s, start, 3, SignedDuration::from_hours(12));
     std::fs::remove_file(&s.image).unwrap();
     let t2 = drive(&s, t, 20, SignedDuration::from_hours(12));
@@ -235,8 +253,8 @@ fn hourly_policies_send_the_last_backup_of_the_day_to_the_vault_or_the_next_one_
         serde_json::json!({"name": "h", "schedule": {"frequency": "hourly", "interval_hours": 12, "window_start": "00:00", "window_hours": 24, "time_zone": "UTC"},
         "retention": {"daily": {"days": 30}}}),
     );
-    let day = Zoned::now()
-        .with_time_zone(jiff::tz::TimeZone::UTC)
+    let day = start()
+        .to_zoned(jiff::tz::TimeZone::UTC)
         .date()
         .tomorrow()
         .unwrap();
@@ -292,7 +310,7 @@ fn the_scheduler_collects_garbage_once_a_day() {
         gc_every: Some(SignedDuration::from_hours(24)),
         ..Default::default()
     };
-    let start = Timestamp::now();
+    let start = start();
     let gc_jobs = |s: &Setup| {
         s.home
             .list_jobs(1000)
@@ -338,4 +356,56 @@ fn the_scheduler_collects_garbage_once_a_day() {
             .gc_jobs
             .is_empty()
     );
+}
+
+/// `--retain-until 2026-12-01` typed at 20:00 in Los Angeles (04:00 UTC the next day) means
+/// the end of that Los Angeles day, not a UTC midnight already past; a date whose end has
+/// passed is refused before anything runs.
+#[test]
+fn retain_until_dates_are_read_in_the_local_zone() {
+    let dir = tempfile::tempdir().unwrap();
+    let la = jiff::tz::TimeZone::get("America/Los_Angeles").unwrap();
+    let typed_at: Timestamp = "2026-12-02T04:00:00Z".parse().unwrap();
+    let home = Home::open_with(
+        &dir.path().join("home"),
+        std::sync::Arc::new(Fixed(typed_at)),
+        la,
+    )
+    .unwrap();
+    let opts = CreateVault {
+        chunk_size: Some(64 << 10),
+        no_encryption: true,
+        ..Default::default()
+    };
+    home.create_vault("v", &opts, &Secrets::default()).unwrap();
+    let image = dir.path().join("d.raw");
+    std::fs::write(&image, vec![1u8; 1 << 16]).unwrap();
+    home.protect_disk(&image, "v", Some("d"), None, None, &Secrets::default())
+        .unwrap();
+    let backup = |d: &str| {
+        let o = kura_engine::BackupOptions {
+            retain_until: Some(d.into()),
+            ..Default::default()
+        };
+        home.backup("d", &Secrets::default(), &o, &kura_engine::NoProgress)
+    };
+    let r = backup("2026-12-01").unwrap();
+    let rp = home
+        .list_rps("d")
+        .unwrap()
+        .into_iter()
+        .find(|p| p.id == r.rp_id)
+        .unwrap();
+    assert_eq!(
+        rp.expires.as_deref(),
+        Some("2026-12-02T08:00:00.000Z"),
+        "the end of December 1 in Los Angeles"
+    );
+    let e = backup("2026-11-30").unwrap_err();
+    assert!(e.to_string().contains("in the past"), "{e}");
+    assert!(e.to_string().contains("America/Los_Angeles"), "{e}");
+    assert_eq!(home.list_rps("d").unwrap().len(), 1, "nothing ran");
+    // Retention at that moment keeps the point.
+    let plan = home.retention_plan("d", typed_at).unwrap();
+    assert!(plan.entries.iter().all(|x| x.action == "keep"), "{plan:?}");
 }

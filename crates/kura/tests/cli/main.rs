@@ -32,6 +32,7 @@ impl Env {
         let mut c = Command::new(env!("CARGO_BIN_EXE_kura"));
         c.env("KURA_HOME", self.path("home"))
             .env("KURA_TEST_FAST_KDF", "1")
+            .env("TZ", "UTC")
             .env_remove("KURA_PASSPHRASE")
             .args(args);
         c

@@ -226,7 +226,13 @@ fn retention_plan_then_apply_removes_expired_points_but_never_the_newest() {
     let img = e.path("d.raw");
     make_image(&img, 2 << 20, &[(0, 2 << 20, 5)]);
     e.protect(&img, "v", &[]);
-    let tomorrow = jiff::Zoned::now().date().tomorrow().unwrap().to_string();
+    // kura reads dates in its local zone: UTC here (Env sets TZ).
+    let today = || {
+        jiff::Timestamp::now()
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .date()
+    };
+    let tomorrow = today().tomorrow().unwrap().to_string();
     let short = e.json(&["backup", "now", "d", "--retain-until", &tomorrow]);
     let short_id = short["rp_id"].as_str().unwrap().to_string();
     let long_id = e.backup("d");
@@ -234,15 +240,7 @@ fn retention_plan_then_apply_removes_expired_points_but_never_the_newest() {
     assert_eq!(rps[1]["tags"], serde_json::json!(["on-demand"]));
     let expires = rps[1]["expires"].as_str().unwrap();
     assert!(
-        expires.starts_with(
-            &jiff::Zoned::now()
-                .date()
-                .tomorrow()
-                .unwrap()
-                .tomorrow()
-                .unwrap()
-                .to_string()
-        ),
+        expires.starts_with(&today().tomorrow().unwrap().tomorrow().unwrap().to_string()),
         "kept through the given day: {expires}"
     );
 
