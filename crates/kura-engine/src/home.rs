@@ -1,3 +1,4 @@
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -111,12 +112,15 @@ impl Home {
         clock: Arc<dyn crate::scheduler::Clock>,
         zone: jiff::tz::TimeZone,
     ) -> Result<Home> {
-        std::fs::create_dir_all(root)
-            .map_err(|e| Error::io(format!("cannot create home {}", root.display()), e))?;
+        // The home holds the catalog and generated keys: only its owner may enter.
+        if !root.exists() {
+            create_private_dir(root)?;
+        }
         let root = root
             .canonicalize()
             .map_err(|e| Error::io(format!("home {}", root.display()), e))?;
         let catalog = Catalog::open(&root.join(CATALOG_FILE))?;
+        private_file(&root.join(CATALOG_FILE))?;
         catalog.fail_orphaned_jobs()?;
         let home = Home {
             root,
@@ -242,8 +246,14 @@ impl Home {
             }
             e
         };
+        if created_dir {
+            create_private_dir(&path).map_err(cleanup)?;
+        }
         let backend = Arc::new(FsBackend::open(&path).map_err(|e| cleanup(e.into()))?);
         let vault = Vault::create(backend, &vopts, &secret).map_err(|e| cleanup(e.into()))?;
+        // An unencrypted vault's chunks are the disk's data: nobody else may read them.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| cleanup(Error::io(format!("cannot chmod {}", path.display()), e)))?;
         if let Some((kf, contents)) = generated_key {
             write_private(&kf, &contents).map_err(cleanup)?;
         }
@@ -996,6 +1006,22 @@ pub(crate) fn check_name(kind: &str, name: &str) -> Result<()> {
     }
 }
 
+/// Creates a directory (and missing parents) only its owner may enter.
+pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))
+}
+
+/// Makes a file kura owns readable by its owner only.
+fn private_file(path: &Path) -> Result<()> {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| Error::io(format!("cannot chmod {}", path.display()), e))
+}
+
 pub(crate) fn absolute(p: &Path) -> Result<PathBuf> {
     std::path::absolute(p).map_err(|e| Error::io(format!("path {}", p.display()), e))
 }
@@ -1005,8 +1031,9 @@ pub(crate) fn write_private(path: &Path, data: &[u8]) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)
-        .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+    if !dir.exists() {
+        create_private_dir(dir)?;
+    }
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
         path.file_name()

@@ -2,7 +2,7 @@
 //! its offset into a sparse temporary file that is renamed over the target at the end.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
@@ -102,6 +102,7 @@ impl Home {
         }
         let vrow = self.catalog.vault_by_id(&item.vault_id)?;
         let vault = self.open_vault_row(&vrow, secrets)?;
+        self.remove_restore_leftovers(&target);
         let (job_id, report) = self.run_job(
             "Restore",
             &item.name,
@@ -151,13 +152,15 @@ impl Home {
                 };
                 let final_tmp = match format {
                     RestoreFormat::Raw => partial.clone(),
-                    RestoreFormat::Qcow2 => {
-                        let q = temp_name(&target, &job.id, "qcow2");
-                        convert_to_qcow2(&partial, &q)?;
-                        q
-                    }
+                    RestoreFormat::Qcow2 => temp_name(&target, &job.id, "qcow2"),
                 };
                 let _cleanup2 = RemoveOnDrop(final_tmp.clone());
+                if format == RestoreFormat::Qcow2 {
+                    convert_to_qcow2(&partial, &final_tmp)?;
+                    // qemu-img creates with the process umask: restored disks stay private.
+                    std::fs::set_permissions(&final_tmp, std::fs::Permissions::from_mode(0o600))
+                        .map_err(|e| Error::io(format!("cannot chmod {}", final_tmp.display()), e))?;
+                }
                 std::fs::rename(&final_tmp, &target).map_err(|e| {
                     Error::io(
                         format!("cannot move the restored image to {}", target.display()),
@@ -178,6 +181,33 @@ impl Home {
             },
         )?;
         Ok(RestoreReport { job_id, ..report })
+    }
+}
+
+impl Home {
+    /// Removes hidden temporaries that an interrupted restore to `target` left beside it
+    /// (Ctrl-C, kill, power loss), unless the restore that made them still runs.
+    fn remove_restore_leftovers(&self, target: &Path) {
+        let (Some(dir), Some(name)) = (target.parent(), target.file_name()) else {
+            return;
+        };
+        let prefix = format!(".{}.kura-restore-", name.to_string_lossy());
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let file = e.file_name().to_string_lossy().into_owned();
+            let Some(rest) = file.strip_prefix(&prefix) else {
+                continue;
+            };
+            let job = rest.split('.').next().unwrap_or_default();
+            let running = self.catalog.job(job).is_ok_and(|j| {
+                j.status == "InProgress" && !self.catalog.job_orphaned(&j.id).unwrap_or(true)
+            });
+            if !running {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
 }
 
@@ -217,6 +247,7 @@ fn write_raw(
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(path)
         .map_err(|e| Error::io(format!("cannot create {}", path.display()), e))?;
     file.set_len(index.size)

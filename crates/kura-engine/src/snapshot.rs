@@ -216,6 +216,7 @@ pub(crate) fn copy_sparse(
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(to)
         .map_err(|e| Error::io(format!("cannot create {}", to.display()), e))?;
     file.set_len(size)

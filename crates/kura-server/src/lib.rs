@@ -13,6 +13,7 @@
 
 pub mod error;
 mod openapi;
+mod paths;
 mod routes;
 
 use std::path::Path;
@@ -22,6 +23,7 @@ use axum::Router;
 use kura_engine::{CreateVault, Home, Secrets};
 
 pub use openapi::openapi;
+pub use paths::{LIBVIRT_IMAGES, Roots};
 pub use routes::{ROUTES, Route};
 
 /// Shared state of the server.
@@ -32,6 +34,8 @@ pub struct AppState {
     pub token_hash: [u8; 32],
     /// Secrets for vaults (from the server's environment).
     pub secrets: Secrets,
+    /// Where requests may read sources and write restores and vaults.
+    pub roots: Roots,
 }
 
 /// File in the home that holds the admin token's hash.

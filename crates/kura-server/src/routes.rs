@@ -387,9 +387,14 @@ async fn list_vaults(_: Auth, State(s): State<S>) -> ApiResult {
 }
 
 async fn create_vault(_: Auth, State(s): State<S>, Body(b): Body<NewVault>) -> ApiResult {
+    let path = b
+        .path
+        .as_deref()
+        .map(|p| s.roots.restore("path", p))
+        .transpose()?;
     let v = blocking(move || {
         let opts = kura_engine::CreateVault {
-            path: b.path.map(Into::into),
+            path,
             chunk_size: b.chunk_size,
             no_encryption: b.no_encryption,
             ..Default::default()
@@ -541,8 +546,8 @@ async fn protect_item(_: Auth, State(s): State<S>, Body(b): Body<Protect>) -> Ap
             b.kind
         )));
     }
+    let path = s.roots.source("source", &b.source)?;
     let item = blocking(move || {
-        let path = std::path::PathBuf::from(&b.source);
         Ok(s.home.protect_disk(
             &path,
             &b.vault,
@@ -696,6 +701,7 @@ async fn restore_disk(
             )));
         }
     };
+    let to = s.roots.restore("to", &b.to)?;
     let target = item.clone();
     start_job(
         s,
@@ -706,7 +712,7 @@ async fn restore_disk(
         move |st, job| {
             let opts = RestoreOptions {
                 rp: b.rp,
-                to: b.to.into(),
+                to,
                 format,
                 force: b.force,
                 job_id: Some(job),
@@ -877,13 +883,18 @@ struct Attach {
 }
 
 async fn attach_vault(_: Auth, State(s): State<S>, Body(b): Body<Attach>) -> ApiResult {
+    let path = s.roots.restore("path", &b.path)?;
+    let key_file = b
+        .key_file
+        .as_deref()
+        .map(|k| s.roots.source("key_file", k))
+        .transpose()?;
     let report = blocking(move || {
         let mut secrets = s.secrets.clone();
-        if let Some(k) = b.key_file {
-            secrets.key_file = Some(k.into());
+        if let Some(k) = key_file {
+            secrets.key_file = Some(k);
         }
-        Ok(s.home
-            .attach_vault(&b.name, std::path::Path::new(&b.path), &secrets)?)
+        Ok(s.home.attach_vault(&b.name, &path, &secrets)?)
     })
     .await?;
     ok(201, report)

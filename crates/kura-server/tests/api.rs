@@ -33,6 +33,10 @@ fn start() -> Server {
         home: Arc::new(home),
         token_hash,
         secrets: Secrets::default(),
+        roots: kura_server::Roots {
+            source: vec![dir.path().to_path_buf()],
+            restore: vec![dir.path().to_path_buf()],
+        },
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -352,4 +356,92 @@ fn wait(s: &Server, job: &str) -> Value {
         std::thread::sleep(std::time::Duration::from_millis(25));
     }
     panic!("job {job} did not finish");
+}
+
+/// A token cannot turn kura into a way to read or overwrite any file the server can: sources
+/// and restore targets must lie inside the allow-lists, symlinks included.
+#[test]
+fn requests_read_and_write_only_inside_the_allowed_directories() {
+    let s = start();
+    let post =
+        |path: &str, body: Value| call(&s, "POST", path, Some(TOKEN), Some(&body.to_string()));
+    let (st, e) = post(
+        "/api/v1/items",
+        json!({"kind": "disk", "source": "/etc/shadow", "vault": "default"}),
+    );
+    assert_eq!(st, 403, "{e}");
+    assert_eq!(e["error"]["code"], "forbidden");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--allow-source"),
+        "{e}"
+    );
+    let (st, e) = post(
+        "/api/v1/items",
+        json!({"kind": "disk", "source": "disk.raw", "vault": "default"}),
+    );
+    assert_eq!(st, 400, "{e}");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("relative"),
+        "{e}"
+    );
+    // A symlink inside an allowed directory does not lead out of it.
+    let link = s.dir.path().join("escape.raw");
+    std::os::unix::fs::symlink("/etc/hostname", &link).unwrap();
+    let (st, e) = post(
+        "/api/v1/items",
+        json!({"kind": "disk", "source": link, "vault": "default"}),
+    );
+    assert_eq!(st, 403, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("resolves to /etc/hostname"),
+        "{e}"
+    );
+    assert!(
+        ok(&s, "GET", "/api/v1/items", None)
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    let img = s.dir.path().join("d.raw");
+    std::fs::write(&img, vec![5u8; 100_000]).unwrap();
+    ok(
+        &s,
+        "POST",
+        "/api/v1/items",
+        Some(json!({"kind": "disk", "source": img, "vault": "default"})),
+    );
+    let done = wait(
+        &s,
+        ok(&s, "POST", "/api/v1/items/d/backups", Some(json!({})))["job_id"]
+            .as_str()
+            .unwrap(),
+    );
+    assert_eq!(done["status"], "Completed", "{done}");
+    for to in ["/etc/kura-api-test.raw", "/tmp/../etc/passwd"] {
+        let (st, e) = post(
+            "/api/v1/items/d/restores",
+            json!({"rp": "latest", "to": to, "force": true}),
+        );
+        assert!(st == 403 || st == 400, "{to}: {st} {e}");
+    }
+    assert!(!std::path::Path::new("/etc/kura-api-test.raw").exists());
+    let (st, e) = post(
+        "/api/v1/vaults",
+        json!({"name": "elsewhere", "path": "/var/tmp/kura-api-test-vault"}),
+    );
+    assert_eq!(st, 403, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--allow-restore"),
+        "{e}"
+    );
 }

@@ -144,6 +144,31 @@ impl Keys {
     }
 }
 
+/// The largest Argon2id costs a vault config may ask for. The config is read before anything
+/// in it can be authenticated, so a tampered one must not make kura allocate gigabytes or
+/// spin for hours: 1 GiB of memory, 64 passes, 16 lanes (new vaults use 64 MiB, 3, 1).
+pub const ARGON2_MAX_M_COST_KIB: u32 = 1 << 20;
+/// See [`ARGON2_MAX_M_COST_KIB`].
+pub const ARGON2_MAX_T_COST: u32 = 64;
+/// See [`ARGON2_MAX_M_COST_KIB`].
+pub const ARGON2_MAX_P_COST: u32 = 16;
+
+fn check_argon2_bounds(m_cost: u32, t_cost: u32, p_cost: u32) -> Result<()> {
+    for (field, value, max) in [
+        ("m_cost", m_cost, ARGON2_MAX_M_COST_KIB),
+        ("t_cost", t_cost, ARGON2_MAX_T_COST),
+        ("p_cost", p_cost, ARGON2_MAX_P_COST),
+    ] {
+        if value > max {
+            return Err(Error::corrupt(
+                "vault config",
+                format!("argon2 {field} {value} is above the limit kura accepts ({max})"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn derive_kek(spec: &KekSpec, secret: &KeySecret) -> Result<Zeroizing<[u8; 32]>> {
     let mut kek = Zeroizing::new([0u8; 32]);
     match (spec, secret) {
@@ -156,6 +181,7 @@ fn derive_kek(spec: &KekSpec, secret: &KeySecret) -> Result<Zeroizing<[u8; 32]>>
             },
             KeySecret::Passphrase(p),
         ) => {
+            check_argon2_bounds(*m_cost, *t_cost, *p_cost)?;
             let salt = hex::decode(salt)
                 .map_err(|e| Error::corrupt("vault config", format!("kek salt: {e}")))?;
             let params = argon2::Params::new(*m_cost, *t_cost, *p_cost, Some(32))

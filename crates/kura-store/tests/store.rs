@@ -244,3 +244,23 @@ fn a_chunk_stored_under_another_id_is_refused() {
         assert!(e.to_string().contains(&idb.to_hex()), "{e}");
     }
 }
+
+/// A tampered config asking Argon2id for 8 GiB (or hours of passes) is refused before any
+/// memory is allocated, naming the parameter.
+#[test]
+fn tampered_argon2_costs_are_refused_before_they_cost_anything() {
+    let (b, _) = vault(&KeySecret::from("right"));
+    let config = b.get("config").unwrap();
+    for (field, value) in [
+        ("m_cost", 8u64 << 20),
+        ("t_cost", 1_000_000),
+        ("p_cost", 255),
+    ] {
+        let mut doc: serde_json::Value = serde_json::from_slice(&config).unwrap();
+        doc["encryption"]["key"]["kek"][field] = value.into();
+        b.put("config", serde_json::to_vec(&doc).unwrap()).unwrap();
+        let e = Vault::open(b.clone(), &KeySecret::from("right")).unwrap_err();
+        assert!(e.to_string().contains(field), "{e}");
+        assert!(e.to_string().contains("above the limit"), "{e}");
+    }
+}

@@ -38,7 +38,8 @@ struct Cli {
     /// Send the command to a running `kura server` instead of using the home directly.
     #[arg(long, global = true, env = "KURA_SERVER", value_name = "URL")]
     server: Option<String>,
-    /// API token for --server.
+    /// API token for --server. Other local users can read a command line (ps): prefer
+    /// --token-file or the KURA_TOKEN environment variable.
     #[arg(
         long,
         global = true,
@@ -47,6 +48,9 @@ struct Cli {
         hide_env_values = true
     )]
     token: Option<String>,
+    /// File holding the API token for --server (first line), kept out of the process list.
+    #[arg(long, global = true, value_name = "FILE", conflicts_with = "token")]
+    token_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -117,6 +121,14 @@ enum Command {
         /// Spread window, in seconds, for items that share a schedule.
         #[arg(long, default_value_t = 600)]
         spread: i64,
+        /// Also let API requests protect sources under DIR (repeatable). Allowed by default:
+        /// /var/lib/libvirt/images and HOME/sources.
+        #[arg(long = "allow-source", value_name = "DIR")]
+        allow_source: Vec<PathBuf>,
+        /// Also let API requests restore to, and keep vaults in, DIR (repeatable). Allowed by
+        /// default: HOME/restores and HOME/vaults.
+        #[arg(long = "allow-restore", value_name = "DIR")]
+        allow_restore: Vec<PathBuf>,
     },
     /// Try kura end to end on a small demo disk, in a demo home.
     Quickstart(quickstart::Args),
@@ -356,6 +368,9 @@ const EXIT_ERROR: u8 = 1;
 pub(crate) const EXIT_DAMAGED: u8 = 3;
 
 fn main() -> ExitCode {
+    // Everything kura creates (home, catalog, vault objects, keys, snapshots, restored
+    // disks) holds backup data or secrets: private to the user running kura.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
     let out = Out::new(cli.output == Format::Json);
     match run(&cli, &out) {
@@ -419,10 +434,23 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
         return quickstart::run(args, cli.home.as_deref(), out);
     }
     if let Some(url) = &cli.server {
-        let token = cli
-            .token
+        let from_file = match &cli.token_file {
+            Some(f) => Some(
+                std::fs::read_to_string(f)
+                    .with_context(|| format!("--token-file {}", f.display()))?
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string(),
+            ),
+            None => None,
+        };
+        let token = from_file
             .as_deref()
-            .context("--server needs --token (or KURA_TOKEN)")?;
+            .or(cli.token.as_deref())
+            .filter(|t| !t.is_empty())
+            .context("--server needs a token: --token-file FILE or KURA_TOKEN (or --token)")?;
         return remote::run(&cli.command, &remote::Client::new(url, token), out);
     }
     let home_dir = cli.home.clone().unwrap_or_else(default_home);
@@ -543,7 +571,18 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             listen,
             tick,
             spread,
-        } => server::run(home, secrets, listen, *tick, *spread),
+            allow_source,
+            allow_restore,
+        } => {
+            let mut roots = kura_server::Roots::defaults(home.root());
+            for d in allow_source {
+                roots.source.push(std::path::absolute(d)?);
+            }
+            for d in allow_restore {
+                roots.restore.push(std::path::absolute(d)?);
+            }
+            server::run(home, secrets, listen, *tick, *spread, roots)
+        }
         Command::Usage { vault } => {
             let u = home.usage(vault.as_deref())?;
             out.view(&u, views::usage);

@@ -19,6 +19,7 @@ pub fn run(
     listen: &str,
     tick: u64,
     spread: i64,
+    roots: kura_server::Roots,
 ) -> anyhow::Result<u8> {
     let admin = std::env::var("KURA_ADMIN_TOKEN").ok();
     let (token_hash, token) = kura_server::first_start(&home, admin.as_deref())?;
@@ -41,6 +42,17 @@ pub fn run(
         Some(t) => say!("admin token (shown once, stored hashed): {t}"),
         None => say!("admin token: the one printed at the first start"),
     }
+    let show = |v: &[std::path::PathBuf]| {
+        v.iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    say!(
+        "requests may read sources under {} and restore under {} (--allow-source, --allow-restore)",
+        show(&roots.source),
+        show(&roots.restore)
+    );
     // The scheduler runs on its own thread with the system clock.
     let sched_home = home.clone();
     let sched_opts = SchedulerOptions {
@@ -72,6 +84,7 @@ pub fn run(
         home,
         token_hash,
         secrets,
+        roots,
     });
     rt.block_on(async move {
         axum::serve(listener, kura_server::app(state))

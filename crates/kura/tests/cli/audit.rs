@@ -388,3 +388,52 @@ fn release_build_reads_no_test_switches() {
         "no pause point in this build"
     );
 }
+
+/// Everything kura writes holds backup data or secrets: the home, the catalog, vault
+/// directories, keys and restored disks are private to their owner.
+#[test]
+fn homes_vaults_keys_and_restores_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let e = Env::new();
+    e.vault("v", &[]);
+    e.vault("plain", &["--no-encryption"]);
+    let img = e.path("d.raw");
+    make_image(&img, 1 << 20, &[(0, 1 << 20, 2)]);
+    std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o600)).unwrap();
+    e.protect(&img, "plain", &[]);
+    e.backup("d");
+    let raw = e.path("out.raw");
+    let q = e.path("out.qcow2");
+    e.restore("d", "latest", &raw, "raw");
+    e.restore("d", "latest", &q, "qcow2");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let home = e.path("home");
+    assert_eq!(mode(&home), 0o700, "home");
+    assert_eq!(mode(&home.join("catalog.db")), 0o600, "catalog");
+    assert_eq!(mode(&home.join("keys")), 0o700, "keys directory");
+    assert_eq!(mode(&home.join("keys/v.key")), 0o600, "key file");
+    assert_eq!(mode(&home.join("vaults/plain")), 0o700, "unencrypted vault");
+    for f in e.vault_files("plain") {
+        assert_eq!(mode(&f) & 0o077, 0, "{} is readable by others", f.display());
+    }
+    assert_eq!(mode(&raw), 0o600, "restored raw");
+    assert_eq!(mode(&q), 0o600, "restored qcow2");
+}
+
+/// A restore interrupted before its end leaves a hidden temporary beside the target; the
+/// next restore to that target removes it.
+#[test]
+fn leftovers_of_an_interrupted_restore_are_removed() {
+    let e = Env::new();
+    e.vault("v", &[]);
+    let img = e.path("d.raw");
+    make_image(&img, 1 << 20, &[(0, 1 << 20, 2)]);
+    e.protect(&img, "v", &[]);
+    e.backup("d");
+    let left = e.path(".out.raw.kura-restore-0123456789ab.raw");
+    std::fs::write(&left, vec![1u8; 4096]).unwrap();
+    let out = e.path("out.raw");
+    e.restore("d", "latest", &out, "raw");
+    assert!(same_file(&out, &img));
+    assert!(!left.exists(), "the leftover of an earlier restore is gone");
+}

@@ -29,6 +29,10 @@ fn serve(e: &Env) -> ServerProcess {
             "127.0.0.1:0",
             "--tick",
             "3600",
+            "--allow-source",
+            e.dir.path().to_str().unwrap(),
+            "--allow-restore",
+            e.dir.path().to_str().unwrap(),
         ])
         .env("KURA_ADMIN_TOKEN", "tok")
         .stdout(Stdio::piped())
@@ -55,12 +59,15 @@ fn serve(e: &Env) -> ServerProcess {
 fn the_cli_works_through_the_server() {
     let e = Env::new();
     let srv = serve(&e);
+    // The token comes from a file, so it never shows in the process list.
+    let token_file = e.path("token");
+    std::fs::write(&token_file, "tok\n").unwrap();
     let remote = |args: &[&str]| -> Vec<String> {
         let mut a = vec![
             "--server".to_string(),
             srv.url.clone(),
-            "--token".into(),
-            "tok".into(),
+            "--token-file".into(),
+            token_file.to_str().unwrap().into(),
         ];
         a.extend(args.iter().map(|s| s.to_string()));
         a
