@@ -488,6 +488,57 @@ impl Catalog {
         )?)
     }
 
+    /// When a recovery kit of the vault was last exported.
+    pub fn kit_exported(&self, vault_id: &str) -> Result<Option<String>> {
+        Ok(self.conn().query_row(
+            "SELECT kit_exported FROM vaults WHERE id = ?1",
+            [vault_id],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// Records that a recovery kit was exported now.
+    pub fn set_kit_exported(&self, vault_id: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE vaults SET kit_exported = ?2 WHERE id = ?1",
+            params![vault_id, now()],
+        )?;
+        Ok(())
+    }
+
+    /// Changes how a vault's key is supplied (after its key was re-wrapped).
+    pub fn set_vault_key(
+        &self,
+        vault_id: &str,
+        encryption: &str,
+        key_file: Option<&str>,
+    ) -> Result<()> {
+        self.conn().execute(
+            "UPDATE vaults SET encryption = ?2, key_file = ?3 WHERE id = ?1",
+            params![vault_id, encryption, key_file],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets a vault and everything the catalog knows of it (items, recovery points,
+    /// policies, damage, GC state), in one transaction. Its storage is not touched.
+    pub fn detach_vault(&self, vault_id: &str) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute("DELETE FROM damage WHERE vault_id = ?1", [vault_id])?;
+        tx.execute(
+            "DELETE FROM recovery_points WHERE item_id IN (SELECT id FROM items WHERE vault_id = ?1)",
+            [vault_id],
+        )?;
+        tx.execute("DELETE FROM items WHERE vault_id = ?1", [vault_id])?;
+        tx.execute("DELETE FROM policies WHERE vault_id = ?1", [vault_id])?;
+        tx.execute("DELETE FROM leases WHERE vault_id = ?1", [vault_id])?;
+        tx.execute("DELETE FROM gc_doomed WHERE vault_id = ?1", [vault_id])?;
+        tx.execute("DELETE FROM vaults WHERE id = ?1", [vault_id])?;
+        tx.commit()?;
+        Ok(())
+    }
+
     /// When the scheduler last started garbage collection in a vault (its clock's time).
     pub fn vault_last_gc(&self, vault_id: &str) -> Result<Option<String>> {
         Ok(self.conn().query_row(

@@ -45,8 +45,12 @@ impl Owner {
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
         let path = lock_path(dir, &id).expect("well-formed id");
-        let file = File::create(&path)?;
+        // Lock first under a name no one looks at, then rename into place: a lock file is
+        // never visible unlocked, or another process would take its owner for dead.
+        let staging = dir.join(format!("{id}.new"));
+        let file = File::create(&staging)?;
         flock(&file, FlockOperation::NonBlockingLockExclusive)?;
+        std::fs::rename(&staging, &path)?;
         Ok(Owner {
             id,
             dir: dir.to_path_buf(),
@@ -61,6 +65,20 @@ impl Owner {
         };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
+            // A `.new` file is being set up right now (it may not be locked yet), or was
+            // left by a process killed in those few instructions: only a stale one goes.
+            if name.ends_with(".new") {
+                let stale = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > std::time::Duration::from_secs(3600));
+                if stale {
+                    let _ = std::fs::remove_file(e.path());
+                }
+                continue;
+            }
             if let Some(id) = name.strip_suffix(".lock")
                 && id != self.id
                 && !alive_in(&self.dir, id)

@@ -116,6 +116,8 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE gc_doomed ADD COLUMN owner TEXT;",
     // 14: when the scheduler last started a vault's GC, on the scheduler's own clock.
     "ALTER TABLE vaults ADD COLUMN last_gc TEXT;",
+    // 15: when a recovery kit of the vault was last exported.
+    "ALTER TABLE vaults ADD COLUMN kit_exported TEXT;",
 ];
 
 pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {

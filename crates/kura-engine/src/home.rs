@@ -21,6 +21,13 @@ pub struct Secrets {
     pub passphrase: Option<Zeroizing<String>>,
     /// A key file path (`--key-file`).
     pub key_file: Option<PathBuf>,
+    /// Passphrases of particular vaults, by vault name (`--vault-passphrase-file NAME=FILE`):
+    /// one process can hold the secrets of several vaults.
+    pub vault_passphrases: std::collections::BTreeMap<String, Zeroizing<String>>,
+    /// A recovery kit (`vault attach --recovery-kit`).
+    pub recovery_kit: Option<PathBuf>,
+    /// The passphrase that seals a recovery kit (else `passphrase` is used).
+    pub kit_passphrase: Option<Zeroizing<String>>,
 }
 
 impl Secrets {
@@ -60,6 +67,9 @@ pub struct VaultInfo {
     pub soft_delete: String,
     /// Days soft-deleted data is kept.
     pub soft_delete_days: u32,
+    /// When a recovery kit was last exported (`None`: never; then losing the home's keys
+    /// means losing the backups).
+    pub kit_exported: Option<String>,
     /// A note for the user (e.g. where a generated key file went).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
@@ -220,7 +230,7 @@ impl Home {
             }
             let contents = kura_store::keys::generate_key_file();
             note = Some(format!(
-                "generated key file {}: keep a copy somewhere safe (or run `kura vault key export`); without it the vault cannot be read",
+                "generated key file {}; it lies on this machine's disk: export a recovery kit now and keep it elsewhere (`kura vault key export {name} --to FILE --kit-passphrase-file PASSFILE`), or a lost disk means unreadable backups",
                 kf.display()
             ));
             generated_key = Some((kf.clone(), contents.clone()));
@@ -281,11 +291,13 @@ impl Home {
 
     fn vault_info_of(&self, row: VaultRow, items: usize) -> Result<VaultInfo> {
         let (soft_delete, soft_delete_days) = self.catalog.soft_delete(&row.id)?;
+        let kit_exported = self.catalog.kit_exported(&row.id)?;
         Ok(VaultInfo {
             row,
             items,
             soft_delete,
             soft_delete_days,
+            kit_exported,
             note: None,
         })
     }
@@ -309,10 +321,32 @@ impl Home {
             .collect()
     }
 
-    fn secret_for(&self, row: &VaultRow, secrets: &Secrets) -> Result<KeySecret> {
+    pub(crate) fn secret_for(&self, row: &VaultRow, secrets: &Secrets) -> Result<KeySecret> {
         Ok(match row.encryption.as_str() {
             "none" => KeySecret::None,
-            "passphrase" => match &secrets.passphrase {
+            // Attached from a recovery kit: the master key itself, kept in the home.
+            "master-key" => {
+                let path = row.key_file.as_deref().unwrap_or_default();
+                let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+                    Error::io(
+                        format!("vault {:?}: cannot read its key {path}", row.name),
+                        e,
+                    )
+                })?);
+                let mut m = Zeroizing::new([0u8; 32]);
+                hex::decode_to_slice(text.trim(), m.as_mut()).map_err(|e| {
+                    Error::new(
+                        ErrorKind::Key,
+                        format!("vault {:?}: key {path}: {e}", row.name),
+                    )
+                })?;
+                KeySecret::MasterKey(m)
+            }
+            "passphrase" => match secrets
+                .vault_passphrases
+                .get(&row.name)
+                .or(secrets.passphrase.as_ref())
+            {
                 Some(p) => KeySecret::Passphrase(p.clone()),
                 None => {
                     return Err(Error::new(
@@ -446,9 +480,100 @@ impl Home {
                 format!("this vault is already attached as {:?}", existing.name),
             ));
         }
+        // Items whose names or sources this home already uses would be dropped: refuse first.
+        let probe = Vault::open(
+            backend.clone(),
+            &match &secrets.recovery_kit {
+                Some(kit) => KeySecret::MasterKey(self.read_kit(kit, &config, secrets)?),
+                None => {
+                    let tmp = VaultRow {
+                        id: config.vault_id.clone(),
+                        name: name.into(),
+                        path: path.display().to_string(),
+                        chunk_size: config.chunk_size,
+                        encryption: match &config.encryption {
+                            None => "none",
+                            Some(e)
+                                if matches!(
+                                    e.key.kek,
+                                    kura_store::keys::KekSpec::Argon2id { .. }
+                                ) =>
+                            {
+                                "passphrase"
+                            }
+                            Some(_) => "key-file",
+                        }
+                        .into(),
+                        cipher: None,
+                        key_file: None,
+                        created: String::new(),
+                    };
+                    self.secret_for(&tmp, secrets)?
+                }
+            },
+        )
+        .map_err(|e| match e {
+            kura_store::Error::WrongKey => Error::new(
+                ErrorKind::Key,
+                format!(
+                    "{}: wrong passphrase, key file or recovery kit",
+                    path.display()
+                ),
+            ),
+            e => e.into(),
+        })?;
+        let mut clashes = Vec::new();
+        for r in probe.list_items().unwrap_or_default() {
+            if let Ok(other) = self.catalog.item(&r.name) {
+                clashes.push(format!(
+                    "item {:?} (this home already has an item of that name, protecting {})",
+                    r.name, other.source
+                ));
+            } else if let Some(other) = self
+                .catalog
+                .list_items(None)?
+                .into_iter()
+                .find(|i| i.kind == r.kind && i.source == r.source)
+            {
+                clashes.push(format!(
+                    "item {:?} (its source {} is already protected here as {:?})",
+                    r.name, r.source, other.name
+                ));
+            }
+        }
+        if !clashes.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!(
+                    "vault {} cannot be attached without losing items: {}; detach or rename the items of this home first (`kura vault detach`)",
+                    path.display(),
+                    clashes.join("; ")
+                ),
+            ));
+        }
+        drop(probe);
         let (encryption, key_file) =
-            match (&config.encryption, &secrets.passphrase, &secrets.key_file) {
+            match (&config.encryption, &secrets.recovery_kit, &secrets.key_file) {
                 (None, _, _) => ("none", None),
+                (Some(_), Some(_), _) => {
+                    let master = self.read_kit(
+                        secrets.recovery_kit.as_ref().expect("some"),
+                        &config,
+                        secrets,
+                    )?;
+                    let kf = self.root.join("keys").join(format!("{name}.master"));
+                    if kf.exists() {
+                        return Err(Error::new(
+                            ErrorKind::AlreadyExists,
+                            format!("{} already exists; move it away first", kf.display()),
+                        ));
+                    }
+                    write_private(
+                        &kf,
+                        format!("{}\n", hex::encode(master.as_ref())).as_bytes(),
+                    )?;
+                    ("master-key", Some(kf.display().to_string()))
+                }
                 (Some(e), _, _)
                     if matches!(e.key.kek, kura_store::keys::KekSpec::Argon2id { .. }) =>
                 {
@@ -516,12 +641,16 @@ impl Home {
                 kind: r.kind.clone(),
                 source: r.source.clone(),
                 created: r.created.clone(),
-                policy: Some(
-                    r.policy
-                        .clone()
-                        .filter(|p| self.catalog.has_policy(&row.id, p).unwrap_or(false))
-                        .unwrap_or_else(|| kura_policy::DEFAULT_POLICY.into()),
-                ),
+                // Stopped and soft-deleted items have no policy until they are resumed.
+                policy: match r.state.as_deref() {
+                    None | Some("protected") => Some(
+                        r.policy
+                            .clone()
+                            .filter(|p| self.catalog.has_policy(&row.id, p).unwrap_or(false))
+                            .unwrap_or_else(|| kura_policy::DEFAULT_POLICY.into()),
+                    ),
+                    Some(_) => None,
+                },
                 last_slot: None,
                 state: r.state.clone().unwrap_or_else(|| "protected".into()),
                 deleted_at: r.deleted_at.clone(),
@@ -1004,6 +1133,16 @@ pub(crate) fn check_name(kind: &str, name: &str) -> Result<()> {
             ),
         ))
     }
+}
+
+/// Whether new passphrases get cheap Argon2id parameters: only in builds with the
+/// `test-hooks` feature, when a test asks.
+pub(crate) fn fast_kdf_for_tests() -> bool {
+    #[cfg(feature = "test-hooks")]
+    if std::env::var_os("KURA_TEST_FAST_KDF").is_some_and(|v| v != "0") {
+        return true;
+    }
+    false
 }
 
 /// Creates a directory (and missing parents) only its owner may enter.

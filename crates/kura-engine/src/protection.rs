@@ -161,6 +161,26 @@ impl Home {
         })
     }
 
+    /// Writes an item's new protection state to its record in the vault, before the catalog
+    /// changes: the vault must remember what the catalog knew (`vault attach` reads it back).
+    fn record_state(
+        &self,
+        row: &kura_catalog::ItemRow,
+        policy: Option<&str>,
+        state: &str,
+        deleted_at: Option<&str>,
+        secrets: &Secrets,
+    ) -> Result<()> {
+        let vrow = self.catalog.vault_by_id(&row.vault_id)?;
+        let vault = self.open_vault_row(&vrow, secrets)?;
+        let mut updated = row.clone();
+        updated.policy = policy.map(str::to_string);
+        updated.state = state.to_string();
+        updated.deleted_at = deleted_at.map(str::to_string);
+        vault.put_item(&crate::home::item_record(&updated))?;
+        Ok(())
+    }
+
     /// Stops protection. Without `delete_data` the recovery points are retained
     /// indefinitely; with it they are soft-deleted (or, with soft delete disabled, deleted).
     pub fn stop_protection(
@@ -174,6 +194,7 @@ impl Home {
         if !delete_data {
             Self::require_state(&row, &["protected"], "stop its protection")?;
             self.run_job("DisableBackup", &row.name, false, None, &NoProgress, |_| {
+                self.record_state(&row, None, "stopped", None, secrets)?;
                 self.catalog.set_item_policy(&row.id, None)?;
                 self.catalog.set_item_state(&row.id, "stopped", None)?;
                 Ok(((), None))
@@ -224,12 +245,11 @@ impl Home {
             None,
             &NoProgress,
             |job| {
+                let at = kura_catalog::stamp(now);
+                self.record_state(&row, None, "soft-deleted", Some(&at), secrets)?;
                 self.catalog.set_item_policy(&row.id, None)?;
-                self.catalog.set_item_state(
-                    &row.id,
-                    "soft-deleted",
-                    Some(&kura_catalog::stamp(now)),
-                )?;
+                self.catalog
+                    .set_item_state(&row.id, "soft-deleted", Some(&at))?;
                 job.message(
                     "backup data soft-deleted; `kura item undelete` restores it until the purge",
                 );
@@ -240,7 +260,7 @@ impl Home {
     }
 
     /// Returns a soft-deleted item to "stopped, data retained".
-    pub fn undelete(&self, item: &str) -> Result<ItemStatus> {
+    pub fn undelete(&self, item: &str, secrets: &Secrets) -> Result<ItemStatus> {
         let row = self.catalog.item(item)?;
         Self::require_state(
             &row,
@@ -248,6 +268,7 @@ impl Home {
             "undelete it (it is not soft-deleted)",
         )?;
         self.run_job("Undelete", &row.name, false, None, &NoProgress, |_| {
+            self.record_state(&row, row.policy.as_deref(), "stopped", None, secrets)?;
             self.catalog.set_item_state(&row.id, "stopped", None)?;
             Ok(((), None))
         })?;
@@ -255,7 +276,12 @@ impl Home {
     }
 
     /// Resumes protection of a stopped item with a policy of its vault.
-    pub fn resume_protection(&self, item: &str, policy: &str) -> Result<ItemStatus> {
+    pub fn resume_protection(
+        &self,
+        item: &str,
+        policy: &str,
+        secrets: &Secrets,
+    ) -> Result<ItemStatus> {
         let row = self.catalog.item(item)?;
         Self::require_state(&row, &["stopped"], "resume its protection")?;
         if !self.catalog.has_policy(&row.vault_id, policy)? {
@@ -271,6 +297,7 @@ impl Home {
             None,
             &NoProgress,
             |_| {
+                self.record_state(&row, Some(policy), "protected", None, secrets)?;
                 self.catalog.set_item_policy(&row.id, Some(policy))?;
                 self.catalog.set_item_state(&row.id, "protected", None)?;
                 // The schedule starts from now, not from the time protection stopped.

@@ -602,12 +602,15 @@ async fn resume_protection(
 ) -> ApiResult {
     ok(
         200,
-        blocking(move || Ok(s.home.resume_protection(&item, &b.policy)?)).await?,
+        blocking(move || Ok(s.home.resume_protection(&item, &b.policy, &s.secrets)?)).await?,
     )
 }
 
 async fn undelete_item(_: Auth, State(s): State<S>, Path(item): Path<String>) -> ApiResult {
-    ok(200, blocking(move || Ok(s.home.undelete(&item)?)).await?)
+    ok(
+        200,
+        blocking(move || Ok(s.home.undelete(&item, &s.secrets)?)).await?,
+    )
 }
 
 #[derive(Deserialize)]

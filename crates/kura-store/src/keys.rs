@@ -65,6 +65,9 @@ pub enum KeySecret {
     Passphrase(Zeroizing<String>),
     /// The bytes of a key file (at least 32).
     KeyFile(Zeroizing<Vec<u8>>),
+    /// The vault's master key itself, from a recovery kit: opens the vault without its
+    /// passphrase or key file.
+    MasterKey(Zeroizing<[u8; 32]>),
 }
 
 impl std::fmt::Debug for KeySecret {
@@ -74,6 +77,7 @@ impl std::fmt::Debug for KeySecret {
             KeySecret::None => "KeySecret::None",
             KeySecret::Passphrase(_) => "KeySecret::Passphrase(..)",
             KeySecret::KeyFile(_) => "KeySecret::KeyFile(..)",
+            KeySecret::MasterKey(_) => "KeySecret::MasterKey(..)",
         })
     }
 }
@@ -215,7 +219,7 @@ fn derive_kek(spec: &KekSpec, secret: &KeySecret) -> Result<Zeroizing<[u8; 32]>>
 /// Argon2id cost used for new vaults: 64 MiB, 3 passes (OWASP's recommended floor is lower).
 pub(crate) fn new_kek_spec(secret: &KeySecret, fast: bool) -> Option<KekSpec> {
     match secret {
-        KeySecret::None => None,
+        KeySecret::None | KeySecret::MasterKey(_) => None,
         KeySecret::KeyFile(_) => Some(KekSpec::KeyFile),
         KeySecret::Passphrase(_) => Some(KekSpec::Argon2id {
             salt: hex::encode(random_bytes::<16>()),

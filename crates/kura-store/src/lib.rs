@@ -38,6 +38,7 @@ mod error;
 mod id;
 mod index;
 pub mod keys;
+pub mod kit;
 mod manifest;
 mod vault;
 

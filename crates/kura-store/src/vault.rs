@@ -88,6 +88,8 @@ pub struct Vault {
     backend: Arc<dyn Backend>,
     config: VaultConfig,
     keys: Arc<Keys>,
+    /// The unwrapped master key of an encrypted vault (for recovery kits and re-wrapping).
+    master: Option<zeroize::Zeroizing<[u8; 32]>>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -125,6 +127,12 @@ impl Vault {
                     COMPRESSION_LEVELS.start(),
                     COMPRESSION_LEVELS.end()
                 ),
+            });
+        }
+        if matches!(secret, KeySecret::MasterKey(_)) {
+            return Err(Error::Invalid {
+                field: "secret",
+                reason: "a new vault needs a passphrase or a key file, not a recovery kit".into(),
             });
         }
         if backend.stat(CONFIG_KEY)?.is_some() {
@@ -166,10 +174,12 @@ impl Vault {
             e => e.into(),
         })?;
         backend.sync()?;
+        let encrypted = config.encryption.is_some();
         Ok(Vault {
             backend,
             config,
             keys: Arc::new(keys),
+            master: encrypted.then_some(master),
         })
     }
 
@@ -205,10 +215,16 @@ impl Vault {
     /// Opens a vault, unwrapping its key with `secret`.
     pub fn open(backend: Arc<dyn Backend>, secret: &KeySecret) -> Result<Vault> {
         let config = Self::read_config(backend.as_ref())?;
+        let mut kept = None;
         let keys = match (&config.encryption, &config.id_key) {
             (Some(enc), _) => {
-                let master = keys::unwrap(&enc.key, secret, config.vault_id.as_bytes())?;
-                Keys::from_master(&master, true)
+                let master = match secret {
+                    KeySecret::MasterKey(m) => m.clone(),
+                    _ => keys::unwrap(&enc.key, secret, config.vault_id.as_bytes())?,
+                };
+                let k = Keys::from_master(&master, true);
+                kept = Some(master);
+                k
             }
             (None, Some(id_key)) => {
                 let mut k = zeroize::Zeroizing::new([0u8; 32]);
@@ -221,11 +237,78 @@ impl Vault {
             }
             (None, None) => return Err(Error::corrupt("vault config", "no key material")),
         };
-        Ok(Vault {
+        let vault = Vault {
             backend,
             config,
             keys: Arc::new(keys),
-        })
+            master: kept,
+        };
+        if matches!(secret, KeySecret::MasterKey(_)) {
+            vault.check_master_key()?;
+        }
+        Ok(vault)
+    }
+
+    /// Proves a master key given directly (from a recovery kit) by decoding one sealed
+    /// object of the vault: an item record, else a manifest. [`Error::WrongKey`] when it does
+    /// not open; an error when the vault holds nothing sealed to check it against.
+    fn check_master_key(&self) -> Result<()> {
+        let mut keys = self.backend.list("items/")?;
+        keys.extend(
+            self.backend
+                .list("rps/")?
+                .into_iter()
+                .filter(|k| k.ends_with("/manifest")),
+        );
+        let Some(key) = keys.first() else {
+            return Err(Error::Invalid {
+                field: "recovery kit",
+                reason: "the vault holds no item or recovery point to check the kit's key against"
+                    .into(),
+            });
+        };
+        let kind = if key.starts_with("items/") {
+            BlobKind::Item
+        } else {
+            BlobKind::Manifest
+        };
+        match self.get_object(key, kind, key) {
+            Ok(_) => Ok(()),
+            Err(Error::Corrupt { .. }) | Err(Error::WrongKey) => Err(Error::WrongKey),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The unwrapped master key of an encrypted vault (`None` without encryption). Only for
+    /// writing a recovery kit and re-wrapping; never stored by kura in the clear unasked.
+    pub fn master_key(&self) -> Option<&zeroize::Zeroizing<[u8; 32]>> {
+        self.master.as_ref()
+    }
+
+    /// Wraps the master key under a new passphrase or key file and rewrites the config;
+    /// nothing else in the vault changes (every blob is sealed under subkeys of the master).
+    pub fn rewrap(&mut self, secret: &KeySecret, fast_kdf: bool) -> Result<()> {
+        let (Some(master), Some(enc)) = (&self.master, &self.config.encryption) else {
+            return Err(Error::Invalid {
+                field: "secret",
+                reason: "the vault is not encrypted; it has no key to re-wrap".into(),
+            });
+        };
+        let spec = keys::new_kek_spec(secret, fast_kdf).ok_or_else(|| Error::Invalid {
+            field: "secret",
+            reason: "give a new passphrase or key file".into(),
+        })?;
+        let key = keys::wrap(master, spec, secret, self.config.vault_id.as_bytes())?;
+        let mut config = self.config.clone();
+        config.encryption = Some(EncryptionConfig {
+            cipher: enc.cipher,
+            key,
+        });
+        let json = serde_json::to_vec_pretty(&config).expect("config serializes");
+        self.backend.put(CONFIG_KEY, json)?;
+        self.backend.sync()?;
+        self.config = config;
+        Ok(())
     }
 
     /// The config.

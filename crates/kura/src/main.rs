@@ -32,6 +32,10 @@ struct Cli {
     /// File holding the vault passphrase (or set KURA_PASSPHRASE).
     #[arg(long, global = true, value_name = "FILE")]
     passphrase_file: Option<PathBuf>,
+    /// The passphrase of one vault, as NAME=FILE (repeatable), when vaults have different
+    /// passphrases (verify, the scheduler and the server then open each with its own).
+    #[arg(long, global = true, value_name = "NAME=FILE")]
+    vault_passphrase_file: Vec<String>,
     /// Key file that unlocks the vault.
     #[arg(long, global = true, value_name = "FILE")]
     key_file: Option<PathBuf>,
@@ -170,6 +174,19 @@ enum VaultCmd {
         /// The vault's directory.
         #[arg(long)]
         path: PathBuf,
+        /// Open the vault with a recovery kit (`vault key export`) instead of its passphrase
+        /// or key file: the vault's storage and the kit alone rebuild a home.
+        #[arg(long, value_name = "FILE")]
+        recovery_kit: Option<PathBuf>,
+        /// The passphrase sealing the kit (default: --passphrase-file / KURA_PASSPHRASE).
+        #[arg(long, value_name = "FILE")]
+        kit_passphrase_file: Option<PathBuf>,
+    },
+    /// Forget a vault in this home (its items and recovery points leave the catalog); its
+    /// storage is untouched and can be attached again.
+    Detach {
+        /// Vault name.
+        name: String,
     },
     /// Key management.
     #[command(subcommand)]
@@ -189,16 +206,35 @@ enum VaultCmd {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum KeyCmd {
-    /// Write the vault's wrapped data key to a file, for escrow.
+    /// Write a recovery kit: the vault's key, sealed under a passphrase you choose (or in the
+    /// clear with --plain), with a printable form. Keep it away from this machine: with the
+    /// vault's storage it restores everything (`vault attach --recovery-kit`).
     Export {
         /// Vault name.
         name: String,
-        /// Output file.
+        /// Output file (written with mode 0600).
         #[arg(long)]
         to: PathBuf,
+        /// The passphrase that seals the kit (default: --passphrase-file / KURA_PASSPHRASE).
+        #[arg(long, value_name = "FILE")]
+        kit_passphrase_file: Option<PathBuf>,
+        /// Write the key in the clear (anyone with the file can read every backup).
+        #[arg(long, conflicts_with = "kit_passphrase_file")]
+        plain: bool,
         /// Replace an existing file.
         #[arg(long)]
         force: bool,
+    },
+    /// Re-wrap the vault's key under a new passphrase or key file; nothing else is rewritten.
+    Change {
+        /// Vault name.
+        name: String,
+        /// File holding the new passphrase.
+        #[arg(long, value_name = "FILE", conflicts_with = "new_key_file")]
+        new_passphrase_file: Option<PathBuf>,
+        /// The new key file (32 bytes or more, e.g. made by another vault create).
+        #[arg(long, value_name = "FILE")]
+        new_key_file: Option<PathBuf>,
     },
 }
 
@@ -411,9 +447,18 @@ fn secrets(cli: &Cli) -> anyhow::Result<Secrets> {
         (None, Ok(p)) if !p.is_empty() => Some(Zeroizing::new(p)),
         _ => None,
     };
+    let mut vault_passphrases = std::collections::BTreeMap::new();
+    for spec in &cli.vault_passphrase_file {
+        let (name, file) = spec
+            .split_once('=')
+            .with_context(|| format!("--vault-passphrase-file {spec:?}: give it as NAME=FILE"))?;
+        vault_passphrases.insert(name.to_string(), read_passphrase_file(Path::new(file))?);
+    }
     Ok(Secrets {
         passphrase,
         key_file: cli.key_file.clone(),
+        vault_passphrases,
+        ..Default::default()
     })
 }
 
@@ -493,12 +538,12 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Item(ItemCmd::Resume { item, policy }) => {
-            let st = home.resume_protection(item, policy)?;
+            let st = home.resume_protection(item, policy, &secrets)?;
             out.view(&st, views::item_status);
             Ok(0)
         }
         Command::Item(ItemCmd::Undelete { item }) => {
-            let st = home.undelete(item)?;
+            let st = home.undelete(item, &secrets)?;
             out.view(&st, views::item_status);
             Ok(0)
         }
@@ -669,17 +714,58 @@ fn vault(home: &Home, cmd: &VaultCmd, secrets: &Secrets, out: &Out) -> anyhow::R
             out.view(&v, views::vault_show);
             Ok(0)
         }
-        VaultCmd::Attach { name, path } => {
-            let r = home.attach_vault(name, path, secrets)?;
+        VaultCmd::Attach {
+            name,
+            path,
+            recovery_kit,
+            kit_passphrase_file,
+        } => {
+            let mut secrets = secrets.clone();
+            secrets.recovery_kit = recovery_kit.clone();
+            if let Some(f) = kit_passphrase_file {
+                secrets.kit_passphrase = Some(read_passphrase_file(f)?);
+            }
+            let r = home.attach_vault(name, path, &secrets)?;
             out.view(&r, views::attached);
             Ok(0)
         }
-        VaultCmd::Key(KeyCmd::Export { name, to, force }) => {
-            let p = home.export_key(name, to, *force)?;
-            let doc = serde_json::json!({"vault": name, "exported_to": p});
+        VaultCmd::Detach { name } => {
+            home.detach_vault(name)?;
+            let doc = serde_json::json!({"vault": name, "detached": true});
             out.print(&doc, || {
-                format!("wrote the wrapped key of vault {name} to {}\nit is useless without the passphrase or key file; store it apart from the vault\n", p.display())
+                format!("detached vault {name}; its storage is untouched (attach it again with `kura vault attach`)\n")
             });
+            Ok(0)
+        }
+        VaultCmd::Key(KeyCmd::Export {
+            name,
+            to,
+            kit_passphrase_file,
+            plain,
+            force,
+        }) => {
+            let mut secrets = secrets.clone();
+            if let Some(f) = kit_passphrase_file {
+                secrets.kit_passphrase = Some(read_passphrase_file(f)?);
+            }
+            let r = home.export_recovery_kit(name, to, *plain, *force, &secrets)?;
+            out.view(&r, views::kit_exported);
+            Ok(0)
+        }
+        VaultCmd::Key(KeyCmd::Change {
+            name,
+            new_passphrase_file,
+            new_key_file,
+        }) => {
+            let new = kura_engine::NewKey {
+                passphrase: new_passphrase_file
+                    .as_deref()
+                    .map(read_passphrase_file)
+                    .transpose()?,
+                key_file: new_key_file.clone(),
+            };
+            let v = home.change_vault_key(name, &new, secrets)?;
+            out.view(&v, views::vault_show);
             Ok(0)
         }
     }

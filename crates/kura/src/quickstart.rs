@@ -77,7 +77,7 @@ pub fn run(args: &Args, home: Option<&Path>, out: &Out) -> anyhow::Result<u8> {
     say(
         "created vault demo",
         format!(
-            "encrypted (AES-256-GCM) with a key file kura generated at {}",
+            "encrypted (AES-256-GCM) with a key file kura generated at {}; for real vaults, export a recovery kit and keep it elsewhere: kura vault key export NAME --to FILE",
             v.row.key_file.clone().unwrap_or_default()
         ),
     );

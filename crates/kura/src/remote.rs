@@ -183,27 +183,17 @@ pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
             )?,
             views::vault_show,
         ),
-        Command::Vault(VaultCmd::Attach { name, path }) => {
+        Command::Vault(VaultCmd::Attach {
+            name,
+            path,
+            recovery_kit: None,
+            ..
+        }) => {
             let path = std::path::absolute(path)?;
             show(
                 c.post("/vaults/attach", json!({"name": name, "path": path}))?,
                 views::attached,
             )
-        }
-        Command::Vault(VaultCmd::Key(crate::KeyCmd::Export { name, to, force })) => {
-            if to.exists() && !force {
-                bail!("{} already exists (use --force to overwrite)", to.display());
-            }
-            let doc = c.get(&format!("/vaults/{}/key", enc(name)))?;
-            std::fs::write(to, serde_json::to_vec_pretty(&doc)?)
-                .with_context(|| format!("cannot write {}", to.display()))?;
-            show(json!({"vault": name, "exported_to": to}), |v| {
-                format!(
-                    "wrote the wrapped key of vault {} to {}\n",
-                    v["vault"].as_str().unwrap_or(""),
-                    v["exported_to"].as_str().unwrap_or("")
-                )
-            })
         }
         Command::Item(ItemCmd::List) => show(c.get("/items")?, views::item_list),
         Command::Item(ItemCmd::Show { item }) => {
@@ -340,7 +330,7 @@ pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
         ),
         Command::Policy(p) => crate::policy_cmd::run_policy_remote(p, c, out),
         _ => bail!(
-            "this command runs on the server's host only (quickstart, server, scheduler, and vault create with a passphrase, key file, cipher or compression level); run it there without --server"
+            "this command runs on the server's host only (quickstart, server, scheduler, vault create with a passphrase, key file, cipher or compression level, vault key export/change, vault detach, and attach with a recovery kit); run it there without --server"
         ),
     }
 }

@@ -42,6 +42,17 @@ pub fn run(
         Some(t) => say!("admin token (shown once, stored hashed): {t}"),
         None => say!("admin token: the one printed at the first start"),
     }
+    // Until a recovery kit exists, every start says where the key is and how to export it.
+    for v in home.list_vaults()? {
+        if v.kit_exported.is_none() && v.row.encryption != "none" {
+            say!(
+                "vault {}: key {} ; no recovery kit exported yet: run `kura vault key export {} --to FILE --kit-passphrase-file PASSFILE` and keep the kit off this machine",
+                v.row.name,
+                v.row.key_file.as_deref().unwrap_or("(passphrase)"),
+                v.row.name
+            );
+        }
+    }
     let show = |v: &[std::path::PathBuf]| {
         v.iter()
             .map(|p| p.display().to_string())

@@ -220,6 +220,9 @@ pub fn verify(r: &Value) -> String {
             out += &format!("  {h}\n");
         }
     }
+    for v in rows(&r["not_verified"]) {
+        out += &format!("NOT VERIFIED: {}\n", s(v));
+    }
     let snaps: Vec<String> = rows(&r["snapshot_only"]).map(s).collect();
     if !snaps.is_empty() {
         out += &format!(
@@ -402,6 +405,13 @@ pub fn vault_show(v: &Value) -> String {
         s(&v["soft_delete_days"]),
         s(&v["created"])
     );
+    out += &match v["kit_exported"].as_str() {
+        Some(t) => format!("recovery kit exported {t}\n"),
+        None => format!(
+            "recovery kit NEVER EXPORTED: run `kura vault key export {} --to FILE`\n",
+            s(&v["name"])
+        ),
+    };
     if !v["note"].is_null() {
         out += &format!("note: {}\n", s(&v["note"]));
     }
@@ -409,6 +419,22 @@ pub fn vault_show(v: &Value) -> String {
 }
 
 /// `kura vault attach`.
+/// `kura vault key export`.
+pub fn kit_exported(r: &Value) -> String {
+    format!(
+        "wrote the recovery kit of vault {} to {} ({})\nprintable form (keep a copy on paper; the last group is a checksum):\n  {}\nwith the vault's storage, this kit restores everything: `kura vault attach {} --path DIR --recovery-kit FILE`\n",
+        s(&r["vault"]),
+        s(&r["exported_to"]),
+        if r["protection"] == "plain" {
+            "IN THE CLEAR: anyone with it can read every backup"
+        } else {
+            "sealed with the kit passphrase"
+        },
+        s(&r["printable"]),
+        s(&r["vault"])
+    )
+}
+
 pub fn attached(r: &Value) -> String {
     let mut out = format!(
         "attached vault {} from {}: {} item(s), {} recovery point(s)\n",

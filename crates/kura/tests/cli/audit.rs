@@ -437,3 +437,314 @@ fn leftovers_of_an_interrupted_restore_are_removed() {
     assert!(same_file(&out, &img));
     assert!(!left.exists(), "the leftover of an earlier restore is gone");
 }
+
+/// The contract of a recovery kit: back up, export the kit, lose the whole home, attach from
+/// the vault's storage and the kit alone in a fresh home, restore bit-exactly.
+#[test]
+fn a_recovery_kit_and_the_vault_alone_restore_everything() {
+    let e = Env::new();
+    e.vault("v", &[]);
+    let img = e.path("d.raw");
+    make_image(&img, 2 << 20, &[(0, 2 << 20, 31)]);
+    e.protect(&img, "v", &[]);
+    let rp = e.backup("d");
+    // Until a kit is exported, vault show says so.
+    assert!(e.ok(&["vault", "show", "v"]).contains("NEVER EXPORTED"));
+    std::fs::write(e.path("kitpass"), "kit secret\n").unwrap();
+    let kit = e.path("v.kit");
+    let r = e.json(&[
+        "vault",
+        "key",
+        "export",
+        "v",
+        "--to",
+        kit.to_str().unwrap(),
+        "--kit-passphrase-file",
+        e.path("kitpass").to_str().unwrap(),
+    ]);
+    assert_eq!(r["protection"], "passphrase", "{r}");
+    assert_eq!(std::fs::metadata(&kit).unwrap().mode() & 0o777, 0o600);
+    assert!(e.json(&["vault", "show", "v"])["kit_exported"].is_string());
+    let keyfile = std::fs::read_to_string(e.path("home/keys/v.key")).unwrap();
+    assert!(
+        !std::fs::read_to_string(&kit)
+            .unwrap()
+            .contains(keyfile.trim())
+    );
+
+    // The vault moves; the home is lost.
+    let storage = e.path("moved-vault");
+    std::fs::rename(e.path("home/vaults/v"), &storage).unwrap();
+    std::fs::remove_dir_all(e.path("home")).unwrap();
+    let (code, err) = e.fails(&[
+        "vault",
+        "attach",
+        "v",
+        "--path",
+        storage.to_str().unwrap(),
+        "--recovery-kit",
+        kit.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err["error"]["message"].as_str().unwrap().contains("sealed"),
+        "{err}"
+    );
+    std::fs::write(e.path("wrong"), "not it\n").unwrap();
+    let (_, err) = e.fails(&[
+        "vault",
+        "attach",
+        "v",
+        "--path",
+        storage.to_str().unwrap(),
+        "--recovery-kit",
+        kit.to_str().unwrap(),
+        "--kit-passphrase-file",
+        e.path("wrong").to_str().unwrap(),
+    ]);
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("wrong kit passphrase"),
+        "{err}"
+    );
+    assert!(
+        e.json(&["vault", "list"]).as_array().unwrap().is_empty(),
+        "nothing attached"
+    );
+    let a = e.json(&[
+        "vault",
+        "attach",
+        "v",
+        "--path",
+        storage.to_str().unwrap(),
+        "--recovery-kit",
+        kit.to_str().unwrap(),
+        "--kit-passphrase-file",
+        e.path("kitpass").to_str().unwrap(),
+    ]);
+    assert_eq!(a["items"][0], "d", "{a}");
+    let out = e.path("out.raw");
+    e.restore("d", &rp, &out, "raw");
+    assert!(same_file(&out, &img));
+    // The new home keeps backing up into the vault.
+    e.backup("d");
+    assert!(
+        e.json(&["verify"])["problems"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    // A passphrase of the user's choosing can replace the kit-held key; only the config
+    // changes, and the old points still restore with it.
+    std::fs::write(e.path("newpass"), "a new passphrase\n").unwrap();
+    let before: Vec<PathBuf> = e_files(&storage);
+    e.ok(&[
+        "vault",
+        "key",
+        "change",
+        "v",
+        "--new-passphrase-file",
+        e.path("newpass").to_str().unwrap(),
+    ]);
+    let after: Vec<PathBuf> = e_files(&storage);
+    assert_eq!(before, after, "no object but the config was rewritten");
+    let out2 = e.path("out2.raw");
+    e.ok(&[
+        "--passphrase-file",
+        e.path("newpass").to_str().unwrap(),
+        "restore",
+        "disk",
+        "d",
+        "--rp",
+        &rp,
+        "--to",
+        out2.to_str().unwrap(),
+    ]);
+    assert!(same_file(&out2, &img));
+}
+
+fn e_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().unwrap() != "config" {
+                let m = std::fs::metadata(&p).unwrap();
+                out.push(p.with_extension(format!("{}", m.mtime())));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A plain kit copied by hand: its printable line alone opens the vault, and a mistyped
+/// digit is caught by the checksum.
+#[test]
+fn a_printable_kit_with_a_typo_is_refused() {
+    let e = Env::new();
+    e.vault("v", &[]);
+    let img = e.path("d.raw");
+    make_image(&img, 1 << 20, &[(0, 1 << 20, 9)]);
+    e.protect(&img, "v", &[]);
+    e.backup("d");
+    let kit = e.path("v.kit");
+    let r = e.json(&[
+        "vault",
+        "key",
+        "export",
+        "v",
+        "--to",
+        kit.to_str().unwrap(),
+        "--plain",
+    ]);
+    let printable = r["printable"].as_str().unwrap().to_string();
+    let storage = e.path("home/vaults/v").to_str().unwrap().to_string();
+    let other = Env::new();
+    let typo = e.path("typo.txt");
+    let mut bad = printable.clone().into_bytes();
+    let at = 15;
+    bad[at] = if bad[at] == b'0' { b'1' } else { b'0' };
+    std::fs::write(&typo, &bad).unwrap();
+    let (_, err) = other.fails(&[
+        "vault",
+        "attach",
+        "v",
+        "--path",
+        &storage,
+        "--recovery-kit",
+        typo.to_str().unwrap(),
+    ]);
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("checksum"),
+        "{err}"
+    );
+    let paper = e.path("paper.txt");
+    std::fs::write(&paper, format!("{printable}\n")).unwrap();
+    other.ok(&[
+        "vault",
+        "attach",
+        "v",
+        "--path",
+        &storage,
+        "--recovery-kit",
+        paper.to_str().unwrap(),
+    ]);
+    let out = other.path("out.raw");
+    other.restore("d", "latest", &out, "raw");
+    assert!(same_file(&out, &img));
+}
+
+/// Attaching a vault whose item names are taken in this home refuses instead of silently
+/// dropping the item; after `vault detach` of the other vault it works.
+#[test]
+fn attach_refuses_to_drop_colliding_items_and_detach_frees_them() {
+    let e = Env::new();
+    e.vault("a", &["--no-encryption"]);
+    let img = e.path("d.raw");
+    make_image(&img, 1 << 20, &[(0, 1 << 20, 1)]);
+    e.protect(&img, "a", &[]);
+    e.backup("d");
+    let copy = e.path("copy-of-a");
+    let status = Command::new("cp")
+        .args(["-a"])
+        .arg(e.path("home/vaults/a"))
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The copy has the same vault id; make it a distinct vault by attaching in another home
+    // is not needed: a second home shows the collision with an item of the same name.
+    let other = Env::new();
+    other.vault("mine", &["--no-encryption"]);
+    let img2 = other.path("d.raw");
+    make_image(&img2, 1 << 20, &[(0, 1 << 20, 2)]);
+    other.protect(&img2, "mine", &[]);
+    let (_, err) = other.fails(&["vault", "attach", "a", "--path", copy.to_str().unwrap()]);
+    assert_eq!(err["error"]["code"], "conflict", "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("item \"d\""),
+        "{err}"
+    );
+    assert_eq!(
+        other.json(&["vault", "list"]).as_array().unwrap().len(),
+        1,
+        "nothing attached"
+    );
+    other.ok(&["vault", "detach", "mine"]);
+    assert!(other.json(&["item", "list"]).as_array().unwrap().is_empty());
+    let r = other.json(&["vault", "attach", "a", "--path", copy.to_str().unwrap()]);
+    assert_eq!(r["items"][0], "d", "{r}");
+}
+
+/// One process holds the secrets of several vaults with different passphrases; verifying
+/// everything goes on past a vault it cannot open and says so.
+#[test]
+fn verify_opens_each_vault_with_its_own_passphrase() {
+    let e = Env::new();
+    std::fs::write(e.path("pa"), "first\n").unwrap();
+    std::fs::write(e.path("pb"), "second\n").unwrap();
+    let pa = e.path("pa").to_str().unwrap().to_string();
+    let pb = e.path("pb").to_str().unwrap().to_string();
+    e.ok(&[
+        "--passphrase-file",
+        &pa,
+        "vault",
+        "create",
+        "a",
+        "--chunk-size",
+        "64KiB",
+    ]);
+    e.ok(&[
+        "--passphrase-file",
+        &pb,
+        "vault",
+        "create",
+        "b",
+        "--chunk-size",
+        "64KiB",
+    ]);
+    for (v, p) in [("a", &pa), ("b", &pb)] {
+        let img = e.path(&format!("{v}.raw"));
+        make_image(&img, 1 << 20, &[(0, 1 << 20, 3)]);
+        e.ok(&[
+            "--passphrase-file",
+            p,
+            "item",
+            "protect",
+            "disk",
+            img.to_str().unwrap(),
+            "--vault",
+            v,
+        ]);
+        e.ok(&["--passphrase-file", p, "backup", "now", v]);
+    }
+    let r = e.json(&["--passphrase-file", &pa, "verify"]);
+    assert_eq!(r["recovery_points"], 1, "{r}");
+    assert!(
+        r["not_verified"][0].as_str().unwrap().contains("vault b"),
+        "{r}"
+    );
+    let both = [format!("a={pa}"), format!("b={pb}")];
+    let r = e.json(&[
+        "--vault-passphrase-file",
+        &both[0],
+        "--vault-passphrase-file",
+        &both[1],
+        "verify",
+    ]);
+    assert_eq!(r["recovery_points"], 2, "{r}");
+    assert!(r["not_verified"].as_array().unwrap().is_empty(), "{r}");
+}

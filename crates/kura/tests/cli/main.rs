@@ -845,26 +845,6 @@ fn attach_rebuilds_the_catalog_in_a_new_home() {
 }
 
 #[test]
-fn key_export_writes_only_the_wrapped_key() {
-    let e = Env::new();
-    e.vault("v", &[]);
-    let to = e.path("escrow.json");
-    e.ok(&["vault", "key", "export", "v", "--to", to.to_str().unwrap()]);
-    let doc: Value = serde_json::from_slice(&std::fs::read(&to).unwrap()).unwrap();
-    assert!(doc["key"]["wrapped"].as_str().unwrap().len() > 100);
-    let keyfile = std::fs::read_to_string(e.path("home/keys/v.key")).unwrap();
-    assert!(
-        !std::fs::read_to_string(&to)
-            .unwrap()
-            .contains(keyfile.trim()),
-        "the key file itself is not exported"
-    );
-    let (_, err) = e.fails(&["vault", "key", "export", "v", "--to", to.to_str().unwrap()]);
-    assert_eq!(err["error"]["code"], "already_exists");
-    assert_eq!(std::fs::metadata(&to).unwrap().mode() & 0o777, 0o600);
-}
-
-#[test]
 fn bad_input_gets_clear_errors_and_changes_nothing() {
     let e = Env::new();
     e.vault("v", &[]);

@@ -126,8 +126,9 @@ fn the_cli_works_through_the_server() {
     assert_eq!(gc["deleted"], 0);
     let plan = json(&["retention", "plan", "d"]);
     assert_eq!(plan["entries"].as_array().unwrap().len(), 2);
+    // A recovery kit holds the vault's key: it is written on the server's host only.
     let escrow = e.path("escrow.json");
-    json(&[
+    let a = remote(&[
         "vault",
         "key",
         "export",
@@ -135,8 +136,15 @@ fn the_cli_works_through_the_server() {
         "--to",
         escrow.to_str().unwrap(),
     ]);
-    let doc: Value = serde_json::from_slice(&std::fs::read(&escrow).unwrap()).unwrap();
-    assert!(doc["key"]["wrapped"].as_str().unwrap().len() > 100);
+    let (_, err) = e.fails(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("server's host"),
+        "{err}"
+    );
+    assert!(!escrow.exists());
     let a = remote(&[
         "vault",
         "attach",
