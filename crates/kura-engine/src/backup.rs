@@ -157,6 +157,31 @@ impl Home {
         Ok(BackupReport { job_id, ..report })
     }
 
+    /// What the API checks before it hands out a job id: the item exists and may be backed
+    /// up, the options are valid, and no other backup of the item is in its snapshot phase
+    /// (that would be refused). The claim inside the job stays the rule; this only lets most
+    /// overlapping requests get their 409 at once.
+    pub fn check_backup_can_start(&self, item: &str, opts: &BackupOptions) -> Result<()> {
+        let item = self.catalog.item(item)?;
+        Self::check_can_backup(&item)?;
+        if let Some(d) = &opts.retain_until {
+            let now = opts.now.unwrap_or_else(|| self.now());
+            crate::retention::retain_until_end(d, now, self.zone())?;
+        }
+        for j in self.catalog.jobs_for("Backup", &item.name, 100)? {
+            if j.status == "InProgress"
+                && j.tasks.first().is_some_and(|t| t.status == "InProgress")
+                && !self.catalog.job_orphaned(&j.id)?
+            {
+                return Err(Error::new(
+                    ErrorKind::Conflict,
+                    format!("job {} is taking a snapshot of item {:?}", j.id, item.name),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Snapshot, then transfer (see `jobs::backup_status` for the resulting job status).
     fn two_phase_backup(
         &self,

@@ -658,12 +658,20 @@ async fn backup_now(
     Body(b): Body<BackupNow>,
 ) -> ApiResult {
     let target = item.clone();
+    let checked = item.clone();
+    let retain_until = b.retain_until.clone();
     start_job(
         s,
         "Backup",
         target,
         false,
-        item_exists(item.clone()),
+        move |st| {
+            let opts = BackupOptions {
+                retain_until,
+                ..Default::default()
+            };
+            st.home.check_backup_can_start(&checked, &opts)
+        },
         move |st, job| {
             let opts = BackupOptions {
                 retain_until: b.retain_until,

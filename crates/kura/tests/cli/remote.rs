@@ -219,3 +219,49 @@ fn the_cli_works_through_the_server() {
         "{err}"
     );
 }
+
+/// A backup requested through the API while another backup of the item takes its snapshot
+/// is refused with 409 before a job id is handed out, as docs/api.md says.
+#[test]
+#[cfg_attr(
+    not(feature = "test-hooks"),
+    ignore = "needs the test-hooks feature (scripts/test turns it on)"
+)]
+fn an_overlapping_backup_request_gets_409() {
+    let e = Env::new();
+    let srv = serve(&e);
+    let home = e.path("server-home");
+    let img = e.path("d.raw");
+    make_image(&img, 1 << 20, &[(0, 1 << 20, 6)]);
+    e.ok(&[
+        "--home",
+        home.to_str().unwrap(),
+        "item",
+        "protect",
+        "disk",
+        img.to_str().unwrap(),
+        "--vault",
+        "default",
+    ]);
+    let gate = Gate::new(&e, "snapshot");
+    let (var, val) = gate.env();
+    let mut held = e
+        .cmd(&["--home", home.to_str().unwrap(), "backup", "now", "d"])
+        .env(var, val)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    gate.wait_reached();
+    let jobs_before = e.json(&["--home", home.to_str().unwrap(), "job", "list"]);
+    let (code, err) = e.fails(&["--server", &srv.url, "--token", "tok", "backup", "now", "d"]);
+    assert_eq!(code, 1);
+    assert_eq!(err["error"]["code"], "conflict", "{err}");
+    let jobs_after = e.json(&["--home", home.to_str().unwrap(), "job", "list"]);
+    assert_eq!(
+        jobs_before.as_array().unwrap().len(),
+        jobs_after.as_array().unwrap().len(),
+        "no job was made for the refused request"
+    );
+    gate.release();
+    assert!(held.wait().unwrap().success());
+}
