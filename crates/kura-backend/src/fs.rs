@@ -96,6 +96,35 @@ fn map_err(key: &str, op: &'static str, e: opendal::Error) -> Error {
 }
 
 impl Backend for FsBackend {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn remove_stale_uploads(&self, older_than: std::time::Duration) -> Result<u64> {
+        let dir = self.root.join(STAGING_DIR);
+        let mut removed = 0;
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(0);
+        };
+        for e in entries.flatten() {
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > older_than);
+            if old && e.file_type().is_ok_and(|t| t.is_file()) {
+                std::fs::remove_file(e.path()).map_err(|err| Error::Storage {
+                    key: e.path().display().to_string(),
+                    op: "delete",
+                    message: err.to_string(),
+                })?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     fn cheap_stat(&self) -> bool {
         true
     }

@@ -118,6 +118,16 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn delete(&self, key: &str) -> Result<()>;
     /// Makes every completed put durable.
     fn sync(&self) -> Result<()>;
+    /// Where the objects live, for messages (a directory, a bucket); never credentials.
+    fn location(&self) -> String {
+        "vault storage".into()
+    }
+    /// Removes partial uploads older than `older_than` that a killed or failed writer left
+    /// (they are never visible as objects); returns how many. Default: none to remove.
+    fn remove_stale_uploads(&self, older_than: std::time::Duration) -> Result<u64> {
+        let _ = older_than;
+        Ok(0)
+    }
     /// Whether [`Backend::stat`] is cheap enough to call once per chunk of a backup (a local
     /// filesystem), rather than a network request (object storage).
     fn cheap_stat(&self) -> bool {

@@ -20,6 +20,10 @@ impl MemoryBackend {
 }
 
 impl Backend for MemoryBackend {
+    fn location(&self) -> String {
+        "memory".into()
+    }
+
     fn cheap_stat(&self) -> bool {
         true
     }

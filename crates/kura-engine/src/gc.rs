@@ -71,6 +71,8 @@ pub struct GcReport {
     pub waiting: usize,
     /// Incomplete recovery point directories (no manifest) removed.
     pub orphan_indexes_removed: usize,
+    /// Partial uploads (an hour old or more) that killed or failed writers left, removed.
+    pub stale_uploads_removed: u64,
 }
 
 /// Ends a lease when dropped.
@@ -265,6 +267,12 @@ impl Home {
                 report.orphan_indexes_removed += 1;
             }
             vault.sync()?;
+        }
+        // Partial uploads never become objects; an hour-old one has no writer left.
+        if !opts.dry_run {
+            report.stale_uploads_removed = vault
+                .backend()
+                .remove_stale_uploads(std::time::Duration::from_secs(3600))?;
         }
         Ok(report)
     }

@@ -185,6 +185,16 @@ impl Home {
             Some(p) => absolute(p)?,
             None => self.root.join("vaults").join(name),
         };
+        // A directory holding only the partial uploads of a `vault create` that was killed
+        // counts as empty: they are removed, and the vault is made again.
+        let leftovers_only = path
+            .read_dir()
+            .is_ok_and(|d| d.flatten().all(|e| e.file_name() == ".staging"))
+            && !path.join("config").exists();
+        if leftovers_only && path.join(".staging").is_dir() {
+            std::fs::remove_dir_all(path.join(".staging"))
+                .map_err(|e| Error::io(format!("cannot remove {}/.staging", path.display()), e))?;
+        }
         if path.exists()
             && path
                 .read_dir()

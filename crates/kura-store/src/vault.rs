@@ -137,7 +137,7 @@ impl Vault {
         }
         if backend.stat(CONFIG_KEY)?.is_some() {
             return Err(Error::AlreadyAVault {
-                location: format!("{backend:?}"),
+                location: backend.location(),
             });
         }
         let vault_id = hex::encode(keys::random_bytes::<16>());
@@ -169,7 +169,7 @@ impl Vault {
         let json = serde_json::to_vec_pretty(&config).expect("config serializes");
         backend.put_new(CONFIG_KEY, json).map_err(|e| match e {
             kura_backend::Error::AlreadyExists { .. } => Error::AlreadyAVault {
-                location: format!("{backend:?}"),
+                location: backend.location(),
             },
             e => e.into(),
         })?;
@@ -185,7 +185,7 @@ impl Vault {
 
     /// Reads a vault's config without unlocking it.
     pub fn read_config(backend: &dyn Backend) -> Result<VaultConfig> {
-        let location = format!("{backend:?}");
+        let location = backend.location();
         let raw = backend.get(CONFIG_KEY).map_err(|e| match e {
             kura_backend::Error::NotFound { .. } => Error::NotAVault {
                 location: location.clone(),

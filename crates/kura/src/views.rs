@@ -344,7 +344,7 @@ pub fn usage(u: &Value) -> String {
 
 /// `kura gc`.
 pub fn gc(r: &Value) -> String {
-    format!(
+    let mut out = format!(
         "job {}: {} recovery point(s) reference {} of {} stored chunks\n{} newly marked, {} released, {} deleted ({}), {} waiting for their grace period or older writers\n",
         s(&r["job_id"]),
         s(&r["recovery_points"]),
@@ -355,7 +355,14 @@ pub fn gc(r: &Value) -> String {
         s(&r["deleted"]),
         sz(&r["freed_bytes"]),
         s(&r["waiting"])
-    )
+    );
+    if r["stale_uploads_removed"].as_u64().unwrap_or(0) > 0 {
+        out += &format!(
+            "{} partial upload(s) left by interrupted writers removed\n",
+            s(&r["stale_uploads_removed"])
+        );
+    }
+    out
 }
 
 /// `kura vault list`.

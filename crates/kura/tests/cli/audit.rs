@@ -748,3 +748,56 @@ fn verify_opens_each_vault_with_its_own_passphrase() {
     assert_eq!(r["recovery_points"], 2, "{r}");
     assert!(r["not_verified"].as_array().unwrap().is_empty(), "{r}");
 }
+
+/// What kura itself left is cleaned up at the next run: a `vault create` killed before its
+/// config was written leaves only `.staging/`, and creating the vault again works; partial
+/// uploads an hour old are removed by GC; a corrupt config is named by its path.
+#[test]
+fn leftovers_of_killed_writers_are_cleaned_and_a_bad_config_is_named() {
+    let e = Env::new();
+    let dir = e.path("v-dir");
+    std::fs::create_dir_all(dir.join(".staging")).unwrap();
+    std::fs::write(dir.join(".staging/partial"), b"half a config").unwrap();
+    e.ok(&[
+        "vault",
+        "create",
+        "v",
+        "--path",
+        dir.to_str().unwrap(),
+        "--chunk-size",
+        "64KiB",
+    ]);
+    assert!(dir.join("config").exists());
+
+    let img = e.path("d.raw");
+    make_image(&img, 1 << 20, &[(0, 1 << 20, 4)]);
+    e.protect(&img, "v", &[]);
+    e.backup("d");
+    let stale = dir.join(".staging/stale-upload");
+    let fresh = dir.join(".staging/fresh-upload");
+    std::fs::write(&stale, vec![0u8; 1000]).unwrap();
+    std::fs::write(&fresh, vec![0u8; 1000]).unwrap();
+    let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    File::options()
+        .write(true)
+        .open(&stale)
+        .unwrap()
+        .set_modified(two_hours_ago)
+        .unwrap();
+    let r = e.json(&["gc", "--vault", "v"]);
+    assert_eq!(r["stale_uploads_removed"], 1, "{r}");
+    assert!(!stale.exists() && fresh.exists());
+
+    std::fs::write(dir.join("config"), b"{ not json").unwrap();
+    let other = Env::new();
+    let (_, err) = other.fails(&["vault", "attach", "w", "--path", dir.to_str().unwrap()]);
+    let msg = err["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains(dir.to_str().unwrap()) && msg.contains("config"),
+        "{msg}"
+    );
+    assert!(
+        !msg.contains("Operator") && !msg.contains("FsBackend"),
+        "{msg}"
+    );
+}
