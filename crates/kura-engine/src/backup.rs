@@ -315,6 +315,10 @@ impl Home {
                 snapshot_expires: Some(kura_catalog::stamp(expires)),
             };
             self.catalog.insert_rp(&row)?;
+            // The vault remembers the snapshot too (a rebuilt catalog must still expire it).
+            if let Err(e) = self.record_item_with_snapshots(item, &vault) {
+                job.message(&format!("could not record the snapshot in the vault: {e}"));
+            }
             job.message(&format!(
                 "snapshot taken ({}); recovery point {rp_id} can be restored now",
                 snap.encode()
@@ -383,6 +387,11 @@ impl Home {
                 // Without a scheduler running, old snapshots must not pile up in the image.
                 if let Err(e) = self.expire_snapshots(&item.id, now) {
                     job.message(&format!("could not remove expired snapshots: {e}"));
+                }
+                if snapshot.is_some()
+                    && let Err(e) = self.record_item_with_snapshots(item, &vault)
+                {
+                    job.message(&format!("could not record snapshots in the vault: {e}"));
                 }
                 Ok(report)
             }

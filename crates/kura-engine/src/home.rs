@@ -677,8 +677,46 @@ impl Home {
             if !items.contains(&m.item.name) {
                 continue;
             }
-            self.catalog.insert_rp(&rp_row(m))?;
+            let mut row = rp_row(m);
+            // The snapshot tier of this point, if the item's record names one kura made.
+            if let Some((snap, expires)) = snapshot_of(&records, &m.item.id, &m.rp_id) {
+                row.tier = "snapshot+vault".into();
+                row.snapshot = Some(snap);
+                row.snapshot_expires = expires;
+            }
+            self.catalog.insert_rp(&row)?;
             rps += 1;
+        }
+        // Snapshot-only points (no vault copy) live only in the item's record.
+        for r in records.iter().filter(|r| items.contains(&r.name)) {
+            for s in &r.snapshots {
+                if manifests.iter().any(|m| m.rp_id == s.rp_id) {
+                    continue;
+                }
+                let Some((snap, expires)) = snapshot_of(&records, &r.id, &s.rp_id) else {
+                    continue;
+                };
+                let row = RpRow {
+                    id: s.rp_id.clone(),
+                    item_id: r.id.clone(),
+                    time: s.time.clone(),
+                    logical_size: 0,
+                    stored_size: 0,
+                    consistency: "crash".into(),
+                    tier: "snapshot".into(),
+                    retain_until: None,
+                    job_id: None,
+                    tags: vec!["instant-restore".into()],
+                    expires: expires.clone(),
+                    origin: "on-demand".into(),
+                    used_bytes: 0,
+                    snapshot: Some(snap),
+                    snapshot_expires: expires,
+                };
+                if self.catalog.insert_rp(&row).is_ok() {
+                    rps += 1;
+                }
+            }
         }
         Ok(AttachReport {
             vault: row,
@@ -1074,6 +1112,30 @@ pub(crate) fn item_record(item: &ItemRow) -> ItemRecord {
             .and_then(|f| serde_json::from_str(f).ok()),
         state: Some(item.state.clone()),
         deleted_at: item.deleted_at.clone(),
+        snapshots: Vec::new(),
+    }
+}
+
+impl Home {
+    /// Writes an item's record to its vault with the snapshots the catalog knows, so a
+    /// rebuilt catalog can still find and expire them.
+    pub(crate) fn record_item_with_snapshots(&self, item: &ItemRow, vault: &Vault) -> Result<()> {
+        let mut rec = item_record(item);
+        rec.snapshots = self
+            .catalog
+            .list_rps(&item.id)?
+            .into_iter()
+            .filter_map(|r| {
+                Some(kura_store::SnapshotRef {
+                    snapshot: r.snapshot?,
+                    rp_id: r.id,
+                    time: r.time,
+                    expires: r.snapshot_expires,
+                })
+            })
+            .collect();
+        vault.put_item(&rec)?;
+        Ok(())
     }
 }
 
@@ -1098,9 +1160,23 @@ pub(crate) fn pinned_format(
     if let Some(v) = vault {
         let mut updated = item.clone();
         updated.format = Some(text);
-        v.put_item(&item_record(&updated))?;
+        home.record_item_with_snapshots(&updated, v)?;
     }
     Ok(pinned)
+}
+
+/// The snapshot an item's vault record names for a point, if it is one kura made of the
+/// item's source and it still exists (records come from the vault: untrusted).
+fn snapshot_of(
+    records: &[ItemRecord],
+    item_id: &str,
+    rp_id: &str,
+) -> Option<(String, Option<String>)> {
+    let r = records.iter().find(|r| r.id == item_id)?;
+    let s = r.snapshots.iter().find(|s| s.rp_id == rp_id)?;
+    let snap = crate::snapshot::Snapshot::decode(&s.snapshot)?;
+    (snap.belongs_to(Path::new(&r.source)) && snap.exists())
+        .then(|| (snap.encode(), s.expires.clone()))
 }
 
 fn default_item_name(path: &Path) -> String {

@@ -177,8 +177,7 @@ impl Home {
         updated.policy = policy.map(str::to_string);
         updated.state = state.to_string();
         updated.deleted_at = deleted_at.map(str::to_string);
-        vault.put_item(&crate::home::item_record(&updated))?;
-        Ok(())
+        self.record_item_with_snapshots(&updated, &vault)
     }
 
     /// Stops protection. Without `delete_data` the recovery points are retained

@@ -155,6 +155,35 @@ impl Snapshot {
             .map(|p| Snapshot::Reflink { clone: p.into() })
     }
 
+    /// Whether this reference can only be one kura made of `source`: an internal snapshot
+    /// named `kura-…` of that very image, or a clone `.kura-snapshots/NAME.kura-…` beside
+    /// it. References read back from a vault are untrusted: anything else (a path elsewhere
+    /// on the host) is never read or deleted.
+    pub fn belongs_to(&self, source: &Path) -> bool {
+        let tag_ok = |t: &str| {
+            t.strip_prefix("kura-").is_some_and(|rest| {
+                !rest.is_empty()
+                    && rest.len() <= 16
+                    && rest.chars().all(|c| c.is_ascii_alphanumeric())
+            })
+        };
+        match self {
+            Snapshot::Qcow2 { image, name } => image == source && tag_ok(name),
+            Snapshot::Reflink { clone } => {
+                let (Some(dir), Some(file)) = (source.parent(), source.file_name()) else {
+                    return false;
+                };
+                let Some(clone_name) = clone.file_name().map(|n| n.to_string_lossy().into_owned())
+                else {
+                    return false;
+                };
+                let prefix = format!("{}.", file.to_string_lossy());
+                clone.parent() == Some(&dir.join(".kura-snapshots"))
+                    && clone_name.strip_prefix(&prefix).is_some_and(tag_ok)
+            }
+        }
+    }
+
     /// Whether the snapshot is still there.
     pub fn exists(&self) -> bool {
         match self {
@@ -246,4 +275,35 @@ pub(crate) fn copy_sparse(
         .map_err(|e| Error::io(format!("cannot sync {}", to.display()), e))?;
     progress.finish();
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Snapshot references read back from a vault are untrusted: only ones kura could have
+    /// made of the item's own source are accepted, never a path elsewhere on the host.
+    #[test]
+    fn only_snapshots_of_the_items_own_source_are_accepted() {
+        let src = Path::new("/var/lib/libvirt/images/web.raw");
+        let ok = |s: &str| Snapshot::decode(s).is_some_and(|x| x.belongs_to(src));
+        assert!(ok(
+            "reflink:/var/lib/libvirt/images/.kura-snapshots/web.raw.kura-01a2b3c4d5e6f708"
+        ));
+        assert!(!ok("reflink:/etc/shadow"));
+        assert!(!ok(
+            "reflink:/var/lib/libvirt/images/.kura-snapshots/other.raw.kura-01a2"
+        ));
+        assert!(!ok(
+            "reflink:/var/lib/libvirt/images/.kura-snapshots/web.raw.kura-../../x"
+        ));
+        assert!(!ok(
+            "reflink:/var/lib/libvirt/images/.kura-snapshots/web.raw.notkura"
+        ));
+        let q = Path::new("/srv/vm.qcow2");
+        let okq = |s: &str| Snapshot::decode(s).is_some_and(|x| x.belongs_to(q));
+        assert!(okq("qcow2:kura-01a2b3c4:/srv/vm.qcow2"));
+        assert!(!okq("qcow2:kura-01a2b3c4:/etc/passwd"));
+        assert!(!okq("qcow2:important-user-snapshot:/srv/vm.qcow2"));
+    }
 }

@@ -47,7 +47,7 @@ pub use error::{Error, Result};
 pub use id::{ChunkId, is_zero};
 pub use index::DiskIndex;
 pub use keys::{Cipher, KeySecret};
-pub use manifest::{DiskEntry, ItemRecord, Manifest, RpStats};
+pub use manifest::{DiskEntry, ItemRecord, Manifest, RpStats, SnapshotRef};
 
 /// The manifest schema version this build writes.
 pub fn manifest_version() -> u32 {

@@ -98,6 +98,24 @@ pub struct ItemRecord {
     /// When its data was (soft-)deleted (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deleted_at: Option<String>,
+    /// Snapshots kura made next to the source (instant-restore tier), so that a rebuilt
+    /// catalog still knows them and removes them when they expire.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshots: Vec<SnapshotRef>,
+}
+
+/// A snapshot of an item's source that kura made for a recovery point.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotRef {
+    /// The recovery point.
+    pub rp_id: String,
+    /// Its time (RFC 3339).
+    pub time: String,
+    /// The snapshot (`qcow2:NAME:IMAGE` or `reflink:CLONE`).
+    pub snapshot: String,
+    /// When its instant-restore days end (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
 }
 
 fn on_demand() -> String {

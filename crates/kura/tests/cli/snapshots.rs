@@ -344,3 +344,67 @@ fn deleting_backup_data_removes_snapshots_from_the_image() {
     e.json(&["item", "stop", "vm", "--delete-data"]);
     assert!(!snapshots(&q).contains("kura-"), "{}", snapshots(&q));
 }
+
+/// Delete the catalog and attach the vault again: stopped and soft-deleted items keep their
+/// state (and purge date), and the qcow2 snapshots kura made are still known, restorable and
+/// removed when they expire.
+#[test]
+fn the_vault_remembers_states_and_snapshots_when_the_catalog_is_lost() {
+    let e = Env::new();
+    let q = qcow2_item(&e);
+    let first = e.backup("vm");
+    qemu_io(&q, "write -P 0x42 0 1M");
+    let second = e.backup("vm");
+    assert_eq!(snapshots(&q).matches("kura-").count(), 2);
+    for (name, seed) in [("kept", 1), ("gone", 2)] {
+        let img = e.path(&format!("{name}.raw"));
+        make_image(&img, 1 << 20, &[(0, 1 << 20, seed)]);
+        e.protect(&img, "v", &[]);
+        e.backup(name);
+    }
+    e.ok(&["item", "stop", "kept"]);
+    let soft = e.json(&["item", "stop", "gone", "--delete-data"]);
+    let purge_at = soft["purge_at"].as_str().unwrap().to_string();
+
+    // The catalog is lost; the key file and the vault survive.
+    for f in ["catalog.db", "catalog.db-wal", "catalog.db-shm"] {
+        let _ = std::fs::remove_file(e.path("home").join(f));
+    }
+    let storage = e.path("home/vaults/v");
+    let key = e.path("home/keys/v.key");
+    e.ok(&[
+        "--key-file",
+        key.to_str().unwrap(),
+        "vault",
+        "attach",
+        "v",
+        "--path",
+        storage.to_str().unwrap(),
+    ]);
+    let kept = e.json(&["item", "show", "kept"]);
+    assert_eq!(kept["protection_state"], "ProtectionStopped", "{kept}");
+    assert!(kept["policy"].is_null(), "{kept}");
+    let gone = e.json(&["item", "show", "gone"]);
+    assert_eq!(gone["protection_state"], "SoftDeleted", "{gone}");
+    assert_eq!(gone["purge_at"], purge_at.as_str());
+    let rps = e.json(&["rp", "list", "vm"]);
+    assert!(
+        rps.as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["tier"] == "snapshot+vault"),
+        "{rps}"
+    );
+    // The snapshot still serves restores, and expires like before.
+    let out = e.path("first.raw");
+    e.restore("vm", &first, &out, "raw");
+    let far = "2099-01-01T00:00:00Z";
+    e.ok(&["retention", "apply", "vm", "--at", far]);
+    let left = snapshots(&q);
+    assert_eq!(
+        left.matches("kura-").count(),
+        1,
+        "the older snapshot was removed: {left}"
+    );
+    assert!(left.contains(&format!("kura-{}", &second[..16])), "{left}");
+}
