@@ -24,6 +24,8 @@ use kura_engine::{CreateVault, Home, Secrets};
 
 pub use openapi::openapi;
 pub use paths::{LIBVIRT_IMAGES, Roots};
+#[cfg(feature = "fuzzing")]
+pub use routes::fuzz_bodies;
 pub use routes::{ROUTES, Route};
 
 /// Shared state of the server.

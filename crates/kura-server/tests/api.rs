@@ -445,3 +445,24 @@ fn requests_read_and_write_only_inside_the_allowed_directories() {
         "{e}"
     );
 }
+
+/// Inputs the API body fuzzer was seeded with or found stay harmless.
+#[cfg(feature = "fuzzing")]
+#[test]
+fn api_body_fuzz_regressions() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
+    for kind in ["regressions", "seeds"] {
+        if let Ok(entries) = std::fs::read_dir(root.join(kind).join("api_body")) {
+            for e in entries {
+                kura_server::fuzz_bodies(&std::fs::read(e.unwrap().path()).unwrap());
+            }
+        }
+    }
+    for body in [
+        &b"{\"rp\": \"latest\", \"to\": \"/x\", \"format\": 7}"[..],
+        b"[[[[[[[[[[",
+        b"{\"name\": \"\\ud800\"}",
+    ] {
+        kura_server::fuzz_bodies(body);
+    }
+}

@@ -258,7 +258,7 @@ impl<S: Read + Write> Client<S> {
                 let start = at
                     .checked_sub(offset)
                     .map(|s| s as usize)
-                    .filter(|s| s + n <= buf.len())
+                    .filter(|s| s.checked_add(n).is_some_and(|e| e <= buf.len()))
                     .ok_or_else(|| proto("data chunk outside the request"))?;
                 c.s.read_exact(&mut buf[start..start + n]).map_err(io)
             }
@@ -268,7 +268,7 @@ impl<S: Read + Write> Client<S> {
                 let start = at
                     .checked_sub(offset)
                     .map(|s| s as usize)
-                    .filter(|s| s + n <= buf.len())
+                    .filter(|s| s.checked_add(n).is_some_and(|e| e <= buf.len()))
                     .ok_or_else(|| proto("hole chunk outside the request"))?;
                 buf[start..start + n].fill(0);
                 Ok(())
@@ -405,4 +405,34 @@ fn read_u64(s: &mut impl Read) -> Result<u64> {
     let mut b = [0; 8];
     s.read_exact(&mut b).map_err(io)?;
     Ok(u64::from_be_bytes(b))
+}
+
+/// Fuzz harness (feature `fuzzing`): `data` is everything a hostile NBD server answers. The
+/// client negotiates, reads and asks for block status; it must fail cleanly, never panic
+/// nor allocate what the server claims.
+#[cfg(feature = "fuzzing")]
+pub fn fuzz_replies(data: &[u8]) {
+    struct Replay<'a>(&'a [u8]);
+    impl Read for Replay<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.0.read(buf)
+        }
+    }
+    impl Write for Replay<'_> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let Ok(mut c) = Client::handshake(Replay(data), "", &["base:allocation"]) else {
+        return;
+    };
+    let mut buf = vec![0u8; 4096];
+    if c.size() >= 4096 {
+        let _ = c.read(&mut buf, 0);
+    }
+    let _ = c.block_status("base:allocation", 0, 1 << 20);
+    let _ = c.block_status("base:allocation", 0, 4096);
 }

@@ -55,7 +55,8 @@ pub enum BlobKind {
 }
 
 impl BlobKind {
-    fn from_code(c: u8) -> Option<Self> {
+    /// The kind of a header's kind byte.
+    pub fn from_code(c: u8) -> Option<Self> {
         Some(match c {
             1 => BlobKind::Chunk,
             2 => BlobKind::Index,
@@ -161,6 +162,48 @@ impl Codec {
             .expect("an encrypting codec always has a blob key");
         let key = blake3::keyed_hash(blob_key, salt);
         LessSafeKey::new(UnboundKey::new(cipher.algorithm(), key.as_bytes()).expect("32-byte key"))
+    }
+
+    /// Builds a blob whose header fields and payload are given as they are (for fuzzing: any
+    /// kind, compression and length bytes), with a valid AEAD tag and checksum, so that a
+    /// fuzzer reaches what lies behind those gates. Only with the `fuzzing` feature.
+    #[cfg(feature = "fuzzing")]
+    pub fn seal_raw(
+        &mut self,
+        kind: u8,
+        compressed: u8,
+        plain_len: u64,
+        context: &[u8],
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let mut header = [0u8; HEADER_LEN];
+        header[..4].copy_from_slice(MAGIC);
+        header[4] = BLOB_VERSION;
+        header[5] = kind;
+        header[6] = compressed;
+        header[7] = self.cipher.map_or(0, Cipher::code);
+        header[8..16].copy_from_slice(&plain_len.to_le_bytes());
+        let salt = [3u8; 16];
+        if self.cipher.is_some() {
+            header[16..32].copy_from_slice(&salt);
+        }
+        let mut body = payload.to_vec();
+        let sealed_len = body.len() + if self.cipher.is_some() { TAG_LEN } else { 0 };
+        header[32..40].copy_from_slice(&(sealed_len as u64).to_le_bytes());
+        if let Some(cipher) = self.cipher {
+            self.blob_aead(cipher, &salt)
+                .seal_in_place_append_tag(
+                    Nonce::assume_unique_for_key([0; 12]),
+                    Aad::from(associated_data(&header, context)),
+                    &mut body,
+                )
+                .expect("small payloads seal");
+        }
+        let mut out = header.to_vec();
+        out.extend_from_slice(&body);
+        let sum = blake3::hash(&out);
+        out.extend_from_slice(sum.as_bytes());
+        out
     }
 
     /// Decodes a blob of `kind` written for `context`; `object` names it in errors. Checks

@@ -35,6 +35,8 @@
 
 pub mod blob;
 mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzz;
 mod id;
 mod index;
 pub mod keys;

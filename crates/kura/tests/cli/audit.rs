@@ -801,3 +801,59 @@ fn leftovers_of_killed_writers_are_cleaned_and_a_bad_config_is_named() {
         "{msg}"
     );
 }
+
+/// A backup with a wrong passphrase changes nothing: the secret is checked before the
+/// snapshot phase writes into the image.
+#[test]
+fn a_wrong_passphrase_is_refused_before_the_source_is_touched() {
+    let e = Env::new();
+    std::fs::write(e.path("right"), "right one\n").unwrap();
+    std::fs::write(e.path("wrong"), "wrong one\n").unwrap();
+    let right = e.path("right").to_str().unwrap().to_string();
+    let wrong = e.path("wrong").to_str().unwrap().to_string();
+    e.ok(&[
+        "--passphrase-file",
+        &right,
+        "vault",
+        "create",
+        "v",
+        "--chunk-size",
+        "64KiB",
+    ]);
+    let q = e.path("vm.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", q.to_str().unwrap(), "4M"]);
+    e.ok(&[
+        "--passphrase-file",
+        &right,
+        "item",
+        "protect",
+        "disk",
+        q.to_str().unwrap(),
+        "--vault",
+        "v",
+    ]);
+    let before = std::fs::read(&q).unwrap();
+    let (_, err) = e.fails(&["--passphrase-file", &wrong, "backup", "now", "vm"]);
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("wrong passphrase"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&q).unwrap(),
+        before,
+        "no snapshot was written into the image"
+    );
+    assert!(e.json(&["rp", "list", "vm"]).as_array().unwrap().is_empty());
+    let job = &e.json(&["job", "list"])[0];
+    assert_eq!(job["status"], "Failed", "{job}");
+    assert!(
+        job["tasks"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not started"),
+        "{job}"
+    );
+}
