@@ -120,11 +120,26 @@ pub struct ItemRow {
     /// When its data was (soft-)deleted.
     pub deleted_at: Option<String>,
     /// How its source is opened, pinned at protect time (JSON of the source's format and
-    /// backing chain); `None` only for items protected before formats were pinned.
+    /// backing chain); `None` only for items protected before formats were pinned. Shown to
+    /// clients as that JSON object, not as a string.
+    #[serde(serialize_with = "json_text")]
     pub format: Option<String>,
     /// Recovery points that reference chunks the last verify found missing or corrupt
     /// (derived; not stored with the item).
     pub damaged_points: u64,
+}
+
+/// Serializes JSON kept as text as the JSON value itself.
+fn json_text<S: serde::Serializer>(
+    v: &Option<String>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    use serde::Serialize as _;
+    match v.as_deref().map(serde_json::from_str::<serde_json::Value>) {
+        Some(Ok(value)) => value.serialize(s),
+        Some(Err(_)) => v.serialize(s),
+        None => s.serialize_none(),
+    }
 }
 
 /// A recovery point.

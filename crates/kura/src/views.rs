@@ -36,12 +36,10 @@ pub fn protected(i: &Value) -> String {
 
 /// An item's pinned format as one phrase: `qcow2`, `qcow2 on /base.raw (raw)`, or `-`.
 pub fn item_format(i: &Value) -> String {
-    let Some(doc) = i["format"]
-        .as_str()
-        .and_then(|f| serde_json::from_str::<Value>(f).ok())
-    else {
+    let doc = &i["format"];
+    if !doc.is_object() {
         return "-".into();
-    };
+    }
     let mut out = s(&doc["format"]);
     for b in rows(&doc["backing"]) {
         out.push_str(&format!(" on {} ({})", s(&b["path"]), s(&b["format"])));

@@ -26,10 +26,7 @@ fn a_guest_cannot_choose_its_disk_format() {
         "--vault",
         "v1",
     ]);
-    assert!(
-        item["format"].as_str().unwrap().contains("\"raw\""),
-        "{item}"
-    );
+    assert_eq!(item["format"]["format"], "raw", "{item}");
     assert!(
         e.ok(&["item", "list"]).contains("guest"),
         "the item is listed"
