@@ -180,6 +180,41 @@ impl Home {
         self.record_item_with_snapshots(&updated, &vault)
     }
 
+    /// Pins an item's format anew (`format`, or probed now): the explicit action that
+    /// accepts a changed format or backing chain. Recorded in the catalog and the vault.
+    pub fn set_item_format(
+        &self,
+        item: &str,
+        format: Option<&str>,
+        secrets: &Secrets,
+    ) -> Result<kura_catalog::ItemRow> {
+        let row = self.catalog.item(item)?;
+        let pinned = kura_source::PinnedFormat::inspect(std::path::Path::new(&row.source), format)?;
+        let vrow = self.catalog.vault_by_id(&row.vault_id)?;
+        let vault = self.open_vault_row(&vrow, secrets)?;
+        let text = serde_json::to_string(&pinned).expect("json");
+        self.run_job(
+            "ConfigureBackup",
+            &row.name,
+            false,
+            None,
+            &NoProgress,
+            |job| {
+                let mut updated = row.clone();
+                updated.format = Some(text.clone());
+                self.record_item_with_snapshots(&updated, &vault)?;
+                self.catalog.set_item_format(&row.id, &text)?;
+                job.message(&format!(
+                    "format of {} pinned as {}",
+                    row.source,
+                    pinned.describe()
+                ));
+                Ok(((), None))
+            },
+        )?;
+        Ok(self.catalog.item(&row.id)?)
+    }
+
     /// Stops protection. Without `delete_data` the recovery points are retained
     /// indefinitely; with it they are soft-deleted (or, with soft delete disabled, deleted).
     pub fn stop_protection(

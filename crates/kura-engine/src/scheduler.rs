@@ -118,6 +118,8 @@ impl Home {
             purged: Vec::new(),
             gc_jobs: Vec::new(),
         };
+        // Jobs whose process died (a CLI killed while the server runs) end as Failed.
+        self.catalog.fail_orphaned_jobs()?;
         for v in self.catalog.list_vaults()? {
             match self.purge_soft_deleted(&v.id, now, &opts.secrets) {
                 Ok(names) => report.purged.extend(names),

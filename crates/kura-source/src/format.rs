@@ -102,7 +102,7 @@ impl PinnedFormat {
                 }
             };
             return Err(Error::Invalid(format!(
-                "{}: its backing chain changed since it was protected (recorded: {}; now: {}); kura does not follow backing files the item does not name (re-protect the image to accept the new chain)",
+                "{}: its backing chain changed since it was protected (recorded: {}; now: {}); kura does not follow backing files the item does not name (`kura item set-format ITEM` accepts the new chain)",
                 path.display(),
                 show(&self.backing),
                 show(found)

@@ -279,6 +279,15 @@ enum ItemCmd {
         /// Item name.
         item: String,
     },
+    /// Change how an item's image is opened: pin a new format, or accept its current backing
+    /// chain (after a block commit or rebase). Backups never change it by themselves.
+    SetFormat {
+        /// Item name.
+        item: String,
+        /// The format (raw, qcow2, ...); without it, probed now and shown.
+        #[arg(long)]
+        format: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -544,6 +553,12 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
         }
         Command::Item(ItemCmd::Undelete { item }) => {
             let st = home.undelete(item, &secrets)?;
+            out.view(&st, views::item_status);
+            Ok(0)
+        }
+        Command::Item(ItemCmd::SetFormat { item, format }) => {
+            home.set_item_format(item, format.as_deref(), &secrets)?;
+            let st = home.item_status(item)?;
             out.view(&st, views::item_status);
             Ok(0)
         }

@@ -854,3 +854,56 @@ fn a_wrong_passphrase_is_refused_before_the_source_is_touched() {
         "{job}"
     );
 }
+
+/// A changed backing chain stops backups until the user accepts it explicitly.
+#[test]
+fn a_changed_backing_chain_needs_an_explicit_set_format() {
+    let e = Env::new();
+    e.vault("v", &[]);
+    let base = e.path("base.raw");
+    make_image(&base, 1 << 20, &[(0, 1 << 20, 1)]);
+    let other = e.path("other.raw");
+    make_image(&other, 1 << 20, &[(0, 1 << 20, 2)]);
+    let top = e.path("top.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-F",
+        "raw",
+        "-b",
+        base.to_str().unwrap(),
+        top.to_str().unwrap(),
+        "1M",
+    ]);
+    e.protect(&top, "v", &[]);
+    let shown = e.ok(&["item", "show", "top"]);
+    assert!(
+        shown.contains("qcow2 on ") && shown.contains("base.raw (raw)"),
+        "{shown}"
+    );
+    e.backup("top");
+    qemu_img(&[
+        "rebase",
+        "-u",
+        "-f",
+        "qcow2",
+        "-F",
+        "raw",
+        "-b",
+        other.to_str().unwrap(),
+        top.to_str().unwrap(),
+    ]);
+    let (_, err) = e.fails(&["backup", "now", "top"]);
+    let msg = err["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("backing chain changed") && msg.contains("set-format"),
+        "{msg}"
+    );
+    e.ok(&["item", "set-format", "top"]);
+    let rp = e.backup("top");
+    let out = e.path("out.raw");
+    e.restore("top", &rp, &out, "raw");
+    assert!(same_file(&out, &other), "the accepted chain is backed up");
+}
