@@ -445,6 +445,7 @@ impl Home {
             Some(s) => s.reader()?,
             None => pinned.open(source)?,
         };
+        crate::hooks::gate("read");
 
         // The lease tells garbage collection a writer is active, before anything is chosen
         // for reuse; it ends however this function ends.

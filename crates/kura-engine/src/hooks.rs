@@ -5,8 +5,9 @@
 //! and waits until the test creates `PREFIX.release`. Tests thereby make real operations meet
 //! at a chosen moment, without sleeps.
 
-/// Waits at `point` (`snapshot`: after the snapshot is taken; `transfer`: before the transfer
-/// reads the source) when a test asked for it.
+/// Waits at `point` (`snapshot`: after the snapshot is taken; `transfer`: when the transfer
+/// phase is claimed; `read`: once the source is open, before it is read) when a test asked
+/// for it.
 #[cfg(feature = "test-hooks")]
 pub(crate) fn gate(point: &str) {
     let var = format!("KURA_TEST_GATE_{}", point.to_uppercase());

@@ -907,3 +907,49 @@ fn a_changed_backing_chain_needs_an_explicit_set_format() {
     e.restore("top", &rp, &out, "raw");
     assert!(same_file(&out, &other), "the accepted chain is backed up");
 }
+
+/// A source truncated while the backup reads it fails the backup: the missing tail is never
+/// stored as zeros in a Completed point.
+#[test]
+#[cfg_attr(
+    not(feature = "test-hooks"),
+    ignore = "needs the test-hooks feature (scripts/test turns it on)"
+)]
+fn a_source_that_shrinks_while_read_fails_the_backup() {
+    let e = Env::new();
+    e.vault("v", &[]);
+    let img = e.path("d.raw");
+    make_image(&img, 4 << 20, &[(0, 4 << 20, 12)]);
+    e.protect(&img, "v", &[]);
+    let gate = Gate::new(&e, "read");
+    let (var, val) = gate.env();
+    let child = e
+        .cmd(&["--output", "json", "backup", "now", "d"])
+        .env(var, val)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    gate.wait_reached();
+    File::options()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    gate.release();
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        !o.status.success(),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let err: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("changed while it was read"),
+        "{err}"
+    );
+    assert!(e.json(&["rp", "list", "d"]).as_array().unwrap().is_empty());
+}
