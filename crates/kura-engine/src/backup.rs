@@ -441,16 +441,20 @@ impl Home {
                 ),
             ));
         }
-        let mut disk = match snapshot {
-            Some(s) => s.reader()?,
-            None => pinned.open(source)?,
-        };
+        // The item's disks, each a named stream (a disk item has one, `disk0`).
+        let mut disks: Vec<(String, Box<dyn DiskReader>)> = vec![(
+            "disk0".to_string(),
+            match snapshot {
+                Some(s) => s.reader()?,
+                None => pinned.open(source)?,
+            },
+        )];
         crate::hooks::gate("read");
 
         // The lease tells garbage collection a writer is active, before anything is chosen
         // for reuse; it ends however this function ends.
         let _lease = self.lease(&vrow.id, "backup")?;
-        let previous = self.previous_index(item, vault, job);
+        let previous = self.previous_indexes(item, vault, job);
         let incremental = previous.is_some();
         job.message(&match &previous {
             Some((rp, _)) => {
@@ -458,13 +462,10 @@ impl Home {
             }
             None => "full backup: no previous recovery point".into(),
         });
+        let mut previous = previous.map(|(_, p)| p).unwrap_or_default();
         // Chunks verify found bad (and no backup has healed since) are never reused: they
         // are read from the source and written again, which repairs every older point too.
         let unhealthy = unhealthy_chunks(vault, job);
-        let mut known: HashSet<ChunkId> = previous
-            .map(|(_, idx)| idx.chunks.into_iter().collect())
-            .unwrap_or_default();
-        known.retain(|id| !unhealthy.contains(id));
         let cheap_stat = vault.backend().cheap_stat();
         if !cheap_stat {
             let last = vault
@@ -476,12 +477,6 @@ impl Home {
                 "chunks reused from the previous point are not re-checked on this storage (one request each); the last verify of this vault: {last}"
             ));
         }
-        let reuse = Reuse {
-            known: &known,
-            unhealthy: &unhealthy,
-            cheap_stat,
-            stored: &|id| self.reusable(&vrow.id, vault, id),
-        };
 
         let rp_id = rp_id.to_string();
         let now = match snap_row {
@@ -500,16 +495,58 @@ impl Home {
                 ("on-demand", tags, expires)
             }
         };
-        let (index, stats) =
-            run_pipeline(vault, disk.as_mut(), &reuse, job, opts.fail_after_chunks)?;
-        // A source that shrank or was replaced while it was read would give a wrong point.
-        disk.check_unchanged()?;
-        drop(disk);
+        // Each disk is matched with the previous point's disk of the same name (a disk that
+        // is new since then is read in full); all share the pipeline's memory bound.
+        let mut entries = Vec::new();
+        let mut indexes = Vec::new();
+        let mut totals = RpStats::default();
+        let mut healed = Vec::new();
+        for (name, disk) in &mut disks {
+            let mut known: HashSet<ChunkId> = previous
+                .remove(name.as_str())
+                .map(|idx| idx.chunks.into_iter().collect())
+                .unwrap_or_default();
+            known.retain(|id| !unhealthy.contains(id));
+            let reuse = Reuse {
+                known: &known,
+                unhealthy: &unhealthy,
+                cheap_stat,
+                stored: &|id| self.reusable(&vrow.id, vault, id),
+            };
+            let (index, stats) = run_pipeline(
+                vault,
+                name,
+                disk.as_mut(),
+                &reuse,
+                job,
+                opts.fail_after_chunks,
+            )?;
+            // A source that shrank or was replaced while it was read would give a wrong point.
+            disk.check_unchanged()?;
+            totals.read_bytes += stats.rp.read_bytes;
+            totals.new_chunks += stats.rp.new_chunks;
+            totals.new_stored_bytes += stats.rp.new_stored_bytes;
+            totals.new_plain_bytes += stats.rp.new_plain_bytes;
+            healed.extend(stats.healed);
+            entries.push((name.clone(), stats.format));
+            indexes.push(index);
+        }
+        drop(disks);
         // Invariant: chunks durable, then indexes durable, then the manifest.
         vault.sync()?;
-        let index_key = vault.put_index(&rp_id, "disk0", &index)?;
+        let mut disk_entries = Vec::new();
+        for ((name, format), index) in entries.into_iter().zip(&indexes) {
+            let key = vault.put_index(&rp_id, &name, index)?;
+            disk_entries.push(DiskEntry {
+                name,
+                size: index.size,
+                index: key,
+                chunks: index.chunks.len() as u64,
+                zero_chunks: index.chunks.iter().filter(|c| c.is_zero()).count() as u64,
+                source_format: format,
+            });
+        }
         vault.sync()?;
-        let zero_chunks = index.chunks.iter().filter(|c| c.is_zero()).count() as u64;
         let manifest = Manifest {
             version: kura_store::manifest_version(),
             rp_id: rp_id.clone(),
@@ -523,19 +560,12 @@ impl Home {
             tags,
             expires: Some(expires),
             job_id: job.id.clone(),
-            disks: vec![DiskEntry {
-                name: "disk0".into(),
-                size: index.size,
-                index: index_key,
-                chunks: index.chunks.len() as u64,
-                zero_chunks,
-                source_format: stats.format.clone(),
-            }],
-            stats: stats.rp.clone(),
+            disks: disk_entries,
+            stats: totals.clone(),
         };
         vault.put_manifest(&manifest)?;
-        if !stats.healed.is_empty() {
-            let mut chunks: Vec<String> = stats.healed.iter().map(ChunkId::to_hex).collect();
+        if !healed.is_empty() {
+            let mut chunks: Vec<String> = healed.iter().map(ChunkId::to_hex).collect();
             chunks.sort();
             chunks.dedup();
             vault.put_healed(&kura_store::Healed {
@@ -559,23 +589,25 @@ impl Home {
             self.catalog.insert_rp(&row)?;
         }
         let tier = row.tier.clone();
+        let chunks: u64 = manifest.disks.iter().map(|d| d.chunks).sum();
+        let zero_chunks: u64 = manifest.disks.iter().map(|d| d.zero_chunks).sum();
         job.message(&format!(
-            "recovery point {rp_id}: {} chunks, {} new ({} bytes stored), {} bytes read",
-            index.chunks.len(),
-            stats.rp.new_chunks,
-            stats.rp.new_stored_bytes,
-            stats.rp.read_bytes
+            "recovery point {rp_id}: {} disk(s), {chunks} chunks, {} new ({} bytes stored), {} bytes read",
+            manifest.disks.len(),
+            totals.new_chunks,
+            totals.new_stored_bytes,
+            totals.read_bytes
         ));
         Ok(BackupReport {
             job_id: String::new(),
             rp_id,
             item: item.name.clone(),
-            logical_size: index.size,
-            read_bytes: stats.rp.read_bytes,
-            chunks: index.chunks.len() as u64,
+            logical_size: manifest.disks.iter().map(|d| d.size).sum(),
+            read_bytes: totals.read_bytes,
+            chunks,
             zero_chunks,
-            new_chunks: stats.rp.new_chunks,
-            new_stored_bytes: stats.rp.new_stored_bytes,
+            new_chunks: totals.new_chunks,
+            new_stored_bytes: totals.new_stored_bytes,
             incremental,
             tier,
             transfer: "Completed".into(),
@@ -583,14 +615,15 @@ impl Home {
         })
     }
 
-    /// The index of the item's latest recovery point, when it can be read. A damaged one only
-    /// costs dedup against it, so it is logged and skipped rather than failing the backup.
-    fn previous_index(
+    /// The indexes of the item's latest recovery point with a vault copy, by disk name, when
+    /// they can be read. A damaged one only costs dedup against it, so it is logged and
+    /// skipped rather than failing the backup.
+    fn previous_indexes(
         &self,
         item: &ItemRow,
         vault: &Vault,
         job: &JobCtx<'_>,
-    ) -> Option<(String, DiskIndex)> {
+    ) -> Option<(String, std::collections::HashMap<String, DiskIndex>)> {
         // The latest point with a vault copy (snapshot-only points have no index).
         let latest = self
             .catalog
@@ -598,13 +631,13 @@ impl Home {
             .ok()?
             .into_iter()
             .find(|r| r.tier != "snapshot")?;
-        let load = || -> Result<DiskIndex> {
+        let load = || -> Result<std::collections::HashMap<String, DiskIndex>> {
             let m = vault.get_manifest(&latest.id)?;
-            let disk = m
-                .disks
-                .first()
-                .ok_or_else(|| Error::new(ErrorKind::Corrupt, "manifest lists no disk"))?;
-            Ok(vault.get_index(&disk.index)?)
+            let mut out = std::collections::HashMap::new();
+            for d in &m.disks {
+                out.insert(d.name.clone(), vault.get_index(&d.index)?);
+            }
+            Ok(out)
         };
         match load() {
             Ok(idx) => Some((latest.id, idx)),
@@ -690,6 +723,7 @@ struct Work {
 /// Reads `disk` and stores its new chunks; returns the full index.
 fn run_pipeline(
     vault: &Vault,
+    name: &str,
     disk: &mut dyn DiskReader,
     reuse: &Reuse<'_>,
     progress: &dyn Progress,
@@ -721,7 +755,7 @@ fn run_pipeline(
     let format = disk.format().to_string();
     let healed: Mutex<Vec<ChunkId>> = Mutex::new(Vec::new());
 
-    progress.start("backup disk0", size);
+    progress.start(&format!("backup {name}"), size);
     std::thread::scope(|s| {
         for _ in 0..n_workers {
             let work_rx = work_rx.clone();

@@ -38,6 +38,8 @@ pub struct RestoreOptions {
     pub force: bool,
     /// A job made beforehand with [`Home::begin_job`] (the API answers with its id at once).
     pub job_id: Option<String>,
+    /// Which disk of the point (by name); needed only when the point has several.
+    pub disk: Option<String>,
 }
 
 /// The outcome of a restore.
@@ -134,10 +136,7 @@ impl Home {
                     }
                     None => {
                         let manifest = vault.get_manifest(&rp.id)?;
-                        let disk = manifest
-                            .disks
-                            .first()
-                            .ok_or_else(|| Error::new(ErrorKind::Corrupt, format!("manifest of {} lists no disk", rp.id)))?;
+                        let disk = pick_disk(&manifest, opts.disk.as_deref())?;
                         let index = vault.get_index(&disk.index)?;
                         if index.size != disk.size {
                             return Err(Error::new(
@@ -208,6 +207,46 @@ impl Home {
                 let _ = std::fs::remove_file(e.path());
             }
         }
+    }
+}
+
+/// The disk of a point to restore: the one named, or the only one.
+fn pick_disk<'m>(
+    m: &'m kura_store::Manifest,
+    name: Option<&str>,
+) -> Result<&'m kura_store::DiskEntry> {
+    let names = || {
+        m.disks
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match name {
+        Some(n) => m.disks.iter().find(|d| d.name == n).ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "recovery point {} has no disk {n:?} (it has: {})",
+                    m.rp_id,
+                    names()
+                ),
+            )
+        }),
+        None if m.disks.len() == 1 => Ok(&m.disks[0]),
+        None if m.disks.is_empty() => Err(Error::new(
+            ErrorKind::Corrupt,
+            format!("manifest of {} lists no disk", m.rp_id),
+        )),
+        None => Err(Error::new(
+            ErrorKind::Invalid,
+            format!(
+                "recovery point {} has {} disks ({}): name one with --disk",
+                m.rp_id,
+                m.disks.len(),
+                names()
+            ),
+        )),
     }
 }
 

@@ -130,6 +130,7 @@ fn gc_removes_only_unreferenced_chunks_after_the_grace_period() {
             format: RestoreFormat::Raw,
             force: false,
             job_id: None,
+            disk: None,
         },
         &Secrets::default(),
         &NoProgress,
@@ -296,6 +297,7 @@ fn stress_backups_and_gc_run_concurrently_without_losing_a_chunk() {
                 format: RestoreFormat::Raw,
                 force: false,
                 job_id: None,
+                disk: None,
             };
             h.restore_disk(name, &opts, &Secrets::default(), &NoProgress)
                 .unwrap();

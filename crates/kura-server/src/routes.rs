@@ -718,6 +718,8 @@ struct Restore {
     format: Option<String>,
     #[serde(default)]
     force: bool,
+    #[serde(default)]
+    disk: Option<String>,
 }
 
 async fn restore_disk(
@@ -750,6 +752,7 @@ async fn restore_disk(
                 format,
                 force: b.force,
                 job_id: Some(job),
+                disk: b.disk,
             };
             st.home
                 .restore_disk(&item, &opts, &st.secrets, &kura_engine::NoProgress)

@@ -49,7 +49,7 @@ pub use error::{Error, Result};
 pub use id::{ChunkId, is_zero};
 pub use index::DiskIndex;
 pub use keys::{Cipher, KeySecret};
-pub use manifest::{DiskEntry, ItemRecord, Manifest, RpStats, SnapshotRef};
+pub use manifest::{DiskEntry, ItemRecord, Manifest, RpStats, SnapshotRef, is_disk_name};
 
 /// The manifest schema version this build writes.
 pub fn manifest_version() -> u32 {

@@ -118,6 +118,16 @@ pub struct SnapshotRef {
     pub expires: Option<String>,
 }
 
+/// Disk names: 1-64 characters of `A-Z a-z 0-9 . _ -`, not starting with `.` or `-`.
+pub fn is_disk_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with(['.', '-'])
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
 fn on_demand() -> String {
     "on-demand".into()
 }
@@ -132,6 +142,22 @@ impl Manifest {
                 object,
                 format!("unknown manifest version {}", m.version),
             ));
+        }
+        // Disk names become file names on restore: a vault may not choose a path.
+        let mut seen = std::collections::HashSet::new();
+        for d in &m.disks {
+            if !is_disk_name(&d.name) {
+                return Err(Error::corrupt(
+                    object,
+                    format!("bad disk name {:?}", d.name),
+                ));
+            }
+            if !seen.insert(d.name.as_str()) {
+                return Err(Error::corrupt(
+                    object,
+                    format!("disk {:?} listed twice", d.name),
+                ));
+            }
         }
         Ok(m)
     }

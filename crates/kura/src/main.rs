@@ -356,6 +356,9 @@ enum RestoreCmd {
         /// Replace an existing target.
         #[arg(long)]
         force: bool,
+        /// Which disk, when the recovery point has several.
+        #[arg(long)]
+        disk: Option<String>,
     },
 }
 
@@ -587,6 +590,7 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             to,
             format,
             force,
+            disk,
         }) => {
             let format = format.restore_format();
             let opts = RestoreOptions {
@@ -595,6 +599,7 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
                 format,
                 force: *force,
                 job_id: None,
+                disk: disk.clone(),
             };
             let r = home.restore_disk(item, &opts, &secrets, &bar)?;
             out.view(&r, views::restore);

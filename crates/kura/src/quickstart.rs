@@ -130,6 +130,7 @@ pub fn run(args: &Args, home: Option<&Path>, out: &Out) -> anyhow::Result<u8> {
             format,
             force: false,
             job_id: None,
+            disk: None,
         };
         home.restore_disk(&item.name, &opts, &secrets, &bar)
     };

@@ -249,12 +249,13 @@ pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
             to,
             format,
             force,
+            disk,
         }) => {
             let to = std::path::absolute(to)?;
             let format = format.restore_format();
             let started = c.post(
                 &format!("/items/{}/restores", enc(item)),
-                json!({"rp": rp, "to": to, "format": format, "force": force}),
+                json!({"rp": rp, "to": to, "format": format, "force": force, "disk": disk}),
             )?;
             job_done(out, c, &started, views::restore)?;
             Ok(0)
