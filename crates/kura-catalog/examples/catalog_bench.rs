@@ -45,7 +45,7 @@ fn main() {
             last_slot: None,
             state: "protected".into(),
             deleted_at: None,
-            format: None,
+            spec: None,
             damaged_points: 0,
         })
         .unwrap();

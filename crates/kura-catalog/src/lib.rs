@@ -119,11 +119,11 @@ pub struct ItemRow {
     pub state: String,
     /// When its data was (soft-)deleted.
     pub deleted_at: Option<String>,
-    /// How its source is opened, pinned at protect time (JSON of the source's format and
-    /// backing chain); `None` only for items protected before formats were pinned. Shown to
+    /// Its source as a typed, versioned value (JSON of `kura_source::SourceSpec`: kind,
+    /// path, pinned format); `None` only for items protected before specs existed. Shown to
     /// clients as that JSON object, not as a string.
     #[serde(serialize_with = "json_text")]
-    pub format: Option<String>,
+    pub spec: Option<String>,
     /// Recovery points that reference chunks the last verify found missing or corrupt
     /// (derived; not stored with the item).
     pub damaged_points: u64,
@@ -424,7 +424,7 @@ impl Catalog {
             )));
         }
         conn.execute(
-            "INSERT INTO items (id, name, vault_id, kind, source, created, policy, state, deleted_at, format)
+            "INSERT INTO items (id, name, vault_id, kind, source, created, policy, state, deleted_at, spec)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
                 i.id,
@@ -436,7 +436,7 @@ impl Catalog {
                 i.policy,
                 i.state,
                 i.deleted_at,
-                i.format
+                i.spec
             ],
         )
         .map_err(|e| constraint(e, "item", &i.name))?;
@@ -455,16 +455,16 @@ impl Catalog {
             last_slot: r.get(7)?,
             state: r.get(8)?,
             deleted_at: r.get(9)?,
-            format: r.get(10)?,
+            spec: r.get(10)?,
             damaged_points: r.get(11)?,
         })
     }
 
-    /// Records how an item's source is opened.
-    pub fn set_item_format(&self, item_id: &str, format: &str) -> Result<()> {
+    /// Records an item's source spec.
+    pub fn set_item_spec(&self, item_id: &str, spec: &str) -> Result<()> {
         self.conn().execute(
-            "UPDATE items SET format = ?2 WHERE id = ?1",
-            params![item_id, format],
+            "UPDATE items SET spec = ?2 WHERE id = ?1",
+            params![item_id, spec],
         )?;
         Ok(())
     }
@@ -620,7 +620,7 @@ impl Catalog {
     pub fn item(&self, name_or_id: &str) -> Result<ItemRow> {
         self.conn()
             .query_row(
-                "SELECT id, name, vault_id, kind, source, created, policy, last_slot, state, deleted_at, format, (SELECT count(DISTINCT rp_id) FROM damage WHERE damage.item_id = items.id) FROM items WHERE name = ?1 OR id = ?1",
+                "SELECT id, name, vault_id, kind, source, created, policy, last_slot, state, deleted_at, spec, (SELECT count(DISTINCT rp_id) FROM damage WHERE damage.item_id = items.id) FROM items WHERE name = ?1 OR id = ?1",
                 [name_or_id],
                 Self::item_from,
             )
@@ -635,7 +635,7 @@ impl Catalog {
     pub fn list_items(&self, vault_id: Option<&str>) -> Result<Vec<ItemRow>> {
         let conn = self.conn();
         let mut st = conn.prepare(
-            "SELECT id, name, vault_id, kind, source, created, policy, last_slot, state, deleted_at, format, (SELECT count(DISTINCT rp_id) FROM damage WHERE damage.item_id = items.id) FROM items
+            "SELECT id, name, vault_id, kind, source, created, policy, last_slot, state, deleted_at, spec, (SELECT count(DISTINCT rp_id) FROM damage WHERE damage.item_id = items.id) FROM items
              WHERE ?1 IS NULL OR vault_id = ?1 ORDER BY name",
         )?;
         let rows = st

@@ -118,6 +118,10 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE vaults ADD COLUMN last_gc TEXT;",
     // 15: when a recovery kit of the vault was last exported.
     "ALTER TABLE vaults ADD COLUMN kit_exported TEXT;",
+    // 16: an item's source as a typed, versioned value (kind, path, pinned format).
+    "ALTER TABLE items RENAME COLUMN format TO spec;
+    UPDATE items SET spec = json_object('kind', kind, 'v', 1, 'path', source, 'format', json(spec))
+        WHERE spec IS NOT NULL;",
 ];
 
 pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {

@@ -29,7 +29,7 @@ fn item(cat: &Catalog, name: &str, source: &str) -> Result<ItemRow, Error> {
         last_slot: None,
         state: "protected".into(),
         deleted_at: None,
-        format: None,
+        spec: None,
         damaged_points: 0,
     };
     cat.insert_item(&i).map(|()| i)

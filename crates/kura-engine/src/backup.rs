@@ -224,15 +224,17 @@ impl Home {
             return Err(e);
         }
         // Every precondition before the source is touched: the vault opens with the secrets
-        // given, and the image still has the format and backing chain pinned at protect time.
-        let prepared = (|| -> Result<(kura_store::Vault, kura_source::PinnedFormat)> {
+        // given, and the driver's precheck passes (for disks: the image still has the format
+        // and backing chain pinned at protect time).
+        type Prepared = (kura_store::Vault, Box<dyn kura_source::SourceDriver>);
+        let prepared = (|| -> Result<Prepared> {
             let vrow = self.catalog.vault_by_id(&item.vault_id)?;
             let vault = self.open_vault_row(&vrow, secrets)?;
-            let pinned = crate::home::pinned_format(self, item, Some(&vault))?;
-            pinned.check(source)?;
-            Ok((vault, pinned))
+            let mut driver = crate::home::source_spec(self, item, Some(&vault))?.driver();
+            driver.precheck()?;
+            Ok((vault, driver))
         })();
-        let (vault, pinned) = match prepared {
+        let (vault, mut driver) = match prepared {
             Ok(v) => v,
             Err(e) => {
                 tasks[0] = task("snapshot", "Failed", Some(format!("not started: {e}")));
@@ -241,25 +243,31 @@ impl Home {
                 return Err(e);
             }
         };
-        let snapshot = match crate::snapshot::Snapshot::take(source, &pinned, &rp_id) {
-            Ok(Ok(s)) => Some(s),
-            Ok(Err(reason)) => {
-                job.message(&format!(
-                    "snapshot tier unavailable: {reason}; going straight to transfer"
-                ));
-                tasks[0] = task(
-                    "snapshot",
-                    "Skipped",
-                    Some(format!("the snapshot tier is unavailable: {reason}")),
-                );
-                None
-            }
+        let point = match driver.take_point(&rp_id) {
+            Ok(p) => p,
             Err(e) => {
                 tasks[0] = task("snapshot", "Failed", Some(e.to_string()));
                 tasks[1] = task("transfer", "Failed", Some("no snapshot".into()));
                 self.catalog.set_job_tasks(&job.id, &tasks)?;
-                return Err(e);
+                return Err(e.into());
             }
+        };
+        if let Some(reason) = &point.no_snapshot {
+            job.message(&format!(
+                "snapshot tier unavailable: {reason}; going straight to transfer"
+            ));
+            tasks[0] = task(
+                "snapshot",
+                "Skipped",
+                Some(format!("the snapshot tier is unavailable: {reason}")),
+            );
+        }
+        let snapshot = point.snapshot.clone();
+        let consistency = point.consistency.as_str();
+        // Whatever happens from here, the driver releases what the point holds open.
+        let mut held = Release {
+            driver: driver.as_mut(),
+            point,
         };
         crate::hooks::gate("snapshot");
         // Cancel is accepted during the snapshot phase: honour it before anything is published.
@@ -298,7 +306,7 @@ impl Home {
                 time: kura_catalog::stamp(now),
                 logical_size: std::fs::metadata(source).map(|m| m.len()).unwrap_or(0),
                 stored_size: 0,
-                consistency: "crash".into(),
+                consistency: consistency.into(),
                 tier: "snapshot".into(),
                 retain_until: None,
                 job_id: Some(job.id.clone()),
@@ -373,12 +381,11 @@ impl Home {
         let result = self.backup_job(
             item,
             &vault,
-            &pinned,
+            &mut held,
             opts,
             job,
             &rp_id,
             snap_row.as_ref(),
-            snapshot.as_ref(),
         );
         match result {
             Ok(report) => {
@@ -422,33 +429,16 @@ impl Home {
         &self,
         item: &ItemRow,
         vault: &Vault,
-        pinned: &kura_source::PinnedFormat,
+        held: &mut Release<'_>,
         opts: &BackupOptions,
         job: &JobCtx<'_>,
         rp_id: &str,
         snap_row: Option<&kura_catalog::RpRow>,
-        snapshot: Option<&crate::snapshot::Snapshot>,
     ) -> Result<BackupReport> {
         let vrow = self.catalog.vault_by_id(&item.vault_id)?;
-        let source = std::path::Path::new(&item.source);
-        if !source.exists() {
-            return Err(Error::new(
-                ErrorKind::NotFound,
-                format!(
-                    "the source of item {:?} is missing: {} does not exist",
-                    item.name,
-                    source.display()
-                ),
-            ));
-        }
-        // The item's disks, each a named stream (a disk item has one, `disk0`).
-        let mut disks: Vec<(String, Box<dyn DiskReader>)> = vec![(
-            "disk0".to_string(),
-            match snapshot {
-                Some(s) => s.reader()?,
-                None => pinned.open(source)?,
-            },
-        )];
+        // The item's disks at the point in time, each a named stream.
+        let mut disks = held.driver.open_disks(&held.point)?;
+        let consistency = held.point.consistency.as_str();
         crate::hooks::gate("read");
 
         // The lease tells garbage collection a writer is active, before anything is chosen
@@ -553,7 +543,7 @@ impl Home {
             vault_id: vault.config().vault_id.clone(),
             item: item_record(item),
             time,
-            consistency: "crash".into(),
+            consistency: consistency.into(),
             tier: "vault-standard".into(),
             retain_until: opts.retain_until.clone(),
             origin: origin.into(),
@@ -649,6 +639,19 @@ impl Home {
                 None
             }
         }
+    }
+}
+
+/// A taken point and its driver: the driver releases the point when this is dropped, on
+/// every path.
+struct Release<'d> {
+    driver: &'d mut dyn kura_source::SourceDriver,
+    point: kura_source::PointInTime,
+}
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        self.driver.release(&self.point);
     }
 }
 

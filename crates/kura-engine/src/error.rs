@@ -83,6 +83,8 @@ impl Error {
                 _ => ErrorKind::Other,
             },
             Error::Source(kura_source::Error::NotFound { .. }) => ErrorKind::NotFound,
+            Error::Source(kura_source::Error::Invalid(_)) => ErrorKind::Invalid,
+            Error::Source(kura_source::Error::Changed { .. }) => ErrorKind::Conflict,
             Error::Source(_) => ErrorKind::Other,
             Error::Other { kind, .. } => *kind,
         }

@@ -664,7 +664,14 @@ impl Home {
                 last_slot: None,
                 state: r.state.clone().unwrap_or_else(|| "protected".into()),
                 deleted_at: r.deleted_at.clone(),
-                format: r.format.as_ref().map(|f| f.to_string()),
+                // A spec must describe the record's own source, or it is not used (the format
+                // is then probed once at the next backup).
+                spec: r.spec.as_ref().map(|f| f.to_string()).filter(|text| {
+                    matches!(
+                        kura_source::SourceSpec::parse(text),
+                        Ok(kura_source::SourceSpec::Disk { ref path, .. }) if *path == r.source
+                    )
+                }),
                 damaged_points: 0,
             };
             match self.catalog.insert_item(&item) {
@@ -786,7 +793,7 @@ impl Home {
             last_slot: None,
             state: "protected".into(),
             deleted_at: None,
-            format: Some(serde_json::to_string(&pinned).expect("json")),
+            spec: Some(kura_source::SourceSpec::disk(&source, pinned.clone()).to_json()),
             damaged_points: 0,
         };
         self.catalog.insert_item(&item)?;
@@ -1106,8 +1113,8 @@ pub(crate) fn item_record(item: &ItemRow) -> ItemRecord {
         source: item.source.clone(),
         created: item.created.clone(),
         policy: item.policy.clone(),
-        format: item
-            .format
+        spec: item
+            .spec
             .as_deref()
             .and_then(|f| serde_json::from_str(f).ok()),
         state: Some(item.state.clone()),
@@ -1139,30 +1146,40 @@ impl Home {
     }
 }
 
-/// How an item's source is opened. Items protected before formats were pinned get theirs
-/// probed once, recorded in the catalog and the vault, and never probed again.
-pub(crate) fn pinned_format(
+/// An item's source spec. Items protected before specs existed get their format probed
+/// once, recorded in the catalog and the vault, and never probed again.
+pub(crate) fn source_spec(
     home: &Home,
     item: &ItemRow,
     vault: Option<&kura_store::Vault>,
-) -> Result<kura_source::PinnedFormat> {
-    if let Some(f) = &item.format {
-        return serde_json::from_str(f).map_err(|e| {
-            Error::new(
+) -> Result<kura_source::SourceSpec> {
+    if let Some(text) = &item.spec {
+        let spec = kura_source::SourceSpec::parse(text)
+            .map_err(|e| Error::new(ErrorKind::Corrupt, format!("item {:?}: {e}", item.name)))?;
+        if spec.kind() != item.kind {
+            return Err(Error::new(
                 ErrorKind::Corrupt,
-                format!("item {:?}: unreadable format record: {e}", item.name),
-            )
-        });
+                format!(
+                    "item {:?} is a {} item but its source spec is for {}",
+                    item.name,
+                    item.kind,
+                    spec.kind()
+                ),
+            ));
+        }
+        return Ok(spec);
     }
-    let pinned = kura_source::PinnedFormat::inspect(Path::new(&item.source), None)?;
-    let text = serde_json::to_string(&pinned).expect("json");
-    home.catalog.set_item_format(&item.id, &text)?;
+    let source = Path::new(&item.source);
+    let pinned = kura_source::PinnedFormat::inspect(source, None)?;
+    let spec = kura_source::SourceSpec::disk(source, pinned);
+    let text = spec.to_json();
+    home.catalog.set_item_spec(&item.id, &text)?;
     if let Some(v) = vault {
         let mut updated = item.clone();
-        updated.format = Some(text);
+        updated.spec = Some(text);
         home.record_item_with_snapshots(&updated, v)?;
     }
-    Ok(pinned)
+    Ok(spec)
 }
 
 /// The snapshot an item's vault record names for a point, if it is one kura made of the
@@ -1174,7 +1191,7 @@ fn snapshot_of(
 ) -> Option<(String, Option<String>)> {
     let r = records.iter().find(|r| r.id == item_id)?;
     let s = r.snapshots.iter().find(|s| s.rp_id == rp_id)?;
-    let snap = crate::snapshot::Snapshot::decode(&s.snapshot)?;
+    let snap = kura_source::Snapshot::decode(&s.snapshot)?;
     (snap.belongs_to(Path::new(&r.source)) && snap.exists())
         .then(|| (snap.encode(), s.expires.clone()))
 }

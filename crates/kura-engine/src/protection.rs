@@ -51,9 +51,9 @@ fn drop_snapshot(rp: &RpRow) -> Result<()> {
     match rp
         .snapshot
         .as_deref()
-        .and_then(crate::snapshot::Snapshot::decode)
+        .and_then(kura_source::Snapshot::decode)
     {
-        Some(s) => s.delete(),
+        Some(s) => Ok(s.delete()?),
         None => Ok(()),
     }
 }
@@ -189,10 +189,11 @@ impl Home {
         secrets: &Secrets,
     ) -> Result<kura_catalog::ItemRow> {
         let row = self.catalog.item(item)?;
-        let pinned = kura_source::PinnedFormat::inspect(std::path::Path::new(&row.source), format)?;
+        let source = std::path::Path::new(&row.source);
+        let pinned = kura_source::PinnedFormat::inspect(source, format)?;
         let vrow = self.catalog.vault_by_id(&row.vault_id)?;
         let vault = self.open_vault_row(&vrow, secrets)?;
-        let text = serde_json::to_string(&pinned).expect("json");
+        let text = kura_source::SourceSpec::disk(source, pinned.clone()).to_json();
         self.run_job(
             "ConfigureBackup",
             &row.name,
@@ -201,9 +202,9 @@ impl Home {
             &NoProgress,
             |job| {
                 let mut updated = row.clone();
-                updated.format = Some(text.clone());
+                updated.spec = Some(text.clone());
                 self.record_item_with_snapshots(&updated, &vault)?;
-                self.catalog.set_item_format(&row.id, &text)?;
+                self.catalog.set_item_spec(&row.id, &text)?;
                 job.message(&format!(
                     "format of {} pinned as {}",
                     row.source,

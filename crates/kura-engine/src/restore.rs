@@ -118,7 +118,7 @@ impl Home {
                 let snapshot = rp
                     .snapshot
                     .as_deref()
-                    .and_then(crate::snapshot::Snapshot::decode)
+                    .and_then(kura_source::Snapshot::decode)
                     .filter(|s| s.exists());
                 let (size, fetched, written) = match snapshot {
                     Some(snap) => {

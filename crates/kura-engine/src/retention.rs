@@ -128,7 +128,7 @@ impl Home {
                 if let Some(s) = rp
                     .snapshot
                     .as_deref()
-                    .and_then(crate::snapshot::Snapshot::decode)
+                    .and_then(kura_source::Snapshot::decode)
                 {
                     s.delete()?;
                 }
@@ -173,7 +173,7 @@ impl Home {
             rps.iter()
                 .find(|r| r.id == id)
                 .and_then(|r| r.snapshot.as_deref())
-                .and_then(crate::snapshot::Snapshot::decode)
+                .and_then(kura_source::Snapshot::decode)
         };
         if item.state == "protected" {
             self.expire_snapshots(&item.id, at)?;

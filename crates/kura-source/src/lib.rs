@@ -26,14 +26,18 @@
 //! println!("{} of {} bytes allocated", data, disk.size());
 //! ```
 
+mod driver;
 mod format;
 pub mod nbd;
 mod qemu;
 mod raw;
+mod snapshot;
 
+pub use driver::{Consistency, PointInTime, SPEC_VERSION, SourceDriver, SourceSpec};
 pub use format::{BackingFile, FORMATS, PinnedFormat};
 pub use qemu::NbdReader;
 pub use raw::RawReader;
+pub use snapshot::Snapshot;
 
 use std::path::PathBuf;
 

@@ -89,9 +89,9 @@ pub struct ItemRecord {
     /// The policy it was protected with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
-    /// How its source is opened (format and backing chain), pinned when it was protected.
+    /// Its source as a typed, versioned value (kind, path, pinned format and backing chain).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub format: Option<serde_json::Value>,
+    pub spec: Option<serde_json::Value>,
     /// Protection state: `protected`, `stopped` or `soft-deleted` (absent: `protected`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,

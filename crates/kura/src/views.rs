@@ -36,7 +36,7 @@ pub fn protected(i: &Value) -> String {
 
 /// An item's pinned format as one phrase: `qcow2`, `qcow2 on /base.raw (raw)`, or `-`.
 pub fn item_format(i: &Value) -> String {
-    let doc = &i["format"];
+    let doc = &i["spec"]["format"];
     if !doc.is_object() {
         return "-".into();
     }

@@ -26,7 +26,8 @@ fn a_guest_cannot_choose_its_disk_format() {
         "--vault",
         "v1",
     ]);
-    assert_eq!(item["format"]["format"], "raw", "{item}");
+    assert_eq!(item["spec"]["kind"], "disk", "{item}");
+    assert_eq!(item["spec"]["format"]["format"], "raw", "{item}");
     assert!(
         e.ok(&["item", "list"]).contains("guest"),
         "the item is listed"
