@@ -491,26 +491,29 @@ impl Home {
         let mut indexes = Vec::new();
         let mut totals = RpStats::default();
         let mut healed = Vec::new();
-        for (name, disk) in &mut disks {
-            let mut known: HashSet<ChunkId> = previous
-                .remove(name.as_str())
-                .map(|idx| idx.chunks.into_iter().collect())
-                .unwrap_or_default();
-            known.retain(|id| !unhealthy.contains(id));
-            let reuse = Reuse {
-                known: &known,
+        let known: Vec<HashSet<ChunkId>> = disks
+            .iter()
+            .map(|(name, _)| {
+                let mut k: HashSet<ChunkId> = previous
+                    .remove(name.as_str())
+                    .map(|idx| idx.chunks.into_iter().collect())
+                    .unwrap_or_default();
+                k.retain(|id| !unhealthy.contains(id));
+                k
+            })
+            .collect();
+        let stored = |id: &ChunkId| self.reusable(&vrow.id, vault, id);
+        let reuses: Vec<Reuse<'_>> = known
+            .iter()
+            .map(|k| Reuse {
+                known: k,
                 unhealthy: &unhealthy,
                 cheap_stat,
-                stored: &|id| self.reusable(&vrow.id, vault, id),
-            };
-            let (index, stats) = run_pipeline(
-                vault,
-                name,
-                disk.as_mut(),
-                &reuse,
-                job,
-                opts.fail_after_chunks,
-            )?;
+                stored: &stored,
+            })
+            .collect();
+        let results = run_pipeline(vault, &mut disks, &reuses, job, opts.fail_after_chunks)?;
+        for ((name, disk), (index, stats)) in disks.iter_mut().zip(results) {
             // A source that shrank or was replaced while it was read would give a wrong point.
             disk.check_unchanged()?;
             totals.read_bytes += stats.rp.read_bytes;
@@ -682,6 +685,7 @@ fn unhealthy_chunks(vault: &Vault, job: &JobCtx<'_>) -> HashSet<ChunkId> {
 }
 
 /// What a backup may reuse instead of writing.
+#[derive(Clone, Copy)]
 struct Reuse<'a> {
     /// Ids of the previous point (minus unhealthy ones).
     known: &'a HashSet<ChunkId>,
@@ -718,28 +722,48 @@ struct PipelineStats {
 }
 
 struct Work {
+    disk: usize,
     slot: usize,
     buf: Vec<u8>,
     len: usize,
 }
 
-/// Reads `disk` and stores its new chunks; returns the full index.
+/// The running totals of one disk.
+#[derive(Default)]
+struct DiskCounters {
+    read_bytes: AtomicU64,
+    new_chunks: AtomicU64,
+    new_stored: AtomicU64,
+    new_plain: AtomicU64,
+}
+
+/// Reads every disk and stores the new chunks; returns each disk's full index and stats, in
+/// the order given. One reader thread per disk feeds one shared pool of workers, and all
+/// share one pool of `workers + 1 + disks` chunk buffers: the memory bound does not grow with
+/// the disks' sizes, and several disks are transferred at once.
 fn run_pipeline(
     vault: &Vault,
-    name: &str,
-    disk: &mut dyn DiskReader,
-    reuse: &Reuse<'_>,
+    disks: &mut [(String, Box<dyn DiskReader>)],
+    reuses: &[Reuse<'_>],
     progress: &dyn Progress,
     fail_after: Option<u64>,
-) -> Result<(DiskIndex, PipelineStats)> {
-    let size = disk.size();
+) -> Result<Vec<(DiskIndex, PipelineStats)>> {
     let chunk_size = vault.config().chunk_size;
-    let count = DiskIndex::chunk_count(size, chunk_size) as usize;
-    let ids = Mutex::new(vec![ChunkId::ZERO; count]);
+    let ids: Vec<Mutex<Vec<ChunkId>>> = disks
+        .iter()
+        .map(|(_, d)| {
+            let count = DiskIndex::chunk_count(d.size(), chunk_size) as usize;
+            Mutex::new(vec![ChunkId::ZERO; count])
+        })
+        .collect();
+    let counters: Vec<DiskCounters> = disks.iter().map(|_| DiskCounters::default()).collect();
+    let healed: Vec<Mutex<Vec<ChunkId>>> = disks.iter().map(|_| Mutex::new(Vec::new())).collect();
+    let formats: Vec<String> = disks.iter().map(|(_, d)| d.format().to_string()).collect();
     let n_workers = workers();
+    let pool = n_workers + 1 + disks.len();
     let (work_tx, work_rx) = bounded::<Work>(n_workers);
-    let (free_tx, free_rx) = bounded::<Vec<u8>>(n_workers + 2);
-    for _ in 0..n_workers + 2 {
+    let (free_tx, free_rx) = bounded::<Vec<u8>>(pool);
+    for _ in 0..pool {
         free_tx.send(Vec::new()).expect("pool has room");
     }
     let failed = AtomicBool::new(false);
@@ -751,20 +775,17 @@ fn run_pipeline(
             *slot = Some(e);
         }
     };
-    let read_bytes = AtomicU64::new(0);
-    let new_chunks = AtomicU64::new(0);
-    let new_stored = AtomicU64::new(0);
-    let new_plain = AtomicU64::new(0);
-    let format = disk.format().to_string();
-    let healed: Mutex<Vec<ChunkId>> = Mutex::new(Vec::new());
+    let stored_total = AtomicU64::new(0);
 
-    progress.start(&format!("backup {name}"), size);
+    for (name, d) in disks.iter() {
+        progress.start(&format!("backup {name}"), d.size());
+    }
     std::thread::scope(|s| {
         for _ in 0..n_workers {
             let work_rx = work_rx.clone();
             let free_tx = free_tx.clone();
-            let (ids, failed, fail, healed) = (&ids, &failed, &fail, &healed);
-            let (new_chunks, new_stored, new_plain) = (&new_chunks, &new_stored, &new_plain);
+            let (ids, counters, healed) = (&ids, &counters, &healed);
+            let (failed, fail, stored_total) = (&failed, &fail, &stored_total);
             s.spawn(move || {
                 let mut codec = vault.codec();
                 for w in work_rx {
@@ -778,22 +799,27 @@ fn run_pipeline(
                     } else {
                         codec.chunk_id(data)
                     };
+                    let c = &counters[w.disk];
                     let result = (|| -> Result<()> {
                         if id.is_zero() {
                             return Ok(());
                         }
-                        let Some(healing) = reuse.decide(vault, &id)? else {
+                        let Some(healing) = reuses[w.disk].decide(vault, &id)? else {
                             return Ok(());
                         };
                         let stored = codec.encode_chunk(&id, data)?;
                         let stored_len = stored.len() as u64;
                         vault.put_chunk(&id, stored)?;
                         if healing {
-                            healed.lock().unwrap_or_else(|e| e.into_inner()).push(id);
+                            healed[w.disk]
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .push(id);
                         }
-                        let n = new_chunks.fetch_add(1, Ordering::SeqCst) + 1;
-                        new_stored.fetch_add(stored_len, Ordering::Relaxed);
-                        new_plain.fetch_add(data.len() as u64, Ordering::Relaxed);
+                        c.new_chunks.fetch_add(1, Ordering::SeqCst);
+                        c.new_stored.fetch_add(stored_len, Ordering::Relaxed);
+                        c.new_plain.fetch_add(data.len() as u64, Ordering::Relaxed);
+                        let n = stored_total.fetch_add(1, Ordering::SeqCst) + 1;
                         if fail_after.is_some_and(|limit| n >= limit) {
                             return Err(Error::new(
                                 ErrorKind::Other,
@@ -803,7 +829,9 @@ fn run_pipeline(
                         Ok(())
                     })();
                     match result {
-                        Ok(()) => ids.lock().unwrap_or_else(|e| e.into_inner())[w.slot] = id,
+                        Ok(()) => {
+                            ids[w.disk].lock().unwrap_or_else(|e| e.into_inner())[w.slot] = id
+                        }
                         Err(e) => fail(e),
                     }
                     progress.advance(w.len as u64);
@@ -813,53 +841,72 @@ fn run_pipeline(
         }
         drop(work_rx);
 
-        // Reader, on this thread.
-        let mut reader = || -> Result<()> {
-            let mut window: Vec<Extent> = Vec::new();
-            let mut window_end = 0u64;
-            let window_len = 256 * u64::from(chunk_size);
-            for slot in 0..count {
-                if failed.load(Ordering::SeqCst) {
-                    break;
-                }
-                let start = slot as u64 * u64::from(chunk_size);
-                let end = (start + u64::from(chunk_size)).min(size);
-                if start >= window_end {
-                    window = disk.extents(start, window_len)?;
-                    window_end = (start + window_len).min(size);
-                }
-                let parts: Vec<Extent> = window
-                    .iter()
-                    .filter(|e| e.offset < end && e.offset + e.len > start)
-                    .copied()
-                    .collect();
-                if parts.iter().all(|e| e.kind == ExtentKind::Zero) {
-                    progress.advance(end - start);
-                    continue; // a hole: ChunkId::ZERO, never read
-                }
-                let mut buf = free_rx.recv().expect("workers return buffers");
-                let len = (end - start) as usize;
-                buf.resize(len, 0);
-                for e in parts {
-                    let a = e.offset.max(start);
-                    let b = (e.offset + e.len).min(end);
-                    let dst = &mut buf[(a - start) as usize..(b - start) as usize];
-                    match e.kind {
-                        ExtentKind::Zero => dst.fill(0),
-                        ExtentKind::Data => {
-                            disk.read_at(dst, a)?;
-                            read_bytes.fetch_add(b - a, Ordering::Relaxed);
+        // One reader per disk.
+        for (n, (_, disk)) in disks.iter_mut().enumerate() {
+            let work_tx = work_tx.clone();
+            let free_rx = free_rx.clone();
+            let (failed, fail, counters) = (&failed, &fail, &counters);
+            s.spawn(move || {
+                let size = disk.size();
+                let count = DiskIndex::chunk_count(size, chunk_size) as usize;
+                let mut reader = || -> Result<()> {
+                    let mut window: Vec<Extent> = Vec::new();
+                    let mut window_end = 0u64;
+                    let window_len = 256 * u64::from(chunk_size);
+                    for slot in 0..count {
+                        if failed.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        let start = slot as u64 * u64::from(chunk_size);
+                        let end = (start + u64::from(chunk_size)).min(size);
+                        if start >= window_end {
+                            window = disk.extents(start, window_len)?;
+                            window_end = (start + window_len).min(size);
+                        }
+                        let parts: Vec<Extent> = window
+                            .iter()
+                            .filter(|e| e.offset < end && e.offset + e.len > start)
+                            .copied()
+                            .collect();
+                        if parts.iter().all(|e| e.kind == ExtentKind::Zero) {
+                            progress.advance(end - start);
+                            continue; // a hole: ChunkId::ZERO, never read
+                        }
+                        let Ok(mut buf) = free_rx.recv() else {
+                            break;
+                        };
+                        let len = (end - start) as usize;
+                        buf.resize(len, 0);
+                        for e in parts {
+                            let a = e.offset.max(start);
+                            let b = (e.offset + e.len).min(end);
+                            let dst = &mut buf[(a - start) as usize..(b - start) as usize];
+                            match e.kind {
+                                ExtentKind::Zero => dst.fill(0),
+                                ExtentKind::Data => {
+                                    disk.read_at(dst, a)?;
+                                    counters[n].read_bytes.fetch_add(b - a, Ordering::Relaxed);
+                                }
+                            }
+                        }
+                        if work_tx
+                            .send(Work {
+                                disk: n,
+                                slot,
+                                buf,
+                                len,
+                            })
+                            .is_err()
+                        {
+                            break;
                         }
                     }
+                    Ok(())
+                };
+                if let Err(e) = reader() {
+                    fail(e);
                 }
-                if work_tx.send(Work { slot, buf, len }).is_err() {
-                    break;
-                }
-            }
-            Ok(())
-        };
-        if let Err(e) = reader() {
-            fail(e);
+            });
         }
         drop(work_tx);
     });
@@ -867,22 +914,132 @@ fn run_pipeline(
     if let Some(e) = first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
         return Err(e);
     }
-    let index = DiskIndex {
-        size,
-        chunk_size,
-        chunks: ids.into_inner().unwrap_or_else(|e| e.into_inner()),
-    };
-    Ok((
-        index,
-        PipelineStats {
-            rp: RpStats {
-                read_bytes: read_bytes.into_inner(),
-                new_chunks: new_chunks.into_inner(),
-                new_stored_bytes: new_stored.into_inner(),
-                new_plain_bytes: new_plain.into_inner(),
+    let mut out = Vec::new();
+    for (n, (_, disk)) in disks.iter().enumerate() {
+        let c = &counters[n];
+        out.push((
+            DiskIndex {
+                size: disk.size(),
+                chunk_size,
+                chunks: std::mem::take(&mut *ids[n].lock().unwrap_or_else(|e| e.into_inner())),
             },
-            format,
-            healed: healed.into_inner().unwrap_or_else(|e| e.into_inner()),
-        },
-    ))
+            PipelineStats {
+                rp: RpStats {
+                    read_bytes: c.read_bytes.load(Ordering::Relaxed),
+                    new_chunks: c.new_chunks.load(Ordering::Relaxed),
+                    new_stored_bytes: c.new_stored.load(Ordering::Relaxed),
+                    new_plain_bytes: c.new_plain.load(Ordering::Relaxed),
+                },
+                format: formats[n].clone(),
+                healed: std::mem::take(&mut *healed[n].lock().unwrap_or_else(|e| e.into_inner())),
+            },
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use kura_backend::MemoryBackend;
+    use kura_store::{KeySecret, VaultOptions};
+
+    use super::*;
+
+    fn raw(dir: &std::path::Path, name: &str, bytes: &[u8]) -> Box<dyn DiskReader> {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        Box::new(kura_source::RawReader::open(&p).unwrap())
+    }
+
+    fn content(vault: &Vault, idx: &DiskIndex) -> Vec<u8> {
+        let mut codec = vault.codec();
+        let mut out = Vec::new();
+        for (i, id) in idx.chunks.iter().enumerate() {
+            let len = (idx.chunk_range(i).end - idx.chunk_range(i).start) as usize;
+            if id.is_zero() {
+                out.extend(std::iter::repeat_n(0u8, len));
+            } else {
+                out.extend(vault.get_chunk(id, &mut codec).unwrap());
+            }
+        }
+        out
+    }
+
+    /// Several disks go through one pipeline at once: each gets its own full index, the
+    /// chunks they share are stored once, and a second run with the previous indexes (matched
+    /// by disk) reuses everything.
+    #[test]
+    fn several_disks_share_one_pipeline() {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = Vault::create(
+            Arc::new(MemoryBackend::default()),
+            &VaultOptions::for_tests(),
+            &KeySecret::None,
+        )
+        .unwrap();
+        let cs = vault.config().chunk_size as usize;
+        let pattern = |seed: u8, n: usize| -> Vec<u8> {
+            (0..n)
+                .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+                .collect()
+        };
+        let mut a = pattern(1, cs * 5);
+        a.extend(vec![0u8; cs * 2]);
+        let mut b = pattern(1, cs * 2); // shares its first chunks with `a`
+        b.extend(pattern(9, cs * 3 + 100));
+        let mut disks = vec![
+            ("os".to_string(), raw(dir.path(), "a.raw", &a)),
+            ("data".to_string(), raw(dir.path(), "b.raw", &b)),
+        ];
+        let nothing = HashSet::new();
+        let never = |_: &ChunkId| Ok(false);
+        let fresh = Reuse {
+            known: &nothing,
+            unhealthy: &nothing,
+            cheap_stat: true,
+            stored: &never,
+        };
+        let out = run_pipeline(
+            &vault,
+            &mut disks,
+            &[fresh, fresh],
+            &crate::NoProgress,
+            None,
+        )
+        .unwrap();
+        assert_eq!(content(&vault, &out[0].0), a);
+        assert_eq!(content(&vault, &out[1].0), b);
+        let stored: u64 = out.iter().map(|(_, s)| s.rp.new_chunks).sum();
+        let distinct: HashSet<ChunkId> = out
+            .iter()
+            .flat_map(|(i, _)| i.chunks.iter().copied())
+            .filter(|c| !c.is_zero())
+            .collect();
+        assert!(stored >= distinct.len() as u64);
+        assert_eq!(
+            out[0].0.chunks.iter().filter(|c| c.is_zero()).count(),
+            2,
+            "holes"
+        );
+
+        let known: Vec<HashSet<ChunkId>> = out
+            .iter()
+            .map(|(i, _)| i.chunks.iter().copied().collect())
+            .collect();
+        let again: Vec<Reuse<'_>> = known
+            .iter()
+            .map(|k| Reuse {
+                known: k,
+                unhealthy: &nothing,
+                cheap_stat: true,
+                stored: &never,
+            })
+            .collect();
+        let out2 = run_pipeline(&vault, &mut disks, &again, &crate::NoProgress, None).unwrap();
+        assert_eq!(out2.iter().map(|(_, s)| s.rp.new_chunks).sum::<u64>(), 0);
+        assert_eq!(out2[0].0, out[0].0);
+        assert_eq!(out2[1].0, out[1].0);
+    }
 }
