@@ -554,6 +554,7 @@ impl Home {
             expires: Some(expires),
             job_id: job.id.clone(),
             disks: disk_entries,
+            definition: None,
             stats: totals.clone(),
         };
         vault.put_manifest(&manifest)?;

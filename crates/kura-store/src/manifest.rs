@@ -2,8 +2,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
-/// Manifest schema version written by this build.
-pub const MANIFEST_VERSION: u32 = 1;
+/// Manifest schema version written by this build. Version 2 names every disk (unique, safe
+/// names, matched by name across points) and may carry the source's definition; version 1
+/// manifests (one disk, `disk0`) are still read.
+pub const MANIFEST_VERSION: u32 = 2;
+
+/// The oldest manifest version this build reads.
+pub const MANIFEST_VERSION_MIN: u32 = 1;
 
 /// What a recovery point is. Stored (as JSON inside a manifest blob) after all its chunks
 /// and indexes are durable, so its presence is what makes the recovery point exist.
@@ -37,8 +42,12 @@ pub struct Manifest {
     pub expires: Option<String>,
     /// The job that made it.
     pub job_id: String,
-    /// The disks.
+    /// The disks, each with a name unique in the point.
     pub disks: Vec<DiskEntry>,
+    /// How the source was defined at that instant (a VM's definition: its disks by name,
+    /// CPU, memory, devices); absent for disk items and in version 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition: Option<serde_json::Value>,
     /// What the backup cost.
     pub stats: RpStats,
 }
@@ -137,7 +146,7 @@ impl Manifest {
     pub fn decode(object: &str, b: &[u8]) -> Result<Self> {
         let m: Manifest = serde_json::from_slice(b)
             .map_err(|e| Error::corrupt(object, format!("manifest JSON: {e}")))?;
-        if m.version != MANIFEST_VERSION {
+        if !(MANIFEST_VERSION_MIN..=MANIFEST_VERSION).contains(&m.version) {
             return Err(Error::corrupt(
                 object,
                 format!("unknown manifest version {}", m.version),

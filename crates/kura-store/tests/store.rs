@@ -264,3 +264,26 @@ fn tampered_argon2_costs_are_refused_before_they_cost_anything() {
         assert!(e.to_string().contains("above the limit"), "{e}");
     }
 }
+
+/// Vaults written before the item-kind seam keep their version-1 manifests: still read.
+#[test]
+fn version_1_manifests_are_still_read_and_disk_names_are_checked() {
+    let v1 = br#"{"version": 1, "rp_id": "r1", "vault_id": "v1",
+        "item": {"id": "i", "name": "web", "kind": "disk", "source": "/srv/web.qcow2", "created": "2026-01-01T00:00:00Z"},
+        "time": "2026-01-01T00:00:00Z", "consistency": "crash", "tier": "vault-standard",
+        "job_id": "j", "disks": [{"name": "disk0", "size": 65536, "index": "rps/r1/disk0.index",
+        "chunks": 1, "zero_chunks": 0, "source_format": "qcow2"}],
+        "stats": {"read_bytes": 0, "new_chunks": 0, "new_stored_bytes": 0, "new_plain_bytes": 0}}"#;
+    let m = kura_store::Manifest::decode("m", v1).unwrap();
+    assert_eq!(m.version, 1);
+    assert_eq!(m.disks[0].name, "disk0");
+    assert!(m.definition.is_none());
+    let text = String::from_utf8(v1.to_vec()).unwrap();
+    for bad in ["../../etc/passwd", ".hidden", ""] {
+        let t = text.replace(r#""name": "disk0""#, &format!(r#""name": "{bad}""#));
+        let e = kura_store::Manifest::decode("m", t.as_bytes()).unwrap_err();
+        assert!(e.to_string().contains("bad disk name"), "{e}");
+    }
+    let t = text.replace(r#""version": 1"#, r#""version": 3"#);
+    assert!(kura_store::Manifest::decode("m", t.as_bytes()).is_err());
+}
