@@ -47,7 +47,7 @@ pub use policy::{PolicySource, split_policy_path};
 pub use progress::{NoProgress, Progress};
 pub use protection::ItemStatus;
 pub use recovery::{KitReport, NewKey};
-pub use restore::{RestoreFormat, RestoreOptions, RestoreReport};
+pub use restore::{RestoreDisksOptions, RestoreFormat, RestoreOptions, RestoreReport};
 pub use retention::{PlanEntry, RetentionPlan};
 pub use scheduler::{Clock, SchedulerOptions, SystemClock, TickReport};
 pub use verify::{VerifyProblem, VerifyReport, VerifyScope};

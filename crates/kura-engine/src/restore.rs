@@ -183,7 +183,100 @@ impl Home {
     }
 }
 
+/// What `restore disks` restores and where.
+#[derive(Debug, Clone)]
+pub struct RestoreDisksOptions {
+    /// Recovery point id, unique prefix, or `latest`.
+    pub rp: String,
+    /// An existing directory; each disk becomes `DIR/NAME.raw` (or `.qcow2`).
+    pub dir: PathBuf,
+    /// The disks to restore, by name; empty for all.
+    pub disks: Vec<String>,
+    /// Output format.
+    pub format: RestoreFormat,
+    /// Replace existing files.
+    pub force: bool,
+}
+
 impl Home {
+    /// Restores all (or the named) disks of a recovery point into a directory, one file per
+    /// disk named after it. Every target is checked before the first disk is written.
+    pub fn restore_disks(
+        &self,
+        item: &str,
+        opts: &RestoreDisksOptions,
+        secrets: &Secrets,
+        progress: &dyn Progress,
+    ) -> Result<Vec<RestoreReport>> {
+        let row = self.catalog.item(item)?;
+        Self::check_can_restore(&row)?;
+        let rp = self.resolve_rp(&row, &opts.rp)?;
+        let dir = absolute(&opts.dir)?;
+        if !dir.is_dir() {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("{} is not a directory", dir.display()),
+            ));
+        }
+        let names: Vec<String> = if rp.tier == "snapshot" {
+            vec!["disk0".into()]
+        } else {
+            let vrow = self.catalog.vault_by_id(&row.vault_id)?;
+            let vault = self.open_vault_row(&vrow, secrets)?;
+            let m = vault.get_manifest(&rp.id)?;
+            m.disks.iter().map(|d| d.name.clone()).collect()
+        };
+        let chosen: Vec<String> = if opts.disks.is_empty() {
+            names.clone()
+        } else {
+            for d in &opts.disks {
+                if !names.contains(d) {
+                    return Err(Error::new(
+                        ErrorKind::NotFound,
+                        format!(
+                            "recovery point {} has no disk {d:?} (it has: {})",
+                            rp.id,
+                            names.join(", ")
+                        ),
+                    ));
+                }
+            }
+            opts.disks.clone()
+        };
+        let ext = match opts.format {
+            RestoreFormat::Raw => "raw",
+            RestoreFormat::Qcow2 => "qcow2",
+        };
+        let targets: Vec<PathBuf> = chosen
+            .iter()
+            .map(|d| dir.join(format!("{d}.{ext}")))
+            .collect();
+        if !opts.force
+            && let Some(t) = targets.iter().find(|t| t.exists())
+        {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!(
+                    "restore target {} already exists (use --force to replace it); nothing was restored",
+                    t.display()
+                ),
+            ));
+        }
+        let mut reports = Vec::new();
+        for (disk, to) in chosen.into_iter().zip(targets) {
+            let one = RestoreOptions {
+                rp: rp.id.clone(),
+                to,
+                format: opts.format,
+                force: opts.force,
+                job_id: None,
+                disk: Some(disk),
+            };
+            reports.push(self.restore_disk(&row.name, &one, secrets, progress)?);
+        }
+        Ok(reports)
+    }
+
     /// Removes hidden temporaries that an interrupted restore to `target` left beside it
     /// (Ctrl-C, kill, power loss), unless the restore that made them still runs.
     fn remove_restore_leftovers(&self, target: &Path) {

@@ -360,6 +360,27 @@ enum RestoreCmd {
         #[arg(long)]
         disk: Option<String>,
     },
+    /// Restore all (or some) disks of a recovery point into a directory, one file per disk
+    /// named after it (DIR/NAME.raw or .qcow2).
+    Disks {
+        /// Item name.
+        item: String,
+        /// Recovery point id (or unique prefix), or `latest`.
+        #[arg(long)]
+        rp: String,
+        /// An existing directory.
+        #[arg(long)]
+        to: PathBuf,
+        /// Only this disk (repeatable).
+        #[arg(long = "disk", value_name = "NAME")]
+        disks: Vec<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = FormatArg::Raw)]
+        format: FormatArg,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -603,6 +624,30 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             };
             let r = home.restore_disk(item, &opts, &secrets, &bar)?;
             out.view(&r, views::restore);
+            Ok(0)
+        }
+        Command::Restore(RestoreCmd::Disks {
+            item,
+            rp,
+            to,
+            disks,
+            format,
+            force,
+        }) => {
+            let opts = kura_engine::RestoreDisksOptions {
+                rp: rp.clone(),
+                dir: to.clone(),
+                disks: disks.clone(),
+                format: format.restore_format(),
+                force: *force,
+            };
+            let reports = home.restore_disks(item, &opts, &secrets, &bar)?;
+            out.print(&reports, || {
+                reports
+                    .iter()
+                    .map(|r| views::restore(&serde_json::to_value(r).unwrap_or_default()))
+                    .collect::<String>()
+            });
             Ok(0)
         }
         Command::Verify(args) => {

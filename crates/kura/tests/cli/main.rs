@@ -1088,3 +1088,69 @@ fn a_later_backup_repairs_a_damaged_chunk_it_meets_again() {
     let v = e.json(&["verify"]);
     assert!(v["problems"].as_array().unwrap().is_empty(), "{v}");
 }
+
+#[test]
+fn restore_disks_writes_one_file_per_disk_into_a_directory() {
+    let e = Env::new();
+    e.vault("v", &[]);
+    let img = e.path("d.raw");
+    make_image(&img, 2 << 20, &[(0, 1 << 20, 5)]);
+    e.protect(&img, "v", &[]);
+    e.backup("d");
+    let dir = e.path("out");
+    std::fs::create_dir(&dir).unwrap();
+    let r = e.json(&[
+        "restore",
+        "disks",
+        "d",
+        "--rp",
+        "latest",
+        "--to",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(r.as_array().unwrap().len(), 1, "{r}");
+    assert!(same_file(&dir.join("disk0.raw"), &img));
+    let (_, err) = e.fails(&[
+        "restore",
+        "disks",
+        "d",
+        "--rp",
+        "latest",
+        "--to",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(err["error"]["code"], "already_exists", "{err}");
+    let (_, err) = e.fails(&[
+        "restore",
+        "disks",
+        "d",
+        "--rp",
+        "latest",
+        "--to",
+        dir.to_str().unwrap(),
+        "--disk",
+        "nope",
+        "--force",
+    ]);
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("has no disk \"nope\""),
+        "{err}"
+    );
+    e.ok(&[
+        "restore",
+        "disks",
+        "d",
+        "--rp",
+        "latest",
+        "--to",
+        dir.to_str().unwrap(),
+        "--disk",
+        "disk0",
+        "--format",
+        "qcow2",
+    ]);
+    assert!(dir.join("disk0.qcow2").exists());
+}
