@@ -30,6 +30,7 @@ mod driver;
 mod format;
 pub mod nbd;
 mod qemu;
+pub mod qmp;
 mod raw;
 mod snapshot;
 
@@ -72,6 +73,9 @@ pub enum Error {
     /// The NBD conversation failed.
     #[error("NBD: {0}")]
     Nbd(String),
+    /// The QMP conversation failed or a command was refused.
+    #[error("QMP: {0}")]
+    Qmp(String),
     /// A request or a source that kura refuses (unknown format, changed backing chain).
     #[error("{0}")]
     Invalid(String),

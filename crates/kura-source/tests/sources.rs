@@ -374,3 +374,150 @@ fn nbd_fuzz_regressions() {
     }
     assert!(n > 0, "no regression inputs in {}", dir.display());
 }
+
+/// The building block of VM points and of one QEMU per image: a real qemu-storage-daemon,
+/// driven over QMP by kura's client, takes a point in time (fleecing) and rotates a
+/// persistent dirty bitmap in one transaction; kura's NBD client reads the point while the
+/// live disk keeps changing, and the bitmap names exactly what changed before the point.
+#[test]
+fn qmp_point_in_time_export_with_a_dirty_bitmap() {
+    use kura_source::qmp::Qmp;
+    use serde_json::json;
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("d.qcow2");
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&img)
+        .arg("8M"));
+    run(Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0x11 0 1M"])
+        .arg(&img));
+    let qmp_sock = dir.path().join("qmp.sock");
+    let nbd_sock = dir.path().join("nbd.sock");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _qsd = Kill(
+        Command::new("qemu-storage-daemon")
+            .arg("--blockdev")
+            .arg(format!(
+                "driver=file,node-name=file0,filename={}",
+                img.display()
+            ))
+            .args(["--blockdev", "driver=qcow2,node-name=disk0,file=file0"])
+            .arg("--chardev")
+            .arg(format!(
+                "socket,id=qmp0,path={},server=on,wait=off",
+                qmp_sock.display()
+            ))
+            .args(["--monitor", "chardev=qmp0"])
+            .spawn()
+            .expect("qemu-storage-daemon (qemu-utils) is installed by scripts/test"),
+    );
+    let mut q = Qmp::connect(&qmp_sock, Duration::from_secs(30)).unwrap();
+    q.execute(
+        "block-dirty-bitmap-add",
+        Some(json!({"node": "disk0", "name": "bm0", "persistent": true})),
+    )
+    .unwrap();
+    q.execute(
+        "nbd-server-start",
+        Some(json!({"addr": {"type": "unix", "data": {"path": nbd_sock}}})),
+    )
+    .unwrap();
+    q.execute(
+        "block-export-add",
+        Some(json!({"type": "nbd", "id": "live", "node-name": "disk0", "name": "live", "writable": true})),
+    )
+    .unwrap();
+    let live = format!("nbd+unix:///live?socket={}", nbd_sock.display());
+    let qemu_io = |cmd: &str| run(Command::new("qemu-io").args(["-f", "raw", "-c", cmd, &live]));
+    qemu_io("write -P 0x22 2M 64k"); // before the point: in bm0
+
+    let fleece = dir.path().join("fleece.qcow2");
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&fleece)
+        .arg("8M"));
+    q.execute(
+        "blockdev-add",
+        Some(json!({"driver": "qcow2", "node-name": "fleece",
+            "file": {"driver": "file", "filename": fleece}, "backing": "disk0"})),
+    )
+    .unwrap();
+    q.execute(
+        "transaction",
+        Some(json!({"actions": [
+            {"type": "block-dirty-bitmap-add", "data": {"node": "disk0", "name": "bm1", "persistent": true}},
+            {"type": "block-dirty-bitmap-disable", "data": {"node": "disk0", "name": "bm0"}},
+            {"type": "blockdev-backup", "data": {"job-id": "fl0", "device": "disk0", "target": "fleece", "sync": "none"}}
+        ]})),
+    )
+    .unwrap();
+    q.execute(
+        "block-export-add",
+        Some(
+            json!({"type": "nbd", "id": "snap", "node-name": "fleece", "name": "snap",
+            "writable": false, "bitmaps": [{"node": "disk0", "name": "bm0"}]}),
+        ),
+    )
+    .unwrap();
+    qemu_io("write -P 0x33 0 64k"); // after the point: not in the point, not in bm0
+
+    let mut c = kura_source::nbd::Client::connect_unix(
+        &nbd_sock,
+        "snap",
+        &["base:allocation", "qemu:dirty-bitmap:bm0"],
+    )
+    .unwrap();
+    let mut buf = vec![0u8; 64 << 10];
+    c.read(&mut buf, 0).unwrap();
+    assert!(
+        buf.iter().all(|&b| b == 0x11),
+        "the point holds the data before the freeze"
+    );
+    c.read(&mut buf, 2 << 20).unwrap();
+    assert!(
+        buf.iter().all(|&b| b == 0x22),
+        "and what was written before it"
+    );
+    let dirty: Vec<(u64, u64)> = {
+        let mut out = Vec::new();
+        let mut pos = 0u64;
+        for d in c.block_status("qemu:dirty-bitmap:bm0", 0, 8 << 20).unwrap() {
+            if d.flags & 1 != 0 {
+                out.push((pos, d.len));
+            }
+            pos += d.len;
+        }
+        out
+    };
+    assert_eq!(dirty.len(), 1, "{dirty:?}");
+    assert!(
+        dirty[0].0 <= 2 << 20 && dirty[0].0 + dirty[0].1 >= (2 << 20) + (64 << 10),
+        "{dirty:?}"
+    );
+    assert!(
+        dirty[0].1 <= 1 << 20,
+        "only the changed region is dirty: {dirty:?}"
+    );
+    c.disconnect().unwrap();
+
+    q.execute("block-export-del", Some(json!({"id": "snap"})))
+        .unwrap();
+    q.execute(
+        "block-job-cancel",
+        Some(json!({"device": "fl0", "force": true})),
+    )
+    .unwrap();
+    // A command QEMU refuses is an error naming it, with QEMU's description.
+    let e = q
+        .execute("blockdev-del", Some(json!({"node-name": "no-such-node"})))
+        .unwrap_err();
+    assert!(e.to_string().contains("blockdev-del failed"), "{e}");
+}
