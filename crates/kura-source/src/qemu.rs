@@ -49,15 +49,32 @@ impl NbdReader {
         std::fs::create_dir_all(&dir)
             .map_err(|e| tool(format!("cannot create {}: {e}", dir.display())))?;
         let sock = dir.join("nbd.sock");
-        let child = Command::new("qemu-nbd")
-            .arg("--read-only")
-            .arg(format!("--format={format}"))
+        let mut cmd = Command::new("qemu-nbd");
+        cmd.arg("--read-only")
             .arg("--socket")
             .arg(&sock)
-            .arg("--shared=1")
-            .args(snapshot.map(|s| format!("--load-snapshot=snapshot.name={s}")))
-            .arg("--")
-            .arg(path)
+            .arg("--shared=1");
+        match snapshot {
+            // An internal snapshot never changes, so reading it takes no image lock: the next
+            // backup can add its own snapshot (which needs the write lock) while this one is
+            // still being transferred, as Azure's overlap rule wants.
+            Some(s) => {
+                let file = path
+                    .to_str()
+                    .ok_or_else(|| tool("the image path is not UTF-8".into()))?
+                    .replace(',', ",,");
+                cmd.arg(format!("--load-snapshot=snapshot.name={s}"))
+                    .arg("--image-opts")
+                    .arg("--")
+                    .arg(format!(
+                        "driver={format},file.driver=file,file.filename={file},file.locking=off"
+                    ));
+            }
+            None => {
+                cmd.arg(format!("--format={format}")).arg("--").arg(path);
+            }
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -152,17 +152,22 @@ fn a_failed_transfer_leaves_a_snapshot_point_and_completes_with_warnings() {
 )]
 fn while_a_transfer_runs_the_next_job_snapshots_and_skips_its_transfer() {
     let e = Env::new();
-    let _q = qcow2_item(&e);
-    let gate = Gate::new(&e, "transfer");
+    let q = qcow2_item(&e);
+    let at_first = raw_of(&e, &q, "first.raw");
+    // The gate stands after the first job opened its image for reading, so the second job's
+    // snapshot meets the first transfer's reader on the real image.
+    let gate = Gate::new(&e, "read");
     let (var, val) = gate.env();
-    let mut slow = e
+    let slow = e
         .cmd(&["--output", "json", "backup", "now", "vm"])
         .env(var, val)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // The first job holds its transfer phase open while the second one runs.
+    // The first job holds its transfer phase open while the image changes and the second
+    // job runs.
     gate.wait_reached();
+    qemu_io(&q, "write -P 0x77 0 1M");
     let quick = e.json(&["backup", "now", "vm"]);
     gate.release();
     assert_eq!(quick["transfer"], "Skipped", "{quick}");
@@ -171,7 +176,26 @@ fn while_a_transfer_runs_the_next_job_snapshots_and_skips_its_transfer() {
     assert_eq!(job["status"], "Completed");
     assert_eq!(job["tasks"][0]["status"], "Completed");
     assert_eq!(job["tasks"][1]["status"], "Skipped");
-    assert!(slow.wait().unwrap().success());
+    let slow = slow.wait_with_output().unwrap();
+    assert!(slow.status.success());
+    let first: Value = serde_json::from_slice(&slow.stdout).unwrap();
+    // The first point holds the image as it was at its snapshot, read from the vault (its
+    // snapshot is removed first), not the writes made while it was transferred.
+    let rp = first["rp_id"].as_str().unwrap();
+    qemu_img(&[
+        "snapshot",
+        "-f",
+        "qcow2",
+        "-d",
+        &format!("kura-{}", &rp[..16]),
+        q.to_str().unwrap(),
+    ]);
+    let out = e.path("out.raw");
+    e.restore("vm", rp, &out, "raw");
+    assert!(
+        same_file(&out, &at_first),
+        "the point is the image at its snapshot"
+    );
     let rps = e.json(&["rp", "list", "vm"]);
     let tiers: Vec<&str> = rps
         .as_array()
