@@ -156,10 +156,14 @@ impl Home {
                 let _cleanup2 = RemoveOnDrop(final_tmp.clone());
                 if format == RestoreFormat::Qcow2 {
                     convert_to_qcow2(&partial, &final_tmp)?;
-                    // qemu-img creates with the process umask: restored disks stay private.
-                    std::fs::set_permissions(&final_tmp, std::fs::Permissions::from_mode(0o600))
-                        .map_err(|e| Error::io(format!("cannot chmod {}", final_tmp.display()), e))?;
                 }
+                // A restored disk is as private as its source (0600 when the source is gone):
+                // never more open than the data was.
+                let mode = std::fs::metadata(&item.source)
+                    .map(|m| m.permissions().mode() & 0o777)
+                    .unwrap_or(0o600);
+                std::fs::set_permissions(&final_tmp, std::fs::Permissions::from_mode(mode))
+                    .map_err(|e| Error::io(format!("cannot chmod {}", final_tmp.display()), e))?;
                 std::fs::rename(&final_tmp, &target).map_err(|e| {
                     Error::io(
                         format!("cannot move the restored image to {}", target.display()),

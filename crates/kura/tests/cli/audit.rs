@@ -416,6 +416,16 @@ fn homes_vaults_keys_and_restores_are_private() {
     }
     assert_eq!(mode(&raw), 0o600, "restored raw");
     assert_eq!(mode(&q), 0o600, "restored qcow2");
+    // A restore keeps its source's mode (a group-readable disk stays group-readable), and is
+    // 0600 once the source is gone.
+    std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let grp = e.path("grp.raw");
+    e.restore("d", "latest", &grp, "raw");
+    assert_eq!(mode(&grp), 0o640, "restored like its source");
+    std::fs::remove_file(&img).unwrap();
+    let gone = e.path("gone.qcow2");
+    e.restore("d", "latest", &gone, "qcow2");
+    assert_eq!(mode(&gone), 0o600, "source gone: private");
 }
 
 /// A restore interrupted before its end leaves a hidden temporary beside the target; the
