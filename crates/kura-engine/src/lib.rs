@@ -45,7 +45,7 @@ pub use gc::{GcOptions, GcReport};
 pub use home::{AttachReport, CreateVault, Home, Secrets, VaultInfo};
 pub use policy::{PolicySource, split_policy_path};
 pub use progress::{NoProgress, Progress};
-pub use protection::ItemStatus;
+pub use protection::{ItemStatus, PrecheckCheck, PrecheckReport};
 pub use recovery::{KitReport, NewKey};
 pub use restore::{RestoreDisksOptions, RestoreFormat, RestoreOptions, RestoreReport};
 pub use retention::{PlanEntry, RetentionPlan};

@@ -46,6 +46,30 @@ pub struct ItemStatus {
     pub purge_at: Option<String>,
 }
 
+/// What `item precheck` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct PrecheckReport {
+    /// Item name.
+    pub item: String,
+    /// Its kind.
+    pub kind: String,
+    /// Whether every check passed.
+    pub ready: bool,
+    /// Each check, in order.
+    pub checks: Vec<PrecheckCheck>,
+}
+
+/// One precheck.
+#[derive(Debug, Clone, Serialize)]
+pub struct PrecheckCheck {
+    /// What was checked.
+    pub name: String,
+    /// Whether it passed.
+    pub ok: bool,
+    /// What was found, or what is wrong and what to do.
+    pub detail: String,
+}
+
 /// Removes a recovery point's snapshot tier, if it has one (its data is being deleted).
 fn drop_snapshot(rp: &RpRow) -> Result<()> {
     match rp
@@ -178,6 +202,60 @@ impl Home {
         updated.state = state.to_string();
         updated.deleted_at = deleted_at.map(str::to_string);
         self.record_item_with_snapshots(&updated, &vault)
+    }
+
+    /// Checks, without touching anything, whether a backup of the item could run now: the
+    /// vault opens with the secrets given and the source passes its driver's precheck (for
+    /// disks: it exists, with the format and backing chain pinned at protect time).
+    pub fn precheck(&self, item: &str, secrets: &Secrets) -> Result<PrecheckReport> {
+        let row = self.catalog.item(item)?;
+        let mut checks = Vec::new();
+        let mut check = |name: &str, r: Result<String>| {
+            checks.push(match r {
+                Ok(detail) => PrecheckCheck {
+                    name: name.into(),
+                    ok: true,
+                    detail,
+                },
+                Err(e) => PrecheckCheck {
+                    name: name.into(),
+                    ok: false,
+                    detail: e.to_string(),
+                },
+            })
+        };
+        check(
+            "protection",
+            Self::check_can_backup(&row).map(|()| format!("state {}", row.state)),
+        );
+        let vrow = self.catalog.vault_by_id(&row.vault_id)?;
+        let vault = self.open_vault_row(&vrow, secrets);
+        check(
+            "vault",
+            vault
+                .as_ref()
+                .map(|_| format!("vault {} opens with the secrets given", vrow.name))
+                .map_err(|e| Error::new(e.kind(), e.to_string())),
+        );
+        let spec = crate::home::source_spec(self, &row, vault.as_ref().ok());
+        let source = spec.and_then(|spec| {
+            let mut driver = spec.driver();
+            driver.precheck()?;
+            Ok(match &spec {
+                kura_source::SourceSpec::Disk { path, format, .. } => {
+                    format!("{path} is there, {}", format.describe())
+                }
+                _ => "ready".to_string(),
+            })
+        });
+        check("source", source);
+        let ready = checks.iter().all(|c| c.ok);
+        Ok(PrecheckReport {
+            item: row.name,
+            kind: row.kind,
+            ready,
+            checks,
+        })
     }
 
     /// Pins an item's format anew (`format`, or probed now): the explicit action that

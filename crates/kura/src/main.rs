@@ -279,6 +279,11 @@ enum ItemCmd {
         /// Item name.
         item: String,
     },
+    /// Check, touching nothing, whether a backup of the item could run now.
+    Precheck {
+        /// Item name.
+        item: String,
+    },
     /// Change how an item's image is opened: pin a new format, or accept its current backing
     /// chain (after a block commit or rebase). Backups never change it by themselves.
     SetFormat {
@@ -579,6 +584,11 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             let st = home.undelete(item, &secrets)?;
             out.view(&st, views::item_status);
             Ok(0)
+        }
+        Command::Item(ItemCmd::Precheck { item }) => {
+            let r = home.precheck(item, &secrets)?;
+            out.view(&r, views::precheck);
+            Ok(if r.ready { 0 } else { EXIT_ERROR })
         }
         Command::Item(ItemCmd::SetFormat { item, format }) => {
             home.set_item_format(item, format.as_deref(), &secrets)?;

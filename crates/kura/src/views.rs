@@ -424,6 +424,29 @@ pub fn vault_show(v: &Value) -> String {
 }
 
 /// `kura vault attach`.
+/// `kura item precheck`.
+pub fn precheck(r: &Value) -> String {
+    let mut out = format!(
+        "item {} ({}): {}\n",
+        s(&r["item"]),
+        s(&r["kind"]),
+        if r["ready"] == true {
+            "READY"
+        } else {
+            "NOT READY"
+        }
+    );
+    for c in rows(&r["checks"]) {
+        out += &format!(
+            "  {:<4} {:<11} {}\n",
+            if c["ok"] == true { "ok" } else { "FAIL" },
+            s(&c["name"]),
+            s(&c["detail"])
+        );
+    }
+    out
+}
+
 /// `kura vault key export`.
 pub fn kit_exported(r: &Value) -> String {
     format!(

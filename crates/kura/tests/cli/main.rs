@@ -1154,3 +1154,33 @@ fn restore_disks_writes_one_file_per_disk_into_a_directory() {
     ]);
     assert!(dir.join("disk0.qcow2").exists());
 }
+
+#[test]
+fn precheck_says_whether_a_backup_could_run_and_touches_nothing() {
+    let e = Env::new();
+    e.vault("v", &[]);
+    let img = e.path("d.raw");
+    make_image(&img, 1 << 20, &[(0, 4096, 1)]);
+    e.protect(&img, "v", &[]);
+    let r = e.json(&["item", "precheck", "d"]);
+    assert_eq!(r["ready"], true, "{r}");
+    assert_eq!(r["checks"].as_array().unwrap().len(), 3, "{r}");
+    let before = std::fs::read(&img).unwrap();
+    std::fs::rename(&img, e.path("moved.raw")).unwrap();
+    let o = e.run(&["item", "precheck", "d"]);
+    assert_eq!(o.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("NOT READY") && text.contains("FAIL source"),
+        "{text}"
+    );
+    std::fs::rename(e.path("moved.raw"), &img).unwrap();
+    assert_eq!(std::fs::read(&img).unwrap(), before);
+    assert!(
+        e.json(&["job", "list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|j| j["operation"] != "Backup")
+    );
+}
