@@ -191,6 +191,22 @@ pub const ROUTES: &[Route] = &[
         false,
     ),
     r(
+        "GET",
+        "/api/v1/items/{item}/precheck",
+        "precheckItem",
+        "Whether a backup could run now (vault secrets, source), touching nothing",
+        200,
+        false,
+    ),
+    r(
+        "POST",
+        "/api/v1/items/{item}/format",
+        "setItemFormat",
+        "Pin a new format or accept a changed backing chain: {\"format\"?}",
+        200,
+        true,
+    ),
+    r(
         "POST",
         "/api/v1/items/{item}/backups",
         "backupNow",
@@ -373,6 +389,7 @@ pub fn fuzz_bodies(data: &[u8]) {
     let _ = parse_body::<GcBody>(data);
     let _ = parse_body::<RetentionBody>(data);
     let _ = parse_body::<Attach>(data);
+    let _ = parse_body::<SetFormat>(data);
     let _ = parse_body::<serde_json::Value>(data)
         .map(|v| kura_policy::Policy::parse(v.to_string().as_bytes()));
 }
@@ -627,6 +644,35 @@ async fn resume_protection(
         200,
         blocking(move || Ok(s.home.resume_protection(&item, &b.policy, &s.secrets)?)).await?,
     )
+}
+
+async fn precheck_item(_: Auth, State(s): State<S>, Path(item): Path<String>) -> ApiResult {
+    ok(
+        200,
+        blocking(move || Ok(s.home.precheck(&item, &s.secrets)?)).await?,
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetFormat {
+    #[serde(default)]
+    format: Option<String>,
+}
+
+async fn set_item_format(
+    _: Auth,
+    State(s): State<S>,
+    Path(item): Path<String>,
+    Body(b): Body<SetFormat>,
+) -> ApiResult {
+    let st = blocking(move || {
+        s.home
+            .set_item_format(&item, b.format.as_deref(), &s.secrets)?;
+        Ok(s.home.item_status(&item)?)
+    })
+    .await?;
+    ok(200, st)
 }
 
 async fn undelete_item(_: Auth, State(s): State<S>, Path(item): Path<String>) -> ApiResult {
@@ -975,6 +1021,8 @@ fn handler(route: &Route) -> MethodRouter<S> {
         "stopProtection" => post(stop_protection),
         "resumeProtection" => post(resume_protection),
         "undeleteItem" => post(undelete_item),
+        "precheckItem" => get(precheck_item),
+        "setItemFormat" => post(set_item_format),
         "backupNow" => post(backup_now),
         "listRecoveryPoints" => get(list_rps),
         "retentionPlan" => get(retention_plan),

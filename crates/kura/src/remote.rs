@@ -223,6 +223,19 @@ pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
             )?,
             views::item_status,
         ),
+        Command::Item(ItemCmd::Precheck { item }) => {
+            let r = c.get(&format!("/items/{}/precheck", enc(item)))?;
+            let ready = r["ready"] == true;
+            show(r, views::precheck)?;
+            Ok(if ready { 0 } else { 1 })
+        }
+        Command::Item(ItemCmd::SetFormat { item, format }) => show(
+            c.post(
+                &format!("/items/{}/format", enc(item)),
+                json!({"format": format}),
+            )?,
+            views::item_status,
+        ),
         Command::Item(ItemCmd::Undelete { item }) => show(
             c.post(&format!("/items/{}/undelete", enc(item)), json!({}))?,
             views::item_status,
@@ -331,7 +344,7 @@ pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
         ),
         Command::Policy(p) => crate::policy_cmd::run_policy_remote(p, c, out),
         _ => bail!(
-            "this command runs on the server's host only (quickstart, server, scheduler, vault create with a passphrase, key file, cipher or compression level, vault key export/change, vault detach, attach with a recovery kit, item set-format, item precheck, and restore disks); run it there without --server"
+            "this command runs on the server's host only (quickstart, server, scheduler, vault create with a passphrase, key file, cipher or compression level, vault key export/change, vault detach, attach with a recovery kit, and restore disks); run it there without --server"
         ),
     }
 }

@@ -89,6 +89,10 @@ fn the_cli_works_through_the_server() {
         "default",
     ]);
     assert_eq!(item["name"], "d");
+    let pre = json(&["item", "precheck", "d"]);
+    assert_eq!(pre["ready"], true, "{pre}");
+    let st = json(&["item", "set-format", "d", "--format", "raw"]);
+    assert_eq!(st["spec"]["format"]["format"], "raw", "{st}");
     let report = json(&["backup", "now", "d"]);
     assert!(report["rp_id"].as_str().is_some(), "{report}");
     assert!(
