@@ -667,10 +667,11 @@ impl Home {
                 // A spec must describe the record's own source, or it is not used (the format
                 // is then probed once at the next backup).
                 spec: r.spec.as_ref().map(|f| f.to_string()).filter(|text| {
-                    matches!(
-                        kura_source::SourceSpec::parse(text),
-                        Ok(kura_source::SourceSpec::Disk { ref path, .. }) if *path == r.source
-                    )
+                    match kura_source::SourceSpec::parse(text) {
+                        Ok(kura_source::SourceSpec::Disk { path, .. }) => path == r.source,
+                        Ok(kura_source::SourceSpec::Vm { qmp, .. }) => qmp == r.source,
+                        _ => false,
+                    }
                 }),
                 damaged_points: 0,
             };
@@ -782,18 +783,109 @@ impl Home {
         check_name("item", &name)?;
         let vault = self.open_vault_row(&vrow, secrets)?;
         let pinned = kura_source::PinnedFormat::inspect(&source, format)?;
+        let spec = kura_source::SourceSpec::disk(&source, pinned.clone());
+        self.register_item(&vrow, &vault, name, policy, spec, &pinned.describe())
+    }
+
+    /// Protects a running QEMU VM through its QMP socket: its disks are discovered now (and
+    /// checked again at every backup); `exclude` names disks not to back up.
+    #[allow(clippy::too_many_arguments)]
+    pub fn protect_vm(
+        &self,
+        qmp: &Path,
+        vault: &str,
+        name: Option<&str>,
+        policy: Option<&str>,
+        exclude: &[String],
+        secrets: &Secrets,
+    ) -> Result<ItemRow> {
+        let vrow = self.catalog.vault(vault)?;
+        let policy = policy.unwrap_or(kura_policy::DEFAULT_POLICY);
+        if !self.catalog.has_policy(&vrow.id, policy)? {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "vault {vault:?} has no policy {policy:?} (see `kura policy list --vault {vault}`)"
+                ),
+            ));
+        }
+        let qmp = absolute(qmp)?;
+        let disks = kura_source::vm::discover(&qmp)?;
+        for x in exclude {
+            if !disks.iter().any(|d| &d.name == x) {
+                return Err(Error::new(
+                    ErrorKind::Invalid,
+                    format!(
+                        "--exclude-disk {x:?}: the VM has no such disk (it has: {})",
+                        disks
+                            .iter()
+                            .map(|d| d.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+        }
+        if disks.iter().all(|d| exclude.contains(&d.name)) {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                "every disk of the VM is excluded: nothing would be backed up",
+            ));
+        }
+        let name = match name {
+            Some(n) => n.to_string(),
+            None => default_item_name(&qmp),
+        };
+        check_name("item", &name)?;
+        let vault_handle = self.open_vault_row(&vrow, secrets)?;
+        let describe = format!(
+            "VM with disks {}",
+            disks
+                .iter()
+                .map(|d| if exclude.contains(&d.name) {
+                    format!("{} (excluded)", d.name)
+                } else {
+                    format!("{} ({}, {})", d.name, d.format, d.file)
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let spec = kura_source::SourceSpec::Vm {
+            v: kura_source::SPEC_VERSION,
+            qmp: qmp.display().to_string(),
+            disks,
+            exclude: exclude.to_vec(),
+        };
+        self.register_item(&vrow, &vault_handle, name, policy, spec, &describe)
+    }
+
+    /// Records a new item in the catalog and its vault, as Azure's ConfigureBackup job.
+    fn register_item(
+        &self,
+        vrow: &VaultRow,
+        vault: &Vault,
+        name: String,
+        policy: &str,
+        spec: kura_source::SourceSpec,
+        describe: &str,
+    ) -> Result<ItemRow> {
+        let source = match &spec {
+            kura_source::SourceSpec::Disk { path, .. } => path.clone(),
+            kura_source::SourceSpec::Vm { qmp, .. } => qmp.clone(),
+            _ => String::new(),
+        };
         let item = ItemRow {
             id: new_id(),
             name,
             vault_id: vrow.id.clone(),
-            kind: "disk".into(),
-            source: source.display().to_string(),
+            kind: spec.kind().into(),
+            source,
             created: kura_catalog::stamp(self.now()),
             policy: Some(policy.to_string()),
             last_slot: None,
             state: "protected".into(),
             deleted_at: None,
-            spec: Some(kura_source::SourceSpec::disk(&source, pinned.clone()).to_json()),
+            spec: Some(spec.to_json()),
             damaged_points: 0,
         };
         self.catalog.insert_item(&item)?;
@@ -807,9 +899,8 @@ impl Home {
             |job| {
                 vault.put_item(&item_record(&item))?;
                 job.message(&format!(
-                    "protected {} ({}) in vault {vault_name} with policy {policy}",
+                    "protected {} ({describe}) in vault {vault_name} with policy {policy}",
                     item.source,
-                    pinned.describe(),
                     vault_name = vrow.name
                 ));
                 Ok(((), None))
@@ -1168,6 +1259,12 @@ pub(crate) fn source_spec(
             ));
         }
         return Ok(spec);
+    }
+    if item.kind != "disk" {
+        return Err(Error::new(
+            ErrorKind::Corrupt,
+            format!("{} item {:?} has no source spec", item.kind, item.name),
+        ));
     }
     let source = Path::new(&item.source);
     let pinned = kura_source::PinnedFormat::inspect(source, None)?;

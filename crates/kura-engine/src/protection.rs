@@ -245,6 +245,15 @@ impl Home {
                 kura_source::SourceSpec::Disk { path, format, .. } => {
                     format!("{path} is there, {}", format.describe())
                 }
+                kura_source::SourceSpec::Vm { disks, exclude, .. } => format!(
+                    "the VM answers on QMP and has its disks: {}",
+                    disks
+                        .iter()
+                        .filter(|d| !exclude.contains(&d.name))
+                        .map(|d| d.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
                 _ => "ready".to_string(),
             })
         });

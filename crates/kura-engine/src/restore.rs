@@ -159,9 +159,13 @@ impl Home {
                 }
                 // A restored disk is as private as its source (0600 when the source is gone):
                 // never more open than the data was.
-                let mode = std::fs::metadata(&item.source)
-                    .map(|m| m.permissions().mode() & 0o777)
-                    .unwrap_or(0o600);
+                let mode = if item.kind == "disk" {
+                    std::fs::metadata(&item.source)
+                        .map(|m| m.permissions().mode() & 0o777)
+                        .unwrap_or(0o600)
+                } else {
+                    0o600
+                };
                 std::fs::set_permissions(&final_tmp, std::fs::Permissions::from_mode(mode))
                     .map_err(|e| Error::io(format!("cannot chmod {}", final_tmp.display()), e))?;
                 std::fs::rename(&final_tmp, &target).map_err(|e| {

@@ -42,6 +42,19 @@ pub enum SourceSpec {
         /// Its format and backing chain, pinned when it was protected.
         format: PinnedFormat,
     },
+    /// A running QEMU VM, through its QMP monitor socket.
+    Vm {
+        /// Schema version of these fields.
+        #[serde(default = "spec_version")]
+        v: u32,
+        /// The QMP socket.
+        qmp: String,
+        /// Its disks when it was protected.
+        disks: Vec<crate::vm::VmDisk>,
+        /// Disks not backed up (temporary or scratch disks), by name.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        exclude: Vec<String>,
+    },
 }
 
 impl SourceSpec {
@@ -59,9 +72,12 @@ impl SourceSpec {
         let spec: SourceSpec = serde_json::from_str(json)
             .map_err(|e| Error::Invalid(format!("unreadable source spec: {e}")))?;
         match &spec {
-            SourceSpec::Disk { v, .. } if *v != SPEC_VERSION => Err(Error::Invalid(format!(
-                "disk source spec version {v} is not supported (this kura reads {SPEC_VERSION})"
-            ))),
+            SourceSpec::Disk { v, .. } | SourceSpec::Vm { v, .. } if *v != SPEC_VERSION => {
+                Err(Error::Invalid(format!(
+                    "{} source spec version {v} is not supported (this kura reads {SPEC_VERSION})",
+                    spec.kind()
+                )))
+            }
             _ => Ok(spec),
         }
     }
@@ -75,6 +91,7 @@ impl SourceSpec {
     pub fn kind(&self) -> &'static str {
         match self {
             SourceSpec::Disk { .. } => "disk",
+            SourceSpec::Vm { .. } => "vm",
         }
     }
 
@@ -85,6 +102,16 @@ impl SourceSpec {
                 path: PathBuf::from(path),
                 format: format.clone(),
             }),
+            SourceSpec::Vm {
+                qmp,
+                disks,
+                exclude,
+                ..
+            } => Box::new(crate::vm::VmDriver::new(
+                PathBuf::from(qmp),
+                disks.clone(),
+                exclude.clone(),
+            )),
         }
     }
 }

@@ -33,6 +33,7 @@ mod qemu;
 pub mod qmp;
 mod raw;
 mod snapshot;
+pub mod vm;
 
 pub use driver::{Consistency, PointInTime, SPEC_VERSION, SourceDriver, SourceSpec};
 pub use format::{BackingFile, FORMATS, PinnedFormat};

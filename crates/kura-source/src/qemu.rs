@@ -16,8 +16,10 @@ const ALLOCATION: &str = "base:allocation";
 pub struct NbdReader {
     path: PathBuf,
     format: String,
-    child: Child,
-    dir: PathBuf,
+    /// The private qemu-nbd serving the image, and its directory (`None` when reading an
+    /// export someone else serves, e.g. a VM's QEMU).
+    child: Option<Child>,
+    dir: Option<PathBuf>,
     client: Option<Client<UnixStream>>,
     size: u64,
 }
@@ -90,16 +92,17 @@ impl NbdReader {
         let mut reader = NbdReader {
             path: path.to_path_buf(),
             format: format.to_string(),
-            child,
-            dir,
+            child: Some(child),
+            dir: Some(dir),
             client: None,
             size: 0,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(status) = reader.child.try_wait().map_err(|e| tool(e.to_string()))? {
+            let child = reader.child.as_mut().expect("spawned above");
+            if let Some(status) = child.try_wait().map_err(|e| tool(e.to_string()))? {
                 let mut err = String::new();
-                if let Some(mut s) = reader.child.stderr.take() {
+                if let Some(mut s) = child.stderr.take() {
                     let _ = s.read_to_string(&mut err);
                 }
                 return Err(tool(format!("exited with {status}: {}", err.trim())));
@@ -117,6 +120,21 @@ impl NbdReader {
             std::thread::sleep(Duration::from_millis(10));
         }
         Ok(reader)
+    }
+
+    /// Reads the NBD export `name` that another process (a VM's QEMU, a
+    /// qemu-storage-daemon) serves on the Unix socket `sock`; `format` is what the export
+    /// presents (`raw` for a point-in-time export of any image).
+    pub fn connect_export(sock: &Path, name: &str, format: &str) -> Result<Self> {
+        let c = Client::connect_unix(sock, name, &[ALLOCATION])?;
+        Ok(NbdReader {
+            path: sock.join(name),
+            format: format.to_string(),
+            child: None,
+            dir: None,
+            size: c.size(),
+            client: Some(c),
+        })
     }
 
     fn client(&mut self) -> &mut Client<UnixStream> {
@@ -184,8 +202,12 @@ impl Drop for NbdReader {
         if let Some(c) = self.client.take() {
             let _ = c.disconnect();
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some(d) = &self.dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 }

@@ -316,6 +316,25 @@ enum ProtectCmd {
         #[arg(long)]
         format: Option<String>,
     },
+    /// Protect a running QEMU VM through its QMP monitor socket (all disks at one instant,
+    /// read while the VM runs; crash-consistent until guest-agent support lands).
+    Vm {
+        /// The VM's QMP socket (`-qmp unix:PATH,server=on,wait=off`).
+        #[arg(long)]
+        qmp: PathBuf,
+        /// Vault to back up into.
+        #[arg(long)]
+        vault: String,
+        /// Item name (default: the socket's file name without extension).
+        #[arg(long)]
+        name: Option<String>,
+        /// Policy of the vault that schedules its backups (default DefaultPolicy).
+        #[arg(long)]
+        policy: Option<String>,
+        /// A disk not to back up, by name (repeatable), e.g. a scratch disk.
+        #[arg(long = "exclude-disk", value_name = "NAME")]
+        exclude_disk: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -555,6 +574,24 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
                 name.as_deref(),
                 policy.as_deref(),
                 format.as_deref(),
+                &secrets,
+            )?;
+            out.view(&item, views::protected);
+            Ok(0)
+        }
+        Command::Item(ItemCmd::Protect(ProtectCmd::Vm {
+            qmp,
+            vault,
+            name,
+            policy,
+            exclude_disk,
+        })) => {
+            let item = home.protect_vm(
+                qmp,
+                vault,
+                name.as_deref(),
+                policy.as_deref(),
+                exclude_disk,
                 &secrets,
             )?;
             out.view(&item, views::protected);

@@ -344,7 +344,7 @@ pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
         ),
         Command::Policy(p) => crate::policy_cmd::run_policy_remote(p, c, out),
         _ => bail!(
-            "this command runs on the server's host only (quickstart, server, scheduler, vault create with a passphrase, key file, cipher or compression level, vault key export/change, vault detach, attach with a recovery kit, and restore disks); run it there without --server"
+            "this command runs on the server's host only (quickstart, server, scheduler, vault create with a passphrase, key file, cipher or compression level, vault key export/change, vault detach, attach with a recovery kit, protect vm, and restore disks); run it there without --server"
         ),
     }
 }

@@ -36,6 +36,23 @@ pub fn protected(i: &Value) -> String {
 
 /// An item's pinned format as one phrase: `qcow2`, `qcow2 on /base.raw (raw)`, or `-`.
 pub fn item_format(i: &Value) -> String {
+    if i["spec"]["kind"] == "vm" {
+        let ex: Vec<String> = rows(&i["spec"]["exclude"]).map(s).collect();
+        return format!(
+            "vm: {}",
+            rows(&i["spec"]["disks"])
+                .map(|d| {
+                    let n = s(&d["name"]);
+                    if ex.contains(&n) {
+                        format!("{n} excluded")
+                    } else {
+                        format!("{n} {}", s(&d["format"]))
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let doc = &i["spec"]["format"];
     if !doc.is_object() {
         return "-".into();

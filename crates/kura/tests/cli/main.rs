@@ -12,6 +12,7 @@ mod policies;
 mod protection;
 mod remote;
 mod snapshots;
+mod vm;
 
 struct Env {
     dir: tempfile::TempDir,
