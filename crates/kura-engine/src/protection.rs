@@ -276,6 +276,15 @@ impl Home {
         secrets: &Secrets,
     ) -> Result<kura_catalog::ItemRow> {
         let row = self.catalog.item(item)?;
+        if row.kind != "disk" {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                format!(
+                    "item {:?} is a {} item: only disk items have a pinned format",
+                    row.name, row.kind
+                ),
+            ));
+        }
         let source = std::path::Path::new(&row.source);
         let pinned = kura_source::PinnedFormat::inspect(source, format)?;
         let vrow = self.catalog.vault_by_id(&row.vault_id)?;

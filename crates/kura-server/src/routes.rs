@@ -573,6 +573,9 @@ struct Protect {
     policy: Option<String>,
     #[serde(default)]
     format: Option<String>,
+    /// VM items: disks not to back up.
+    #[serde(default)]
+    exclude_disks: Vec<String>,
 }
 
 async fn list_items(_: Auth, State(s): State<S>) -> ApiResult {
@@ -580,13 +583,28 @@ async fn list_items(_: Auth, State(s): State<S>) -> ApiResult {
 }
 
 async fn protect_item(_: Auth, State(s): State<S>, Body(b): Body<Protect>) -> ApiResult {
-    if b.kind != "disk" {
+    if b.kind != "disk" && b.kind != "vm" {
         return Err(ApiError::invalid(format!(
-            "kind: {:?} is not supported; use \"disk\"",
+            "kind: {:?} is not supported; use \"disk\" or \"vm\"",
             b.kind
         )));
     }
+    // A VM's source is its QMP socket: it too must lie under a source root.
     let path = s.roots.source("source", &b.source)?;
+    if b.kind == "vm" {
+        let item = blocking(move || {
+            Ok(s.home.protect_vm(
+                &path,
+                &b.vault,
+                b.name.as_deref(),
+                b.policy.as_deref(),
+                &b.exclude_disks,
+                &s.secrets,
+            )?)
+        })
+        .await?;
+        return ok(201, item);
+    }
     let item = blocking(move || {
         Ok(s.home.protect_disk(
             &path,

@@ -199,6 +199,16 @@ pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
         Command::Item(ItemCmd::Show { item }) => {
             show(c.get(&format!("/items/{}", enc(item)))?, views::item_status)
         }
+        Command::Item(ItemCmd::Protect(ProtectCmd::Vm {
+            qmp,
+            vault,
+            name,
+            policy,
+            exclude_disk,
+        })) => {
+            let source = std::path::absolute(qmp)?;
+            show(c.post("/items", json!({"kind": "vm", "source": source, "vault": vault, "name": name, "policy": policy, "exclude_disks": exclude_disk}))?, views::protected)
+        }
         Command::Item(ItemCmd::Protect(ProtectCmd::Disk {
             image,
             vault,
@@ -344,7 +354,7 @@ pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
         ),
         Command::Policy(p) => crate::policy_cmd::run_policy_remote(p, c, out),
         _ => bail!(
-            "this command runs on the server's host only (quickstart, server, scheduler, vault create with a passphrase, key file, cipher or compression level, vault key export/change, vault detach, attach with a recovery kit, protect vm, and restore disks); run it there without --server"
+            "this command runs on the server's host only (quickstart, server, scheduler, vault create with a passphrase, key file, cipher or compression level, vault key export/change, vault detach, attach with a recovery kit, and restore disks); run it there without --server"
         ),
     }
 }

@@ -5,9 +5,9 @@ use std::process::{Child, Stdio};
 
 use super::*;
 
-struct ServerProcess {
+pub(super) struct ServerProcess {
     child: Child,
-    url: String,
+    pub(super) url: String,
     // Kept open: the server keeps printing.
     _stdout: std::io::BufReader<std::process::ChildStdout>,
 }
@@ -19,7 +19,7 @@ impl Drop for ServerProcess {
     }
 }
 
-fn serve(e: &Env) -> ServerProcess {
+pub(super) fn serve(e: &Env) -> ServerProcess {
     let mut child = e
         .cmd(&[
             "--home",

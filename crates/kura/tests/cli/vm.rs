@@ -258,3 +258,62 @@ fn a_running_vm_is_backed_up_at_one_instant_for_every_disk() {
         "the guest's later writes are in the next point"
     );
 }
+
+/// A VM item through `kura server`: protected, backed up and restored over the API; the QMP
+/// socket must lie under the server's source roots like any other source.
+#[test]
+fn a_vm_through_the_server() {
+    let e = Env::new();
+    let d = e.path("d.raw");
+    make_image(&d, 2 << 20, &[(0, 1 << 20, 3)]);
+    let vm = start_vm(&e, &[("vda", &d, "raw")]);
+    let srv = super::remote::serve(&e);
+    let remote = |args: &[&str]| -> Vec<String> {
+        let mut a = vec![
+            "--server".to_string(),
+            srv.url.clone(),
+            "--token".into(),
+            "tok".into(),
+        ];
+        a.extend(args.iter().map(|s| s.to_string()));
+        a
+    };
+    let json = |args: &[&str]| -> Value {
+        let a = remote(args);
+        e.json(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let item = json(&[
+        "item",
+        "protect",
+        "vm",
+        "--qmp",
+        vm.qmp.to_str().unwrap(),
+        "--vault",
+        "default",
+    ]);
+    assert_eq!(item["kind"], "vm", "{item}");
+    let name = item["name"].as_str().unwrap().to_string();
+    let r = json(&["backup", "now", &name]);
+    assert!(r["rp_id"].is_string(), "{r}");
+    let out = e.path("out.raw");
+    json(&[
+        "restore",
+        "disk",
+        &name,
+        "--rp",
+        "latest",
+        "--to",
+        out.to_str().unwrap(),
+    ]);
+    assert!(same_file(&out, &d));
+    // A VM has no pinned image format to change.
+    let a = remote(&["item", "set-format", &name]);
+    let (_, err) = e.fails(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("only disk items"),
+        "{err}"
+    );
+}
