@@ -554,7 +554,7 @@ impl Home {
             expires: Some(expires),
             job_id: job.id.clone(),
             disks: disk_entries,
-            definition: None,
+            definition: held.point.definition.clone(),
             stats: totals.clone(),
         };
         vault.put_manifest(&manifest)?;

@@ -191,6 +191,32 @@ impl Home {
     }
 }
 
+impl Home {
+    /// The manifest of a recovery point (its disks, consistency, retention and, for VMs, the
+    /// definition), read from the vault; a snapshot-only point has none and says so.
+    pub fn rp_manifest(
+        &self,
+        item: &str,
+        rp: &str,
+        secrets: &Secrets,
+    ) -> Result<kura_store::Manifest> {
+        let row = self.catalog.item(item)?;
+        let rp = self.resolve_rp(&row, rp)?;
+        if rp.tier == "snapshot" {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "recovery point {} exists only in the snapshot tier: it has no vault copy yet",
+                    rp.id
+                ),
+            ));
+        }
+        let vrow = self.catalog.vault_by_id(&row.vault_id)?;
+        let vault = self.open_vault_row(&vrow, secrets)?;
+        Ok(vault.get_manifest(&rp.id)?)
+    }
+}
+
 /// What `restore disks` restores and where.
 #[derive(Debug, Clone)]
 pub struct RestoreDisksOptions {

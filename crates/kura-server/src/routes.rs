@@ -224,6 +224,14 @@ pub const ROUTES: &[Route] = &[
     ),
     r(
         "GET",
+        "/api/v1/items/{item}/recovery-points/{rp}",
+        "getRecoveryPoint",
+        "A recovery point's manifest: disks, consistency, retention, definition",
+        200,
+        false,
+    ),
+    r(
+        "GET",
         "/api/v1/items/{item}/retention-plan",
         "retentionPlan",
         "What retention would remove",
@@ -830,6 +838,17 @@ async fn list_rps(_: Auth, State(s): State<S>, Path(item): Path<String>) -> ApiR
     ok(200, blocking(move || Ok(s.home.list_rps(&item)?)).await?)
 }
 
+async fn get_rp(
+    _: Auth,
+    State(s): State<S>,
+    Path((item, rp)): Path<(String, String)>,
+) -> ApiResult {
+    ok(
+        200,
+        blocking(move || Ok(s.home.rp_manifest(&item, &rp, &s.secrets)?)).await?,
+    )
+}
+
 /// An optional `at` instant (RFC 3339); now when absent.
 fn instant(at: Option<String>) -> Result<jiff::Timestamp, ApiError> {
     match at {
@@ -1043,6 +1062,7 @@ fn handler(route: &Route) -> MethodRouter<S> {
         "setItemFormat" => post(set_item_format),
         "backupNow" => post(backup_now),
         "listRecoveryPoints" => get(list_rps),
+        "getRecoveryPoint" => get(get_rp),
         "retentionPlan" => get(retention_plan),
         "restoreDisk" => post(restore_disk),
         "listJobs" => get(list_jobs),

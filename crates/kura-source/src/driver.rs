@@ -148,6 +148,9 @@ pub struct PointInTime {
     pub no_snapshot: Option<String>,
     /// The consistency reached.
     pub consistency: Consistency,
+    /// How the source was defined at that instant (a VM's disks and identity), kept with
+    /// the point; `None` for a disk.
+    pub definition: Option<serde_json::Value>,
 }
 
 /// Everything that depends on an item's kind (see the module doc).
@@ -187,6 +190,7 @@ impl SourceDriver for DiskDriver {
             snapshot,
             no_snapshot,
             consistency: Consistency::Crash,
+            definition: None,
         })
     }
 

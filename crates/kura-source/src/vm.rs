@@ -254,6 +254,14 @@ impl SourceDriver for VmDriver {
 
     fn take_point(&mut self, rp_id: &str) -> Result<PointInTime> {
         let mut q = connect(&self.qmp)?;
+        // The VM's definition at the instant: its identity and its disks as QEMU has them.
+        let definition = json!({
+            "qemu": q.execute("query-version", None).ok(),
+            "name": q.execute("query-name", None).ok(),
+            "uuid": q.execute("query-uuid", None).ok(),
+            "disks": self.disks,
+            "exclude": self.exclude,
+        });
         if let Err(e) = self.setup(&mut q, rp_id) {
             self.teardown(&mut q);
             return Err(e);
@@ -262,6 +270,7 @@ impl SourceDriver for VmDriver {
             snapshot: None,
             no_snapshot: Some("VMs have no instant-restore snapshot tier yet".into()),
             consistency: Consistency::Crash,
+            definition: Some(definition),
         })
     }
 

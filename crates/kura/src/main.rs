@@ -360,6 +360,14 @@ enum RpCmd {
         /// Item name.
         item: String,
     },
+    /// Show a recovery point: its disks, consistency, retention and (VMs) definition.
+    Show {
+        /// Item name.
+        item: String,
+        /// Recovery point id (or unique prefix), or `latest`.
+        #[arg(long, default_value = "latest")]
+        rp: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -650,6 +658,11 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
         Command::Rp(RpCmd::List { item }) => {
             let rps = home.list_rps(item)?;
             out.view(&rps, views::rp_list);
+            Ok(0)
+        }
+        Command::Rp(RpCmd::Show { item, rp }) => {
+            let m = home.rp_manifest(item, rp, &secrets)?;
+            out.view(&m, views::rp_show);
             Ok(0)
         }
         Command::Restore(RestoreCmd::Disk {

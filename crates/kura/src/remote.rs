@@ -262,6 +262,10 @@ pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
             job_done(out, c, &started, views::backup)?;
             Ok(0)
         }
+        Command::Rp(RpCmd::Show { item, rp }) => show(
+            c.get(&format!("/items/{}/recovery-points/{}", enc(item), enc(rp)))?,
+            views::rp_show,
+        ),
         Command::Rp(RpCmd::List { item }) => show(
             c.get(&format!("/items/{}/recovery-points", enc(item)))?,
             views::rp_list,

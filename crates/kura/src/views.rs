@@ -441,6 +441,42 @@ pub fn vault_show(v: &Value) -> String {
 }
 
 /// `kura vault attach`.
+/// `kura rp show`.
+pub fn rp_show(m: &Value) -> String {
+    let mut out = format!(
+        "recovery point {}\nitem            {} ({})\ntime            {}\nconsistency     {}\ntags            {}\nexpires         {}\n",
+        s(&m["rp_id"]),
+        s(&m["item"]["name"]),
+        s(&m["item"]["kind"]),
+        s(&m["time"]),
+        s(&m["consistency"]),
+        rows(&m["tags"]).map(s).collect::<Vec<_>>().join(", "),
+        if m["expires"].is_null() {
+            "-".into()
+        } else {
+            s(&m["expires"])
+        },
+    );
+    let mut t = Table::new(&["DISK", "SIZE", "CHUNKS", "HOLES", "FORMAT"]);
+    for d in rows(&m["disks"]) {
+        t.row(vec![
+            s(&d["name"]),
+            sz(&d["size"]),
+            s(&d["chunks"]),
+            s(&d["zero_chunks"]),
+            s(&d["source_format"]),
+        ]);
+    }
+    out += &t.render();
+    if let Some(n) = m["definition"]["name"]["name"].as_str() {
+        out += &format!("vm name         {n}\n");
+    }
+    if let Some(u) = m["definition"]["uuid"]["UUID"].as_str() {
+        out += &format!("vm uuid         {u}\n");
+    }
+    out
+}
+
 /// `kura item precheck`.
 pub fn precheck(r: &Value) -> String {
     let mut out = format!(

@@ -1185,3 +1185,23 @@ fn precheck_says_whether_a_backup_could_run_and_touches_nothing() {
             .all(|j| j["operation"] != "Backup")
     );
 }
+
+#[test]
+fn rp_show_lists_a_points_disks() {
+    let e = Env::new();
+    e.vault("v", &[]);
+    let img = e.path("d.raw");
+    make_image(&img, 1 << 20, &[(0, 4096, 1)]);
+    e.protect(&img, "v", &[]);
+    let rp = e.backup("d");
+    let m = e.json(&["rp", "show", "d", "--rp", &rp[..8]]);
+    assert_eq!(m["rp_id"], rp.as_str());
+    assert_eq!(m["disks"][0]["name"], "disk0");
+    assert_eq!(m["consistency"], "crash");
+    assert!(m["definition"].is_null(), "disks have no definition: {m}");
+    let text = e.ok(&["rp", "show", "d"]);
+    assert!(
+        text.contains("disk0") && text.contains("consistency     crash"),
+        "{text}"
+    );
+}

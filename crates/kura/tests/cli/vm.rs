@@ -220,6 +220,18 @@ fn a_running_vm_is_backed_up_at_one_instant_for_every_disk() {
     );
     let rp = &e.json(&["rp", "list", "web"])[0];
     assert_eq!(rp["consistency"], "crash", "no guest agent: {rp}");
+    // The point keeps the VM's definition at that instant, and lists the disks it holds.
+    let m = e.json(&["rp", "show", "web"]);
+    let names: Vec<&str> = m["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["vda", "vdb"], "{m}");
+    assert_eq!(m["definition"]["disks"].as_array().unwrap().len(), 3, "{m}");
+    assert_eq!(m["definition"]["exclude"][0], "vdc", "{m}");
+    assert!(e.ok(&["rp", "show", "web"]).contains("vda"));
 
     // Nothing is left behind in the VM, which runs on.
     let a2 = qmp(
@@ -295,6 +307,9 @@ fn a_vm_through_the_server() {
     let name = item["name"].as_str().unwrap().to_string();
     let r = json(&["backup", "now", &name]);
     assert!(r["rp_id"].is_string(), "{r}");
+    let m = json(&["rp", "show", &name, "--rp", "latest"]);
+    assert_eq!(m["disks"][0]["name"], "vda", "{m}");
+    assert_eq!(m["definition"]["disks"][0]["name"], "vda", "{m}");
     let out = e.path("out.raw");
     json(&[
         "restore",
