@@ -490,87 +490,13 @@ impl Home {
                 format!("this vault is already attached as {:?}", existing.name),
             ));
         }
-        // Items whose names or sources this home already uses would be dropped: refuse first.
-        let probe = Vault::open(
-            backend.clone(),
-            &match &secrets.recovery_kit {
-                Some(kit) => KeySecret::MasterKey(self.read_kit(kit, &config, secrets)?),
-                None => {
-                    let tmp = VaultRow {
-                        id: config.vault_id.clone(),
-                        name: name.into(),
-                        path: path.display().to_string(),
-                        chunk_size: config.chunk_size,
-                        encryption: match &config.encryption {
-                            None => "none",
-                            Some(e)
-                                if matches!(
-                                    e.key.kek,
-                                    kura_store::keys::KekSpec::Argon2id { .. }
-                                ) =>
-                            {
-                                "passphrase"
-                            }
-                            Some(_) => "key-file",
-                        }
-                        .into(),
-                        cipher: None,
-                        key_file: None,
-                        created: String::new(),
-                    };
-                    self.secret_for(&tmp, secrets)?
-                }
-            },
-        )
-        .map_err(|e| match e {
-            kura_store::Error::WrongKey => Error::new(
-                ErrorKind::Key,
-                format!(
-                    "{}: wrong passphrase, key file or recovery kit",
-                    path.display()
-                ),
-            ),
-            e => e.into(),
-        })?;
-        let mut clashes = Vec::new();
-        for r in probe.list_items().unwrap_or_default() {
-            if let Ok(other) = self.catalog.item(&r.name) {
-                clashes.push(format!(
-                    "item {:?} (this home already has an item of that name, protecting {})",
-                    r.name, other.source
-                ));
-            } else if let Some(other) = self
-                .catalog
-                .list_items(None)?
-                .into_iter()
-                .find(|i| i.kind == r.kind && i.source == r.source)
-            {
-                clashes.push(format!(
-                    "item {:?} (its source {} is already protected here as {:?})",
-                    r.name, r.source, other.name
-                ));
-            }
-        }
-        if !clashes.is_empty() {
-            return Err(Error::new(
-                ErrorKind::Conflict,
-                format!(
-                    "vault {} cannot be attached without losing items: {}; detach or rename the items of this home first (`kura vault detach`)",
-                    path.display(),
-                    clashes.join("; ")
-                ),
-            ));
-        }
-        drop(probe);
+        // How the key will be supplied; a recovery kit is read (and its passphrase stretched)
+        // once, and its key file written only after every check passed.
+        let mut kit_key = None;
         let (encryption, key_file) =
             match (&config.encryption, &secrets.recovery_kit, &secrets.key_file) {
                 (None, _, _) => ("none", None),
-                (Some(_), Some(_), _) => {
-                    let master = self.read_kit(
-                        secrets.recovery_kit.as_ref().expect("some"),
-                        &config,
-                        secrets,
-                    )?;
+                (Some(_), Some(kit), _) => {
                     let kf = self.root.join("keys").join(format!("{name}.master"));
                     if kf.exists() {
                         return Err(Error::new(
@@ -578,10 +504,7 @@ impl Home {
                             format!("{} already exists; move it away first", kf.display()),
                         ));
                     }
-                    write_private(
-                        &kf,
-                        format!("{}\n", hex::encode(master.as_ref())).as_bytes(),
-                    )?;
+                    kit_key = Some((kf.clone(), self.read_kit(kit, &config, secrets)?));
                     ("master-key", Some(kf.display().to_string()))
                 }
                 (Some(e), _, _)
@@ -608,10 +531,55 @@ impl Home {
                 .as_ref()
                 .map(|e| e.cipher.name().to_string()),
             key_file,
-            created: kura_catalog::stamp(jiff::Timestamp::now()),
+            created: kura_catalog::stamp(self.now()),
         };
         // Prove the key works before registering anything.
-        let vault = self.open_vault_row(&row, secrets)?;
+        let secret = match &kit_key {
+            Some((_, master)) => KeySecret::MasterKey(master.clone()),
+            None => self.secret_for(&row, secrets)?,
+        };
+        let vault = Vault::open(backend.clone(), &secret).map_err(|e| match e {
+            kura_store::Error::WrongKey => Error::new(
+                ErrorKind::Key,
+                format!(
+                    "{}: wrong passphrase, key file or recovery kit",
+                    path.display()
+                ),
+            ),
+            e => e.into(),
+        })?;
+        // Items whose names or sources this home already uses would be dropped: refuse first.
+        let mut clashes = Vec::new();
+        let here = self.catalog.list_items(None)?;
+        for r in vault.list_items().unwrap_or_default() {
+            if let Some(other) = here.iter().find(|i| i.name == r.name) {
+                clashes.push(format!(
+                    "item {:?} (this home already has an item of that name, protecting {})",
+                    r.name, other.source
+                ));
+            } else if let Some(other) = here
+                .iter()
+                .find(|i| i.kind == r.kind && i.source == r.source)
+            {
+                clashes.push(format!(
+                    "item {:?} (its source {} is already protected here as {:?})",
+                    r.name, r.source, other.name
+                ));
+            }
+        }
+        if !clashes.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!(
+                    "vault {} cannot be attached without losing items: {}; detach or rename the items of this home first (`kura vault detach`)",
+                    path.display(),
+                    clashes.join("; ")
+                ),
+            ));
+        }
+        if let Some((kf, master)) = &kit_key {
+            write_private(kf, format!("{}\n", hex::encode(master.as_ref())).as_bytes())?;
+        }
         let mut warnings = Vec::new();
         let mut manifests = Vec::new();
         for rp_id in vault.list_rp_ids()? {
@@ -752,15 +720,7 @@ impl Home {
         secrets: &Secrets,
     ) -> Result<ItemRow> {
         let vrow = self.catalog.vault(vault)?;
-        let policy = policy.unwrap_or(kura_policy::DEFAULT_POLICY);
-        if !self.catalog.has_policy(&vrow.id, policy)? {
-            return Err(Error::new(
-                ErrorKind::NotFound,
-                format!(
-                    "vault {vault:?} has no policy {policy:?} (see `kura policy list --vault {vault}`)"
-                ),
-            ));
-        }
+        let policy = self.policy_for_new_item(&vrow, policy)?;
         let source = absolute(image)?;
         let meta = std::fs::metadata(&source)
             .map_err(|e| Error::io(format!("disk image {}", source.display()), e))?;
@@ -800,15 +760,7 @@ impl Home {
         secrets: &Secrets,
     ) -> Result<ItemRow> {
         let vrow = self.catalog.vault(vault)?;
-        let policy = policy.unwrap_or(kura_policy::DEFAULT_POLICY);
-        if !self.catalog.has_policy(&vrow.id, policy)? {
-            return Err(Error::new(
-                ErrorKind::NotFound,
-                format!(
-                    "vault {vault:?} has no policy {policy:?} (see `kura policy list --vault {vault}`)"
-                ),
-            ));
-        }
+        let policy = self.policy_for_new_item(&vrow, policy)?;
         let qmp = absolute(qmp)?;
         let disks = kura_source::vm::discover(&qmp)?;
         for x in exclude {
@@ -857,6 +809,22 @@ impl Home {
             exclude: exclude.to_vec(),
         };
         self.register_item(&vrow, &vault_handle, name, policy, spec, &describe)
+    }
+
+    /// The policy a new item gets: the one named (which the vault must have), or
+    /// `DefaultPolicy`.
+    fn policy_for_new_item<'p>(&self, vrow: &VaultRow, policy: Option<&'p str>) -> Result<&'p str> {
+        let policy = policy.unwrap_or(kura_policy::DEFAULT_POLICY);
+        if !self.catalog.has_policy(&vrow.id, policy)? {
+            let vault = &vrow.name;
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "vault {vault:?} has no policy {policy:?} (see `kura policy list --vault {vault}`)"
+                ),
+            ));
+        }
+        Ok(policy)
     }
 
     /// Records a new item in the catalog and its vault, as Azure's ConfigureBackup job.

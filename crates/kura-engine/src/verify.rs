@@ -222,7 +222,7 @@ impl Home {
         checked: &HashSet<ChunkId>,
         problems: &[VerifyProblem],
     ) -> Result<()> {
-        let now = kura_catalog::stamp(jiff::Timestamp::now());
+        let now = kura_catalog::stamp(self.now());
         let old = vault.bad_chunks().unwrap_or_default();
         let mut list = old.clone();
         list.chunks

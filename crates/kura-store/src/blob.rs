@@ -119,39 +119,20 @@ impl Codec {
             body.clear();
             body.extend_from_slice(plain);
         }
-        let mut header = [0u8; HEADER_LEN];
-        header[..4].copy_from_slice(MAGIC);
-        header[4] = BLOB_VERSION;
-        header[5] = kind as u8;
-        header[6] = u8::from(compressed);
-        header[7] = self.cipher.map_or(0, Cipher::code);
-        header[8..16].copy_from_slice(&(plain.len() as u64).to_le_bytes());
         let salt = match self.cipher {
             Some(_) => random_bytes::<16>(),
             None => [0u8; 16],
         };
-        header[16..32].copy_from_slice(&salt);
-        let sealed_len = body.len() + if self.cipher.is_some() { TAG_LEN } else { 0 };
-        header[32..40].copy_from_slice(&(sealed_len as u64).to_le_bytes());
-        if let Some(cipher) = self.cipher {
-            self.blob_aead(cipher, &salt)
-                .seal_in_place_append_tag(
-                    Nonce::assume_unique_for_key([0; 12]),
-                    Aad::from(associated_data(&header, context)),
-                    &mut body,
-                )
-                .map_err(|_| Error::Invalid {
-                    field: "blob",
-                    reason: "too large to encrypt".into(),
-                })?;
-        }
-        let mut out = Vec::with_capacity(HEADER_LEN + body.len() + CHECKSUM_LEN);
-        out.extend_from_slice(&header);
-        out.extend_from_slice(&body);
-        let sum = blake3::hash(&out);
-        out.extend_from_slice(sum.as_bytes());
+        let out = self.seal(
+            kind as u8,
+            u8::from(compressed),
+            plain.len() as u64,
+            salt,
+            context,
+            &mut body,
+        );
         self.scratch = body;
-        Ok(out)
+        out
     }
 
     fn blob_aead(&self, cipher: Cipher, salt: &[u8; 16]) -> LessSafeKey {
@@ -176,6 +157,33 @@ impl Codec {
         context: &[u8],
         payload: &[u8],
     ) -> Vec<u8> {
+        let salt = if self.cipher.is_some() {
+            [3u8; 16]
+        } else {
+            [0u8; 16]
+        };
+        self.seal(
+            kind,
+            compressed,
+            plain_len,
+            salt,
+            context,
+            &mut payload.to_vec(),
+        )
+        .expect("small payloads seal")
+    }
+
+    /// The stored form of a payload: header (from the given fields), the payload sealed in
+    /// place under the blob's key when encrypted, and the checksum of both.
+    fn seal(
+        &self,
+        kind: u8,
+        compressed: u8,
+        plain_len: u64,
+        salt: [u8; 16],
+        context: &[u8],
+        body: &mut Vec<u8>,
+    ) -> Result<Vec<u8>> {
         let mut header = [0u8; HEADER_LEN];
         header[..4].copy_from_slice(MAGIC);
         header[4] = BLOB_VERSION;
@@ -183,11 +191,7 @@ impl Codec {
         header[6] = compressed;
         header[7] = self.cipher.map_or(0, Cipher::code);
         header[8..16].copy_from_slice(&plain_len.to_le_bytes());
-        let salt = [3u8; 16];
-        if self.cipher.is_some() {
-            header[16..32].copy_from_slice(&salt);
-        }
-        let mut body = payload.to_vec();
+        header[16..32].copy_from_slice(&salt);
         let sealed_len = body.len() + if self.cipher.is_some() { TAG_LEN } else { 0 };
         header[32..40].copy_from_slice(&(sealed_len as u64).to_le_bytes());
         if let Some(cipher) = self.cipher {
@@ -195,15 +199,19 @@ impl Codec {
                 .seal_in_place_append_tag(
                     Nonce::assume_unique_for_key([0; 12]),
                     Aad::from(associated_data(&header, context)),
-                    &mut body,
+                    body,
                 )
-                .expect("small payloads seal");
+                .map_err(|_| Error::Invalid {
+                    field: "blob",
+                    reason: "too large to encrypt".into(),
+                })?;
         }
-        let mut out = header.to_vec();
-        out.extend_from_slice(&body);
+        let mut out = Vec::with_capacity(HEADER_LEN + body.len() + CHECKSUM_LEN);
+        out.extend_from_slice(&header);
+        out.extend_from_slice(body);
         let sum = blake3::hash(&out);
         out.extend_from_slice(sum.as_bytes());
-        out
+        Ok(out)
     }
 
     /// Decodes a blob of `kind` written for `context`; `object` names it in errors. Checks
