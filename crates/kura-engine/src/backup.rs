@@ -252,6 +252,12 @@ impl Home {
                 return Err(e.into());
             }
         };
+        for line in &point.log {
+            job.message(line);
+        }
+        for w in &point.warnings {
+            job.warn(w);
+        }
         if let Some(reason) = &point.no_snapshot {
             job.message(&format!(
                 "snapshot tier unavailable: {reason}; going straight to transfer"
@@ -555,6 +561,7 @@ impl Home {
             job_id: job.id.clone(),
             disks: disk_entries,
             definition: held.point.definition.clone(),
+            capture: held.point.capture.clone(),
             stats: totals.clone(),
         };
         vault.put_manifest(&manifest)?;

@@ -757,11 +757,17 @@ impl Home {
         name: Option<&str>,
         policy: Option<&str>,
         exclude: &[String],
+        agent: &kura_source::vm::AgentOptions,
         secrets: &Secrets,
     ) -> Result<ItemRow> {
         let vrow = self.catalog.vault(vault)?;
         let policy = self.policy_for_new_item(&vrow, policy)?;
         let qmp = absolute(qmp)?;
+        agent.validate()?;
+        let mut agent = agent.clone();
+        if let Some(q) = &agent.qga {
+            agent.qga = Some(absolute(Path::new(q))?.display().to_string());
+        }
         let disks = kura_source::vm::discover(&qmp)?;
         for x in exclude {
             if !disks.iter().any(|d| &d.name == x) {
@@ -790,8 +796,20 @@ impl Home {
         };
         check_name("item", &name)?;
         let vault_handle = self.open_vault_row(&vrow, secrets)?;
+        let agent_state = match &agent.qga {
+            None => "no guest agent (crash-consistent points)".to_string(),
+            Some(p) => match kura_source::vm::agent_status(Path::new(p)).0 {
+                kura_source::vm::AgentStatus::Ready(i) => {
+                    format!("guest agent Ready (qemu-ga {} on {})", i.version, i.os)
+                }
+                kura_source::vm::AgentStatus::NotReady { reason } => {
+                    format!("guest agent Not Ready: {reason}")
+                }
+                kura_source::vm::AgentStatus::NotConfigured => String::new(),
+            },
+        };
         let describe = format!(
-            "VM with disks {}",
+            "VM with disks {}; {agent_state}",
             disks
                 .iter()
                 .map(|d| if exclude.contains(&d.name) {
@@ -807,6 +825,7 @@ impl Home {
             qmp: qmp.display().to_string(),
             disks,
             exclude: exclude.to_vec(),
+            agent,
         };
         self.register_item(&vrow, &vault_handle, name, policy, spec, &describe)
     }

@@ -43,6 +43,7 @@ pub use backup::{BackupOptions, BackupReport, ScheduledRun};
 pub use error::{Error, ErrorKind, Result};
 pub use gc::{GcOptions, GcReport};
 pub use home::{AttachReport, CreateVault, Home, Secrets, VaultInfo};
+pub use kura_source::vm::AgentOptions;
 pub use policy::{PolicySource, split_policy_path};
 pub use progress::{NoProgress, Progress};
 pub use protection::{ItemStatus, PrecheckCheck, PrecheckReport};

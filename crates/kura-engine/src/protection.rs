@@ -44,6 +44,10 @@ pub struct ItemStatus {
     pub latest_recovery_point: Option<RpRow>,
     /// For soft-deleted items: when the data will be purged.
     pub purge_at: Option<String>,
+    /// For VM items, as `item show` checks it: `Ready (...)`, `Not Ready: ...` or
+    /// `not configured`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_status: Option<String>,
 }
 
 /// What `item precheck` found.
@@ -181,8 +185,27 @@ impl Home {
             recovery_points: rps.len(),
             latest_recovery_point: rps.into_iter().next(),
             purge_at,
+            agent_status: None,
             item,
         })
+    }
+
+    /// [`Home::item_status`] plus what only a live check tells: a VM's agent status (asked
+    /// now, within the agent timeout).
+    pub fn item_show(&self, item: &str) -> Result<ItemStatus> {
+        let mut st = self.item_status(item)?;
+        if st.item.kind == "vm"
+            && let Ok(spec) = crate::home::source_spec(self, &st.item, None)
+        {
+            let agent = spec
+                .driver()
+                .findings()
+                .into_iter()
+                .find(|f| f.name == "agent");
+            st.agent_status =
+                agent.map(|f| f.detail.lines().next().unwrap_or_default().to_string());
+        }
+        Ok(st)
     }
 
     /// Writes an item's new protection state to its record in the vault, before the catalog
@@ -257,7 +280,19 @@ impl Home {
                 _ => "ready".to_string(),
             })
         });
+        let findings = source.as_ref().ok().map(|_| ());
         check("source", source);
+        if findings.is_some()
+            && let Ok(spec) = crate::home::source_spec(self, &row, None)
+        {
+            for f in spec.driver().findings() {
+                checks.push(PrecheckCheck {
+                    name: f.name,
+                    ok: f.ok,
+                    detail: f.detail,
+                });
+            }
+        }
         let ready = checks.iter().all(|c| c.ok);
         Ok(PrecheckReport {
             item: row.name,
@@ -367,6 +402,7 @@ impl Home {
                 recovery_points: 0,
                 latest_recovery_point: None,
                 purge_at: None,
+                agent_status: None,
             });
         }
         self.run_job(

@@ -584,6 +584,17 @@ struct Protect {
     /// VM items: disks not to back up.
     #[serde(default)]
     exclude_disks: Vec<String>,
+    /// VM items: the guest agent's socket (under a source root like the QMP socket).
+    #[serde(default)]
+    qga: Option<String>,
+    /// VM items: fail backups when the agent is Not Ready.
+    #[serde(default)]
+    require_agent: bool,
+    /// VM items: guest paths of the pre- and post-backup scripts.
+    #[serde(default)]
+    pre_script: Option<String>,
+    #[serde(default)]
+    post_script: Option<String>,
 }
 
 async fn list_items(_: Auth, State(s): State<S>) -> ApiResult {
@@ -600,6 +611,16 @@ async fn protect_item(_: Auth, State(s): State<S>, Body(b): Body<Protect>) -> Ap
     // A VM's source is its QMP socket: it too must lie under a source root.
     let path = s.roots.source("source", &b.source)?;
     if b.kind == "vm" {
+        let qga = match &b.qga {
+            Some(q) => Some(s.roots.source("qga", q)?.display().to_string()),
+            None => None,
+        };
+        let agent = kura_engine::AgentOptions {
+            qga,
+            require: b.require_agent,
+            pre_script: b.pre_script.clone(),
+            post_script: b.post_script.clone(),
+        };
         let item = blocking(move || {
             Ok(s.home.protect_vm(
                 &path,
@@ -607,6 +628,7 @@ async fn protect_item(_: Auth, State(s): State<S>, Body(b): Body<Protect>) -> Ap
                 b.name.as_deref(),
                 b.policy.as_deref(),
                 &b.exclude_disks,
+                &agent,
                 &s.secrets,
             )?)
         })
@@ -628,7 +650,7 @@ async fn protect_item(_: Auth, State(s): State<S>, Body(b): Body<Protect>) -> Ap
 }
 
 async fn get_item(_: Auth, State(s): State<S>, Path(item): Path<String>) -> ApiResult {
-    ok(200, blocking(move || Ok(s.home.item_status(&item)?)).await?)
+    ok(200, blocking(move || Ok(s.home.item_show(&item)?)).await?)
 }
 
 #[derive(Deserialize)]

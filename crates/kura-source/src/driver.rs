@@ -54,6 +54,9 @@ pub enum SourceSpec {
         /// Disks not backed up (temporary or scratch disks), by name.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         exclude: Vec<String>,
+        /// The guest agent and the scripts it runs.
+        #[serde(default, skip_serializing_if = "crate::vm::AgentOptions::is_empty")]
+        agent: crate::vm::AgentOptions,
     },
 }
 
@@ -106,11 +109,13 @@ impl SourceSpec {
                 qmp,
                 disks,
                 exclude,
+                agent,
                 ..
             } => Box::new(crate::vm::VmDriver::new(
                 PathBuf::from(qmp),
                 disks.clone(),
                 exclude.clone(),
+                agent.clone(),
             )),
         }
     }
@@ -151,6 +156,24 @@ pub struct PointInTime {
     /// How the source was defined at that instant (a VM's disks and identity), kept with
     /// the point; `None` for a disk.
     pub definition: Option<serde_json::Value>,
+    /// How the point was taken (agent, scripts, freeze window), kept with the point.
+    pub capture: Option<serde_json::Value>,
+    /// What the snapshot phase did, step by step, for the job log.
+    pub log: Vec<String>,
+    /// What the user must know: each makes the job CompletedWithWarnings.
+    pub warnings: Vec<String>,
+}
+
+/// Something a precheck found beyond "the source is there": a VM's agent status, a shared
+/// disk. Findings never block a backup; the precheck fails on them only when `ok` is false.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// What was checked (`agent`, `shared-disks`).
+    pub name: String,
+    /// Whether it is fine.
+    pub ok: bool,
+    /// What was found, and what to do about it.
+    pub detail: String,
 }
 
 /// Everything that depends on an item's kind (see the module doc).
@@ -163,6 +186,10 @@ pub trait SourceDriver: Send {
     fn open_disks(&mut self, point: &PointInTime) -> Result<Vec<(String, Box<dyn DiskReader>)>>;
     /// Releases what the point held open. Called on every path once the point was taken.
     fn release(&mut self, point: &PointInTime);
+    /// What else a precheck reports (a VM's agent status); nothing for a disk.
+    fn findings(&mut self) -> Vec<Finding> {
+        Vec::new()
+    }
 }
 
 /// A disk item: one disk, `disk0`, crash-consistent.
@@ -191,6 +218,9 @@ impl SourceDriver for DiskDriver {
             no_snapshot,
             consistency: Consistency::Crash,
             definition: None,
+            capture: None,
+            log: Vec::new(),
+            warnings: Vec::new(),
         })
     }
 

@@ -30,12 +30,13 @@ mod driver;
 mod format;
 pub mod nbd;
 mod qemu;
+pub mod qga;
 pub mod qmp;
 mod raw;
 mod snapshot;
 pub mod vm;
 
-pub use driver::{Consistency, PointInTime, SPEC_VERSION, SourceDriver, SourceSpec};
+pub use driver::{Consistency, Finding, PointInTime, SPEC_VERSION, SourceDriver, SourceSpec};
 pub use format::{BackingFile, FORMATS, PinnedFormat};
 pub use qemu::NbdReader;
 pub use raw::RawReader;
@@ -77,6 +78,9 @@ pub enum Error {
     /// The QMP conversation failed or a command was refused.
     #[error("QMP: {0}")]
     Qmp(String),
+    /// The guest agent did not answer, or refused a command.
+    #[error("guest agent: {0}")]
+    Agent(String),
     /// A request or a source that kura refuses (unknown format, changed backing chain).
     #[error("{0}")]
     Invalid(String),

@@ -6,19 +6,119 @@
 //! read-only over NBD on a private Unix socket and read with kura's NBD client. Release
 //! removes exports, jobs, overlays and the NBD server, on every path.
 //!
-//! Without a guest agent the point is crash-consistent (freezing through qemu-ga, scripts,
-//! the snapshot tier and dirty bitmaps for changed-block incrementals are the next steps).
+//! With a guest agent (qemu-ga on the VM's virtio-serial port) the snapshot phase is:
+//! agent check, pre-script, freeze, the QMP transaction, thaw, post-script. The point is then
+//! application-consistent (scripts ran and succeeded), file-system-consistent (frozen, without
+//! scripts or with a failed one) or crash-consistent (no agent, or the freeze failed). The
+//! guest is thawed and the post-script run on every path once the freeze or the pre-script
+//! happened.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::qga::{AgentInfo, Qga};
 use crate::qmp::Qmp;
-use crate::{Consistency, DiskReader, Error, NbdReader, PointInTime, Result, SourceDriver};
+use crate::{
+    Consistency, DiskReader, Error, Finding, NbdReader, PointInTime, Result, SourceDriver,
+};
+
+/// How long an agent may take to answer a ping (under TCG emulation, guests are slow).
+pub const AGENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a pre- or post-script may run.
+pub const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a freeze or thaw may take.
+pub const FREEZE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The scripts run when they exist in the guest and the item names none.
+pub const DEFAULT_PRE_SCRIPT: &str = "/etc/kura/pre-backup";
+/// See [`DEFAULT_PRE_SCRIPT`].
+pub const DEFAULT_POST_SCRIPT: &str = "/etc/kura/post-backup";
+
+/// How a VM item uses its guest agent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentOptions {
+    /// The host side of the agent's channel (a Unix socket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qga: Option<String>,
+    /// Fail the backup, rather than make it crash-consistent, when the agent is Not Ready.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require: bool,
+    /// The guest path of the pre-backup script (default: [`DEFAULT_PRE_SCRIPT`] if present).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_script: Option<String>,
+    /// The guest path of the post-backup script (default: [`DEFAULT_POST_SCRIPT`] if present).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_script: Option<String>,
+}
+
+impl AgentOptions {
+    /// Whether nothing is set.
+    pub fn is_empty(&self) -> bool {
+        self == &AgentOptions::default()
+    }
+
+    /// Checks script paths: absolute guest paths without control characters.
+    pub fn validate(&self) -> Result<()> {
+        for (flag, p) in [
+            ("--pre-script", &self.pre_script),
+            ("--post-script", &self.post_script),
+        ] {
+            if let Some(p) = p
+                && (!p.starts_with('/') || p.len() > 1024 || p.chars().any(char::is_control))
+            {
+                return Err(Error::Invalid(format!(
+                    "{flag} {p:?}: give an absolute path inside the guest"
+                )));
+            }
+        }
+        if self.qga.is_none()
+            && (self.require || self.pre_script.is_some() || self.post_script.is_some())
+        {
+            return Err(Error::Invalid(
+                "--require-agent, --pre-script and --post-script need the agent's socket (--qga)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The agent's state as a backup sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "status")]
+pub enum AgentStatus {
+    /// It answered ping and info in time.
+    Ready(AgentInfo),
+    /// It did not; why.
+    NotReady {
+        /// What failed.
+        reason: String,
+    },
+    /// The item has no agent socket.
+    NotConfigured,
+}
+
+/// Checks the agent at `qga`, giving the session when it is Ready.
+pub fn agent_status(qga: &Path) -> (AgentStatus, Option<Qga>) {
+    match Qga::connect(qga, AGENT_TIMEOUT).and_then(|mut q| {
+        let info = q.info()?;
+        Ok((q, info))
+    }) {
+        Ok((q, info)) => (AgentStatus::Ready(info), Some(q)),
+        Err(e) => (
+            AgentStatus::NotReady {
+                reason: e.to_string(),
+            },
+            None,
+        ),
+    }
+}
+
+const AGENT_ADVICE: &str = "start the guest agent in the VM (install qemu-guest-agent; `systemctl start qemu-guest-agent`) and check that the VM has a virtio-serial port named org.qemu.guest_agent.0";
 
 /// One disk of a VM, as QEMU knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +133,9 @@ pub struct VmDisk {
     pub format: String,
     /// Size in bytes.
     pub size: u64,
+    /// Whether the guest device lets other VMs write the image too (`share-rw=on`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
 }
 
 /// Safe disk names: 1-64 of `A-Z a-z 0-9 . _ -`, not starting with `.` or `-`.
@@ -51,7 +154,19 @@ fn connect(qmp: &Path) -> Result<Qmp> {
 /// The disks of the VM behind `qmp` (`query-block`), in QEMU's order.
 pub fn discover(qmp: &Path) -> Result<Vec<VmDisk>> {
     let mut q = connect(qmp)?;
-    disks_of(&q.execute("query-block", None)?)
+    let mut disks = disks_of(&q.execute("query-block", None)?)?;
+    for d in &mut disks {
+        // The guest device's share-rw property; devices without one are not shared.
+        d.shared = q
+            .execute(
+                "qom-get",
+                Some(json!({"path": format!("/machine/peripheral/{}", d.name), "property": "share-rw"})),
+            )
+            .ok()
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+    }
+    Ok(disks)
 }
 
 fn disks_of(answer: &Value) -> Result<Vec<VmDisk>> {
@@ -89,6 +204,7 @@ fn disks_of(answer: &Value) -> Result<Vec<VmDisk>> {
                 .and_then(|i| i.get("virtual-size"))
                 .and_then(Value::as_u64)
                 .unwrap_or(0),
+            shared: false,
         });
     }
     if out.is_empty() {
@@ -104,6 +220,7 @@ pub(crate) struct VmDriver {
     pub(crate) qmp: PathBuf,
     pub(crate) disks: Vec<VmDisk>,
     pub(crate) exclude: Vec<String>,
+    pub(crate) agent: AgentOptions,
     /// What the current point holds open.
     held: Option<Held>,
 }
@@ -119,11 +236,17 @@ struct Held {
 }
 
 impl VmDriver {
-    pub(crate) fn new(qmp: PathBuf, disks: Vec<VmDisk>, exclude: Vec<String>) -> Self {
+    pub(crate) fn new(
+        qmp: PathBuf,
+        disks: Vec<VmDisk>,
+        exclude: Vec<String>,
+        agent: AgentOptions,
+    ) -> Self {
         VmDriver {
             qmp,
             disks,
             exclude,
+            agent,
             held: None,
         }
     }
@@ -262,15 +385,57 @@ impl SourceDriver for VmDriver {
             "disks": self.disks,
             "exclude": self.exclude,
         });
-        if let Err(e) = self.setup(&mut q, rp_id) {
+        let mut phase = Phase::default();
+        let agent = match &self.agent.qga {
+            Some(p) => {
+                let t = Instant::now();
+                let (status, session) = agent_status(Path::new(p));
+                match &status {
+                    AgentStatus::Ready(i) => phase.step(
+                        t,
+                        &format!("agent Ready: qemu-ga {} on {}", i.version, i.os),
+                    ),
+                    AgentStatus::NotReady { reason } if self.agent.require => {
+                        return Err(Error::Invalid(format!(
+                            "the guest agent is Not Ready ({reason}) and the item requires it (--require-agent); {AGENT_ADVICE}"
+                        )));
+                    }
+                    AgentStatus::NotReady { reason } => phase.warn(format!(
+                        "the guest agent is Not Ready ({reason}); this point is crash-consistent. To get consistent points, {AGENT_ADVICE}"
+                    )),
+                    AgentStatus::NotConfigured => {}
+                }
+                phase.agent = Some(status);
+                session
+            }
+            None => {
+                phase.log.push(
+                    "no guest agent configured (protect with --qga SOCKET for file-system or application consistency): crash-consistent".into(),
+                );
+                phase.agent = Some(AgentStatus::NotConfigured);
+                None
+            }
+        };
+        let result = match agent {
+            Some(mut qga) => self.quiesced(&mut q, &mut qga, rp_id, &mut phase),
+            None => self.setup(&mut q, rp_id),
+        };
+        if let Err(e) = result {
             self.teardown(&mut q);
             return Err(e);
         }
+        let consistency = phase.consistency();
+        phase
+            .log
+            .push(format!("point taken: {}-consistent", consistency.as_str()));
         Ok(PointInTime {
             snapshot: None,
             no_snapshot: Some("VMs have no instant-restore snapshot tier yet".into()),
-            consistency: Consistency::Crash,
+            consistency,
             definition: Some(definition),
+            capture: Some(phase.record()),
+            log: phase.log,
+            warnings: phase.warnings,
         })
     }
 
@@ -289,6 +454,57 @@ impl SourceDriver for VmDriver {
             .collect()
     }
 
+    fn findings(&mut self) -> Vec<Finding> {
+        let mut out = Vec::new();
+        match &self.agent.qga {
+            None => out.push(Finding {
+                name: "agent".into(),
+                ok: true,
+                detail: "no guest agent configured: points are crash-consistent (protect with --qga SOCKET for file-system or application consistency)".into(),
+            }),
+            Some(p) => match agent_status(Path::new(p)).0 {
+                AgentStatus::Ready(i) => out.push(Finding {
+                    name: "agent".into(),
+                    ok: true,
+                    detail: format!("Ready: qemu-ga {} on {}{}", i.version, i.os,
+                        if i.commands.iter().any(|c| c == "guest-fsfreeze-freeze") { "" }
+                        else { "; it does not offer guest-fsfreeze-freeze, so points will be crash-consistent" }),
+                }),
+                AgentStatus::NotReady { reason } => out.push(Finding {
+                    name: "agent".into(),
+                    ok: !self.agent.require,
+                    detail: format!(
+                        "Not Ready ({reason}); backups will be {}. To fix it, {AGENT_ADVICE}. If the guest cannot run an agent (a network appliance, a custom OS), protect each of its disks as a disk item instead:\n{}",
+                        if self.agent.require { "refused (--require-agent)" } else { "crash-consistent and end with a warning" },
+                        self.included()
+                            .iter()
+                            .map(|d| format!("  kura item protect disk {} --name NAME-{} --vault VAULT", d.file, d.name))
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    ),
+                }),
+                AgentStatus::NotConfigured => {}
+            },
+        }
+        let shared: Vec<String> = self
+            .included()
+            .into_iter()
+            .filter(|d| d.shared)
+            .map(|d| d.name)
+            .collect();
+        if !shared.is_empty() {
+            out.push(Finding {
+                name: "shared-disks".into(),
+                ok: true,
+                detail: format!(
+                    "disks {} are shared with other VMs (share-rw): points are at most file-system consistent; for consistent points of every VM using them, stop the VMs and back up all their disks as disk items on one schedule",
+                    shared.join(", ")
+                ),
+            });
+        }
+        out
+    }
+
     fn release(&mut self, _point: &PointInTime) {
         if let Ok(mut q) = connect(&self.qmp) {
             self.teardown(&mut q);
@@ -297,6 +513,183 @@ impl SourceDriver for VmDriver {
             let _ = std::fs::remove_dir_all(&h.dir);
         }
     }
+}
+
+/// What the snapshot phase did, step by step.
+#[derive(Default)]
+struct Phase {
+    log: Vec<String>,
+    warnings: Vec<String>,
+    agent: Option<AgentStatus>,
+    /// Scripts that ran: (which, path, succeeded).
+    scripts: Vec<(&'static str, String, bool)>,
+    frozen: Option<u64>,
+    freeze_window: Option<Duration>,
+}
+
+impl Phase {
+    fn step(&mut self, started: Instant, what: &str) {
+        self.log
+            .push(format!("{what} ({} ms)", started.elapsed().as_millis()));
+    }
+
+    fn warn(&mut self, message: String) {
+        self.log.push(format!("warning: {message}"));
+        self.warnings.push(message);
+    }
+
+    fn consistency(&self) -> Consistency {
+        match self.frozen {
+            None => Consistency::Crash,
+            Some(_) if !self.scripts.is_empty() && self.scripts.iter().all(|s| s.2) => {
+                Consistency::Application
+            }
+            Some(_) => Consistency::FileSystem,
+        }
+    }
+
+    /// What is kept on the point.
+    fn record(&self) -> Value {
+        json!({
+            "agent": self.agent,
+            "frozen_filesystems": self.frozen,
+            "freeze_ms": self.freeze_window.map(|d| d.as_millis() as u64),
+            "scripts": self.scripts.iter().map(|(k, p, ok)| json!({"script": k, "path": p, "ok": ok})).collect::<Vec<_>>(),
+        })
+    }
+}
+
+impl VmDriver {
+    /// The snapshot phase with a Ready agent: pre-script, freeze, the transaction, thaw,
+    /// post-script. Thaw and the post-script run whatever happened after the pre-script.
+    fn quiesced(
+        &mut self,
+        q: &mut Qmp,
+        qga: &mut Qga,
+        rp_id: &str,
+        phase: &mut Phase,
+    ) -> Result<()> {
+        let (pre, post) = self.scripts(qga, phase);
+        if let Some(pre) = &pre {
+            run_script(qga, "pre-script", pre, phase);
+        }
+        let t = Instant::now();
+        match qga.freeze(FREEZE_TIMEOUT) {
+            Ok(n) => {
+                phase.frozen = Some(n);
+                phase.step(t, &format!("froze {n} file systems"));
+            }
+            Err(e) => phase.warn(format!(
+                "the guest's file systems could not be frozen ({e}); this point is crash-consistent"
+            )),
+        }
+        let taken = self.setup(q, rp_id);
+        if phase.frozen.is_some() {
+            let t2 = Instant::now();
+            match thaw(qga, Path::new(self.agent.qga.as_deref().unwrap_or_default())) {
+                Ok(()) => {
+                    let window = t.elapsed();
+                    phase.freeze_window = Some(window);
+                    phase.step(t2, &format!("thawed; the guest was frozen {} ms", window.as_millis()));
+                }
+                Err(e) => phase.warn(format!(
+                    "the guest could not be thawed ({e}); run `guest-fsfreeze-thaw` through its agent or restart the VM"
+                )),
+            }
+        }
+        if let Some(post) = &post {
+            run_script(qga, "post-script", post, phase);
+        }
+        taken
+    }
+
+    /// The scripts to run: the item's, else the defaults that exist in the guest.
+    fn scripts(&self, qga: &mut Qga, phase: &mut Phase) -> (Option<String>, Option<String>) {
+        let mut pick = |own: &Option<String>, default: &str| match own {
+            Some(p) => Some(p.clone()),
+            None => match qga.file_exists(default) {
+                Ok(true) => Some(default.to_string()),
+                Ok(false) => None,
+                Err(e) => {
+                    phase.warn(format!("could not look for {default} in the guest: {e}"));
+                    None
+                }
+            },
+        };
+        let pre = pick(&self.agent.pre_script, DEFAULT_PRE_SCRIPT);
+        let post = pick(&self.agent.post_script, DEFAULT_POST_SCRIPT);
+        if pre.is_none() && post.is_none() {
+            phase.log.push(format!(
+                "no pre- or post-script ({DEFAULT_PRE_SCRIPT} and {DEFAULT_POST_SCRIPT} are not in the guest): file-system consistency at best"
+            ));
+        }
+        (pre, post)
+    }
+}
+
+fn run_script(qga: &mut Qga, which: &'static str, path: &str, phase: &mut Phase) {
+    let t = Instant::now();
+    let ok = match qga.exec(path, &[], SCRIPT_TIMEOUT) {
+        Ok(r) if r.ended && r.exit_code == Some(0) => {
+            phase.step(
+                t,
+                &format!("{which} {path} succeeded: {}", one_line(&r.output)),
+            );
+            true
+        }
+        Ok(r) if !r.ended => {
+            phase.warn(format!(
+                "{which} {path} did not end within {} s",
+                SCRIPT_TIMEOUT.as_secs()
+            ));
+            false
+        }
+        Ok(r) => {
+            phase.warn(format!(
+                "{which} {path} failed with exit code {}: {}",
+                r.exit_code
+                    .map_or("none (killed)".to_string(), |c| c.to_string()),
+                one_line(&r.output)
+            ));
+            false
+        }
+        Err(e) => {
+            phase.warn(format!("{which} {path} could not run: {e}"));
+            false
+        }
+    };
+    phase.scripts.push((which, path.to_string(), ok));
+}
+
+fn one_line(s: &str) -> String {
+    let s: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if s.is_empty() {
+        "no output".into()
+    } else {
+        format!("output: {s}")
+    }
+}
+
+/// Thaws; when that fails, tries again on fresh sessions: a guest must not stay frozen.
+fn thaw(qga: &mut Qga, socket: &Path) -> Result<()> {
+    let mut last = match qga.thaw(FREEZE_TIMEOUT) {
+        Ok(_) => return Ok(()),
+        Err(e) => e,
+    };
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(200));
+        let again = Qga::connect(socket, AGENT_TIMEOUT).and_then(|mut q| {
+            if q.freeze_status()? == "thawed" {
+                return Ok(());
+            }
+            q.thaw(FREEZE_TIMEOUT).map(|_| ())
+        });
+        match again {
+            Ok(()) => return Ok(()),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 impl VmDriver {

@@ -48,6 +48,9 @@ pub struct Manifest {
     /// CPU, memory, devices); absent for disk items and in version 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub definition: Option<serde_json::Value>,
+    /// How the point was taken (a VM's agent, scripts and freeze window).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<serde_json::Value>,
     /// What the backup cost.
     pub stats: RpStats,
 }

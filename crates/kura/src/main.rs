@@ -316,8 +316,9 @@ enum ProtectCmd {
         #[arg(long)]
         format: Option<String>,
     },
-    /// Protect a running QEMU VM through its QMP monitor socket (all disks at one instant,
-    /// read while the VM runs; crash-consistent until guest-agent support lands).
+    /// Protect a running QEMU VM through its QMP monitor socket: all disks at one instant,
+    /// read while the VM runs; with its guest agent (--qga), frozen for file-system or
+    /// application consistency.
     Vm {
         /// The VM's QMP socket (`-qmp unix:PATH,server=on,wait=off`).
         #[arg(long)]
@@ -334,6 +335,22 @@ enum ProtectCmd {
         /// A disk not to back up, by name (repeatable), e.g. a scratch disk.
         #[arg(long = "exclude-disk", value_name = "NAME")]
         exclude_disk: Vec<String>,
+        /// The guest agent's socket (`-chardev socket,path=PATH,server=on,wait=off` on a
+        /// virtserialport named org.qemu.guest_agent.0).
+        #[arg(long, value_name = "SOCKET")]
+        qga: Option<PathBuf>,
+        /// Fail backups while the agent is Not Ready, instead of taking crash-consistent
+        /// points with a warning.
+        #[arg(long)]
+        require_agent: bool,
+        /// Script run inside the guest before the freeze (default /etc/kura/pre-backup when
+        /// the guest has it).
+        #[arg(long, value_name = "GUEST_PATH")]
+        pre_script: Option<String>,
+        /// Script run inside the guest after the thaw (default /etc/kura/post-backup when the
+        /// guest has it).
+        #[arg(long, value_name = "GUEST_PATH")]
+        post_script: Option<String>,
     },
 }
 
@@ -593,13 +610,24 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             name,
             policy,
             exclude_disk,
+            qga,
+            require_agent,
+            pre_script,
+            post_script,
         })) => {
+            let agent = kura_engine::AgentOptions {
+                qga: qga.as_ref().map(|p| p.display().to_string()),
+                require: *require_agent,
+                pre_script: pre_script.clone(),
+                post_script: post_script.clone(),
+            };
             let item = home.protect_vm(
                 qmp,
                 vault,
                 name.as_deref(),
                 policy.as_deref(),
                 exclude_disk,
+                &agent,
                 &secrets,
             )?;
             out.view(&item, views::protected);
@@ -611,7 +639,7 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Item(ItemCmd::Show { item }) => {
-            let st = home.item_status(item)?;
+            let st = home.item_show(item)?;
             out.view(&st, views::item_status);
             Ok(0)
         }

@@ -205,9 +205,23 @@ pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
             name,
             policy,
             exclude_disk,
+            qga,
+            require_agent,
+            pre_script,
+            post_script,
         })) => {
             let source = std::path::absolute(qmp)?;
-            show(c.post("/items", json!({"kind": "vm", "source": source, "vault": vault, "name": name, "policy": policy, "exclude_disks": exclude_disk}))?, views::protected)
+            let qga = qga.as_ref().map(std::path::absolute).transpose()?;
+            show(
+                c.post(
+                    "/items",
+                    json!({"kind": "vm", "source": source, "vault": vault, "name": name,
+                        "policy": policy, "exclude_disks": exclude_disk, "qga": qga,
+                        "require_agent": require_agent, "pre_script": pre_script,
+                        "post_script": post_script}),
+                )?,
+                views::protected,
+            )
         }
         Command::Item(ItemCmd::Protect(ProtectCmd::Disk {
             image,

@@ -108,6 +108,9 @@ pub fn item_status(st: &Value) -> String {
         s(&st["recovery_points"]),
     );
     out += &format!("format            {}\n", item_format(st));
+    if let Some(a) = st["agent_status"].as_str() {
+        out += &format!("guest agent       {a}\n");
+    }
     for d in rows(&st["health_details"]) {
         out += &format!("  ! {}\n", s(d));
     }

@@ -20,7 +20,7 @@ impl Drop for Vm {
     }
 }
 
-fn qemu_system() -> (String, String) {
+pub(crate) fn qemu_system() -> (String, String) {
     let bin = std::env::var("KURA_QEMU_SYSTEM")
         .expect("KURA_QEMU_SYSTEM names qemu-system-x86_64; scripts/test installs it and sets it");
     let data = std::env::var("KURA_QEMU_DATA").expect("KURA_QEMU_DATA is set by scripts/test");

@@ -1,0 +1,384 @@
+//! VM items with a real guest: the tiny Linux guest `scripts/build-guest` makes (Debian's
+//! kernel, busybox and qemu-ga in an initramfs), booted by qemu-system-x86_64 under TCG, with
+//! an ext4 data disk. The guest agent freezes it, runs its scripts, and the points are checked
+//! with e2fsck and by what the scripts wrote.
+
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use kura_source::qga::Qga;
+
+use super::*;
+
+pub(crate) struct Guest {
+    child: Child,
+    pub(crate) qmp: PathBuf,
+    pub(crate) qga: PathBuf,
+    console: PathBuf,
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Guest {
+    /// Runs `script` with /bin/sh in the guest; returns its output. Panics when it fails.
+    pub(crate) fn sh(&self, script: &str) -> String {
+        let mut q = Qga::connect(&self.qga, Duration::from_secs(30)).expect("the agent answers");
+        let r = q
+            .exec("/bin/sh", &["-c", script], Duration::from_secs(60))
+            .unwrap();
+        assert_eq!(r.exit_code, Some(0), "guest `{script}`: {}", r.output);
+        r.output
+    }
+
+    fn console(&self) -> String {
+        std::fs::read_to_string(&self.console).unwrap_or_default()
+    }
+}
+
+/// The guest's kernel and initramfs (`KURA_GUEST_DIR`, built by scripts/test).
+fn guest_files() -> (PathBuf, PathBuf) {
+    let dir = PathBuf::from(std::env::var("KURA_GUEST_DIR").expect(
+        "KURA_GUEST_DIR names the tiny guest (vmlinuz, initrd.gz); scripts/test builds it and sets it",
+    ));
+    (dir.join("vmlinuz"), dir.join("initrd.gz"))
+}
+
+/// An ext4 image of `size` holding `files` (path, content, executable), made without mounting.
+pub(crate) fn ext4_image(e: &Env, name: &str, size: &str, files: &[(&str, &str, bool)]) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let tree = e.path(&format!("{name}.tree"));
+    for (path, content, exec) in files {
+        let p = tree.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, content).unwrap();
+        let mode = if *exec { 0o755 } else { 0o644 };
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    std::fs::create_dir_all(&tree).unwrap();
+    let img = e.path(name);
+    let o = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&tree)
+        .arg(&img)
+        .arg(size)
+        .output()
+        .expect("mkfs.ext4 (e2fsprogs) is installed");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    img
+}
+
+/// Boots the tiny guest with `disks` (id, file, format); the first is mounted on /mnt/data.
+/// Waits until its agent answers.
+pub(crate) fn boot(e: &Env, tag: &str, disks: &[(&str, &Path, &str)]) -> Guest {
+    let (bin, data) = super::vm::qemu_system();
+    let (kernel, initrd) = guest_files();
+    let qmp = e.path(&format!("{tag}.qmp"));
+    let qga = e.path(&format!("{tag}.qga"));
+    let console = e.path(&format!("{tag}.console"));
+    let mut cmd = Command::new(bin);
+    cmd.args(["-L", "/usr/share/seabios", "-L", &data])
+        .args(["-accel", "tcg", "-cpu", "max", "-M", "q35", "-m", "256"])
+        .args(["-nodefaults", "-display", "none", "-no-reboot"])
+        .arg("-kernel")
+        .arg(&kernel)
+        .arg("-initrd")
+        .arg(&initrd)
+        .args(["-append", "console=ttyS0 quiet panic=-1"])
+        .arg("-serial")
+        .arg(format!("file:{}", console.display()))
+        .arg("-chardev")
+        .arg(format!(
+            "socket,id=qga0,path={},server=on,wait=off",
+            qga.display()
+        ))
+        .args(["-device", "virtio-serial-pci"])
+        .args([
+            "-device",
+            "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
+        ])
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", qmp.display()));
+    for (i, (id, file, format)) in disks.iter().enumerate() {
+        cmd.arg("-blockdev")
+            .arg(format!(
+                "driver=file,node-name=f{i},filename={}",
+                file.display()
+            ))
+            .arg("-blockdev")
+            .arg(format!("driver={format},node-name=n{i},file=f{i}"))
+            .arg("-device")
+            .arg(format!("virtio-blk-pci,drive=n{i},id={id}"));
+    }
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("qemu-system-x86_64 starts");
+    let guest = Guest {
+        child,
+        qmp,
+        qga,
+        console,
+    };
+    // TCG boots in about 8 s on an idle machine; much longer while tests compile and run.
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        if guest.console().contains("kura-guest: ready")
+            && Qga::connect(&guest.qga, Duration::from_secs(5)).is_ok()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the guest did not boot; its console:\n{}",
+            guest.console()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        guest.console().contains("/dev/vda mounted"),
+        "{}",
+        guest.console()
+    );
+    guest
+}
+
+/// A file of an ext4 image, read without mounting it.
+pub(crate) fn ext4_cat(img: &Path, path: &str) -> Option<String> {
+    let o = Command::new("debugfs")
+        .args(["-R", &format!("cat {path}")])
+        .arg(img)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    let err = String::from_utf8_lossy(&o.stderr);
+    if err.contains("File not found") || !o.status.success() {
+        None
+    } else {
+        Some(text)
+    }
+}
+
+/// `e2fsck -fn`: the file system is clean.
+pub(crate) fn e2fsck_clean(img: &Path) {
+    let o = Command::new("e2fsck").arg("-fn").arg(img).output().unwrap();
+    assert!(
+        o.status.success(),
+        "e2fsck -fn {}: {}{}",
+        img.display(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn job_status(e: &Env, job: &str) -> Value {
+    e.json(&["job", "show", job])
+}
+
+/// Restores the item's latest vda and returns its path.
+fn restore_vda(e: &Env, item: &str, name: &str) -> PathBuf {
+    let out = e.path(name);
+    e.ok(&[
+        "restore",
+        "disk",
+        item,
+        "--rp",
+        "latest",
+        "--disk",
+        "vda",
+        "--to",
+        out.to_str().unwrap(),
+    ]);
+    out
+}
+
+/// The consistency matrix on one booted guest: scripts succeed → application; no scripts →
+/// file-system; a failing pre-script → file-system with a warning; agent stopped → crash
+/// with a warning, or a failed backup with --require-agent.
+#[test]
+fn consistency_follows_the_agent_the_freeze_and_the_scripts() {
+    let e = Env::new();
+    e.vault("v", &[]);
+    let pre = "#!/bin/sh\nn=$(cat /mnt/data/runs 2>/dev/null || echo 0); n=$((n+1)); echo $n > /mnt/data/runs\necho \"pre $n\" > /mnt/data/pre-marker\nsync\necho prepared $n\n";
+    let post =
+        "#!/bin/sh\necho \"post $(cat /mnt/data/runs)\" > /mnt/data/post-marker\nsync\necho done\n";
+    let data = ext4_image(
+        &e,
+        "data.raw",
+        "32M",
+        &[
+            ("etc-kura/pre-backup", pre, true),
+            ("etc-kura/post-backup", post, true),
+            ("hello", "hello from the guest\n", false),
+        ],
+    );
+    let guest = boot(&e, "g", &[("vda", &data, "raw")]);
+    // The guest writes all the time, to its own file system.
+    guest.sh("(while true; do date >> /mnt/data/log; sleep 0.05; done) >/dev/null 2>&1 &");
+
+    let item = e.json(&[
+        "item",
+        "protect",
+        "vm",
+        "--qmp",
+        guest.qmp.to_str().unwrap(),
+        "--qga",
+        guest.qga.to_str().unwrap(),
+        "--vault",
+        "v",
+        "--name",
+        "web",
+    ]);
+    assert_eq!(item["spec"]["agent"]["qga"], guest.qga.to_str().unwrap());
+    let show = e.json(&["item", "show", "web"]);
+    assert!(
+        show["agent_status"]
+            .as_str()
+            .unwrap()
+            .starts_with("Ready: qemu-ga 7."),
+        "{show}"
+    );
+    let pc = e.json(&["item", "precheck", "web"]);
+    assert_eq!(pc["ready"], true, "{pc}");
+
+    // 1. Scripts present and succeeding: application-consistent.
+    let r = e.json(&["backup", "now", "web"]);
+    let job = job_status(&e, r["job_id"].as_str().unwrap());
+    assert_eq!(job["status"], "Completed", "{job}");
+    let log = job["log"].to_string();
+    assert!(
+        log.contains("pre-script /etc/kura/pre-backup succeeded"),
+        "{log}"
+    );
+    assert!(log.contains("the guest was frozen"), "{log}");
+    let m = e.json(&["rp", "show", "web"]);
+    assert_eq!(m["consistency"], "application", "{m}");
+    assert!(m["capture"]["freeze_ms"].as_u64().is_some(), "{m}");
+    let vda = restore_vda(&e, "web", "app.raw");
+    e2fsck_clean(&vda);
+    assert_eq!(ext4_cat(&vda, "/pre-marker").as_deref(), Some("pre 1\n"));
+    assert_eq!(
+        ext4_cat(&vda, "/post-marker"),
+        None,
+        "the post-script ran after the point"
+    );
+    assert_eq!(
+        guest.sh("cat /mnt/data/post-marker"),
+        "post 1",
+        "the post-script ran"
+    );
+    assert_eq!(
+        ext4_cat(&vda, "/hello").as_deref(),
+        Some("hello from the guest\n")
+    );
+    assert_eq!(guest.sh("cat /proc/mounts | grep -c /mnt/data"), "1");
+
+    // 2. No scripts: file-system-consistent, and no warning.
+    guest.sh("rm -f /etc/kura/pre-backup /etc/kura/post-backup");
+    let r = e.json(&["backup", "now", "web"]);
+    let job = job_status(&e, r["job_id"].as_str().unwrap());
+    assert_eq!(job["status"], "Completed", "{job}");
+    assert_eq!(e.json(&["rp", "show", "web"])["consistency"], "file-system");
+    let vda = restore_vda(&e, "web", "fs.raw");
+    e2fsck_clean(&vda);
+
+    // 3. A failing pre-script: file-system-consistent, with a warning naming it.
+    guest.sh(
+        "printf '#!/bin/sh\\necho cannot quiesce the database\\nexit 3\\n' > /etc/kura/pre-backup && chmod +x /etc/kura/pre-backup",
+    );
+    let r = e.json(&["backup", "now", "web"]);
+    let job = job_status(&e, r["job_id"].as_str().unwrap());
+    assert_eq!(job["status"], "CompletedWithWarnings", "{job}");
+    let log = job["log"].to_string();
+    assert!(
+        log.contains("exit code 3") && log.contains("cannot quiesce the database"),
+        "{log}"
+    );
+    assert_eq!(e.json(&["rp", "show", "web"])["consistency"], "file-system");
+    assert_eq!(
+        guest.sh("cat /proc/mounts | grep -c /mnt/data"),
+        "1",
+        "still mounted"
+    );
+    assert!(
+        guest
+            .sh("touch /mnt/data/writable && echo ok")
+            .contains("ok")
+    );
+
+    // 4. The agent stops: crash-consistent with a warning, or refused with --require-agent
+    // (a second item of the same VM, through another name of its QMP socket).
+    let qmp2 = e.path("g2.qmp");
+    std::os::unix::fs::symlink(&guest.qmp, &qmp2).unwrap();
+    e.ok(&[
+        "item",
+        "protect",
+        "vm",
+        "--qmp",
+        qmp2.to_str().unwrap(),
+        "--qga",
+        guest.qga.to_str().unwrap(),
+        "--require-agent",
+        "--vault",
+        "v",
+        "--name",
+        "strict",
+    ]);
+    {
+        let mut q = Qga::connect(&guest.qga, Duration::from_secs(30)).unwrap();
+        // The agent kills itself a moment after it answered.
+        q.exec(
+            "/bin/sh",
+            &[
+                "-c",
+                "(sleep 0.5; kill $(cat /run/qga.pid)) >/dev/null 2>&1 &",
+            ],
+            Duration::from_secs(30),
+        )
+        .unwrap();
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let r = e.json(&["backup", "now", "web"]);
+    let job = job_status(&e, r["job_id"].as_str().unwrap());
+    assert_eq!(job["status"], "CompletedWithWarnings", "{job}");
+    assert!(job["log"].to_string().contains("Not Ready"), "{job}");
+    assert_eq!(e.json(&["rp", "show", "web"])["consistency"], "crash");
+    let show = e.json(&["item", "show", "web"]);
+    assert!(
+        show["agent_status"]
+            .as_str()
+            .unwrap()
+            .starts_with("Not Ready"),
+        "{show}"
+    );
+    let o = e.run(&["--output", "json", "item", "precheck", "strict"]);
+    assert!(
+        !o.status.success(),
+        "a precheck that is not ready exits non-zero"
+    );
+    let pc: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(pc["ready"], false, "{pc}");
+    assert!(
+        pc.to_string().contains("kura item protect disk"),
+        "the precheck tells how to protect the disks without an agent: {pc}"
+    );
+    let (_, err) = e.fails(&["backup", "now", "strict"]);
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--require-agent"),
+        "{err}"
+    );
+    assert!(
+        e.json(&["rp", "list", "strict"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+}
