@@ -243,7 +243,17 @@ impl Home {
                 return Err(e);
             }
         };
-        let point = match driver.take_point(&rp_id) {
+        let request = kura_source::PointRequest {
+            rp_id: rp_id.clone(),
+            item_id: item.id.clone(),
+            previous: self
+                .catalog
+                .list_rps(&item.id)?
+                .into_iter()
+                .find(|r| r.tier != "snapshot")
+                .map(|r| r.id),
+        };
+        let point = match driver.take_point(&request) {
             Ok(p) => p,
             Err(e) => {
                 tasks[0] = task("snapshot", "Failed", Some(e.to_string()));
@@ -458,6 +468,7 @@ impl Home {
             }
             None => "full backup: no previous recovery point".into(),
         });
+        let previous_ids = previous.clone();
         let mut previous = previous.map(|(_, p)| p).unwrap_or_default();
         // Chunks verify found bad (and no backup has healed since) are never reused: they
         // are read from the source and written again, which repairs every older point too.
@@ -508,14 +519,46 @@ impl Home {
                 k
             })
             .collect();
+        // Changed-block tracking: a disk whose source knows what changed since the previous
+        // point reads only that, and takes every other chunk from the previous index.
+        let mut bases: Vec<Option<(Vec<ChunkId>, kura_source::Changes)>> = Vec::new();
+        for (name, disk) in disks.iter_mut() {
+            let changes = disk.changes()?;
+            let prev = previous_ids
+                .as_ref()
+                .and_then(|(rp, m)| Some((rp, m.get(name.as_str())?)));
+            bases.push(match (changes, prev) {
+                (None, _) => None,
+                (Some(ch), Some((rp, idx)))
+                    if &ch.since == rp
+                        && idx.size == disk.size()
+                        && idx.chunk_size == vault.config().chunk_size =>
+                {
+                    job.message(&format!(
+                        "{name}: {} bytes changed since recovery point {rp}; only those are read",
+                        ch.dirty_bytes()
+                    ));
+                    Some((idx.chunks.clone(), ch))
+                }
+                (Some(ch), _) => {
+                    job.message(&format!(
+                        "{name}: the changes tracked since point {} do not match the previous point here (or the disk changed size); every allocated block is read",
+                        ch.since
+                    ));
+                    None
+                }
+            });
+        }
         let stored = |id: &ChunkId| self.reusable(&vrow.id, vault, id);
         let reuses: Vec<Reuse<'_>> = known
             .iter()
-            .map(|k| Reuse {
+            .zip(&bases)
+            .map(|(k, b)| Reuse {
                 known: k,
                 unhealthy: &unhealthy,
                 cheap_stat,
                 stored: &stored,
+                base: b.as_ref().map(|(ids, ch)| (ids.as_slice(), ch)),
             })
             .collect();
         let results = run_pipeline(vault, &mut disks, &reuses, job, opts.fail_after_chunks)?;
@@ -565,6 +608,8 @@ impl Home {
             stats: totals.clone(),
         };
         vault.put_manifest(&manifest)?;
+        // Published: the source may drop what tracked changes up to the previous point.
+        held.driver.commit(&held.point);
         if !healed.is_empty() {
             let mut chunks: Vec<String> = healed.iter().map(ChunkId::to_hex).collect();
             chunks.sort();
@@ -703,6 +748,40 @@ struct Reuse<'a> {
     cheap_stat: bool,
     /// Whether the vault holds an intact copy (and GC lets it be reused).
     stored: &'a (dyn Fn(&ChunkId) -> Result<bool> + Sync),
+    /// The previous point's chunk ids and what changed since: unchanged chunks are taken
+    /// from it without reading.
+    base: Option<(&'a [ChunkId], &'a kura_source::Changes)>,
+}
+
+impl Reuse<'_> {
+    /// The previous point's id of chunk `slot` (`start..end`), when nothing there changed
+    /// and the chunk can be reused as it is.
+    fn unchanged(
+        &self,
+        vault: &Vault,
+        slot: usize,
+        start: u64,
+        end: u64,
+    ) -> Result<Option<ChunkId>> {
+        let Some((ids, changes)) = self.base else {
+            return Ok(None);
+        };
+        if changes.touches(start, end) {
+            return Ok(None);
+        }
+        let Some(&id) = ids.get(slot) else {
+            return Ok(None);
+        };
+        if id.is_zero() {
+            return Ok(Some(id));
+        }
+        if self.unhealthy.contains(&id)
+            || (self.cheap_stat && vault.chunk_exists_cheaply(&id)? == Some(false))
+        {
+            return Ok(None); // read it again: that heals it
+        }
+        Ok(Some(id))
+    }
 }
 
 impl Reuse<'_> {
@@ -853,7 +932,7 @@ fn run_pipeline(
         for (n, (_, disk)) in disks.iter_mut().enumerate() {
             let work_tx = work_tx.clone();
             let free_rx = free_rx.clone();
-            let (failed, fail, counters) = (&failed, &fail, &counters);
+            let (failed, fail, counters, ids) = (&failed, &fail, &counters, &ids);
             s.spawn(move || {
                 let size = disk.size();
                 let count = DiskIndex::chunk_count(size, chunk_size) as usize;
@@ -867,6 +946,11 @@ fn run_pipeline(
                         }
                         let start = slot as u64 * u64::from(chunk_size);
                         let end = (start + u64::from(chunk_size)).min(size);
+                        if let Some(id) = reuses[n].unchanged(vault, slot, start, end)? {
+                            ids[n].lock().unwrap_or_else(|e| e.into_inner())[slot] = id;
+                            progress.advance(end - start);
+                            continue;
+                        }
                         if start >= window_end {
                             window = disk.extents(start, window_len)?;
                             window_end = (start + window_len).min(size);
@@ -1008,6 +1092,7 @@ mod tests {
             unhealthy: &nothing,
             cheap_stat: true,
             stored: &never,
+            base: None,
         };
         let out = run_pipeline(
             &vault,
@@ -1043,10 +1128,33 @@ mod tests {
                 unhealthy: &nothing,
                 cheap_stat: true,
                 stored: &never,
+                base: None,
             })
             .collect();
         let out2 = run_pipeline(&vault, &mut disks, &again, &crate::NoProgress, None).unwrap();
         assert_eq!(out2.iter().map(|(_, s)| s.rp.new_chunks).sum::<u64>(), 0);
+
+        // With changed-block tracking, only chunks the changes touch are read; the index is
+        // the same as a full read of the new content gives.
+        let mut a2 = a.clone();
+        a2[cs * 3 + 10..cs * 3 + 20].fill(0xEE);
+        let mut disk = vec![("os".to_string(), raw(dir.path(), "a2.raw", &a2))];
+        let changes = kura_source::Changes {
+            since: "prev".into(),
+            dirty: vec![(cs as u64 * 3, 4096)],
+        };
+        let cbt = [Reuse {
+            known: &known[0],
+            unhealthy: &nothing,
+            cheap_stat: true,
+            stored: &never,
+            base: Some((out[0].0.chunks.as_slice(), &changes)),
+        }];
+        let out3 = run_pipeline(&vault, &mut disk, &cbt, &crate::NoProgress, None).unwrap();
+        assert_eq!(out3[0].1.rp.read_bytes, cs as u64, "one chunk read");
+        assert_eq!(content(&vault, &out3[0].0), a2);
+        let full = run_pipeline(&vault, &mut disk, &again[..1], &crate::NoProgress, None).unwrap();
+        assert_eq!(full[0].0.chunks, out3[0].0.chunks);
         assert_eq!(out2[0].0, out[0].0);
         assert_eq!(out2[1].0, out[1].0);
     }

@@ -144,6 +144,17 @@ impl Consistency {
     }
 }
 
+/// What the engine asks of a snapshot phase.
+#[derive(Debug, Clone)]
+pub struct PointRequest {
+    /// The new recovery point.
+    pub rp_id: String,
+    /// The item (its id scopes what the driver leaves in the source, e.g. dirty bitmaps).
+    pub item_id: String,
+    /// The item's latest point with a vault copy, which an incremental compares with.
+    pub previous: Option<String>,
+}
+
 /// What the snapshot phase produced.
 #[derive(Debug)]
 pub struct PointInTime {
@@ -180,12 +191,16 @@ pub struct Finding {
 pub trait SourceDriver: Send {
     /// Checks that the source exists and is as recorded. Touches nothing.
     fn precheck(&mut self) -> Result<()>;
-    /// Takes the point in time for recovery point `rp_id`.
-    fn take_point(&mut self, rp_id: &str) -> Result<PointInTime>;
+    /// Takes the point in time the request describes.
+    fn take_point(&mut self, request: &PointRequest) -> Result<PointInTime>;
     /// One named stream per disk, reading the point (its snapshot when there is one).
     fn open_disks(&mut self, point: &PointInTime) -> Result<Vec<(String, Box<dyn DiskReader>)>>;
     /// Releases what the point held open. Called on every path once the point was taken.
     fn release(&mut self, point: &PointInTime);
+    /// The point was published in the vault: what tracked changes up to it may go (a VM's
+    /// previous dirty bitmap). Without a commit, `release` keeps the changes tracked for the
+    /// next backup.
+    fn commit(&mut self, _point: &PointInTime) {}
     /// What else a precheck reports (a VM's agent status); nothing for a disk.
     fn findings(&mut self) -> Vec<Finding> {
         Vec::new()
@@ -208,11 +223,12 @@ impl SourceDriver for DiskDriver {
         self.format.check(&self.path)
     }
 
-    fn take_point(&mut self, rp_id: &str) -> Result<PointInTime> {
-        let (snapshot, no_snapshot) = match Snapshot::take(&self.path, &self.format, rp_id)? {
-            Ok(s) => (Some(s), None),
-            Err(reason) => (None, Some(reason)),
-        };
+    fn take_point(&mut self, request: &PointRequest) -> Result<PointInTime> {
+        let (snapshot, no_snapshot) =
+            match Snapshot::take(&self.path, &self.format, &request.rp_id)? {
+                Ok(s) => (Some(s), None),
+                Err(reason) => (None, Some(reason)),
+            };
         Ok(PointInTime {
             snapshot,
             no_snapshot,

@@ -36,7 +36,9 @@ mod raw;
 mod snapshot;
 pub mod vm;
 
-pub use driver::{Consistency, Finding, PointInTime, SPEC_VERSION, SourceDriver, SourceSpec};
+pub use driver::{
+    Consistency, Finding, PointInTime, PointRequest, SPEC_VERSION, SourceDriver, SourceSpec,
+};
 pub use format::{BackingFile, FORMATS, PinnedFormat};
 pub use qemu::NbdReader;
 pub use raw::RawReader;
@@ -133,6 +135,34 @@ pub trait DiskReader: Send {
     /// never made from a source that shrank or was replaced under the reader.
     fn check_unchanged(&mut self) -> Result<()> {
         Ok(())
+    }
+    /// What changed since an earlier point, when the source tracks it (a VM disk's dirty
+    /// bitmap). The engine uses it only when `since` is the point it would compare with, the
+    /// disk kept its size, and the previous index is readable; otherwise it reads everything.
+    fn changes(&mut self) -> Result<Option<Changes>> {
+        Ok(None)
+    }
+}
+
+/// The byte ranges written since recovery point `since` (changed-block tracking).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Changes {
+    /// The recovery point these changes are relative to.
+    pub since: String,
+    /// Dirty ranges (offset, length), in order, not overlapping.
+    pub dirty: Vec<(u64, u64)>,
+}
+
+impl Changes {
+    /// Bytes marked dirty.
+    pub fn dirty_bytes(&self) -> u64 {
+        self.dirty.iter().map(|d| d.1).sum()
+    }
+
+    /// Whether any byte of `start..end` is dirty (`dirty` is sorted: binary search).
+    pub fn touches(&self, start: u64, end: u64) -> bool {
+        let i = self.dirty.partition_point(|&(o, l)| o + l <= start);
+        self.dirty.get(i).is_some_and(|&(o, _)| o < end)
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::nbd::{Client, STATE_ZERO};
-use crate::{DiskReader, Error, Extent, ExtentKind, Result, normalize};
+use crate::{Changes, DiskReader, Error, Extent, ExtentKind, Result, normalize};
 
 const ALLOCATION: &str = "base:allocation";
 
@@ -22,6 +22,8 @@ pub struct NbdReader {
     dir: Option<PathBuf>,
     client: Option<Client<UnixStream>>,
     size: u64,
+    /// The dirty bitmap negotiated as a meta context, and the point it tracks changes since.
+    bitmap: Option<(String, String)>,
 }
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -96,6 +98,7 @@ impl NbdReader {
             dir: Some(dir),
             client: None,
             size: 0,
+            bitmap: None,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -126,7 +129,31 @@ impl NbdReader {
     /// qemu-storage-daemon) serves on the Unix socket `sock`; `format` is what the export
     /// presents (`raw` for a point-in-time export of any image).
     pub fn connect_export(sock: &Path, name: &str, format: &str) -> Result<Self> {
-        let c = Client::connect_unix(sock, name, &[ALLOCATION])?;
+        Self::connect_export_with_bitmap(sock, name, format, None)
+    }
+
+    /// [`NbdReader::connect_export`], also negotiating the export's dirty bitmap `bitmap`
+    /// (name, and the recovery point it tracks changes since) for [`DiskReader::changes`].
+    pub fn connect_export_with_bitmap(
+        sock: &Path,
+        name: &str,
+        format: &str,
+        bitmap: Option<(String, String)>,
+    ) -> Result<Self> {
+        let context = bitmap
+            .as_ref()
+            .map(|(b, _)| format!("qemu:dirty-bitmap:{b}"));
+        let mut contexts = vec![ALLOCATION];
+        contexts.extend(context.as_deref());
+        let c = Client::connect_unix(sock, name, &contexts)?;
+        if let Some(ctx) = &context
+            && !c.has_context(ctx)
+        {
+            return Err(Error::Nbd(format!(
+                "{}: the export does not offer {ctx}",
+                sock.join(name).display()
+            )));
+        }
         Ok(NbdReader {
             path: sock.join(name),
             format: format.to_string(),
@@ -134,6 +161,7 @@ impl NbdReader {
             dir: None,
             size: c.size(),
             client: Some(c),
+            bitmap,
         })
     }
 
@@ -186,6 +214,40 @@ impl DiskReader for NbdReader {
             }
         }
         Ok(normalize(out, offset, end))
+    }
+
+    fn changes(&mut self) -> Result<Option<Changes>> {
+        let Some((bitmap, since)) = self.bitmap.clone() else {
+            return Ok(None);
+        };
+        let context = format!("qemu:dirty-bitmap:{bitmap}");
+        let size = self.size;
+        let mut dirty: Vec<(u64, u64)> = Vec::new();
+        let mut pos = 0u64;
+        while pos < size {
+            let ask = (size - pos).min(1 << 30) as u32;
+            for d in self.client().block_status(&context, pos, ask)? {
+                let len = d.len.min(size - pos);
+                if len == 0 {
+                    return Err(Error::Nbd(format!(
+                        "{}: an empty block status extent at {pos}",
+                        self.path.display()
+                    )));
+                }
+                // Flag 1: dirty. Neighbouring dirty runs are merged.
+                if d.flags & 1 != 0 {
+                    match dirty.last_mut() {
+                        Some(last) if last.0 + last.1 == pos => last.1 += len,
+                        _ => dirty.push((pos, len)),
+                    }
+                }
+                pos += len;
+                if pos >= size {
+                    break;
+                }
+            }
+        }
+        Ok(Some(Changes { since, dirty }))
     }
 
     fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<()> {

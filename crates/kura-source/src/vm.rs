@@ -24,7 +24,8 @@ use serde_json::{Value, json};
 use crate::qga::{AgentInfo, Qga};
 use crate::qmp::Qmp;
 use crate::{
-    Consistency, DiskReader, Error, Finding, NbdReader, PointInTime, Result, SourceDriver,
+    Consistency, DiskReader, Error, Finding, NbdReader, PointInTime, PointRequest, Result,
+    SourceDriver,
 };
 
 /// How long an agent may take to answer a ping (under TCG emulation, guests are slow).
@@ -221,6 +222,8 @@ pub(crate) struct VmDriver {
     pub(crate) disks: Vec<VmDisk>,
     pub(crate) exclude: Vec<String>,
     pub(crate) agent: AgentOptions,
+    /// What the precheck found about the disks: (is a warning, message).
+    notes: Vec<(bool, String)>,
     /// What the current point holds open.
     held: Option<Held>,
 }
@@ -233,6 +236,22 @@ struct Held {
     jobs: Vec<String>,
     overlays: Vec<String>,
     exports: Vec<String>,
+    /// Each disk's bitmaps, once the transaction made the new ones.
+    bitmaps: Vec<BitmapPlan>,
+    /// Whether the point was published (the base bitmaps may go).
+    committed: bool,
+}
+
+/// Changed-block tracking of one disk for one point.
+#[derive(Debug, Clone)]
+struct BitmapPlan {
+    node: String,
+    /// The bitmap this point starts (it records every write after the instant).
+    new: String,
+    persistent: bool,
+    /// The bitmap of the previous point, frozen at the instant and read as the changes, when
+    /// it can be trusted; with that point's id.
+    base: Option<(String, String)>,
 }
 
 impl VmDriver {
@@ -247,6 +266,7 @@ impl VmDriver {
             disks,
             exclude,
             agent,
+            notes: Vec::new(),
             held: None,
         }
     }
@@ -259,7 +279,94 @@ impl VmDriver {
             .collect()
     }
 
-    fn setup(&mut self, q: &mut Qmp, rp_id: &str) -> Result<()> {
+    /// Decides, per disk, whether the previous point's dirty bitmap can be trusted; removes
+    /// this item's stale or inconsistent bitmaps. Runs before any freeze.
+    fn plan_bitmaps(
+        &self,
+        q: &mut Qmp,
+        request: &PointRequest,
+        phase: &mut Phase,
+    ) -> Result<Vec<BitmapPlan>> {
+        let prefix = format!("kura.{}.", request.item_id);
+        let nodes = q.execute("query-named-block-nodes", Some(json!({"flat": true})))?;
+        let mut plans = Vec::new();
+        for d in self.included() {
+            let node = nodes
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|n| n.get("node-name").and_then(Value::as_str) == Some(&d.node));
+            let bitmaps: Vec<&Value> = node
+                .and_then(|n| n.get("dirty-bitmaps"))
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .collect();
+            let wanted = request
+                .previous
+                .as_ref()
+                .map(|p| (format!("{prefix}{p}"), p.clone()));
+            let mut base = None;
+            let mut reason = match &request.previous {
+                None => "no previous recovery point".to_string(),
+                Some(p) if d.format == "qcow2" => format!(
+                    "no dirty bitmap for point {p} (the VM was restarted after an unclean stop, the image was replaced, or that point was made elsewhere)"
+                ),
+                Some(p) => format!(
+                    "no dirty bitmap for point {p}: {} images keep bitmaps only while the VM runs, and it was restarted",
+                    d.format
+                ),
+            };
+            for b in bitmaps {
+                let Some(name) = b.get("name").and_then(Value::as_str) else {
+                    continue;
+                };
+                if !name.starts_with(&prefix) {
+                    continue; // someone else's bitmap
+                }
+                let flag = |k: &str| b.get(k).and_then(Value::as_bool).unwrap_or(false);
+                let usable = flag("recording") && !flag("inconsistent") && !flag("busy");
+                match &wanted {
+                    Some((w, p)) if w == name && usable => {
+                        base = Some((w.clone(), p.clone()));
+                        continue;
+                    }
+                    Some((w, _)) if w == name => {
+                        reason = if flag("inconsistent") {
+                            "its dirty bitmap is inconsistent (QEMU stopped without saving it, e.g. it was killed)".into()
+                        } else {
+                            "its dirty bitmap is not recording".into()
+                        };
+                    }
+                    _ => {}
+                }
+                // Stale (an older point, an unpublished one) or untrustworthy: it goes.
+                let _ = q.execute(
+                    "block-dirty-bitmap-remove",
+                    Some(json!({"node": d.node, "name": name})),
+                );
+            }
+            match &base {
+                Some((_, p)) => phase.log.push(format!(
+                    "{}: changed-block tracking since point {p}",
+                    d.name
+                )),
+                None => phase.log.push(format!(
+                    "{}: {reason}; every allocated block is read and compared",
+                    d.name
+                )),
+            }
+            plans.push(BitmapPlan {
+                node: d.node.clone(),
+                new: format!("{prefix}{}", request.rp_id),
+                persistent: d.format == "qcow2",
+                base,
+            });
+        }
+        Ok(plans)
+    }
+
+    fn setup(&mut self, q: &mut Qmp, rp_id: &str, plans: &[BitmapPlan]) -> Result<()> {
         use std::os::unix::fs::DirBuilderExt;
         let disks = self.included();
         let tag = &rp_id[..rp_id.len().min(16)];
@@ -284,6 +391,8 @@ impl VmDriver {
             jobs: Vec::new(),
             overlays: Vec::new(),
             exports: Vec::new(),
+            bitmaps: Vec::new(),
+            committed: false,
         });
         let held = self.held.as_mut().expect("just set");
         q.execute(
@@ -320,28 +429,34 @@ impl VmDriver {
             held.overlays.push(node);
         }
         // One instant for every disk.
-        let actions: Vec<Value> = disks
-            .iter()
-            .enumerate()
-            .map(|(i, d)| {
-                json!({"type": "blockdev-backup", "data": {
-                    "job-id": format!("kura-fl-{tag}-{i}"), "device": d.node,
-                    "target": held.overlays[i], "sync": "none"}})
-            })
-            .collect();
+        // New bitmaps start and previous ones stop in the same instant as the fleecing.
+        let mut actions: Vec<Value> = Vec::new();
+        for (i, d) in disks.iter().enumerate() {
+            let plan = &plans[i];
+            actions.push(json!({"type": "block-dirty-bitmap-add", "data": {
+                "node": plan.node, "name": plan.new, "persistent": plan.persistent}}));
+            if let Some((base, _)) = &plan.base {
+                actions.push(json!({"type": "block-dirty-bitmap-disable", "data": {
+                    "node": plan.node, "name": base}}));
+            }
+            actions.push(json!({"type": "blockdev-backup", "data": {
+                "job-id": format!("kura-fl-{tag}-{i}"), "device": d.node,
+                "target": held.overlays[i], "sync": "none"}}));
+        }
         q.execute("transaction", Some(json!({ "actions": actions })))?;
+        held.bitmaps = plans.to_vec();
         held.jobs = (0..disks.len())
             .map(|i| format!("kura-fl-{tag}-{i}"))
             .collect();
         for (i, d) in disks.iter().enumerate() {
             let id = format!("kura-snap-{tag}-{i}");
-            q.execute(
-                "block-export-add",
-                Some(
-                    json!({"type": "nbd", "id": id, "node-name": held.overlays[i],
-                    "name": d.name, "writable": false}),
-                ),
-            )?;
+            let mut export = json!({"type": "nbd", "id": id, "node-name": held.overlays[i],
+                "name": d.name, "writable": false});
+            if let Some((base, _)) = &plans[i].base {
+                // QEMU 7.2 takes plain names, looked up along the export's backing chain.
+                export["bitmaps"] = json!([base]);
+            }
+            q.execute("block-export-add", Some(export))?;
             held.exports.push(id);
         }
         Ok(())
@@ -350,32 +465,45 @@ impl VmDriver {
 
 impl SourceDriver for VmDriver {
     fn precheck(&mut self) -> Result<()> {
+        // The VM's disks now: a disk attached since the item was protected is backed up too
+        // (read in full the first time), one that was detached is missing from the point with
+        // a warning, and node names may change between runs of the VM.
         let now = discover(&self.qmp)?;
+        self.notes.clear();
         for d in self.included() {
-            match now.iter().find(|n| n.name == d.name) {
-                Some(n) if n.node == d.node => {}
-                Some(n) => {
-                    return Err(Error::Invalid(format!(
-                        "VM disk {} now uses node {} (recorded: {}); protect the VM again to accept its new disks",
-                        d.name, n.node, d.node
-                    )));
-                }
-                None => {
-                    return Err(Error::Invalid(format!(
-                        "VM disk {} is gone from the VM (it has: {})",
+            if !now.iter().any(|n| n.name == d.name) {
+                self.notes.push((
+                    true,
+                    format!(
+                        "VM disk {} is no longer attached (the VM has: {}); it is not in this point",
                         d.name,
-                        now.iter()
-                            .map(|n| n.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )));
-                }
+                        now.iter().map(|n| n.name.as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                ));
             }
+        }
+        for n in &now {
+            if !self.exclude.contains(&n.name) && !self.disks.iter().any(|d| d.name == n.name) {
+                self.notes.push((
+                    false,
+                    format!(
+                        "VM disk {} was attached since the item was protected; it is backed up too",
+                        n.name
+                    ),
+                ));
+            }
+        }
+        self.disks = now;
+        if self.included().is_empty() {
+            return Err(Error::Invalid(
+                "every disk the VM has now is excluded: nothing would be backed up".into(),
+            ));
         }
         Ok(())
     }
 
-    fn take_point(&mut self, rp_id: &str) -> Result<PointInTime> {
+    fn take_point(&mut self, request: &PointRequest) -> Result<PointInTime> {
+        let rp_id = request.rp_id.as_str();
         let mut q = connect(&self.qmp)?;
         // The VM's definition at the instant: its identity and its disks as QEMU has them.
         let definition = json!({
@@ -386,6 +514,14 @@ impl SourceDriver for VmDriver {
             "exclude": self.exclude,
         });
         let mut phase = Phase::default();
+        for (warn, note) in self.notes.clone() {
+            if warn {
+                phase.warn(note);
+            } else {
+                phase.log.push(note);
+            }
+        }
+        let plans = self.plan_bitmaps(&mut q, request, &mut phase)?;
         let agent = match &self.agent.qga {
             Some(p) => {
                 let t = Instant::now();
@@ -417,8 +553,8 @@ impl SourceDriver for VmDriver {
             }
         };
         let result = match agent {
-            Some(mut qga) => self.quiesced(&mut q, &mut qga, rp_id, &mut phase),
-            None => self.setup(&mut q, rp_id),
+            Some(mut qga) => self.quiesced(&mut q, &mut qga, rp_id, &plans, &mut phase),
+            None => self.setup(&mut q, rp_id, &plans),
         };
         if let Err(e) = result {
             self.teardown(&mut q);
@@ -446,9 +582,12 @@ impl SourceDriver for VmDriver {
             .ok_or_else(|| Error::Invalid("no point in time was taken".into()))?;
         held.disks
             .iter()
-            .map(|d| {
-                let r: Box<dyn DiskReader> =
-                    Box::new(NbdReader::connect_export(&held.sock, &d.name, "raw")?);
+            .enumerate()
+            .map(|(i, d)| {
+                let base = held.bitmaps.get(i).and_then(|b| b.base.clone());
+                let r: Box<dyn DiskReader> = Box::new(NbdReader::connect_export_with_bitmap(
+                    &held.sock, &d.name, "raw", base,
+                )?);
                 Ok((d.name.clone(), r))
             })
             .collect()
@@ -503,6 +642,13 @@ impl SourceDriver for VmDriver {
             });
         }
         out
+    }
+
+    fn commit(&mut self, _point: &PointInTime) {
+        // The previous points' bitmaps go once the exports that read them are gone (release).
+        if let Some(h) = self.held.as_mut() {
+            h.committed = true;
+        }
     }
 
     fn release(&mut self, _point: &PointInTime) {
@@ -567,6 +713,7 @@ impl VmDriver {
         q: &mut Qmp,
         qga: &mut Qga,
         rp_id: &str,
+        plans: &[BitmapPlan],
         phase: &mut Phase,
     ) -> Result<()> {
         let (pre, post) = self.scripts(qga, phase);
@@ -583,7 +730,7 @@ impl VmDriver {
                 "the guest's file systems could not be frozen ({e}); this point is crash-consistent"
             )),
         }
-        let taken = self.setup(q, rp_id);
+        let taken = self.setup(q, rp_id, plans);
         if phase.frozen.is_some() {
             let t2 = Instant::now();
             match thaw(qga, Path::new(self.agent.qga.as_deref().unwrap_or_default())) {
@@ -732,6 +879,36 @@ impl VmDriver {
         if h.server_started {
             let _ = q.execute("nbd-server-stop", None);
             h.server_started = false;
+        }
+        // A point that was not published: its new bitmap goes, and the previous one (frozen
+        // at the instant) takes back the writes made since, so the next backup misses none.
+        if h.committed {
+            // Published: the new bitmaps take over from the previous points' ones.
+            for b in h.bitmaps.drain(..) {
+                if let Some((base, _)) = &b.base {
+                    let _ = q.execute(
+                        "block-dirty-bitmap-remove",
+                        Some(json!({"node": b.node, "name": base})),
+                    );
+                }
+            }
+        } else {
+            for b in h.bitmaps.drain(..) {
+                if let Some((base, _)) = &b.base {
+                    let _ = q.execute(
+                        "transaction",
+                        Some(json!({"actions": [
+                            {"type": "block-dirty-bitmap-merge", "data": {
+                                "node": b.node, "target": base, "bitmaps": [b.new]}},
+                            {"type": "block-dirty-bitmap-enable", "data": {
+                                "node": b.node, "name": base}}]})),
+                    );
+                }
+                let _ = q.execute(
+                    "block-dirty-bitmap-remove",
+                    Some(json!({"node": b.node, "name": b.new})),
+                );
+            }
         }
     }
 }

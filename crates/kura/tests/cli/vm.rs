@@ -332,3 +332,181 @@ fn a_vm_through_the_server() {
         "{err}"
     );
 }
+
+/// kura's dirty bitmaps on the VM's block nodes, as `node/name`.
+fn kura_bitmaps(vm: &Vm) -> Vec<String> {
+    let a = qmp(
+        vm,
+        &[serde_json::json!({"execute": "query-named-block-nodes", "arguments": {"flat": true}})],
+    );
+    let mut out: Vec<String> = a[0]["return"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|n| {
+            let node = n["node-name"].as_str().unwrap_or_default().to_string();
+            n["dirty-bitmaps"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(move |b| Some(format!("{node}/{}", b["name"].as_str()?)))
+        })
+        .filter(|n| n.contains("/kura."))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Changed-block incrementals: a backup reads only what the guest wrote since the previous
+/// point; a qcow2 disk's bitmap survives a clean restart of the VM; after QEMU is killed the
+/// bitmap is inconsistent and the backup reads everything; every point restores bit-exactly.
+#[test]
+fn incrementals_read_only_changed_blocks_even_after_a_restart() {
+    let e = Env::new();
+    e.vault("v", &[]);
+    let a = e.path("a.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", a.to_str().unwrap(), "16M"]);
+    let b = e.path("b.raw");
+    make_image(&b, 4 << 20, &[(0, 1 << 20, 5)]);
+    let disks = [("vda", a.as_path(), "qcow2"), ("vdb", b.as_path(), "raw")];
+    let mut vm = start_vm(&e, &disks);
+    guest_write(&vm, "vda", 0x11, "0", "2M");
+    let mut vda = vec![0x11u8; 2 << 20];
+    vda.resize(16 << 20, 0);
+    e.ok(&[
+        "item",
+        "protect",
+        "vm",
+        "--qmp",
+        vm.qmp.to_str().unwrap(),
+        "--vault",
+        "v",
+        "--name",
+        "db",
+    ]);
+    // Backs up, checks each disk restores as expected, returns the report and the job log.
+    let check = |expected_vda: &[u8], vm: &Vm, tag: &str| -> (Value, String) {
+        let vdb_now = image_now(&e, &b, "raw", &format!("b-{tag}.raw"));
+        let r = e.json(&["backup", "now", "db"]);
+        let log = e.json(&["job", "show", r["job_id"].as_str().unwrap()])["log"].to_string();
+        let dir = e.path(&format!("restored-{tag}"));
+        std::fs::create_dir(&dir).unwrap();
+        e.ok(&[
+            "restore",
+            "disks",
+            "db",
+            "--rp",
+            "latest",
+            "--to",
+            dir.to_str().unwrap(),
+        ]);
+        assert!(
+            std::fs::read(dir.join("vda.raw")).unwrap() == expected_vda,
+            "vda at point {tag}"
+        );
+        assert!(
+            same_file(&dir.join("vdb.raw"), &vdb_now),
+            "vdb at point {tag}"
+        );
+        // One bitmap per disk is left, the one the next backup starts from.
+        assert_eq!(kura_bitmaps(vm).len(), 2, "{:?}", kura_bitmaps(vm));
+        (r, log)
+    };
+    let (r, log) = check(&vda, &vm, "full");
+    assert!(log.contains("vda: no previous recovery point"), "{log}");
+    assert!(r["read_bytes"].as_u64().unwrap() >= 3 << 20, "{r}");
+
+    // Three 64 KiB writes: only those are read.
+    guest_write(&vm, "vda", 0x33, "1M", "64k");
+    guest_write(&vm, "vda", 0x34, "9M", "64k");
+    guest_write(&vm, "vdb", 0x44, "2M", "64k");
+    vda[1 << 20..(1 << 20) + (64 << 10)].fill(0x33);
+    vda[9 << 20..(9 << 20) + (64 << 10)].fill(0x34);
+    let (r, log) = check(&vda, &vm, "cbt");
+    assert!(
+        log.contains("vda: 131072 bytes changed since recovery point"),
+        "{log}"
+    );
+    assert!(
+        log.contains("vdb: 65536 bytes changed since recovery point"),
+        "{log}"
+    );
+    assert_eq!(r["read_bytes"], 3 * 65536, "{r}");
+
+    // A clean restart: QEMU saves the qcow2 disk's bitmap; the raw disk's is gone.
+    qmp(&vm, &[serde_json::json!({"execute": "quit"})]);
+    let _ = vm.child.wait();
+    drop(vm);
+    vm = start_vm(&e, &disks);
+    guest_write(&vm, "vda", 0x55, "2M", "64k");
+    vda[2 << 20..(2 << 20) + (64 << 10)].fill(0x55);
+    let (r, log) = check(&vda, &vm, "restart");
+    assert!(
+        log.contains("vda: 65536 bytes changed since recovery point"),
+        "{log}"
+    );
+    assert!(log.contains("vdb: no dirty bitmap"), "{log}");
+    assert!(
+        r["read_bytes"].as_u64().unwrap() >= (1 << 20) + 65536,
+        "vdb read in full: {r}"
+    );
+
+    // QEMU killed while it had the saved bitmap open: the bitmap is inconsistent when QEMU
+    // starts again, and kura reads everything. (The guest flushed its write first, as a
+    // guest's fsync does: it is on disk.)
+    qmp(&vm, &[serde_json::json!({"execute": "quit"})]);
+    let _ = vm.child.wait();
+    drop(vm);
+    vm = start_vm(&e, &disks);
+    guest_write(&vm, "vda", 0x66, "3M", "64k");
+    vda[3 << 20..(3 << 20) + (64 << 10)].fill(0x66);
+    let a2 = qmp(
+        &vm,
+        &[serde_json::json!({"execute": "human-monitor-command",
+            "arguments": {"command-line": "qemu-io -d vda/virtio-backend flush"}})],
+    );
+    assert_eq!(a2[0]["return"], "", "{a2:?}");
+    let _ = vm.child.kill();
+    let _ = vm.child.wait();
+    drop(vm);
+    vm = start_vm(&e, &disks);
+    let (_, log) = check(&vda, &vm, "killed");
+    assert!(
+        log.contains("vda: its dirty bitmap is inconsistent"),
+        "{log}"
+    );
+    // ... and tracks changes again from there.
+    guest_write(&vm, "vda", 0x77, "4M", "64k");
+    vda[4 << 20..(4 << 20) + (64 << 10)].fill(0x77);
+    let (r, log) = check(&vda, &vm, "again");
+    assert!(log.contains("vda: 65536 bytes changed"), "{log}");
+    assert_eq!(r["read_bytes"], 65536, "{r}");
+
+    // A disk attached since: backed up in full, beside the others' incrementals.
+    qmp(&vm, &[serde_json::json!({"execute": "quit"})]);
+    let _ = vm.child.wait();
+    drop(vm);
+    let c = e.path("c.raw");
+    make_image(&c, 1 << 20, &[(0, 4096, 8)]);
+    let vm = start_vm(&e, &[disks[0], disks[1], ("vdc", c.as_path(), "raw")]);
+    let r = e.json(&["backup", "now", "db"]);
+    let log = e.json(&["job", "show", r["job_id"].as_str().unwrap()])["log"].to_string();
+    assert!(log.contains("VM disk vdc was attached since"), "{log}");
+    assert!(log.contains("vda: 0 bytes changed"), "{log}");
+    let out = e.path("vdc.out");
+    e.ok(&[
+        "restore",
+        "disk",
+        "db",
+        "--rp",
+        "latest",
+        "--disk",
+        "vdc",
+        "--to",
+        out.to_str().unwrap(),
+    ]);
+    assert!(same_file(&out, &c));
+    assert_eq!(kura_bitmaps(&vm).len(), 3);
+}
