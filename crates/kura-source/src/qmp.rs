@@ -133,6 +133,29 @@ impl Qmp {
         }
     }
 
+    /// The process at the other end of the socket, as the kernel names it.
+    pub fn peer_pid(&self) -> Option<u32> {
+        let cred = rustix::net::sockopt::socket_peercred(&self.writer).ok()?;
+        u32::try_from(cred.pid.as_raw_nonzero().get()).ok()
+    }
+
+    /// The command line of the process at the other end of the socket (read from
+    /// `/proc/PID/cmdline` of the peer the kernel names), when it can be read: a VM's QEMU
+    /// command line, kept with its points so a restore can make a runnable copy.
+    pub fn peer_cmdline(&self) -> Option<Vec<String>> {
+        let pid = self.peer_pid()?;
+        let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let args: Vec<String> = raw
+            .split(|&b| b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let mut args = args;
+        if args.last().is_some_and(String::is_empty) {
+            args.pop();
+        }
+        (!args.is_empty()).then_some(args)
+    }
+
     /// Events received so far, oldest first; they are removed from the session.
     pub fn take_events(&mut self) -> Vec<Value> {
         std::mem::take(&mut self.events)

@@ -512,6 +512,7 @@ impl SourceDriver for VmDriver {
             "uuid": q.execute("query-uuid", None).ok(),
             "disks": self.disks,
             "exclude": self.exclude,
+            "cmdline": q.peer_cmdline(),
         });
         let mut phase = Phase::default();
         for (warn, note) in self.notes.clone() {
@@ -935,5 +936,294 @@ mod tests {
             "an unsafe device id falls back to the node name"
         );
         assert!(disks_of(&json!([])).is_err());
+    }
+}
+
+/// What a restored copy of a VM is made of: the new name, where its files go, and each
+/// original disk file's restored replacement.
+#[derive(Debug, Clone)]
+pub struct CloneSpec<'a> {
+    /// The new VM's name.
+    pub name: &'a str,
+    /// The directory that holds its disks, sockets and logs.
+    pub dir: &'a Path,
+    /// (original image file, restored image file).
+    pub disks: &'a [(String, PathBuf)],
+    /// A fresh UUID (`xxxxxxxx-xxxx-...`).
+    pub uuid: &'a str,
+    /// Random bytes that make the new MAC addresses.
+    pub seed: u64,
+}
+
+/// Paths a copy's command line moved: (original, new).
+pub type Moved = Vec<(String, String)>;
+
+/// The command line that runs a copy of a VM whose original command line was `argv`: the
+/// restored disks instead of the originals, every socket, pidfile and log inside the new
+/// directory (named after the new VM), a new name, UUID and MAC addresses. Returns the
+/// command line and the (original, new) paths it moved.
+pub fn clone_command(argv: &[String], c: &CloneSpec<'_>) -> Result<(Vec<String>, Moved)> {
+    let Some((bin, args)) = argv.split_first() else {
+        return Err(Error::Invalid(
+            "the point keeps no QEMU command line".into(),
+        ));
+    };
+    let mut moved: Vec<(String, String)> = Vec::new();
+    let mut macs = 0u64;
+    let mut out = vec![bin.clone()];
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let flag = a.trim_start_matches('-');
+        out.push(a.clone());
+        if !a.starts_with('-') {
+            continue;
+        }
+        let takes_value = !matches!(
+            flag,
+            "daemonize"
+                | "nodefaults"
+                | "no-reboot"
+                | "no-shutdown"
+                | "S"
+                | "enable-kvm"
+                | "no-user-config"
+                | "nographic"
+                | "snapshot"
+                | "no-hpet"
+                | "no-acpi"
+                | "full-screen"
+                | "sandbox-off"
+        );
+        if !takes_value {
+            continue;
+        }
+        let Some(v) = it.next() else { break };
+        let new = match flag {
+            "name" => c.name.to_string(),
+            "uuid" => c.uuid.to_string(),
+            "pidfile" | "D" => move_path(v, c, &mut moved),
+            "vnc" | "spice" => "none".to_string(),
+            _ if v.starts_with('{') => {
+                let mut j: Value = serde_json::from_str(v)
+                    .map_err(|e| Error::Invalid(format!("unreadable -{flag} argument: {e}")))?;
+                rewrite_json(&mut j, c, &mut moved, &mut macs);
+                j.to_string()
+            }
+            _ => rewrite_opts(v, c, &mut moved, &mut macs),
+        };
+        *out.last_mut().expect("pushed") = a.clone();
+        out.push(new);
+    }
+    // Every disk must have been replaced: a copy must never open the original's images.
+    for (orig, _) in c.disks {
+        if argv.iter().any(|a| a.contains(orig.as_str()))
+            && out.iter().skip(1).any(|a| a.contains(orig.as_str()))
+        {
+            return Err(Error::Invalid(format!(
+                "the VM's command line names {orig} in a way kura cannot rewrite; restore its disks with `kura restore disks` and start the copy by hand"
+            )));
+        }
+    }
+    Ok((out, moved))
+}
+
+fn move_path(orig: &str, c: &CloneSpec<'_>, moved: &mut Vec<(String, String)>) -> String {
+    if let Some((_, new)) = moved.iter().find(|(o, _)| o == orig) {
+        return new.clone();
+    }
+    let base = Path::new(orig)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "file".into());
+    let new = c
+        .dir
+        .join(format!("{}.{base}", c.name))
+        .display()
+        .to_string();
+    moved.push((orig.to_string(), new.clone()));
+    new
+}
+
+fn new_mac(c: &CloneSpec<'_>, n: &mut u64) -> String {
+    *n += 1;
+    let x = c.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(*n);
+    // 52:54:00 is QEMU's locally administered prefix.
+    format!(
+        "52:54:00:{:02x}:{:02x}:{:02x}",
+        (x >> 16) as u8,
+        (x >> 8) as u8,
+        x as u8
+    )
+}
+
+/// Rewrites one `key=value,key=value` option string (`,,` is a literal comma).
+fn rewrite_opts(
+    v: &str,
+    c: &CloneSpec<'_>,
+    moved: &mut Vec<(String, String)>,
+    macs: &mut u64,
+) -> String {
+    let parts = split_opts(v);
+    let rewritten: Vec<String> = parts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let (key, val) = match p.split_once('=') {
+                Some((k, v)) => (Some(k), v.to_string()),
+                None => (None, p.clone()),
+            };
+            if let Some((_, new)) = c.disks.iter().find(|(o, _)| *o == val) {
+                return join_opt(key, &new.display().to_string());
+            }
+            match key {
+                Some("path") | Some("logfile") => join_opt(key, &move_path(&val, c, moved)),
+                Some("mac") | Some("macaddr") => join_opt(key, &new_mac(c, macs)),
+                // -qmp unix:PATH,server=on / -serial file:PATH
+                None if i == 0 => match val.split_once(':') {
+                    Some((kind @ ("unix" | "file"), path)) => {
+                        format!("{kind}:{}", move_path(path, c, moved))
+                    }
+                    _ => val,
+                },
+                _ => join_opt(key, &val),
+            }
+        })
+        .collect();
+    rewritten
+        .iter()
+        .map(|p| p.replace(',', ",,"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn join_opt(key: Option<&str>, val: &str) -> String {
+    match key {
+        Some(k) => format!("{k}={val}"),
+        None => val.to_string(),
+    }
+}
+
+fn split_opts(v: &str) -> Vec<String> {
+    let mut parts = vec![String::new()];
+    let mut chars = v.chars().peekable();
+    while let Some(ch) = chars.next() {
+        if ch == ',' {
+            if chars.peek() == Some(&',') {
+                chars.next();
+                parts.last_mut().expect("one").push(',');
+            } else {
+                parts.push(String::new());
+            }
+        } else {
+            parts.last_mut().expect("one").push(ch);
+        }
+    }
+    parts
+}
+
+fn rewrite_json(
+    v: &mut Value,
+    c: &CloneSpec<'_>,
+    moved: &mut Vec<(String, String)>,
+    macs: &mut u64,
+) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                if let Value::String(s) = x {
+                    if let Some((_, new)) = c.disks.iter().find(|(o, _)| o == s) {
+                        *s = new.display().to_string();
+                    } else if k == "path" {
+                        *s = move_path(s, c, moved);
+                    } else if k == "mac" {
+                        *s = new_mac(c, macs);
+                    }
+                } else {
+                    rewrite_json(x, c, moved, macs);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| rewrite_json(x, c, moved, macs)),
+        _ => {}
+    }
+}
+
+/// Quotes a command line for `/bin/sh`.
+pub fn shell_line(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod clone_tests {
+    use super::*;
+
+    #[test]
+    fn a_copy_uses_its_own_disks_sockets_name_uuid_and_macs() {
+        let argv: Vec<String> = [
+            "/usr/bin/qemu-system-x86_64",
+            "-name",
+            "web",
+            "-uuid",
+            "11111111-2222-3333-4444-555555555555",
+            "-nodefaults",
+            "-qmp",
+            "unix:/run/web.qmp,server=on,wait=off",
+            "-chardev",
+            "socket,id=qga0,path=/run/web.qga,server=on,wait=off",
+            "-blockdev",
+            "driver=file,node-name=f0,filename=/srv/web,,a.qcow2",
+            "-blockdev",
+            r#"{"driver":"file","node-name":"f1","filename":"/srv/b.raw"}"#,
+            "-device",
+            "virtio-net-pci,netdev=n0,mac=52:54:00:12:34:56",
+            "-serial",
+            "file:/var/log/web.console",
+            "-vnc",
+            ":1",
+            "-kernel",
+            "/boot/vmlinuz",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let disks = vec![
+            (
+                "/srv/web,a.qcow2".to_string(),
+                PathBuf::from("/r/vda.qcow2"),
+            ),
+            ("/srv/b.raw".to_string(), PathBuf::from("/r/vdb.raw")),
+        ];
+        let spec = CloneSpec {
+            name: "web2",
+            dir: Path::new("/r"),
+            disks: &disks,
+            uuid: "9-9",
+            seed: 7,
+        };
+        let (out, moved) = clone_command(&argv, &spec).unwrap();
+        let line = out.join(" ");
+        assert!(line.contains("-name web2 -uuid 9-9"), "{line}");
+        assert!(
+            line.contains("unix:/r/web2.web.qmp,server=on,wait=off"),
+            "{line}"
+        );
+        assert!(line.contains("path=/r/web2.web.qga"), "{line}");
+        assert!(line.contains("filename=/r/vda.qcow2"), "{line}");
+        assert!(line.contains(r#""filename":"/r/vdb.raw""#), "{line}");
+        assert!(
+            !line.contains("52:54:00:12:34:56") && line.contains("mac=52:54:00:"),
+            "{line}"
+        );
+        assert!(
+            line.contains("file:/r/web2.web.console") && line.contains("-vnc none"),
+            "{line}"
+        );
+        assert!(line.contains("-kernel /boot/vmlinuz"), "{line}");
+        assert!(!line.contains("/srv/"), "{line}");
+        assert_eq!(moved.len(), 3);
+        assert_eq!(shell_line(&["it's".into()]), r"'it'\''s'");
     }
 }

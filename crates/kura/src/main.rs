@@ -430,6 +430,31 @@ enum RestoreCmd {
         #[arg(long)]
         force: bool,
     },
+    /// Restore a VM point as a new VM (its disks and a start script with a new name, UUID
+    /// and MAC addresses) or over the existing VM's disks (kept as safety copies).
+    #[command(group(clap::ArgGroup::new("mode").required(true).args(["as_new", "replace"])))]
+    Vm {
+        /// Item name.
+        item: String,
+        /// Recovery point id (or unique prefix), or `latest`.
+        #[arg(long)]
+        rp: String,
+        /// Make a new VM of this name.
+        #[arg(long, value_name = "NEWNAME", requires = "to")]
+        as_new: Option<String>,
+        /// Directory for the new VM's disks, start script, sockets and logs.
+        #[arg(long, value_name = "DIR")]
+        to: Option<PathBuf>,
+        /// Start the new VM once restored.
+        #[arg(long, requires = "as_new")]
+        start: bool,
+        /// Replace the disks of the existing VM in place (it must be shut off).
+        #[arg(long)]
+        replace: bool,
+        /// With --replace: shut the VM down first (through its agent, else ACPI) and wait.
+        #[arg(long, requires = "replace")]
+        stop: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -736,6 +761,27 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
                     .map(|r| views::restore(&serde_json::to_value(r).unwrap_or_default()))
                     .collect::<String>()
             });
+            Ok(0)
+        }
+        Command::Restore(RestoreCmd::Vm {
+            item,
+            rp,
+            as_new,
+            to,
+            start,
+            replace: _,
+            stop,
+        }) => {
+            let mode = match (as_new, to) {
+                (Some(name), Some(dir)) => kura_engine::VmRestoreMode::AsNew {
+                    name: name.clone(),
+                    dir: dir.clone(),
+                    start: *start,
+                },
+                _ => kura_engine::VmRestoreMode::Replace { stop: *stop },
+            };
+            let r = home.restore_vm(item, rp, &mode, &secrets, &bar)?;
+            out.view(&r, views::restore_vm);
             Ok(0)
         }
         Command::Verify(args) => {

@@ -202,6 +202,46 @@ pub fn restore(r: &Value) -> String {
     )
 }
 
+/// `kura restore vm`.
+pub fn restore_vm(r: &Value) -> String {
+    let mut out = String::new();
+    for d in rows(&r["disks"]) {
+        out += &restore(d);
+    }
+    for b in rows(&r["blank_disks"]) {
+        out += &format!("blank disk {} (excluded from backups)\n", s(b));
+    }
+    if r["mode"] == "as-new" {
+        out += &format!(
+            "new VM {}: start it with {}\n",
+            s(&r["name"]),
+            s(&r["script"])
+        );
+        if !r["qmp"].is_null() {
+            out += &format!("  QMP socket   {}\n", s(&r["qmp"]));
+        }
+        if !r["qga"].is_null() {
+            out += &format!("  agent socket {}\n", s(&r["qga"]));
+        }
+        if !r["pid"].is_null() {
+            out += &format!("  started, process {}\n", s(&r["pid"]));
+        }
+    } else {
+        out += &format!(
+            "the disks of VM {} now hold recovery point {}\n",
+            s(&r["name"]),
+            s(&r["rp_id"])
+        );
+        for c in rows(&r["safety_copies"]) {
+            out += &format!(
+                "  the previous image is kept as {} (remove it once the VM runs well)\n",
+                s(c)
+            );
+        }
+    }
+    out
+}
+
 /// `kura verify`.
 pub fn verify(r: &Value) -> String {
     let mut out = format!(

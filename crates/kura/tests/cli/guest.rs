@@ -382,3 +382,155 @@ fn consistency_follows_the_agent_the_freeze_and_the_scripts() {
             .is_empty()
     );
 }
+
+/// Kills a process (a VM kura started) when dropped.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-9")
+            .arg(self.0.to_string())
+            .status();
+    }
+}
+
+/// Azure's restore modes for a VM: a new VM that boots with a new identity and its agent
+/// answering, and the existing VM's disks replaced (after it is stopped through its agent)
+/// with a safety copy kept.
+#[test]
+fn a_vm_point_restores_as_a_new_vm_that_boots_and_over_the_existing_vm() {
+    let e = Env::new();
+    e.vault("v", &[]);
+    let data = ext4_image(
+        &e,
+        "data.raw",
+        "32M",
+        &[("hello", "hello from the guest\n", false)],
+    );
+    let scratch = e.path("scratch.raw");
+    make_image(&scratch, 4 << 20, &[(0, 4096, 3)]);
+    let scratch_before = e.path("scratch.before");
+    std::fs::copy(&scratch, &scratch_before).unwrap();
+    let guest = boot(&e, "g", &[("vda", &data, "raw"), ("vdb", &scratch, "raw")]);
+    e.ok(&[
+        "item",
+        "protect",
+        "vm",
+        "--qmp",
+        guest.qmp.to_str().unwrap(),
+        "--qga",
+        guest.qga.to_str().unwrap(),
+        "--exclude-disk",
+        "vdb",
+        "--vault",
+        "v",
+        "--name",
+        "web",
+    ]);
+    e.ok(&["backup", "now", "web"]);
+    let m = e.json(&["rp", "show", "web"]);
+    assert!(
+        m["definition"]["cmdline"][0]
+            .as_str()
+            .unwrap()
+            .ends_with("qemu-system-x86_64"),
+        "{m}"
+    );
+    guest.sh("echo later > /mnt/data/later && sync");
+
+    // A new VM from the point: its own disks, sockets, name, UUID and MACs; it boots.
+    let dir = e.path("web2");
+    let r = e.json(&[
+        "restore",
+        "vm",
+        "web",
+        "--rp",
+        "latest",
+        "--as-new",
+        "web2",
+        "--to",
+        dir.to_str().unwrap(),
+        "--start",
+    ]);
+    let _new_vm = KillOnDrop(r["pid"].as_i64().unwrap() as i32);
+    assert_eq!(r["blank_disks"].as_array().unwrap().len(), 1, "{r}");
+    let script = std::fs::read_to_string(r["script"].as_str().unwrap()).unwrap();
+    assert!(!script.contains(guest.qmp.to_str().unwrap()), "{script}");
+    assert!(!script.contains(data.to_str().unwrap()), "{script}");
+    assert!(
+        script.contains(&format!("{}/vda.raw", dir.display())),
+        "{script}"
+    );
+    let qga = PathBuf::from(r["qga"].as_str().unwrap());
+    assert!(qga.starts_with(&dir));
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let mut agent = loop {
+        if let Ok(q) = Qga::connect(&qga, Duration::from_secs(5)) {
+            break q;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restored VM's agent never answered"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let out = agent
+        .exec(
+            "/bin/sh",
+            &["-c", "cat /mnt/data/hello; ls /mnt/data"],
+            Duration::from_secs(30),
+        )
+        .unwrap();
+    assert!(
+        out.output.contains("hello from the guest"),
+        "{}",
+        out.output
+    );
+    assert!(
+        !out.output.contains("later"),
+        "written after the point: {}",
+        out.output
+    );
+
+    // Over the existing VM: refused while it runs, unless told to stop it.
+    let (_, err) = e.fails(&["restore", "vm", "web", "--rp", "latest", "--replace"]);
+    assert!(
+        err["error"]["message"].as_str().unwrap().contains("--stop"),
+        "{err}"
+    );
+    assert_eq!(
+        guest.sh("cat /mnt/data/later"),
+        "later",
+        "the VM still runs"
+    );
+    let r = e.json(&[
+        "restore",
+        "vm",
+        "web",
+        "--rp",
+        "latest",
+        "--replace",
+        "--stop",
+    ]);
+    let safety = PathBuf::from(r["safety_copies"][0].as_str().unwrap());
+    assert_eq!(
+        ext4_cat(&safety, "/later").as_deref(),
+        Some("later\n"),
+        "the safety copy is the old disk"
+    );
+    assert_eq!(
+        ext4_cat(&data, "/later"),
+        None,
+        "the disk is the point again"
+    );
+    assert_eq!(
+        ext4_cat(&data, "/hello").as_deref(),
+        Some("hello from the guest\n")
+    );
+    e2fsck_clean(&data);
+    assert!(
+        same_file(&scratch, &scratch),
+        "the excluded disk is not touched"
+    );
+}

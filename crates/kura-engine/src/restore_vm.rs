@@ -1,0 +1,519 @@
+//! Azure's VM restore modes on a KVM host: a new VM from a point (its disks and a runnable
+//! definition with a new identity), or the disks of the existing VM replaced in place with a
+//! safety copy kept.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use kura_source::vm::VmDisk;
+use serde::Serialize;
+
+use crate::home::absolute;
+use crate::restore::{RestoreFormat, RestoreOptions, RestoreReport};
+use crate::{Error, ErrorKind, Home, Progress, Result, Secrets};
+
+/// How long `--stop` waits for the VM to power off.
+const STOP_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What `restore vm` does.
+#[derive(Debug, Clone)]
+pub enum VmRestoreMode {
+    /// A new VM: its disks and a start script in `dir`, named `name`.
+    AsNew {
+        /// The new VM's name.
+        name: String,
+        /// Where its disks, script, sockets and logs go (created if missing).
+        dir: PathBuf,
+        /// Start it once restored.
+        start: bool,
+    },
+    /// The existing VM's disks, replaced in place.
+    Replace {
+        /// Shut the VM down first (through its agent, else ACPI) and wait.
+        stop: bool,
+    },
+}
+
+/// The outcome of `restore vm`.
+#[derive(Debug, Clone, Serialize)]
+pub struct VmRestoreReport {
+    /// The recovery point.
+    pub rp_id: String,
+    /// `as-new` or `replace`.
+    pub mode: &'static str,
+    /// The VM restored (the new name, or the item's).
+    pub name: String,
+    /// Each disk restored.
+    pub disks: Vec<RestoreReport>,
+    /// Disks the point does not hold (excluded), made blank so the copy can start.
+    pub blank_disks: Vec<String>,
+    /// The script that starts the new VM.
+    pub script: Option<String>,
+    /// The new VM's QMP and guest-agent sockets, when the original had them.
+    pub qmp: Option<String>,
+    /// See `qmp`.
+    pub qga: Option<String>,
+    /// The new VM's process, when it was started.
+    pub pid: Option<u32>,
+    /// The replaced disks, kept beside them until the user removes them.
+    pub safety_copies: Vec<String>,
+}
+
+struct VmPoint {
+    rp_id: String,
+    disks: Vec<VmDisk>,
+    cmdline: Option<Vec<String>>,
+    /// Names of the disks the point holds.
+    held: Vec<String>,
+    qmp: PathBuf,
+    qga: Option<PathBuf>,
+}
+
+fn format_of(d: &VmDisk) -> Result<RestoreFormat> {
+    match d.format.as_str() {
+        "qcow2" => Ok(RestoreFormat::Qcow2),
+        "raw" => Ok(RestoreFormat::Raw),
+        f => Err(Error::new(
+            ErrorKind::Invalid,
+            format!(
+                "VM disk {} is a {f} image; kura restores VM disks as raw or qcow2: use `kura restore disks` and convert it",
+                d.name
+            ),
+        )),
+    }
+}
+
+impl Home {
+    fn vm_point(&self, item: &str, rp: &str, secrets: &Secrets) -> Result<VmPoint> {
+        let row = self.catalog.item(item)?;
+        Self::check_can_restore(&row)?;
+        if row.kind != "vm" {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                format!(
+                    "item {:?} is a {} item: use `kura restore disk`",
+                    row.name, row.kind
+                ),
+            ));
+        }
+        let m = self.rp_manifest(item, rp, secrets)?;
+        let def = m.definition.clone().ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                format!("recovery point {} keeps no VM definition", m.rp_id),
+            )
+        })?;
+        let disks: Vec<VmDisk> = serde_json::from_value(def["disks"].clone()).map_err(|e| {
+            Error::new(
+                ErrorKind::Corrupt,
+                format!("the VM definition of point {}: {e}", m.rp_id),
+            )
+        })?;
+        let cmdline: Option<Vec<String>> = serde_json::from_value(def["cmdline"].clone()).ok();
+        let (qmp, qga) = match crate::home::source_spec(self, &row, None)? {
+            kura_source::SourceSpec::Vm { qmp, agent, .. } => {
+                (PathBuf::from(qmp), agent.qga.map(PathBuf::from))
+            }
+            _ => unreachable!("checked: a vm item"),
+        };
+        Ok(VmPoint {
+            rp_id: m.rp_id.clone(),
+            held: m.disks.iter().map(|d| d.name.clone()).collect(),
+            disks,
+            cmdline,
+            qmp,
+            qga,
+        })
+    }
+
+    /// Restores a VM point as a new VM or over the existing VM (see [`VmRestoreMode`]).
+    pub fn restore_vm(
+        &self,
+        item: &str,
+        rp: &str,
+        mode: &VmRestoreMode,
+        secrets: &Secrets,
+        progress: &dyn Progress,
+    ) -> Result<VmRestoreReport> {
+        let p = self.vm_point(item, rp, secrets)?;
+        match mode {
+            VmRestoreMode::AsNew { name, dir, start } => {
+                self.restore_vm_as_new(item, &p, name, dir, *start, secrets, progress)
+            }
+            VmRestoreMode::Replace { stop } => {
+                self.restore_vm_replace(item, &p, *stop, secrets, progress)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn restore_vm_as_new(
+        &self,
+        item: &str,
+        p: &VmPoint,
+        name: &str,
+        dir: &Path,
+        start: bool,
+        secrets: &Secrets,
+        progress: &dyn Progress,
+    ) -> Result<VmRestoreReport> {
+        crate::home::check_name("VM", name)?;
+        let argv = p.cmdline.clone().ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "recovery point {} keeps no QEMU command line (kura could not read it when the point was made); restore its disks with `kura restore disks` and start a VM on them by hand",
+                    p.rp_id
+                ),
+            )
+        })?;
+        let dir = absolute(dir)?;
+        if !dir.exists() {
+            crate::home::create_private_dir(&dir)?;
+        }
+        // Every target is checked, and the command line rewritten, before anything is written.
+        let mut targets = Vec::new();
+        for d in &p.disks {
+            let f = format_of(d)?;
+            let ext = if f == RestoreFormat::Qcow2 {
+                "qcow2"
+            } else {
+                "raw"
+            };
+            let to = dir.join(format!("{}.{ext}", d.name));
+            if to.exists() {
+                return Err(Error::new(
+                    ErrorKind::AlreadyExists,
+                    format!("{} already exists; nothing was restored", to.display()),
+                ));
+            }
+            targets.push((d, f, to));
+        }
+        let map: Vec<(String, PathBuf)> = targets
+            .iter()
+            .map(|(d, _, to)| (d.file.clone(), to.clone()))
+            .collect();
+        let uuid = uuid::Uuid::now_v7();
+        let seed = u64::from_le_bytes(uuid.as_bytes()[8..16].try_into().expect("8 bytes"));
+        let uuid_text = uuid.hyphenated().to_string();
+        let (command, moved) = kura_source::vm::clone_command(
+            &argv,
+            &kura_source::vm::CloneSpec {
+                name,
+                dir: &dir,
+                disks: &map,
+                uuid: &uuid_text,
+                seed,
+            },
+        )?;
+        let script = dir.join(format!("{name}.sh"));
+        if script.exists() {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("{} already exists; nothing was restored", script.display()),
+            ));
+        }
+        let new_path = |orig: &Path| {
+            moved
+                .iter()
+                .find(|(o, _)| Path::new(o) == orig)
+                .map(|(_, n)| n.clone())
+        };
+        let qmp = new_path(&p.qmp);
+        let qga = p.qga.as_deref().and_then(new_path);
+
+        let mut reports = Vec::new();
+        let mut blank = Vec::new();
+        for (d, format, to) in &targets {
+            if p.held.contains(&d.name) {
+                let one = RestoreOptions {
+                    rp: p.rp_id.clone(),
+                    to: to.clone(),
+                    format: *format,
+                    force: false,
+                    job_id: None,
+                    disk: Some(d.name.clone()),
+                };
+                reports.push(self.restore_disk(item, &one, secrets, progress)?);
+            } else {
+                // An excluded (scratch) disk: blank, so the copy starts with the same devices.
+                let out = std::process::Command::new("qemu-img")
+                    .args(["create", "-q", "-f", &d.format])
+                    .arg(to)
+                    .arg(d.size.to_string())
+                    .output()
+                    .map_err(|e| Error::io("cannot run qemu-img", e))?;
+                if !out.status.success() {
+                    return Err(Error::new(
+                        ErrorKind::Other,
+                        format!(
+                            "qemu-img create {}: {}",
+                            to.display(),
+                            String::from_utf8_lossy(&out.stderr).trim()
+                        ),
+                    ));
+                }
+                blank.push(to.display().to_string());
+            }
+        }
+        let text = format!(
+            "#!/bin/sh\n# A copy of VM item {item:?} from recovery point {}, restored by kura.\n# New name {name}, UUID {uuid_text}, new MAC addresses; its sockets and logs are in this directory.\nexec {}\n",
+            p.rp_id,
+            kura_source::vm::shell_line(&command)
+        );
+        crate::home::write_private(&script, text.as_bytes())?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| Error::io(format!("cannot chmod {}", script.display()), e))?;
+        }
+        let pid = if start {
+            Some(start_vm(&script, &dir, name, qmp.as_deref())?)
+        } else {
+            None
+        };
+        Ok(VmRestoreReport {
+            rp_id: p.rp_id.clone(),
+            mode: "as-new",
+            name: name.to_string(),
+            disks: reports,
+            blank_disks: blank,
+            script: Some(script.display().to_string()),
+            qmp,
+            qga,
+            pid,
+            safety_copies: Vec::new(),
+        })
+    }
+
+    fn restore_vm_replace(
+        &self,
+        item: &str,
+        p: &VmPoint,
+        stop: bool,
+        secrets: &Secrets,
+        progress: &dyn Progress,
+    ) -> Result<VmRestoreReport> {
+        let chosen: Vec<&VmDisk> = p
+            .disks
+            .iter()
+            .filter(|d| p.held.contains(&d.name))
+            .collect();
+        let mut plan = Vec::new();
+        for d in &chosen {
+            let f = format_of(d)?;
+            let file = PathBuf::from(&d.file);
+            if !file.is_absolute() {
+                return Err(Error::new(
+                    ErrorKind::Invalid,
+                    format!(
+                        "VM disk {} has no image file kura can replace ({:?})",
+                        d.name, d.file
+                    ),
+                ));
+            }
+            let safety = PathBuf::from(format!("{}.kura-before-{}", d.file, &p.rp_id));
+            if safety.exists() {
+                return Err(Error::new(
+                    ErrorKind::AlreadyExists,
+                    format!("{} already exists; remove it first", safety.display()),
+                ));
+            }
+            plan.push((d, f, file, safety));
+        }
+        // Room for the restored data beside the safety copies, per file system.
+        let vrow = self
+            .catalog
+            .vault_by_id(&self.catalog.item(item)?.vault_id)?;
+        let vault = self.open_vault_row(&vrow, secrets)?;
+        let m = vault.get_manifest(&p.rp_id)?;
+        let mut need: Vec<(u64, u64, PathBuf)> = Vec::new(); // (fsid, bytes, dir)
+        for (d, _, file, _) in &plan {
+            let entry = m.disks.iter().find(|e| e.name == d.name).expect("held");
+            let bytes = (entry.chunks - entry.zero_chunks) * u64::from(vault.config().chunk_size);
+            let dir = file.parent().unwrap_or(Path::new("/")).to_path_buf();
+            let st = rustix::fs::statvfs(&dir)
+                .map_err(|e| Error::io(format!("statvfs {}", dir.display()), e.into()))?;
+            match need.iter_mut().find(|n| n.0 == st.f_fsid) {
+                Some(n) => n.1 += bytes,
+                None => need.push((st.f_fsid, bytes, dir)),
+            }
+        }
+        for (_, bytes, dir) in &need {
+            let st = rustix::fs::statvfs(dir)
+                .map_err(|e| Error::io(format!("statvfs {}", dir.display()), e.into()))?;
+            let free = st.f_bavail * st.f_frsize;
+            if free < *bytes {
+                return Err(Error::new(
+                    ErrorKind::Invalid,
+                    format!(
+                        "{} has {free} bytes free but the restored disks need {bytes} beside the safety copies of the current ones; nothing was changed",
+                        dir.display()
+                    ),
+                ));
+            }
+        }
+        // The VM must be off: its QEMU holds the images.
+        if let Ok(q) = kura_source::qmp::Qmp::connect(&p.qmp, Duration::ZERO) {
+            if !stop {
+                return Err(Error::new(
+                    ErrorKind::Conflict,
+                    format!(
+                        "the VM of item {item:?} is running (its QMP socket {} answers); shut it down or pass --stop; nothing was changed",
+                        p.qmp.display()
+                    ),
+                ));
+            }
+            stop_vm(q, &p.qmp, p.qga.as_deref())?;
+        }
+        let mut reports = Vec::new();
+        let mut safety_copies = Vec::new();
+        for (d, format, file, safety) in plan {
+            let meta = std::fs::metadata(&file)
+                .map_err(|e| Error::io(format!("VM disk {}: {}", d.name, file.display()), e))?;
+            std::fs::rename(&file, &safety).map_err(|e| {
+                Error::io(
+                    format!("cannot keep {} as {}", file.display(), safety.display()),
+                    e,
+                )
+            })?;
+            let one = RestoreOptions {
+                rp: p.rp_id.clone(),
+                to: file.clone(),
+                format,
+                force: false,
+                job_id: None,
+                disk: Some(d.name.clone()),
+            };
+            match self.restore_disk(item, &one, secrets, progress) {
+                Ok(r) => reports.push(r),
+                Err(e) => {
+                    let back = std::fs::rename(&safety, &file);
+                    return Err(Error::new(
+                        e.kind(),
+                        format!(
+                            "restoring VM disk {} failed: {e}; {} {}",
+                            d.name,
+                            if back.is_ok() {
+                                "it is back as it was:"
+                            } else {
+                                "its current image is kept as"
+                            },
+                            if back.is_ok() {
+                                file.display()
+                            } else {
+                                safety.display()
+                            }
+                        ),
+                    ));
+                }
+            }
+            // The VM's user (libvirt-qemu, ...) must be able to open the new image.
+            {
+                use std::os::unix::fs::{MetadataExt, PermissionsExt};
+                let _ = std::os::unix::fs::chown(&file, Some(meta.uid()), Some(meta.gid()));
+                let _ = std::fs::set_permissions(
+                    &file,
+                    std::fs::Permissions::from_mode(meta.mode() & 0o777),
+                );
+            }
+            safety_copies.push(safety.display().to_string());
+        }
+        Ok(VmRestoreReport {
+            rp_id: p.rp_id.clone(),
+            mode: "replace",
+            name: item.to_string(),
+            disks: reports,
+            blank_disks: Vec::new(),
+            script: None,
+            qmp: None,
+            qga: None,
+            pid: None,
+            safety_copies,
+        })
+    }
+}
+
+/// Asks the VM to power off (its agent, else ACPI) and waits until its QEMU is gone.
+fn stop_vm(mut q: kura_source::qmp::Qmp, qmp: &Path, qga: Option<&Path>) -> Result<()> {
+    let pid = q.peer_pid();
+    let by_agent = qga.is_some_and(|a| {
+        kura_source::qga::Qga::connect(a, kura_source::vm::AGENT_TIMEOUT)
+            .and_then(|mut g| g.shutdown())
+            .is_ok()
+    });
+    if !by_agent {
+        q.execute("system_powerdown", None)?;
+    }
+    drop(q);
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    loop {
+        let gone = match pid {
+            Some(pid) => !Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid),
+            None => kura_source::qmp::Qmp::connect(qmp, Duration::ZERO).is_err(),
+        };
+        if gone {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::new(
+                ErrorKind::Other,
+                format!(
+                    "the VM did not power off within {} s; nothing was changed",
+                    STOP_TIMEOUT.as_secs()
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// Starts the new VM's script in its own process group, its output in DIR/NAME.log; waits
+/// for its QMP socket when it has one.
+fn start_vm(script: &Path, dir: &Path, name: &str, qmp: Option<&str>) -> Result<u32> {
+    use std::os::unix::process::CommandExt;
+    let log = dir.join(format!("{name}.log"));
+    let out = std::fs::File::create(&log)
+        .map_err(|e| Error::io(format!("cannot create {}", log.display()), e))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| Error::io(format!("{}", log.display()), e))?;
+    let mut child = std::process::Command::new("/bin/sh")
+        .arg(script)
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| Error::io(format!("cannot start {}", script.display()), e))?;
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            return Err(Error::new(
+                ErrorKind::Other,
+                format!("the new VM exited at once ({status}): {}", text.trim()),
+            ));
+        }
+        match qmp {
+            Some(s) if std::os::unix::net::UnixStream::connect(s).is_ok() => return Ok(pid),
+            None if Instant::now() > deadline - Duration::from_secs(58) => return Ok(pid),
+            _ => {}
+        }
+        if Instant::now() > deadline {
+            return Ok(pid); // still starting; its log says how it goes
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
