@@ -566,6 +566,12 @@ impl Home {
             // A source that shrank or was replaced while it was read would give a wrong point.
             disk.check_unchanged()?;
             totals.read_bytes += stats.rp.read_bytes;
+            // What holds data, however little of it this backup had to read.
+            let used: u64 = (0..index.chunks.len())
+                .filter(|&i| !index.chunks[i].is_zero())
+                .map(|i| index.chunk_range(i).end - index.chunk_range(i).start)
+                .sum();
+            *totals.used_bytes.get_or_insert(0) += used;
             totals.new_chunks += stats.rp.new_chunks;
             totals.new_stored_bytes += stats.rp.new_stored_bytes;
             totals.new_plain_bytes += stats.rp.new_plain_bytes;
@@ -1021,6 +1027,7 @@ fn run_pipeline(
                     new_chunks: c.new_chunks.load(Ordering::Relaxed),
                     new_stored_bytes: c.new_stored.load(Ordering::Relaxed),
                     new_plain_bytes: c.new_plain.load(Ordering::Relaxed),
+                    used_bytes: None,
                 },
                 format: formats[n].clone(),
                 healed: std::mem::take(&mut *healed[n].lock().unwrap_or_else(|e| e.into_inner())),

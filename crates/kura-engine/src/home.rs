@@ -1177,7 +1177,7 @@ pub(crate) fn rp_row(m: &kura_store::Manifest) -> RpRow {
         tags: m.tags.clone(),
         expires: m.expires.clone(),
         origin: m.origin.clone(),
-        used_bytes: m.stats.read_bytes,
+        used_bytes: m.stats.used_bytes.unwrap_or(m.stats.read_bytes),
         snapshot: None,
         snapshot_expires: None,
     }

@@ -50,7 +50,7 @@ pub use progress::{NoProgress, Progress};
 pub use protection::{ItemStatus, PrecheckCheck, PrecheckReport};
 pub use recovery::{KitReport, NewKey};
 pub use restore::{RestoreDisksOptions, RestoreFormat, RestoreOptions, RestoreReport};
-pub use restore_vm::{VmRestoreMode, VmRestoreReport};
+pub use restore_vm::{PathCheck, VmRestoreMode, VmRestoreOptions, VmRestoreReport};
 pub use retention::{PlanEntry, RetentionPlan};
 pub use scheduler::{Clock, SchedulerOptions, SystemClock, TickReport};
 pub use verify::{VerifyProblem, VerifyReport, VerifyScope};

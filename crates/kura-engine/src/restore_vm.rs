@@ -34,9 +34,27 @@ pub enum VmRestoreMode {
     },
 }
 
+/// A path check: `Err(message)` refuses to write there (the server's allow-lists).
+pub type PathCheck = std::sync::Arc<dyn Fn(&Path) -> std::result::Result<(), String> + Send + Sync>;
+
+/// What `restore vm` restores, how, and where it may write.
+#[derive(Clone)]
+pub struct VmRestoreOptions {
+    /// Recovery point id, unique prefix, or `latest`.
+    pub rp: String,
+    /// As a new VM, or over the existing one.
+    pub mode: VmRestoreMode,
+    /// A job made beforehand with [`Home::begin_job`] (the API answers with its id at once).
+    pub job_id: Option<String>,
+    /// Checked for every directory or image the restore writes, before anything is written.
+    pub may_write: Option<PathCheck>,
+}
+
 /// The outcome of `restore vm`.
 #[derive(Debug, Clone, Serialize)]
 pub struct VmRestoreReport {
+    /// The job.
+    pub job_id: String,
     /// The recovery point.
     pub rp_id: String,
     /// `as-new` or `replace`.
@@ -126,24 +144,47 @@ impl Home {
         })
     }
 
-    /// Restores a VM point as a new VM or over the existing VM (see [`VmRestoreMode`]).
+    /// Restores a VM point as a new VM or over the existing VM (see [`VmRestoreMode`]), as
+    /// one `RestoreVm` job (each disk is also a `Restore` job of its own).
     pub fn restore_vm(
         &self,
         item: &str,
-        rp: &str,
-        mode: &VmRestoreMode,
+        opts: &VmRestoreOptions,
         secrets: &Secrets,
         progress: &dyn Progress,
     ) -> Result<VmRestoreReport> {
-        let p = self.vm_point(item, rp, secrets)?;
-        match mode {
-            VmRestoreMode::AsNew { name, dir, start } => {
-                self.restore_vm_as_new(item, &p, name, dir, *start, secrets, progress)
+        let p = self.vm_point(item, &opts.rp, secrets)?;
+        let guard = |path: &Path| -> Result<()> {
+            match &opts.may_write {
+                Some(check) => check(path).map_err(|m| Error::new(ErrorKind::Invalid, m)),
+                None => Ok(()),
             }
-            VmRestoreMode::Replace { stop } => {
-                self.restore_vm_replace(item, &p, *stop, secrets, progress)
-            }
-        }
+        };
+        let (job_id, report) = self.run_job(
+            "RestoreVm",
+            item,
+            false,
+            opts.job_id.as_deref(),
+            progress,
+            |job| {
+                let r = match &opts.mode {
+                    VmRestoreMode::AsNew { name, dir, start } => {
+                        guard(&absolute(dir)?)?;
+                        self.restore_vm_as_new(item, &p, name, dir, *start, secrets, job)?
+                    }
+                    VmRestoreMode::Replace { stop } => {
+                        for d in &p.disks {
+                            if p.held.contains(&d.name) {
+                                guard(Path::new(&d.file))?;
+                            }
+                        }
+                        self.restore_vm_replace(item, &p, *stop, secrets, job)?
+                    }
+                };
+                Ok((r, Some(p.rp_id.clone())))
+            },
+        )?;
+        Ok(VmRestoreReport { job_id, ..report })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -273,6 +314,7 @@ impl Home {
             None
         };
         Ok(VmRestoreReport {
+            job_id: String::new(),
             rp_id: p.rp_id.clone(),
             mode: "as-new",
             name: name.to_string(),
@@ -420,6 +462,7 @@ impl Home {
             safety_copies.push(safety.display().to_string());
         }
         Ok(VmRestoreReport {
+            job_id: String::new(),
             rp_id: p.rp_id.clone(),
             mode: "replace",
             name: item.to_string(),

@@ -247,6 +247,14 @@ pub const ROUTES: &[Route] = &[
         true,
     ),
     r(
+        "POST",
+        "/api/v1/items/{item}/vm-restores",
+        "restoreVm",
+        "Start a VM restore: as a new VM (`as_new`, `to`, `start`) or over the VM's disks (`replace`, `stop`)",
+        202,
+        true,
+    ),
+    r(
         "GET",
         "/api/v1/jobs",
         "listJobs",
@@ -856,6 +864,72 @@ async fn restore_disk(
     .await
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestoreVm {
+    rp: String,
+    #[serde(default)]
+    as_new: Option<String>,
+    #[serde(default)]
+    to: Option<String>,
+    #[serde(default)]
+    start: bool,
+    #[serde(default)]
+    replace: bool,
+    #[serde(default)]
+    stop: bool,
+}
+
+async fn restore_vm(
+    _: Auth,
+    State(s): State<S>,
+    Path(item): Path<String>,
+    Body(b): Body<RestoreVm>,
+) -> ApiResult {
+    // Disks replaced in place must lie under a source root, a new VM under a restore root.
+    let mode = match (b.as_new, b.to, b.replace) {
+        (Some(name), Some(to), false) => kura_engine::VmRestoreMode::AsNew {
+            name,
+            dir: s.roots.restore("to", &to)?,
+            start: b.start,
+        },
+        (None, None, true) => kura_engine::VmRestoreMode::Replace { stop: b.stop },
+        _ => {
+            return Err(ApiError::invalid(
+                "give either as_new and to (a new VM), or replace (over the VM's disks)",
+            ));
+        }
+    };
+    let roots = s.roots.clone();
+    let may_write: kura_engine::PathCheck = std::sync::Arc::new(move |p: &std::path::Path| {
+        roots
+            .source("disk", &p.display().to_string())
+            .map(|_| ())
+            .map_err(|e| e.message)
+    });
+    let replace = matches!(mode, kura_engine::VmRestoreMode::Replace { .. });
+    let target = item.clone();
+    start_job(
+        s,
+        "RestoreVm",
+        target,
+        false,
+        item_exists(item.clone()),
+        move |st, job| {
+            let opts = kura_engine::VmRestoreOptions {
+                rp: b.rp,
+                mode,
+                job_id: Some(job),
+                may_write: replace.then_some(may_write),
+            };
+            st.home
+                .restore_vm(&item, &opts, &st.secrets, &kura_engine::NoProgress)
+                .map(|_| ())
+        },
+    )
+    .await
+}
+
 async fn list_rps(_: Auth, State(s): State<S>, Path(item): Path<String>) -> ApiResult {
     ok(200, blocking(move || Ok(s.home.list_rps(&item)?)).await?)
 }
@@ -1087,6 +1161,7 @@ fn handler(route: &Route) -> MethodRouter<S> {
         "getRecoveryPoint" => get(get_rp),
         "retentionPlan" => get(retention_plan),
         "restoreDisk" => post(restore_disk),
+        "restoreVm" => post(restore_vm),
         "listJobs" => get(list_jobs),
         "getJob" => get(get_job),
         "cancelJob" => post(cancel_job),

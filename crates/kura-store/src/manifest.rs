@@ -83,6 +83,10 @@ pub struct RpStats {
     pub new_stored_bytes: u64,
     /// Plaintext bytes of the chunks written by this backup.
     pub new_plain_bytes: u64,
+    /// Bytes of the point's disks that hold data (non-zero chunks): the protected size.
+    /// Absent in older manifests, whose backups read every allocated byte (`read_bytes`).
+    #[serde(default)]
+    pub used_bytes: Option<u64>,
 }
 
 /// A protected item as recorded in the vault, so that `vault attach` can rebuild the catalog.

@@ -780,7 +780,13 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
                 },
                 _ => kura_engine::VmRestoreMode::Replace { stop: *stop },
             };
-            let r = home.restore_vm(item, rp, &mode, &secrets, &bar)?;
+            let opts = kura_engine::VmRestoreOptions {
+                rp: rp.clone(),
+                mode,
+                job_id: None,
+                may_write: None,
+            };
+            let r = home.restore_vm(item, &opts, &secrets, &bar)?;
             out.view(&r, views::restore_vm);
             Ok(0)
         }

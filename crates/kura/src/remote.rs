@@ -301,6 +301,24 @@ pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
             job_done(out, c, &started, views::restore)?;
             Ok(0)
         }
+        Command::Restore(RestoreCmd::Vm {
+            item,
+            rp,
+            as_new,
+            to,
+            start,
+            replace,
+            stop,
+        }) => {
+            let to = to.as_ref().map(std::path::absolute).transpose()?;
+            let started = c.post(
+                &format!("/items/{}/vm-restores", enc(item)),
+                json!({"rp": rp, "as_new": as_new, "to": to, "start": start,
+                    "replace": replace, "stop": stop}),
+            )?;
+            job_done(out, c, &started, views::restore_vm)?;
+            Ok(0)
+        }
         Command::Verify(v) => {
             let started = c.post(
                 "/verify",

@@ -278,7 +278,7 @@ fn a_vm_through_the_server() {
     let e = Env::new();
     let d = e.path("d.raw");
     make_image(&d, 2 << 20, &[(0, 1 << 20, 3)]);
-    let vm = start_vm(&e, &[("vda", &d, "raw")]);
+    let mut vm = start_vm(&e, &[("vda", &d, "raw")]);
     let srv = super::remote::serve(&e);
     let remote = |args: &[&str]| -> Vec<String> {
         let mut a = vec![
@@ -321,6 +321,35 @@ fn a_vm_through_the_server() {
         out.to_str().unwrap(),
     ]);
     assert!(same_file(&out, &d));
+    // A new VM from the point, and the VM's own disk replaced once it is off.
+    let dir = e.path("copy");
+    let r = json(&[
+        "restore",
+        "vm",
+        &name,
+        "--rp",
+        "latest",
+        "--as-new",
+        "copy",
+        "--to",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(same_file(&dir.join("vda.raw"), &d), "{r}");
+    assert!(
+        std::fs::read_to_string(dir.join("copy.sh"))
+            .unwrap()
+            .contains("copy.raw")
+            == false
+    );
+    let a = remote(&["restore", "vm", &name, "--rp", "latest", "--replace"]);
+    let (_, err) = e.fails(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(err.to_string().contains("is running"), "{err}");
+    qmp(&vm, &[serde_json::json!({"execute": "quit"})]);
+    let _ = vm.child.wait();
+    make_image(&d, 2 << 20, &[(0, 1 << 20, 4)]);
+    let r = json(&["restore", "vm", &name, "--rp", "latest", "--replace"]);
+    assert!(same_file(&d, &dir.join("vda.raw")), "{r}");
+    assert_eq!(r["safety_copies"].as_array().unwrap().len(), 1, "{r}");
     // A VM has no pinned image format to change.
     let a = remote(&["item", "set-format", &name]);
     let (_, err) = e.fails(&a.iter().map(String::as_str).collect::<Vec<_>>());
@@ -509,4 +538,59 @@ fn incrementals_read_only_changed_blocks_even_after_a_restart() {
     ]);
     assert!(same_file(&out, &c));
     assert_eq!(kura_bitmaps(&vm).len(), 3);
+}
+
+/// Azure's usage example scaled to MiB: OS disk 17 used, temporary disk 5 (excluded), data
+/// disks 30 and 0 → protected size 47; an incremental that reads only a few changed blocks
+/// keeps the same protected size.
+#[test]
+fn a_vm_protected_size_counts_its_data_except_excluded_disks() {
+    let e = Env::new();
+    e.vault("v", &[]);
+    const MIB: u64 = 1 << 20;
+    let os = e.path("os.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", os.to_str().unwrap(), "64M"]);
+    let temp = e.path("temp.raw");
+    make_image(&temp, 16 * MIB, &[(0, 5 << 20, 1)]);
+    let data1 = e.path("data1.raw");
+    make_image(&data1, 64 * MIB, &[(8 * MIB, 30 << 20, 2)]);
+    let data2 = e.path("data2.raw");
+    make_image(&data2, 16 * MIB, &[]);
+    let vm = start_vm(
+        &e,
+        &[
+            ("vda", &os, "qcow2"),
+            ("vdb", &temp, "raw"),
+            ("vdc", &data1, "raw"),
+            ("vdd", &data2, "raw"),
+        ],
+    );
+    guest_write(&vm, "vda", 0x5a, "0", "17M");
+    e.ok(&[
+        "item",
+        "protect",
+        "vm",
+        "--qmp",
+        vm.qmp.to_str().unwrap(),
+        "--vault",
+        "v",
+        "--name",
+        "app",
+        "--exclude-disk",
+        "vdb",
+    ]);
+    e.ok(&["backup", "now", "app"]);
+    let protected = |e: &Env| -> u64 {
+        let u = e.json(&["usage"]);
+        u[0]["items"][0]["protected_bytes"].as_u64().unwrap()
+    };
+    assert_eq!(protected(&e), 47 * MIB);
+    guest_write(&vm, "vdc", 0x11, "0", "64k");
+    let r = e.json(&["backup", "now", "app"]);
+    assert_eq!(r["read_bytes"], 65536, "{r}");
+    assert_eq!(
+        protected(&e),
+        47 * MIB + 65536,
+        "the new 64 KiB counts, nothing else changes"
+    );
 }
