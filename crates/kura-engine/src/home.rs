@@ -637,6 +637,9 @@ impl Home {
                 spec: r.spec.as_ref().map(|f| f.to_string()).filter(|text| {
                     match kura_source::SourceSpec::parse(text) {
                         Ok(kura_source::SourceSpec::Disk { path, .. }) => path == r.source,
+                        Ok(kura_source::SourceSpec::Vm {
+                            libvirt: Some(d), ..
+                        }) => r.source == format!("libvirt:{}", d.name),
                         Ok(kura_source::SourceSpec::Vm { qmp, .. }) => qmp == r.source,
                         _ => false,
                     }
@@ -752,7 +755,7 @@ impl Home {
     #[allow(clippy::too_many_arguments)]
     pub fn protect_vm(
         &self,
-        qmp: &Path,
+        link: &kura_source::vm::VmLink,
         vault: &str,
         name: Option<&str>,
         policy: Option<&str>,
@@ -762,13 +765,20 @@ impl Home {
     ) -> Result<ItemRow> {
         let vrow = self.catalog.vault(vault)?;
         let policy = self.policy_for_new_item(&vrow, policy)?;
-        let qmp = absolute(qmp)?;
-        agent.validate()?;
+        let link = match link {
+            kura_source::vm::VmLink::Qmp(p) => kura_source::vm::VmLink::Qmp(absolute(p)?),
+            l => l.clone(),
+        };
+        let libvirt = match &link {
+            kura_source::vm::VmLink::Libvirt(d) => Some(d.clone()),
+            kura_source::vm::VmLink::Qmp(_) => None,
+        };
+        agent.validate(libvirt.is_some())?;
         let mut agent = agent.clone();
         if let Some(q) = &agent.qga {
             agent.qga = Some(absolute(Path::new(q))?.display().to_string());
         }
-        let disks = kura_source::vm::discover(&qmp)?;
+        let disks = kura_source::vm::discover(&link)?;
         for x in exclude {
             if !disks.iter().any(|d| &d.name == x) {
                 return Err(Error::new(
@@ -792,13 +802,16 @@ impl Home {
         }
         let name = match name {
             Some(n) => n.to_string(),
-            None => default_item_name(&qmp),
+            None => match &link {
+                kura_source::vm::VmLink::Qmp(p) => default_item_name(p),
+                kura_source::vm::VmLink::Libvirt(d) => default_item_name(Path::new(&d.name)),
+            },
         };
         check_name("item", &name)?;
         let vault_handle = self.open_vault_row(&vrow, secrets)?;
-        let agent_state = match &agent.qga {
+        let agent_state = match link.agent(&agent) {
             None => "no guest agent (crash-consistent points)".to_string(),
-            Some(p) => match kura_source::vm::agent_status(Path::new(p)).0 {
+            Some(a) => match kura_source::vm::link_status(&a).0 {
                 kura_source::vm::AgentStatus::Ready(i) => {
                     format!("guest agent Ready (qemu-ga {} on {})", i.version, i.os)
                 }
@@ -822,7 +835,11 @@ impl Home {
         );
         let spec = kura_source::SourceSpec::Vm {
             v: kura_source::SPEC_VERSION,
-            qmp: qmp.display().to_string(),
+            qmp: match &link {
+                kura_source::vm::VmLink::Qmp(p) => p.display().to_string(),
+                kura_source::vm::VmLink::Libvirt(_) => String::new(),
+            },
+            libvirt,
             disks,
             exclude: exclude.to_vec(),
             agent,
@@ -858,6 +875,9 @@ impl Home {
     ) -> Result<ItemRow> {
         let source = match &spec {
             kura_source::SourceSpec::Disk { path, .. } => path.clone(),
+            kura_source::SourceSpec::Vm {
+                libvirt: Some(d), ..
+            } => format!("libvirt:{}", d.name),
             kura_source::SourceSpec::Vm { qmp, .. } => qmp.clone(),
             _ => String::new(),
         };

@@ -133,7 +133,10 @@ impl Home {
             Some("Completed") => "Healthy",
             Some(_) => "Unhealthy",
         };
-        let source_present = std::path::Path::new(&item.source).exists();
+        let source_present = match crate::home::source_spec(self, &item, None) {
+            Ok(spec) => spec.present(),
+            Err(_) => std::path::Path::new(&item.source).exists(),
+        };
         let protection_state = match item.state.as_str() {
             "soft-deleted" => "SoftDeleted",
             "stopped" => "ProtectionStopped",

@@ -75,6 +75,10 @@ pub struct VmRestoreReport {
     pub pid: Option<u32>,
     /// The replaced disks, kept beside them until the user removes them.
     pub safety_copies: Vec<String>,
+    /// The new libvirt domain, for a libvirt VM.
+    pub libvirt_domain: Option<String>,
+    /// Whether the new VM was started.
+    pub started: bool,
 }
 
 struct VmPoint {
@@ -83,8 +87,11 @@ struct VmPoint {
     cmdline: Option<Vec<String>>,
     /// Names of the disks the point holds.
     held: Vec<String>,
+    /// The QMP socket, for a plain QEMU VM.
     qmp: PathBuf,
     qga: Option<PathBuf>,
+    /// The libvirt domain, and its definition at the point.
+    libvirt: Option<(kura_source::libvirt::Domain, Option<String>)>,
 }
 
 fn format_of(d: &VmDisk) -> Result<RestoreFormat> {
@@ -128,10 +135,17 @@ impl Home {
             )
         })?;
         let cmdline: Option<Vec<String>> = serde_json::from_value(def["cmdline"].clone()).ok();
-        let (qmp, qga) = match crate::home::source_spec(self, &row, None)? {
-            kura_source::SourceSpec::Vm { qmp, agent, .. } => {
-                (PathBuf::from(qmp), agent.qga.map(PathBuf::from))
-            }
+        let (qmp, qga, libvirt) = match crate::home::source_spec(self, &row, None)? {
+            kura_source::SourceSpec::Vm {
+                qmp,
+                agent,
+                libvirt,
+                ..
+            } => (
+                PathBuf::from(qmp),
+                agent.qga.map(PathBuf::from),
+                libvirt.map(|d| (d, def["domain_xml"].as_str().map(str::to_string))),
+            ),
             _ => unreachable!("checked: a vm item"),
         };
         Ok(VmPoint {
@@ -141,6 +155,7 @@ impl Home {
             cmdline,
             qmp,
             qga,
+            libvirt,
         })
     }
 
@@ -199,6 +214,9 @@ impl Home {
         progress: &dyn Progress,
     ) -> Result<VmRestoreReport> {
         crate::home::check_name("VM", name)?;
+        if p.libvirt.is_some() {
+            return self.restore_domain_as_new(item, p, name, dir, start, secrets, progress);
+        }
         let argv = p.cmdline.clone().ok_or_else(|| {
             Error::new(
                 ErrorKind::NotFound,
@@ -263,40 +281,7 @@ impl Home {
         let qmp = new_path(&p.qmp);
         let qga = p.qga.as_deref().and_then(new_path);
 
-        let mut reports = Vec::new();
-        let mut blank = Vec::new();
-        for (d, format, to) in &targets {
-            if p.held.contains(&d.name) {
-                let one = RestoreOptions {
-                    rp: p.rp_id.clone(),
-                    to: to.clone(),
-                    format: *format,
-                    force: false,
-                    job_id: None,
-                    disk: Some(d.name.clone()),
-                };
-                reports.push(self.restore_disk(item, &one, secrets, progress)?);
-            } else {
-                // An excluded (scratch) disk: blank, so the copy starts with the same devices.
-                let out = std::process::Command::new("qemu-img")
-                    .args(["create", "-q", "-f", &d.format])
-                    .arg(to)
-                    .arg(d.size.to_string())
-                    .output()
-                    .map_err(|e| Error::io("cannot run qemu-img", e))?;
-                if !out.status.success() {
-                    return Err(Error::new(
-                        ErrorKind::Other,
-                        format!(
-                            "qemu-img create {}: {}",
-                            to.display(),
-                            String::from_utf8_lossy(&out.stderr).trim()
-                        ),
-                    ));
-                }
-                blank.push(to.display().to_string());
-            }
-        }
+        let (reports, blank) = self.restore_targets(item, p, &targets, secrets, progress)?;
         let text = format!(
             "#!/bin/sh\n# A copy of VM item {item:?} from recovery point {}, restored by kura.\n# New name {name}, UUID {uuid_text}, new MAC addresses; its sockets and logs are in this directory.\nexec {}\n",
             p.rp_id,
@@ -323,9 +308,138 @@ impl Home {
             script: Some(script.display().to_string()),
             qmp,
             qga,
+            started: pid.is_some(),
             pid,
             safety_copies: Vec::new(),
+            libvirt_domain: None,
         })
+    }
+
+    /// A new libvirt domain from the point: its disks in `dir`, defined from the domain XML
+    /// kept with the point, under the new name, without UUID and MAC addresses (libvirt
+    /// makes new ones).
+    #[allow(clippy::too_many_arguments)]
+    fn restore_domain_as_new(
+        &self,
+        item: &str,
+        p: &VmPoint,
+        name: &str,
+        dir: &Path,
+        start: bool,
+        secrets: &Secrets,
+        progress: &dyn Progress,
+    ) -> Result<VmRestoreReport> {
+        let (dom, xml) = p.libvirt.as_ref().expect("a libvirt point");
+        let xml = xml.as_deref().ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "recovery point {} keeps no domain XML; restore its disks with `kura restore disks`",
+                    p.rp_id
+                ),
+            )
+        })?;
+        let new = kura_source::libvirt::Domain::new(name, dom.uri.as_deref())?;
+        if new.state().is_ok() {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("libvirt already has a domain {name:?}; nothing was restored"),
+            ));
+        }
+        let dir = absolute(dir)?;
+        if !dir.exists() {
+            crate::home::create_private_dir(&dir)?;
+        }
+        let mut targets = Vec::new();
+        for d in &p.disks {
+            let f = format_of(d)?;
+            let ext = if f == RestoreFormat::Qcow2 {
+                "qcow2"
+            } else {
+                "raw"
+            };
+            let to = dir.join(format!("{}.{ext}", d.name));
+            if to.exists() {
+                return Err(Error::new(
+                    ErrorKind::AlreadyExists,
+                    format!("{} already exists; nothing was restored", to.display()),
+                ));
+            }
+            targets.push((d, f, to));
+        }
+        let map: Vec<(String, PathBuf)> = targets
+            .iter()
+            .map(|(d, _, to)| (d.file.clone(), to.clone()))
+            .collect();
+        let new_xml = kura_source::libvirt::clone_xml(xml, name, &map, &dir)?;
+        let (reports, blank) = self.restore_targets(item, p, &targets, secrets, progress)?;
+        let file = dir.join(format!("{name}.xml"));
+        crate::home::write_private(&file, new_xml.as_bytes())?;
+        new.virsh(&["define", &file.display().to_string()])?;
+        if start {
+            new.virsh(&["start", name])?;
+        }
+        Ok(VmRestoreReport {
+            job_id: String::new(),
+            rp_id: p.rp_id.clone(),
+            mode: "as-new",
+            name: name.to_string(),
+            disks: reports,
+            blank_disks: blank,
+            script: None,
+            qmp: None,
+            qga: None,
+            pid: None,
+            safety_copies: Vec::new(),
+            libvirt_domain: Some(name.to_string()),
+            started: start,
+        })
+    }
+
+    /// Restores each target disk of the point (or makes it blank when the point does not
+    /// hold it: an excluded disk).
+    fn restore_targets(
+        &self,
+        item: &str,
+        p: &VmPoint,
+        targets: &[(&VmDisk, RestoreFormat, PathBuf)],
+        secrets: &Secrets,
+        progress: &dyn Progress,
+    ) -> Result<(Vec<RestoreReport>, Vec<String>)> {
+        let mut reports = Vec::new();
+        let mut blank = Vec::new();
+        for (d, format, to) in targets {
+            if p.held.contains(&d.name) {
+                let one = RestoreOptions {
+                    rp: p.rp_id.clone(),
+                    to: to.clone(),
+                    format: *format,
+                    force: false,
+                    job_id: None,
+                    disk: Some(d.name.clone()),
+                };
+                reports.push(self.restore_disk(item, &one, secrets, progress)?);
+            } else {
+                let out = std::process::Command::new("qemu-img")
+                    .args(["create", "-q", "-f", &d.format])
+                    .arg(to)
+                    .arg(d.size.to_string())
+                    .output()
+                    .map_err(|e| Error::io("cannot run qemu-img", e))?;
+                if !out.status.success() {
+                    return Err(Error::new(
+                        ErrorKind::Other,
+                        format!(
+                            "qemu-img create {}: {}",
+                            to.display(),
+                            String::from_utf8_lossy(&out.stderr).trim()
+                        ),
+                    ));
+                }
+                blank.push(to.display().to_string());
+            }
+        }
+        Ok((reports, blank))
     }
 
     fn restore_vm_replace(
@@ -396,7 +510,20 @@ impl Home {
             }
         }
         // The VM must be off: its QEMU holds the images.
-        if let Ok(q) = kura_source::qmp::Qmp::connect(&p.qmp, Duration::ZERO) {
+        if let Some((dom, _)) = &p.libvirt {
+            if dom.state()? != "shut off" {
+                if !stop {
+                    return Err(Error::new(
+                        ErrorKind::Conflict,
+                        format!(
+                            "libvirt domain {} of item {item:?} is running; shut it down or pass --stop; nothing was changed",
+                            dom.name
+                        ),
+                    ));
+                }
+                stop_domain(dom)?;
+            }
+        } else if let Ok(q) = kura_source::qmp::Qmp::connect(&p.qmp, Duration::ZERO) {
             if !stop {
                 return Err(Error::new(
                     ErrorKind::Conflict,
@@ -473,8 +600,30 @@ impl Home {
             qga: None,
             pid: None,
             safety_copies,
+            libvirt_domain: None,
+            started: false,
         })
     }
+}
+
+/// Asks libvirt to shut the domain down (agent or ACPI, libvirt's choice) and waits.
+fn stop_domain(dom: &kura_source::libvirt::Domain) -> Result<()> {
+    dom.virsh(&["shutdown", &dom.name])?;
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while dom.state()? != "shut off" {
+        if Instant::now() > deadline {
+            return Err(Error::new(
+                ErrorKind::Other,
+                format!(
+                    "libvirt domain {} did not shut off within {} s; nothing was changed",
+                    dom.name,
+                    STOP_TIMEOUT.as_secs()
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
 }
 
 /// Asks the VM to power off (its agent, else ACPI) and waits until its QEMU is gone.

@@ -581,7 +581,11 @@ async fn simulate_policy(
 #[serde(deny_unknown_fields)]
 struct Protect {
     kind: String,
-    source: String,
+    #[serde(default)]
+    source: Option<String>,
+    /// VM items run by libvirt: `{"domain", "uri"?}` instead of a QMP socket.
+    #[serde(default)]
+    libvirt: Option<kura_engine::Domain>,
     vault: String,
     #[serde(default)]
     name: Option<String>,
@@ -616,8 +620,20 @@ async fn protect_item(_: Auth, State(s): State<S>, Body(b): Body<Protect>) -> Ap
             b.kind
         )));
     }
-    // A VM's source is its QMP socket: it too must lie under a source root.
-    let path = s.roots.source("source", &b.source)?;
+    // A VM's source is its QMP socket: it too must lie under a source root. A libvirt
+    // domain's disks are whatever its definition says, as for `virsh` users.
+    let link = match (&b.source, &b.libvirt, b.kind.as_str()) {
+        (Some(src), None, _) => kura_engine::VmLink::Qmp(s.roots.source("source", src)?),
+        (None, Some(d), "vm") => kura_engine::VmLink::Libvirt(
+            kura_engine::Domain::new(&d.name, d.uri.as_deref())
+                .map_err(|e| ApiError::invalid(format!("libvirt.name: {e}")))?,
+        ),
+        _ => {
+            return Err(ApiError::invalid(
+                "give source (a disk image, or a VM's QMP socket), or for a VM libvirt {\"name\", \"uri\"?}",
+            ));
+        }
+    };
     if b.kind == "vm" {
         let qga = match &b.qga {
             Some(q) => Some(s.roots.source("qga", q)?.display().to_string()),
@@ -631,7 +647,7 @@ async fn protect_item(_: Auth, State(s): State<S>, Body(b): Body<Protect>) -> Ap
         };
         let item = blocking(move || {
             Ok(s.home.protect_vm(
-                &path,
+                &link,
                 &b.vault,
                 b.name.as_deref(),
                 b.policy.as_deref(),
@@ -643,6 +659,11 @@ async fn protect_item(_: Auth, State(s): State<S>, Body(b): Body<Protect>) -> Ap
         .await?;
         return ok(201, item);
     }
+    let kura_engine::VmLink::Qmp(path) = link else {
+        return Err(ApiError::invalid(
+            "libvirt: only VM items are libvirt domains",
+        ));
+    };
     let item = blocking(move || {
         Ok(s.home.protect_disk(
             &path,

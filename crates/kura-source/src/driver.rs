@@ -42,13 +42,16 @@ pub enum SourceSpec {
         /// Its format and backing chain, pinned when it was protected.
         format: PinnedFormat,
     },
-    /// A running QEMU VM, through its QMP monitor socket.
+    /// A QEMU VM, through its QMP monitor socket or libvirt.
     Vm {
         /// Schema version of these fields.
         #[serde(default = "spec_version")]
         v: u32,
-        /// The QMP socket.
+        /// The QMP socket (empty for a libvirt domain).
         qmp: String,
+        /// The libvirt domain, when libvirt runs the VM.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        libvirt: Option<crate::libvirt::Domain>,
         /// Its disks when it was protected.
         disks: Vec<crate::vm::VmDisk>,
         /// Disks not backed up (temporary or scratch disks), by name.
@@ -98,6 +101,18 @@ impl SourceSpec {
         }
     }
 
+    /// Whether the source is there now: a disk's image or a VM's QMP socket exists, a
+    /// libvirt domain is defined.
+    pub fn present(&self) -> bool {
+        match self {
+            SourceSpec::Disk { path, .. } => Path::new(path).exists(),
+            SourceSpec::Vm {
+                libvirt: Some(d), ..
+            } => d.state().is_ok(),
+            SourceSpec::Vm { qmp, .. } => Path::new(qmp).exists(),
+        }
+    }
+
     /// The driver of this source.
     pub fn driver(&self) -> Box<dyn SourceDriver> {
         match self {
@@ -107,12 +122,16 @@ impl SourceSpec {
             }),
             SourceSpec::Vm {
                 qmp,
+                libvirt,
                 disks,
                 exclude,
                 agent,
                 ..
             } => Box::new(crate::vm::VmDriver::new(
-                PathBuf::from(qmp),
+                match libvirt {
+                    Some(d) => crate::vm::VmLink::Libvirt(d.clone()),
+                    None => crate::vm::VmLink::Qmp(PathBuf::from(qmp)),
+                },
                 disks.clone(),
                 exclude.clone(),
                 agent.clone(),

@@ -28,6 +28,7 @@
 
 mod driver;
 mod format;
+pub mod libvirt;
 pub mod nbd;
 mod qemu;
 pub mod qga;
@@ -80,6 +81,9 @@ pub enum Error {
     /// The QMP conversation failed or a command was refused.
     #[error("QMP: {0}")]
     Qmp(String),
+    /// libvirt (virsh) refused a request or gave an unreadable answer.
+    #[error("libvirt: {0}")]
+    Libvirt(String),
     /// The guest agent did not answer, or refused a command.
     #[error("guest agent: {0}")]
     Agent(String),

@@ -30,8 +30,10 @@ fn qga_err(message: impl Into<String>) -> Error {
 /// A session with a guest agent.
 #[derive(Debug)]
 pub struct Qga {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
+    /// The channel's socket (a plain QEMU) ...
+    socket: Option<(BufReader<UnixStream>, UnixStream)>,
+    /// ... or libvirt, which owns the channel of the domains it runs.
+    libvirt: Option<crate::libvirt::Domain>,
     timeout: Duration,
 }
 
@@ -66,12 +68,28 @@ impl Qga {
             .map_err(|e| qga_err(format!("cannot connect to {}: {e}", path.display())))?;
         let writer = stream.try_clone().map_err(|e| qga_err(e.to_string()))?;
         let mut qga = Qga {
-            reader: BufReader::new(stream),
-            writer,
+            socket: Some((BufReader::new(stream), writer)),
+            libvirt: None,
             timeout,
         };
         qga.sync()?;
         Ok(qga)
+    }
+
+    /// The agent of a libvirt domain, through libvirt; fails when it does not answer a ping
+    /// within `timeout`.
+    pub fn libvirt(domain: &crate::libvirt::Domain, timeout: Duration) -> Result<Qga> {
+        let mut qga = Qga {
+            socket: None,
+            libvirt: Some(domain.clone()),
+            timeout,
+        };
+        qga.execute("guest-ping", None)?;
+        Ok(qga)
+    }
+
+    fn reader(&mut self) -> Result<&mut BufReader<UnixStream>> {
+        Ok(&mut self.socket.as_mut().ok_or_else(|| qga_err("no socket"))?.0)
     }
 
     fn sync(&mut self) -> Result<()> {
@@ -87,7 +105,7 @@ impl Qga {
         loop {
             self.set_deadline(deadline)?;
             let mut byte = [0u8];
-            match self.reader.read(&mut byte) {
+            match self.reader()?.read(&mut byte) {
                 Ok(0) => return Err(qga_err("the agent channel closed")),
                 Ok(_) if byte[0] == 0xff => {}
                 Ok(_) => continue,
@@ -104,7 +122,7 @@ impl Qga {
         let left = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(1));
-        self.reader
+        self.reader()?
             .get_ref()
             .set_read_timeout(Some(left))
             .map_err(|e| qga_err(e.to_string()))
@@ -124,10 +142,11 @@ impl Qga {
         let mut text = prefix.to_vec();
         text.extend(serde_json::to_vec(&msg).expect("json"));
         text.push(b'\n');
-        self.writer
+        let writer = &mut self.socket.as_mut().ok_or_else(|| qga_err("no socket"))?.1;
+        writer
             .set_write_timeout(Some(timeout))
             .map_err(|e| qga_err(e.to_string()))?;
-        self.writer
+        writer
             .write_all(&text)
             .map_err(|e| timeout_or(e, command, timeout))
     }
@@ -136,7 +155,8 @@ impl Qga {
         let mut line = Vec::new();
         loop {
             self.set_deadline(deadline)?;
-            let n = (&mut self.reader)
+            let n = self
+                .reader()?
                 .take((MAX_LINE + 1 - line.len()) as u64)
                 .read_until(b'\n', &mut line)
                 .map_err(|e| timeout_or(e, command, Duration::ZERO))?;
@@ -178,8 +198,19 @@ impl Qga {
         arguments: Option<Value>,
         timeout: Duration,
     ) -> Result<Value> {
-        self.send(b"", command, arguments, timeout)?;
-        let v = self.read_message(Instant::now() + timeout, command)?;
+        let v = match &self.libvirt {
+            Some(d) => {
+                let mut msg = json!({ "execute": command });
+                if let Some(a) = arguments {
+                    msg["arguments"] = a;
+                }
+                d.agent(&msg, timeout)?
+            }
+            None => {
+                self.send(b"", command, arguments, timeout)?;
+                self.read_message(Instant::now() + timeout, command)?
+            }
+        };
         if let Some(err) = v.get("error") {
             return Err(qga_err(format!(
                 "{command} failed: {}",
@@ -314,6 +345,11 @@ impl Qga {
     /// Asks the guest to power off. A successful shutdown has no reply; the agent may be gone
     /// before it could answer, so a timeout or a closed channel counts as accepted.
     pub fn shutdown(&mut self) -> Result<()> {
+        if let Some(d) = &self.libvirt {
+            return d
+                .virsh(&["shutdown", &d.name, "--mode", "agent"])
+                .map(|_| ());
+        }
         self.send(
             b"",
             "guest-shutdown",

@@ -21,11 +21,13 @@ fn qmp_err(message: impl Into<String>) -> Error {
     Error::Qmp(message.into())
 }
 
-/// A QMP session in command mode.
+/// A QMP session in command mode: on the monitor socket, or through libvirt, which owns the
+/// monitor of the domains it runs.
 #[derive(Debug)]
 pub struct Qmp {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
+    reader: Option<BufReader<UnixStream>>,
+    writer: Option<UnixStream>,
+    libvirt: Option<crate::libvirt::Domain>,
     next_id: u64,
     events: Vec<Value>,
 }
@@ -55,8 +57,9 @@ impl Qmp {
             .map_err(|e| qmp_err(e.to_string()))?;
         let writer = stream.try_clone().map_err(|e| qmp_err(e.to_string()))?;
         let mut qmp = Qmp {
-            reader: BufReader::new(stream),
-            writer,
+            reader: Some(BufReader::new(stream)),
+            writer: Some(writer),
+            libvirt: None,
             next_id: 1,
             events: Vec::new(),
         };
@@ -68,9 +71,23 @@ impl Qmp {
         Ok(qmp)
     }
 
+    /// A session with a libvirt domain's QEMU, through libvirt; fails when it does not run.
+    pub fn libvirt(domain: &crate::libvirt::Domain) -> Result<Qmp> {
+        let mut qmp = Qmp {
+            reader: None,
+            writer: None,
+            libvirt: Some(domain.clone()),
+            next_id: 1,
+            events: Vec::new(),
+        };
+        qmp.execute("query-status", None)?;
+        Ok(qmp)
+    }
+
     fn read_message(&mut self) -> Result<Value> {
         let mut line = Vec::new();
-        let n = (&mut self.reader)
+        let reader = self.reader.as_mut().ok_or_else(|| qmp_err("no socket"))?;
+        let n = reader
             .take(MAX_LINE as u64 + 1)
             .read_until(b'\n', &mut line)
             .map_err(|e| qmp_err(format!("reading: {e}")))?;
@@ -99,9 +116,18 @@ impl Qmp {
         if let Some(a) = arguments {
             msg["arguments"] = a;
         }
+        if let Some(d) = &self.libvirt {
+            msg.as_object_mut().expect("object").remove("id");
+            let v = d
+                .monitor(&msg)
+                .map_err(|e| qmp_err(format!("{command}: {e}")))?;
+            return answer(command, v);
+        }
         let mut text = serde_json::to_vec(&msg).expect("json");
         text.push(b'\n');
         self.writer
+            .as_mut()
+            .ok_or_else(|| qmp_err("no socket"))?
             .write_all(&text)
             .map_err(|e| qmp_err(format!("sending {command}: {e}")))?;
         loop {
@@ -115,27 +141,13 @@ impl Qmp {
                     "{command}: an answer to another command: {v}"
                 )));
             }
-            if let Some(err) = v.get("error") {
-                return Err(qmp_err(format!(
-                    "{command} failed: {} ({})",
-                    err.get("desc")
-                        .and_then(Value::as_str)
-                        .unwrap_or("no description"),
-                    err.get("class")
-                        .and_then(Value::as_str)
-                        .unwrap_or("no class")
-                )));
-            }
-            return v
-                .get("return")
-                .cloned()
-                .ok_or_else(|| qmp_err(format!("{command}: an answer without return: {v}")));
+            return answer(command, v);
         }
     }
 
     /// The process at the other end of the socket, as the kernel names it.
     pub fn peer_pid(&self) -> Option<u32> {
-        let cred = rustix::net::sockopt::socket_peercred(&self.writer).ok()?;
+        let cred = rustix::net::sockopt::socket_peercred(self.writer.as_ref()?).ok()?;
         u32::try_from(cred.pid.as_raw_nonzero().get()).ok()
     }
 
@@ -160,6 +172,24 @@ impl Qmp {
     pub fn take_events(&mut self) -> Vec<Value> {
         std::mem::take(&mut self.events)
     }
+}
+
+/// The `return` of an answer, or its `error` as [`Error::Qmp`].
+fn answer(command: &str, v: Value) -> Result<Value> {
+    if let Some(err) = v.get("error") {
+        return Err(qmp_err(format!(
+            "{command} failed: {} ({})",
+            err.get("desc")
+                .and_then(Value::as_str)
+                .unwrap_or("no description"),
+            err.get("class")
+                .and_then(Value::as_str)
+                .unwrap_or("no class")
+        )));
+    }
+    v.get("return")
+        .cloned()
+        .ok_or_else(|| qmp_err(format!("{command}: an answer without return: {v}")))
 }
 
 #[cfg(test)]

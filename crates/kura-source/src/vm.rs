@@ -62,8 +62,9 @@ impl AgentOptions {
         self == &AgentOptions::default()
     }
 
-    /// Checks script paths: absolute guest paths without control characters.
-    pub fn validate(&self) -> Result<()> {
+    /// Checks script paths: absolute guest paths without control characters; a plain QEMU VM
+    /// needs the agent's socket for the rest (a libvirt domain's agent is libvirt's).
+    pub fn validate(&self, libvirt: bool) -> Result<()> {
         for (flag, p) in [
             ("--pre-script", &self.pre_script),
             ("--post-script", &self.post_script),
@@ -76,7 +77,13 @@ impl AgentOptions {
                 )));
             }
         }
-        if self.qga.is_none()
+        if libvirt && self.qga.is_some() {
+            return Err(Error::Invalid(
+                "--qga is for plain QEMU VMs; libvirt reaches a domain's agent itself".into(),
+            ));
+        }
+        if !libvirt
+            && self.qga.is_none()
             && (self.require || self.pre_script.is_some() || self.post_script.is_some())
         {
             return Err(Error::Invalid(
@@ -103,9 +110,68 @@ pub enum AgentStatus {
     NotConfigured,
 }
 
+/// Where a VM is driven from: its QMP socket, or libvirt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmLink {
+    /// A plain QEMU's QMP monitor socket.
+    Qmp(PathBuf),
+    /// A libvirt domain.
+    Libvirt(crate::libvirt::Domain),
+}
+
+impl VmLink {
+    /// A monitor session.
+    pub fn monitor(&self) -> Result<Qmp> {
+        match self {
+            VmLink::Qmp(p) => Qmp::connect(p, Duration::from_secs(5)),
+            VmLink::Libvirt(d) => Qmp::libvirt(d),
+        }
+    }
+
+    /// Where the guest agent answers, if the VM has one: the socket the item names, or, for
+    /// libvirt, the domain's agent channel.
+    pub fn agent(&self, opts: &AgentOptions) -> Option<AgentLink> {
+        match self {
+            VmLink::Qmp(_) => opts
+                .qga
+                .as_ref()
+                .map(|p| AgentLink::Socket(PathBuf::from(p))),
+            VmLink::Libvirt(d) => d
+                .xml()
+                .ok()
+                .filter(|x| crate::libvirt::has_agent_channel(x))
+                .map(|_| AgentLink::Libvirt(d.clone())),
+        }
+    }
+}
+
+/// Where a guest agent answers.
+#[derive(Debug, Clone)]
+pub enum AgentLink {
+    /// The host side of its channel.
+    Socket(PathBuf),
+    /// Through libvirt.
+    Libvirt(crate::libvirt::Domain),
+}
+
+impl AgentLink {
+    /// A session, when the agent answers.
+    pub fn connect(&self) -> Result<Qga> {
+        match self {
+            AgentLink::Socket(p) => Qga::connect(p, AGENT_TIMEOUT),
+            AgentLink::Libvirt(d) => Qga::libvirt(d, AGENT_TIMEOUT),
+        }
+    }
+}
+
 /// Checks the agent at `qga`, giving the session when it is Ready.
 pub fn agent_status(qga: &Path) -> (AgentStatus, Option<Qga>) {
-    match Qga::connect(qga, AGENT_TIMEOUT).and_then(|mut q| {
+    link_status(&AgentLink::Socket(qga.to_path_buf()))
+}
+
+/// Checks an agent, giving the session when it is Ready.
+pub fn link_status(link: &AgentLink) -> (AgentStatus, Option<Qga>) {
+    match link.connect().and_then(|mut q| {
         let info = q.info()?;
         Ok((q, info))
     }) {
@@ -148,20 +214,30 @@ fn safe_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
-fn connect(qmp: &Path) -> Result<Qmp> {
-    Qmp::connect(qmp, Duration::from_secs(5))
-}
-
-/// The disks of the VM behind `qmp` (`query-block`), in QEMU's order.
-pub fn discover(qmp: &Path) -> Result<Vec<VmDisk>> {
-    let mut q = connect(qmp)?;
+/// The disks of the VM (`query-block`), in QEMU's order. A libvirt domain's disks are named
+/// after their targets in the domain XML (`vda`), not QEMU's device aliases.
+pub fn discover(link: &VmLink) -> Result<Vec<VmDisk>> {
+    let mut q = link.monitor()?;
     let mut disks = disks_of(&q.execute("query-block", None)?)?;
-    for d in &mut disks {
+    let mut devices: Vec<String> = disks.iter().map(|d| d.name.clone()).collect();
+    if let VmLink::Libvirt(dom) = link {
+        let xml = crate::libvirt::xml_disks(&dom.xml()?)?;
+        for d in &mut disks {
+            if let Some(x) = xml
+                .iter()
+                .find(|x| x.alias.as_deref() == Some(d.name.as_str()))
+                && safe_name(&x.target)
+            {
+                d.name = x.target.clone();
+            }
+        }
+    }
+    for (d, device) in disks.iter_mut().zip(devices.drain(..)) {
         // The guest device's share-rw property; devices without one are not shared.
         d.shared = q
             .execute(
                 "qom-get",
-                Some(json!({"path": format!("/machine/peripheral/{}", d.name), "property": "share-rw"})),
+                Some(json!({"path": format!("/machine/peripheral/{device}"), "property": "share-rw"})),
             )
             .ok()
             .and_then(|v| v.as_bool())
@@ -218,7 +294,7 @@ static NEXT: AtomicU64 = AtomicU64::new(0);
 
 /// A VM item's driver.
 pub(crate) struct VmDriver {
-    pub(crate) qmp: PathBuf,
+    pub(crate) link: VmLink,
     pub(crate) disks: Vec<VmDisk>,
     pub(crate) exclude: Vec<String>,
     pub(crate) agent: AgentOptions,
@@ -256,13 +332,13 @@ struct BitmapPlan {
 
 impl VmDriver {
     pub(crate) fn new(
-        qmp: PathBuf,
+        link: VmLink,
         disks: Vec<VmDisk>,
         exclude: Vec<String>,
         agent: AgentOptions,
     ) -> Self {
         VmDriver {
-            qmp,
+            link,
             disks,
             exclude,
             agent,
@@ -468,7 +544,7 @@ impl SourceDriver for VmDriver {
         // The VM's disks now: a disk attached since the item was protected is backed up too
         // (read in full the first time), one that was detached is missing from the point with
         // a warning, and node names may change between runs of the VM.
-        let now = discover(&self.qmp)?;
+        let now = discover(&self.link)?;
         self.notes.clear();
         for d in self.included() {
             if !now.iter().any(|n| n.name == d.name) {
@@ -504,7 +580,7 @@ impl SourceDriver for VmDriver {
 
     fn take_point(&mut self, request: &PointRequest) -> Result<PointInTime> {
         let rp_id = request.rp_id.as_str();
-        let mut q = connect(&self.qmp)?;
+        let mut q = self.link.monitor()?;
         // The VM's definition at the instant: its identity and its disks as QEMU has them.
         let definition = json!({
             "qemu": q.execute("query-version", None).ok(),
@@ -513,6 +589,10 @@ impl SourceDriver for VmDriver {
             "disks": self.disks,
             "exclude": self.exclude,
             "cmdline": q.peer_cmdline(),
+            "domain_xml": match &self.link {
+                VmLink::Libvirt(d) => d.inactive_xml().ok(),
+                VmLink::Qmp(_) => None,
+            },
         });
         let mut phase = Phase::default();
         for (warn, note) in self.notes.clone() {
@@ -523,10 +603,11 @@ impl SourceDriver for VmDriver {
             }
         }
         let plans = self.plan_bitmaps(&mut q, request, &mut phase)?;
-        let agent = match &self.agent.qga {
-            Some(p) => {
+        let agent_link = self.link.agent(&self.agent);
+        let agent = match &agent_link {
+            Some(link) => {
                 let t = Instant::now();
-                let (status, session) = agent_status(Path::new(p));
+                let (status, session) = link_status(link);
                 match &status {
                     AgentStatus::Ready(i) => phase.step(
                         t,
@@ -554,7 +635,14 @@ impl SourceDriver for VmDriver {
             }
         };
         let result = match agent {
-            Some(mut qga) => self.quiesced(&mut q, &mut qga, rp_id, &plans, &mut phase),
+            Some(mut qga) => self.quiesced(
+                &mut q,
+                &mut qga,
+                agent_link.as_ref().expect("a session has a link"),
+                rp_id,
+                &plans,
+                &mut phase,
+            ),
             None => self.setup(&mut q, rp_id, &plans),
         };
         if let Err(e) = result {
@@ -596,13 +684,13 @@ impl SourceDriver for VmDriver {
 
     fn findings(&mut self) -> Vec<Finding> {
         let mut out = Vec::new();
-        match &self.agent.qga {
+        match self.link.agent(&self.agent) {
             None => out.push(Finding {
                 name: "agent".into(),
                 ok: true,
                 detail: "no guest agent configured: points are crash-consistent (protect with --qga SOCKET for file-system or application consistency)".into(),
             }),
-            Some(p) => match agent_status(Path::new(p)).0 {
+            Some(link) => match link_status(&link).0 {
                 AgentStatus::Ready(i) => out.push(Finding {
                     name: "agent".into(),
                     ok: true,
@@ -653,7 +741,7 @@ impl SourceDriver for VmDriver {
     }
 
     fn release(&mut self, _point: &PointInTime) {
-        if let Ok(mut q) = connect(&self.qmp) {
+        if let Ok(mut q) = self.link.monitor() {
             self.teardown(&mut q);
         }
         if let Some(h) = self.held.take() {
@@ -713,6 +801,7 @@ impl VmDriver {
         &mut self,
         q: &mut Qmp,
         qga: &mut Qga,
+        link: &AgentLink,
         rp_id: &str,
         plans: &[BitmapPlan],
         phase: &mut Phase,
@@ -734,7 +823,7 @@ impl VmDriver {
         let taken = self.setup(q, rp_id, plans);
         if phase.frozen.is_some() {
             let t2 = Instant::now();
-            match thaw(qga, Path::new(self.agent.qga.as_deref().unwrap_or_default())) {
+            match thaw(qga, link) {
                 Ok(()) => {
                     let window = t.elapsed();
                     phase.freeze_window = Some(window);
@@ -819,14 +908,14 @@ fn one_line(s: &str) -> String {
 }
 
 /// Thaws; when that fails, tries again on fresh sessions: a guest must not stay frozen.
-fn thaw(qga: &mut Qga, socket: &Path) -> Result<()> {
+fn thaw(qga: &mut Qga, link: &AgentLink) -> Result<()> {
     let mut last = match qga.thaw(FREEZE_TIMEOUT) {
         Ok(_) => return Ok(()),
         Err(e) => e,
     };
     for _ in 0..3 {
         std::thread::sleep(Duration::from_millis(200));
-        let again = Qga::connect(socket, AGENT_TIMEOUT).and_then(|mut q| {
+        let again = link.connect().and_then(|mut q| {
             if q.freeze_status()? == "thawed" {
                 return Ok(());
             }

@@ -319,10 +319,18 @@ enum ProtectCmd {
     /// Protect a running QEMU VM through its QMP monitor socket: all disks at one instant,
     /// read while the VM runs; with its guest agent (--qga), frozen for file-system or
     /// application consistency.
+    #[command(group(clap::ArgGroup::new("how").required(true).args(["qmp", "libvirt"])))]
     Vm {
         /// The VM's QMP socket (`-qmp unix:PATH,server=on,wait=off`).
         #[arg(long)]
-        qmp: PathBuf,
+        qmp: Option<PathBuf>,
+        /// A libvirt domain (its disks from the domain XML, QMP and the agent through
+        /// libvirt).
+        #[arg(long, value_name = "DOMAIN")]
+        libvirt: Option<String>,
+        /// The libvirt connection URI (default qemu:///system).
+        #[arg(long, value_name = "URI", requires = "libvirt")]
+        connect: Option<String>,
         /// Vault to back up into.
         #[arg(long)]
         vault: String,
@@ -631,6 +639,8 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
         }
         Command::Item(ItemCmd::Protect(ProtectCmd::Vm {
             qmp,
+            libvirt,
+            connect,
             vault,
             name,
             policy,
@@ -646,8 +656,16 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
                 pre_script: pre_script.clone(),
                 post_script: post_script.clone(),
             };
+            let link = match (qmp, libvirt) {
+                (Some(q), _) => kura_engine::VmLink::Qmp(q.clone()),
+                (None, Some(d)) => kura_engine::VmLink::Libvirt(
+                    kura_engine::Domain::new(d, connect.as_deref())
+                        .map_err(kura_engine::Error::from)?,
+                ),
+                (None, None) => unreachable!("clap requires one"),
+            };
             let item = home.protect_vm(
-                qmp,
+                &link,
                 vault,
                 name.as_deref(),
                 policy.as_deref(),

@@ -201,6 +201,8 @@ pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
         }
         Command::Item(ItemCmd::Protect(ProtectCmd::Vm {
             qmp,
+            libvirt,
+            connect,
             vault,
             name,
             policy,
@@ -210,12 +212,13 @@ pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
             pre_script,
             post_script,
         })) => {
-            let source = std::path::absolute(qmp)?;
+            let source = qmp.as_ref().map(std::path::absolute).transpose()?;
+            let libvirt = libvirt.as_ref().map(|d| json!({"name": d, "uri": connect}));
             let qga = qga.as_ref().map(std::path::absolute).transpose()?;
             show(
                 c.post(
                     "/items",
-                    json!({"kind": "vm", "source": source, "vault": vault, "name": name,
+                    json!({"kind": "vm", "source": source, "libvirt": libvirt, "vault": vault, "name": name,
                         "policy": policy, "exclude_disks": exclude_disk, "qga": qga,
                         "require_agent": require_agent, "pre_script": pre_script,
                         "post_script": post_script}),

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 mod audit;
 mod guest;
+mod libvirt;
 mod policies;
 mod protection;
 mod remote;
