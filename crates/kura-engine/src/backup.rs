@@ -206,6 +206,29 @@ impl Home {
                 format!("job {other} is taking a snapshot of item {:?}", item.name),
             ));
         }
+        // A VM has no snapshot tier yet: a point taken while another job still transfers the
+        // item could not be kept, so the VM is not touched at all.
+        if item.kind == "vm" {
+            for j in self.catalog.jobs_for("Backup", &item.name, 100)? {
+                if j.id != job.id
+                    && j.status == "InProgress"
+                    && j.tasks.get(1).is_some_and(|t| t.status == "InProgress")
+                    && !self.catalog.job_orphaned(&j.id)?
+                {
+                    let e = Error::new(
+                        ErrorKind::Conflict,
+                        format!(
+                            "job {} is still transferring VM item {:?}; VM points have no snapshot tier to keep meanwhile, so this backup did not touch the VM",
+                            j.id, item.name
+                        ),
+                    );
+                    tasks[0] = task("snapshot", "Failed", Some(e.to_string()));
+                    tasks[1] = task("transfer", "Skipped", Some("another transfer runs".into()));
+                    self.catalog.set_job_tasks(&job.id, &tasks)?;
+                    return Err(e);
+                }
+            }
+        }
         let rp_id = new_id();
         let now = opts.now.unwrap_or_else(|| self.now());
         let source = std::path::Path::new(&item.source);

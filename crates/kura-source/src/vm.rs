@@ -217,7 +217,11 @@ fn safe_name(s: &str) -> bool {
 /// The disks of the VM (`query-block`), in QEMU's order. A libvirt domain's disks are named
 /// after their targets in the domain XML (`vda`), not QEMU's device aliases.
 pub fn discover(link: &VmLink) -> Result<Vec<VmDisk>> {
-    let mut q = link.monitor()?;
+    discover_with(&mut link.monitor()?, link)
+}
+
+/// [`discover`] on an open session (a QMP socket serves one client at a time).
+fn discover_with(q: &mut Qmp, link: &VmLink) -> Result<Vec<VmDisk>> {
     let mut disks = disks_of(&q.execute("query-block", None)?)?;
     let mut devices: Vec<String> = disks.iter().map(|d| d.name.clone()).collect();
     if let VmLink::Libvirt(dom) = link {
@@ -442,10 +446,9 @@ impl VmDriver {
         Ok(plans)
     }
 
-    fn setup(&mut self, q: &mut Qmp, rp_id: &str, plans: &[BitmapPlan]) -> Result<()> {
+    fn setup(&mut self, q: &mut Qmp, tag: &str, plans: &[BitmapPlan]) -> Result<()> {
         use std::os::unix::fs::DirBuilderExt;
         let disks = self.included();
-        let tag = &rp_id[..rp_id.len().min(16)];
         let dir = std::env::temp_dir().join(format!(
             "kura-vm-{}-{}",
             std::process::id(),
@@ -496,7 +499,7 @@ impl VmDriver {
                     message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
                 });
             }
-            let node = format!("kura-fleece-{tag}-{i}");
+            let node = format!("kura-o-{tag}-{i}");
             q.execute(
                 "blockdev-add",
                 Some(json!({"driver": "qcow2", "node-name": node,
@@ -516,16 +519,16 @@ impl VmDriver {
                     "node": plan.node, "name": base}}));
             }
             actions.push(json!({"type": "blockdev-backup", "data": {
-                "job-id": format!("kura-fl-{tag}-{i}"), "device": d.node,
+                "job-id": format!("kura-j-{tag}-{i}"), "device": d.node,
                 "target": held.overlays[i], "sync": "none"}}));
         }
         q.execute("transaction", Some(json!({ "actions": actions })))?;
         held.bitmaps = plans.to_vec();
         held.jobs = (0..disks.len())
-            .map(|i| format!("kura-fl-{tag}-{i}"))
+            .map(|i| format!("kura-j-{tag}-{i}"))
             .collect();
         for (i, d) in disks.iter().enumerate() {
-            let id = format!("kura-snap-{tag}-{i}");
+            let id = format!("kura-e-{tag}-{i}");
             let mut export = json!({"type": "nbd", "id": id, "node-name": held.overlays[i],
                 "name": d.name, "writable": false});
             if let Some((base, _)) = &plans[i].base {
@@ -579,7 +582,12 @@ impl SourceDriver for VmDriver {
     }
 
     fn take_point(&mut self, request: &PointRequest) -> Result<PointInTime> {
-        let rp_id = request.rp_id.as_str();
+        // Names of what this point adds to the VM: the item's and the point's last 8 hex
+        // digits (QEMU names are at most 31 characters).
+        let short = |id: &str| id[id.len().saturating_sub(8)..].to_string();
+        let item_tag = short(&request.item_id);
+        let tag = format!("{item_tag}-{}", short(&request.rp_id));
+        let rp_id = tag.as_str();
         let mut q = self.link.monitor()?;
         // The VM's definition at the instant: its identity and its disks as QEMU has them.
         let definition = json!({
@@ -595,6 +603,15 @@ impl SourceDriver for VmDriver {
             },
         });
         let mut phase = Phase::default();
+        // A backup of this item whose process died (the engine lets only one run) may have
+        // left its exports, jobs and overlays in the VM.
+        if sweep(&mut q, &item_tag) {
+            phase
+                .log
+                .push("removed what an interrupted backup of this item left in the VM".into());
+            // Its copy-before-write filters stood in front of the disks' nodes: look again.
+            self.disks = discover_with(&mut q, &self.link)?;
+        }
         for (warn, note) in self.notes.clone() {
             if warn {
                 phase.warn(note);
@@ -748,6 +765,58 @@ impl SourceDriver for VmDriver {
             let _ = std::fs::remove_dir_all(&h.dir);
         }
     }
+}
+
+/// Removes this item's exports, block jobs and overlays left in the VM by a backup that did
+/// not end (its process was killed); stops the NBD server when no kura export is left.
+/// Returns whether there was anything.
+fn sweep(q: &mut Qmp, item_tag: &str) -> bool {
+    let mine = |name: &str, kind: &str| name.starts_with(&format!("kura-{kind}-{item_tag}-"));
+    let names = |v: Option<Value>, key: &str| -> Vec<String> {
+        v.and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|x| x.get(key).and_then(Value::as_str).map(str::to_string))
+            .collect()
+    };
+    let exports = names(q.execute("query-block-exports", None).ok(), "id");
+    let jobs = names(q.execute("query-block-jobs", None).ok(), "device");
+    let nodes = names(
+        q.execute("query-named-block-nodes", Some(json!({"flat": true})))
+            .ok(),
+        "node-name",
+    );
+    let mut found = false;
+    for e in exports.iter().filter(|e| mine(e, "e")) {
+        found = true;
+        let _ = q.execute("block-export-del", Some(json!({"id": e, "mode": "hard"})));
+    }
+    for j in jobs.iter().filter(|j| mine(j, "j")) {
+        found = true;
+        let _ = q.execute(
+            "block-job-cancel",
+            Some(json!({"device": j, "force": true})),
+        );
+    }
+    for _ in 0..500 {
+        let left = names(q.execute("query-block-jobs", None).ok(), "device");
+        if !left.iter().any(|j| mine(j, "j")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for n in nodes.iter().filter(|n| mine(n, "o")) {
+        found = true;
+        let _ = q.execute("blockdev-del", Some(json!({ "node-name": n })));
+    }
+    if found
+        && !exports
+            .iter()
+            .any(|e| e.starts_with("kura-e-") && !mine(e, "e"))
+    {
+        let _ = q.execute("nbd-server-stop", None);
+    }
+    found
 }
 
 /// What the snapshot phase did, step by step.
@@ -955,7 +1024,7 @@ impl VmDriver {
                     jobs.iter().any(|j| {
                         j.get("device")
                             .and_then(Value::as_str)
-                            .is_some_and(|d| d.starts_with("kura-fl-"))
+                            .is_some_and(|d| d.starts_with("kura-j-"))
                     })
                 });
             if !running {

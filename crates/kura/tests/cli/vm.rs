@@ -590,3 +590,106 @@ fn a_vm_protected_size_counts_its_data_except_excluded_disks() {
         "the new 64 KiB counts, nothing else changes"
     );
 }
+
+/// The overlap rule for VMs (no snapshot tier yet): a backup that starts while another one
+/// transfers the item fails at once without touching the VM; and what a killed backup left in
+/// the VM (exports, jobs, overlays) is cleaned up by the next one, whose point is exact.
+#[test]
+#[cfg_attr(
+    not(feature = "test-hooks"),
+    ignore = "needs the test-hooks feature (scripts/test turns it on)"
+)]
+fn overlapping_and_killed_vm_backups_leave_the_vm_clean() {
+    let e = Env::new();
+    e.vault("v", &[]);
+    let a = e.path("a.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", a.to_str().unwrap(), "8M"]);
+    let vm = start_vm(&e, &[("vda", &a, "qcow2")]);
+    guest_write(&vm, "vda", 0x21, "0", "1M");
+    e.ok(&[
+        "item",
+        "protect",
+        "vm",
+        "--qmp",
+        vm.qmp.to_str().unwrap(),
+        "--vault",
+        "v",
+        "--name",
+        "db",
+    ]);
+    let mut expected = vec![0x21u8; 1 << 20];
+    expected.resize(8 << 20, 0);
+    let nodes = |vm: &Vm| -> String {
+        let a = qmp(
+            vm,
+            &[
+                serde_json::json!({"execute": "query-named-block-nodes"}),
+                serde_json::json!({"execute": "query-block-exports"}),
+                serde_json::json!({"execute": "query-block-jobs"}),
+            ],
+        );
+        let names: Vec<String> = a[0]["return"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["node-name"].as_str().unwrap_or_default().to_string())
+            .collect();
+        format!("{names:?} {} {}", a[1]["return"], a[2]["return"])
+    };
+
+    // 1. A second backup during a transfer.
+    let gate = Gate::new(&e, "transfer");
+    let (var, val) = gate.env();
+    let first = e
+        .cmd(&["--output", "json", "backup", "now", "db"])
+        .env(var, val)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    gate.wait_reached();
+    let before = kura_bitmaps(&vm);
+    let (_, err) = e.fails(&["backup", "now", "db"]);
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("still transferring"),
+        "{err}"
+    );
+    assert_eq!(kura_bitmaps(&vm), before, "the VM was not touched");
+    gate.release();
+    let o = first.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+
+    // 2. A backup killed while it reads: its exports and overlays stay in the VM ...
+    guest_write(&vm, "vda", 0x22, "2M", "64k");
+    expected[2 << 20..(2 << 20) + (64 << 10)].fill(0x22);
+    let gate = Gate::new(&e, "read");
+    let (var, val) = gate.env();
+    let mut killed = e
+        .cmd(&["--output", "json", "backup", "now", "db"])
+        .env(var, val)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    gate.wait_reached();
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    assert!(nodes(&vm).contains("kura-"), "{}", nodes(&vm));
+    // ... until the next backup removes them, and its point is exact.
+    let r = e.json(&["backup", "now", "db"]);
+    let log = e.json(&["job", "show", r["job_id"].as_str().unwrap()])["log"].to_string();
+    assert!(log.contains("removed what an interrupted backup"), "{log}");
+    assert!(!nodes(&vm).contains("kura-"), "{}", nodes(&vm));
+    let out = e.path("out.raw");
+    e.ok(&[
+        "restore",
+        "disk",
+        "db",
+        "--rp",
+        "latest",
+        "--to",
+        out.to_str().unwrap(),
+    ]);
+    assert!(std::fs::read(&out).unwrap() == expected);
+}
