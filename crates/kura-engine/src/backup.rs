@@ -232,8 +232,8 @@ impl Home {
         let rp_id = new_id();
         let now = opts.now.unwrap_or_else(|| self.now());
         let source = std::path::Path::new(&item.source);
-        // A libvirt domain is no path: its driver's precheck asks libvirt.
-        if !item.source.starts_with("libvirt:") && !source.exists() {
+        // A VM's driver finds out itself whether it runs, is shut off, or is gone.
+        if item.kind == "disk" && !source.exists() {
             let e = Error::new(
                 ErrorKind::NotFound,
                 format!(

@@ -272,7 +272,7 @@ impl Home {
                     format!("{path} is there, {}", format.describe())
                 }
                 kura_source::SourceSpec::Vm { disks, exclude, .. } => format!(
-                    "the VM answers on QMP and has its disks: {}",
+                    "the VM is there, with its disks: {}",
                     disks
                         .iter()
                         .filter(|d| !exclude.contains(&d.name))

@@ -109,7 +109,10 @@ impl SourceSpec {
             SourceSpec::Vm {
                 libvirt: Some(d), ..
             } => d.state().is_ok(),
-            SourceSpec::Vm { qmp, .. } => Path::new(qmp).exists(),
+            // A shut-off VM has no socket but still has its disks.
+            SourceSpec::Vm { qmp, disks, .. } => {
+                Path::new(qmp).exists() || disks.iter().all(|d| Path::new(&d.file).is_file())
+            }
         }
     }
 

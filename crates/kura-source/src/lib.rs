@@ -36,6 +36,7 @@ pub mod qmp;
 mod raw;
 mod snapshot;
 pub mod vm;
+mod vm_off;
 
 pub use driver::{
     Consistency, Finding, PointInTime, PointRequest, SPEC_VERSION, SourceDriver, SourceSpec,

@@ -31,15 +31,30 @@ static NEXT: AtomicU64 = AtomicU64::new(0);
 impl NbdReader {
     /// Starts `qemu-nbd` on `path` (of format `format`) and connects to it.
     pub fn open(path: &Path, format: &str) -> Result<Self> {
-        Self::open_with(path, format, None)
+        Self::open_with(path, format, None, None)
+    }
+
+    /// Like [`NbdReader::open`], also exporting the image's persistent dirty bitmap `bitmap`
+    /// (name, and the recovery point it tracks changes since) for [`DiskReader::changes`].
+    pub fn open_with_bitmap(
+        path: &Path,
+        format: &str,
+        bitmap: Option<(String, String)>,
+    ) -> Result<Self> {
+        Self::open_with(path, format, None, bitmap)
     }
 
     /// Like [`NbdReader::open`], reading the internal snapshot `snapshot` of a qcow2 image.
     pub fn open_snapshot(path: &Path, format: &str, snapshot: &str) -> Result<Self> {
-        Self::open_with(path, format, Some(snapshot))
+        Self::open_with(path, format, Some(snapshot), None)
     }
 
-    fn open_with(path: &Path, format: &str, snapshot: Option<&str>) -> Result<Self> {
+    fn open_with(
+        path: &Path,
+        format: &str,
+        snapshot: Option<&str>,
+        bitmap: Option<(String, String)>,
+    ) -> Result<Self> {
         let tool = |message: String| Error::Tool {
             tool: "qemu-nbd",
             path: path.to_path_buf(),
@@ -75,9 +90,17 @@ impl NbdReader {
                     ));
             }
             None => {
+                if let Some((b, _)) = &bitmap {
+                    cmd.arg(format!("--bitmap={b}"));
+                }
                 cmd.arg(format!("--format={format}")).arg("--").arg(path);
             }
         }
+        let context = bitmap
+            .as_ref()
+            .map(|(b, _)| format!("qemu:dirty-bitmap:{b}"));
+        let mut contexts = vec![ALLOCATION];
+        contexts.extend(context.as_deref());
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -98,7 +121,7 @@ impl NbdReader {
             dir: Some(dir),
             client: None,
             size: 0,
-            bitmap: None,
+            bitmap,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -111,7 +134,7 @@ impl NbdReader {
                 return Err(tool(format!("exited with {status}: {}", err.trim())));
             }
             if sock.exists()
-                && let Ok(c) = Client::connect_unix(&sock, "", &[ALLOCATION])
+                && let Ok(c) = Client::connect_unix(&sock, "", &contexts)
             {
                 reader.size = c.size();
                 reader.client = Some(c);

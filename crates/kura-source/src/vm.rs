@@ -128,6 +128,29 @@ impl VmLink {
         }
     }
 
+    /// Whether the VM is shut off: its QMP socket is gone or refuses connections, or libvirt
+    /// says so. Any other failure to reach it is an error, not "off".
+    pub fn is_off(&self) -> Result<bool> {
+        match self {
+            VmLink::Qmp(p) => match std::os::unix::net::UnixStream::connect(p) {
+                Ok(_) => Ok(false),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                    ) =>
+                {
+                    Ok(true)
+                }
+                Err(e) => Err(Error::Qmp(format!(
+                    "cannot reach the VM's QMP socket {}: {e}",
+                    p.display()
+                ))),
+            },
+            VmLink::Libvirt(d) => Ok(d.state()? == "shut off"),
+        }
+    }
+
     /// Where the guest agent answers, if the VM has one: the socket the item names, or, for
     /// libvirt, the domain's agent channel.
     pub fn agent(&self, opts: &AgentOptions) -> Option<AgentLink> {
@@ -304,6 +327,10 @@ pub(crate) struct VmDriver {
     pub(crate) agent: AgentOptions,
     /// What the precheck found about the disks: (is a warning, message).
     notes: Vec<(bool, String)>,
+    /// Whether the precheck found the VM shut off.
+    off: bool,
+    /// What an offline point holds (a shut-off VM's disk files).
+    offline: Option<crate::vm_off::Offline>,
     /// What the current point holds open.
     held: Option<Held>,
 }
@@ -347,6 +374,8 @@ impl VmDriver {
             exclude,
             agent,
             notes: Vec::new(),
+            off: false,
+            offline: None,
             held: None,
         }
     }
@@ -547,8 +576,32 @@ impl SourceDriver for VmDriver {
         // The VM's disks now: a disk attached since the item was protected is backed up too
         // (read in full the first time), one that was detached is missing from the point with
         // a warning, and node names may change between runs of the VM.
-        let now = discover(&self.link)?;
         self.notes.clear();
+        self.off = self.link.is_off()?;
+        if self.off {
+            // Its disks as last seen (a libvirt domain's files from its definition now).
+            if let VmLink::Libvirt(d) = &self.link {
+                let xml = crate::libvirt::xml_disks(&d.inactive_xml()?)?;
+                for disk in &mut self.disks {
+                    if let Some(f) = xml
+                        .iter()
+                        .find(|x| x.target == disk.name)
+                        .and_then(|x| x.file.clone())
+                    {
+                        disk.file = f;
+                    }
+                }
+            }
+            for d in self.included() {
+                if !Path::new(&d.file).is_file() {
+                    return Err(Error::NotFound {
+                        path: PathBuf::from(&d.file),
+                    });
+                }
+            }
+            return Ok(());
+        }
+        let now = discover(&self.link)?;
         for d in self.included() {
             if !now.iter().any(|n| n.name == d.name) {
                 self.notes.push((
@@ -582,6 +635,9 @@ impl SourceDriver for VmDriver {
     }
 
     fn take_point(&mut self, request: &PointRequest) -> Result<PointInTime> {
+        if self.off {
+            return self.take_offline(request);
+        }
         // Names of what this point adds to the VM: the item's and the point's last 8 hex
         // digits (QEMU names are at most 31 characters).
         let short = |id: &str| id[id.len().saturating_sub(8)..].to_string();
@@ -682,6 +738,9 @@ impl SourceDriver for VmDriver {
     }
 
     fn open_disks(&mut self, _point: &PointInTime) -> Result<Vec<(String, Box<dyn DiskReader>)>> {
+        if let Some(o) = self.offline.as_mut() {
+            return o.readers();
+        }
         let held = self
             .held
             .as_ref()
@@ -701,6 +760,14 @@ impl SourceDriver for VmDriver {
 
     fn findings(&mut self) -> Vec<Finding> {
         let mut out = Vec::new();
+        if self.link.is_off().unwrap_or(false) {
+            out.push(Finding {
+                name: "state".into(),
+                ok: true,
+                detail: "shut off: backups read its disk files, locked against a start of the VM (crash-consistent)".into(),
+            });
+            return out;
+        }
         match self.link.agent(&self.agent) {
             None => out.push(Finding {
                 name: "agent".into(),
@@ -751,6 +818,9 @@ impl SourceDriver for VmDriver {
     }
 
     fn commit(&mut self, _point: &PointInTime) {
+        if let Some(o) = self.offline.as_mut() {
+            o.commit();
+        }
         // The previous points' bitmaps go once the exports that read them are gone (release).
         if let Some(h) = self.held.as_mut() {
             h.committed = true;
@@ -758,12 +828,53 @@ impl SourceDriver for VmDriver {
     }
 
     fn release(&mut self, _point: &PointInTime) {
+        if let Some(o) = self.offline.take() {
+            o.release();
+            return;
+        }
         if let Ok(mut q) = self.link.monitor() {
             self.teardown(&mut q);
         }
         if let Some(h) = self.held.take() {
             let _ = std::fs::remove_dir_all(&h.dir);
         }
+    }
+}
+
+impl VmDriver {
+    /// A shut-off VM's point: its disk files, locked against a start, crash-consistent.
+    fn take_offline(&mut self, request: &PointRequest) -> Result<PointInTime> {
+        let prefix = format!("kura.{}.", request.item_id);
+        let mut log = vec![
+            "the VM is shut off: its disk files are read, locked against a start of the VM (crash-consistent, as for an offline VM in Azure)".to_string(),
+        ];
+        let offline = crate::vm_off::Offline::take(
+            &self.included(),
+            &prefix,
+            &request.rp_id,
+            request.previous.as_deref(),
+            &mut log,
+        )?;
+        self.offline = Some(offline);
+        let definition = json!({
+            "disks": self.disks,
+            "exclude": self.exclude,
+            "domain_xml": match &self.link {
+                VmLink::Libvirt(d) => d.inactive_xml().ok(),
+                VmLink::Qmp(_) => None,
+            },
+            "state": "shut off",
+        });
+        log.push("point taken: crash-consistent".into());
+        Ok(PointInTime {
+            snapshot: None,
+            no_snapshot: Some("VMs have no instant-restore snapshot tier yet".into()),
+            consistency: Consistency::Crash,
+            definition: Some(definition),
+            capture: Some(json!({"offline": true})),
+            log,
+            warnings: Vec::new(),
+        })
     }
 }
 

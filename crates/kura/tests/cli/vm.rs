@@ -693,3 +693,159 @@ fn overlapping_and_killed_vm_backups_leave_the_vm_clean() {
     ]);
     assert!(std::fs::read(&out).unwrap() == expected);
 }
+
+/// Starts QEMU on `disks` and returns what it printed if it exits within a few seconds.
+fn start_fails(disks: &[(&str, &Path, &str)]) -> String {
+    let (bin, data) = qemu_system();
+    let mut cmd = Command::new(bin);
+    cmd.args(["-L", "/usr/share/seabios", "-L", &data]).args([
+        "-accel",
+        "tcg",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-m",
+        "64",
+    ]);
+    for (i, (id, file, format)) in disks.iter().enumerate() {
+        cmd.arg("-blockdev")
+            .arg(format!(
+                "driver=file,node-name=f{i},filename={}",
+                file.display()
+            ))
+            .arg("-blockdev")
+            .arg(format!("driver={format},node-name=n{i},file=f{i}"))
+            .arg("-device")
+            .arg(format!("virtio-blk-pci,drive=n{i},id={id}"));
+    }
+    let mut child = cmd
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Some(_status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            use std::io::Read as _;
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            return err;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("QEMU started on disks kura is reading");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// A VM that is shut off is backed up from its disk files: crash-consistent, the qcow2 disk
+/// still incremental through the bitmap its clean shutdown saved, and both disks locked so
+/// that the VM cannot start while they are read; the next online backup is incremental from
+/// the offline point.
+#[test]
+#[cfg_attr(
+    not(feature = "test-hooks"),
+    ignore = "needs the test-hooks feature (scripts/test turns it on)"
+)]
+fn a_shut_off_vm_is_read_from_its_locked_disk_files() {
+    let e = Env::new();
+    e.vault("v", &[]);
+    let a = e.path("a.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", a.to_str().unwrap(), "8M"]);
+    let b = e.path("b.raw");
+    make_image(&b, 2 << 20, &[(0, 1 << 20, 6)]);
+    let disks = [("vda", a.as_path(), "qcow2"), ("vdb", b.as_path(), "raw")];
+    let mut vm = start_vm(&e, &disks);
+    guest_write(&vm, "vda", 0x31, "0", "1M");
+    let mut vda = vec![0x31u8; 1 << 20];
+    vda.resize(8 << 20, 0);
+    e.ok(&[
+        "item",
+        "protect",
+        "vm",
+        "--qmp",
+        vm.qmp.to_str().unwrap(),
+        "--vault",
+        "v",
+        "--name",
+        "off",
+    ]);
+    e.ok(&["backup", "now", "off"]);
+    guest_write(&vm, "vda", 0x32, "4M", "64k");
+    vda[4 << 20..(4 << 20) + (64 << 10)].fill(0x32);
+    qmp(&vm, &[serde_json::json!({"execute": "quit"})]);
+    let _ = vm.child.wait();
+    drop(vm);
+
+    // Shut off: the precheck passes, the backup reads the files under lock.
+    assert_eq!(e.json(&["item", "precheck", "off"])["ready"], true);
+    let gate = Gate::new(&e, "read");
+    let (var, val) = gate.env();
+    let backup = e
+        .cmd(&["--output", "json", "backup", "now", "off"])
+        .env(var, val)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    gate.wait_reached();
+    let err = start_fails(&disks[..1]);
+    assert!(err.contains("lock"), "{err}");
+    let err = start_fails(&disks[1..]);
+    assert!(err.contains("lock"), "{err}");
+    gate.release();
+    let o = backup.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    let r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let log = e.json(&["job", "show", r["job_id"].as_str().unwrap()])["log"].to_string();
+    assert!(log.contains("the VM is shut off"), "{log}");
+    assert!(
+        log.contains("vda: 65536 bytes changed since recovery point"),
+        "{log}"
+    );
+    assert_eq!(e.json(&["rp", "show", "off"])["consistency"], "crash");
+    let dir = e.path("r1");
+    std::fs::create_dir(&dir).unwrap();
+    e.ok(&[
+        "restore",
+        "disks",
+        "off",
+        "--rp",
+        "latest",
+        "--to",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(std::fs::read(dir.join("vda.raw")).unwrap() == vda);
+    assert!(same_file(&dir.join("vdb.raw"), &b));
+
+    // Running again: incremental from the offline point's bitmap.
+    let vm = start_vm(&e, &disks);
+    guest_write(&vm, "vda", 0x33, "6M", "64k");
+    vda[6 << 20..(6 << 20) + (64 << 10)].fill(0x33);
+    let r = e.json(&["backup", "now", "off"]);
+    let log = e.json(&["job", "show", r["job_id"].as_str().unwrap()])["log"].to_string();
+    assert!(
+        log.contains("vda: 65536 bytes changed since recovery point"),
+        "{log}"
+    );
+    let out = e.path("vda-now.raw");
+    e.ok(&[
+        "restore",
+        "disk",
+        "off",
+        "--rp",
+        "latest",
+        "--disk",
+        "vda",
+        "--to",
+        out.to_str().unwrap(),
+    ]);
+    assert!(std::fs::read(&out).unwrap() == vda);
+    assert_eq!(kura_bitmaps(&vm).len(), 2, "{:?}", kura_bitmaps(&vm));
+}
