@@ -475,7 +475,16 @@ impl VmDriver {
         Ok(plans)
     }
 
+    /// The whole point without an agent: prepare, the instant, the exports.
     fn setup(&mut self, q: &mut Qmp, tag: &str, plans: &[BitmapPlan]) -> Result<()> {
+        self.prepare(q, tag)?;
+        self.instant(q, tag, plans)?;
+        self.export(q, tag, plans)
+    }
+
+    /// What can be made before the instant (and so outside a guest's freeze): the NBD
+    /// server and a fleecing overlay per disk.
+    fn prepare(&mut self, q: &mut Qmp, tag: &str) -> Result<()> {
         use std::os::unix::fs::DirBuilderExt;
         let disks = self.included();
         let dir = std::env::temp_dir().join(format!(
@@ -536,8 +545,17 @@ impl VmDriver {
             )?;
             held.overlays.push(node);
         }
-        // One instant for every disk.
-        // New bitmaps start and previous ones stop in the same instant as the fleecing.
+        Ok(())
+    }
+
+    /// The instant: one transaction over every disk. New bitmaps start and previous ones
+    /// stop in the same instant as the fleecing.
+    fn instant(&mut self, q: &mut Qmp, tag: &str, plans: &[BitmapPlan]) -> Result<()> {
+        let disks = self.included();
+        let held = self
+            .held
+            .as_mut()
+            .ok_or_else(|| Error::Invalid("nothing was prepared".into()))?;
         let mut actions: Vec<Value> = Vec::new();
         for (i, d) in disks.iter().enumerate() {
             let plan = &plans[i];
@@ -556,6 +574,16 @@ impl VmDriver {
         held.jobs = (0..disks.len())
             .map(|i| format!("kura-j-{tag}-{i}"))
             .collect();
+        Ok(())
+    }
+
+    /// Read-only NBD exports of the instant (after the guest was thawed).
+    fn export(&mut self, q: &mut Qmp, tag: &str, plans: &[BitmapPlan]) -> Result<()> {
+        let disks = self.included();
+        let held = self
+            .held
+            .as_mut()
+            .ok_or_else(|| Error::Invalid("nothing was prepared".into()))?;
         for (i, d) in disks.iter().enumerate() {
             let id = format!("kura-e-{tag}-{i}");
             let mut export = json!({"type": "nbd", "id": id, "node-name": held.overlays[i],
@@ -986,6 +1014,9 @@ impl VmDriver {
         plans: &[BitmapPlan],
         phase: &mut Phase,
     ) -> Result<()> {
+        // Everything that can happen before the instant does, so the freeze lasts only as
+        // long as the transaction.
+        self.prepare(q, rp_id)?;
         let (pre, post) = self.scripts(qga, phase);
         if let Some(pre) = &pre {
             run_script(qga, "pre-script", pre, phase);
@@ -1000,7 +1031,7 @@ impl VmDriver {
                 "the guest's file systems could not be frozen ({e}); this point is crash-consistent"
             )),
         }
-        let taken = self.setup(q, rp_id, plans);
+        let taken = self.instant(q, rp_id, plans);
         if phase.frozen.is_some() {
             let t2 = Instant::now();
             match thaw(qga, link) {
@@ -1017,7 +1048,8 @@ impl VmDriver {
         if let Some(post) = &post {
             run_script(qga, "post-script", post, phase);
         }
-        taken
+        taken?;
+        self.export(q, rp_id, plans)
     }
 
     /// The scripts to run: the item's, else the defaults that exist in the guest.
