@@ -635,6 +635,24 @@ impl Home {
             disks: disk_entries,
             definition: held.point.definition.clone(),
             capture: held.point.capture.clone(),
+            encrypted_disks: held
+                .point
+                .secrets
+                .keys()
+                .filter(|k| !k.starts_with("object:"))
+                .cloned()
+                .collect(),
+            // A passphrase is kept only where it is sealed: in an encrypted vault.
+            disk_secrets: if vault.config().encryption.is_some() {
+                held.point.secrets.clone()
+            } else {
+                if !held.point.secrets.is_empty() {
+                    job.warn(
+                        "this vault is not encrypted, so the VM's secrets (its encrypted disks' passphrases) are not kept with the point; restores of those disks will be decrypted",
+                    );
+                }
+                Default::default()
+            },
             stats: totals.clone(),
         };
         vault.put_manifest(&manifest)?;

@@ -40,6 +40,9 @@ pub struct RestoreOptions {
     pub job_id: Option<String>,
     /// Which disk of the point (by name); needed only when the point has several.
     pub disk: Option<String>,
+    /// Write a disk that was encrypted at the source decrypted (default: encrypted again,
+    /// as qcow2 with LUKS and the source's passphrase).
+    pub decrypt: bool,
 }
 
 /// The outcome of a restore.
@@ -59,6 +62,8 @@ pub struct RestoreReport {
     pub chunks_fetched: u64,
     /// Bytes written (holes are not).
     pub bytes_written: u64,
+    /// Whether the image was written encrypted (LUKS, the source disk's passphrase).
+    pub encrypted: bool,
 }
 
 /// Granularity at which zero runs inside a chunk are left as holes.
@@ -113,6 +118,7 @@ impl Home {
             progress,
             |job| {
                 let partial = temp_name(&target, &job.id, "raw");
+                let mut secret: Option<String> = None;
                 let _cleanup = RemoveOnDrop(partial.clone());
                 // Prefer the snapshot tier: it is local and needs no decryption.
                 let snapshot = rp
@@ -137,6 +143,9 @@ impl Home {
                     None => {
                         let manifest = vault.get_manifest(&rp.id)?;
                         let disk = pick_disk(&manifest, opts.disk.as_deref())?;
+                        if !opts.decrypt {
+                            secret = manifest.disk_secrets.get(&disk.name).cloned();
+                        }
                         let index = vault.get_index(&disk.index)?;
                         if index.size != disk.size {
                             return Err(Error::new(
@@ -149,13 +158,18 @@ impl Home {
                         (index.size, fetched, written)
                     }
                 };
+                // A disk encrypted at the source is written encrypted again: qcow2 with LUKS.
+                let format = if secret.is_some() { RestoreFormat::Qcow2 } else { format };
+                if secret.is_some() {
+                    job.message("the disk was encrypted at the source: it is written as qcow2 with LUKS and the same passphrase (--decrypt writes it decrypted)");
+                }
                 let final_tmp = match format {
                     RestoreFormat::Raw => partial.clone(),
                     RestoreFormat::Qcow2 => temp_name(&target, &job.id, "qcow2"),
                 };
                 let _cleanup2 = RemoveOnDrop(final_tmp.clone());
                 if format == RestoreFormat::Qcow2 {
-                    convert_to_qcow2(&partial, &final_tmp)?;
+                    convert_to_qcow2(&partial, &final_tmp, secret.as_deref())?;
                 }
                 // A restored disk is as private as its source (0600 when the source is gone):
                 // never more open than the data was.
@@ -183,6 +197,7 @@ impl Home {
                     size,
                     chunks_fetched: fetched,
                     bytes_written: written,
+                    encrypted: secret.is_some(),
                 };
                 Ok((report, Some(rp.id.clone())))
             },
@@ -213,7 +228,11 @@ impl Home {
         }
         let vrow = self.catalog.vault_by_id(&row.vault_id)?;
         let vault = self.open_vault_row(&vrow, secrets)?;
-        Ok(vault.get_manifest(&rp.id)?)
+        let mut m = vault.get_manifest(&rp.id)?;
+        // Passphrases of encrypted disks stay in the vault: a restore uses them, nothing
+        // shows them.
+        m.disk_secrets.clear();
+        Ok(m)
     }
 }
 
@@ -230,6 +249,8 @@ pub struct RestoreDisksOptions {
     pub format: RestoreFormat,
     /// Replace existing files.
     pub force: bool,
+    /// Write disks that were encrypted at the source decrypted.
+    pub decrypt: bool,
 }
 
 impl Home {
@@ -305,6 +326,7 @@ impl Home {
                 force: opts.force,
                 job_id: None,
                 disk: Some(disk),
+                decrypt: opts.decrypt,
             };
             reports.push(self.restore_disk(&row.name, &one, secrets, progress)?);
         }
@@ -531,22 +553,33 @@ fn write_sparse(file: &File, data: &[u8], offset: u64) -> std::io::Result<u64> {
     Ok(written)
 }
 
-fn convert_to_qcow2(raw: &Path, out: &Path) -> Result<()> {
-    let output = Command::new("qemu-img")
-        .args(["convert", "-q", "-f", "raw", "-O", "qcow2", "-W", "-m", "8"])
-        .arg(raw)
-        .arg(out)
-        .output()
-        .map_err(|e| {
-            Error::new(
-                ErrorKind::Other,
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    "restoring to qcow2 needs qemu-img (Debian package qemu-utils)".to_string()
-                } else {
-                    format!("qemu-img: {e}")
-                },
-            )
-        })?;
+fn convert_to_qcow2(raw: &Path, out: &Path, secret_b64: Option<&str>) -> Result<()> {
+    let mut cmd = Command::new("qemu-img");
+    cmd.args(["convert", "-q", "-f", "raw", "-O", "qcow2", "-W", "-m", "8"]);
+    // The passphrase goes through a private file, never the command line.
+    let secret_file = match secret_b64 {
+        Some(s) => {
+            let f = out.with_extension("kura-secret");
+            crate::home::write_private(&f, s.as_bytes())?;
+            cmd.arg("--object").arg(format!(
+                "secret,id=kura-luks,format=base64,file={}",
+                f.display()
+            ));
+            cmd.args(["-o", "encrypt.format=luks,encrypt.key-secret=kura-luks"]);
+            Some(RemoveOnDrop(f))
+        }
+        None => None,
+    };
+    let output = cmd.arg(raw).arg(out).output().map_err(|e| {
+        Error::new(
+            ErrorKind::Other,
+            if e.kind() == std::io::ErrorKind::NotFound {
+                "restoring to qcow2 needs qemu-img (Debian package qemu-utils)".to_string()
+            } else {
+                format!("qemu-img: {e}")
+            },
+        )
+    })?;
     if !output.status.success() {
         return Err(Error::new(
             ErrorKind::Other,
@@ -556,6 +589,7 @@ fn convert_to_qcow2(raw: &Path, out: &Path) -> Result<()> {
             ),
         ));
     }
+    drop(secret_file);
     if let Ok(f) = File::open(out) {
         let _ = f.sync_all();
     }

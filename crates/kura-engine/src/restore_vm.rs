@@ -87,6 +87,8 @@ struct VmPoint {
     cmdline: Option<Vec<String>>,
     /// Names of the disks the point holds.
     held: Vec<String>,
+    /// The VM's secrets (`object:ID` → base64), sealed in the manifest.
+    secrets: std::collections::BTreeMap<String, String>,
     /// The QMP socket, for a plain QEMU VM.
     qmp: PathBuf,
     qga: Option<PathBuf>,
@@ -121,7 +123,13 @@ impl Home {
                 ),
             ));
         }
-        let m = self.rp_manifest(item, rp, secrets)?;
+        // The manifest as stored: with the VM's sealed secrets, which a copy needs.
+        let m = {
+            let shown = self.rp_manifest(item, rp, secrets)?;
+            let vrow = self.catalog.vault_by_id(&row.vault_id)?;
+            self.open_vault_row(&vrow, secrets)?
+                .get_manifest(&shown.rp_id)?
+        };
         let def = m.definition.clone().ok_or_else(|| {
             Error::new(
                 ErrorKind::NotFound,
@@ -151,6 +159,7 @@ impl Home {
         Ok(VmPoint {
             rp_id: m.rp_id.clone(),
             held: m.disks.iter().map(|d| d.name.clone()).collect(),
+            secrets: m.disk_secrets.clone(),
             disks,
             cmdline,
             qmp,
@@ -265,6 +274,33 @@ impl Home {
                 seed,
             },
         )?;
+        // Sealed passphrases go into private files beside the script, not into its text.
+        let mut command = command;
+        for a in command.iter_mut() {
+            if !(a.starts_with("secret,") && a.contains(kura_source::vm::SECRET_MARKER)) {
+                continue;
+            }
+            let id = a
+                .split(',')
+                .find_map(|p| p.strip_prefix("id="))
+                .unwrap_or_default()
+                .to_string();
+            let Some(b64) = p.secrets.get(&format!("object:{id}")) else {
+                return Err(Error::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "the VM's secret {id:?} is not kept with point {} (an unencrypted vault keeps none); restore its disks with `kura restore disks --decrypt`",
+                        p.rp_id
+                    ),
+                ));
+            };
+            let file = dir.join(format!("{name}.{id}.secret"));
+            crate::home::write_private(&file, b64.as_bytes())?;
+            *a = format!(
+                "secret,id={id},format=base64,file={}",
+                file.display().to_string().replace(',', ",,")
+            );
+        }
         let script = dir.join(format!("{name}.sh"));
         if script.exists() {
             return Err(Error::new(
@@ -417,6 +453,7 @@ impl Home {
                     force: false,
                     job_id: None,
                     disk: Some(d.name.clone()),
+                    decrypt: false,
                 };
                 reports.push(self.restore_disk(item, &one, secrets, progress)?);
             } else {
@@ -553,6 +590,7 @@ impl Home {
                 force: false,
                 job_id: None,
                 disk: Some(d.name.clone()),
+                decrypt: false,
             };
             match self.restore_disk(item, &one, secrets, progress) {
                 Ok(r) => reports.push(r),

@@ -131,6 +131,7 @@ fn gc_removes_only_unreferenced_chunks_after_the_grace_period() {
             force: false,
             job_id: None,
             disk: None,
+            decrypt: false,
         },
         &Secrets::default(),
         &NoProgress,
@@ -298,6 +299,7 @@ fn stress_backups_and_gc_run_concurrently_without_losing_a_chunk() {
                 force: false,
                 job_id: None,
                 disk: None,
+                decrypt: false,
             };
             h.restore_disk(name, &opts, &Secrets::default(), &NoProgress)
                 .unwrap();

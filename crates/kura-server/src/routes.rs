@@ -843,6 +843,9 @@ struct Restore {
     force: bool,
     #[serde(default)]
     disk: Option<String>,
+    /// Write a disk that was encrypted at the source decrypted.
+    #[serde(default)]
+    decrypt: bool,
 }
 
 async fn restore_disk(
@@ -876,6 +879,7 @@ async fn restore_disk(
                 force: b.force,
                 job_id: Some(job),
                 disk: b.disk,
+                decrypt: b.decrypt,
             };
             st.home
                 .restore_disk(&item, &opts, &st.secrets, &kura_engine::NoProgress)

@@ -195,6 +195,8 @@ pub struct PointInTime {
     pub log: Vec<String>,
     /// What the user must know: each makes the job CompletedWithWarnings.
     pub warnings: Vec<String>,
+    /// Encrypted disks' passphrases (base64), by disk name, kept sealed with the point.
+    pub secrets: std::collections::BTreeMap<String, String>,
 }
 
 /// Something a precheck found beyond "the source is there": a VM's agent status, a shared
@@ -259,6 +261,7 @@ impl SourceDriver for DiskDriver {
             capture: None,
             log: Vec::new(),
             warnings: Vec::new(),
+            secrets: Default::default(),
         })
     }
 

@@ -18,6 +18,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -226,6 +227,9 @@ pub struct VmDisk {
     /// Whether the guest device lets other VMs write the image too (`share-rw=on`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shared: bool,
+    /// Whether the image is encrypted (qcow2 with LUKS): backed up as the guest sees it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub encrypted: bool,
 }
 
 /// Safe disk names: 1-64 of `A-Z a-z 0-9 . _ -`, not starting with `.` or `-`.
@@ -301,7 +305,7 @@ fn disks_of(answer: &Value) -> Result<Vec<VmDisk>> {
         out.push(VmDisk {
             name,
             node,
-            file: s(ins.get("file")),
+            file: real_file(&s(ins.get("file"))),
             format: s(ins.get("drv")),
             size: ins
                 .get("image")
@@ -309,6 +313,10 @@ fn disks_of(answer: &Value) -> Result<Vec<VmDisk>> {
                 .and_then(Value::as_u64)
                 .unwrap_or(0),
             shared: false,
+            encrypted: ins
+                .get("encrypted")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
         });
     }
     if out.is_empty() {
@@ -316,6 +324,71 @@ fn disks_of(answer: &Value) -> Result<Vec<VmDisk>> {
     }
     Ok(out)
 }
+
+/// The image file behind QEMU's name for it: options QEMU cannot express as a file name
+/// (an encrypted qcow2's key secret) make it report a `json:{...}` pseudo-name whose
+/// innermost `filename` is the file.
+fn real_file(reported: &str) -> String {
+    fn find(v: &Value) -> Option<String> {
+        if let Some(f) = v.get("filename").and_then(Value::as_str) {
+            return Some(f.to_string());
+        }
+        v.get("file").and_then(find).or_else(|| {
+            v.get("file.filename")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+    }
+    match reported.strip_prefix("json:") {
+        Some(j) => serde_json::from_str::<Value>(j)
+            .ok()
+            .and_then(|v| find(&v))
+            .unwrap_or_else(|| reported.to_string()),
+        None => reported.to_string(),
+    }
+}
+
+/// Replaces the passphrases of `-object secret` arguments by a marker; returns the command
+/// line to keep in the point's (shown) definition and the passphrases by object id (kept
+/// sealed, never shown).
+pub fn redact_secrets(argv: &[String]) -> (Vec<String>, Vec<(String, Vec<u8>)>) {
+    let mut found = Vec::new();
+    let out = argv
+        .iter()
+        .map(|a| {
+            let parts = split_opts(a);
+            if parts.first().map(String::as_str) != Some("secret") {
+                return a.clone();
+            }
+            let id = parts
+                .iter()
+                .find_map(|p| p.strip_prefix("id="))
+                .unwrap_or_default()
+                .to_string();
+            let base64 = parts.iter().any(|p| p == "format=base64");
+            let value = parts.iter().find_map(|p| {
+                p.strip_prefix("data=")
+                    .map(|d| d.as_bytes().to_vec())
+                    .or_else(|| p.strip_prefix("file=").and_then(|f| std::fs::read(f).ok()))
+            });
+            let Some(mut value) = value else {
+                return a.clone();
+            };
+            if base64 {
+                match base64::engine::general_purpose::STANDARD.decode(value.trim_ascii()) {
+                    Ok(v) => value = v,
+                    Err(_) => return a.clone(),
+                }
+            }
+            found.push((id.clone(), value));
+            format!("secret,id={},data={SECRET_MARKER}", id.replace(',', ",,"))
+        })
+        .collect();
+    (out, found)
+}
+
+/// What stands for a passphrase in a kept command line.
+pub const SECRET_MARKER: &str = "@kura-sealed";
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
 
@@ -674,13 +747,21 @@ impl SourceDriver for VmDriver {
         let rp_id = tag.as_str();
         let mut q = self.link.monitor()?;
         // The VM's definition at the instant: its identity and its disks as QEMU has them.
+        let full_cmdline = q.peer_cmdline();
+        let (cmdline, object_secrets) = match &full_cmdline {
+            Some(c) => {
+                let (c, s) = redact_secrets(c);
+                (Some(c), s)
+            }
+            None => (None, Vec::new()),
+        };
         let definition = json!({
             "qemu": q.execute("query-version", None).ok(),
             "name": q.execute("query-name", None).ok(),
             "uuid": q.execute("query-uuid", None).ok(),
             "disks": self.disks,
             "exclude": self.exclude,
-            "cmdline": q.peer_cmdline(),
+            "cmdline": cmdline,
             "domain_xml": match &self.link {
                 VmLink::Libvirt(d) => d.inactive_xml().ok(),
                 VmLink::Qmp(_) => None,
@@ -702,6 +783,29 @@ impl SourceDriver for VmDriver {
             } else {
                 phase.log.push(note);
             }
+        }
+        // An encrypted disk's passphrase goes with the point (sealed in the vault like all of
+        // it), so a restore can write the disk encrypted again.
+        let mut secrets = std::collections::BTreeMap::new();
+        for d in self.included().iter().filter(|d| d.encrypted) {
+            match full_cmdline.as_deref().and_then(|c| luks_secret(c, &d.node)) {
+                Some(s) => {
+                    secrets.insert(
+                        d.name.clone(),
+                        base64::engine::general_purpose::STANDARD.encode(s),
+                    );
+                }
+                None => phase.warn(format!(
+                    "VM disk {} is encrypted, but its passphrase is not on the VM's command line (-object secret with data or file); it is backed up as the guest sees it and restores will be decrypted",
+                    d.name
+                )),
+            }
+        }
+        for (id, value) in object_secrets {
+            secrets.insert(
+                format!("object:{id}"),
+                base64::engine::general_purpose::STANDARD.encode(value),
+            );
         }
         let plans = self.plan_bitmaps(&mut q, request, &mut phase)?;
         let agent_link = self.link.agent(&self.agent);
@@ -762,6 +866,7 @@ impl SourceDriver for VmDriver {
             capture: Some(phase.record()),
             log: phase.log,
             warnings: phase.warnings,
+            secrets,
         })
     }
 
@@ -902,6 +1007,7 @@ impl VmDriver {
             capture: Some(json!({"offline": true})),
             log,
             warnings: Vec::new(),
+            secrets: Default::default(),
         })
     }
 }
@@ -1526,5 +1632,110 @@ mod clone_tests {
         assert!(!line.contains("/srv/"), "{line}");
         assert_eq!(moved.len(), 3);
         assert_eq!(shell_line(&["it's".into()]), r"'it'\''s'");
+    }
+}
+
+/// The LUKS passphrase of the encrypted qcow2 disk on block node `node`, as the VM's QEMU
+/// command line gives it: the node's `encrypt.key-secret` names a `-object secret` whose
+/// `data` (raw or base64) or `file` holds the passphrase. `None` when the command line does
+/// not say (the disk is then backed up as the guest sees it, and restored decrypted).
+pub fn luks_secret(argv: &[String], node: &str) -> Option<Vec<u8>> {
+    // The secret's id, from the node's -blockdev (key=value or JSON) or a -drive.
+    let mut secret_id = None;
+    for a in argv {
+        if a.starts_with('{') {
+            if let Ok(v) = serde_json::from_str::<Value>(a)
+                && v.get("node-name").and_then(Value::as_str) == Some(node)
+            {
+                secret_id = v
+                    .get("encrypt")
+                    .and_then(|e| e.get("key-secret"))
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+            }
+            continue;
+        }
+        let parts = split_opts(a);
+        let has_node = parts
+            .iter()
+            .any(|p| p == &format!("node-name={node}") || p == &format!("id={node}"));
+        if has_node
+            && let Some(id) = parts
+                .iter()
+                .find_map(|p| p.strip_prefix("encrypt.key-secret="))
+        {
+            secret_id = Some(id.to_string());
+        }
+    }
+    let id = secret_id?;
+    for a in argv {
+        let obj: Vec<(String, String)> = if a.starts_with('{') {
+            match serde_json::from_str::<Value>(a) {
+                Ok(Value::Object(m)) => m
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect(),
+                _ => continue,
+            }
+        } else {
+            let parts = split_opts(a);
+            if parts.first().map(String::as_str) != Some("secret") {
+                continue;
+            }
+            parts
+                .iter()
+                .filter_map(|p| {
+                    p.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                })
+                .collect()
+        };
+        let get = |k: &str| obj.iter().find(|(x, _)| x == k).map(|(_, v)| v.clone());
+        if get("id").as_deref() != Some(id.as_str())
+            || get("qom-type").is_some_and(|t| t != "secret")
+        {
+            continue;
+        }
+        let raw = match (get("data"), get("file")) {
+            (Some(d), _) => d.into_bytes(),
+            (None, Some(f)) => std::fs::read(f).ok()?,
+            _ => return None,
+        };
+        return if get("format").as_deref() == Some("base64") {
+            base64::engine::general_purpose::STANDARD
+                .decode(raw.trim_ascii())
+                .ok()
+        } else {
+            Some(raw)
+        };
+    }
+    None
+}
+
+#[cfg(test)]
+mod luks_tests {
+    use super::*;
+
+    #[test]
+    fn the_passphrase_is_found_through_the_nodes_key_secret() {
+        let argv: Vec<String> = [
+            "qemu",
+            "-object",
+            "secret,id=sec0,data=pass,,word",
+            "-object",
+            r#"{"qom-type":"secret","id":"s1","data":"c2VjcmV0","format":"base64"}"#,
+            "-blockdev",
+            "driver=qcow2,node-name=n0,file=f0,encrypt.key-secret=sec0",
+            "-blockdev",
+            r#"{"driver":"qcow2","node-name":"n1","file":"f1","encrypt":{"key-secret":"s1"}}"#,
+            "-blockdev",
+            "driver=qcow2,node-name=n2,file=f2",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(luks_secret(&argv, "n0").as_deref(), Some(&b"pass,word"[..]));
+        assert_eq!(luks_secret(&argv, "n1").as_deref(), Some(&b"secret"[..]));
+        assert_eq!(luks_secret(&argv, "n2"), None);
     }
 }

@@ -51,6 +51,12 @@ pub struct Manifest {
     /// How the point was taken (a VM's agent, scripts and freeze window).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capture: Option<serde_json::Value>,
+    /// Disks that were encrypted at the source (their data is stored as the guest saw it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub encrypted_disks: Vec<String>,
+    /// Their passphrases (base64), by disk name: only inside the sealed manifest, never shown.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub disk_secrets: std::collections::BTreeMap<String, String>,
     /// What the backup cost.
     pub stats: RpStats,
 }

@@ -416,6 +416,10 @@ enum RestoreCmd {
         /// Which disk, when the recovery point has several.
         #[arg(long)]
         disk: Option<String>,
+        /// Write a disk that was encrypted at the source (a VM's LUKS qcow2) decrypted;
+        /// by default it is written as qcow2 with LUKS and the same passphrase.
+        #[arg(long)]
+        decrypt: bool,
     },
     /// Restore all (or some) disks of a recovery point into a directory, one file per disk
     /// named after it (DIR/NAME.raw or .qcow2).
@@ -437,6 +441,9 @@ enum RestoreCmd {
         /// Replace existing files.
         #[arg(long)]
         force: bool,
+        /// Write disks that were encrypted at the source decrypted.
+        #[arg(long)]
+        decrypt: bool,
     },
     /// Restore a VM point as a new VM (its disks and a start script with a new name, UUID
     /// and MAC addresses) or over the existing VM's disks (kept as safety copies).
@@ -743,6 +750,7 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             format,
             force,
             disk,
+            decrypt,
         }) => {
             let format = format.restore_format();
             let opts = RestoreOptions {
@@ -752,6 +760,7 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
                 force: *force,
                 job_id: None,
                 disk: disk.clone(),
+                decrypt: *decrypt,
             };
             let r = home.restore_disk(item, &opts, &secrets, &bar)?;
             out.view(&r, views::restore);
@@ -764,6 +773,7 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             disks,
             format,
             force,
+            decrypt,
         }) => {
             let opts = kura_engine::RestoreDisksOptions {
                 rp: rp.clone(),
@@ -771,6 +781,7 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
                 disks: disks.clone(),
                 format: format.restore_format(),
                 force: *force,
+                decrypt: *decrypt,
             };
             let reports = home.restore_disks(item, &opts, &secrets, &bar)?;
             out.print(&reports, || {

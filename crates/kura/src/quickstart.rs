@@ -131,6 +131,7 @@ pub fn run(args: &Args, home: Option<&Path>, out: &Out) -> anyhow::Result<u8> {
             force: false,
             job_id: None,
             disk: None,
+            decrypt: false,
         };
         home.restore_disk(&item.name, &opts, &secrets, &bar)
     };

@@ -294,12 +294,14 @@ pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
             format,
             force,
             disk,
+            decrypt,
         }) => {
             let to = std::path::absolute(to)?;
             let format = format.restore_format();
             let started = c.post(
                 &format!("/items/{}/restores", enc(item)),
-                json!({"rp": rp, "to": to, "format": format, "force": force, "disk": disk}),
+                json!({"rp": rp, "to": to, "format": format, "force": force, "disk": disk,
+                    "decrypt": decrypt}),
             )?;
             job_done(out, c, &started, views::restore)?;
             Ok(0)

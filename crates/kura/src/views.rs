@@ -192,11 +192,16 @@ pub fn rp_list(v: &Value) -> String {
 /// `kura restore disk`.
 pub fn restore(r: &Value) -> String {
     format!(
-        "job {} completed\nrestored recovery point {} to {} ({}, {}; {} written)\n",
+        "job {} completed\nrestored recovery point {} to {} ({}{}, {}; {} written)\n",
         s(&r["job_id"]),
         s(&r["rp_id"]),
         s(&r["target"]),
         s(&r["format"]),
+        if r["encrypted"] == true {
+            " encrypted with LUKS and the source disk's passphrase"
+        } else {
+            ""
+        },
         sz(&r["size"]),
         sz(&r["bytes_written"])
     )
