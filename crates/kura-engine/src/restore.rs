@@ -251,6 +251,9 @@ pub struct RestoreDisksOptions {
     pub force: bool,
     /// Write disks that were encrypted at the source decrypted.
     pub decrypt: bool,
+    /// A job made beforehand with [`Home::begin_job`] (the API): the restore then runs as
+    /// one `RestoreDisks` job.
+    pub job_id: Option<String>,
 }
 
 impl Home {
@@ -317,20 +320,36 @@ impl Home {
                 ),
             ));
         }
-        let mut reports = Vec::new();
-        for (disk, to) in chosen.into_iter().zip(targets) {
-            let one = RestoreOptions {
-                rp: rp.id.clone(),
-                to,
-                format: opts.format,
-                force: opts.force,
-                job_id: None,
-                disk: Some(disk),
-                decrypt: opts.decrypt,
-            };
-            reports.push(self.restore_disk(&row.name, &one, secrets, progress)?);
+        let run = |progress: &dyn Progress| -> Result<Vec<RestoreReport>> {
+            let mut reports = Vec::new();
+            for (disk, to) in chosen.iter().zip(&targets) {
+                let one = RestoreOptions {
+                    rp: rp.id.clone(),
+                    to: to.clone(),
+                    format: opts.format,
+                    force: opts.force,
+                    job_id: None,
+                    disk: Some(disk.clone()),
+                    decrypt: opts.decrypt,
+                };
+                reports.push(self.restore_disk(&row.name, &one, secrets, progress)?);
+            }
+            Ok(reports)
+        };
+        match &opts.job_id {
+            None => run(progress),
+            // Through the API: one job whose report lists every disk.
+            Some(id) => self
+                .run_job(
+                    "RestoreDisks",
+                    &row.name,
+                    false,
+                    Some(id),
+                    progress,
+                    |job| Ok((run(job)?, Some(rp.id.clone()))),
+                )
+                .map(|(_, r)| r),
         }
-        Ok(reports)
     }
 
     /// Removes hidden temporaries that an interrupted restore to `target` left beside it

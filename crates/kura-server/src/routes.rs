@@ -248,6 +248,14 @@ pub const ROUTES: &[Route] = &[
     ),
     r(
         "POST",
+        "/api/v1/items/{item}/disk-restores",
+        "restoreDisks",
+        "Start a restore of all (or some) disks of a point into a directory, one file per disk",
+        202,
+        true,
+    ),
+    r(
+        "POST",
         "/api/v1/items/{item}/vm-restores",
         "restoreVm",
         "Start a VM restore: as a new VM (`as_new`, `to`, `start`) or over the VM's disks (`replace`, `stop`)",
@@ -891,6 +899,63 @@ async fn restore_disk(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RestoreDisks {
+    rp: String,
+    /// An existing directory under a restore root.
+    to: String,
+    #[serde(default)]
+    disks: Vec<String>,
+    #[serde(default)]
+    format: Option<String>,
+    #[serde(default)]
+    force: bool,
+    #[serde(default)]
+    decrypt: bool,
+}
+
+async fn restore_disks(
+    _: Auth,
+    State(s): State<S>,
+    Path(item): Path<String>,
+    Body(b): Body<RestoreDisks>,
+) -> ApiResult {
+    let format = match b.format.as_deref() {
+        None | Some("raw") => RestoreFormat::Raw,
+        Some("qcow2") => RestoreFormat::Qcow2,
+        Some(f) => {
+            return Err(ApiError::invalid(format!(
+                "format: {f:?} is not raw or qcow2"
+            )));
+        }
+    };
+    let dir = s.roots.restore("to", &b.to)?;
+    let target = item.clone();
+    start_job(
+        s,
+        "RestoreDisks",
+        target,
+        false,
+        item_exists(item.clone()),
+        move |st, job| {
+            let opts = kura_engine::RestoreDisksOptions {
+                rp: b.rp,
+                dir,
+                disks: b.disks,
+                format,
+                force: b.force,
+                decrypt: b.decrypt,
+                job_id: Some(job),
+            };
+            st.home
+                .restore_disks(&item, &opts, &st.secrets, &kura_engine::NoProgress)
+                .map(|_| ())
+        },
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RestoreVm {
     rp: String,
     #[serde(default)]
@@ -1187,6 +1252,7 @@ fn handler(route: &Route) -> MethodRouter<S> {
         "retentionPlan" => get(retention_plan),
         "restoreDisk" => post(restore_disk),
         "restoreVm" => post(restore_vm),
+        "restoreDisks" => post(restore_disks),
         "listJobs" => get(list_jobs),
         "getJob" => get(get_job),
         "cancelJob" => post(cancel_job),

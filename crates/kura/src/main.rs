@@ -782,6 +782,7 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
                 format: format.restore_format(),
                 force: *force,
                 decrypt: *decrypt,
+                job_id: None,
             };
             let reports = home.restore_disks(item, &opts, &secrets, &bar)?;
             out.print(&reports, || {

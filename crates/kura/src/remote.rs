@@ -393,9 +393,33 @@ pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
             )?,
             |v| views::retention(v, true),
         ),
+        Command::Restore(RestoreCmd::Disks {
+            item,
+            rp,
+            to,
+            disks,
+            format,
+            force,
+            decrypt,
+        }) => {
+            let to = std::path::absolute(to)?;
+            let started = c.post(
+                &format!("/items/{}/disk-restores", enc(item)),
+                json!({"rp": rp, "to": to, "disks": disks, "format": format.restore_format(),
+                    "force": force, "decrypt": decrypt}),
+            )?;
+            job_done(out, c, &started, |r| {
+                r.as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(views::restore)
+                    .collect::<String>()
+            })?;
+            Ok(0)
+        }
         Command::Policy(p) => crate::policy_cmd::run_policy_remote(p, c, out),
         _ => bail!(
-            "this command runs on the server's host only (quickstart, server, scheduler, vault create with a passphrase, key file, cipher or compression level, vault key export/change, vault detach, attach with a recovery kit, and restore disks); run it there without --server"
+            "this command runs on the server's host only (quickstart, server, scheduler, vault create with a passphrase, key file, cipher or compression level, vault key export/change, vault detach, attach with a recovery kit); run it there without --server"
         ),
     }
 }

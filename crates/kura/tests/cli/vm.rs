@@ -321,6 +321,19 @@ fn a_vm_through_the_server() {
         out.to_str().unwrap(),
     ]);
     assert!(same_file(&out, &d));
+    // Every disk into a directory, as one job.
+    let disks_dir = e.path("disks");
+    std::fs::create_dir(&disks_dir).unwrap();
+    let r = json(&[
+        "restore",
+        "disks",
+        &name,
+        "--rp",
+        "latest",
+        "--to",
+        disks_dir.to_str().unwrap(),
+    ]);
+    assert!(same_file(&disks_dir.join("vda.raw"), &d), "{r}");
     // A new VM from the point, and the VM's own disk replaced once it is off.
     let dir = e.path("copy");
     let r = json(&[
