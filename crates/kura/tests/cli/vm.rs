@@ -1021,3 +1021,55 @@ fn an_encrypted_disk_is_restored_encrypted_with_its_passphrase() {
     qmp(&copy, &[serde_json::json!({"execute": "quit"})]);
     drop(child);
 }
+
+/// A VM item under its policy: the scheduler backs it up like a disk item, as a scheduled
+/// point, incremental through its dirty bitmap the second time.
+#[test]
+fn the_scheduler_backs_up_a_vm_under_its_policy() {
+    let e = Env::new();
+    e.vault("v", &[]);
+    let a = e.path("a.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", a.to_str().unwrap(), "8M"]);
+    let vm = start_vm(&e, &[("vda", &a, "qcow2")]);
+    guest_write(&vm, "vda", 0x41, "0", "1M");
+    e.ok(&[
+        "item",
+        "protect",
+        "vm",
+        "--qmp",
+        vm.qmp.to_str().unwrap(),
+        "--vault",
+        "v",
+        "--name",
+        "sched",
+    ]);
+    let later = |days: i64| {
+        jiff::Timestamp::now()
+            .checked_add(jiff::SignedDuration::from_hours(24 * days))
+            .unwrap()
+            .to_string()
+    };
+    let tick = e.json(&["scheduler", "tick", "--now", &later(2)]);
+    let b = &tick["backups"][0];
+    assert_eq!(b["item"], "sched", "{tick}");
+    assert!(b["rp_id"].is_string(), "{tick}");
+    guest_write(&vm, "vda", 0x42, "2M", "64k");
+    let tick = e.json(&["scheduler", "tick", "--now", &later(4)]);
+    assert!(tick["backups"][0]["rp_id"].is_string(), "{tick}");
+    let rps = e.json(&["rp", "list", "sched"]);
+    assert_eq!(rps.as_array().unwrap().len(), 2, "{rps}");
+    assert_eq!(rps[0]["origin"], "scheduled", "{rps}");
+    let jobs = e.json(&["job", "list"]);
+    let log = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["operation"] == "Backup")
+        .map(|j| j["id"].as_str().unwrap().to_string())
+        .unwrap();
+    let log = e.json(&["job", "show", &log])["log"].to_string();
+    assert!(
+        log.contains("vda: 65536 bytes changed since recovery point"),
+        "{log}"
+    );
+}
