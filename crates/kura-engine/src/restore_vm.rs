@@ -407,7 +407,14 @@ impl Home {
             .iter()
             .map(|(d, _, to)| (d.file.clone(), to.clone()))
             .collect();
-        let new_xml = kura_source::libvirt::clone_xml(xml, name, &map, &dir)?;
+        // Disks whose passphrase the point does not keep are restored decrypted.
+        let plain: Vec<String> = p
+            .disks
+            .iter()
+            .filter(|d| d.encrypted && !p.secrets.contains_key(&d.name))
+            .map(|d| d.file.clone())
+            .collect();
+        let new_xml = kura_source::libvirt::clone_xml(xml, name, &map, &plain, &dir)?;
         let (reports, blank) = self.restore_targets(item, p, &targets, secrets, progress)?;
         let file = dir.join(format!("{name}.xml"));
         crate::home::write_private(&file, new_xml.as_bytes())?;

@@ -93,6 +93,11 @@ impl Domain {
         parse(&text).map_err(|e| Error::Agent(e.to_string()))
     }
 
+    /// The value (base64) of a libvirt secret; fails for a private secret.
+    pub fn secret_value(&self, uuid: &str) -> Result<String> {
+        Ok(self.virsh(&["secret-get-value", uuid])?.trim().to_string())
+    }
+
     /// `running`, `shut off`, `paused`, ...
     pub fn state(&self) -> Result<String> {
         Ok(self.virsh(&["domstate", &self.name])?.trim().to_string())
@@ -146,6 +151,22 @@ pub fn xml_disks(xml: &str) -> Result<Vec<XmlDisk>> {
     Ok(out)
 }
 
+/// The UUID of the libvirt secret that unlocks the encrypted disk `target`, if any.
+pub fn disk_secret_uuid(xml: &str, target: &str) -> Option<String> {
+    let doc = roxmltree::Document::parse(xml).ok()?;
+    let disk = doc.descendants().find(|d| {
+        d.has_tag_name("disk")
+            && d.children()
+                .any(|c| c.has_tag_name("target") && c.attribute("dev") == Some(target))
+    })?;
+    disk.descendants()
+        .find(|n| {
+            n.has_tag_name("secret") && n.parent().is_some_and(|p| p.has_tag_name("encryption"))
+        })
+        .and_then(|n| n.attribute("uuid"))
+        .map(str::to_string)
+}
+
 /// Whether the domain XML gives the VM a guest-agent channel.
 pub fn has_agent_channel(xml: &str) -> bool {
     roxmltree::Document::parse(xml).is_ok_and(|doc| {
@@ -162,6 +183,7 @@ pub fn clone_xml(
     xml: &str,
     name: &str,
     disks: &[(String, std::path::PathBuf)],
+    plain: &[String],
     dir: &std::path::Path,
 ) -> Result<String> {
     let doc = roxmltree::Document::parse(xml)
@@ -180,6 +202,18 @@ pub fn clone_xml(
         match n.tag_name().name() {
             "mac" if n.parent().is_some_and(|p| p.has_tag_name("interface")) => {
                 edits.push((n.range(), String::new()))
+            }
+            // A disk restored decrypted no longer needs its secret.
+            "encryption" => {
+                let disk = n.ancestors().find(|a| a.has_tag_name("disk"));
+                let file = disk.and_then(|d| {
+                    d.descendants()
+                        .find(|c| c.has_tag_name("source"))
+                        .and_then(|s| s.attribute("file"))
+                });
+                if file.is_some_and(|f| plain.iter().any(|p| p == f)) {
+                    edits.push((n.range(), String::new()));
+                }
             }
             "source" => {
                 for a in n.attributes() {
@@ -262,7 +296,7 @@ mod tests {
             "/var/lib/libvirt/images/web.qcow2".to_string(),
             std::path::PathBuf::from("/r/vda.qcow2"),
         )];
-        let x = clone_xml(XML, "web-copy", &disks, std::path::Path::new("/r")).unwrap();
+        let x = clone_xml(XML, "web-copy", &disks, &[], std::path::Path::new("/r")).unwrap();
         assert!(x.contains("<name>web-copy</name>"), "{x}");
         assert!(
             !x.contains("<uuid>") && !x.contains("52:54:00:aa:bb:cc"),

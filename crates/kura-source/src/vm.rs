@@ -787,8 +787,21 @@ impl SourceDriver for VmDriver {
         // An encrypted disk's passphrase goes with the point (sealed in the vault like all of
         // it), so a restore can write the disk encrypted again.
         let mut secrets = std::collections::BTreeMap::new();
+        let live_xml = match &self.link {
+            VmLink::Libvirt(dom) => dom.xml().ok(),
+            VmLink::Qmp(_) => None,
+        };
         for d in self.included().iter().filter(|d| d.encrypted) {
-            match full_cmdline.as_deref().and_then(|c| luks_secret(c, &d.node)) {
+            let found = match (&self.link, &live_xml) {
+                // libvirt keeps the passphrase in its secret store (readable unless private).
+                (VmLink::Libvirt(dom), Some(x)) => crate::libvirt::disk_secret_uuid(x, &d.name)
+                    .and_then(|u| dom.secret_value(&u).ok())
+                    .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok()),
+                _ => full_cmdline
+                    .as_deref()
+                    .and_then(|c| luks_secret(c, &d.node)),
+            };
+            match found {
                 Some(s) => {
                     secrets.insert(
                         d.name.clone(),
@@ -796,7 +809,7 @@ impl SourceDriver for VmDriver {
                     );
                 }
                 None => phase.warn(format!(
-                    "VM disk {} is encrypted, but its passphrase is not on the VM's command line (-object secret with data or file); it is backed up as the guest sees it and restores will be decrypted",
+                    "VM disk {} is encrypted, but kura cannot read its passphrase (not on the VM's command line as -object secret with data or file, or a private libvirt secret); it is backed up as the guest sees it and restores will be decrypted",
                     d.name
                 )),
             }

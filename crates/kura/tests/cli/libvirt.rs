@@ -31,7 +31,7 @@ impl Drop for Domains {
     }
 }
 
-fn domain_xml(name: &str, disk: &Path, format: &str, console: &Path) -> String {
+fn domain_xml(name: &str, disk: &Path, format: &str, console: &Path, enc: (&Path, &str)) -> String {
     let (bin, data) = super::vm::qemu_system();
     let dir =
         PathBuf::from(std::env::var("KURA_GUEST_DIR").expect("KURA_GUEST_DIR (scripts/test)"));
@@ -46,6 +46,7 @@ fn domain_xml(name: &str, disk: &Path, format: &str, console: &Path) -> String {
   <devices>
     <emulator>{bin}</emulator>
     <disk type='file' device='disk'><driver name='qemu' type='{format}'/><source file='{disk}'/><target dev='vda' bus='virtio'/></disk>
+    <disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='{enc_disk}'><encryption format='luks'><secret type='passphrase' uuid='{enc_uuid}'/></encryption></source><target dev='vdb' bus='virtio'/></disk>
     <channel type='unix'><source mode='bind'/><target type='virtio' name='org.qemu.guest_agent.0'/></channel>
     <serial type='file'><source path='{console}'/><target port='0'/></serial>
     <controller type='usb' model='none'/>
@@ -57,6 +58,8 @@ fn domain_xml(name: &str, disk: &Path, format: &str, console: &Path) -> String {
         i = dir.join("initrd.gz").display(),
         disk = disk.display(),
         console = console.display(),
+        enc_disk = enc.0.display(),
+        enc_uuid = enc.1,
     )
 }
 
@@ -125,6 +128,15 @@ fn kura_bitmaps(domain: &str) -> Vec<String> {
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
+/// Undefines a libvirt secret when dropped.
+struct Secret(String);
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        let _ = virsh(&["secret-undefine", &self.0]);
+    }
+}
+
 #[test]
 fn a_libvirt_domain_is_backed_up_through_libvirt_and_restored_as_a_new_domain() {
     let (ok, out) = virsh(&["list", "--all"]);
@@ -154,10 +166,42 @@ fn a_libvirt_domain_is_backed_up_through_libvirt_and_restored_as_a_new_domain() 
         raw.to_str().unwrap(),
         disk.to_str().unwrap(),
     ]);
+    // A second disk, encrypted (qcow2 with LUKS), whose passphrase libvirt keeps as a secret.
+    let enc = e.path("enc.qcow2");
+    let o = Command::new("qemu-img")
+        .args([
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "--object",
+            "secret,id=s0,data=libvirt pass",
+        ])
+        .args(["-o", "encrypt.format=luks,encrypt.key-secret=s0"])
+        .arg(&enc)
+        .arg("4M")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let uuid = format!(
+        "6b1f0c5e-0000-4000-8000-{:012x}",
+        u64::from(std::process::id()) * 1000 + u64::from(NEXT.load(Ordering::Relaxed))
+    );
+    let secret_xml = e.path("secret.xml");
+    std::fs::write(
+        &secret_xml,
+        format!("<secret ephemeral='no' private='no'><uuid>{uuid}</uuid><usage type='volume'><volume>{}</volume></usage></secret>", enc.display()),
+    )
+    .unwrap();
+    let (ok, out) = virsh(&["secret-define", secret_xml.to_str().unwrap()]);
+    assert!(ok, "{out}");
+    let _secret = Secret(uuid.clone());
+    let (ok, out) = virsh(&["secret-set-value", &uuid, "--base64", "bGlidmlydCBwYXNz"]);
+    assert!(ok, "{out}");
     let xml = e.path("dom.xml");
     std::fs::write(
         &xml,
-        domain_xml(&tag, &disk, "qcow2", &e.path("console.log")),
+        domain_xml(&tag, &disk, "qcow2", &e.path("console.log"), (&enc, &uuid)),
     )
     .unwrap();
     let (ok, out) = virsh(&["define", xml.to_str().unwrap()]);
@@ -182,6 +226,7 @@ fn a_libvirt_domain_is_backed_up_through_libvirt_and_restored_as_a_new_domain() 
         item["spec"]["disks"][0]["name"], "vda",
         "named after the XML target: {item}"
     );
+    assert_eq!(item["spec"]["disks"][1]["encrypted"], true, "{item}");
     let show = e.json(&["item", "show", "lv"]);
     assert!(
         show["agent_status"].as_str().unwrap().starts_with("Ready"),
@@ -214,8 +259,8 @@ fn a_libvirt_domain_is_backed_up_through_libvirt_and_restored_as_a_new_domain() 
     assert!(r["read_bytes"].as_u64().unwrap() < 4 << 20, "{r}");
     assert_eq!(
         kura_bitmaps(&tag).len(),
-        1,
-        "only the latest point's bitmap is left"
+        2,
+        "only the latest point's bitmap of each disk is left"
     );
     let out = e.path("vda.raw");
     e.ok(&[
@@ -224,6 +269,8 @@ fn a_libvirt_domain_is_backed_up_through_libvirt_and_restored_as_a_new_domain() 
         "lv",
         "--rp",
         "latest",
+        "--disk",
+        "vda",
         "--to",
         out.to_str().unwrap(),
     ]);
@@ -237,6 +284,46 @@ fn a_libvirt_domain_is_backed_up_through_libvirt_and_restored_as_a_new_domain() 
         expected.len(),
     );
 
+    // The encrypted disk comes back encrypted with libvirt's passphrase.
+    let m = e.json(&["rp", "show", "lv"]);
+    assert_eq!(m["encrypted_disks"], serde_json::json!(["vdb"]), "{m}");
+    let vdb = e.path("vdb.img");
+    let r = e.json(&[
+        "restore",
+        "disk",
+        "lv",
+        "--rp",
+        "latest",
+        "--disk",
+        "vdb",
+        "--to",
+        vdb.to_str().unwrap(),
+    ]);
+    assert_eq!(r["encrypted"], true, "{r}");
+    let o = Command::new("qemu-img")
+        .args([
+            "compare",
+            "-U",
+            "--object",
+            "secret,id=s0,data=libvirt pass",
+            "--image-opts",
+        ])
+        .arg(format!(
+            "driver=qcow2,file.filename={},encrypt.key-secret=s0",
+            vdb.display()
+        ))
+        .arg(format!(
+            "driver=qcow2,file.filename={},encrypt.key-secret=s0",
+            enc.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     // A new domain from the point boots, with its own name, UUID and MAC addresses.
     let dir = e.path("copy");
     let r = e.json(&[
