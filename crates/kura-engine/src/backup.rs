@@ -206,8 +206,9 @@ impl Home {
                 format!("job {other} is taking a snapshot of item {:?}", item.name),
             ));
         }
-        // A VM has no snapshot tier yet: a point taken while another job still transfers the
-        // item could not be kept, so the VM is not touched at all.
+        // Another job still transferring this item: a VM's point can then only be kept in
+        // its snapshot tier, so its driver takes no more than that (or refuses, untouched).
+        let mut transfer_busy = false;
         if item.kind == "vm" {
             for j in self.catalog.jobs_for("Backup", &item.name, 100)? {
                 if j.id != job.id
@@ -215,17 +216,7 @@ impl Home {
                     && j.tasks.get(1).is_some_and(|t| t.status == "InProgress")
                     && !self.catalog.job_orphaned(&j.id)?
                 {
-                    let e = Error::new(
-                        ErrorKind::Conflict,
-                        format!(
-                            "job {} is still transferring VM item {:?}; VM points have no snapshot tier to keep meanwhile, so this backup did not touch the VM",
-                            j.id, item.name
-                        ),
-                    );
-                    tasks[0] = task("snapshot", "Failed", Some(e.to_string()));
-                    tasks[1] = task("transfer", "Skipped", Some("another transfer runs".into()));
-                    self.catalog.set_job_tasks(&job.id, &tasks)?;
-                    return Err(e);
+                    transfer_busy = true;
                 }
             }
         }
@@ -276,6 +267,7 @@ impl Home {
                 .into_iter()
                 .find(|r| r.tier != "snapshot")
                 .map(|r| r.id),
+            transfer_busy,
         };
         let point = match driver.take_point(&request) {
             Ok(p) => p,
@@ -344,7 +336,18 @@ impl Home {
                 id: rp_id.clone(),
                 item_id: item.id.clone(),
                 time: kura_catalog::stamp(now),
-                logical_size: std::fs::metadata(source).map(|m| m.len()).unwrap_or(0),
+                logical_size: match item.kind.as_str() {
+                    // A VM's disks as the point holds them.
+                    "vm" => match crate::home::source_spec(self, item, None) {
+                        Ok(kura_source::SourceSpec::Vm { disks, exclude, .. }) => disks
+                            .iter()
+                            .filter(|d| !exclude.contains(&d.name))
+                            .map(|d| d.size)
+                            .sum(),
+                        _ => 0,
+                    },
+                    _ => std::fs::metadata(source).map(|m| m.len()).unwrap_or(0),
+                },
                 stored_size: 0,
                 consistency: consistency.into(),
                 tier: "snapshot".into(),

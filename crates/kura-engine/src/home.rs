@@ -1296,8 +1296,24 @@ fn snapshot_of(
     let r = records.iter().find(|r| r.id == item_id)?;
     let s = r.snapshots.iter().find(|s| s.rp_id == rp_id)?;
     let snap = kura_source::Snapshot::decode(&s.snapshot)?;
-    (snap.belongs_to(Path::new(&r.source)) && snap.exists())
-        .then(|| (snap.encode(), s.expires.clone()))
+    let ours = match &snap {
+        // A VM's snapshots must be in the VM's own disks, as its record names them.
+        kura_source::Snapshot::Vm { .. } => {
+            let files: Vec<String> = match r
+                .spec
+                .as_ref()
+                .and_then(|v| kura_source::SourceSpec::parse(&v.to_string()).ok())
+            {
+                Some(kura_source::SourceSpec::Vm { disks, .. }) => {
+                    disks.into_iter().map(|d| d.file).collect()
+                }
+                _ => Vec::new(),
+            };
+            snap.belongs_to_vm(Path::new(&r.source), &files)
+        }
+        _ => snap.belongs_to(Path::new(&r.source)),
+    };
+    (ours && snap.exists()).then(|| (snap.encode(), s.expires.clone()))
 }
 
 fn default_item_name(path: &Path) -> String {

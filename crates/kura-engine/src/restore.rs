@@ -129,7 +129,7 @@ impl Home {
                 let (size, fetched, written) = match snapshot {
                     Some(snap) => {
                         job.message(&format!("restoring recovery point {} from the snapshot tier ({}) to {}", rp.id, snap.encode(), target.display()));
-                        let mut reader = snap.reader()?;
+                        let mut reader = snap.reader_of(opts.disk.as_deref())?;
                         let size = reader.size();
                         let written = crate::snapshot::copy_sparse(reader.as_mut(), &partial, job)?;
                         (size, 0, written)
@@ -277,7 +277,11 @@ impl Home {
             ));
         }
         let names: Vec<String> = if rp.tier == "snapshot" {
-            vec!["disk0".into()]
+            rp.snapshot
+                .as_deref()
+                .and_then(kura_source::Snapshot::decode)
+                .map(|s| s.disk_names())
+                .unwrap_or_else(|| vec!["disk0".into()])
         } else {
             let vrow = self.catalog.vault_by_id(&row.vault_id)?;
             let vault = self.open_vault_row(&vrow, secrets)?;

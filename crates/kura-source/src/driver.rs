@@ -175,6 +175,9 @@ pub struct PointRequest {
     pub item_id: String,
     /// The item's latest point with a vault copy, which an incremental compares with.
     pub previous: Option<String>,
+    /// Another job of the item is still transferring: this point can only be kept in the
+    /// snapshot tier (the driver takes no more than the snapshot, or refuses).
+    pub transfer_busy: bool,
 }
 
 /// What the snapshot phase produced.

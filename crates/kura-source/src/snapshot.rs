@@ -38,6 +38,16 @@ pub enum Snapshot {
         /// The clone.
         clone: PathBuf,
     },
+    /// Internal snapshots of a running VM's qcow2 disks, all taken in the QMP transaction
+    /// of the point's instant.
+    Vm {
+        /// The item's source: the VM's QMP socket, or `libvirt:DOMAIN`.
+        source: String,
+        /// Snapshot name inside every image.
+        name: String,
+        /// (disk name, image) of each disk.
+        disks: Vec<(String, PathBuf)>,
+    },
 }
 
 fn qemu_img(args: &[&str], image: &Path) -> Result<()> {
@@ -142,11 +152,41 @@ impl Snapshot {
         match self {
             Snapshot::Qcow2 { image, name } => format!("qcow2:{name}:{}", image.display()),
             Snapshot::Reflink { clone } => format!("reflink:{}", clone.display()),
+            Snapshot::Vm {
+                source,
+                name,
+                disks,
+            } => format!(
+                "vm:{}",
+                serde_json::json!({"source": source, "name": name, "disks": disks})
+            ),
+        }
+    }
+
+    /// The snapshot name kura gives the snapshots of recovery point `rp_id`.
+    pub fn tag(rp_id: &str) -> String {
+        format!("kura-{}", &rp_id[..rp_id.len().min(16)])
+    }
+
+    /// The names of the disks it holds (`disk0` for a disk item's).
+    pub fn disk_names(&self) -> Vec<String> {
+        match self {
+            Snapshot::Vm { disks, .. } => disks.iter().map(|(d, _)| d.clone()).collect(),
+            _ => vec!["disk0".into()],
         }
     }
 
     /// Parses a catalog reference.
     pub fn decode(s: &str) -> Option<Snapshot> {
+        if let Some(rest) = s.strip_prefix("vm:") {
+            let v: serde_json::Value = serde_json::from_str(rest).ok()?;
+            let disks: Vec<(String, PathBuf)> = serde_json::from_value(v["disks"].clone()).ok()?;
+            return Some(Snapshot::Vm {
+                source: v["source"].as_str()?.to_string(),
+                name: v["name"].as_str()?.to_string(),
+                disks,
+            });
+        }
         if let Some(rest) = s.strip_prefix("qcow2:") {
             let (name, image) = rest.split_once(':')?;
             return Some(Snapshot::Qcow2 {
@@ -172,6 +212,13 @@ impl Snapshot {
         };
         match self {
             Snapshot::Qcow2 { image, name } => image == source && tag_ok(name),
+            // The VM's own source; its images are checked against the item's disks by
+            // [`Snapshot::belongs_to_vm`].
+            Snapshot::Vm {
+                source: s,
+                name,
+                disks,
+            } => Path::new(s) == source && tag_ok(name) && !disks.is_empty(),
             Snapshot::Reflink { clone } => {
                 let (Some(dir), Some(file)) = (source.parent(), source.file_name()) else {
                     return false;
@@ -187,9 +234,30 @@ impl Snapshot {
         }
     }
 
+    /// [`Snapshot::belongs_to`] for a VM item: also every image is one of `images`, the
+    /// item's disks.
+    pub fn belongs_to_vm(&self, source: &Path, images: &[String]) -> bool {
+        match self {
+            Snapshot::Vm { disks, .. } => {
+                self.belongs_to(source)
+                    && disks
+                        .iter()
+                        .all(|(_, i)| images.iter().any(|x| Path::new(x) == i))
+            }
+            _ => false,
+        }
+    }
+
     /// Whether the snapshot is still there.
     pub fn exists(&self) -> bool {
         match self {
+            Snapshot::Vm { name, disks, .. } => disks.iter().all(|(_, image)| {
+                Snapshot::Qcow2 {
+                    image: image.clone(),
+                    name: name.clone(),
+                }
+                .exists()
+            }),
             Snapshot::Reflink { clone } => clone.is_file(),
             Snapshot::Qcow2 { image, name } => Command::new("qemu-img")
                 .args(["snapshot", "-f", "qcow2", "-l", "-U"])
@@ -204,9 +272,34 @@ impl Snapshot {
         }
     }
 
+    /// A reader of the snapshot's contents (of its disk `disk`, for a VM's; the only one
+    /// when `None`).
+    pub fn reader_of(&self, disk: Option<&str>) -> Result<Box<dyn DiskReader>> {
+        let Snapshot::Vm { name, disks, .. } = self else {
+            return self.reader();
+        };
+        let (_, image) = match disk {
+            Some(d) => disks.iter().find(|(n, _)| n == d),
+            None if disks.len() == 1 => disks.first(),
+            None => None,
+        }
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "the snapshot holds disks {}: name one",
+                disks
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+        Ok(Box::new(NbdReader::open_snapshot(image, "qcow2", name)?))
+    }
+
     /// A reader of the snapshot's contents.
     pub fn reader(&self) -> Result<Box<dyn DiskReader>> {
         Ok(match self {
+            Snapshot::Vm { .. } => return self.reader_of(None),
             Snapshot::Qcow2 { image, name } => {
                 Box::new(NbdReader::open_snapshot(image, "qcow2", name)?)
             }
@@ -217,6 +310,33 @@ impl Snapshot {
     /// Removes the snapshot.
     pub fn delete(&self) -> Result<()> {
         match self {
+            Snapshot::Vm {
+                source,
+                name,
+                disks,
+            } => {
+                // A running VM holds its images: its QEMU deletes the snapshots. A VM that is
+                // off lets qemu-img do it.
+                let link = match source.strip_prefix("libvirt:") {
+                    Some(d) => crate::vm::VmLink::Libvirt(crate::libvirt::Domain::new(d, None)?),
+                    None => crate::vm::VmLink::Qmp(PathBuf::from(source)),
+                };
+                let running = !link.is_off().unwrap_or(true);
+                for (_, image) in disks {
+                    let one = Snapshot::Qcow2 {
+                        image: image.clone(),
+                        name: name.clone(),
+                    };
+                    if !one.exists() {
+                        continue;
+                    }
+                    if running {
+                        crate::vm::delete_internal_snapshot(&link, image, name)?;
+                    } else {
+                        one.delete()?;
+                    }
+                }
+            }
             Snapshot::Qcow2 { image, name } => {
                 if self.exists() {
                     qemu_img(&["snapshot", "-f", "qcow2", "-d", name], image)?;

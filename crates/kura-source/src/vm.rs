@@ -129,6 +129,14 @@ impl VmLink {
         }
     }
 
+    /// The item source this link is (the QMP socket's path, or `libvirt:DOMAIN`).
+    pub fn source(&self) -> String {
+        match self {
+            VmLink::Qmp(p) => p.display().to_string(),
+            VmLink::Libvirt(d) => format!("libvirt:{}", d.name),
+        }
+    }
+
     /// Whether the VM is shut off: its QMP socket is gone or refuses connections, or libvirt
     /// says so. Any other failure to reach it is an error, not "off".
     pub fn is_off(&self) -> Result<bool> {
@@ -250,6 +258,24 @@ pub fn discover(link: &VmLink) -> Result<Vec<VmDisk>> {
 /// [`discover`] on an open session (a QMP socket serves one client at a time).
 fn discover_with(q: &mut Qmp, link: &VmLink) -> Result<Vec<VmDisk>> {
     let mut disks = disks_of(&q.execute("query-block", None)?)?;
+    // While a backup job runs, its copy-before-write filter stands in front of the disk's
+    // node: the disk is the image node under it (same file, an image format).
+    if disks.iter().any(|d| is_filter(&d.format)) {
+        let nodes = q.execute("query-named-block-nodes", Some(json!({"flat": true})))?;
+        for d in disks.iter_mut().filter(|d| is_filter(&d.format)) {
+            let under = nodes.as_array().into_iter().flatten().find(|n| {
+                let get = |k: &str| n.get(k).and_then(Value::as_str).unwrap_or_default();
+                real_file(get("file")) == d.file
+                    && !is_filter(get("drv"))
+                    && !matches!(get("drv"), "file" | "host_device" | "nbd")
+                    && !get("node-name").starts_with("kura-")
+            });
+            if let Some(n) = under {
+                d.node = n["node-name"].as_str().unwrap_or_default().to_string();
+                d.format = n["drv"].as_str().unwrap_or_default().to_string();
+            }
+        }
+    }
     let mut devices: Vec<String> = disks.iter().map(|d| d.name.clone()).collect();
     if let VmLink::Libvirt(dom) = link {
         let xml = crate::libvirt::xml_disks(&dom.xml()?)?;
@@ -323,6 +349,14 @@ fn disks_of(answer: &Value) -> Result<Vec<VmDisk>> {
         return Err(Error::Invalid("the VM has no disk".into()));
     }
     Ok(out)
+}
+
+/// Block drivers that filter another node rather than hold an image.
+fn is_filter(drv: &str) -> bool {
+    matches!(
+        drv,
+        "copy-before-write" | "throttle" | "compress" | "preallocate" | "snapshot-access"
+    )
 }
 
 /// The image file behind QEMU's name for it: options QEMU cannot express as a file name
@@ -402,6 +436,9 @@ pub(crate) struct VmDriver {
     notes: Vec<(bool, String)>,
     /// Whether the precheck found the VM shut off.
     off: bool,
+    /// The internal snapshot the current point takes in its transaction, when every disk is
+    /// qcow2 (the instant-restore tier); and whether that is all it takes.
+    snapshot: Option<crate::Snapshot>,
     /// What an offline point holds (a shut-off VM's disk files).
     offline: Option<crate::vm_off::Offline>,
     /// What the current point holds open.
@@ -415,6 +452,8 @@ struct Held {
     server_started: bool,
     jobs: Vec<String>,
     overlays: Vec<String>,
+    /// The overlays' file nodes.
+    files: Vec<String>,
     exports: Vec<String>,
     /// Each disk's bitmaps, once the transaction made the new ones.
     bitmaps: Vec<BitmapPlan>,
@@ -448,6 +487,7 @@ impl VmDriver {
             agent,
             notes: Vec::new(),
             off: false,
+            snapshot: None,
             offline: None,
             held: None,
         }
@@ -580,6 +620,7 @@ impl VmDriver {
             server_started: false,
             jobs: Vec::new(),
             overlays: Vec::new(),
+            files: Vec::new(),
             exports: Vec::new(),
             bitmaps: Vec::new(),
             committed: false,
@@ -610,11 +651,20 @@ impl VmDriver {
                     message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
                 });
             }
+            // The overlay gets its backing (the disk) only after the instant: a disk with a
+            // parent other than its device is no root node, and QEMU takes internal
+            // snapshots of root nodes only.
+            let fnode = format!("kura-f-{tag}-{i}");
+            q.execute(
+                "blockdev-add",
+                Some(json!({"driver": "file", "node-name": fnode, "filename": file})),
+            )?;
+            held.files.push(fnode.clone());
             let node = format!("kura-o-{tag}-{i}");
             q.execute(
                 "blockdev-add",
-                Some(json!({"driver": "qcow2", "node-name": node,
-                    "file": {"driver": "file", "filename": file}, "backing": d.node})),
+                Some(json!({"driver": "qcow2", "node-name": node, "file": fnode,
+                    "backing": null})),
             )?;
             held.overlays.push(node);
         }
@@ -625,11 +675,17 @@ impl VmDriver {
     /// stop in the same instant as the fleecing.
     fn instant(&mut self, q: &mut Qmp, tag: &str, plans: &[BitmapPlan]) -> Result<()> {
         let disks = self.included();
+        let mut actions: Vec<Value> = Vec::new();
+        if let Some(crate::Snapshot::Vm { name, .. }) = &self.snapshot {
+            for d in &disks {
+                actions.push(json!({"type": "blockdev-snapshot-internal-sync", "data": {
+                    "device": d.node, "name": name}}));
+            }
+        }
         let held = self
             .held
             .as_mut()
             .ok_or_else(|| Error::Invalid("nothing was prepared".into()))?;
-        let mut actions: Vec<Value> = Vec::new();
         for (i, d) in disks.iter().enumerate() {
             let plan = &plans[i];
             actions.push(json!({"type": "block-dirty-bitmap-add", "data": {
@@ -658,6 +714,14 @@ impl VmDriver {
             .as_mut()
             .ok_or_else(|| Error::Invalid("nothing was prepared".into()))?;
         for (i, d) in disks.iter().enumerate() {
+            // What the copy-before-write job did not copy reads through from the disk.
+            q.execute(
+                "blockdev-reopen",
+                Some(
+                    json!({"options": [{"driver": "qcow2", "node-name": held.overlays[i],
+                    "file": held.files[i], "backing": d.node}]}),
+                ),
+            )?;
             let id = format!("kura-e-{tag}-{i}");
             let mut export = json!({"type": "nbd", "id": id, "node-name": held.overlays[i],
                 "name": d.name, "writable": false});
@@ -768,8 +832,30 @@ impl SourceDriver for VmDriver {
             },
         });
         let mut phase = Phase::default();
+        // The instant-restore tier: an internal snapshot of every disk in the same instant.
+        let included = self.included();
+        // (Encrypted images are left out: reading their snapshots would need the key.)
+        self.snapshot = included
+            .iter()
+            .all(|d| d.format == "qcow2" && !d.encrypted)
+            .then(|| crate::Snapshot::Vm {
+                source: self.link.source(),
+                name: crate::Snapshot::tag(&request.rp_id),
+                disks: included
+                    .iter()
+                    .map(|d| (d.name.clone(), PathBuf::from(&d.file)))
+                    .collect(),
+            });
+        // While another backup's copy-before-write job holds the disks, QEMU takes no
+        // internal snapshot of them (they are no root nodes then), so there is no tier to
+        // keep this point in: it is refused before the VM is touched.
+        if request.transfer_busy {
+            return Err(Error::Invalid(
+                "another job is still transferring this VM; while its backup job holds the disks QEMU cannot snapshot them, so this point could not be kept: the VM was not touched".into(),
+            ));
+        }
         // A backup of this item whose process died (the engine lets only one run) may have
-        // left its exports, jobs and overlays in the VM.
+        // left its exports, jobs and overlays in the VM; a running transfer's are its own.
         if sweep(&mut q, &item_tag) {
             phase
                 .log
@@ -871,9 +957,12 @@ impl SourceDriver for VmDriver {
         phase
             .log
             .push(format!("point taken: {}-consistent", consistency.as_str()));
+        let no_snapshot = self.snapshot.is_none().then(|| {
+            "the VM has disks that are not qcow2, or encrypted ones (internal snapshots of qcow2 disks are the VM's instant-restore tier)".to_string()
+        });
         Ok(PointInTime {
-            snapshot: None,
-            no_snapshot: Some("VMs have no instant-restore snapshot tier yet".into()),
+            snapshot: self.snapshot.clone(),
+            no_snapshot,
             consistency,
             definition: Some(definition),
             capture: Some(phase.record()),
@@ -1063,9 +1152,11 @@ fn sweep(q: &mut Qmp, item_tag: &str) -> bool {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    for n in nodes.iter().filter(|n| mine(n, "o")) {
-        found = true;
-        let _ = q.execute("blockdev-del", Some(json!({ "node-name": n })));
+    for kind in ["o", "f"] {
+        for n in nodes.iter().filter(|n| mine(n, kind)) {
+            found = true;
+            let _ = q.execute("blockdev-del", Some(json!({ "node-name": n })));
+        }
     }
     if found
         && !exports
@@ -1294,7 +1385,7 @@ impl VmDriver {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        for node in h.overlays.drain(..) {
+        for node in h.overlays.drain(..).chain(h.files.drain(..)) {
             let _ = q.execute("blockdev-del", Some(json!({ "node-name": node })));
         }
         if h.server_started {
@@ -1751,4 +1842,34 @@ mod luks_tests {
         assert_eq!(luks_secret(&argv, "n1").as_deref(), Some(&b"secret"[..]));
         assert_eq!(luks_secret(&argv, "n2"), None);
     }
+}
+
+/// Deletes internal snapshot `name` of `image` in the running VM behind `link` (its QEMU holds
+/// the image, so qemu-img cannot).
+pub fn delete_internal_snapshot(link: &VmLink, image: &Path, name: &str) -> Result<()> {
+    let mut q = link.monitor()?;
+    let blocks = q.execute("query-block", None)?;
+    let node = blocks
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b.get("inserted"))
+        .find(|i| {
+            i.get("file")
+                .and_then(Value::as_str)
+                .is_some_and(|f| Path::new(&real_file(f)) == image)
+        })
+        .and_then(|i| i.get("node-name").and_then(Value::as_str))
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "the running VM no longer uses {}; its snapshot {name} stays until it is off",
+                image.display()
+            ))
+        })?
+        .to_string();
+    q.execute(
+        "blockdev-snapshot-delete-internal-sync",
+        Some(json!({"device": node, "name": name})),
+    )?;
+    Ok(())
 }

@@ -604,9 +604,11 @@ fn a_vm_protected_size_counts_its_data_except_excluded_disks() {
     );
 }
 
-/// The overlap rule for VMs (no snapshot tier yet): a backup that starts while another one
-/// transfers the item fails at once without touching the VM; and what a killed backup left in
-/// the VM (exports, jobs, overlays) is cleaned up by the next one, whose point is exact.
+/// Overlapping VM backups: QEMU cannot snapshot disks a running backup job holds, so a backup
+/// that starts while another one transfers the item is refused before it touches the VM (the
+/// first point has its instant-restore snapshot, restored from at once). What a killed backup
+/// left in the VM (exports, jobs, overlays) is cleaned up by the next one, whose point is
+/// exact.
 #[test]
 #[cfg_attr(
     not(feature = "test-hooks"),
@@ -660,19 +662,37 @@ fn overlapping_and_killed_vm_backups_leave_the_vm_clean() {
         .spawn()
         .unwrap();
     gate.wait_reached();
+    // QEMU cannot snapshot disks a backup job holds: refused, the VM untouched.
     let before = kura_bitmaps(&vm);
     let (_, err) = e.fails(&["backup", "now", "db"]);
     assert!(
         err["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("still transferring"),
+            .contains("still transferring this VM"),
         "{err}"
     );
     assert_eq!(kura_bitmaps(&vm), before, "the VM was not touched");
     gate.release();
     let o = first.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    // The first point has its snapshot tier too (internal snapshots of the qcow2 disk), and
+    // a restore reads it.
+    let first_r: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(first_r["tier"], "snapshot+vault", "{first_r}");
+    let snap_out = e.path("snap.raw");
+    let r = e.json(&[
+        "restore",
+        "disk",
+        "db",
+        "--rp",
+        first_r["rp_id"].as_str().unwrap(),
+        "--to",
+        snap_out.to_str().unwrap(),
+    ]);
+    let log = e.json(&["job", "show", r["job_id"].as_str().unwrap()])["log"].to_string();
+    assert!(log.contains("from the snapshot tier"), "{log}");
+    assert!(std::fs::read(&snap_out).unwrap() == expected);
 
     // 2. A backup killed while it reads: its exports and overlays stay in the VM ...
     guest_write(&vm, "vda", 0x22, "2M", "64k");
