@@ -1092,4 +1092,15 @@ fn the_scheduler_backs_up_a_vm_under_its_policy() {
         log.contains("vda: 65536 bytes changed since recovery point"),
         "{log}"
     );
+    // Both points got an instant-restore snapshot; the first one's days are over, so it was
+    // deleted through the running VM's QEMU: one internal snapshot is left in the image.
+    let o = Command::new("qemu-img")
+        .args(["snapshot", "-l", "-U", "-f", "qcow2"])
+        .arg(&a)
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(list.matches("kura-").count(), 1, "{list}");
+    assert_eq!(rps[0]["tier"], "snapshot+vault", "{rps}");
+    assert_eq!(rps[1]["tier"], "vault-standard", "{rps}");
 }
