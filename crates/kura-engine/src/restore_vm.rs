@@ -96,6 +96,45 @@ struct VmPoint {
     libvirt: Option<(kura_source::libvirt::Domain, Option<String>)>,
 }
 
+/// A new VM's disk files in `dir` (created if missing), one per disk of the point, none of
+/// which may exist yet; and each original image's replacement.
+#[allow(clippy::type_complexity)]
+fn new_vm_targets<'p>(
+    p: &'p VmPoint,
+    dir: &Path,
+) -> Result<(
+    PathBuf,
+    Vec<(&'p VmDisk, RestoreFormat, PathBuf)>,
+    Vec<(String, PathBuf)>,
+)> {
+    let dir = absolute(dir)?;
+    if !dir.exists() {
+        crate::home::create_private_dir(&dir)?;
+    }
+    let mut targets = Vec::new();
+    for d in &p.disks {
+        let f = format_of(d)?;
+        let ext = if f == RestoreFormat::Qcow2 {
+            "qcow2"
+        } else {
+            "raw"
+        };
+        let to = dir.join(format!("{}.{ext}", d.name));
+        if to.exists() {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                format!("{} already exists; nothing was restored", to.display()),
+            ));
+        }
+        targets.push((d, f, to));
+    }
+    let map = targets
+        .iter()
+        .map(|(d, _, to)| (d.file.clone(), to.clone()))
+        .collect();
+    Ok((dir, targets, map))
+}
+
 fn format_of(d: &VmDisk) -> Result<RestoreFormat> {
     match d.format.as_str() {
         "qcow2" => Ok(RestoreFormat::Qcow2),
@@ -235,32 +274,8 @@ impl Home {
                 ),
             )
         })?;
-        let dir = absolute(dir)?;
-        if !dir.exists() {
-            crate::home::create_private_dir(&dir)?;
-        }
         // Every target is checked, and the command line rewritten, before anything is written.
-        let mut targets = Vec::new();
-        for d in &p.disks {
-            let f = format_of(d)?;
-            let ext = if f == RestoreFormat::Qcow2 {
-                "qcow2"
-            } else {
-                "raw"
-            };
-            let to = dir.join(format!("{}.{ext}", d.name));
-            if to.exists() {
-                return Err(Error::new(
-                    ErrorKind::AlreadyExists,
-                    format!("{} already exists; nothing was restored", to.display()),
-                ));
-            }
-            targets.push((d, f, to));
-        }
-        let map: Vec<(String, PathBuf)> = targets
-            .iter()
-            .map(|(d, _, to)| (d.file.clone(), to.clone()))
-            .collect();
+        let (dir, targets, map) = new_vm_targets(p, dir)?;
         let uuid = uuid::Uuid::now_v7();
         let seed = u64::from_le_bytes(uuid.as_bytes()[8..16].try_into().expect("8 bytes"));
         let uuid_text = uuid.hyphenated().to_string();
@@ -382,31 +397,7 @@ impl Home {
                 format!("libvirt already has a domain {name:?}; nothing was restored"),
             ));
         }
-        let dir = absolute(dir)?;
-        if !dir.exists() {
-            crate::home::create_private_dir(&dir)?;
-        }
-        let mut targets = Vec::new();
-        for d in &p.disks {
-            let f = format_of(d)?;
-            let ext = if f == RestoreFormat::Qcow2 {
-                "qcow2"
-            } else {
-                "raw"
-            };
-            let to = dir.join(format!("{}.{ext}", d.name));
-            if to.exists() {
-                return Err(Error::new(
-                    ErrorKind::AlreadyExists,
-                    format!("{} already exists; nothing was restored", to.display()),
-                ));
-            }
-            targets.push((d, f, to));
-        }
-        let map: Vec<(String, PathBuf)> = targets
-            .iter()
-            .map(|(d, _, to)| (d.file.clone(), to.clone()))
-            .collect();
+        let (dir, targets, map) = new_vm_targets(p, dir)?;
         // Disks whose passphrase the point does not keep are restored decrypted.
         let plain: Vec<String> = p
             .disks

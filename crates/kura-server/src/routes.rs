@@ -856,21 +856,24 @@ struct Restore {
     decrypt: bool,
 }
 
+/// A restore's `format` field.
+fn restore_format(format: Option<&str>) -> Result<RestoreFormat, ApiError> {
+    match format {
+        None | Some("raw") => Ok(RestoreFormat::Raw),
+        Some("qcow2") => Ok(RestoreFormat::Qcow2),
+        Some(f) => Err(ApiError::invalid(format!(
+            "format: {f:?} is not raw or qcow2"
+        ))),
+    }
+}
+
 async fn restore_disk(
     _: Auth,
     State(s): State<S>,
     Path(item): Path<String>,
     Body(b): Body<Restore>,
 ) -> ApiResult {
-    let format = match b.format.as_deref() {
-        None | Some("raw") => RestoreFormat::Raw,
-        Some("qcow2") => RestoreFormat::Qcow2,
-        Some(f) => {
-            return Err(ApiError::invalid(format!(
-                "format: {f:?} is not raw or qcow2"
-            )));
-        }
-    };
+    let format = restore_format(b.format.as_deref())?;
     let to = s.roots.restore("to", &b.to)?;
     let target = item.clone();
     start_job(
@@ -919,15 +922,7 @@ async fn restore_disks(
     Path(item): Path<String>,
     Body(b): Body<RestoreDisks>,
 ) -> ApiResult {
-    let format = match b.format.as_deref() {
-        None | Some("raw") => RestoreFormat::Raw,
-        Some("qcow2") => RestoreFormat::Qcow2,
-        Some(f) => {
-            return Err(ApiError::invalid(format!(
-                "format: {f:?} is not raw or qcow2"
-            )));
-        }
-    };
+    let format = restore_format(b.format.as_deref())?;
     let dir = s.roots.restore("to", &b.to)?;
     let target = item.clone();
     start_job(

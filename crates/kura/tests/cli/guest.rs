@@ -103,17 +103,7 @@ pub(crate) fn boot(e: &Env, tag: &str, disks: &[(&str, &Path, &str)]) -> Guest {
         ])
         .arg("-qmp")
         .arg(format!("unix:{},server=on,wait=off", qmp.display()));
-    for (i, (id, file, format)) in disks.iter().enumerate() {
-        cmd.arg("-blockdev")
-            .arg(format!(
-                "driver=file,node-name=f{i},filename={}",
-                file.display()
-            ))
-            .arg("-blockdev")
-            .arg(format!("driver={format},node-name=n{i},file=f{i}"))
-            .arg("-device")
-            .arg(format!("virtio-blk-pci,drive=n{i},id={id}"));
-    }
+    super::vm::disk_args(&mut cmd, disks);
     let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())

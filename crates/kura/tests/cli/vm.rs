@@ -27,6 +27,21 @@ pub(crate) fn qemu_system() -> (String, String) {
     (bin, data)
 }
 
+/// QEMU arguments attaching `disks` (id, file, format) as virtio-blk devices, nodes `n0`...
+pub(crate) fn disk_args(cmd: &mut Command, disks: &[(&str, &Path, &str)]) {
+    for (i, (id, file, format)) in disks.iter().enumerate() {
+        cmd.arg("-blockdev")
+            .arg(format!(
+                "driver=file,node-name=f{i},filename={}",
+                file.display()
+            ))
+            .arg("-blockdev")
+            .arg(format!("driver={format},node-name=n{i},file=f{i}"))
+            .arg("-device")
+            .arg(format!("virtio-blk-pci,drive=n{i},id={id}"));
+    }
+}
+
 /// Starts a VM (no OS: the firmware idles) whose disks are `disks` (id, file, format).
 fn start_vm(e: &Env, disks: &[(&str, &Path, &str)]) -> Vm {
     let (bin, data) = qemu_system();
@@ -45,17 +60,7 @@ fn start_vm(e: &Env, disks: &[(&str, &Path, &str)]) -> Vm {
         .args(["-m", "64", "-serial", "none"])
         .arg("-qmp")
         .arg(format!("unix:{},server=on,wait=off", qmp.display()));
-    for (i, (id, file, format)) in disks.iter().enumerate() {
-        cmd.arg("-blockdev")
-            .arg(format!(
-                "driver=file,node-name=f{i},filename={}",
-                file.display()
-            ))
-            .arg("-blockdev")
-            .arg(format!("driver={format},node-name=n{i},file=f{i}"))
-            .arg("-device")
-            .arg(format!("virtio-blk-pci,drive=n{i},id={id}"));
-    }
+    disk_args(&mut cmd, disks);
     let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -740,17 +745,7 @@ fn start_fails(disks: &[(&str, &Path, &str)]) -> String {
         "-m",
         "64",
     ]);
-    for (i, (id, file, format)) in disks.iter().enumerate() {
-        cmd.arg("-blockdev")
-            .arg(format!(
-                "driver=file,node-name=f{i},filename={}",
-                file.display()
-            ))
-            .arg("-blockdev")
-            .arg(format!("driver={format},node-name=n{i},file=f{i}"))
-            .arg("-device")
-            .arg(format!("virtio-blk-pci,drive=n{i},id={id}"));
-    }
+    disk_args(&mut cmd, disks);
     let mut child = cmd
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
