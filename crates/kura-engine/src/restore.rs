@@ -109,6 +109,31 @@ impl Home {
         }
         let vrow = self.catalog.vault_by_id(&item.vault_id)?;
         let vault = self.open_vault_row(&vrow, secrets)?;
+        // Which disk, before a job starts: naming none of several is a usage error.
+        match rp
+            .snapshot
+            .as_deref()
+            .and_then(kura_source::Snapshot::decode)
+        {
+            Some(snap) if snap.exists() => {
+                let names = snap.disk_names();
+                if opts.disk.is_none() && names.len() > 1 {
+                    return Err(Error::new(
+                        ErrorKind::Invalid,
+                        format!(
+                            "recovery point {} has {} disks ({}): name one with --disk",
+                            rp.id,
+                            names.len(),
+                            names.join(", ")
+                        ),
+                    ));
+                }
+            }
+            _ if rp.tier != "snapshot" => {
+                pick_disk(&vault.get_manifest(&rp.id)?, opts.disk.as_deref())?;
+            }
+            _ => {}
+        }
         self.remove_restore_leftovers(&target);
         let (job_id, report) = self.run_job(
             "Restore",

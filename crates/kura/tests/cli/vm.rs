@@ -200,6 +200,24 @@ fn a_running_vm_is_backed_up_at_one_instant_for_every_disk() {
     let r: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(r["incremental"], false, "{r}");
 
+    // A point of several disks needs --disk for a one-disk restore: said before any job.
+    let jobs = e.json(&["job", "list"]).as_array().unwrap().len();
+    let x = e.path("x.raw");
+    let (_, err) = e.fails(&[
+        "restore",
+        "disk",
+        "web",
+        "--rp",
+        "latest",
+        "--to",
+        x.to_str().unwrap(),
+    ]);
+    assert!(err.to_string().contains("name one with --disk"), "{err}");
+    assert_eq!(
+        e.json(&["job", "list"]).as_array().unwrap().len(),
+        jobs,
+        "no job was started"
+    );
     let dir = e.path("restored");
     std::fs::create_dir(&dir).unwrap();
     e.ok(&[
