@@ -350,6 +350,61 @@ impl Home {
         Ok(self.catalog.item(&row.id)?)
     }
 
+    /// Changes how a VM item uses its guest agent (socket, `--require-agent`, scripts), as a
+    /// ConfigureBackup job recorded in the catalog and the vault.
+    pub fn set_vm_agent(
+        &self,
+        item: &str,
+        agent: &kura_source::vm::AgentOptions,
+        secrets: &Secrets,
+    ) -> Result<kura_catalog::ItemRow> {
+        let row = self.catalog.item(item)?;
+        let mut spec = crate::home::source_spec(self, &row, None)?;
+        let kura_source::SourceSpec::Vm {
+            agent: current,
+            libvirt,
+            ..
+        } = &mut spec
+        else {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                format!(
+                    "item {:?} is a {} item: only VM items have a guest agent",
+                    row.name, row.kind
+                ),
+            ));
+        };
+        agent.validate(libvirt.is_some())?;
+        let mut agent = agent.clone();
+        if let Some(q) = &agent.qga {
+            agent.qga = Some(
+                crate::home::absolute(std::path::Path::new(q))?
+                    .display()
+                    .to_string(),
+            );
+        }
+        *current = agent;
+        let text = spec.to_json();
+        let vrow = self.catalog.vault_by_id(&row.vault_id)?;
+        let vault = self.open_vault_row(&vrow, secrets)?;
+        self.run_job(
+            "ConfigureBackup",
+            &row.name,
+            false,
+            None,
+            &NoProgress,
+            |job| {
+                let mut updated = row.clone();
+                updated.spec = Some(text.clone());
+                self.record_item_with_snapshots(&updated, &vault)?;
+                self.catalog.set_item_spec(&row.id, &text)?;
+                job.message("guest agent settings changed");
+                Ok(((), None))
+            },
+        )?;
+        Ok(self.catalog.item(&row.id)?)
+    }
+
     /// Stops protection. Without `delete_data` the recovery points are retained
     /// indefinitely; with it they are soft-deleted (or, with soft delete disabled, deleted).
     pub fn stop_protection(

@@ -248,6 +248,14 @@ pub const ROUTES: &[Route] = &[
     ),
     r(
         "POST",
+        "/api/v1/items/{item}/agent",
+        "setAgent",
+        "Set a VM item's guest-agent settings (the socket under a source root)",
+        200,
+        false,
+    ),
+    r(
+        "POST",
         "/api/v1/items/{item}/disk-restores",
         "restoreDisks",
         "Start a restore of all (or some) disks of a point into a directory, one file per disk",
@@ -902,6 +910,43 @@ async fn restore_disk(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct SetAgent {
+    #[serde(default)]
+    qga: Option<String>,
+    #[serde(default)]
+    require_agent: bool,
+    #[serde(default)]
+    pre_script: Option<String>,
+    #[serde(default)]
+    post_script: Option<String>,
+}
+
+async fn set_agent(
+    _: Auth,
+    State(s): State<S>,
+    Path(item): Path<String>,
+    Body(b): Body<SetAgent>,
+) -> ApiResult {
+    let qga = match &b.qga {
+        Some(q) => Some(s.roots.source("qga", q)?.display().to_string()),
+        None => None,
+    };
+    let agent = kura_engine::AgentOptions {
+        qga,
+        require: b.require_agent,
+        pre_script: b.pre_script,
+        post_script: b.post_script,
+    };
+    let st = blocking(move || {
+        s.home.set_vm_agent(&item, &agent, &s.secrets)?;
+        Ok(s.home.item_show(&item)?)
+    })
+    .await?;
+    ok(200, st)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RestoreDisks {
     rp: String,
     /// An existing directory under a restore root.
@@ -1248,6 +1293,7 @@ fn handler(route: &Route) -> MethodRouter<S> {
         "restoreDisk" => post(restore_disk),
         "restoreVm" => post(restore_vm),
         "restoreDisks" => post(restore_disks),
+        "setAgent" => post(set_agent),
         "listJobs" => get(list_jobs),
         "getJob" => get(get_job),
         "cancelJob" => post(cancel_job),

@@ -293,6 +293,24 @@ enum ItemCmd {
         #[arg(long)]
         format: Option<String>,
     },
+    /// Set how a VM item uses its guest agent: the settings become exactly the ones given
+    /// (an option left out is cleared).
+    SetAgent {
+        /// Item name.
+        item: String,
+        /// The guest agent's socket (plain QEMU VMs; libvirt reaches a domain's agent itself).
+        #[arg(long, value_name = "SOCKET")]
+        qga: Option<PathBuf>,
+        /// Fail backups while the agent is Not Ready.
+        #[arg(long)]
+        require_agent: bool,
+        /// Script run inside the guest before the freeze.
+        #[arg(long, value_name = "GUEST_PATH")]
+        pre_script: Option<String>,
+        /// Script run inside the guest after the thaw.
+        #[arg(long, value_name = "GUEST_PATH")]
+        post_script: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -712,6 +730,24 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             let r = home.precheck(item, &secrets)?;
             out.view(&r, views::precheck);
             Ok(if r.ready { 0 } else { EXIT_ERROR })
+        }
+        Command::Item(ItemCmd::SetAgent {
+            item,
+            qga,
+            require_agent,
+            pre_script,
+            post_script,
+        }) => {
+            let agent = kura_engine::AgentOptions {
+                qga: qga.as_ref().map(|p| p.display().to_string()),
+                require: *require_agent,
+                pre_script: pre_script.clone(),
+                post_script: post_script.clone(),
+            };
+            home.set_vm_agent(item, &agent, &secrets)?;
+            let st = home.item_show(item)?;
+            out.view(&st, views::item_status);
+            Ok(0)
         }
         Command::Item(ItemCmd::SetFormat { item, format }) => {
             home.set_item_format(item, format.as_deref(), &secrets)?;

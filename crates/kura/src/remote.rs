@@ -393,6 +393,23 @@ pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
             )?,
             |v| views::retention(v, true),
         ),
+        Command::Item(ItemCmd::SetAgent {
+            item,
+            qga,
+            require_agent,
+            pre_script,
+            post_script,
+        }) => {
+            let qga = qga.as_ref().map(std::path::absolute).transpose()?;
+            show(
+                c.post(
+                    &format!("/items/{}/agent", enc(item)),
+                    json!({"qga": qga, "require_agent": require_agent,
+                        "pre_script": pre_script, "post_script": post_script}),
+                )?,
+                views::item_status,
+            )
+        }
         Command::Restore(RestoreCmd::Disks {
             item,
             rp,

@@ -301,24 +301,7 @@ fn consistency_follows_the_agent_the_freeze_and_the_scripts() {
             .contains("ok")
     );
 
-    // 4. The agent stops: crash-consistent with a warning, or refused with --require-agent
-    // (a second item of the same VM, through another name of its QMP socket).
-    let qmp2 = e.path("g2.qmp");
-    std::os::unix::fs::symlink(&guest.qmp, &qmp2).unwrap();
-    e.ok(&[
-        "item",
-        "protect",
-        "vm",
-        "--qmp",
-        qmp2.to_str().unwrap(),
-        "--qga",
-        guest.qga.to_str().unwrap(),
-        "--require-agent",
-        "--vault",
-        "v",
-        "--name",
-        "strict",
-    ]);
+    // 4. The agent stops: crash-consistent with a warning, or refused with --require-agent.
     {
         let mut q = Qga::connect(&guest.qga, Duration::from_secs(30)).unwrap();
         // The agent kills itself a moment after it answered.
@@ -346,7 +329,17 @@ fn consistency_follows_the_agent_the_freeze_and_the_scripts() {
             .starts_with("Not Ready"),
         "{show}"
     );
-    let o = e.run(&["--output", "json", "item", "precheck", "strict"]);
+    let points = e.json(&["rp", "list", "web"]).as_array().unwrap().len();
+    let item = e.json(&[
+        "item",
+        "set-agent",
+        "web",
+        "--qga",
+        guest.qga.to_str().unwrap(),
+        "--require-agent",
+    ]);
+    assert_eq!(item["spec"]["agent"]["require"], true, "{item}");
+    let o = e.run(&["--output", "json", "item", "precheck", "web"]);
     assert!(
         !o.status.success(),
         "a precheck that is not ready exits non-zero"
@@ -357,7 +350,7 @@ fn consistency_follows_the_agent_the_freeze_and_the_scripts() {
         pc.to_string().contains("kura item protect disk"),
         "the precheck tells how to protect the disks without an agent: {pc}"
     );
-    let (_, err) = e.fails(&["backup", "now", "strict"]);
+    let (_, err) = e.fails(&["backup", "now", "web"]);
     assert!(
         err["error"]["message"]
             .as_str()
@@ -365,11 +358,10 @@ fn consistency_follows_the_agent_the_freeze_and_the_scripts() {
             .contains("--require-agent"),
         "{err}"
     );
-    assert!(
-        e.json(&["rp", "list", "strict"])
-            .as_array()
-            .unwrap()
-            .is_empty()
+    assert_eq!(
+        e.json(&["rp", "list", "web"]).as_array().unwrap().len(),
+        points,
+        "no point was made"
     );
 }
 

@@ -382,6 +382,13 @@ fn a_vm_through_the_server() {
     let r = json(&["restore", "vm", &name, "--rp", "latest", "--replace"]);
     assert!(same_file(&d, &dir.join("vda.raw")), "{r}");
     assert_eq!(r["safety_copies"].as_array().unwrap().len(), 1, "{r}");
+    // Agent settings through the API: --require-agent needs an agent socket.
+    let a = remote(&["item", "set-agent", &name, "--require-agent"]);
+    let (_, err) = e.fails(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(err.to_string().contains("--qga"), "{err}");
+    let st = json(&["item", "set-agent", &name]);
+    assert_eq!(st["spec"]["disks"][0]["name"], "vda", "{st}");
+    assert!(st["spec"]["agent"].is_null(), "the settings were cleared: {st}");
     // A VM has no pinned image format to change.
     let a = remote(&["item", "set-format", &name]);
     let (_, err) = e.fails(&a.iter().map(String::as_str).collect::<Vec<_>>());
