@@ -350,6 +350,14 @@ impl Home {
         Ok(self.catalog.item(&row.id)?)
     }
 
+    /// Removes what an item's backups left in its source (a VM's dirty bitmaps) once the
+    /// item is gone; best effort.
+    fn forget_source(&self, row: &kura_catalog::ItemRow) {
+        if let Ok(spec) = crate::home::source_spec(self, row, None) {
+            spec.driver().forget(&row.id);
+        }
+    }
+
     /// Changes how a VM item uses its guest agent (socket, `--require-agent`, scripts), as a
     /// ConfigureBackup job recorded in the catalog and the vault.
     pub fn set_vm_agent(
@@ -435,10 +443,10 @@ impl Home {
                 let rps = self.catalog.list_rps(&row.id)?;
                 for rp in &rps {
                     drop_snapshot(rp)?;
-                    drop_snapshot(rp)?;
                     vault.delete_rp(&rp.id)?;
                 }
                 vault.delete_item(&row.id)?;
+                self.forget_source(&row);
                 self.catalog.purge_item(&row.id)?;
                 job.message(&format!(
                     "soft delete is disabled: {} recovery point(s) deleted",
@@ -568,6 +576,7 @@ impl Home {
                 vault.delete_rp(&rp.id)?;
             }
             vault.delete_item(&item.id)?;
+            self.forget_source(&item);
             self.catalog.purge_item(&item.id)?;
             purged.push(item.name);
         }

@@ -228,6 +228,9 @@ pub trait SourceDriver: Send {
     /// previous dirty bitmap). Without a commit, `release` keeps the changes tracked for the
     /// next backup.
     fn commit(&mut self, _point: &PointInTime) {}
+    /// The item `item_id` is gone: remove what its backups left in the source to track
+    /// changes (a VM's dirty bitmaps). Best effort: a source that is gone has nothing left.
+    fn forget(&mut self, _item_id: &str) {}
     /// What else a precheck reports (a VM's agent status); nothing for a disk.
     fn findings(&mut self) -> Vec<Finding> {
         Vec::new()

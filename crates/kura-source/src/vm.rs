@@ -993,6 +993,33 @@ impl SourceDriver for VmDriver {
             .collect()
     }
 
+    fn forget(&mut self, item_id: &str) {
+        let prefix = format!("kura.{item_id}.");
+        if let Ok(mut q) = self.link.monitor() {
+            let nodes = q
+                .execute("query-named-block-nodes", Some(json!({"flat": true})))
+                .ok()
+                .and_then(|v| v.as_array().cloned())
+                .unwrap_or_default();
+            for n in nodes {
+                let node = n["node-name"].as_str().unwrap_or_default().to_string();
+                for b in n["dirty-bitmaps"].as_array().cloned().unwrap_or_default() {
+                    if let Some(name) = b["name"].as_str().filter(|b| b.starts_with(&prefix)) {
+                        let _ = q.execute(
+                            "block-dirty-bitmap-remove",
+                            Some(json!({"node": node, "name": name})),
+                        );
+                    }
+                }
+            }
+            return;
+        }
+        // Shut off: the persistent bitmaps are in the qcow2 files.
+        for d in self.included().iter().filter(|d| d.format == "qcow2") {
+            crate::vm_off::remove_bitmaps(Path::new(&d.file), &prefix);
+        }
+    }
+
     fn findings(&mut self) -> Vec<Finding> {
         let mut out = Vec::new();
         if self.link.is_off().unwrap_or(false) {

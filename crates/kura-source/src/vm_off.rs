@@ -54,6 +54,27 @@ fn qemu_img(args: &[&str], file: &Path) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Removes the bitmaps whose names start with `prefix` from a qcow2 image no VM has open.
+pub(crate) fn remove_bitmaps(file: &Path, prefix: &str) {
+    let Ok(text) = qemu_img(&["info", "--output=json", "-f", "qcow2"], file) else {
+        return;
+    };
+    let info: Value = serde_json::from_str(&text).unwrap_or_default();
+    for b in info["format-specific"]["data"]["bitmaps"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
+        if let Some(name) = b["name"].as_str().filter(|n| n.starts_with(prefix)) {
+            let _ = Command::new("qemu-img")
+                .args(["bitmap", "--remove", "-f", "qcow2"])
+                .arg(file)
+                .arg(name)
+                .output();
+        }
+    }
+}
+
 /// One disk of an offline point.
 struct Disk {
     name: String,

@@ -388,7 +388,10 @@ fn a_vm_through_the_server() {
     assert!(err.to_string().contains("--qga"), "{err}");
     let st = json(&["item", "set-agent", &name]);
     assert_eq!(st["spec"]["disks"][0]["name"], "vda", "{st}");
-    assert!(st["spec"]["agent"].is_null(), "the settings were cleared: {st}");
+    assert!(
+        st["spec"]["agent"].is_null(),
+        "the settings were cleared: {st}"
+    );
     // A VM has no pinned image format to change.
     let a = remote(&["item", "set-format", &name]);
     let (_, err) = e.fails(&a.iter().map(String::as_str).collect::<Vec<_>>());
@@ -577,6 +580,16 @@ fn incrementals_read_only_changed_blocks_even_after_a_restart() {
     ]);
     assert!(same_file(&out, &c));
     assert_eq!(kura_bitmaps(&vm).len(), 3);
+
+    // Once the item's data is purged, its bitmaps go too: nothing of kura stays in the VM.
+    e.ok(&["item", "stop", "db", "--delete-data"]);
+    let in15 = jiff::Timestamp::now()
+        .checked_add(jiff::SignedDuration::from_hours(24 * 15))
+        .unwrap()
+        .to_string();
+    let tick = e.json(&["scheduler", "tick", "--now", &in15]);
+    assert_eq!(tick["purged"], serde_json::json!(["db"]), "{tick}");
+    assert_eq!(kura_bitmaps(&vm), Vec::<String>::new());
 }
 
 /// Azure's usage example scaled to MiB: OS disk 17 used, temporary disk 5 (excluded), data
