@@ -588,7 +588,23 @@ impl Home {
                 base: b.as_ref().map(|(ids, ch)| (ids.as_slice(), ch)),
             })
             .collect();
-        let results = run_pipeline(vault, &mut disks, &reuses, job, opts.fail_after_chunks)?;
+        // A running VM shares the host's CPUs with its backup: the pipeline runs at a lower
+        // priority (its threads inherit the niceness of the thread that starts them), so the
+        // guest keeps more of its speed and the backup takes what is left.
+        let background = item.kind == "vm";
+        if background {
+            job.message("the transfer runs at lower CPU priority (nice 10) beside the running VM");
+        }
+        let results = std::thread::scope(|s| {
+            s.spawn(|| {
+                if background {
+                    let _ = rustix::process::nice(10);
+                }
+                run_pipeline(vault, &mut disks, &reuses, job, opts.fail_after_chunks)
+            })
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })?;
         for ((name, disk), (index, stats)) in disks.iter_mut().zip(results) {
             // A source that shrank or was replaced while it was read would give a wrong point.
             disk.check_unchanged()?;
