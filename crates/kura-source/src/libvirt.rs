@@ -98,6 +98,41 @@ impl Domain {
         Ok(self.virsh(&["secret-get-value", uuid])?.trim().to_string())
     }
 
+    /// The security models libvirt confines its QEMU processes with (`apparmor`, `selinux`;
+    /// none listed, or `none`, when it does not).
+    pub fn security_models(&self) -> Result<Vec<String>> {
+        let caps = self.virsh(&["capabilities"])?;
+        let doc = roxmltree::Document::parse(&caps)
+            .map_err(|e| Error::Libvirt(format!("unreadable capabilities: {e}")))?;
+        Ok(doc
+            .descendants()
+            .filter(|n| {
+                n.has_tag_name("model") && n.parent().is_some_and(|p| p.has_tag_name("secmodel"))
+            })
+            .filter_map(|n| n.text().map(|t| t.trim().to_string()))
+            // DAC is plain file ownership, which kura handles (see `qemu_ids`).
+            .filter(|m| !m.is_empty() && m != "none" && m != "dac")
+            .collect())
+    }
+
+    /// The user and group libvirt runs QEMU as (the DAC model's base label), when it says.
+    pub fn qemu_ids(&self) -> Option<(u32, u32)> {
+        let caps = self.virsh(&["capabilities"]).ok()?;
+        let doc = roxmltree::Document::parse(&caps).ok()?;
+        let label = doc
+            .descendants()
+            .filter(|n| {
+                n.has_tag_name("baselabel") && matches!(n.attribute("type"), Some("kvm" | "qemu"))
+            })
+            .find_map(|n| n.text())?;
+        // "+64055:+64055"
+        let (u, g) = label.trim().split_once(':')?;
+        Some((
+            u.trim_start_matches('+').parse().ok()?,
+            g.trim_start_matches('+').parse().ok()?,
+        ))
+    }
+
     /// `running`, `shut off`, `paused`, ...
     pub fn state(&self) -> Result<String> {
         Ok(self.virsh(&["domstate", &self.name])?.trim().to_string())

@@ -36,22 +36,28 @@ impl Qmp {
     /// Connects to the QMP socket at `path` (waiting up to `wait` for it to appear), reads the
     /// greeting and enters command mode.
     pub fn connect(path: &Path, wait: Duration) -> Result<Qmp> {
-        let deadline = Instant::now() + wait;
-        let stream = loop {
-            match UnixStream::connect(path) {
-                Ok(s) => break s,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    std::thread::sleep(Duration::from_millis(10));
+        // A QMP socket serves one client at a time: a connection made while another client
+        // is (or was just) connected may be closed before its greeting. Such a session is
+        // tried again until `wait` (at least a second) has passed.
+        let deadline = Instant::now() + wait.max(Duration::from_secs(1));
+        loop {
+            match Self::connect_once(path) {
+                Ok(q) => return Ok(q),
+                Err(e) if Instant::now() < deadline && wait > Duration::ZERO && dropped(&e) => {
+                    std::thread::sleep(Duration::from_millis(20));
                 }
-                Err(e) => {
-                    return Err(qmp_err(format!(
-                        "cannot connect to QMP socket {}: {e}",
-                        path.display()
-                    )));
-                }
+                Err(e) => return Err(e),
             }
-        };
+        }
+    }
+
+    fn connect_once(path: &Path) -> Result<Qmp> {
+        let stream = UnixStream::connect(path).map_err(|e| {
+            qmp_err(format!(
+                "cannot connect to QMP socket {}: {e}",
+                path.display()
+            ))
+        })?;
         stream
             .set_read_timeout(Some(Duration::from_secs(60)))
             .map_err(|e| qmp_err(e.to_string()))?;
@@ -151,6 +157,12 @@ impl Qmp {
         u32::try_from(cred.pid.as_raw_nonzero().get()).ok()
     }
 
+    /// The user and group of the process at the other end of the socket.
+    pub fn peer_ids(&self) -> Option<(u32, u32)> {
+        let cred = rustix::net::sockopt::socket_peercred(self.writer.as_ref()?).ok()?;
+        Some((cred.uid.as_raw(), cred.gid.as_raw()))
+    }
+
     /// The command line of the process at the other end of the socket (read from
     /// `/proc/PID/cmdline` of the peer the kernel names), when it can be read: a VM's QEMU
     /// command line, kept with its points so a restore can make a runnable copy.
@@ -172,6 +184,22 @@ impl Qmp {
     pub fn take_events(&mut self) -> Vec<Value> {
         std::mem::take(&mut self.events)
     }
+}
+
+/// Whether a failed session was dropped by the peer (busy with another client) rather than
+/// refused for what it said: only those are tried again. A socket that is not there yet is
+/// waited for too.
+fn dropped(e: &Error) -> bool {
+    let m = e.to_string();
+    [
+        "closed the connection",
+        "reset by peer",
+        "Broken pipe",
+        "No such file",
+        "Connection refused",
+    ]
+    .iter()
+    .any(|x| m.contains(x))
 }
 
 /// The `return` of an answer, or its `error` as [`Error::Qmp`].

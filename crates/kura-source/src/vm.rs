@@ -137,6 +137,15 @@ impl VmLink {
         }
     }
 
+    /// The user and group the VM's QEMU runs as: it must be able to open what kura gives it
+    /// (fleecing overlays) and to create its NBD socket.
+    pub fn qemu_ids(&self, q: &Qmp) -> Option<(u32, u32)> {
+        match self {
+            VmLink::Qmp(_) => q.peer_ids(),
+            VmLink::Libvirt(d) => d.qemu_ids(),
+        }
+    }
+
     /// Whether the VM is shut off: its QMP socket is gone or refuses connections, or libvirt
     /// says so. Any other failure to reach it is an error, not "off".
     pub fn is_off(&self) -> Result<bool> {
@@ -612,6 +621,19 @@ impl VmDriver {
                 path: dir.clone(),
                 source: e,
             })?;
+        // A QEMU that does not run as root gets the directory (still private to it and
+        // root): it opens the overlays kura makes there and creates its NBD socket there.
+        let owner = self.link.qemu_ids(q).filter(|(uid, _)| *uid != 0);
+        let give = |path: &Path| -> Result<()> {
+            if let Some((uid, gid)) = owner {
+                std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|e| Error::Io {
+                    path: path.to_path_buf(),
+                    source: e,
+                })?;
+            }
+            Ok(())
+        };
+        give(&dir)?;
         let sock = dir.join("nbd.sock");
         self.held = Some(Held {
             dir: dir.clone(),
@@ -651,6 +673,7 @@ impl VmDriver {
                     message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
                 });
             }
+            give(&file)?;
             // The overlay gets its backing (the disk) only after the instant: a disk with a
             // parent other than its device is no root node, and QEMU takes internal
             // snapshots of root nodes only.
@@ -1059,6 +1082,20 @@ impl SourceDriver for VmDriver {
                 }),
                 AgentStatus::NotConfigured => {}
             },
+        }
+        if let VmLink::Libvirt(d) = &self.link
+            && let Ok(models) = d.security_models()
+            && !models.is_empty()
+        {
+            out.push(Finding {
+                name: "confinement".into(),
+                ok: true,
+                detail: format!(
+                    "libvirt confines QEMU with {}: kura gives the VM fleecing overlays and an NBD socket in {} through QMP, which the confinement may deny; if backups fail with \"Permission denied\", this host needs libvirt's own backup API, which kura does not use yet",
+                    models.join(", "),
+                    std::env::temp_dir().display()
+                ),
+            });
         }
         let shared: Vec<String> = self
             .included()

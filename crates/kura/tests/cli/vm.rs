@@ -2,7 +2,6 @@
 //! the VM runs while kura backs it up through QMP. There is no guest OS yet: the guest's
 //! writes are made through QEMU's own `qemu-io` monitor command on the guest's devices.
 
-use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::process::{Child, Stdio};
 
@@ -77,26 +76,21 @@ fn start_vm(e: &Env, disks: &[(&str, &Path, &str)]) -> Vm {
     Vm { child, qmp }
 }
 
-/// Runs QMP commands; returns their answers.
+/// Runs QMP commands; returns their answers (`{"return": ...}` or `{"error": ...}`).
 fn qmp(vm: &Vm, commands: &[Value]) -> Vec<Value> {
-    let s = UnixStream::connect(&vm.qmp).unwrap();
-    let mut w = s.try_clone().unwrap();
-    let mut r = BufReader::new(s);
-    let mut line = String::new();
-    r.read_line(&mut line).unwrap(); // greeting
-    let mut send = |v: &Value| -> Value {
-        writeln!(w, "{v}").unwrap();
-        loop {
-            let mut l = String::new();
-            r.read_line(&mut l).unwrap();
-            let v: Value = serde_json::from_str(&l).unwrap();
-            if v.get("event").is_none() {
-                return v;
+    // kura's own client: it waits out a socket that another client (kura) just used.
+    let mut q = kura_source::qmp::Qmp::connect(&vm.qmp, std::time::Duration::from_secs(10))
+        .expect("QEMU answers on its QMP socket");
+    commands
+        .iter()
+        .map(|c| {
+            let cmd = c["execute"].as_str().unwrap();
+            match q.execute(cmd, c.get("arguments").cloned()) {
+                Ok(v) => serde_json::json!({ "return": v }),
+                Err(e) => serde_json::json!({ "error": e.to_string() }),
             }
-        }
-    };
-    send(&serde_json::json!({"execute": "qmp_capabilities"}));
-    commands.iter().map(send).collect()
+        })
+        .collect()
 }
 
 /// A write by the guest to its device `dev`, through QEMU's monitor.
@@ -1136,4 +1130,97 @@ fn the_scheduler_backs_up_a_vm_under_its_policy() {
     assert_eq!(list.matches("kura-").count(), 1, "{list}");
     assert_eq!(rps[0]["tier"], "snapshot+vault", "{rps}");
     assert_eq!(rps[1]["tier"], "vault-standard", "{rps}");
+}
+
+/// A QEMU that runs as an unprivileged user (as libvirt's and most hand-made VMs do) must be
+/// able to open the fleecing overlays kura makes and to create its NBD socket: kura hands
+/// their directory to QEMU's user.
+#[test]
+fn a_vm_whose_qemu_runs_as_another_user_is_backed_up() {
+    use std::os::unix::fs::PermissionsExt;
+    let e = Env::new();
+    e.vault("v", &[]);
+    // A directory the user nobody owns, for its image and sockets.
+    std::fs::set_permissions(e.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let vmdir = e.path("vmdir");
+    std::fs::create_dir(&vmdir).unwrap();
+    let img = vmdir.join("a.qcow2");
+    qemu_img(&["create", "-q", "-f", "qcow2", img.to_str().unwrap(), "8M"]);
+    let o = Command::new("chown")
+        .args(["-R", "nobody:nogroup"])
+        .arg(&vmdir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // QEMU's own files must be readable by nobody too (the test's copy lives under /root).
+    let (bin, _) = qemu_system();
+    let qdir = e.path("qemu");
+    std::fs::create_dir(&qdir).unwrap();
+    let bin = Path::new(&bin);
+    for f in [bin.to_path_buf(), bin.with_file_name("accel-tcg-x86_64.so")] {
+        let to = qdir.join(f.file_name().unwrap());
+        std::fs::copy(&f, &to).unwrap();
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(&qdir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let qmp_path = vmdir.join("vm.qmp");
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+        .arg(qdir.join("qemu-system-x86_64"))
+        .env("QEMU_MODULE_DIR", &qdir)
+        .args(["-L", "/usr/share/seabios"])
+        .args([
+            "-accel",
+            "tcg",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-m",
+            "64",
+        ])
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", qmp_path.display()));
+    disk_args(&mut cmd, &[("vda", &img, "qcow2")]);
+    let child = cmd
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("setpriv (util-linux) runs QEMU");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while UnixStream::connect(&qmp_path).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "QEMU did not start as nobody"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let vm = Vm {
+        child,
+        qmp: qmp_path,
+    };
+    guest_write(&vm, "vda", 0x6d, "1M", "1M");
+    let mut expected = vec![0u8; 8 << 20];
+    expected[1 << 20..2 << 20].fill(0x6d);
+    e.ok(&[
+        "item",
+        "protect",
+        "vm",
+        "--qmp",
+        vm.qmp.to_str().unwrap(),
+        "--vault",
+        "v",
+        "--name",
+        "u",
+    ]);
+    e.ok(&["backup", "now", "u"]);
+    let out = e.path("out.raw");
+    e.ok(&[
+        "restore",
+        "disk",
+        "u",
+        "--rp",
+        "latest",
+        "--to",
+        out.to_str().unwrap(),
+    ]);
+    assert!(std::fs::read(&out).unwrap() == expected);
 }
