@@ -639,7 +639,10 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
         return remote::run(&cli.command, &remote::Client::new(url, token), out);
     }
     let home_dir = cli.home.clone().unwrap_or_else(default_home);
-    let home = Home::open(&home_dir)?;
+    let home = match test_clock()? {
+        Some(clock) => Home::open_with(&home_dir, clock, jiff::tz::TimeZone::system())?,
+        None => Home::open(&home_dir)?,
+    };
     let secrets = secrets(cli)?;
     let bar = Bar::new(out);
     match &cli.command {
@@ -712,7 +715,7 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Item(ItemCmd::Stop { item, delete_data }) => {
-            let st = home.stop_protection(item, *delete_data, &secrets, jiff::Timestamp::now())?;
+            let st = home.stop_protection(item, *delete_data, &secrets, home.now())?;
             out.view(&st, views::item_status);
             Ok(0)
         }
@@ -1077,6 +1080,32 @@ impl BackupCmd {
             None
         }
     }
+}
+
+/// A clock for tests that must not depend on when they run: only builds with the
+/// `test-hooks` feature read `KURA_TEST_CLOCK=INSTANT@UNIX_SECONDS`, which makes "now" the
+/// RFC 3339 `INSTANT` plus the real time elapsed since `UNIX_SECONDS` (so successive commands
+/// still see time pass). A release binary always uses the system clock.
+#[allow(clippy::unnecessary_wraps)]
+fn test_clock() -> anyhow::Result<Option<std::sync::Arc<dyn kura_engine::Clock>>> {
+    #[cfg(feature = "test-hooks")]
+    if let Some(v) = std::env::var_os("KURA_TEST_CLOCK") {
+        struct Shifted(jiff::SignedDuration);
+        impl kura_engine::Clock for Shifted {
+            fn now(&self) -> jiff::Timestamp {
+                jiff::Timestamp::now() + self.0
+            }
+        }
+        let v = v.to_string_lossy().into_owned();
+        let (at, since) = v
+            .split_once('@')
+            .context("KURA_TEST_CLOCK: INSTANT@UNIX_SECONDS")?;
+        let at: jiff::Timestamp = at.parse().context("KURA_TEST_CLOCK: the instant")?;
+        let since =
+            jiff::Timestamp::from_second(since.parse().context("KURA_TEST_CLOCK: the seconds")?)?;
+        return Ok(Some(std::sync::Arc::new(Shifted(at.duration_since(since)))));
+    }
+    Ok(None)
 }
 
 /// Cheap key derivation for tests: only builds with the `test-hooks` feature read

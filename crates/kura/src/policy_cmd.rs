@@ -158,12 +158,13 @@ pub fn run_policy(home: &Home, cmd: &PolicyCmd, out: &Out) -> anyhow::Result<u8>
     Ok(0)
 }
 
-fn instant(at: &Option<String>) -> anyhow::Result<jiff::Timestamp> {
+/// The instant given, or now by the home's clock.
+fn instant(home: &Home, at: &Option<String>) -> anyhow::Result<jiff::Timestamp> {
     match at {
         Some(a) => a
             .parse()
             .with_context(|| format!("--at {a:?} is not an RFC 3339 instant")),
-        None => Ok(jiff::Timestamp::now()),
+        None => Ok(home.now()),
     }
 }
 
@@ -174,10 +175,11 @@ pub fn run_retention(
     out: &Out,
 ) -> anyhow::Result<u8> {
     let (plan, applied) = match cmd {
-        RetentionCmd::Plan { item, at } => (home.retention_plan(item, instant(at)?)?, false),
-        RetentionCmd::Apply { item, at } => {
-            (home.retention_apply(item, instant(at)?, secrets)?, true)
-        }
+        RetentionCmd::Plan { item, at } => (home.retention_plan(item, instant(home, at)?)?, false),
+        RetentionCmd::Apply { item, at } => (
+            home.retention_apply(item, instant(home, at)?, secrets)?,
+            true,
+        ),
     };
     out.view(&plan, |v| crate::views::retention(v, applied));
     Ok(0)
@@ -230,7 +232,7 @@ pub fn run_scheduler(
                 secrets,
                 ..Default::default()
             };
-            let r = home.scheduler_tick(instant(now)?, &opts)?;
+            let r = home.scheduler_tick(instant(home, now)?, &opts)?;
             out.print(&r, || {
                 let t = tick_text(&r);
                 if t.is_empty() {
@@ -249,7 +251,7 @@ pub fn run_scheduler(
             };
             eprintln!("scheduler running; ticking every {interval} s (Ctrl-C to stop)");
             loop {
-                match home.scheduler_tick(jiff::Timestamp::now(), &opts) {
+                match home.scheduler_tick(home.now(), &opts) {
                     Ok(r) => print!("{}", tick_text(&r)),
                     Err(e) => eprintln!("scheduler: {e}"),
                 }

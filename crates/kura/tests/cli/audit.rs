@@ -385,6 +385,42 @@ fn release_build_reads_no_test_switches() {
         !gate.file(".reached").exists(),
         "no pause point in this build"
     );
+    // Nor a test clock: a point made with KURA_TEST_CLOCK set has today's time.
+    let o = e
+        .cmd(&[
+            "--output",
+            "json",
+            "--passphrase-file",
+            p.to_str().unwrap(),
+            "rp",
+            "list",
+            "d",
+        ])
+        .env("KURA_TEST_CLOCK", "2001-01-01T00:00:00Z@0")
+        .output()
+        .unwrap();
+    let rps: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let o = e
+        .cmd(&[
+            "--passphrase-file",
+            p.to_str().unwrap(),
+            "backup",
+            "now",
+            "d",
+        ])
+        .env("KURA_TEST_CLOCK", "2001-01-01T00:00:00Z@0")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let after = e.json(&["--passphrase-file", p.to_str().unwrap(), "rp", "list", "d"]);
+    assert_eq!(
+        after.as_array().unwrap().len(),
+        rps.as_array().unwrap().len() + 1
+    );
+    assert!(
+        !after[0]["time"].as_str().unwrap().starts_with("2001"),
+        "{after}"
+    );
 }
 
 /// Everything kura writes holds backup data or secrets: the home, the catalog, vault

@@ -18,12 +18,29 @@ mod vm;
 
 struct Env {
     dir: tempfile::TempDir,
+    /// `KURA_TEST_CLOCK` for every command (builds with the test-hooks feature).
+    clock: Option<String>,
 }
 
 impl Env {
     fn new() -> Self {
         Env {
             dir: tempfile::tempdir().unwrap(),
+            clock: None,
+        }
+    }
+
+    /// An environment whose commands' clock starts at the fixed `instant` (RFC 3339) and then
+    /// runs with real time: a test of schedules, expiry or purges does not depend on when it
+    /// runs.
+    fn at(instant: &str) -> Self {
+        let real = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+            clock: Some(format!("{instant}@{real}")),
         }
     }
 
@@ -38,6 +55,9 @@ impl Env {
             .env("TZ", "UTC")
             .env_remove("KURA_PASSPHRASE")
             .args(args);
+        if let Some(clock) = &self.clock {
+            c.env("KURA_TEST_CLOCK", clock);
+        }
         c
     }
 

@@ -428,8 +428,12 @@ fn kura_bitmaps(vm: &Vm) -> Vec<String> {
 /// point; a qcow2 disk's bitmap survives a clean restart of the VM; after QEMU is killed the
 /// bitmap is inconsistent and the backup reads everything; every point restores bit-exactly.
 #[test]
+#[cfg_attr(
+    not(feature = "test-hooks"),
+    ignore = "needs the test-hooks feature (its fixed clock); scripts/test turns it on"
+)]
 fn incrementals_read_only_changed_blocks_even_after_a_restart() {
-    let e = Env::new();
+    let e = Env::at("2026-03-10T09:00:00Z");
     e.vault("v", &[]);
     let a = e.path("a.qcow2");
     qemu_img(&["create", "-q", "-f", "qcow2", a.to_str().unwrap(), "16M"]);
@@ -577,11 +581,8 @@ fn incrementals_read_only_changed_blocks_even_after_a_restart() {
 
     // Once the item's data is purged, its bitmaps go too: nothing of kura stays in the VM.
     e.ok(&["item", "stop", "db", "--delete-data"]);
-    let in15 = jiff::Timestamp::now()
-        .checked_add(jiff::SignedDuration::from_hours(24 * 15))
-        .unwrap()
-        .to_string();
-    let tick = e.json(&["scheduler", "tick", "--now", &in15]);
+    // The clock started at 2026-03-10 09:00 UTC: 15 days later soft delete has ended.
+    let tick = e.json(&["scheduler", "tick", "--now", "2026-03-25T12:00:00Z"]);
     assert_eq!(tick["purged"], serde_json::json!(["db"]), "{tick}");
     assert_eq!(kura_bitmaps(&vm), Vec::<String>::new());
 }
@@ -1072,8 +1073,12 @@ fn an_encrypted_disk_is_restored_encrypted_with_its_passphrase() {
 /// A VM item under its policy: the scheduler backs it up like a disk item, as a scheduled
 /// point, incremental through its dirty bitmap the second time.
 #[test]
+#[cfg_attr(
+    not(feature = "test-hooks"),
+    ignore = "needs the test-hooks feature (its fixed clock); scripts/test turns it on"
+)]
 fn the_scheduler_backs_up_a_vm_under_its_policy() {
-    let e = Env::new();
+    let e = Env::at("2026-03-10T09:00:00Z");
     e.vault("v", &[]);
     let a = e.path("a.qcow2");
     qemu_img(&["create", "-q", "-f", "qcow2", a.to_str().unwrap(), "8M"]);
@@ -1090,18 +1095,13 @@ fn the_scheduler_backs_up_a_vm_under_its_policy() {
         "--name",
         "sched",
     ]);
-    let later = |days: i64| {
-        jiff::Timestamp::now()
-            .checked_add(jiff::SignedDuration::from_hours(24 * days))
-            .unwrap()
-            .to_string()
-    };
-    let tick = e.json(&["scheduler", "tick", "--now", &later(2)]);
+    // The clock started at 2026-03-10 09:00 UTC; ticks two and four days later.
+    let tick = e.json(&["scheduler", "tick", "--now", "2026-03-12T09:00:00Z"]);
     let b = &tick["backups"][0];
     assert_eq!(b["item"], "sched", "{tick}");
     assert!(b["rp_id"].is_string(), "{tick}");
     guest_write(&vm, "vda", 0x42, "2M", "64k");
-    let tick = e.json(&["scheduler", "tick", "--now", &later(4)]);
+    let tick = e.json(&["scheduler", "tick", "--now", "2026-03-14T09:00:00Z"]);
     assert!(tick["backups"][0]["rp_id"].is_string(), "{tick}");
     let rps = e.json(&["rp", "list", "sched"]);
     assert_eq!(rps.as_array().unwrap().len(), 2, "{rps}");
