@@ -49,6 +49,8 @@ dd if="$W/usr.tar" of="$W/disk.raw" bs=1M skip=1024 count=256 seek=3072 conv=not
 qemu-img convert -f raw -O qcow2 "$W/disk.raw" "$W/vdb.qcow2"
 rm -f "$W/disk.raw" "$W/random.bin"
 mkdir -p "$W/tree" && mkfs.ext4 -q -F -d "$W/tree" "$W/data.raw" 64M
+# Both disks qcow2: the VM has the snapshot tier, and transfers read its internal snapshots.
+qemu-img convert -f raw -O qcow2 "$W/data.raw" "$W/data.qcow2" && rm -f "$W/data.raw"
 
 "$QDIR/root/usr/bin/qemu-system-x86_64" -L /usr/share/seabios -L "$QDIR/root/usr/share/qemu" \
   -accel tcg -cpu max -M q35 -m 256 -nodefaults -display none -no-reboot \
@@ -56,7 +58,7 @@ mkdir -p "$W/tree" && mkfs.ext4 -q -F -d "$W/tree" "$W/data.raw" 64M
   -serial "file:$W/console.log" \
   -chardev "socket,id=qga0,path=$W/qga.sock,server=on,wait=off" \
   -device virtio-serial-pci -device virtserialport,chardev=qga0,name=org.qemu.guest_agent.0 \
-  -blockdev "driver=file,node-name=f0,filename=$W/data.raw" -blockdev driver=raw,node-name=d0,file=f0 \
+  -blockdev "driver=file,node-name=f0,filename=$W/data.qcow2" -blockdev driver=qcow2,node-name=d0,file=f0 \
   -device virtio-blk-pci,drive=d0,id=vda \
   -blockdev "driver=file,node-name=f1,filename=$W/vdb.qcow2" -blockdev driver=qcow2,node-name=d1,file=f1 \
   -device virtio-blk-pci,drive=d1,id=vdb \

@@ -295,6 +295,7 @@ impl Home {
             );
         }
         let snapshot = point.snapshot.clone();
+        let snapshot_only = point.snapshot_only.clone();
         let consistency = point.consistency.as_str();
         // Whatever happens from here, the driver releases what the point holds open.
         let mut held = Release {
@@ -387,6 +388,11 @@ impl Home {
                     item, rp_id, size, "snapshot", "Skipped", detail,
                 ))
             };
+        // The driver kept this point in the snapshot tier only (a VM whose other backup was
+        // transferring when the snapshot was taken).
+        if let (Some(detail), Some(row)) = (&snapshot_only, &snap_row) {
+            return skip_transfer(&mut tasks, rp_id, row.logical_size, detail.clone());
+        }
         // Hourly policies send only the last backup of each day to the vault; the others
         // stay snapshots (when there is no snapshot tier, they are transferred and kept for
         // the instant-restore days instead).

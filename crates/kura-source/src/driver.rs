@@ -187,6 +187,9 @@ pub struct PointInTime {
     pub snapshot: Option<Snapshot>,
     /// Why there is no snapshot tier, when there is none.
     pub no_snapshot: Option<String>,
+    /// Why this point is its snapshot only and must not be transferred (another job is
+    /// still transferring the item), when it is.
+    pub snapshot_only: Option<String>,
     /// The consistency reached.
     pub consistency: Consistency,
     /// How the source was defined at that instant (a VM's disks and identity), kept with
@@ -262,6 +265,7 @@ impl SourceDriver for DiskDriver {
         Ok(PointInTime {
             snapshot,
             no_snapshot,
+            snapshot_only: None,
             consistency: Consistency::Crash,
             definition: None,
             capture: None,

@@ -446,8 +446,12 @@ pub(crate) struct VmDriver {
     /// Whether the precheck found the VM shut off.
     off: bool,
     /// The internal snapshot the current point takes in its transaction, when every disk is
-    /// qcow2 (the instant-restore tier); and whether that is all it takes.
+    /// unencrypted qcow2 (the instant-restore tier). The transfer then reads these snapshots
+    /// (no copy-before-write job holds the disks); otherwise it reads fleecing exports.
     snapshot: Option<crate::Snapshot>,
+    /// Another job is transferring this VM: the point is its snapshot only (no bitmaps, no
+    /// exports), kept in the snapshot tier.
+    snapshot_only: bool,
     /// What an offline point holds (a shut-off VM's disk files).
     offline: Option<crate::vm_off::Offline>,
     /// What the current point holds open.
@@ -497,6 +501,7 @@ impl VmDriver {
             notes: Vec::new(),
             off: false,
             snapshot: None,
+            snapshot_only: false,
             offline: None,
             held: None,
         }
@@ -599,14 +604,15 @@ impl VmDriver {
 
     /// The whole point without an agent: prepare, the instant, the exports.
     fn setup(&mut self, q: &mut Qmp, tag: &str, plans: &[BitmapPlan]) -> Result<()> {
-        self.prepare(q, tag)?;
+        self.prepare(q, tag, plans)?;
         self.instant(q, tag, plans)?;
         self.export(q, tag, plans)
     }
 
     /// What can be made before the instant (and so outside a guest's freeze): the NBD
-    /// server and a fleecing overlay per disk.
-    fn prepare(&mut self, q: &mut Qmp, tag: &str) -> Result<()> {
+    /// server (for fleecing exports, or only for the dirty bitmaps when the transfer reads
+    /// the point's internal snapshots) and a fleecing overlay per disk.
+    fn prepare(&mut self, q: &mut Qmp, tag: &str, plans: &[BitmapPlan]) -> Result<()> {
         use std::os::unix::fs::DirBuilderExt;
         let disks = self.included();
         let dir = std::env::temp_dir().join(format!(
@@ -648,11 +654,18 @@ impl VmDriver {
             committed: false,
         });
         let held = self.held.as_mut().expect("just set");
-        q.execute(
-            "nbd-server-start",
-            Some(json!({"addr": {"type": "unix", "data": {"path": sock}}})),
-        )?;
-        held.server_started = true;
+        let fleecing = self.snapshot.is_none();
+        let bitmaps = plans.iter().any(|p| p.base.is_some());
+        if !self.snapshot_only && (fleecing || bitmaps) {
+            q.execute(
+                "nbd-server-start",
+                Some(json!({"addr": {"type": "unix", "data": {"path": sock}}})),
+            )?;
+            held.server_started = true;
+        }
+        if !fleecing {
+            return Ok(());
+        }
         // A fleecing overlay per disk, backed by the live node.
         for (i, d) in disks.iter().enumerate() {
             let file = dir.join(format!("fleece-{i}.qcow2"));
@@ -709,23 +722,26 @@ impl VmDriver {
             .held
             .as_mut()
             .ok_or_else(|| Error::Invalid("nothing was prepared".into()))?;
-        for (i, d) in disks.iter().enumerate() {
-            let plan = &plans[i];
+        let fleecing = self.snapshot.is_none();
+        let mut jobs = Vec::new();
+        for (i, plan) in plans.iter().enumerate() {
             actions.push(json!({"type": "block-dirty-bitmap-add", "data": {
                 "node": plan.node, "name": plan.new, "persistent": plan.persistent}}));
             if let Some((base, _)) = &plan.base {
                 actions.push(json!({"type": "block-dirty-bitmap-disable", "data": {
                     "node": plan.node, "name": base}}));
             }
-            actions.push(json!({"type": "blockdev-backup", "data": {
-                "job-id": format!("kura-j-{tag}-{i}"), "device": d.node,
-                "target": held.overlays[i], "sync": "none"}}));
+            if fleecing {
+                let job = format!("kura-j-{tag}-{i}");
+                actions.push(json!({"type": "blockdev-backup", "data": {
+                    "job-id": job, "device": disks[i].node,
+                    "target": held.overlays[i], "sync": "none"}}));
+                jobs.push(job);
+            }
         }
         q.execute("transaction", Some(json!({ "actions": actions })))?;
         held.bitmaps = plans.to_vec();
-        held.jobs = (0..disks.len())
-            .map(|i| format!("kura-j-{tag}-{i}"))
-            .collect();
+        held.jobs = jobs;
         Ok(())
     }
 
@@ -736,7 +752,24 @@ impl VmDriver {
             .held
             .as_mut()
             .ok_or_else(|| Error::Invalid("nothing was prepared".into()))?;
+        if self.snapshot_only {
+            return Ok(());
+        }
         for (i, d) in disks.iter().enumerate() {
+            if self.snapshot.is_some() {
+                // The data comes from the internal snapshot; only the changes, frozen in the
+                // previous point's bitmap at the instant, are read from the live disk.
+                if let Some((base, _)) = &plans[i].base {
+                    let id = format!("kura-e-{tag}-{i}");
+                    q.execute(
+                        "block-export-add",
+                        Some(json!({"type": "nbd", "id": id, "node-name": d.node,
+                            "name": d.name, "writable": false, "bitmaps": [base]})),
+                    )?;
+                    held.exports.push(id);
+                }
+                continue;
+            }
             // What the copy-before-write job did not copy reads through from the disk.
             q.execute(
                 "blockdev-reopen",
@@ -824,6 +857,11 @@ impl SourceDriver for VmDriver {
 
     fn take_point(&mut self, request: &PointRequest) -> Result<PointInTime> {
         if self.off {
+            if request.transfer_busy {
+                return Err(Error::Invalid(
+                    "another job is still reading this shut-off VM's disk files, and a VM that is off has no snapshot tier to keep a second point in: the VM was not touched; back up again when that transfer ends".into(),
+                ));
+            }
             return self.take_offline(request);
         }
         // Names of what this point adds to the VM: the item's and the point's last 8 hex
@@ -869,17 +907,18 @@ impl SourceDriver for VmDriver {
                     .map(|d| (d.name.clone(), PathBuf::from(&d.file)))
                     .collect(),
             });
-        // While another backup's copy-before-write job holds the disks, QEMU takes no
-        // internal snapshot of them (they are no root nodes then), so there is no tier to
-        // keep this point in: it is refused before the VM is touched.
-        if request.transfer_busy {
+        // Another job still transfers this VM: this point can live only in the snapshot tier
+        // (Azure's overlap rule), so without one it is refused before the VM is touched.
+        self.snapshot_only = request.transfer_busy;
+        if self.snapshot_only && self.snapshot.is_none() {
             return Err(Error::Invalid(
-                "another job is still transferring this VM; while its backup job holds the disks QEMU cannot snapshot them, so this point could not be kept: the VM was not touched".into(),
+                "another job is still transferring this VM, and its disks are not all unencrypted qcow2, so there is no snapshot tier to keep this point in: the VM was not touched; back up again when that transfer ends".into(),
             ));
         }
-        // A backup of this item whose process died (the engine lets only one run) may have
-        // left its exports, jobs and overlays in the VM; a running transfer's are its own.
-        if sweep(&mut q, &item_tag) {
+        // A backup of this item whose process died (the engine lets only one transfer run)
+        // may have left its exports, jobs and overlays in the VM; a running transfer's are
+        // its own, so nothing is swept while one runs.
+        if !self.snapshot_only && sweep(&mut q, &item_tag) {
             phase
                 .log
                 .push("removed what an interrupted backup of this item left in the VM".into());
@@ -929,7 +968,16 @@ impl SourceDriver for VmDriver {
                 base64::engine::general_purpose::STANDARD.encode(value),
             );
         }
-        let plans = self.plan_bitmaps(&mut q, request, &mut phase)?;
+        // A snapshot-only point leaves the bitmaps alone: the next transfer reads every change
+        // since the last point in the vault from the bitmap that point started.
+        let plans = if self.snapshot_only {
+            phase.log.push(
+                "another job is transferring this VM: this point is kept in the snapshot tier only, and the next transfer carries its changes".into(),
+            );
+            Vec::new()
+        } else {
+            self.plan_bitmaps(&mut q, request, &mut phase)?
+        };
         let agent_link = self.link.agent(&self.agent);
         let agent = match &agent_link {
             Some(link) => {
@@ -986,6 +1034,9 @@ impl SourceDriver for VmDriver {
         Ok(PointInTime {
             snapshot: self.snapshot.clone(),
             no_snapshot,
+            snapshot_only: self.snapshot_only.then(|| {
+                "another job is still transferring this VM; the next transfer carries these changes".to_string()
+            }),
             consistency,
             definition: Some(definition),
             capture: Some(phase.record()),
@@ -1003,14 +1054,35 @@ impl SourceDriver for VmDriver {
             .held
             .as_ref()
             .ok_or_else(|| Error::Invalid("no point in time was taken".into()))?;
+        if self.snapshot_only {
+            return Err(Error::Invalid(
+                "this point is kept in the snapshot tier only: there is nothing to transfer".into(),
+            ));
+        }
         held.disks
             .iter()
             .enumerate()
             .map(|(i, d)| {
                 let base = held.bitmaps.get(i).and_then(|b| b.base.clone());
-                let r: Box<dyn DiskReader> = Box::new(NbdReader::connect_export_with_bitmap(
-                    &held.sock, &d.name, "raw", base,
-                )?);
+                let r: Box<dyn DiskReader> = match &self.snapshot {
+                    // The point's internal snapshot, which never changes (the VM writes
+                    // elsewhere in the image), with the changes from the VM's export.
+                    Some(crate::Snapshot::Vm { name, .. }) => Box::new(SnapshotRead {
+                        data: NbdReader::open_snapshot(Path::new(&d.file), "qcow2", name)?,
+                        changes: match base {
+                            Some(b) => Some(NbdReader::connect_export_with_bitmap(
+                                &held.sock,
+                                &d.name,
+                                "raw",
+                                Some(b),
+                            )?),
+                            None => None,
+                        },
+                    }),
+                    _ => Box::new(NbdReader::connect_export_with_bitmap(
+                        &held.sock, &d.name, "raw", base,
+                    )?),
+                };
                 Ok((d.name.clone(), r))
             })
             .collect()
@@ -1167,7 +1239,10 @@ impl VmDriver {
         log.push("point taken: crash-consistent".into());
         Ok(PointInTime {
             snapshot: None,
-            no_snapshot: Some("VMs have no instant-restore snapshot tier yet".into()),
+            no_snapshot: Some(
+                "a shut-off VM is read from its disk files, without a snapshot tier".into(),
+            ),
+            snapshot_only: None,
             consistency: Consistency::Crash,
             definition: Some(definition),
             capture: Some(json!({"offline": true})),
@@ -1290,7 +1365,7 @@ impl VmDriver {
     ) -> Result<()> {
         // Everything that can happen before the instant does, so the freeze lasts only as
         // long as the transaction.
-        self.prepare(q, rp_id)?;
+        self.prepare(q, rp_id, plans)?;
         let (pre, post) = self.scripts(qga, phase);
         if let Some(pre) = &pre {
             run_script(qga, "pre-script", pre, phase);
@@ -1413,6 +1488,46 @@ fn thaw(qga: &mut Qga, link: &AgentLink) -> Result<()> {
         }
     }
     Err(last)
+}
+
+/// A disk read from the point's internal snapshot, with the changes since the previous
+/// point from the dirty bitmap the VM's QEMU exports for the live disk.
+struct SnapshotRead {
+    data: NbdReader,
+    changes: Option<NbdReader>,
+}
+
+impl DiskReader for SnapshotRead {
+    fn size(&self) -> u64 {
+        self.data.size()
+    }
+
+    fn format(&self) -> &str {
+        self.data.format()
+    }
+
+    fn extents(&mut self, offset: u64, len: u64) -> Result<Vec<crate::Extent>> {
+        self.data.extents(offset, len)
+    }
+
+    fn changes(&mut self) -> Result<Option<crate::Changes>> {
+        let size = self.data.size();
+        let Some(live) = self.changes.as_mut() else {
+            return Ok(None);
+        };
+        // The live disk may have grown since the instant: only the point's size counts.
+        Ok(live.changes()?.map(|mut c| {
+            c.dirty.retain(|(o, _)| *o < size);
+            if let Some(last) = c.dirty.last_mut() {
+                last.1 = last.1.min(size - last.0);
+            }
+            c
+        }))
+    }
+
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.data.read_at(buf, offset)
+    }
 }
 
 impl VmDriver {

@@ -642,11 +642,11 @@ fn a_vm_protected_size_counts_its_data_except_excluded_disks() {
     );
 }
 
-/// Overlapping VM backups: QEMU cannot snapshot disks a running backup job holds, so a backup
-/// that starts while another one transfers the item is refused before it touches the VM (the
-/// first point has its instant-restore snapshot, restored from at once). What a killed backup
-/// left in the VM (exports, jobs, overlays) is cleaned up by the next one, whose point is
-/// exact.
+/// Overlapping VM backups (Azure's rule): a backup that starts while another one transfers
+/// the item takes its snapshot (an internal snapshot of every qcow2 disk, in the VM's QEMU)
+/// and skips its transfer, leaving the running transfer's bitmaps alone; each point restores
+/// from its own snapshot at once, and the next transfer carries the skipped point's changes.
+/// What a killed backup left in the VM is cleaned up by the next one, whose point is exact.
 #[test]
 #[cfg_attr(
     not(feature = "test-hooks"),
@@ -690,7 +690,8 @@ fn overlapping_and_killed_vm_backups_leave_the_vm_clean() {
         format!("{names:?} {} {}", a[1]["return"], a[2]["return"])
     };
 
-    // 1. A second backup during a transfer.
+    // 1. A second backup during a transfer (Azure's overlap rule): it takes its snapshot and
+    // skips its transfer; the next transfer carries its changes.
     let gate = Gate::new(&e, "transfer");
     let (var, val) = gate.env();
     let first = e
@@ -700,37 +701,52 @@ fn overlapping_and_killed_vm_backups_leave_the_vm_clean() {
         .spawn()
         .unwrap();
     gate.wait_reached();
-    // QEMU cannot snapshot disks a backup job holds: refused, the VM untouched.
     let before = kura_bitmaps(&vm);
-    let (_, err) = e.fails(&["backup", "now", "db"]);
+    guest_write(&vm, "vda", 0x23, "4M", "64k");
+    let mut at_second = expected.clone();
+    at_second[4 << 20..(4 << 20) + (64 << 10)].fill(0x23);
+    let second = e.json(&["backup", "now", "db"]);
+    assert_eq!(second["tier"], "snapshot", "{second}");
+    let job = e.json(&["job", "show", second["job_id"].as_str().unwrap()]);
+    assert_eq!(job["status"], "Completed", "{job}");
+    assert_eq!(job["tasks"][0]["status"], "Completed", "{job}");
+    assert_eq!(job["tasks"][1]["status"], "Skipped", "{job}");
     assert!(
-        err["error"]["message"]
+        job["tasks"][1]["detail"]
             .as_str()
             .unwrap()
             .contains("still transferring this VM"),
-        "{err}"
+        "{job}"
     );
-    assert_eq!(kura_bitmaps(&vm), before, "the VM was not touched");
+    // The running transfer's bitmaps were left alone.
+    assert_eq!(kura_bitmaps(&vm), before);
     gate.release();
     let o = first.wait_with_output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
-    // The first point has its snapshot tier too (internal snapshots of the qcow2 disk), and
-    // a restore reads it.
+    // Both points have their snapshot tier (internal snapshots of the qcow2 disk), each at
+    // its own instant, and a restore reads it.
     let first_r: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(first_r["tier"], "snapshot+vault", "{first_r}");
-    let snap_out = e.path("snap.raw");
-    let r = e.json(&[
-        "restore",
-        "disk",
-        "db",
-        "--rp",
-        first_r["rp_id"].as_str().unwrap(),
-        "--to",
-        snap_out.to_str().unwrap(),
-    ]);
-    let log = e.json(&["job", "show", r["job_id"].as_str().unwrap()])["log"].to_string();
-    assert!(log.contains("from the snapshot tier"), "{log}");
-    assert!(std::fs::read(&snap_out).unwrap() == expected);
+    for (rp, want) in [
+        (&first_r["rp_id"], &expected),
+        (&second["rp_id"], &at_second),
+    ] {
+        let snap_out = e.path("snap.raw");
+        let r = e.json(&[
+            "restore",
+            "disk",
+            "db",
+            "--rp",
+            rp.as_str().unwrap(),
+            "--to",
+            snap_out.to_str().unwrap(),
+        ]);
+        let log = e.json(&["job", "show", r["job_id"].as_str().unwrap()])["log"].to_string();
+        assert!(log.contains("from the snapshot tier"), "{log}");
+        assert!(&std::fs::read(&snap_out).unwrap() == want, "point {rp}");
+        std::fs::remove_file(&snap_out).unwrap();
+    }
+    expected = at_second;
 
     // 2. A backup killed while it reads: its exports and overlays stay in the VM ...
     guest_write(&vm, "vda", 0x22, "2M", "64k");
@@ -1134,7 +1150,7 @@ fn the_scheduler_backs_up_a_vm_under_its_policy() {
 
 /// A QEMU that runs as an unprivileged user (as libvirt's and most hand-made VMs do) must be
 /// able to open the fleecing overlays kura makes and to create its NBD socket: kura hands
-/// their directory to QEMU's user.
+/// their directory to QEMU's user. (A raw disk, so the point is read by fleecing.)
 #[test]
 fn a_vm_whose_qemu_runs_as_another_user_is_backed_up() {
     use std::os::unix::fs::PermissionsExt;
@@ -1144,8 +1160,9 @@ fn a_vm_whose_qemu_runs_as_another_user_is_backed_up() {
     std::fs::set_permissions(e.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let vmdir = e.path("vmdir");
     std::fs::create_dir(&vmdir).unwrap();
-    let img = vmdir.join("a.qcow2");
-    qemu_img(&["create", "-q", "-f", "qcow2", img.to_str().unwrap(), "8M"]);
+    // A raw image: its points are read through fleecing overlays in kura's directory.
+    let img = vmdir.join("a.raw");
+    qemu_img(&["create", "-q", "-f", "raw", img.to_str().unwrap(), "8M"]);
     let o = Command::new("chown")
         .args(["-R", "nobody:nogroup"])
         .arg(&vmdir)
@@ -1180,7 +1197,7 @@ fn a_vm_whose_qemu_runs_as_another_user_is_backed_up() {
         ])
         .arg("-qmp")
         .arg(format!("unix:{},server=on,wait=off", qmp_path.display()));
-    disk_args(&mut cmd, &[("vda", &img, "qcow2")]);
+    disk_args(&mut cmd, &[("vda", &img, "raw")]);
     let child = cmd
         .stdout(Stdio::null())
         .spawn()
@@ -1212,6 +1229,11 @@ fn a_vm_whose_qemu_runs_as_another_user_is_backed_up() {
         "u",
     ]);
     e.ok(&["backup", "now", "u"]);
+    // The incremental reads its changes from QEMU's NBD socket in that directory too.
+    guest_write(&vm, "vda", 0x6e, "4M", "64k");
+    expected[4 << 20..(4 << 20) + (64 << 10)].fill(0x6e);
+    let r = e.json(&["backup", "now", "u"]);
+    assert_eq!(r["read_bytes"], 64 << 10, "{r}");
     let out = e.path("out.raw");
     e.ok(&[
         "restore",
