@@ -651,6 +651,28 @@ impl Catalog {
         self.insert_rps(std::slice::from_ref(rp))
     }
 
+    /// Keeps the source's definition (a VM's disks and command line, as JSON) with a point
+    /// that has no vault copy yet, so the snapshot tier can be restored as a whole VM.
+    pub fn set_rp_definition(&self, rp_id: &str, definition: &str) -> Result<()> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO rp_definitions (rp_id, definition) VALUES (?1, ?2)",
+            params![rp_id, definition],
+        )?;
+        Ok(())
+    }
+
+    /// See [`Catalog::set_rp_definition`].
+    pub fn rp_definition(&self, rp_id: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT definition FROM rp_definitions WHERE rp_id = ?1",
+                [rp_id],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
     /// Records many recovery points in one transaction (attach, benchmarks).
     pub fn insert_rps(&self, rps: &[RpRow]) -> Result<()> {
         let mut conn = self.conn();

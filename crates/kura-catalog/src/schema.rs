@@ -122,6 +122,11 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE items RENAME COLUMN format TO spec;
     UPDATE items SET spec = json_object('kind', kind, 'v', 1, 'path', source, 'format', json(spec))
         WHERE spec IS NOT NULL;",
+    // 17: a VM point's definition while it has no vault copy (its manifest keeps it then).
+    "CREATE TABLE rp_definitions (
+        rp_id TEXT PRIMARY KEY REFERENCES recovery_points(id) ON DELETE CASCADE,
+        definition TEXT NOT NULL
+    );",
 ];
 
 pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {

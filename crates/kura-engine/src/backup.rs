@@ -296,6 +296,7 @@ impl Home {
         }
         let snapshot = point.snapshot.clone();
         let snapshot_only = point.snapshot_only.clone();
+        let definition = point.definition.clone();
         let consistency = point.consistency.as_str();
         // Whatever happens from here, the driver releases what the point holds open.
         let mut held = Release {
@@ -367,6 +368,11 @@ impl Home {
                 snapshot_expires: Some(kura_catalog::stamp(expires)),
             };
             self.catalog.insert_rp(&row)?;
+            // Until the point has a vault copy, its definition lives here: the snapshot tier
+            // can be restored as a whole VM.
+            if let Some(d) = &definition {
+                self.catalog.set_rp_definition(&rp_id, &d.to_string())?;
+            }
             // The vault remembers the snapshot too (a rebuilt catalog must still expire it).
             if let Err(e) = self.record_item_with_snapshots(item, &vault) {
                 job.message(&format!("could not record the snapshot in the vault: {e}"));

@@ -83,6 +83,8 @@ pub struct VmRestoreReport {
 
 struct VmPoint {
     rp_id: String,
+    /// Whether the point has a vault copy (else only its snapshot tier).
+    in_vault: bool,
     disks: Vec<VmDisk>,
     cmdline: Option<Vec<String>>,
     /// Names of the disks the point holds.
@@ -162,23 +164,69 @@ impl Home {
                 ),
             ));
         }
-        // The manifest as stored: with the VM's sealed secrets, which a copy needs.
-        let m = {
-            let shown = self.rp_manifest(item, rp, secrets)?;
-            let vrow = self.catalog.vault_by_id(&row.vault_id)?;
-            self.open_vault_row(&vrow, secrets)?
-                .get_manifest(&shown.rp_id)?
-        };
-        let def = m.definition.clone().ok_or_else(|| {
-            Error::new(
-                ErrorKind::NotFound,
-                format!("recovery point {} keeps no VM definition", m.rp_id),
+        let rp_row = self.resolve_rp(&row, rp)?;
+        // The definition, the disks the point holds and the VM's sealed secrets: from the
+        // manifest as stored, or, for a point only in the snapshot tier, from the catalog,
+        // the snapshot and the VM's command line now.
+        let (rp_id, def, held, secrets) = if rp_row.tier == "snapshot" {
+            let snap = rp_row
+                .snapshot
+                .as_deref()
+                .and_then(kura_source::Snapshot::decode)
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::NotFound,
+                        format!(
+                            "recovery point {} has no vault copy and its snapshot is gone",
+                            rp_row.id
+                        ),
+                    )
+                })?;
+            let def = self
+                .catalog
+                .rp_definition(&rp_row.id)?
+                .and_then(|d| serde_json::from_str::<serde_json::Value>(&d).ok())
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::NotFound,
+                        format!(
+                            "recovery point {} has no vault copy yet and kura keeps no VM definition for it; restore its disks with `kura restore disks`",
+                            rp_row.id
+                        ),
+                    )
+                })?;
+            // A plain QEMU VM's `-object secret` values, from its command line now.
+            let secrets = match crate::home::source_spec(self, &row, None)? {
+                kura_source::SourceSpec::Vm {
+                    qmp, libvirt: None, ..
+                } => kura_source::vm::object_secrets_now(Path::new(&qmp)),
+                _ => Default::default(),
+            };
+            (rp_row.id.clone(), def, snap.disk_names(), secrets)
+        } else {
+            let m = {
+                let shown = self.rp_manifest(item, rp, secrets)?;
+                let vrow = self.catalog.vault_by_id(&row.vault_id)?;
+                self.open_vault_row(&vrow, secrets)?
+                    .get_manifest(&shown.rp_id)?
+            };
+            let def = m.definition.clone().ok_or_else(|| {
+                Error::new(
+                    ErrorKind::NotFound,
+                    format!("recovery point {} keeps no VM definition", m.rp_id),
+                )
+            })?;
+            (
+                m.rp_id.clone(),
+                def,
+                m.disks.iter().map(|d| d.name.clone()).collect(),
+                m.disk_secrets.clone(),
             )
-        })?;
+        };
         let disks: Vec<VmDisk> = serde_json::from_value(def["disks"].clone()).map_err(|e| {
             Error::new(
                 ErrorKind::Corrupt,
-                format!("the VM definition of point {}: {e}", m.rp_id),
+                format!("the VM definition of point {rp_id}: {e}"),
             )
         })?;
         let cmdline: Option<Vec<String>> = serde_json::from_value(def["cmdline"].clone()).ok();
@@ -196,9 +244,10 @@ impl Home {
             _ => unreachable!("checked: a vm item"),
         };
         Ok(VmPoint {
-            rp_id: m.rp_id.clone(),
-            held: m.disks.iter().map(|d| d.name.clone()).collect(),
-            secrets: m.disk_secrets.clone(),
+            in_vault: rp_row.tier != "snapshot",
+            rp_id,
+            held,
+            secrets,
             disks,
             cmdline,
             qmp,
@@ -217,6 +266,17 @@ impl Home {
         progress: &dyn Progress,
     ) -> Result<VmRestoreReport> {
         let p = self.vm_point(item, &opts.rp, secrets)?;
+        // A point only in the snapshot tier lives inside the very images a replace would
+        // set aside.
+        if matches!(opts.mode, VmRestoreMode::Replace { .. }) && !p.in_vault {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                format!(
+                    "recovery point {} has no vault copy yet, and its snapshots live inside the disks --replace would set aside: restore it with --as-new, or replace from a point in the vault; nothing was changed",
+                    p.rp_id
+                ),
+            ));
+        }
         let guard = |path: &Path| -> Result<()> {
             match &opts.may_write {
                 Some(check) => check(path).map_err(|m| Error::new(ErrorKind::Invalid, m)),

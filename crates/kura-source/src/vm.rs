@@ -430,6 +430,32 @@ pub fn redact_secrets(argv: &[String]) -> (Vec<String>, Vec<(String, Vec<u8>)>) 
     (out, found)
 }
 
+/// The `-object secret` values on the command line of the VM whose QMP socket is `qmp`, now
+/// (`object:ID` → base64, as a point's manifest keeps them); empty when it cannot be read.
+pub fn object_secrets_now(qmp: &Path) -> std::collections::BTreeMap<String, String> {
+    let argv = Qmp::connect(qmp, Duration::from_secs(5))
+        .ok()
+        .and_then(|q| q.peer_cmdline());
+    let Some(argv) = argv else {
+        return Default::default();
+    };
+    sealed_object_secrets(redact_secrets(&argv).1)
+}
+
+fn sealed_object_secrets(
+    found: Vec<(String, Vec<u8>)>,
+) -> std::collections::BTreeMap<String, String> {
+    found
+        .into_iter()
+        .map(|(id, value)| {
+            (
+                format!("object:{id}"),
+                base64::engine::general_purpose::STANDARD.encode(value),
+            )
+        })
+        .collect()
+}
+
 /// What stands for a passphrase in a kept command line.
 pub const SECRET_MARKER: &str = "@kura-sealed";
 
@@ -962,12 +988,7 @@ impl SourceDriver for VmDriver {
                 )),
             }
         }
-        for (id, value) in object_secrets {
-            secrets.insert(
-                format!("object:{id}"),
-                base64::engine::general_purpose::STANDARD.encode(value),
-            );
-        }
+        secrets.extend(sealed_object_secrets(object_secrets));
         // A snapshot-only point leaves the bitmaps alone: the next transfer reads every change
         // since the last point in the vault from the bitmap that point started.
         let plans = if self.snapshot_only {
@@ -1703,6 +1724,13 @@ pub fn clone_command(argv: &[String], c: &CloneSpec<'_>) -> Result<(Vec<String>,
         };
         *out.last_mut().expect("pushed") = a.clone();
         out.push(new);
+    }
+    // The copy is named and identified as asked even when the original was not.
+    for (flag, value) in [("name", c.name), ("uuid", c.uuid)] {
+        if !args.iter().any(|a| a.trim_start_matches('-') == flag) {
+            out.push(format!("-{flag}"));
+            out.push(value.to_string());
+        }
     }
     // Every disk must have been replaced: a copy must never open the original's images.
     for (orig, _) in c.disks {

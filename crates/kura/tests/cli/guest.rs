@@ -366,7 +366,7 @@ fn consistency_follows_the_agent_the_freeze_and_the_scripts() {
 }
 
 /// Kills a process (a VM kura started) when dropped.
-struct KillOnDrop(i32);
+pub(crate) struct KillOnDrop(pub(crate) i32);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {

@@ -746,6 +746,49 @@ fn overlapping_and_killed_vm_backups_leave_the_vm_clean() {
         assert!(&std::fs::read(&snap_out).unwrap() == want, "point {rp}");
         std::fs::remove_file(&snap_out).unwrap();
     }
+    // The snapshot-only point restores as a whole new VM too (its definition is kept in the
+    // catalog until it has a vault copy), which starts.
+    let dir = e.path("copy");
+    let r = e.json(&[
+        "restore",
+        "vm",
+        "db",
+        "--rp",
+        second["rp_id"].as_str().unwrap(),
+        "--as-new",
+        "db2",
+        "--to",
+        dir.to_str().unwrap(),
+        "--start",
+    ]);
+    let _copy = super::guest::KillOnDrop(r["pid"].as_i64().unwrap() as i32);
+    let log =
+        e.json(&["job", "show", r["disks"][0]["job_id"].as_str().unwrap()])["log"].to_string();
+    assert!(log.contains("from the snapshot tier"), "{log}");
+    let copy_disk = image_now(&e, &dir.join("vda.qcow2"), "qcow2", "copy.raw");
+    assert!(std::fs::read(copy_disk).unwrap() == at_second);
+    let copy = Vm {
+        child: Command::new("true").spawn().unwrap(),
+        qmp: PathBuf::from(r["qmp"].as_str().unwrap()),
+    };
+    let name = qmp(&copy, &[serde_json::json!({"execute": "query-name"})]);
+    assert_eq!(name[0]["return"]["name"], "db2", "{name:?}");
+    // Replacing the VM's disks with it is refused: its snapshots live inside them.
+    let (_, err) = e.fails(&[
+        "restore",
+        "vm",
+        "db",
+        "--rp",
+        second["rp_id"].as_str().unwrap(),
+        "--replace",
+    ]);
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("has no vault copy yet"),
+        "{err}"
+    );
     expected = at_second;
 
     // 2. A backup killed while it reads: its exports and overlays stay in the VM ...
