@@ -44,9 +44,22 @@ pub struct AgentInfo {
     pub version: String,
     /// The guest OS, as the agent names it (pretty name, else kernel release).
     pub os: String,
+    /// The OS's id (`guest-get-osinfo`'s `id`: `debian`, `mswindows`, ...).
+    pub os_id: String,
     /// Commands the agent has enabled.
     #[serde(skip)]
     pub commands: Vec<String>,
+}
+
+/// The name `vssadmin list writers` gives the writer of Windows failover clusters' shared
+/// volumes.
+pub const CSV_WRITER: &str = "Cluster Shared Volume VSS Writer";
+
+impl AgentInfo {
+    /// Whether the guest runs Windows (its agent freezes through VSS).
+    pub fn is_windows(&self) -> bool {
+        self.os_id == "mswindows"
+    }
 }
 
 /// The outcome of a program run in the guest.
@@ -243,9 +256,16 @@ impl Qga {
             .filter(|c| c.get("enabled").and_then(Value::as_bool) != Some(false))
             .filter_map(|c| c.get("name").and_then(Value::as_str).map(str::to_string))
             .collect();
-        let os = self
-            .execute("guest-get-osinfo", None)
-            .ok()
+        let osinfo = self.execute("guest-get-osinfo", None).ok();
+        let os_id = osinfo
+            .as_ref()
+            .and_then(|o| o.get("id"))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .chars()
+            .take(64)
+            .collect();
+        let os = osinfo
             .and_then(|o| {
                 ["pretty-name", "name"]
                     .iter()
@@ -262,6 +282,7 @@ impl Qga {
         Ok(AgentInfo {
             version,
             os,
+            os_id,
             commands,
         })
     }
@@ -278,8 +299,42 @@ impl Qga {
         }
     }
 
-    /// Runs `path` with `args` in the guest and waits up to `timeout` for it to end.
+    /// Runs `path` with `args` in the guest and waits up to `timeout` for it to end; its
+    /// output is cut to 4 KiB (for logs).
     pub fn exec(&mut self, path: &str, args: &[&str], timeout: Duration) -> Result<ExecResult> {
+        self.exec_keeping(path, args, timeout, 4096)
+    }
+
+    /// Whether the guest is Windows and `vssadmin list writers` lists the Cluster Shared
+    /// Volume VSS Writer, which keeps VSS from giving application-consistent points (Azure
+    /// caps such VMs at file-system consistency). `Ok(None)` for other guests.
+    pub fn csv_writer(&mut self, info: &AgentInfo) -> Result<Option<bool>> {
+        if !info.is_windows() {
+            return Ok(None);
+        }
+        let r = self.exec_keeping(
+            "vssadmin.exe",
+            &["list", "writers"],
+            Duration::from_secs(60),
+            1 << 20,
+        )?;
+        if !r.ended || r.exit_code != Some(0) {
+            return Err(qga_err(format!(
+                "`vssadmin list writers` in the guest failed (exit code {:?}): {}",
+                r.exit_code,
+                r.output.chars().take(300).collect::<String>()
+            )));
+        }
+        Ok(Some(r.output.contains(CSV_WRITER)))
+    }
+
+    fn exec_keeping(
+        &mut self,
+        path: &str,
+        args: &[&str],
+        timeout: Duration,
+        keep: usize,
+    ) -> Result<ExecResult> {
         let started = self.execute(
             "guest-exec",
             Some(json!({"path": path, "arg": args, "capture-output": true})),
@@ -302,7 +357,7 @@ impl Qga {
                         output.push_str(&String::from_utf8_lossy(&bytes));
                     }
                 }
-                let output = output.trim().chars().take(4096).collect();
+                let output = output.trim().chars().take(keep).collect();
                 return Ok(ExecResult {
                     exit_code: st.get("exitcode").and_then(Value::as_i64),
                     ended: true,

@@ -456,6 +456,9 @@ fn sealed_object_secrets(
         .collect()
 }
 
+/// What to do about a Windows guest with the Cluster Shared Volume VSS Writer.
+const CSV_ADVICE: &str = "the guest lists the Cluster Shared Volume VSS Writer (`vssadmin list writers`), so VSS cannot make its applications consistent: points are at most file-system consistent. If the guest uses no Cluster Shared Volume, disable that writer; otherwise stop the cluster's VMs and back up all their disks as disk items on one schedule";
+
 /// What stands for a passphrase in a kept command line.
 pub const SECRET_MARKER: &str = "@kura-sealed";
 
@@ -991,6 +994,18 @@ impl SourceDriver for VmDriver {
         secrets.extend(sealed_object_secrets(object_secrets));
         // A snapshot-only point leaves the bitmaps alone: the next transfer reads every change
         // since the last point in the vault from the bitmap that point started.
+        let shared: Vec<String> = self
+            .included()
+            .into_iter()
+            .filter(|d| d.shared)
+            .map(|d| d.name)
+            .collect();
+        if !shared.is_empty() {
+            phase.capped.push(format!(
+                "disks {} are shared with other VMs (share-rw)",
+                shared.join(", ")
+            ));
+        }
         let plans = if self.snapshot_only {
             phase.log.push(
                 "another job is transferring this VM: this point is kept in the snapshot tier only, and the next transfer carries its changes".into(),
@@ -1003,12 +1018,17 @@ impl SourceDriver for VmDriver {
         let agent = match &agent_link {
             Some(link) => {
                 let t = Instant::now();
-                let (status, session) = link_status(link);
+                let (status, mut session) = link_status(link);
                 match &status {
-                    AgentStatus::Ready(i) => phase.step(
-                        t,
-                        &format!("agent Ready: qemu-ga {} on {}", i.version, i.os),
-                    ),
+                    AgentStatus::Ready(i) => {
+                        phase.step(
+                            t,
+                            &format!("agent Ready: qemu-ga {} on {}", i.version, i.os),
+                        );
+                        if let Some(qga) = session.as_mut() {
+                            phase.windows(qga, i);
+                        }
+                    }
                     AgentStatus::NotReady { reason } if self.agent.require => {
                         return Err(Error::Invalid(format!(
                             "the guest agent is Not Ready ({reason}) and the item requires it (--require-agent); {AGENT_ADVICE}"
@@ -1046,9 +1066,18 @@ impl SourceDriver for VmDriver {
             return Err(e);
         }
         let consistency = phase.consistency();
-        phase
-            .log
-            .push(format!("point taken: {}-consistent", consistency.as_str()));
+        let cap = if phase.capped.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (at most file-system consistent: {})",
+                phase.capped.join("; ")
+            )
+        };
+        phase.log.push(format!(
+            "point taken: {}-consistent{cap}",
+            consistency.as_str()
+        ));
         let no_snapshot = self.snapshot.is_none().then(|| {
             "the VM has disks that are not qcow2, or encrypted ones (internal snapshots of qcow2 disks are the VM's instant-restore tier)".to_string()
         });
@@ -1152,15 +1181,31 @@ impl SourceDriver for VmDriver {
                 ok: true,
                 detail: "no guest agent configured: points are crash-consistent (protect with --qga SOCKET for file-system or application consistency)".into(),
             }),
-            Some(link) => match link_status(&link).0 {
-                AgentStatus::Ready(i) => out.push(Finding {
-                    name: "agent".into(),
-                    ok: true,
-                    detail: format!("Ready: qemu-ga {} on {}{}", i.version, i.os,
-                        if i.commands.iter().any(|c| c == "guest-fsfreeze-freeze") { "" }
-                        else { "; it does not offer guest-fsfreeze-freeze, so points will be crash-consistent" }),
-                }),
-                AgentStatus::NotReady { reason } => out.push(Finding {
+            Some(link) => match link_status(&link) {
+                (AgentStatus::Ready(i), session) => {
+                    out.push(Finding {
+                        name: "agent".into(),
+                        ok: true,
+                        detail: format!("Ready: qemu-ga {} on {}{}", i.version, i.os,
+                            if i.commands.iter().any(|c| c == "guest-fsfreeze-freeze") { "" }
+                            else { "; it does not offer guest-fsfreeze-freeze, so points will be crash-consistent" }),
+                    });
+                    let csv = session.and_then(|mut q| q.csv_writer(&i).transpose());
+                    match csv {
+                        Some(Ok(true)) => out.push(Finding {
+                            name: "csv-writer".into(),
+                            ok: true,
+                            detail: CSV_ADVICE.into(),
+                        }),
+                        Some(Err(e)) => out.push(Finding {
+                            name: "csv-writer".into(),
+                            ok: true,
+                            detail: format!("could not list the guest's VSS writers: {e}"),
+                        }),
+                        Some(Ok(false)) | None => {}
+                    }
+                }
+                (AgentStatus::NotReady { reason }, _) => out.push(Finding {
                     name: "agent".into(),
                     ok: !self.agent.require,
                     detail: format!(
@@ -1173,7 +1218,7 @@ impl SourceDriver for VmDriver {
                             .join("\n")
                     ),
                 }),
-                AgentStatus::NotConfigured => {}
+                (AgentStatus::NotConfigured, _) => {}
             },
         }
         if let VmLink::Libvirt(d) = &self.link
@@ -1338,6 +1383,10 @@ struct Phase {
     scripts: Vec<(&'static str, String, bool)>,
     frozen: Option<u64>,
     freeze_window: Option<Duration>,
+    /// A Windows guest, whose agent freezes through VSS (application-consistent).
+    windows: bool,
+    /// Why the point can be at most file-system consistent (shared disks, the CSV writer).
+    capped: Vec<String>,
 }
 
 impl Phase {
@@ -1352,12 +1401,33 @@ impl Phase {
     }
 
     fn consistency(&self) -> Consistency {
+        let scripts_ok = self.scripts.iter().all(|s| s.2);
         match self.frozen {
             None => Consistency::Crash,
-            Some(_) if !self.scripts.is_empty() && self.scripts.iter().all(|s| s.2) => {
-                Consistency::Application
-            }
+            Some(_) if !self.capped.is_empty() => Consistency::FileSystem,
+            // On Windows the freeze is a VSS snapshot: the writers made the applications
+            // consistent.
+            Some(_) if self.windows && scripts_ok => Consistency::Application,
+            Some(_) if !self.scripts.is_empty() && scripts_ok => Consistency::Application,
             Some(_) => Consistency::FileSystem,
+        }
+    }
+
+    /// A Windows guest: its freeze goes through VSS, unless the Cluster Shared Volume VSS
+    /// Writer is there (then at most file-system consistent, as in Azure).
+    fn windows(&mut self, qga: &mut Qga, info: &AgentInfo) {
+        self.windows = info.is_windows();
+        match qga.csv_writer(info) {
+            Ok(None | Some(false)) => {}
+            Ok(Some(true)) => {
+                self.capped
+                    .push(format!("the guest has the {}", crate::qga::CSV_WRITER));
+                self.warn(CSV_ADVICE.to_string());
+            }
+            Err(e) => self.warn(format!(
+                "could not list the guest's VSS writers ({e}); if it has the {}, this point is at most file-system consistent",
+                crate::qga::CSV_WRITER
+            )),
         }
     }
 
@@ -1368,6 +1438,8 @@ impl Phase {
             "frozen_filesystems": self.frozen,
             "freeze_ms": self.freeze_window.map(|d| d.as_millis() as u64),
             "scripts": self.scripts.iter().map(|(k, p, ok)| json!({"script": k, "path": p, "ok": ok})).collect::<Vec<_>>(),
+            "vss": self.windows,
+            "at_most_file_system": self.capped,
         })
     }
 }

@@ -301,6 +301,67 @@ fn consistency_follows_the_agent_the_freeze_and_the_scripts() {
             .contains("ok")
     );
 
+    // 3b. A Windows guest, whose agent freezes through VSS: application-consistent without
+    // scripts, but at most file-system consistent when `vssadmin list writers` lists the
+    // Cluster Shared Volume VSS Writer. No Windows guest can run here: this Linux guest
+    // poses as one (its os-release says `mswindows`, and `vssadmin.exe` is a script), so
+    // what is tested is kura's side through the real agent, not VSS itself.
+    guest.sh(
+        r#"rm -f /etc/kura/pre-backup; cp /etc/os-release /tmp/os-release
+cat > /etc/os-release <<'END'
+ID=mswindows
+NAME="Microsoft Windows"
+PRETTY_NAME="Windows Server 2022 (posing)"
+END"#,
+    );
+    let writers = |csv: bool| {
+        let extra = if csv {
+            "echo \"Writer name: 'Cluster Shared Volume VSS Writer'\"\necho '   State: [1] Stable'"
+        } else {
+            ""
+        };
+        guest.sh(&format!(
+            r#"cat > /bin/vssadmin.exe <<'END'
+#!/bin/sh
+[ "$*" = "list writers" ] || exit 2
+echo "Writer name: 'System Writer'"
+echo '   State: [1] Stable'
+{extra}
+END
+chmod +x /bin/vssadmin.exe"#
+        ));
+    };
+    writers(true);
+    assert!(
+        guest
+            .sh("vssadmin.exe list writers")
+            .contains("Cluster Shared Volume")
+    );
+    let pc = e.json(&["item", "precheck", "web"]);
+    assert!(pc.to_string().contains("Windows Server 2022"), "{pc}");
+    assert!(
+        pc.to_string().contains("csv-writer") && pc.to_string().contains("disable that writer"),
+        "{pc}"
+    );
+    let r = e.json(&["backup", "now", "web"]);
+    let job = job_status(&e, r["job_id"].as_str().unwrap());
+    assert_eq!(job["status"], "CompletedWithWarnings", "{job}");
+    assert!(
+        job["log"]
+            .to_string()
+            .contains("Cluster Shared Volume VSS Writer"),
+        "{job}"
+    );
+    let m = e.json(&["rp", "show", "web"]);
+    assert_eq!(m["consistency"], "file-system", "{m}");
+    assert_eq!(m["capture"]["vss"], true, "{m}");
+    writers(false);
+    let r = e.json(&["backup", "now", "web"]);
+    let job = job_status(&e, r["job_id"].as_str().unwrap());
+    assert_eq!(job["status"], "Completed", "{job}");
+    assert_eq!(e.json(&["rp", "show", "web"])["consistency"], "application");
+    guest.sh("rm -f /bin/vssadmin.exe && cp /tmp/os-release /etc/os-release");
+
     // 4. The agent stops: crash-consistent with a warning, or refused with --require-agent.
     {
         let mut q = Qga::connect(&guest.qga, Duration::from_secs(30)).unwrap();
