@@ -57,6 +57,8 @@ fn start_vm(e: &Env, disks: &[(&str, &Path, &str)]) -> Vm {
             "q35",
         ])
         .args(["-m", "64", "-serial", "none"])
+        // A PCIe root port a disk can be hot-plugged into.
+        .args(["-device", "pcie-root-port,id=hp0,bus=pcie.0,chassis=1"])
         .arg("-qmp")
         .arg(format!("unix:{},server=on,wait=off", qmp.display()));
     disk_args(&mut cmd, disks);
@@ -553,13 +555,22 @@ fn incrementals_read_only_changed_blocks_even_after_a_restart() {
     assert!(log.contains("vda: 65536 bytes changed"), "{log}");
     assert_eq!(r["read_bytes"], 65536, "{r}");
 
-    // A disk attached since: backed up in full, beside the others' incrementals.
-    qmp(&vm, &[serde_json::json!({"execute": "quit"})]);
-    let _ = vm.child.wait();
-    drop(vm);
+    // A disk hot-plugged into the running VM: backed up in full, beside the others'
+    // incrementals.
     let c = e.path("c.raw");
     make_image(&c, 1 << 20, &[(0, 4096, 8)]);
-    let vm = start_vm(&e, &[disks[0], disks[1], ("vdc", c.as_path(), "raw")]);
+    let plug = qmp(
+        &vm,
+        &[
+            serde_json::json!({"execute": "blockdev-add", "arguments":
+                {"driver": "file", "node-name": "hpf", "filename": c}}),
+            serde_json::json!({"execute": "blockdev-add", "arguments":
+                {"driver": "raw", "node-name": "hpn", "file": "hpf"}}),
+            serde_json::json!({"execute": "device_add", "arguments":
+                {"driver": "virtio-blk-pci", "drive": "hpn", "id": "vdc", "bus": "hp0"}}),
+        ],
+    );
+    assert!(plug.iter().all(|a| a.get("return").is_some()), "{plug:?}");
     let r = e.json(&["backup", "now", "db"]);
     let log = e.json(&["job", "show", r["job_id"].as_str().unwrap()])["log"].to_string();
     assert!(log.contains("VM disk vdc was attached since"), "{log}");
