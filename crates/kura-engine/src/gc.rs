@@ -119,7 +119,7 @@ impl Home {
         let v = self.open_vault_row(&vrow, secrets)?;
         let (job_id, report) = self.run_job("GarbageCollect", vault, true, opts.job_id.as_deref(), progress, |job| {
             if !opts.dry_run {
-                for name in self.purge_soft_deleted(&vrow.id, jiff::Timestamp::now(), secrets)? {
+                for name in self.purge_soft_deleted(&vrow.id, self.now(), secrets)? {
                     job.message(&format!("purged soft-deleted item {name}: its soft-delete period is over"));
                 }
             }
@@ -143,6 +143,8 @@ impl Home {
         let mut report = GcReport::default();
         // Writers active when the mark starts may publish recovery points this mark does not
         // see; they count until the end of the run, like the writers active at the sweep.
+        // (These stamps order GC against other processes' leases, which the catalog stamps
+        // on the system clock; they are no calendar decision, so not the home's clock.)
         let mark_start = kura_catalog::stamp(Timestamp::now());
         let leases_at_mark = self.catalog.active_leases(vault_id)?;
 

@@ -715,7 +715,7 @@ async fn stop_protection(
         200,
         blocking(move || {
             Ok(s.home
-                .stop_protection(&item, b.delete_data, &s.secrets, jiff::Timestamp::now())?)
+                .stop_protection(&item, b.delete_data, &s.secrets, s.home.now())?)
         })
         .await?,
     )
@@ -1075,13 +1075,13 @@ async fn get_rp(
     )
 }
 
-/// An optional `at` instant (RFC 3339); now when absent.
-fn instant(at: Option<String>) -> Result<jiff::Timestamp, ApiError> {
+/// An optional `at` instant (RFC 3339); the home's now when absent.
+fn instant(at: Option<String>, now: jiff::Timestamp) -> Result<jiff::Timestamp, ApiError> {
     match at {
         Some(a) => a
             .parse()
             .map_err(|e| ApiError::invalid(format!("at: {a:?} is not an RFC 3339 instant: {e}"))),
-        None => Ok(jiff::Timestamp::now()),
+        None => Ok(now),
     }
 }
 
@@ -1096,7 +1096,7 @@ async fn retention_plan(
     Path(item): Path<String>,
     Query(q): Query<At>,
 ) -> ApiResult {
-    let at = instant(q.at)?;
+    let at = instant(q.at, s.home.now())?;
     ok(
         200,
         blocking(move || Ok(s.home.retention_plan(&item, at)?)).await?,
@@ -1212,7 +1212,7 @@ async fn apply_retention(
     Path(item): Path<String>,
     Body(b): Body<RetentionBody>,
 ) -> ApiResult {
-    let at = instant(b.at)?;
+    let at = instant(b.at, s.home.now())?;
     ok(
         200,
         blocking(move || Ok(s.home.retention_apply(&item, at, &s.secrets)?)).await?,

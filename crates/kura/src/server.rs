@@ -73,7 +73,7 @@ pub fn run(
     };
     std::thread::spawn(move || {
         loop {
-            match sched_home.scheduler_tick(jiff::Timestamp::now(), &sched_opts) {
+            match sched_home.scheduler_tick(sched_home.now(), &sched_opts) {
                 Ok(r) => {
                     for b in &r.backups {
                         say!(

@@ -221,26 +221,21 @@ fn simulate_prints_runs_and_survivors() {
 
 #[test]
 fn retention_plan_then_apply_removes_expired_points_but_never_the_newest() {
-    let e = Env::new();
+    let e = Env::at("2026-03-10T09:00:00Z");
     e.vault("v", &[]);
     let img = e.path("d.raw");
     make_image(&img, 2 << 20, &[(0, 2 << 20, 5)]);
     e.protect(&img, "v", &[]);
-    // kura reads dates in its local zone: UTC here (Env sets TZ).
-    let today = || {
-        jiff::Timestamp::now()
-            .to_zoned(jiff::tz::TimeZone::UTC)
-            .date()
-    };
-    let tomorrow = today().tomorrow().unwrap().to_string();
-    let short = e.json(&["backup", "now", "d", "--retain-until", &tomorrow]);
+    // kura reads dates in its local zone: UTC here (Env sets TZ); its clock started at
+    // 2026-03-10 09:00 UTC.
+    let short = e.json(&["backup", "now", "d", "--retain-until", "2026-03-11"]);
     let short_id = short["rp_id"].as_str().unwrap().to_string();
     let long_id = e.backup("d");
     let rps = e.json(&["rp", "list", "d"]);
     assert_eq!(rps[1]["tags"], serde_json::json!(["on-demand"]));
     let expires = rps[1]["expires"].as_str().unwrap();
     assert!(
-        expires.starts_with(&today().tomorrow().unwrap().tomorrow().unwrap().to_string()),
+        expires.starts_with("2026-03-12"),
         "kept through the given day: {expires}"
     );
 
@@ -255,11 +250,7 @@ fn retention_plan_then_apply_removes_expired_points_but_never_the_newest() {
         "{plan}"
     );
     // In 3 days: the short one goes; in a year both expired, but the newest stays.
-    let in3 = jiff::Timestamp::now()
-        .checked_add(jiff::SignedDuration::from_hours(72))
-        .unwrap()
-        .to_string();
-    let plan = e.json(&["retention", "plan", "d", "--at", &in3]);
+    let plan = e.json(&["retention", "plan", "d", "--at", "2026-03-13T09:00:00Z"]);
     let actions: Vec<(&str, &str)> = plan["entries"]
         .as_array()
         .unwrap()
@@ -270,11 +261,8 @@ fn retention_plan_then_apply_removes_expired_points_but_never_the_newest() {
         actions,
         [(long_id.as_str(), "keep"), (short_id.as_str(), "delete")]
     );
-    let in_a_year = jiff::Timestamp::now()
-        .checked_add(jiff::SignedDuration::from_hours(24 * 365))
-        .unwrap()
-        .to_string();
-    let plan = e.json(&["retention", "plan", "d", "--at", &in_a_year]);
+    let in_a_year = "2027-03-10T09:00:00Z";
+    let plan = e.json(&["retention", "plan", "d", "--at", in_a_year]);
     assert_eq!(plan["entries"][0]["action"], "keep");
     assert!(
         plan["entries"][0]["reason"]
@@ -283,7 +271,7 @@ fn retention_plan_then_apply_removes_expired_points_but_never_the_newest() {
             .contains("newest")
     );
     assert!(e.path("home/vaults/v/rps").join(&short_id).exists());
-    e.json(&["retention", "apply", "d", "--at", &in_a_year]);
+    e.json(&["retention", "apply", "d", "--at", in_a_year]);
     let rps = e.json(&["rp", "list", "d"]);
     assert_eq!(rps.as_array().unwrap().len(), 1);
     assert_eq!(rps[0]["id"], long_id.as_str());
@@ -302,7 +290,7 @@ fn retention_plan_then_apply_removes_expired_points_but_never_the_newest() {
 
 #[test]
 fn gc_from_the_command_line() {
-    let e = Env::new();
+    let e = Env::at("2026-03-10T09:00:00Z");
     e.vault("v", &[]);
     let img = e.path("d.raw");
     make_image(&img, 1 << 20, &[(0, 1 << 20, 1)]);
@@ -310,11 +298,8 @@ fn gc_from_the_command_line() {
     e.backup("d");
     make_image(&img, 1 << 20, &[(0, 1 << 20, 2)]);
     e.backup("d");
-    let far = jiff::Timestamp::now()
-        .checked_add(jiff::SignedDuration::from_hours(24 * 400))
-        .unwrap()
-        .to_string();
-    e.json(&["retention", "apply", "d", "--at", &far]);
+    // 400 days after the home's clock started.
+    e.json(&["retention", "apply", "d", "--at", "2027-04-14T09:00:00Z"]);
     let before = e.chunk_files("v").len();
     let dry = e.json(&["gc", "--vault", "v", "--grace", "0", "--dry-run"]);
     assert_eq!(dry["newly_doomed"], 16);

@@ -43,7 +43,7 @@ fn item_show_reports_protection_state_and_health() {
 
 #[test]
 fn stop_retain_resume_and_refusals() {
-    let e = Env::new();
+    let e = Env::at("2026-03-10T09:00:00Z");
     let _img = protected_item(&e);
     let st = e.json(&["item", "stop", "d"]);
     assert_eq!(st["protection_state"], "ProtectionStopped");
@@ -55,11 +55,9 @@ fn stop_retain_resume_and_refusals() {
         "{err}"
     );
     // Data is retained: retention keeps everything, restores work.
-    let far = jiff::Timestamp::now()
-        .checked_add(jiff::SignedDuration::from_hours(24 * 400))
-        .unwrap()
-        .to_string();
-    let plan = e.json(&["retention", "plan", "d", "--at", &far]);
+    // The home's clock started at 2026-03-10 09:00 UTC: 400 days later.
+    let far = "2027-04-14T09:00:00Z";
+    let plan = e.json(&["retention", "plan", "d", "--at", far]);
     assert!(
         plan["entries"]
             .as_array()
@@ -92,7 +90,7 @@ fn stop_retain_resume_and_refusals() {
 
 #[test]
 fn soft_delete_undelete_and_purge_after_the_period() {
-    let e = Env::new();
+    let e = Env::at("2026-03-10T09:00:00Z");
     let img = protected_item(&e);
     let st = e.json(&["item", "stop", "d", "--delete-data"]);
     assert_eq!(st["protection_state"], "SoftDeleted");
@@ -125,17 +123,10 @@ fn soft_delete_undelete_and_purge_after_the_period() {
 
     // Soft-delete again; 14 days later the scheduler purges it and GC frees the chunks.
     e.json(&["item", "stop", "d", "--delete-data"]);
-    let in13 = jiff::Timestamp::now()
-        .checked_add(jiff::SignedDuration::from_hours(24 * 13))
-        .unwrap()
-        .to_string();
-    let tick = e.json(&["scheduler", "tick", "--now", &in13]);
+    // The home's clock started at 2026-03-10 09:00 UTC: 13 days and 15 days later.
+    let tick = e.json(&["scheduler", "tick", "--now", "2026-03-23T12:00:00Z"]);
     assert_eq!(tick["purged"], serde_json::json!([]));
-    let in15 = jiff::Timestamp::now()
-        .checked_add(jiff::SignedDuration::from_hours(24 * 15))
-        .unwrap()
-        .to_string();
-    let tick = e.json(&["scheduler", "tick", "--now", &in15]);
+    let tick = e.json(&["scheduler", "tick", "--now", "2026-03-25T12:00:00Z"]);
     assert_eq!(tick["purged"], serde_json::json!(["d"]));
     assert_eq!(e.json(&["item", "list"]).as_array().unwrap().len(), 0);
     e.json(&["gc", "--vault", "v", "--grace", "0"]);

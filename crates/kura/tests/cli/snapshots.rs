@@ -48,7 +48,7 @@ fn snapshots(q: &Path) -> String {
 
 #[test]
 fn qcow2_backups_take_an_internal_snapshot_that_restores_use_first() {
-    let e = Env::new();
+    let e = Env::at("2026-03-10T09:00:00Z");
     let q = qcow2_item(&e);
     let first_state = raw_of(&e, &q, "first.raw");
     let r = e.json(&["backup", "now", "vm"]);
@@ -78,11 +78,8 @@ fn qcow2_backups_take_an_internal_snapshot_that_restores_use_first() {
 
     // Two days later (DefaultPolicy keeps snapshots 2 days) the older snapshot goes; the
     // point keeps its vault copy and still restores, from the vault.
-    let later = jiff::Timestamp::now()
-        .checked_add(jiff::SignedDuration::from_hours(49))
-        .unwrap()
-        .to_string();
-    e.json(&["retention", "apply", "vm", "--at", &later]);
+    // 49 hours after the home's clock started (2026-03-10 09:00 UTC).
+    e.json(&["retention", "apply", "vm", "--at", "2026-03-12T10:00:00Z"]);
     let rps = e.json(&["rp", "list", "vm"]);
     let old = rps
         .as_array()
