@@ -18,9 +18,11 @@ mod gc;
 mod owner;
 mod policies;
 mod schema;
+mod tokens;
 
 pub use gc::{Doomed, Lease, Rescue};
 pub use policies::PolicyRow;
+pub use tokens::TokenRow;
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -1058,6 +1060,28 @@ impl Catalog {
                     Ok((r.get(0)?, r.get(1)?))
                 })?;
         Ok(!self.alive(owner.as_deref(), pid))
+    }
+
+    /// The jobs this catalog handle's process runs that have not ended.
+    pub fn own_running_jobs(&self) -> Result<Vec<String>> {
+        let rows: Vec<(String, u32, Option<String>)> = self
+            .conn()
+            .prepare(
+                "SELECT id, pid, owner FROM jobs WHERE status IN ('InProgress', 'Cancelling')",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        let me = std::process::id();
+        Ok(rows
+            .into_iter()
+            .filter(
+                |(_, pid, owner)| match (owner.as_deref(), self.owner_id()) {
+                    (Some(o), Some(mine)) => o == mine,
+                    _ => *pid == me,
+                },
+            )
+            .map(|(id, _, _)| id)
+            .collect())
     }
 
     /// Records a job's sub-tasks.

@@ -127,6 +127,15 @@ const MIGRATIONS: &[&str] = &[
         rp_id TEXT PRIMARY KEY REFERENCES recovery_points(id) ON DELETE CASCADE,
         definition TEXT NOT NULL
     );",
+    // 18: named API tokens, stored as hashes; `role` is for per-token roles to come.
+    "CREATE TABLE api_tokens (
+        name TEXT PRIMARY KEY,
+        hash TEXT NOT NULL UNIQUE,
+        created TEXT NOT NULL,
+        expires TEXT,
+        last_used TEXT,
+        role TEXT
+    );",
 ];
 
 pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {

@@ -1022,6 +1022,29 @@ impl Home {
         Ok(self.catalog.job(&job.id)?)
     }
 
+    /// The jobs this process runs that have not ended (for a server that stops).
+    pub fn running_jobs_of_this_process(&self) -> Result<Vec<String>> {
+        Ok(self.catalog.own_running_jobs()?)
+    }
+
+    /// Asks a job of this process to stop where it can (see [`Home::cancel_job`]); false
+    /// when it is in a phase that runs to its end.
+    pub fn request_stop(&self, id: &str) -> Result<bool> {
+        match self.cancel_job(id) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == ErrorKind::Conflict => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Records a job of this process Cancelled as the process exits before it ended: its
+    /// transfer stops with the process, nothing it wrote is referenced by a recovery point,
+    /// and garbage collection removes it.
+    pub fn record_stopped(&self, id: &str, why: &str) -> Result<()> {
+        self.catalog.finish_job(id, "Cancelled", None, Some(why))?;
+        Ok(())
+    }
+
     /// The latest `limit` jobs, newest first.
     pub fn list_jobs(&self, limit: usize) -> Result<Vec<kura_catalog::JobRow>> {
         Ok(self.catalog.list_jobs(limit)?)

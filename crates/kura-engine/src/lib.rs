@@ -37,6 +37,7 @@ mod restore_vm;
 pub mod retention;
 pub mod scheduler;
 pub mod snapshot;
+pub mod tokens;
 pub mod usage;
 pub mod verify;
 

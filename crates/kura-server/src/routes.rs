@@ -287,6 +287,38 @@ pub const ROUTES: &[Route] = &[
         false,
     ),
     r(
+        "GET",
+        "/api/v1/tokens",
+        "listTokens",
+        "API tokens (names, dates, last use; never secrets)",
+        200,
+        false,
+    ),
+    r(
+        "POST",
+        "/api/v1/tokens",
+        "createToken",
+        "Make a named token; its secret is in this answer only",
+        201,
+        true,
+    ),
+    r(
+        "DELETE",
+        "/api/v1/tokens/{name}",
+        "revokeToken",
+        "Revoke a token",
+        200,
+        false,
+    ),
+    r(
+        "POST",
+        "/api/v1/tokens/{name}/reset",
+        "resetToken",
+        "Give a token a new secret, shown in this answer only",
+        200,
+        true,
+    ),
+    r(
         "POST",
         "/api/v1/jobs/{job}/cancel",
         "cancelJob",
@@ -347,8 +379,12 @@ pub const ROUTES: &[Route] = &[
 type S = Arc<AppState>;
 type ApiResult = Result<Response, ApiError>;
 
-/// Requires `Authorization: Bearer TOKEN`.
+/// Requires `Authorization: Bearer TOKEN` with a known, unexpired token; holds its name.
 pub struct Auth;
+
+/// Where the request log finds the name of the token a request presented.
+#[derive(Clone, Default)]
+pub(crate) struct TokenSlot(pub(crate) Arc<std::sync::Mutex<Option<String>>>);
 
 impl FromRequestParts<S> for Auth {
     type Rejection = ApiError;
@@ -358,15 +394,27 @@ impl FromRequestParts<S> for Auth {
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match token {
-            Some(t) if blake3::hash(t.as_bytes()).as_bytes() == &state.token_hash => Ok(Auth),
-            _ => Err(ApiError::new(
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_string);
+        let refused = || {
+            ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
                 "a valid bearer token is required",
-            )),
+            )
+        };
+        let Some(token) = token else {
+            return Err(refused());
+        };
+        let st = state.clone();
+        let row = blocking(move || Ok(st.home.authenticate(&token)?)).await?;
+        let Some(row) = row else {
+            return Err(refused());
+        };
+        if let Some(slot) = parts.extensions.get::<TokenSlot>() {
+            *slot.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(row.name.clone());
         }
+        Ok(Auth)
     }
 }
 
@@ -422,6 +470,8 @@ pub fn fuzz_bodies(data: &[u8]) {
     let _ = parse_body::<RetentionBody>(data);
     let _ = parse_body::<Attach>(data);
     let _ = parse_body::<SetFormat>(data);
+    let _ = parse_body::<NewTokenBody>(data);
+    let _ = parse_body::<ResetTokenBody>(data);
     let _ = parse_body::<serde_json::Value>(data)
         .map(|v| kura_policy::Policy::parse(v.to_string().as_bytes()));
 }
@@ -782,6 +832,18 @@ struct BackupNow {
     retain_until: Option<String>,
 }
 
+/// New jobs are refused once the server is stopping.
+fn refuse_when_stopping(s: &AppState) -> Result<(), ApiError> {
+    if s.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "stopping",
+            "the server is stopping and takes no new jobs",
+        ));
+    }
+    Ok(())
+}
+
 /// Registers the job (after `check`), answers 202 with its id, and runs the work in the
 /// background.
 async fn start_job(
@@ -792,6 +854,7 @@ async fn start_job(
     check: impl FnOnce(&AppState) -> Result<(), kura_engine::Error> + Send + 'static,
     work: impl FnOnce(&AppState, String) -> Result<(), kura_engine::Error> + Send + 'static,
 ) -> ApiResult {
+    refuse_when_stopping(&s)?;
     let st = s.clone();
     let id = blocking(move || {
         check(&st)?;
@@ -1115,6 +1178,77 @@ async fn list_jobs(_: Auth, State(s): State<S>, Query(q): Query<Limit>) -> ApiRe
     ok(200, blocking(move || Ok(s.home.list_jobs(limit)?)).await?)
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTokenBody {
+    name: String,
+    #[serde(default)]
+    expires: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ResetTokenBody {
+    #[serde(default)]
+    expires: Option<String>,
+}
+
+async fn list_tokens(_: Auth, State(s): State<S>) -> ApiResult {
+    ok(200, blocking(move || Ok(s.home.list_tokens()?)).await?)
+}
+
+async fn create_token(_: Auth, State(s): State<S>, Body(b): Body<NewTokenBody>) -> ApiResult {
+    let t = blocking(move || {
+        let expires = match &b.expires {
+            Some(e) => Some(
+                s.home
+                    .parse_token_expiry(e)
+                    .map_err(|e| ApiError::invalid(format!("expires: {e}")))?,
+            ),
+            None => None,
+        };
+        Ok(s.home.create_token(&b.name, expires)?)
+    })
+    .await?;
+    ok(201, t)
+}
+
+async fn revoke_token(_: Auth, State(s): State<S>, Path(name): Path<String>) -> ApiResult {
+    blocking(move || Ok(s.home.revoke_token(&name)?)).await?;
+    ok(200, json!({"revoked": true}))
+}
+
+async fn reset_token(
+    _: Auth,
+    State(s): State<S>,
+    Path(name): Path<String>,
+    Body(b): Body<ResetTokenBody>,
+) -> ApiResult {
+    let t = blocking(move || {
+        s.home
+            .list_tokens()?
+            .iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| {
+                kura_engine::Error::from(kura_catalog::Error::NotFound {
+                    kind: "token",
+                    name: name.clone(),
+                })
+            })?;
+        let expires = match &b.expires {
+            Some(e) => Some(
+                s.home
+                    .parse_token_expiry(e)
+                    .map_err(|e| ApiError::invalid(format!("expires: {e}")))?,
+            ),
+            None => None,
+        };
+        Ok(s.home.reset_token(&name, None, expires)?)
+    })
+    .await?;
+    ok(200, t)
+}
+
 async fn get_job(_: Auth, State(s): State<S>, Path(job): Path<String>) -> ApiResult {
     ok(200, blocking(move || Ok(s.home.job(&job)?)).await?)
 }
@@ -1268,6 +1402,10 @@ async fn get_openapi() -> ApiResult {
 fn handler(route: &Route) -> MethodRouter<S> {
     match route.operation {
         "getOpenApi" => get(get_openapi),
+        "listTokens" => get(list_tokens),
+        "createToken" => post(create_token),
+        "revokeToken" => delete(revoke_token),
+        "resetToken" => post(reset_token),
         "listVaults" => get(list_vaults),
         "createVault" => post(create_vault),
         "getVault" => get(get_vault),
@@ -1326,4 +1464,27 @@ pub(crate) fn router(state: S) -> Router {
             )
         })
         .with_state(state)
+        .layer(axum::middleware::from_fn(log_request))
+}
+
+/// One log line per request: method, path, status, duration and the token's name (never
+/// its secret).
+async fn log_request(mut req: Request, next: axum::middleware::Next) -> Response {
+    let slot = TokenSlot::default();
+    req.extensions_mut().insert(slot.clone());
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    let token = slot.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    tracing::info!(
+        target: "kura::http",
+        method = %method,
+        path = %path,
+        status = resp.status().as_u16(),
+        ms = started.elapsed().as_millis() as u64,
+        token = token.as_deref().unwrap_or("-"),
+        "request"
+    );
+    resp
 }

@@ -19,24 +19,43 @@ struct Server {
 fn start() -> Server {
     let dir = tempfile::tempdir().unwrap();
     let home = Home::open(&dir.path().join("home")).unwrap();
-    let (token_hash, token) = kura_server::first_start(&home, Some(TOKEN)).unwrap();
-    assert_eq!(token.as_deref(), Some(TOKEN));
-    let (_, again) = kura_server::first_start(&home, Some(TOKEN)).unwrap();
-    assert!(
-        again.is_none(),
-        "the token is only handed out at the first start"
+    // A home from before named tokens: its admin token's hash in a file.
+    std::fs::write(
+        dir.path().join("home").join(kura_server::LEGACY_TOKEN_FILE),
+        format!("{}\n", blake3::hash(b"legacy-admin-token-1").to_hex()),
+    )
+    .unwrap();
+    assert_eq!(
+        kura_server::first_start(&home, None).unwrap(),
+        kura_server::AdminToken::Existing,
+        "the legacy admin token is adopted"
     );
-    let stored =
-        std::fs::read_to_string(dir.path().join("home").join(kura_server::TOKEN_FILE)).unwrap();
-    assert!(!stored.contains(TOKEN), "only a hash is stored");
+    assert!(
+        !dir.path()
+            .join("home")
+            .join(kura_server::LEGACY_TOKEN_FILE)
+            .exists()
+    );
+    assert!(home.authenticate("legacy-admin-token-1").unwrap().is_some());
+    // KURA_ADMIN_TOKEN sets the admin token at every start.
+    assert_eq!(
+        kura_server::first_start(&home, Some(TOKEN)).unwrap(),
+        kura_server::AdminToken::Given
+    );
+    assert!(home.authenticate("legacy-admin-token-1").unwrap().is_none());
+    let db = std::fs::read(dir.path().join("home").join("catalog.db")).unwrap();
+    assert!(
+        !db.windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes()),
+        "only a hash is stored"
+    );
     let state = Arc::new(AppState {
         home: Arc::new(home),
-        token_hash,
         secrets: Secrets::default(),
         roots: kura_server::Roots {
             source: vec![dir.path().to_path_buf()],
             restore: vec![dir.path().to_path_buf()],
         },
+        stopping: Default::default(),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

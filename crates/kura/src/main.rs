@@ -55,6 +55,10 @@ struct Cli {
     /// File holding the API token for --server (first line), kept out of the process list.
     #[arg(long, global = true, value_name = "FILE", conflicts_with = "token")]
     token_file: Option<PathBuf>,
+    /// CA certificate (PEM) that signed an https --server's certificate, for a private CA
+    /// (default: the system's trusted roots).
+    #[arg(long, global = true, env = "KURA_CA_FILE", value_name = "FILE")]
+    ca_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -115,25 +119,11 @@ enum Command {
     #[command(subcommand)]
     Scheduler(policy_cmd::SchedulerCmd),
     /// Run the service: the HTTP API and the scheduler over the home.
-    Server {
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:8640")]
-        listen: String,
-        /// Seconds between scheduler ticks.
-        #[arg(long, default_value_t = 30)]
-        tick: u64,
-        /// Spread window, in seconds, for items that share a schedule.
-        #[arg(long, default_value_t = 600)]
-        spread: i64,
-        /// Also let API requests protect sources under DIR (repeatable). Allowed by default:
-        /// /var/lib/libvirt/images and HOME/sources.
-        #[arg(long = "allow-source", value_name = "DIR")]
-        allow_source: Vec<PathBuf>,
-        /// Also let API requests restore to, and keep vaults in, DIR (repeatable). Allowed by
-        /// default: HOME/restores and HOME/vaults.
-        #[arg(long = "allow-restore", value_name = "DIR")]
-        allow_restore: Vec<PathBuf>,
-    },
+    Server(server::ServerArgs),
+    /// API tokens of `kura server`: create, list, revoke, reset (on the server's host, or
+    /// through --server).
+    #[command(subcommand)]
+    Token(TokenCmd),
     /// Try kura end to end on a small demo disk, in a demo home.
     Quickstart(quickstart::Args),
 }
@@ -539,6 +529,35 @@ enum JobCmd {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum TokenCmd {
+    /// Make a named token; its secret is printed this once (only a hash is kept).
+    Create {
+        /// Token name (letters, digits, '-', '_', '.').
+        name: String,
+        /// When it stops being accepted: a date (2027-01-31, start of that day, local
+        /// time) or an instant (2027-01-31T12:00:00Z).
+        #[arg(long, value_name = "DATE")]
+        expires: Option<String>,
+    },
+    /// Tokens with their creation, expiry and last use.
+    List,
+    /// Revoke a token: requests with it are refused from now on.
+    Revoke {
+        /// Token name.
+        name: String,
+    },
+    /// Give a token a new secret (made if missing); the old secret stops working. `kura
+    /// token reset admin` on the server's host is how to recover a lost admin token.
+    Reset {
+        /// Token name.
+        name: String,
+        /// New expiry (default: none).
+        #[arg(long, value_name = "DATE")]
+        expires: Option<String>,
+    },
+}
+
 /// Exit codes: 0 success, 1 error, 2 usage error, 3 verify found damaged data.
 const EXIT_ERROR: u8 = 1;
 pub(crate) const EXIT_DAMAGED: u8 = 3;
@@ -547,7 +566,7 @@ fn main() -> ExitCode {
     // Everything kura creates (home, catalog, vault objects, keys, snapshots, restored
     // disks) holds backup data or secrets: private to the user running kura.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
-    let cli = Cli::parse();
+    let cli = parse_cli();
     let out = Out::new(cli.output == Format::Json);
     match run(&cli, &out) {
         Ok(code) => ExitCode::from(code),
@@ -556,6 +575,25 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_ERROR)
         }
     }
+}
+
+/// Parses the command line. `kura server --help` lists only what applies to the server:
+/// the global options about output and the remote transport are hidden there.
+fn parse_cli() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let mut cmd = Cli::command();
+    // Built first, so the global options have reached the subcommands; edited in place,
+    // so the built lookup tables stay valid.
+    cmd.build();
+    let cmd = cmd.mut_subcommand("server", |sc| {
+        sc.mut_args(|a| {
+            let client_only = ["output", "server", "token", "token_file", "ca_file"]
+                .contains(&a.get_id().as_str());
+            if client_only { a.hide(true) } else { a }
+        })
+    });
+    let matches = cmd.get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
 }
 
 /// Default home: `$XDG_DATA_HOME/kura`, else `~/.local/share/kura`.
@@ -582,21 +620,47 @@ fn read_passphrase_file(path: &Path) -> anyhow::Result<Zeroizing<String>> {
 }
 
 fn secrets(cli: &Cli) -> anyhow::Result<Secrets> {
-    let passphrase = match (&cli.passphrase_file, std::env::var("KURA_PASSPHRASE")) {
+    secrets_from(
+        cli.passphrase_file.as_deref(),
+        cli.key_file.clone(),
+        &vault_passphrase_files(cli)?,
+    )
+}
+
+/// The `--vault-passphrase-file NAME=FILE` options as a map.
+fn vault_passphrase_files(
+    cli: &Cli,
+) -> anyhow::Result<std::collections::BTreeMap<String, PathBuf>> {
+    let mut files = std::collections::BTreeMap::new();
+    for spec in &cli.vault_passphrase_file {
+        let (name, file) = spec
+            .split_once('=')
+            .filter(|(n, f)| !n.is_empty() && !f.is_empty())
+            .with_context(|| format!("--vault-passphrase-file {spec:?}: give it as NAME=FILE"))?;
+        files.insert(name.to_string(), PathBuf::from(file));
+    }
+    Ok(files)
+}
+
+/// Reads the secrets: the passphrase file (else `KURA_PASSPHRASE`), the key file, and one
+/// passphrase file per vault.
+fn secrets_from(
+    passphrase_file: Option<&Path>,
+    key_file: Option<PathBuf>,
+    vault_files: &std::collections::BTreeMap<String, PathBuf>,
+) -> anyhow::Result<Secrets> {
+    let passphrase = match (passphrase_file, std::env::var("KURA_PASSPHRASE")) {
         (Some(f), _) => Some(read_passphrase_file(f)?),
         (None, Ok(p)) if !p.is_empty() => Some(Zeroizing::new(p)),
         _ => None,
     };
     let mut vault_passphrases = std::collections::BTreeMap::new();
-    for spec in &cli.vault_passphrase_file {
-        let (name, file) = spec
-            .split_once('=')
-            .with_context(|| format!("--vault-passphrase-file {spec:?}: give it as NAME=FILE"))?;
-        vault_passphrases.insert(name.to_string(), read_passphrase_file(Path::new(file))?);
+    for (name, file) in vault_files {
+        vault_passphrases.insert(name.clone(), read_passphrase_file(file)?);
     }
     Ok(Secrets {
         passphrase,
-        key_file: cli.key_file.clone(),
+        key_file,
         vault_passphrases,
         ..Default::default()
     })
@@ -618,6 +682,9 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
     if let Command::Quickstart(args) = &cli.command {
         return quickstart::run(args, cli.home.as_deref(), out);
     }
+    if let Command::Server(args) = &cli.command {
+        return server::start(cli, args);
+    }
     if let Some(url) = &cli.server {
         let from_file = match &cli.token_file {
             Some(f) => Some(
@@ -636,7 +703,8 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             .or(cli.token.as_deref())
             .filter(|t| !t.is_empty())
             .context("--server needs a token: --token-file FILE or KURA_TOKEN (or --token)")?;
-        return remote::run(&cli.command, &remote::Client::new(url, token), out);
+        let client = remote::Client::new(url, token, cli.ca_file.as_deref())?;
+        return remote::run(&cli.command, &client, out);
     }
     let home_dir = cli.home.clone().unwrap_or_else(default_home);
     let home = match test_clock()? {
@@ -886,21 +954,26 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Policy(cmd) => policy_cmd::run_policy(&home, cmd, out),
-        Command::Server {
-            listen,
-            tick,
-            spread,
-            allow_source,
-            allow_restore,
-        } => {
-            let mut roots = kura_server::Roots::defaults(home.root());
-            for d in allow_source {
-                roots.source.push(std::path::absolute(d)?);
+        Command::Server(_) => unreachable!("handled before the home is opened"),
+        Command::Token(cmd) => {
+            let expiry =
+                |e: &Option<String>| e.as_deref().map(|t| home.parse_token_expiry(t)).transpose();
+            match cmd {
+                TokenCmd::Create { name, expires } => {
+                    let t = home.create_token(name, expiry(expires)?)?;
+                    out.view(&t, views::new_token);
+                }
+                TokenCmd::List => out.view(&home.list_tokens()?, views::token_list),
+                TokenCmd::Revoke { name } => {
+                    home.revoke_token(name)?;
+                    out.view(&serde_json::json!({"revoked": name}), views::token_revoked);
+                }
+                TokenCmd::Reset { name, expires } => {
+                    let t = home.reset_token(name, None, expiry(expires)?)?;
+                    out.view(&t, views::new_token);
+                }
             }
-            for d in allow_restore {
-                roots.restore.push(std::path::absolute(d)?);
-            }
-            server::run(home, secrets, listen, *tick, *spread, roots)
+            Ok(0)
         }
         Command::Usage { vault } => {
             let u = home.usage(vault.as_deref())?;

@@ -6,7 +6,9 @@ use serde_json::{Value, json};
 
 use crate::output::Out;
 use crate::views;
-use crate::{BackupCmd, Command, ItemCmd, JobCmd, ProtectCmd, RestoreCmd, RpCmd, VaultCmd};
+use crate::{
+    BackupCmd, Command, ItemCmd, JobCmd, ProtectCmd, RestoreCmd, RpCmd, TokenCmd, VaultCmd,
+};
 
 /// An API client.
 pub struct Client {
@@ -33,16 +35,38 @@ impl std::fmt::Display for ApiFailure {
 impl std::error::Error for ApiFailure {}
 
 impl Client {
-    pub fn new(url: &str, token: &str) -> Self {
+    /// A client of the server at `url`. An `https` server's certificate is checked against
+    /// `ca_file` (PEM, a private CA) when given, else against the system's trusted roots.
+    pub fn new(url: &str, token: &str, ca_file: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        use ureq::tls::{PemItem, RootCerts, TlsConfig};
+        let roots = match ca_file {
+            Some(f) => {
+                let pem = std::fs::read(f).with_context(|| format!("--ca-file {}", f.display()))?;
+                let mut certs = Vec::new();
+                for item in ureq::tls::parse_pem(&pem) {
+                    if let PemItem::Certificate(c) =
+                        item.with_context(|| format!("--ca-file {}", f.display()))?
+                    {
+                        certs.push(c);
+                    }
+                }
+                if certs.is_empty() {
+                    bail!("--ca-file {}: no PEM certificate in it", f.display());
+                }
+                RootCerts::from(certs)
+            }
+            None => RootCerts::PlatformVerifier,
+        };
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
+            .tls_config(TlsConfig::builder().root_certs(roots).build())
             .build()
             .into();
-        Client {
+        Ok(Client {
             base: format!("{}/api/v1", url.trim_end_matches('/')),
             token: token.to_string(),
             agent,
-        }
+        })
     }
 
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
@@ -65,8 +89,8 @@ impl Client {
                     .send_json(b.unwrap_or_else(|| json!({})))
             }
         };
-        let mut resp =
-            resp.with_context(|| format!("cannot reach the kura server at {}", self.base))?;
+        let mut resp = resp
+            .map_err(|e| anyhow::anyhow!("cannot reach the kura server at {}: {e}", self.base))?;
         let status = resp.status().as_u16();
         let text = resp
             .body_mut()
@@ -99,7 +123,7 @@ impl Client {
     fn wait(&self, job: &str) -> anyhow::Result<Value> {
         loop {
             let j = self.get(&format!("/jobs/{job}"))?;
-            if j["status"] != "InProgress" {
+            if j["status"] != "InProgress" && j["status"] != "Cancelling" {
                 return Ok(j);
             }
             std::thread::sleep(std::time::Duration::from_millis(200));
@@ -333,6 +357,24 @@ pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
             let damaged = report["problems"].as_array().is_some_and(|p| !p.is_empty());
             Ok(if damaged { crate::EXIT_DAMAGED } else { 0 })
         }
+        Command::Token(cmd) => match cmd {
+            TokenCmd::Create { name, expires } => show(
+                c.post("/tokens", json!({"name": name, "expires": expires}))?,
+                views::new_token,
+            ),
+            TokenCmd::List => show(c.get("/tokens")?, views::token_list),
+            TokenCmd::Revoke { name } => {
+                c.call("DELETE", &format!("/tokens/{}", enc(name)), None)?;
+                show(json!({"revoked": name}), views::token_revoked)
+            }
+            TokenCmd::Reset { name, expires } => show(
+                c.post(
+                    &format!("/tokens/{}/reset", enc(name)),
+                    json!({"expires": expires}),
+                )?,
+                views::new_token,
+            ),
+        },
         Command::Job(JobCmd::List { limit }) => {
             show(c.get(&format!("/jobs?limit={limit}"))?, views::job_list)
         }

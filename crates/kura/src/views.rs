@@ -656,3 +656,39 @@ pub fn retention(plan: &Value, applied: bool) -> String {
     }
     t.render()
 }
+
+/// `kura token create` and `reset`: the secret, shown once.
+pub fn new_token(t: &Value) -> String {
+    let expires = match &t["expires"] {
+        Value::Null => "never expires".to_string(),
+        e => format!("expires {}", s(e)),
+    };
+    format!(
+        "token {} ({expires}); its secret is shown only now:\n{}\n",
+        s(&t["name"]),
+        s(&t["token"])
+    )
+}
+
+/// `kura token list`.
+pub fn token_list(v: &Value) -> String {
+    if rows(v).next().is_none() {
+        return "no tokens: `kura server` makes the admin token at its first start\n".into();
+    }
+    let mut t = Table::new(&["NAME", "CREATED", "EXPIRES", "LAST USED"]);
+    for r in rows(v) {
+        let or = |v: &Value, d: &str| if v.is_null() { d.to_string() } else { s(v) };
+        t.row(vec![
+            s(&r["name"]),
+            s(&r["created"]),
+            or(&r["expires"], "never"),
+            or(&r["last_used"], "never"),
+        ]);
+    }
+    t.render()
+}
+
+/// `kura token revoke`.
+pub fn token_revoked(v: &Value) -> String {
+    format!("token {} revoked\n", s(&v["revoked"]))
+}

@@ -13,6 +13,7 @@ mod libvirt;
 mod policies;
 mod protection;
 mod remote;
+mod service;
 mod snapshots;
 mod vm;
 

@@ -34,7 +34,7 @@ pub(super) fn serve(e: &Env) -> ServerProcess {
             "--allow-restore",
             e.dir.path().to_str().unwrap(),
         ])
-        .env("KURA_ADMIN_TOKEN", "tok")
+        .env("KURA_ADMIN_TOKEN", "tok-0123456789abcdef")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -61,7 +61,7 @@ fn the_cli_works_through_the_server() {
     let srv = serve(&e);
     // The token comes from a file, so it never shows in the process list.
     let token_file = e.path("token");
-    std::fs::write(&token_file, "tok\n").unwrap();
+    std::fs::write(&token_file, "tok-0123456789abcdef\n").unwrap();
     let remote = |args: &[&str]| -> Vec<String> {
         let mut a = vec![
             "--server".to_string(),
@@ -257,7 +257,15 @@ fn an_overlapping_backup_request_gets_409() {
         .unwrap();
     gate.wait_reached();
     let jobs_before = e.json(&["--home", home.to_str().unwrap(), "job", "list"]);
-    let (code, err) = e.fails(&["--server", &srv.url, "--token", "tok", "backup", "now", "d"]);
+    let (code, err) = e.fails(&[
+        "--server",
+        &srv.url,
+        "--token",
+        "tok-0123456789abcdef",
+        "backup",
+        "now",
+        "d",
+    ]);
     assert_eq!(code, 1);
     assert_eq!(err["error"]["code"], "conflict", "{err}");
     let jobs_after = e.json(&["--home", home.to_str().unwrap(), "job", "list"]);

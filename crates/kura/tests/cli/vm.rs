@@ -304,7 +304,7 @@ fn a_vm_through_the_server() {
             "--server".to_string(),
             srv.url.clone(),
             "--token".into(),
-            "tok".into(),
+            "tok-0123456789abcdef".into(),
         ];
         a.extend(args.iter().map(|s| s.to_string()));
         a
