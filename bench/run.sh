@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# kura vs restic vs Borg on the same disk images, in one run.
+# kura vs restic, rustic and Borg on the same disk images, in one run.
 #
 #   bench/run.sh [WORKDIR]        (root or sudo; needs ~10 GiB free in WORKDIR)
 #
@@ -23,6 +23,13 @@ if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+# rustic 0.11.4 (restic's format in Rust) is not packaged: built once with cargo (about
+# 10-20 minutes on 2 cores) into a cache directory, or taken from $RUSTIC.
+RUSTIC="${RUSTIC:-$HOME/.cache/kura/rustic/bin/rustic}"
+if ! "$RUSTIC" --version 2>/dev/null | grep -q "0.11.4"; then
+  cargo install rustic-rs --version 0.11.4 --locked --root "$HOME/.cache/kura/rustic"
+  RUSTIC="$HOME/.cache/kura/rustic/bin/rustic"
 fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/kura/target}"
 cargo build --release --locked -p kura -q
@@ -105,6 +112,22 @@ cmp "$W/restic.raw" "$W/restic-out/$W/restic.raw"
 RESTIC_RALLOC=$(alloc "$W/restic-out/$W/restic.raw")
 rm -rf "$W/restic-out"
 
+# --- rustic -------------------------------------------------------------------------------
+export RUSTIC_PASSWORD=bench
+"$RUSTIC" -r "$W/rustic" init >/dev/null 2>&1
+cp --sparse=always "$W/disk.raw" "$W/rustic.raw"
+measure full rustic "$RUSTIC" -r "$W/rustic" --no-progress backup "$W/rustic.raw"
+RUSTIC_FULL=$(stored "$W/rustic")
+churn "$W/rustic.raw"
+measure incremental rustic "$RUSTIC" -r "$W/rustic" --no-progress backup "$W/rustic.raw"
+RUSTIC_INC=$(stored "$W/rustic")
+mkdir -p "$W/rustic-out"
+measure restore rustic "$RUSTIC" -r "$W/rustic" --no-progress restore latest "$W/rustic-out"
+RUSTIC_OUT=$(find "$W/rustic-out" -name rustic.raw -type f | head -1)
+cmp "$W/rustic.raw" "$RUSTIC_OUT"
+RUSTIC_RALLOC=$(alloc "$RUSTIC_OUT")
+rm -rf "$W/rustic-out"
+
 # --- Borg ---------------------------------------------------------------------------------
 borg init -e repokey "$W/borg"
 cp --sparse=always "$W/disk.raw" "$W/borg.raw"
@@ -134,16 +157,16 @@ mib() { awk -v b="$1" 'BEGIN { printf "%.0f", b / 1048576 }'; }
 {
   echo "| tool | full (s) | incremental (s) | restore (s) | stored after full (MiB) | after incremental (MiB) | restored allocation / source | peak RSS full / inc / restore (MiB) |"
   echo "|---|---:|---:|---:|---:|---:|---:|---|"
-  for t in kura restic borg; do
-    case $t in kura) F=$KURA_FULL I=$KURA_INC A=$KURA_RALLOC;; restic) F=$RESTIC_FULL I=$RESTIC_INC A=$RESTIC_RALLOC;; borg) F=$BORG_FULL I=$BORG_INC A=$BORG_RALLOC;; esac
+  for t in kura restic rustic borg; do
+    case $t in kura) F=$KURA_FULL I=$KURA_INC A=$KURA_RALLOC;; restic) F=$RESTIC_FULL I=$RESTIC_INC A=$RESTIC_RALLOC;; rustic) F=$RUSTIC_FULL I=$RUSTIC_INC A=$RUSTIC_RALLOC;; borg) F=$BORG_FULL I=$BORG_INC A=$BORG_RALLOC;; esac
     echo "| $t | $(get $t full 3) | $(get $t incremental 3) | $(get $t restore 3) | $(mib "$F") | $(mib "$I") | $(ratio "$A" "$SRC_ALLOC") | $(get $t full 4) / $(get $t incremental 4) / $(get $t restore 4) |"
   done
   echo
   echo "- zstd -1 -T0 over the ${SIZE_GIB} GiB image: $(get zstd zstd-limit 3) s"
-  echo "- full backup speed-up: vs restic $(ratio "$(get restic full 3)" "$(get kura full 3)")x, vs Borg $(ratio "$(get borg full 3)" "$(get kura full 3)")x; kura / zstd limit $(ratio "$(get kura full 3)" "$(get zstd zstd-limit 3)")"
-  echo "- restore speed-up: vs restic $(ratio "$(get restic restore 3)" "$(get kura restore 3)")x, vs Borg $(ratio "$(get borg restore 3)" "$(get kura restore 3)")x"
+  echo "- full backup speed-up: vs restic $(ratio "$(get restic full 3)" "$(get kura full 3)")x, vs rustic $(ratio "$(get rustic full 3)" "$(get kura full 3)")x, vs Borg $(ratio "$(get borg full 3)" "$(get kura full 3)")x; kura / zstd limit $(ratio "$(get kura full 3)" "$(get zstd zstd-limit 3)")"
+  echo "- restore speed-up: vs restic $(ratio "$(get restic restore 3)" "$(get kura restore 3)")x, vs rustic $(ratio "$(get rustic restore 3)" "$(get kura restore 3)")x, vs Borg $(ratio "$(get borg restore 3)" "$(get kura restore 3)")x"
   echo "- kura peak RSS: ${SIZE_GIB} GiB image $(get kura full 4) MiB, ${BIG_GIB} GiB image (same data) $(get kura full-${BIG_GIB}G 4) MiB in $(get kura full-${BIG_GIB}G 3) s"
   echo "- source image: ${SIZE_GIB} GiB, $(mib "$SRC_ALLOC") MiB allocated; machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
   sed 's/^/- catalog: /' "$W/catalog.txt"
-  echo "- versions: $("$KURA" --version), $(restic version | cut -d' ' -f1-2), $(borg --version), $(zstd --version | head -c 60)"
+  echo "- versions: $("$KURA" --version), $(restic version | cut -d' ' -f1-2), $("$RUSTIC" --version), $(borg --version), $(zstd --version | head -c 60)"
 } | tee "$W/results.md"

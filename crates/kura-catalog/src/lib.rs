@@ -18,10 +18,12 @@ mod gc;
 mod owner;
 mod policies;
 mod schema;
+mod stats;
 mod tokens;
 
 pub use gc::{Doomed, Lease, Rescue};
 pub use policies::PolicyRow;
+pub use stats::{ItemHealth, JobCount};
 pub use tokens::TokenRow;
 
 use std::path::Path;

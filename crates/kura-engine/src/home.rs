@@ -1045,6 +1045,16 @@ impl Home {
         Ok(())
     }
 
+    /// Jobs by operation and status, with the bytes they processed (for monitoring).
+    pub fn job_counts(&self) -> Result<Vec<kura_catalog::JobCount>> {
+        Ok(self.catalog.job_counts()?)
+    }
+
+    /// Every item's latest backup status and latest success (for monitoring).
+    pub fn item_health(&self) -> Result<Vec<kura_catalog::ItemHealth>> {
+        Ok(self.catalog.item_health()?)
+    }
+
     /// The latest `limit` jobs, newest first.
     pub fn list_jobs(&self, limit: usize) -> Result<Vec<kura_catalog::JobRow>> {
         Ok(self.catalog.list_jobs(limit)?)

@@ -14,6 +14,7 @@
 
 pub mod config;
 pub mod error;
+pub mod metrics;
 mod openapi;
 mod paths;
 mod routes;
@@ -39,6 +40,8 @@ pub struct AppState {
     pub roots: Roots,
     /// Set when the server is stopping: new jobs are refused.
     pub stopping: Arc<std::sync::atomic::AtomicBool>,
+    /// What the scheduler reports about itself, for `/metrics`.
+    pub scheduler: Arc<metrics::SchedulerStats>,
 }
 
 /// Where the admin token stood before named tokens (a file with its hash); adopted into

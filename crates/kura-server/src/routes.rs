@@ -1455,6 +1455,7 @@ pub(crate) fn router(state: S) -> Router {
         router = router.route(route.path, handler(route));
     }
     router
+        .route("/metrics", get(get_metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -1465,6 +1466,19 @@ pub(crate) fn router(state: S) -> Router {
         })
         .with_state(state)
         .layer(axum::middleware::from_fn(log_request))
+}
+
+/// `GET /metrics` (a token is needed, as everywhere): Prometheus text format.
+async fn get_metrics(_: Auth, State(s): State<S>) -> ApiResult {
+    let text = blocking(move || crate::metrics::render(&s)).await?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
 }
 
 /// One log line per request: method, path, status, duration and the token's name (never

@@ -56,6 +56,7 @@ fn start() -> Server {
             restore: vec![dir.path().to_path_buf()],
         },
         stopping: Default::default(),
+        scheduler: Default::default(),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -81,6 +82,20 @@ fn call(
     token: Option<&str>,
     body: Option<&str>,
 ) -> (u16, Value) {
+    let (status, _, payload) = call_raw(s, method, path, token, body);
+    let v = serde_json::from_str(&payload)
+        .unwrap_or_else(|e| panic!("{method} {path}: body is not JSON ({e}): {payload:?}"));
+    (status, v)
+}
+
+/// Sends one request; returns (status, head, body text).
+fn call_raw(
+    s: &Server,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String, String) {
     let mut c = TcpStream::connect(s.addr).unwrap();
     let body = body.unwrap_or("");
     let auth = token
@@ -100,9 +115,7 @@ fn call(
     {
         payload = dechunk(&payload);
     }
-    let v = serde_json::from_str(&payload)
-        .unwrap_or_else(|e| panic!("{method} {path}: body is not JSON ({e}): {payload:?}"));
-    (status, v)
+    (status, head.to_string(), payload)
 }
 
 fn dechunk(s: &str) -> String {
@@ -324,6 +337,7 @@ fn protect_back_up_and_restore_over_the_api() {
     );
     let usage = ok(&s, "GET", "/api/v1/usage", None);
     assert!(usage.to_string().contains("\"disk\""));
+    scrape_metrics(&s);
     let plan = ok(&s, "GET", "/api/v1/items/disk/retention-plan", None);
     assert_eq!(plan["entries"][0]["action"], "keep");
     let (status, _) = call(
@@ -364,6 +378,72 @@ fn protect_back_up_and_restore_over_the_api() {
         "/api/v1/vaults/small",
         Some(json!({"soft_delete_days": 30})),
     );
+}
+
+/// `/metrics` parses as Prometheus text and holds the backup and restores just run.
+fn scrape_metrics(s: &Server) {
+    assert_eq!(
+        call_raw(s, "GET", "/metrics", None, None).0,
+        401,
+        "a token is needed"
+    );
+    let (status, head, text) = call_raw(s, "GET", "/metrics", Some(TOKEN), None);
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain"),
+        "{head}"
+    );
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text format");
+    let value = |name: &str, labels: &[(&str, &str)]| -> Option<f64> {
+        scrape
+            .samples
+            .iter()
+            .find(|x| x.metric == name && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
+            .map(|x| match x.value {
+                prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+    };
+    assert_eq!(
+        value(
+            "kura_jobs",
+            &[("operation", "Backup"), ("status", "Completed")]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            "kura_jobs",
+            &[("operation", "Restore"), ("status", "Failed")]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(value("kura_job_bytes", &[("operation", "Backup")]).unwrap() >= 300_000.0);
+    let at = value(
+        "kura_item_last_backup_success_timestamp_seconds",
+        &[("item", "disk"), ("vault", "small")],
+    )
+    .unwrap();
+    assert!(at > 1.7e9, "{at}");
+    assert_eq!(
+        value(
+            "kura_item_last_backup_status",
+            &[("item", "disk"), ("status", "Completed")]
+        ),
+        Some(1.0)
+    );
+    assert!(value("kura_vault_stored_bytes", &[("vault", "small")]).unwrap() > 0.0);
+    assert_eq!(
+        value("kura_item_recovery_points", &[("item", "disk")]),
+        Some(1.0)
+    );
+    assert!(value("kura_scheduler_lag_seconds", &[]).is_some());
 }
 
 fn wait(s: &Server, job: &str) -> Value {

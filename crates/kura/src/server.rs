@@ -249,12 +249,20 @@ fn run(
         show(&roots.restore)
     );
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    spawn_scheduler(home.clone(), &secrets, cfg, stopping.clone());
+    let scheduler = Arc::new(kura_server::metrics::SchedulerStats::default());
+    spawn_scheduler(
+        home.clone(),
+        &secrets,
+        cfg,
+        stopping.clone(),
+        scheduler.clone(),
+    );
     let state = Arc::new(AppState {
         home: home.clone(),
         secrets,
         roots,
         stopping: stopping.clone(),
+        scheduler,
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -336,12 +344,15 @@ fn stop_jobs(home: &Home) {
 }
 
 /// The scheduler runs on its own thread with the home's clock, until the server stops.
+/// Each tick's results and failures are logged; its timing goes to `/metrics`.
 fn spawn_scheduler(
     home: Arc<Home>,
     secrets: &Secrets,
     cfg: &ServerConfig,
     stopping: Arc<std::sync::atomic::AtomicBool>,
+    stats: Arc<kura_server::metrics::SchedulerStats>,
 ) {
+    use std::sync::atomic::Ordering;
     let opts = SchedulerOptions {
         secrets: secrets.clone(),
         spread: jiff::SignedDuration::from_secs(cfg.spread_seconds.min(i64::MAX as u64) as i64),
@@ -349,14 +360,25 @@ fn spawn_scheduler(
     };
     let tick = Duration::from_secs(cfg.tick_seconds.max(1));
     std::thread::spawn(move || {
-        while !stopping.load(std::sync::atomic::Ordering::SeqCst) {
-            match home.scheduler_tick(home.now(), &opts) {
+        while !stopping.load(Ordering::SeqCst) {
+            let now = home.now();
+            stats.last_tick.store(now.as_second(), Ordering::Relaxed);
+            stats.ticks.fetch_add(1, Ordering::Relaxed);
+            match home.scheduler_tick(now, &opts) {
                 Ok(r) => {
+                    let lag = r
+                        .backups
+                        .iter()
+                        .filter_map(|b| b.slot.parse::<jiff::Timestamp>().ok())
+                        .map(|slot| now.duration_since(slot).as_millis().max(0) as i64)
+                        .max()
+                        .unwrap_or(0);
+                    stats.lag_ms.store(lag, Ordering::Relaxed);
                     for b in &r.backups {
                         match (&b.rp_id, &b.error) {
-                            (_, Some(e)) => {
-                                tracing::error!(item = %b.item, slot = %b.slot, error = %e, "scheduled backup failed")
-                            }
+                            (_, Some(e)) => tracing::error!(
+                                item = %b.item, slot = %b.slot, error = %e, "scheduled backup failed"
+                            ),
                             (rp, None) => tracing::info!(
                                 item = %b.item,
                                 slot = %b.slot,
@@ -365,14 +387,24 @@ fn spawn_scheduler(
                             ),
                         }
                     }
+                    for e in &r.retention_errors {
+                        tracing::error!(error = %e, "retention failed");
+                    }
+                    for x in &r.expired {
+                        tracing::info!(item = %x.item, rp = %x.rp_id, reason = %x.reason, "retention removed a recovery point");
+                    }
+                    for item in &r.purged {
+                        tracing::info!(item = %item, "soft-deleted item purged");
+                    }
+                    for job in &r.gc_jobs {
+                        tracing::info!(job = %job, "garbage collection started");
+                    }
                 }
                 Err(e) => tracing::error!(error = %e, "scheduler tick failed"),
             }
             // Sleep in short steps so a stop is seen promptly.
             let until = std::time::Instant::now() + tick;
-            while std::time::Instant::now() < until
-                && !stopping.load(std::sync::atomic::Ordering::SeqCst)
-            {
+            while std::time::Instant::now() < until && !stopping.load(Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_millis(200).min(tick));
             }
         }
