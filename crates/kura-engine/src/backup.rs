@@ -138,12 +138,6 @@ impl Home {
                 Ok((report, rp))
             },
         )?;
-        if report.rp_id.is_empty() {
-            return Err(Error::new(
-                ErrorKind::Conflict,
-                format!("job {job_id} was cancelled during its snapshot phase"),
-            ));
-        }
         if report.transfer == "Failed" {
             return Err(Error::new(
                 ErrorKind::Other,
@@ -313,14 +307,7 @@ impl Home {
             tasks[1] = task("transfer", "Skipped", Some("the job was cancelled".into()));
             self.catalog.set_job_tasks(&job.id, &tasks)?;
             job.message("cancelled during the snapshot phase; nothing was kept");
-            return Ok(BackupReport::without_transfer(
-                item,
-                String::new(),
-                0,
-                "",
-                "Skipped",
-                "the job was cancelled".into(),
-            ));
+            return Err(Error::cancelled());
         }
         let mut snap_row = None;
         if let Some(snap) = &snapshot {
@@ -456,6 +443,29 @@ impl Home {
                     job.message(&format!("could not record snapshots in the vault: {e}"));
                 }
                 Ok(report)
+            }
+            // A cancelled backup keeps nothing: not its snapshot either, which would be a
+            // recovery point of a job that ends Cancelled. The chunks it wrote are referenced
+            // by no manifest and garbage collection removes them.
+            Err(e) if e.kind() == ErrorKind::Cancelled => {
+                tasks[1] = task("transfer", "Cancelled", None);
+                if snap_row.is_some() {
+                    tasks[0] = task(
+                        "snapshot",
+                        "Cancelled",
+                        Some("removed: the job was cancelled".into()),
+                    );
+                    if let Some(s) = &snapshot {
+                        s.delete()?;
+                    }
+                    self.catalog.delete_rp(&rp_id)?;
+                    if let Err(e) = self.record_item_with_snapshots(item, &vault) {
+                        job.message(&format!("could not record the snapshots in the vault: {e}"));
+                    }
+                }
+                self.catalog.set_job_tasks(&job.id, &tasks)?;
+                job.message("cancelled during the transfer; no recovery point was kept");
+                Err(e)
             }
             Err(e) if snap_row.is_some() => {
                 tasks[1] = task("transfer", "Failed", Some(e.to_string()));
@@ -686,6 +696,8 @@ impl Home {
             },
             stats: totals.clone(),
         };
+        // The last moment a cancel is honoured: after this the point exists.
+        crate::progress::check_cancel(job)?;
         vault.put_manifest(&manifest)?;
         // Published: the source may drop what tracked changes up to the previous point.
         held.driver.commit(&held.point);
@@ -1023,6 +1035,7 @@ fn run_pipeline(
                         if failed.load(Ordering::SeqCst) {
                             break;
                         }
+                        crate::progress::check_cancel(progress)?;
                         let start = slot as u64 * u64::from(chunk_size);
                         let end = (start + u64::from(chunk_size)).min(size);
                         if let Some(id) = reuses[n].unchanged(vault, slot, start, end)? {
@@ -1071,6 +1084,7 @@ fn run_pipeline(
                         {
                             break;
                         }
+                        crate::hooks::gate("transfer_chunk");
                     }
                     Ok(())
                 };

@@ -14,6 +14,8 @@ pub enum ErrorKind {
     Corrupt,
     /// The key or passphrase is wrong or missing.
     Key,
+    /// The job was cancelled (`kura job cancel`, or the server stopping).
+    Cancelled,
     /// Anything else (I/O, tools).
     Other,
 }
@@ -50,6 +52,11 @@ impl Error {
             kind,
             message: message.into(),
         }
+    }
+
+    /// The work stopped because its job was cancelled.
+    pub(crate) fn cancelled() -> Self {
+        Error::new(ErrorKind::Cancelled, "the job was cancelled")
     }
 
     pub(crate) fn io(what: impl std::fmt::Display, e: std::io::Error) -> Self {

@@ -152,6 +152,7 @@ impl Home {
         let mut referenced: HashSet<ChunkId> = HashSet::new();
         let rp_ids = vault.list_rp_ids()?;
         for rp in &rp_ids {
+            crate::progress::check_cancel(progress)?;
             let m = vault.get_manifest(rp).map_err(|e| {
                 Error::new(
                     ErrorKind::Corrupt,
@@ -211,6 +212,12 @@ impl Home {
         let candidates = self.catalog.doomed(vault_id)?;
         progress.start("garbage collection", candidates.len() as u64);
         for d in candidates {
+            // Stopping between chunks is safe: a chunk is claimed, deleted, then released,
+            // and a claim left by a stop is finished by the next run.
+            if progress.cancelled() {
+                vault.sync()?;
+                return Err(Error::cancelled());
+            }
             progress.advance(1);
             // Only marks from an earlier run: a recovery point published after that run's mark
             // is seen by this run's mark, which released its chunks above.
@@ -236,6 +243,7 @@ impl Home {
                     .undoom(vault_id, std::slice::from_ref(&d.chunk))?;
                 report.deleted += 1;
                 report.freed_bytes += size;
+                crate::hooks::gate("gc_delete");
             } else {
                 report.waiting += 1;
             }

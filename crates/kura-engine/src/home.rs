@@ -972,9 +972,10 @@ impl Home {
         Ok(self.catalog.job(id)?)
     }
 
-    /// Cancels a backup job; accepted only while its snapshot phase runs. A job of any kind
-    /// whose process is gone (killed, or a container that stopped) is cleared instead: it is
-    /// recorded Failed and no longer blocks its item.
+    /// Cancels a running job, in any phase: its work stops at the next chunk or recovery
+    /// point, undoes what is not complete and ends Cancelled. A job of any kind whose process
+    /// is gone (killed, or a container that stopped) is cleared instead: it is recorded Failed
+    /// and no longer blocks its item.
     pub fn cancel_job(&self, id: &str) -> Result<kura_catalog::JobRow> {
         let job = self.catalog.job(id)?;
         if matches!(job.status.as_str(), "InProgress" | "Cancelling")
@@ -988,28 +989,15 @@ impl Home {
             )?;
             return Ok(self.catalog.job(&job.id)?);
         }
+        if job.status == "Cancelling" {
+            return Ok(job);
+        }
         if job.status != "InProgress" {
             return Err(Error::new(
                 ErrorKind::Conflict,
                 format!(
                     "job {} is {}; only running jobs can be cancelled",
                     job.id, job.status
-                ),
-            ));
-        }
-        let in_snapshot = job.operation == "Backup"
-            && job.tasks.first().is_some_and(|t| t.status == "InProgress");
-        if !in_snapshot {
-            let phase = job
-                .tasks
-                .iter()
-                .find(|t| t.status == "InProgress")
-                .map_or("its work", |t| t.name.as_str());
-            return Err(Error::new(
-                ErrorKind::Conflict,
-                format!(
-                    "job {} is in {phase}; cancel is accepted only during a backup's snapshot phase",
-                    job.id
                 ),
             ));
         }
@@ -1027,8 +1015,8 @@ impl Home {
         Ok(self.catalog.own_running_jobs()?)
     }
 
-    /// Asks a job of this process to stop where it can (see [`Home::cancel_job`]); false
-    /// when it is in a phase that runs to its end.
+    /// Asks a job of this process to stop (see [`Home::cancel_job`]); false when it ended
+    /// meanwhile.
     pub fn request_stop(&self, id: &str) -> Result<bool> {
         match self.cancel_job(id) {
             Ok(_) => Ok(true),
@@ -1103,6 +1091,7 @@ impl Home {
             user: progress,
             state: Mutex::new(TeeState::default()),
             warning: Mutex::new(None),
+            cancel: Mutex::new(CancelCheck::default()),
         };
         ctx.log(&format!("{operation} of {target} started"));
         progress.job_started(&id, operation, target);
@@ -1110,9 +1099,10 @@ impl Home {
             Ok((value, rp)) => {
                 ctx.flush();
                 let warning = ctx.warning.lock().unwrap_or_else(|e| e.into_inner()).take();
-                let status = if ctx.cancelled() {
-                    "Cancelled"
-                } else if warning.is_some() {
+                if ctx.cancelled() {
+                    ctx.log("the cancel came after the work was done; the job's result stands");
+                }
+                let status = if warning.is_some() {
                     "CompletedWithWarnings"
                 } else {
                     "Completed"
@@ -1129,6 +1119,17 @@ impl Home {
                 self.catalog
                     .finish_job(&id, status, rp.as_deref(), warning.as_deref())?;
                 Ok((id, value))
+            }
+            Err(e) if e.kind() == ErrorKind::Cancelled => {
+                ctx.flush();
+                let msg = format!("{operation} of {target} was cancelled; {}", e);
+                ctx.log("cancelled; nothing incomplete was kept");
+                self.catalog
+                    .finish_job(&id, "Cancelled", None, Some(&msg))?;
+                Err(Error::new(
+                    ErrorKind::Cancelled,
+                    format!("job {id} was cancelled; nothing incomplete was kept"),
+                ))
             }
             Err(e) => {
                 let msg = e.to_string();
@@ -1155,14 +1156,35 @@ pub(crate) struct JobCtx<'a> {
     user: &'a dyn Progress,
     state: Mutex<TeeState>,
     warning: Mutex<Option<String>>,
+    cancel: Mutex<CancelCheck>,
 }
 
+/// The last answer to "was this job cancelled?", so that loops may ask once per chunk
+/// while the catalog is read at most every [`CANCEL_POLL`].
+#[derive(Default)]
+struct CancelCheck {
+    at: Option<Instant>,
+    cancelled: bool,
+}
+
+#[cfg(not(feature = "test-hooks"))]
+const CANCEL_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+/// Tests that stop a job at a gate and cancel it there need the next check to see it.
+#[cfg(feature = "test-hooks")]
+const CANCEL_POLL: std::time::Duration = std::time::Duration::ZERO;
+
 impl JobCtx<'_> {
-    /// Whether someone asked this job to stop (`kura job cancel`).
+    /// Whether someone asked this job to stop (`kura job cancel`, a stopping server), read
+    /// from the catalog now.
     pub(crate) fn cancelled(&self) -> bool {
-        self.catalog
+        let cancelled = self
+            .catalog
             .job(&self.id)
-            .is_ok_and(|j| j.status == "Cancelling" || j.status == "Cancelled")
+            .is_ok_and(|j| j.status == "Cancelling" || j.status == "Cancelled");
+        let mut c = self.cancel.lock().unwrap_or_else(|e| e.into_inner());
+        c.at = Some(Instant::now());
+        c.cancelled |= cancelled;
+        c.cancelled
     }
 
     /// Ends the job CompletedWithWarnings (with this message) if it otherwise succeeds.
@@ -1182,6 +1204,22 @@ impl JobCtx<'_> {
 }
 
 impl Progress for JobCtx<'_> {
+    /// As [`JobCtx::cancelled`], reading the catalog at most every [`CANCEL_POLL`]; a job
+    /// run inside another one (a VM restore's disks) also stops when the outer one is
+    /// cancelled.
+    fn cancelled(&self) -> bool {
+        if self.user.cancelled() {
+            return true;
+        }
+        {
+            let c = self.cancel.lock().unwrap_or_else(|e| e.into_inner());
+            if c.cancelled || c.at.is_some_and(|t| t.elapsed() < CANCEL_POLL) {
+                return c.cancelled;
+            }
+        }
+        JobCtx::cancelled(self)
+    }
+
     fn start(&self, phase: &str, total: u64) {
         {
             let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());

@@ -11,6 +11,22 @@ pub trait Progress: Sync {
     fn message(&self, _line: &str) {}
     /// A job started (its id is known before any work is done).
     fn job_started(&self, _id: &str, _operation: &str, _target: &str) {}
+    /// Whether the work should stop now because its job was cancelled. Long loops ask it
+    /// between units of work (a chunk, a recovery point) and end with [`ErrorKind::Cancelled`]
+    /// after undoing what is not complete.
+    ///
+    /// [`ErrorKind::Cancelled`]: crate::ErrorKind::Cancelled
+    fn cancelled(&self) -> bool {
+        false
+    }
+}
+
+/// Ends the work with [`crate::ErrorKind::Cancelled`] when its job was cancelled.
+pub(crate) fn check_cancel(progress: &dyn Progress) -> crate::Result<()> {
+    if progress.cancelled() {
+        return Err(crate::Error::cancelled());
+    }
+    Ok(())
 }
 
 /// Discards progress.

@@ -351,7 +351,19 @@ impl Home {
         }
         let run = |progress: &dyn Progress| -> Result<Vec<RestoreReport>> {
             let mut reports = Vec::new();
+            // A restore that fails or is cancelled part way removes the disks it already
+            // made (files it replaced with --force are gone either way).
+            let mut made: Vec<PathBuf> = Vec::new();
+            let undo = |made: &[PathBuf]| {
+                for f in made {
+                    let _ = std::fs::remove_file(f);
+                }
+            };
             for (disk, to) in chosen.iter().zip(&targets) {
+                if let Err(e) = crate::progress::check_cancel(progress) {
+                    undo(&made);
+                    return Err(e);
+                }
                 let one = RestoreOptions {
                     rp: rp.id.clone(),
                     to: to.clone(),
@@ -361,7 +373,17 @@ impl Home {
                     disk: Some(disk.clone()),
                     decrypt: opts.decrypt,
                 };
-                reports.push(self.restore_disk(&row.name, &one, secrets, progress)?);
+                let existed = to.exists();
+                match self.restore_disk(&row.name, &one, secrets, progress) {
+                    Ok(r) => reports.push(r),
+                    Err(e) => {
+                        undo(&made);
+                        return Err(e);
+                    }
+                }
+                if !existed {
+                    made.push(to.clone());
+                }
             }
             Ok(reports)
         };
@@ -525,6 +547,14 @@ fn write_raw(
                     if failed.load(Ordering::SeqCst) {
                         break;
                     }
+                    if let Err(e) = crate::progress::check_cancel(progress) {
+                        failed.store(true, Ordering::SeqCst);
+                        first_error
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get_or_insert(e);
+                        break;
+                    }
                     let n = next.fetch_add(1, Ordering::SeqCst);
                     let Some(&slot) = slots.get(n) else { break };
                     let id = &index.chunks[slot];
@@ -548,6 +578,7 @@ fn write_raw(
                         Ok(w) => {
                             written.fetch_add(w, Ordering::Relaxed);
                             progress.advance(range.end - range.start);
+                            crate::hooks::gate("restore_chunk");
                         }
                         Err(e) => {
                             failed.store(true, Ordering::SeqCst);

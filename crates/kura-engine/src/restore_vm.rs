@@ -351,6 +351,7 @@ impl Home {
         )?;
         // Sealed passphrases go into private files beside the script, not into its text.
         let mut command = command;
+        let mut secret_files: Vec<PathBuf> = Vec::new();
         for a in command.iter_mut() {
             if !(a.starts_with("secret,") && a.contains(kura_source::vm::SECRET_MARKER)) {
                 continue;
@@ -371,6 +372,7 @@ impl Home {
             };
             let file = dir.join(format!("{name}.{id}.secret"));
             crate::home::write_private(&file, b64.as_bytes())?;
+            secret_files.push(file.clone());
             *a = format!(
                 "secret,id={id},format=base64,file={}",
                 file.display().to_string().replace(',', ",,")
@@ -392,7 +394,15 @@ impl Home {
         let qmp = new_path(&p.qmp);
         let qga = p.qga.as_deref().and_then(new_path);
 
-        let (reports, blank) = self.restore_targets(item, p, &targets, secrets, progress)?;
+        let (reports, blank) = match self.restore_targets(item, p, &targets, secrets, progress) {
+            Ok(r) => r,
+            Err(e) => {
+                for f in &secret_files {
+                    let _ = std::fs::remove_file(f);
+                }
+                return Err(e);
+            }
+        };
         let text = format!(
             "#!/bin/sh\n# A copy of VM item {item:?} from recovery point {}, restored by kura.\n# New name {name}, UUID {uuid_text}, new MAC addresses; its sockets and logs are in this directory.\nexec {}\n",
             p.rp_id,
@@ -500,9 +510,30 @@ impl Home {
         secrets: &Secrets,
         progress: &dyn Progress,
     ) -> Result<(Vec<RestoreReport>, Vec<String>)> {
+        let mut made: Vec<PathBuf> = Vec::new();
+        let r = self.restore_targets_into(item, p, targets, secrets, progress, &mut made);
+        if r.is_err() {
+            // A restore that fails or is cancelled part way leaves none of the new disks.
+            for f in &made {
+                let _ = std::fs::remove_file(f);
+            }
+        }
+        r
+    }
+
+    fn restore_targets_into(
+        &self,
+        item: &str,
+        p: &VmPoint,
+        targets: &[(&VmDisk, RestoreFormat, PathBuf)],
+        secrets: &Secrets,
+        progress: &dyn Progress,
+        made: &mut Vec<PathBuf>,
+    ) -> Result<(Vec<RestoreReport>, Vec<String>)> {
         let mut reports = Vec::new();
         let mut blank = Vec::new();
         for (d, format, to) in targets {
+            crate::progress::check_cancel(progress)?;
             if p.held.contains(&d.name) {
                 let one = RestoreOptions {
                     rp: p.rp_id.clone(),
@@ -514,6 +545,7 @@ impl Home {
                     decrypt: false,
                 };
                 reports.push(self.restore_disk(item, &one, secrets, progress)?);
+                made.push(to.clone());
             } else {
                 let out = std::process::Command::new("qemu-img")
                     .args(["create", "-q", "-f", &d.format])
@@ -531,6 +563,7 @@ impl Home {
                         ),
                     ));
                 }
+                made.push(to.clone());
                 blank.push(to.display().to_string());
             }
         }
@@ -632,6 +665,7 @@ impl Home {
         }
         let mut reports = Vec::new();
         let mut safety_copies = Vec::new();
+        let mut done: Vec<(PathBuf, PathBuf)> = Vec::new();
         for (d, format, file, safety) in plan {
             let meta = std::fs::metadata(&file)
                 .map_err(|e| Error::io(format!("VM disk {}: {}", d.name, file.display()), e))?;
@@ -650,26 +684,39 @@ impl Home {
                 disk: Some(d.name.clone()),
                 decrypt: false,
             };
-            match self.restore_disk(item, &one, secrets, progress) {
+            let restored = crate::progress::check_cancel(progress)
+                .and_then(|()| self.restore_disk(item, &one, secrets, progress));
+            match restored {
                 Ok(r) => reports.push(r),
                 Err(e) => {
-                    let back = std::fs::rename(&safety, &file);
+                    // Every disk goes back as it was, not only this one: a VM with some disks
+                    // from the point and others from now would not be the VM of any instant.
+                    let mut kept = Vec::new();
+                    for (f, s) in
+                        std::iter::once((&file, &safety)).chain(done.iter().map(|(f, s)| (f, s)))
+                    {
+                        if f != &file {
+                            let _ = std::fs::remove_file(f);
+                        }
+                        if std::fs::rename(s, f).is_err() {
+                            kept.push(s.display().to_string());
+                        }
+                    }
+                    let what = if e.kind() == ErrorKind::Cancelled {
+                        "the restore was cancelled".to_string()
+                    } else {
+                        format!("restoring VM disk {} failed: {e}", d.name)
+                    };
                     return Err(Error::new(
                         e.kind(),
-                        format!(
-                            "restoring VM disk {} failed: {e}; {} {}",
-                            d.name,
-                            if back.is_ok() {
-                                "it is back as it was:"
-                            } else {
-                                "its current image is kept as"
-                            },
-                            if back.is_ok() {
-                                file.display()
-                            } else {
-                                safety.display()
-                            }
-                        ),
+                        if kept.is_empty() {
+                            format!("{what}; every disk of the VM is back as it was")
+                        } else {
+                            format!(
+                                "{what}; the disks' current images are kept as {}",
+                                kept.join(", ")
+                            )
+                        },
                     ));
                 }
             }
@@ -683,6 +730,7 @@ impl Home {
                 );
             }
             safety_copies.push(safety.display().to_string());
+            done.push((file, safety));
         }
         Ok(VmRestoreReport {
             job_id: String::new(),

@@ -5,6 +5,7 @@ use jiff::{Span, Timestamp};
 use kura_catalog::{ItemRow, RpRow};
 use serde::Serialize;
 
+use crate::progress::Progress;
 use crate::{Error, ErrorKind, Home, Result, Secrets};
 
 /// Days an on-demand recovery point is kept without `--retain-until`.
@@ -183,13 +184,35 @@ impl Home {
         }
         let vrow = self.catalog.vault_by_id(&item.vault_id)?;
         let vault = self.open_vault_row(&vrow, secrets)?;
-        for e in plan.deletions() {
-            if let Some(s) = snapshot_of(&e.rp_id) {
-                s.delete()?;
-            }
-            vault.delete_rp(&e.rp_id)?;
-            self.catalog.delete_rp(&e.rp_id)?;
-        }
+        // Deletions run as a job (listed, logged, cancellable between points: each point
+        // goes at once, manifest first).
+        let (_, plan) = self.run_job(
+            "DeleteExpiredPoints",
+            &item.name,
+            false,
+            None,
+            &crate::NoProgress,
+            |job| {
+                let n = plan.deletions().count();
+                job.message(&format!(
+                    "{n} recovery point(s) expired under the item's retention"
+                ));
+                for e in plan.deletions() {
+                    crate::progress::check_cancel(job)?;
+                    if let Some(s) = snapshot_of(&e.rp_id) {
+                        s.delete()?;
+                    }
+                    vault.delete_rp(&e.rp_id)?;
+                    self.catalog.delete_rp(&e.rp_id)?;
+                    job.message(&format!(
+                        "deleted recovery point {} ({})",
+                        e.rp_id, e.reason
+                    ));
+                    crate::hooks::gate("retention_delete");
+                }
+                Ok((plan, None))
+            },
+        )?;
         Ok(plan)
     }
 }

@@ -34,6 +34,7 @@ pub(crate) fn copy_sparse(
         }
         let mut off = e.offset;
         while off < e.offset + e.len {
+            crate::progress::check_cancel(progress)?;
             let n = ((e.offset + e.len - off) as usize).min(buf.len());
             disk.read_at(&mut buf[..n], off)?;
             if !kura_store::is_zero(&buf[..n]) {

@@ -329,12 +329,23 @@ fn verify_vault(
             s.spawn(|| {
                 let mut codec = vault.codec();
                 loop {
+                    if fatal.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+                        break;
+                    }
+                    if let Err(e) = crate::progress::check_cancel(progress) {
+                        fatal
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get_or_insert(e);
+                        break;
+                    }
                     let n = next.fetch_add(1, Ordering::SeqCst);
                     let Some((id, used_by)) = chunks.get(n) else {
                         break;
                     };
                     let outcome = vault.get_chunk(id, &mut codec);
                     progress.advance(u64::from(vault.config().chunk_size));
+                    crate::hooks::gate("verify_chunk");
                     let (problem, detail) = match outcome {
                         Ok(_) => continue,
                         Err(kura_store::Error::Missing { .. }) => {
@@ -367,6 +378,9 @@ fn verify_vault(
     });
     progress.finish();
     if let Some(e) = fatal.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        if e.kind() == ErrorKind::Cancelled {
+            return Err(e);
+        }
         return Err(Error::new(
             ErrorKind::Other,
             format!("verification stopped: {e}"),

@@ -42,6 +42,7 @@ pub fn status_of(kind: ErrorKind) -> (StatusCode, &'static str) {
         ErrorKind::Conflict => (StatusCode::CONFLICT, "conflict"),
         ErrorKind::Key => (StatusCode::FORBIDDEN, "key"),
         ErrorKind::Corrupt => (StatusCode::INTERNAL_SERVER_ERROR, "corrupt"),
+        ErrorKind::Cancelled => (StatusCode::CONFLICT, "cancelled"),
         _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     }
 }

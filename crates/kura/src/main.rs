@@ -1133,6 +1133,7 @@ fn error_code(e: &anyhow::Error) -> &str {
         Some(ErrorKind::Conflict) => "conflict",
         Some(ErrorKind::Corrupt) => "corrupt",
         Some(ErrorKind::Key) => "key",
+        Some(ErrorKind::Cancelled) => "cancelled",
         _ => "error",
     }
 }

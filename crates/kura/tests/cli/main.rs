@@ -8,6 +8,7 @@ use std::process::{Command, Output};
 use serde_json::Value;
 
 mod audit;
+mod cancel;
 mod guest;
 mod libvirt;
 mod policies;

@@ -272,7 +272,7 @@ fn raw_images_on_xfs_get_reflink_snapshots() {
     not(feature = "test-hooks"),
     ignore = "needs the test-hooks feature (scripts/test turns it on)"
 )]
-fn cancel_is_accepted_only_during_the_snapshot_phase() {
+fn a_backup_cancelled_in_its_snapshot_or_transfer_phase_keeps_nothing() {
     let e = Env::new();
     let q = qcow2_item(&e);
     // A slow snapshot phase: cancel it.
@@ -311,7 +311,7 @@ fn cancel_is_accepted_only_during_the_snapshot_phase() {
     let (_, err) = e.fails(&["job", "cancel", &job]);
     assert_eq!(err["error"]["code"], "conflict");
 
-    // During the transfer phase: refused, and the backup completes.
+    // During the transfer phase: accepted too; the snapshot taken by the job goes with it.
     let gate = Gate::new(&e, "transfer");
     let (var, val) = gate.env();
     let mut slow = e
@@ -322,17 +322,22 @@ fn cancel_is_accepted_only_during_the_snapshot_phase() {
         .unwrap();
     gate.wait_reached();
     let job = wait_for_task(&e, 1);
-    let (_, err) = e.fails(&["job", "cancel", &job]);
+    assert!(snapshots(&q).contains("kura-"), "the snapshot was taken");
+    let c = e.json(&["job", "cancel", &job]);
+    assert_eq!(c["status"], "Cancelling");
     gate.release();
-    assert!(
-        err["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("only during a backup's snapshot phase"),
-        "{err}"
+    assert!(!slow.wait().unwrap().success());
+    let j = e.json(&["job", "show", &job]);
+    assert_eq!(j["status"], "Cancelled", "{j}");
+    assert_eq!(j["tasks"][1]["status"], "Cancelled", "{j}");
+    assert_eq!(
+        e.json(&["rp", "list", "vm"]).as_array().unwrap().len(),
+        0,
+        "no recovery point of a cancelled job"
     );
-    assert!(slow.wait().unwrap().success());
-    assert_eq!(e.json(&["job", "show", &job])["status"], "Completed");
+    assert!(!snapshots(&q).contains("kura-"), "the snapshot was removed");
+    // The item is not harmed: the next backup completes.
+    e.backup("vm");
 }
 
 /// Waits until a running job has sub-task `phase` in progress; returns its id.
