@@ -1123,16 +1123,43 @@ impl Catalog {
 
     /// The latest `limit` jobs, newest first.
     pub fn list_jobs(&self, limit: usize) -> Result<Vec<JobRow>> {
+        self.find_jobs(&JobFilter {
+            limit,
+            ..JobFilter::default()
+        })
+    }
+
+    /// The latest jobs that pass `f`, newest first.
+    pub fn find_jobs(&self, f: &JobFilter) -> Result<Vec<JobRow>> {
         let conn = self.conn();
-        let mut st = conn.prepare(&format!(
-            "SELECT {} FROM jobs ORDER BY started DESC, id DESC LIMIT ?1",
+        let mut st = conn.prepare_cached(&format!(
+            "SELECT {} FROM jobs
+             WHERE (?1 IS NULL OR target = ?1) AND (?2 IS NULL OR status = ?2)
+               AND (?3 IS NULL OR operation = ?3)
+             ORDER BY started DESC, id DESC LIMIT ?4",
             Self::JOB_COLS
         ))?;
         let rows = st
-            .query_map([limit as i64], Self::job_from)?
+            .query_map(
+                params![f.target, f.status, f.operation, f.limit as i64],
+                Self::job_from,
+            )?
             .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
     }
+}
+
+/// Which jobs [`Catalog::find_jobs`] returns; `None` matches anything.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    /// The item (or vault) the job works on.
+    pub target: Option<String>,
+    /// `InProgress`, `Completed`, ...
+    pub status: Option<String>,
+    /// `Backup`, `Restore`, ...
+    pub operation: Option<String>,
+    /// At most this many.
+    pub limit: usize,
 }
 
 /// Chooses the row matching `key` exactly, or the only row it is a prefix of (when at least

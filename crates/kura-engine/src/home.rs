@@ -1048,6 +1048,12 @@ impl Home {
         Ok(self.catalog.list_jobs(limit)?)
     }
 
+    /// The latest jobs that pass the query, newest first; unknown statuses or operations
+    /// are refused by name.
+    pub fn find_jobs(&self, q: &crate::JobQuery) -> Result<Vec<kura_catalog::JobRow>> {
+        Ok(self.catalog.find_jobs(&q.to_filter()?)?)
+    }
+
     /// Registers a job (status InProgress) and returns its id at once; the work is then run
     /// by passing the id in the operation's options (`job_id`). Refused like the operation
     /// itself would be when a job of the same kind runs on the same target.

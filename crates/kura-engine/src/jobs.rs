@@ -1,5 +1,71 @@
 //! Job vocabulary: operations, statuses, and how a backup's status follows its sub-tasks.
 
+use crate::{Error, ErrorKind, Result};
+
+/// Every job status.
+pub const JOB_STATUSES: &[&str] = &[
+    "InProgress",
+    "Cancelling",
+    "Completed",
+    "CompletedWithWarnings",
+    "Failed",
+    "Cancelled",
+];
+
+/// Every job operation.
+pub const JOB_OPERATIONS: &[&str] = &[
+    "Backup",
+    "Restore",
+    "RestoreDisks",
+    "RestoreVm",
+    "Verify",
+    "GarbageCollect",
+    "DeleteExpiredPoints",
+    "ConfigureBackup",
+    "DisableBackup",
+    "DeleteBackupData",
+    "Undelete",
+];
+
+/// Job list filters as a user gives them: `status` and `operation` are matched without
+/// regard to case and must name a known value.
+#[derive(Debug, Clone, Default)]
+pub struct JobQuery {
+    /// Item (or vault, for GC) name.
+    pub item: Option<String>,
+    /// A status of [`JOB_STATUSES`].
+    pub status: Option<String>,
+    /// An operation of [`JOB_OPERATIONS`].
+    pub operation: Option<String>,
+    /// At most this many, newest first.
+    pub limit: usize,
+}
+
+impl JobQuery {
+    pub(crate) fn to_filter(&self) -> Result<kura_catalog::JobFilter> {
+        let pick =
+            |field: &str, value: &Option<String>, known: &[&str]| -> Result<Option<String>> {
+                let Some(v) = value else { return Ok(None) };
+                known
+                    .iter()
+                    .find(|k| k.eq_ignore_ascii_case(v))
+                    .map(|k| Some(k.to_string()))
+                    .ok_or_else(|| {
+                        Error::new(
+                            ErrorKind::Invalid,
+                            format!("{field} {v:?} is not one of: {}", known.join(", ")),
+                        )
+                    })
+            };
+        Ok(kura_catalog::JobFilter {
+            target: self.item.clone(),
+            status: pick("status", &self.status, JOB_STATUSES)?,
+            operation: pick("operation", &self.operation, JOB_OPERATIONS)?,
+            limit: self.limit,
+        })
+    }
+}
+
 /// A backup job's status from its two sub-tasks, as in Azure Backup:
 ///
 /// | snapshot | transfer | job |

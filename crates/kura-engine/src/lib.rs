@@ -45,6 +45,7 @@ pub use backup::{BackupOptions, BackupReport, ScheduledRun};
 pub use error::{Error, ErrorKind, Result};
 pub use gc::{GcOptions, GcReport};
 pub use home::{AttachReport, CreateVault, Home, Secrets, VaultInfo};
+pub use jobs::JobQuery;
 pub use kura_source::libvirt::Domain;
 pub use kura_source::vm::{AgentOptions, VmLink};
 pub use policy::{PolicySource, split_policy_path};

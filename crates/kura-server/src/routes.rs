@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
@@ -274,7 +274,7 @@ pub const ROUTES: &[Route] = &[
         "GET",
         "/api/v1/jobs",
         "listJobs",
-        "The latest jobs",
+        "The latest jobs, newest first; ?item=, ?status=, ?operation= filter, ?limit= caps (100)",
         200,
         false,
     ),
@@ -430,6 +430,38 @@ impl<T: DeserializeOwned> FromRequest<S> for Body<T> {
             .map_err(|e| ApiError::invalid(format!("unreadable body: {e}")))?;
         parse_body(&bytes).map(Body)
     }
+}
+
+/// A query string whose rejections (`?limit=abc`, unknown parameters) are API errors in the
+/// same envelope as everything else, naming the parameter.
+pub struct Params<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        parse_query(parts.uri.query().unwrap_or("")).map(Params)
+    }
+}
+
+fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
+    let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." {
+            String::new()
+        } else {
+            format!("query parameter {path}: ")
+        };
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            format!("{field}{}", e.into_inner()),
+        )
+    })
 }
 
 /// A request body as `T`; an empty body is `{}`. Errors name the field.
@@ -1149,6 +1181,7 @@ fn instant(at: Option<String>, now: jiff::Timestamp) -> Result<jiff::Timestamp, 
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct At {
     at: Option<String>,
 }
@@ -1157,7 +1190,7 @@ async fn retention_plan(
     _: Auth,
     State(s): State<S>,
     Path(item): Path<String>,
-    Query(q): Query<At>,
+    Params(q): Params<At>,
 ) -> ApiResult {
     let at = instant(q.at, s.home.now())?;
     ok(
@@ -1169,13 +1202,22 @@ async fn retention_plan(
 // ---- jobs, usage, document
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Limit {
     limit: Option<usize>,
+    item: Option<String>,
+    status: Option<String>,
+    operation: Option<String>,
 }
 
-async fn list_jobs(_: Auth, State(s): State<S>, Query(q): Query<Limit>) -> ApiResult {
-    let limit = q.limit.unwrap_or(100).min(10_000);
-    ok(200, blocking(move || Ok(s.home.list_jobs(limit)?)).await?)
+async fn list_jobs(_: Auth, State(s): State<S>, Params(q): Params<Limit>) -> ApiResult {
+    let query = kura_engine::JobQuery {
+        item: q.item,
+        status: q.status,
+        operation: q.operation,
+        limit: q.limit.unwrap_or(100).min(10_000),
+    };
+    ok(200, blocking(move || Ok(s.home.find_jobs(&query)?)).await?)
 }
 
 #[derive(Deserialize)]

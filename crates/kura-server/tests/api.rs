@@ -338,6 +338,7 @@ fn protect_back_up_and_restore_over_the_api() {
     let usage = ok(&s, "GET", "/api/v1/usage", None);
     assert!(usage.to_string().contains("\"disk\""));
     scrape_metrics(&s);
+    job_filters_and_query_errors(&s);
     let plan = ok(&s, "GET", "/api/v1/items/disk/retention-plan", None);
     assert_eq!(plan["entries"][0]["action"], "keep");
     let (status, _) = call(
@@ -377,6 +378,57 @@ fn protect_back_up_and_restore_over_the_api() {
         "PATCH",
         "/api/v1/vaults/small",
         Some(json!({"soft_delete_days": 30})),
+    );
+}
+
+/// `GET /jobs` filters by item, status and operation; a bad query string gets the JSON error
+/// envelope naming the parameter.
+fn job_filters_and_query_errors(s: &Server) {
+    let all = ok(s, "GET", "/api/v1/jobs", None);
+    let all = all.as_array().unwrap();
+    assert!(all.iter().any(|j| j["operation"] == "Restore"), "{all:?}");
+    let backups = ok(s, "GET", "/api/v1/jobs?operation=backup&item=disk", None);
+    let backups = backups.as_array().unwrap();
+    assert!(!backups.is_empty());
+    assert!(
+        backups
+            .iter()
+            .all(|j| j["operation"] == "Backup" && j["target"] == "disk"),
+        "{backups:?}"
+    );
+    let done = ok(s, "GET", "/api/v1/jobs?status=Completed&limit=1", None);
+    assert_eq!(done.as_array().unwrap().len(), 1);
+    assert_eq!(done[0]["status"], "Completed");
+    for (query, names) in [
+        ("limit=abc", "limit"),
+        ("status=Done", "status"),
+        ("operation=Nap", "operation"),
+        ("colour=blue", "colour"),
+    ] {
+        let (status, v) = call(
+            s,
+            "GET",
+            &format!("/api/v1/jobs?{query}"),
+            Some(TOKEN),
+            None,
+        );
+        assert_eq!(status, 400, "{query}: {v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(names),
+            "{query}: {v}"
+        );
+    }
+    let (status, v) = call(
+        s,
+        "GET",
+        "/api/v1/items/disk/retention-plan?at=2026-01-01T00:00:00Z&x=1",
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("`x`"),
+        "{v}"
     );
 }
 

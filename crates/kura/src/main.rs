@@ -516,13 +516,27 @@ enum JobCmd {
         /// How many.
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Only jobs of this item (or vault, for gc).
+        #[arg(long)]
+        item: Option<String>,
+        /// Only jobs with this status (InProgress, Completed, CompletedWithWarnings, Failed,
+        /// Cancelling, Cancelled; any case).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only jobs of this operation (Backup, Restore, RestoreDisks, RestoreVm, Verify,
+        /// GarbageCollect, DeleteExpiredPoints, ...; any case).
+        #[arg(long)]
+        operation: Option<String>,
     },
     /// One job, with its log.
     Show {
         /// Job id or unique prefix.
         id: String,
+        /// Show live progress and new log lines until the job ends, then the job.
+        #[arg(long, short = 'f')]
+        follow: bool,
     },
-    /// Cancel a backup job (accepted only during its snapshot phase).
+    /// Cancel a running job, in any phase; it ends Cancelled and keeps nothing incomplete.
     Cancel {
         /// Job id or unique prefix.
         id: String,
@@ -938,8 +952,18 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             out.view(&r, views::verify);
             Ok(if r.ok() { 0 } else { EXIT_DAMAGED })
         }
-        Command::Job(JobCmd::List { limit }) => {
-            let jobs = home.list_jobs(*limit)?;
+        Command::Job(JobCmd::List {
+            limit,
+            item,
+            status,
+            operation,
+        }) => {
+            let jobs = home.find_jobs(&kura_engine::JobQuery {
+                item: item.clone(),
+                status: status.clone(),
+                operation: operation.clone(),
+                limit: *limit,
+            })?;
             out.view(&jobs, views::job_list);
             Ok(0)
         }
@@ -948,8 +972,15 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             out.view(&j, views::job_status);
             Ok(0)
         }
-        Command::Job(JobCmd::Show { id }) => {
-            let j = home.job(id)?;
+        Command::Job(JobCmd::Show { id, follow }) => {
+            let j = if *follow {
+                let id = home.job(id)?.id;
+                output::follow(out, true, || {
+                    Ok(serde_json::to_value(home.job(&id)?).expect("serializable"))
+                })?
+            } else {
+                serde_json::to_value(home.job(id)?).expect("serializable")
+            };
             out.view(&j, views::job_show);
             Ok(0)
         }

@@ -84,14 +84,7 @@ impl Progress for Bar {
         if !self.enabled {
             return;
         }
-        let pb = ProgressBar::new(total);
-        pb.set_style(
-            ProgressStyle::with_template(
-                "{msg:16} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
+        let pb = new_bar(total);
         pb.set_message(phase.to_string());
         *self.bar.lock().unwrap_or_else(|e| e.into_inner()) = Some(pb);
     }
@@ -126,6 +119,79 @@ impl Progress for Bar {
                 None => eprintln!("{line}"),
             }
         }
+    }
+}
+
+/// The one progress bar style, for local work and for jobs followed through a server.
+fn new_bar(total: u64) -> ProgressBar {
+    let pb = ProgressBar::new(total);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{msg:16} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    pb
+}
+
+/// Follows a job until it ends, from successive readings of its row (`fetch`: from the home
+/// or from the server, five times a second): on a terminal, a progress bar of its bytes
+/// named after its current phase; with `log`, each new line of its log on stderr as it
+/// appears (text output only). Returns the ended job.
+pub fn follow(
+    out: &Out,
+    log: bool,
+    mut fetch: impl FnMut() -> anyhow::Result<serde_json::Value>,
+) -> anyhow::Result<serde_json::Value> {
+    let tty = !out.json() && std::io::stderr().is_terminal();
+    let mut bar: Option<ProgressBar> = None;
+    let mut printed = 0;
+    loop {
+        let j = fetch()?;
+        let lines = j["log"].as_array().map(Vec::as_slice).unwrap_or_default();
+        if log && !out.json() {
+            for line in lines.iter().skip(printed) {
+                let line = line.as_str().unwrap_or_default();
+                match &bar {
+                    Some(pb) => pb.println(line),
+                    None => eprintln!("{line}"),
+                }
+            }
+        }
+        printed = lines.len();
+        let running = matches!(j["status"].as_str(), Some("InProgress" | "Cancelling"));
+        if !running {
+            if let Some(pb) = bar.take() {
+                pb.finish_and_clear();
+            }
+            return Ok(j);
+        }
+        if tty {
+            let total = j["bytes_total"].as_u64().unwrap_or(0);
+            let done = j["bytes_done"].as_u64().unwrap_or(0).min(total);
+            let pb = bar.get_or_insert_with(|| new_bar(total));
+            pb.set_length(total);
+            pb.set_position(done);
+            pb.set_message(phase(&j));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// What a running job is doing, for its progress bar: `Backup transfer`, `cancelling`, ...
+fn phase(j: &serde_json::Value) -> String {
+    if j["status"] == "Cancelling" {
+        return "cancelling".into();
+    }
+    let op = j["operation"].as_str().unwrap_or("job");
+    match j["tasks"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["status"] == "InProgress"))
+        .and_then(|t| t["name"].as_str())
+    {
+        Some(task) => format!("{op} {task}"),
+        None => op.to_string(),
     }
 }
 

@@ -118,17 +118,6 @@ impl Client {
     fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
         self.call("POST", path, Some(body))
     }
-
-    /// Waits for a job to end; returns its final row.
-    fn wait(&self, job: &str) -> anyhow::Result<Value> {
-        loop {
-            let j = self.get(&format!("/jobs/{job}"))?;
-            if j["status"] != "InProgress" && j["status"] != "Cancelling" {
-                return Ok(j);
-            }
-            std::thread::sleep(std::time::Duration::from_millis(200));
-        }
-    }
 }
 
 fn enc(s: &str) -> String {
@@ -155,7 +144,7 @@ fn job_done(
     if !out.json() {
         eprintln!("job {job} started");
     }
-    let j = c.wait(job)?;
+    let j = crate::output::follow(out, false, || c.get(&format!("/jobs/{job}")))?;
     if j["status"] != "Completed" {
         bail!(
             "job {job} {}: {}",
@@ -375,11 +364,32 @@ pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
                 views::new_token,
             ),
         },
-        Command::Job(JobCmd::List { limit }) => {
-            show(c.get(&format!("/jobs?limit={limit}"))?, views::job_list)
+        Command::Job(JobCmd::List {
+            limit,
+            item,
+            status,
+            operation,
+        }) => {
+            let mut q = format!("/jobs?limit={limit}");
+            for (k, v) in [("item", item), ("status", status), ("operation", operation)] {
+                if let Some(v) = v {
+                    q.push_str(&format!("&{k}={}", enc(v)));
+                }
+            }
+            show(c.get(&q)?, views::job_list)
         }
-        Command::Job(JobCmd::Show { id }) => {
-            show(c.get(&format!("/jobs/{}", enc(id)))?, views::job_show)
+        Command::Job(JobCmd::Show { id, follow }) => {
+            let j = c.get(&format!("/jobs/{}", enc(id)))?;
+            let j = if *follow {
+                let id = j["id"]
+                    .as_str()
+                    .context("the server returned no job id")?
+                    .to_string();
+                crate::output::follow(out, true, || c.get(&format!("/jobs/{id}")))?
+            } else {
+                j
+            };
+            show(j, views::job_show)
         }
         Command::Job(JobCmd::Cancel { id }) => show(
             c.post(&format!("/jobs/{}/cancel", enc(id)), json!({}))?,

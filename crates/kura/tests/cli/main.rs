@@ -10,6 +10,7 @@ use serde_json::Value;
 mod audit;
 mod cancel;
 mod guest;
+mod jobs;
 mod libvirt;
 mod policies;
 mod protection;

@@ -20,6 +20,11 @@ impl Drop for ServerProcess {
 }
 
 pub(super) fn serve(e: &Env) -> ServerProcess {
+    serve_with(e, &[])
+}
+
+/// A server with extra environment variables (test gates).
+pub(super) fn serve_with(e: &Env, envs: &[(&str, &std::ffi::OsStr)]) -> ServerProcess {
     let mut child = e
         .cmd(&[
             "--home",
@@ -35,6 +40,7 @@ pub(super) fn serve(e: &Env) -> ServerProcess {
             e.dir.path().to_str().unwrap(),
         ])
         .env("KURA_ADMIN_TOKEN", "tok-0123456789abcdef")
+        .envs(envs.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
