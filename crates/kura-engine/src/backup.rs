@@ -124,7 +124,8 @@ impl Home {
         Self::check_can_backup(&item)?;
         if let Some(d) = &opts.retain_until {
             let now = opts.now.unwrap_or_else(|| self.now());
-            crate::retention::retain_until_end(d, now, self.zone())?;
+            crate::retention::retain_until_end(d, now, self.zone())
+                .map_err(|e| Error::new(ErrorKind::Invalid, format!("--retain-until {e}")))?;
         }
         let (job_id, report) = self.run_job(
             "Backup",
@@ -160,7 +161,8 @@ impl Home {
         Self::check_can_backup(&item)?;
         if let Some(d) = &opts.retain_until {
             let now = opts.now.unwrap_or_else(|| self.now());
-            crate::retention::retain_until_end(d, now, self.zone())?;
+            crate::retention::retain_until_end(d, now, self.zone())
+                .map_err(|e| Error::new(ErrorKind::Invalid, format!("retain_until: {e}")))?;
         }
         for j in self.catalog.jobs_for("Backup", &item.name, 100)? {
             if j.status == "InProgress"

@@ -54,6 +54,11 @@ impl Error {
         }
     }
 
+    /// The target exists already (for callers outside the engine that check first).
+    pub fn already_exists(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::AlreadyExists, message)
+    }
+
     /// The work stopped because its job was cancelled.
     pub(crate) fn cancelled() -> Self {
         Error::new(ErrorKind::Cancelled, "the job was cancelled")

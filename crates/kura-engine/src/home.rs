@@ -174,7 +174,7 @@ impl Home {
         opts: &CreateVault,
         secrets: &Secrets,
     ) -> Result<VaultInfo> {
-        check_name("vault", name)?;
+        check_vault_name(name)?;
         if self.catalog.vault(name).is_ok() {
             return Err(Error::new(
                 ErrorKind::AlreadyExists,
@@ -462,7 +462,7 @@ impl Home {
     /// Registers an existing vault directory and rebuilds its items and recovery points from
     /// the manifests stored in it.
     pub fn attach_vault(&self, name: &str, path: &Path, secrets: &Secrets) -> Result<AttachReport> {
-        check_name("vault", name)?;
+        check_vault_name(name)?;
         if self.catalog.vault(name).is_ok() {
             return Err(Error::new(
                 ErrorKind::AlreadyExists,
@@ -1416,6 +1416,26 @@ fn default_item_name(path: &Path) -> String {
 }
 
 /// Names: 1–64 characters of `A-Z a-z 0-9 . _ -`, not starting with `.` or `-`.
+/// Words the API uses beside vault names (`POST /api/v1/vaults/attach`): a vault called so
+/// could not be reached there.
+const RESERVED_VAULT_NAMES: &[&str] = &["attach"];
+
+fn check_vault_name(name: &str) -> Result<()> {
+    check_name("vault", name)?;
+    if RESERVED_VAULT_NAMES
+        .iter()
+        .any(|r| r.eq_ignore_ascii_case(name))
+    {
+        return Err(Error::new(
+            ErrorKind::Invalid,
+            format!(
+                "vault name {name:?} is reserved (the API has a route of that name); choose another"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn check_name(kind: &str, name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64

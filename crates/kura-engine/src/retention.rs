@@ -229,19 +229,19 @@ pub(crate) fn retain_until_end(
     let date: jiff::civil::Date = d.parse().map_err(|e| {
         Error::new(
             ErrorKind::Invalid,
-            format!("--retain-until {d:?} is not a date in YYYY-MM-DD form: {e}"),
+            format!("{d:?} is not a date in YYYY-MM-DD form: {e}"),
         )
     })?;
     let end = date
         .tomorrow()
         .and_then(|next| next.to_zoned(zone.clone()))
-        .map_err(|e| Error::new(ErrorKind::Invalid, format!("--retain-until {d}: {e}")))?
+        .map_err(|e| Error::new(ErrorKind::Invalid, format!("{d}: {e}")))?
         .timestamp();
     if end <= now {
         return Err(Error::new(
             ErrorKind::Invalid,
             format!(
-                "--retain-until {d} is in the past (it is {} in time zone {})",
+                "{d} is in the past (it is {} in time zone {})",
                 now.to_zoned(zone.clone()).date(),
                 zone.iana_name().unwrap_or("local")
             ),

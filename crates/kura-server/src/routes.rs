@@ -902,10 +902,16 @@ async fn start_job(
     ok(202, json!({"job_id": id, "status": "InProgress"}))
 }
 
-fn item_exists(
+/// The item exists and has the recovery point `rp` (an id, a unique prefix or `latest`);
+/// checked before a restore job is handed out.
+fn point_exists(
     item: String,
+    rp: String,
 ) -> impl FnOnce(&AppState) -> Result<(), kura_engine::Error> + Send + 'static {
-    move |st| st.home.item(&item).map(|_| ())
+    move |st| {
+        let row = st.home.item(&item)?;
+        st.home.resolve_rp(&row, &rp).map(|_| ())
+    }
 }
 
 async fn backup_now(
@@ -979,12 +985,23 @@ async fn restore_disk(
     let format = restore_format(b.format.as_deref())?;
     let to = s.roots.restore("to", &b.to)?;
     let target = item.clone();
+    let (check_to, force) = (to.clone(), b.force);
+    let point = point_exists(item.clone(), b.rp.clone());
     start_job(
         s,
         "Restore",
         target,
         false,
-        item_exists(item.clone()),
+        move |st| {
+            point(st)?;
+            if !force && check_to.exists() {
+                return Err(kura_engine::Error::already_exists(format!(
+                    "to: {} already exists (give force to replace it); nothing was restored",
+                    check_to.display()
+                )));
+            }
+            Ok(())
+        },
         move |st, job| {
             let opts = RestoreOptions {
                 rp: b.rp,
@@ -1070,7 +1087,7 @@ async fn restore_disks(
         "RestoreDisks",
         target,
         false,
-        item_exists(item.clone()),
+        point_exists(item.clone(), b.rp.clone()),
         move |st, job| {
             let opts = kura_engine::RestoreDisksOptions {
                 rp: b.rp,
@@ -1139,7 +1156,7 @@ async fn restore_vm(
         "RestoreVm",
         target,
         false,
-        item_exists(item.clone()),
+        point_exists(item.clone(), b.rp.clone()),
         move |st, job| {
             let opts = kura_engine::VmRestoreOptions {
                 rp: b.rp,

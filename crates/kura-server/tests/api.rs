@@ -322,23 +322,31 @@ fn protect_back_up_and_restore_over_the_api() {
     let done = wait(&s, started["job_id"].as_str().unwrap());
     assert_eq!(done["status"], "Completed", "{done}");
     assert_eq!(std::fs::read(&out).unwrap(), data);
-    // A restore onto an existing file fails as a job, with the reason.
-    let started = ok(
+    // A restore onto an existing file is refused before a job exists, with the reason.
+    let (status, v) = call(
         &s,
         "POST",
         "/api/v1/items/disk/restores",
-        Some(json!({"rp": "latest", "to": out})),
+        Some(TOKEN),
+        Some(&json!({"rp": "latest", "to": out}).to_string()),
     );
-    let done = wait(&s, started["job_id"].as_str().unwrap());
-    assert_eq!(done["status"], "Failed");
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (409, Some("already_exists")),
+        "{v}"
+    );
     assert!(
-        done["error"].as_str().unwrap().contains("already exists"),
-        "{done}"
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("already exists"),
+        "{v}"
     );
     let usage = ok(&s, "GET", "/api/v1/usage", None);
     assert!(usage.to_string().contains("\"disk\""));
     scrape_metrics(&s);
     job_filters_and_query_errors(&s);
+    refused_before_any_job(&s);
     let plan = ok(&s, "GET", "/api/v1/items/disk/retention-plan", None);
     assert_eq!(plan["entries"][0]["action"], "keep");
     let (status, _) = call(
@@ -432,6 +440,60 @@ fn job_filters_and_query_errors(s: &Server) {
     );
 }
 
+/// Bad fields are refused with a 400 naming the JSON field, before a job exists; a vault
+/// cannot take a name the API uses for a route.
+fn refused_before_any_job(s: &Server) {
+    let jobs_before = ok(s, "GET", "/api/v1/jobs?limit=10000", None)
+        .as_array()
+        .unwrap()
+        .len();
+    for bad in ["01/01/2027", "2020-01-01"] {
+        let (status, v) = call(
+            s,
+            "POST",
+            "/api/v1/items/disk/backups",
+            Some(TOKEN),
+            Some(&json!({"retain_until": bad}).to_string()),
+        );
+        assert_eq!(status, 400, "{bad}: {v}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(
+            msg.starts_with("retain_until: ") && !msg.contains("--"),
+            "{bad}: {msg}"
+        );
+    }
+    let to = s.dir.path().join("never.raw");
+    let (status, v) = call(
+        s,
+        "POST",
+        "/api/v1/items/disk/restores",
+        Some(TOKEN),
+        Some(&json!({"rp": "0000ffff", "to": to}).to_string()),
+    );
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (404, Some("not_found")),
+        "{v}"
+    );
+    let jobs_after = ok(s, "GET", "/api/v1/jobs?limit=10000", None)
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(jobs_before, jobs_after, "no job was made");
+    let (status, v) = call(
+        s,
+        "POST",
+        "/api/v1/vaults",
+        Some(TOKEN),
+        Some(&json!({"name": "attach"}).to_string()),
+    );
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (400, Some("invalid")),
+        "{v}"
+    );
+}
+
 /// `/metrics` parses as Prometheus text and holds the backup and restores just run.
 fn scrape_metrics(s: &Server) {
     assert_eq!(
@@ -471,7 +533,7 @@ fn scrape_metrics(s: &Server) {
     assert_eq!(
         value(
             "kura_jobs",
-            &[("operation", "Restore"), ("status", "Failed")]
+            &[("operation", "Restore"), ("status", "Completed")]
         ),
         Some(1.0),
         "{text}"
