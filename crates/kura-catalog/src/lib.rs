@@ -53,7 +53,7 @@ pub enum Error {
         name: String,
     },
     /// A short id matched several objects.
-    #[error("{kind} id prefix {prefix:?} is ambiguous; give more characters")]
+    #[error("{kind} id {prefix:?} is ambiguous; give more characters, or the full id")]
     Ambiguous {
         /// Object kind.
         kind: &'static str,
@@ -837,13 +837,23 @@ impl Catalog {
     /// A recovery point by id or unique id prefix (at least 4 characters).
     pub fn rp(&self, id_or_prefix: &str) -> Result<RpRow> {
         let conn = self.conn();
-        let mut st = conn.prepare(&format!(
+        let mut st = conn.prepare_cached(&format!(
             "SELECT {} FROM recovery_points WHERE id >= ?1 AND id < ?1 || '~' ORDER BY id LIMIT 2",
             Self::RP_COLS
         ))?;
-        let rows: Vec<RpRow> = st
+        let mut rows: Vec<RpRow> = st
             .query_map([id_or_prefix], Self::rp_from)?
             .collect::<rusqlite::Result<_>>()?;
+        if is_short_id(id_or_prefix) {
+            let mut st = conn.prepare_cached(&format!(
+                "SELECT {} FROM recovery_points WHERE substr(id, 25) = ?1 LIMIT 2",
+                Self::RP_COLS
+            ))?;
+            rows.extend(
+                st.query_map([id_or_prefix], Self::rp_from)?
+                    .collect::<rusqlite::Result<Vec<_>>>()?,
+            );
+        }
         pick_unique("recovery point", id_or_prefix, rows, |r| &r.id)
     }
 
@@ -1098,13 +1108,23 @@ impl Catalog {
     /// A job by id or unique prefix (at least 4 characters).
     pub fn job(&self, id_or_prefix: &str) -> Result<JobRow> {
         let conn = self.conn();
-        let mut st = conn.prepare(&format!(
+        let mut st = conn.prepare_cached(&format!(
             "SELECT {} FROM jobs WHERE id >= ?1 AND id < ?1 || '~' ORDER BY id LIMIT 2",
             Self::JOB_COLS
         ))?;
-        let rows: Vec<JobRow> = st
+        let mut rows: Vec<JobRow> = st
             .query_map([id_or_prefix], Self::job_from)?
             .collect::<rusqlite::Result<_>>()?;
+        if is_short_id(id_or_prefix) {
+            let mut st = conn.prepare_cached(&format!(
+                "SELECT {} FROM jobs WHERE substr(id, 25) = ?1 LIMIT 2",
+                Self::JOB_COLS
+            ))?;
+            rows.extend(
+                st.query_map([id_or_prefix], Self::job_from)?
+                    .collect::<rusqlite::Result<Vec<_>>>()?,
+            );
+        }
         pick_unique("job", id_or_prefix, rows, |r| &r.id)
     }
 
@@ -1164,6 +1184,23 @@ pub struct JobFilter {
 
 /// Chooses the row matching `key` exactly, or the only row it is a prefix of (when at least
 /// 4 characters long). `rows` are the first two rows in id order starting at `key`.
+/// The short form of a job or recovery point id: its last 8 hex digits. Ids are
+/// time-ordered (UUIDv7), so their beginnings are shared by everything made around the same
+/// time; their ends are random.
+pub fn short_id(id: &str) -> &str {
+    match id.len() {
+        32 => &id[24..],
+        _ => id,
+    }
+}
+
+fn is_short_id(key: &str) -> bool {
+    key.len() == 8 && key.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Chooses the row whose id is `key`, the only row whose short id (see [`short_id`]) is
+/// `key`, or the only row `key` is a prefix of (at least 4 characters). `rows` are the
+/// candidates: the first two in id order from `key`, and the short-id matches.
 fn pick_unique<T>(
     kind: &'static str,
     key: &str,
@@ -1172,14 +1209,17 @@ fn pick_unique<T>(
 ) -> Result<T> {
     let mut rows: Vec<T> = rows
         .into_iter()
-        .filter(|r| id(r).starts_with(key))
+        .filter(|r| id(r).starts_with(key) || (is_short_id(key) && short_id(id(r)) == key))
         .collect();
     if let Some(pos) = rows.iter().position(|r| id(r) == key) {
         return Ok(rows.swap_remove(pos));
     }
+    // The same row found both ways counts once.
+    let mut seen = std::collections::HashSet::new();
+    rows.retain(|r| seen.insert(id(r).to_string()));
     match rows.len() {
         1 if key.len() >= 4 => Ok(rows.pop().expect("one row")),
-        2 if key.len() >= 4 => Err(Error::Ambiguous {
+        n if n >= 2 && key.len() >= 4 => Err(Error::Ambiguous {
             kind,
             prefix: key.into(),
         }),

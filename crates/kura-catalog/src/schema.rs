@@ -136,6 +136,9 @@ const MIGRATIONS: &[&str] = &[
         last_used TEXT,
         role TEXT
     );",
+    // 19: short ids: the last 8 hex digits of a time-ordered id (its random part) find it.
+    "CREATE INDEX jobs_by_short_id ON jobs(substr(id, 25));
+    CREATE INDEX rps_by_short_id ON recovery_points(substr(id, 25));",
 ];
 
 pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {

@@ -116,6 +116,37 @@ fn recovery_points_list_newest_first_and_resolve_by_prefix() {
     assert_eq!(cat.list_rps("item-a").unwrap().len(), 3);
 }
 
+/// Ids made in the same minute share their beginning; their last 8 hex digits (the short id
+/// the CLI shows) find them.
+#[test]
+fn short_ids_find_jobs_and_points_made_at_the_same_time() {
+    let cat = Catalog::open_in_memory().unwrap();
+    vault(&cat, "v");
+    item(&cat, "a", "/img/a").unwrap();
+    let a = "019a2f3c4d5e7a1b8c2d3e4f5a6b7c8d";
+    let b = "019a2f3c4d5e7a1b8c2d3e4f11112222";
+    let c = "019a2f3c4d5f7000800000003e4f5a6b";
+    for id in [a, b, c] {
+        cat.insert_rp(&rp(id, "item-a", "2026-01-01T00:00:00Z"))
+            .unwrap();
+        cat.start_job(id, "Verify", "v", false).unwrap();
+    }
+    assert_eq!(kura_catalog::short_id(a), "5a6b7c8d");
+    assert_eq!(cat.rp("5a6b7c8d").unwrap().id, a);
+    assert_eq!(cat.job("11112222").unwrap().id, b);
+    assert_eq!(cat.job("3e4f5a6b").unwrap().id, c);
+    assert!(
+        matches!(cat.rp("019a2f3c4d5e"), Err(Error::Ambiguous { .. })),
+        "a shared beginning is ambiguous"
+    );
+    // A key that is both a short id and a prefix of another id is ambiguous, not guessed.
+    let d = "5a6b7c8d00007000800000000000aaaa";
+    cat.insert_rp(&rp(d, "item-a", "2026-01-02T00:00:00Z"))
+        .unwrap();
+    assert!(matches!(cat.rp("5a6b7c8d"), Err(Error::Ambiguous { .. })));
+    assert_eq!(cat.rp(a).unwrap().id, a, "the full id always works");
+}
+
 #[test]
 fn one_backup_job_per_item_at_a_time_and_orphans_fail() {
     let cat = Catalog::open_in_memory().unwrap();

@@ -397,7 +397,7 @@ enum RpCmd {
     Show {
         /// Item name.
         item: String,
-        /// Recovery point id (or unique prefix), or `latest`.
+        /// Recovery point: its id, the short id `rp list` shows, a unique prefix, or `latest`.
         #[arg(long, default_value = "latest")]
         rp: String,
     },
@@ -409,7 +409,7 @@ enum RestoreCmd {
     Disk {
         /// Item name.
         item: String,
-        /// Recovery point id (or unique prefix), or `latest`.
+        /// Recovery point: its id, the short id `rp list` shows, a unique prefix, or `latest`.
         #[arg(long)]
         rp: String,
         /// Target file.
@@ -434,7 +434,7 @@ enum RestoreCmd {
     Disks {
         /// Item name.
         item: String,
-        /// Recovery point id (or unique prefix), or `latest`.
+        /// Recovery point: its id, the short id `rp list` shows, a unique prefix, or `latest`.
         #[arg(long)]
         rp: String,
         /// An existing directory.
@@ -459,7 +459,7 @@ enum RestoreCmd {
     Vm {
         /// Item name.
         item: String,
-        /// Recovery point id (or unique prefix), or `latest`.
+        /// Recovery point: its id, the short id `rp list` shows, a unique prefix, or `latest`.
         #[arg(long)]
         rp: String,
         /// Make a new VM of this name.
@@ -530,7 +530,7 @@ enum JobCmd {
     },
     /// One job, with its log.
     Show {
-        /// Job id or unique prefix.
+        /// Job: its id, the short id `job list` shows, or a unique prefix.
         id: String,
         /// Show live progress and new log lines until the job ends, then the job.
         #[arg(long, short = 'f')]
@@ -538,7 +538,7 @@ enum JobCmd {
     },
     /// Cancel a running job, in any phase; it ends Cancelled and keeps nothing incomplete.
     Cancel {
-        /// Job id or unique prefix.
+        /// Job: its id, the short id `job list` shows, or a unique prefix.
         id: String,
     },
 }

@@ -6,6 +6,11 @@ use serde_json::Value;
 
 use crate::output::{Table, size};
 
+/// A job or recovery point id in tables: its short form, which every command accepts.
+fn short(v: &Value) -> String {
+    kura_catalog::short_id(&s(v)).to_string()
+}
+
 fn s(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
@@ -176,7 +181,7 @@ pub fn rp_list(v: &Value) -> String {
             s(&r["expires"])
         };
         t.row(vec![
-            s(&r["id"]),
+            short(&r["id"]),
             s(&r["time"]),
             sz(&r["logical_size"]),
             sz(&r["stored_size"]),
@@ -302,7 +307,7 @@ pub fn job_list(v: &Value) -> String {
     let mut t = Table::new(&["ID", "OPERATION", "TARGET", "STATUS", "STARTED", "PROGRESS"]);
     for j in rows(v) {
         t.row(vec![
-            s(&j["id"]),
+            short(&j["id"]),
             s(&j["operation"]),
             s(&j["target"]),
             s(&j["status"]),
@@ -652,7 +657,12 @@ pub fn retention(plan: &Value, applied: bool) -> String {
         } else {
             s(&e["action"])
         };
-        t.row(vec![s(&e["rp_id"]), s(&e["time"]), action, s(&e["reason"])]);
+        t.row(vec![
+            short(&e["rp_id"]),
+            s(&e["time"]),
+            action,
+            s(&e["reason"]),
+        ]);
     }
     t.render()
 }

@@ -201,8 +201,14 @@ fn the_cli_works_through_the_server() {
         .map(String::as_str)
         .collect::<Vec<_>>());
     assert!(
-        table.contains("ID") && table.contains(rps[0]["id"].as_str().unwrap()),
+        table.contains("ID") && table.contains(&rps[0]["id"].as_str().unwrap()[24..]),
         "{table}"
+    );
+    // The short id a table shows is accepted, through the server too.
+    let short = &rps[0]["id"].as_str().unwrap()[24..];
+    assert_eq!(
+        json(&["rp", "show", "d", "--rp", short])["rp_id"],
+        rps[0]["id"]
     );
 
     // Errors keep their codes; a wrong token is refused.
