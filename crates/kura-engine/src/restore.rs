@@ -25,6 +25,44 @@ pub enum RestoreFormat {
     Qcow2,
 }
 
+impl RestoreFormat {
+    fn name(self) -> &'static str {
+        match self {
+            RestoreFormat::Raw => "raw",
+            RestoreFormat::Qcow2 => "qcow2",
+        }
+    }
+
+    /// The image format of a restore to the file `to`: the one given, else the one its name
+    /// says (`.qcow2`: qcow2; anything else: raw). A format the name contradicts (raw into
+    /// `x.qcow2`, qcow2 into `x.raw` or `x.img`) is refused rather than written under a
+    /// misleading name.
+    pub fn for_target(given: Option<RestoreFormat>, to: &Path) -> Result<RestoreFormat> {
+        let ext = to
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        let named = match ext.as_deref() {
+            Some("qcow2") => Some(RestoreFormat::Qcow2),
+            Some("raw" | "img") => Some(RestoreFormat::Raw),
+            _ => None,
+        };
+        match (given, named) {
+            (Some(g), Some(n)) if g != n => Err(Error::new(
+                ErrorKind::Invalid,
+                format!(
+                    "the image format asked for is {}, but the target {} is named like a {} image; give a matching name or format; nothing was restored",
+                    g.name(),
+                    to.display(),
+                    n.name()
+                ),
+            )),
+            (Some(g), _) => Ok(g),
+            (None, n) => Ok(n.unwrap_or(RestoreFormat::Raw)),
+        }
+    }
+}
+
 /// What to restore and where.
 #[derive(Debug, Clone)]
 pub struct RestoreOptions {

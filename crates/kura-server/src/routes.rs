@@ -982,8 +982,14 @@ async fn restore_disk(
     Path(item): Path<String>,
     Body(b): Body<Restore>,
 ) -> ApiResult {
-    let format = restore_format(b.format.as_deref())?;
+    let given = b
+        .format
+        .as_deref()
+        .map(|f| restore_format(Some(f)))
+        .transpose()?;
     let to = s.roots.restore("to", &b.to)?;
+    let format = RestoreFormat::for_target(given, &to)
+        .map_err(|e| ApiError::invalid(format!("format: {e}")))?;
     let target = item.clone();
     let (check_to, force) = (to.clone(), b.force);
     let point = point_exists(item.clone(), b.rp.clone());

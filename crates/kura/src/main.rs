@@ -415,9 +415,10 @@ enum RestoreCmd {
         /// Target file.
         #[arg(long)]
         to: PathBuf,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = FormatArg::Raw)]
-        format: FormatArg,
+        /// Image format of the target; by default the one its name says (.qcow2: qcow2,
+        /// anything else: raw).
+        #[arg(long = "image-format", alias = "format", value_enum)]
+        format: Option<FormatArg>,
         /// Replace an existing target.
         #[arg(long)]
         force: bool,
@@ -443,8 +444,8 @@ enum RestoreCmd {
         /// Only this disk (repeatable).
         #[arg(long = "disk", value_name = "NAME")]
         disks: Vec<String>,
-        /// Output format.
-        #[arg(long, value_enum, default_value_t = FormatArg::Raw)]
+        /// Image format of the files (NAME.raw or NAME.qcow2).
+        #[arg(long = "image-format", alias = "format", value_enum, default_value_t = FormatArg::Raw)]
         format: FormatArg,
         /// Replace existing files.
         #[arg(long)]
@@ -873,7 +874,7 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             disk,
             decrypt,
         }) => {
-            let format = format.restore_format();
+            let format = RestoreFormat::for_target(format.map(FormatArg::restore_format), to)?;
             let opts = RestoreOptions {
                 rp: rp.clone(),
                 to: to.clone(),

@@ -310,7 +310,7 @@ pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
             decrypt,
         }) => {
             let to = std::path::absolute(to)?;
-            let format = format.restore_format();
+            let format = format.map(|f| f.restore_format());
             let started = c.post(
                 &format!("/items/{}/restores", enc(item)),
                 json!({"rp": rp, "to": to, "format": format, "force": force, "disk": disk,

@@ -143,7 +143,7 @@ impl Env {
             rp,
             "--to",
             to.to_str().unwrap(),
-            "--format",
+            "--image-format",
             format,
         ]);
     }
@@ -361,6 +361,37 @@ fn qcow2_source_and_qcow2_restore() {
         .unwrap();
     let info: Value = serde_json::from_slice(&info.stdout).unwrap();
     assert_eq!(info["format"], "qcow2");
+    // Without a format, the target's name says it; a contradicting one is refused.
+    let inferred = e.path("inferred.qcow2");
+    e.ok(&[
+        "restore",
+        "disk",
+        "vm",
+        "--rp",
+        "latest",
+        "--to",
+        inferred.to_str().unwrap(),
+    ]);
+    let info = Command::new("qemu-img")
+        .args(["info", "--output=json", inferred.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let info: Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["format"], "qcow2", "inferred from .qcow2");
+    let wrong = e.path("wrong.qcow2");
+    let (_, err) = e.fails(&[
+        "restore",
+        "disk",
+        "vm",
+        "--rp",
+        "latest",
+        "--to",
+        wrong.to_str().unwrap(),
+        "--image-format",
+        "raw",
+    ]);
+    assert_eq!(err["error"]["code"], "invalid", "{err}");
+    assert!(!wrong.exists(), "nothing was written");
 }
 
 #[test]
