@@ -966,10 +966,11 @@ struct Restore {
 }
 
 /// A restore's `format` field.
-fn restore_format(format: Option<&str>) -> Result<RestoreFormat, ApiError> {
+fn restore_format(format: Option<&str>) -> Result<Option<RestoreFormat>, ApiError> {
     match format {
-        None | Some("raw") => Ok(RestoreFormat::Raw),
-        Some("qcow2") => Ok(RestoreFormat::Qcow2),
+        None => Ok(None),
+        Some("raw") => Ok(Some(RestoreFormat::Raw)),
+        Some("qcow2") => Ok(Some(RestoreFormat::Qcow2)),
         Some(f) => Err(ApiError::invalid(format!(
             "format: {f:?} is not raw or qcow2"
         ))),
@@ -982,11 +983,7 @@ async fn restore_disk(
     Path(item): Path<String>,
     Body(b): Body<Restore>,
 ) -> ApiResult {
-    let given = b
-        .format
-        .as_deref()
-        .map(|f| restore_format(Some(f)))
-        .transpose()?;
+    let given = restore_format(b.format.as_deref())?;
     let to = s.roots.restore("to", &b.to)?;
     let format = RestoreFormat::for_target(given, &to)
         .map_err(|e| ApiError::invalid(format!("format: {e}")))?;
@@ -1085,7 +1082,7 @@ async fn restore_disks(
     Path(item): Path<String>,
     Body(b): Body<RestoreDisks>,
 ) -> ApiResult {
-    let format = restore_format(b.format.as_deref())?;
+    let format = restore_format(b.format.as_deref())?.unwrap_or_default();
     let dir = s.roots.restore("to", &b.to)?;
     let target = item.clone();
     start_job(

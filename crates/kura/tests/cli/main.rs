@@ -355,12 +355,7 @@ fn qcow2_source_and_qcow2_restore() {
         back.to_str().unwrap(),
     ]);
     assert!(same_file(&expected, &back));
-    let info = Command::new("qemu-img")
-        .args(["info", "--output=json", rq.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let info: Value = serde_json::from_slice(&info.stdout).unwrap();
-    assert_eq!(info["format"], "qcow2");
+    assert_eq!(image_format(&rq), "qcow2");
     // Without a format, the target's name says it; a contradicting one is refused.
     let inferred = e.path("inferred.qcow2");
     e.ok(&[
@@ -372,12 +367,7 @@ fn qcow2_source_and_qcow2_restore() {
         "--to",
         inferred.to_str().unwrap(),
     ]);
-    let info = Command::new("qemu-img")
-        .args(["info", "--output=json", inferred.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let info: Value = serde_json::from_slice(&info.stdout).unwrap();
-    assert_eq!(info["format"], "qcow2", "inferred from .qcow2");
+    assert_eq!(image_format(&inferred), "qcow2", "inferred from .qcow2");
     let wrong = e.path("wrong.qcow2");
     let (_, err) = e.fails(&[
         "restore",
@@ -392,6 +382,16 @@ fn qcow2_source_and_qcow2_restore() {
     ]);
     assert_eq!(err["error"]["code"], "invalid", "{err}");
     assert!(!wrong.exists(), "nothing was written");
+}
+
+/// The format `qemu-img info` finds in an image.
+fn image_format(path: &Path) -> String {
+    let info = Command::new("qemu-img")
+        .args(["info", "--output=json", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let info: Value = serde_json::from_slice(&info.stdout).unwrap();
+    info["format"].as_str().unwrap_or_default().to_string()
 }
 
 #[test]
