@@ -190,9 +190,11 @@ pub struct JobRow {
     pub operation: String,
     /// Item name or other target.
     pub target: String,
-    /// `InProgress`, `Completed`, `Failed`, ...
+    /// `Queued`, `InProgress`, `Completed`, `Failed`, ...
     pub status: String,
-    /// Start time.
+    /// When it entered the queue (jobs run by the server's queue only).
+    pub queued: Option<String>,
+    /// Start time (while Queued: the time it was queued).
     pub started: String,
     /// End time.
     pub ended: Option<String>,
@@ -868,32 +870,60 @@ impl Catalog {
         target: &str,
         exclusive_target: bool,
     ) -> Result<JobRow> {
+        self.insert_job(id, operation, target, exclusive_target, "InProgress")
+    }
+
+    /// Registers a job that waits in a queue (status `Queued`) until [`Catalog::activate_job`];
+    /// refused like [`Catalog::start_job`] when `exclusive_target` and a job of the same
+    /// operation on the same target is queued or running.
+    pub fn queue_job(
+        &self,
+        id: &str,
+        operation: &str,
+        target: &str,
+        exclusive_target: bool,
+    ) -> Result<JobRow> {
+        self.insert_job(id, operation, target, exclusive_target, "Queued")
+    }
+
+    fn insert_job(
+        &self,
+        id: &str,
+        operation: &str,
+        target: &str,
+        exclusive_target: bool,
+        status: &str,
+    ) -> Result<JobRow> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         if exclusive_target {
-            let running: Vec<(String, u32, Option<String>)> = tx
+            let running: Vec<(String, String, u32, Option<String>)> = tx
                 .prepare(
-                    "SELECT id, pid, owner FROM jobs WHERE target = ?1 AND operation = ?2 AND status = 'InProgress'",
+                    "SELECT id, status, pid, owner FROM jobs WHERE target = ?1 AND operation = ?2
+                     AND status IN ('Queued', 'InProgress')",
                 )?
                 .query_map(params![target, operation], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
                 })?
                 .collect::<rusqlite::Result<_>>()?;
-            if let Some((other, _, _)) = running
+            if let Some((other, st, _, _)) = running
                 .into_iter()
-                .find(|(_, pid, owner)| self.alive(owner.as_deref(), *pid))
+                .find(|(_, _, pid, owner)| self.alive(owner.as_deref(), *pid))
             {
+                let what = if st == "Queued" { "queued" } else { "still running" };
                 return Err(Error::Conflict(format!(
-                    "job {other} ({operation} of {target}) is still running"
+                    "job {other} ({operation} of {target}) is {what}"
                 )));
             }
         }
+        let t = now();
         let job = JobRow {
             id: id.into(),
             operation: operation.into(),
             target: target.into(),
-            status: "InProgress".into(),
-            started: now(),
+            status: status.into(),
+            queued: (status == "Queued").then(|| t.clone()),
+            started: t,
             ended: None,
             bytes_done: 0,
             bytes_total: 0,
@@ -907,12 +937,50 @@ impl Catalog {
             eta_seconds: None,
         };
         tx.execute(
-            "INSERT INTO jobs (id, operation, target, status, started, pid, bytes_done, bytes_total, log, owner)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, 0, '[]', ?7)",
-            params![job.id, job.operation, job.target, job.status, job.started, job.pid, self.owner_id()],
+            "INSERT INTO jobs (id, operation, target, status, started, pid, bytes_done, bytes_total, log, owner, queued)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, 0, '[]', ?7, ?8)",
+            params![job.id, job.operation, job.target, job.status, job.started, job.pid, self.owner_id(), job.queued],
         )?;
         tx.commit()?;
         Ok(job)
+    }
+
+    /// Starts a queued job: Queued → InProgress, its start time now. False when it is no
+    /// longer queued (cancelled while it waited).
+    pub fn activate_job(&self, id: &str) -> Result<bool> {
+        let n = self.conn().execute(
+            "UPDATE jobs SET status = 'InProgress', started = ?2 WHERE id = ?1 AND status = 'Queued'",
+            params![id, now()],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Ends a queued job Cancelled before it started. False when it is no longer queued.
+    pub fn cancel_queued(&self, id: &str, why: &str) -> Result<bool> {
+        let n = self.conn().execute(
+            "UPDATE jobs SET status = 'Cancelled', ended = ?2, error = ?3 WHERE id = ?1 AND status = 'Queued'",
+            params![id, now(), why],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// The ids of protected items with a recovery point (not their newest) whose expiry or
+    /// snapshot-tier expiry is at or before `at`: the items retention has work for.
+    pub fn items_with_expiry_due(&self, at: &str) -> Result<Vec<String>> {
+        let conn = self.conn();
+        let mut st = conn.prepare_cached(
+            "SELECT DISTINCT r.item_id FROM recovery_points r JOIN items i ON i.id = r.item_id
+             WHERE i.state = 'protected'
+               AND ((r.expires IS NOT NULL AND r.expires <= ?1)
+                    OR (r.snapshot_expires IS NOT NULL AND r.snapshot_expires <= ?1
+                        AND r.tier != 'snapshot'))
+               AND r.id != (SELECT n.id FROM recovery_points n WHERE n.item_id = r.item_id
+                            ORDER BY n.time DESC, n.id DESC LIMIT 1)",
+        )?;
+        let rows = st
+            .query_map([at], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
     }
 
     /// Updates progress.
@@ -956,12 +1024,12 @@ impl Catalog {
         Ok(())
     }
 
-    /// Marks InProgress jobs whose process is gone as Failed; returns how many.
+    /// Marks queued and running jobs whose process is gone as Failed; returns how many.
     pub fn fail_orphaned_jobs(&self) -> Result<usize> {
         let conn = self.conn();
         let orphans: Vec<(String, u32, Option<String>)> = conn
             .prepare(
-                "SELECT id, pid, owner FROM jobs WHERE status IN ('InProgress', 'Cancelling')",
+                "SELECT id, pid, owner FROM jobs WHERE status IN ('Queued', 'InProgress', 'Cancelling')",
             )?
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<rusqlite::Result<Vec<(String, u32, Option<String>)>>>()?
@@ -997,13 +1065,14 @@ impl Catalog {
             result: r
                 .get::<_, Option<String>>(13)?
                 .and_then(|t| serde_json::from_str(&t).ok()),
+            queued: r.get(14)?,
             rate_bytes_per_sec: None,
             eta_seconds: None,
         }
         .with_rate())
     }
 
-    const JOB_COLS: &str = "id, operation, target, status, started, ended, bytes_done, bytes_total, rp_id, error, log, pid, tasks, result";
+    const JOB_COLS: &str = "id, operation, target, status, started, ended, bytes_done, bytes_total, rp_id, error, log, pid, tasks, result, queued";
 
     /// Stores a job's report.
     pub fn set_job_result(&self, id: &str, result: &serde_json::Value) -> Result<()> {
@@ -1079,7 +1148,7 @@ impl Catalog {
         let rows: Vec<(String, u32, Option<String>)> = self
             .conn()
             .prepare(
-                "SELECT id, pid, owner FROM jobs WHERE status IN ('InProgress', 'Cancelling')",
+                "SELECT id, pid, owner FROM jobs WHERE status IN ('Queued', 'InProgress', 'Cancelling')",
             )?
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<rusqlite::Result<_>>()?;

@@ -139,6 +139,8 @@ const MIGRATIONS: &[&str] = &[
     // 19: short ids: the last 8 hex digits of a time-ordered id (its random part) find it.
     "CREATE INDEX jobs_by_short_id ON jobs(substr(id, 25));
     CREATE INDEX rps_by_short_id ON recovery_points(substr(id, 25));",
+    // 20: jobs wait in the server's queue (status Queued) from `queued` until `started`.
+    "ALTER TABLE jobs ADD COLUMN queued TEXT;",
 ];
 
 pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {

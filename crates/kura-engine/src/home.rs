@@ -978,6 +978,25 @@ impl Home {
     /// and no longer blocks its item.
     pub fn cancel_job(&self, id: &str) -> Result<kura_catalog::JobRow> {
         let job = self.catalog.job(id)?;
+        if job.status == "Queued" {
+            if self.catalog.job_orphaned(&job.id)? {
+                self.catalog.finish_job(
+                    &job.id,
+                    "Failed",
+                    None,
+                    Some("the process that queued this job is gone; cleared by `kura job cancel`"),
+                )?;
+                return Ok(self.catalog.job(&job.id)?);
+            }
+            if self
+                .catalog
+                .cancel_queued(&job.id, "cancelled while it waited in the queue; it never started")?
+            {
+                return Ok(self.catalog.job(&job.id)?);
+            }
+            // It started meanwhile: cancel it as a running job.
+            return self.cancel_job(&job.id);
+        }
         if matches!(job.status.as_str(), "InProgress" | "Cancelling")
             && self.catalog.job_orphaned(&job.id)?
         {
@@ -1063,10 +1082,23 @@ impl Home {
         Ok(id)
     }
 
+    /// The vault a job works in, for the queue's per-vault limit: the vault named by a
+    /// vault-wide job, or the vault of the item it targets.
+    pub(crate) fn job_vault(&self, operation: &str, target: &str) -> Option<String> {
+        if matches!(operation, "GarbageCollect" | "PurgeSoftDeleted") {
+            self.catalog.vault(target).ok().map(|v| v.id)
+        } else {
+            self.catalog.item(target).ok().map(|i| i.vault_id)
+        }
+    }
+
     /// Marks a begun job failed if it is still in progress (its work could not start).
+    /// One asked to stop meanwhile ends Cancelled.
     pub fn abandon_job(&self, id: &str, error: &str) -> Result<()> {
-        if self.catalog.job(id)?.status == "InProgress" {
-            self.catalog.finish_job(id, "Failed", None, Some(error))?;
+        match self.catalog.job(id)?.status.as_str() {
+            "InProgress" => self.catalog.finish_job(id, "Failed", None, Some(error))?,
+            "Cancelling" => self.catalog.finish_job(id, "Cancelled", None, Some(error))?,
+            _ => {}
         }
         Ok(())
     }

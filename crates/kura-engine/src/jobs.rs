@@ -4,6 +4,7 @@ use crate::{Error, ErrorKind, Result};
 
 /// Every job status.
 pub const JOB_STATUSES: &[&str] = &[
+    "Queued",
     "InProgress",
     "Cancelling",
     "Completed",
@@ -21,6 +22,7 @@ pub const JOB_OPERATIONS: &[&str] = &[
     "Verify",
     "GarbageCollect",
     "DeleteExpiredPoints",
+    "PurgeSoftDeleted",
     "ConfigureBackup",
     "DisableBackup",
     "DeleteBackupData",

@@ -550,21 +550,7 @@ impl Home {
         now: Timestamp,
         secrets: &Secrets,
     ) -> Result<Vec<String>> {
-        let (_, days) = self.catalog.soft_delete(vault_id)?;
-        let period = SignedDuration::from_hours(24 * i64::from(days));
-        let due: Vec<ItemRow> = self
-            .catalog
-            .list_items(Some(vault_id))?
-            .into_iter()
-            .filter(|i| i.state == "soft-deleted")
-            .filter(|i| {
-                i.deleted_at
-                    .as_deref()
-                    .and_then(parse_ts)
-                    .and_then(|t| t.checked_add(period).ok())
-                    .is_some_and(|end| end <= now)
-            })
-            .collect();
+        let due = self.soft_deleted_due(vault_id, now)?;
         if due.is_empty() {
             return Ok(Vec::new());
         }
@@ -581,6 +567,54 @@ impl Home {
             purged.push(item.name);
         }
         Ok(purged)
+    }
+
+    /// The soft-deleted items of a vault whose soft-delete period is over at `now`.
+    pub(crate) fn soft_deleted_due(&self, vault_id: &str, now: Timestamp) -> Result<Vec<ItemRow>> {
+        let (_, days) = self.catalog.soft_delete(vault_id)?;
+        let period = SignedDuration::from_hours(24 * i64::from(days));
+        Ok(self
+            .catalog
+            .list_items(Some(vault_id))?
+            .into_iter()
+            .filter(|i| i.state == "soft-deleted")
+            .filter(|i| {
+                i.deleted_at
+                    .as_deref()
+                    .and_then(parse_ts)
+                    .and_then(|t| t.checked_add(period).ok())
+                    .is_some_and(|end| end <= now)
+            })
+            .collect())
+    }
+
+    /// Purges a vault's soft-deleted items whose period is over at `now`, as the queued
+    /// job `job_id` (PurgeSoftDeleted); the job's result lists their names.
+    pub(crate) fn purge_job(
+        &self,
+        vault: &str,
+        now: Timestamp,
+        secrets: &Secrets,
+        job_id: &str,
+    ) -> Result<Vec<String>> {
+        let vrow = self.catalog.vault(vault)?;
+        let (_, names) = self.run_job(
+            "PurgeSoftDeleted",
+            vault,
+            true,
+            Some(job_id),
+            &crate::NoProgress,
+            |job| {
+                let names = self.purge_soft_deleted(&vrow.id, now, secrets)?;
+                for n in &names {
+                    job.message(&format!(
+                        "purged soft-deleted item {n}: its soft-delete period is over"
+                    ));
+                }
+                Ok((names, None))
+            },
+        )?;
+        Ok(names)
     }
 
     /// Changes a vault's soft delete: `enabled`, `disabled` or `always-on` (irreversible),

@@ -160,43 +160,65 @@ impl Home {
 
     /// Applies the plan at `at`: removes each expired recovery point from the vault
     /// (manifest first, so it disappears at once) and from the catalog. Chunks stay until
-    /// garbage collection.
+    /// garbage collection. The deletions run as a job (DeleteExpiredPoints) when there are
+    /// any.
     pub fn retention_apply(
         &self,
         item: &str,
         at: Timestamp,
         secrets: &Secrets,
     ) -> Result<RetentionPlan> {
-        let plan = self.retention_plan(item, at)?;
+        self.apply_retention(item, at, secrets, None)
+    }
+
+    /// As [`Home::retention_apply`]; with `job_id` (a queued DeleteExpiredPoints job) all of
+    /// it, snapshot tiers included, runs as that job, even when nothing has expired.
+    pub(crate) fn apply_retention(
+        &self,
+        item: &str,
+        at: Timestamp,
+        secrets: &Secrets,
+        job_id: Option<&str>,
+    ) -> Result<RetentionPlan> {
         let item: ItemRow = self.catalog.item(item)?;
-        let rps = self.catalog.list_rps(&item.id)?;
-        let snapshot_of = |id: &str| {
-            rps.iter()
-                .find(|r| r.id == id)
-                .and_then(|r| r.snapshot.as_deref())
-                .and_then(kura_source::Snapshot::decode)
-        };
-        if item.state == "protected" {
-            self.expire_snapshots(&item.id, at)?;
+        if job_id.is_none() {
+            if item.state == "protected" {
+                self.expire_snapshots(&item.id, at)?;
+            }
+            let plan = self.retention_plan(&item.name, at)?;
+            if plan.deletions().next().is_none() {
+                return Ok(plan);
+            }
         }
-        if plan.deletions().next().is_none() {
-            return Ok(plan);
-        }
-        let vrow = self.catalog.vault_by_id(&item.vault_id)?;
-        let vault = self.open_vault_row(&vrow, secrets)?;
         // Deletions run as a job (listed, logged, cancellable between points: each point
         // goes at once, manifest first).
         let (_, plan) = self.run_job(
             "DeleteExpiredPoints",
             &item.name,
             false,
-            None,
+            job_id,
             &crate::NoProgress,
             |job| {
+                if job_id.is_some() && item.state == "protected" {
+                    self.expire_snapshots(&item.id, at)?;
+                }
+                let plan = self.retention_plan(&item.name, at)?;
                 let n = plan.deletions().count();
                 job.message(&format!(
                     "{n} recovery point(s) expired under the item's retention"
                 ));
+                if n == 0 {
+                    return Ok((plan, None));
+                }
+                let rps = self.catalog.list_rps(&item.id)?;
+                let snapshot_of = |id: &str| {
+                    rps.iter()
+                        .find(|r| r.id == id)
+                        .and_then(|r| r.snapshot.as_deref())
+                        .and_then(kura_source::Snapshot::decode)
+                };
+                let vrow = self.catalog.vault_by_id(&item.vault_id)?;
+                let vault = self.open_vault_row(&vrow, secrets)?;
                 for e in plan.deletions() {
                     crate::progress::check_cancel(job)?;
                     if let Some(s) = snapshot_of(&e.rp_id) {

@@ -1,18 +1,26 @@
-//! The scheduler: fires each item's backups per its policy, once per tick.
+//! The scheduler: queues each item's backups per its policy, and the upkeep jobs (retention,
+//! soft-delete purge, garbage collection) when they are due.
 //!
 //! Each item remembers the last slot it handled (`last_slot` in the catalog). A tick at
 //! instant `now` looks at the slots of the item's policy in `(last_slot, now]`, shifted by the
-//! item's spread offset; if there are any, it runs **one** backup for the latest of them (so
-//! after downtime a missed backup runs once, not once per missed slot). Every tick then
-//! applies retention to every item. The clock is the caller's: the server passes the system time,
+//! item's spread offset; if there are any, it queues **one** backup for the latest of them (so
+//! after downtime a missed backup runs once, not once per missed slot). Retention gets a job
+//! only for items with a recovery point whose expiry has come (one catalog query per tick,
+//! not a plan per item), purge only for vaults with a soft-deleted item whose period is over,
+//! GC once per `gc_every`. Everything goes through a [`JobQueue`]: the server's, which runs
+//! jobs while later ticks go on, or (`scheduler_tick`) one of the tick's own that runs them
+//! all before returning. The clock is the caller's: the server passes the system time,
 //! tests pass any instant they like and drive years of schedule in seconds.
+
+use std::collections::HashSet;
 
 use jiff::{SignedDuration, Timestamp};
 use kura_catalog::ItemRow;
 use serde::Serialize;
 
 use crate::backup::{BackupOptions, ScheduledRun};
-use crate::{Home, NoProgress, Result, Secrets};
+use crate::queue::{JobQueue, JobRequest, QueueLimits};
+use crate::{ErrorKind, Home, NoProgress, Result, Secrets};
 
 /// A source of the current time.
 pub trait Clock: Send + Sync {
@@ -41,6 +49,8 @@ pub struct SchedulerOptions {
     /// Collect garbage in each vault this often (at a tick, after backups). Default daily;
     /// `None` never.
     pub gc_every: Option<SignedDuration>,
+    /// The limits of the queue a one-off tick (`scheduler_tick`) runs its jobs in.
+    pub limits: QueueLimits,
 }
 
 impl Default for SchedulerOptions {
@@ -49,6 +59,7 @@ impl Default for SchedulerOptions {
             spread: SignedDuration::from_mins(10),
             secrets: Secrets::default(),
             gc_every: Some(SignedDuration::from_hours(24)),
+            limits: QueueLimits::for_this_machine(),
         }
     }
 }
@@ -62,9 +73,11 @@ pub struct ScheduledBackup {
     pub slot: String,
     /// Earlier slots since the last tick that were folded into this one.
     pub skipped_slots: usize,
-    /// The backup's recovery point, when it succeeded.
+    /// The backup's job, when it was queued.
+    pub job_id: Option<String>,
+    /// The backup's recovery point, when it succeeded (known once the job ended).
     pub rp_id: Option<String>,
-    /// The error, when it failed.
+    /// Why it did not succeed: not queued, failed or cancelled.
     pub error: Option<String>,
 }
 
@@ -79,20 +92,34 @@ pub struct Expired {
     pub reason: String,
 }
 
-/// What a tick did.
+/// A job a tick queued.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueuedJob {
+    /// Job id.
+    pub job_id: String,
+    /// Operation.
+    pub operation: String,
+    /// Item or vault name.
+    pub target: String,
+}
+
+/// What a tick did. When the tick ran its own jobs (`scheduler_tick`), the outcomes are
+/// filled in; through the server's queue, only what was queued is known at once.
 #[derive(Debug, Clone, Serialize)]
 pub struct TickReport {
     /// The instant of the tick.
     pub at: String,
     /// One entry per item that had a due slot.
     pub backups: Vec<ScheduledBackup>,
-    /// Recovery points whose time was up (retention runs for every item at every tick).
+    /// Every job queued: backups, retention, purges, garbage collections.
+    pub jobs: Vec<QueuedJob>,
+    /// Recovery points whose time was up and that retention removed.
     pub expired: Vec<Expired>,
-    /// Items retention could not be applied to, with the reason.
+    /// Upkeep (retention, purge, GC) that could not be queued or failed, with the reason.
     pub retention_errors: Vec<String>,
     /// Soft-deleted items purged because their soft-delete period ended.
     pub purged: Vec<String>,
-    /// Garbage-collection jobs started by this tick.
+    /// Garbage-collection jobs queued by this tick.
     pub gc_jobs: Vec<String>,
 }
 
@@ -108,11 +135,31 @@ pub fn spread_offset(item_id: &str, spread: SignedDuration) -> SignedDuration {
 }
 
 impl Home {
-    /// Runs every backup due at `now` and applies retention to the items it backed up.
+    /// Runs a whole tick here: queues what is due at `now` in a queue of the tick's own
+    /// (limits from `opts`), runs it, then retention for points the new backups made
+    /// removable, and reports every outcome.
     pub fn scheduler_tick(&self, now: Timestamp, opts: &SchedulerOptions) -> Result<TickReport> {
+        let queue = JobQueue::new(opts.limits);
+        let mut report = self.schedule(now, opts, &queue)?;
+        queue.drain(self);
+        // A backup that just succeeded lets the point before it go, if its time is up.
+        self.queue_retention(now, opts, &queue, &mut report)?;
+        queue.drain(self);
+        self.fill_outcomes(&mut report)?;
+        Ok(report)
+    }
+
+    /// Queues in `queue` every job due at `now` and returns at once (the server's ticks).
+    pub fn schedule(
+        &self,
+        now: Timestamp,
+        opts: &SchedulerOptions,
+        queue: &JobQueue,
+    ) -> Result<TickReport> {
         let mut report = TickReport {
             at: kura_catalog::stamp(now),
             backups: Vec::new(),
+            jobs: Vec::new(),
             expired: Vec::new(),
             retention_errors: Vec::new(),
             purged: Vec::new(),
@@ -120,9 +167,25 @@ impl Home {
         };
         // Jobs whose process died (a CLI killed while the server runs) end as Failed.
         self.catalog.fail_orphaned_jobs()?;
-        for v in self.catalog.list_vaults()? {
-            match self.purge_soft_deleted(&v.id, now, &opts.secrets) {
-                Ok(names) => report.purged.extend(names),
+        let vaults = self.catalog.list_vaults()?;
+        for v in &vaults {
+            match self.soft_deleted_due(&v.id, now) {
+                Ok(due) if due.is_empty() => {}
+                Ok(_) => {
+                    let (name, secrets) = (v.name.clone(), opts.secrets.clone());
+                    self.submit_upkeep(
+                        queue,
+                        &mut report,
+                        JobRequest {
+                            operation: "PurgeSoftDeleted",
+                            target: v.name.clone(),
+                            exclusive: true,
+                            work: Box::new(move |home, id| {
+                                home.purge_job(&name, now, &secrets, id).map(|_| ())
+                            }),
+                        },
+                    );
+                }
                 Err(e) => report
                     .retention_errors
                     .push(format!("purge in vault {}: {e}", v.name)),
@@ -132,38 +195,172 @@ impl Home {
             if item.state != "protected" {
                 continue;
             }
-            if let Some(b) = self.tick_item(&item, now, opts)? {
+            if let Some(b) = self.tick_item(&item, now, opts, queue)? {
+                if let Some(id) = &b.job_id {
+                    report.jobs.push(QueuedJob {
+                        job_id: id.clone(),
+                        operation: "Backup".into(),
+                        target: item.name.clone(),
+                    });
+                }
                 report.backups.push(b);
             }
-            match self.retention_apply(&item.name, now, &opts.secrets) {
-                Ok(plan) => report.expired.extend(plan.deletions().map(|e| Expired {
-                    item: item.name.clone(),
-                    rp_id: e.rp_id.clone(),
-                    reason: e.reason.clone(),
-                })),
-                Err(e) => report.retention_errors.push(format!("{}: {e}", item.name)),
-            }
         }
+        self.queue_retention(now, opts, queue, &mut report)?;
         if let Some(every) = opts.gc_every {
-            for v in self.catalog.list_vaults()? {
+            for v in &vaults {
                 if self.gc_due(&v.id, now, every)? {
                     self.catalog
                         .set_vault_last_gc(&v.id, &kura_catalog::stamp(now))?;
-                    match self.gc(
-                        &v.name,
-                        &crate::GcOptions::default(),
-                        &opts.secrets,
-                        &NoProgress,
+                    let (name, secrets) = (v.name.clone(), opts.secrets.clone());
+                    if let Some(id) = self.submit_upkeep(
+                        queue,
+                        &mut report,
+                        JobRequest {
+                            operation: "GarbageCollect",
+                            target: v.name.clone(),
+                            exclusive: true,
+                            work: Box::new(move |home, id| {
+                                let opts = crate::GcOptions {
+                                    job_id: Some(id.to_string()),
+                                    ..Default::default()
+                                };
+                                home.gc(&name, &opts, &secrets, &NoProgress).map(|_| ())
+                            }),
+                        },
                     ) {
-                        Ok(r) => report.gc_jobs.push(r.job_id),
-                        Err(e) => report
-                            .retention_errors
-                            .push(format!("garbage collection in vault {}: {e}", v.name)),
+                        report.gc_jobs.push(id);
                     }
                 }
             }
         }
         Ok(report)
+    }
+
+    /// Queues a retention job for each protected item with a point whose time is up.
+    fn queue_retention(
+        &self,
+        now: Timestamp,
+        opts: &SchedulerOptions,
+        queue: &JobQueue,
+        report: &mut TickReport,
+    ) -> Result<()> {
+        let due: HashSet<String> = self
+            .catalog
+            .items_with_expiry_due(&kura_catalog::stamp(now))?
+            .into_iter()
+            .collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        for item in self.catalog.list_items(None)? {
+            if !due.contains(&item.id) {
+                continue;
+            }
+            let (name, secrets) = (item.name.clone(), opts.secrets.clone());
+            self.submit_upkeep(
+                queue,
+                report,
+                JobRequest {
+                    operation: "DeleteExpiredPoints",
+                    target: item.name.clone(),
+                    exclusive: true,
+                    work: Box::new(move |home, id| {
+                        home.apply_retention(&name, now, &secrets, Some(id))
+                            .map(|_| ())
+                    }),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Queues an upkeep job; one of the same kind already queued or running is fine (it
+    /// does the same work), any other refusal is reported.
+    fn submit_upkeep(
+        &self,
+        queue: &JobQueue,
+        report: &mut TickReport,
+        req: JobRequest,
+    ) -> Option<String> {
+        let (operation, target) = (req.operation, req.target.clone());
+        match queue.submit(self, req) {
+            Ok(id) => {
+                report.jobs.push(QueuedJob {
+                    job_id: id.clone(),
+                    operation: operation.into(),
+                    target,
+                });
+                Some(id)
+            }
+            Err(e) if e.kind() == ErrorKind::Conflict => None,
+            Err(e) => {
+                report
+                    .retention_errors
+                    .push(format!("{operation} of {target}: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Fills a report's outcomes from its jobs, once they ended.
+    fn fill_outcomes(&self, report: &mut TickReport) -> Result<()> {
+        let ended = |j: &kura_catalog::JobRow| !matches!(j.status.as_str(), "Queued" | "InProgress" | "Cancelling");
+        for b in &mut report.backups {
+            let Some(id) = &b.job_id else { continue };
+            let job = self.catalog.job(id)?;
+            if !ended(&job) {
+                continue;
+            }
+            b.rp_id = job.rp_id.clone();
+            if matches!(job.status.as_str(), "Failed" | "Cancelled") {
+                b.error = job.error.clone().or(Some(job.status.clone()));
+            }
+        }
+        for q in &report.jobs {
+            let job = self.catalog.job(&q.job_id)?;
+            if !ended(&job) || q.operation == "Backup" {
+                continue;
+            }
+            if matches!(job.status.as_str(), "Failed" | "Cancelled") {
+                report.retention_errors.push(format!(
+                    "{} of {}: {}",
+                    q.operation,
+                    q.target,
+                    job.error.as_deref().unwrap_or(&job.status)
+                ));
+                continue;
+            }
+            match q.operation.as_str() {
+                "DeleteExpiredPoints" => {
+                    let entries = job
+                        .result
+                        .as_ref()
+                        .and_then(|r| r["entries"].as_array().cloned())
+                        .unwrap_or_default();
+                    report.expired.extend(
+                        entries
+                            .iter()
+                            .filter(|e| e["action"] == "delete")
+                            .map(|e| Expired {
+                                item: q.target.clone(),
+                                rp_id: e["rp_id"].as_str().unwrap_or_default().to_string(),
+                                reason: e["reason"].as_str().unwrap_or_default().to_string(),
+                            }),
+                    );
+                }
+                "PurgeSoftDeleted" => report.purged.extend(
+                    job.result
+                        .as_ref()
+                        .and_then(|r| r.as_array().cloned())
+                        .unwrap_or_default()
+                        .iter()
+                        .filter_map(|n| n.as_str().map(str::to_string)),
+                ),
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// Whether the last garbage collection of a vault started more than `every` before `now`.
@@ -182,6 +379,7 @@ impl Home {
         item: &ItemRow,
         now: Timestamp,
         opts: &SchedulerOptions,
+        queue: &JobQueue,
     ) -> Result<Option<ScheduledBackup>> {
         let Some(policy_name) = &item.policy else {
             return Ok(None);
@@ -237,21 +435,51 @@ impl Home {
         // loop; the next slot runs as usual.
         self.catalog
             .set_item_last_slot(&item.id, &kura_catalog::stamp(slot))?;
-        let backup = BackupOptions {
-            now: Some(now),
-            scheduled: Some(ScheduledRun { slot, vault }),
-            ..Default::default()
-        };
-        let (rp_id, error) = match self.backup(&item.name, &opts.secrets, &backup, &NoProgress) {
-            Ok(r) => (Some(r.rp_id), None),
-            Err(e) => (None, Some(e.to_string())),
-        };
-        Ok(Some(ScheduledBackup {
+        let skipped_slots = runs.len() - 1;
+        let mut entry = ScheduledBackup {
             item: item.name.clone(),
             slot: kura_catalog::stamp(slot),
-            skipped_slots: runs.len() - 1,
-            rp_id,
-            error,
-        }))
+            skipped_slots,
+            job_id: None,
+            rp_id: None,
+            error: None,
+        };
+        // A backup of the item still waiting in the queue stands for this slot too.
+        let waiting = self.catalog.find_jobs(&kura_catalog::JobFilter {
+            target: Some(item.name.clone()),
+            status: Some("Queued".into()),
+            operation: Some("Backup".into()),
+            limit: 1,
+        })?;
+        if let Some(w) = waiting.first() {
+            entry.error = Some(format!(
+                "the backup queued earlier (job {}) has not started yet; it stands for this slot",
+                w.id
+            ));
+            return Ok(Some(entry));
+        }
+        let (name, secrets) = (item.name.clone(), opts.secrets.clone());
+        let submitted = queue.submit(
+            self,
+            JobRequest {
+                operation: "Backup",
+                target: item.name.clone(),
+                exclusive: false,
+                work: Box::new(move |home, id| {
+                    let backup = BackupOptions {
+                        now: Some(now),
+                        scheduled: Some(ScheduledRun { slot, vault }),
+                        job_id: Some(id.to_string()),
+                        ..Default::default()
+                    };
+                    home.backup(&name, &secrets, &backup, &NoProgress).map(|_| ())
+                }),
+            },
+        );
+        match submitted {
+            Ok(id) => entry.job_id = Some(id),
+            Err(e) => entry.error = Some(e.to_string()),
+        }
+        Ok(Some(entry))
     }
 }

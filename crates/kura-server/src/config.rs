@@ -60,6 +60,10 @@ pub struct ServerConfig {
     pub tick_seconds: u64,
     /// Spread window, in seconds, for items that share a schedule.
     pub spread_seconds: u64,
+    /// Jobs that run at once on this host (the rest wait, Queued).
+    pub max_jobs: usize,
+    /// Jobs that run at once in one vault.
+    pub max_jobs_per_vault: usize,
     /// Extra directories requests may read sources from (the defaults stay allowed).
     pub allow_source: Vec<PathBuf>,
     /// Extra directories requests may restore to and keep vaults in.
@@ -87,6 +91,8 @@ impl Default for ServerConfig {
             log_level: "info".to_string(),
             tick_seconds: 30,
             spread_seconds: 600,
+            max_jobs: kura_engine::QueueLimits::for_this_machine().jobs,
+            max_jobs_per_vault: kura_engine::QueueLimits::for_this_machine().per_vault,
             allow_source: Vec::new(),
             allow_restore: Vec::new(),
             passphrase_file: None,
@@ -133,6 +139,14 @@ fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
 }
 
 impl ServerConfig {
+    /// The job queue's limits.
+    pub fn queue_limits(&self) -> kura_engine::QueueLimits {
+        kura_engine::QueueLimits {
+            jobs: self.max_jobs,
+            per_vault: self.max_jobs_per_vault,
+        }
+    }
+
     /// Reads a configuration file. Relative paths in it are taken relative to the file's
     /// directory, so a file means the same wherever the server is started from.
     pub fn from_file(path: &Path) -> Result<ServerConfig, ConfigError> {
@@ -225,6 +239,14 @@ impl ServerConfig {
         }
         if self.tick_seconds == 0 {
             return Err(invalid("tick_seconds", "must be at least 1"));
+        }
+        for (key, v) in [
+            ("max_jobs", self.max_jobs),
+            ("max_jobs_per_vault", self.max_jobs_per_vault),
+        ] {
+            if !(1..=1024).contains(&v) {
+                return Err(invalid(key, format!("{v} is out of range; allowed 1-1024")));
+            }
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             return Err(invalid("log_level", format!("{:?}: {e}", self.log_level)));

@@ -42,6 +42,8 @@ pub struct AppState {
     pub stopping: Arc<std::sync::atomic::AtomicBool>,
     /// What the scheduler reports about itself, for `/metrics`.
     pub scheduler: Arc<metrics::SchedulerStats>,
+    /// The job queue every job of the API and the scheduler goes through.
+    pub queue: Arc<kura_engine::JobQueue>,
 }
 
 /// Where the admin token stood before named tokens (a file with its hash); adopted into

@@ -20,6 +20,8 @@ pub struct SchedulerStats {
     pub lag_ms: AtomicI64,
     /// Ticks run since the server started.
     pub ticks: AtomicU64,
+    /// Microseconds the ticks took in all (deciding what is due and queueing it).
+    pub tick_cpu_us: AtomicU64,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -44,6 +46,11 @@ struct ItemStatusLabels {
     item: String,
     vault: String,
     status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabels {
+    state: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -171,9 +178,39 @@ pub(crate) fn render(s: &AppState) -> Result<String, ApiError> {
         }
     }
 
+    let (queued, running) = s.queue.counts();
+    let limits = s.queue.limits();
+    let queue = Family::<QueueLabels, Gauge>::default();
+    reg.register(
+        "queue_jobs",
+        "Jobs of this server waiting in its queue (queued) or running (running)",
+        queue.clone(),
+    );
+    for (state, n) in [("queued", queued), ("running", running)] {
+        queue
+            .get_or_create(&QueueLabels {
+                state: state.into(),
+            })
+            .set(n as i64);
+    }
+    let max_jobs: Gauge = Gauge::default();
+    reg.register(
+        "queue_max_jobs",
+        "Jobs that may run at once (max_jobs)",
+        max_jobs.clone(),
+    );
+    max_jobs.set(limits.jobs as i64);
+
     let last_tick = FGauge::default();
     let lag = FGauge::default();
     let ticks: Gauge = Gauge::default();
+    let tick_secs = FGauge::default();
+    reg.register(
+        "scheduler_tick_seconds",
+        "Time the scheduler's ticks took in all since the server started (deciding what is due and queueing it)",
+        tick_secs.clone(),
+    );
+    tick_secs.set(s.scheduler.tick_cpu_us.load(Ordering::Relaxed) as f64 / 1e6);
     reg.register(
         "scheduler_last_tick_timestamp_seconds",
         "When the scheduler's latest tick started (Unix time; 0 before the first)",
@@ -181,7 +218,7 @@ pub(crate) fn render(s: &AppState) -> Result<String, ApiError> {
     );
     reg.register(
         "scheduler_lag_seconds",
-        "How late the latest tick started the slots it ran (0 when it ran none)",
+        "How late the latest tick queued the slots it found due (0 when none was due)",
         lag.clone(),
     );
     reg.register(

@@ -876,8 +876,8 @@ fn refuse_when_stopping(s: &AppState) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Registers the job (after `check`), answers 202 with its id, and runs the work in the
-/// background.
+/// Queues the job (after `check`) and answers 202 with its id; the server's queue runs the
+/// work when a slot is free.
 async fn start_job(
     s: S,
     operation: &'static str,
@@ -887,19 +887,21 @@ async fn start_job(
     work: impl FnOnce(&AppState, String) -> Result<(), kura_engine::Error> + Send + 'static,
 ) -> ApiResult {
     refuse_when_stopping(&s)?;
-    let st = s.clone();
     let id = blocking(move || {
-        check(&st)?;
-        Ok(st.home.begin_job(operation, &target, exclusive)?)
+        check(&s)?;
+        let st = s.clone();
+        Ok(s.queue.submit(
+            &s.home,
+            kura_engine::JobRequest {
+                operation,
+                target,
+                exclusive,
+                work: Box::new(move |_, id| work(&st, id.to_string())),
+            },
+        )?)
     })
     .await?;
-    let job = id.clone();
-    tokio::task::spawn_blocking(move || {
-        if let Err(e) = work(&s, job.clone()) {
-            let _ = s.home.abandon_job(&job, &e.to_string());
-        }
-    });
-    ok(202, json!({"job_id": id, "status": "InProgress"}))
+    ok(202, json!({"job_id": id, "status": "Queued"}))
 }
 
 /// The item exists and has the recovery point `rp` (an id, a unique prefix or `latest`);

@@ -48,8 +48,19 @@ fn start() -> Server {
         !db.windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes()),
         "only a hash is stored"
     );
+    let home = Arc::new(home);
+    // The server's queue with two workers, as `kura server` runs it.
+    let queue = Arc::new(kura_engine::JobQueue::new(kura_engine::QueueLimits {
+        jobs: 2,
+        per_vault: 2,
+    }));
+    for _ in 0..2 {
+        let (home, queue) = (home.clone(), queue.clone());
+        std::thread::spawn(move || queue.serve(&home));
+    }
     let state = Arc::new(AppState {
-        home: Arc::new(home),
+        home,
+        queue,
         secrets: Secrets::default(),
         roots: kura_server::Roots {
             source: vec![dir.path().to_path_buf()],
@@ -563,7 +574,7 @@ fn scrape_metrics(s: &Server) {
 fn wait(s: &Server, job: &str) -> Value {
     for _ in 0..200 {
         let j = ok(s, "GET", &format!("/api/v1/jobs/{job}"), None);
-        if j["status"] != "InProgress" {
+        if j["status"] != "InProgress" && j["status"] != "Queued" {
             return j;
         }
         std::thread::sleep(std::time::Duration::from_millis(25));

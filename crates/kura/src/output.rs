@@ -160,7 +160,10 @@ pub fn follow(
             }
         }
         printed = lines.len();
-        let running = matches!(j["status"].as_str(), Some("InProgress" | "Cancelling"));
+        let running = matches!(
+            j["status"].as_str(),
+            Some("Queued" | "InProgress" | "Cancelling")
+        );
         if !running {
             if let Some(pb) = bar.take() {
                 pb.finish_and_clear();
@@ -183,6 +186,9 @@ pub fn follow(
 fn phase(j: &serde_json::Value) -> String {
     if j["status"] == "Cancelling" {
         return "cancelling".into();
+    }
+    if j["status"] == "Queued" {
+        return "queued".into();
     }
     let op = j["operation"].as_str().unwrap_or("job");
     match j["tasks"]

@@ -142,7 +142,7 @@ fn job_done(
         .as_str()
         .context("the server returned no job id")?;
     if !out.json() {
-        eprintln!("job {job} started");
+        eprintln!("job {job} queued");
     }
     let j = crate::output::follow(out, false, || c.get(&format!("/jobs/{job}")))?;
     if j["status"] != "Completed" {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use kura_engine::{Home, SchedulerOptions, Secrets};
+use kura_engine::{Home, JobQueue, QueueEvent, SchedulerOptions, Secrets};
 use kura_server::AppState;
 use kura_server::config::{LogFormat, ServerConfig};
 
@@ -55,6 +55,13 @@ pub struct ServerArgs {
     /// Seconds between scheduler ticks [default: 30].
     #[arg(long, value_name = "SECONDS")]
     tick: Option<u64>,
+    /// Jobs that run at once [default: the number of cores, at least 2]; the rest wait,
+    /// Queued.
+    #[arg(long, value_name = "N")]
+    max_jobs: Option<usize>,
+    /// Jobs that run at once in one vault [default: max-jobs].
+    #[arg(long, value_name = "N")]
+    max_jobs_per_vault: Option<usize>,
     /// Spread window, in seconds, for items that share a schedule [default: 600].
     #[arg(long, value_name = "SECONDS")]
     spread: Option<u64>,
@@ -104,6 +111,16 @@ fn effective(cli: &Cli, a: &ServerArgs) -> anyhow::Result<ServerConfig> {
     }
     if let Some(s) = a.spread {
         c.spread_seconds = s;
+    }
+    if let Some(n) = a.max_jobs {
+        // A lower host limit lowers the default vault limit with it.
+        if a.max_jobs_per_vault.is_none() && c.max_jobs_per_vault > n {
+            c.max_jobs_per_vault = n;
+        }
+        c.max_jobs = n;
+    }
+    if let Some(n) = a.max_jobs_per_vault {
+        c.max_jobs_per_vault = n;
     }
     c.allow_source.extend(a.allow_source.iter().map(abs));
     c.allow_restore.extend(a.allow_restore.iter().map(abs));
@@ -250,10 +267,24 @@ fn run(
     );
     let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let scheduler = Arc::new(kura_server::metrics::SchedulerStats::default());
+    let queue = Arc::new(JobQueue::new(cfg.queue_limits()).with_watcher(log_job));
+    let limits = queue.limits();
+    say!(
+        "up to {} jobs at once, {} per vault (max_jobs, max_jobs_per_vault)",
+        limits.jobs,
+        limits.per_vault
+    );
+    let workers: Vec<_> = (0..limits.jobs)
+        .map(|_| {
+            let (home, queue) = (home.clone(), queue.clone());
+            std::thread::spawn(move || queue.serve(&home))
+        })
+        .collect();
     spawn_scheduler(
         home.clone(),
         &secrets,
         cfg,
+        queue.clone(),
         stopping.clone(),
         scheduler.clone(),
     );
@@ -263,6 +294,7 @@ fn run(
         roots,
         stopping: stopping.clone(),
         scheduler,
+        queue: queue.clone(),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -288,7 +320,11 @@ fn run(
         }
     });
     served.context("the HTTP server stopped")?;
+    for id in queue.close(&home) {
+        tracing::info!(job = %id, "cancelled before it started: the server is stopping");
+    }
     stop_jobs(&home);
+    drop(workers);
     // Jobs still on the blocking pool end with the process.
     rt.shutdown_background();
     tracing::info!("stopped");
@@ -343,12 +379,40 @@ fn stop_jobs(home: &Home) {
     }
 }
 
+/// One log line per job start and end (the queue's watcher).
+fn log_job(event: QueueEvent) {
+    match event {
+        QueueEvent::Started {
+            id,
+            operation,
+            target,
+            waited_ms,
+        } => tracing::info!(job = %id, operation, target = %target, waited_ms, "job started"),
+        QueueEvent::Ended { job, ran_ms } => {
+            let (id, op, target, status) = (&job.id, &job.operation, &job.target, &job.status);
+            match (status.as_str(), &job.error) {
+                ("Completed", _) => tracing::info!(
+                    job = %id, operation = %op, target = %target, status = %status,
+                    duration_ms = ran_ms, rp = job.rp_id.as_deref().unwrap_or(""), "job ended"
+                ),
+                (_, error) => tracing::warn!(
+                    job = %id, operation = %op, target = %target, status = %status,
+                    duration_ms = ran_ms, error = error.as_deref().unwrap_or(""), "job ended"
+                ),
+            }
+        }
+    }
+}
+
 /// The scheduler runs on its own thread with the home's clock, until the server stops.
-/// Each tick's results and failures are logged; its timing goes to `/metrics`.
+/// Each tick queues what is due (the queue's workers run it) and returns at once, so a long
+/// job never delays the next tick. What it queued or could not queue is logged; its timing
+/// goes to `/metrics`.
 fn spawn_scheduler(
     home: Arc<Home>,
     secrets: &Secrets,
     cfg: &ServerConfig,
+    queue: Arc<JobQueue>,
     stopping: Arc<std::sync::atomic::AtomicBool>,
     stats: Arc<kura_server::metrics::SchedulerStats>,
 ) {
@@ -356,6 +420,7 @@ fn spawn_scheduler(
     let opts = SchedulerOptions {
         secrets: secrets.clone(),
         spread: jiff::SignedDuration::from_secs(cfg.spread_seconds.min(i64::MAX as u64) as i64),
+        limits: queue.limits(),
         ..Default::default()
     };
     let tick = Duration::from_secs(cfg.tick_seconds.max(1));
@@ -364,7 +429,8 @@ fn spawn_scheduler(
             let now = home.now();
             stats.last_tick.store(now.as_second(), Ordering::Relaxed);
             stats.ticks.fetch_add(1, Ordering::Relaxed);
-            match home.scheduler_tick(now, &opts) {
+            let started = std::time::Instant::now();
+            match home.schedule(now, &opts, &queue) {
                 Ok(r) => {
                     let lag = r
                         .backups
@@ -375,33 +441,28 @@ fn spawn_scheduler(
                         .unwrap_or(0);
                     stats.lag_ms.store(lag, Ordering::Relaxed);
                     for b in &r.backups {
-                        match (&b.rp_id, &b.error) {
-                            (_, Some(e)) => tracing::error!(
-                                item = %b.item, slot = %b.slot, error = %e, "scheduled backup failed"
+                        match (&b.job_id, &b.error) {
+                            (Some(job), _) => tracing::info!(
+                                item = %b.item, slot = %b.slot, job = %job, "scheduled backup queued"
                             ),
-                            (rp, None) => tracing::info!(
-                                item = %b.item,
-                                slot = %b.slot,
-                                rp = rp.as_deref().unwrap_or(""),
-                                "scheduled backup done"
+                            (None, e) => tracing::error!(
+                                item = %b.item, slot = %b.slot, error = e.as_deref().unwrap_or(""),
+                                "scheduled backup not queued"
                             ),
                         }
                     }
+                    for j in r.jobs.iter().filter(|j| j.operation != "Backup") {
+                        tracing::info!(job = %j.job_id, operation = %j.operation, target = %j.target, "queued");
+                    }
                     for e in &r.retention_errors {
-                        tracing::error!(error = %e, "retention failed");
-                    }
-                    for x in &r.expired {
-                        tracing::info!(item = %x.item, rp = %x.rp_id, reason = %x.reason, "retention removed a recovery point");
-                    }
-                    for item in &r.purged {
-                        tracing::info!(item = %item, "soft-deleted item purged");
-                    }
-                    for job in &r.gc_jobs {
-                        tracing::info!(job = %job, "garbage collection started");
+                        tracing::error!(error = %e, "upkeep not queued");
                     }
                 }
                 Err(e) => tracing::error!(error = %e, "scheduler tick failed"),
             }
+            stats
+                .tick_cpu_us
+                .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
             // Sleep in short steps so a stop is seen promptly.
             let until = std::time::Instant::now() + tick;
             while std::time::Instant::now() < until && !stopping.load(Ordering::SeqCst) {
