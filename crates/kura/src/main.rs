@@ -520,8 +520,8 @@ enum JobCmd {
         /// Only jobs of this item (or vault, for gc).
         #[arg(long)]
         item: Option<String>,
-        /// Only jobs with this status (InProgress, Completed, CompletedWithWarnings, Failed,
-        /// Cancelling, Cancelled; any case).
+        /// Only jobs with this status (Queued, InProgress, Completed, CompletedWithWarnings,
+        /// Failed, Cancelling, Cancelled; any case).
         #[arg(long)]
         status: Option<String>,
         /// Only jobs of this operation (Backup, Restore, RestoreDisks, RestoreVm, Verify,

@@ -331,6 +331,14 @@ pub fn job_show(j: &Value) -> String {
         sz(&j["bytes_done"]),
         sz(&j["bytes_total"])
     );
+    if !j["queued"].is_null() {
+        let what = if j["status"] == "Queued" {
+            "waiting for a free slot (max_jobs, max_jobs_per_vault)".to_string()
+        } else {
+            "then started when a slot was free".to_string()
+        };
+        out += &format!("queued     {} ({what})\n", s(&j["queued"]));
+    }
     if !j["rate_bytes_per_sec"].is_null() {
         out += &format!("rate       {}/s\n", sz(&j["rate_bytes_per_sec"]));
     }

@@ -128,6 +128,8 @@ fn the_configuration_file_is_checked_and_flags_and_environment_override_it() {
         ("log_level = \"kura=chatty\"\n", "log_level"),
         ("listen = \"0.0.0.0:8640\"\n", "listen"),
         ("tls_cert = \"/nonexistent.pem\"\n", "tls_key"),
+        ("max_jobs = 0\n", "max_jobs"),
+        ("max_jobs_per_vault = 5000\n", "max_jobs_per_vault"),
     ] {
         std::fs::write(&cfg, content).unwrap();
         let o = e.run(&["server", "--config", cfg.to_str().unwrap()]);
@@ -471,4 +473,103 @@ fn sigterm_cancels_running_jobs_and_the_server_exits() {
     );
     let log = std::fs::read_to_string(&srv.log).unwrap();
     assert!(log.contains("SIGTERM") && log.contains("stopped"), "{log}");
+}
+
+#[test]
+fn jobs_beyond_max_jobs_wait_queued_and_each_start_and_end_is_logged() {
+    let e = Env::new();
+    let gate = Gate::new(&e, "snapshot");
+    let (var, val) = gate.env();
+    let val = val.to_str().unwrap().to_string();
+    let srv = serve_with(
+        &e,
+        &[
+            "--max-jobs",
+            "1",
+            "--log-format",
+            "json",
+            "--allow-source",
+            e.dir.path().to_str().unwrap(),
+        ],
+        &[(&var, &val)],
+    );
+    let remote = |args: &[&str]| -> Vec<String> {
+        let mut a = vec!["--server", srv.url.as_str(), "--token", ADMIN];
+        a.extend_from_slice(args);
+        a.into_iter().map(String::from).collect()
+    };
+    for d in ["d1", "d2"] {
+        let img = e.path(&format!("{d}.raw"));
+        make_image(&img, 1 << 20, &[(0, 1 << 20, 6)]);
+        let a = remote(&["item", "protect", "disk", img.to_str().unwrap(), "--vault", "default"]);
+        e.json(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+    let home = e.path("server-home");
+    let home = home.to_str().unwrap();
+    let spawn = |item: &str| {
+        let a = remote(&["--output", "json", "backup", "now", item]);
+        e.cmd(&a.iter().map(String::as_str).collect::<Vec<_>>())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // d1's backup holds the only slot (at its snapshot); d2's waits, Queued.
+    let first = spawn("d1");
+    gate.wait_reached();
+    let second = spawn("d2");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let queued = loop {
+        let q = e.json(&["--home", home, "job", "list", "--status", "queued"]);
+        if let Some(j) = q.as_array().unwrap().first() {
+            break j.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "d2 never queued");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(queued["target"], "d2", "{queued}");
+    assert_eq!(queued["operation"], "Backup", "{queued}");
+    let running = e.json(&["--home", home, "job", "list", "--status", "inprogress"]);
+    assert_eq!(running.as_array().unwrap().len(), 1, "{running}");
+    assert_eq!(running[0]["target"], "d1", "{running}");
+    let shown = e.ok(&["--home", home, "job", "show", queued["id"].as_str().unwrap()]);
+    assert!(shown.contains("Queued"), "{shown}");
+
+    gate.release();
+    for child in [first, second] {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    }
+    let j2 = e.json(&["--home", home, "job", "show", queued["id"].as_str().unwrap()]);
+    assert_eq!(j2["status"], "Completed", "{j2}");
+    let t = |v: &Value| v.as_str().unwrap().parse::<jiff::Timestamp>().unwrap();
+    assert!(t(&j2["started"]) >= t(&j2["queued"]), "{j2}");
+    let j1 = &e.json(&["--home", home, "job", "list", "--item", "d1"])[0];
+    assert!(
+        t(&j2["started"]) >= t(&j1["ended"]),
+        "d2 started only once d1 ended: {j1} {j2}"
+    );
+
+    // One log line per job start and end, with the job's id, operation, target and outcome.
+    let log = std::fs::read_to_string(&srv.log).unwrap();
+    let events: Vec<Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .collect();
+    for j in [j1, &j2] {
+        let of = |msg: &str| {
+            events
+                .iter()
+                .find(|v| v["message"] == msg && v["job"] == j["id"])
+                .unwrap_or_else(|| panic!("no {msg:?} line for job {}: {log}", j["id"]))
+                .clone()
+        };
+        let started = of("job started");
+        assert_eq!(started["operation"], "Backup", "{started}");
+        assert_eq!(started["target"], j["target"], "{started}");
+        assert!(started["waited_ms"].is_u64(), "{started}");
+        let ended = of("job ended");
+        assert_eq!(ended["status"], "Completed", "{ended}");
+        assert!(ended["duration_ms"].is_u64(), "{ended}");
+    }
 }
