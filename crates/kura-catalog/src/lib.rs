@@ -910,7 +910,11 @@ impl Catalog {
                 .into_iter()
                 .find(|(_, _, pid, owner)| self.alive(owner.as_deref(), *pid))
             {
-                let what = if st == "Queued" { "queued" } else { "still running" };
+                let what = if st == "Queued" {
+                    "queued"
+                } else {
+                    "still running"
+                };
                 return Err(Error::Conflict(format!(
                     "job {other} ({operation} of {target}) is {what}"
                 )));

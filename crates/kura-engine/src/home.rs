@@ -988,10 +988,10 @@ impl Home {
                 )?;
                 return Ok(self.catalog.job(&job.id)?);
             }
-            if self
-                .catalog
-                .cancel_queued(&job.id, "cancelled while it waited in the queue; it never started")?
-            {
+            if self.catalog.cancel_queued(
+                &job.id,
+                "cancelled while it waited in the queue; it never started",
+            )? {
                 return Ok(self.catalog.job(&job.id)?);
             }
             // It started meanwhile: cancel it as a running job.
@@ -1097,7 +1097,9 @@ impl Home {
     pub fn abandon_job(&self, id: &str, error: &str) -> Result<()> {
         match self.catalog.job(id)?.status.as_str() {
             "InProgress" => self.catalog.finish_job(id, "Failed", None, Some(error))?,
-            "Cancelling" => self.catalog.finish_job(id, "Cancelled", None, Some(error))?,
+            "Cancelling" => self
+                .catalog
+                .finish_job(id, "Cancelled", None, Some(error))?,
             _ => {}
         }
         Ok(())

@@ -38,7 +38,10 @@ impl QueueLimits {
 
     /// Refuses a zero limit, naming the setting.
     pub fn check(&self) -> Result<()> {
-        for (name, v) in [("max_jobs", self.jobs), ("max_jobs_per_vault", self.per_vault)] {
+        for (name, v) in [
+            ("max_jobs", self.jobs),
+            ("max_jobs_per_vault", self.per_vault),
+        ] {
             if v == 0 {
                 return Err(Error::new(
                     ErrorKind::Invalid,
@@ -289,7 +292,8 @@ impl JobQueue {
                 waited_ms: queued_at.elapsed().as_millis() as u64,
             });
             let started = std::time::Instant::now();
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(home, &id)));
+            let outcome =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(home, &id)));
             let failure = match outcome {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(e.to_string()),

@@ -305,7 +305,9 @@ impl Home {
 
     /// Fills a report's outcomes from its jobs, once they ended.
     fn fill_outcomes(&self, report: &mut TickReport) -> Result<()> {
-        let ended = |j: &kura_catalog::JobRow| !matches!(j.status.as_str(), "Queued" | "InProgress" | "Cancelling");
+        let ended = |j: &kura_catalog::JobRow| {
+            !matches!(j.status.as_str(), "Queued" | "InProgress" | "Cancelling")
+        };
         for b in &mut report.backups {
             let Some(id) = &b.job_id else { continue };
             let job = self.catalog.job(id)?;
@@ -338,16 +340,15 @@ impl Home {
                         .as_ref()
                         .and_then(|r| r["entries"].as_array().cloned())
                         .unwrap_or_default();
-                    report.expired.extend(
-                        entries
-                            .iter()
-                            .filter(|e| e["action"] == "delete")
-                            .map(|e| Expired {
+                    report
+                        .expired
+                        .extend(entries.iter().filter(|e| e["action"] == "delete").map(|e| {
+                            Expired {
                                 item: q.target.clone(),
                                 rp_id: e["rp_id"].as_str().unwrap_or_default().to_string(),
                                 reason: e["reason"].as_str().unwrap_or_default().to_string(),
-                            }),
-                    );
+                            }
+                        }));
                 }
                 "PurgeSoftDeleted" => report.purged.extend(
                     job.result
@@ -472,7 +473,8 @@ impl Home {
                         job_id: Some(id.to_string()),
                         ..Default::default()
                     };
-                    home.backup(&name, &secrets, &backup, &NoProgress).map(|_| ())
+                    home.backup(&name, &secrets, &backup, &NoProgress)
+                        .map(|_| ())
                 }),
             },
         );

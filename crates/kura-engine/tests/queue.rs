@@ -14,7 +14,8 @@ fn home_with_items(dir: &std::path::Path, items: &[(&str, &str)]) -> Home {
     };
     for (vault, item) in items {
         if home.vault_info(vault).is_err() {
-            home.create_vault(vault, &opts, &Secrets::default()).unwrap();
+            home.create_vault(vault, &opts, &Secrets::default())
+                .unwrap();
         }
         let image = dir.join(format!("{item}.raw"));
         std::fs::File::create(&image)
@@ -44,10 +45,7 @@ fn wait_status(home: &Home, id: &str, status: &str) {
 }
 
 /// A job whose work reports its start on `started` and then waits for the test to let it go.
-fn held(
-    item: &str,
-    started: &mpsc::Sender<String>,
-) -> (JobRequest, mpsc::Sender<()>) {
+fn held(item: &str, started: &mpsc::Sender<String>) -> (JobRequest, mpsc::Sender<()>) {
     let (release, hold) = mpsc::channel::<()>();
     let started = started.clone();
     let name = item.to_string();
@@ -73,7 +71,13 @@ fn jobs_wait_queued_within_the_host_and_vault_limits_and_a_full_vault_lets_other
     let dir = tempfile::tempdir().unwrap();
     let home = home_with_items(
         dir.path(),
-        &[("a", "a1"), ("a", "a2"), ("a", "a3"), ("b", "b1"), ("b", "b2")],
+        &[
+            ("a", "a1"),
+            ("a", "a2"),
+            ("a", "a3"),
+            ("b", "b1"),
+            ("b", "b2"),
+        ],
     );
     let queue = JobQueue::new(QueueLimits {
         jobs: 3,
@@ -140,14 +144,11 @@ fn a_closed_queue_cancels_what_waits_and_takes_nothing_new() {
         s.spawn(|| queue.serve(&home));
         let (req, release) = held("a1", &started_tx);
         let running = queue.submit(&home, req).unwrap();
-        assert_eq!(
-            started.recv_timeout(Duration::from_secs(20)).unwrap(),
-            "a1"
-        );
+        assert_eq!(started.recv_timeout(Duration::from_secs(20)).unwrap(), "a1");
         let (req, _keep) = held("a2", &started_tx);
         let waiting = queue.submit(&home, req).unwrap();
         assert_eq!(home.job(&waiting).unwrap().status, "Queued");
-        assert_eq!(queue.close(&home), [waiting.clone()]);
+        assert_eq!(queue.close(&home), vec![waiting.clone()]);
         assert_eq!(home.job(&waiting).unwrap().status, "Cancelled");
         let (req, _) = held("a2", &started_tx);
         let err = queue.submit(&home, req).unwrap_err();

@@ -501,7 +501,14 @@ fn jobs_beyond_max_jobs_wait_queued_and_each_start_and_end_is_logged() {
     for d in ["d1", "d2"] {
         let img = e.path(&format!("{d}.raw"));
         make_image(&img, 1 << 20, &[(0, 1 << 20, 6)]);
-        let a = remote(&["item", "protect", "disk", img.to_str().unwrap(), "--vault", "default"]);
+        let a = remote(&[
+            "item",
+            "protect",
+            "disk",
+            img.to_str().unwrap(),
+            "--vault",
+            "default",
+        ]);
         e.json(&a.iter().map(String::as_str).collect::<Vec<_>>());
     }
     let home = e.path("server-home");
@@ -532,15 +539,31 @@ fn jobs_beyond_max_jobs_wait_queued_and_each_start_and_end_is_logged() {
     let running = e.json(&["--home", home, "job", "list", "--status", "inprogress"]);
     assert_eq!(running.as_array().unwrap().len(), 1, "{running}");
     assert_eq!(running[0]["target"], "d1", "{running}");
-    let shown = e.ok(&["--home", home, "job", "show", queued["id"].as_str().unwrap()]);
+    let shown = e.ok(&[
+        "--home",
+        home,
+        "job",
+        "show",
+        queued["id"].as_str().unwrap(),
+    ]);
     assert!(shown.contains("Queued"), "{shown}");
 
     gate.release();
     for child in [first, second] {
         let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
-    let j2 = e.json(&["--home", home, "job", "show", queued["id"].as_str().unwrap()]);
+    let j2 = e.json(&[
+        "--home",
+        home,
+        "job",
+        "show",
+        queued["id"].as_str().unwrap(),
+    ]);
     assert_eq!(j2["status"], "Completed", "{j2}");
     let t = |v: &Value| v.as_str().unwrap().parse::<jiff::Timestamp>().unwrap();
     assert!(t(&j2["started"]) >= t(&j2["queued"]), "{j2}");
