@@ -37,12 +37,14 @@ use serde::Serialize;
 #[non_exhaustive]
 pub enum Error {
     /// No such object.
-    #[error("{kind} {name:?} not found")]
+    #[error("{kind} {name:?} not found{}", near.as_ref().map(|n| format!("; did you mean {n:?}?")).unwrap_or_default())]
     NotFound {
         /// `vault`, `item`, `recovery point`, `job`.
         kind: &'static str,
         /// The name or id asked for.
         name: String,
+        /// The existing name nearest to it, when one is close (a typo).
+        near: Option<String>,
     },
     /// The name is already taken.
     #[error("{kind} {name:?} already exists")]
@@ -276,6 +278,19 @@ pub fn stamp(t: jiff::Timestamp) -> String {
     format!("{t:.3}")
 }
 
+/// The name nearest to `asked` among `names`, when it is close enough to be a typo.
+pub fn nearest_name(asked: &str, names: impl IntoIterator<Item = String>) -> Option<String> {
+    let a = asked.to_lowercase();
+    let limit = (a.chars().count() / 3).max(1);
+    names
+        .into_iter()
+        .filter(|n| n != asked)
+        .map(|n| (strsim::osa_distance(&a, &n.to_lowercase()), n))
+        .filter(|(d, _)| *d <= limit)
+        .min_by(|x, y| x.0.cmp(&y.0).then_with(|| x.1.cmp(&y.1)))
+        .map(|(_, n)| n)
+}
+
 pub(crate) fn constraint(e: rusqlite::Error, kind: &'static str, name: &str) -> Error {
     match e {
         rusqlite::Error::SqliteFailure(f, _)
@@ -371,17 +386,40 @@ impl Catalog {
 
     /// A vault by name.
     pub fn vault(&self, name: &str) -> Result<VaultRow> {
-        self.conn()
+        // The connection is released before a miss looks for the nearest name.
+        let row = self
+            .conn()
             .query_row(
                 "SELECT id, name, path, chunk_size, encryption, cipher, key_file, created FROM vaults WHERE name = ?1",
                 [name],
                 Self::vault_from,
             )
-            .optional()?
-            .ok_or_else(|| Error::NotFound {
-                kind: "vault",
-                name: name.into(),
-            })
+            .optional()?;
+        row.ok_or_else(|| Error::NotFound {
+            kind: "vault",
+            name: name.into(),
+            near: self.nearest("SELECT name FROM vaults", &[], name),
+        })
+    }
+
+    /// Of the names `sql` selects, the one nearest to `asked` when it is close enough to be a
+    /// typo: the same but for case, or at most one edit (a transposition counts as one) in
+    /// three characters away.
+    pub(crate) fn nearest(
+        &self,
+        sql: &str,
+        args: &[&dyn rusqlite::ToSql],
+        asked: &str,
+    ) -> Option<String> {
+        let names: Vec<String> = {
+            let conn = self.conn();
+            let mut st = conn.prepare_cached(sql).ok()?;
+            st.query_map(args, |r| r.get(0))
+                .ok()?
+                .filter_map(|r| r.ok())
+                .collect()
+        };
+        nearest_name(asked, names)
     }
 
     /// A vault by id.
@@ -396,6 +434,7 @@ impl Catalog {
             .ok_or_else(|| Error::NotFound {
                 kind: "vault",
                 name: id.into(),
+                near: None,
             })
     }
 
@@ -624,17 +663,19 @@ impl Catalog {
 
     /// An item by name or id.
     pub fn item(&self, name_or_id: &str) -> Result<ItemRow> {
-        self.conn()
+        let row = self
+            .conn()
             .query_row(
                 "SELECT id, name, vault_id, kind, source, created, policy, last_slot, state, deleted_at, spec, (SELECT count(DISTINCT rp_id) FROM damage WHERE damage.item_id = items.id) FROM items WHERE name = ?1 OR id = ?1",
                 [name_or_id],
                 Self::item_from,
             )
-            .optional()?
-            .ok_or_else(|| Error::NotFound {
-                kind: "item",
-                name: name_or_id.into(),
-            })
+            .optional()?;
+        row.ok_or_else(|| Error::NotFound {
+            kind: "item",
+            name: name_or_id.into(),
+            near: self.nearest("SELECT name FROM items", &[], name_or_id),
+        })
     }
 
     /// Items, all or of one vault, by name.
@@ -1299,6 +1340,7 @@ fn pick_unique<T>(
         _ => Err(Error::NotFound {
             kind,
             name: key.into(),
+            near: None,
         }),
     }
 }

@@ -46,6 +46,7 @@ impl Catalog {
             return Err(Error::NotFound {
                 kind: "policy",
                 name: name.into(),
+                near: None,
             });
         }
         Ok(())
@@ -73,6 +74,7 @@ impl Catalog {
             return Err(Error::NotFound {
                 kind: "policy",
                 name: name.into(),
+                near: None,
             });
         }
         tx.commit()?;
@@ -115,6 +117,11 @@ impl Catalog {
         .ok_or_else(|| Error::NotFound {
             kind: "policy",
             name: name.into(),
+            near: self.nearest(
+                "SELECT name FROM policies WHERE vault_id = ?1",
+                &[&vault_id],
+                name,
+            ),
         })
     }
 

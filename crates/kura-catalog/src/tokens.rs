@@ -56,6 +56,7 @@ impl Catalog {
             return Err(Error::NotFound {
                 kind: "token",
                 name: name.to_string(),
+                near: self.nearest("SELECT name FROM api_tokens", &[], name),
             });
         }
         Ok(())
@@ -70,6 +71,7 @@ impl Catalog {
             return Err(Error::NotFound {
                 kind: "token",
                 name: name.to_string(),
+                near: self.nearest("SELECT name FROM api_tokens", &[], name),
             });
         }
         Ok(())

@@ -223,3 +223,22 @@ fn policies_are_per_vault_and_cannot_go_while_used() {
         Err(Error::NotFound { .. })
     ));
 }
+
+#[test]
+fn the_nearest_name_is_offered_only_when_it_is_close() {
+    use kura_catalog::nearest_name;
+    let names = || ["web", "database", "offsite", "DefaultPolicy"].map(String::from);
+    assert_eq!(nearest_name("Web", names()).as_deref(), Some("web"));
+    assert_eq!(nearest_name("wbe", names()).as_deref(), Some("web"));
+    assert_eq!(
+        nearest_name("databse", names()).as_deref(),
+        Some("database")
+    );
+    assert_eq!(
+        nearest_name("defaultpolcy", names()).as_deref(),
+        Some("DefaultPolicy")
+    );
+    assert_eq!(nearest_name("mail", names()), None);
+    assert_eq!(nearest_name("x", names()), None);
+    assert_eq!(nearest_name("", names()), None);
+}

@@ -127,7 +127,7 @@ impl Home {
             .catalog
             .jobs_for("Backup", &item.name, 100)?
             .into_iter()
-            .find(|j| j.status != "InProgress");
+            .find(|j| !matches!(j.status.as_str(), "Queued" | "InProgress" | "Cancelling"));
         let last_backup_status = match last_backup.as_ref().map(|j| j.status.as_str()) {
             None => "IRPending",
             Some("Completed") => "Healthy",
@@ -191,6 +191,15 @@ impl Home {
             agent_status: None,
             item,
         })
+    }
+
+    /// Every item's protection state and health, by name (`item list`).
+    pub fn list_item_status(&self) -> Result<Vec<ItemStatus>> {
+        self.catalog
+            .list_items(None)?
+            .iter()
+            .map(|i| self.item_status(&i.id))
+            .collect()
     }
 
     /// [`Home::item_status`] plus what only a live check tells: a VM's agent status (asked

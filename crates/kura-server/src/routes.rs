@@ -708,7 +708,7 @@ struct Protect {
 }
 
 async fn list_items(_: Auth, State(s): State<S>) -> ApiResult {
-    ok(200, blocking(move || Ok(s.home.list_items()?)).await?)
+    ok(200, blocking(move || Ok(s.home.list_item_status()?)).await?)
 }
 
 async fn protect_item(_: Auth, State(s): State<S>, Body(b): Body<Protect>) -> ApiResult {
@@ -1297,6 +1297,7 @@ async fn reset_token(
                 kura_engine::Error::from(kura_catalog::Error::NotFound {
                     kind: "token",
                     name: name.clone(),
+                    near: None,
                 })
             })?;
         let expires = match &b.expires {

@@ -788,7 +788,7 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Item(ItemCmd::List) => {
-            let items = home.list_items()?;
+            let items = home.list_item_status()?;
             out.view(&items, views::item_list);
             Ok(0)
         }

@@ -71,17 +71,36 @@ pub fn item_format(i: &Value) -> String {
 
 /// `kura item list`.
 pub fn item_list(v: &Value) -> String {
-    let mut t = Table::new(&["NAME", "KIND", "STATE", "POLICY", "DAMAGED", "SOURCE"]);
+    if rows(v).next().is_none() {
+        return "no items yet; protect one with `kura item protect disk IMAGE --vault VAULT` or `kura item protect vm ...`\n".into();
+    }
+    let mut t = Table::new(&[
+        "NAME",
+        "KIND",
+        "VAULT",
+        "PROTECTION",
+        "LAST BACKUP",
+        "HEALTH",
+        "POLICY",
+        "SOURCE",
+    ]);
     for i in rows(v) {
+        let health = match i["health_details"].as_array().map(Vec::len) {
+            Some(n) if n > 0 => format!(
+                "{} ({n} issue(s): kura item show {})",
+                s(&i["health_status"]),
+                s(&i["name"])
+            ),
+            _ => s(&i["health_status"]),
+        };
         t.row(vec![
             s(&i["name"]),
             s(&i["kind"]),
-            s(&i["state"]),
+            s(&i["vault"]),
+            s(&i["protection_state"]),
+            s(&i["last_backup_status"]),
+            health,
             s(&i["policy"]),
-            match i["damaged_points"].as_u64() {
-                Some(0) | None => "-".into(),
-                Some(n) => format!("{n} point(s)"),
-            },
             s(&i["source"]),
         ]);
     }
@@ -443,6 +462,9 @@ pub fn gc(r: &Value) -> String {
 
 /// `kura vault list`.
 pub fn vault_list(v: &Value) -> String {
+    if rows(v).next().is_none() {
+        return "no vaults yet; create one with `kura vault create NAME` (or attach an existing one with `kura vault attach NAME --path DIR`)\n".into();
+    }
     let mut t = Table::new(&[
         "NAME",
         "ITEMS",

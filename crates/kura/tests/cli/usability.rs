@@ -1,0 +1,117 @@
+//! What a user reads: hints on empty lists, "did you mean" for mistyped names (locally and
+//! through the server), and item list with each item's last backup and health.
+
+use super::*;
+
+#[test]
+fn empty_lists_say_what_to_do_and_mistyped_names_get_the_nearest_one() {
+    let e = Env::new();
+    let out = e.ok(&["vault", "list"]);
+    assert!(
+        out.contains("no vaults yet") && out.contains("kura vault create"),
+        "{out}"
+    );
+    assert_eq!(e.json(&["vault", "list"]), serde_json::json!([]));
+    let out = e.ok(&["item", "list"]);
+    assert!(out.contains("kura item protect disk"), "{out}");
+
+    e.vault("offsite", &[]);
+    let img = e.path("web.raw");
+    make_image(&img, 1 << 20, &[(0, 1 << 20, 3)]);
+    e.protect(&img, "offsite", &[]);
+    e.backup("web");
+
+    let near = |args: &[&str], want: Option<&str>| {
+        let (code, err) = e.fails(args);
+        assert_eq!(err["error"]["code"], "not_found", "{args:?}: {err}");
+        assert_ne!(code, 0);
+        let msg = err["error"]["message"].as_str().unwrap().to_string();
+        match want {
+            Some(w) => assert!(
+                msg.contains(&format!("did you mean {w:?}?")),
+                "{args:?}: {msg}"
+            ),
+            None => assert!(!msg.contains("did you mean"), "{args:?}: {msg}"),
+        }
+        msg
+    };
+    near(&["vault", "show", "ofsite"], Some("offsite"));
+    near(&["backup", "now", "Web"], Some("web"));
+    near(&["rp", "list", "wbe"], Some("web"));
+    near(
+        &["policy", "show", "offsite/DefaultPolcy"],
+        Some("DefaultPolicy"),
+    );
+    near(&["backup", "now", "database"], None);
+
+    // Through the server, the same message.
+    let srv = remote::serve(&e);
+    let (_, err) = e.fails(&[
+        "--server",
+        &srv.url,
+        "--token",
+        "tok-0123456789abcdef",
+        "vault",
+        "show",
+        "defualt",
+    ]);
+    assert_eq!(err["error"]["code"], "not_found", "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("did you mean \"default\"?"),
+        "{err}"
+    );
+}
+
+#[test]
+fn item_list_shows_each_items_last_backup_and_health() {
+    let e = Env::new();
+    e.vault("v", &[]);
+    for name in ["a", "b"] {
+        let img = e.path(&format!("{name}.raw"));
+        make_image(&img, 1 << 20, &[(0, 1 << 20, 5)]);
+        e.protect(&img, "v", &[]);
+    }
+    e.backup("a");
+    e.backup("b");
+    // b's source disappears and its next backup fails.
+    std::fs::remove_file(e.path("b.raw")).unwrap();
+    e.fails(&["backup", "now", "b"]);
+    let items = e.json(&["item", "list"]);
+    let by = |n: &str| {
+        items
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == n)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(by("a")["last_backup_status"], "Healthy", "{items}");
+    assert_eq!(by("a")["health_status"], "Passed", "{items}");
+    assert_eq!(by("a")["protection_state"], "Protected", "{items}");
+    assert_eq!(by("b")["last_backup_status"], "Unhealthy", "{items}");
+    assert_eq!(by("b")["health_status"], "ActionRequired", "{items}");
+    let text = e.ok(&["item", "list"]);
+    let line = |n: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{n} ")))
+            .unwrap_or_else(|| panic!("no line for {n}: {text}"))
+            .to_string()
+    };
+    assert!(text.starts_with("NAME"), "{text}");
+    assert!(
+        text.lines().next().unwrap().contains("LAST BACKUP"),
+        "{text}"
+    );
+    assert!(
+        line("a").contains("Healthy") && line("a").contains("Passed"),
+        "{text}"
+    );
+    assert!(
+        line("b").contains("Unhealthy") && line("b").contains("ActionRequired"),
+        "{text}"
+    );
+}
