@@ -104,12 +104,6 @@ impl Snapshot {
                     .parent()
                     .unwrap_or(Path::new("."))
                     .join(".kura-snapshots");
-                // Only the owner may enter: the clones hold the guest's data.
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(&dir)
-                    .map_err(|e| io(&dir, e))?;
                 let file = source
                     .file_name()
                     .map(|f| f.to_string_lossy().into_owned())
@@ -117,13 +111,40 @@ impl Snapshot {
                 let clone = dir.join(format!("{file}.{tag}"));
                 let src = std::fs::File::open(source).map_err(|e| io(source, e))?;
                 // The clone is as private as its source, and never more open than 0600 while
-                // it is made.
-                let dst = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&clone)
-                    .map_err(|e| io(&clone, e))?;
+                // it is made. Where clones fail, the directory is removed again when empty;
+                // a job of another image in the same directory may do so between this one's
+                // mkdir and create, so a vanished directory is made again.
+                let mut attempts = 0;
+                let dst = loop {
+                    // Only the owner may enter: the clones hold the guest's data. "Exists"
+                    // with no directory there: it was removed between mkdir and its check.
+                    match std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(&dir)
+                    {
+                        Ok(()) => {}
+                        Err(e)
+                            if e.kind() == std::io::ErrorKind::AlreadyExists && attempts < 100 =>
+                        {
+                            attempts += 1;
+                            continue;
+                        }
+                        Err(e) => return Err(io(&dir, e)),
+                    }
+                    match std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(&clone)
+                    {
+                        Ok(f) => break f,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempts < 100 => {
+                            attempts += 1;
+                        }
+                        Err(e) => return Err(io(&clone, e)),
+                    }
+                };
                 match rustix::fs::ioctl_ficlone(&dst, &src) {
                     Ok(()) => {
                         let mode = meta.permissions().mode() & 0o777;
@@ -382,5 +403,39 @@ mod tests {
         assert!(okq("qcow2:kura-01a2b3c4:/srv/vm.qcow2"));
         assert!(!okq("qcow2:kura-01a2b3c4:/etc/passwd"));
         assert!(!okq("qcow2:important-user-snapshot:/srv/vm.qcow2"));
+    }
+
+    /// Jobs of different raw images in one directory take their snapshots at the same time
+    /// (the job queue runs them side by side). Where the filesystem cannot clone (ext4,
+    /// tmpfs), each one's attempt makes `.kura-snapshots/` and removes it again; none may
+    /// fail because another removed the directory under it. (Where it can clone, every
+    /// snapshot must be made.)
+    #[test]
+    fn raw_snapshots_of_neighbouring_images_taken_at_once_never_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = PinnedFormat::new("raw").unwrap();
+        let images: Vec<std::path::PathBuf> = (0..8)
+            .map(|i| {
+                let p = dir.path().join(format!("d{i}.raw"));
+                std::fs::write(&p, vec![i as u8; 4096]).unwrap();
+                p
+            })
+            .collect();
+        std::thread::scope(|s| {
+            for (i, image) in images.iter().enumerate() {
+                let raw = &raw;
+                s.spawn(move || {
+                    for n in 0..200 {
+                        let rp = format!("{i:04x}{n:012x}");
+                        match Snapshot::take(image, raw, &rp).unwrap_or_else(|e| {
+                            panic!("snapshot {n} of {} failed: {e}", image.display())
+                        }) {
+                            Ok(snap) => snap.delete().unwrap(),
+                            Err(reason) => assert!(reason.contains("reflink"), "{reason}"),
+                        }
+                    }
+                });
+            }
+        });
     }
 }

@@ -29,6 +29,10 @@ struct Cli {
     /// Output format: a table for people, or one JSON document on stdout.
     #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
     output: Format,
+    /// Time zone for the times tables show (an IANA name such as Europe/Berlin, or UTC)
+    /// [default: this machine's zone]. JSON output is always UTC.
+    #[arg(long, global = true, env = "KURA_TZ", value_name = "ZONE")]
+    tz: Option<String>,
     /// File holding the vault passphrase (or set KURA_PASSPHRASE).
     #[arg(long, global = true, value_name = "FILE")]
     passphrase_file: Option<PathBuf>,
@@ -583,6 +587,10 @@ fn main() -> ExitCode {
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = parse_cli();
     let out = Out::new(cli.output == Format::Json);
+    if let Err(e) = views::set_zone(cli.tz.as_deref()) {
+        out.error(&e);
+        return ExitCode::from(EXIT_ERROR);
+    }
     match run(&cli, &out) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
@@ -602,7 +610,7 @@ fn parse_cli() -> Cli {
     cmd.build();
     let cmd = cmd.mut_subcommand("server", |sc| {
         sc.mut_args(|a| {
-            let client_only = ["output", "server", "token", "token_file", "ca_file"]
+            let client_only = ["output", "tz", "server", "token", "token_file", "ca_file"]
                 .contains(&a.get_id().as_str());
             if client_only { a.hide(true) } else { a }
         })

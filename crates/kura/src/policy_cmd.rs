@@ -186,18 +186,18 @@ pub fn run_retention(
 }
 
 fn tick_text(r: &kura_engine::TickReport) -> String {
+    let when = |t: &str| crate::views::when(&serde_json::Value::from(t));
+    let at = when(&r.at);
     let mut s = String::new();
     for b in &r.backups {
+        let slot = when(&b.slot);
         s += &match (&b.rp_id, &b.error) {
             (Some(rp), _) => format!(
-                "{} {}: backed up slot {} as recovery point {rp}",
-                r.at, b.item, b.slot
+                "{at} {}: backed up slot {slot} as recovery point {rp}",
+                b.item
             ),
-            (None, Some(e)) => format!(
-                "{} {}: backup for slot {} FAILED: {e}",
-                r.at, b.item, b.slot
-            ),
-            (None, None) => format!("{} {}: slot {}", r.at, b.item, b.slot),
+            (None, Some(e)) => format!("{at} {}: backup for slot {slot} FAILED: {e}", b.item),
+            (None, None) => format!("{at} {}: slot {slot}", b.item),
         };
         if b.skipped_slots > 0 {
             s += &format!(" ({} missed slot(s) folded into this one)", b.skipped_slots);
@@ -206,15 +206,18 @@ fn tick_text(r: &kura_engine::TickReport) -> String {
     }
     for x in &r.expired {
         s += &format!(
-            "{} {}: removed recovery point {}: {}\n",
-            r.at, x.item, x.rp_id, x.reason
+            "{at} {}: removed recovery point {}: {}\n",
+            x.item, x.rp_id, x.reason
         );
     }
+    for p in &r.purged {
+        s += &format!("{at} {p}: purged (its soft-delete period is over)\n");
+    }
     for j in &r.gc_jobs {
-        s += &format!("{} garbage collection ran as job {j}\n", r.at);
+        s += &format!("{at} garbage collection ran as job {j}\n");
     }
     for e in &r.retention_errors {
-        s += &format!("{} retention failed for {e}\n", r.at);
+        s += &format!("{at} upkeep failed: {e}\n");
     }
     s
 }
@@ -236,7 +239,10 @@ pub fn run_scheduler(
             out.print(&r, || {
                 let t = tick_text(&r);
                 if t.is_empty() {
-                    format!("{}: nothing due\n", r.at)
+                    format!(
+                        "{}: nothing due\n",
+                        crate::views::when(&r.at.clone().into())
+                    )
                 } else {
                     t
                 }

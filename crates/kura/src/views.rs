@@ -20,6 +20,51 @@ fn s(v: &Value) -> String {
     }
 }
 
+/// The zone tables show times in (`--tz`, else this machine's zone).
+static ZONE: std::sync::OnceLock<jiff::tz::TimeZone> = std::sync::OnceLock::new();
+
+/// Sets the zone for times in tables: an IANA name, or the machine's zone when `None`.
+pub fn set_zone(name: Option<&str>) -> anyhow::Result<()> {
+    let tz = match name {
+        Some(n) => jiff::tz::TimeZone::get(n).map_err(|e| {
+            anyhow::anyhow!("--tz {n:?} is not a time zone (use an IANA name such as Europe/Berlin, or UTC): {e}")
+        })?,
+        None => jiff::tz::TimeZone::system(),
+    };
+    let _ = ZONE.set(tz);
+    Ok(())
+}
+
+/// An instant as tables show it: `2026-03-10 11:17:00 CET` in the display zone. Anything
+/// that is not one of kura's UTC instants (`...Z`) is shown as it is.
+pub(crate) fn when(v: &Value) -> String {
+    let Some(text) = v.as_str() else {
+        return s(v);
+    };
+    local_time(text).unwrap_or_else(|| text.to_string())
+}
+
+fn local_time(text: &str) -> Option<String> {
+    if !text.ends_with('Z') {
+        return None;
+    }
+    let t: jiff::Timestamp = text.parse().ok()?;
+    let tz = ZONE.get_or_init(jiff::tz::TimeZone::system).clone();
+    Some(t.to_zoned(tz).strftime("%Y-%m-%d %H:%M:%S %Z").to_string())
+}
+
+/// A job log line with its leading instant in the display zone.
+fn log_line(line: &Value) -> String {
+    let text = s(line);
+    match text.split_once(' ') {
+        Some((stamp, rest)) => match local_time(stamp) {
+            Some(t) => format!("{t} {rest}"),
+            None => text,
+        },
+        None => text,
+    }
+}
+
 fn sz(v: &Value) -> String {
     size(v.as_u64().unwrap_or(0))
 }
@@ -139,12 +184,16 @@ pub fn item_status(st: &Value) -> String {
         out += &format!("  ! {}\n", s(d));
     }
     if let Some(rp) = st["latest_recovery_point"].as_object() {
-        out += &format!("latest            {} at {}\n", s(&rp["id"]), s(&rp["time"]));
+        out += &format!(
+            "latest            {} at {}\n",
+            s(&rp["id"]),
+            when(&rp["time"])
+        );
     }
     if !st["purge_at"].is_null() {
         out += &format!(
             "purged at         {} unless undeleted\n",
-            s(&st["purge_at"])
+            when(&st["purge_at"])
         );
     }
     out
@@ -197,11 +246,11 @@ pub fn rp_list(v: &Value) -> String {
         let expires = if r["expires"].is_null() {
             "never".into()
         } else {
-            s(&r["expires"])
+            when(&r["expires"])
         };
         t.row(vec![
             short(&r["id"]),
-            s(&r["time"]),
+            when(&r["time"]),
             sz(&r["logical_size"]),
             sz(&r["stored_size"]),
             s(&r["consistency"]),
@@ -330,7 +379,7 @@ pub fn job_list(v: &Value) -> String {
             s(&j["operation"]),
             s(&j["target"]),
             s(&j["status"]),
-            s(&j["started"]),
+            when(&j["started"]),
             format!("{}/{}", sz(&j["bytes_done"]), sz(&j["bytes_total"])),
         ]);
     }
@@ -345,8 +394,8 @@ pub fn job_show(j: &Value) -> String {
         s(&j["operation"]),
         s(&j["target"]),
         s(&j["status"]),
-        s(&j["started"]),
-        s(&j["ended"]),
+        when(&j["started"]),
+        when(&j["ended"]),
         sz(&j["bytes_done"]),
         sz(&j["bytes_total"])
     );
@@ -356,7 +405,7 @@ pub fn job_show(j: &Value) -> String {
         } else {
             "then started when a slot was free".to_string()
         };
-        out += &format!("queued     {} ({what})\n", s(&j["queued"]));
+        out += &format!("queued     {} ({what})\n", when(&j["queued"]));
     }
     if !j["rate_bytes_per_sec"].is_null() {
         out += &format!("rate       {}/s\n", sz(&j["rate_bytes_per_sec"]));
@@ -384,7 +433,7 @@ pub fn job_show(j: &Value) -> String {
     }
     out += "log:\n";
     for l in rows(&j["log"]) {
-        out += &format!("  {}\n", s(l));
+        out += &format!("  {}\n", log_line(l));
     }
     out
 }
@@ -508,10 +557,10 @@ pub fn vault_show(v: &Value) -> String {
         s(&v["items"]),
         s(&v["soft_delete"]),
         s(&v["soft_delete_days"]),
-        s(&v["created"])
+        when(&v["created"])
     );
     out += &match v["kit_exported"].as_str() {
-        Some(t) => format!("recovery kit exported {t}\n"),
+        Some(_) => format!("recovery kit exported {}\n", when(&v["kit_exported"])),
         None => format!(
             "recovery kit NEVER EXPORTED: run `kura vault key export {} --to FILE`\n",
             s(&v["name"])
@@ -531,13 +580,13 @@ pub fn rp_show(m: &Value) -> String {
         s(&m["rp_id"]),
         s(&m["item"]["name"]),
         s(&m["item"]["kind"]),
-        s(&m["time"]),
+        when(&m["time"]),
         s(&m["consistency"]),
         rows(&m["tags"]).map(s).collect::<Vec<_>>().join(", "),
         if m["expires"].is_null() {
             "-".into()
         } else {
-            s(&m["expires"])
+            when(&m["expires"])
         },
     );
     let mut t = Table::new(&["DISK", "SIZE", "CHUNKS", "HOLES", "FORMAT"]);
@@ -627,7 +676,7 @@ pub fn policy_list(v: &Value) -> String {
                 s(&sch["time_zone"])
             },
             s(&p["items"]),
-            s(&p["updated"]),
+            when(&p["updated"]),
         ]);
     }
     t.render()
@@ -659,7 +708,7 @@ pub fn simulation(sim: &Value) -> String {
         s(&sim["time_zone"])
     );
     for r in runs {
-        out += &format!("  {}  {}\n", s(&r["time"]), s(&r["tier"]));
+        out += &format!("  {}  {}\n", when(&r["time"]), s(&r["tier"]));
     }
     let surviving: Vec<&Value> = rows(&sim["surviving"]).collect();
     out += &format!(
@@ -670,9 +719,9 @@ pub fn simulation(sim: &Value) -> String {
     let mut t = Table::new(&["  TIME", "TAGS", "EXPIRES"]);
     for p in surviving {
         t.row(vec![
-            format!("  {}", s(&p["time"])),
+            format!("  {}", when(&p["time"])),
             s(&p["tags"]),
-            s(&p["expires"]),
+            when(&p["expires"]),
         ]);
     }
     out + &t.render()
@@ -689,7 +738,7 @@ pub fn retention(plan: &Value, applied: bool) -> String {
         };
         t.row(vec![
             short(&e["rp_id"]),
-            s(&e["time"]),
+            when(&e["time"]),
             action,
             s(&e["reason"]),
         ]);
@@ -701,7 +750,7 @@ pub fn retention(plan: &Value, applied: bool) -> String {
 pub fn new_token(t: &Value) -> String {
     let expires = match &t["expires"] {
         Value::Null => "never expires".to_string(),
-        e => format!("expires {}", s(e)),
+        e => format!("expires {}", when(e)),
     };
     format!(
         "token {} ({expires}); its secret is shown only now:\n{}\n",
@@ -717,10 +766,10 @@ pub fn token_list(v: &Value) -> String {
     }
     let mut t = Table::new(&["NAME", "CREATED", "EXPIRES", "LAST USED"]);
     for r in rows(v) {
-        let or = |v: &Value, d: &str| if v.is_null() { d.to_string() } else { s(v) };
+        let or = |v: &Value, d: &str| if v.is_null() { d.to_string() } else { when(v) };
         t.row(vec![
             s(&r["name"]),
-            s(&r["created"]),
+            when(&r["created"]),
             or(&r["expires"], "never"),
             or(&r["last_used"], "never"),
         ]);
