@@ -115,3 +115,56 @@ fn item_list_shows_each_items_last_backup_and_health() {
         "{text}"
     );
 }
+
+#[test]
+fn tables_show_times_in_the_zone_asked_and_json_stays_utc() {
+    // The clock starts at a fixed instant, whatever the date the test runs at.
+    let e = Env::at("2026-03-10T09:00:00Z");
+    e.vault("v", &[]);
+    let img = e.path("d.raw");
+    make_image(&img, 1 << 20, &[(0, 1 << 20, 3)]);
+    e.protect(&img, "v", &[]);
+    let rp = e.backup("d");
+    let json = e.json(&["rp", "list", "d"]);
+    let time = json[0]["time"].as_str().unwrap().to_string();
+    assert!(time.starts_with("2026-03-10T09:00") && time.ends_with('Z'), "{json}");
+    let t: jiff::Timestamp = time.parse().unwrap();
+    // The machine's zone by default (the tests run with TZ=UTC), else --tz (or KURA_TZ).
+    let utc = e.ok(&["rp", "list", "d"]);
+    let want = t.to_zoned(jiff::tz::TimeZone::UTC).strftime("%Y-%m-%d %H:%M:%S UTC").to_string();
+    assert!(utc.contains(&want), "{want} in {utc}");
+    let tokyo = e.ok(&["rp", "list", "d", "--tz", "Asia/Tokyo"]);
+    let want = t
+        .to_zoned(jiff::tz::TimeZone::get("Asia/Tokyo").unwrap())
+        .strftime("%Y-%m-%d %H:%M:%S JST")
+        .to_string();
+    assert!(want.starts_with("2026-03-10 18:00"), "{want}");
+    assert!(tokyo.contains(&want) && !tokyo.contains(&time), "{want} in {tokyo}");
+    let berlin = e.run(&["rp", "show", "d", "--rp", &rp]);
+    assert!(berlin.status.success());
+    let shown = e
+        .cmd(&["job", "list"])
+        .env("KURA_TZ", "Europe/Berlin")
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    // Jobs are stamped with the system's time, not the test clock: compare with their JSON.
+    let started: jiff::Timestamp = e.json(&["job", "list"])[0]["started"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let want = started
+        .to_zoned(jiff::tz::TimeZone::get("Europe/Berlin").unwrap())
+        .strftime("%Y-%m-%d %H:%M:%S %Z")
+        .to_string();
+    assert!(shown.contains(&want), "{want} in {shown}");
+    // JSON ignores --tz.
+    assert_eq!(e.json(&["rp", "list", "d", "--tz", "Asia/Tokyo"]), json);
+    // A zone that does not exist is refused, naming the flag.
+    let (_, err) = e.fails(&["rp", "list", "d", "--tz", "Mars/Olympus"]);
+    assert!(
+        err["error"]["message"].as_str().unwrap().contains("--tz"),
+        "{err}"
+    );
+}
