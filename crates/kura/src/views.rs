@@ -448,12 +448,12 @@ pub fn usage(u: &Value) -> String {
     let mut t = Table::new(&[
         "VAULT/ITEM",
         "STATE",
-        "PROTECTED",
+        "SOURCE SIZE",
         "INSTANCES",
-        "RPS",
-        "LOGICAL",
+        "POINTS",
+        "DATA IN POINTS",
         "STORED",
-        "RATIO",
+        "SAVING",
     ]);
     for v in rows(u) {
         t.row(vec![
@@ -483,7 +483,16 @@ pub fn usage(u: &Value) -> String {
             ]);
         }
     }
-    t.render()
+    let mut out = t.render();
+    if rows(u).next().is_some() {
+        out += "\nSOURCE SIZE     used bytes of the item's disks at its latest backup (what Azure bills as protected size)\n\
+INSTANCES       protected instances by that size: small up to 50 GB, then one per started 500 GB\n\
+DATA IN POINTS  used bytes summed over every recovery point, as if each were a full copy\n\
+STORED          bytes in the vault's storage: for an item, what its backups added after dedup\n\
+                and compression; for a vault, every chunk it holds now\n\
+SAVING          DATA IN POINTS / STORED (2.00 = half the space full copies would take)\n";
+    }
+    out
 }
 
 /// `kura gc`.

@@ -114,6 +114,17 @@ fn item_list_shows_each_items_last_backup_and_health() {
         line("b").contains("Unhealthy") && line("b").contains("ActionRequired"),
         "{text}"
     );
+    // usage says in words what each figure is.
+    let usage = e.ok(&["usage"]);
+    for words in [
+        "SOURCE SIZE",
+        "DATA IN POINTS",
+        "as if each were a full copy",
+        "SAVING",
+    ] {
+        assert!(usage.contains(words), "{words} in {usage}");
+    }
+    assert!(!usage.contains("LOGICAL"), "{usage}");
 }
 
 #[test]
@@ -127,11 +138,17 @@ fn tables_show_times_in_the_zone_asked_and_json_stays_utc() {
     let rp = e.backup("d");
     let json = e.json(&["rp", "list", "d"]);
     let time = json[0]["time"].as_str().unwrap().to_string();
-    assert!(time.starts_with("2026-03-10T09:00") && time.ends_with('Z'), "{json}");
+    assert!(
+        time.starts_with("2026-03-10T09:00") && time.ends_with('Z'),
+        "{json}"
+    );
     let t: jiff::Timestamp = time.parse().unwrap();
     // The machine's zone by default (the tests run with TZ=UTC), else --tz (or KURA_TZ).
     let utc = e.ok(&["rp", "list", "d"]);
-    let want = t.to_zoned(jiff::tz::TimeZone::UTC).strftime("%Y-%m-%d %H:%M:%S UTC").to_string();
+    let want = t
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .strftime("%Y-%m-%d %H:%M:%S UTC")
+        .to_string();
     assert!(utc.contains(&want), "{want} in {utc}");
     let tokyo = e.ok(&["rp", "list", "d", "--tz", "Asia/Tokyo"]);
     let want = t
@@ -139,7 +156,10 @@ fn tables_show_times_in_the_zone_asked_and_json_stays_utc() {
         .strftime("%Y-%m-%d %H:%M:%S JST")
         .to_string();
     assert!(want.starts_with("2026-03-10 18:00"), "{want}");
-    assert!(tokyo.contains(&want) && !tokyo.contains(&time), "{want} in {tokyo}");
+    assert!(
+        tokyo.contains(&want) && !tokyo.contains(&time),
+        "{want} in {tokyo}"
+    );
     let berlin = e.run(&["rp", "show", "d", "--rp", &rp]);
     assert!(berlin.status.success());
     let shown = e
