@@ -191,11 +191,13 @@ impl Home {
                     .push(format!("purge in vault {}: {e}", v.name)),
             }
         }
+        // Each policy is read once per tick, however many items share it.
+        let mut policies = std::collections::HashMap::new();
         for item in self.catalog.list_items(None)? {
             if item.state != "protected" {
                 continue;
             }
-            if let Some(b) = self.tick_item(&item, now, opts, queue)? {
+            if let Some(b) = self.tick_item(&item, now, opts, queue, &mut policies)? {
                 if let Some(id) = &b.job_id {
                     report.jobs.push(QueuedJob {
                         job_id: id.clone(),
@@ -381,11 +383,17 @@ impl Home {
         now: Timestamp,
         opts: &SchedulerOptions,
         queue: &JobQueue,
+        policies: &mut std::collections::HashMap<(String, String), kura_policy::Policy>,
     ) -> Result<Option<ScheduledBackup>> {
         let Some(policy_name) = &item.policy else {
             return Ok(None);
         };
-        let policy = self.load_policy(&item.vault_id, policy_name)?;
+        let key = (item.vault_id.clone(), policy_name.clone());
+        if !policies.contains_key(&key) {
+            let p = self.load_policy(&item.vault_id, policy_name)?;
+            policies.insert(key.clone(), p);
+        }
+        let policy = &policies[&key];
         let since: Timestamp = item
             .last_slot
             .as_deref()
