@@ -130,9 +130,11 @@ pub fn item_list(v: &Value) -> String {
         "SOURCE",
     ]);
     for i in rows(v) {
-        let health = match i["health_details"].as_array().map(Vec::len) {
-            Some(n) if n > 0 => format!(
-                "{} ({n} issue(s): kura item show {})",
+        let issues = i["health_details"].as_array().map_or(0, Vec::len);
+        let health = match i["damaged_points"].as_u64() {
+            Some(d) if d > 0 => format!("{} ({d} damaged point(s))", s(&i["health_status"])),
+            _ if issues > 0 => format!(
+                "{} ({issues} issue(s): kura item show {})",
                 s(&i["health_status"]),
                 s(&i["name"])
             ),

@@ -149,7 +149,7 @@ fn a_lost_chunk_heals_instead_of_being_reused() {
         "{show}"
     );
     let list = e.ok(&["item", "list"]);
-    assert!(list.contains("2 point(s)"), "{list}");
+    assert!(list.contains("2 damaged point(s)"), "{list}");
     // The vault keeps the list: a new home attached to it heals too.
     let r = e.json(&["backup", "now", "d"]);
     assert_eq!(
