@@ -1009,12 +1009,12 @@ impl Catalog {
         Ok(n == 1)
     }
 
-    /// The ids of protected items with a recovery point (not their newest) whose expiry or
-    /// snapshot-tier expiry is at or before `at`: the items retention has work for.
+    /// The names of protected items with a recovery point (not their newest) whose expiry
+    /// or snapshot-tier expiry is at or before `at`: the items retention has work for.
     pub fn items_with_expiry_due(&self, at: &str) -> Result<Vec<String>> {
         let conn = self.conn();
         let mut st = conn.prepare_cached(
-            "SELECT DISTINCT r.item_id FROM recovery_points r JOIN items i ON i.id = r.item_id
+            "SELECT DISTINCT i.name FROM recovery_points r JOIN items i ON i.id = r.item_id
              WHERE i.state = 'protected'
                AND ((r.expires IS NOT NULL AND r.expires <= ?1)
                     OR (r.snapshot_expires IS NOT NULL AND r.snapshot_expires <= ?1

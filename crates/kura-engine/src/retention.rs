@@ -181,15 +181,26 @@ impl Home {
         job_id: Option<&str>,
     ) -> Result<RetentionPlan> {
         let item: ItemRow = self.catalog.item(item)?;
-        if job_id.is_none() {
+        // Snapshot tiers whose days are over go first; the plan then judges what is left.
+        let plan_now = || -> Result<RetentionPlan> {
             if item.state == "protected" {
                 self.expire_snapshots(&item.id, at)?;
             }
-            let plan = self.retention_plan(&item.name, at)?;
-            if plan.deletions().next().is_none() {
-                return Ok(plan);
+            self.retention_plan(&item.name, at)
+        };
+        // Called directly, nothing becomes a job unless points are to go, and the vault (its
+        // secret) is opened before the job exists; a queued job does all of it.
+        let ready = match job_id {
+            Some(_) => None,
+            None => {
+                let plan = plan_now()?;
+                if plan.deletions().next().is_none() {
+                    return Ok(plan);
+                }
+                let vrow = self.catalog.vault_by_id(&item.vault_id)?;
+                Some((plan, self.open_vault_row(&vrow, secrets)?))
             }
-        }
+        };
         // Deletions run as a job (listed, logged, cancellable between points: each point
         // goes at once, manifest first).
         let (_, plan) = self.run_job(
@@ -199,10 +210,10 @@ impl Home {
             job_id,
             &crate::NoProgress,
             |job| {
-                if job_id.is_some() && item.state == "protected" {
-                    self.expire_snapshots(&item.id, at)?;
-                }
-                let plan = self.retention_plan(&item.name, at)?;
+                let (plan, vault) = match ready {
+                    Some((plan, vault)) => (plan, Some(vault)),
+                    None => (plan_now()?, None),
+                };
                 let n = plan.deletions().count();
                 job.message(&format!(
                     "{n} recovery point(s) expired under the item's retention"
@@ -210,6 +221,13 @@ impl Home {
                 if n == 0 {
                     return Ok((plan, None));
                 }
+                let vault = match vault {
+                    Some(v) => v,
+                    None => {
+                        let vrow = self.catalog.vault_by_id(&item.vault_id)?;
+                        self.open_vault_row(&vrow, secrets)?
+                    }
+                };
                 let rps = self.catalog.list_rps(&item.id)?;
                 let snapshot_of = |id: &str| {
                     rps.iter()
@@ -217,8 +235,6 @@ impl Home {
                         .and_then(|r| r.snapshot.as_deref())
                         .and_then(kura_source::Snapshot::decode)
                 };
-                let vrow = self.catalog.vault_by_id(&item.vault_id)?;
-                let vault = self.open_vault_row(&vrow, secrets)?;
                 for e in plan.deletions() {
                     crate::progress::check_cancel(job)?;
                     if let Some(s) = snapshot_of(&e.rp_id) {

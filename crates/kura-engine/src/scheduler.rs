@@ -12,7 +12,8 @@
 //! all before returning. The clock is the caller's: the server passes the system time,
 //! tests pass any instant they like and drive years of schedule in seconds.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 use jiff::{SignedDuration, Timestamp};
 use kura_catalog::ItemRow;
@@ -192,7 +193,7 @@ impl Home {
             }
         }
         // Each policy is read once per tick, however many items share it.
-        let mut policies = std::collections::HashMap::new();
+        let mut policies = HashMap::new();
         for item in self.catalog.list_items(None)? {
             if item.state != "protected" {
                 continue;
@@ -247,25 +248,17 @@ impl Home {
         queue: &JobQueue,
         report: &mut TickReport,
     ) -> Result<()> {
-        let due: HashSet<String> = self
+        for item in self
             .catalog
             .items_with_expiry_due(&kura_catalog::stamp(now))?
-            .into_iter()
-            .collect();
-        if due.is_empty() {
-            return Ok(());
-        }
-        for item in self.catalog.list_items(None)? {
-            if !due.contains(&item.id) {
-                continue;
-            }
-            let (name, secrets) = (item.name.clone(), opts.secrets.clone());
+        {
+            let (name, secrets) = (item.clone(), opts.secrets.clone());
             self.submit_upkeep(
                 queue,
                 report,
                 JobRequest {
                     operation: "DeleteExpiredPoints",
-                    target: item.name.clone(),
+                    target: item,
                     exclusive: true,
                     work: Box::new(move |home, id| {
                         home.apply_retention(&name, now, &secrets, Some(id))
@@ -383,17 +376,15 @@ impl Home {
         now: Timestamp,
         opts: &SchedulerOptions,
         queue: &JobQueue,
-        policies: &mut std::collections::HashMap<(String, String), kura_policy::Policy>,
+        policies: &mut HashMap<(String, String), kura_policy::Policy>,
     ) -> Result<Option<ScheduledBackup>> {
         let Some(policy_name) = &item.policy else {
             return Ok(None);
         };
-        let key = (item.vault_id.clone(), policy_name.clone());
-        if !policies.contains_key(&key) {
-            let p = self.load_policy(&item.vault_id, policy_name)?;
-            policies.insert(key.clone(), p);
-        }
-        let policy = &policies[&key];
+        let policy = match policies.entry((item.vault_id.clone(), policy_name.clone())) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(self.load_policy(&item.vault_id, policy_name)?),
+        };
         let since: Timestamp = item
             .last_slot
             .as_deref()

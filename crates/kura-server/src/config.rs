@@ -62,8 +62,9 @@ pub struct ServerConfig {
     pub spread_seconds: u64,
     /// Jobs that run at once on this host (the rest wait, Queued).
     pub max_jobs: usize,
-    /// Jobs that run at once in one vault.
-    pub max_jobs_per_vault: usize,
+    /// Jobs that run at once in one vault (default: `max_jobs`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_jobs_per_vault: Option<usize>,
     /// Extra directories requests may read sources from (the defaults stay allowed).
     pub allow_source: Vec<PathBuf>,
     /// Extra directories requests may restore to and keep vaults in.
@@ -92,7 +93,7 @@ impl Default for ServerConfig {
             tick_seconds: 30,
             spread_seconds: 600,
             max_jobs: kura_engine::QueueLimits::for_this_machine().jobs,
-            max_jobs_per_vault: kura_engine::QueueLimits::for_this_machine().per_vault,
+            max_jobs_per_vault: None,
             allow_source: Vec::new(),
             allow_restore: Vec::new(),
             passphrase_file: None,
@@ -143,7 +144,7 @@ impl ServerConfig {
     pub fn queue_limits(&self) -> kura_engine::QueueLimits {
         kura_engine::QueueLimits {
             jobs: self.max_jobs,
-            per_vault: self.max_jobs_per_vault,
+            per_vault: self.max_jobs_per_vault.unwrap_or(self.max_jobs),
         }
     }
 
@@ -241,9 +242,10 @@ impl ServerConfig {
             return Err(invalid("tick_seconds", "must be at least 1"));
         }
         for (key, v) in [
-            ("max_jobs", self.max_jobs),
+            ("max_jobs", Some(self.max_jobs)),
             ("max_jobs_per_vault", self.max_jobs_per_vault),
         ] {
+            let Some(v) = v else { continue };
             if !(1..=1024).contains(&v) {
                 return Err(invalid(key, format!("{v} is out of range; allowed 1-1024")));
             }

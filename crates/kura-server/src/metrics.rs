@@ -21,7 +21,7 @@ pub struct SchedulerStats {
     /// Ticks run since the server started.
     pub ticks: AtomicU64,
     /// Microseconds the ticks took in all (deciding what is due and queueing it).
-    pub tick_cpu_us: AtomicU64,
+    pub tick_us: AtomicU64,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -210,7 +210,7 @@ pub(crate) fn render(s: &AppState) -> Result<String, ApiError> {
         "Time the scheduler's ticks took in all since the server started (deciding what is due and queueing it)",
         tick_secs.clone(),
     );
-    tick_secs.set(s.scheduler.tick_cpu_us.load(Ordering::Relaxed) as f64 / 1e6);
+    tick_secs.set(s.scheduler.tick_us.load(Ordering::Relaxed) as f64 / 1e6);
     reg.register(
         "scheduler_last_tick_timestamp_seconds",
         "When the scheduler's latest tick started (Unix time; 0 before the first)",

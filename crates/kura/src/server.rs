@@ -113,14 +113,10 @@ fn effective(cli: &Cli, a: &ServerArgs) -> anyhow::Result<ServerConfig> {
         c.spread_seconds = s;
     }
     if let Some(n) = a.max_jobs {
-        // A lower host limit lowers the default vault limit with it.
-        if a.max_jobs_per_vault.is_none() && c.max_jobs_per_vault > n {
-            c.max_jobs_per_vault = n;
-        }
         c.max_jobs = n;
     }
     if let Some(n) = a.max_jobs_per_vault {
-        c.max_jobs_per_vault = n;
+        c.max_jobs_per_vault = Some(n);
     }
     c.allow_source.extend(a.allow_source.iter().map(abs));
     c.allow_restore.extend(a.allow_restore.iter().map(abs));
@@ -461,7 +457,7 @@ fn spawn_scheduler(
                 Err(e) => tracing::error!(error = %e, "scheduler tick failed"),
             }
             stats
-                .tick_cpu_us
+                .tick_us
                 .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
             // Sleep in short steps so a stop is seen promptly.
             let until = std::time::Instant::now() + tick;

@@ -16,6 +16,15 @@ struct Served {
     _stdout: std::io::BufReader<std::process::ChildStdout>,
 }
 
+impl Served {
+    /// `args` sent to this server with the admin token.
+    fn args<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
+        let mut a = vec!["--server", self.url.as_str(), "--token", ADMIN];
+        a.extend_from_slice(args);
+        a
+    }
+}
+
 impl Drop for Served {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -417,19 +426,14 @@ fn sigterm_cancels_running_jobs_and_the_server_exits() {
         &["--allow-source", e.dir.path().to_str().unwrap()],
         &[(&var, &val)],
     );
-    let remote = |args: &[&str]| -> Value {
-        let mut a = vec!["--server", srv.url.as_str(), "--token", ADMIN];
-        a.extend_from_slice(args);
-        e.json(&a)
-    };
-    remote(&[
+    e.json(&srv.args(&[
         "item",
         "protect",
         "disk",
         img.to_str().unwrap(),
         "--vault",
         "default",
-    ]);
+    ]));
     // A backup through the server stops at its snapshot phase.
     let mut client = e
         .cmd(&["--server", &srv.url, "--token", ADMIN, "backup", "now", "d"])
@@ -493,29 +497,22 @@ fn jobs_beyond_max_jobs_wait_queued_and_each_start_and_end_is_logged() {
         ],
         &[(&var, &val)],
     );
-    let remote = |args: &[&str]| -> Vec<String> {
-        let mut a = vec!["--server", srv.url.as_str(), "--token", ADMIN];
-        a.extend_from_slice(args);
-        a.into_iter().map(String::from).collect()
-    };
     for d in ["d1", "d2"] {
         let img = e.path(&format!("{d}.raw"));
         make_image(&img, 1 << 20, &[(0, 1 << 20, 6)]);
-        let a = remote(&[
+        e.json(&srv.args(&[
             "item",
             "protect",
             "disk",
             img.to_str().unwrap(),
             "--vault",
             "default",
-        ]);
-        e.json(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        ]));
     }
     let home = e.path("server-home");
     let home = home.to_str().unwrap();
     let spawn = |item: &str| {
-        let a = remote(&["--output", "json", "backup", "now", item]);
-        e.cmd(&a.iter().map(String::as_str).collect::<Vec<_>>())
+        e.cmd(&srv.args(&["--output", "json", "backup", "now", item]))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
