@@ -278,8 +278,11 @@ impl Home {
             }
             vault.sync()?;
         }
-        // Partial uploads never become objects; an hour-old one has no writer left.
-        if !opts.dry_run {
+        // Partial uploads never become objects; an hour-old one has no writer left. Only
+        // while no writer is active: the age is judged by the file's time against this
+        // machine's clock, and a clock that jumps (or a writer slower than an hour) must not
+        // cost a running backup its upload.
+        if !opts.dry_run && self.catalog.active_leases(vault_id)?.is_empty() {
             report.stale_uploads_removed = vault
                 .backend()
                 .remove_stale_uploads(std::time::Duration::from_secs(3600))?;

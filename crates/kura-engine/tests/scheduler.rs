@@ -139,7 +139,15 @@ fn daily_backups_fire_once_a_day_and_retention_keeps_exactly_what_the_rules_say(
         .filter(|j| j.operation == "Backup")
         .collect();
     assert_eq!(backups.len(), 40);
-    assert!(backups.iter().all(|j| j.status == "Completed"));
+    assert!(
+        backups.iter().all(|j| j.status == "Completed"),
+        "{:?}",
+        backups
+            .iter()
+            .filter(|j| j.status != "Completed")
+            .map(|j| (&j.status, &j.error, &j.log))
+            .collect::<Vec<_>>()
+    );
 
     // What must exist at the last tick: the rules applied by hand.
     let end = slots
