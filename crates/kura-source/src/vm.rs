@@ -15,7 +15,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -462,7 +461,6 @@ const CSV_ADVICE: &str = "the guest lists the Cluster Shared Volume VSS Writer (
 /// What stands for a passphrase in a kept command line.
 pub const SECRET_MARKER: &str = "@kura-sealed";
 
-static NEXT: AtomicU64 = AtomicU64::new(0);
 
 /// A VM item's driver.
 pub(crate) struct VmDriver {
@@ -642,20 +640,19 @@ impl VmDriver {
     /// server (for fleecing exports, or only for the dirty bitmaps when the transfer reads
     /// the point's internal snapshots) and a fleecing overlay per disk.
     fn prepare(&mut self, q: &mut Qmp, tag: &str, plans: &[BitmapPlan]) -> Result<()> {
-        use std::os::unix::fs::DirBuilderExt;
+        use std::os::unix::fs::PermissionsExt;
         let disks = self.included();
-        let dir = std::env::temp_dir().join(format!(
-            "kura-vm-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
+        // A name nobody else holds: a killed kura leaves its directory behind, and a later
+        // process may get the same process id (containers count from 1).
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("kura-vm-{}-", std::process::id()))
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir()
             .map_err(|e| Error::Io {
-                path: dir.clone(),
+                path: std::env::temp_dir(),
                 source: e,
-            })?;
+            })?
+            .keep();
         // A QEMU that does not run as root gets the directory (still private to it and
         // root): it opens the overlays kura makes there and creates its NBD socket there.
         let owner = self.link.qemu_ids(q).filter(|(uid, _)| *uid != 0);
