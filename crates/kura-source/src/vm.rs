@@ -461,7 +461,6 @@ const CSV_ADVICE: &str = "the guest lists the Cluster Shared Volume VSS Writer (
 /// What stands for a passphrase in a kept command line.
 pub const SECRET_MARKER: &str = "@kura-sealed";
 
-
 /// A VM item's driver.
 pub(crate) struct VmDriver {
     pub(crate) link: VmLink,
