@@ -2,6 +2,7 @@ use serde::{Deserialize, Serialize};
 
 /// A policy as users write it (JSON). Optional fields get their defaults at validation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PolicyDoc {
     /// Policy name, unique in its vault.
@@ -19,6 +20,7 @@ pub struct PolicyDoc {
 
 /// The schedule part of a policy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleDoc {
     /// `daily`, `weekly` or `hourly` (the enhanced policy).
@@ -45,6 +47,7 @@ pub struct ScheduleDoc {
 
 /// GFS retention rules.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RetentionDoc {
     /// Keep every point this many days.
@@ -63,6 +66,7 @@ pub struct RetentionDoc {
 
 /// Daily rule.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DailyDoc {
     /// 7-9999.
@@ -71,6 +75,7 @@ pub struct DailyDoc {
 
 /// Weekly rule.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct WeeklyDoc {
     /// 1-5163.
@@ -82,6 +87,7 @@ pub struct WeeklyDoc {
 
 /// Monthly rule: by days of the month, or by weekdays of weeks of the month.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct MonthlyDoc {
     /// 1-1188.
@@ -99,6 +105,7 @@ pub struct MonthlyDoc {
 
 /// Yearly rule: like monthly, in some months of the year.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct YearlyDoc {
     /// 1-99.

@@ -10,12 +10,23 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, patch, post, put};
 use axum::{Json, Router};
 use kura_engine::{BackupOptions, PolicySource, RestoreFormat, RestoreOptions};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+use serde_json::Value;
+
+use kura_api as api;
+use kura_api::convert::list;
 
 use crate::AppState;
 use crate::error::ApiError;
+
+/// Makes the JSON schema of a type, registering what it refers to in the document's
+/// components.
+pub type SchemaFn = fn(&mut schemars::SchemaGenerator) -> schemars::Schema;
+
+/// The [`SchemaFn`] of `T`.
+fn schema<T: schemars::JsonSchema>(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    g.subschema_for::<T>()
+}
 
 /// One API route.
 #[derive(Debug, Clone, Copy)]
@@ -30,17 +41,24 @@ pub struct Route {
     pub summary: &'static str,
     /// Success status.
     pub success: u16,
-    /// Whether it takes a JSON body.
-    pub body: bool,
+    /// The JSON body it takes, if any.
+    pub request: Option<SchemaFn>,
+    /// The body of its success answer.
+    pub response: SchemaFn,
+    /// Its query string, if it reads one.
+    pub query: Option<SchemaFn>,
 }
 
+#[allow(clippy::too_many_arguments)]
 const fn r(
     method: &'static str,
     path: &'static str,
     operation: &'static str,
     summary: &'static str,
     success: u16,
-    body: bool,
+    request: Option<SchemaFn>,
+    response: SchemaFn,
+    query: Option<SchemaFn>,
 ) -> Route {
     Route {
         method,
@@ -48,7 +66,9 @@ const fn r(
         operation,
         summary,
         success,
-        body,
+        request,
+        response,
+        query,
     }
 }
 
@@ -60,7 +80,9 @@ pub const ROUTES: &[Route] = &[
         "getOpenApi",
         "This document",
         200,
-        false,
+        None,
+        schema::<Value>,
+        None,
     ),
     r(
         "GET",
@@ -68,7 +90,9 @@ pub const ROUTES: &[Route] = &[
         "listVaults",
         "List vaults",
         200,
-        false,
+        None,
+        schema::<Vec<api::Vault>>,
+        None,
     ),
     r(
         "POST",
@@ -76,7 +100,9 @@ pub const ROUTES: &[Route] = &[
         "createVault",
         "Create a vault",
         201,
-        true,
+        Some(schema::<api::NewVault>),
+        schema::<api::Vault>,
+        None,
     ),
     r(
         "GET",
@@ -84,7 +110,9 @@ pub const ROUTES: &[Route] = &[
         "getVault",
         "Show a vault",
         200,
-        false,
+        None,
+        schema::<api::Vault>,
+        None,
     ),
     r(
         "PATCH",
@@ -92,7 +120,9 @@ pub const ROUTES: &[Route] = &[
         "updateVault",
         "Change soft-delete settings",
         200,
-        true,
+        Some(schema::<api::VaultSettings>),
+        schema::<api::Vault>,
+        None,
     ),
     r(
         "GET",
@@ -100,7 +130,9 @@ pub const ROUTES: &[Route] = &[
         "listPolicies",
         "List a vault's policies",
         200,
-        false,
+        None,
+        schema::<Vec<api::Policy>>,
+        None,
     ),
     r(
         "POST",
@@ -108,7 +140,9 @@ pub const ROUTES: &[Route] = &[
         "createPolicy",
         "Create a policy",
         201,
-        true,
+        Some(schema::<kura_policy::PolicyDoc>),
+        schema::<api::Policy>,
+        None,
     ),
     r(
         "GET",
@@ -116,7 +150,9 @@ pub const ROUTES: &[Route] = &[
         "getPolicy",
         "Show a policy",
         200,
-        false,
+        None,
+        schema::<api::Policy>,
+        None,
     ),
     r(
         "PUT",
@@ -124,7 +160,9 @@ pub const ROUTES: &[Route] = &[
         "updatePolicy",
         "Replace a policy and re-apply retention",
         200,
-        true,
+        Some(schema::<kura_policy::PolicyDoc>),
+        schema::<api::PolicyUpdated>,
+        None,
     ),
     r(
         "DELETE",
@@ -132,7 +170,9 @@ pub const ROUTES: &[Route] = &[
         "deletePolicy",
         "Delete an unused policy",
         200,
-        false,
+        None,
+        schema::<api::PolicyDeleted>,
+        None,
     ),
     r(
         "POST",
@@ -140,7 +180,9 @@ pub const ROUTES: &[Route] = &[
         "simulatePolicy",
         "Preview a policy",
         200,
-        true,
+        Some(schema::<api::Simulate>),
+        schema::<api::Simulation>,
+        None,
     ),
     r(
         "GET",
@@ -148,7 +190,9 @@ pub const ROUTES: &[Route] = &[
         "listItems",
         "List protected items",
         200,
-        false,
+        None,
+        schema::<Vec<api::Item>>,
+        None,
     ),
     r(
         "POST",
@@ -156,7 +200,9 @@ pub const ROUTES: &[Route] = &[
         "protectItem",
         "Protect a disk image",
         201,
-        true,
+        Some(schema::<api::Protect>),
+        schema::<api::Item>,
+        None,
     ),
     r(
         "GET",
@@ -164,7 +210,9 @@ pub const ROUTES: &[Route] = &[
         "getItem",
         "Protection state and health of an item",
         200,
-        false,
+        None,
+        schema::<api::Item>,
+        None,
     ),
     r(
         "POST",
@@ -172,7 +220,9 @@ pub const ROUTES: &[Route] = &[
         "stopProtection",
         "Stop protection, keeping or deleting data",
         200,
-        true,
+        Some(schema::<api::Stop>),
+        schema::<api::Item>,
+        None,
     ),
     r(
         "POST",
@@ -180,7 +230,9 @@ pub const ROUTES: &[Route] = &[
         "resumeProtection",
         "Resume protection with a policy",
         200,
-        true,
+        Some(schema::<api::Resume>),
+        schema::<api::Item>,
+        None,
     ),
     r(
         "POST",
@@ -188,7 +240,9 @@ pub const ROUTES: &[Route] = &[
         "undeleteItem",
         "Undelete a soft-deleted item",
         200,
-        false,
+        None,
+        schema::<api::Item>,
+        None,
     ),
     r(
         "GET",
@@ -196,7 +250,9 @@ pub const ROUTES: &[Route] = &[
         "precheckItem",
         "Whether a backup could run now (vault secrets, source), touching nothing",
         200,
-        false,
+        None,
+        schema::<api::Precheck>,
+        None,
     ),
     r(
         "POST",
@@ -204,7 +260,9 @@ pub const ROUTES: &[Route] = &[
         "setItemFormat",
         "Pin a new format or accept a changed backing chain: {\"format\"?}",
         200,
-        true,
+        Some(schema::<api::SetFormat>),
+        schema::<api::Item>,
+        None,
     ),
     r(
         "POST",
@@ -212,7 +270,9 @@ pub const ROUTES: &[Route] = &[
         "backupNow",
         "Start an on-demand backup",
         202,
-        true,
+        Some(schema::<api::BackupNow>),
+        schema::<api::JobAccepted>,
+        None,
     ),
     r(
         "GET",
@@ -220,7 +280,9 @@ pub const ROUTES: &[Route] = &[
         "listRecoveryPoints",
         "List recovery points",
         200,
-        false,
+        None,
+        schema::<Vec<api::RecoveryPoint>>,
+        None,
     ),
     r(
         "GET",
@@ -228,7 +290,9 @@ pub const ROUTES: &[Route] = &[
         "getRecoveryPoint",
         "A recovery point's manifest: disks, consistency, retention, definition",
         200,
-        false,
+        None,
+        schema::<api::RecoveryPointDetail>,
+        None,
     ),
     r(
         "GET",
@@ -236,7 +300,9 @@ pub const ROUTES: &[Route] = &[
         "retentionPlan",
         "What retention would remove",
         200,
-        false,
+        None,
+        schema::<api::RetentionPlan>,
+        Some(schema::<api::At>),
     ),
     r(
         "POST",
@@ -244,7 +310,9 @@ pub const ROUTES: &[Route] = &[
         "restoreDisk",
         "Start a restore to a new image",
         202,
-        true,
+        Some(schema::<api::Restore>),
+        schema::<api::JobAccepted>,
+        None,
     ),
     r(
         "POST",
@@ -252,7 +320,9 @@ pub const ROUTES: &[Route] = &[
         "setAgent",
         "Set a VM item's guest-agent settings (the socket under a source root)",
         200,
-        false,
+        Some(schema::<api::SetAgent>),
+        schema::<api::Item>,
+        None,
     ),
     r(
         "POST",
@@ -260,7 +330,9 @@ pub const ROUTES: &[Route] = &[
         "restoreDisks",
         "Start a restore of all (or some) disks of a point into a directory, one file per disk",
         202,
-        true,
+        Some(schema::<api::RestoreDisks>),
+        schema::<api::JobAccepted>,
+        None,
     ),
     r(
         "POST",
@@ -268,7 +340,9 @@ pub const ROUTES: &[Route] = &[
         "restoreVm",
         "Start a VM restore: as a new VM (`as_new`, `to`, `start`) or over the VM's disks (`replace`, `stop`)",
         202,
-        true,
+        Some(schema::<api::RestoreVm>),
+        schema::<api::JobAccepted>,
+        None,
     ),
     r(
         "GET",
@@ -276,7 +350,9 @@ pub const ROUTES: &[Route] = &[
         "listJobs",
         "The latest jobs, newest first; ?item=, ?status=, ?operation= filter, ?limit= caps (100)",
         200,
-        false,
+        None,
+        schema::<Vec<api::Job>>,
+        Some(schema::<api::JobFilter>),
     ),
     r(
         "GET",
@@ -284,7 +360,9 @@ pub const ROUTES: &[Route] = &[
         "getJob",
         "One job with its log",
         200,
-        false,
+        None,
+        schema::<api::Job>,
+        None,
     ),
     r(
         "GET",
@@ -292,7 +370,9 @@ pub const ROUTES: &[Route] = &[
         "listTokens",
         "API tokens (names, dates, last use; never secrets)",
         200,
-        false,
+        None,
+        schema::<Vec<api::Token>>,
+        None,
     ),
     r(
         "POST",
@@ -300,7 +380,9 @@ pub const ROUTES: &[Route] = &[
         "createToken",
         "Make a named token; its secret is in this answer only",
         201,
-        true,
+        Some(schema::<api::NewTokenRequest>),
+        schema::<api::NewToken>,
+        None,
     ),
     r(
         "DELETE",
@@ -308,7 +390,9 @@ pub const ROUTES: &[Route] = &[
         "revokeToken",
         "Revoke a token",
         200,
-        false,
+        None,
+        schema::<api::Revoked>,
+        None,
     ),
     r(
         "POST",
@@ -316,7 +400,9 @@ pub const ROUTES: &[Route] = &[
         "resetToken",
         "Give a token a new secret, shown in this answer only",
         200,
-        true,
+        Some(schema::<api::ResetToken>),
+        schema::<api::NewToken>,
+        None,
     ),
     r(
         "POST",
@@ -324,7 +410,9 @@ pub const ROUTES: &[Route] = &[
         "cancelJob",
         "Cancel a backup during its snapshot phase",
         200,
-        false,
+        None,
+        schema::<api::Job>,
+        None,
     ),
     r(
         "POST",
@@ -332,7 +420,9 @@ pub const ROUTES: &[Route] = &[
         "attachVault",
         "Register an existing vault directory and rebuild its catalog entries",
         201,
-        true,
+        Some(schema::<api::Attach>),
+        schema::<api::Attached>,
+        None,
     ),
     r(
         "GET",
@@ -340,7 +430,9 @@ pub const ROUTES: &[Route] = &[
         "exportKey",
         "The vault's wrapped data key, for escrow",
         200,
-        false,
+        None,
+        schema::<api::WrappedKey>,
+        None,
     ),
     r(
         "POST",
@@ -348,7 +440,9 @@ pub const ROUTES: &[Route] = &[
         "verify",
         "Re-read and check chunks of a vault, item or recovery point",
         202,
-        true,
+        Some(schema::<api::Verify>),
+        schema::<api::JobAccepted>,
+        None,
     ),
     r(
         "POST",
@@ -356,7 +450,9 @@ pub const ROUTES: &[Route] = &[
         "collectGarbage",
         "Remove unreferenced chunks",
         202,
-        true,
+        Some(schema::<api::Gc>),
+        schema::<api::JobAccepted>,
+        None,
     ),
     r(
         "POST",
@@ -364,7 +460,9 @@ pub const ROUTES: &[Route] = &[
         "applyRetention",
         "Remove the recovery points retention marks for deletion",
         200,
-        true,
+        Some(schema::<api::RetentionApply>),
+        schema::<api::RetentionPlan>,
+        None,
     ),
     r(
         "GET",
@@ -372,7 +470,9 @@ pub const ROUTES: &[Route] = &[
         "getUsage",
         "Usage per vault and item",
         200,
-        false,
+        None,
+        schema::<Vec<api::VaultUsage>>,
+        None,
     ),
 ];
 
@@ -467,6 +567,15 @@ fn parse_query<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
 /// A request body as `T`; an empty body is `{}`. Errors name the field.
 fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let bytes: &[u8] = if bytes.is_empty() { b"{}" } else { bytes };
+    // Serde would read a struct from an array of its fields too (`[null, null]`); every
+    // body is an object.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            "the body must be a JSON object",
+        ));
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -487,23 +596,26 @@ fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 /// give a value or a 400, never a panic.
 #[cfg(feature = "fuzzing")]
 pub fn fuzz_bodies(data: &[u8]) {
-    let _ = parse_body::<NewVault>(data);
-    let _ = parse_body::<VaultSettings>(data);
-    let _ = parse_body::<Simulate>(data);
-    let _ = parse_body::<Protect>(data);
-    let _ = parse_body::<Stop>(data);
-    let _ = parse_body::<Resume>(data);
-    let _ = parse_body::<BackupNow>(data);
-    let _ = parse_body::<Restore>(data);
-    let _ = parse_body::<At>(data);
-    let _ = parse_body::<Limit>(data);
-    let _ = parse_body::<VerifyBody>(data);
-    let _ = parse_body::<GcBody>(data);
-    let _ = parse_body::<RetentionBody>(data);
-    let _ = parse_body::<Attach>(data);
-    let _ = parse_body::<SetFormat>(data);
-    let _ = parse_body::<NewTokenBody>(data);
-    let _ = parse_body::<ResetTokenBody>(data);
+    let _ = parse_body::<api::NewVault>(data);
+    let _ = parse_body::<api::VaultSettings>(data);
+    let _ = parse_body::<api::Simulate>(data);
+    let _ = parse_body::<api::Protect>(data);
+    let _ = parse_body::<api::Stop>(data);
+    let _ = parse_body::<api::Resume>(data);
+    let _ = parse_body::<api::BackupNow>(data);
+    let _ = parse_body::<api::Restore>(data);
+    let _ = parse_body::<api::RestoreDisks>(data);
+    let _ = parse_body::<api::RestoreVm>(data);
+    let _ = parse_body::<api::SetAgent>(data);
+    let _ = parse_body::<api::At>(data);
+    let _ = parse_body::<api::JobFilter>(data);
+    let _ = parse_body::<api::Verify>(data);
+    let _ = parse_body::<api::Gc>(data);
+    let _ = parse_body::<api::RetentionApply>(data);
+    let _ = parse_body::<api::Attach>(data);
+    let _ = parse_body::<api::SetFormat>(data);
+    let _ = parse_body::<api::NewTokenRequest>(data);
+    let _ = parse_body::<api::ResetToken>(data);
     let _ = parse_body::<serde_json::Value>(data)
         .map(|v| kura_policy::Policy::parse(v.to_string().as_bytes()));
 }
@@ -524,23 +636,14 @@ fn ok(status: u16, v: impl serde::Serialize) -> ApiResult {
 
 // ---- vaults
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewVault {
-    name: String,
-    #[serde(default)]
-    path: Option<String>,
-    #[serde(default)]
-    chunk_size: Option<u32>,
-    #[serde(default)]
-    no_encryption: bool,
-}
-
 async fn list_vaults(_: Auth, State(s): State<S>) -> ApiResult {
-    ok(200, blocking(move || Ok(s.home.list_vaults()?)).await?)
+    ok(
+        200,
+        blocking(move || Ok(list::<_, api::Vault>(s.home.list_vaults()?))).await?,
+    )
 }
 
-async fn create_vault(_: Auth, State(s): State<S>, Body(b): Body<NewVault>) -> ApiResult {
+async fn create_vault(_: Auth, State(s): State<S>, Body(b): Body<api::NewVault>) -> ApiResult {
     let path = b
         .path
         .as_deref()
@@ -553,35 +656,31 @@ async fn create_vault(_: Auth, State(s): State<S>, Body(b): Body<NewVault>) -> A
             no_encryption: b.no_encryption,
             ..Default::default()
         };
-        Ok(s.home.create_vault(&b.name, &opts, &s.secrets)?)
+        Ok(api::Vault::from(
+            s.home.create_vault(&b.name, &opts, &s.secrets)?,
+        ))
     })
     .await?;
     ok(201, v)
 }
 
 async fn get_vault(_: Auth, State(s): State<S>, Path(vault): Path<String>) -> ApiResult {
-    ok(200, blocking(move || Ok(s.home.vault_info(&vault)?)).await?)
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct VaultSettings {
-    #[serde(default)]
-    soft_delete: Option<String>,
-    #[serde(default)]
-    soft_delete_days: Option<u32>,
+    ok(
+        200,
+        blocking(move || Ok(api::Vault::from(s.home.vault_info(&vault)?))).await?,
+    )
 }
 
 async fn update_vault(
     _: Auth,
     State(s): State<S>,
     Path(vault): Path<String>,
-    Body(b): Body<VaultSettings>,
+    Body(b): Body<api::VaultSettings>,
 ) -> ApiResult {
     let v = blocking(move || {
         s.home
             .set_soft_delete(&vault, b.soft_delete.as_deref(), b.soft_delete_days)?;
-        Ok(s.home.vault_info(&vault)?)
+        Ok(api::Vault::from(s.home.vault_info(&vault)?))
     })
     .await?;
     ok(200, v)
@@ -592,7 +691,7 @@ async fn update_vault(
 async fn list_policies(_: Auth, State(s): State<S>, Path(vault): Path<String>) -> ApiResult {
     ok(
         200,
-        blocking(move || Ok(s.home.list_policies(&vault)?)).await?,
+        blocking(move || Ok(list::<_, api::Policy>(s.home.list_policies(&vault)?))).await?,
     )
 }
 
@@ -604,7 +703,12 @@ async fn create_policy(
 ) -> ApiResult {
     ok(
         201,
-        blocking(move || Ok(s.home.create_policy(&vault, doc.to_string().as_bytes())?)).await?,
+        blocking(move || {
+            Ok(api::Policy::from(
+                s.home.create_policy(&vault, doc.to_string().as_bytes())?,
+            ))
+        })
+        .await?,
     )
 }
 
@@ -615,7 +719,7 @@ async fn get_policy(
 ) -> ApiResult {
     ok(
         200,
-        blocking(move || Ok(s.home.policy(&vault, &policy)?)).await?,
+        blocking(move || Ok(api::Policy::from(s.home.policy(&vault, &policy)?))).await?,
     )
 }
 
@@ -632,7 +736,10 @@ async fn update_policy(
     .await?;
     ok(
         200,
-        json!({"policy": p, "recovery_points_updated": changed}),
+        api::PolicyUpdated {
+            policy: p.into(),
+            recovery_points_updated: changed,
+        },
     )
 }
 
@@ -643,21 +750,14 @@ async fn delete_policy(
 ) -> ApiResult {
     let name = format!("{vault}/{policy}");
     blocking(move || Ok(s.home.delete_policy(&vault, &policy)?)).await?;
-    ok(200, json!({"deleted": name}))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Simulate {
-    from: String,
-    days: u32,
+    ok(200, api::PolicyDeleted { deleted: name })
 }
 
 async fn simulate_policy(
     _: Auth,
     State(s): State<S>,
     Path((vault, name)): Path<(String, String)>,
-    Body(b): Body<Simulate>,
+    Body(b): Body<api::Simulate>,
 ) -> ApiResult {
     let from: jiff::civil::Date = b.from.parse().map_err(|e| {
         ApiError::invalid(format!(
@@ -670,48 +770,19 @@ async fn simulate_policy(
             .simulate_policy(&PolicySource::Stored { vault, name }, from, b.days)?)
     })
     .await?;
-    ok(200, sim)
+    ok(200, api::Simulation::from(sim))
 }
 
 // ---- items
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Protect {
-    kind: String,
-    #[serde(default)]
-    source: Option<String>,
-    /// VM items run by libvirt: `{"domain", "uri"?}` instead of a QMP socket.
-    #[serde(default)]
-    libvirt: Option<kura_engine::Domain>,
-    vault: String,
-    #[serde(default)]
-    name: Option<String>,
-    #[serde(default)]
-    policy: Option<String>,
-    #[serde(default)]
-    format: Option<String>,
-    /// VM items: disks not to back up.
-    #[serde(default)]
-    exclude_disks: Vec<String>,
-    /// VM items: the guest agent's socket (under a source root like the QMP socket).
-    #[serde(default)]
-    qga: Option<String>,
-    /// VM items: fail backups when the agent is Not Ready.
-    #[serde(default)]
-    require_agent: bool,
-    /// VM items: guest paths of the pre- and post-backup scripts.
-    #[serde(default)]
-    pre_script: Option<String>,
-    #[serde(default)]
-    post_script: Option<String>,
-}
-
 async fn list_items(_: Auth, State(s): State<S>) -> ApiResult {
-    ok(200, blocking(move || Ok(s.home.list_item_status()?)).await?)
+    ok(
+        200,
+        blocking(move || Ok(list::<_, api::Item>(s.home.list_item_status()?))).await?,
+    )
 }
 
-async fn protect_item(_: Auth, State(s): State<S>, Body(b): Body<Protect>) -> ApiResult {
+async fn protect_item(_: Auth, State(s): State<S>, Body(b): Body<api::Protect>) -> ApiResult {
     if b.kind != "disk" && b.kind != "vm" {
         return Err(ApiError::invalid(format!(
             "kind: {:?} is not supported; use \"disk\" or \"vm\"",
@@ -744,7 +815,7 @@ async fn protect_item(_: Auth, State(s): State<S>, Body(b): Body<Protect>) -> Ap
             post_script: b.post_script.clone(),
         };
         let item = blocking(move || {
-            Ok(s.home.protect_vm(
+            let row = s.home.protect_vm(
                 &link,
                 &b.vault,
                 b.name.as_deref(),
@@ -752,7 +823,8 @@ async fn protect_item(_: Auth, State(s): State<S>, Body(b): Body<Protect>) -> Ap
                 &b.exclude_disks,
                 &agent,
                 &s.secrets,
-            )?)
+            )?;
+            Ok(api::Item::from(s.home.item_status(&row.name)?))
         })
         .await?;
         return ok(201, item);
@@ -763,88 +835,81 @@ async fn protect_item(_: Auth, State(s): State<S>, Body(b): Body<Protect>) -> Ap
         ));
     };
     let item = blocking(move || {
-        Ok(s.home.protect_disk(
+        let row = s.home.protect_disk(
             &path,
             &b.vault,
             b.name.as_deref(),
             b.policy.as_deref(),
             b.format.as_deref(),
             &s.secrets,
-        )?)
+        )?;
+        Ok(api::Item::from(s.home.item_status(&row.name)?))
     })
     .await?;
     ok(201, item)
 }
 
 async fn get_item(_: Auth, State(s): State<S>, Path(item): Path<String>) -> ApiResult {
-    ok(200, blocking(move || Ok(s.home.item_show(&item)?)).await?)
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Stop {
-    #[serde(default)]
-    delete_data: bool,
+    ok(
+        200,
+        blocking(move || Ok(api::Item::from(s.home.item_show(&item)?))).await?,
+    )
 }
 
 async fn stop_protection(
     _: Auth,
     State(s): State<S>,
     Path(item): Path<String>,
-    Body(b): Body<Stop>,
+    Body(b): Body<api::Stop>,
 ) -> ApiResult {
     ok(
         200,
         blocking(move || {
-            Ok(s.home
-                .stop_protection(&item, b.delete_data, &s.secrets, s.home.now())?)
+            Ok(api::Item::from(s.home.stop_protection(
+                &item,
+                b.delete_data,
+                &s.secrets,
+                s.home.now(),
+            )?))
         })
         .await?,
     )
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Resume {
-    policy: String,
 }
 
 async fn resume_protection(
     _: Auth,
     State(s): State<S>,
     Path(item): Path<String>,
-    Body(b): Body<Resume>,
+    Body(b): Body<api::Resume>,
 ) -> ApiResult {
     ok(
         200,
-        blocking(move || Ok(s.home.resume_protection(&item, &b.policy, &s.secrets)?)).await?,
+        blocking(move || {
+            Ok(api::Item::from(
+                s.home.resume_protection(&item, &b.policy, &s.secrets)?,
+            ))
+        })
+        .await?,
     )
 }
 
 async fn precheck_item(_: Auth, State(s): State<S>, Path(item): Path<String>) -> ApiResult {
     ok(
         200,
-        blocking(move || Ok(s.home.precheck(&item, &s.secrets)?)).await?,
+        blocking(move || Ok(api::Precheck::from(s.home.precheck(&item, &s.secrets)?))).await?,
     )
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SetFormat {
-    #[serde(default)]
-    format: Option<String>,
 }
 
 async fn set_item_format(
     _: Auth,
     State(s): State<S>,
     Path(item): Path<String>,
-    Body(b): Body<SetFormat>,
+    Body(b): Body<api::SetFormat>,
 ) -> ApiResult {
     let st = blocking(move || {
         s.home
             .set_item_format(&item, b.format.as_deref(), &s.secrets)?;
-        Ok(s.home.item_status(&item)?)
+        Ok(api::Item::from(s.home.item_status(&item)?))
     })
     .await?;
     ok(200, st)
@@ -853,15 +918,8 @@ async fn set_item_format(
 async fn undelete_item(_: Auth, State(s): State<S>, Path(item): Path<String>) -> ApiResult {
     ok(
         200,
-        blocking(move || Ok(s.home.undelete(&item, &s.secrets)?)).await?,
+        blocking(move || Ok(api::Item::from(s.home.undelete(&item, &s.secrets)?))).await?,
     )
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BackupNow {
-    #[serde(default)]
-    retain_until: Option<String>,
 }
 
 /// New jobs are refused once the server is stopping.
@@ -901,7 +959,13 @@ async fn start_job(
         )?)
     })
     .await?;
-    ok(202, json!({"job_id": id, "status": "Queued"}))
+    ok(
+        202,
+        api::JobAccepted {
+            job_id: id,
+            status: "Queued".into(),
+        },
+    )
 }
 
 /// The item exists and has the recovery point `rp` (an id, a unique prefix or `latest`);
@@ -920,7 +984,7 @@ async fn backup_now(
     _: Auth,
     State(s): State<S>,
     Path(item): Path<String>,
-    Body(b): Body<BackupNow>,
+    Body(b): Body<api::BackupNow>,
 ) -> ApiResult {
     let target = item.clone();
     let checked = item.clone();
@@ -951,22 +1015,6 @@ async fn backup_now(
     .await
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Restore {
-    rp: String,
-    to: String,
-    #[serde(default)]
-    format: Option<String>,
-    #[serde(default)]
-    force: bool,
-    #[serde(default)]
-    disk: Option<String>,
-    /// Write a disk that was encrypted at the source decrypted.
-    #[serde(default)]
-    decrypt: bool,
-}
-
 /// A restore's `format` field.
 fn restore_format(format: Option<&str>) -> Result<Option<RestoreFormat>, ApiError> {
     match format {
@@ -983,7 +1031,7 @@ async fn restore_disk(
     _: Auth,
     State(s): State<S>,
     Path(item): Path<String>,
-    Body(b): Body<Restore>,
+    Body(b): Body<api::Restore>,
 ) -> ApiResult {
     let given = restore_format(b.format.as_deref())?;
     let to = s.roots.restore("to", &b.to)?;
@@ -1025,24 +1073,11 @@ async fn restore_disk(
     .await
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SetAgent {
-    #[serde(default)]
-    qga: Option<String>,
-    #[serde(default)]
-    require_agent: bool,
-    #[serde(default)]
-    pre_script: Option<String>,
-    #[serde(default)]
-    post_script: Option<String>,
-}
-
 async fn set_agent(
     _: Auth,
     State(s): State<S>,
     Path(item): Path<String>,
-    Body(b): Body<SetAgent>,
+    Body(b): Body<api::SetAgent>,
 ) -> ApiResult {
     let qga = match &b.qga {
         Some(q) => Some(s.roots.source("qga", q)?.display().to_string()),
@@ -1056,33 +1091,17 @@ async fn set_agent(
     };
     let st = blocking(move || {
         s.home.set_vm_agent(&item, &agent, &s.secrets)?;
-        Ok(s.home.item_show(&item)?)
+        Ok(api::Item::from(s.home.item_show(&item)?))
     })
     .await?;
     ok(200, st)
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RestoreDisks {
-    rp: String,
-    /// An existing directory under a restore root.
-    to: String,
-    #[serde(default)]
-    disks: Vec<String>,
-    #[serde(default)]
-    format: Option<String>,
-    #[serde(default)]
-    force: bool,
-    #[serde(default)]
-    decrypt: bool,
 }
 
 async fn restore_disks(
     _: Auth,
     State(s): State<S>,
     Path(item): Path<String>,
-    Body(b): Body<RestoreDisks>,
+    Body(b): Body<api::RestoreDisks>,
 ) -> ApiResult {
     let format = restore_format(b.format.as_deref())?.unwrap_or_default();
     let dir = s.roots.restore("to", &b.to)?;
@@ -1111,27 +1130,11 @@ async fn restore_disks(
     .await
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RestoreVm {
-    rp: String,
-    #[serde(default)]
-    as_new: Option<String>,
-    #[serde(default)]
-    to: Option<String>,
-    #[serde(default)]
-    start: bool,
-    #[serde(default)]
-    replace: bool,
-    #[serde(default)]
-    stop: bool,
-}
-
 async fn restore_vm(
     _: Auth,
     State(s): State<S>,
     Path(item): Path<String>,
-    Body(b): Body<RestoreVm>,
+    Body(b): Body<api::RestoreVm>,
 ) -> ApiResult {
     // Disks replaced in place must lie under a source root, a new VM under a restore root.
     let mode = match (b.as_new, b.to, b.replace) {
@@ -1178,7 +1181,10 @@ async fn restore_vm(
 }
 
 async fn list_rps(_: Auth, State(s): State<S>, Path(item): Path<String>) -> ApiResult {
-    ok(200, blocking(move || Ok(s.home.list_rps(&item)?)).await?)
+    ok(
+        200,
+        blocking(move || Ok(list::<_, api::RecoveryPoint>(s.home.list_rps(&item)?))).await?,
+    )
 }
 
 async fn get_rp(
@@ -1188,7 +1194,12 @@ async fn get_rp(
 ) -> ApiResult {
     ok(
         200,
-        blocking(move || Ok(s.home.rp_manifest(&item, &rp, &s.secrets)?)).await?,
+        blocking(move || {
+            Ok(api::RecoveryPointDetail::from(
+                s.home.rp_manifest(&item, &rp, &s.secrets)?,
+            ))
+        })
+        .await?,
     )
 }
 
@@ -1202,66 +1213,46 @@ fn instant(at: Option<String>, now: jiff::Timestamp) -> Result<jiff::Timestamp, 
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct At {
-    at: Option<String>,
-}
-
 async fn retention_plan(
     _: Auth,
     State(s): State<S>,
     Path(item): Path<String>,
-    Params(q): Params<At>,
+    Params(q): Params<api::At>,
 ) -> ApiResult {
     let at = instant(q.at, s.home.now())?;
     ok(
         200,
-        blocking(move || Ok(s.home.retention_plan(&item, at)?)).await?,
+        blocking(move || Ok(api::RetentionPlan::from(s.home.retention_plan(&item, at)?))).await?,
     )
 }
 
 // ---- jobs, usage, document
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Limit {
-    limit: Option<usize>,
-    item: Option<String>,
-    status: Option<String>,
-    operation: Option<String>,
-}
-
-async fn list_jobs(_: Auth, State(s): State<S>, Params(q): Params<Limit>) -> ApiResult {
+async fn list_jobs(_: Auth, State(s): State<S>, Params(q): Params<api::JobFilter>) -> ApiResult {
     let query = kura_engine::JobQuery {
         item: q.item,
         status: q.status,
         operation: q.operation,
         limit: q.limit.unwrap_or(100).min(10_000),
     };
-    ok(200, blocking(move || Ok(s.home.find_jobs(&query)?)).await?)
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewTokenBody {
-    name: String,
-    #[serde(default)]
-    expires: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct ResetTokenBody {
-    #[serde(default)]
-    expires: Option<String>,
+    ok(
+        200,
+        blocking(move || Ok(list::<_, api::Job>(s.home.find_jobs(&query)?))).await?,
+    )
 }
 
 async fn list_tokens(_: Auth, State(s): State<S>) -> ApiResult {
-    ok(200, blocking(move || Ok(s.home.list_tokens()?)).await?)
+    ok(
+        200,
+        blocking(move || Ok(list::<_, api::Token>(s.home.list_tokens()?))).await?,
+    )
 }
 
-async fn create_token(_: Auth, State(s): State<S>, Body(b): Body<NewTokenBody>) -> ApiResult {
+async fn create_token(
+    _: Auth,
+    State(s): State<S>,
+    Body(b): Body<api::NewTokenRequest>,
+) -> ApiResult {
     let t = blocking(move || {
         let expires = match &b.expires {
             Some(e) => Some(
@@ -1271,7 +1262,7 @@ async fn create_token(_: Auth, State(s): State<S>, Body(b): Body<NewTokenBody>) 
             ),
             None => None,
         };
-        Ok(s.home.create_token(&b.name, expires)?)
+        Ok(api::NewToken::from(s.home.create_token(&b.name, expires)?))
     })
     .await?;
     ok(201, t)
@@ -1279,14 +1270,14 @@ async fn create_token(_: Auth, State(s): State<S>, Body(b): Body<NewTokenBody>) 
 
 async fn revoke_token(_: Auth, State(s): State<S>, Path(name): Path<String>) -> ApiResult {
     blocking(move || Ok(s.home.revoke_token(&name)?)).await?;
-    ok(200, json!({"revoked": true}))
+    ok(200, api::Revoked { revoked: true })
 }
 
 async fn reset_token(
     _: Auth,
     State(s): State<S>,
     Path(name): Path<String>,
-    Body(b): Body<ResetTokenBody>,
+    Body(b): Body<api::ResetToken>,
 ) -> ApiResult {
     let t = blocking(move || {
         s.home
@@ -1308,28 +1299,22 @@ async fn reset_token(
             ),
             None => None,
         };
-        Ok(s.home.reset_token(&name, None, expires)?)
+        Ok(api::NewToken::from(
+            s.home.reset_token(&name, None, expires)?,
+        ))
     })
     .await?;
     ok(200, t)
 }
 
 async fn get_job(_: Auth, State(s): State<S>, Path(job): Path<String>) -> ApiResult {
-    ok(200, blocking(move || Ok(s.home.job(&job)?)).await?)
+    ok(
+        200,
+        blocking(move || Ok(api::Job::from(s.home.job(&job)?))).await?,
+    )
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct VerifyBody {
-    #[serde(default)]
-    vault: Option<String>,
-    #[serde(default)]
-    item: Option<String>,
-    #[serde(default)]
-    rp: Option<String>,
-}
-
-async fn verify(_: Auth, State(s): State<S>, Body(b): Body<VerifyBody>) -> ApiResult {
+async fn verify(_: Auth, State(s): State<S>, Body(b): Body<api::Verify>) -> ApiResult {
     let scope = match (b.vault, b.item, b.rp) {
         (None, None, None) => kura_engine::VerifyScope::All,
         (Some(v), None, None) => kura_engine::VerifyScope::Vault(v),
@@ -1361,20 +1346,11 @@ async fn verify(_: Auth, State(s): State<S>, Body(b): Body<VerifyBody>) -> ApiRe
     .await
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct GcBody {
-    #[serde(default)]
-    grace_seconds: Option<i64>,
-    #[serde(default)]
-    dry_run: bool,
-}
-
 async fn collect_garbage(
     _: Auth,
     State(s): State<S>,
     Path(vault): Path<String>,
-    Body(b): Body<GcBody>,
+    Body(b): Body<api::Gc>,
 ) -> ApiResult {
     let grace = jiff::SignedDuration::from_secs(b.grace_seconds.unwrap_or(3600).max(0));
     let v = vault.clone();
@@ -1398,36 +1374,25 @@ async fn collect_garbage(
     .await
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RetentionBody {
-    #[serde(default)]
-    at: Option<String>,
-}
-
 async fn apply_retention(
     _: Auth,
     State(s): State<S>,
     Path(item): Path<String>,
-    Body(b): Body<RetentionBody>,
+    Body(b): Body<api::RetentionApply>,
 ) -> ApiResult {
     let at = instant(b.at, s.home.now())?;
     ok(
         200,
-        blocking(move || Ok(s.home.retention_apply(&item, at, &s.secrets)?)).await?,
+        blocking(move || {
+            Ok(api::RetentionPlan::from(
+                s.home.retention_apply(&item, at, &s.secrets)?,
+            ))
+        })
+        .await?,
     )
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Attach {
-    name: String,
-    path: String,
-    #[serde(default)]
-    key_file: Option<String>,
-}
-
-async fn attach_vault(_: Auth, State(s): State<S>, Body(b): Body<Attach>) -> ApiResult {
+async fn attach_vault(_: Auth, State(s): State<S>, Body(b): Body<api::Attach>) -> ApiResult {
     let path = s.roots.restore("path", &b.path)?;
     let key_file = b
         .key_file
@@ -1439,7 +1404,13 @@ async fn attach_vault(_: Auth, State(s): State<S>, Body(b): Body<Attach>) -> Api
         if let Some(k) = key_file {
             secrets.key_file = Some(k);
         }
-        Ok(s.home.attach_vault(&b.name, &path, &secrets)?)
+        let report = s.home.attach_vault(&b.name, &path, &secrets)?;
+        Ok(api::Attached {
+            vault: s.home.vault_info(&b.name)?.into(),
+            items: report.items,
+            recovery_points: report.recovery_points,
+            warnings: report.warnings,
+        })
     })
     .await?;
     ok(201, report)
@@ -1448,16 +1419,28 @@ async fn attach_vault(_: Auth, State(s): State<S>, Body(b): Body<Attach>) -> Api
 async fn export_key(_: Auth, State(s): State<S>, Path(vault): Path<String>) -> ApiResult {
     ok(
         200,
-        blocking(move || Ok(s.home.wrapped_key_document(&vault)?)).await?,
+        blocking(move || {
+            let doc = s.home.wrapped_key_document(&vault)?;
+            serde_json::from_value::<api::WrappedKey>(doc).map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })
+        })
+        .await?,
     )
 }
 
 async fn cancel_job(_: Auth, State(s): State<S>, Path(job): Path<String>) -> ApiResult {
-    ok(200, blocking(move || Ok(s.home.cancel_job(&job)?)).await?)
+    ok(
+        200,
+        blocking(move || Ok(api::Job::from(s.home.cancel_job(&job)?))).await?,
+    )
 }
 
 async fn get_usage(_: Auth, State(s): State<S>) -> ApiResult {
-    ok(200, blocking(move || Ok(s.home.usage(None)?)).await?)
+    ok(
+        200,
+        blocking(move || Ok(list::<_, api::VaultUsage>(s.home.usage(None)?))).await?,
+    )
 }
 
 async fn get_openapi() -> ApiResult {

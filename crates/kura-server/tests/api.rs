@@ -96,7 +96,91 @@ fn call(
     let (status, _, payload) = call_raw(s, method, path, token, body);
     let v = serde_json::from_str(&payload)
         .unwrap_or_else(|e| panic!("{method} {path}: body is not JSON ({e}): {payload:?}"));
+    let errors = contract_errors(method, path, status, &v);
+    assert!(
+        errors.is_empty(),
+        "{method} {path} -> {status}: the answer does not match the document: {errors:?}\n{v}"
+    );
     (status, v)
+}
+
+/// Every answer any test gets is checked against the OpenAPI document's schema for its
+/// route and status: the success body's schema, else the error envelope. Returns what does
+/// not match.
+fn contract_errors(method: &str, path: &str, status: u16, body: &Value) -> Vec<String> {
+    static DOC: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    let doc = DOC.get_or_init(kura_server::openapi);
+    let path = path.split('?').next().unwrap_or(path);
+    let fits = |template: &str| {
+        let (a, b): (Vec<&str>, Vec<&str>) =
+            (template.split('/').collect(), path.split('/').collect());
+        a.len() == b.len() && a.iter().zip(&b).all(|(t, p)| t.starts_with('{') || t == p)
+    };
+    let op = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(template, _)| fits(template))
+        .find_map(|(_, ops)| ops.get(method.to_ascii_lowercase()));
+    let key = status.to_string();
+    let schema = match op {
+        Some(op) if op["responses"].get(&key).is_some() => {
+            op["responses"][&key]["content"]["application/json"]["schema"].clone()
+        }
+        Some(op) => {
+            let range = format!("{}XX", status / 100);
+            assert!(
+                op["responses"].get(&range).is_some(),
+                "{method} {path}: status {status} is not documented"
+            );
+            op["responses"][&range]["content"]["application/json"]["schema"].clone()
+        }
+        // No such route, or not this method: the error envelope.
+        None => json!({"$ref": "#/components/schemas/Error"}),
+    };
+    let root = json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "components": doc["components"],
+        "allOf": [schema],
+    });
+    let validator = jsonschema::validator_for(&root)
+        .unwrap_or_else(|e| panic!("{method} {path}: the document's schema is invalid: {e}"));
+    validator
+        .iter_errors(body)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect()
+}
+
+#[test]
+fn answers_that_break_the_document_are_caught() {
+    // The check every call makes is not vacuous: wrong shapes fail it.
+    let vault = contract_errors("GET", "/api/v1/vaults", 200, &json!([{"id": 3}]));
+    assert!(
+        vault
+            .iter()
+            .any(|e| e.contains("\"name\" is a required property")),
+        "{vault:?}"
+    );
+    assert!(!contract_errors("GET", "/api/v1/jobs/x", 200, &json!({"id": "x"})).is_empty());
+    assert!(
+        !contract_errors(
+            "POST",
+            "/api/v1/items/x/backups",
+            202,
+            &json!({"job_id": 1})
+        )
+        .is_empty()
+    );
+    assert!(!contract_errors("GET", "/api/v1/items", 404, &json!({"message": "x"})).is_empty());
+    assert!(
+        contract_errors(
+            "GET",
+            "/api/v1/items",
+            404,
+            &json!({"error": {"code": "not_found", "message": "x"}})
+        )
+        .is_empty()
+    );
 }
 
 /// Sends one request; returns (status, head, body text).
@@ -174,7 +258,7 @@ fn every_route_needs_a_token_and_bad_input_is_a_4xx_json_error() {
             assert_eq!(status, 401, "{} {path}", r.method);
             assert_eq!(v["error"]["code"], "unauthorized");
         }
-        let bodies: &[&str] = if r.body {
+        let bodies: &[&str] = if r.request.is_some() {
             &[
                 "{not json",
                 "[1, 2]",
@@ -191,7 +275,7 @@ fn every_route_needs_a_token_and_bad_input_is_a_4xx_json_error() {
                 "{} {path} with {body:?}: {status} {v}",
                 r.method
             );
-            if r.body || r.path.contains('{') {
+            if r.request.is_some() || r.path.contains('{') {
                 // A bad body, or an unknown id in the path.
                 assert!(
                     (400..500).contains(&status),

@@ -12,6 +12,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use kura_api as api;
+use kura_api::convert::list;
 use kura_engine::{
     BackupOptions, CreateVault, ErrorKind, Home, RestoreFormat, RestoreOptions, Secrets,
     VerifyScope,
@@ -753,7 +755,10 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
                 format.as_deref(),
                 &secrets,
             )?;
-            out.view(&item, views::protected);
+            out.view(
+                &api::Item::from(home.item_status(&item.name)?),
+                views::protected,
+            );
             Ok(0)
         }
         Command::Item(ItemCmd::Protect(ProtectCmd::Vm {
@@ -792,36 +797,40 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
                 &agent,
                 &secrets,
             )?;
-            out.view(&item, views::protected);
+            out.view(
+                &api::Item::from(home.item_status(&item.name)?),
+                views::protected,
+            );
             Ok(0)
         }
         Command::Item(ItemCmd::List) => {
-            let items = home.list_item_status()?;
+            let items: Vec<api::Item> = list(home.list_item_status()?);
             out.view(&items, views::item_list);
             Ok(0)
         }
         Command::Item(ItemCmd::Show { item }) => {
-            let st = home.item_show(item)?;
+            let st = api::Item::from(home.item_show(item)?);
             out.view(&st, views::item_status);
             Ok(0)
         }
         Command::Item(ItemCmd::Stop { item, delete_data }) => {
-            let st = home.stop_protection(item, *delete_data, &secrets, home.now())?;
+            let st =
+                api::Item::from(home.stop_protection(item, *delete_data, &secrets, home.now())?);
             out.view(&st, views::item_status);
             Ok(0)
         }
         Command::Item(ItemCmd::Resume { item, policy }) => {
-            let st = home.resume_protection(item, policy, &secrets)?;
+            let st = api::Item::from(home.resume_protection(item, policy, &secrets)?);
             out.view(&st, views::item_status);
             Ok(0)
         }
         Command::Item(ItemCmd::Undelete { item }) => {
-            let st = home.undelete(item, &secrets)?;
+            let st = api::Item::from(home.undelete(item, &secrets)?);
             out.view(&st, views::item_status);
             Ok(0)
         }
         Command::Item(ItemCmd::Precheck { item }) => {
-            let r = home.precheck(item, &secrets)?;
+            let r = api::Precheck::from(home.precheck(item, &secrets)?);
             out.view(&r, views::precheck);
             Ok(if r.ready { 0 } else { EXIT_ERROR })
         }
@@ -839,13 +848,13 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
                 post_script: post_script.clone(),
             };
             home.set_vm_agent(item, &agent, &secrets)?;
-            let st = home.item_show(item)?;
+            let st = api::Item::from(home.item_show(item)?);
             out.view(&st, views::item_status);
             Ok(0)
         }
         Command::Item(ItemCmd::SetFormat { item, format }) => {
             home.set_item_format(item, format.as_deref(), &secrets)?;
-            let st = home.item_status(item)?;
+            let st = api::Item::from(home.item_status(item)?);
             out.view(&st, views::item_status);
             Ok(0)
         }
@@ -864,12 +873,12 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             Ok(0)
         }
         Command::Rp(RpCmd::List { item }) => {
-            let rps = home.list_rps(item)?;
+            let rps: Vec<api::RecoveryPoint> = list(home.list_rps(item)?);
             out.view(&rps, views::rp_list);
             Ok(0)
         }
         Command::Rp(RpCmd::Show { item, rp }) => {
-            let m = home.rp_manifest(item, rp, &secrets)?;
+            let m = api::RecoveryPointDetail::from(home.rp_manifest(item, rp, &secrets)?);
             out.view(&m, views::rp_show);
             Ok(0)
         }
@@ -973,11 +982,11 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
                 operation: operation.clone(),
                 limit: *limit,
             })?;
-            out.view(&jobs, views::job_list);
+            out.view(&list::<_, api::Job>(jobs), views::job_list);
             Ok(0)
         }
         Command::Job(JobCmd::Cancel { id }) => {
-            let j = home.cancel_job(id)?;
+            let j = api::Job::from(home.cancel_job(id)?);
             out.view(&j, views::job_status);
             Ok(0)
         }
@@ -988,7 +997,7 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
                     Ok(serde_json::to_value(home.job(&id)?).expect("serializable"))
                 })?
             } else {
-                serde_json::to_value(home.job(id)?).expect("serializable")
+                serde_json::to_value(api::Job::from(home.job(id)?)).expect("serializable")
             };
             out.view(&j, views::job_show);
             Ok(0)
@@ -1000,23 +1009,26 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
                 |e: &Option<String>| e.as_deref().map(|t| home.parse_token_expiry(t)).transpose();
             match cmd {
                 TokenCmd::Create { name, expires } => {
-                    let t = home.create_token(name, expiry(expires)?)?;
+                    let t = api::NewToken::from(home.create_token(name, expiry(expires)?)?);
                     out.view(&t, views::new_token);
                 }
-                TokenCmd::List => out.view(&home.list_tokens()?, views::token_list),
+                TokenCmd::List => out.view(
+                    &list::<_, api::Token>(home.list_tokens()?),
+                    views::token_list,
+                ),
                 TokenCmd::Revoke { name } => {
                     home.revoke_token(name)?;
                     out.view(&serde_json::json!({"revoked": name}), views::token_revoked);
                 }
                 TokenCmd::Reset { name, expires } => {
-                    let t = home.reset_token(name, None, expiry(expires)?)?;
+                    let t = api::NewToken::from(home.reset_token(name, None, expiry(expires)?)?);
                     out.view(&t, views::new_token);
                 }
             }
             Ok(0)
         }
         Command::Usage { vault } => {
-            let u = home.usage(vault.as_deref())?;
+            let u: Vec<api::VaultUsage> = list(home.usage(vault.as_deref())?);
             out.view(&u, views::usage);
             Ok(0)
         }
@@ -1092,12 +1104,12 @@ fn vault(home: &Home, cmd: &VaultCmd, secrets: &Secrets, out: &Out) -> anyhow::R
             Ok(0)
         }
         VaultCmd::List => {
-            let vs = home.list_vaults()?;
+            let vs: Vec<api::Vault> = list(home.list_vaults()?);
             out.view(&vs, views::vault_list);
             Ok(0)
         }
         VaultCmd::Show { name } => {
-            let v = home.vault_info(name)?;
+            let v = api::Vault::from(home.vault_info(name)?);
             out.view(&v, views::vault_show);
             Ok(0)
         }
@@ -1113,6 +1125,12 @@ fn vault(home: &Home, cmd: &VaultCmd, secrets: &Secrets, out: &Out) -> anyhow::R
                 secrets.kit_passphrase = Some(read_passphrase_file(f)?);
             }
             let r = home.attach_vault(name, path, &secrets)?;
+            let r = api::Attached {
+                vault: home.vault_info(name)?.into(),
+                items: r.items,
+                recovery_points: r.recovery_points,
+                warnings: r.warnings,
+            };
             out.view(&r, views::attached);
             Ok(0)
         }
@@ -1151,7 +1169,7 @@ fn vault(home: &Home, cmd: &VaultCmd, secrets: &Secrets, out: &Out) -> anyhow::R
                     .transpose()?,
                 key_file: new_key_file.clone(),
             };
-            let v = home.change_vault_key(name, &new, secrets)?;
+            let v = api::Vault::from(home.change_vault_key(name, &new, secrets)?);
             out.view(&v, views::vault_show);
             Ok(0)
         }
