@@ -26,7 +26,8 @@ pub enum RestoreFormat {
 }
 
 impl RestoreFormat {
-    fn name(self) -> &'static str {
+    /// Its name in the API and on the command line.
+    pub fn name(self) -> &'static str {
         match self {
             RestoreFormat::Raw => "raw",
             RestoreFormat::Qcow2 => "qcow2",

@@ -4,6 +4,8 @@
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
+use kura_api as api;
+
 use crate::output::Out;
 use crate::views;
 use crate::{
@@ -115,8 +117,9 @@ impl Client {
         self.call("GET", path, None)
     }
 
-    fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
-        self.call("POST", path, Some(body))
+    /// Posts a request body of the API contract (`kura_api`), the type the server reads.
+    fn post(&self, path: &str, body: &impl serde::Serialize) -> anyhow::Result<Value> {
+        self.call("POST", path, Some(serde_json::to_value(body)?))
     }
 }
 
@@ -180,9 +183,20 @@ pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
             cipher: None,
             compression_level: None,
         }) => {
-            let chunk = chunk_size.as_deref().map(crate::parse_size).transpose()?;
-            let path = path.as_ref().map(std::path::absolute).transpose()?;
-            show(c.post("/vaults", json!({"name": name, "path": path, "chunk_size": chunk, "no_encryption": no_encryption}))?, views::vault_show)
+            let chunk_size = chunk_size
+                .as_deref()
+                .map(crate::parse_size)
+                .transpose()?
+                .map(u32::try_from)
+                .transpose()
+                .context("--chunk-size is too large")?;
+            let req = api::NewVault {
+                name: name.clone(),
+                path: path.as_deref().map(abs).transpose()?,
+                chunk_size,
+                no_encryption: *no_encryption,
+            };
+            show(c.post("/vaults", &req)?, views::vault_show)
         }
         Command::Vault(VaultCmd::Set {
             name,
@@ -192,7 +206,10 @@ pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
             c.call(
                 "PATCH",
                 &format!("/vaults/{}", enc(name)),
-                Some(json!({"soft_delete": soft_delete, "soft_delete_days": soft_delete_days})),
+                Some(serde_json::to_value(api::VaultSettings {
+                    soft_delete: soft_delete.clone(),
+                    soft_delete_days: *soft_delete_days,
+                })?),
             )?,
             views::vault_show,
         ),
@@ -202,11 +219,12 @@ pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
             recovery_kit: None,
             ..
         }) => {
-            let path = std::path::absolute(path)?;
-            show(
-                c.post("/vaults/attach", json!({"name": name, "path": path}))?,
-                views::attached,
-            )
+            let req = api::Attach {
+                name: name.clone(),
+                path: abs(path)?,
+                key_file: None,
+            };
+            show(c.post("/vaults/attach", &req)?, views::attached)
         }
         Command::Item(ItemCmd::List) => show(c.get("/items")?, views::item_list),
         Command::Item(ItemCmd::Show { item }) => {
@@ -225,19 +243,24 @@ pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
             pre_script,
             post_script,
         })) => {
-            let source = qmp.as_ref().map(std::path::absolute).transpose()?;
-            let libvirt = libvirt.as_ref().map(|d| json!({"name": d, "uri": connect}));
-            let qga = qga.as_ref().map(std::path::absolute).transpose()?;
-            show(
-                c.post(
-                    "/items",
-                    json!({"kind": "vm", "source": source, "libvirt": libvirt, "vault": vault, "name": name,
-                        "policy": policy, "exclude_disks": exclude_disk, "qga": qga,
-                        "require_agent": require_agent, "pre_script": pre_script,
-                        "post_script": post_script}),
-                )?,
-                views::protected,
-            )
+            let req = api::Protect {
+                kind: "vm".into(),
+                source: qmp.as_deref().map(abs).transpose()?,
+                libvirt: libvirt.as_ref().map(|d| api::LibvirtDomain {
+                    name: d.clone(),
+                    uri: connect.clone(),
+                }),
+                vault: vault.clone(),
+                name: name.clone(),
+                policy: policy.clone(),
+                format: None,
+                exclude_disks: exclude_disk.clone(),
+                qga: qga.as_deref().map(abs).transpose()?,
+                require_agent: *require_agent,
+                pre_script: pre_script.clone(),
+                post_script: post_script.clone(),
+            };
+            show(c.post("/items", &req)?, views::protected)
         }
         Command::Item(ItemCmd::Protect(ProtectCmd::Disk {
             image,
@@ -246,20 +269,32 @@ pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
             policy,
             format,
         })) => {
-            let source = std::path::absolute(image)?;
-            show(c.post("/items", json!({"kind": "disk", "source": source, "vault": vault, "name": name, "policy": policy, "format": format}))?, views::protected)
+            let req = api::Protect {
+                kind: "disk".into(),
+                source: Some(abs(image)?),
+                vault: vault.clone(),
+                name: name.clone(),
+                policy: policy.clone(),
+                format: format.clone(),
+                ..Default::default()
+            };
+            show(c.post("/items", &req)?, views::protected)
         }
         Command::Item(ItemCmd::Stop { item, delete_data }) => show(
             c.post(
                 &format!("/items/{}/stop", enc(item)),
-                json!({"delete_data": delete_data}),
+                &api::Stop {
+                    delete_data: *delete_data,
+                },
             )?,
             views::item_status,
         ),
         Command::Item(ItemCmd::Resume { item, policy }) => show(
             c.post(
                 &format!("/items/{}/resume", enc(item)),
-                json!({"policy": policy}),
+                &api::Resume {
+                    policy: policy.clone(),
+                },
             )?,
             views::item_status,
         ),
@@ -272,12 +307,14 @@ pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
         Command::Item(ItemCmd::SetFormat { item, format }) => show(
             c.post(
                 &format!("/items/{}/format", enc(item)),
-                json!({"format": format}),
+                &api::SetFormat {
+                    format: format.clone(),
+                },
             )?,
             views::item_status,
         ),
         Command::Item(ItemCmd::Undelete { item }) => show(
-            c.post(&format!("/items/{}/undelete", enc(item)), json!({}))?,
+            c.call("POST", &format!("/items/{}/undelete", enc(item)), None)?,
             views::item_status,
         ),
         Command::Backup(
@@ -287,7 +324,9 @@ pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
         ) if now.fail_after_chunks().is_none() => {
             let started = c.post(
                 &format!("/items/{}/backups", enc(item)),
-                json!({"retain_until": retain_until}),
+                &api::BackupNow {
+                    retain_until: retain_until.clone(),
+                },
             )?;
             job_done(out, c, &started, views::backup)?;
             Ok(0)
@@ -309,13 +348,15 @@ pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
             disk,
             decrypt,
         }) => {
-            let to = std::path::absolute(to)?;
-            let format = format.map(|f| f.restore_format());
-            let started = c.post(
-                &format!("/items/{}/restores", enc(item)),
-                json!({"rp": rp, "to": to, "format": format, "force": force, "disk": disk,
-                    "decrypt": decrypt}),
-            )?;
+            let req = api::Restore {
+                rp: rp.clone(),
+                to: abs(to)?,
+                format: format.map(|f| f.restore_format().name().to_string()),
+                force: *force,
+                disk: disk.clone(),
+                decrypt: *decrypt,
+            };
+            let started = c.post(&format!("/items/{}/restores", enc(item)), &req)?;
             job_done(out, c, &started, views::restore)?;
             Ok(0)
         }
@@ -328,27 +369,38 @@ pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
             replace,
             stop,
         }) => {
-            let to = to.as_ref().map(std::path::absolute).transpose()?;
-            let started = c.post(
-                &format!("/items/{}/vm-restores", enc(item)),
-                json!({"rp": rp, "as_new": as_new, "to": to, "start": start,
-                    "replace": replace, "stop": stop}),
-            )?;
+            let req = api::RestoreVm {
+                rp: rp.clone(),
+                as_new: as_new.clone(),
+                to: to.as_deref().map(abs).transpose()?,
+                start: *start,
+                replace: *replace,
+                stop: *stop,
+            };
+            let started = c.post(&format!("/items/{}/vm-restores", enc(item)), &req)?;
             job_done(out, c, &started, views::restore_vm)?;
             Ok(0)
         }
         Command::Verify(v) => {
-            let started = c.post(
-                "/verify",
-                json!({"vault": v.vault, "item": v.item, "rp": v.rp}),
-            )?;
+            let req = api::Verify {
+                vault: v.vault.clone(),
+                item: v.item.clone(),
+                rp: v.rp.clone(),
+            };
+            let started = c.post("/verify", &req)?;
             let report = job_done(out, c, &started, views::verify)?;
             let damaged = report["problems"].as_array().is_some_and(|p| !p.is_empty());
             Ok(if damaged { crate::EXIT_DAMAGED } else { 0 })
         }
         Command::Token(cmd) => match cmd {
             TokenCmd::Create { name, expires } => show(
-                c.post("/tokens", json!({"name": name, "expires": expires}))?,
+                c.post(
+                    "/tokens",
+                    &api::NewTokenRequest {
+                        name: name.clone(),
+                        expires: expires.clone(),
+                    },
+                )?,
                 views::new_token,
             ),
             TokenCmd::List => show(c.get("/tokens")?, views::token_list),
@@ -359,7 +411,9 @@ pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
             TokenCmd::Reset { name, expires } => show(
                 c.post(
                     &format!("/tokens/{}/reset", enc(name)),
-                    json!({"expires": expires}),
+                    &api::ResetToken {
+                        expires: expires.clone(),
+                    },
                 )?,
                 views::new_token,
             ),
@@ -392,7 +446,7 @@ pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
             show(j, views::job_show)
         }
         Command::Job(JobCmd::Cancel { id }) => show(
-            c.post(&format!("/jobs/{}/cancel", enc(id)), json!({}))?,
+            c.call("POST", &format!("/jobs/{}/cancel", enc(id)), None)?,
             views::job_status,
         ),
         Command::Usage { vault } => {
@@ -423,7 +477,10 @@ pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
         } => {
             let started = c.post(
                 &format!("/vaults/{}/gc", enc(vault)),
-                json!({"grace_seconds": grace, "dry_run": dry_run}),
+                &api::Gc {
+                    grace_seconds: Some(*grace),
+                    dry_run: *dry_run,
+                },
             )?;
             job_done(out, c, &started, views::gc)?;
             Ok(0)
@@ -441,7 +498,7 @@ pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
         Command::Retention(crate::policy_cmd::RetentionCmd::Apply { item, at }) => show(
             c.post(
                 &format!("/items/{}/retention", enc(item)),
-                json!({"at": at}),
+                &api::RetentionApply { at: at.clone() },
             )?,
             |v| views::retention(v, true),
         ),
@@ -452,13 +509,14 @@ pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
             pre_script,
             post_script,
         }) => {
-            let qga = qga.as_ref().map(std::path::absolute).transpose()?;
+            let req = api::SetAgent {
+                qga: qga.as_deref().map(abs).transpose()?,
+                require_agent: *require_agent,
+                pre_script: pre_script.clone(),
+                post_script: post_script.clone(),
+            };
             show(
-                c.post(
-                    &format!("/items/{}/agent", enc(item)),
-                    json!({"qga": qga, "require_agent": require_agent,
-                        "pre_script": pre_script, "post_script": post_script}),
-                )?,
+                c.post(&format!("/items/{}/agent", enc(item)), &req)?,
                 views::item_status,
             )
         }
@@ -471,12 +529,15 @@ pub fn run(cmd: &Command, c: &Client, out: &Out) -> anyhow::Result<u8> {
             force,
             decrypt,
         }) => {
-            let to = std::path::absolute(to)?;
-            let started = c.post(
-                &format!("/items/{}/disk-restores", enc(item)),
-                json!({"rp": rp, "to": to, "disks": disks, "format": format.restore_format(),
-                    "force": force, "decrypt": decrypt}),
-            )?;
+            let req = api::RestoreDisks {
+                rp: rp.clone(),
+                to: abs(to)?,
+                disks: disks.clone(),
+                format: Some(format.restore_format().name().to_string()),
+                force: *force,
+                decrypt: *decrypt,
+            };
+            let started = c.post(&format!("/items/{}/disk-restores", enc(item)), &req)?;
             job_done(out, c, &started, |r| {
                 r.as_array()
                     .into_iter()
@@ -498,6 +559,15 @@ impl Client {
     pub fn request(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
         self.call(method, path, body)
     }
+}
+
+/// A path given on the command line, absolute (the server does not share the CLI's working
+/// directory), as the API's UTF-8 text.
+fn abs(p: impl AsRef<std::path::Path>) -> anyhow::Result<String> {
+    let p = std::path::absolute(p.as_ref())?;
+    p.to_str()
+        .map(str::to_string)
+        .with_context(|| format!("{}: the API takes UTF-8 paths", p.display()))
 }
 
 /// Percent-encodes a path segment.
