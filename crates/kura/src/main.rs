@@ -1,5 +1,7 @@
 //! The `kura` command line: the product's verbs over an embedded home.
 
+#[cfg(test)]
+mod doc_examples;
 mod output;
 mod policy_cmd;
 mod quickstart;
