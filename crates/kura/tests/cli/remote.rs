@@ -289,3 +289,105 @@ fn an_overlapping_backup_request_gets_409() {
     gate.release();
     assert!(held.wait().unwrap().success());
 }
+
+/// The same command, run on the home and through the server over that home, prints the same
+/// document and the same text (and, for a failure, the same error and exit code).
+#[test]
+fn the_same_command_prints_the_same_result_both_ways() {
+    let e = Env::new();
+    let srv = serve(&e);
+    let home = e.path("server-home");
+    let home = home.to_str().unwrap();
+    let img = e.path("w.raw");
+    make_image(&img, 3 << 20, &[(0, 2 << 20, 9)]);
+    let remote_args = |args: &[&str]| -> Vec<String> {
+        let mut a = vec![
+            "--server".to_string(),
+            srv.url.clone(),
+            "--token".into(),
+            "tok-0123456789abcdef".into(),
+        ];
+        a.extend(args.iter().map(|s| s.to_string()));
+        a
+    };
+    let remote = |args: &[&str]| -> Output {
+        let a = remote_args(args);
+        e.run(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let local = |args: &[&str]| -> Output {
+        let mut a = vec!["--home", home];
+        a.extend_from_slice(args);
+        e.run(&a)
+    };
+    assert!(
+        remote(&[
+            "item",
+            "protect",
+            "disk",
+            img.to_str().unwrap(),
+            "--vault",
+            "default"
+        ])
+        .status
+        .success()
+    );
+    assert!(remote(&["backup", "now", "w"]).status.success());
+    let commands: &[&[&str]] = &[
+        &["vault", "list"],
+        &["vault", "show", "default"],
+        &["item", "list"],
+        &["item", "show", "w"],
+        &["rp", "list", "w"],
+        &["rp", "show", "w", "--rp", "latest"],
+        &["job", "list", "--item", "w"],
+        &["token", "list"],
+        &["usage"],
+        &["usage", "--vault", "default"],
+        &["retention", "plan", "w", "--at", "2026-06-01T00:00:00Z"],
+        &["policy", "list", "--vault", "default"],
+        // Failures: the same message, code and exit status.
+        &["item", "show", "nope"],
+        &["rp", "show", "w", "--rp", "ffffffff"],
+        &["vault", "show", "defualt"],
+        &["usage", "--vault", "nope"],
+    ];
+    for (n, cmd) in commands.iter().enumerate() {
+        let should_fail = n >= 12;
+        for json in [true, false] {
+            let mut args: Vec<&str> = if json {
+                vec!["--output", "json"]
+            } else {
+                vec![]
+            };
+            args.extend_from_slice(cmd);
+            let (l, r) = (local(&args), remote(&args));
+            let text = |o: &Output| String::from_utf8_lossy(&o.stdout).into_owned();
+            assert_eq!(
+                l.status.code(),
+                r.status.code(),
+                "{args:?}: exit status differs\nlocal: {}{}\nremote: {}{}",
+                text(&l),
+                String::from_utf8_lossy(&l.stderr),
+                text(&r),
+                String::from_utf8_lossy(&r.stderr)
+            );
+            assert_eq!(
+                l.status.success(),
+                !should_fail,
+                "{args:?}: {}{}",
+                text(&l),
+                String::from_utf8_lossy(&l.stderr)
+            );
+            if l.status.success() || json {
+                assert!(!text(&l).trim().is_empty(), "{args:?} printed nothing");
+                assert_eq!(text(&l), text(&r), "{args:?}: output differs");
+            } else {
+                assert_eq!(
+                    String::from_utf8_lossy(&l.stderr),
+                    String::from_utf8_lossy(&r.stderr),
+                    "{args:?}: error differs"
+                );
+            }
+        }
+    }
+}
