@@ -1255,6 +1255,21 @@ impl Catalog {
         Ok(rows)
     }
 
+    /// The newest job of `operation` on `target` that has ended (not queued, running or
+    /// being cancelled): one row, whatever the history's length.
+    pub fn last_ended_job(&self, operation: &str, target: &str) -> Result<Option<JobRow>> {
+        let conn = self.conn();
+        let mut st = conn.prepare_cached(&format!(
+            "SELECT {} FROM jobs WHERE target = ?1 AND operation = ?2
+               AND status NOT IN ('Queued', 'InProgress', 'Cancelling')
+             ORDER BY started DESC, id DESC LIMIT 1",
+            Self::JOB_COLS
+        ))?;
+        Ok(st
+            .query_row(params![target, operation], Self::job_from)
+            .optional()?)
+    }
+
     /// The latest `limit` jobs, newest first.
     pub fn list_jobs(&self, limit: usize) -> Result<Vec<JobRow>> {
         self.find_jobs(&JobFilter {

@@ -123,11 +123,7 @@ impl Home {
         let item = self.catalog.item(item)?;
         let vault = self.catalog.vault_by_id(&item.vault_id)?;
         let rps = self.catalog.list_rps(&item.id)?;
-        let last_backup = self
-            .catalog
-            .jobs_for("Backup", &item.name, 100)?
-            .into_iter()
-            .find(|j| !matches!(j.status.as_str(), "Queued" | "InProgress" | "Cancelling"));
+        let last_backup = self.catalog.last_ended_job("Backup", &item.name)?;
         let last_backup_status = match last_backup.as_ref().map(|j| j.status.as_str()) {
             None => "IRPending",
             Some("Completed") => "Healthy",
