@@ -12,6 +12,18 @@ pub(super) struct ServerProcess {
     _stdout: std::io::BufReader<std::process::ChildStdout>,
 }
 
+/// The admin token `serve` gives its server.
+pub(super) const TOKEN: &str = "tok-0123456789abcdef";
+
+impl ServerProcess {
+    /// `args` sent to this server with the admin token.
+    pub(super) fn args<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
+        let mut a = vec!["--server", self.url.as_str(), "--token", TOKEN];
+        a.extend_from_slice(args);
+        a
+    }
+}
+
 impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -39,7 +51,7 @@ pub(super) fn serve_with(e: &Env, envs: &[(&str, &std::ffi::OsStr)]) -> ServerPr
             "--allow-restore",
             e.dir.path().to_str().unwrap(),
         ])
-        .env("KURA_ADMIN_TOKEN", "tok-0123456789abcdef")
+        .env("KURA_ADMIN_TOKEN", TOKEN)
         .envs(envs.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -300,20 +312,7 @@ fn the_same_command_prints_the_same_result_both_ways() {
     let home = home.to_str().unwrap();
     let img = e.path("w.raw");
     make_image(&img, 3 << 20, &[(0, 2 << 20, 9)]);
-    let remote_args = |args: &[&str]| -> Vec<String> {
-        let mut a = vec![
-            "--server".to_string(),
-            srv.url.clone(),
-            "--token".into(),
-            "tok-0123456789abcdef".into(),
-        ];
-        a.extend(args.iter().map(|s| s.to_string()));
-        a
-    };
-    let remote = |args: &[&str]| -> Output {
-        let a = remote_args(args);
-        e.run(&a.iter().map(String::as_str).collect::<Vec<_>>())
-    };
+    let remote = |args: &[&str]| -> Output { e.run(&srv.args(args)) };
     let local = |args: &[&str]| -> Output {
         let mut a = vec!["--home", home];
         a.extend_from_slice(args);

@@ -299,20 +299,7 @@ fn a_vm_through_the_server() {
     make_image(&d, 2 << 20, &[(0, 1 << 20, 3)]);
     let mut vm = start_vm(&e, &[("vda", &d, "raw")]);
     let srv = super::remote::serve(&e);
-    let remote = |args: &[&str]| -> Vec<String> {
-        let mut a = vec![
-            "--server".to_string(),
-            srv.url.clone(),
-            "--token".into(),
-            "tok-0123456789abcdef".into(),
-        ];
-        a.extend(args.iter().map(|s| s.to_string()));
-        a
-    };
-    let json = |args: &[&str]| -> Value {
-        let a = remote(args);
-        e.json(&a.iter().map(String::as_str).collect::<Vec<_>>())
-    };
+    let json = |args: &[&str]| -> Value { e.json(&srv.args(args)) };
     let item = json(&[
         "item",
         "protect",
@@ -369,8 +356,7 @@ fn a_vm_through_the_server() {
     assert!(same_file(&dir.join("vda.raw"), &d), "{r}");
     let script = std::fs::read_to_string(dir.join("copy.sh")).unwrap();
     assert!(!script.contains(d.to_str().unwrap()), "{script}");
-    let a = remote(&["restore", "vm", &name, "--rp", "latest", "--replace"]);
-    let (_, err) = e.fails(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let (_, err) = e.fails(&srv.args(&["restore", "vm", &name, "--rp", "latest", "--replace"]));
     assert!(err.to_string().contains("is running"), "{err}");
     qmp(&vm, &[serde_json::json!({"execute": "quit"})]);
     let _ = vm.child.wait();
@@ -379,8 +365,7 @@ fn a_vm_through_the_server() {
     assert!(same_file(&d, &dir.join("vda.raw")), "{r}");
     assert_eq!(r["safety_copies"].as_array().unwrap().len(), 1, "{r}");
     // Agent settings through the API: --require-agent needs an agent socket.
-    let a = remote(&["item", "set-agent", &name, "--require-agent"]);
-    let (_, err) = e.fails(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let (_, err) = e.fails(&srv.args(&["item", "set-agent", &name, "--require-agent"]));
     assert!(err.to_string().contains("--qga"), "{err}");
     let st = json(&["item", "set-agent", &name]);
     assert_eq!(st["spec"]["disks"][0]["name"], "vda", "{st}");
@@ -389,8 +374,7 @@ fn a_vm_through_the_server() {
         "the settings were cleared: {st}"
     );
     // A VM has no pinned image format to change.
-    let a = remote(&["item", "set-format", &name]);
-    let (_, err) = e.fails(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let (_, err) = e.fails(&srv.args(&["item", "set-format", &name]));
     assert!(
         err["error"]["message"]
             .as_str()
