@@ -284,6 +284,20 @@ impl From<kura_engine::usage::VaultUsage> for VaultUsage {
     }
 }
 
+impl From<kura_engine::WrappedKeyDocument> for WrappedKey {
+    fn from(d: kura_engine::WrappedKeyDocument) -> Self {
+        WrappedKey {
+            kura_wrapped_key: d.kura_wrapped_key,
+            vault_id: d.vault_id,
+            vault_name: d.vault_name,
+            cipher: d.cipher,
+            // Plain fields (KDF parameters, salt, nonce, ciphertext): serializing cannot fail.
+            key: serde_json::to_value(&d.key).unwrap_or_default(),
+            note: d.note.to_string(),
+        }
+    }
+}
+
 /// Converts each element.
 pub fn list<T, U: From<T>>(v: Vec<T>) -> Vec<U> {
     v.into_iter().map(Into::into).collect()

@@ -75,6 +75,23 @@ pub struct VaultInfo {
     pub note: Option<String>,
 }
 
+/// A vault's wrapped data key as written for escrow (`vault key export`, the API).
+#[derive(Debug, Clone, Serialize)]
+pub struct WrappedKeyDocument {
+    /// Document version (1).
+    pub kura_wrapped_key: u32,
+    /// The vault's id.
+    pub vault_id: String,
+    /// Its name here.
+    pub vault_name: String,
+    /// Blob cipher.
+    pub cipher: String,
+    /// The data key wrapped by the passphrase or key file.
+    pub key: kura_store::WrappedKey,
+    /// What this is.
+    pub note: &'static str,
+}
+
 /// What `vault attach` found.
 #[derive(Debug, Clone, Serialize)]
 pub struct AttachReport {
@@ -439,7 +456,7 @@ impl Home {
     }
 
     /// The escrow document of a vault's wrapped key (never the unwrapped key).
-    pub fn wrapped_key_document(&self, name: &str) -> Result<serde_json::Value> {
+    pub fn wrapped_key_document(&self, name: &str) -> Result<WrappedKeyDocument> {
         let row = self.catalog.vault(name)?;
         let backend = FsBackend::open(Path::new(&row.path))?;
         let config = Vault::read_config(&backend)?;
@@ -449,14 +466,14 @@ impl Home {
                 format!("vault {name:?} is not encrypted; it has no key to export"),
             )
         })?;
-        Ok(serde_json::json!({
-            "kura_wrapped_key": 1,
-            "vault_id": config.vault_id,
-            "vault_name": name,
-            "cipher": enc.cipher.name(),
-            "key": enc.key,
-            "note": "the vault's data key wrapped by its passphrase or key file; useless without them",
-        }))
+        Ok(WrappedKeyDocument {
+            kura_wrapped_key: 1,
+            vault_id: config.vault_id.clone(),
+            vault_name: name.to_string(),
+            cipher: enc.cipher.name().to_string(),
+            key: enc.key.clone(),
+            note: "the vault's data key wrapped by its passphrase or key file; useless without them",
+        })
     }
 
     /// Registers an existing vault directory and rebuilds its items and recovery points from

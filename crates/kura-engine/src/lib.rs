@@ -45,7 +45,7 @@ pub mod verify;
 pub use backup::{BackupOptions, BackupReport, ScheduledRun};
 pub use error::{Error, ErrorKind, Result};
 pub use gc::{GcOptions, GcReport};
-pub use home::{AttachReport, CreateVault, Home, Secrets, VaultInfo};
+pub use home::{AttachReport, CreateVault, Home, Secrets, VaultInfo, WrappedKeyDocument};
 pub use jobs::JobQuery;
 pub use kura_source::libvirt::Domain;
 pub use kura_source::vm::{AgentOptions, VmLink};

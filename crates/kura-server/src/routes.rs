@@ -1419,13 +1419,7 @@ async fn attach_vault(_: Auth, State(s): State<S>, Body(b): Body<api::Attach>) -
 async fn export_key(_: Auth, State(s): State<S>, Path(vault): Path<String>) -> ApiResult {
     ok(
         200,
-        blocking(move || {
-            let doc = s.home.wrapped_key_document(&vault)?;
-            serde_json::from_value::<api::WrappedKey>(doc).map_err(|e| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-            })
-        })
-        .await?,
+        blocking(move || Ok(api::WrappedKey::from(s.home.wrapped_key_document(&vault)?))).await?,
     )
 }
 

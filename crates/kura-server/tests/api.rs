@@ -343,6 +343,11 @@ fn protect_back_up_and_restore_over_the_api() {
         "the first start creates the default vault"
     );
     assert_eq!(vaults[0]["encryption"], "key-file");
+    // Its wrapped key for escrow: the same document `vault key export` writes.
+    let key = ok(&s, "GET", "/api/v1/vaults/default/key", None);
+    assert_eq!(key["kura_wrapped_key"], 1, "{key}");
+    assert_eq!(key["vault_id"], vaults[0]["id"], "{key}");
+    assert!(key["key"].is_object(), "{key}");
     ok(
         &s,
         "POST",

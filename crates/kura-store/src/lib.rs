@@ -48,7 +48,7 @@ pub use blob::{BlobKind, Codec};
 pub use error::{Error, Result};
 pub use id::{ChunkId, is_zero};
 pub use index::DiskIndex;
-pub use keys::{Cipher, KeySecret};
+pub use keys::{Cipher, KeySecret, WrappedKey};
 pub use manifest::{DiskEntry, ItemRecord, Manifest, RpStats, SnapshotRef, is_disk_name};
 
 /// The manifest schema version this build writes.

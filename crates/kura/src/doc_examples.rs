@@ -80,6 +80,7 @@ fn commands(lines: &[&str]) -> Vec<String> {
             let mut depth = 0;
             for c in part.chars() {
                 match c {
+                    // A quoted `'[::]:8640'` is a value, not an optional part.
                     '[' if !cmd.ends_with('\'') => depth += 1,
                     ']' if depth > 0 => depth -= 1,
                     _ if depth == 0 => cmd.push(c),
