@@ -302,3 +302,40 @@ impl From<kura_engine::WrappedKeyDocument> for WrappedKey {
 pub fn list<T, U: From<T>>(v: Vec<T>) -> Vec<U> {
     v.into_iter().map(Into::into).collect()
 }
+
+// ---- request fields the server and the CLI read the same way
+
+/// A restore's `format` field: `raw`, `qcow2`, or absent (then the target's extension
+/// decides).
+pub fn restore_format(format: Option<&str>) -> Result<Option<kura_engine::RestoreFormat>, String> {
+    match format {
+        None => Ok(None),
+        Some("raw") => Ok(Some(kura_engine::RestoreFormat::Raw)),
+        Some("qcow2") => Ok(Some(kura_engine::RestoreFormat::Qcow2)),
+        Some(f) => Err(format!("format: {f:?} is not raw or qcow2")),
+    }
+}
+
+/// An `at` field: an RFC 3339 instant, or `now` when absent.
+pub fn instant(at: Option<&str>, now: jiff::Timestamp) -> Result<jiff::Timestamp, String> {
+    match at {
+        Some(a) => a
+            .parse()
+            .map_err(|e| format!("at: {a:?} is not an RFC 3339 instant: {e}")),
+        None => Ok(now),
+    }
+}
+
+impl crate::request::Verify {
+    /// What to verify: at most one of the scopes; none is everything.
+    pub fn scope(&self) -> Result<kura_engine::VerifyScope, String> {
+        use kura_engine::VerifyScope as V;
+        Ok(match (&self.vault, &self.item, &self.rp) {
+            (None, None, None) => V::All,
+            (Some(v), None, None) => V::Vault(v.clone()),
+            (None, Some(i), None) => V::Item(i.clone()),
+            (None, None, Some(r)) => V::Rp(r.clone()),
+            _ => return Err("give at most one of vault, item, rp".into()),
+        })
+    }
+}

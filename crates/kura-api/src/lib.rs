@@ -7,9 +7,11 @@
 //! structures meet the contract, so a change inside the catalog cannot change the API
 //! unnoticed.
 
+pub mod call;
 pub mod convert;
 pub mod request;
 pub mod response;
 
+pub use call::{Call, HttpCall};
 pub use request::*;
 pub use response::*;

@@ -5,7 +5,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// `POST /vaults`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewVault {
     /// Vault name, unique in the home.
@@ -23,7 +23,7 @@ pub struct NewVault {
 }
 
 /// `PATCH /vaults/{vault}`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VaultSettings {
     /// `enabled`, `disabled` or `always-on` (irreversible).
@@ -35,7 +35,7 @@ pub struct VaultSettings {
 }
 
 /// `POST /vaults/attach`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Attach {
     /// Name to register the vault under.
@@ -49,7 +49,7 @@ pub struct Attach {
 }
 
 /// `POST /vaults/{vault}/policies/{policy}/simulate`.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Simulate {
     /// First simulated day, `YYYY-MM-DD`.
@@ -59,7 +59,7 @@ pub struct Simulate {
 }
 
 /// A libvirt domain: its name and, if not the default, the connection URI.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LibvirtDomain {
     /// Domain name.
@@ -70,7 +70,7 @@ pub struct LibvirtDomain {
 }
 
 /// `POST /items`: protect a disk image or a VM.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Protect {
     /// `disk` or `vm`.
@@ -111,7 +111,7 @@ pub struct Protect {
 }
 
 /// `POST /items/{item}/stop`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Stop {
     /// Delete the backup data (soft-deleted where the vault says so) instead of keeping it.
@@ -120,7 +120,7 @@ pub struct Stop {
 }
 
 /// `POST /items/{item}/resume`.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Resume {
     /// Policy to protect the item with from now on.
@@ -128,7 +128,7 @@ pub struct Resume {
 }
 
 /// `POST /items/{item}/format`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetFormat {
     /// The new format to pin; absent: accept the source's changed backing chain.
@@ -137,7 +137,7 @@ pub struct SetFormat {
 }
 
 /// `POST /items/{item}/agent`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetAgent {
     /// The guest agent's socket (under a source root); absent: no agent.
@@ -155,7 +155,7 @@ pub struct SetAgent {
 }
 
 /// `POST /items/{item}/backups`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackupNow {
     /// Keep the point until this date (`YYYY-MM-DD`), instead of the
@@ -165,7 +165,7 @@ pub struct BackupNow {
 }
 
 /// `POST /items/{item}/restores`: one disk to a new image.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Restore {
     /// Recovery point: an id, a unique short form or `latest`.
@@ -187,7 +187,7 @@ pub struct Restore {
 }
 
 /// `POST /items/{item}/disk-restores`: disks of a point into a directory.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RestoreDisks {
     /// Recovery point.
@@ -210,7 +210,7 @@ pub struct RestoreDisks {
 
 /// `POST /items/{item}/vm-restores`: as a new VM (`as_new` and `to`) or over the VM's own
 /// disks (`replace`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RestoreVm {
     /// Recovery point.
@@ -233,7 +233,7 @@ pub struct RestoreVm {
 }
 
 /// `GET /items/{item}/retention-plan` query.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct At {
     /// The instant to judge at (RFC 3339); default now.
@@ -245,7 +245,7 @@ pub struct At {
 pub type RetentionApply = At;
 
 /// `GET /jobs` query.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobFilter {
     /// At most this many jobs (default 100, at most 10,000).
@@ -263,7 +263,7 @@ pub struct JobFilter {
 }
 
 /// `POST /tokens`.
-#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewTokenRequest {
     /// Token name.
@@ -275,7 +275,7 @@ pub struct NewTokenRequest {
 }
 
 /// `POST /tokens/{name}/reset`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResetToken {
     /// New expiry: an RFC 3339 instant or a date.
@@ -284,7 +284,7 @@ pub struct ResetToken {
 }
 
 /// `POST /verify`: at most one of the scopes; none verifies everything.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Verify {
     /// A vault.
@@ -299,7 +299,7 @@ pub struct Verify {
 }
 
 /// `POST /vaults/{vault}/gc`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Gc {
     /// Chunks younger than this are kept (default 3600).
@@ -308,4 +308,13 @@ pub struct Gc {
     /// Report what would be removed, remove nothing.
     #[serde(default)]
     pub dry_run: bool,
+}
+
+/// `GET /usage` query.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UsageFilter {
+    /// Only this vault (404 when there is none by that name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault: Option<String>,
 }

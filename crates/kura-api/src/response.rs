@@ -467,6 +467,8 @@ pub struct NewToken {
 /// `DELETE /tokens/{name}`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct Revoked {
+    /// The token's name.
+    pub name: String,
     /// Always true: the token is gone.
     pub revoked: bool,
 }

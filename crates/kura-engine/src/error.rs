@@ -59,6 +59,11 @@ impl Error {
         Error::new(ErrorKind::AlreadyExists, message)
     }
 
+    /// A request field is not valid (for callers outside the engine that check first).
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::Invalid, message)
+    }
+
     /// The work stopped because its job was cancelled.
     pub(crate) fn cancelled() -> Self {
         Error::new(ErrorKind::Cancelled, "the job was cancelled")

@@ -472,7 +472,7 @@ pub const ROUTES: &[Route] = &[
         200,
         None,
         schema::<Vec<api::VaultUsage>>,
-        None,
+        Some(schema::<api::UsageFilter>),
     ),
 ];
 
@@ -1017,14 +1017,7 @@ async fn backup_now(
 
 /// A restore's `format` field.
 fn restore_format(format: Option<&str>) -> Result<Option<RestoreFormat>, ApiError> {
-    match format {
-        None => Ok(None),
-        Some("raw") => Ok(Some(RestoreFormat::Raw)),
-        Some("qcow2") => Ok(Some(RestoreFormat::Qcow2)),
-        Some(f) => Err(ApiError::invalid(format!(
-            "format: {f:?} is not raw or qcow2"
-        ))),
-    }
+    api::convert::restore_format(format).map_err(ApiError::invalid)
 }
 
 async fn restore_disk(
@@ -1205,12 +1198,7 @@ async fn get_rp(
 
 /// An optional `at` instant (RFC 3339); the home's now when absent.
 fn instant(at: Option<String>, now: jiff::Timestamp) -> Result<jiff::Timestamp, ApiError> {
-    match at {
-        Some(a) => a
-            .parse()
-            .map_err(|e| ApiError::invalid(format!("at: {a:?} is not an RFC 3339 instant: {e}"))),
-        None => Ok(now),
-    }
+    api::convert::instant(at.as_deref(), now).map_err(ApiError::invalid)
 }
 
 async fn retention_plan(
@@ -1269,8 +1257,15 @@ async fn create_token(
 }
 
 async fn revoke_token(_: Auth, State(s): State<S>, Path(name): Path<String>) -> ApiResult {
+    let revoked = name.clone();
     blocking(move || Ok(s.home.revoke_token(&name)?)).await?;
-    ok(200, api::Revoked { revoked: true })
+    ok(
+        200,
+        api::Revoked {
+            name: revoked,
+            revoked: true,
+        },
+    )
 }
 
 async fn reset_token(
@@ -1315,13 +1310,7 @@ async fn get_job(_: Auth, State(s): State<S>, Path(job): Path<String>) -> ApiRes
 }
 
 async fn verify(_: Auth, State(s): State<S>, Body(b): Body<api::Verify>) -> ApiResult {
-    let scope = match (b.vault, b.item, b.rp) {
-        (None, None, None) => kura_engine::VerifyScope::All,
-        (Some(v), None, None) => kura_engine::VerifyScope::Vault(v),
-        (None, Some(i), None) => kura_engine::VerifyScope::Item(i),
-        (None, None, Some(r)) => kura_engine::VerifyScope::Rp(r),
-        _ => return Err(ApiError::invalid("give at most one of vault, item, rp")),
-    };
+    let scope = b.scope().map_err(ApiError::invalid)?;
     let target = kura_engine::Home::verify_target(&scope);
     let check_scope = scope.clone();
     start_job(
@@ -1430,10 +1419,15 @@ async fn cancel_job(_: Auth, State(s): State<S>, Path(job): Path<String>) -> Api
     )
 }
 
-async fn get_usage(_: Auth, State(s): State<S>) -> ApiResult {
+async fn get_usage(_: Auth, State(s): State<S>, Params(q): Params<api::UsageFilter>) -> ApiResult {
     ok(
         200,
-        blocking(move || Ok(list::<_, api::VaultUsage>(s.home.usage(None)?))).await?,
+        blocking(move || {
+            Ok(list::<_, api::VaultUsage>(
+                s.home.usage(q.vault.as_deref())?,
+            ))
+        })
+        .await?,
     )
 }
 

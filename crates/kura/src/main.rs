@@ -7,6 +7,7 @@ mod policy_cmd;
 mod quickstart;
 mod remote;
 mod server;
+mod transport;
 mod views;
 
 use std::path::{Path, PathBuf};
@@ -15,12 +16,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kura_api as api;
-use kura_api::convert::list;
-use kura_engine::{
-    BackupOptions, CreateVault, ErrorKind, Home, RestoreFormat, RestoreOptions, Secrets,
-    VerifyScope,
-};
-use output::{Bar, Out};
+use kura_engine::{ErrorKind, Home, RestoreFormat, Secrets};
+use output::Out;
+use transport::{HostOptions, Transport};
 use zeroize::Zeroizing;
 
 /// kura: self-hosted, policy-driven backup for disk images and virtual machines.
@@ -712,26 +710,26 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
     if let Command::Server(args) = &cli.command {
         return server::start(cli, args);
     }
+    let mut host = HostOptions {
+        fast_kdf: test_fast_kdf(),
+        ..Default::default()
+    };
+    let request = request(&cli.command, &mut host)?;
     if let Some(url) = &cli.server {
-        let from_file = match &cli.token_file {
-            Some(f) => Some(
-                std::fs::read_to_string(f)
-                    .with_context(|| format!("--token-file {}", f.display()))?
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-                    .trim()
-                    .to_string(),
-            ),
-            None => None,
+        let Some(request) = request else {
+            anyhow::bail!(
+                "this command runs on the server's host only (quickstart, server, scheduler, vault key export/change, vault detach, policy simulate --file); run it there without --server"
+            );
         };
-        let token = from_file
-            .as_deref()
-            .or(cli.token.as_deref())
-            .filter(|t| !t.is_empty())
-            .context("--server needs a token: --token-file FILE or KURA_TOKEN (or --token)")?;
-        let client = remote::Client::new(url, token, cli.ca_file.as_deref())?;
-        return remote::run(&cli.command, &client, out);
+        let given = host.given();
+        if !given.is_empty() {
+            anyhow::bail!(
+                "{} only work(s) on the server's host; run the command there without --server",
+                given.join(", ")
+            );
+        }
+        let client = remote::Client::new(url, &token(cli)?, cli.ca_file.as_deref(), *out)?;
+        return execute(&client, &request, out);
     }
     let home_dir = cli.home.clone().unwrap_or_else(default_home);
     let home = match test_clock()? {
@@ -739,30 +737,178 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
         None => Home::open(&home_dir)?,
     };
     let secrets = secrets(cli)?;
-    let bar = Bar::new(out);
-    match &cli.command {
-        Command::Vault(cmd) => vault(&home, cmd, &secrets, out),
+    match request {
+        Some(request) => {
+            let local = transport::Local {
+                home: &home,
+                secrets: &secrets,
+                out,
+                host: &host,
+            };
+            execute(&local, &request, out)
+        }
+        None => host_only(&home, &cli.command, secrets, out),
+    }
+}
+
+/// The API token for `--server`: `--token-file`, else `--token` / `KURA_TOKEN`.
+fn token(cli: &Cli) -> anyhow::Result<String> {
+    let from_file = match &cli.token_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("--token-file {}", f.display()))?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    from_file
+        .or_else(|| cli.token.clone())
+        .filter(|t| !t.is_empty())
+        .context("--server needs a token: --token-file FILE or KURA_TOKEN (or --token)")
+}
+
+/// What a command asks for, and how its answer is shown.
+struct Request {
+    call: api::Call,
+    view: views::View,
+    /// The exit code for a successful answer.
+    exit: fn(&serde_json::Value) -> u8,
+    /// `job show --follow`: poll the job until it ends.
+    follow: bool,
+}
+
+/// Sends the command's call through `t` and prints the answer.
+fn execute(t: &dyn Transport, r: &Request, out: &Out) -> anyhow::Result<u8> {
+    let mut answer = t.send(&r.call)?;
+    if r.follow {
+        let id = answer["id"]
+            .as_str()
+            .context("the job has no id")?
+            .to_string();
+        answer = output::follow(out, true, || t.send(&api::Call::GetJob { job: id.clone() }))?;
+    }
+    out.view(&answer, r.view);
+    Ok((r.exit)(&answer))
+}
+
+/// A path given on the command line, absolute (a server does not share the CLI's working
+/// directory), as the API's UTF-8 text.
+fn abs(p: impl AsRef<Path>) -> anyhow::Result<String> {
+    let p = std::path::absolute(p.as_ref())?;
+    p.to_str()
+        .map(str::to_string)
+        .with_context(|| format!("{}: the API takes UTF-8 paths", p.display()))
+}
+
+fn zero(_: &serde_json::Value) -> u8 {
+    0
+}
+
+/// The API call a command makes (`None`: it runs on the home's host only), with the host-only
+/// options it carries put in `host`.
+#[allow(clippy::too_many_lines)]
+fn request(cmd: &Command, host: &mut HostOptions) -> anyhow::Result<Option<Request>> {
+    use api::Call as C;
+    let opt_abs = |p: &Option<PathBuf>| p.as_deref().map(abs).transpose();
+    // Checked here so that the message names the flag, not the API's field.
+    let at = |at: &Option<String>| -> anyhow::Result<api::At> {
+        if let Some(a) = at {
+            a.parse::<jiff::Timestamp>()
+                .with_context(|| format!("--at {a:?} is not an RFC 3339 instant"))?;
+        }
+        Ok(api::At { at: at.clone() })
+    };
+    let (call, view): (C, views::View) = match cmd {
+        Command::Vault(VaultCmd::List) => (C::ListVaults, views::vault_list),
+        Command::Vault(VaultCmd::Show { name }) => (
+            C::GetVault {
+                vault: name.clone(),
+            },
+            views::vault_show,
+        ),
+        Command::Vault(VaultCmd::Create {
+            name,
+            path,
+            chunk_size,
+            no_encryption,
+            cipher,
+            compression_level,
+        }) => {
+            host.cipher = cipher.map(|c| match c {
+                CipherArg::Aes256Gcm => kura_store::Cipher::Aes256Gcm,
+                CipherArg::Chacha20Poly1305 => kura_store::Cipher::Chacha20Poly1305,
+            });
+            host.compression_level = *compression_level;
+            (
+                C::CreateVault(api::NewVault {
+                    name: name.clone(),
+                    path: opt_abs(path)?,
+                    chunk_size: chunk_size.as_deref().map(parse_size).transpose()?,
+                    no_encryption: *no_encryption,
+                }),
+                views::vault_show,
+            )
+        }
+        Command::Vault(VaultCmd::Set {
+            name,
+            soft_delete,
+            soft_delete_days,
+        }) => (
+            C::UpdateVault {
+                vault: name.clone(),
+                body: api::VaultSettings {
+                    soft_delete: soft_delete.clone(),
+                    soft_delete_days: *soft_delete_days,
+                },
+            },
+            views::vault_show,
+        ),
+        Command::Vault(VaultCmd::Attach {
+            name,
+            path,
+            recovery_kit,
+            kit_passphrase_file,
+        }) => {
+            host.recovery_kit.clone_from(recovery_kit);
+            host.kit_passphrase = kit_passphrase_file
+                .as_deref()
+                .map(read_passphrase_file)
+                .transpose()?;
+            (
+                C::AttachVault(api::Attach {
+                    name: name.clone(),
+                    path: abs(path)?,
+                    key_file: None,
+                }),
+                views::attached,
+            )
+        }
+        Command::Vault(VaultCmd::Detach { .. } | VaultCmd::Key(_))
+        | Command::Scheduler(_)
+        | Command::Server(_)
+        | Command::Quickstart(_) => return Ok(None),
         Command::Item(ItemCmd::Protect(ProtectCmd::Disk {
             image,
             vault,
             name,
             policy,
             format,
-        })) => {
-            let item = home.protect_disk(
-                image,
-                vault,
-                name.as_deref(),
-                policy.as_deref(),
-                format.as_deref(),
-                &secrets,
-            )?;
-            out.view(
-                &api::Item::from(home.item_status(&item.name)?),
-                views::protected,
-            );
-            Ok(0)
-        }
+        })) => (
+            C::Protect(api::Protect {
+                kind: "disk".into(),
+                source: Some(abs(image)?),
+                vault: vault.clone(),
+                name: name.clone(),
+                policy: policy.clone(),
+                format: format.clone(),
+                ..Default::default()
+            }),
+            views::protected,
+        ),
         Command::Item(ItemCmd::Protect(ProtectCmd::Vm {
             qmp,
             libvirt,
@@ -775,115 +921,112 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             require_agent,
             pre_script,
             post_script,
-        })) => {
-            let agent = kura_engine::AgentOptions {
-                qga: qga.as_ref().map(|p| p.display().to_string()),
-                require: *require_agent,
+        })) => (
+            C::Protect(api::Protect {
+                kind: "vm".into(),
+                source: opt_abs(qmp)?,
+                libvirt: libvirt.as_ref().map(|d| api::LibvirtDomain {
+                    name: d.clone(),
+                    uri: connect.clone(),
+                }),
+                vault: vault.clone(),
+                name: name.clone(),
+                policy: policy.clone(),
+                format: None,
+                exclude_disks: exclude_disk.clone(),
+                qga: opt_abs(qga)?,
+                require_agent: *require_agent,
                 pre_script: pre_script.clone(),
                 post_script: post_script.clone(),
-            };
-            let link = match (qmp, libvirt) {
-                (Some(q), _) => kura_engine::VmLink::Qmp(q.clone()),
-                (None, Some(d)) => kura_engine::VmLink::Libvirt(
-                    kura_engine::Domain::new(d, connect.as_deref())
-                        .map_err(kura_engine::Error::from)?,
-                ),
-                (None, None) => unreachable!("clap requires one"),
-            };
-            let item = home.protect_vm(
-                &link,
-                vault,
-                name.as_deref(),
-                policy.as_deref(),
-                exclude_disk,
-                &agent,
-                &secrets,
-            )?;
-            out.view(
-                &api::Item::from(home.item_status(&item.name)?),
-                views::protected,
-            );
-            Ok(0)
-        }
-        Command::Item(ItemCmd::List) => {
-            let items: Vec<api::Item> = list(home.list_item_status()?);
-            out.view(&items, views::item_list);
-            Ok(0)
-        }
+            }),
+            views::protected,
+        ),
+        Command::Item(ItemCmd::List) => (C::ListItems, views::item_list),
         Command::Item(ItemCmd::Show { item }) => {
-            let st = api::Item::from(home.item_show(item)?);
-            out.view(&st, views::item_status);
-            Ok(0)
+            (C::GetItem { item: item.clone() }, views::item_status)
         }
-        Command::Item(ItemCmd::Stop { item, delete_data }) => {
-            let st =
-                api::Item::from(home.stop_protection(item, *delete_data, &secrets, home.now())?);
-            out.view(&st, views::item_status);
-            Ok(0)
-        }
-        Command::Item(ItemCmd::Resume { item, policy }) => {
-            let st = api::Item::from(home.resume_protection(item, policy, &secrets)?);
-            out.view(&st, views::item_status);
-            Ok(0)
-        }
+        Command::Item(ItemCmd::Stop { item, delete_data }) => (
+            C::StopProtection {
+                item: item.clone(),
+                body: api::Stop {
+                    delete_data: *delete_data,
+                },
+            },
+            views::item_status,
+        ),
+        Command::Item(ItemCmd::Resume { item, policy }) => (
+            C::ResumeProtection {
+                item: item.clone(),
+                body: api::Resume {
+                    policy: policy.clone(),
+                },
+            },
+            views::item_status,
+        ),
         Command::Item(ItemCmd::Undelete { item }) => {
-            let st = api::Item::from(home.undelete(item, &secrets)?);
-            out.view(&st, views::item_status);
-            Ok(0)
+            (C::Undelete { item: item.clone() }, views::item_status)
         }
         Command::Item(ItemCmd::Precheck { item }) => {
-            let r = api::Precheck::from(home.precheck(item, &secrets)?);
-            out.view(&r, views::precheck);
-            Ok(if r.ready { 0 } else { EXIT_ERROR })
+            return Ok(Some(Request {
+                call: C::Precheck { item: item.clone() },
+                view: views::precheck,
+                exit: |r| if r["ready"] == true { 0 } else { EXIT_ERROR },
+                follow: false,
+            }));
         }
+        Command::Item(ItemCmd::SetFormat { item, format }) => (
+            C::SetFormat {
+                item: item.clone(),
+                body: api::SetFormat {
+                    format: format.clone(),
+                },
+            },
+            views::item_status,
+        ),
         Command::Item(ItemCmd::SetAgent {
             item,
             qga,
             require_agent,
             pre_script,
             post_script,
-        }) => {
-            let agent = kura_engine::AgentOptions {
-                qga: qga.as_ref().map(|p| p.display().to_string()),
-                require: *require_agent,
-                pre_script: pre_script.clone(),
-                post_script: post_script.clone(),
-            };
-            home.set_vm_agent(item, &agent, &secrets)?;
-            let st = api::Item::from(home.item_show(item)?);
-            out.view(&st, views::item_status);
-            Ok(0)
-        }
-        Command::Item(ItemCmd::SetFormat { item, format }) => {
-            home.set_item_format(item, format.as_deref(), &secrets)?;
-            let st = api::Item::from(home.item_status(item)?);
-            out.view(&st, views::item_status);
-            Ok(0)
-        }
+        }) => (
+            C::SetAgent {
+                item: item.clone(),
+                body: api::SetAgent {
+                    qga: opt_abs(qga)?,
+                    require_agent: *require_agent,
+                    pre_script: pre_script.clone(),
+                    post_script: post_script.clone(),
+                },
+            },
+            views::item_status,
+        ),
         Command::Backup(
             now @ BackupCmd::Now {
                 item, retain_until, ..
             },
         ) => {
-            let opts = BackupOptions {
-                retain_until: retain_until.clone(),
-                fail_after_chunks: now.fail_after_chunks(),
-                ..Default::default()
-            };
-            let r = home.backup(item, &secrets, &opts, &bar)?;
-            out.view(&r, views::backup);
-            Ok(0)
+            host.fail_after_chunks = now.fail_after_chunks();
+            (
+                C::BackupNow {
+                    item: item.clone(),
+                    body: api::BackupNow {
+                        retain_until: retain_until.clone(),
+                    },
+                },
+                views::backup,
+            )
         }
         Command::Rp(RpCmd::List { item }) => {
-            let rps: Vec<api::RecoveryPoint> = list(home.list_rps(item)?);
-            out.view(&rps, views::rp_list);
-            Ok(0)
+            (C::ListRecoveryPoints { item: item.clone() }, views::rp_list)
         }
-        Command::Rp(RpCmd::Show { item, rp }) => {
-            let m = api::RecoveryPointDetail::from(home.rp_manifest(item, rp, &secrets)?);
-            out.view(&m, views::rp_show);
-            Ok(0)
-        }
+        Command::Rp(RpCmd::Show { item, rp }) => (
+            C::GetRecoveryPoint {
+                item: item.clone(),
+                rp: rp.clone(),
+            },
+            views::rp_show,
+        ),
         Command::Restore(RestoreCmd::Disk {
             item,
             rp,
@@ -892,21 +1035,20 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             force,
             disk,
             decrypt,
-        }) => {
-            let format = RestoreFormat::for_target(format.map(FormatArg::restore_format), to)?;
-            let opts = RestoreOptions {
-                rp: rp.clone(),
-                to: to.clone(),
-                format,
-                force: *force,
-                job_id: None,
-                disk: disk.clone(),
-                decrypt: *decrypt,
-            };
-            let r = home.restore_disk(item, &opts, &secrets, &bar)?;
-            out.view(&r, views::restore);
-            Ok(0)
-        }
+        }) => (
+            C::Restore {
+                item: item.clone(),
+                body: api::Restore {
+                    rp: rp.clone(),
+                    to: abs(to)?,
+                    format: format.map(|f| f.restore_format().name().to_string()),
+                    force: *force,
+                    disk: disk.clone(),
+                    decrypt: *decrypt,
+                },
+            },
+            views::restore,
+        ),
         Command::Restore(RestoreCmd::Disks {
             item,
             rp,
@@ -915,228 +1057,155 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
             format,
             force,
             decrypt,
-        }) => {
-            let opts = kura_engine::RestoreDisksOptions {
-                rp: rp.clone(),
-                dir: to.clone(),
-                disks: disks.clone(),
-                format: format.restore_format(),
-                force: *force,
-                decrypt: *decrypt,
-                job_id: None,
-            };
-            let reports = home.restore_disks(item, &opts, &secrets, &bar)?;
-            out.print(&reports, || {
-                reports
-                    .iter()
-                    .map(|r| views::restore(&serde_json::to_value(r).unwrap_or_default()))
-                    .collect::<String>()
-            });
-            Ok(0)
-        }
+        }) => (
+            C::RestoreDisks {
+                item: item.clone(),
+                body: api::RestoreDisks {
+                    rp: rp.clone(),
+                    to: abs(to)?,
+                    disks: disks.clone(),
+                    format: Some(format.restore_format().name().to_string()),
+                    force: *force,
+                    decrypt: *decrypt,
+                },
+            },
+            views::restore_disks,
+        ),
         Command::Restore(RestoreCmd::Vm {
             item,
             rp,
             as_new,
             to,
             start,
-            replace: _,
+            replace,
             stop,
-        }) => {
-            let mode = match (as_new, to) {
-                (Some(name), Some(dir)) => kura_engine::VmRestoreMode::AsNew {
-                    name: name.clone(),
-                    dir: dir.clone(),
+        }) => (
+            C::RestoreVm {
+                item: item.clone(),
+                body: api::RestoreVm {
+                    rp: rp.clone(),
+                    as_new: as_new.clone(),
+                    to: opt_abs(to)?,
                     start: *start,
+                    replace: *replace,
+                    stop: *stop,
                 },
-                _ => kura_engine::VmRestoreMode::Replace { stop: *stop },
-            };
-            let opts = kura_engine::VmRestoreOptions {
-                rp: rp.clone(),
-                mode,
-                job_id: None,
-                may_write: None,
-            };
-            let r = home.restore_vm(item, &opts, &secrets, &bar)?;
-            out.view(&r, views::restore_vm);
-            Ok(0)
-        }
-        Command::Verify(args) => {
-            let scope = match (&args.vault, &args.item, &args.rp) {
-                (Some(v), _, _) => VerifyScope::Vault(v.clone()),
-                (_, Some(i), _) => VerifyScope::Item(i.clone()),
-                (_, _, Some(r)) => VerifyScope::Rp(r.clone()),
-                _ => VerifyScope::All,
-            };
-            let r = home.verify(&scope, &secrets, &bar)?;
-            out.view(&r, views::verify);
-            Ok(if r.ok() { 0 } else { EXIT_DAMAGED })
+            },
+            views::restore_vm,
+        ),
+        Command::Verify(v) => {
+            return Ok(Some(Request {
+                call: C::Verify(api::Verify {
+                    vault: v.vault.clone(),
+                    item: v.item.clone(),
+                    rp: v.rp.clone(),
+                }),
+                view: views::verify,
+                exit: |r| {
+                    let damaged = r["problems"].as_array().is_some_and(|p| !p.is_empty());
+                    if damaged { EXIT_DAMAGED } else { 0 }
+                },
+                follow: false,
+            }));
         }
         Command::Job(JobCmd::List {
             limit,
             item,
             status,
             operation,
-        }) => {
-            let jobs = home.find_jobs(&kura_engine::JobQuery {
+        }) => (
+            C::ListJobs(api::JobFilter {
+                limit: Some(*limit),
                 item: item.clone(),
                 status: status.clone(),
                 operation: operation.clone(),
-                limit: *limit,
-            })?;
-            out.view(&list::<_, api::Job>(jobs), views::job_list);
-            Ok(0)
+            }),
+            views::job_list,
+        ),
+        Command::Job(JobCmd::Show { id, follow }) => {
+            return Ok(Some(Request {
+                call: C::GetJob { job: id.clone() },
+                view: views::job_show,
+                exit: zero,
+                follow: *follow,
+            }));
         }
         Command::Job(JobCmd::Cancel { id }) => {
-            let j = api::Job::from(home.cancel_job(id)?);
-            out.view(&j, views::job_status);
-            Ok(0)
+            (C::CancelJob { job: id.clone() }, views::job_status)
         }
-        Command::Job(JobCmd::Show { id, follow }) => {
-            let j = if *follow {
-                let id = home.job(id)?.id;
-                output::follow(out, true, || {
-                    Ok(serde_json::to_value(home.job(&id)?).expect("serializable"))
-                })?
-            } else {
-                serde_json::to_value(api::Job::from(home.job(id)?)).expect("serializable")
-            };
-            out.view(&j, views::job_show);
-            Ok(0)
-        }
-        Command::Policy(cmd) => policy_cmd::run_policy(&home, cmd, out),
-        Command::Server(_) => unreachable!("handled before the home is opened"),
-        Command::Token(cmd) => {
-            let expiry =
-                |e: &Option<String>| e.as_deref().map(|t| home.parse_token_expiry(t)).transpose();
-            match cmd {
-                TokenCmd::Create { name, expires } => {
-                    let t = api::NewToken::from(home.create_token(name, expiry(expires)?)?);
-                    out.view(&t, views::new_token);
-                }
-                TokenCmd::List => out.view(
-                    &list::<_, api::Token>(home.list_tokens()?),
-                    views::token_list,
-                ),
-                TokenCmd::Revoke { name } => {
-                    home.revoke_token(name)?;
-                    out.view(&serde_json::json!({"revoked": name}), views::token_revoked);
-                }
-                TokenCmd::Reset { name, expires } => {
-                    let t = api::NewToken::from(home.reset_token(name, None, expiry(expires)?)?);
-                    out.view(&t, views::new_token);
-                }
-            }
-            Ok(0)
-        }
-        Command::Usage { vault } => {
-            let u: Vec<api::VaultUsage> = list(home.usage(vault.as_deref())?);
-            out.view(&u, views::usage);
-            Ok(0)
-        }
+        Command::Policy(p) => match policy_cmd::call(p)? {
+            Some(r) => r,
+            None => return Ok(None),
+        },
+        Command::Retention(policy_cmd::RetentionCmd::Plan { item, at: at_given }) => (
+            C::RetentionPlan {
+                item: item.clone(),
+                query: at(at_given)?,
+            },
+            |v| views::retention(v, false),
+        ),
+        Command::Retention(policy_cmd::RetentionCmd::Apply { item, at: at_given }) => (
+            C::ApplyRetention {
+                item: item.clone(),
+                body: at(at_given)?,
+            },
+            |v| views::retention(v, true),
+        ),
+        Command::Usage { vault } => (
+            C::Usage(api::UsageFilter {
+                vault: vault.clone(),
+            }),
+            views::usage,
+        ),
         Command::Gc {
             vault,
             grace,
             dry_run,
-        } => {
-            let opts = kura_engine::GcOptions {
-                grace: jiff::SignedDuration::from_secs((*grace).max(0)),
-                dry_run: *dry_run,
-                job_id: None,
-            };
-            let r = home.gc(vault, &opts, &secrets, &bar)?;
-            out.view(&r, views::gc);
-            Ok(0)
-        }
-        Command::Retention(cmd) => policy_cmd::run_retention(&home, cmd, &secrets, out),
-        Command::Scheduler(cmd) => policy_cmd::run_scheduler(&home, cmd, secrets, out),
-        Command::Quickstart(_) => unreachable!("handled above"),
-    }
+        } => (
+            C::Gc {
+                vault: vault.clone(),
+                body: api::Gc {
+                    grace_seconds: Some(*grace),
+                    dry_run: *dry_run,
+                },
+            },
+            views::gc,
+        ),
+        Command::Token(cmd) => match cmd {
+            TokenCmd::Create { name, expires } => (
+                C::CreateToken(api::NewTokenRequest {
+                    name: name.clone(),
+                    expires: expires.clone(),
+                }),
+                views::new_token,
+            ),
+            TokenCmd::List => (C::ListTokens, views::token_list),
+            TokenCmd::Revoke { name } => {
+                (C::RevokeToken { name: name.clone() }, views::token_revoked)
+            }
+            TokenCmd::Reset { name, expires } => (
+                C::ResetToken {
+                    name: name.clone(),
+                    body: api::ResetToken {
+                        expires: expires.clone(),
+                    },
+                },
+                views::new_token,
+            ),
+        },
+    };
+    Ok(Some(Request {
+        call,
+        view,
+        exit: zero,
+        follow: false,
+    }))
 }
 
-fn vault(home: &Home, cmd: &VaultCmd, secrets: &Secrets, out: &Out) -> anyhow::Result<u8> {
+/// The commands that work on the home's host only: they handle secrets or the service itself.
+fn host_only(home: &Home, cmd: &Command, secrets: Secrets, out: &Out) -> anyhow::Result<u8> {
     match cmd {
-        VaultCmd::Create {
-            name,
-            path,
-            chunk_size,
-            no_encryption,
-            cipher,
-            compression_level,
-        } => {
-            let opts = CreateVault {
-                path: path.clone(),
-                chunk_size: chunk_size.as_deref().map(parse_size).transpose()?,
-                no_encryption: *no_encryption,
-                cipher: cipher.map(|c| match c {
-                    CipherArg::Aes256Gcm => kura_store::Cipher::Aes256Gcm,
-                    CipherArg::Chacha20Poly1305 => kura_store::Cipher::Chacha20Poly1305,
-                }),
-                compression_level: *compression_level,
-                fast_kdf: test_fast_kdf(),
-            };
-            let v = home.create_vault(name, &opts, secrets)?;
-            out.print(&v, || {
-                let mut s = format!(
-                    "created vault {} at {} (chunk size {}, encryption {})\n",
-                    v.row.name,
-                    v.row.path,
-                    output::size(u64::from(v.row.chunk_size)),
-                    v.row.encryption
-                );
-                if let Some(n) = &v.note {
-                    s += &format!("note: {n}\n");
-                }
-                s
-            });
-            Ok(0)
-        }
-        VaultCmd::Set {
-            name,
-            soft_delete,
-            soft_delete_days,
-        } => {
-            let (mode, days) =
-                home.set_soft_delete(name, soft_delete.as_deref(), *soft_delete_days)?;
-            let doc =
-                serde_json::json!({"vault": name, "soft_delete": mode, "soft_delete_days": days});
-            out.print(&doc, || {
-                format!("vault {name}: soft delete {mode}, {days} days\n")
-            });
-            Ok(0)
-        }
-        VaultCmd::List => {
-            let vs: Vec<api::Vault> = list(home.list_vaults()?);
-            out.view(&vs, views::vault_list);
-            Ok(0)
-        }
-        VaultCmd::Show { name } => {
-            let v = api::Vault::from(home.vault_info(name)?);
-            out.view(&v, views::vault_show);
-            Ok(0)
-        }
-        VaultCmd::Attach {
-            name,
-            path,
-            recovery_kit,
-            kit_passphrase_file,
-        } => {
-            let mut secrets = secrets.clone();
-            secrets.recovery_kit = recovery_kit.clone();
-            if let Some(f) = kit_passphrase_file {
-                secrets.kit_passphrase = Some(read_passphrase_file(f)?);
-            }
-            let r = home.attach_vault(name, path, &secrets)?;
-            let r = api::Attached {
-                vault: home.vault_info(name)?.into(),
-                items: r.items,
-                recovery_points: r.recovery_points,
-                warnings: r.warnings,
-            };
-            out.view(&r, views::attached);
-            Ok(0)
-        }
-        VaultCmd::Detach { name } => {
+        Command::Vault(VaultCmd::Detach { name }) => {
             home.detach_vault(name)?;
             let doc = serde_json::json!({"vault": name, "detached": true});
             out.print(&doc, || {
@@ -1144,14 +1213,14 @@ fn vault(home: &Home, cmd: &VaultCmd, secrets: &Secrets, out: &Out) -> anyhow::R
             });
             Ok(0)
         }
-        VaultCmd::Key(KeyCmd::Export {
+        Command::Vault(VaultCmd::Key(KeyCmd::Export {
             name,
             to,
             kit_passphrase_file,
             plain,
             force,
-        }) => {
-            let mut secrets = secrets.clone();
+        })) => {
+            let mut secrets = secrets;
             if let Some(f) = kit_passphrase_file {
                 secrets.kit_passphrase = Some(read_passphrase_file(f)?);
             }
@@ -1159,11 +1228,11 @@ fn vault(home: &Home, cmd: &VaultCmd, secrets: &Secrets, out: &Out) -> anyhow::R
             out.view(&r, views::kit_exported);
             Ok(0)
         }
-        VaultCmd::Key(KeyCmd::Change {
+        Command::Vault(VaultCmd::Key(KeyCmd::Change {
             name,
             new_passphrase_file,
             new_key_file,
-        }) => {
+        })) => {
             let new = kura_engine::NewKey {
                 passphrase: new_passphrase_file
                     .as_deref()
@@ -1171,10 +1240,13 @@ fn vault(home: &Home, cmd: &VaultCmd, secrets: &Secrets, out: &Out) -> anyhow::R
                     .transpose()?,
                 key_file: new_key_file.clone(),
             };
-            let v = api::Vault::from(home.change_vault_key(name, &new, secrets)?);
+            let v = api::Vault::from(home.change_vault_key(name, &new, &secrets)?);
             out.view(&v, views::vault_show);
             Ok(0)
         }
+        Command::Policy(cmd) => policy_cmd::simulate_file(home, cmd, out),
+        Command::Scheduler(cmd) => policy_cmd::run_scheduler(home, cmd, secrets, out),
+        _ => unreachable!("every other command is an API call"),
     }
 }
 

@@ -8,6 +8,7 @@ use kura_engine::Progress;
 use serde::Serialize;
 
 /// Where results go.
+#[derive(Debug, Clone, Copy)]
 pub struct Out {
     json: bool,
 }

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Subcommand;
+use kura_api::Call;
 use kura_engine::{Home, PolicySource, Secrets, split_policy_path};
+use serde_json::Value;
 
 use crate::output::Out;
 
@@ -106,55 +108,86 @@ fn read(file: &PathBuf) -> anyhow::Result<Vec<u8>> {
     std::fs::read(file).with_context(|| format!("cannot read policy file {}", file.display()))
 }
 
-pub fn run_policy(home: &Home, cmd: &PolicyCmd, out: &Out) -> anyhow::Result<u8> {
-    match cmd {
-        PolicyCmd::Create { vault, file } => {
-            let p = home.create_policy(vault, &read(file)?)?;
-            out.view(&p, crate::views::policy_show);
-        }
-        PolicyCmd::List { vault } => {
-            let rows = home.list_policies(vault)?;
-            out.view(&rows, crate::views::policy_list);
-        }
+/// The API call of a policy command, with its view; `None` for `simulate --file`, which
+/// previews a document that is not stored (on this host only).
+pub fn call(cmd: &PolicyCmd) -> anyhow::Result<Option<(Call, crate::views::View)>> {
+    let parse = |file: &PathBuf| -> anyhow::Result<Value> {
+        serde_json::from_slice(&read(file)?)
+            .with_context(|| format!("policy file {} is not JSON", file.display()))
+    };
+    Ok(Some(match cmd {
+        PolicyCmd::Create { vault, file } => (
+            Call::CreatePolicy {
+                vault: vault.clone(),
+                doc: parse(file)?,
+            },
+            crate::views::policy_show,
+        ),
+        PolicyCmd::List { vault } => (
+            Call::ListPolicies {
+                vault: vault.clone(),
+            },
+            crate::views::policy_list,
+        ),
         PolicyCmd::Show { path } => {
-            let (v, n) = split_policy_path(path)?;
-            let p = home.policy(&v, &n)?;
-            out.view(&p, crate::views::policy_show);
+            let (vault, policy) = split_policy_path(path)?;
+            (Call::GetPolicy { vault, policy }, crate::views::policy_show)
         }
         PolicyCmd::Update { path, file } => {
-            let (v, n) = split_policy_path(path)?;
-            let (p, changed) = home.update_policy(&v, &n, &read(file)?)?;
-            let doc = serde_json::json!({"policy": p, "recovery_points_updated": changed});
-            out.view(&doc, crate::views::policy_show);
+            let (vault, policy) = split_policy_path(path)?;
+            (
+                Call::UpdatePolicy {
+                    vault,
+                    policy,
+                    doc: parse(file)?,
+                },
+                crate::views::policy_show,
+            )
         }
         PolicyCmd::Delete { path } => {
-            let (v, n) = split_policy_path(path)?;
-            home.delete_policy(&v, &n)?;
-            out.print(&serde_json::json!({"deleted": path}), || {
-                format!("deleted policy {path}\n")
-            });
+            let (vault, policy) = split_policy_path(path)?;
+            (Call::DeletePolicy { vault, policy }, |v| {
+                format!("deleted policy {}\n", v["deleted"].as_str().unwrap_or(""))
+            })
         }
         PolicyCmd::Simulate {
-            path,
-            file,
+            path: Some(path),
+            file: None,
             from,
             days,
         } => {
-            let source = match (path, file) {
-                (Some(p), _) => {
-                    let (vault, name) = split_policy_path(p)?;
-                    PolicySource::Stored { vault, name }
-                }
-                (None, Some(f)) => PolicySource::Document(read(f)?),
-                (None, None) => anyhow::bail!("give VAULT/NAME or --file"),
-            };
-            let from: jiff::civil::Date = from
-                .parse()
-                .with_context(|| format!("--from {from:?} is not a date in YYYY-MM-DD form"))?;
-            let sim = home.simulate_policy(&source, from, *days)?;
-            out.view(&sim, crate::views::simulation);
+            let (vault, policy) = split_policy_path(path)?;
+            crate::transport::simulation_start(from)?;
+            (
+                Call::SimulatePolicy {
+                    vault,
+                    policy,
+                    body: kura_api::Simulate {
+                        from: from.clone(),
+                        days: *days,
+                    },
+                },
+                crate::views::simulation,
+            )
         }
-    }
+        PolicyCmd::Simulate { .. } => return Ok(None),
+    }))
+}
+
+/// `kura policy simulate --file`: a document that is not stored, on this host.
+pub fn simulate_file(home: &Home, cmd: &PolicyCmd, out: &Out) -> anyhow::Result<u8> {
+    let PolicyCmd::Simulate {
+        file: Some(f),
+        from,
+        days,
+        ..
+    } = cmd
+    else {
+        anyhow::bail!("give VAULT/NAME or --file");
+    };
+    let source = PolicySource::Document(read(f)?);
+    let sim = home.simulate_policy(&source, crate::transport::simulation_start(from)?, *days)?;
+    out.view(&kura_api::Simulation::from(sim), crate::views::simulation);
     Ok(0)
 }
 
@@ -166,23 +199,6 @@ fn instant(home: &Home, at: &Option<String>) -> anyhow::Result<jiff::Timestamp> 
             .with_context(|| format!("--at {a:?} is not an RFC 3339 instant")),
         None => Ok(home.now()),
     }
-}
-
-pub fn run_retention(
-    home: &Home,
-    cmd: &RetentionCmd,
-    secrets: &Secrets,
-    out: &Out,
-) -> anyhow::Result<u8> {
-    let (plan, applied) = match cmd {
-        RetentionCmd::Plan { item, at } => (home.retention_plan(item, instant(home, at)?)?, false),
-        RetentionCmd::Apply { item, at } => (
-            home.retention_apply(item, instant(home, at)?, secrets)?,
-            true,
-        ),
-    };
-    out.view(&plan, |v| crate::views::retention(v, applied));
-    Ok(0)
 }
 
 fn tick_text(r: &kura_engine::TickReport) -> String {
@@ -265,79 +281,4 @@ pub fn run_scheduler(
             }
         }
     }
-}
-
-/// `kura policy ...` through the server.
-pub fn run_policy_remote(
-    cmd: &PolicyCmd,
-    c: &crate::remote::Client,
-    out: &Out,
-) -> anyhow::Result<u8> {
-    use crate::remote::segment as seg;
-    let v = match cmd {
-        PolicyCmd::Create { vault, file } => {
-            let doc: serde_json::Value = serde_json::from_slice(&read(file)?)
-                .with_context(|| format!("{} is not JSON", file.display()))?;
-            c.request(
-                "POST",
-                &format!("/vaults/{}/policies", seg(vault)),
-                Some(doc),
-            )?
-        }
-        PolicyCmd::List { vault } => {
-            c.request("GET", &format!("/vaults/{}/policies", seg(vault)), None)?
-        }
-        PolicyCmd::Show { path } => {
-            let (v, n) = split_policy_path(path)?;
-            c.request(
-                "GET",
-                &format!("/vaults/{}/policies/{}", seg(&v), seg(&n)),
-                None,
-            )?
-        }
-        PolicyCmd::Update { path, file } => {
-            let (v, n) = split_policy_path(path)?;
-            let doc: serde_json::Value = serde_json::from_slice(&read(file)?)
-                .with_context(|| format!("{} is not JSON", file.display()))?;
-            c.request(
-                "PUT",
-                &format!("/vaults/{}/policies/{}", seg(&v), seg(&n)),
-                Some(doc),
-            )?
-        }
-        PolicyCmd::Delete { path } => {
-            let (v, n) = split_policy_path(path)?;
-            c.request(
-                "DELETE",
-                &format!("/vaults/{}/policies/{}", seg(&v), seg(&n)),
-                None,
-            )?
-        }
-        PolicyCmd::Simulate {
-            path: Some(path),
-            file: None,
-            from,
-            days,
-        } => {
-            let (v, n) = split_policy_path(path)?;
-            c.request(
-                "POST",
-                &format!("/vaults/{}/policies/{}/simulate", seg(&v), seg(&n)),
-                Some(serde_json::json!({"from": from, "days": days})),
-            )?
-        }
-        PolicyCmd::Simulate { .. } => {
-            anyhow::bail!("through --server, simulate a stored policy: VAULT/NAME")
-        }
-    };
-    let render: fn(&serde_json::Value) -> String = match cmd {
-        PolicyCmd::List { .. } => crate::views::policy_list,
-        PolicyCmd::Simulate { .. } => crate::views::simulation,
-        PolicyCmd::Delete { .. } => {
-            |v| format!("deleted policy {}\n", v["deleted"].as_str().unwrap_or(""))
-        }
-        _ => crate::views::policy_show,
-    };
-    out.view(&v, render);
-    Ok(0)
 }

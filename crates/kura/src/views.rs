@@ -7,6 +7,9 @@ use serde_json::Value;
 use crate::output::{Table, size};
 
 /// A job or recovery point id in tables: its short form, which every command accepts.
+/// Renders an answer of the API as text.
+pub type View = fn(&Value) -> String;
+
 fn short(v: &Value) -> String {
     kura_catalog::short_id(&s(v)).to_string()
 }
@@ -280,6 +283,11 @@ pub fn restore(r: &Value) -> String {
         sz(&r["size"]),
         sz(&r["bytes_written"])
     )
+}
+
+/// `kura restore disks`: one report per disk.
+pub fn restore_disks(r: &Value) -> String {
+    rows(r).map(restore).collect()
 }
 
 /// `kura restore vm`.
@@ -790,5 +798,5 @@ pub fn token_list(v: &Value) -> String {
 
 /// `kura token revoke`.
 pub fn token_revoked(v: &Value) -> String {
-    format!("token {} revoked\n", s(&v["revoked"]))
+    format!("token {} revoked\n", s(&v["name"]))
 }
