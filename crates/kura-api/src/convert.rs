@@ -219,6 +219,7 @@ impl From<kura_catalog::JobRow> for Job {
             bytes_total: j.bytes_total,
             rp_id: j.rp_id,
             error: j.error,
+            error_code: j.error_code,
             log: j.log,
             tasks: j
                 .tasks

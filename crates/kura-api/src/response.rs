@@ -414,6 +414,11 @@ pub struct Job {
     pub rp_id: Option<String>,
     /// Why it failed.
     pub error: Option<String>,
+    /// How it failed, as a stable code (`not_found`, `already_exists`, `invalid`,
+    /// `conflict`, `corrupt`, `key`, `cancelled` or `error`): the code the same command run
+    /// on the server's host exits with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
     /// Log lines.
     pub log: Vec<String>,
     /// Sub-tasks (a backup's `snapshot` and `transfer`), in order.

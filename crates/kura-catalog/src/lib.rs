@@ -208,6 +208,8 @@ pub struct JobRow {
     pub rp_id: Option<String>,
     /// Error message, if it failed.
     pub error: Option<String>,
+    /// The failure as a stable code (`not_found`, `conflict`, ...), when it failed.
+    pub error_code: Option<String>,
     /// Log lines.
     pub log: Vec<String>,
     /// Sub-tasks (a backup's `snapshot` and `transfer`), in order.
@@ -974,6 +976,7 @@ impl Catalog {
             bytes_total: 0,
             rp_id: None,
             error: None,
+            error_code: None,
             log: Vec::new(),
             pid: std::process::id(),
             tasks: Vec::new(),
@@ -1111,13 +1114,23 @@ impl Catalog {
                 .get::<_, Option<String>>(13)?
                 .and_then(|t| serde_json::from_str(&t).ok()),
             queued: r.get(14)?,
+            error_code: r.get(15)?,
             rate_bytes_per_sec: None,
             eta_seconds: None,
         }
         .with_rate())
     }
 
-    const JOB_COLS: &str = "id, operation, target, status, started, ended, bytes_done, bytes_total, rp_id, error, log, pid, tasks, result, queued";
+    const JOB_COLS: &str = "id, operation, target, status, started, ended, bytes_done, bytes_total, rp_id, error, log, pid, tasks, result, queued, error_code";
+
+    /// Records the stable code of a job's failure.
+    pub fn set_job_error_code(&self, id: &str, code: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE jobs SET error_code = ?2 WHERE id = ?1",
+            params![id, code],
+        )?;
+        Ok(())
+    }
 
     /// Stores a job's report.
     pub fn set_job_result(&self, id: &str, result: &serde_json::Value) -> Result<()> {

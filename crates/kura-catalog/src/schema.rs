@@ -141,6 +141,9 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX rps_by_short_id ON recovery_points(substr(id, 25));",
     // 20: jobs wait in the server's queue (status Queued) from `queued` until `started`.
     "ALTER TABLE jobs ADD COLUMN queued TEXT;",
+    // 21: why a job failed as a stable code (not_found, conflict, ...), as a command run
+    // directly would exit with.
+    "ALTER TABLE jobs ADD COLUMN error_code TEXT;",
 ];
 
 pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {

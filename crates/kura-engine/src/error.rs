@@ -20,6 +20,22 @@ pub enum ErrorKind {
     Other,
 }
 
+impl ErrorKind {
+    /// The stable snake_case code the CLI and the API report for this kind.
+    pub fn code(self) -> &'static str {
+        match self {
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::AlreadyExists => "already_exists",
+            ErrorKind::Invalid => "invalid",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::Corrupt => "corrupt",
+            ErrorKind::Key => "key",
+            ErrorKind::Cancelled => "cancelled",
+            ErrorKind::Other => "error",
+        }
+    }
+}
+
 /// An engine error: a message naming the object, and a kind.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -1111,9 +1111,12 @@ impl Home {
 
     /// Marks a begun job failed if it is still in progress (its work could not start).
     /// One asked to stop meanwhile ends Cancelled.
-    pub fn abandon_job(&self, id: &str, error: &str) -> Result<()> {
+    pub fn abandon_job(&self, id: &str, error: &str, kind: ErrorKind) -> Result<()> {
         match self.catalog.job(id)?.status.as_str() {
-            "InProgress" => self.catalog.finish_job(id, "Failed", None, Some(error))?,
+            "InProgress" => {
+                self.catalog.finish_job(id, "Failed", None, Some(error))?;
+                self.catalog.set_job_error_code(id, kind.code())?;
+            }
             "Cancelling" => self
                 .catalog
                 .finish_job(id, "Cancelled", None, Some(error))?,
@@ -1192,6 +1195,7 @@ impl Home {
                 let msg = e.to_string();
                 ctx.log(&format!("failed: {msg}"));
                 self.catalog.finish_job(&id, "Failed", None, Some(&msg))?;
+                self.catalog.set_job_error_code(&id, e.kind().code())?;
                 Err(Error::new(e.kind(), format!("{msg} (job {id})")))
             }
         }

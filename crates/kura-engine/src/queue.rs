@@ -296,16 +296,22 @@ impl JobQueue {
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(home, &id)));
             let failure = match outcome {
                 Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(e.to_string()),
-                Err(_) => Some(format!("internal error: {operation} of {target} panicked")),
+                Ok(Err(e)) => Some((e.to_string(), e.kind())),
+                Err(_) => Some((
+                    format!("internal error: {operation} of {target} panicked"),
+                    ErrorKind::Other,
+                )),
             };
             // Work that fails before its job runs (a vault that cannot be opened) leaves
             // the row InProgress; it ends Failed with the reason. Work must end its job;
             // one that did not is not left running forever.
-            let msg = failure.unwrap_or_else(|| {
-                format!("internal error: {operation} of {target} ended without an outcome")
+            let (msg, kind) = failure.unwrap_or_else(|| {
+                (
+                    format!("internal error: {operation} of {target} ended without an outcome"),
+                    ErrorKind::Other,
+                )
             });
-            let _ = home.abandon_job(&id, &msg);
+            let _ = home.abandon_job(&id, &msg, kind);
             if let Ok(job) = home.catalog.job(&id) {
                 self.notify(|| QueueEvent::Ended {
                     job: Box::new(job),

@@ -56,6 +56,9 @@ pub struct ServerConfig {
     pub log_format: LogFormat,
     /// Which events to log, in `RUST_LOG` syntax (`info`, `kura=debug,tower=warn`, ...).
     pub log_level: String,
+    /// Run the scheduler (scheduled backups, retention, purges, GC). Off when another
+    /// process ticks for this home (`kura scheduler run` or a timer).
+    pub scheduler: bool,
     /// Seconds between scheduler ticks.
     pub tick_seconds: u64,
     /// Spread window, in seconds, for items that share a schedule.
@@ -90,6 +93,7 @@ impl Default for ServerConfig {
             insecure_http: false,
             log_format: LogFormat::Text,
             log_level: "info".to_string(),
+            scheduler: true,
             tick_seconds: 30,
             spread_seconds: 600,
             max_jobs: kura_engine::QueueLimits::for_this_machine().jobs,

@@ -42,8 +42,8 @@ impl Roots {
     /// A source path from a request: absolute, existing, under a source root.
     pub fn source(&self, field: &str, path: &str) -> Result<PathBuf, ApiError> {
         let p = absolute(field, path)?;
-        let real = std::fs::canonicalize(&p)
-            .map_err(|e| ApiError::invalid(format!("{field}: {path}: {e}")))?;
+        let real =
+            std::fs::canonicalize(&p).map_err(|e| unreadable(format!("{field}: {path}"), &e))?;
         check(field, path, &real, &self.source, "--allow-source")?;
         Ok(real)
     }
@@ -57,9 +57,8 @@ impl Roots {
             None => return Err(ApiError::invalid(format!("{field}: {path} names no file"))),
         };
         let parent = p.parent().unwrap_or(Path::new("/"));
-        let real_parent = std::fs::canonicalize(parent).map_err(|e| {
-            ApiError::invalid(format!("{field}: directory {}: {e}", parent.display()))
-        })?;
+        let real_parent = std::fs::canonicalize(parent)
+            .map_err(|e| unreadable(format!("{field}: directory {}", parent.display()), &e))?;
         let mut real = real_parent.join(name);
         // An existing target that is a symlink is resolved too: writing follows it.
         if let Ok(target) = std::fs::canonicalize(&real) {
@@ -67,6 +66,16 @@ impl Roots {
         }
         check(field, path, &real, &self.restore, "--allow-restore")?;
         Ok(real)
+    }
+}
+
+/// A path that cannot be resolved: 404 when it does not exist (as the same command run on
+/// the host reports it), else 400.
+fn unreadable(what: String, e: &std::io::Error) -> ApiError {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("{what}: {e}"))
+    } else {
+        ApiError::invalid(format!("{what}: {e}"))
     }
 }
 

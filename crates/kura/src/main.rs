@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kura_api as api;
-use kura_engine::{ErrorKind, Home, RestoreFormat, Secrets};
+use kura_engine::{Home, RestoreFormat, Secrets};
 use output::Out;
 use transport::{HostOptions, Transport};
 use zeroize::Zeroizing;
@@ -817,8 +817,9 @@ fn request(cmd: &Command, host: &mut HostOptions) -> anyhow::Result<Option<Reque
     // Checked here so that the message names the flag, not the API's field.
     let at = |at: &Option<String>| -> anyhow::Result<api::At> {
         if let Some(a) = at {
-            a.parse::<jiff::Timestamp>()
-                .with_context(|| format!("--at {a:?} is not an RFC 3339 instant"))?;
+            a.parse::<jiff::Timestamp>().map_err(|e| {
+                transport::invalid(format!("--at {a:?} is not an RFC 3339 instant: {e}"))
+            })?;
         }
         Ok(api::At { at: at.clone() })
     };
@@ -1007,6 +1008,13 @@ fn request(cmd: &Command, host: &mut HostOptions) -> anyhow::Result<Option<Reque
             },
         ) => {
             host.fail_after_chunks = now.fail_after_chunks();
+            if let Some(d) = retain_until {
+                d.parse::<jiff::civil::Date>().map_err(|e| {
+                    transport::invalid(format!(
+                        "--retain-until {d:?} is not a date in YYYY-MM-DD form: {e}"
+                    ))
+                })?;
+            }
             (
                 C::BackupNow {
                     item: item.clone(),
@@ -1258,16 +1266,8 @@ fn error_code(e: &anyhow::Error) -> &str {
     if let Some(kura_catalog::Error::NotFound { .. }) = e.downcast_ref::<kura_catalog::Error>() {
         return "not_found";
     }
-    match e.downcast_ref::<kura_engine::Error>().map(|e| e.kind()) {
-        Some(ErrorKind::NotFound) => "not_found",
-        Some(ErrorKind::AlreadyExists) => "already_exists",
-        Some(ErrorKind::Invalid) => "invalid",
-        Some(ErrorKind::Conflict) => "conflict",
-        Some(ErrorKind::Corrupt) => "corrupt",
-        Some(ErrorKind::Key) => "key",
-        Some(ErrorKind::Cancelled) => "cancelled",
-        _ => "error",
-    }
+    e.downcast_ref::<kura_engine::Error>()
+        .map_or("error", |e| e.kind().code())
 }
 
 impl BackupCmd {

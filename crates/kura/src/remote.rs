@@ -133,26 +133,36 @@ impl Transport for Client {
             eprintln!("job {job} queued");
         }
         let path = format!("/jobs/{}", api::call::seg(job));
-        let j = crate::output::follow(&self.out, false, || self.call("GET", &path, None))?;
-        match j["status"].as_str() {
-            Some("Completed") => {}
-            status => {
-                // The job's error is the message the same command run on the host would
-                // print; the code says how it ended.
-                return Err(ApiFailure {
-                    code: if status == Some("Cancelled") {
-                        "cancelled"
-                    } else {
-                        "error"
-                    }
-                    .into(),
-                    message: j["error"].as_str().map_or_else(
-                        || format!("job {job} {}", status.unwrap_or("?")),
-                        str::to_string,
-                    ),
+        // Said once the job leaves the queue, as the command run on the host says it.
+        let started = std::cell::Cell::new(false);
+        let j = crate::output::follow(&self.out, false, || {
+            let j = self.call("GET", &path, None)?;
+            if !started.get() && j["status"] != "Queued" {
+                started.set(true);
+                if !self.out.json() {
+                    eprintln!(
+                        "job {job} started: {} of {}",
+                        j["operation"].as_str().unwrap_or("?"),
+                        j["target"].as_str().unwrap_or("?")
+                    );
                 }
-                .into());
             }
+            Ok(j)
+        })?;
+        let status = j["status"].as_str().unwrap_or("?");
+        if status != "Completed" {
+            // The same code and message as the command run on the server's host.
+            let code = match (status, j["error_code"].as_str()) {
+                ("Cancelled", _) => "cancelled",
+                (_, Some(code)) => code,
+                _ => "error",
+            };
+            let why = j["error"].as_str().unwrap_or(status);
+            return Err(ApiFailure {
+                code: code.into(),
+                message: format!("{why} (job {job})"),
+            }
+            .into());
         }
         Ok(if j["result"].is_null() {
             j

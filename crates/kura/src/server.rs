@@ -52,6 +52,10 @@ pub struct ServerArgs {
     /// [default: info].
     #[arg(long, env = "KURA_LOG", value_name = "FILTER")]
     log_level: Option<String>,
+    /// Serve the API only: no scheduled backups, retention, purges or GC from this process
+    /// (when `kura scheduler run` or a timer ticks for this home).
+    #[arg(long)]
+    no_scheduler: bool,
     /// Seconds between scheduler ticks [default: 30].
     #[arg(long, value_name = "SECONDS")]
     tick: Option<u64>,
@@ -105,6 +109,9 @@ fn effective(cli: &Cli, a: &ServerArgs) -> anyhow::Result<ServerConfig> {
     }
     if let Some(l) = &a.log_level {
         c.log_level = l.clone();
+    }
+    if a.no_scheduler {
+        c.scheduler = false;
     }
     if let Some(t) = a.tick {
         c.tick_seconds = t;
@@ -276,14 +283,18 @@ fn run(
             std::thread::spawn(move || queue.serve(&home))
         })
         .collect();
-    spawn_scheduler(
-        home.clone(),
-        &secrets,
-        cfg,
-        queue.clone(),
-        stopping.clone(),
-        scheduler.clone(),
-    );
+    if cfg.scheduler {
+        spawn_scheduler(
+            home.clone(),
+            &secrets,
+            cfg,
+            queue.clone(),
+            stopping.clone(),
+            scheduler.clone(),
+        );
+    } else {
+        tracing::info!("the scheduler is off (scheduler = false): this server runs requests only");
+    }
     let state = Arc::new(AppState {
         home: home.clone(),
         secrets,

@@ -6,7 +6,6 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use serde_json::Value;
 use zeroize::Zeroizing;
 
@@ -84,7 +83,8 @@ fn path(p: &str) -> PathBuf {
     PathBuf::from(p)
 }
 
-fn invalid(message: String) -> anyhow::Error {
+/// A request that is not valid, reported with the code `invalid` either way.
+pub fn invalid(message: String) -> anyhow::Error {
     kura_engine::Error::invalid(message).into()
 }
 
@@ -370,6 +370,9 @@ fn token_expiry(home: &Home, expires: Option<&str>) -> anyhow::Result<Option<jif
 
 /// A simulation's first day.
 pub fn simulation_start(from: &str) -> anyhow::Result<jiff::civil::Date> {
-    from.parse()
-        .with_context(|| format!("--from {from:?} is not a date in YYYY-MM-DD form"))
+    from.parse().map_err(|e| {
+        invalid(format!(
+            "--from {from:?} is not a date in YYYY-MM-DD form: {e}"
+        ))
+    })
 }

@@ -516,7 +516,8 @@ fn a_recovery_kit_and_the_vault_alone_restore_everything() {
             .contains(keyfile.trim())
     );
 
-    // The vault moves; the home is lost.
+    // The vault moves; the home is lost (with it, any server that ran over it).
+    e.on_host();
     let storage = e.path("moved-vault");
     std::fs::rename(e.path("home/vaults/v"), &storage).unwrap();
     std::fs::remove_dir_all(e.path("home")).unwrap();

@@ -24,6 +24,50 @@ struct Env {
     dir: tempfile::TempDir,
     /// `KURA_TEST_CLOCK` for every command (builds with the test-hooks feature).
     clock: Option<String>,
+    /// With `KURA_TEST_TRANSPORT=server`, the server API commands go through.
+    server: std::sync::OnceLock<remote::ServerProcess>,
+    /// Commands run on the host from now on, whatever the transport (see [`Env::on_host`]).
+    on_host: std::sync::atomic::AtomicBool,
+}
+
+/// Whether this run sends the commands of the tests through a `kura server`
+/// (`KURA_TEST_TRANSPORT=server`, read by the tests, never by kura) instead of the home.
+fn via_server() -> bool {
+    std::env::var("KURA_TEST_TRANSPORT").is_ok_and(|t| t == "server")
+}
+
+/// Whether `args` is a command that goes to the API under `KURA_TEST_TRANSPORT=server`:
+/// every command but those that run on the host only (services, key handling, options the
+/// API has no field for) and those given secrets or another home, which a server does not
+/// take from its clients.
+fn api_command(args: &[&str]) -> bool {
+    let mut words = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        match args[i] {
+            "--passphrase-file"
+            | "--key-file"
+            | "--vault-passphrase-file"
+            | "--home"
+            | "--server"
+            | "--cipher"
+            | "--compression-level"
+            | "--recovery-kit"
+            | "--kit-passphrase-file"
+            | "--fail-after-chunks" => return false,
+            "--output" | "--tz" => i += 2,
+            w => {
+                words.push(w);
+                i += 1;
+            }
+        }
+    }
+    match words.as_slice() {
+        ["vault", "detach" | "key", ..] | ["scheduler" | "server" | "quickstart", ..] => false,
+        ["policy", "simulate", ..] => !words.contains(&"--file"),
+        [_, ..] => true,
+        [] => false,
+    }
 }
 
 impl Env {
@@ -31,6 +75,8 @@ impl Env {
         Env {
             dir: tempfile::tempdir().unwrap(),
             clock: None,
+            server: std::sync::OnceLock::new(),
+            on_host: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -45,7 +91,18 @@ impl Env {
         Env {
             dir: tempfile::tempdir().unwrap(),
             clock: Some(format!("{instant}@{real}")),
+            server: std::sync::OnceLock::new(),
+            on_host: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// From now on this test's commands run on the host even when the suite runs through a
+    /// server: for tests that act on the process running a job (kill it, arm a gate in it
+    /// through its environment, give it secrets through its environment), which under a
+    /// server is the server, not the command.
+    fn on_host(&self) {
+        self.on_host
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -58,10 +115,19 @@ impl Env {
             .env("KURA_TEST_FAST_KDF", "1")
             .env("TZ", "UTC")
             .env_remove("KURA_PASSPHRASE")
-            .args(args);
+            .env_remove("KURA_SERVER")
+            .env_remove("KURA_TOKEN");
         if let Some(clock) = &self.clock {
             c.env("KURA_TEST_CLOCK", clock);
         }
+        if via_server()
+            && api_command(args)
+            && !self.on_host.load(std::sync::atomic::Ordering::SeqCst)
+        {
+            let server = self.server.get_or_init(|| remote::serve_home(self));
+            c.args(["--server", &server.url, "--token", remote::TOKEN]);
+        }
+        c.args(args);
         c
     }
 
@@ -184,7 +250,10 @@ struct Gate {
 }
 
 impl Gate {
+    /// A gate; the test's commands run on the host from now on (the gate is armed in the
+    /// environment of the process that runs the job).
     fn new(e: &Env, point: &'static str) -> Self {
+        e.on_host();
         let prefix = e.path(&format!(
             "gate-{point}-{}",
             e.dir.path().read_dir().unwrap().count()
@@ -559,6 +628,7 @@ fn no_plaintext_marker_reaches_vault_storage() {
 #[test]
 fn wrong_or_missing_passphrase_is_refused_and_changes_nothing() {
     let e = Env::new();
+    e.on_host(); // secrets given to the command, in files and the environment
     std::fs::write(e.path("good"), "right one").unwrap();
     std::fs::write(e.path("bad"), "wrong one").unwrap();
     e.vault(
@@ -777,6 +847,7 @@ fn verify_reports_truncated_and_missing_chunks_and_damaged_metadata() {
 #[test]
 fn kill_during_backup_leaves_no_recovery_point_and_next_backup_succeeds() {
     let e = Env::new();
+    e.on_host(); // kills the process that runs the backup
     e.vault("v", &[]);
     let img = e.path("d.raw");
     make_image(&img, 48 << 20, &[(0, 48 << 20, 7)]);

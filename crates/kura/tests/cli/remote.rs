@@ -37,20 +37,61 @@ pub(super) fn serve(e: &Env) -> ServerProcess {
 
 /// A server with extra environment variables (test gates).
 pub(super) fn serve_with(e: &Env, envs: &[(&str, &std::ffi::OsStr)]) -> ServerProcess {
+    spawn(e, "server-home", &[], e.dir.path().to_str().unwrap(), envs)
+}
+
+/// The server the commands of a test go through when the suite runs with
+/// `KURA_TEST_TRANSPORT=server`: over the test's own home, so that the commands that run on
+/// the host only (and those given secrets) meet the same catalog and vaults. The tests run
+/// their own schedules (`scheduler tick`), so this server has no scheduler; it may read and
+/// write anywhere, as the local commands may (the allow-lists have their own tests). The
+/// `default` vault a server makes at its first start is detached again: the tests expect
+/// the home they made.
+pub(super) fn serve_home(e: &Env) -> ServerProcess {
+    let home = e.path("home");
+    let had_default = home.join("vaults/default").exists();
+    let server = spawn(e, "home", &["--no-scheduler"], "/", &[]);
+    if !had_default {
+        let out = e
+            .cmd(&[
+                "--home",
+                home.to_str().unwrap(),
+                "vault",
+                "detach",
+                "default",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        std::fs::remove_dir_all(home.join("vaults/default")).unwrap();
+    }
+    server
+}
+
+fn spawn(
+    e: &Env,
+    home: &str,
+    extra: &[&str],
+    roots: &str,
+    envs: &[(&str, &std::ffi::OsStr)],
+) -> ServerProcess {
+    let home = e.path(home);
+    let mut args = vec![
+        "--home",
+        home.to_str().unwrap(),
+        "server",
+        "--listen",
+        "127.0.0.1:0",
+        "--tick",
+        "3600",
+        "--allow-source",
+        roots,
+        "--allow-restore",
+        roots,
+    ];
+    args.extend_from_slice(extra);
     let mut child = e
-        .cmd(&[
-            "--home",
-            e.path("server-home").to_str().unwrap(),
-            "server",
-            "--listen",
-            "127.0.0.1:0",
-            "--tick",
-            "3600",
-            "--allow-source",
-            e.dir.path().to_str().unwrap(),
-            "--allow-restore",
-            e.dir.path().to_str().unwrap(),
-        ])
+        .cmd(&args)
         .env("KURA_ADMIN_TOKEN", TOKEN)
         .envs(envs.iter().copied())
         .stdout(Stdio::piped())
