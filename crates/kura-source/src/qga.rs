@@ -294,7 +294,13 @@ impl Qga {
                 self.execute("guest-file-close", Some(json!({ "handle": handle })))?;
                 Ok(true)
             }
-            Err(Error::Agent(m)) if m.contains("guest-file-open failed") => Ok(false),
+            // The agent's refusal, as QEMU's socket reports it and as libvirt relays it.
+            Err(Error::Agent(m))
+                if m.contains("guest-file-open failed")
+                    || (m.contains("'guest-file-open'") && m.contains("failed to open file")) =>
+            {
+                Ok(false)
+            }
             Err(e) => Err(e),
         }
     }

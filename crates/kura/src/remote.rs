@@ -150,7 +150,10 @@ impl Transport for Client {
             Ok(j)
         })?;
         let status = j["status"].as_str().unwrap_or("?");
-        if status != "Completed" {
+        // Warnings are in the report, as on the host; a backup whose transfer failed is an
+        // error there (its point exists in the snapshot tier only), so it is here too.
+        let warned = status == "CompletedWithWarnings" && j["result"]["transfer"] != "Failed";
+        if status != "Completed" && !warned {
             // The same code and message as the command run on the server's host.
             let code = match (status, j["error_code"].as_str()) {
                 ("Cancelled", _) => "cancelled",

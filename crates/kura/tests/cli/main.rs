@@ -17,6 +17,7 @@ mod protection;
 mod remote;
 mod service;
 mod snapshots;
+mod tour;
 mod usability;
 mod vm;
 
