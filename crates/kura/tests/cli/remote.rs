@@ -5,9 +5,11 @@ use std::process::{Child, Stdio};
 
 use super::*;
 
+/// A `kura server` started by a test; its log (stderr) goes to `log`.
 pub(super) struct ServerProcess {
-    child: Child,
+    pub(super) child: Child,
     pub(super) url: String,
+    pub(super) log: PathBuf,
     // Kept open: the server keeps printing.
     _stdout: std::io::BufReader<std::process::ChildStdout>,
 }
@@ -31,13 +33,20 @@ impl Drop for ServerProcess {
     }
 }
 
+/// A server over `HOME/server-home` that may read and write under the test's directory.
 pub(super) fn serve(e: &Env) -> ServerProcess {
     serve_with(e, &[])
 }
 
 /// A server with extra environment variables (test gates).
 pub(super) fn serve_with(e: &Env, envs: &[(&str, &std::ffi::OsStr)]) -> ServerProcess {
-    spawn(e, "server-home", &[], e.dir.path().to_str().unwrap(), envs)
+    let dir = e.dir.path().to_str().unwrap();
+    spawn(
+        e,
+        "server-home",
+        &["--allow-source", dir, "--allow-restore", dir],
+        envs,
+    )
 }
 
 /// The server the commands of a test go through when the suite runs with
@@ -50,7 +59,18 @@ pub(super) fn serve_with(e: &Env, envs: &[(&str, &std::ffi::OsStr)]) -> ServerPr
 pub(super) fn serve_home(e: &Env) -> ServerProcess {
     let home = e.path("home");
     let had_default = home.join("vaults/default").exists();
-    let server = spawn(e, "home", &["--no-scheduler"], "/", &[]);
+    let server = spawn(
+        e,
+        "home",
+        &[
+            "--no-scheduler",
+            "--allow-source",
+            "/",
+            "--allow-restore",
+            "/",
+        ],
+        &[],
+    );
     if !had_default {
         let out = e
             .cmd(&[
@@ -68,15 +88,21 @@ pub(super) fn serve_home(e: &Env) -> ServerProcess {
     server
 }
 
-fn spawn(
+/// Starts `kura server` over `HOME/home` (a directory name in the test's directory) on a
+/// free loopback port, with the admin token [`TOKEN`], the scheduler ticking hourly, and
+/// `args`; waits for the address it prints.
+pub(super) fn spawn(
     e: &Env,
     home: &str,
-    extra: &[&str],
-    roots: &str,
+    args: &[&str],
     envs: &[(&str, &std::ffi::OsStr)],
 ) -> ServerProcess {
+    let log = e.path(&format!(
+        "server-{}.log",
+        e.dir.path().read_dir().unwrap().count()
+    ));
     let home = e.path(home);
-    let mut args = vec![
+    let mut c = e.cmd(&[
         "--home",
         home.to_str().unwrap(),
         "server",
@@ -84,18 +110,13 @@ fn spawn(
         "127.0.0.1:0",
         "--tick",
         "3600",
-        "--allow-source",
-        roots,
-        "--allow-restore",
-        roots,
-    ];
-    args.extend_from_slice(extra);
-    let mut child = e
-        .cmd(&args)
+    ]);
+    let mut child = c
+        .args(args)
         .env("KURA_ADMIN_TOKEN", TOKEN)
         .envs(envs.iter().copied())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let mut line = String::new();
@@ -103,13 +124,19 @@ fn spawn(
     stdout.read_line(&mut line).unwrap();
     let url = line
         .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .find(|w| w.starts_with("http://") || w.starts_with("https://"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no address in {line:?}; log: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        })
         .trim_end_matches("/api/v1")
         .to_string();
     ServerProcess {
         child,
         url,
+        log,
         _stdout: stdout,
     }
 }

@@ -1,79 +1,19 @@
 //! `kura server` as a service: configuration file, flags and environment; named tokens;
 //! HTTPS with a private CA; request logs; a graceful stop on SIGTERM.
 
-use std::io::BufRead;
-use std::process::{Child, Stdio};
-
 use super::*;
 
-const ADMIN: &str = "tok-0123456789abcdef";
+use std::process::Stdio;
 
-/// A running server whose stderr (its log) goes to a file.
-struct Served {
-    child: Child,
-    url: String,
-    log: PathBuf,
-    _stdout: std::io::BufReader<std::process::ChildStdout>,
-}
+use super::remote::{ServerProcess, TOKEN as ADMIN};
 
-impl Served {
-    /// `args` sent to this server with the admin token.
-    fn args<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
-        let mut a = vec!["--server", self.url.as_str(), "--token", ADMIN];
-        a.extend_from_slice(args);
-        a
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve_with(e: &Env, args: &[&str], envs: &[(&str, &str)]) -> Served {
-    let log = e.path(&format!(
-        "server-{}.log",
-        e.dir.path().read_dir().unwrap().count()
-    ));
-    let mut c = e.cmd(&[
-        "--home",
-        e.path("server-home").to_str().unwrap(),
-        "server",
-        "--listen",
-        "127.0.0.1:0",
-        "--tick",
-        "3600",
-    ]);
-    c.args(args)
-        .env("KURA_ADMIN_TOKEN", ADMIN)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap());
-    for (k, v) in envs {
-        c.env(k, v);
-    }
-    let mut child = c.spawn().unwrap();
-    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://") || w.starts_with("https://"))
-        .unwrap_or_else(|| {
-            panic!(
-                "no address in {line:?}; log: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            )
-        })
-        .trim_end_matches("/api/v1")
-        .to_string();
-    Served {
-        child,
-        url,
-        log,
-        _stdout: stdout,
-    }
+/// A server over `HOME/server-home` with `args` and environment variables.
+fn serve_with(e: &Env, args: &[&str], envs: &[(&str, &str)]) -> ServerProcess {
+    let envs: Vec<(&str, &std::ffi::OsStr)> = envs
+        .iter()
+        .map(|(k, v)| (*k, std::ffi::OsStr::new(*v)))
+        .collect();
+    super::remote::spawn(e, "server-home", args, &envs)
 }
 
 #[test]
