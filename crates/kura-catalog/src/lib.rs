@@ -24,7 +24,7 @@ mod tokens;
 pub use gc::{Doomed, Lease, Rescue};
 pub use policies::PolicyRow;
 pub use stats::{ItemHealth, JobCount};
-pub use tokens::TokenRow;
+pub use tokens::{SessionRow, TokenRow};
 
 use std::path::Path;
 use std::sync::Mutex;

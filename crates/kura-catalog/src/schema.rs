@@ -144,6 +144,16 @@ const MIGRATIONS: &[&str] = &[
     // 21: why a job failed as a stable code (not_found, conflict, ...), as a command run
     // directly would exit with.
     "ALTER TABLE jobs ADD COLUMN error_code TEXT;",
+    // 22: web UI sessions: a cookie's hash, the token it was opened with (by name and the
+    // token's hash, so revoking or resetting the token ends it), its CSRF value and expiry.
+    "CREATE TABLE sessions (
+        hash TEXT PRIMARY KEY,
+        token_name TEXT NOT NULL,
+        token_hash TEXT NOT NULL,
+        csrf TEXT NOT NULL,
+        created TEXT NOT NULL,
+        expires TEXT NOT NULL
+    );",
 ];
 
 pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {

@@ -126,3 +126,98 @@ impl Catalog {
         Ok(())
     }
 }
+
+/// A web UI session as stored: never the cookie's secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SessionRow {
+    /// The token it was opened with.
+    pub token_name: String,
+    /// The value state-changing requests must echo in their `X-CSRF-Token` header.
+    pub csrf: String,
+    /// When it was opened.
+    pub created: String,
+    /// When it ends.
+    pub expires: String,
+}
+
+impl Catalog {
+    /// Stores a session for the token whose secret hashes to `token_hash`; sessions that
+    /// ended before `now` are removed on the way.
+    pub fn insert_session(
+        &self,
+        hash: &str,
+        token_hash: &str,
+        csrf: &str,
+        now: jiff::Timestamp,
+        expires: jiff::Timestamp,
+    ) -> Result<SessionRow> {
+        let conn = self.conn();
+        conn.execute(
+            "DELETE FROM sessions WHERE expires <= ?1",
+            params![stamp(now)],
+        )?;
+        let name: Option<String> = conn
+            .query_row(
+                "SELECT name FROM api_tokens WHERE hash = ?1",
+                params![token_hash],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(token_name) = name else {
+            return Err(Error::NotFound {
+                kind: "token",
+                name: "(the token given)".into(),
+                near: None,
+            });
+        };
+        let row = SessionRow {
+            token_name,
+            csrf: csrf.to_string(),
+            created: stamp(now),
+            expires: stamp(expires),
+        };
+        conn.execute(
+            "INSERT INTO sessions (hash, token_name, token_hash, csrf, created, expires)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                hash,
+                row.token_name,
+                token_hash,
+                row.csrf,
+                row.created,
+                row.expires
+            ],
+        )?;
+        Ok(row)
+    }
+
+    /// The session whose cookie hashes to `hash`, if it has not ended at `now` and its
+    /// token still exists with the secret it was opened with.
+    pub fn session(&self, hash: &str, now: jiff::Timestamp) -> Result<Option<SessionRow>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT s.token_name, s.csrf, s.created, s.expires FROM sessions s
+                 JOIN api_tokens t ON t.name = s.token_name AND t.hash = s.token_hash
+                 WHERE s.hash = ?1 AND s.expires > ?2
+                   AND (t.expires IS NULL OR t.expires > ?2)",
+                params![hash, stamp(now)],
+                |r| {
+                    Ok(SessionRow {
+                        token_name: r.get(0)?,
+                        csrf: r.get(1)?,
+                        created: r.get(2)?,
+                        expires: r.get(3)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Ends a session (nothing if there is none).
+    pub fn delete_session(&self, hash: &str) -> Result<()> {
+        self.conn()
+            .execute("DELETE FROM sessions WHERE hash = ?1", params![hash])?;
+        Ok(())
+    }
+}

@@ -176,6 +176,53 @@ impl Home {
     }
 }
 
+/// How long a web UI session lasts (it ends earlier if its token expires, is revoked or
+/// gets a new secret).
+pub const SESSION_HOURS: i64 = 12;
+
+/// A web UI session just opened: `id` goes into the HttpOnly cookie and is not kept.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    /// The cookie's value.
+    pub id: String,
+    /// What is stored.
+    pub row: kura_catalog::SessionRow,
+}
+
+impl Home {
+    /// Opens a web UI session with a token's secret; `None` if the token is not accepted.
+    pub fn open_session(&self, secret: &str) -> Result<Option<NewSession>> {
+        let Some(token) = self.authenticate(secret)? else {
+            return Ok(None);
+        };
+        let now = self.now();
+        let mut expires = now + jiff::SignedDuration::from_hours(SESSION_HOURS);
+        if let Some(t) = token.expires.as_deref().and_then(|t| t.parse().ok()) {
+            expires = expires.min(t);
+        }
+        let id = new_secret();
+        let csrf = new_secret();
+        let row = self.catalog.insert_session(
+            &token_hash(&id),
+            &token_hash(secret),
+            &csrf,
+            now,
+            expires,
+        )?;
+        Ok(Some(NewSession { id, row }))
+    }
+
+    /// The session of a cookie, if it is open.
+    pub fn session(&self, id: &str) -> Result<Option<kura_catalog::SessionRow>> {
+        Ok(self.catalog.session(&token_hash(id), self.now())?)
+    }
+
+    /// Ends the session of a cookie.
+    pub fn close_session(&self, id: &str) -> Result<()> {
+        Ok(self.catalog.delete_session(&token_hash(id))?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,5 +291,68 @@ mod tests {
         )
         .unwrap();
         assert!(later.authenticate(&tok.token).unwrap().is_none());
+    }
+
+    #[test]
+    fn sessions_end_with_their_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::open(dir.path()).unwrap();
+        let t = home.create_token("ui", None).unwrap();
+        assert!(home.open_session("kura_wrong").unwrap().is_none());
+        let s = home.open_session(&t.token).unwrap().unwrap();
+        let row = home.session(&s.id).unwrap().unwrap();
+        assert_eq!(
+            (row.token_name.as_str(), row.csrf.len()),
+            ("ui", s.row.csrf.len())
+        );
+        assert!(home.session("kura_other").unwrap().is_none());
+        // A new secret for the token ends its sessions; so does a revoke.
+        home.reset_token("ui", None, None).unwrap();
+        assert!(home.session(&s.id).unwrap().is_none());
+        let t2 = home.list_tokens().unwrap();
+        assert_eq!(t2.len(), 1);
+        let again = home.reset_token("ui", None, None).unwrap();
+        let s2 = home.open_session(&again.token).unwrap().unwrap();
+        assert!(home.session(&s2.id).unwrap().is_some());
+        home.close_session(&s2.id).unwrap();
+        assert!(home.session(&s2.id).unwrap().is_none());
+        let s3 = home.open_session(&again.token).unwrap().unwrap();
+        home.revoke_token("ui").unwrap();
+        assert!(home.session(&s3.id).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_session_ends_at_its_expiry() {
+        use std::sync::atomic::{AtomicI64, Ordering};
+        struct Manual(AtomicI64);
+        impl crate::Clock for Manual {
+            fn now(&self) -> jiff::Timestamp {
+                jiff::Timestamp::from_second(self.0.load(Ordering::SeqCst)).unwrap()
+            }
+        }
+        let clock = std::sync::Arc::new(Manual(AtomicI64::new(1_800_000_000)));
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::open_with(dir.path(), clock.clone(), jiff::tz::TimeZone::UTC).unwrap();
+        let t = home.create_token("ui", None).unwrap();
+        let s = home.open_session(&t.token).unwrap().unwrap();
+        clock
+            .0
+            .fetch_add(SESSION_HOURS * 3600 - 1, Ordering::SeqCst);
+        assert!(home.session(&s.id).unwrap().is_some());
+        clock.0.fetch_add(1, Ordering::SeqCst);
+        assert!(
+            home.session(&s.id).unwrap().is_none(),
+            "ended at its expiry"
+        );
+        // A token that expires sooner ends the session with it.
+        let short = home
+            .create_token(
+                "short",
+                Some(home.now() + jiff::SignedDuration::from_hours(1)),
+            )
+            .unwrap();
+        let s = home.open_session(&short.token).unwrap().unwrap();
+        clock.0.fetch_add(3600, Ordering::SeqCst);
+        assert!(home.session(&s.id).unwrap().is_none());
     }
 }
