@@ -340,3 +340,13 @@ impl crate::request::Verify {
         })
     }
 }
+
+impl From<kura_catalog::SessionRow> for crate::response::Session {
+    fn from(s: kura_catalog::SessionRow) -> Self {
+        crate::response::Session {
+            token_name: s.token_name,
+            csrf: s.csrf,
+            expires: s.expires,
+        }
+    }
+}

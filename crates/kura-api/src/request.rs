@@ -318,3 +318,12 @@ pub struct UsageFilter {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vault: Option<String>,
 }
+
+/// `POST /session`: sign in to the web UI with an API token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewSession {
+    /// An API token's secret (`kura token create`); only a session cookie is kept by the
+    /// browser.
+    pub token: String,
+}

@@ -516,3 +516,21 @@ pub struct ItemUsage {
     /// logical / stored.
     pub ratio: f64,
 }
+
+/// A web UI session (the cookie itself is HttpOnly and never in a body).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Session {
+    /// The token it was opened with.
+    pub token_name: String,
+    /// Send it back in an `X-CSRF-Token` header with every request that changes something.
+    pub csrf: String,
+    /// When it ends.
+    pub expires: String,
+}
+
+/// `DELETE /session`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct SignedOut {
+    /// Always true: the session is gone and its cookie cleared.
+    pub signed_out: bool,
+}

@@ -18,6 +18,7 @@ pub mod metrics;
 mod openapi;
 mod paths;
 mod routes;
+mod ui;
 
 use std::sync::Arc;
 
@@ -44,6 +45,8 @@ pub struct AppState {
     pub scheduler: Arc<metrics::SchedulerStats>,
     /// The job queue every job of the API and the scheduler goes through.
     pub queue: Arc<kura_engine::JobQueue>,
+    /// Mark the web UI's session cookie `Secure` (the server speaks HTTPS).
+    pub secure_cookies: bool,
 }
 
 /// Where the admin token stood before named tokens (a file with its hash); adopted into

@@ -425,6 +425,36 @@ pub const ROUTES: &[Route] = &[
         None,
     ),
     r(
+        "POST",
+        "/api/v1/session",
+        "createSession",
+        "Sign in to the web UI: a token's secret for an HttpOnly session cookie",
+        201,
+        Some(schema::<api::NewSession>),
+        schema::<api::Session>,
+        None,
+    ),
+    r(
+        "GET",
+        "/api/v1/session",
+        "getSession",
+        "The session of the request's cookie",
+        200,
+        None,
+        schema::<api::Session>,
+        None,
+    ),
+    r(
+        "DELETE",
+        "/api/v1/session",
+        "deleteSession",
+        "Sign out: end the session and clear its cookie",
+        200,
+        None,
+        schema::<api::SignedOut>,
+        None,
+    ),
+    r(
         "GET",
         "/api/v1/vaults/{vault}/key",
         "exportKey",
@@ -479,18 +509,36 @@ pub const ROUTES: &[Route] = &[
 type S = Arc<AppState>;
 type ApiResult = Result<Response, ApiError>;
 
-/// Requires `Authorization: Bearer TOKEN` with a known, unexpired token; holds its name.
-pub struct Auth;
+/// Requires `Authorization: Bearer TOKEN` with a known, unexpired token, or the web UI's
+/// session cookie; a request with the cookie that changes something (any method but GET and
+/// HEAD) must also carry the session's CSRF value in `X-CSRF-Token`. Holds the session,
+/// when the cookie was used.
+pub struct Auth(Option<kura_catalog::SessionRow>);
 
 /// Where the request log finds the name of the token a request presented.
 #[derive(Clone, Default)]
 pub(crate) struct TokenSlot(pub(crate) Arc<std::sync::Mutex<Option<String>>>);
 
+/// The web UI's session cookie.
+const SESSION_COOKIE: &str = "kura_session";
+
+/// The value of the session cookie, if the request has one.
+fn session_cookie(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == SESSION_COOKIE)
+        .map(|(_, v)| v.to_string())
+}
+
 impl FromRequestParts<S> for Auth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let token = parts
+        let bearer = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -500,21 +548,39 @@ impl FromRequestParts<S> for Auth {
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
-                "a valid bearer token is required",
+                "a valid bearer token (or a web UI session) is required",
             )
         };
-        let Some(token) = token else {
-            return Err(refused());
-        };
         let st = state.clone();
-        let row = blocking(move || Ok(st.home.authenticate(&token)?)).await?;
-        let Some(row) = row else {
-            return Err(refused());
+        let (name, session) = match (bearer, session_cookie(&parts.headers)) {
+            (Some(token), _) => {
+                let row = blocking(move || Ok(st.home.authenticate(&token)?)).await?;
+                (row.ok_or_else(refused)?.name, None)
+            }
+            (None, Some(id)) => {
+                let row = blocking(move || Ok(st.home.session(&id)?))
+                    .await?
+                    .ok_or_else(refused)?;
+                let safe = matches!(parts.method.as_str(), "GET" | "HEAD");
+                let echoed = parts
+                    .headers
+                    .get("x-csrf-token")
+                    .and_then(|v| v.to_str().ok());
+                if !safe && echoed.map(str::as_bytes) != Some(row.csrf.as_bytes()) {
+                    return Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "csrf",
+                        "a request with the session cookie that changes something must carry the session's X-CSRF-Token",
+                    ));
+                }
+                (row.token_name.clone(), Some(row))
+            }
+            (None, None) => return Err(refused()),
         };
         if let Some(slot) = parts.extensions.get::<TokenSlot>() {
-            *slot.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(row.name.clone());
+            *slot.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(name);
         }
-        Ok(Auth)
+        Ok(Auth(session))
     }
 }
 
@@ -1405,6 +1471,69 @@ async fn attach_vault(_: Auth, State(s): State<S>, Body(b): Body<api::Attach>) -
     ok(201, report)
 }
 
+// ---- web UI sessions
+
+/// The `Set-Cookie` value for the session cookie (`id` empty and `max_age` 0 clear it).
+fn set_cookie(s: &AppState, id: &str, max_age: i64) -> String {
+    format!(
+        "{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{}",
+        if s.secure_cookies { "; Secure" } else { "" }
+    )
+}
+
+async fn create_session(State(s): State<S>, Body(b): Body<api::NewSession>) -> ApiResult {
+    let st = s.clone();
+    let opened = blocking(move || Ok(st.home.open_session(&b.token)?))
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "token: not accepted (unknown, revoked or expired)",
+            )
+        })?;
+    let ends: jiff::Timestamp = opened.row.expires.parse().map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("{e}"),
+        )
+    })?;
+    let max_age = ends.duration_since(s.home.now()).as_secs().max(0);
+    let mut resp = ok(201, api::Session::from(opened.row))?;
+    let cookie = set_cookie(&s, &opened.id, max_age);
+    resp.headers_mut().insert(
+        axum::http::header::SET_COOKIE,
+        cookie
+            .parse()
+            .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "cookie"))?,
+    );
+    Ok(resp)
+}
+
+async fn get_session(auth: Auth) -> ApiResult {
+    match auth.0 {
+        Some(row) => ok(200, api::Session::from(row)),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no session: this request was authorized by a bearer token",
+        )),
+    }
+}
+
+async fn delete_session(_: Auth, State(s): State<S>, headers: axum::http::HeaderMap) -> ApiResult {
+    if let Some(id) = session_cookie(&headers) {
+        let st = s.clone();
+        blocking(move || Ok(st.home.close_session(&id)?)).await?;
+    }
+    let mut resp = ok(200, api::SignedOut { signed_out: true })?;
+    if let Ok(v) = set_cookie(&s, "", 0).parse() {
+        resp.headers_mut().insert(axum::http::header::SET_COOKIE, v);
+    }
+    Ok(resp)
+}
+
 async fn export_key(_: Auth, State(s): State<S>, Path(vault): Path<String>) -> ApiResult {
     ok(
         200,
@@ -1474,6 +1603,9 @@ fn handler(route: &Route) -> MethodRouter<S> {
         "verify" => post(verify),
         "attachVault" => post(attach_vault),
         "exportKey" => get(export_key),
+        "createSession" => post(create_session),
+        "getSession" => get(get_session),
+        "deleteSession" => delete(delete_session),
         "collectGarbage" => post(collect_garbage),
         "applyRetention" => post(apply_retention),
         "getUsage" => get(get_usage),
@@ -1492,6 +1624,8 @@ pub(crate) fn router(state: S) -> Router {
     }
     router
         .route("/metrics", get(get_metrics))
+        .route("/", get(crate::ui::index))
+        .route("/ui/{*file}", get(crate::ui::asset))
         .fallback(not_found)
         .method_not_allowed_fallback(|| async {
             ApiError::new(

@@ -17,8 +17,17 @@ struct Server {
 }
 
 fn start() -> Server {
+    start_with(None)
+}
+
+/// A server whose home runs on `clock` (the system's when `None`).
+fn start_with(clock: Option<Arc<dyn kura_engine::Clock>>) -> Server {
     let dir = tempfile::tempdir().unwrap();
-    let home = Home::open(&dir.path().join("home")).unwrap();
+    let home = match clock {
+        Some(c) => Home::open_with(&dir.path().join("home"), c, jiff::tz::TimeZone::UTC),
+        None => Home::open(&dir.path().join("home")),
+    }
+    .unwrap();
     // A home from before named tokens: its admin token's hash in a file.
     std::fs::write(
         dir.path().join("home").join(kura_server::LEGACY_TOKEN_FILE),
@@ -68,6 +77,7 @@ fn start() -> Server {
         },
         stopping: Default::default(),
         scheduler: Default::default(),
+        secure_cookies: false,
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -191,12 +201,24 @@ fn call_raw(
     token: Option<&str>,
     body: Option<&str>,
 ) -> (u16, String, String) {
-    let mut c = TcpStream::connect(s.addr).unwrap();
-    let body = body.unwrap_or("");
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
-    write!(c, "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    send(s, method, path, &auth, body)
+}
+
+/// Sends one request with `headers` (each line ending in CRLF); returns (status, head, body
+/// text).
+fn send(
+    s: &Server,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: Option<&str>,
+) -> (u16, String, String) {
+    let mut c = TcpStream::connect(s.addr).unwrap();
+    let body = body.unwrap_or("");
+    write!(c, "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
     let mut raw = Vec::new();
     c.read_to_end(&mut raw).unwrap();
     let text = String::from_utf8_lossy(&raw);
@@ -253,6 +275,12 @@ fn every_route_needs_a_token_and_bad_input_is_a_4xx_json_error() {
             assert_eq!(call(&s, r.method, &path, None, None).0, 200);
             continue;
         }
+        if r.operation == "createSession" {
+            // Signing in is how a browser gets its cookie: the token is in the body.
+            let (status, v) = call(&s, "POST", &path, None, Some(r#"{"token": "wrong"}"#));
+            assert_eq!((status, &v["error"]["code"]), (401, &json!("unauthorized")));
+            continue;
+        }
         for token in [None, Some("wrong")] {
             let (status, v) = call(&s, r.method, &path, token, Some("{}"));
             assert_eq!(status, 401, "{} {path}", r.method);
@@ -286,6 +314,9 @@ fn every_route_needs_a_token_and_bad_input_is_a_4xx_json_error() {
                     v["error"]["code"].is_string() && v["error"]["message"].is_string(),
                     "{v}"
                 );
+            } else if r.operation == "getSession" {
+                // A bearer token has no session to show.
+                assert_eq!(status, 404, "{v}");
             } else {
                 assert!(
                     (200..300).contains(&status),
@@ -1001,12 +1032,117 @@ fn every_client_call_is_a_documented_request() {
             }
         }
     }
-    // Every route a client can use is reachable through a Call (the document itself and
-    // the key escrow, which the CLI does not read, are the exceptions).
+    // Every route a client can use is reachable through a Call (the document itself, the
+    // key escrow and the web UI's sessions, which the CLI does not use, are the exceptions).
     let missing: Vec<&str> = ROUTES
         .iter()
         .map(|r| r.operation)
-        .filter(|op| !reached.contains(op) && !["getOpenApi", "exportKey"].contains(op))
+        .filter(|op| {
+            !reached.contains(op)
+                && ![
+                    "getOpenApi",
+                    "exportKey",
+                    "createSession",
+                    "getSession",
+                    "deleteSession",
+                ]
+                .contains(op)
+        })
         .collect();
     assert!(missing.is_empty(), "no Call for {missing:?}");
+}
+
+/// The web UI's sign-in: a session cookie (HttpOnly, SameSite=Strict) that authorizes API
+/// requests; a request that changes something needs the session's CSRF value too, so a
+/// cross-site form post (which cannot set headers) is refused; sign-out and the session's
+/// expiry end it.
+#[test]
+fn sessions_sign_in_refuse_cross_site_posts_and_expire() {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    struct Manual(AtomicI64);
+    impl kura_engine::Clock for Manual {
+        fn now(&self) -> jiff::Timestamp {
+            jiff::Timestamp::from_second(self.0.load(Ordering::SeqCst)).unwrap()
+        }
+    }
+    let clock = Arc::new(Manual(AtomicI64::new(1_800_000_000)));
+    let s = start_with(Some(clock.clone()));
+    let body = format!(r#"{{"token": "{TOKEN}"}}"#);
+    let (status, head, text) = send(&s, "POST", "/api/v1/session", "", Some(&body));
+    assert_eq!(status, 201, "{text}");
+    let session: Value = serde_json::from_str(&text).unwrap();
+    assert!(contract_errors("POST", "/api/v1/session", 201, &session).is_empty());
+    assert_eq!(session["token_name"], "admin");
+    let csrf = session["csrf"].as_str().unwrap().to_string();
+    let set = head
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .expect("a cookie is set")
+        .to_string();
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=43200"] {
+        assert!(set.contains(attr), "{set}");
+    }
+    assert!(
+        !text.contains(set.split(['=', ';']).nth(1).unwrap()),
+        "the cookie is not in the body"
+    );
+    let cookie = set["set-cookie:".len()..]
+        .trim()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let with_cookie = format!("Cookie: {cookie}\r\n");
+    // Reads need only the cookie.
+    let (status, _, text) = send(&s, "GET", "/api/v1/items", &with_cookie, None);
+    assert_eq!(status, 200, "{text}");
+    let (status, _, text) = send(&s, "GET", "/api/v1/session", &with_cookie, None);
+    assert_eq!((status, text.contains(&csrf)), (200, true), "{text}");
+    // A cross-site form post carries the cookie (were SameSite not honoured) but cannot set
+    // a header: refused, and nothing is made.
+    let vault = r#"{"name": "csrf-made", "no_encryption": true}"#;
+    let cross = format!("{with_cookie}Origin: https://evil.example\r\n");
+    for headers in [cross.clone(), format!("{cross}X-CSRF-Token: guessed\r\n")] {
+        let (status, _, text) = send(&s, "POST", "/api/v1/vaults", &headers, Some(vault));
+        assert_eq!(status, 403, "{text}");
+        assert!(text.contains("\"csrf\""), "{text}");
+    }
+    assert_eq!(
+        call(&s, "GET", "/api/v1/vaults/csrf-made", Some(TOKEN), None).0,
+        404
+    );
+    // The page's own request echoes the value it got at sign-in.
+    let page = format!("{with_cookie}X-CSRF-Token: {csrf}\r\n");
+    let (status, _, text) = send(&s, "POST", "/api/v1/vaults", &page, Some(vault));
+    assert_eq!(status, 201, "{text}");
+    // Sign-out ends the session and clears the cookie; the old cookie is refused.
+    let (status, head, _) = send(&s, "DELETE", "/api/v1/session", &page, None);
+    assert_eq!(status, 200);
+    assert!(head.contains("Max-Age=0"), "{head}");
+    let (status, _, _) = send(&s, "GET", "/api/v1/items", &with_cookie, None);
+    assert_eq!(status, 401);
+    // A session ends at its expiry (12 h).
+    let (_, head, _) = send(&s, "POST", "/api/v1/session", "", Some(&body));
+    let cookie = head
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap()["set-cookie:".len()..]
+        .trim()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let with_cookie = format!("Cookie: {cookie}\r\n");
+    assert_eq!(send(&s, "GET", "/api/v1/items", &with_cookie, None).0, 200);
+    clock.0.fetch_add(12 * 3600, Ordering::SeqCst);
+    assert_eq!(send(&s, "GET", "/api/v1/items", &with_cookie, None).0, 401);
+    // The UI itself is served from the binary, with a policy that keeps other sites'
+    // scripts out.
+    let (status, head, text) = send(&s, "GET", "/", "", None);
+    assert_eq!(status, 200);
+    assert!(
+        head.contains("default-src 'self'") && text.contains("<html"),
+        "{head}"
+    );
+    assert_eq!(send(&s, "GET", "/ui/no-such-file.js", "", None).0, 404);
 }

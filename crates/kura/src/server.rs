@@ -302,6 +302,7 @@ fn run(
         stopping: stopping.clone(),
         scheduler,
         queue: queue.clone(),
+        secure_cookies: cfg.tls_cert.is_some(),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
