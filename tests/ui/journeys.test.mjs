@@ -1,0 +1,114 @@
+// Journeys through kura's web UI in a real browser: Playwright (playwright-core) driving
+// Debian's chromium, against a real `kura server` over a home the test fills with the CLI.
+// Run by scripts/test (`KURA_BIN=... node --test tests/ui/`).
+
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn, execFileSync } from "node:child_process";
+import { mkdtempSync, writeFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { chromium } from "playwright-core";
+
+const KURA = process.env.KURA_BIN;
+const CHROMIUM = process.env.KURA_CHROMIUM || "/usr/bin/chromium";
+const TOKEN = "tok-ui-0123456789abcdef";
+assert.ok(KURA, "set KURA_BIN to the kura binary");
+
+const dir = mkdtempSync(join(tmpdir(), "kura-ui-"));
+const home = join(dir, "home");
+let server;
+let base;
+let browser;
+
+function kura(...args) {
+  return execFileSync(KURA, ["--home", home, ...args], {
+    env: { ...process.env, KURA_PASSPHRASE: "" },
+    encoding: "utf8",
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+}
+
+function image(name, bytes) {
+  const p = join(dir, name);
+  const b = Buffer.alloc(bytes);
+  for (let i = 0; i < bytes; i += 4096) b[i] = (i / 4096) % 251;
+  writeFileSync(p, b);
+  return p;
+}
+
+before(async () => {
+  kura("vault", "create", "v", "--no-encryption", "--chunk-size", "64KiB");
+  kura("item", "protect", "disk", image("good.raw", 1 << 20), "--vault", "v");
+  kura("backup", "now", "good");
+  const gone = image("gone.raw", 1 << 20);
+  kura("item", "protect", "disk", gone, "--vault", "v");
+  rmSync(gone);
+  assert.throws(() => kura("backup", "now", "gone"), "a backup of a missing image fails");
+  server = spawn(KURA, ["--home", home, "server", "--listen", "127.0.0.1:0", "--no-scheduler"], {
+    env: { ...process.env, KURA_ADMIN_TOKEN: TOKEN },
+    stdio: ["ignore", "pipe", "ignore"],
+  });
+  const first = await new Promise((resolve) => createInterface({ input: server.stdout }).once("line", resolve));
+  base = first.split(/\s+/).find((w) => w.startsWith("http://")).replace(/\/api\/v1$/, "");
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  server?.kill();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+test("sign in, see the dashboard's jobs and items, sign out and be refused", async () => {
+  const page = await browser.newPage();
+  await page.goto(base + "/");
+  await page.getByLabel("API token").fill("kura_not_a_token");
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByText("That token is not accepted").waitFor();
+
+  await page.getByLabel("API token").fill(TOKEN);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByRole("heading", { name: "Dashboard" }).waitFor();
+  // The counts are the API's jobs: two protections and a backup completed, a backup failed.
+  const all = await (await fetch(base + "/api/v1/jobs", { headers: { Authorization: `Bearer ${TOKEN}` } })).json();
+  const completed = all.filter((j) => j.status === "Completed").length;
+  assert.equal(completed, 3, JSON.stringify(all.map((j) => [j.operation, j.status])));
+  const jobs = page.locator("#job-counts");
+  assert.equal(await jobs.locator('[data-status="Completed"] .n').textContent(), String(completed));
+  assert.equal(await jobs.locator('[data-status="Failed"] .n').textContent(), "1");
+  // The failed item needs attention; the session survives a reload (HttpOnly cookie).
+  await page.getByRole("cell", { name: "gone", exact: true }).waitFor();
+  await page.reload();
+  await page.getByRole("heading", { name: "Dashboard" }).waitFor();
+
+  await page.getByRole("link", { name: "Items" }).click();
+  await page.getByRole("heading", { name: "Items" }).waitFor();
+  for (const name of ["good", "gone"]) {
+    await page.getByRole("cell", { name, exact: true }).waitFor();
+  }
+  // A status tile drills down to that status's jobs.
+  await page.getByRole("link", { name: "Dashboard" }).click();
+  await page.getByRole("link", { name: /1 Failed/ }).click();
+  await page.getByRole("heading", { name: "Jobs: Failed" }).waitFor();
+  assert.equal(await page.locator("tbody tr").count(), 1);
+  await page.getByRole("link", { name: "Jobs" }).click();
+  await page.getByRole("heading", { name: "Jobs" }).waitFor();
+  assert.ok((await page.locator("tbody tr").count()) >= 2);
+
+  const cookies = await page.context().cookies();
+  const session = cookies.find((c) => c.name === "kura_session");
+  assert.ok(session && session.httpOnly && session.sameSite === "Strict", JSON.stringify(cookies));
+  await page.getByRole("button", { name: "Sign out" }).click();
+  await page.getByRole("heading", { name: "Sign in to kura" }).waitFor();
+  const r = await page.request.get(base + "/api/v1/items", {
+    headers: { Cookie: `kura_session=${session.value}` },
+  });
+  assert.equal(r.status(), 401, "the old session is refused");
+  await page.close();
+});
