@@ -112,3 +112,43 @@ test("sign in, see the dashboard's jobs and items, sign out and be refused", asy
   assert.equal(r.status(), 401, "the old session is refused");
   await page.close();
 });
+
+test("back up an item now and watch the job complete; stop with delete, undelete, resume", async () => {
+  const page = await browser.newPage();
+  await page.goto(base + "/");
+  await page.getByLabel("API token").fill(TOKEN);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByRole("link", { name: "Items" }).click();
+  await page.getByRole("link", { name: "good", exact: true }).click();
+  await page.getByRole("heading", { name: "Item good" }).waitFor();
+  await page.getByRole("heading", { name: "Recovery points (1)" }).waitFor();
+
+  // The job appears and reaches Completed with no reload: the page follows it.
+  const loads = [];
+  page.on("load", () => loads.push(1));
+  await page.getByRole("button", { name: "Back up now" }).click();
+  await page.getByRole("heading", { name: "Recovery points (2)" }).waitFor({ timeout: 30000 });
+  const newest = page.locator("section[aria-label=Jobs] tbody tr").first();
+  assert.equal(await newest.locator("td").nth(1).textContent(), "Backup");
+  assert.equal(await newest.locator(".status").textContent(), "Completed");
+  assert.equal(loads.length, 0, "no page load");
+
+  // A bad date is refused with the API's message next to the form, and nothing starts.
+  await page.getByLabel("Keep until (optional)").fill("2001-01-01");
+  await page.getByRole("button", { name: "Back up now" }).click();
+  await page.locator("form[aria-label='Back up now'] .error").getByText(/in the past/).waitFor();
+
+  // Stop and delete data (confirmed), then undelete, then resume with a policy.
+  page.once("dialog", (d) => d.accept());
+  await page.getByRole("button", { name: "Stop protection and delete data" }).click();
+  await page.locator("#protection-state").getByText("SoftDeleted", { exact: true }).waitFor();
+  await page.getByRole("button", { name: "Undelete" }).click();
+  await page.locator("#protection-state").getByText("ProtectionStopped", { exact: true }).waitFor();
+  await page.getByLabel("Policy").selectOption("DefaultPolicy");
+  await page.getByRole("button", { name: "Resume protection" }).click();
+  await page.locator("#protection-state").getByText("Protected", { exact: true }).waitFor();
+  const item = await (await fetch(base + "/api/v1/items/good", { headers: { Authorization: `Bearer ${TOKEN}` } })).json();
+  assert.equal(item.protection_state, "Protected");
+  assert.equal(item.recovery_points, 2, "undelete kept the points");
+  await page.close();
+});

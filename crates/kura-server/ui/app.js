@@ -34,7 +34,7 @@ function el(tag, attrs = {}, ...children) {
     if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
     else if (v !== false && v != null) e.setAttribute(k, v === true ? "" : v);
   }
-  for (const c of children.flat()) {
+  for (const c of children.flat(Infinity)) {
     if (c != null) e.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
   return e;
@@ -140,7 +140,7 @@ async function dashboard() {
     el("section", { "aria-label": "Needs attention" },
       el("h2", {}, "Needs attention"),
       table(["Item", "Health", "Last backup", "Why"], attention.map((i) => [
-        i.name, i.health_status, i.last_backup_status, i.health_details.join("; "),
+        itemLink(i.name), i.health_status, i.last_backup_status, i.health_details.join("; "),
       ]), "Every item is healthy.")),
     el("section", { "aria-label": "Vaults" },
       el("h2", {}, "Vaults"),
@@ -156,7 +156,7 @@ async function itemList() {
     el("h1", {}, "Items"),
     table(["Name", "Kind", "Vault", "Policy", "State", "Health", "Last backup", "Points", "Latest point"],
       items.map((i) => [
-        i.name, i.kind, i.vault, i.policy || "—", i.protection_state, i.health_status, i.last_backup_status,
+        itemLink(i.name), i.kind, i.vault, i.policy || "—", i.protection_state, i.health_status, i.last_backup_status,
         i.recovery_points, when(i.latest_recovery_point?.time),
       ]),
       "No items yet: protect one with `kura item protect disk IMAGE --vault NAME`."));
@@ -179,14 +179,97 @@ async function jobList(params) {
   return jobs.some((j) => ["Queued", "InProgress", "Cancelling"].includes(j.status)) ? 1000 : 5000;
 }
 
+function itemLink(name) {
+  return el("a", { href: `#/items/${encodeURIComponent(name)}` }, name);
+}
+
+const RUNNING = ["Queued", "InProgress", "Cancelling"];
+
+function jobRows(jobs) {
+  return jobs.map((j) => [
+    el("code", {}, j.id.slice(-8)), j.operation,
+    el("span", { class: `status s-${j.status}` }, j.status),
+    j.bytes_total ? el("progress", { max: j.bytes_total, value: j.bytes_done, "aria-label": `progress of job ${j.id.slice(-8)}` }) : "",
+    when(j.started), when(j.ended), j.error || "",
+  ]);
+}
+
+/// A form whose submit sends one API call; its error is shown next to it.
+function action(label, fields, send, opts = {}) {
+  const err = el("p", { class: "error", role: "alert" });
+  const form = el("form", { class: "action", "aria-label": label }, fields, el("button", { type: "submit" }, label), err);
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    if (opts.confirm && !window.confirm(opts.confirm)) return;
+    err.textContent = "";
+    try {
+      await send(new FormData(form));
+      route();
+    } catch (e) {
+      err.textContent = e.message;
+    }
+  });
+  return form;
+}
+
+async function itemPage(_params, name) {
+  const path = `/items/${encodeURIComponent(name)}`;
+  const [item, points, jobs] = await Promise.all([
+    api("GET", path), api("GET", `${path}/recovery-points`),
+    api("GET", `/jobs?limit=20&item=${encodeURIComponent(name)}`),
+  ]);
+  const policies = await api("GET", `/vaults/${encodeURIComponent(item.vault)}/policies`);
+  const state = item.protection_state;
+  const actions = [];
+  if (state !== "SoftDeleted" && state !== "ProtectionStopped") {
+    actions.push(action("Back up now", [
+      el("label", { for: "retain-until" }, "Keep until (optional)"),
+      el("input", { id: "retain-until", name: "retain_until", type: "date" }),
+    ], (f) => api("POST", `${path}/backups`, f.get("retain_until") ? { retain_until: f.get("retain_until") } : {})));
+    actions.push(action("Stop protection, keep data", [], () => api("POST", `${path}/stop`, { delete_data: false })));
+    actions.push(action("Stop protection and delete data", [], () => api("POST", `${path}/stop`, { delete_data: true }),
+      { confirm: `Delete the backup data of ${name}? Soft delete keeps it recoverable for its retention days.` }));
+  }
+  if (state === "SoftDeleted") {
+    actions.push(action("Undelete", [], () => api("POST", `${path}/undelete`, {})));
+  }
+  if (state === "ProtectionStopped") {
+    actions.push(action("Resume protection", [
+      el("label", { for: "resume-policy" }, "Policy"),
+      el("select", { id: "resume-policy", name: "policy" }, policies.map((p) => el("option", { value: p.name }, p.name))),
+    ], (f) => api("POST", `${path}/resume`, { policy: f.get("policy") })));
+  }
+  show(
+    el("h1", {}, `Item ${item.name}`),
+    facts([["Kind", item.kind], ["Vault", item.vault], ["Policy", item.policy || "—"],
+      ["Protection", el("span", { id: "protection-state" }, state)],
+      ["Last backup", item.last_backup_status], ["Health", item.health_status], ["Source", item.source],
+      ["Purged at", item.purge_at ? when(item.purge_at) : null]]),
+    el("section", { class: "actions", "aria-label": "Actions" }, actions),
+    el("section", { "aria-label": "Recovery points" },
+      el("h2", {}, `Recovery points (${points.length})`),
+      table(["Point", "Time", "Tier", "Consistency", "Size", "Stored", "Expires"], points.map((p) => [
+        el("code", {}, p.id.slice(-8)), when(p.time), p.tier, p.consistency, size(p.logical_size), size(p.stored_size), when(p.expires),
+      ]), "No recovery points yet: back it up now.")),
+    el("section", { "aria-label": "Jobs" },
+      el("h2", {}, "Jobs"),
+      table(["Job", "Operation", "Status", "Progress", "Started", "Ended", "Error"], jobRows(jobs), "No jobs yet.")));
+  return jobs.some((j) => RUNNING.includes(j.status)) ? 1000 : 0;
+}
+
+function facts(pairs) {
+  return el("dl", { class: "facts" }, pairs.filter(([, v]) => v != null).map(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
+}
+
 async function route() {
   clearTimeout(timer);
   if (!csrf) return;
   const [path, query] = location.hash.replace(/^#/, "").split("?");
   const params = new URLSearchParams(query || "");
-  const page = path === "/items" ? itemList : path === "/jobs" ? jobList : dashboard;
+  const item = path.match(/^\/items\/(.+)$/);
+  const page = item ? itemPage : path === "/items" ? itemList : path === "/jobs" ? jobList : dashboard;
   try {
-    const again = await page(params);
+    const again = await page(params, item ? decodeURIComponent(item[1]) : null);
     if (again) timer = setTimeout(route, again);
   } catch (e) {
     if (e.status === 401) return signIn("Your session ended; sign in again.");
