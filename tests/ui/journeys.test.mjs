@@ -5,7 +5,8 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFileSync } from "node:child_process";
-import { mkdtempSync, writeFileSync, rmSync } from "node:fs";
+import { mkdtempSync, writeFileSync, readFileSync, rmSync } from "node:fs";
+import { createHash } from "node:crypto";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
@@ -46,7 +47,8 @@ before(async () => {
   kura("item", "protect", "disk", gone, "--vault", "v");
   rmSync(gone);
   assert.throws(() => kura("backup", "now", "gone"), "a backup of a missing image fails");
-  server = spawn(KURA, ["--home", home, "server", "--listen", "127.0.0.1:0", "--no-scheduler"], {
+  server = spawn(KURA, ["--home", home, "server", "--listen", "127.0.0.1:0", "--no-scheduler",
+    "--allow-restore", dir], {
     env: { ...process.env, KURA_ADMIN_TOKEN: TOKEN },
     stdio: ["ignore", "pipe", "ignore"],
   });
@@ -150,5 +152,36 @@ test("back up an item now and watch the job complete; stop with delete, undelete
   const item = await (await fetch(base + "/api/v1/items/good", { headers: { Authorization: `Bearer ${TOKEN}` } })).json();
   assert.equal(item.protection_state, "Protected");
   assert.equal(item.recovery_points, 2, "undelete kept the points");
+  await page.close();
+});
+
+test("restore a recovery point through the wizard and get the image back", async () => {
+  const page = await browser.newPage();
+  await page.goto(base + "/");
+  await page.getByLabel("API token").fill(TOKEN);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByRole("heading", { name: "Dashboard" }).waitFor();
+  await page.goto(base + "/#/items/good");
+  await page.getByRole("heading", { name: "Item good" }).waitFor();
+  await page.getByRole("link", { name: /^Restore point / }).first().click();
+  await page.getByRole("heading", { name: "Restore good" }).waitFor();
+  const target = join(dir, "restored.raw");
+  await page.getByLabel("Target file on the server").fill(target);
+  await page.getByRole("button", { name: "Review" }).click();
+  await page.locator("#restore-summary").getByText(`to ${target}`).waitFor();
+  await page.getByRole("button", { name: "Restore" }).click();
+  await page.getByRole("heading", { name: /^Job .*: Restore of good$/ }).waitFor();
+  await page.locator("#job-status").getByText("Completed", { exact: true }).waitFor({ timeout: 30000 });
+  await page.locator("#job-report").waitFor();
+  const sha = (p) => createHash("sha256").update(readFileSync(p)).digest("hex");
+  assert.equal(sha(target), sha(join(dir, "good.raw")), "the restored image is the source");
+
+  // Again onto the same file without "replace": the server refuses, the message is shown.
+  await page.goBack();
+  await page.getByRole("heading", { name: "Restore good" }).waitFor();
+  await page.getByLabel("Target file on the server").fill(target);
+  await page.getByRole("button", { name: "Review" }).click();
+  await page.getByRole("button", { name: "Restore" }).click();
+  await page.locator("#restore-error").getByText(/already exists/).waitFor();
   await page.close();
 });

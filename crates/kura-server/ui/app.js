@@ -170,7 +170,7 @@ async function jobList(params) {
     el("h1", {}, status ? `Jobs: ${status}` : "Jobs"),
     table(["Job", "Operation", "Target", "Status", "Progress", "Started", "Ended"],
       jobs.map((j) => [
-        el("code", {}, j.id.slice(-8)), j.operation, j.target,
+        jobLink(j), j.operation, j.target,
         el("span", { class: `status s-${j.status}` }, j.status),
         j.bytes_total ? el("progress", { max: j.bytes_total, value: j.bytes_done, "aria-label": `progress of job ${j.id.slice(-8)}` }) : "",
         when(j.started), when(j.ended),
@@ -185,9 +185,13 @@ function itemLink(name) {
 
 const RUNNING = ["Queued", "InProgress", "Cancelling"];
 
+function jobLink(j) {
+  return el("a", { href: `#/jobs/${j.id}`, "aria-label": `job ${j.id.slice(-8)}` }, el("code", {}, j.id.slice(-8)));
+}
+
 function jobRows(jobs) {
   return jobs.map((j) => [
-    el("code", {}, j.id.slice(-8)), j.operation,
+    jobLink(j), j.operation,
     el("span", { class: `status s-${j.status}` }, j.status),
     j.bytes_total ? el("progress", { max: j.bytes_total, value: j.bytes_done, "aria-label": `progress of job ${j.id.slice(-8)}` }) : "",
     when(j.started), when(j.ended), j.error || "",
@@ -248,13 +252,108 @@ async function itemPage(_params, name) {
     el("section", { class: "actions", "aria-label": "Actions" }, actions),
     el("section", { "aria-label": "Recovery points" },
       el("h2", {}, `Recovery points (${points.length})`),
-      table(["Point", "Time", "Tier", "Consistency", "Size", "Stored", "Expires"], points.map((p) => [
+      table(["Point", "Time", "Tier", "Consistency", "Size", "Stored", "Expires", ""], points.map((p) => [
         el("code", {}, p.id.slice(-8)), when(p.time), p.tier, p.consistency, size(p.logical_size), size(p.stored_size), when(p.expires),
+        el("a", { href: `#/restore/${encodeURIComponent(name)}/${p.id}`, "aria-label": `Restore point ${p.id.slice(-8)}` }, "Restore…"),
       ]), "No recovery points yet: back it up now.")),
     el("section", { "aria-label": "Jobs" },
       el("h2", {}, "Jobs"),
       table(["Job", "Operation", "Status", "Progress", "Started", "Ended", "Error"], jobRows(jobs), "No jobs yet.")));
   return jobs.some((j) => RUNNING.includes(j.status)) ? 1000 : 0;
+}
+
+/// The restore wizard: the point, the mode its item's kind offers, the target and options,
+/// a summary to confirm, then the job is followed.
+async function restorePage(_params, [name, rp]) {
+  const point = await api("GET", `/items/${encodeURIComponent(name)}/recovery-points/${encodeURIComponent(rp)}`);
+  const vm = point.item.kind === "vm";
+  const modes = vm
+    ? [["disks", "Disks into a directory (one file per disk)"], ["new-vm", "A new VM (disks and a start script)"], ["replace", "Over the existing VM's disks"]]
+    : [["disk", "The disk to an image file"]];
+  const err = el("p", { class: "error", role: "alert", id: "restore-error" });
+  const summary = el("div", { id: "restore-summary", "aria-live": "polite" });
+  const form = el("form", { class: "wizard", "aria-label": "Restore" },
+    el("fieldset", {}, el("legend", {}, "1. Recovery point"),
+      facts([["Item", name], ["Point", el("code", {}, point.rp_id)], ["Time", when(point.time)], ["Tier", point.tier],
+        ["Consistency", point.consistency], ["Disks", point.disks.map((d) => `${d.name} (${size(d.size)})`).join(", ")]])),
+    el("fieldset", {}, el("legend", {}, "2. What to restore"),
+      modes.map(([v, label], i) => el("label", { class: "choice" },
+        el("input", { type: "radio", name: "mode", value: v, checked: i === 0 }), " ", label))),
+    el("fieldset", {}, el("legend", {}, "3. Target and options"),
+      el("label", { for: "restore-to" }, vm ? "Target (directory, or the new VM's directory)" : "Target file on the server"),
+      el("input", { id: "restore-to", name: "to", placeholder: "/srv/restores/web.qcow2" }),
+      vm ? [el("label", { for: "restore-name" }, "New VM name"), el("input", { id: "restore-name", name: "as_new" })] : null,
+      el("label", { for: "restore-format" }, "Image format"),
+      el("select", { id: "restore-format", name: "format" },
+        el("option", { value: "" }, "From the file name (.qcow2: qcow2, else raw)"),
+        el("option", { value: "raw" }, "raw"), el("option", { value: "qcow2" }, "qcow2")),
+      point.disks.length > 1 && !vm ? [el("label", { for: "restore-disk" }, "Disk"),
+        el("select", { id: "restore-disk", name: "disk" }, point.disks.map((d) => el("option", { value: d.name }, d.name)))] : null,
+      el("label", { class: "choice" }, el("input", { type: "checkbox", name: "force" }), " Replace an existing target")),
+    el("fieldset", {}, el("legend", {}, "4. Confirm"), summary, err,
+      el("button", { type: "submit", id: "restore-review" }, "Review")));
+  let reviewed = null;
+  form.addEventListener("input", () => { reviewed = null; summary.replaceChildren(); form.querySelector("#restore-review").textContent = "Review"; });
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    err.textContent = "";
+    const f = new FormData(form);
+    const mode = f.get("mode");
+    const base = `/items/${encodeURIComponent(name)}`;
+    let call;
+    if (mode === "disk") {
+      const body = { rp: point.rp_id, to: f.get("to"), force: f.get("force") === "on" };
+      if (f.get("format")) body.format = f.get("format");
+      if (f.get("disk")) body.disk = f.get("disk");
+      call = [`${base}/restores`, body, `Restore ${name}'s disk from ${point.rp_id.slice(-8)} to ${body.to}${body.force ? ", replacing it" : ""}.`];
+    } else if (mode === "disks") {
+      const body = { rp: point.rp_id, to: f.get("to"), force: f.get("force") === "on" };
+      if (f.get("format")) body.format = f.get("format");
+      call = [`${base}/disk-restores`, body, `Restore every disk of ${name} from ${point.rp_id.slice(-8)} into ${body.to}.`];
+    } else if (mode === "new-vm") {
+      const body = { rp: point.rp_id, as_new: f.get("as_new"), to: f.get("to") };
+      call = [`${base}/vm-restores`, body, `Make a new VM ${body.as_new} in ${body.to} from ${point.rp_id.slice(-8)}.`];
+    } else {
+      call = [`${base}/vm-restores`, { rp: point.rp_id, replace: true, stop: true },
+        `Shut ${name} down and replace its disks with point ${point.rp_id.slice(-8)} (the old disks are kept beside them).`];
+    }
+    if (reviewed !== JSON.stringify(call)) {
+      reviewed = JSON.stringify(call);
+      summary.replaceChildren(el("p", {}, call[2]));
+      form.querySelector("#restore-review").textContent = "Restore";
+      return;
+    }
+    try {
+      const started = await api("POST", call[0], call[1]);
+      location.hash = `#/jobs/${started.job_id}`;
+    } catch (e) {
+      err.textContent = e.message;
+    }
+  });
+  show(el("h1", {}, `Restore ${name}`), form);
+  return 0;
+}
+
+/// One job: its state, sub-tasks, log and report, followed while it runs; cancel.
+async function jobPage(_params, id) {
+  const j = await api("GET", `/jobs/${encodeURIComponent(id)}`);
+  const running = RUNNING.includes(j.status);
+  show(
+    el("h1", {}, `Job ${j.id.slice(-8)}: ${j.operation} of ${j.target}`),
+    facts([["Status", el("span", { id: "job-status", class: `status s-${j.status}` }, j.status)],
+      ["Progress", j.bytes_total ? el("progress", { max: j.bytes_total, value: j.bytes_done, "aria-label": "progress" }) : null],
+      ["Done", j.bytes_total ? `${size(j.bytes_done)} of ${size(j.bytes_total)}` : null],
+      ["Rate", j.rate_bytes_per_sec ? `${size(j.rate_bytes_per_sec)}/s` : null],
+      ["ETA", j.eta_seconds != null && running ? `${j.eta_seconds} s` : null],
+      ["Started", when(j.started)], ["Ended", j.ended ? when(j.ended) : null],
+      ["Recovery point", j.rp_id], ["Error", j.error]]),
+    running ? action("Cancel job", [], () => api("POST", `/jobs/${j.id}/cancel`, {}), { confirm: "Cancel this job? It keeps nothing incomplete." }) : null,
+    j.tasks.length ? el("section", { "aria-label": "Sub-tasks" }, el("h2", {}, "Sub-tasks"),
+      table(["Task", "Status", "Detail"], j.tasks.map((t) => [t.name, t.status, t.detail || ""]), "")) : null,
+    el("section", { "aria-label": "Log" }, el("h2", {}, "Log"), el("pre", { class: "log" }, j.log.join("\n"))),
+    j.result ? el("section", { "aria-label": "Report" }, el("h2", {}, "Report"),
+      el("pre", { class: "log", id: "job-report" }, JSON.stringify(j.result, null, 2))) : null);
+  return running ? 1000 : 0;
 }
 
 function facts(pairs) {
@@ -266,10 +365,26 @@ async function route() {
   if (!csrf) return;
   const [path, query] = location.hash.replace(/^#/, "").split("?");
   const params = new URLSearchParams(query || "");
-  const item = path.match(/^\/items\/(.+)$/);
-  const page = item ? itemPage : path === "/items" ? itemList : path === "/jobs" ? jobList : dashboard;
+  const pages = [
+    [/^\/items\/([^/]+)$/, itemPage],
+    [/^\/restore\/([^/]+)\/([^/]+)$/, restorePage],
+    [/^\/jobs\/([^/]+)$/, jobPage],
+    [/^\/items$/, itemList],
+    [/^\/jobs$/, jobList],
+  ];
+  let page = dashboard;
+  let args = null;
+  for (const [re, p] of pages) {
+    const m = path.match(re);
+    if (m) {
+      page = p;
+      const parts = m.slice(1).map(decodeURIComponent);
+      args = parts.length === 1 ? parts[0] : parts;
+      break;
+    }
+  }
   try {
-    const again = await page(params, item ? decodeURIComponent(item[1]) : null);
+    const again = await page(params, args);
     if (again) timer = setTimeout(route, again);
   } catch (e) {
     if (e.status === 401) return signIn("Your session ended; sign in again.");
