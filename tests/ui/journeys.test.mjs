@@ -23,6 +23,12 @@ let server;
 let base;
 let browser;
 
+// KURA_UI_SCREENSHOTS=DIR saves a picture of each main page there (docs/ui is made so).
+async function shot(page, name) {
+  const to = process.env.KURA_UI_SCREENSHOTS;
+  if (to) await page.screenshot({ path: join(to, `${name}.png`), fullPage: true });
+}
+
 function kura(...args) {
   return execFileSync(KURA, ["--home", home, ...args], {
     env: { ...process.env, KURA_PASSPHRASE: "" },
@@ -68,8 +74,9 @@ after(async () => {
 });
 
 test("sign in, see the dashboard's jobs and items, sign out and be refused", async () => {
-  const page = await browser.newPage();
+  const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
   await page.goto(base + "/");
+  await shot(page, "sign-in");
   await page.getByLabel("API token").fill("kura_not_a_token");
   await page.getByRole("button", { name: "Sign in" }).click();
   await page.getByText("That token is not accepted").waitFor();
@@ -86,6 +93,7 @@ test("sign in, see the dashboard's jobs and items, sign out and be refused", asy
   assert.equal(await jobs.locator('[data-status="Failed"] .n').textContent(), "1");
   // The failed item needs attention; the session survives a reload (HttpOnly cookie).
   await page.getByRole("cell", { name: "gone", exact: true }).waitFor();
+  await shot(page, "dashboard");
   await page.reload();
   await page.getByRole("heading", { name: "Dashboard" }).waitFor();
 
@@ -94,6 +102,7 @@ test("sign in, see the dashboard's jobs and items, sign out and be refused", asy
   for (const name of ["good", "gone"]) {
     await page.getByRole("cell", { name, exact: true }).waitFor();
   }
+  await shot(page, "items");
   // A status tile drills down to that status's jobs.
   await page.getByRole("link", { name: "Dashboard" }).click();
   await page.getByRole("link", { name: /1 Failed/ }).click();
@@ -116,7 +125,7 @@ test("sign in, see the dashboard's jobs and items, sign out and be refused", asy
 });
 
 test("back up an item now and watch the job complete; stop with delete, undelete, resume", async () => {
-  const page = await browser.newPage();
+  const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
   await page.goto(base + "/");
   await page.getByLabel("API token").fill(TOKEN);
   await page.getByRole("button", { name: "Sign in" }).click();
@@ -134,6 +143,7 @@ test("back up an item now and watch the job complete; stop with delete, undelete
   assert.equal(await newest.locator("td").nth(1).textContent(), "Backup");
   assert.equal(await newest.locator(".status").textContent(), "Completed");
   assert.equal(loads.length, 0, "no page load");
+  await shot(page, "item");
 
   // A bad date is refused with the API's message next to the form, and nothing starts.
   await page.getByLabel("Keep until (optional)").fill("2001-01-01");
@@ -156,7 +166,7 @@ test("back up an item now and watch the job complete; stop with delete, undelete
 });
 
 test("restore a recovery point through the wizard and get the image back", async () => {
-  const page = await browser.newPage();
+  const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
   await page.goto(base + "/");
   await page.getByLabel("API token").fill(TOKEN);
   await page.getByRole("button", { name: "Sign in" }).click();
@@ -169,10 +179,12 @@ test("restore a recovery point through the wizard and get the image back", async
   await page.getByLabel("Target file on the server").fill(target);
   await page.getByRole("button", { name: "Review" }).click();
   await page.locator("#restore-summary").getByText(`to ${target}`).waitFor();
+  await shot(page, "restore");
   await page.getByRole("button", { name: "Restore" }).click();
   await page.getByRole("heading", { name: /^Job .*: Restore of good$/ }).waitFor();
   await page.locator("#job-status").getByText("Completed", { exact: true }).waitFor({ timeout: 30000 });
   await page.locator("#job-report").waitFor();
+  await shot(page, "job");
   const sha = (p) => createHash("sha256").update(readFileSync(p)).digest("hex");
   assert.equal(sha(target), sha(join(dir, "good.raw")), "the restored image is the source");
 
