@@ -188,8 +188,18 @@ test("restore a recovery point through the wizard and get the image back", async
   const sha = (p) => createHash("sha256").update(readFileSync(p)).digest("hex");
   assert.equal(sha(target), sha(join(dir, "good.raw")), "the restored image is the source");
 
+  // On a phone-width screen the pages fit: nothing makes the page scroll sideways.
+  await page.setViewportSize({ width: 390, height: 800 });
+  for (const hash of ["#/", "#/items", "#/items/good", "#/jobs"]) {
+    await page.goto(base + "/" + hash);
+    await page.locator("main h1").waitFor();
+    const [scroll, inner] = await page.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);
+    assert.ok(scroll <= inner, `${hash}: ${scroll} px wide in a ${inner} px window`);
+  }
+  await page.setViewportSize({ width: 1280, height: 800 });
+  await page.goto(base + `/#/restore/good/${encodeURIComponent((await (await fetch(base + "/api/v1/items/good/recovery-points", { headers: { Authorization: `Bearer ${TOKEN}` } })).json())[0].id)}`);
+
   // Again onto the same file without "replace": the server refuses, the message is shown.
-  await page.goBack();
   await page.getByRole("heading", { name: "Restore good" }).waitFor();
   await page.getByLabel("Target file on the server").fill(target);
   await page.getByRole("button", { name: "Review" }).click();

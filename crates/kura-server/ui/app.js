@@ -58,9 +58,10 @@ function size(n) {
 
 function table(headers, rows, empty) {
   if (!rows.length) return el("p", { class: "empty" }, empty);
-  return el("table", {},
+  // A wide table scrolls inside its box on a narrow screen; the page does not.
+  return el("div", { class: "scroll" }, el("table", {},
     el("thead", {}, el("tr", {}, headers.map((h) => el("th", { scope: "col" }, h)))),
-    el("tbody", {}, rows.map((r) => el("tr", {}, r.map((c) => el("td", {}, c))))));
+    el("tbody", {}, rows.map((r) => el("tr", {}, r.map((c) => el("td", {}, c)))))));
 }
 
 function show(...nodes) {
