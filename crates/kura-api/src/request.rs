@@ -260,6 +260,9 @@ pub struct JobFilter {
     /// Only jobs of this operation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operation: Option<String>,
+    /// Only jobs started (or queued) at or after this RFC 3339 instant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
 }
 
 /// `POST /tokens`.

@@ -1297,13 +1297,13 @@ impl Catalog {
         let mut st = conn.prepare_cached(&format!(
             "SELECT {} FROM jobs
              WHERE (?1 IS NULL OR target = ?1) AND (?2 IS NULL OR status = ?2)
-               AND (?3 IS NULL OR operation = ?3)
+               AND (?3 IS NULL OR operation = ?3) AND (?5 IS NULL OR started >= ?5)
              ORDER BY started DESC, id DESC LIMIT ?4",
             Self::JOB_COLS
         ))?;
         let rows = st
             .query_map(
-                params![f.target, f.status, f.operation, f.limit as i64],
+                params![f.target, f.status, f.operation, f.limit as i64, f.since],
                 Self::job_from,
             )?
             .collect::<rusqlite::Result<_>>()?;
@@ -1320,6 +1320,8 @@ pub struct JobFilter {
     pub status: Option<String>,
     /// `Backup`, `Restore`, ...
     pub operation: Option<String>,
+    /// Started (or queued) at or after this stamp.
+    pub since: Option<String>,
     /// At most this many.
     pub limit: usize,
 }

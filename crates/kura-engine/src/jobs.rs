@@ -39,6 +39,8 @@ pub struct JobQuery {
     pub status: Option<String>,
     /// An operation of [`JOB_OPERATIONS`].
     pub operation: Option<String>,
+    /// Only jobs started (or queued) at or after this instant: an RFC 3339 instant.
+    pub since: Option<String>,
     /// At most this many, newest first.
     pub limit: usize,
 }
@@ -59,8 +61,18 @@ impl JobQuery {
                         )
                     })
             };
+        let since = match &self.since {
+            Some(t) => Some(t.parse::<jiff::Timestamp>().map_err(|e| {
+                Error::new(
+                    ErrorKind::Invalid,
+                    format!("since {t:?} is not an RFC 3339 instant: {e}"),
+                )
+            })?),
+            None => None,
+        };
         Ok(kura_catalog::JobFilter {
             target: self.item.clone(),
+            since: since.map(kura_catalog::stamp),
             status: pick("status", &self.status, JOB_STATUSES)?,
             operation: pick("operation", &self.operation, JOB_OPERATIONS)?,
             limit: self.limit,

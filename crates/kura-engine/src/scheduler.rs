@@ -450,6 +450,7 @@ impl Home {
             status: Some("Queued".into()),
             operation: Some("Backup".into()),
             limit: 1,
+            ..Default::default()
         })?;
         if let Some(w) = waiting.first() {
             entry.error = Some(format!(

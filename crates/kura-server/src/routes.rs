@@ -1287,6 +1287,7 @@ async fn list_jobs(_: Auth, State(s): State<S>, Params(q): Params<api::JobFilter
         item: q.item,
         status: q.status,
         operation: q.operation,
+        since: q.since,
         limit: q.limit.unwrap_or(100).min(10_000),
     };
     ok(

@@ -538,7 +538,18 @@ fn job_filters_and_query_errors(s: &Server) {
     let done = ok(s, "GET", "/api/v1/jobs?status=Completed&limit=1", None);
     assert_eq!(done.as_array().unwrap().len(), 1);
     assert_eq!(done[0]["status"], "Completed");
+    // `since`: only jobs started at or after an instant (the web UI's last 24 hours).
+    let newest = all[0]["started"].as_str().unwrap().to_string();
+    let since = ok(s, "GET", &format!("/api/v1/jobs?since={newest}"), None);
+    let since = since.as_array().unwrap();
+    assert!(!since.is_empty() && since.len() < all.len(), "{since:?}");
+    assert!(
+        since
+            .iter()
+            .all(|j| j["started"].as_str().unwrap() >= newest.as_str())
+    );
     for (query, names) in [
+        ("since=yesterday", "since"),
         ("limit=abc", "limit"),
         ("status=Done", "status"),
         ("operation=Nap", "operation"),

@@ -118,10 +118,10 @@ const JOB_STATES = ["Completed", "CompletedWithWarnings", "Failed", "InProgress"
 
 async function dashboard() {
   const [jobs, items, usage] = await Promise.all([
-    api("GET", "/jobs?limit=1000"), api("GET", "/items"), api("GET", "/usage"),
+    api("GET", `/jobs?limit=10000&since=${encodeURIComponent(new Date(Date.now() - 24 * 3600 * 1000).toISOString())}`),
+    api("GET", "/items"), api("GET", "/usage"),
   ]);
-  const since = Date.now() - 24 * 3600 * 1000;
-  const recent = jobs.filter((j) => new Date(j.started).getTime() >= since);
+  const recent = jobs;
   const count = (xs, f) => xs.reduce((m, x) => ((m[f(x)] = (m[f(x)] || 0) + 1), m), {});
   const byStatus = count(recent, (j) => (j.status === "Cancelling" ? "InProgress" : j.status));
   const byState = count(items, (i) => i.protection_state);

@@ -534,6 +534,9 @@ enum JobCmd {
         /// GarbageCollect, DeleteExpiredPoints, ...; any case).
         #[arg(long)]
         operation: Option<String>,
+        /// Only jobs started at or after this instant (RFC 3339, e.g. 2026-12-01T00:00:00Z).
+        #[arg(long, value_name = "INSTANT")]
+        since: Option<String>,
     },
     /// One job, with its log.
     Show {
@@ -1121,12 +1124,14 @@ fn request(cmd: &Command, host: &mut HostOptions) -> anyhow::Result<Option<Reque
             item,
             status,
             operation,
+            since,
         }) => (
             C::ListJobs(api::JobFilter {
                 limit: Some(*limit),
                 item: item.clone(),
                 status: status.clone(),
                 operation: operation.clone(),
+                since: since.clone(),
             }),
             views::job_list,
         ),

@@ -338,6 +338,7 @@ impl Transport for Local<'_> {
                     item: q.item.clone(),
                     status: q.status.clone(),
                     operation: q.operation.clone(),
+                    since: q.since.clone(),
                     limit: q.limit.unwrap_or(100).min(10_000),
                 },
             )?)),
