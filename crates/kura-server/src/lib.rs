@@ -3,8 +3,10 @@
 //! - [`app`] builds the router (shared by `kura server` and the tests);
 //! - [`first_start`] prepares a home for serving: the `default` vault (encrypted with a key
 //!   file generated in the home) and the admin token;
-//! - every route but `/api/v1/openapi.json` needs `Authorization: Bearer TOKEN`, a named
-//!   token of the home's catalog (stored as a hash, optionally expiring);
+//! - every route but `/api/v1/openapi.json` and the web UI's sign-in (`POST /api/v1/session`)
+//!   needs `Authorization: Bearer TOKEN`, a named token of the home's catalog (stored as a
+//!   hash, optionally expiring), or the web UI's session cookie with its CSRF header;
+//! - the web UI's files are served at `/` and `/ui/` (see `ui.rs`);
 //! - long operations (backup, restore) answer `202 Accepted` with the job id at once;
 //! - errors are `{"error": {"code", "message"}}` with a stable code and HTTP status
 //!   ([`error::ApiError`]); malformed bodies, wrong types and unknown ids are 4xx, never 5xx.

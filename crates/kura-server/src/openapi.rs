@@ -48,8 +48,10 @@ pub fn openapi() -> Value {
             op["requestBody"] =
                 json!({"required": required, "content": {"application/json": {"schema": schema}}});
         }
-        if r.path != "/api/v1/openapi.json" {
-            op["security"] = json!([{"bearer": []}]);
+        // The document and the sign-in are open; everything else takes a bearer token or
+        // the web UI's session cookie (with its CSRF header for changes).
+        if r.path != "/api/v1/openapi.json" && r.operation != "createSession" {
+            op["security"] = json!([{"bearer": []}, {"session": []}]);
         }
         let entry = paths.entry(r.path.to_string()).or_insert_with(|| json!({}));
         entry[r.method.to_ascii_lowercase()] = op;
@@ -59,7 +61,10 @@ pub fn openapi() -> Value {
         "info": {"title": "kura", "version": env!("CARGO_PKG_VERSION")},
         "paths": paths,
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "session": {"type": "apiKey", "in": "cookie", "name": "kura_session"},
+            },
             "schemas": g.take_definitions(true),
         }
     })
