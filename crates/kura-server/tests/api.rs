@@ -1097,13 +1097,7 @@ fn sessions_sign_in_refuse_cross_site_posts_and_expire() {
         !text.contains(set.split(['=', ';']).nth(1).unwrap()),
         "the cookie is not in the body"
     );
-    let cookie = set["set-cookie:".len()..]
-        .trim()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
-    let with_cookie = format!("Cookie: {cookie}\r\n");
+    let with_cookie = cookie_header(&head);
     // Reads need only the cookie.
     let (status, _, text) = send(&s, "GET", "/api/v1/items", &with_cookie, None);
     assert_eq!(status, 200, "{text}");
@@ -1134,16 +1128,7 @@ fn sessions_sign_in_refuse_cross_site_posts_and_expire() {
     assert_eq!(status, 401);
     // A session ends at its expiry (12 h).
     let (_, head, _) = send(&s, "POST", "/api/v1/session", "", Some(&body));
-    let cookie = head
-        .lines()
-        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
-        .unwrap()["set-cookie:".len()..]
-        .trim()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
-    let with_cookie = format!("Cookie: {cookie}\r\n");
+    let with_cookie = cookie_header(&head);
     assert_eq!(send(&s, "GET", "/api/v1/items", &with_cookie, None).0, 200);
     clock.0.fetch_add(12 * 3600, Ordering::SeqCst);
     assert_eq!(send(&s, "GET", "/api/v1/items", &with_cookie, None).0, 401);
@@ -1156,4 +1141,14 @@ fn sessions_sign_in_refuse_cross_site_posts_and_expire() {
         "{head}"
     );
     assert_eq!(send(&s, "GET", "/ui/no-such-file.js", "", None).0, 404);
+}
+
+/// The `Cookie:` request header that sends back the cookie an answer's head sets.
+fn cookie_header(head: &str) -> String {
+    let set = head
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .expect("a cookie is set");
+    let cookie = set["set-cookie:".len()..].trim().split(';').next().unwrap();
+    format!("Cookie: {cookie}\r\n")
 }
