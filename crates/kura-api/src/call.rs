@@ -46,6 +46,8 @@ pub enum Call {
         policy: String,
         body: Simulate,
     },
+    /// `POST /policy-simulations` → `Simulation`.
+    SimulateDocument(SimulateDocument),
     /// `GET /items` → `Vec<Item>`.
     ListItems,
     /// `POST /items` → `Item`.
@@ -179,6 +181,9 @@ impl Call {
                     format!("{}/simulate", policy_path(vault, policy)),
                     json(body),
                 ),
+                C::SimulateDocument(b) => {
+                    post("/policy-simulations", "/policy-simulations".into(), json(b))
+                }
                 C::ListItems => get("/items", "/items".into()),
                 C::Protect(b) => post("/items", "/items".into(), json(b)),
                 C::GetItem { item } => get("/items/{item}", item_path(item, "")),

@@ -58,6 +58,21 @@ pub struct Simulate {
     pub days: u32,
 }
 
+/// `POST /policy-simulations`: preview a policy document that is not stored (e.g. while it
+/// is being written).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SimulateDocument {
+    /// The policy document (docs/policies.md); checked as `POST /vaults/{vault}/policies`
+    /// checks it, with the same field errors.
+    #[schemars(with = "kura_policy::PolicyDoc")]
+    pub policy: serde_json::Value,
+    /// First simulated day, `YYYY-MM-DD`.
+    pub from: String,
+    /// Number of days.
+    pub days: u32,
+}
+
 /// A libvirt domain: its name and, if not the default, the connection URI.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

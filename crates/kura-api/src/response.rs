@@ -19,6 +19,20 @@ pub struct ErrorBody {
     pub code: String,
     /// What went wrong, for people.
     pub message: String,
+    /// The fields of the request that are wrong, each with its path in the body (e.g.
+    /// `retention.daily.days`) and what is allowed; for forms that show each message next to
+    /// its field.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<FieldError>,
+}
+
+/// One wrong field of a request.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct FieldError {
+    /// Its path in the request body, e.g. `schedule.times[0]`.
+    pub field: String,
+    /// What is wrong and what is allowed.
+    pub message: String,
 }
 
 /// A vault.

@@ -52,6 +52,9 @@ pub enum Error {
     /// From a backend.
     #[error(transparent)]
     Backend(#[from] kura_backend::Error),
+    /// A policy document with wrong fields (each named by its path).
+    #[error(transparent)]
+    Policy(#[from] kura_policy::PolicyError),
     /// Anything else, with its kind.
     #[error("{message}")]
     Other {
@@ -94,10 +97,24 @@ impl Error {
         Error::new(kind, format!("{what}: {e}"))
     }
 
+    /// The fields a request got wrong, each with its path and message, when the error is
+    /// about fields of a document (a policy); empty otherwise.
+    pub fn fields(&self) -> Vec<(String, String)> {
+        match self {
+            Error::Policy(p) => p
+                .errors
+                .iter()
+                .map(|e| (e.field.clone(), e.message.clone()))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// The kind of failure.
     pub fn kind(&self) -> ErrorKind {
         use kura_store::Error as S;
         match self {
+            Error::Policy(_) => ErrorKind::Invalid,
             Error::Store(S::NotAVault { .. } | S::Missing { .. }) => ErrorKind::NotFound,
             Error::Store(S::AlreadyAVault { .. }) => ErrorKind::AlreadyExists,
             Error::Store(S::WrongKey | S::SecretNeeded { .. }) => ErrorKind::Key,

@@ -34,7 +34,7 @@ pub fn split_policy_path(path: &str) -> Result<(String, String)> {
 }
 
 fn parse(json: &[u8]) -> Result<Policy> {
-    Policy::parse(json).map_err(|e| Error::new(ErrorKind::Invalid, e.to_string()))
+    Ok(Policy::parse(json)?)
 }
 
 fn doc_json(p: &Policy) -> serde_json::Value {

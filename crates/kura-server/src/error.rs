@@ -15,6 +15,8 @@ pub struct ApiError {
     pub code: &'static str,
     /// Message naming the field or object.
     pub message: String,
+    /// The wrong fields, path and message each (policy documents).
+    pub fields: Vec<(String, String)>,
 }
 
 impl ApiError {
@@ -24,6 +26,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            fields: Vec::new(),
         }
     }
 
@@ -50,13 +53,23 @@ pub fn status_of(kind: ErrorKind) -> (StatusCode, &'static str) {
 impl From<kura_engine::Error> for ApiError {
     fn from(e: kura_engine::Error) -> Self {
         let (status, code) = status_of(e.kind());
-        ApiError::new(status, code, e.to_string())
+        ApiError {
+            fields: e.fields(),
+            ..ApiError::new(status, code, e.to_string())
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let mut body = json!({"error": {"code": self.code, "message": self.message}});
+        if !self.fields.is_empty() {
+            body["error"]["fields"] = self
+                .fields
+                .iter()
+                .map(|(field, message)| json!({"field": field, "message": message}))
+                .collect();
+        }
         (self.status, Json(body)).into_response()
     }
 }

@@ -426,6 +426,16 @@ pub const ROUTES: &[Route] = &[
     ),
     r(
         "POST",
+        "/api/v1/policy-simulations",
+        "simulateDocument",
+        "Preview a policy document that is not stored: its runs and what survives",
+        200,
+        Some(schema::<api::SimulateDocument>),
+        schema::<api::Simulation>,
+        None,
+    ),
+    r(
+        "POST",
         "/api/v1/session",
         "createSession",
         "Sign in to the web UI: a token's secret for an HttpOnly session cookie",
@@ -834,6 +844,26 @@ async fn simulate_policy(
     let sim = blocking(move || {
         Ok(s.home
             .simulate_policy(&PolicySource::Stored { vault, name }, from, b.days)?)
+    })
+    .await?;
+    ok(200, api::Simulation::from(sim))
+}
+
+async fn simulate_document(
+    _: Auth,
+    State(s): State<S>,
+    Body(b): Body<api::SimulateDocument>,
+) -> ApiResult {
+    let from: jiff::civil::Date = b.from.parse().map_err(|e| {
+        ApiError::invalid(format!(
+            "from: {:?} is not a date (YYYY-MM-DD): {e}",
+            b.from
+        ))
+    })?;
+    let doc = b.policy.to_string().into_bytes();
+    let sim = blocking(move || {
+        Ok(s.home
+            .simulate_policy(&PolicySource::Document(doc), from, b.days)?)
     })
     .await?;
     ok(200, api::Simulation::from(sim))
@@ -1605,6 +1635,7 @@ fn handler(route: &Route) -> MethodRouter<S> {
         "attachVault" => post(attach_vault),
         "exportKey" => get(export_key),
         "createSession" => post(create_session),
+        "simulateDocument" => post(simulate_document),
         "getSession" => get(get_session),
         "deleteSession" => delete(delete_session),
         "collectGarbage" => post(collect_garbage),

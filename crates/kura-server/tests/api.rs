@@ -879,6 +879,12 @@ fn every_client_call_is_a_documented_request() {
                 days: 30,
             },
         },
+        Call::SimulateDocument(api::SimulateDocument {
+            policy: json!({"name": "p2", "schedule": {"frequency": "daily", "times": ["01:00"]},
+                           "retention": {"daily": {"days": 7}}}),
+            from: s("2027-01-01"),
+            days: 10,
+        }),
         Call::ListItems,
         Call::Protect(api::Protect {
             kind: s("disk"),
@@ -1151,4 +1157,71 @@ fn cookie_header(head: &str) -> String {
         .expect("a cookie is set");
     let cookie = set["set-cookie:".len()..].trim().split(';').next().unwrap();
     format!("Cookie: {cookie}\r\n")
+}
+
+/// A policy document with wrong fields is refused naming each field, in a list a form can
+/// put next to its inputs; the same check previews a document that is not stored.
+#[test]
+fn policy_errors_name_each_field_and_unsaved_documents_preview() {
+    let s = start();
+    let bad = json!({"name": "p1", "schedule": {"frequency": "daily", "times": ["25:30"]},
+                     "retention": {"daily": {"days": 3}}});
+    let (status, v) = call(
+        &s,
+        "POST",
+        "/api/v1/vaults/default/policies",
+        Some(TOKEN),
+        Some(&bad.to_string()),
+    );
+    assert_eq!(
+        (status, &v["error"]["code"]),
+        (400, &json!("invalid")),
+        "{v}"
+    );
+    let fields: Vec<&str> = v["error"]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["schedule.times[0]", "retention.daily.days"], "{v}");
+    let body = json!({"policy": bad, "from": "2027-01-01", "days": 7}).to_string();
+    let (status, v) = call(
+        &s,
+        "POST",
+        "/api/v1/policy-simulations",
+        Some(TOKEN),
+        Some(&body),
+    );
+    assert_eq!(status, 400);
+    assert_eq!(v["error"]["fields"].as_array().unwrap().len(), 2, "{v}");
+    let good = json!({"name": "p1", "schedule": {"frequency": "daily", "times": ["02:30"]},
+                      "retention": {"daily": {"days": 7}}});
+    let body = json!({"policy": good, "from": "2027-01-01", "days": 10}).to_string();
+    let (status, v) = call(
+        &s,
+        "POST",
+        "/api/v1/policy-simulations",
+        Some(TOKEN),
+        Some(&body),
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["runs"].as_array().unwrap().len(), 10, "one run a day");
+    assert_eq!(
+        v["surviving"].as_array().unwrap().len(),
+        7,
+        "seven daily points kept"
+    );
+    assert_eq!(
+        call(
+            &s,
+            "GET",
+            "/api/v1/vaults/default/policies/p1",
+            Some(TOKEN),
+            None
+        )
+        .0,
+        404,
+        "a preview stores nothing"
+    );
 }

@@ -721,7 +721,7 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
     if let Some(url) = &cli.server {
         let Some(request) = request else {
             anyhow::bail!(
-                "this command runs on the server's host only (quickstart, server, scheduler, vault key export/change, vault detach, policy simulate --file); run it there without --server"
+                "this command runs on the server's host only (quickstart, server, scheduler, vault key export/change, vault detach); run it there without --server"
             );
         };
         let given = host.given();
@@ -1146,10 +1146,7 @@ fn request(cmd: &Command, host: &mut HostOptions) -> anyhow::Result<Option<Reque
         Command::Job(JobCmd::Cancel { id }) => {
             (C::CancelJob { job: id.clone() }, views::job_status)
         }
-        Command::Policy(p) => match policy_cmd::call(p)? {
-            Some(r) => r,
-            None => return Ok(None),
-        },
+        Command::Policy(p) => policy_cmd::call(p)?,
         Command::Retention(policy_cmd::RetentionCmd::Plan { item, at: at_given }) => (
             C::RetentionPlan {
                 item: item.clone(),
@@ -1257,10 +1254,19 @@ fn host_only(home: &Home, cmd: &Command, secrets: Secrets, out: &Out) -> anyhow:
             out.view(&v, views::vault_show);
             Ok(0)
         }
-        Command::Policy(cmd) => policy_cmd::simulate_file(home, cmd, out),
         Command::Scheduler(cmd) => policy_cmd::run_scheduler(home, cmd, secrets, out),
         _ => unreachable!("every other command is an API call"),
     }
+}
+
+/// The wrong fields an error names (path, message), as the API reports them.
+fn error_fields(e: &anyhow::Error) -> Vec<(String, String)> {
+    if let Some(f) = e.downcast_ref::<remote::ApiFailure>() {
+        return f.fields.clone();
+    }
+    e.downcast_ref::<kura_engine::Error>()
+        .map(kura_engine::Error::fields)
+        .unwrap_or_default()
 }
 
 /// Maps an error to a stable snake_case code.

@@ -50,7 +50,14 @@ impl Out {
     /// Reports an error: JSON on stdout, or a message on stderr.
     pub fn error(&self, e: &anyhow::Error) {
         if self.json {
-            let doc = serde_json::json!({"error": {"code": crate::error_code(e), "message": format!("{e:#}")}});
+            let mut doc = serde_json::json!({"error": {"code": crate::error_code(e), "message": format!("{e:#}")}});
+            let fields = crate::error_fields(e);
+            if !fields.is_empty() {
+                doc["error"]["fields"] = fields
+                    .iter()
+                    .map(|(field, message)| serde_json::json!({"field": field, "message": message}))
+                    .collect();
+            }
             println!("{}", serde_json::to_string_pretty(&doc).expect("json"));
         } else {
             eprintln!("error: {e:#}");

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Subcommand;
 use kura_api::Call;
-use kura_engine::{Home, PolicySource, Secrets, split_policy_path};
+use kura_engine::{Home, Secrets, split_policy_path};
 use serde_json::Value;
 
 use crate::output::Out;
@@ -108,14 +108,13 @@ fn read(file: &PathBuf) -> anyhow::Result<Vec<u8>> {
     std::fs::read(file).with_context(|| format!("cannot read policy file {}", file.display()))
 }
 
-/// The API call of a policy command, with its view; `None` for `simulate --file`, which
-/// previews a document that is not stored (on this host only).
-pub fn call(cmd: &PolicyCmd) -> anyhow::Result<Option<(Call, crate::views::View)>> {
+/// The API call of a policy command, with its view.
+pub fn call(cmd: &PolicyCmd) -> anyhow::Result<(Call, crate::views::View)> {
     let parse = |file: &PathBuf| -> anyhow::Result<Value> {
         serde_json::from_slice(&read(file)?)
             .with_context(|| format!("policy file {} is not JSON", file.display()))
     };
-    Ok(Some(match cmd {
+    Ok(match cmd {
         PolicyCmd::Create { vault, file } => (
             Call::CreatePolicy {
                 vault: vault.clone(),
@@ -170,25 +169,24 @@ pub fn call(cmd: &PolicyCmd) -> anyhow::Result<Option<(Call, crate::views::View)
                 crate::views::simulation,
             )
         }
-        PolicyCmd::Simulate { .. } => return Ok(None),
-    }))
-}
-
-/// `kura policy simulate --file`: a document that is not stored, on this host.
-pub fn simulate_file(home: &Home, cmd: &PolicyCmd, out: &Out) -> anyhow::Result<u8> {
-    let PolicyCmd::Simulate {
-        file: Some(f),
-        from,
-        days,
-        ..
-    } = cmd
-    else {
-        anyhow::bail!("give VAULT/NAME or --file");
-    };
-    let source = PolicySource::Document(read(f)?);
-    let sim = home.simulate_policy(&source, crate::transport::simulation_start(from)?, *days)?;
-    out.view(&kura_api::Simulation::from(sim), crate::views::simulation);
-    Ok(0)
+        PolicyCmd::Simulate {
+            file: Some(f),
+            from,
+            days,
+            ..
+        } => {
+            crate::transport::simulation_start(from)?;
+            (
+                Call::SimulateDocument(kura_api::SimulateDocument {
+                    policy: parse(f)?,
+                    from: from.clone(),
+                    days: *days,
+                }),
+                crate::views::simulation,
+            )
+        }
+        PolicyCmd::Simulate { .. } => anyhow::bail!("give VAULT/NAME or --file"),
+    })
 }
 
 /// The instant given, or now by the home's clock.

@@ -25,6 +25,8 @@ pub struct ApiFailure {
     pub code: String,
     /// Message.
     pub message: String,
+    /// The wrong fields (path, message), when the server named them.
+    pub fields: Vec<(String, String)>,
 }
 
 impl std::fmt::Display for ApiFailure {
@@ -112,6 +114,15 @@ impl Client {
                     .as_str()
                     .unwrap_or("request failed")
                     .to_string(),
+                fields: v["error"]["fields"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|f| {
+                        let s = |k: &str| f[k].as_str().unwrap_or_default().to_string();
+                        (s("field"), s("message"))
+                    })
+                    .collect(),
             }
             .into());
         }
@@ -164,6 +175,7 @@ impl Transport for Client {
             return Err(ApiFailure {
                 code: code.into(),
                 message: format!("{why} (job {job})"),
+                fields: Vec::new(),
             }
             .into());
         }

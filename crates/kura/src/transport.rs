@@ -169,6 +169,13 @@ impl Transport for Local<'_> {
                     home.simulate_policy(&source, from, body.days)?,
                 ))
             }
+            Call::SimulateDocument(b) => {
+                let from = simulation_start(&b.from)?;
+                let source = kura_engine::PolicySource::Document(b.policy.to_string().into_bytes());
+                doc(api::Simulation::from(
+                    home.simulate_policy(&source, from, b.days)?,
+                ))
+            }
             Call::ListItems => doc(list::<_, api::Item>(home.list_item_status()?)),
             Call::Protect(b) => {
                 let row = match (b.kind.as_str(), &b.source, &b.libvirt) {

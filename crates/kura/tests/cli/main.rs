@@ -65,7 +65,6 @@ fn api_command(args: &[&str]) -> bool {
     }
     match words.as_slice() {
         ["vault", "detach" | "key", ..] | ["scheduler" | "server" | "quickstart", ..] => false,
-        ["policy", "simulate", ..] => !words.contains(&"--file"),
         [_, ..] => true,
         [] => false,
     }
