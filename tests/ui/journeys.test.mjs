@@ -207,3 +207,42 @@ test("restore a recovery point through the wizard and get the image back", async
   await page.locator("#restore-error").getByText(/already exists/).waitFor();
   await page.close();
 });
+
+test("create a policy: a bad field gets its message beside it, the fix previews and saves", async () => {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  await page.goto(base + "/");
+  await page.getByLabel("API token").fill(TOKEN);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByRole("link", { name: "Policies" }).click();
+  await page.getByRole("link", { name: "New policy in v" }).click();
+  await page.getByRole("heading", { name: "New policy in v" }).waitFor();
+  await page.getByLabel("Name", { exact: true }).fill("gfs");
+  await page.getByLabel("Time zone").fill("UTC");
+  await page.getByLabel("Daily: keep days").fill("3");
+  await page.getByLabel("Weekly: keep weeks").fill("12");
+  await page.getByRole("button", { name: "Preview" }).click();
+  // The server's message for that field, beside the field.
+  const daily = page.locator('.field-error[data-field="retention.daily.days"]');
+  await daily.getByText("3 is out of range; allowed 7-9999").waitFor();
+  assert.equal(await page.locator('.field-error[data-field="retention.weekly.weeks"]').textContent(), "");
+  await page.getByRole("button", { name: "Create policy" }).click();
+  await daily.getByText("out of range").waitFor();
+
+  await page.getByLabel("Daily: keep days").fill("30");
+  await page.getByRole("button", { name: "Preview" }).click();
+  await page.locator("#policy-preview").waitFor();
+  assert.equal(await daily.textContent(), "");
+  // A year of daily backups: the calendar marks each day; 30 daily and 12 weekly points
+  // survive (a weekly one can also be a daily one).
+  assert.ok((await page.locator(".day.run").count()) >= 59, "two months of daily runs marked");
+  const dots = await page.locator("svg.survivors circle").count();
+  assert.ok(dots >= 30 && dots <= 42, `${dots} surviving points drawn`);
+  await shot(page, "policy");
+  await page.getByRole("button", { name: "Create policy" }).click();
+  await page.getByRole("heading", { name: "Policies" }).waitFor();
+  await page.getByRole("link", { name: "gfs" }).waitFor();
+  const stored = await (await fetch(base + "/api/v1/vaults/v/policies/gfs", { headers: { Authorization: `Bearer ${TOKEN}` } })).json();
+  assert.deepEqual(stored.doc.retention.daily, { days: 30 });
+  assert.equal(stored.doc.retention.weekly.weeks, 12);
+  await page.close();
+});

@@ -22,6 +22,7 @@ async function api(method, path, body) {
     const e = new Error(v?.error?.message || `HTTP ${r.status}`);
     e.code = v?.error?.code;
     e.status = r.status;
+    e.fields = v?.error?.fields || [];
     throw e;
   }
   return v;
@@ -65,7 +66,7 @@ function table(headers, rows, empty) {
 }
 
 function show(...nodes) {
-  main.replaceChildren(...nodes);
+  main.replaceChildren(...nodes.flat(Infinity).filter((n) => n != null));
 }
 
 function problem(e) {
@@ -357,6 +358,191 @@ async function jobPage(_params, id) {
   return running ? 1000 : 0;
 }
 
+// ---- policies
+
+const WEEKDAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"];
+const MONTHS = ["january", "february", "march", "april", "may", "june", "july", "august",
+  "september", "october", "november", "december"];
+
+async function policyList() {
+  const vaults = await api("GET", "/vaults");
+  const sections = await Promise.all(vaults.map(async (v) => {
+    const ps = await api("GET", `/vaults/${encodeURIComponent(v.name)}/policies`);
+    return el("section", { "aria-label": `Policies of ${v.name}` },
+      el("h2", {}, `Vault ${v.name}`),
+      el("p", {}, el("a", { href: `#/policies/${encodeURIComponent(v.name)}/new` }, `New policy in ${v.name}`)),
+      table(["Policy", "Frequency", "Time zone", "Items", "Updated"], ps.map((p) => [
+        el("a", { href: `#/policies/${encodeURIComponent(v.name)}/${encodeURIComponent(p.name)}` }, p.name),
+        p.doc.schedule.frequency, p.doc.schedule.time_zone || "UTC", p.items, when(p.updated),
+      ]), "No policies."));
+  }));
+  show(el("h1", {}, "Policies"), vaults.length ? sections : el("p", { class: "empty" }, "No vaults yet: create one with `kura vault create NAME`."));
+  return 0;
+}
+
+/// A labelled input whose API field path is `field`; its error shows beneath it.
+function field(label, fieldPath, input) {
+  const id = `f-${fieldPath.replace(/[^a-z0-9]+/gi, "-")}`;
+  input.id = id;
+  input.name = fieldPath;
+  const err = el("span", { class: "field-error", id: `${id}-error`, "data-field": fieldPath, role: "alert" });
+  input.setAttribute("aria-describedby", `${id}-error`);
+  return el("div", { class: "field" }, el("label", { for: id }, label), input, err);
+}
+
+function num(value) {
+  return el("input", { type: "number", min: 0, value: value ?? "" });
+}
+
+function pick(options, value) {
+  return el("select", {}, options.map((o) => el("option", { value: o, selected: o === value }, o)));
+}
+
+/// The form's values as a policy document (empty tiers left out).
+function policyDoc(f) {
+  const n = (k) => (f.get(k) === "" || f.get(k) == null ? null : Number(f.get(k)));
+  const doc = {
+    name: f.get("name"),
+    schedule: { frequency: f.get("schedule.frequency"), times: [f.get("schedule.times[0]")], time_zone: f.get("schedule.time_zone") },
+    retention: {},
+  };
+  if (doc.schedule.frequency === "weekly") doc.schedule.days_of_week = [f.get("schedule.days_of_week")];
+  if (n("instant_restore_days") != null) doc.instant_restore_days = n("instant_restore_days");
+  if (n("retention.daily.days") != null) doc.retention.daily = { days: n("retention.daily.days") };
+  if (n("retention.weekly.weeks") != null) doc.retention.weekly = { weeks: n("retention.weekly.weeks"), days_of_week: [f.get("retention.weekly.days_of_week")] };
+  if (n("retention.monthly.months") != null) doc.retention.monthly = { months: n("retention.monthly.months"), days_of_month: [n("retention.monthly.days_of_month")] };
+  if (n("retention.yearly.years") != null) {
+    doc.retention.yearly = { years: n("retention.yearly.years"), months_of_year: [f.get("retention.yearly.months_of_year")], days_of_month: [n("retention.yearly.days_of_month")] };
+  }
+  return doc;
+}
+
+/// Puts each field error of an API answer next to its input (the nearest enclosing path
+/// when the exact one has no input); the rest go to `general`.
+function fieldErrors(form, e, general) {
+  form.querySelectorAll(".field-error").forEach((x) => (x.textContent = ""));
+  general.textContent = "";
+  const rest = [];
+  for (const { field: path, message } of e.fields || []) {
+    let p = path;
+    let target = null;
+    while (p && !(target = form.querySelector(`.field-error[data-field="${CSS.escape(p)}"]`))) {
+      p = p.includes("[") ? p.replace(/\[[^\]]*\]$/, "") : p.includes(".") ? p.replace(/\.[^.]*$/, "") : "";
+    }
+    if (target) target.textContent = message;
+    else rest.push(`${path}: ${message}`);
+  }
+  if (!e.fields?.length) rest.push(e.message);
+  general.textContent = rest.join("; ");
+}
+
+/// A month-by-month calendar of the simulated runs and a timeline of the points that
+/// survive, coloured by their GFS tag.
+function preview(sim) {
+  const days = new Set(sim.runs.map((r) => r.time.slice(0, 10)));
+  const first = new Date(sim.from.slice(0, 10) + "T00:00:00Z");
+  const months = [];
+  for (let m = 0; m < 2; m++) {
+    const start = new Date(Date.UTC(first.getUTCFullYear(), first.getUTCMonth() + m, 1));
+    const cells = [];
+    for (let i = 0; i < (start.getUTCDay() + 6) % 7; i++) cells.push(el("span", { class: "day pad" }));
+    for (let d = new Date(start); d.getUTCMonth() === start.getUTCMonth(); d.setUTCDate(d.getUTCDate() + 1)) {
+      const key = d.toISOString().slice(0, 10);
+      cells.push(el("span", { class: `day${days.has(key) ? " run" : ""}`, title: days.has(key) ? `backup on ${key}` : key }, d.getUTCDate()));
+    }
+    months.push(el("figure", { class: "month" },
+      el("figcaption", {}, start.toLocaleString(undefined, { month: "long", year: "numeric", timeZone: "UTC" })),
+      el("div", { class: "days" }, cells)));
+  }
+  const t0 = new Date(sim.from).getTime();
+  const t1 = new Date(sim.until).getTime();
+  const W = 720, H = 70;
+  const colour = { daily: "#0a58ca", weekly: "#1a7f37", monthly: "#b35900", yearly: "#b3261e" };
+  const tier = (tags) => ["yearly", "monthly", "weekly", "daily"].find((t) => tags.includes(t)) || "daily";
+  const svgNS = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(svgNS, "svg");
+  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", `${sim.surviving.length} recovery points survive until ${sim.until.slice(0, 10)}`);
+  svg.setAttribute("class", "survivors");
+  const line = document.createElementNS(svgNS, "line");
+  Object.entries({ x1: 10, x2: W - 10, y1: H / 2, y2: H / 2, stroke: "#d0d7de" }).forEach(([k, v]) => line.setAttribute(k, v));
+  svg.append(line);
+  for (const p of sim.surviving) {
+    const c = document.createElementNS(svgNS, "circle");
+    const x = 10 + ((new Date(p.time).getTime() - t0) / (t1 - t0)) * (W - 20);
+    const t = tier(p.tags);
+    Object.entries({ cx: x.toFixed(1), cy: H / 2, r: t === "daily" ? 3 : 5, fill: colour[t] }).forEach(([k, v]) => c.setAttribute(k, v));
+    const title = document.createElementNS(svgNS, "title");
+    title.textContent = `${p.time.slice(0, 16)} ${p.tags.join(", ")}`;
+    c.append(title);
+    svg.append(c);
+  }
+  return el("section", { id: "policy-preview", "aria-label": "Preview" },
+    el("h2", {}, "Preview"),
+    el("p", {}, `${sim.runs.length} backups from ${sim.from.slice(0, 10)} until ${sim.until.slice(0, 10)} (${sim.time_zone}); ${sim.surviving.length} recovery points survive.`),
+    el("div", { class: "months" }, months),
+    svg,
+    el("p", { class: "legend" }, Object.keys(colour).map((k) => el("span", { class: `tag-${k}` }, `● ${k} `))));
+}
+
+async function policyPage(_params, [vault, name]) {
+  const fresh = name === "new";
+  const p = fresh ? null : await api("GET", `/vaults/${encodeURIComponent(vault)}/policies/${encodeURIComponent(name)}`);
+  const d = p?.doc || { schedule: { frequency: "daily", times: ["02:00"], time_zone: Intl.DateTimeFormat().resolvedOptions().timeZone }, retention: { daily: { days: 30 } } };
+  const r = d.retention || {};
+  const general = el("p", { class: "error", role: "alert", id: "policy-error" });
+  const out = el("div", { id: "policy-preview-box" });
+  const nameInput = el("input", { value: d.name || "", readonly: !fresh });
+  const form = el("form", { class: "wizard", "aria-label": "Policy" },
+    el("fieldset", {}, el("legend", {}, "Schedule"),
+      field("Name", "name", nameInput),
+      field("Frequency", "schedule.frequency", pick(["daily", "weekly"], d.schedule.frequency)),
+      field("Time of day", "schedule.times[0]", el("input", { value: (d.schedule.times || ["02:00"])[0] })),
+      field("Weekday (weekly)", "schedule.days_of_week", pick(WEEKDAYS, (d.schedule.days_of_week || ["sunday"])[0])),
+      field("Time zone", "schedule.time_zone", el("input", { value: d.schedule.time_zone || "UTC" })),
+      field("Instant restore days", "instant_restore_days", num(d.instant_restore_days))),
+    el("fieldset", {}, el("legend", {}, "Retention (leave a tier empty to skip it)"),
+      field("Daily: keep days", "retention.daily.days", num(r.daily?.days)),
+      field("Weekly: keep weeks", "retention.weekly.weeks", num(r.weekly?.weeks)),
+      field("Weekly: on", "retention.weekly.days_of_week", pick(WEEKDAYS, (r.weekly?.days_of_week || ["sunday"])[0])),
+      field("Monthly: keep months", "retention.monthly.months", num(r.monthly?.months)),
+      field("Monthly: day of month", "retention.monthly.days_of_month", num((r.monthly?.days_of_month || [1])[0])),
+      field("Yearly: keep years", "retention.yearly.years", num(r.yearly?.years)),
+      field("Yearly: month", "retention.yearly.months_of_year", pick(MONTHS, (r.yearly?.months_of_year || ["january"])[0])),
+      field("Yearly: day of month", "retention.yearly.days_of_month", num((r.yearly?.days_of_month || [1])[0]))),
+    general,
+    el("div", { class: "buttons" },
+      el("button", { type: "button", id: "policy-preview-button" }, "Preview"),
+      el("button", { type: "submit" }, fresh ? "Create policy" : "Save policy")));
+  const base = `/vaults/${encodeURIComponent(vault)}/policies`;
+  form.querySelector("#policy-preview-button").addEventListener("click", async () => {
+    const today = new Date().toISOString().slice(0, 10);
+    try {
+      const sim = await api("POST", "/policy-simulations", { policy: policyDoc(new FormData(form)), from: today, days: 365 });
+      fieldErrors(form, {}, general);
+      general.textContent = "";
+      out.replaceChildren(preview(sim));
+    } catch (e) {
+      out.replaceChildren();
+      fieldErrors(form, e, general);
+    }
+  });
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const doc = policyDoc(new FormData(form));
+    try {
+      if (fresh) await api("POST", base, doc);
+      else await api("PUT", `${base}/${encodeURIComponent(name)}`, doc);
+      location.hash = "#/policies";
+    } catch (e) {
+      fieldErrors(form, e, general);
+    }
+  });
+  show(el("h1", {}, fresh ? `New policy in ${vault}` : `Policy ${vault}/${name}`), form, out);
+  return 0;
+}
+
 function facts(pairs) {
   return el("dl", { class: "facts" }, pairs.filter(([, v]) => v != null).map(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
 }
@@ -370,6 +556,8 @@ async function route() {
     [/^\/items\/([^/]+)$/, itemPage],
     [/^\/restore\/([^/]+)\/([^/]+)$/, restorePage],
     [/^\/jobs\/([^/]+)$/, jobPage],
+    [/^\/policies\/([^/]+)\/([^/]+)$/, policyPage],
+    [/^\/policies$/, policyList],
     [/^\/items$/, itemList],
     [/^\/jobs$/, jobList],
   ];
