@@ -513,13 +513,15 @@ async function policyPage(_params, [vault, name]) {
       field("Yearly: day of month", "retention.yearly.days_of_month", num((r.yearly?.days_of_month || [1])[0]))),
     general,
     el("div", { class: "buttons" },
+      el("label", { for: "preview-from" }, "Preview from"),
+      el("input", { id: "preview-from", type: "date", value: new Date().toISOString().slice(0, 10), "data-no-doc": true }),
       el("button", { type: "button", id: "policy-preview-button" }, "Preview"),
       el("button", { type: "submit" }, fresh ? "Create policy" : "Save policy")));
   const base = `/vaults/${encodeURIComponent(vault)}/policies`;
   form.querySelector("#policy-preview-button").addEventListener("click", async () => {
-    const today = new Date().toISOString().slice(0, 10);
+    const from = form.querySelector("#preview-from").value;
     try {
-      const sim = await api("POST", "/policy-simulations", { policy: policyDoc(new FormData(form)), from: today, days: 365 });
+      const sim = await api("POST", "/policy-simulations", { policy: policyDoc(new FormData(form)), from, days: 365 });
       fieldErrors(form, {}, general);
       general.textContent = "";
       out.replaceChildren(preview(sim));
