@@ -247,3 +247,30 @@ test("create a policy: a bad field gets its message beside it, the fix previews 
   assert.equal(stored.doc.retention.weekly.weeks, 12);
   await page.close();
 });
+
+test("a vault's page: soft delete settings with the server's checks, verify followed to its end", async () => {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  await page.goto(base + "/");
+  await page.getByLabel("API token").fill(TOKEN);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByRole("link", { name: "Vaults" }).click();
+  await page.getByRole("link", { name: "v", exact: true }).click();
+  await page.getByRole("heading", { name: "Vault v" }).waitFor();
+  await page.getByLabel("Days kept").fill("5");
+  await page.getByRole("button", { name: "Save soft delete" }).click();
+  await page.locator("form[aria-label='Save soft delete'] .error").getByText(/14.?180|14 to 180|between/).waitFor();
+  await page.getByLabel("Days kept").fill("30");
+  await page.getByRole("button", { name: "Save soft delete" }).click();
+  await page.locator("#soft-delete").getByText("enabled, 30 days").waitFor();
+  await shot(page, "vault");
+  await page.getByRole("button", { name: "Verify vault" }).click();
+  await page.getByRole("heading", { name: /^Job .*: Verify of vault v$/ }).waitFor();
+  await page.locator("#job-status").getByText("Completed", { exact: true }).waitFor({ timeout: 30000 });
+  const report = JSON.parse(await page.locator("#job-report").textContent());
+  assert.deepEqual(report.problems, []);
+  assert.ok(report.chunks_checked > 0, JSON.stringify(report));
+  await page.goBack();
+  await page.getByRole("heading", { name: "Vault v" }).waitFor();
+  await page.locator("section[aria-label='Last checks'] tbody tr").first().getByText("Verify").waitFor();
+  await page.close();
+});

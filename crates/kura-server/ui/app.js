@@ -358,6 +358,58 @@ async function jobPage(_params, id) {
   return running ? 1000 : 0;
 }
 
+// ---- vaults
+
+async function vaultList() {
+  const [vaults, usage] = await Promise.all([api("GET", "/vaults"), api("GET", "/usage")]);
+  const use = Object.fromEntries(usage.map((u) => [u.vault, u]));
+  show(el("h1", {}, "Vaults"),
+    table(["Vault", "Items", "Encryption", "Soft delete", "Logical", "Stored", "Dedup"], vaults.map((v) => [
+      el("a", { href: `#/vaults/${encodeURIComponent(v.name)}` }, v.name), v.items, v.encryption,
+      `${v.soft_delete} (${v.soft_delete_days} d)`, size(use[v.name]?.logical_bytes), size(use[v.name]?.stored_bytes),
+      use[v.name] ? `${use[v.name].ratio.toFixed(2)}×` : "—",
+    ]), "No vaults yet: create one with `kura vault create NAME`."));
+  return 0;
+}
+
+async function vaultPage(_params, name) {
+  const path = `/vaults/${encodeURIComponent(name)}`;
+  const [v, usage, items, jobs] = await Promise.all([
+    api("GET", path), api("GET", `/usage?vault=${encodeURIComponent(name)}`), api("GET", "/items"),
+    api("GET", `/jobs?limit=20&item=${encodeURIComponent(name)}`),
+  ]);
+  const u = usage[0];
+  const deleted = items.filter((i) => i.vault === name && i.protection_state === "SoftDeleted");
+  const mine = await api("GET", `/jobs?limit=5&operation=Verify&item=${encodeURIComponent(`vault ${name}`)}`);
+  show(
+    el("h1", {}, `Vault ${name}`),
+    facts([["Path", v.path], ["Encryption", v.cipher ? `${v.encryption} (${v.cipher})` : v.encryption],
+      ["Chunk size", size(v.chunk_size)], ["Items", v.items],
+      ["Soft delete", el("span", { id: "soft-delete" }, `${v.soft_delete}, ${v.soft_delete_days} days`)],
+      ["Logical", size(u.logical_bytes)], ["Stored", size(u.stored_bytes)], ["Dedup and compression", `${u.ratio.toFixed(2)}×`],
+      ["Recovery kit", v.kit_exported ? when(v.kit_exported) : el("strong", {}, `never exported: run kura vault key export ${name} --to FILE on the server's host`)]]),
+    el("section", { class: "actions", "aria-label": "Actions" },
+      action("Save soft delete", [
+        el("label", { for: "sd-mode" }, "Soft delete"),
+        el("select", { id: "sd-mode", name: "soft_delete" }, ["enabled", "disabled", "always-on"].map((m) => el("option", { value: m, selected: m === v.soft_delete }, m))),
+        el("label", { for: "sd-days" }, "Days kept"),
+        el("input", { id: "sd-days", name: "soft_delete_days", type: "number", value: v.soft_delete_days }),
+      ], (f) => api("PATCH", path, { soft_delete: f.get("soft_delete"), soft_delete_days: Number(f.get("soft_delete_days")) })),
+      action("Verify vault", [], async () => { const j = await api("POST", "/verify", { vault: name }); location.hash = `#/jobs/${j.job_id}`; }),
+      action("Collect garbage", [], async () => { const j = await api("POST", `${path}/gc`, {}); location.hash = `#/jobs/${j.job_id}`; })),
+    el("section", { "aria-label": "Usage per item" }, el("h2", {}, "Usage per item"),
+      table(["Item", "State", "Protected", "Instances", "Points", "Logical", "Stored"], u.items.map((i) => [
+        itemLink(i.item), i.state, size(i.protected_bytes), `${i.protected_instances} (${i.instance_tier})`, i.recovery_points, size(i.logical_bytes), size(i.stored_bytes),
+      ]), "No items in this vault.")),
+    el("section", { "aria-label": "Soft-deleted items" }, el("h2", {}, "Soft-deleted items"),
+      table(["Item", "Purged at", ""], deleted.map((i) => [
+        itemLink(i.name), when(i.purge_at), action(`Undelete ${i.name}`, [], () => api("POST", `/items/${encodeURIComponent(i.name)}/undelete`, {})),
+      ]), "None.")),
+    el("section", { "aria-label": "Last checks" }, el("h2", {}, "Verify and garbage collection"),
+      table(["Job", "Operation", "Status", "Progress", "Started", "Ended", "Error"], jobRows([...mine, ...jobs.filter((j) => j.operation === "GarbageCollect")]), "Not verified or collected yet.")));
+  return 0;
+}
+
 // ---- policies
 
 const WEEKDAYS = ["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"];
@@ -560,6 +612,8 @@ async function route() {
     [/^\/jobs\/([^/]+)$/, jobPage],
     [/^\/policies\/([^/]+)\/([^/]+)$/, policyPage],
     [/^\/policies$/, policyList],
+    [/^\/vaults\/([^/]+)$/, vaultPage],
+    [/^\/vaults$/, vaultList],
     [/^\/items$/, itemList],
     [/^\/jobs$/, jobList],
   ];
