@@ -103,6 +103,20 @@ test("sign in, see the dashboard's jobs and items, sign out and be refused", asy
     await page.getByRole("cell", { name, exact: true }).waitFor();
   }
   await shot(page, "items");
+  // Filter and sort, kept in the address (a link to a filtered list works).
+  await page.getByLabel("Filter", { exact: true }).fill("gon");
+  await page.getByRole("button", { name: "Apply" }).click();
+  await page.waitForURL(/q=gon/);
+  const rows = page.locator("main tbody tr");
+  await page.waitForFunction(() => document.querySelectorAll("main tbody tr").length === 1);
+  assert.equal(await rows.first().locator("td").first().textContent(), "gone");
+  await page.getByLabel("Filter", { exact: true }).fill("");
+  await page.getByRole("button", { name: "Apply" }).click();
+  await page.waitForFunction(() => document.querySelectorAll("main tbody tr").length === 2);
+  assert.equal(await rows.first().locator("td").first().textContent(), "gone", "by name, ascending");
+  await page.getByRole("link", { name: "Name ▲" }).click();
+  await page.getByRole("link", { name: "Name ▼" }).waitFor();
+  assert.equal(await rows.first().locator("td").first().textContent(), "good", "by name, descending");
   // A status tile drills down to that status's jobs.
   await page.getByRole("link", { name: "Dashboard" }).click();
   await page.getByRole("link", { name: /1 Failed/ }).click();

@@ -152,16 +152,56 @@ async function dashboard() {
   return 5000;
 }
 
-async function itemList() {
+async function itemList(params) {
   const items = await api("GET", "/items");
+  const q = (params.get("q") || "").toLowerCase();
+  const state = params.get("state") || "";
+  const sort = params.get("sort") || "name";
+  const desc = params.get("desc") === "1";
+  const columns = [
+    ["name", "Name", (i) => i.name], ["kind", "Kind", (i) => i.kind], ["vault", "Vault", (i) => i.vault],
+    ["policy", "Policy", (i) => i.policy || ""], ["state", "State", (i) => i.protection_state],
+    ["health", "Health", (i) => i.health_status], ["last", "Last backup", (i) => i.last_backup_status],
+    ["points", "Points", (i) => i.recovery_points], ["latest", "Latest point", (i) => i.latest_recovery_point?.time || ""],
+  ];
+  const key = (columns.find(([k]) => k === sort) || columns[0])[2];
+  const shown = items
+    .filter((i) => !q || [i.name, i.vault, i.kind, i.policy || ""].some((t) => t.toLowerCase().includes(q)))
+    .filter((i) => !state || i.protection_state === state)
+    .sort((a, b) => {
+      const [x, y] = [key(a), key(b)];
+      const c = typeof x === "number" ? x - y : String(x).localeCompare(String(y));
+      return desc ? -c : c;
+    });
+  const link = (changes) => {
+    const p = new URLSearchParams(params);
+    for (const [k, v] of Object.entries(changes)) if (v === "" || v == null) p.delete(k); else p.set(k, v);
+    return `#/items?${p}`;
+  };
+  const filter = el("form", { class: "filters", role: "search", "aria-label": "Filter items" },
+    el("label", { for: "item-filter" }, "Filter"),
+    el("input", { id: "item-filter", type: "search", value: q, placeholder: "name, vault, kind or policy" }),
+    el("label", { for: "item-state" }, "State"),
+    el("select", { id: "item-state" }, ["", ...new Set(items.map((i) => i.protection_state))].map((s) =>
+      el("option", { value: s, selected: s === state }, s || "any"))),
+    el("button", { type: "submit" }, "Apply"));
+  filter.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    location.hash = link({ q: filter.querySelector("#item-filter").value, state: filter.querySelector("#item-state").value });
+  });
+  const head = columns.map(([k, label]) => el("a", {
+    href: link({ sort: k, desc: k === sort && !desc ? "1" : "" }),
+    title: `sort by ${label.toLowerCase()}`,
+  }, label, k === sort ? (desc ? " ▼" : " ▲") : ""));
   show(
     el("h1", {}, "Items"),
-    table(["Name", "Kind", "Vault", "Policy", "State", "Health", "Last backup", "Points", "Latest point"],
-      items.map((i) => [
+    filter,
+    items.length
+      ? table(head, shown.map((i) => [
         itemLink(i.name), i.kind, i.vault, i.policy || "—", i.protection_state, i.health_status, i.last_backup_status,
         i.recovery_points, when(i.latest_recovery_point?.time),
-      ]),
-      "No items yet: protect one with `kura item protect disk IMAGE --vault NAME`."));
+      ]), "No item matches the filter.")
+      : el("p", { class: "empty" }, "No items yet: protect one with `kura item protect disk IMAGE --vault NAME`."));
   return 0;
 }
 
