@@ -232,8 +232,28 @@ fn a_backup_killed_as_pid_1_does_not_block_its_item() {
     assert_eq!(pid_inside, "1", "kura runs as PID 1 in its namespace");
     let stuck = &e.json(&["job", "list"])[0];
     assert_eq!(stuck["status"], "InProgress");
+    // kura's process as the host sees it: unshare's forked child.
+    let inner: u32 = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.id()))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .expect("unshare has forked kura")
+        .parse()
+        .unwrap();
     child.kill().unwrap(); // SIGKILL to unshare; --kill-child sends SIGKILL to kura
     child.wait().unwrap();
+    // That SIGKILL is delivered on its own time: wait until kura has exited (gone, or a
+    // zombie nobody reaped), which is when its locks are released.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::read_to_string(format!("/proc/{inner}/status"))
+        .is_ok_and(|s| !s.contains("State:\tZ"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "kura outlived its kill"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let stuck_id = stuck["id"].as_str().unwrap().to_string();
     // The next run sees that the owner is gone: the item is free, the job is Failed.
     e.backup("d");
