@@ -879,6 +879,50 @@ impl Catalog {
         Ok(rows)
     }
 
+    /// How many recovery points an item has, and its newest (what a status shows, without
+    /// reading every point).
+    pub fn rp_summary(&self, item_id: &str) -> Result<(usize, Option<RpRow>)> {
+        let conn = self.conn();
+        let count: i64 = conn
+            .prepare_cached("SELECT COUNT(*) FROM recovery_points WHERE item_id = ?1")?
+            .query_row([item_id], |r| r.get(0))?;
+        let latest = conn
+            .prepare_cached(&format!(
+                "SELECT {} FROM recovery_points WHERE item_id = ?1 ORDER BY time DESC, id DESC LIMIT 1",
+                Self::RP_COLS
+            ))?
+            .query_row([item_id], Self::rp_from)
+            .optional()?;
+        Ok((count as usize, latest))
+    }
+
+    /// Per item of a vault: its number of points, the sums of their used and stored bytes,
+    /// and the newest point's used bytes (the usage report, in one query).
+    pub fn rp_totals(&self, vault_id: &str) -> Result<std::collections::HashMap<String, RpTotals>> {
+        let conn = self.conn();
+        let mut st = conn.prepare_cached(
+            "SELECT r.item_id, COUNT(*), SUM(r.used_bytes), SUM(r.stored_size),
+                    (SELECT n.used_bytes FROM recovery_points n WHERE n.item_id = r.item_id
+                     ORDER BY n.time DESC, n.id DESC LIMIT 1)
+             FROM recovery_points r JOIN items i ON i.id = r.item_id
+             WHERE i.vault_id = ?1 GROUP BY r.item_id",
+        )?;
+        let rows = st
+            .query_map([vault_id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    RpTotals {
+                        points: r.get::<_, i64>(1)? as usize,
+                        used_bytes: r.get::<_, i64>(2)? as u64,
+                        stored_bytes: r.get::<_, i64>(3)? as u64,
+                        newest_used_bytes: r.get::<_, i64>(4)? as u64,
+                    },
+                ))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
     /// A recovery point by id or unique id prefix (at least 4 characters).
     pub fn rp(&self, id_or_prefix: &str) -> Result<RpRow> {
         let conn = self.conn();
@@ -1309,6 +1353,19 @@ impl Catalog {
             .collect::<rusqlite::Result<_>>()?;
         Ok(rows)
     }
+}
+
+/// An item's recovery points in sum ([`Catalog::rp_totals`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RpTotals {
+    /// How many.
+    pub points: usize,
+    /// Sum of their used (logical) bytes.
+    pub used_bytes: u64,
+    /// Sum of their stored bytes.
+    pub stored_bytes: u64,
+    /// The newest point's used bytes (the item's protected size).
+    pub newest_used_bytes: u64,
 }
 
 /// Which jobs [`Catalog::find_jobs`] returns; `None` matches anything.

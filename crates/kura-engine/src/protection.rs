@@ -122,7 +122,7 @@ impl Home {
     pub fn item_status(&self, item: &str) -> Result<ItemStatus> {
         let item = self.catalog.item(item)?;
         let vault = self.catalog.vault_by_id(&item.vault_id)?;
-        let rps = self.catalog.list_rps(&item.id)?;
+        let (points, latest) = self.catalog.rp_summary(&item.id)?;
         let last_backup = self.catalog.last_ended_job("Backup", &item.name)?;
         let last_backup_status = match last_backup.as_ref().map(|j| j.status.as_str()) {
             None => "IRPending",
@@ -136,7 +136,7 @@ impl Home {
         let protection_state = match item.state.as_str() {
             "soft-deleted" => "SoftDeleted",
             "stopped" => "ProtectionStopped",
-            _ if rps.is_empty() && last_backup.is_none() => "IRPending",
+            _ if points == 0 && last_backup.is_none() => "IRPending",
             _ if last_backup_status == "Unhealthy" => "ProtectionError",
             _ => "Protected",
         };
@@ -181,8 +181,8 @@ impl Home {
             },
             health_details,
             source_present,
-            recovery_points: rps.len(),
-            latest_recovery_point: rps.into_iter().next(),
+            recovery_points: points,
+            latest_recovery_point: latest,
             purge_at,
             agent_status: None,
             item,

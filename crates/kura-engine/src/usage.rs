@@ -77,11 +77,11 @@ impl Home {
                 stored_bytes += kura_backend::Backend::stat(&backend, &key)?.unwrap_or(0);
             }
             let mut items = Vec::new();
+            let totals = self.catalog.rp_totals(&v.id)?;
             for item in self.catalog.list_items(Some(&v.id))? {
-                let rps = self.catalog.list_rps(&item.id)?;
-                let protected_bytes = rps.first().map_or(0, |r| r.used_bytes);
-                let logical: u64 = rps.iter().map(|r| r.used_bytes).sum();
-                let stored: u64 = rps.iter().map(|r| r.stored_size).sum();
+                let t = totals.get(&item.id).copied().unwrap_or_default();
+                let protected_bytes = t.newest_used_bytes;
+                let (logical, stored) = (t.used_bytes, t.stored_bytes);
                 let (tier, instances) = protected_instances(protected_bytes);
                 items.push(ItemUsage {
                     item: item.name,
@@ -89,7 +89,7 @@ impl Home {
                     protected_bytes,
                     instance_tier: tier,
                     protected_instances: instances,
-                    recovery_points: rps.len(),
+                    recovery_points: t.points,
                     logical_bytes: logical,
                     stored_bytes: stored,
                     ratio: ratio(logical, stored),
