@@ -122,8 +122,9 @@ test("sign in, see the dashboard's jobs and items, sign out and be refused", asy
   await page.getByRole("link", { name: /1 Failed/ }).click();
   await page.getByRole("heading", { name: "Jobs: Failed" }).waitFor();
   assert.equal(await page.locator("tbody tr").count(), 1);
-  await page.getByRole("link", { name: "Jobs" }).click();
-  await page.getByRole("heading", { name: "Jobs" }).waitFor();
+  await page.getByRole("link", { name: "Jobs", exact: true }).click();
+  // exact: "Jobs: Failed" is still on the screen until the full list replaces it.
+  await page.getByRole("heading", { name: "Jobs", exact: true }).waitFor();
   assert.ok((await page.locator("tbody tr").count()) >= 2);
 
   const cookies = await page.context().cookies();
