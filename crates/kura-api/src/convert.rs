@@ -83,9 +83,9 @@ impl From<kura_engine::ItemStatus> for Item {
                 serde_json::from_str(t).unwrap_or_else(|_| serde_json::Value::String(t.into()))
             }),
             damaged_points: i.damaged_points,
-            protection_state: s.protection_state.to_string(),
-            last_backup_status: s.last_backup_status.to_string(),
-            health_status: s.health_status.to_string(),
+            protection_state: s.protection_state,
+            last_backup_status: s.last_backup_status,
+            health_status: s.health_status,
             health_details: s.health_details,
             source_present: s.source_present,
             recovery_points: s.recovery_points,

@@ -1,6 +1,9 @@
 //! Response bodies. Times are RFC 3339 in UTC unless a field says otherwise; sizes are
 //! bytes.
 
+pub use kura_catalog::{
+    HealthStatus, JobOperation, JobStatus, LastBackupStatus, ProtectionState, TaskStatus,
+};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -197,12 +200,12 @@ pub struct Item {
     pub spec: Option<Value>,
     /// Recovery points that reference chunks the last verify found missing or corrupt.
     pub damaged_points: u64,
-    /// `IRPending`, `Protected`, `ProtectionError`, `ProtectionStopped` or `SoftDeleted`.
-    pub protection_state: String,
-    /// `Healthy`, `Unhealthy` or `IRPending` (no backup yet).
-    pub last_backup_status: String,
-    /// `Passed` or `ActionRequired`.
-    pub health_status: String,
+    /// Where its protection stands.
+    pub protection_state: ProtectionState,
+    /// How its last backup went (`IRPending`: none yet).
+    pub last_backup_status: LastBackupStatus,
+    /// Whether it needs attention (the details say why).
+    pub health_status: HealthStatus,
     /// What needs attention, if anything.
     pub health_details: Vec<String>,
     /// Whether the source exists.
@@ -399,7 +402,7 @@ pub struct JobAccepted {
     /// The job.
     pub job_id: String,
     /// `Queued`.
-    pub status: String,
+    pub status: JobStatus,
 }
 
 /// A job.
@@ -407,13 +410,12 @@ pub struct JobAccepted {
 pub struct Job {
     /// Id.
     pub id: String,
-    /// `Backup`, `Restore`, `Verify`, `GarbageCollect`, ...
-    pub operation: String,
+    /// What it does.
+    pub operation: JobOperation,
     /// Item name or other target.
     pub target: String,
-    /// `Queued`, `InProgress`, `Cancelling`, `Completed`, `CompletedWithWarnings`,
-    /// `Failed` or `Cancelled`.
-    pub status: String,
+    /// Where it is in its life.
+    pub status: JobStatus,
     /// When it entered the server's queue.
     pub queued: Option<String>,
     /// When it started (while queued: when it was queued).
@@ -450,8 +452,8 @@ pub struct Job {
 pub struct SubTask {
     /// `snapshot` or `transfer`.
     pub name: String,
-    /// `InProgress`, `Completed`, `Skipped`, `Failed` or `Cancelled`.
-    pub status: String,
+    /// Where it is.
+    pub status: TaskStatus,
     /// Why, when it was skipped or failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,

@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use kura_catalog::{Catalog, ItemRow, RpRow, VaultRow};
+use kura_catalog::{Catalog, ItemRow, JobOperation, JobStatus, RpRow, VaultRow};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -79,9 +79,15 @@ fn main() {
     cat.insert_rps(&rows).unwrap();
     for j in 0..100_000 {
         let id = format!("job{j:06}");
-        cat.start_job(&id, "Backup", &format!("item{:05}", j % items), false)
+        cat.start_job(
+            &id,
+            JobOperation::Backup,
+            &format!("item{:05}", j % items),
+            false,
+        )
+        .unwrap();
+        cat.finish_job(&id, JobStatus::Completed, None, None)
             .unwrap();
-        cat.finish_job(&id, "Completed", None, None).unwrap();
     }
     println!(
         "populated {items} items, {} recovery points, 100000 jobs in {:.1} s",

@@ -20,11 +20,15 @@ mod policies;
 mod schema;
 mod stats;
 mod tokens;
+mod vocab;
 
 pub use gc::{Doomed, Lease, Rescue};
 pub use policies::PolicyRow;
 pub use stats::{ItemHealth, JobCount};
 pub use tokens::{SessionRow, TokenRow};
+pub use vocab::{
+    HealthStatus, JobOperation, JobStatus, LastBackupStatus, ProtectionState, TaskStatus,
+};
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -188,12 +192,12 @@ pub struct RpRow {
 pub struct JobRow {
     /// Id.
     pub id: String,
-    /// `Backup`, `Restore`, `Verify`, ...
-    pub operation: String,
+    /// What it does.
+    pub operation: JobOperation,
     /// Item name or other target.
     pub target: String,
-    /// `Queued`, `InProgress`, `Completed`, `Failed`, ...
-    pub status: String,
+    /// Where it is in its life.
+    pub status: JobStatus,
     /// When it entered the queue (jobs run by the server's queue only).
     pub queued: Option<String>,
     /// Start time (while Queued: the time it was queued).
@@ -239,7 +243,7 @@ impl JobRow {
             if secs > 0.0 && self.bytes_done > 0 {
                 let rate = self.bytes_done as f64 / secs;
                 self.rate_bytes_per_sec = Some(rate as u64);
-                if self.status == "InProgress" && self.bytes_total >= self.bytes_done {
+                if self.status == JobStatus::InProgress && self.bytes_total >= self.bytes_done {
                     self.eta_seconds =
                         Some(((self.bytes_total - self.bytes_done) as f64 / rate).ceil() as u64);
                 }
@@ -254,8 +258,8 @@ impl JobRow {
 pub struct SubTask {
     /// `snapshot` or `transfer`.
     pub name: String,
-    /// `InProgress`, `Completed`, `Skipped`, `Failed` or `Cancelled`.
-    pub status: String,
+    /// Where it is.
+    pub status: TaskStatus,
     /// Why, when it was skipped or failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
@@ -953,11 +957,17 @@ impl Catalog {
     pub fn start_job(
         &self,
         id: &str,
-        operation: &str,
+        operation: JobOperation,
         target: &str,
         exclusive_target: bool,
     ) -> Result<JobRow> {
-        self.insert_job(id, operation, target, exclusive_target, "InProgress")
+        self.insert_job(
+            id,
+            operation,
+            target,
+            exclusive_target,
+            JobStatus::InProgress,
+        )
     }
 
     /// Registers a job that waits in a queue (status `Queued`) until [`Catalog::activate_job`];
@@ -966,25 +976,25 @@ impl Catalog {
     pub fn queue_job(
         &self,
         id: &str,
-        operation: &str,
+        operation: JobOperation,
         target: &str,
         exclusive_target: bool,
     ) -> Result<JobRow> {
-        self.insert_job(id, operation, target, exclusive_target, "Queued")
+        self.insert_job(id, operation, target, exclusive_target, JobStatus::Queued)
     }
 
     fn insert_job(
         &self,
         id: &str,
-        operation: &str,
+        operation: JobOperation,
         target: &str,
         exclusive_target: bool,
-        status: &str,
+        status: JobStatus,
     ) -> Result<JobRow> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         if exclusive_target {
-            let running: Vec<(String, String, u32, Option<String>)> = tx
+            let running: Vec<(String, JobStatus, u32, Option<String>)> = tx
                 .prepare(
                     "SELECT id, status, pid, owner FROM jobs WHERE target = ?1 AND operation = ?2
                      AND status IN ('Queued', 'InProgress')",
@@ -997,7 +1007,7 @@ impl Catalog {
                 .into_iter()
                 .find(|(_, _, pid, owner)| self.alive(owner.as_deref(), *pid))
             {
-                let what = if st == "Queued" {
+                let what = if st == JobStatus::Queued {
                     "queued"
                 } else {
                     "still running"
@@ -1010,10 +1020,10 @@ impl Catalog {
         let t = now();
         let job = JobRow {
             id: id.into(),
-            operation: operation.into(),
+            operation,
             target: target.into(),
-            status: status.into(),
-            queued: (status == "Queued").then(|| t.clone()),
+            status,
+            queued: (status == JobStatus::Queued).then(|| t.clone()),
             started: t,
             ended: None,
             bytes_done: 0,
@@ -1097,7 +1107,7 @@ impl Catalog {
     pub fn finish_job(
         &self,
         id: &str,
-        status: &str,
+        status: JobStatus,
         rp_id: Option<&str>,
         error: Option<&str>,
     ) -> Result<()> {
@@ -1200,7 +1210,7 @@ impl Catalog {
     pub fn claim_task(
         &self,
         job_id: &str,
-        operation: &str,
+        operation: JobOperation,
         target: &str,
         phase: usize,
         tasks: &[SubTask],
@@ -1300,7 +1310,12 @@ impl Catalog {
     }
 
     /// The latest `limit` jobs of one operation on one target, newest first.
-    pub fn jobs_for(&self, operation: &str, target: &str, limit: usize) -> Result<Vec<JobRow>> {
+    pub fn jobs_for(
+        &self,
+        operation: JobOperation,
+        target: &str,
+        limit: usize,
+    ) -> Result<Vec<JobRow>> {
         let conn = self.conn();
         let mut st = conn.prepare(&format!(
             "SELECT {} FROM jobs WHERE target = ?1 AND operation = ?2 ORDER BY started DESC, id DESC LIMIT ?3",
@@ -1314,7 +1329,7 @@ impl Catalog {
 
     /// The newest job of `operation` on `target` that has ended (not queued, running or
     /// being cancelled): one row, whatever the history's length.
-    pub fn last_ended_job(&self, operation: &str, target: &str) -> Result<Option<JobRow>> {
+    pub fn last_ended_job(&self, operation: JobOperation, target: &str) -> Result<Option<JobRow>> {
         let conn = self.conn();
         let mut st = conn.prepare_cached(&format!(
             "SELECT {} FROM jobs WHERE target = ?1 AND operation = ?2
@@ -1373,10 +1388,10 @@ pub struct RpTotals {
 pub struct JobFilter {
     /// The item (or vault) the job works on.
     pub target: Option<String>,
-    /// `InProgress`, `Completed`, ...
-    pub status: Option<String>,
-    /// `Backup`, `Restore`, ...
-    pub operation: Option<String>,
+    /// Jobs with this status.
+    pub status: Option<JobStatus>,
+    /// Jobs of this operation.
+    pub operation: Option<JobOperation>,
     /// Started (or queued) at or after this stamp.
     pub since: Option<String>,
     /// At most this many.

@@ -1,6 +1,6 @@
 //! Catalog rules: names, one item per source, id prefixes, job exclusivity, orphaned jobs.
 
-use kura_catalog::{Catalog, Error, ItemRow, RpRow, VaultRow};
+use kura_catalog::{Catalog, Error, ItemRow, JobOperation, JobStatus, RpRow, VaultRow};
 
 fn vault(cat: &Catalog, name: &str) -> VaultRow {
     let v = VaultRow {
@@ -129,7 +129,7 @@ fn short_ids_find_jobs_and_points_made_at_the_same_time() {
     for id in [a, b, c] {
         cat.insert_rp(&rp(id, "item-a", "2026-01-01T00:00:00Z"))
             .unwrap();
-        cat.start_job(id, "Verify", "v", false).unwrap();
+        cat.start_job(id, JobOperation::Verify, "v", false).unwrap();
     }
     assert_eq!(kura_catalog::short_id(a), "5a6b7c8d");
     assert_eq!(cat.rp("5a6b7c8d").unwrap().id, a);
@@ -150,23 +150,28 @@ fn short_ids_find_jobs_and_points_made_at_the_same_time() {
 #[test]
 fn one_backup_job_per_item_at_a_time_and_orphans_fail() {
     let cat = Catalog::open_in_memory().unwrap();
-    cat.start_job("j1", "Backup", "a", true).unwrap();
+    cat.start_job("j1", JobOperation::Backup, "a", true)
+        .unwrap();
     assert!(matches!(
-        cat.start_job("j2", "Backup", "a", true),
+        cat.start_job("j2", JobOperation::Backup, "a", true),
         Err(Error::Conflict(_))
     ));
-    cat.start_job("j3", "Backup", "b", true).unwrap();
-    cat.start_job("j4", "Restore", "a", false).unwrap();
+    cat.start_job("j3", JobOperation::Backup, "b", true)
+        .unwrap();
+    cat.start_job("j4", JobOperation::Restore, "a", false)
+        .unwrap();
     cat.job_log("j1", "hello").unwrap();
     cat.job_progress("j1", 5, 10).unwrap();
-    cat.finish_job("j1", "Completed", Some("rp"), None).unwrap();
+    cat.finish_job("j1", JobStatus::Completed, Some("rp"), None)
+        .unwrap();
     let j = cat.job("j1").unwrap();
     assert_eq!(
         (j.status.as_str(), j.bytes_done, j.bytes_total),
         ("Completed", 5, 10)
     );
     assert!(j.log[0].ends_with("hello"));
-    cat.start_job("j2", "Backup", "a", true).unwrap();
+    cat.start_job("j2", JobOperation::Backup, "a", true)
+        .unwrap();
     assert_eq!(cat.list_jobs(2).unwrap().len(), 2);
     // Jobs of this (live) process are not orphans.
     assert_eq!(cat.fail_orphaned_jobs().unwrap(), 0);
@@ -178,7 +183,8 @@ fn jobs_of_dead_processes_are_marked_failed_on_open() {
     let path = dir.path().join("c.db");
     {
         let cat = Catalog::open(&path).unwrap();
-        cat.start_job("j1", "Backup", "a", true).unwrap();
+        cat.start_job("j1", JobOperation::Backup, "a", true)
+            .unwrap();
     }
     // Pretend the job belonged to a process that no longer exists.
     Catalog::open(&path)
@@ -188,9 +194,10 @@ fn jobs_of_dead_processes_are_marked_failed_on_open() {
     let cat = Catalog::open(&path).unwrap();
     assert_eq!(cat.fail_orphaned_jobs().unwrap(), 1);
     let j = cat.job("j1").unwrap();
-    assert_eq!(j.status, "Failed");
+    assert_eq!(j.status, JobStatus::Failed);
     assert!(j.error.unwrap().contains("ended before it finished"));
-    cat.start_job("j2", "Backup", "a", true).unwrap();
+    cat.start_job("j2", JobOperation::Backup, "a", true)
+        .unwrap();
 }
 
 #[test]

@@ -128,7 +128,7 @@ fn run(n: usize, limits: QueueLimits) {
     let mut last_end = begin;
     for id in &ids {
         let j = home.job(id).expect("job");
-        assert_eq!(j.status, "Completed", "{j:?}");
+        assert_eq!(j.status, kura_catalog::JobStatus::Completed, "{j:?}");
         let started: Timestamp = j.started.parse().unwrap();
         let ended: Timestamp = j.ended.as_deref().unwrap().parse().unwrap();
         waits.push(started.duration_since(begin).as_secs_f64());

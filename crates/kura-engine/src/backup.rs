@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crossbeam_channel::bounded;
-use kura_catalog::ItemRow;
+use kura_catalog::{ItemRow, JobOperation, JobStatus, TaskStatus};
 use kura_source::{DiskReader, Extent, ExtentKind};
 use kura_store::{ChunkId, DiskEntry, DiskIndex, Manifest, RpStats, Vault, is_zero};
 use serde::Serialize;
@@ -128,7 +128,7 @@ impl Home {
                 .map_err(|e| Error::new(ErrorKind::Invalid, format!("--retain-until {e}")))?;
         }
         let (job_id, report) = self.run_job(
-            "Backup",
+            JobOperation::Backup,
             &item.name,
             false,
             opts.job_id.as_deref(),
@@ -164,9 +164,14 @@ impl Home {
             crate::retention::retain_until_end(d, now, self.zone())
                 .map_err(|e| Error::new(ErrorKind::Invalid, format!("retain_until: {e}")))?;
         }
-        for j in self.catalog.jobs_for("Backup", &item.name, 100)? {
-            if j.status == "InProgress"
-                && j.tasks.first().is_some_and(|t| t.status == "InProgress")
+        for j in self
+            .catalog
+            .jobs_for(JobOperation::Backup, &item.name, 100)?
+        {
+            if j.status == JobStatus::InProgress
+                && j.tasks
+                    .first()
+                    .is_some_and(|t| t.status == TaskStatus::InProgress)
                 && !self.catalog.job_orphaned(&j.id)?
             {
                 return Err(Error::new(
@@ -190,12 +195,12 @@ impl Home {
         // Only one snapshot per item at a time; claiming the phase is one transaction, so
         // two jobs that start together cannot both get it.
         let mut tasks = vec![
-            task("snapshot", "InProgress", None),
-            task("transfer", "Pending", None),
+            task("snapshot", TaskStatus::InProgress, None),
+            task("transfer", TaskStatus::Pending, None),
         ];
-        if let Some(other) = self
-            .catalog
-            .claim_task(&job.id, "Backup", &item.name, 0, &tasks)?
+        if let Some(other) =
+            self.catalog
+                .claim_task(&job.id, JobOperation::Backup, &item.name, 0, &tasks)?
         {
             return Err(Error::new(
                 ErrorKind::Conflict,
@@ -206,10 +211,15 @@ impl Home {
         // its snapshot tier, so its driver takes no more than that (or refuses, untouched).
         let mut transfer_busy = false;
         if item.kind == "vm" {
-            for j in self.catalog.jobs_for("Backup", &item.name, 100)? {
+            for j in self
+                .catalog
+                .jobs_for(JobOperation::Backup, &item.name, 100)?
+            {
                 if j.id != job.id
-                    && j.status == "InProgress"
-                    && j.tasks.get(1).is_some_and(|t| t.status == "InProgress")
+                    && j.status == JobStatus::InProgress
+                    && j.tasks
+                        .get(1)
+                        .is_some_and(|t| t.status == TaskStatus::InProgress)
                     && !self.catalog.job_orphaned(&j.id)?
                 {
                     transfer_busy = true;
@@ -229,8 +239,8 @@ impl Home {
                     source.display()
                 ),
             );
-            tasks[0] = task("snapshot", "Failed", Some(e.to_string()));
-            tasks[1] = task("transfer", "Failed", Some("no source".into()));
+            tasks[0] = task("snapshot", TaskStatus::Failed, Some(e.to_string()));
+            tasks[1] = task("transfer", TaskStatus::Failed, Some("no source".into()));
             self.catalog.set_job_tasks(&job.id, &tasks)?;
             return Err(e);
         }
@@ -248,8 +258,12 @@ impl Home {
         let (vault, mut driver) = match prepared {
             Ok(v) => v,
             Err(e) => {
-                tasks[0] = task("snapshot", "Failed", Some(format!("not started: {e}")));
-                tasks[1] = task("transfer", "Failed", Some("not started".into()));
+                tasks[0] = task(
+                    "snapshot",
+                    TaskStatus::Failed,
+                    Some(format!("not started: {e}")),
+                );
+                tasks[1] = task("transfer", TaskStatus::Failed, Some("not started".into()));
                 self.catalog.set_job_tasks(&job.id, &tasks)?;
                 return Err(e);
             }
@@ -268,8 +282,8 @@ impl Home {
         let point = match driver.take_point(&request) {
             Ok(p) => p,
             Err(e) => {
-                tasks[0] = task("snapshot", "Failed", Some(e.to_string()));
-                tasks[1] = task("transfer", "Failed", Some("no snapshot".into()));
+                tasks[0] = task("snapshot", TaskStatus::Failed, Some(e.to_string()));
+                tasks[1] = task("transfer", TaskStatus::Failed, Some("no snapshot".into()));
                 self.catalog.set_job_tasks(&job.id, &tasks)?;
                 return Err(e.into());
             }
@@ -286,7 +300,7 @@ impl Home {
             ));
             tasks[0] = task(
                 "snapshot",
-                "Skipped",
+                TaskStatus::Skipped,
                 Some(format!("the snapshot tier is unavailable: {reason}")),
             );
         }
@@ -305,8 +319,12 @@ impl Home {
             if let Some(s) = &snapshot {
                 s.delete()?;
             }
-            tasks[0] = task("snapshot", "Cancelled", None);
-            tasks[1] = task("transfer", "Skipped", Some("the job was cancelled".into()));
+            tasks[0] = task("snapshot", TaskStatus::Cancelled, None);
+            tasks[1] = task(
+                "transfer",
+                TaskStatus::Skipped,
+                Some("the job was cancelled".into()),
+            );
             self.catalog.set_job_tasks(&job.id, &tasks)?;
             job.message("cancelled during the snapshot phase; nothing was kept");
             return Err(Error::cancelled());
@@ -370,14 +388,14 @@ impl Home {
                 "snapshot taken ({}); recovery point {rp_id} can be restored now",
                 snap.encode()
             ));
-            tasks[0] = task("snapshot", "Completed", None);
+            tasks[0] = task("snapshot", TaskStatus::Completed, None);
             snap_row = Some(row);
         }
         // Ends the job with its snapshot only.
         let skip_transfer =
             |tasks: &mut Vec<kura_catalog::SubTask>, rp_id: String, size: u64, detail: String| {
                 job.message(&format!("transfer skipped: {detail}"));
-                tasks[1] = task("transfer", "Skipped", Some(detail.clone()));
+                tasks[1] = task("transfer", TaskStatus::Skipped, Some(detail.clone()));
                 self.catalog.set_job_tasks(&job.id, tasks)?;
                 Ok(BackupReport::without_transfer(
                     item, rp_id, size, "snapshot", "Skipped", detail,
@@ -399,15 +417,15 @@ impl Home {
         }
         // One transfer per item at a time: a later job keeps its snapshot and skips its
         // transfer; the next transfer carries every change since the last vault point.
-        tasks[1] = task("transfer", "InProgress", None);
-        if let Some(other) = self
-            .catalog
-            .claim_task(&job.id, "Backup", &item.name, 1, &tasks)?
+        tasks[1] = task("transfer", TaskStatus::InProgress, None);
+        if let Some(other) =
+            self.catalog
+                .claim_task(&job.id, JobOperation::Backup, &item.name, 1, &tasks)?
         {
             let Some(row) = snap_row else {
                 tasks[1] = task(
                     "transfer",
-                    "Failed",
+                    TaskStatus::Failed,
                     Some(format!("job {other} is transferring this item")),
                 );
                 self.catalog.set_job_tasks(&job.id, &tasks)?;
@@ -433,7 +451,7 @@ impl Home {
         );
         match result {
             Ok(report) => {
-                tasks[1] = task("transfer", "Completed", None);
+                tasks[1] = task("transfer", TaskStatus::Completed, None);
                 self.catalog.set_job_tasks(&job.id, &tasks)?;
                 // Without a scheduler running, old snapshots must not pile up in the image.
                 if let Err(e) = self.expire_snapshots(&item.id, now) {
@@ -450,11 +468,11 @@ impl Home {
             // recovery point of a job that ends Cancelled. The chunks it wrote are referenced
             // by no manifest and garbage collection removes them.
             Err(e) if e.kind() == ErrorKind::Cancelled => {
-                tasks[1] = task("transfer", "Cancelled", None);
+                tasks[1] = task("transfer", TaskStatus::Cancelled, None);
                 if snap_row.is_some() {
                     tasks[0] = task(
                         "snapshot",
-                        "Cancelled",
+                        TaskStatus::Cancelled,
                         Some("removed: the job was cancelled".into()),
                     );
                     if let Some(s) = &snapshot {
@@ -470,7 +488,7 @@ impl Home {
                 Err(e)
             }
             Err(e) if snap_row.is_some() => {
-                tasks[1] = task("transfer", "Failed", Some(e.to_string()));
+                tasks[1] = task("transfer", TaskStatus::Failed, Some(e.to_string()));
                 self.catalog.set_job_tasks(&job.id, &tasks)?;
                 job.warn(&format!("transfer failed: {e}"));
                 let row = snap_row.expect("checked");
@@ -484,7 +502,7 @@ impl Home {
                 ))
             }
             Err(e) => {
-                tasks[1] = task("transfer", "Failed", Some(e.to_string()));
+                tasks[1] = task("transfer", TaskStatus::Failed, Some(e.to_string()));
                 self.catalog.set_job_tasks(&job.id, &tasks)?;
                 Err(e)
             }

@@ -22,6 +22,7 @@
 use std::collections::HashSet;
 
 use jiff::{SignedDuration, Timestamp};
+use kura_catalog::JobOperation;
 use kura_store::{ChunkId, Vault};
 use serde::Serialize;
 
@@ -117,7 +118,7 @@ impl Home {
     ) -> Result<GcReport> {
         let vrow = self.catalog.vault(vault)?;
         let v = self.open_vault_row(&vrow, secrets)?;
-        let (job_id, report) = self.run_job("GarbageCollect", vault, true, opts.job_id.as_deref(), progress, |job| {
+        let (job_id, report) = self.run_job(JobOperation::GarbageCollect, vault, true, opts.job_id.as_deref(), progress, |job| {
             if !opts.dry_run {
                 for name in self.purge_soft_deleted(&vrow.id, self.now(), secrets)? {
                     job.message(&format!("purged soft-deleted item {name}: its soft-delete period is over"));

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use kura_backend::FsBackend;
-use kura_catalog::{Catalog, ItemRow, RpRow, VaultRow};
+use kura_catalog::{Catalog, ItemRow, JobOperation, JobStatus, RpRow, VaultRow};
 use kura_store::{Cipher, ItemRecord, KeySecret, Vault, VaultOptions};
 use serde::Serialize;
 use zeroize::Zeroizing;
@@ -915,7 +915,7 @@ impl Home {
         self.catalog.insert_item(&item)?;
         // Azure's ConfigureBackup: recorded as a job once the item exists.
         let configured = self.run_job(
-            "ConfigureBackup",
+            JobOperation::ConfigureBackup,
             &item.name,
             false,
             None,
@@ -995,11 +995,11 @@ impl Home {
     /// and no longer blocks its item.
     pub fn cancel_job(&self, id: &str) -> Result<kura_catalog::JobRow> {
         let job = self.catalog.job(id)?;
-        if job.status == "Queued" {
+        if job.status == JobStatus::Queued {
             if self.catalog.job_orphaned(&job.id)? {
                 self.catalog.finish_job(
                     &job.id,
-                    "Failed",
+                    JobStatus::Failed,
                     None,
                     Some("the process that queued this job is gone; cleared by `kura job cancel`"),
                 )?;
@@ -1014,21 +1014,21 @@ impl Home {
             // It started meanwhile: cancel it as a running job.
             return self.cancel_job(&job.id);
         }
-        if matches!(job.status.as_str(), "InProgress" | "Cancelling")
+        if matches!(job.status, JobStatus::InProgress | JobStatus::Cancelling)
             && self.catalog.job_orphaned(&job.id)?
         {
             self.catalog.finish_job(
                 &job.id,
-                "Failed",
+                JobStatus::Failed,
                 None,
                 Some("the process running this job is gone; cleared by `kura job cancel`"),
             )?;
             return Ok(self.catalog.job(&job.id)?);
         }
-        if job.status == "Cancelling" {
+        if job.status == JobStatus::Cancelling {
             return Ok(job);
         }
-        if job.status != "InProgress" {
+        if job.status != JobStatus::InProgress {
             return Err(Error::new(
                 ErrorKind::Conflict,
                 format!(
@@ -1065,7 +1065,8 @@ impl Home {
     /// transfer stops with the process, nothing it wrote is referenced by a recovery point,
     /// and garbage collection removes it.
     pub fn record_stopped(&self, id: &str, why: &str) -> Result<()> {
-        self.catalog.finish_job(id, "Cancelled", None, Some(why))?;
+        self.catalog
+            .finish_job(id, JobStatus::Cancelled, None, Some(why))?;
         Ok(())
     }
 
@@ -1093,7 +1094,12 @@ impl Home {
     /// Registers a job (status InProgress) and returns its id at once; the work is then run
     /// by passing the id in the operation's options (`job_id`). Refused like the operation
     /// itself would be when a job of the same kind runs on the same target.
-    pub fn begin_job(&self, operation: &str, target: &str, exclusive: bool) -> Result<String> {
+    pub fn begin_job(
+        &self,
+        operation: JobOperation,
+        target: &str,
+        exclusive: bool,
+    ) -> Result<String> {
         let id = new_id();
         self.catalog.start_job(&id, operation, target, exclusive)?;
         Ok(id)
@@ -1101,8 +1107,11 @@ impl Home {
 
     /// The vault a job works in, for the queue's per-vault limit: the vault named by a
     /// vault-wide job, or the vault of the item it targets.
-    pub(crate) fn job_vault(&self, operation: &str, target: &str) -> Option<String> {
-        if matches!(operation, "GarbageCollect" | "PurgeSoftDeleted") {
+    pub(crate) fn job_vault(&self, operation: JobOperation, target: &str) -> Option<String> {
+        if matches!(
+            operation,
+            JobOperation::GarbageCollect | JobOperation::PurgeSoftDeleted
+        ) {
             self.catalog.vault(target).ok().map(|v| v.id)
         } else {
             self.catalog.item(target).ok().map(|i| i.vault_id)
@@ -1114,12 +1123,13 @@ impl Home {
     pub fn abandon_job(&self, id: &str, error: &str, kind: ErrorKind) -> Result<()> {
         match self.catalog.job(id)?.status.as_str() {
             "InProgress" => {
-                self.catalog.finish_job(id, "Failed", None, Some(error))?;
+                self.catalog
+                    .finish_job(id, JobStatus::Failed, None, Some(error))?;
                 self.catalog.set_job_error_code(id, kind.code())?;
             }
             "Cancelling" => self
                 .catalog
-                .finish_job(id, "Cancelled", None, Some(error))?,
+                .finish_job(id, JobStatus::Cancelled, None, Some(error))?,
             _ => {}
         }
         Ok(())
@@ -1130,7 +1140,7 @@ impl Home {
     /// used.
     pub(crate) fn run_job<T: serde::Serialize>(
         &self,
-        operation: &str,
+        operation: JobOperation,
         target: &str,
         exclusive: bool,
         preassigned: Option<&str>,
@@ -1154,7 +1164,7 @@ impl Home {
             cancel: Mutex::new(CancelCheck::default()),
         };
         ctx.log(&format!("{operation} of {target} started"));
-        progress.job_started(&id, operation, target);
+        progress.job_started(&id, operation.as_str(), target);
         match f(&ctx) {
             Ok((value, rp)) => {
                 ctx.flush();
@@ -1163,11 +1173,11 @@ impl Home {
                     ctx.log("the cancel came after the work was done; the job's result stands");
                 }
                 let status = if warning.is_some() {
-                    "CompletedWithWarnings"
+                    JobStatus::CompletedWithWarnings
                 } else {
-                    "Completed"
+                    JobStatus::Completed
                 };
-                ctx.log(&format!("{operation} {}", status.to_lowercase()));
+                ctx.log(&format!("{operation} {}", status.as_str().to_lowercase()));
                 if let Ok(mut v) = serde_json::to_value(&value) {
                     if let Some(o) = v.as_object_mut()
                         && o.contains_key("job_id")
@@ -1185,7 +1195,7 @@ impl Home {
                 let msg = format!("{operation} of {target} was cancelled; {}", e);
                 ctx.log("cancelled; nothing incomplete was kept");
                 self.catalog
-                    .finish_job(&id, "Cancelled", None, Some(&msg))?;
+                    .finish_job(&id, JobStatus::Cancelled, None, Some(&msg))?;
                 Err(Error::new(
                     ErrorKind::Cancelled,
                     format!("job {id} was cancelled; nothing incomplete was kept"),
@@ -1194,7 +1204,8 @@ impl Home {
             Err(e) => {
                 let msg = e.to_string();
                 ctx.log(&format!("failed: {msg}"));
-                self.catalog.finish_job(&id, "Failed", None, Some(&msg))?;
+                self.catalog
+                    .finish_job(&id, JobStatus::Failed, None, Some(&msg))?;
                 self.catalog.set_job_error_code(&id, e.kind().code())?;
                 Err(Error::new(e.kind(), format!("{msg} (job {id})")))
             }
@@ -1241,7 +1252,7 @@ impl JobCtx<'_> {
         let cancelled = self
             .catalog
             .job(&self.id)
-            .is_ok_and(|j| j.status == "Cancelling" || j.status == "Cancelled");
+            .is_ok_and(|j| j.status == JobStatus::Cancelling || j.status == JobStatus::Cancelled);
         let mut c = self.cancel.lock().unwrap_or_else(|e| e.into_inner());
         c.at = Some(Instant::now());
         c.cancelled |= cancelled;

@@ -1,33 +1,9 @@
-//! Job vocabulary: operations, statuses, and how a backup's status follows its sub-tasks.
+//! Job queries as users give them, and how a backup's status follows its sub-tasks (the
+//! words themselves are kura-catalog's [`JobStatus`] and [`JobOperation`]).
+
+use kura_catalog::{JobOperation, JobStatus, TaskStatus};
 
 use crate::{Error, ErrorKind, Result};
-
-/// Every job status.
-pub const JOB_STATUSES: &[&str] = &[
-    "Queued",
-    "InProgress",
-    "Cancelling",
-    "Completed",
-    "CompletedWithWarnings",
-    "Failed",
-    "Cancelled",
-];
-
-/// Every job operation.
-pub const JOB_OPERATIONS: &[&str] = &[
-    "Backup",
-    "Restore",
-    "RestoreDisks",
-    "RestoreVm",
-    "Verify",
-    "GarbageCollect",
-    "DeleteExpiredPoints",
-    "PurgeSoftDeleted",
-    "ConfigureBackup",
-    "DisableBackup",
-    "DeleteBackupData",
-    "Undelete",
-];
 
 /// Job list filters as a user gives them: `status` and `operation` are matched without
 /// regard to case and must name a known value.
@@ -35,9 +11,9 @@ pub const JOB_OPERATIONS: &[&str] = &[
 pub struct JobQuery {
     /// Item (or vault, for GC) name.
     pub item: Option<String>,
-    /// A status of [`JOB_STATUSES`].
+    /// A [`JobStatus`], in any case.
     pub status: Option<String>,
-    /// An operation of [`JOB_OPERATIONS`].
+    /// A [`JobOperation`], in any case.
     pub operation: Option<String>,
     /// Only jobs started (or queued) at or after this instant: an RFC 3339 instant.
     pub since: Option<String>,
@@ -47,20 +23,18 @@ pub struct JobQuery {
 
 impl JobQuery {
     pub(crate) fn to_filter(&self) -> Result<kura_catalog::JobFilter> {
-        let pick =
-            |field: &str, value: &Option<String>, known: &[&str]| -> Result<Option<String>> {
-                let Some(v) = value else { return Ok(None) };
-                known
-                    .iter()
-                    .find(|k| k.eq_ignore_ascii_case(v))
-                    .map(|k| Some(k.to_string()))
-                    .ok_or_else(|| {
-                        Error::new(
-                            ErrorKind::Invalid,
-                            format!("{field} {v:?} is not one of: {}", known.join(", ")),
-                        )
-                    })
-            };
+        fn pick<T: std::str::FromStr<Err = String>>(
+            field: &str,
+            value: &Option<String>,
+        ) -> Result<Option<T>> {
+            value
+                .as_deref()
+                .map(|v| {
+                    v.parse()
+                        .map_err(|e| Error::new(ErrorKind::Invalid, format!("{field} {e}")))
+                })
+                .transpose()
+        }
         let since = match &self.since {
             Some(t) => Some(t.parse::<jiff::Timestamp>().map_err(|e| {
                 Error::new(
@@ -73,8 +47,8 @@ impl JobQuery {
         Ok(kura_catalog::JobFilter {
             target: self.item.clone(),
             since: since.map(kura_catalog::stamp),
-            status: pick("status", &self.status, JOB_STATUSES)?,
-            operation: pick("operation", &self.operation, JOB_OPERATIONS)?,
+            status: pick::<JobStatus>("status", &self.status)?,
+            operation: pick::<JobOperation>("operation", &self.operation)?,
             limit: self.limit,
         })
     }
@@ -93,24 +67,29 @@ impl JobQuery {
 /// kura adds the rows Azure does not need: a snapshot still running (InProgress), a job
 /// cancelled during its snapshot (Cancelled), and an item without a snapshot provider
 /// (snapshot Skipped), whose job is simply its transfer.
-pub fn backup_status(snapshot: &str, transfer: &str) -> &'static str {
+pub fn backup_status(snapshot: TaskStatus, transfer: TaskStatus) -> JobStatus {
+    use TaskStatus as T;
     match (snapshot, transfer) {
-        ("Cancelled", _) => "Cancelled",
-        ("Failed", _) => "Failed",
-        ("InProgress", _) => "InProgress",
-        ("Completed" | "Skipped", "InProgress") => "InProgress",
-        ("Completed", "Skipped" | "Completed") => "Completed",
-        ("Completed", "Failed") => "CompletedWithWarnings",
-        ("Skipped", "Completed") => "Completed",
-        ("Skipped", _) => "Failed",
-        _ => "InProgress",
+        (T::Cancelled, _) => JobStatus::Cancelled,
+        (T::Failed, _) => JobStatus::Failed,
+        (T::InProgress | T::Pending, _) => JobStatus::InProgress,
+        (T::Completed | T::Skipped, T::InProgress | T::Pending) => JobStatus::InProgress,
+        (T::Completed, T::Skipped | T::Completed) => JobStatus::Completed,
+        (T::Completed, T::Failed) => JobStatus::CompletedWithWarnings,
+        (T::Skipped, T::Completed) => JobStatus::Completed,
+        (T::Skipped, _) => JobStatus::Failed,
+        (T::Completed, T::Cancelled) => JobStatus::Cancelled,
     }
 }
 
-pub(crate) fn task(name: &str, status: &str, detail: Option<String>) -> kura_catalog::SubTask {
+pub(crate) fn task(
+    name: &str,
+    status: TaskStatus,
+    detail: Option<String>,
+) -> kura_catalog::SubTask {
     kura_catalog::SubTask {
         name: name.into(),
-        status: status.into(),
+        status,
         detail,
     }
 }
@@ -135,7 +114,12 @@ mod tests {
             ("Skipped", "Failed", "Failed"),
         ];
         for (s, t, expected) in table {
-            assert_eq!(backup_status(s, t), expected, "snapshot {s}, transfer {t}");
+            let (ss, ts) = (s.parse().unwrap(), t.parse().unwrap());
+            assert_eq!(
+                backup_status(ss, ts).as_str(),
+                expected,
+                "snapshot {s}, transfer {t}"
+            );
         }
     }
 }

@@ -12,7 +12,9 @@
 //! points stay in the vault (so garbage collection keeps their chunks) until a purge.
 
 use jiff::{SignedDuration, Timestamp};
-use kura_catalog::{ItemRow, RpRow};
+use kura_catalog::{
+    HealthStatus, ItemRow, JobOperation, JobStatus, LastBackupStatus, ProtectionState, RpRow,
+};
 use serde::Serialize;
 
 use crate::{Error, ErrorKind, Home, NoProgress, Progress, Result, Secrets};
@@ -28,12 +30,12 @@ pub struct ItemStatus {
     pub item: ItemRow,
     /// Vault name.
     pub vault: String,
-    /// `IRPending`, `Protected`, `ProtectionError`, `ProtectionStopped` or `SoftDeleted`.
-    pub protection_state: &'static str,
-    /// `Healthy`, `Unhealthy` or `IRPending` (no backup yet).
-    pub last_backup_status: &'static str,
-    /// `Passed` or `ActionRequired`.
-    pub health_status: &'static str,
+    /// Where its protection stands.
+    pub protection_state: ProtectionState,
+    /// How its last backup went.
+    pub last_backup_status: LastBackupStatus,
+    /// Whether it needs attention.
+    pub health_status: HealthStatus,
     /// What needs attention, if anything.
     pub health_details: Vec<String>,
     /// Whether the source exists.
@@ -123,28 +125,35 @@ impl Home {
         let item = self.catalog.item(item)?;
         let vault = self.catalog.vault_by_id(&item.vault_id)?;
         let (points, latest) = self.catalog.rp_summary(&item.id)?;
-        let last_backup = self.catalog.last_ended_job("Backup", &item.name)?;
-        let last_backup_status = match last_backup.as_ref().map(|j| j.status.as_str()) {
-            None => "IRPending",
-            Some("Completed") => "Healthy",
-            Some(_) => "Unhealthy",
+        let last_backup = self
+            .catalog
+            .last_ended_job(JobOperation::Backup, &item.name)?;
+        let last_backup_status = match last_backup.as_ref().map(|j| j.status) {
+            None => LastBackupStatus::IRPending,
+            Some(JobStatus::Completed) => LastBackupStatus::Healthy,
+            Some(_) => LastBackupStatus::Unhealthy,
         };
         let source_present = match crate::home::source_spec(self, &item, None) {
             Ok(spec) => spec.present(),
             Err(_) => std::path::Path::new(&item.source).exists(),
         };
         let protection_state = match item.state.as_str() {
-            "soft-deleted" => "SoftDeleted",
-            "stopped" => "ProtectionStopped",
-            _ if points == 0 && last_backup.is_none() => "IRPending",
-            _ if last_backup_status == "Unhealthy" => "ProtectionError",
-            _ => "Protected",
+            "soft-deleted" => ProtectionState::SoftDeleted,
+            "stopped" => ProtectionState::ProtectionStopped,
+            _ if points == 0 && last_backup.is_none() => ProtectionState::IRPending,
+            _ if last_backup_status == LastBackupStatus::Unhealthy => {
+                ProtectionState::ProtectionError
+            }
+            _ => ProtectionState::Protected,
         };
         let mut health_details = Vec::new();
         if !source_present {
             health_details.push(format!("the source {} is missing", item.source));
         }
-        if let Some(j) = last_backup.as_ref().filter(|j| j.status != "Completed") {
+        if let Some(j) = last_backup
+            .as_ref()
+            .filter(|j| j.status != JobStatus::Completed)
+        {
             health_details.push(format!(
                 "the last backup (job {}) failed: {}",
                 j.id,
@@ -175,9 +184,9 @@ impl Home {
             protection_state,
             last_backup_status,
             health_status: if health_details.is_empty() {
-                "Passed"
+                HealthStatus::Passed
             } else {
-                "ActionRequired"
+                HealthStatus::ActionRequired
             },
             health_details,
             source_present,
@@ -334,7 +343,7 @@ impl Home {
         let vault = self.open_vault_row(&vrow, secrets)?;
         let text = kura_source::SourceSpec::disk(source, pinned.clone()).to_json();
         self.run_job(
-            "ConfigureBackup",
+            JobOperation::ConfigureBackup,
             &row.name,
             false,
             None,
@@ -401,7 +410,7 @@ impl Home {
         let vrow = self.catalog.vault_by_id(&row.vault_id)?;
         let vault = self.open_vault_row(&vrow, secrets)?;
         self.run_job(
-            "ConfigureBackup",
+            JobOperation::ConfigureBackup,
             &row.name,
             false,
             None,
@@ -430,12 +439,19 @@ impl Home {
         let row = self.catalog.item(item)?;
         if !delete_data {
             Self::require_state(&row, &["protected"], "stop its protection")?;
-            self.run_job("DisableBackup", &row.name, false, None, &NoProgress, |_| {
-                self.record_state(&row, None, "stopped", None, secrets)?;
-                self.catalog.set_item_policy(&row.id, None)?;
-                self.catalog.set_item_state(&row.id, "stopped", None)?;
-                Ok(((), None))
-            })?;
+            self.run_job(
+                JobOperation::DisableBackup,
+                &row.name,
+                false,
+                None,
+                &NoProgress,
+                |_| {
+                    self.record_state(&row, None, "stopped", None, secrets)?;
+                    self.catalog.set_item_policy(&row.id, None)?;
+                    self.catalog.set_item_state(&row.id, "stopped", None)?;
+                    Ok(((), None))
+                },
+            )?;
             return self.item_status(&row.name);
         }
         Self::require_state(&row, &["protected", "stopped"], "delete its backup data")?;
@@ -444,28 +460,35 @@ impl Home {
             let vrow = self.catalog.vault_by_id(&row.vault_id)?;
             let vault = self.open_vault_row(&vrow, secrets)?;
             let name = row.name.clone();
-            self.run_job("DeleteBackupData", &name, false, None, &NoProgress, |job| {
-                let rps = self.catalog.list_rps(&row.id)?;
-                for rp in &rps {
-                    drop_snapshot(rp)?;
-                    vault.delete_rp(&rp.id)?;
-                }
-                vault.delete_item(&row.id)?;
-                self.forget_source(&row);
-                self.catalog.purge_item(&row.id)?;
-                job.message(&format!(
-                    "soft delete is disabled: {} recovery point(s) deleted",
-                    rps.len()
-                ));
-                Ok(((), None))
-            })?;
+            self.run_job(
+                JobOperation::DeleteBackupData,
+                &name,
+                false,
+                None,
+                &NoProgress,
+                |job| {
+                    let rps = self.catalog.list_rps(&row.id)?;
+                    for rp in &rps {
+                        drop_snapshot(rp)?;
+                        vault.delete_rp(&rp.id)?;
+                    }
+                    vault.delete_item(&row.id)?;
+                    self.forget_source(&row);
+                    self.catalog.purge_item(&row.id)?;
+                    job.message(&format!(
+                        "soft delete is disabled: {} recovery point(s) deleted",
+                        rps.len()
+                    ));
+                    Ok(((), None))
+                },
+            )?;
             // The item is gone: report its last state.
             return Ok(ItemStatus {
                 item: row.clone(),
                 vault: vrow.name.clone(),
-                protection_state: "Deleted",
-                last_backup_status: "IRPending",
-                health_status: "Passed",
+                protection_state: ProtectionState::Deleted,
+                last_backup_status: LastBackupStatus::IRPending,
+                health_status: HealthStatus::Passed,
                 health_details: vec![format!(
                     "item {name:?} and its backup data were deleted (soft delete is disabled in its vault)"
                 )],
@@ -477,7 +500,7 @@ impl Home {
             });
         }
         self.run_job(
-            "DeleteBackupData",
+            JobOperation::DeleteBackupData,
             &row.name,
             false,
             None,
@@ -505,11 +528,18 @@ impl Home {
             &["soft-deleted"],
             "undelete it (it is not soft-deleted)",
         )?;
-        self.run_job("Undelete", &row.name, false, None, &NoProgress, |_| {
-            self.record_state(&row, row.policy.as_deref(), "stopped", None, secrets)?;
-            self.catalog.set_item_state(&row.id, "stopped", None)?;
-            Ok(((), None))
-        })?;
+        self.run_job(
+            JobOperation::Undelete,
+            &row.name,
+            false,
+            None,
+            &NoProgress,
+            |_| {
+                self.record_state(&row, row.policy.as_deref(), "stopped", None, secrets)?;
+                self.catalog.set_item_state(&row.id, "stopped", None)?;
+                Ok(((), None))
+            },
+        )?;
         self.item_status(&row.name)
     }
 
@@ -529,7 +559,7 @@ impl Home {
             ));
         }
         self.run_job(
-            "ConfigureBackup",
+            JobOperation::ConfigureBackup,
             &row.name,
             false,
             None,
@@ -604,7 +634,7 @@ impl Home {
     ) -> Result<Vec<String>> {
         let vrow = self.catalog.vault(vault)?;
         let (_, names) = self.run_job(
-            "PurgeSoftDeleted",
+            JobOperation::PurgeSoftDeleted,
             vault,
             true,
             Some(job_id),

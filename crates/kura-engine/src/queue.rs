@@ -12,6 +12,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
+use kura_catalog::JobOperation;
+
 use crate::{Error, ErrorKind, Home, Result};
 
 /// How many jobs may run at once.
@@ -65,8 +67,8 @@ pub type Work = Box<dyn FnOnce(&Home, &str) -> Result<()> + Send>;
 
 /// A job to queue.
 pub struct JobRequest {
-    /// Operation (one of [`crate::jobs::JOB_OPERATIONS`]).
-    pub operation: &'static str,
+    /// What it does.
+    pub operation: JobOperation,
     /// Item name, or vault name for vault-wide operations.
     pub target: String,
     /// Refuse it while a job of the same operation on the same target is queued or running.
@@ -82,8 +84,8 @@ pub enum QueueEvent {
     Started {
         /// Job id.
         id: String,
-        /// Operation.
-        operation: &'static str,
+        /// What it does.
+        operation: JobOperation,
         /// Item or vault name.
         target: String,
         /// Milliseconds it waited in the queue.
@@ -100,7 +102,7 @@ pub enum QueueEvent {
 
 struct Entry {
     id: String,
-    operation: &'static str,
+    operation: JobOperation,
     target: String,
     vault: Option<String>,
     queued_at: std::time::Instant,

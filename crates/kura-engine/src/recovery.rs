@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use kura_catalog::{JobOperation, JobStatus};
 use kura_store::{KeySecret, VaultConfig};
 use serde::Serialize;
 use zeroize::Zeroizing;
@@ -170,10 +171,11 @@ impl Home {
         for item in self.catalog.list_items(Some(&row.id))? {
             let running = self
                 .catalog
-                .jobs_for("Backup", &item.name, 10)?
+                .jobs_for(JobOperation::Backup, &item.name, 10)?
                 .into_iter()
                 .any(|j| {
-                    j.status == "InProgress" && !self.catalog.job_orphaned(&j.id).unwrap_or(true)
+                    j.status == JobStatus::InProgress
+                        && !self.catalog.job_orphaned(&j.id).unwrap_or(true)
                 });
             if running {
                 return Err(Error::new(

@@ -8,6 +8,7 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+use kura_catalog::{JobOperation, JobStatus};
 use kura_store::{DiskIndex, Vault};
 use serde::Serialize;
 
@@ -175,7 +176,7 @@ impl Home {
         }
         self.remove_restore_leftovers(&target);
         let (job_id, report) = self.run_job(
-            "Restore",
+            JobOperation::Restore,
             &item.name,
             false,
             opts.job_id.as_deref(),
@@ -431,7 +432,7 @@ impl Home {
             // Through the API: one job whose report lists every disk.
             Some(id) => self
                 .run_job(
-                    "RestoreDisks",
+                    JobOperation::RestoreDisks,
                     &row.name,
                     false,
                     Some(id),
@@ -459,7 +460,8 @@ impl Home {
             };
             let job = rest.split('.').next().unwrap_or_default();
             let running = self.catalog.job(job).is_ok_and(|j| {
-                j.status == "InProgress" && !self.catalog.job_orphaned(&j.id).unwrap_or(true)
+                j.status == JobStatus::InProgress
+                    && !self.catalog.job_orphaned(&j.id).unwrap_or(true)
             });
             if !running {
                 let _ = std::fs::remove_file(e.path());

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use kura_catalog::JobOperation;
 use kura_source::vm::VmDisk;
 use serde::Serialize;
 
@@ -284,7 +285,7 @@ impl Home {
             }
         };
         let (job_id, report) = self.run_job(
-            "RestoreVm",
+            JobOperation::RestoreVm,
             item,
             false,
             opts.job_id.as_deref(),

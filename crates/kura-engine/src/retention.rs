@@ -2,7 +2,7 @@
 //! which points have expired and why, and applying it removes them (plan, then apply).
 
 use jiff::{Span, Timestamp};
-use kura_catalog::{ItemRow, RpRow};
+use kura_catalog::{ItemRow, JobOperation, RpRow};
 use serde::Serialize;
 
 use crate::progress::Progress;
@@ -204,7 +204,7 @@ impl Home {
         // Deletions run as a job (listed, logged, cancellable between points: each point
         // goes at once, manifest first).
         let (_, plan) = self.run_job(
-            "DeleteExpiredPoints",
+            JobOperation::DeleteExpiredPoints,
             &item.name,
             false,
             job_id,

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 
 use jiff::{SignedDuration, Timestamp};
-use kura_catalog::ItemRow;
+use kura_catalog::{ItemRow, JobOperation, JobStatus};
 use serde::Serialize;
 
 use crate::backup::{BackupOptions, ScheduledRun};
@@ -98,8 +98,8 @@ pub struct Expired {
 pub struct QueuedJob {
     /// Job id.
     pub job_id: String,
-    /// Operation.
-    pub operation: String,
+    /// What it does.
+    pub operation: JobOperation,
     /// Item or vault name.
     pub target: String,
 }
@@ -178,7 +178,7 @@ impl Home {
                         queue,
                         &mut report,
                         JobRequest {
-                            operation: "PurgeSoftDeleted",
+                            operation: JobOperation::PurgeSoftDeleted,
                             target: v.name.clone(),
                             exclusive: true,
                             work: Box::new(move |home, id| {
@@ -202,7 +202,7 @@ impl Home {
                 if let Some(id) = &b.job_id {
                     report.jobs.push(QueuedJob {
                         job_id: id.clone(),
-                        operation: "Backup".into(),
+                        operation: JobOperation::Backup,
                         target: item.name.clone(),
                     });
                 }
@@ -220,7 +220,7 @@ impl Home {
                         queue,
                         &mut report,
                         JobRequest {
-                            operation: "GarbageCollect",
+                            operation: JobOperation::GarbageCollect,
                             target: v.name.clone(),
                             exclusive: true,
                             work: Box::new(move |home, id| {
@@ -257,7 +257,7 @@ impl Home {
                 queue,
                 report,
                 JobRequest {
-                    operation: "DeleteExpiredPoints",
+                    operation: JobOperation::DeleteExpiredPoints,
                     target: item,
                     exclusive: true,
                     work: Box::new(move |home, id| {
@@ -283,7 +283,7 @@ impl Home {
             Ok(id) => {
                 report.jobs.push(QueuedJob {
                     job_id: id.clone(),
-                    operation: operation.into(),
+                    operation,
                     target,
                 });
                 Some(id)
@@ -300,9 +300,7 @@ impl Home {
 
     /// Fills a report's outcomes from its jobs, once they ended.
     fn fill_outcomes(&self, report: &mut TickReport) -> Result<()> {
-        let ended = |j: &kura_catalog::JobRow| {
-            !matches!(j.status.as_str(), "Queued" | "InProgress" | "Cancelling")
-        };
+        let ended = |j: &kura_catalog::JobRow| !j.status.is_running();
         for b in &mut report.backups {
             let Some(id) = &b.job_id else { continue };
             let job = self.catalog.job(id)?;
@@ -310,26 +308,26 @@ impl Home {
                 continue;
             }
             b.rp_id = job.rp_id.clone();
-            if matches!(job.status.as_str(), "Failed" | "Cancelled") {
-                b.error = job.error.clone().or(Some(job.status.clone()));
+            if matches!(job.status, JobStatus::Failed | JobStatus::Cancelled) {
+                b.error = job.error.clone().or(Some(job.status.to_string()));
             }
         }
         for q in &report.jobs {
             let job = self.catalog.job(&q.job_id)?;
-            if !ended(&job) || q.operation == "Backup" {
+            if !ended(&job) || q.operation == JobOperation::Backup {
                 continue;
             }
-            if matches!(job.status.as_str(), "Failed" | "Cancelled") {
+            if matches!(job.status, JobStatus::Failed | JobStatus::Cancelled) {
                 report.retention_errors.push(format!(
                     "{} of {}: {}",
                     q.operation,
                     q.target,
-                    job.error.as_deref().unwrap_or(&job.status)
+                    job.error.as_deref().unwrap_or(job.status.as_str())
                 ));
                 continue;
             }
-            match q.operation.as_str() {
-                "DeleteExpiredPoints" => {
+            match q.operation {
+                JobOperation::DeleteExpiredPoints => {
                     let entries = job
                         .result
                         .as_ref()
@@ -345,7 +343,7 @@ impl Home {
                             }
                         }));
                 }
-                "PurgeSoftDeleted" => report.purged.extend(
+                JobOperation::PurgeSoftDeleted => report.purged.extend(
                     job.result
                         .as_ref()
                         .and_then(|r| r.as_array().cloned())
@@ -447,8 +445,8 @@ impl Home {
         // A backup of the item still waiting in the queue stands for this slot too.
         let waiting = self.catalog.find_jobs(&kura_catalog::JobFilter {
             target: Some(item.name.clone()),
-            status: Some("Queued".into()),
-            operation: Some("Backup".into()),
+            status: Some(JobStatus::Queued),
+            operation: Some(JobOperation::Backup),
             limit: 1,
             ..Default::default()
         })?;
@@ -463,7 +461,7 @@ impl Home {
         let submitted = queue.submit(
             self,
             JobRequest {
-                operation: "Backup",
+                operation: JobOperation::Backup,
                 target: item.name.clone(),
                 exclusive: false,
                 work: Box::new(move |home, id| {

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use kura_catalog::{ItemRow, RpRow};
+use kura_catalog::{ItemRow, JobOperation, RpRow};
 use kura_store::{ChunkId, Vault};
 use serde::Serialize;
 
@@ -146,7 +146,7 @@ impl Home {
                 Err(e) => return Err(e),
             }
         }
-        let (job_id, report) = self.run_job("Verify", &target, false, job_id, progress, |job| {
+        let (job_id, report) = self.run_job(JobOperation::Verify, &target, false, job_id, progress, |job| {
             let mut report = VerifyReport {
                 job_id: String::new(),
                 recovery_points: 0,

@@ -3,6 +3,7 @@
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use kura_catalog::{JobOperation, JobStatus};
 use kura_engine::{CreateVault, Home, JobQueue, JobRequest, QueueLimits, Secrets};
 
 fn home_with_items(dir: &std::path::Path, items: &[(&str, &str)]) -> Home {
@@ -29,7 +30,7 @@ fn home_with_items(dir: &std::path::Path, items: &[(&str, &str)]) -> Home {
 }
 
 /// Waits (up to 20 s) until the job has `status`.
-fn wait_status(home: &Home, id: &str, status: &str) {
+fn wait_status(home: &Home, id: &str, status: JobStatus) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let now = home.job(id).unwrap().status;
@@ -50,15 +51,15 @@ fn held(item: &str, started: &mpsc::Sender<String>) -> (JobRequest, mpsc::Sender
     let started = started.clone();
     let name = item.to_string();
     let req = JobRequest {
-        operation: "Verify",
+        operation: JobOperation::Verify,
         target: item.to_string(),
         exclusive: false,
         work: Box::new(move |home: &Home, id: &str| {
-            assert_eq!(home.job(id).unwrap().status, "InProgress");
+            assert_eq!(home.job(id).unwrap().status, JobStatus::InProgress);
             started.send(name).unwrap();
             let _ = hold.recv();
             home.catalog()
-                .finish_job(id, "Completed", None, None)
+                .finish_job(id, JobStatus::Completed, None, None)
                 .unwrap();
             Ok(())
         }),
@@ -101,7 +102,7 @@ fn jobs_wait_queued_within_the_host_and_vault_limits_and_a_full_vault_lets_other
         first.sort();
         assert_eq!(first, ["a1", "a2", "b1"]);
         for item in ["a3", "b2"] {
-            assert_eq!(home.job(&ids[item]).unwrap().status, "Queued");
+            assert_eq!(home.job(&ids[item]).unwrap().status, JobStatus::Queued);
             assert!(home.job(&ids[item]).unwrap().queued.is_some());
         }
         assert_eq!(queue.counts(), (2, 3));
@@ -111,22 +112,22 @@ fn jobs_wait_queued_within_the_host_and_vault_limits_and_a_full_vault_lets_other
         );
         // A job cancelled while it waits ends Cancelled and never runs.
         let cancelled = home.cancel_job(&ids["b2"]).unwrap();
-        assert_eq!(cancelled.status, "Cancelled");
+        assert_eq!(cancelled.status, JobStatus::Cancelled);
         // One of vault a's jobs ends: a3 gets the slot (b2 is gone).
         releases["a1"].send(()).unwrap();
         assert_eq!(recv(), "a3");
-        wait_status(&home, &ids["a3"], "InProgress");
+        wait_status(&home, &ids["a3"], JobStatus::InProgress);
         for item in ["a2", "a3", "b1"] {
             releases[item].send(()).unwrap();
         }
         for item in ["a1", "a2", "a3", "b1"] {
-            wait_status(&home, &ids[item], "Completed");
+            wait_status(&home, &ids[item], JobStatus::Completed);
         }
         assert!(
             started.recv_timeout(Duration::from_millis(300)).is_err(),
             "the cancelled job never started"
         );
-        assert_eq!(home.job(&ids["b2"]).unwrap().status, "Cancelled");
+        assert_eq!(home.job(&ids["b2"]).unwrap().status, JobStatus::Cancelled);
         queue.close(&home);
     });
 }
@@ -147,15 +148,15 @@ fn a_closed_queue_cancels_what_waits_and_takes_nothing_new() {
         assert_eq!(started.recv_timeout(Duration::from_secs(20)).unwrap(), "a1");
         let (req, _keep) = held("a2", &started_tx);
         let waiting = queue.submit(&home, req).unwrap();
-        assert_eq!(home.job(&waiting).unwrap().status, "Queued");
+        assert_eq!(home.job(&waiting).unwrap().status, JobStatus::Queued);
         assert_eq!(queue.close(&home), vec![waiting.clone()]);
-        assert_eq!(home.job(&waiting).unwrap().status, "Cancelled");
+        assert_eq!(home.job(&waiting).unwrap().status, JobStatus::Cancelled);
         let (req, _) = held("a2", &started_tx);
         let err = queue.submit(&home, req).unwrap_err();
         assert!(err.to_string().contains("stopping"), "{err}");
         // The running job finishes; the worker then stops.
         release.send(()).unwrap();
-        wait_status(&home, &running, "Completed");
+        wait_status(&home, &running, JobStatus::Completed);
     });
     assert!(started.try_recv().is_err(), "a2 never ran");
 }
@@ -169,11 +170,12 @@ fn an_exclusive_job_is_refused_while_one_is_queued() {
         per_vault: 1,
     });
     let gc = || JobRequest {
-        operation: "GarbageCollect",
+        operation: JobOperation::GarbageCollect,
         target: "a".into(),
         exclusive: true,
         work: Box::new(|home: &Home, id: &str| {
-            home.catalog().finish_job(id, "Completed", None, None)?;
+            home.catalog()
+                .finish_job(id, JobStatus::Completed, None, None)?;
             Ok(())
         }),
     };
@@ -185,7 +187,7 @@ fn an_exclusive_job_is_refused_while_one_is_queued() {
     );
     // Nothing serves this queue: drain runs it here.
     queue.drain(&home);
-    assert_eq!(home.job(&first).unwrap().status, "Completed");
+    assert_eq!(home.job(&first).unwrap().status, JobStatus::Completed);
     // Once it ended, the next one is accepted.
     queue.submit(&home, gc()).unwrap();
     queue.drain(&home);

@@ -3,6 +3,7 @@
 use std::os::unix::fs::FileExt;
 
 use jiff::{SignedDuration, Span, Timestamp, Zoned};
+use kura_catalog::{JobOperation, JobStatus};
 use kura_engine::{CreateVault, Home, SchedulerOptions, Secrets};
 
 struct Setup {
@@ -136,15 +137,15 @@ fn daily_backups_fire_once_a_day_and_retention_keeps_exactly_what_the_rules_say(
         .list_jobs(1000)
         .unwrap()
         .into_iter()
-        .filter(|j| j.operation == "Backup")
+        .filter(|j| j.operation == JobOperation::Backup)
         .collect();
     assert_eq!(backups.len(), 40);
     assert!(
-        backups.iter().all(|j| j.status == "Completed"),
+        backups.iter().all(|j| j.status == JobStatus::Completed),
         "{:?}",
         backups
             .iter()
-            .filter(|j| j.status != "Completed")
+            .filter(|j| j.status != JobStatus::Completed)
             .map(|j| (&j.status, &j.error, &j.log))
             .collect::<Vec<_>>()
     );
@@ -226,7 +227,7 @@ fn a_missing_source_fails_its_backups_and_the_last_point_is_kept() {
         .list_jobs(1000)
         .unwrap()
         .into_iter()
-        .filter(|j| j.status == "Failed")
+        .filter(|j| j.status == JobStatus::Failed)
         .count();
     assert!(failed >= 19, "{failed}");
     let r = s
@@ -324,7 +325,7 @@ fn the_scheduler_collects_garbage_once_a_day() {
             .list_jobs(1000)
             .unwrap()
             .into_iter()
-            .filter(|j| j.operation == "GarbageCollect")
+            .filter(|j| j.operation == JobOperation::GarbageCollect)
             .count()
     };
     assert_eq!(

@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use kura_api as api;
 use kura_api::convert::list;
+use kura_api::response::JobOperation;
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -1034,7 +1035,7 @@ fn refuse_when_stopping(s: &AppState) -> Result<(), ApiError> {
 /// work when a slot is free.
 async fn start_job(
     s: S,
-    operation: &'static str,
+    operation: JobOperation,
     target: String,
     exclusive: bool,
     check: impl FnOnce(&AppState) -> Result<(), kura_engine::Error> + Send + 'static,
@@ -1059,7 +1060,7 @@ async fn start_job(
         202,
         api::JobAccepted {
             job_id: id,
-            status: "Queued".into(),
+            status: api::JobStatus::Queued,
         },
     )
 }
@@ -1087,7 +1088,7 @@ async fn backup_now(
     let retain_until = b.retain_until.clone();
     start_job(
         s,
-        "Backup",
+        JobOperation::Backup,
         target,
         false,
         move |st| {
@@ -1131,7 +1132,7 @@ async fn restore_disk(
     let point = point_exists(item.clone(), b.rp.clone());
     start_job(
         s,
-        "Restore",
+        JobOperation::Restore,
         target,
         false,
         move |st| {
@@ -1197,7 +1198,7 @@ async fn restore_disks(
     let target = item.clone();
     start_job(
         s,
-        "RestoreDisks",
+        JobOperation::RestoreDisks,
         target,
         false,
         point_exists(item.clone(), b.rp.clone()),
@@ -1250,7 +1251,7 @@ async fn restore_vm(
     let target = item.clone();
     start_job(
         s,
-        "RestoreVm",
+        JobOperation::RestoreVm,
         target,
         false,
         point_exists(item.clone(), b.rp.clone()),
@@ -1412,7 +1413,7 @@ async fn verify(_: Auth, State(s): State<S>, Body(b): Body<api::Verify>) -> ApiR
     let check_scope = scope.clone();
     start_job(
         s,
-        "Verify",
+        JobOperation::Verify,
         target,
         false,
         move |st| match &check_scope {
@@ -1442,7 +1443,7 @@ async fn collect_garbage(
     let v = vault.clone();
     start_job(
         s,
-        "GarbageCollect",
+        JobOperation::GarbageCollect,
         vault.clone(),
         true,
         move |st| st.home.vault_info(&v).map(|_| ()),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use kura_catalog::{JobOperation, JobStatus};
 use kura_engine::{Home, JobQueue, QueueEvent, SchedulerOptions, Secrets};
 use kura_server::AppState;
 use kura_server::config::{LogFormat, ServerConfig};
@@ -395,11 +396,13 @@ fn log_job(event: QueueEvent) {
             operation,
             target,
             waited_ms,
-        } => tracing::info!(job = %id, operation, target = %target, waited_ms, "job started"),
+        } => {
+            tracing::info!(job = %id, operation = %operation, target = %target, waited_ms, "job started")
+        }
         QueueEvent::Ended { job, ran_ms } => {
             let (id, op, target, status) = (&job.id, &job.operation, &job.target, &job.status);
-            match (status.as_str(), &job.error) {
-                ("Completed", _) => tracing::info!(
+            match (status, &job.error) {
+                (JobStatus::Completed, _) => tracing::info!(
                     job = %id, operation = %op, target = %target, status = %status,
                     duration_ms = ran_ms, rp = job.rp_id.as_deref().unwrap_or(""), "job ended"
                 ),
@@ -459,7 +462,11 @@ fn spawn_scheduler(
                             ),
                         }
                     }
-                    for j in r.jobs.iter().filter(|j| j.operation != "Backup") {
+                    for j in r
+                        .jobs
+                        .iter()
+                        .filter(|j| j.operation != JobOperation::Backup)
+                    {
                         tracing::info!(job = %j.job_id, operation = %j.operation, target = %j.target, "queued");
                     }
                     for e in &r.retention_errors {
