@@ -20,6 +20,8 @@ pub enum Call {
     ListVaults,
     /// `GET /vaults/{vault}` → `Vault`.
     GetVault { vault: String },
+    /// `GET /vaults/{vault}/trend` → `VaultTrend`.
+    VaultTrend { vault: String },
     /// `POST /vaults` → `Vault`.
     CreateVault(NewVault),
     /// `PATCH /vaults/{vault}` → `Vault`.
@@ -141,6 +143,10 @@ impl Call {
             match self {
                 C::ListVaults => get("/vaults", "/vaults".into()),
                 C::GetVault { vault } => get("/vaults/{vault}", format!("/vaults/{}", seg(vault))),
+                C::VaultTrend { vault } => get(
+                    "/vaults/{vault}/trend",
+                    format!("/vaults/{}/trend", seg(vault)),
+                ),
                 C::CreateVault(b) => post("/vaults", "/vaults".into(), json(b)),
                 C::UpdateVault { vault, body } => (
                     "/vaults/{vault}",

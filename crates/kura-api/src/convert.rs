@@ -285,6 +285,28 @@ impl From<kura_engine::usage::VaultUsage> for VaultUsage {
     }
 }
 
+impl From<kura_engine::usage::VaultTrend> for VaultTrend {
+    fn from(t: kura_engine::usage::VaultTrend) -> Self {
+        VaultTrend {
+            vault: t.vault,
+            samples: t
+                .samples
+                .into_iter()
+                .map(|s| UsageSample {
+                    at: s.at,
+                    stored_bytes: s.stored_bytes,
+                })
+                .collect(),
+            filesystem: t.filesystem.map(|f| FsSpace {
+                total_bytes: f.total_bytes,
+                available_bytes: f.available_bytes,
+            }),
+            growth_bytes_per_day: t.growth_bytes_per_day,
+            estimated_full: t.estimated_full,
+        }
+    }
+}
+
 impl From<kura_engine::WrappedKeyDocument> for WrappedKey {
     fn from(d: kura_engine::WrappedKeyDocument) -> Self {
         WrappedKey {

@@ -494,6 +494,42 @@ pub struct Revoked {
     pub revoked: bool,
 }
 
+/// A vault's storage over time, and when its file system would fill up at the rate it grows.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct VaultTrend {
+    /// Vault name.
+    pub vault: String,
+    /// Its stored size over the last 90 days, one measurement per day (the day's last),
+    /// oldest first: measured after each garbage collection, grown by what each backup added.
+    pub samples: Vec<UsageSample>,
+    /// The file system the vault lives on, when it is a local directory.
+    pub filesystem: Option<FsSpace>,
+    /// Growth of the stored size in bytes per day, fitted (least squares) over the last 30
+    /// days' measurements; absent with less than a day of them.
+    pub growth_bytes_per_day: Option<f64>,
+    /// When the file system would be full at that growth (only when the vault grows and
+    /// the file system is known).
+    pub estimated_full: Option<String>,
+}
+
+/// A vault's stored size at one instant.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct UsageSample {
+    /// When it was measured.
+    pub at: String,
+    /// Bytes of its chunk objects then.
+    pub stored_bytes: u64,
+}
+
+/// Size and free space of a file system.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct FsSpace {
+    /// Its size.
+    pub total_bytes: u64,
+    /// Bytes still available to kura.
+    pub available_bytes: u64,
+}
+
 /// Usage of one vault.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct VaultUsage {

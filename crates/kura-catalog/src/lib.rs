@@ -950,6 +950,47 @@ impl Catalog {
         pick_unique("recovery point", id_or_prefix, rows, |r| &r.id)
     }
 
+    // ---- storage trend
+
+    /// Records a vault's stored size measured at `at` (an RFC 3339 stamp); the last
+    /// measurement of each hour is kept.
+    pub fn record_vault_usage(&self, vault_id: &str, at: &str, stored_bytes: u64) -> Result<()> {
+        let hour = at.get(..13).unwrap_or(at);
+        self.conn().execute(
+            "INSERT INTO vault_usage (vault_id, hour, at, stored_bytes) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (vault_id, hour) DO UPDATE SET at = excluded.at,
+                 stored_bytes = excluded.stored_bytes
+             WHERE excluded.at >= vault_usage.at",
+            params![vault_id, hour, at, stored_bytes as i64],
+        )?;
+        Ok(())
+    }
+
+    /// A vault's stored size measured since `since`, oldest first: `(at, stored_bytes)`.
+    pub fn vault_usage_since(&self, vault_id: &str, since: &str) -> Result<Vec<(String, u64)>> {
+        let conn = self.conn();
+        let mut st = conn.prepare_cached(
+            "SELECT at, stored_bytes FROM vault_usage WHERE vault_id = ?1 AND at >= ?2 ORDER BY at",
+        )?;
+        let rows = st
+            .query_map(params![vault_id, since], |r| {
+                Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(rows)
+    }
+
+    /// The latest stored size measured for a vault: `(at, stored_bytes)`.
+    pub fn last_vault_usage(&self, vault_id: &str) -> Result<Option<(String, u64)>> {
+        let conn = self.conn();
+        let mut st = conn.prepare_cached(
+            "SELECT at, stored_bytes FROM vault_usage WHERE vault_id = ?1 ORDER BY at DESC LIMIT 1",
+        )?;
+        Ok(st
+            .query_row([vault_id], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
+            .optional()?)
+    }
+
     // ---- jobs
 
     /// Starts a job row. With `exclusive_target`, refuses when a job on the same target is

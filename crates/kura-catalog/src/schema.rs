@@ -154,6 +154,15 @@ const MIGRATIONS: &[&str] = &[
         created TEXT NOT NULL,
         expires TEXT NOT NULL
     );",
+    // 23: a vault's stored size over time (the storage trend): one row per vault and hour,
+    // the last measurement of that hour.
+    "CREATE TABLE vault_usage (
+        vault_id TEXT NOT NULL REFERENCES vaults(id) ON DELETE CASCADE,
+        hour TEXT NOT NULL,
+        at TEXT NOT NULL,
+        stored_bytes INTEGER NOT NULL,
+        PRIMARY KEY (vault_id, hour)
+    );",
 ];
 
 pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {

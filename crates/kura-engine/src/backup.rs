@@ -745,6 +745,9 @@ impl Home {
         } else {
             self.catalog.insert_rp(&row)?;
         }
+        if let Err(e) = self.note_vault_usage(&vrow, Some(totals.new_stored_bytes)) {
+            job.message(&format!("the vault's storage trend was not updated: {e}"));
+        }
         let tier = row.tier.clone();
         let chunks: u64 = manifest.disks.iter().map(|d| d.chunks).sum();
         let zero_chunks: u64 = manifest.disks.iter().map(|d| d.zero_chunks).sum();

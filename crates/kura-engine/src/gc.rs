@@ -125,6 +125,9 @@ impl Home {
                 }
             }
             let r = self.gc_vault(&vrow.id, &v, opts, job)?;
+            if !opts.dry_run && let Err(e) = self.note_vault_usage(&vrow, None) {
+                job.message(&format!("the vault's storage trend was not updated: {e}"));
+            }
             job.message(&format!(
                 "{} referenced of {} stored chunks; {} doomed, {} released, {} deleted ({} bytes), {} waiting",
                 r.referenced_chunks, r.stored_chunks, r.newly_doomed, r.released, r.deleted, r.freed_bytes, r.waiting

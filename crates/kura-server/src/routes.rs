@@ -116,6 +116,16 @@ pub const ROUTES: &[Route] = &[
         None,
     ),
     r(
+        "GET",
+        "/api/v1/vaults/{vault}/trend",
+        "getVaultTrend",
+        "A vault's stored size over time and its estimated full date",
+        200,
+        None,
+        schema::<api::VaultTrend>,
+        None,
+    ),
+    r(
         "PATCH",
         "/api/v1/vaults/{vault}",
         "updateVault",
@@ -1592,6 +1602,13 @@ async fn get_usage(_: Auth, State(s): State<S>, Params(q): Params<api::UsageFilt
     )
 }
 
+async fn get_vault_trend(_: Auth, State(s): State<S>, Path(vault): Path<String>) -> ApiResult {
+    ok(
+        200,
+        blocking(move || Ok(api::VaultTrend::from(s.home.vault_trend(&vault)?))).await?,
+    )
+}
+
 async fn get_openapi() -> ApiResult {
     ok(200, crate::openapi())
 }
@@ -1606,6 +1623,7 @@ fn handler(route: &Route) -> MethodRouter<S> {
         "listVaults" => get(list_vaults),
         "createVault" => post(create_vault),
         "getVault" => get(get_vault),
+        "getVaultTrend" => get(get_vault_trend),
         "updateVault" => patch(update_vault),
         "listPolicies" => get(list_policies),
         "createPolicy" => post(create_policy),

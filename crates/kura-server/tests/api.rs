@@ -475,6 +475,11 @@ fn protect_back_up_and_restore_over_the_api() {
     );
     let usage = ok(&s, "GET", "/api/v1/usage", None);
     assert!(usage.to_string().contains("\"disk\""));
+    // The backup measured the vault for its storage trend.
+    let trend = ok(&s, "GET", "/api/v1/vaults/small/trend", None);
+    assert_eq!(trend["samples"].as_array().unwrap().len(), 1, "{trend}");
+    assert!(trend["samples"][0]["stored_bytes"].as_u64().unwrap() > 0, "{trend}");
+    assert!(trend["filesystem"]["total_bytes"].as_u64().unwrap() > 0, "{trend}");
     scrape_metrics(&s);
     job_filters_and_query_errors(&s);
     refused_before_any_job(&s);
@@ -835,6 +840,7 @@ fn every_client_call_is_a_documented_request() {
     let calls = vec![
         Call::ListVaults,
         Call::GetVault { vault: s("v 1") },
+        Call::VaultTrend { vault: s("v 1") },
         Call::CreateVault(api::NewVault {
             name: s("v1"),
             path: Some(s("/srv/v1")),

@@ -163,6 +163,12 @@ enum VaultCmd {
         /// Vault name.
         name: String,
     },
+    /// A vault's stored size over the last 90 days, its growth, and when its file system
+    /// would be full at that growth.
+    Trend {
+        /// Vault name.
+        name: String,
+    },
     /// Register an existing vault directory and rebuild its items and recovery points.
     Attach {
         /// Name to give it in this home.
@@ -833,6 +839,12 @@ fn request(cmd: &Command, host: &mut HostOptions) -> anyhow::Result<Option<Reque
                 vault: name.clone(),
             },
             views::vault_show,
+        ),
+        Command::Vault(VaultCmd::Trend { name }) => (
+            C::VaultTrend {
+                vault: name.clone(),
+            },
+            views::vault_trend,
         ),
         Command::Vault(VaultCmd::Create {
             name,

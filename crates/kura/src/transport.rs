@@ -97,6 +97,7 @@ impl Transport for Local<'_> {
         match call {
             Call::ListVaults => doc(list::<_, api::Vault>(home.list_vaults()?)),
             Call::GetVault { vault } => doc(api::Vault::from(home.vault_info(vault)?)),
+            Call::VaultTrend { vault } => doc(api::VaultTrend::from(home.vault_trend(vault)?)),
             Call::CreateVault(b) => {
                 let opts = kura_engine::CreateVault {
                     path: b.path.as_deref().map(path),

@@ -554,6 +554,41 @@ pub fn vault_list(v: &Value) -> String {
     t.render()
 }
 
+/// `kura vault trend`.
+pub fn vault_trend(t: &Value) -> String {
+    let mut tab = Table::new(&["DAY", "STORED"]);
+    for p in rows(&t["samples"]) {
+        tab.row(vec![when(&p["at"]), sz(&p["stored_bytes"])]);
+    }
+    let mut out = if rows(&t["samples"]).next().is_some() {
+        tab.render()
+    } else {
+        "no measurements yet: they are taken after each backup and garbage collection\n".into()
+    };
+    if let Some(f) = t["filesystem"].as_object() {
+        out += &format!(
+            "file system  {} of {} available\n",
+            sz(&f["available_bytes"]),
+            sz(&f["total_bytes"])
+        );
+    }
+    out += &match t["growth_bytes_per_day"].as_f64() {
+        Some(g) if g >= 0.0 => format!(
+            "growth       {}/day (last 30 days)\n",
+            sz(&Value::from(g as u64))
+        ),
+        Some(g) => format!(
+            "growth       -{}/day (last 30 days)\n",
+            sz(&Value::from((-g) as u64))
+        ),
+        None => "growth       not known yet (needs a day of measurements)\n".into(),
+    };
+    if !t["estimated_full"].is_null() {
+        out += &format!("full         about {}\n", when(&t["estimated_full"]));
+    }
+    out
+}
+
 /// `kura vault show` (and create).
 pub fn vault_show(v: &Value) -> String {
     let mut out = format!(

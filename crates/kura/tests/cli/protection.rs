@@ -248,3 +248,92 @@ fn the_cli_prints_the_job_id_as_the_job_starts() {
     );
     assert!(out.contains(&id), "stdout: {out}");
 }
+
+#[test]
+fn the_vault_trend_follows_backups_and_gc_and_estimates_when_the_disk_is_full() {
+    // Each day is its own fixed clock, so this test runs on the host: a server keeps the
+    // clock it started with.
+    let e = Env::at("2026-03-01T00:00:00Z");
+    e.on_host();
+    let day = |d: u32, args: &[&str]| {
+        let real = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let mut c = e.cmd(args);
+        c.env(
+            "KURA_TEST_CLOCK",
+            format!("2026-03-{d:02}T06:00:00Z@{real}"),
+        );
+        let o = c.output().unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    };
+    e.vault("v", &[]);
+    let img = e.path("d.raw");
+    make_image(&img, 4 << 20, &[]);
+    e.protect(&img, "v", &[]);
+    let empty = e.json(&["vault", "trend", "v"]);
+    assert_eq!(empty["samples"], serde_json::json!([]));
+    assert!(empty["growth_bytes_per_day"].is_null() && empty["estimated_full"].is_null());
+    // Every day the disk gets 512 KiB of new data, and the vault grows with it.
+    for d in 1..=4u32 {
+        make_image_part(&img, u64::from(d) << 19, 1 << 19, u64::from(d) + 100);
+        day(d, &["backup", "now", "d"]);
+    }
+    let t: Value =
+        serde_json::from_str(&day(4, &["--output", "json", "vault", "trend", "v"])).unwrap();
+    let samples = t["samples"].as_array().unwrap();
+    let days: Vec<&str> = samples
+        .iter()
+        .map(|s| &s["at"].as_str().unwrap()[..10])
+        .collect();
+    assert_eq!(
+        days,
+        ["2026-03-01", "2026-03-02", "2026-03-03", "2026-03-04"],
+        "{t}"
+    );
+    let sizes: Vec<u64> = samples
+        .iter()
+        .map(|s| s["stored_bytes"].as_u64().unwrap())
+        .collect();
+    assert!(
+        sizes.windows(2).all(|w| w[1] > w[0]),
+        "grows every day: {sizes:?}"
+    );
+    let growth = t["growth_bytes_per_day"].as_f64().unwrap();
+    let step = (sizes[3] - sizes[0]) as f64 / 3.0;
+    assert!(
+        (growth - step).abs() < step * 0.2,
+        "{growth} per day, steps of about {step}"
+    );
+    let fs = &t["filesystem"];
+    assert!(fs["available_bytes"].as_u64().unwrap() <= fs["total_bytes"].as_u64().unwrap());
+    let full: jiff::Timestamp = t["estimated_full"].as_str().unwrap().parse().unwrap();
+    assert!(full > "2026-03-04T06:00:00Z".parse().unwrap(), "{t}");
+    let text = day(4, &["vault", "trend", "v"]);
+    assert!(
+        text.contains("growth") && text.contains("full         about"),
+        "{text}"
+    );
+
+    // A garbage collection measures the vault: the day's sample is what `usage` counts.
+    day(5, &["gc", "--vault", "v"]);
+    let t: Value =
+        serde_json::from_str(&day(5, &["--output", "json", "vault", "trend", "v"])).unwrap();
+    let u = e.json(&["usage", "--vault", "v"]);
+    let last = t["samples"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(&last["at"].as_str().unwrap()[..10], "2026-03-05");
+    assert_eq!(last["stored_bytes"], u[0]["stored_bytes"], "{t} {u}");
+    let (_, err) = e.fails(&["vault", "trend", "nope"]);
+    assert_eq!(err["error"]["code"], "not_found", "{err}");
+}
+
+fn make_image_part(path: &Path, off: u64, len: usize, seed: u64) {
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(&pattern(seed, len), off).unwrap();
+}
