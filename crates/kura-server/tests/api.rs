@@ -478,8 +478,14 @@ fn protect_back_up_and_restore_over_the_api() {
     // The backup measured the vault for its storage trend.
     let trend = ok(&s, "GET", "/api/v1/vaults/small/trend", None);
     assert_eq!(trend["samples"].as_array().unwrap().len(), 1, "{trend}");
-    assert!(trend["samples"][0]["stored_bytes"].as_u64().unwrap() > 0, "{trend}");
-    assert!(trend["filesystem"]["total_bytes"].as_u64().unwrap() > 0, "{trend}");
+    assert!(
+        trend["samples"][0]["stored_bytes"].as_u64().unwrap() > 0,
+        "{trend}"
+    );
+    assert!(
+        trend["filesystem"]["total_bytes"].as_u64().unwrap() > 0,
+        "{trend}"
+    );
     scrape_metrics(&s);
     job_filters_and_query_errors(&s);
     refused_before_any_job(&s);
