@@ -60,6 +60,8 @@ pub enum Call {
     StopProtection { item: String, body: Stop },
     /// `POST /items/{item}/resume` → `Item`.
     ResumeProtection { item: String, body: Resume },
+    /// `POST /items/{item}/policy` → `Item`.
+    SetPolicy { item: String, body: SetPolicy },
     /// `POST /items/{item}/undelete` → `Item`.
     Undelete { item: String },
     /// `GET /items/{item}/precheck` → `Precheck`.
@@ -199,6 +201,11 @@ impl Call {
                 C::ResumeProtection { item, body } => post(
                     "/items/{item}/resume",
                     item_path(item, "/resume"),
+                    json(body),
+                ),
+                C::SetPolicy { item, body } => post(
+                    "/items/{item}/policy",
+                    item_path(item, "/policy"),
                     json(body),
                 ),
                 C::Undelete { item } => post(

@@ -91,6 +91,7 @@ impl From<kura_engine::ItemStatus> for Item {
             recovery_points: s.recovery_points,
             latest_recovery_point: s.latest_recovery_point.map(Into::into),
             purge_at: s.purge_at,
+            next_backup: s.next_backup,
             agent_status: s.agent_status,
         }
     }

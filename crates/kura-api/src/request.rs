@@ -142,6 +142,14 @@ pub struct Resume {
     pub policy: String,
 }
 
+/// `POST /items/{item}/policy`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetPolicy {
+    /// Policy of the item's vault to schedule and retain its backups from now on.
+    pub policy: String,
+}
+
 /// `POST /items/{item}/format`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -216,6 +216,10 @@ pub struct Item {
     pub latest_recovery_point: Option<RecoveryPoint>,
     /// For soft-deleted items: when the data will be purged.
     pub purge_at: Option<String>,
+    /// When the scheduler backs it up next; in the past when that slot is overdue (no
+    /// scheduler has run since). Absent without a policy or when not protected.
+    #[serde(default)]
+    pub next_backup: Option<String>,
     /// VM items, when checked: `Ready (...)`, `Not Ready: ...` or `not configured`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_status: Option<String>,

@@ -112,6 +112,9 @@ pub struct Home {
     pub(crate) catalog: Arc<Catalog>,
     clock: Arc<dyn crate::scheduler::Clock>,
     zone: jiff::tz::TimeZone,
+    /// The spread window (seconds) of the last scheduler run in this process, for the next
+    /// backup times item status shows; the scheduler's default until one runs.
+    spread_secs: std::sync::atomic::AtomicI64,
 }
 
 impl std::fmt::Debug for dyn crate::scheduler::Clock {
@@ -154,6 +157,9 @@ impl Home {
             catalog: Arc::new(catalog),
             clock,
             zone,
+            spread_secs: std::sync::atomic::AtomicI64::new(
+                crate::SchedulerOptions::default().spread.as_secs(),
+            ),
         };
         for v in home.catalog.list_vaults()? {
             home.ensure_default_policy(&v.id)?;
@@ -164,6 +170,18 @@ impl Home {
     /// The current time, from the home's clock.
     pub fn now(&self) -> jiff::Timestamp {
         self.clock.now()
+    }
+
+    /// The spread window the scheduler places item backups in (see
+    /// [`crate::scheduler::spread_offset`]).
+    pub fn schedule_spread(&self) -> jiff::SignedDuration {
+        jiff::SignedDuration::from_secs(self.spread_secs.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Sets the spread window; every scheduler run sets it from its options.
+    pub fn set_schedule_spread(&self, spread: jiff::SignedDuration) {
+        self.spread_secs
+            .store(spread.as_secs(), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The zone user-given dates are read in (the system's local zone by default).

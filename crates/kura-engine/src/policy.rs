@@ -121,6 +121,36 @@ impl Home {
         Ok(self.catalog.policy(&v.id, &p.name)?)
     }
 
+    /// Gives the item's scheduled recovery points the tags and expiry `policy` gives them
+    /// (after a policy update or a move to another policy); returns how many changed.
+    pub(crate) fn reapply_retention(
+        &self,
+        item: &kura_catalog::ItemRow,
+        p: &Policy,
+    ) -> Result<usize> {
+        let mut changed = 0;
+        for rp in self.catalog.list_rps(&item.id)? {
+            if rp.origin != "scheduled" {
+                continue;
+            }
+            let t: jiff::Timestamp = rp.time.parse().map_err(|e| {
+                Error::new(
+                    ErrorKind::Corrupt,
+                    format!("recovery point {} has an unreadable time: {e}", rp.id),
+                )
+            })?;
+            let kept = p.retain(&t.to_zoned(p.tz.clone()), rp.tier != "snapshot");
+            let tags: Vec<String> = kept.tags.iter().map(|s| s.to_string()).collect();
+            let expires = kept.expires().timestamp().to_string();
+            if tags != rp.tags || rp.expires.as_deref() != Some(expires.as_str()) {
+                self.catalog
+                    .set_rp_retention(&rp.id, &tags, Some(&expires))?;
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+
     /// A vault's policies.
     pub fn list_policies(&self, vault: &str) -> Result<Vec<PolicyRow>> {
         let v = self.catalog.vault(vault)?;
@@ -157,27 +187,8 @@ impl Home {
         self.catalog.update_policy(&v.id, name, &doc_json(&p))?;
         let mut changed = 0;
         for item in self.catalog.list_items(Some(&v.id))? {
-            if item.policy.as_deref() != Some(name) {
-                continue;
-            }
-            for rp in self.catalog.list_rps(&item.id)? {
-                if rp.origin != "scheduled" {
-                    continue;
-                }
-                let t: jiff::Timestamp = rp.time.parse().map_err(|e| {
-                    Error::new(
-                        ErrorKind::Corrupt,
-                        format!("recovery point {} has an unreadable time: {e}", rp.id),
-                    )
-                })?;
-                let kept = p.retain(&t.to_zoned(p.tz.clone()), rp.tier != "snapshot");
-                let tags: Vec<String> = kept.tags.iter().map(|s| s.to_string()).collect();
-                let expires = kept.expires().timestamp().to_string();
-                if tags != rp.tags || rp.expires.as_deref() != Some(expires.as_str()) {
-                    self.catalog
-                        .set_rp_retention(&rp.id, &tags, Some(&expires))?;
-                    changed += 1;
-                }
+            if item.policy.as_deref() == Some(name) {
+                changed += self.reapply_retention(&item, &p)?;
             }
         }
         Ok((self.catalog.policy(&v.id, name)?, changed))

@@ -8,8 +8,13 @@
 //!                             └── after the vault's soft-delete days: purged
 //! ```
 //!
+//! A protected item moves to another policy of its vault with `set-policy` (the schedule
+//! starts again from that moment).
+//!
 //! Stopped and soft-deleted items get no scheduled backups and no retention; their recovery
 //! points stay in the vault (so garbage collection keeps their chunks) until a purge.
+
+use std::collections::HashMap;
 
 use jiff::{SignedDuration, Timestamp};
 use kura_catalog::{
@@ -46,6 +51,9 @@ pub struct ItemStatus {
     pub latest_recovery_point: Option<RpRow>,
     /// For soft-deleted items: when the data will be purged.
     pub purge_at: Option<String>,
+    /// When the scheduler backs it up next (its policy's next slot plus the item's spread
+    /// offset); in the past when that slot is overdue. None without a policy.
+    pub next_backup: Option<String>,
     /// For VM items, as `item show` checks it: `Ready (...)`, `Not Ready: ...` or
     /// `not configured`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -123,6 +131,15 @@ impl Home {
     /// Protection state and health of an item.
     pub fn item_status(&self, item: &str) -> Result<ItemStatus> {
         let item = self.catalog.item(item)?;
+        self.status_of(item, &mut HashMap::new())
+    }
+
+    /// [`Home::item_status`] of a row; `policies` caches the policies read so far.
+    fn status_of(
+        &self,
+        item: ItemRow,
+        policies: &mut HashMap<(String, String), Option<kura_policy::Policy>>,
+    ) -> Result<ItemStatus> {
         let vault = self.catalog.vault_by_id(&item.vault_id)?;
         let (points, latest) = self.catalog.rp_summary(&item.id)?;
         let last_backup = self
@@ -179,9 +196,19 @@ impl Home {
             }
             _ => None,
         };
+        let next_backup = match (&item.policy, item.state.as_str()) {
+            (Some(name), "protected") => policies
+                .entry((item.vault_id.clone(), name.clone()))
+                .or_insert_with(|| self.load_policy(&item.vault_id, name).ok())
+                .as_ref()
+                .and_then(|p| self.next_backup(&item, p))
+                .map(kura_catalog::stamp),
+            _ => None,
+        };
         Ok(ItemStatus {
             vault: vault.name,
             protection_state,
+            next_backup,
             last_backup_status,
             health_status: if health_details.is_empty() {
                 HealthStatus::Passed
@@ -200,10 +227,11 @@ impl Home {
 
     /// Every item's protection state and health, by name (`item list`).
     pub fn list_item_status(&self) -> Result<Vec<ItemStatus>> {
+        let mut policies = HashMap::new();
         self.catalog
             .list_items(None)?
-            .iter()
-            .map(|i| self.item_status(&i.id))
+            .into_iter()
+            .map(|i| self.status_of(i, &mut policies))
             .collect()
     }
 
@@ -496,6 +524,7 @@ impl Home {
                 recovery_points: 0,
                 latest_recovery_point: None,
                 purge_at: None,
+                next_backup: None,
                 agent_status: None,
             });
         }
@@ -571,6 +600,42 @@ impl Home {
                 // The schedule starts from now, not from the time protection stopped.
                 self.catalog
                     .set_item_last_slot(&row.id, &kura_catalog::stamp(self.now()))?;
+                Ok(((), None))
+            },
+        )?;
+        self.item_status(&row.name)
+    }
+
+    /// Moves a protected item to another policy of its vault (Azure's "modify protection").
+    /// The new schedule starts from now: a slot the old policy had not reached does not run
+    /// at once. Its scheduled recovery points take the new policy's retention (tags and
+    /// expiry), as after a policy update; on-demand points keep theirs.
+    pub fn change_policy(&self, item: &str, policy: &str, secrets: &Secrets) -> Result<ItemStatus> {
+        let row = self.catalog.item(item)?;
+        Self::require_state(&row, &["protected"], "change its policy")?;
+        if !self.catalog.has_policy(&row.vault_id, policy)? {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("the item's vault has no policy {policy:?}"),
+            ));
+        }
+        let rules = self.load_policy(&row.vault_id, policy)?;
+        let before = row.policy.clone().unwrap_or_else(|| "none".into());
+        self.run_job(
+            JobOperation::ConfigureBackup,
+            &row.name,
+            false,
+            None,
+            &NoProgress,
+            |job| {
+                self.record_state(&row, Some(policy), "protected", None, secrets)?;
+                self.catalog.set_item_policy(&row.id, Some(policy))?;
+                self.catalog
+                    .set_item_last_slot(&row.id, &kura_catalog::stamp(self.now()))?;
+                let changed = self.reapply_retention(&row, &rules)?;
+                job.message(&format!(
+                    "policy changed from {before} to {policy}; {changed} scheduled recovery point(s) take its retention"
+                ));
                 Ok(((), None))
             },
         )?;

@@ -136,6 +136,36 @@ pub fn spread_offset(item_id: &str, spread: SignedDuration) -> SignedDuration {
 }
 
 impl Home {
+    /// When the scheduler next backs `item` up under `policy`: the first slot after the one
+    /// it handled last (or after protect, resume or a policy change), moved by the item's
+    /// spread offset. In the past when no tick has run since that slot was due.
+    pub(crate) fn next_backup(
+        &self,
+        item: &ItemRow,
+        policy: &kura_policy::Policy,
+    ) -> Option<Timestamp> {
+        let since: Timestamp = item
+            .last_slot
+            .as_deref()
+            .unwrap_or(&item.created)
+            .parse()
+            .ok()?;
+        let offset = spread_offset(&item.id, self.schedule_spread());
+        // The same window edges as a tick: a slot at `since - offset` was handled already.
+        let from = since
+            .checked_sub(offset)
+            .and_then(|t| t.checked_add(SignedDuration::from_nanos(1)))
+            .ok()?;
+        // Short windows first: an hourly policy has thousands of slots in a year.
+        [2, 16, 400].into_iter().find_map(|days| {
+            let to = from
+                .checked_add(SignedDuration::from_hours(24 * days))
+                .ok()?;
+            let first = policy.runs(from, to).into_iter().next()?;
+            first.time.timestamp().checked_add(offset).ok()
+        })
+    }
+
     /// Runs a whole tick here: queues what is due at `now` in a queue of the tick's own
     /// (limits from `opts`), runs it, then retention for points the new backups made
     /// removable, and reports every outcome.
@@ -157,6 +187,7 @@ impl Home {
         opts: &SchedulerOptions,
         queue: &JobQueue,
     ) -> Result<TickReport> {
+        self.set_schedule_spread(opts.spread);
         let mut report = TickReport {
             at: kura_catalog::stamp(now),
             backups: Vec::new(),

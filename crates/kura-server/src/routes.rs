@@ -247,6 +247,16 @@ pub const ROUTES: &[Route] = &[
     ),
     r(
         "POST",
+        "/api/v1/items/{item}/policy",
+        "setItemPolicy",
+        "Move a protected item to another policy of its vault",
+        200,
+        Some(schema::<api::SetPolicy>),
+        schema::<api::Item>,
+        None,
+    ),
+    r(
+        "POST",
         "/api/v1/items/{item}/undelete",
         "undeleteItem",
         "Undelete a soft-deleted item",
@@ -689,6 +699,7 @@ pub fn fuzz_bodies(data: &[u8]) {
     let _ = parse_body::<api::Protect>(data);
     let _ = parse_body::<api::Stop>(data);
     let _ = parse_body::<api::Resume>(data);
+    let _ = parse_body::<api::SetPolicy>(data);
     let _ = parse_body::<api::BackupNow>(data);
     let _ = parse_body::<api::Restore>(data);
     let _ = parse_body::<api::RestoreDisks>(data);
@@ -978,6 +989,23 @@ async fn stop_protection(
                 &s.secrets,
                 s.home.now(),
             )?))
+        })
+        .await?,
+    )
+}
+
+async fn set_item_policy(
+    _: Auth,
+    State(s): State<S>,
+    Path(item): Path<String>,
+    Body(b): Body<api::SetPolicy>,
+) -> ApiResult {
+    ok(
+        200,
+        blocking(move || {
+            Ok(api::Item::from(
+                s.home.change_policy(&item, &b.policy, &s.secrets)?,
+            ))
         })
         .await?,
     )
@@ -1636,6 +1664,7 @@ fn handler(route: &Route) -> MethodRouter<S> {
         "getItem" => get(get_item),
         "stopProtection" => post(stop_protection),
         "resumeProtection" => post(resume_protection),
+        "setItemPolicy" => post(set_item_policy),
         "undeleteItem" => post(undelete_item),
         "precheckItem" => get(precheck_item),
         "setItemFormat" => post(set_item_format),

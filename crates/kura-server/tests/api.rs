@@ -523,6 +523,26 @@ fn protect_back_up_and_restore_over_the_api() {
         "/api/v1/items/disk/resume",
         Some(json!({"policy": "p"})),
     );
+    let moved = ok(
+        &s,
+        "POST",
+        "/api/v1/items/disk/policy",
+        Some(json!({"policy": "DefaultPolicy"})),
+    );
+    assert_eq!(moved["policy"], "DefaultPolicy");
+    assert!(moved["next_backup"].is_string(), "{moved}");
+    let (status, v) = call(
+        &s,
+        "POST",
+        "/api/v1/items/disk/policy",
+        Some(TOKEN),
+        Some(r#"{"policy": "DefaultPolicy", "extra": 1}"#),
+    );
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (400, Some("invalid_json")),
+        "{v}"
+    );
     ok(
         &s,
         "PATCH",
@@ -912,6 +932,10 @@ fn every_client_call_is_a_documented_request() {
         Call::ResumeProtection {
             item: item(),
             body: api::Resume { policy: s("p1") },
+        },
+        Call::SetPolicy {
+            item: item(),
+            body: api::SetPolicy { policy: s("p1") },
         },
         Call::Undelete { item: item() },
         Call::Precheck { item: item() },

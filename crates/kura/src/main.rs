@@ -276,6 +276,15 @@ enum ItemCmd {
         #[arg(long)]
         policy: String,
     },
+    /// Move a protected item to another policy of its vault; its schedule starts again from
+    /// now and retention applies the new policy's rules from its next run.
+    SetPolicy {
+        /// Item name.
+        item: String,
+        /// Policy of the item's vault.
+        #[arg(long)]
+        policy: String,
+    },
     /// Bring back a soft-deleted item (as stopped, data retained).
     Undelete {
         /// Item name.
@@ -974,6 +983,15 @@ fn request(cmd: &Command, host: &mut HostOptions) -> anyhow::Result<Option<Reque
             C::ResumeProtection {
                 item: item.clone(),
                 body: api::Resume {
+                    policy: policy.clone(),
+                },
+            },
+            views::item_status,
+        ),
+        Command::Item(ItemCmd::SetPolicy { item, policy }) => (
+            C::SetPolicy {
+                item: item.clone(),
+                body: api::SetPolicy {
                     policy: policy.clone(),
                 },
             },

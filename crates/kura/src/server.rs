@@ -434,6 +434,7 @@ fn spawn_scheduler(
         limits: queue.limits(),
         ..Default::default()
     };
+    home.set_schedule_spread(opts.spread);
     let tick = Duration::from_secs(cfg.tick_seconds.max(1));
     std::thread::spawn(move || {
         while !stopping.load(Ordering::SeqCst) {

@@ -235,6 +235,11 @@ impl Transport for Local<'_> {
                 &body.policy,
                 secrets,
             )?)),
+            Call::SetPolicy { item, body } => doc(api::Item::from(home.change_policy(
+                item,
+                &body.policy,
+                secrets,
+            )?)),
             Call::Undelete { item } => doc(api::Item::from(home.undelete(item, secrets)?)),
             Call::Precheck { item } => doc(api::Precheck::from(home.precheck(item, secrets)?)),
             Call::SetFormat { item, body } => {

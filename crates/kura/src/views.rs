@@ -195,6 +195,9 @@ pub fn item_status(st: &Value) -> String {
             when(&rp["time"])
         );
     }
+    if !st["next_backup"].is_null() {
+        out += &format!("next backup       {}\n", when(&st["next_backup"]));
+    }
     if !st["purge_at"].is_null() {
         out += &format!(
             "purged at         {} unless undeleted\n",

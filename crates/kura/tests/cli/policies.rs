@@ -365,3 +365,98 @@ fn policies_travel_with_the_vault() {
     e.json(&["policy", "delete", "v/gfs"]);
     assert!(!e.path("home/vaults/v/policies/gfs.json").exists());
 }
+
+/// The next backup is the policy's next slot plus the item's fixed spread offset (under
+/// 10 minutes); `set-policy` moves a protected item to another policy and its schedule.
+#[test]
+fn set_policy_moves_an_item_to_another_schedule_and_item_show_gives_the_next_backup() {
+    let e = Env::at("2026-03-10T09:00:00Z");
+    e.vault("v", &[]);
+    let img = e.path("d.raw");
+    make_image(&img, 1 << 20, &[(0, 4096, 3)]);
+    e.protect(&img, "v", &[]);
+    let ts = |v: &Value| v.as_str().unwrap().parse::<jiff::Timestamp>().unwrap();
+    let spread = jiff::SignedDuration::from_mins(10);
+
+    // DefaultPolicy: daily at 02:00 UTC, so the next slot after 09:00 is tomorrow's.
+    let st = e.json(&["item", "show", "d"]);
+    let offset = ts(&st["next_backup"]).duration_since("2026-03-11T02:00:00Z".parse().unwrap());
+    assert!(
+        offset >= jiff::SignedDuration::ZERO && offset < spread,
+        "{st}"
+    );
+
+    // The scheduler makes that backup; it is kept 30 days, as DefaultPolicy says.
+    let tick = e.json(&["scheduler", "tick", "--now", "2026-03-11T02:15:00Z"]);
+    assert!(tick["backups"][0]["rp_id"].is_string(), "{tick}");
+    let before = e.json(&["rp", "list", "d"])[0].clone();
+    assert_eq!(before["tags"], serde_json::json!(["daily"]), "{before}");
+
+    let weekly = serde_json::json!({"name": "sundays",
+        "schedule": {"frequency": "weekly", "days_of_week": ["sunday"], "times": ["23:00"],
+                     "time_zone": "Europe/Berlin"},
+        "retention": {"weekly": {"weeks": 8, "days_of_week": ["sunday"]}}});
+    let f = write_json(&e, "w.json", &weekly);
+    e.json(&[
+        "policy",
+        "create",
+        "--vault",
+        "v",
+        "--file",
+        f.to_str().unwrap(),
+    ]);
+    let (_, err) = e.fails(&["item", "set-policy", "d", "--policy", "nope"]);
+    assert_eq!(err["error"]["code"], "not_found");
+    assert!(
+        err["error"]["message"].as_str().unwrap().contains("nope"),
+        "{err}"
+    );
+    assert_eq!(
+        e.json(&["item", "show", "d"])["policy"],
+        "DefaultPolicy",
+        "nothing changed"
+    );
+
+    let st = e.json(&["item", "set-policy", "d", "--policy", "sundays"]);
+    assert_eq!(st["policy"], "sundays");
+    assert_eq!(st["protection_state"], "Protected");
+    // Sunday 2026-03-15 23:00 in Berlin (CET, +01:00) is 22:00 UTC; same item, same offset.
+    assert_eq!(
+        ts(&st["next_backup"]),
+        "2026-03-15T22:00:00Z"
+            .parse::<jiff::Timestamp>()
+            .unwrap()
+            .checked_add(offset)
+            .unwrap(),
+        "{st}"
+    );
+    let text = e.ok(&["item", "show", "d"]);
+    assert!(text.contains("next backup"), "{text}");
+    let job = &e.json(&["job", "list", "--operation", "ConfigureBackup"])[0];
+    let shown = e.json(&["job", "show", job["id"].as_str().unwrap()]);
+    assert!(
+        shown["log"].to_string().contains(
+            "policy changed from DefaultPolicy to sundays; 1 scheduled recovery point(s) take its retention"
+        ),
+        "{shown}"
+    );
+    // A Wednesday point has no place in a Sunday-only retention: it loses its daily tag and
+    // its 30 days.
+    let after = e.json(&["rp", "list", "d"])[0].clone();
+    assert_eq!(after["id"], before["id"]);
+    assert_eq!(after["tags"], serde_json::json!([]), "{after}");
+    assert!(
+        ts(&after["expires"]) < ts(&before["expires"]),
+        "{before} {after}"
+    );
+
+    // Only a protected item changes policy; a stopped one resumes with one.
+    e.json(&["item", "stop", "d"]);
+    let (_, err) = e.fails(&["item", "set-policy", "d", "--policy", "sundays"]);
+    assert_eq!(err["error"]["code"], "conflict");
+    assert!(
+        err["error"]["message"].as_str().unwrap().contains("resume"),
+        "{err}"
+    );
+    assert_eq!(e.json(&["item", "show", "d"])["next_backup"], Value::Null);
+}
