@@ -5,8 +5,9 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFileSync } from "node:child_process";
-import { mkdtempSync, writeFileSync, readFileSync, rmSync } from "node:fs";
-import { createHash } from "node:crypto";
+import { mkdtempSync, writeFileSync, readFileSync, rmSync, existsSync, openSync, writeSync, closeSync } from "node:fs";
+import { createHash, randomBytes } from "node:crypto";
+import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
@@ -19,7 +20,7 @@ assert.ok(KURA, "set KURA_BIN to the kura binary");
 
 const dir = mkdtempSync(join(tmpdir(), "kura-ui-"));
 const home = join(dir, "home");
-let server;
+const servers = [];
 let base;
 let browser;
 
@@ -30,11 +31,23 @@ async function shot(page, name) {
 }
 
 function kura(...args) {
-  return execFileSync(KURA, ["--home", home, ...args], {
-    env: { ...process.env, KURA_PASSPHRASE: "" },
+  return kuraIn(home, {}, ...args);
+}
+
+function kuraIn(h, env, ...args) {
+  return execFileSync(KURA, ["--home", h, ...args], {
+    env: { ...process.env, KURA_PASSPHRASE: "", ...env },
     encoding: "utf8",
     stdio: ["ignore", "pipe", "pipe"],
   });
+}
+
+/// `kura` with its clock `days` whole days back (the test-hooks build's KURA_TEST_CLOCK):
+/// history for the storage trend, on distinct days whenever the test runs.
+function kuraDaysAgo(days, ...args) {
+  const real = Math.floor(Date.now() / 1000);
+  const at = new Date((real - days * 86400) * 1000).toISOString();
+  return kuraIn(home, { KURA_TEST_CLOCK: `${at}@${real}` }, ...args);
 }
 
 function image(name, bytes) {
@@ -45,21 +58,74 @@ function image(name, bytes) {
   return p;
 }
 
+/// Overwrites `bytes` of an image at `offset` with new random data (a day's changes).
+function change(p, offset, bytes) {
+  const fd = openSync(p, "r+");
+  writeSync(fd, randomBytes(bytes), 0, bytes, offset);
+  closeSync(fd);
+}
+
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/// Starts `kura server` over `h` (extra environment: test gates); resolves to its base URL.
+async function startServer(h, env = {}) {
+  const child = spawn(KURA, ["--home", h, "server", "--listen", "127.0.0.1:0", "--no-scheduler",
+    "--allow-restore", dir], {
+    env: { ...process.env, KURA_ADMIN_TOKEN: TOKEN, ...env },
+    stdio: ["ignore", "pipe", "ignore"],
+  });
+  servers.push(child);
+  const first = await new Promise((resolve) => createInterface({ input: child.stdout }).once("line", resolve));
+  return first.split(/\s+/).find((w) => w.startsWith("http://")).replace(/\/api\/v1$/, "");
+}
+
+async function signIn(page, at = base) {
+  await page.goto(at + "/");
+  await page.getByLabel("API token").fill(TOKEN);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByRole("heading", { name: "Dashboard" }).waitFor();
+}
+
+function get(path, at = base) {
+  return fetch(at + path, { headers: { Authorization: `Bearer ${TOKEN}` } }).then((r) => r.json());
+}
+
+const axeSource = readFileSync(createRequire(import.meta.url).resolve("axe-core/axe.min.js"), "utf8");
+
+/// axe-core's WCAG 2.1 A and AA rules on the page as it is: no violation allowed.
+async function accessible(page, what) {
+  // Evaluated through the browser's debugging protocol: the page's own policy (no inline
+  // scripts) stays as it is.
+  if (!(await page.evaluate(() => "axe" in window))) await page.evaluate(axeSource);
+  const found = await page.evaluate(() => window.axe.run(document, {
+    runOnly: { type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"] },
+  }).then((r) => r.violations.map((v) => `${v.id} (${v.impact}): ${v.nodes.map((n) => n.target.join(" ")).join(", ")}`)));
+  assert.deepEqual(found, [], `${what}: accessibility violations`);
+}
+
 before(async () => {
   kura("vault", "create", "v", "--no-encryption", "--chunk-size", "64KiB");
-  kura("item", "protect", "disk", image("good.raw", 1 << 20), "--vault", "v");
+  // Three days of history for "good" (each day changes 256 KiB of it), then today's backup.
+  const good = image("good.raw", 1 << 20);
+  kuraDaysAgo(3, "item", "protect", "disk", good, "--vault", "v");
+  for (const days of [3, 2, 1]) {
+    change(good, (3 - days) * (256 << 10), 256 << 10);
+    kuraDaysAgo(days, "backup", "now", "good");
+  }
+  change(good, 768 << 10, 256 << 10);
   kura("backup", "now", "good");
   const gone = image("gone.raw", 1 << 20);
   kura("item", "protect", "disk", gone, "--vault", "v");
   rmSync(gone);
   assert.throws(() => kura("backup", "now", "gone"), "a backup of a missing image fails");
-  server = spawn(KURA, ["--home", home, "server", "--listen", "127.0.0.1:0", "--no-scheduler",
-    "--allow-restore", dir], {
-    env: { ...process.env, KURA_ADMIN_TOKEN: TOKEN },
-    stdio: ["ignore", "pipe", "ignore"],
-  });
-  const first = await new Promise((resolve) => createInterface({ input: server.stdout }).once("line", resolve));
-  base = first.split(/\s+/).find((w) => w.startsWith("http://")).replace(/\/api\/v1$/, "");
+  const weekly = join(dir, "weekly.json");
+  writeFileSync(weekly, JSON.stringify({ name: "weekly",
+    schedule: { frequency: "weekly", days_of_week: ["saturday"], times: ["22:00"], time_zone: "UTC" },
+    retention: { weekly: { weeks: 12, days_of_week: ["saturday"] } } }));
+  kura("policy", "create", "--vault", "v", "--file", weekly);
+  base = await startServer(home);
   browser = await chromium.launch({
     executablePath: CHROMIUM,
     args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -69,13 +135,15 @@ before(async () => {
 
 after(async () => {
   await browser?.close();
-  server?.kill();
+  for (const s of servers) s.kill();
   rmSync(dir, { recursive: true, force: true });
 });
 
 test("sign in, see the dashboard's jobs and items, sign out and be refused", async () => {
   const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
   await page.goto(base + "/");
+  await page.getByLabel("API token").waitFor();
+  await accessible(page, "sign-in");
   await shot(page, "sign-in");
   await page.getByLabel("API token").fill("kura_not_a_token");
   await page.getByRole("button", { name: "Sign in" }).click();
@@ -84,15 +152,31 @@ test("sign in, see the dashboard's jobs and items, sign out and be refused", asy
   await page.getByLabel("API token").fill(TOKEN);
   await page.getByRole("button", { name: "Sign in" }).click();
   await page.getByRole("heading", { name: "Dashboard" }).waitFor();
-  // The counts are the API's jobs: two protections and a backup completed, a backup failed.
-  const all = await (await fetch(base + "/api/v1/jobs", { headers: { Authorization: `Bearer ${TOKEN}` } })).json();
-  const completed = all.filter((j) => j.status === "Completed").length;
-  assert.equal(completed, 3, JSON.stringify(all.map((j) => [j.operation, j.status])));
+  // The counts are the API's jobs of the last 24 hours (jobs are stamped with the real
+  // clock): two protections and four backups completed, the backup of gone failed.
+  const all = await get("/api/v1/jobs");
+  const day = all.filter((j) => new Date(j.started).getTime() > Date.now() - 24 * 3600 * 1000);
+  const completed = day.filter((j) => j.status === "Completed").length;
+  assert.equal(completed, 6, JSON.stringify(day.map((j) => [j.operation, j.status, j.started])));
   const jobs = page.locator("#job-counts");
   assert.equal(await jobs.locator('[data-status="Completed"] .n').textContent(), String(completed));
   assert.equal(await jobs.locator('[data-status="Failed"] .n').textContent(), "1");
+  // Every status word the API defines has a tile, read from its OpenAPI document.
+  const doc = await (await fetch(base + "/api/v1/openapi.json")).json();
+  const statuses = doc.components.schemas.JobStatus.oneOf.map((o) => o.const);
+  assert.deepEqual(await jobs.locator("li").evaluateAll((li) => li.map((x) => x.dataset.status)), statuses);
+  assert.equal(await page.locator('#health-counts [data-health="ActionRequired"] .n').textContent(), "1");
   // The failed item needs attention; the session survives a reload (HttpOnly cookie).
   await page.getByRole("cell", { name: "gone", exact: true }).waitFor();
+  // Vault v's trend: one measurement a day for four days, growing, so a full date exists.
+  const trend = await get("/api/v1/vaults/v/trend");
+  assert.equal(trend.samples.length, 4, JSON.stringify(trend));
+  const chart = page.getByRole("img", { name: /^Vault v: / });
+  assert.equal(await chart.locator("circle").count(), 4);
+  assert.match(await chart.getAttribute("aria-label"), /growing .* a day; the disk is full around /);
+  assert.ok(trend.estimated_full, JSON.stringify(trend));
+  await page.locator("main table").last().locator("time").first().waitFor();
+  await accessible(page, "dashboard");
   await shot(page, "dashboard");
   await page.reload();
   await page.getByRole("heading", { name: "Dashboard" }).waitFor();
@@ -102,6 +186,7 @@ test("sign in, see the dashboard's jobs and items, sign out and be refused", asy
   for (const name of ["good", "gone"]) {
     await page.getByRole("cell", { name, exact: true }).waitFor();
   }
+  await accessible(page, "items");
   await shot(page, "items");
   // Filter and sort, kept in the address (a link to a filtered list works).
   await page.getByLabel("Filter", { exact: true }).fill("gon");
@@ -126,6 +211,25 @@ test("sign in, see the dashboard's jobs and items, sign out and be refused", asy
   // exact: "Jobs: Failed" is still on the screen until the full list replaces it.
   await page.getByRole("heading", { name: "Jobs", exact: true }).waitFor();
   assert.ok((await page.locator("tbody tr").count()) >= 2);
+  await accessible(page, "jobs");
+
+  // The usage report: protected and stored size per vault and per item, drawn and listed.
+  await page.getByRole("link", { name: "Usage" }).click();
+  await page.getByRole("heading", { name: "Usage" }).waitFor();
+  const usage = await get("/api/v1/usage");
+  const v = usage.find((u) => u.vault === "v");
+  const bars = page.getByRole("img", { name: /^Items in v: / });
+  assert.equal(await bars.locator("rect.protected").count(), v.items.length);
+  const good = v.items.find((i) => i.item === "good");
+  assert.equal(good.protected_bytes, 1 << 20, JSON.stringify(good));
+  assert.match(await bars.getAttribute("aria-label"), /good 1\.0 MiB protected, /);
+  await accessible(page, "usage");
+  await shot(page, "usage");
+  await page.getByRole("link", { name: "Policies" }).click();
+  await page.getByRole("heading", { name: "Policies" }).waitFor();
+  await page.getByRole("link", { name: "weekly" }).waitFor();
+  await accessible(page, "policies");
+  await shot(page, "policies");
 
   const cookies = await page.context().cookies();
   const session = cookies.find((c) => c.name === "kura_session");
@@ -147,13 +251,14 @@ test("back up an item now and watch the job complete; stop with delete, undelete
   await page.getByRole("link", { name: "Items" }).click();
   await page.getByRole("link", { name: "good", exact: true }).click();
   await page.getByRole("heading", { name: "Item good" }).waitFor();
-  await page.getByRole("heading", { name: "Recovery points (1)" }).waitFor();
+  await page.getByRole("heading", { name: "Recovery points (4)" }).waitFor();
+  await accessible(page, "item");
 
   // The job appears and reaches Completed with no reload: the page follows it.
   const loads = [];
   page.on("load", () => loads.push(1));
   await page.getByRole("button", { name: "Back up now" }).click();
-  await page.getByRole("heading", { name: "Recovery points (2)" }).waitFor({ timeout: 30000 });
+  await page.getByRole("heading", { name: "Recovery points (5)" }).waitFor({ timeout: 30000 });
   const newest = page.locator("section[aria-label=Jobs] tbody tr").first();
   assert.equal(await newest.locator("td").nth(1).textContent(), "Backup");
   assert.equal(await newest.locator(".status").textContent(), "Completed");
@@ -176,7 +281,7 @@ test("back up an item now and watch the job complete; stop with delete, undelete
   await page.locator("#protection-state").getByText("Protected", { exact: true }).waitFor();
   const item = await (await fetch(base + "/api/v1/items/good", { headers: { Authorization: `Bearer ${TOKEN}` } })).json();
   assert.equal(item.protection_state, "Protected");
-  assert.equal(item.recovery_points, 2, "undelete kept the points");
+  assert.equal(item.recovery_points, 5, "undelete kept the points");
   await page.close();
 });
 
@@ -194,11 +299,13 @@ test("restore a recovery point through the wizard and get the image back", async
   await page.getByLabel("Target file on the server").fill(target);
   await page.getByRole("button", { name: "Review" }).click();
   await page.locator("#restore-summary").getByText(`to ${target}`).waitFor();
+  await accessible(page, "restore wizard");
   await shot(page, "restore");
   await page.getByRole("button", { name: "Restore" }).click();
   await page.getByRole("heading", { name: /^Job .*: Restore of good$/ }).waitFor();
   await page.locator("#job-status").getByText("Completed", { exact: true }).waitFor({ timeout: 30000 });
   await page.locator("#job-report").waitFor();
+  await accessible(page, "job");
   await shot(page, "job");
   const sha = (p) => createHash("sha256").update(readFileSync(p)).digest("hex");
   assert.equal(sha(target), sha(join(dir, "good.raw")), "the restored image is the source");
@@ -253,6 +360,7 @@ test("create a policy: a bad field gets its message beside it, the fix previews 
   assert.equal(await page.locator(".day.run").count(), 31 + 28, "January and February 2027, every day");
   const dots = await page.locator("svg.survivors circle").count();
   assert.ok(dots >= 30 && dots <= 42, `${dots} surviving points drawn`);
+  await accessible(page, "policy form with its preview");
   await shot(page, "policy");
   await page.getByRole("button", { name: "Create policy" }).click();
   await page.getByRole("heading", { name: "Policies" }).waitFor();
@@ -277,6 +385,7 @@ test("a vault's page: soft delete settings with the server's checks, verify foll
   await page.getByLabel("Days kept").fill("30");
   await page.getByRole("button", { name: "Save soft delete" }).click();
   await page.locator("#soft-delete").getByText("enabled, 30 days").waitFor();
+  await accessible(page, "vault");
   await shot(page, "vault");
   await page.getByRole("button", { name: "Verify vault" }).click();
   await page.getByRole("heading", { name: /^Job .*: Verify of vault v$/ }).waitFor();
@@ -287,5 +396,115 @@ test("a vault's page: soft delete settings with the server's checks, verify foll
   await page.goBack();
   await page.getByRole("heading", { name: "Vault v" }).waitFor();
   await page.locator("section[aria-label='Last checks'] tbody tr").first().getByText("Verify").waitFor();
+  await page.close();
+});
+
+/// Presses Tab until the focused element matches `want` (at most 60 times); returns its text.
+async function tabTo(page, want, what) {
+  for (let i = 0; i < 60; i++) {
+    await page.keyboard.press("Tab");
+    const hit = await page.evaluate((w) => {
+      const a = document.activeElement;
+      const text = (a.getAttribute("aria-label") || a.textContent || "").trim();
+      return (a.tagName + " " + text).startsWith(w) ? text : null;
+    }, want);
+    if (hit != null) {
+      // What has the focus shows it (an outline, not the browser's faint default only).
+      const outline = await page.evaluate(() => getComputedStyle(document.activeElement).outlineStyle);
+      assert.notEqual(outline, "none", `${what}: the focused ${want} shows no outline`);
+      return hit;
+    }
+  }
+  assert.fail(`${what}: Tab never reached ${want}`);
+}
+
+test("keyboard only: sign in, open an item, change its policy, see its next backup", async () => {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  await page.goto(base + "/");
+  await page.getByLabel("API token").waitFor();
+  // The token field has the focus on arrival; Enter submits.
+  await page.keyboard.type(TOKEN);
+  await page.keyboard.press("Enter");
+  await page.getByRole("heading", { name: "Dashboard" }).waitFor();
+  await tabTo(page, "A Items", "navigation");
+  await page.keyboard.press("Enter");
+  await page.getByRole("heading", { name: "Items" }).waitFor();
+  // A new page puts the focus at the start of its content, so Tab goes through the page.
+  await tabTo(page, "A good", "the item list");
+  await page.keyboard.press("Enter");
+  await page.getByRole("heading", { name: "Item good" }).waitFor();
+  assert.equal(await page.locator("#item-policy").textContent(), "DefaultPolicy");
+  await tabTo(page, "SELECT", "the item page");
+  assert.equal(await page.evaluate(() => document.activeElement.id), "change-policy");
+  await page.keyboard.press("End"); // the select's last option: weekly (the only other policy here besides gfs)
+  const picked = await page.evaluate(() => document.activeElement.value);
+  await tabTo(page, "BUTTON Change policy", "the change-policy form");
+  await page.keyboard.press("Enter");
+  await page.locator("#item-policy").getByText(picked, { exact: true }).waitFor();
+  const item = await get("/api/v1/items/good");
+  assert.equal(item.policy, picked);
+  // The page shows the next backup the server computed for the new schedule.
+  assert.equal(await page.locator("#next-backup time").getAttribute("datetime"), item.next_backup);
+  const slot = new Date(item.next_backup);
+  if (picked === "weekly") {
+    assert.equal(slot.getUTCDay(), 6, "Saturday");
+    assert.ok(slot.getUTCHours() === 22 && slot.getUTCMinutes() < 10, item.next_backup);
+  }
+  await page.close();
+});
+
+test("jobs list: a running backup shows its phase and progress live, and is cancelled from the list", async () => {
+  // A home of its own whose server holds every backup after its first chunk (a test-hooks
+  // gate), so the backup is really running while the list shows it.
+  const home2 = join(dir, "home-gated");
+  kuraIn(home2, {}, "vault", "create", "w", "--no-encryption", "--chunk-size", "64KiB");
+  const slow = join(dir, "slow.raw");
+  writeFileSync(slow, randomBytes(4 << 20));
+  kuraIn(home2, {}, "item", "protect", "disk", slow, "--vault", "w");
+  const gate = join(dir, "gate");
+  const at = await startServer(home2, { KURA_TEST_GATE_TRANSFER_CHUNK: gate });
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  await signIn(page, at);
+  await page.goto(at + "/#/items/slow");
+  await page.getByRole("button", { name: "Back up now" }).click();
+  for (let i = 0; !existsSync(gate + ".reached"); i++) {
+    assert.ok(i < 600, "the backup never reached its first chunk: is KURA_BIN built with --features kura/test-hooks?");
+    await sleep(50);
+  }
+  await page.getByRole("link", { name: "Jobs", exact: true }).click();
+  const row = page.locator("main tbody tr").filter({ hasText: "slow" }).first();
+  await row.locator(".status").getByText("InProgress", { exact: true }).waitFor();
+  await row.locator("progress").waitFor();
+  assert.equal(await row.locator("td").nth(4).textContent(), "transfer", "the phase is the sub-task running");
+  await accessible(page, "jobs with a running job");
+  await shot(page, "jobs");
+  page.once("dialog", (d) => d.accept());
+  await row.getByRole("button", { name: /^Cancel job / }).click();
+  await row.locator(".status").getByText("Cancelling", { exact: true }).waitFor();
+  writeFileSync(gate + ".release", "");
+  // The list follows the job to its end without a reload.
+  await row.locator(".status").getByText("Cancelled", { exact: true }).waitFor({ timeout: 30000 });
+  const item = await get("/api/v1/items/slow", at);
+  assert.equal(item.recovery_points, 0, "a cancelled backup keeps nothing");
+  await page.close();
+});
+
+test("a page still loading when the user moves on does not draw over the next page", async () => {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+  // The dashboard's trend requests are held until the user is on the policies page.
+  let release;
+  const held = new Promise((resolve) => (release = resolve));
+  let asked = 0;
+  await page.route("**/api/v1/vaults/*/trend", async (r) => { asked++; await held; await r.continue(); });
+  await page.goto(base + "/");
+  await page.getByLabel("API token").fill(TOKEN);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  while (asked === 0) await sleep(20);
+  await page.getByRole("link", { name: "Policies" }).click();
+  await page.getByRole("heading", { name: "Policies" }).waitFor();
+  release();
+  // The dashboard's answers arrive now; wait until the browser has them all.
+  await page.waitForLoadState("networkidle");
+  assert.equal(await page.locator("main h1").textContent(), "Policies");
   await page.close();
 });

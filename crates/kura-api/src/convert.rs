@@ -92,6 +92,7 @@ impl From<kura_engine::ItemStatus> for Item {
             latest_recovery_point: s.latest_recovery_point.map(Into::into),
             purge_at: s.purge_at,
             next_backup: s.next_backup,
+            last_backup: s.last_backup,
             agent_status: s.agent_status,
         }
     }

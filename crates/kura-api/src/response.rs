@@ -204,6 +204,9 @@ pub struct Item {
     pub protection_state: ProtectionState,
     /// How its last backup went (`IRPending`: none yet).
     pub last_backup_status: LastBackupStatus,
+    /// When its last backup job ended, whatever its outcome.
+    #[serde(default)]
+    pub last_backup: Option<String>,
     /// Whether it needs attention (the details say why).
     pub health_status: HealthStatus,
     /// What needs attention, if anything.

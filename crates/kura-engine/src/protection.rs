@@ -39,6 +39,8 @@ pub struct ItemStatus {
     pub protection_state: ProtectionState,
     /// How its last backup went.
     pub last_backup_status: LastBackupStatus,
+    /// When its last backup job ended, whatever its outcome.
+    pub last_backup: Option<String>,
     /// Whether it needs attention.
     pub health_status: HealthStatus,
     /// What needs attention, if anything.
@@ -208,6 +210,7 @@ impl Home {
         Ok(ItemStatus {
             vault: vault.name,
             protection_state,
+            last_backup: last_backup.as_ref().and_then(|j| j.ended.clone()),
             next_backup,
             last_backup_status,
             health_status: if health_details.is_empty() {
@@ -516,6 +519,7 @@ impl Home {
                 vault: vrow.name.clone(),
                 protection_state: ProtectionState::Deleted,
                 last_backup_status: LastBackupStatus::IRPending,
+                last_backup: None,
                 health_status: HealthStatus::Passed,
                 health_details: vec![format!(
                     "item {name:?} and its backup data were deleted (soft delete is disabled in its vault)"

@@ -6,8 +6,15 @@ const nav = document.getElementById("nav");
 let csrf = null;
 let timer = null;
 
-/// One API request; throws the API's error ({code, message}) on failure.
+/// Which navigation is current: a page still loading when the user moved on must not draw
+/// over the page that replaced it.
+let generation = 0;
+class Stale extends Error {}
+
+/// One API request; throws the API's error ({code, message}) on failure. A read answered
+/// after the user navigated elsewhere throws `Stale`, which ends the page that asked.
 async function api(method, path, body) {
+  const asked = generation;
   const headers = {};
   if (body !== undefined) headers["Content-Type"] = "application/json";
   if (method !== "GET" && csrf) headers["X-CSRF-Token"] = csrf;
@@ -18,6 +25,7 @@ async function api(method, path, body) {
     credentials: "same-origin",
   });
   const v = await r.json().catch(() => ({}));
+  if (method === "GET" && asked !== generation) throw new Stale();
   if (!r.ok) {
     const e = new Error(v?.error?.message || `HTTP ${r.status}`);
     e.code = v?.error?.code;
@@ -46,6 +54,17 @@ function when(t) {
   if (!t) return el("span", { class: "muted" }, "—");
   const d = new Date(t);
   return el("time", { datetime: t, title: d.toISOString() }, d.toLocaleString());
+}
+
+/// A calendar day in the browser's zone, with the UTC instant on hover.
+function day(t) {
+  const d = new Date(t);
+  return el("time", { datetime: t, title: d.toISOString() }, d.toLocaleDateString());
+}
+
+/// Logical over stored size; nothing to say while nothing is stored.
+function ratio(u) {
+  return u.stored_bytes ? `${u.ratio.toFixed(2)}×` : "—";
 }
 
 /// Sizes in binary units, one convention everywhere.
@@ -100,11 +119,35 @@ function signIn(message) {
   input.focus();
 }
 
-function started(session) {
+async function started(session) {
   csrf = session.csrf;
   document.getElementById("who").textContent = `signed in as ${session.token_name}`;
   nav.hidden = false;
+  try {
+    await loadVocabulary();
+  } catch (e) {
+    return show(problem(e));
+  }
   route();
+}
+
+/// The API's status words, with what each means, read from its OpenAPI document: the UI
+/// spells none of them itself. `vocabulary.JobStatus` is `[{value, description}]`.
+const vocabulary = {};
+
+async function loadVocabulary() {
+  const doc = await fetch("/api/v1/openapi.json", { credentials: "same-origin" }).then((r) => r.json());
+  for (const name of ["JobStatus", "JobOperation", "ProtectionState", "HealthStatus", "LastBackupStatus", "TaskStatus"]) {
+    const schema = doc.components?.schemas?.[name];
+    if (!schema?.oneOf) throw new Error(`the API document has no ${name} values`);
+    vocabulary[name] = schema.oneOf.map((o) => ({ value: o.const, description: (o.description || "").replace(/\s+/g, " ") }));
+  }
+}
+
+/// A status word, with its meaning on hover.
+function word(kind, value, attrs = {}) {
+  const d = vocabulary[kind]?.find((w) => w.value === value)?.description;
+  return el("span", { title: d, ...attrs }, value);
 }
 
 document.getElementById("sign-out").addEventListener("click", async () => {
@@ -115,59 +158,190 @@ document.getElementById("sign-out").addEventListener("click", async () => {
 
 // ---- pages
 
-const JOB_STATES = ["Completed", "CompletedWithWarnings", "Failed", "InProgress", "Queued", "Cancelled"];
+/// Whether an item's next scheduled backup is overdue: its slot passed more than 15 minutes
+/// ago (a running scheduler ticks well within that) with no tick handling it.
+function overdue(i) {
+  return i.next_backup && Date.now() - new Date(i.next_backup).getTime() > 15 * 60 * 1000;
+}
 
 async function dashboard() {
-  const [jobs, items, usage] = await Promise.all([
+  const [jobs, items, usage, vaults] = await Promise.all([
     api("GET", `/jobs?limit=10000&since=${encodeURIComponent(new Date(Date.now() - 24 * 3600 * 1000).toISOString())}`),
-    api("GET", "/items"), api("GET", "/usage"),
+    api("GET", "/items"), api("GET", "/usage"), api("GET", "/vaults"),
   ]);
-  const recent = jobs;
+  const trends = await Promise.all(vaults.map((v) => api("GET", `/vaults/${encodeURIComponent(v.name)}/trend`)));
   const count = (xs, f) => xs.reduce((m, x) => ((m[f(x)] = (m[f(x)] || 0) + 1), m), {});
-  const byStatus = count(recent, (j) => (j.status === "Cancelling" ? "InProgress" : j.status));
+  const byStatus = count(jobs, (j) => j.status);
   const byState = count(items, (i) => i.protection_state);
-  const attention = items.filter((i) => i.health_status !== "Passed" || i.last_backup_status === "Unhealthy");
+  const byHealth = count(items, (i) => i.health_status);
+  const attention = items
+    .map((i) => [i, [...i.health_details, ...(overdue(i) ? [`its backup due at ${new Date(i.next_backup).toLocaleString()} has not run: is the scheduler running?`] : [])]])
+    .filter(([i, why]) => why.length || i.last_backup_status === "Unhealthy");
+  // Every job status has a tile; item states and health only those some item is in.
+  const tiles = (id, kind, counts, attr, href, all = false) => el("ul", { class: "counts", id }, vocabulary[kind].filter(({ value }) => all || counts[value]).map(({ value, description }) =>
+    el("li", { [attr]: value, title: description }, href
+      ? el("a", { href: href(value) }, el("span", { class: "n" }, counts[value] || 0), " ", value)
+      : [el("span", { class: "n" }, counts[value] || 0), " ", value])));
   show(
     el("h1", {}, "Dashboard"),
-    el("section", { class: "tiles", "aria-label": "Jobs in the last 24 hours" },
-      el("h2", {}, "Jobs, last 24 hours"),
-      el("ul", { class: "counts", id: "job-counts" }, JOB_STATES.map((s) =>
-        el("li", { "data-status": s }, el("a", { href: `#/jobs?status=${s}` },
-          el("span", { class: "n" }, byStatus[s] || 0), " ", s))))),
-    el("section", { class: "tiles", "aria-label": "Protected items" },
-      el("h2", {}, "Protected items"),
-      el("ul", { class: "counts", id: "item-counts" }, Object.entries(byState).map(([s, n]) =>
-        el("li", { "data-state": s }, el("span", { class: "n" }, n), " ", s))),
-      items.length ? null : el("p", { class: "empty" }, "No items yet: protect one with `kura item protect disk IMAGE --vault NAME`.")),
-    el("section", { "aria-label": "Needs attention" },
-      el("h2", {}, "Needs attention"),
-      table(["Item", "Health", "Last backup", "Why"], attention.map((i) => [
-        itemLink(i.name), i.health_status, i.last_backup_status, i.health_details.join("; "),
-      ]), "Every item is healthy.")),
-    el("section", { "aria-label": "Vaults" },
-      el("h2", {}, "Vaults"),
-      table(["Vault", "Items", "Protected", "Stored"], usage.map((u) => [
-        u.vault, u.items.length, size(u.items.reduce((a, i) => a + i.protected_bytes, 0)), size(u.stored_bytes),
-      ]), "No vaults yet: create one with `kura vault create NAME`.")));
+    el("section", { class: "tiles", "aria-labelledby": "jobs-24h" },
+      el("h2", { id: "jobs-24h" }, "Jobs, last 24 hours"),
+      tiles("job-counts", "JobStatus", byStatus, "data-status", (s) => `#/jobs?status=${s}`, true)),
+    el("section", { class: "tiles", "aria-labelledby": "items-title" },
+      el("h2", { id: "items-title" }, "Protected items"),
+      items.length ? [
+        el("h3", {}, "By protection state"),
+        tiles("item-counts", "ProtectionState", byState, "data-state", (s) => `#/items?state=${s}`),
+        el("h3", {}, "By health"),
+        tiles("health-counts", "HealthStatus", byHealth, "data-health", (s) => `#/items?health=${s}`),
+      ] : el("p", { class: "empty" }, "No items yet: protect one with `kura item protect disk IMAGE --vault NAME`.")),
+    el("section", { "aria-labelledby": "attention-title" },
+      el("h2", { id: "attention-title" }, "Needs attention"),
+      table(["Item", "Health", "Last backup", "Why"], attention.map(([i, why]) => [
+        itemLink(i.name), word("HealthStatus", i.health_status), word("LastBackupStatus", i.last_backup_status), why.join("; "),
+      ]), "Every item is healthy and on schedule.")),
+    el("section", { "aria-labelledby": "vaults-title" },
+      el("h2", { id: "vaults-title" }, "Vaults"),
+      table(["Vault", "Items", "Protected", "Logical", "Stored", "Dedup", "Estimated full"], usage.map((u) => {
+        const t = trends.find((x) => x.vault === u.vault);
+        return [
+          el("a", { href: `#/vaults/${encodeURIComponent(u.vault)}` }, u.vault), u.items.length,
+          size(u.items.reduce((a, i) => a + i.protected_bytes, 0)), size(u.logical_bytes), size(u.stored_bytes),
+          ratio(u), t?.estimated_full ? day(t.estimated_full) : "—",
+        ];
+      }), "No vaults yet: create one with `kura vault create NAME`."),
+      el("div", { class: "charts" }, trends.map(trendChart))));
   return 5000;
+}
+
+// ---- charts (inline SVG; every chart has a text alternative)
+
+const svgNS = "http://www.w3.org/2000/svg";
+
+function svg(tag, attrs = {}, ...children) {
+  const e = document.createElementNS(svgNS, tag);
+  for (const [k, v] of Object.entries(attrs)) if (v != null) e.setAttribute(k, v);
+  for (const c of children.flat()) if (c != null) e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return e;
+}
+
+/// A vault's stored size per day, the file system's size when known, and the growth line
+/// continued to the day it would be full.
+function trendChart(t) {
+  const W = 560, H = 200, L = 64, R = 12, T = 14, B = 30;
+  const pts = t.samples.map((s) => [new Date(s.at).getTime(), s.stored_bytes]);
+  const DAY = 24 * 3600 * 1000;
+  // The growth line is drawn to the full date when that is within a year; further out the
+  // caption says it and the chart keeps to the measurements.
+  const full = t.estimated_full && pts.length && new Date(t.estimated_full).getTime() - pts.at(-1)[0] < 365 * DAY
+    ? new Date(t.estimated_full).getTime() : null;
+  const cap = t.filesystem?.total_bytes;
+  const caption = t.estimated_full
+    ? `Vault ${t.vault}: ${size(pts.at(-1)?.[1])} stored, growing ${size(t.growth_bytes_per_day)} a day; the disk is full around ${new Date(t.estimated_full).toLocaleDateString()}.`
+    : pts.length
+      ? `Vault ${t.vault}: ${size(pts.at(-1)[1])} stored${t.growth_bytes_per_day != null ? `, ${t.growth_bytes_per_day > 0 ? "growing" : "changing"} ${size(Math.abs(t.growth_bytes_per_day))} a day` : ""}${cap ? ` on a ${size(cap)} file system with ${size(t.filesystem.available_bytes)} free` : ""}.`
+      : `Vault ${t.vault}: no measurements yet (the first backup or garbage collection makes one).`;
+  const fig = el("figure", { class: "chart" }, el("figcaption", {}, caption));
+  if (!pts.length) return fig;
+  const x0 = pts[0][0];
+  const x1 = Math.max(full ?? 0, pts.at(-1)[0], x0 + 7 * DAY);
+  const ymax = Math.max(full && cap ? cap : 0, ...pts.map((p) => p[1]), 1) * 1.05;
+  const X = (x) => L + ((x - x0) / (x1 - x0)) * (W - L - R);
+  const Y = (y) => T + (1 - y / ymax) * (H - T - B);
+  const g = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": caption, class: "trend" },
+    svg("line", { x1: L, x2: W - R, y1: Y(0), y2: Y(0), class: "axis" }),
+    svg("text", { x: L - 6, y: Y(0), class: "tick", "text-anchor": "end" }, "0"),
+    svg("text", { x: L - 6, y: Y(ymax / 1.05) + 4, class: "tick", "text-anchor": "end" }, size(ymax / 1.05)),
+    svg("text", { x: L, y: H - 8, class: "tick" }, new Date(x0).toLocaleDateString()),
+    svg("text", { x: W - R, y: H - 8, class: "tick", "text-anchor": "end" }, new Date(x1).toLocaleDateString()));
+  if (cap && full) {
+    g.append(svg("line", { x1: L, x2: W - R, y1: Y(cap), y2: Y(cap), class: "capacity" }),
+      svg("text", { x: L + 4, y: Y(cap) - 4, class: "tick" }, `file system ${size(cap)}`));
+  }
+  g.append(svg("polyline", { points: pts.map(([x, y]) => `${X(x).toFixed(1)},${Y(y).toFixed(1)}`).join(" "), class: "stored" }));
+  for (const [x, y] of pts) {
+    g.append(svg("circle", { cx: X(x).toFixed(1), cy: Y(y).toFixed(1), r: 2.5, class: "stored" },
+      svg("title", {}, `${new Date(x).toLocaleDateString()}: ${size(y)}`)));
+  }
+  if (full && cap) {
+    const [lx, ly] = pts.at(-1);
+    g.append(svg("line", { x1: X(lx), y1: Y(ly), x2: X(full), y2: Y(cap), class: "projection" }),
+      svg("text", { x: X(full) - 4, y: Y(cap) + 14, class: "tick full", "text-anchor": "end" }, `full ${new Date(full).toLocaleDateString()}`));
+  }
+  fig.prepend(g);
+  return fig;
+}
+
+/// Horizontal bars, two per row (protected and stored size), scaled to the largest value;
+/// the 20 largest rows when there are more (the table lists them all).
+function barChart(label, all) {
+  const rows = [...all].sort((a, b) => b.protected - a.protected || b.stored - a.stored).slice(0, 20);
+  if (rows.length < all.length) label = `${label} (the ${rows.length} largest of ${all.length})`;
+  const W = 560, row = 34, L = 140, R = 90;
+  const max = Math.max(1, ...rows.flatMap((r) => [r.protected, r.stored]));
+  const g = svg("svg", { viewBox: `0 0 ${W} ${rows.length * row + 8}`, role: "img", class: "bars",
+    "aria-label": `${label}: ${rows.map((r) => `${r.name} ${size(r.protected)} protected, ${size(r.stored)} stored`).join("; ")}` });
+  rows.forEach((r, i) => {
+    const y = 4 + i * row;
+    const w = (v) => Math.max(1, (v / max) * (W - L - R));
+    g.append(
+      svg("text", { x: L - 8, y: y + 18, class: "tick", "text-anchor": "end" }, r.name.length > 18 ? `${r.name.slice(0, 17)}…` : r.name),
+      svg("rect", { x: L, y, width: w(r.protected), height: 12, class: "protected" }, svg("title", {}, `${r.name}: ${size(r.protected)} protected`)),
+      svg("text", { x: L + w(r.protected) + 4, y: y + 10, class: "tick" }, size(r.protected)),
+      svg("rect", { x: L, y: y + 14, width: w(r.stored), height: 12, class: "stored" }, svg("title", {}, `${r.name}: ${size(r.stored)} stored`)),
+      svg("text", { x: L + w(r.stored) + 4, y: y + 24, class: "tick" }, size(r.stored)));
+  });
+  return el("figure", { class: "chart" }, g,
+    el("figcaption", { class: "legend" }, el("span", { class: "key protected" }, "■ protected"), " ", el("span", { class: "key stored" }, "■ stored")));
+}
+
+/// The usage report: per vault and per item, protected and stored size, with charts.
+async function usagePage() {
+  const usage = await api("GET", "/usage");
+  const total = (f) => usage.reduce((a, u) => a + f(u), 0);
+  const prot = (u) => u.items.reduce((a, i) => a + i.protected_bytes, 0);
+  show(
+    el("h1", {}, "Usage"),
+    usage.length ? [
+      facts([["Protected", size(total(prot))], ["Logical (all points)", size(total((u) => u.logical_bytes))],
+        ["Stored", size(total((u) => u.stored_bytes))],
+        ["Protected instances", total((u) => u.items.reduce((a, i) => a + i.protected_instances, 0))]]),
+      el("section", { "aria-labelledby": "per-vault" }, el("h2", { id: "per-vault" }, "Per vault"),
+        barChart("Per vault", usage.map((u) => ({ name: u.vault, protected: prot(u), stored: u.stored_bytes }))),
+        table(["Vault", "Items", "Protected", "Logical", "Stored", "Dedup and compression"], usage.map((u) => [
+          el("a", { href: `#/vaults/${encodeURIComponent(u.vault)}` }, u.vault), u.items.length, size(prot(u)),
+          size(u.logical_bytes), size(u.stored_bytes), ratio(u),
+        ]), "")),
+      usage.map((u) => el("section", { "aria-labelledby": `items-of-${u.vault}` },
+        el("h2", { id: `items-of-${u.vault}` }, `Items in ${u.vault}`),
+        u.items.length ? barChart(`Items in ${u.vault}`, u.items.map((i) => ({ name: i.item, protected: i.protected_bytes, stored: i.stored_bytes }))) : null,
+        table(["Item", "State", "Protected", "Instances", "Points", "Logical", "Stored", "Ratio"], u.items.map((i) => [
+          itemLink(i.item), i.state, size(i.protected_bytes), `${i.protected_instances} (${i.instance_tier})`, i.recovery_points,
+          size(i.logical_bytes), size(i.stored_bytes), ratio(i),
+        ]), "No items in this vault."))),
+    ] : el("p", { class: "empty" }, "No vaults yet: create one with `kura vault create NAME`."));
+  return 0;
 }
 
 async function itemList(params) {
   const items = await api("GET", "/items");
   const q = (params.get("q") || "").toLowerCase();
-  const state = params.get("state") || "";
+  const filters = { kind: params.get("kind") || "", state: params.get("state") || "", health: params.get("health") || "" };
   const sort = params.get("sort") || "name";
   const desc = params.get("desc") === "1";
+  const agent = el("span", { class: "muted" }, "—");
   const columns = [
     ["name", "Name", (i) => i.name], ["kind", "Kind", (i) => i.kind], ["vault", "Vault", (i) => i.vault],
     ["policy", "Policy", (i) => i.policy || ""], ["state", "State", (i) => i.protection_state],
-    ["health", "Health", (i) => i.health_status], ["last", "Last backup", (i) => i.last_backup_status],
-    ["points", "Points", (i) => i.recovery_points], ["latest", "Latest point", (i) => i.latest_recovery_point?.time || ""],
+    ["health", "Health", (i) => i.health_status], ["last", "Last backup", (i) => i.last_backup || ""],
+    ["next", "Next backup", (i) => i.next_backup || "~"], ["points", "Points", (i) => i.recovery_points],
+    ["agent", "Agent", () => ""],
   ];
   const key = (columns.find(([k]) => k === sort) || columns[0])[2];
   const shown = items
     .filter((i) => !q || [i.name, i.vault, i.kind, i.policy || ""].some((t) => t.toLowerCase().includes(q)))
-    .filter((i) => !state || i.protection_state === state)
+    .filter((i) => (!filters.kind || i.kind === filters.kind) && (!filters.state || i.protection_state === filters.state)
+      && (!filters.health || i.health_status === filters.health))
     .sort((a, b) => {
       const [x, y] = [key(a), key(b)];
       const c = typeof x === "number" ? x - y : String(x).localeCompare(String(y));
@@ -178,31 +352,56 @@ async function itemList(params) {
     for (const [k, v] of Object.entries(changes)) if (v === "" || v == null) p.delete(k); else p.set(k, v);
     return `#/items?${p}`;
   };
+  const choice = (id, label, values, value) => [
+    el("label", { for: id }, label),
+    el("select", { id }, ["", ...values].map((s) => el("option", { value: s, selected: s === value }, s || "any")))];
   const filter = el("form", { class: "filters", role: "search", "aria-label": "Filter items" },
     el("label", { for: "item-filter" }, "Filter"),
     el("input", { id: "item-filter", type: "search", value: q, placeholder: "name, vault, kind or policy" }),
-    el("label", { for: "item-state" }, "State"),
-    el("select", { id: "item-state" }, ["", ...new Set(items.map((i) => i.protection_state))].map((s) =>
-      el("option", { value: s, selected: s === state }, s || "any"))),
+    choice("item-kind", "Kind", [...new Set(items.map((i) => i.kind))].sort(), filters.kind),
+    choice("item-state", "State", vocabulary.ProtectionState.map((w) => w.value), filters.state),
+    choice("item-health", "Health", vocabulary.HealthStatus.map((w) => w.value), filters.health),
     el("button", { type: "submit" }, "Apply"));
   filter.addEventListener("submit", (ev) => {
     ev.preventDefault();
-    location.hash = link({ q: filter.querySelector("#item-filter").value, state: filter.querySelector("#item-state").value });
+    const v = (id) => filter.querySelector(id).value;
+    location.hash = link({ q: v("#item-filter"), kind: v("#item-kind"), state: v("#item-state"), health: v("#item-health") });
   });
-  const head = columns.map(([k, label]) => el("a", {
+  const head = columns.map(([k, label]) => k === "agent" ? label : el("a", {
     href: link({ sort: k, desc: k === sort && !desc ? "1" : "" }),
     title: `sort by ${label.toLowerCase()}`,
   }, label, k === sort ? (desc ? " ▼" : " ▲") : ""));
+  // A VM's agent is asked live (GET /items/{item}); the list fills those cells as they answer.
+  const agents = new Map(shown.filter((i) => i.kind === "vm").slice(0, 50).map((i) => [i.name, agent.cloneNode(true)]));
   show(
     el("h1", {}, "Items"),
     filter,
     items.length
       ? table(head, shown.map((i) => [
-        itemLink(i.name), i.kind, i.vault, i.policy || "—", i.protection_state, i.health_status, i.last_backup_status,
-        i.recovery_points, when(i.latest_recovery_point?.time),
+        itemLink(i.name), i.kind, i.vault, i.policy || "—", word("ProtectionState", i.protection_state),
+        word("HealthStatus", i.health_status),
+        i.last_backup ? [word("LastBackupStatus", i.last_backup_status), " ", when(i.last_backup)] : word("LastBackupStatus", i.last_backup_status),
+        i.next_backup ? [when(i.next_backup), overdue(i) ? el("strong", { class: "bad" }, " overdue") : null] : "—",
+        i.recovery_points, agents.get(i.name) || "",
       ]), "No item matches the filter.")
       : el("p", { class: "empty" }, "No items yet: protect one with `kura item protect disk IMAGE --vault NAME`."));
+  for (const [name, cell] of agents) {
+    api("GET", `/items/${encodeURIComponent(name)}`).then((i) => cell.replaceChildren(i.agent_status || "not configured"), () => {});
+  }
   return 0;
+}
+
+/// A duration in seconds as a person reads it.
+function duration(secs) {
+  if (secs == null) return "—";
+  if (secs < 60) return `${secs} s`;
+  if (secs < 3600) return `${Math.floor(secs / 60)} min ${secs % 60} s`;
+  return `${Math.floor(secs / 3600)} h ${Math.floor((secs % 3600) / 60)} min`;
+}
+
+/// What a running job is doing now: its sub-task in progress.
+function phase(j) {
+  return j.tasks.find((t) => t.status === "InProgress")?.name || (RUNNING.includes(j.status) ? "" : "—");
 }
 
 async function jobList(params) {
@@ -210,15 +409,23 @@ async function jobList(params) {
   const jobs = await api("GET", `/jobs?limit=200${status ? `&status=${encodeURIComponent(status)}` : ""}`);
   show(
     el("h1", {}, status ? `Jobs: ${status}` : "Jobs"),
-    table(["Job", "Operation", "Target", "Status", "Progress", "Started", "Ended"],
-      jobs.map((j) => [
-        jobLink(j), j.operation, j.target,
-        el("span", { class: `status s-${j.status}` }, j.status),
-        j.bytes_total ? el("progress", { max: j.bytes_total, value: j.bytes_done, "aria-label": `progress of job ${j.id.slice(-8)}` }) : "",
-        when(j.started), when(j.ended),
-      ]),
-      "No jobs yet."));
-  return jobs.some((j) => ["Queued", "InProgress", "Cancelling"].includes(j.status)) ? 1000 : 5000;
+    table(["Job", "Operation", "Target", "Status", "Phase", "Progress", "Rate", "ETA", "Started", "Ended", ""],
+      jobs.map((j) => {
+        const running = RUNNING.includes(j.status);
+        return [
+          jobLink(j), j.operation, j.target,
+          word("JobStatus", j.status, { class: `status s-${j.status}` }), phase(j),
+          j.bytes_total ? el("progress", { max: j.bytes_total, value: j.bytes_done, "aria-label": `progress of job ${j.id.slice(-8)}` }) : "",
+          running && j.rate_bytes_per_sec ? `${size(j.rate_bytes_per_sec)}/s` : "",
+          running && j.eta_seconds != null ? duration(j.eta_seconds) : "",
+          when(j.started), when(j.ended),
+          running && j.status !== "Cancelling"
+            ? action(`Cancel job ${j.id.slice(-8)}`, [], () => api("POST", `/jobs/${j.id}/cancel`, {}), { confirm: "Cancel this job? It keeps nothing incomplete.", label: "Cancel" })
+            : "",
+        ];
+      }),
+      "No jobs yet: back up an item now, or give it a policy."));
+  return jobs.some((j) => RUNNING.includes(j.status)) ? 1000 : 5000;
 }
 
 function itemLink(name) {
@@ -234,7 +441,7 @@ function jobLink(j) {
 function jobRows(jobs) {
   return jobs.map((j) => [
     jobLink(j), j.operation,
-    el("span", { class: `status s-${j.status}` }, j.status),
+    word("JobStatus", j.status, { class: `status s-${j.status}` }),
     j.bytes_total ? el("progress", { max: j.bytes_total, value: j.bytes_done, "aria-label": `progress of job ${j.id.slice(-8)}` }) : "",
     when(j.started), when(j.ended), j.error || "",
   ]);
@@ -243,7 +450,8 @@ function jobRows(jobs) {
 /// A form whose submit sends one API call; its error is shown next to it.
 function action(label, fields, send, opts = {}) {
   const err = el("p", { class: "error", role: "alert" });
-  const form = el("form", { class: "action", "aria-label": label }, fields, el("button", { type: "submit" }, label), err);
+  const form = el("form", { class: "action", "aria-label": label }, fields,
+    el("button", { type: "submit", "aria-label": label }, opts.label || label), err);
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     if (opts.confirm && !window.confirm(opts.confirm)) return;
@@ -272,6 +480,13 @@ async function itemPage(_params, name) {
       el("label", { for: "retain-until" }, "Keep until (optional)"),
       el("input", { id: "retain-until", name: "retain_until", type: "date" }),
     ], (f) => api("POST", `${path}/backups`, f.get("retain_until") ? { retain_until: f.get("retain_until") } : {})));
+    const others = policies.filter((p) => p.name !== item.policy);
+    if (others.length) {
+      actions.push(action("Change policy", [
+        el("label", { for: "change-policy" }, "New policy"),
+        el("select", { id: "change-policy", name: "policy" }, others.map((p) => el("option", { value: p.name }, p.name))),
+      ], (f) => api("POST", `${path}/policy`, { policy: f.get("policy") })));
+    }
     actions.push(action("Stop protection, keep data", [], () => api("POST", `${path}/stop`, { delete_data: false })));
     actions.push(action("Stop protection and delete data", [], () => api("POST", `${path}/stop`, { delete_data: true }),
       { confirm: `Delete the backup data of ${name}? Soft delete keeps it recoverable for its retention days.` }));
@@ -287,9 +502,13 @@ async function itemPage(_params, name) {
   }
   show(
     el("h1", {}, `Item ${item.name}`),
-    facts([["Kind", item.kind], ["Vault", item.vault], ["Policy", item.policy || "—"],
-      ["Protection", el("span", { id: "protection-state" }, state)],
-      ["Last backup", item.last_backup_status], ["Health", item.health_status], ["Source", item.source],
+    facts([["Kind", item.kind], ["Vault", el("a", { href: `#/vaults/${encodeURIComponent(item.vault)}` }, item.vault)],
+      ["Policy", el("span", { id: "item-policy" }, item.policy || "—")],
+      ["Protection", word("ProtectionState", state, { id: "protection-state" })],
+      ["Last backup", [word("LastBackupStatus", item.last_backup_status), item.last_backup ? [" ", when(item.last_backup)] : null]],
+      ["Next backup", item.next_backup ? [el("span", { id: "next-backup" }, when(item.next_backup)), overdue(item) ? el("strong", { class: "bad" }, " overdue") : null] : null],
+      ["Health", [word("HealthStatus", item.health_status), item.health_details.length ? `: ${item.health_details.join("; ")}` : null]],
+      ["Guest agent", item.agent_status ?? null], ["Source", item.source],
       ["Purged at", item.purge_at ? when(item.purge_at) : null]]),
     el("section", { class: "actions", "aria-label": "Actions" }, actions),
     el("section", { "aria-label": "Recovery points" },
@@ -382,16 +601,17 @@ async function jobPage(_params, id) {
   const running = RUNNING.includes(j.status);
   show(
     el("h1", {}, `Job ${j.id.slice(-8)}: ${j.operation} of ${j.target}`),
-    facts([["Status", el("span", { id: "job-status", class: `status s-${j.status}` }, j.status)],
+    facts([["Status", word("JobStatus", j.status, { id: "job-status", class: `status s-${j.status}` })],
+      ["Phase", running ? phase(j) || null : null],
       ["Progress", j.bytes_total ? el("progress", { max: j.bytes_total, value: j.bytes_done, "aria-label": "progress" }) : null],
       ["Done", j.bytes_total ? `${size(j.bytes_done)} of ${size(j.bytes_total)}` : null],
       ["Rate", j.rate_bytes_per_sec ? `${size(j.rate_bytes_per_sec)}/s` : null],
-      ["ETA", j.eta_seconds != null && running ? `${j.eta_seconds} s` : null],
+      ["ETA", j.eta_seconds != null && running ? duration(j.eta_seconds) : null],
       ["Started", when(j.started)], ["Ended", j.ended ? when(j.ended) : null],
       ["Recovery point", j.rp_id], ["Error", j.error]]),
     running ? action("Cancel job", [], () => api("POST", `/jobs/${j.id}/cancel`, {}), { confirm: "Cancel this job? It keeps nothing incomplete." }) : null,
     j.tasks.length ? el("section", { "aria-label": "Sub-tasks" }, el("h2", {}, "Sub-tasks"),
-      table(["Task", "Status", "Detail"], j.tasks.map((t) => [t.name, t.status, t.detail || ""]), "")) : null,
+      table(["Task", "Status", "Detail"], j.tasks.map((t) => [t.name, word("TaskStatus", t.status), t.detail || ""]), "")) : null,
     el("section", { "aria-label": "Log" }, el("h2", {}, "Log"), el("pre", { class: "log" }, j.log.join("\n"))),
     j.result ? el("section", { "aria-label": "Report" }, el("h2", {}, "Report"),
       el("pre", { class: "log", id: "job-report" }, JSON.stringify(j.result, null, 2))) : null);
@@ -407,7 +627,7 @@ async function vaultList() {
     table(["Vault", "Items", "Encryption", "Soft delete", "Logical", "Stored", "Dedup"], vaults.map((v) => [
       el("a", { href: `#/vaults/${encodeURIComponent(v.name)}` }, v.name), v.items, v.encryption,
       `${v.soft_delete} (${v.soft_delete_days} d)`, size(use[v.name]?.logical_bytes), size(use[v.name]?.stored_bytes),
-      use[v.name] ? `${use[v.name].ratio.toFixed(2)}×` : "—",
+      use[v.name] ? ratio(use[v.name]) : "—",
     ]), "No vaults yet: create one with `kura vault create NAME`."));
   return 0;
 }
@@ -426,7 +646,7 @@ async function vaultPage(_params, name) {
     facts([["Path", v.path], ["Encryption", v.cipher ? `${v.encryption} (${v.cipher})` : v.encryption],
       ["Chunk size", size(v.chunk_size)], ["Items", v.items],
       ["Soft delete", el("span", { id: "soft-delete" }, `${v.soft_delete}, ${v.soft_delete_days} days`)],
-      ["Logical", size(u.logical_bytes)], ["Stored", size(u.stored_bytes)], ["Dedup and compression", `${u.ratio.toFixed(2)}×`],
+      ["Logical", size(u.logical_bytes)], ["Stored", size(u.stored_bytes)], ["Dedup and compression", ratio(u)],
       ["Recovery kit", v.kit_exported ? when(v.kit_exported) : el("strong", {}, `never exported: run kura vault key export ${name} --to FILE on the server's host`)]]),
     el("section", { class: "actions", "aria-label": "Actions" },
       action("Save soft delete", [
@@ -643,6 +863,7 @@ function facts(pairs) {
 
 async function route() {
   clearTimeout(timer);
+  generation++;
   if (!csrf) return;
   const [path, query] = location.hash.replace(/^#/, "").split("?");
   const params = new URLSearchParams(query || "");
@@ -656,6 +877,7 @@ async function route() {
     [/^\/vaults$/, vaultList],
     [/^\/items$/, itemList],
     [/^\/jobs$/, jobList],
+    [/^\/usage$/, usagePage],
   ];
   let page = dashboard;
   let args = null;
@@ -672,12 +894,18 @@ async function route() {
     const again = await page(params, args);
     if (again) timer = setTimeout(route, again);
   } catch (e) {
+    if (e instanceof Stale) return;
     if (e.status === 401) return signIn("Your session ended; sign in again.");
     show(problem(e));
   }
 }
 
-window.addEventListener("hashchange", route);
+// After navigating, the focus goes to the new page's content (keyboard and screen-reader
+// users start there); a page refreshing itself leaves the focus alone.
+window.addEventListener("hashchange", async () => {
+  await route();
+  main.focus({ preventScroll: true });
+});
 
 // A page load with a live session goes straight in.
 api("GET", "/session").then(started, () => signIn());
