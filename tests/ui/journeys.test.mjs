@@ -508,3 +508,26 @@ test("a page still loading when the user moves on does not draw over the next pa
   assert.equal(await page.locator("main h1").textContent(), "Policies");
   await page.close();
 });
+
+test("the UI offers only the operations the session may call", async () => {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+  // The server's own session answer, less two operations (as a role without them would get).
+  const session = await (await fetch(base + "/api/v1/session", {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ token: TOKEN }),
+  })).json();
+  assert.ok(session.operations.includes("backupNow") && session.operations.includes("restoreDisk"), JSON.stringify(session));
+  const narrow = async (r) => {
+    const res = await r.fetch();
+    const body = await res.json();
+    if (res.ok()) body.operations = body.operations.filter((op) => op !== "backupNow" && op !== "restoreDisk");
+    await r.fulfill({ response: res, json: body });
+  };
+  await page.route("**/api/v1/session", narrow);
+  await signIn(page);
+  await page.goto(base + "/#/items/good");
+  await page.getByRole("heading", { name: "Item good" }).waitFor();
+  await page.getByRole("button", { name: "Stop protection, keep data" }).waitFor();
+  assert.equal(await page.getByRole("button", { name: "Back up now" }).count(), 0);
+  assert.equal(await page.getByRole("link", { name: /^Restore point / }).count(), 0);
+  await page.close();
+});

@@ -371,6 +371,7 @@ impl From<kura_catalog::SessionRow> for crate::response::Session {
             token_name: s.token_name,
             csrf: s.csrf,
             expires: s.expires,
+            operations: Vec::new(),
         }
     }
 }

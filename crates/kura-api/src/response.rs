@@ -585,6 +585,10 @@ pub struct Session {
     pub csrf: String,
     /// When it ends.
     pub expires: String,
+    /// The API operations (OpenAPI operation ids) it may call; the web UI offers only
+    /// those. Every token may call every operation until roles exist.
+    #[serde(default)]
+    pub operations: Vec<String>,
 }
 
 /// `DELETE /session`.

@@ -1570,7 +1570,7 @@ async fn create_session(State(s): State<S>, Body(b): Body<api::NewSession>) -> A
         )
     })?;
     let max_age = ends.duration_since(s.home.now()).as_secs().max(0);
-    let mut resp = ok(201, api::Session::from(opened.row))?;
+    let mut resp = ok(201, session(opened.row))?;
     let cookie = set_cookie(&s, &opened.id, max_age);
     resp.headers_mut().insert(
         axum::http::header::SET_COOKIE,
@@ -1581,9 +1581,18 @@ async fn create_session(State(s): State<S>, Body(b): Body<api::NewSession>) -> A
     Ok(resp)
 }
 
+/// A session as its owner sees it, with what it may do: today every operation (the roles
+/// to come narrow this list, and the UI follows it).
+fn session(row: kura_catalog::SessionRow) -> api::Session {
+    api::Session {
+        operations: ROUTES.iter().map(|r| r.operation.to_string()).collect(),
+        ..api::Session::from(row)
+    }
+}
+
 async fn get_session(auth: Auth) -> ApiResult {
     match auth.0 {
-        Some(row) => ok(200, api::Session::from(row)),
+        Some(row) => ok(200, session(row)),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",

@@ -119,8 +119,13 @@ function signIn(message) {
   input.focus();
 }
 
+/// The API operations this session may call (`Session.operations`): a form for any other
+/// is not offered.
+let allowed = new Set();
+
 async function started(session) {
   csrf = session.csrf;
+  allowed = new Set(session.operations);
   document.getElementById("who").textContent = `signed in as ${session.token_name}`;
   nav.hidden = false;
   try {
@@ -420,7 +425,7 @@ async function jobList(params) {
           running && j.eta_seconds != null ? duration(j.eta_seconds) : "",
           when(j.started), when(j.ended),
           running && j.status !== "Cancelling"
-            ? action(`Cancel job ${j.id.slice(-8)}`, [], () => api("POST", `/jobs/${j.id}/cancel`, {}), { confirm: "Cancel this job? It keeps nothing incomplete.", label: "Cancel" })
+            ? action("cancelJob", `Cancel job ${j.id.slice(-8)}`, [], () => api("POST", `/jobs/${j.id}/cancel`, {}), { confirm: "Cancel this job? It keeps nothing incomplete.", label: "Cancel" })
             : "",
         ];
       }),
@@ -447,8 +452,10 @@ function jobRows(jobs) {
   ]);
 }
 
-/// A form whose submit sends one API call; its error is shown next to it.
-function action(label, fields, send, opts = {}) {
+/// A form whose submit sends one API call (`op`, its OpenAPI operation id); its error is
+/// shown next to it. Nothing when the session may not call `op`.
+function action(op, label, fields, send, opts = {}) {
+  if (!allowed.has(op)) return null;
   const err = el("p", { class: "error", role: "alert" });
   const form = el("form", { class: "action", "aria-label": label }, fields,
     el("button", { type: "submit", "aria-label": label }, opts.label || label), err);
@@ -476,26 +483,26 @@ async function itemPage(_params, name) {
   const state = item.protection_state;
   const actions = [];
   if (state !== "SoftDeleted" && state !== "ProtectionStopped") {
-    actions.push(action("Back up now", [
+    actions.push(action("backupNow", "Back up now", [
       el("label", { for: "retain-until" }, "Keep until (optional)"),
       el("input", { id: "retain-until", name: "retain_until", type: "date" }),
     ], (f) => api("POST", `${path}/backups`, f.get("retain_until") ? { retain_until: f.get("retain_until") } : {})));
     const others = policies.filter((p) => p.name !== item.policy);
     if (others.length) {
-      actions.push(action("Change policy", [
+      actions.push(action("setItemPolicy", "Change policy", [
         el("label", { for: "change-policy" }, "New policy"),
         el("select", { id: "change-policy", name: "policy" }, others.map((p) => el("option", { value: p.name }, p.name))),
       ], (f) => api("POST", `${path}/policy`, { policy: f.get("policy") })));
     }
-    actions.push(action("Stop protection, keep data", [], () => api("POST", `${path}/stop`, { delete_data: false })));
-    actions.push(action("Stop protection and delete data", [], () => api("POST", `${path}/stop`, { delete_data: true }),
+    actions.push(action("stopProtection", "Stop protection, keep data", [], () => api("POST", `${path}/stop`, { delete_data: false })));
+    actions.push(action("stopProtection", "Stop protection and delete data", [], () => api("POST", `${path}/stop`, { delete_data: true }),
       { confirm: `Delete the backup data of ${name}? Soft delete keeps it recoverable for its retention days.` }));
   }
   if (state === "SoftDeleted") {
-    actions.push(action("Undelete", [], () => api("POST", `${path}/undelete`, {})));
+    actions.push(action("undeleteItem", "Undelete", [], () => api("POST", `${path}/undelete`, {})));
   }
   if (state === "ProtectionStopped") {
-    actions.push(action("Resume protection", [
+    actions.push(action("resumeProtection", "Resume protection", [
       el("label", { for: "resume-policy" }, "Policy"),
       el("select", { id: "resume-policy", name: "policy" }, policies.map((p) => el("option", { value: p.name }, p.name))),
     ], (f) => api("POST", `${path}/resume`, { policy: f.get("policy") })));
@@ -515,7 +522,8 @@ async function itemPage(_params, name) {
       el("h2", {}, `Recovery points (${points.length})`),
       table(["Point", "Time", "Tier", "Consistency", "Size", "Stored", "Expires", ""], points.map((p) => [
         el("code", {}, p.id.slice(-8)), when(p.time), p.tier, p.consistency, size(p.logical_size), size(p.stored_size), when(p.expires),
-        el("a", { href: `#/restore/${encodeURIComponent(name)}/${p.id}`, "aria-label": `Restore point ${p.id.slice(-8)}` }, "Restore…"),
+        (item.kind === "vm" ? ["restoreDisks", "restoreVm"] : ["restoreDisk"]).some((op) => allowed.has(op))
+          ? el("a", { href: `#/restore/${encodeURIComponent(name)}/${p.id}`, "aria-label": `Restore point ${p.id.slice(-8)}` }, "Restore…") : "",
       ]), "No recovery points yet: back it up now.")),
     el("section", { "aria-label": "Jobs" },
       el("h2", {}, "Jobs"),
@@ -531,6 +539,9 @@ async function restorePage(_params, [name, rp]) {
   const modes = vm
     ? [["disks", "Disks into a directory (one file per disk)"], ["new-vm", "A new VM (disks and a start script)"], ["replace", "Over the existing VM's disks"]]
     : [["disk", "The disk to an image file"]];
+  const needs = { disk: "restoreDisk", disks: "restoreDisks", "new-vm": "restoreVm", replace: "restoreVm" };
+  modes.splice(0, modes.length, ...modes.filter(([m]) => allowed.has(needs[m])));
+  if (!modes.length) throw new Error("This session may not restore.");
   const err = el("p", { class: "error", role: "alert", id: "restore-error" });
   const summary = el("div", { id: "restore-summary", "aria-live": "polite" });
   const form = el("form", { class: "wizard", "aria-label": "Restore" },
@@ -609,7 +620,7 @@ async function jobPage(_params, id) {
       ["ETA", j.eta_seconds != null && running ? duration(j.eta_seconds) : null],
       ["Started", when(j.started)], ["Ended", j.ended ? when(j.ended) : null],
       ["Recovery point", j.rp_id], ["Error", j.error]]),
-    running ? action("Cancel job", [], () => api("POST", `/jobs/${j.id}/cancel`, {}), { confirm: "Cancel this job? It keeps nothing incomplete." }) : null,
+    running ? action("cancelJob", "Cancel job", [], () => api("POST", `/jobs/${j.id}/cancel`, {}), { confirm: "Cancel this job? It keeps nothing incomplete." }) : null,
     j.tasks.length ? el("section", { "aria-label": "Sub-tasks" }, el("h2", {}, "Sub-tasks"),
       table(["Task", "Status", "Detail"], j.tasks.map((t) => [t.name, word("TaskStatus", t.status), t.detail || ""]), "")) : null,
     el("section", { "aria-label": "Log" }, el("h2", {}, "Log"), el("pre", { class: "log" }, j.log.join("\n"))),
@@ -649,21 +660,21 @@ async function vaultPage(_params, name) {
       ["Logical", size(u.logical_bytes)], ["Stored", size(u.stored_bytes)], ["Dedup and compression", ratio(u)],
       ["Recovery kit", v.kit_exported ? when(v.kit_exported) : el("strong", {}, `never exported: run kura vault key export ${name} --to FILE on the server's host`)]]),
     el("section", { class: "actions", "aria-label": "Actions" },
-      action("Save soft delete", [
+      action("updateVault", "Save soft delete", [
         el("label", { for: "sd-mode" }, "Soft delete"),
         el("select", { id: "sd-mode", name: "soft_delete" }, ["enabled", "disabled", "always-on"].map((m) => el("option", { value: m, selected: m === v.soft_delete }, m))),
         el("label", { for: "sd-days" }, "Days kept"),
         el("input", { id: "sd-days", name: "soft_delete_days", type: "number", value: v.soft_delete_days }),
       ], (f) => api("PATCH", path, { soft_delete: f.get("soft_delete"), soft_delete_days: Number(f.get("soft_delete_days")) })),
-      action("Verify vault", [], async () => { const j = await api("POST", "/verify", { vault: name }); location.hash = `#/jobs/${j.job_id}`; }),
-      action("Collect garbage", [], async () => { const j = await api("POST", `${path}/gc`, {}); location.hash = `#/jobs/${j.job_id}`; })),
+      action("verify", "Verify vault", [], async () => { const j = await api("POST", "/verify", { vault: name }); location.hash = `#/jobs/${j.job_id}`; }),
+      action("collectGarbage", "Collect garbage", [], async () => { const j = await api("POST", `${path}/gc`, {}); location.hash = `#/jobs/${j.job_id}`; })),
     el("section", { "aria-label": "Usage per item" }, el("h2", {}, "Usage per item"),
       table(["Item", "State", "Protected", "Instances", "Points", "Logical", "Stored"], u.items.map((i) => [
         itemLink(i.item), i.state, size(i.protected_bytes), `${i.protected_instances} (${i.instance_tier})`, i.recovery_points, size(i.logical_bytes), size(i.stored_bytes),
       ]), "No items in this vault.")),
     el("section", { "aria-label": "Soft-deleted items" }, el("h2", {}, "Soft-deleted items"),
       table(["Item", "Purged at", ""], deleted.map((i) => [
-        itemLink(i.name), when(i.purge_at), action(`Undelete ${i.name}`, [], () => api("POST", `/items/${encodeURIComponent(i.name)}/undelete`, {})),
+        itemLink(i.name), when(i.purge_at), action("undeleteItem", `Undelete ${i.name}`, [], () => api("POST", `/items/${encodeURIComponent(i.name)}/undelete`, {})),
       ]), "None.")),
     el("section", { "aria-label": "Last checks" }, el("h2", {}, "Verify and garbage collection"),
       table(["Job", "Operation", "Status", "Progress", "Started", "Ended", "Error"], jobRows([...mine, ...jobs.filter((j) => j.operation === "GarbageCollect")]), "Not verified or collected yet.")));
@@ -682,7 +693,7 @@ async function policyList() {
     const ps = await api("GET", `/vaults/${encodeURIComponent(v.name)}/policies`);
     return el("section", { "aria-label": `Policies of ${v.name}` },
       el("h2", {}, `Vault ${v.name}`),
-      el("p", {}, el("a", { href: `#/policies/${encodeURIComponent(v.name)}/new` }, `New policy in ${v.name}`)),
+      allowed.has("createPolicy") ? el("p", {}, el("a", { href: `#/policies/${encodeURIComponent(v.name)}/new` }, `New policy in ${v.name}`)) : null,
       table(["Policy", "Frequency", "Time zone", "Items", "Updated"], ps.map((p) => [
         el("a", { href: `#/policies/${encodeURIComponent(v.name)}/${encodeURIComponent(p.name)}` }, p.name),
         p.doc.schedule.frequency, p.doc.schedule.time_zone || "UTC", p.items, when(p.updated),
@@ -828,7 +839,7 @@ async function policyPage(_params, [vault, name]) {
       el("label", { for: "preview-from" }, "Preview from"),
       el("input", { id: "preview-from", type: "date", value: new Date().toISOString().slice(0, 10), "data-no-doc": true }),
       el("button", { type: "button", id: "policy-preview-button" }, "Preview"),
-      el("button", { type: "submit" }, fresh ? "Create policy" : "Save policy")));
+      allowed.has(fresh ? "createPolicy" : "updatePolicy") ? el("button", { type: "submit" }, fresh ? "Create policy" : "Save policy") : null));
   const base = `/vaults/${encodeURIComponent(vault)}/policies`;
   form.querySelector("#policy-preview-button").addEventListener("click", async () => {
     const from = form.querySelector("#preview-from").value;
