@@ -121,6 +121,8 @@ fn main() {
         ),
         ("dashboard", "/api/v1/items".to_string()),
         ("dashboard", "/api/v1/usage".to_string()),
+        ("dashboard", "/api/v1/vaults".to_string()),
+        ("dashboard", "/api/v1/vaults/v/trend".to_string()),
         ("item list", "/api/v1/items".to_string()),
         (
             "item page",
