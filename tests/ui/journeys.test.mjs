@@ -291,10 +291,14 @@ test("restore a recovery point through the wizard and get the image back", async
   await page.getByLabel("API token").fill(TOKEN);
   await page.getByRole("button", { name: "Sign in" }).click();
   await page.getByRole("heading", { name: "Dashboard" }).waitFor();
-  await page.goto(base + "/#/items/good");
-  await page.getByRole("heading", { name: "Item good" }).waitFor();
-  await page.getByRole("link", { name: /^Restore point / }).first().click();
+  // The wizard from the start: the item, then its newest point.
+  await page.getByRole("link", { name: "Restore", exact: true }).click();
+  await page.getByRole("link", { name: "Restore from good" }).click();
   await page.getByRole("heading", { name: "Restore good" }).waitFor();
+  const newest = (await get("/api/v1/items/good/recovery-points"))[0];
+  assert.equal(await page.locator("main tbody tr").count(), 5);
+  await page.getByRole("link", { name: `Restore point ${newest.id.slice(-8)}` }).click();
+  await page.locator("legend", { hasText: "2. What to restore" }).waitFor();
   const target = join(dir, "restored.raw");
   await page.getByLabel("Target file on the server").fill(target);
   await page.getByRole("button", { name: "Review" }).click();
@@ -312,7 +316,7 @@ test("restore a recovery point through the wizard and get the image back", async
 
   // On a phone-width screen the pages fit: nothing makes the page scroll sideways.
   await page.setViewportSize({ width: 390, height: 800 });
-  for (const hash of ["#/", "#/items", "#/items/good", "#/jobs"]) {
+  for (const hash of ["#/", "#/items", "#/items/good", "#/jobs", "#/usage", "#/vaults/v", "#/policies", "#/restore"]) {
     await page.goto(base + "/" + hash);
     await page.locator("main h1").waitFor();
     const [scroll, inner] = await page.evaluate(() => [document.documentElement.scrollWidth, window.innerWidth]);

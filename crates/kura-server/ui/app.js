@@ -531,6 +531,28 @@ async function itemPage(_params, name) {
   return jobs.some((j) => RUNNING.includes(j.status)) ? 1000 : 0;
 }
 
+/// The restore wizard's first steps: the item (`#/restore`), then its point
+/// (`#/restore/ITEM`), newest first with tier and consistency.
+async function restoreStart(_params, name) {
+  if (!name) {
+    const items = (await api("GET", "/items")).filter((i) => i.recovery_points > 0);
+    return show(el("h1", {}, "Restore"),
+      el("p", {}, "1. Choose the item to restore from."),
+      table(["Item", "Kind", "Vault", "Points", "Newest"], items.map((i) => [
+        el("a", { href: `#/restore/${encodeURIComponent(i.name)}`, "aria-label": `Restore from ${i.name}` }, i.name),
+        i.kind, i.vault, i.recovery_points, when(i.latest_recovery_point?.time),
+      ]), "No item has a recovery point yet: back one up first.")), 0;
+  }
+  const points = await api("GET", `/items/${encodeURIComponent(name)}/recovery-points`);
+  show(el("h1", {}, `Restore ${name}`),
+    el("p", {}, "1. Choose the recovery point."),
+    table(["Time", "Tier", "Consistency", "Size", "Expires", ""], points.map((p) => [
+      when(p.time), p.tier, p.consistency, size(p.logical_size), when(p.expires),
+      el("a", { href: `#/restore/${encodeURIComponent(name)}/${p.id}`, "aria-label": `Restore point ${p.id.slice(-8)}` }, "Choose"),
+    ]), "No recovery points: back the item up first."));
+  return 0;
+}
+
 /// The restore wizard: the point, the mode its item's kind offers, the target and options,
 /// a summary to confirm, then the job is followed.
 async function restorePage(_params, [name, rp]) {
@@ -645,9 +667,9 @@ async function vaultList() {
 
 async function vaultPage(_params, name) {
   const path = `/vaults/${encodeURIComponent(name)}`;
-  const [v, usage, items, jobs] = await Promise.all([
+  const [v, usage, items, jobs, trend] = await Promise.all([
     api("GET", path), api("GET", `/usage?vault=${encodeURIComponent(name)}`), api("GET", "/items"),
-    api("GET", `/jobs?limit=20&item=${encodeURIComponent(name)}`),
+    api("GET", `/jobs?limit=20&item=${encodeURIComponent(name)}`), api("GET", `${path}/trend`),
   ]);
   const u = usage[0];
   const deleted = items.filter((i) => i.vault === name && i.protection_state === "SoftDeleted");
@@ -668,6 +690,7 @@ async function vaultPage(_params, name) {
       ], (f) => api("PATCH", path, { soft_delete: f.get("soft_delete"), soft_delete_days: Number(f.get("soft_delete_days")) })),
       action("verify", "Verify vault", [], async () => { const j = await api("POST", "/verify", { vault: name }); location.hash = `#/jobs/${j.job_id}`; }),
       action("collectGarbage", "Collect garbage", [], async () => { const j = await api("POST", `${path}/gc`, {}); location.hash = `#/jobs/${j.job_id}`; })),
+    el("section", { "aria-label": "Storage trend" }, el("h2", {}, "Storage trend"), trendChart(trend)),
     el("section", { "aria-label": "Usage per item" }, el("h2", {}, "Usage per item"),
       table(["Item", "State", "Protected", "Instances", "Points", "Logical", "Stored"], u.items.map((i) => [
         itemLink(i.item), i.state, size(i.protected_bytes), `${i.protected_instances} (${i.instance_tier})`, i.recovery_points, size(i.logical_bytes), size(i.stored_bytes),
@@ -881,6 +904,7 @@ async function route() {
   const pages = [
     [/^\/items\/([^/]+)$/, itemPage],
     [/^\/restore\/([^/]+)\/([^/]+)$/, restorePage],
+    [/^\/restore(?:\/([^/]+))?$/, restoreStart],
     [/^\/jobs\/([^/]+)$/, jobPage],
     [/^\/policies\/([^/]+)\/([^/]+)$/, policyPage],
     [/^\/policies$/, policyList],
@@ -896,7 +920,7 @@ async function route() {
     const m = path.match(re);
     if (m) {
       page = p;
-      const parts = m.slice(1).map(decodeURIComponent);
+      const parts = m.slice(1).map((x) => (x === undefined ? undefined : decodeURIComponent(x)));
       args = parts.length === 1 ? parts[0] : parts;
       break;
     }
