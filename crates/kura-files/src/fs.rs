@@ -1,0 +1,274 @@
+//! A file system on a volume, read-only: list directories, read files and links.
+
+use serde::Serialize;
+
+use crate::{Error, FsKind, ReadAt, Result, Volume, guarded};
+
+/// What a directory entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EntryKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link.
+    Symlink,
+    /// A block device node.
+    BlockDevice,
+    /// A character device node.
+    CharDevice,
+    /// A named pipe.
+    Fifo,
+    /// A socket.
+    Socket,
+}
+
+/// One file, directory or link, as its file system records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Entry {
+    /// Absolute path inside the file system (bytes that are not UTF-8 are shown as U+FFFD).
+    pub path: String,
+    /// Its last component.
+    pub name: String,
+    /// What it is.
+    pub kind: EntryKind,
+    /// Length in bytes (files and links).
+    pub size: u64,
+    /// Permission bits (with setuid, setgid, sticky).
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Last modification, seconds since the Unix epoch.
+    pub mtime: i64,
+    /// Its nanoseconds.
+    pub mtime_nsec: u32,
+    /// Last access, seconds since the Unix epoch.
+    pub atime: i64,
+    /// Its nanoseconds.
+    pub atime_nsec: u32,
+    /// A link's target, as stored (never followed by kura).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// The path's exact bytes.
+    #[serde(skip)]
+    pub(crate) raw: Vec<u8>,
+}
+
+impl Entry {
+    /// The path's exact bytes as the file system stores them.
+    pub fn raw_path(&self) -> &[u8] {
+        &self.raw
+    }
+}
+
+/// A readable file system (ext2/3/4) on one volume of a disk.
+pub struct FileSystem {
+    ext4: ext4_view::Ext4,
+}
+
+impl std::fmt::Debug for FileSystem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FileSystem")
+    }
+}
+
+/// A volume of a disk as ext4-view reads it: every read checked against the volume's end.
+struct VolumeReader {
+    disk: Box<dyn ReadAt>,
+    start: u64,
+    len: u64,
+}
+
+impl ext4_view::Ext4Read for VolumeReader {
+    fn read(
+        &mut self,
+        start_byte: u64,
+        dst: &mut [u8],
+    ) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync + 'static>> {
+        let end = start_byte.checked_add(dst.len() as u64);
+        if end.is_none_or(|e| e > self.len) {
+            return Err(format!(
+                "a read of {} bytes at {start_byte} runs past the volume's {} bytes",
+                dst.len(),
+                self.len
+            )
+            .into());
+        }
+        self.disk.read_at(dst, self.start + start_byte)?;
+        Ok(())
+    }
+}
+
+fn fs_error(what: &str, e: ext4_view::Ext4Error) -> Error {
+    use ext4_view::Ext4Error as E;
+    match e {
+        E::NotFound => Error::NotFound(format!("{what}: no such file or directory")),
+        E::NotADirectory => Error::Invalid(format!("{what}: not a directory")),
+        E::IsADirectory => Error::Invalid(format!("{what}: is a directory")),
+        E::IsASpecialFile => Error::Invalid(format!("{what}: a special file has no contents")),
+        E::Incompatible(i) => Error::Unsupported(format!("{what}: {i}")),
+        e => Error::corrupt(what, e.to_string()),
+    }
+}
+
+/// A path given by a user, as an absolute byte path; `..` is refused (paths name entries of
+/// the point, never climb out of one).
+fn user_path(path: &str) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    for c in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
+        if c == ".." {
+            return Err(Error::Invalid(format!(
+                "{path}: `..` is not allowed in a path inside a recovery point"
+            )));
+        }
+        out.push(b'/');
+        out.extend_from_slice(c.as_bytes());
+    }
+    if out.is_empty() {
+        out.push(b'/');
+    }
+    Ok(out)
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+impl FileSystem {
+    /// Opens the file system of `volume` on `disk`.
+    pub fn open(disk: Box<dyn ReadAt>, volume: &Volume) -> Result<FileSystem> {
+        if !volume.fs.readable() {
+            return Err(Error::Unsupported(match volume.fs {
+                FsKind::Unknown => format!(
+                    "volume {} holds no file system kura recognizes",
+                    volume.number
+                ),
+                k => format!(
+                    "volume {} holds {k:?}, which kura cannot read yet (ext2/3/4 only); restore the disk instead",
+                    volume.number
+                ),
+            }));
+        }
+        let reader = VolumeReader {
+            disk,
+            start: volume.start,
+            len: volume.size,
+        };
+        let what = format!("the file system of volume {}", volume.number);
+        let ext4 = guarded(&what, || {
+            ext4_view::Ext4::load(Box::new(reader)).map_err(|e| fs_error(&what, e))
+        })?;
+        Ok(FileSystem { ext4 })
+    }
+
+    /// The entry at `path` (a link itself, not what it points to).
+    pub fn entry(&self, path: &str) -> Result<Entry> {
+        let raw = user_path(path)?;
+        self.entry_raw(&raw)
+    }
+
+    pub(crate) fn entry_raw(&self, raw: &[u8]) -> Result<Entry> {
+        let what = lossy(raw);
+        guarded(&what, || {
+            let p = ext4_view::Path::try_from(raw)
+                .map_err(|e| Error::Invalid(format!("{what}: {e}")))?;
+            let m = self
+                .ext4
+                .symlink_metadata(p)
+                .map_err(|e| fs_error(&what, e))?;
+            let kind = match m.file_type() {
+                ext4_view::FileType::Regular => EntryKind::File,
+                ext4_view::FileType::Directory => EntryKind::Dir,
+                ext4_view::FileType::Symlink => EntryKind::Symlink,
+                ext4_view::FileType::BlockDevice => EntryKind::BlockDevice,
+                ext4_view::FileType::CharacterDevice => EntryKind::CharDevice,
+                ext4_view::FileType::Fifo => EntryKind::Fifo,
+                ext4_view::FileType::Socket => EntryKind::Socket,
+            };
+            let target = if kind == EntryKind::Symlink {
+                let t = self.ext4.read_link(p).map_err(|e| fs_error(&what, e))?;
+                Some(t.as_ref().to_vec())
+            } else {
+                None
+            };
+            let name = raw.rsplit(|b| *b == b'/').next().unwrap_or_default();
+            Ok(Entry {
+                path: what.clone(),
+                name: if raw == b"/" { "/".into() } else { lossy(name) },
+                kind,
+                size: m.len(),
+                mode: u32::from(m.mode()) & 0o7777,
+                uid: m.uid(),
+                gid: m.gid(),
+                mtime: m.modified().seconds(),
+                mtime_nsec: m.modified().nanoseconds(),
+                atime: m.accessed().seconds(),
+                atime_nsec: m.accessed().nanoseconds(),
+                target: target.as_deref().map(lossy),
+                raw: raw.to_vec(),
+            })
+        })
+    }
+
+    /// The entries of the directory at `path`, by name (without `.` and `..`).
+    pub fn list(&self, path: &str) -> Result<Vec<Entry>> {
+        let raw = user_path(path)?;
+        self.list_raw(&raw)
+    }
+
+    pub(crate) fn list_raw(&self, raw: &[u8]) -> Result<Vec<Entry>> {
+        let what = lossy(raw);
+        let names = guarded(&what, || {
+            let p = ext4_view::Path::try_from(raw)
+                .map_err(|e| Error::Invalid(format!("{what}: {e}")))?;
+            let mut names = Vec::new();
+            for e in self.ext4.read_dir(p).map_err(|e| fs_error(&what, e))? {
+                let e = e.map_err(|e| fs_error(&what, e))?;
+                let n = e.file_name().as_ref().to_vec();
+                if n != b"." && n != b".." {
+                    names.push(n);
+                }
+            }
+            Ok(names)
+        })?;
+        let mut out = names
+            .into_iter()
+            .map(|n| {
+                let mut child = raw.to_vec();
+                if child != b"/" {
+                    child.push(b'/');
+                }
+                child.extend_from_slice(&n);
+                self.entry_raw(&child)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        out.sort_by(|a, b| a.raw.cmp(&b.raw));
+        Ok(out)
+    }
+
+    /// Copies the contents of the file at `raw` into `to`; returns the bytes copied.
+    pub(crate) fn copy_raw(&self, raw: &[u8], to: &mut dyn std::io::Write) -> Result<u64> {
+        let what = lossy(raw);
+        guarded(&what, || {
+            let p = ext4_view::Path::try_from(raw)
+                .map_err(|e| Error::Invalid(format!("{what}: {e}")))?;
+            let mut f = self.ext4.open(p).map_err(|e| fs_error(&what, e))?;
+            let mut buf = vec![0u8; 1 << 20];
+            let mut total = 0u64;
+            loop {
+                let n = f.read_bytes(&mut buf).map_err(|e| fs_error(&what, e))?;
+                if n == 0 {
+                    return Ok(total);
+                }
+                to.write_all(&buf[..n]).map_err(|source| Error::Write {
+                    what: what.clone(),
+                    source,
+                })?;
+                total += n as u64;
+            }
+        })
+    }
+}

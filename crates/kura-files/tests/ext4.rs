@@ -1,0 +1,261 @@
+//! Real ext4 file systems made by mkfs.ext4 (e2fsprogs) inside GPT and MBR disks made by
+//! sfdisk (fdisk), read back through the crate.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use kura_files::{EntryKind, ExtractOptions, FileSystem, FsKind, ReadAt, extract, volumes};
+
+fn run(cmd: &mut Command) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (scripts/test installs e2fsprogs and fdisk)"));
+    assert!(out.status.success(), "{cmd:?}: {out:?}");
+}
+
+/// A tree with a file, a nested file with a fixed mode and time, and two links.
+fn tree(dir: &Path) -> PathBuf {
+    let src = dir.join("src");
+    std::fs::create_dir_all(src.join("etc/conf.d")).unwrap();
+    std::fs::write(src.join("etc/hosts"), b"127.0.0.1 localhost\n").unwrap();
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(src.join("etc/conf.d/big.bin"), &big).unwrap();
+    std::fs::set_permissions(
+        src.join("etc/conf.d/big.bin"),
+        std::fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+    run(Command::new("touch")
+        .args(["-d", "2024-02-29 12:34:56.5 UTC"])
+        .arg(src.join("etc/hosts")));
+    symlink("/etc/passwd", src.join("etc/abs-link")).unwrap();
+    symlink("../../outside", src.join("etc/rel-link")).unwrap();
+    src
+}
+
+/// A 24 MiB disk: a partition table from `table` (sfdisk script) and an ext4 file system of
+/// `src` at 1 MiB.
+fn disk(dir: &Path, src: &Path, table: &str) -> PathBuf {
+    let img = dir.join("disk.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(24 << 20)
+        .unwrap();
+    let mut sf = Command::new("sfdisk");
+    sf.arg("--quiet")
+        .arg(&img)
+        .stdin(std::process::Stdio::piped());
+    let mut child = sf.spawn().expect("sfdisk (scripts/test installs fdisk)");
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), table.as_bytes()).unwrap();
+    assert!(child.wait_with_output().unwrap().status.success());
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-E", "offset=1048576", "-d"])
+        .arg(src)
+        .arg(&img)
+        .arg("16M"));
+    // mkfs.ext4 -d keeps whole seconds; give one file nanoseconds (mtime_extra holds them << 2).
+    let mut at = img.clone().into_os_string();
+    at.push("?offset=1048576");
+    run(Command::new("debugfs")
+        .args(["-w", "-R", "sif /etc/hosts mtime_extra 2000000000"])
+        .arg(at));
+    img
+}
+
+fn open(img: &Path) -> Box<dyn ReadAt> {
+    Box::new(std::fs::File::open(img).unwrap())
+}
+
+#[test]
+fn files_are_listed_and_extracted_from_an_ext4_partition_of_a_gpt_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = tree(dir.path());
+    let img = disk(
+        dir.path(),
+        &src,
+        "label: gpt\nstart=2048, size=32768, name=data\n",
+    );
+    let vols = volumes(open(&img).as_mut()).unwrap();
+    assert_eq!(vols.len(), 1, "{vols:?}");
+    let v = &vols[0];
+    assert_eq!(
+        (v.number, v.table, v.start, v.fs),
+        (1, "gpt", 1 << 20, FsKind::Ext)
+    );
+    assert_eq!(v.name, "data");
+
+    let fs = FileSystem::open(open(&img), v).unwrap();
+    let names: Vec<String> = fs
+        .list("/etc")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, ["abs-link", "conf.d", "hosts", "rel-link"]);
+    let hosts = fs.entry("/etc/hosts").unwrap();
+    assert_eq!((hosts.kind, hosts.size), (EntryKind::File, 20));
+    assert_eq!(hosts.mtime, 1709210096, "2024-02-29 12:34:56 UTC");
+    assert_eq!(hosts.mtime_nsec, 500_000_000);
+    assert_eq!(
+        fs.entry("etc/abs-link").unwrap().target.as_deref(),
+        Some("/etc/passwd")
+    );
+    assert!(fs.entry("/etc/../etc/hosts").is_err(), "`..` is refused");
+    assert!(matches!(
+        fs.entry("/nope"),
+        Err(kura_files::Error::NotFound(_))
+    ));
+
+    // Extract /etc: contents, modes, times, links as links.
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let r = extract(&fs, &["/etc".into()], &out, ExtractOptions::default()).unwrap();
+    assert_eq!((r.files, r.dirs, r.links), (2, 2, 2), "{r:?}");
+    assert_eq!(
+        std::fs::read(out.join("etc/hosts")).unwrap(),
+        std::fs::read(src.join("etc/hosts")).unwrap()
+    );
+    assert_eq!(
+        std::fs::read(out.join("etc/conf.d/big.bin")).unwrap(),
+        std::fs::read(src.join("etc/conf.d/big.bin")).unwrap()
+    );
+    let m = std::fs::metadata(out.join("etc/conf.d/big.bin")).unwrap();
+    assert_eq!(m.permissions().mode() & 0o7777, 0o640);
+    let m = std::fs::metadata(out.join("etc/hosts")).unwrap();
+    assert_eq!((m.mtime(), m.mtime_nsec()), (1709210096, 500_000_000));
+    assert_eq!(
+        std::fs::read_link(out.join("etc/abs-link")).unwrap(),
+        Path::new("/etc/passwd")
+    );
+    assert_eq!(
+        std::fs::read_link(out.join("etc/rel-link")).unwrap(),
+        Path::new("../../outside")
+    );
+
+    // Again: existing files are skipped unless overwrite, which replaces them.
+    std::fs::write(out.join("etc/hosts"), b"changed").unwrap();
+    let r = extract(
+        &fs,
+        &["/etc/hosts".into()],
+        &out.join("etc"),
+        ExtractOptions::default(),
+    )
+    .unwrap();
+    assert_eq!((r.files, r.skipped.len()), (0, 1), "{r:?}");
+    assert_eq!(std::fs::read(out.join("etc/hosts")).unwrap(), b"changed");
+    let o = ExtractOptions {
+        overwrite: true,
+        ..Default::default()
+    };
+    extract(&fs, &["/etc/hosts".into()], &out.join("etc"), o).unwrap();
+    assert_eq!(
+        std::fs::read(out.join("etc/hosts")).unwrap(),
+        b"127.0.0.1 localhost\n"
+    );
+}
+
+#[test]
+fn extraction_never_follows_a_link_in_the_target_or_one_it_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = tree(dir.path());
+    let img = disk(
+        dir.path(),
+        &src,
+        "label: dos\nstart=2048, size=32768, type=83\n",
+    );
+    let vols = volumes(open(&img).as_mut()).unwrap();
+    assert_eq!(
+        (vols[0].table, vols[0].fs),
+        ("mbr", FsKind::Ext),
+        "{vols:?}"
+    );
+    let fs = FileSystem::open(open(&img), &vols[0]).unwrap();
+    let outside = dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+
+    // A link planted where a directory of the point goes: refused, nothing written through it.
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    symlink(&outside, out.join("etc")).unwrap();
+    let r = extract(&fs, &["/etc".into()], &out, ExtractOptions::default()).unwrap();
+    assert!(r.skipped.iter().any(|s| s.contains("/etc")), "{r:?}");
+    let o = ExtractOptions {
+        overwrite: true,
+        ..Default::default()
+    };
+    extract(&fs, &["/etc".into()], &out, o).unwrap();
+    assert!(
+        std::fs::symlink_metadata(out.join("etc")).unwrap().is_dir(),
+        "the link was replaced"
+    );
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        0,
+        "nothing written outside"
+    );
+
+    // A link planted where a file goes: overwrite replaces the link, never writes through it.
+    let out2 = dir.path().join("out2");
+    std::fs::create_dir(&out2).unwrap();
+    let victim = outside.join("victim");
+    std::fs::write(&victim, b"keep").unwrap();
+    symlink(&victim, out2.join("hosts")).unwrap();
+    extract(&fs, &["/etc/hosts".into()], &out2, o).unwrap();
+    assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+    assert!(
+        std::fs::symlink_metadata(out2.join("hosts"))
+            .unwrap()
+            .is_file()
+    );
+}
+
+#[test]
+fn a_disk_without_a_table_is_one_volume_and_garbage_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = tree(dir.path());
+    let img = dir.path().join("fs.img");
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&src)
+        .arg(&img)
+        .arg("8M"));
+    let vols = volumes(open(&img).as_mut()).unwrap();
+    assert_eq!(
+        (vols.len(), vols[0].number, vols[0].table, vols[0].fs),
+        (1, 0, "none", FsKind::Ext)
+    );
+    let fs = FileSystem::open(open(&img), &vols[0]).unwrap();
+    assert_eq!(fs.entry("/etc/hosts").unwrap().size, 20);
+
+    // The superblock kept, everything after it overwritten with noise: errors, no panic.
+    let mut bytes = std::fs::read(&img).unwrap();
+    let mut x = 0x9E37_79B9u32;
+    for b in bytes[4096..].iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        *b = x as u8;
+    }
+    std::fs::write(&img, &bytes).unwrap();
+    let vols = volumes(open(&img).as_mut()).unwrap();
+    match FileSystem::open(open(&img), &vols[0]) {
+        Err(e) => assert!(!e.to_string().is_empty()),
+        Ok(fs) => assert!(fs.list("/etc").is_err() || fs.entry("/etc/hosts").is_err()),
+    }
+
+    // A GPT header claiming a million entries is refused before anything allocates them.
+    let mut disk = vec![0u8; 1 << 20];
+    disk[446 + 4] = 0xEE;
+    disk[446 + 8] = 1;
+    disk[446 + 12..446 + 16].copy_from_slice(&2047u32.to_le_bytes());
+    disk[510] = 0x55;
+    disk[511] = 0xAA;
+    disk[512..520].copy_from_slice(b"EFI PART");
+    disk[512 + 80..512 + 84].copy_from_slice(&1_000_000u32.to_le_bytes());
+    disk[512 + 84..512 + 88].copy_from_slice(&128u32.to_le_bytes());
+    let p = dir.path().join("evil.img");
+    std::fs::write(&p, &disk).unwrap();
+    let e = volumes(open(&p).as_mut()).unwrap_err();
+    assert!(e.to_string().contains("1000000 entries"), "{e}");
+}
