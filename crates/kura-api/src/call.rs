@@ -76,6 +76,20 @@ pub enum Call {
     ListRecoveryPoints { item: String },
     /// `GET /items/{item}/recovery-points/{rp}` → `RecoveryPointDetail`.
     GetRecoveryPoint { item: String, rp: String },
+    /// `GET /items/{item}/recovery-points/{rp}/volumes` → `PointVolumes`.
+    ListVolumes {
+        item: String,
+        rp: String,
+        query: DiskQuery,
+    },
+    /// `GET /items/{item}/recovery-points/{rp}/files` → `FileListing`.
+    ListFiles {
+        item: String,
+        rp: String,
+        query: FilesQuery,
+    },
+    /// `POST /items/{item}/file-restores` → a job whose result is the file restore's report.
+    RestoreFiles { item: String, body: RestoreFiles },
     /// `POST /items/{item}/restores` → a job whose result is the restore's report.
     Restore { item: String, body: Restore },
     /// `POST /items/{item}/disk-restores` → a job whose result lists one report per disk.
@@ -130,6 +144,7 @@ impl Call {
                 | Call::Restore { .. }
                 | Call::RestoreDisks { .. }
                 | Call::RestoreVm { .. }
+                | Call::RestoreFiles { .. }
                 | Call::Verify(_)
                 | Call::Gc { .. }
         )
@@ -234,6 +249,21 @@ impl Call {
                 C::GetRecoveryPoint { item, rp } => get(
                     "/items/{item}/recovery-points/{rp}",
                     item_path(item, &format!("/recovery-points/{}", seg(rp))),
+                ),
+                C::ListVolumes { item, rp, query } => get(
+                    "/items/{item}/recovery-points/{rp}/volumes",
+                    item_path(item, &format!("/recovery-points/{}/volumes", seg(rp)))
+                        + &query_string(query),
+                ),
+                C::ListFiles { item, rp, query } => get(
+                    "/items/{item}/recovery-points/{rp}/files",
+                    item_path(item, &format!("/recovery-points/{}/files", seg(rp)))
+                        + &query_string(query),
+                ),
+                C::RestoreFiles { item, body } => post(
+                    "/items/{item}/file-restores",
+                    item_path(item, "/file-restores"),
+                    json(body),
                 ),
                 C::Restore { item, body } => post(
                     "/items/{item}/restores",

@@ -375,3 +375,78 @@ impl From<kura_catalog::SessionRow> for crate::response::Session {
         }
     }
 }
+
+impl From<kura_engine::Fetched> for Fetched {
+    fn from(f: kura_engine::Fetched) -> Self {
+        Fetched {
+            chunks: f.chunks,
+            bytes: f.bytes,
+        }
+    }
+}
+
+impl From<kura_engine::Volume> for Volume {
+    fn from(v: kura_engine::Volume) -> Self {
+        let fs = serde_json::to_value(v.fs)
+            .ok()
+            .and_then(|x| x.as_str().map(str::to_string))
+            .unwrap_or_default();
+        Volume {
+            number: v.number,
+            table: v.table.to_string(),
+            start: v.start,
+            size: v.size,
+            name: v.name,
+            readable: v.fs.readable(),
+            fs,
+        }
+    }
+}
+
+impl From<kura_engine::PointVolumes> for PointVolumes {
+    fn from(p: kura_engine::PointVolumes) -> Self {
+        PointVolumes {
+            rp_id: p.rp_id,
+            disk: p.disk,
+            size: p.size,
+            volumes: p.volumes.into_iter().map(Volume::from).collect(),
+            fetched: p.fetched.into(),
+        }
+    }
+}
+
+impl From<kura_engine::FileEntry> for FileEntry {
+    fn from(e: kura_engine::FileEntry) -> Self {
+        let kind = serde_json::to_value(e.kind)
+            .ok()
+            .and_then(|x| x.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let modified = jiff::Timestamp::new(e.mtime, e.mtime_nsec.min(999_999_999) as i32)
+            .map(|t| t.to_string())
+            .unwrap_or_default();
+        FileEntry {
+            path: e.path,
+            name: e.name,
+            kind,
+            size: e.size,
+            mode: e.mode,
+            uid: e.uid,
+            gid: e.gid,
+            modified,
+            target: e.target,
+        }
+    }
+}
+
+impl From<kura_engine::FileListing> for FileListing {
+    fn from(l: kura_engine::FileListing) -> Self {
+        FileListing {
+            rp_id: l.rp_id,
+            disk: l.disk,
+            volume: l.volume,
+            entry: l.entry.into(),
+            entries: l.entries.into_iter().map(FileEntry::from).collect(),
+            fetched: l.fetched.into(),
+        }
+    }
+}

@@ -353,3 +353,49 @@ pub struct NewSession {
     /// browser.
     pub token: String,
 }
+
+/// `POST /items/{item}/file-restores`: files and directories of a point into a directory.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreFiles {
+    /// Recovery point.
+    pub rp: String,
+    /// Absolute paths inside the point's file system (`/` for all of it).
+    pub paths: Vec<String>,
+    /// An existing directory (under a restore root); each path lands under its own name.
+    pub to: String,
+    /// The disk, when the point has several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<String>,
+    /// The volume (partition number; 0: a disk without a partition table), when the disk
+    /// has several readable ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<u32>,
+    /// Replace files and links that exist (default: skip them).
+    #[serde(default)]
+    pub overwrite: bool,
+}
+
+/// `GET /items/{item}/recovery-points/{rp}/volumes` query.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DiskQuery {
+    /// The disk, when the point has several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<String>,
+}
+
+/// `GET /items/{item}/recovery-points/{rp}/files` query.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FilesQuery {
+    /// Path in the file system (default `/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// The disk, when the point has several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<String>,
+    /// The volume, when the disk has several readable ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<u32>,
+}

@@ -597,3 +597,88 @@ pub struct SignedOut {
     /// Always true: the session is gone and its cookie cleared.
     pub signed_out: bool,
 }
+
+/// `GET /items/{item}/recovery-points/{rp}/volumes`: a point's disk and its partitions.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct PointVolumes {
+    /// Recovery point id.
+    pub rp_id: String,
+    /// Disk name.
+    pub disk: String,
+    /// Disk size in bytes.
+    pub size: u64,
+    /// Its partitions, or the whole disk as volume 0 when it has no partition table.
+    pub volumes: Vec<Volume>,
+    /// What reading them fetched from the vault.
+    pub fetched: Fetched,
+}
+
+/// A partition, or a whole disk.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Volume {
+    /// Its number in the partition table (from 1); 0 for a disk without one.
+    pub number: u32,
+    /// `gpt`, `mbr` or `none`.
+    pub table: String,
+    /// First byte on the disk.
+    pub start: u64,
+    /// Length in bytes.
+    pub size: u64,
+    /// GPT partition name.
+    pub name: String,
+    /// What its signature says: `ext`, `xfs`, `vfat`, `ntfs`, `lvm`, `swap` or `unknown`.
+    pub fs: String,
+    /// Whether kura can list and restore its files (ext2/3/4 today).
+    pub readable: bool,
+}
+
+/// Chunks and bytes fetched from the vault to answer a request.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Fetched {
+    /// Chunks fetched (zero chunks are not).
+    pub chunks: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+/// `GET /items/{item}/recovery-points/{rp}/files`: an entry and, for a directory, its
+/// entries.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct FileListing {
+    /// Recovery point id.
+    pub rp_id: String,
+    /// Disk name.
+    pub disk: String,
+    /// Volume number.
+    pub volume: u32,
+    /// The entry at the path asked for.
+    pub entry: FileEntry,
+    /// A directory's entries by name (without `.` and `..`); empty otherwise.
+    pub entries: Vec<FileEntry>,
+    /// What it fetched from the vault.
+    pub fetched: Fetched,
+}
+
+/// A file, directory or link in a recovery point.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct FileEntry {
+    /// Absolute path in its file system (bytes that are not UTF-8 shown as U+FFFD).
+    pub path: String,
+    /// Last component.
+    pub name: String,
+    /// `file`, `dir`, `symlink`, `block-device`, `char-device`, `fifo` or `socket`.
+    pub kind: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Permission bits (octal, as a number).
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Last modification (RFC 3339).
+    pub modified: String,
+    /// A link's target, as stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}

@@ -120,6 +120,8 @@ words! {
         RestoreDisks,
         /// Restore a VM: as a new VM or over the existing one.
         RestoreVm,
+        /// Restore files and directories of a point into a directory.
+        RestoreFiles,
         /// Check that chunks are present and intact.
         Verify,
         /// Remove chunks no point uses.

@@ -83,6 +83,11 @@ impl Error {
         Error::new(ErrorKind::Invalid, message)
     }
 
+    /// Something named does not exist (for callers outside the engine that check first).
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::NotFound, message)
+    }
+
     /// The work stopped because its job was cancelled.
     pub(crate) fn cancelled() -> Self {
         Error::new(ErrorKind::Cancelled, "the job was cancelled")

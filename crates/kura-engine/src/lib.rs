@@ -24,6 +24,7 @@
 
 pub mod backup;
 mod error;
+mod files;
 pub mod gc;
 mod home;
 mod hooks;
@@ -44,9 +45,11 @@ pub mod verify;
 
 pub use backup::{BackupOptions, BackupReport, ScheduledRun};
 pub use error::{Error, ErrorKind, Result};
+pub use files::{Fetched, FileListing, FileRestoreReport, FilesTarget, PointVolumes};
 pub use gc::{GcOptions, GcReport};
 pub use home::{AttachReport, CreateVault, Home, Secrets, VaultInfo, WrappedKeyDocument};
 pub use jobs::JobQuery;
+pub use kura_files::{Entry as FileEntry, EntryKind as FileEntryKind, FsKind, Volume};
 pub use kura_source::libvirt::Domain;
 pub use kura_source::vm::{AgentOptions, VmLink};
 pub use policy::{PolicySource, split_policy_path};

@@ -471,7 +471,7 @@ impl Home {
 }
 
 /// The disk of a point to restore: the one named, or the only one.
-fn pick_disk<'m>(
+pub(crate) fn pick_disk<'m>(
     m: &'m kura_store::Manifest,
     name: Option<&str>,
 ) -> Result<&'m kura_store::DiskEntry> {

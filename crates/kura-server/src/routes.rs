@@ -346,6 +346,36 @@ pub const ROUTES: &[Route] = &[
         None,
     ),
     r(
+        "GET",
+        "/api/v1/items/{item}/recovery-points/{rp}/volumes",
+        "listVolumes",
+        "The partitions of a point's disk and the file system each holds",
+        200,
+        None,
+        schema::<api::PointVolumes>,
+        Some(schema::<api::DiskQuery>),
+    ),
+    r(
+        "GET",
+        "/api/v1/items/{item}/recovery-points/{rp}/files",
+        "listFiles",
+        "A directory of a point's file system (or one entry), read from the chunks it needs",
+        200,
+        None,
+        schema::<api::FileListing>,
+        Some(schema::<api::FilesQuery>),
+    ),
+    r(
+        "POST",
+        "/api/v1/items/{item}/file-restores",
+        "restoreFiles",
+        "Start a restore of files and directories of a point into a directory",
+        202,
+        Some(schema::<api::RestoreFiles>),
+        schema::<api::JobAccepted>,
+        None,
+    ),
+    r(
         "POST",
         "/api/v1/items/{item}/disk-restores",
         "restoreDisks",
@@ -703,6 +733,7 @@ pub fn fuzz_bodies(data: &[u8]) {
     let _ = parse_body::<api::BackupNow>(data);
     let _ = parse_body::<api::Restore>(data);
     let _ = parse_body::<api::RestoreDisks>(data);
+    let _ = parse_body::<api::RestoreFiles>(data);
     let _ = parse_body::<api::RestoreVm>(data);
     let _ = parse_body::<api::SetAgent>(data);
     let _ = parse_body::<api::At>(data);
@@ -1315,6 +1346,99 @@ async fn list_rps(_: Auth, State(s): State<S>, Path(item): Path<String>) -> ApiR
     )
 }
 
+fn files_target(rp: String, disk: Option<String>, volume: Option<u32>) -> kura_engine::FilesTarget {
+    kura_engine::FilesTarget { rp, disk, volume }
+}
+
+async fn list_volumes(
+    _: Auth,
+    State(s): State<S>,
+    Path((item, rp)): Path<(String, String)>,
+    Params(q): Params<api::DiskQuery>,
+) -> ApiResult {
+    let target = files_target(rp, q.disk, None);
+    ok(
+        200,
+        blocking(move || {
+            Ok(api::PointVolumes::from(
+                s.home.point_volumes(&item, &target, &s.secrets)?,
+            ))
+        })
+        .await?,
+    )
+}
+
+async fn list_files(
+    _: Auth,
+    State(s): State<S>,
+    Path((item, rp)): Path<(String, String)>,
+    Params(q): Params<api::FilesQuery>,
+) -> ApiResult {
+    let target = files_target(rp, q.disk, q.volume);
+    let at = q.path.unwrap_or_else(|| "/".into());
+    ok(
+        200,
+        blocking(move || {
+            Ok(api::FileListing::from(
+                s.home.list_files(&item, &target, &at, &s.secrets)?,
+            ))
+        })
+        .await?,
+    )
+}
+
+async fn restore_files(
+    _: Auth,
+    State(s): State<S>,
+    Path(item): Path<String>,
+    Body(b): Body<api::RestoreFiles>,
+) -> ApiResult {
+    let to = s.roots.restore("to", &b.to)?;
+    let target = files_target(b.rp.clone(), b.disk.clone(), b.volume);
+    let (check_item, check_target, check_paths, check_to) =
+        (item.clone(), target.clone(), b.paths.clone(), to.clone());
+    start_job(
+        s,
+        JobOperation::RestoreFiles,
+        item.clone(),
+        false,
+        move |st| {
+            if check_paths.is_empty() {
+                return Err(kura_engine::Error::invalid(
+                    "paths: name at least one file or directory to restore",
+                ));
+            }
+            if !check_to.is_dir() {
+                return Err(kura_engine::Error::not_found(format!(
+                    "to: {} is not an existing directory",
+                    check_to.display()
+                )));
+            }
+            // The point, disk, volume and every path exist, before a job does.
+            for p in &check_paths {
+                st.home
+                    .list_files(&check_item, &check_target, p, &st.secrets)?;
+            }
+            Ok(())
+        },
+        move |st, job| {
+            st.home
+                .restore_files(
+                    &item,
+                    &target,
+                    &b.paths,
+                    &to,
+                    b.overwrite,
+                    Some(&job),
+                    &st.secrets,
+                    &kura_engine::NoProgress,
+                )
+                .map(|_| ())
+        },
+    )
+    .await
+}
+
 async fn get_rp(
     _: Auth,
     State(s): State<S>,
@@ -1684,6 +1808,9 @@ fn handler(route: &Route) -> MethodRouter<S> {
         "restoreDisk" => post(restore_disk),
         "restoreVm" => post(restore_vm),
         "restoreDisks" => post(restore_disks),
+        "listVolumes" => get(list_volumes),
+        "listFiles" => get(list_files),
+        "restoreFiles" => post(restore_files),
         "setAgent" => post(set_agent),
         "listJobs" => get(list_jobs),
         "getJob" => get(get_job),

@@ -523,6 +523,26 @@ fn protect_back_up_and_restore_over_the_api() {
         "/api/v1/items/disk/resume",
         Some(json!({"policy": "p"})),
     );
+    // A disk without a partition table or file system: one volume, nothing to browse.
+    let vols = ok(
+        &s,
+        "GET",
+        "/api/v1/items/disk/recovery-points/latest/volumes",
+        None,
+    );
+    assert_eq!(vols["volumes"][0]["table"], "none", "{vols}");
+    let (status, v) = call(
+        &s,
+        "GET",
+        "/api/v1/items/disk/recovery-points/latest/files?path=/",
+        Some(TOKEN),
+        None,
+    );
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (400, Some("invalid")),
+        "{v}"
+    );
     let moved = ok(
         &s,
         "POST",
@@ -932,6 +952,31 @@ fn every_client_call_is_a_documented_request() {
         Call::ResumeProtection {
             item: item(),
             body: api::Resume { policy: s("p1") },
+        },
+        Call::ListVolumes {
+            item: item(),
+            rp: s("latest"),
+            query: api::DiskQuery {
+                disk: Some(s("vda")),
+            },
+        },
+        Call::ListFiles {
+            item: item(),
+            rp: s("latest"),
+            query: api::FilesQuery {
+                path: Some(s("/etc")),
+                disk: None,
+                volume: Some(1),
+            },
+        },
+        Call::RestoreFiles {
+            item: item(),
+            body: api::RestoreFiles {
+                rp: s("latest"),
+                paths: vec![s("/etc/hosts")],
+                to: s("/srv/restores"),
+                ..Default::default()
+            },
         },
         Call::SetPolicy {
             item: item(),

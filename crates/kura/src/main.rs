@@ -92,6 +92,10 @@ enum Command {
     /// Restore from a recovery point.
     #[command(subcommand)]
     Restore(RestoreCmd),
+    /// Browse and get back single files of a recovery point (ext2/3/4 file systems, on
+    /// GPT or MBR partitions or a whole disk), fetching only the chunks they need.
+    #[command(subcommand)]
+    Files(FilesCmd),
     /// Re-read and check every chunk of a recovery point, an item, a vault or everything.
     Verify(VerifyArgs),
     /// List and show jobs.
@@ -421,6 +425,63 @@ enum RpCmd {
         /// Recovery point: its id, the short id `rp list` shows, a unique prefix, or `latest`.
         #[arg(long, default_value = "latest")]
         rp: String,
+    },
+}
+
+/// Which disk and volume of a point to read files from.
+#[derive(Debug, clap::Args)]
+struct PointFs {
+    /// Recovery point: its id, the short id `rp list` shows, a unique prefix, or `latest`.
+    #[arg(long, default_value = "latest")]
+    rp: String,
+    /// Which disk, when the point has several.
+    #[arg(long)]
+    disk: Option<String>,
+    /// Which volume (partition number from `files volumes`; 0 for a disk without a
+    /// partition table), when the disk has several readable ones.
+    #[arg(long)]
+    volume: Option<u32>,
+}
+
+#[derive(Debug, Subcommand)]
+enum FilesCmd {
+    /// The partitions of a point's disk and the file system each holds.
+    Volumes {
+        /// Item name.
+        item: String,
+        /// Recovery point (default: the latest).
+        #[arg(long, default_value = "latest")]
+        rp: String,
+        /// Which disk, when the point has several.
+        #[arg(long)]
+        disk: Option<String>,
+    },
+    /// List a directory of a point (or show one file).
+    Ls {
+        /// Item name.
+        item: String,
+        /// Path inside the file system.
+        #[arg(default_value = "/")]
+        path: String,
+        #[command(flatten)]
+        point: PointFs,
+    },
+    /// Restore files and directories of a point into an existing directory, each under its
+    /// own name; existing files are skipped unless --overwrite.
+    Get {
+        /// Item name.
+        item: String,
+        /// Paths inside the file system (`/` for everything).
+        #[arg(required = true)]
+        paths: Vec<String>,
+        /// An existing directory.
+        #[arg(long)]
+        to: PathBuf,
+        /// Replace files and links that exist.
+        #[arg(long)]
+        overwrite: bool,
+        #[command(flatten)]
+        point: PointFs,
     },
 }
 
@@ -1058,6 +1119,46 @@ fn request(cmd: &Command, host: &mut HostOptions) -> anyhow::Result<Option<Reque
                 views::backup,
             )
         }
+        Command::Files(FilesCmd::Volumes { item, rp, disk }) => (
+            C::ListVolumes {
+                item: item.clone(),
+                rp: rp.clone(),
+                query: api::DiskQuery { disk: disk.clone() },
+            },
+            views::volumes,
+        ),
+        Command::Files(FilesCmd::Ls { item, path, point }) => (
+            C::ListFiles {
+                item: item.clone(),
+                rp: point.rp.clone(),
+                query: api::FilesQuery {
+                    path: Some(path.clone()),
+                    disk: point.disk.clone(),
+                    volume: point.volume,
+                },
+            },
+            views::file_listing,
+        ),
+        Command::Files(FilesCmd::Get {
+            item,
+            paths,
+            to,
+            overwrite,
+            point,
+        }) => (
+            C::RestoreFiles {
+                item: item.clone(),
+                body: api::RestoreFiles {
+                    rp: point.rp.clone(),
+                    paths: paths.clone(),
+                    to: abs(to)?,
+                    disk: point.disk.clone(),
+                    volume: point.volume,
+                    overwrite: *overwrite,
+                },
+            },
+            views::restore_files,
+        ),
         Command::Rp(RpCmd::List { item }) => {
             (C::ListRecoveryPoints { item: item.clone() }, views::rp_list)
         }

@@ -270,6 +270,44 @@ impl Transport for Local<'_> {
             Call::GetRecoveryPoint { item, rp } => doc(api::RecoveryPointDetail::from(
                 home.rp_manifest(item, rp, secrets)?,
             )),
+            Call::ListVolumes { item, rp, query } => {
+                let target = kura_engine::FilesTarget {
+                    rp: rp.clone(),
+                    disk: query.disk.clone(),
+                    volume: None,
+                };
+                doc(api::PointVolumes::from(
+                    home.point_volumes(item, &target, secrets)?,
+                ))
+            }
+            Call::ListFiles { item, rp, query } => {
+                let target = kura_engine::FilesTarget {
+                    rp: rp.clone(),
+                    disk: query.disk.clone(),
+                    volume: query.volume,
+                };
+                let at = query.path.as_deref().unwrap_or("/");
+                doc(api::FileListing::from(
+                    home.list_files(item, &target, at, secrets)?,
+                ))
+            }
+            Call::RestoreFiles { item, body } => {
+                let target = kura_engine::FilesTarget {
+                    rp: body.rp.clone(),
+                    disk: body.disk.clone(),
+                    volume: body.volume,
+                };
+                doc(home.restore_files(
+                    item,
+                    &target,
+                    &body.paths,
+                    &path(&body.to),
+                    body.overwrite,
+                    None,
+                    secrets,
+                    &bar,
+                )?)
+            }
             Call::Restore { item, body } => {
                 let to = path(&body.to);
                 let given =

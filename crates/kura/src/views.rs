@@ -838,3 +838,91 @@ pub fn token_list(v: &Value) -> String {
 pub fn token_revoked(v: &Value) -> String {
     format!("token {} revoked\n", s(&v["name"]))
 }
+
+/// `kura files volumes`.
+pub fn volumes(v: &Value) -> String {
+    let mut out = format!(
+        "recovery point {}, disk {} ({})\n",
+        s(&v["rp_id"]),
+        s(&v["disk"]),
+        sz(&v["size"])
+    );
+    let mut t = Table::new(&["VOLUME", "TABLE", "START", "SIZE", "FILE SYSTEM", "NAME"]);
+    for x in rows(&v["volumes"]) {
+        t.row(vec![
+            s(&x["number"]),
+            s(&x["table"]),
+            s(&x["start"]),
+            sz(&x["size"]),
+            if x["readable"] == true {
+                s(&x["fs"])
+            } else {
+                format!("{} (not readable yet)", s(&x["fs"]))
+            },
+            s(&x["name"]),
+        ]);
+    }
+    out += &t.render();
+    out
+}
+
+/// `kura files ls`: like `ls -l`.
+pub fn file_listing(v: &Value) -> String {
+    let line = |e: &Value| {
+        let kind = match e["kind"].as_str() {
+            Some("dir") => 'd',
+            Some("symlink") => 'l',
+            Some("block-device") => 'b',
+            Some("char-device") => 'c',
+            Some("fifo") => 'p',
+            Some("socket") => 's',
+            _ => '-',
+        };
+        let mode = e["mode"].as_u64().unwrap_or(0);
+        let bits: String = (0..9)
+            .map(|i| {
+                let on = mode & (1 << (8 - i)) != 0;
+                if on { ['r', 'w', 'x'][i % 3] } else { '-' }
+            })
+            .collect();
+        let link = e["target"]
+            .as_str()
+            .map(|t| format!(" -> {t}"))
+            .unwrap_or_default();
+        format!(
+            "{kind}{bits} {:>5} {:>5} {:>12} {} {}{link}\n",
+            s(&e["uid"]),
+            s(&e["gid"]),
+            s(&e["size"]),
+            s(&e["modified"]),
+            s(&e["name"])
+        )
+    };
+    let entries: Vec<&Value> = rows(&v["entries"]).collect();
+    if v["entry"]["kind"] != "dir" {
+        return line(&v["entry"]);
+    }
+    if entries.is_empty() {
+        return format!("{} is empty\n", s(&v["entry"]["path"]));
+    }
+    entries.into_iter().map(line).collect()
+}
+
+/// `kura files get`.
+pub fn restore_files(r: &Value) -> String {
+    let mut out = format!(
+        "job {} completed\nrestored {} file(s), {} directorie(s), {} link(s) ({}) from recovery point {} into {}; {} chunk(s) fetched\n",
+        s(&r["job_id"]),
+        s(&r["files"]),
+        s(&r["dirs"]),
+        s(&r["links"]),
+        sz(&r["bytes"]),
+        s(&r["rp_id"]),
+        s(&r["to"]),
+        s(&r["fetched"]["chunks"])
+    );
+    for x in rows(&r["skipped"]) {
+        out += &format!("skipped {}\n", s(x));
+    }
+    out
+}

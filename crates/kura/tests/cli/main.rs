@@ -9,6 +9,7 @@ use serde_json::Value;
 
 mod audit;
 mod cancel;
+mod files;
 mod guest;
 mod jobs;
 mod libvirt;

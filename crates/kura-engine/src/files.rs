@@ -1,0 +1,504 @@
+//! File-level restore: the partitions and files of a recovery point's disk, read from the
+//! vault chunk by chunk as the file system asks for them (a small file of a large disk
+//! fetches that file's chunks and some metadata, not the disk), and extracted safely.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use kura_catalog::{ItemRow, JobOperation, RpRow};
+use kura_files::{Entry, ExtractOptions, ExtractReport, FileSystem, ReadAt, Volume};
+use kura_store::{ChunkId, DiskIndex, Vault};
+use serde::Serialize;
+
+use crate::{Error, ErrorKind, Home, Progress, Result, Secrets};
+
+/// Which disk and volume of which point.
+#[derive(Debug, Clone, Default)]
+pub struct FilesTarget {
+    /// Recovery point id, short id or `latest`.
+    pub rp: String,
+    /// The disk (needed when the point has several).
+    pub disk: Option<String>,
+    /// The volume (partition number, 0 for a disk without a table); needed when the disk
+    /// has several readable ones.
+    pub volume: Option<u32>,
+}
+
+/// How many chunks and bytes were fetched from the vault to answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Fetched {
+    /// Chunks fetched (zero chunks are not).
+    pub chunks: u64,
+    /// Their plaintext bytes.
+    pub bytes: u64,
+}
+
+/// A point's disk and its volumes.
+#[derive(Debug, Clone, Serialize)]
+pub struct PointVolumes {
+    /// Recovery point id.
+    pub rp_id: String,
+    /// Disk name.
+    pub disk: String,
+    /// Disk size.
+    pub size: u64,
+    /// Its partitions (or the whole disk as volume 0), with what each holds.
+    pub volumes: Vec<Volume>,
+    /// What reading them fetched.
+    pub fetched: Fetched,
+}
+
+/// A directory of a point's file system (or one entry, when the path is not a directory).
+#[derive(Debug, Clone, Serialize)]
+pub struct FileListing {
+    /// Recovery point id.
+    pub rp_id: String,
+    /// Disk name.
+    pub disk: String,
+    /// Volume number.
+    pub volume: u32,
+    /// The entry listed.
+    pub entry: Entry,
+    /// A directory's entries, by name; empty for anything else.
+    pub entries: Vec<Entry>,
+    /// What reading them fetched.
+    pub fetched: Fetched,
+}
+
+/// What a file restore wrote.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileRestoreReport {
+    /// The job.
+    pub job_id: String,
+    /// Recovery point id.
+    pub rp_id: String,
+    /// Disk name.
+    pub disk: String,
+    /// Volume number.
+    pub volume: u32,
+    /// The target directory.
+    pub to: String,
+    /// What was written and skipped.
+    #[serde(flatten)]
+    pub extracted: ExtractReport,
+    /// What it fetched from the vault.
+    pub fetched: Fetched,
+}
+
+/// Decoded chunks kept for the file system's next reads.
+const CACHED_CHUNKS: usize = 32;
+
+/// A recovery point's disk read from its vault: each read fetches (and decodes) only the
+/// chunks it covers, keeping the last few.
+struct VaultDisk {
+    vault: Vault,
+    codec: kura_store::Codec,
+    index: DiskIndex,
+    cache: HashMap<usize, Arc<Vec<u8>>>,
+    order: VecDeque<usize>,
+    chunks: Arc<AtomicU64>,
+    bytes: Arc<AtomicU64>,
+}
+
+impl VaultDisk {
+    fn chunk(&mut self, i: usize) -> std::io::Result<Arc<Vec<u8>>> {
+        if let Some(c) = self.cache.get(&i) {
+            return Ok(c.clone());
+        }
+        let id: ChunkId = self.index.chunks[i];
+        let len = (self.index.chunk_range(i).end - self.index.chunk_range(i).start) as usize;
+        let data = if id.is_zero() {
+            vec![0; len]
+        } else {
+            let d = self
+                .vault
+                .get_chunk(&id, &mut self.codec)
+                .map_err(|e| std::io::Error::other(format!("chunk {}: {e}", id.to_hex())))?;
+            if d.len() != len {
+                return Err(std::io::Error::other(format!(
+                    "chunk {} holds {} bytes where the index expects {len}",
+                    id.to_hex(),
+                    d.len()
+                )));
+            }
+            self.chunks.fetch_add(1, Ordering::Relaxed);
+            self.bytes.fetch_add(len as u64, Ordering::Relaxed);
+            d
+        };
+        let data = Arc::new(data);
+        if self.order.len() == CACHED_CHUNKS
+            && let Some(old) = self.order.pop_front()
+        {
+            self.cache.remove(&old);
+        }
+        self.order.push_back(i);
+        self.cache.insert(i, data.clone());
+        Ok(data)
+    }
+}
+
+impl ReadAt for VaultDisk {
+    fn size(&self) -> u64 {
+        self.index.size
+    }
+
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .filter(|e| *e <= self.index.size)
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("a read at {offset} runs past the disk's end"),
+                )
+            })?;
+        let cs = u64::from(self.index.chunk_size);
+        let mut pos = offset;
+        while pos < end {
+            let i = (pos / cs) as usize;
+            let chunk = self.chunk(i)?;
+            let within = (pos - i as u64 * cs) as usize;
+            let n = ((end - pos) as usize).min(chunk.len() - within);
+            let at = (pos - offset) as usize;
+            buf[at..at + n].copy_from_slice(&chunk[within..within + n]);
+            pos += n as u64;
+        }
+        Ok(())
+    }
+}
+
+/// A snapshot-tier disk (a local file or image) as a [`ReadAt`].
+struct SnapshotDisk(Box<dyn kura_source::DiskReader>);
+
+impl ReadAt for SnapshotDisk {
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.0
+            .read_at(buf, offset)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    }
+}
+
+fn files_error(e: kura_files::Error) -> Error {
+    let kind = match &e {
+        kura_files::Error::NotFound(_) => ErrorKind::NotFound,
+        kura_files::Error::Invalid(_) | kura_files::Error::Unsupported(_) => ErrorKind::Invalid,
+        kura_files::Error::Corrupt { .. } => ErrorKind::Corrupt,
+        kura_files::Error::Io(_) | kura_files::Error::Write { .. } => ErrorKind::Other,
+    };
+    Error::new(kind, e.to_string())
+}
+
+/// An opened point disk, with its fetch counters.
+struct OpenDisk {
+    rp: RpRow,
+    disk: String,
+    reader: Box<dyn ReadAt>,
+    chunks: Arc<AtomicU64>,
+    bytes: Arc<AtomicU64>,
+}
+
+impl OpenDisk {
+    fn fetched(&self) -> Fetched {
+        Fetched {
+            chunks: self.chunks.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Home {
+    /// Opens the disk of a point for random reads: from the vault when the point has a vault
+    /// tier, else from its snapshot.
+    fn open_point_disk(
+        &self,
+        item: &ItemRow,
+        target: &FilesTarget,
+        secrets: &Secrets,
+    ) -> Result<OpenDisk> {
+        Self::check_can_restore(item)?;
+        let rp = self.resolve_rp(item, &target.rp)?;
+        let (chunks, bytes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        if rp.tier == "snapshot" {
+            let snap = rp
+                .snapshot
+                .as_deref()
+                .and_then(kura_source::Snapshot::decode)
+                .filter(|s| s.exists())
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::NotFound,
+                        format!(
+                            "recovery point {} had only a snapshot tier, and the snapshot is gone",
+                            rp.id
+                        ),
+                    )
+                })?;
+            let names = snap.disk_names();
+            let disk = match &target.disk {
+                Some(d) => d.clone(),
+                None if names.len() == 1 => names[0].clone(),
+                None => {
+                    return Err(Error::new(
+                        ErrorKind::Invalid,
+                        format!(
+                            "recovery point {} has {} disks ({}): name one with --disk",
+                            rp.id,
+                            names.len(),
+                            names.join(", ")
+                        ),
+                    ));
+                }
+            };
+            let reader = Box::new(SnapshotDisk(snap.reader_of(target.disk.as_deref())?));
+            return Ok(OpenDisk {
+                rp,
+                disk,
+                reader,
+                chunks,
+                bytes,
+            });
+        }
+        let vrow = self.catalog.vault_by_id(&item.vault_id)?;
+        let vault = self.open_vault_row(&vrow, secrets)?;
+        let manifest = vault.get_manifest(&rp.id)?;
+        let entry = crate::restore::pick_disk(&manifest, target.disk.as_deref())?;
+        let index = vault.get_index(&entry.index)?;
+        if index.size != entry.size {
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "index {} disagrees with its manifest on the disk size",
+                    entry.index
+                ),
+            ));
+        }
+        let disk = entry.name.clone();
+        let codec = vault.codec();
+        let reader = Box::new(VaultDisk {
+            vault,
+            codec,
+            index,
+            cache: HashMap::new(),
+            order: VecDeque::new(),
+            chunks: chunks.clone(),
+            bytes: bytes.clone(),
+        });
+        Ok(OpenDisk {
+            rp,
+            disk,
+            reader,
+            chunks,
+            bytes,
+        })
+    }
+
+    /// The partitions (volumes) of a point's disk and what each holds.
+    pub fn point_volumes(
+        &self,
+        item: &str,
+        target: &FilesTarget,
+        secrets: &Secrets,
+    ) -> Result<PointVolumes> {
+        let item = self.catalog.item(item)?;
+        let mut d = self.open_point_disk(&item, target, secrets)?;
+        let volumes = kura_files::volumes(d.reader.as_mut()).map_err(files_error)?;
+        Ok(PointVolumes {
+            rp_id: d.rp.id.clone(),
+            disk: d.disk.clone(),
+            size: d.reader.size(),
+            volumes,
+            fetched: d.fetched(),
+        })
+    }
+
+    /// Opens the file system of the chosen (or only readable) volume.
+    fn open_point_fs(
+        &self,
+        item: &ItemRow,
+        target: &FilesTarget,
+        secrets: &Secrets,
+    ) -> Result<(OpenDisk, FileSystem, u32)> {
+        let mut d = self.open_point_disk(item, target, secrets)?;
+        let volumes = kura_files::volumes(d.reader.as_mut()).map_err(files_error)?;
+        let describe = || {
+            volumes
+                .iter()
+                .map(|v| format!("{} ({:?}, {} bytes)", v.number, v.fs, v.size))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let volume = match target.volume {
+            Some(n) => volumes.iter().find(|v| v.number == n).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "disk {} of point {} has no volume {n}; it has: {}",
+                        d.disk,
+                        d.rp.id,
+                        describe()
+                    ),
+                )
+            })?,
+            None => {
+                let readable: Vec<&Volume> =
+                    volumes.iter().filter(|v| v.fs.readable()).collect();
+                match readable.as_slice() {
+                    [one] => *one,
+                    [] => {
+                        return Err(Error::new(
+                            ErrorKind::Invalid,
+                            format!(
+                                "disk {} of point {} has no file system kura can read (ext2/3/4); its volumes: {}",
+                                d.disk,
+                                d.rp.id,
+                                describe()
+                            ),
+                        ));
+                    }
+                    _ => {
+                        return Err(Error::new(
+                            ErrorKind::Invalid,
+                            format!(
+                                "disk {} of point {} has several readable volumes: name one with --volume ({})",
+                                d.disk,
+                                d.rp.id,
+                                describe()
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        .clone();
+        // The file system reads through its own handle; the counters are shared.
+        let reader = std::mem::replace(&mut d.reader, Box::new(Empty));
+        let fs = FileSystem::open(reader, &volume).map_err(files_error)?;
+        Ok((d, fs, volume.number))
+    }
+
+    /// Lists a directory of a point's file system (or shows one entry).
+    pub fn list_files(
+        &self,
+        item: &str,
+        target: &FilesTarget,
+        path: &str,
+        secrets: &Secrets,
+    ) -> Result<FileListing> {
+        let item = self.catalog.item(item)?;
+        let (d, fs, volume) = self.open_point_fs(&item, target, secrets)?;
+        let entry = fs.entry(path).map_err(files_error)?;
+        let entries = if entry.kind == kura_files::EntryKind::Dir {
+            fs.list(path).map_err(files_error)?
+        } else {
+            Vec::new()
+        };
+        Ok(FileListing {
+            rp_id: d.rp.id.clone(),
+            disk: d.disk.clone(),
+            volume,
+            entry,
+            entries,
+            fetched: d.fetched(),
+        })
+    }
+
+    /// Restores files and directories of a point into the existing directory `to` (a
+    /// `RestoreFiles` job): each path under its own name, existing files skipped unless
+    /// `overwrite`, owners kept when running as root.
+    #[allow(clippy::too_many_arguments)]
+    pub fn restore_files(
+        &self,
+        item: &str,
+        target: &FilesTarget,
+        paths: &[String],
+        to: &Path,
+        overwrite: bool,
+        job_id: Option<&str>,
+        secrets: &Secrets,
+        progress: &dyn Progress,
+    ) -> Result<FileRestoreReport> {
+        let row = self.catalog.item(item)?;
+        if paths.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                "paths: name at least one file or directory to restore",
+            ));
+        }
+        let to = crate::home::absolute(to)?;
+        if !to.is_dir() {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("to: {} is not an existing directory", to.display()),
+            ));
+        }
+        // Everything that can be checked is checked before a job exists.
+        let (d, fs, volume) = self.open_point_fs(&row, target, secrets)?;
+        for p in paths {
+            fs.entry(p).map_err(files_error)?;
+        }
+        let (job_id, report) = self.run_job(
+            JobOperation::RestoreFiles,
+            &row.name,
+            false,
+            job_id,
+            progress,
+            |job| {
+                job.message(&format!(
+                    "restoring {} from recovery point {} (disk {}, volume {volume}) into {}",
+                    paths.join(", "),
+                    d.rp.id,
+                    d.disk,
+                    to.display()
+                ));
+                let opts = ExtractOptions {
+                    overwrite,
+                    owners: rustix::process::geteuid().is_root(),
+                };
+                let r = kura_files::extract(&fs, paths, &to, opts).map_err(files_error)?;
+                for s in &r.skipped {
+                    job.message(&format!("skipped {s}"));
+                }
+                job.message(&format!(
+                    "{} file(s), {} directorie(s), {} link(s), {} bytes written; {} chunk(s) fetched",
+                    r.files,
+                    r.dirs,
+                    r.links,
+                    r.bytes,
+                    d.fetched().chunks
+                ));
+                let report = FileRestoreReport {
+                    job_id: String::new(),
+                    rp_id: d.rp.id.clone(),
+                    disk: d.disk.clone(),
+                    volume,
+                    to: to.display().to_string(),
+                    extracted: r,
+                    fetched: d.fetched(),
+                };
+                Ok((report, Some(d.rp.id.clone())))
+            },
+        )?;
+        Ok(FileRestoreReport { job_id, ..report })
+    }
+}
+
+/// A disk with nothing on it: what is left in [`OpenDisk`] once its reader moved on.
+struct Empty;
+
+impl ReadAt for Empty {
+    fn size(&self) -> u64 {
+        0
+    }
+
+    fn read_at(&mut self, _: &mut [u8], _: u64) -> std::io::Result<()> {
+        Err(std::io::Error::other(
+            "the disk was handed to its file system",
+        ))
+    }
+}

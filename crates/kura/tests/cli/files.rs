@@ -1,0 +1,219 @@
+//! File-level restore: single files of a disk point, from its ext4 partition, through the
+//! CLI (and, under KURA_TEST_TRANSPORT=server, the API), reading only the chunks they need.
+
+use std::os::unix::fs::PermissionsExt;
+
+use super::*;
+
+fn run(cmd: &mut Command) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e} (scripts/test installs e2fsprogs and fdisk)"));
+    assert!(out.status.success(), "{cmd:?}: {out:?}");
+}
+
+/// A 48 MiB GPT disk whose partition 1 (at 1 MiB, 40 MiB) is an ext4 file system holding a
+/// small text file, a 24 MiB file of random bytes and a link.
+fn disk_with_files(e: &Env) -> (PathBuf, PathBuf) {
+    let src = e.path("src");
+    std::fs::create_dir_all(src.join("srv/www")).unwrap();
+    std::fs::write(src.join("srv/www/index.html"), b"<h1>hello</h1>\n").unwrap();
+    std::fs::set_permissions(
+        src.join("srv/www/index.html"),
+        std::fs::Permissions::from_mode(0o604),
+    )
+    .unwrap();
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let big: Vec<u8> = (0..24 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(src.join("srv/big.bin"), &big).unwrap();
+    std::os::unix::fs::symlink("www/index.html", src.join("srv/home")).unwrap();
+    let img = e.path("disk.raw");
+    File::create(&img).unwrap().set_len(48 << 20).unwrap();
+    let mut sf = Command::new("sfdisk");
+    sf.arg("--quiet")
+        .arg(&img)
+        .stdin(std::process::Stdio::piped());
+    let mut child = sf.spawn().expect("sfdisk (scripts/test installs fdisk)");
+    std::io::Write::write_all(
+        child.stdin.as_mut().unwrap(),
+        b"label: gpt\nstart=2048, size=81920, name=data\n",
+    )
+    .unwrap();
+    assert!(child.wait_with_output().unwrap().status.success());
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-E", "offset=1048576", "-d"])
+        .arg(&src)
+        .arg(&img)
+        .arg("40M"));
+    (img, src)
+}
+
+#[test]
+fn single_files_come_back_from_a_disk_point_fetching_only_their_chunks() {
+    let e = Env::new();
+    e.vault("v", &[]);
+    let (img, src) = disk_with_files(&e);
+    e.protect(&img, "v", &["--name", "web"]);
+    e.backup("web");
+    // The source is gone: everything below comes from the vault.
+    std::fs::remove_file(&img).unwrap();
+
+    let v = e.json(&["files", "volumes", "web"]);
+    assert_eq!(v["volumes"].as_array().unwrap().len(), 1, "{v}");
+    let vol = &v["volumes"][0];
+    assert_eq!(
+        (&vol["number"], &vol["table"], &vol["fs"], &vol["name"]),
+        (
+            &Value::from(1),
+            &Value::from("gpt"),
+            &Value::from("ext"),
+            &Value::from("data")
+        ),
+        "{v}"
+    );
+
+    let ls = e.json(&["files", "ls", "web", "/srv"]);
+    let names: Vec<&str> = ls["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["big.bin", "home", "www"], "{ls}");
+    assert_eq!(ls["entries"][0]["size"], 24 << 20);
+    assert_eq!(ls["entries"][1]["target"], "www/index.html");
+    let text = e.ok(&["files", "ls", "web", "/srv/www"]);
+    assert!(text.starts_with("-rw----r-- "), "{text}");
+    assert!(text.contains(" index.html\n"), "{text}");
+
+    // One small file: a handful of the disk's 768 chunks (its block and the metadata).
+    let out = e.path("out");
+    std::fs::create_dir(&out).unwrap();
+    let r = e.json(&[
+        "files",
+        "get",
+        "web",
+        "/srv/www/index.html",
+        "--to",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(r["files"], 1, "{r}");
+    let fetched = r["fetched"]["chunks"].as_u64().unwrap();
+    assert!(
+        fetched > 0 && fetched < 40,
+        "{fetched} chunks fetched for one small file: {r}"
+    );
+    assert_eq!(
+        std::fs::read(out.join("index.html")).unwrap(),
+        b"<h1>hello</h1>\n"
+    );
+    let mode = std::fs::metadata(out.join("index.html"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o604);
+
+    // A directory, bit-exact, with its link; existing files are skipped, then overwritten.
+    let r = e.json(&["files", "get", "web", "/srv", "--to", out.to_str().unwrap()]);
+    assert_eq!(
+        (r["files"].as_u64(), r["links"].as_u64()),
+        (Some(2), Some(1)),
+        "{r}"
+    );
+    assert!(r["fetched"]["bytes"].as_u64().unwrap() >= 24 << 20, "{r}");
+    assert_eq!(
+        std::fs::read(out.join("srv/big.bin")).unwrap(),
+        std::fs::read(src.join("srv/big.bin")).unwrap()
+    );
+    assert_eq!(
+        std::fs::read_link(out.join("srv/home")).unwrap(),
+        Path::new("www/index.html")
+    );
+    std::fs::write(out.join("srv/www/index.html"), b"mine").unwrap();
+    let r = e.json(&[
+        "files",
+        "get",
+        "web",
+        "/srv/www",
+        "--to",
+        out.join("srv").to_str().unwrap(),
+    ]);
+    assert_eq!(r["skipped"].as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(
+        std::fs::read(out.join("srv/www/index.html")).unwrap(),
+        b"mine"
+    );
+    e.json(&[
+        "files",
+        "get",
+        "web",
+        "/srv/www",
+        "--to",
+        out.join("srv").to_str().unwrap(),
+        "--overwrite",
+    ]);
+    assert_eq!(
+        std::fs::read(out.join("srv/www/index.html")).unwrap(),
+        b"<h1>hello</h1>\n"
+    );
+    let jobs = e.json(&["job", "list", "--operation", "RestoreFiles"]);
+    assert_eq!(jobs.as_array().unwrap().len(), 4, "{jobs}");
+
+    // Bad requests change nothing and start no job.
+    let (_, err) = e.fails(&[
+        "files",
+        "get",
+        "web",
+        "/srv/nope",
+        "--to",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(err["error"]["code"], "not_found", "{err}");
+    let (_, err) = e.fails(&["files", "ls", "web", "/srv/../etc"]);
+    assert_eq!(err["error"]["code"], "invalid", "{err}");
+    let (_, err) = e.fails(&["files", "ls", "web", "/", "--volume", "7"]);
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no volume 7"),
+        "{err}"
+    );
+    let jobs = e.json(&["job", "list", "--operation", "RestoreFiles"]);
+    assert_eq!(
+        jobs.as_array().unwrap().len(),
+        4,
+        "no job for a refused request"
+    );
+}
+
+#[test]
+fn a_disk_without_a_readable_file_system_says_so() {
+    let e = Env::new();
+    e.vault("v", &[]);
+    let img = e.path("d.raw");
+    make_image(&img, 1 << 20, &[(0, 1 << 20, 7)]);
+    e.protect(&img, "v", &[]);
+    e.backup("d");
+    let v = e.json(&["files", "volumes", "d"]);
+    assert_eq!(
+        (&v["volumes"][0]["table"], &v["volumes"][0]["fs"]),
+        (&Value::from("none"), &Value::from("unknown"))
+    );
+    let (_, err) = e.fails(&["files", "ls", "d"]);
+    assert_eq!(err["error"]["code"], "invalid");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no file system kura can read"),
+        "{err}"
+    );
+}
