@@ -408,6 +408,35 @@ impl Home {
         })
     }
 
+    /// Writes the file at `path` of a point to `out` (its contents), or a directory as a tar
+    /// archive of everything under it; returns the bytes of file contents. For downloads:
+    /// look the entry up with [`Home::list_files`] first to know which it is.
+    pub fn write_files(
+        &self,
+        item: &str,
+        target: &FilesTarget,
+        path: &str,
+        secrets: &Secrets,
+        out: &mut dyn std::io::Write,
+    ) -> Result<u64> {
+        let item = self.catalog.item(item)?;
+        let (_d, fs, _) = self.open_point_fs(&item, target, secrets)?;
+        let entry = fs.entry(path).map_err(files_error)?;
+        match entry.kind {
+            kura_files::EntryKind::Dir => {
+                kura_files::write_tar(&fs, path, out).map_err(files_error)
+            }
+            kura_files::EntryKind::File => {
+                let mut r = fs.reader(path).map_err(files_error)?;
+                std::io::copy(&mut r, out).map_err(|e| Error::io(format!("{path} of the point"), e))
+            }
+            k => Err(Error::new(
+                ErrorKind::Invalid,
+                format!("{path}: a {k:?} has no contents to download"),
+            )),
+        }
+    }
+
     /// Restores files and directories of a point into the existing directory `to` (a
     /// `RestoreFiles` job): each path under its own name, existing files skipped unless
     /// `overwrite`, owners kept when running as root.

@@ -158,8 +158,7 @@ fn write_entry(
                     .map_err(|err| write_err(e.raw_path(), err))?;
             }
             if e.kind == EntryKind::Symlink {
-                let target = e.target.clone().unwrap_or_default();
-                rustix::fs::symlinkat(target.as_str(), dir, name)
+                rustix::fs::symlinkat(OsStr::from_bytes(&e.raw_target), dir, name)
                     .map_err(|err| write_err(e.raw_path(), err))?;
                 if opts.owners {
                     rustix::fs::chownat(

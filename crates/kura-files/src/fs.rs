@@ -55,6 +55,9 @@ pub struct Entry {
     /// The path's exact bytes.
     #[serde(skip)]
     pub(crate) raw: Vec<u8>,
+    /// A link target's exact bytes.
+    #[serde(skip)]
+    pub(crate) raw_target: Vec<u8>,
 }
 
 impl Entry {
@@ -208,6 +211,7 @@ impl FileSystem {
                 atime: m.accessed().seconds(),
                 atime_nsec: m.accessed().nanoseconds(),
                 target: target.as_deref().map(lossy),
+                raw_target: target.unwrap_or_default(),
                 raw: raw.to_vec(),
             })
         })
@@ -249,6 +253,25 @@ impl FileSystem {
         Ok(out)
     }
 
+    /// A reader of the contents of the regular file at `path`.
+    pub fn reader(&self, path: &str) -> Result<impl std::io::Read + use<>> {
+        let raw = user_path(path)?;
+        self.reader_raw(&raw)
+    }
+
+    pub(crate) fn reader_raw(&self, raw: &[u8]) -> Result<impl std::io::Read + use<>> {
+        let what = lossy(raw);
+        guarded(&what, || {
+            let p = ext4_view::Path::try_from(raw)
+                .map_err(|e| Error::Invalid(format!("{what}: {e}")))?;
+            let f = self.ext4.open(p).map_err(|e| fs_error(&what, e))?;
+            Ok(Guarded {
+                inner: f,
+                what: what.clone(),
+            })
+        })
+    }
+
     /// Copies the contents of the file at `raw` into `to`; returns the bytes copied.
     pub(crate) fn copy_raw(&self, raw: &[u8], to: &mut dyn std::io::Write) -> Result<u64> {
         let what = lossy(raw);
@@ -270,5 +293,25 @@ impl FileSystem {
                 total += n as u64;
             }
         })
+    }
+}
+
+/// A file's reader whose parser panics become read errors.
+struct Guarded<R> {
+    inner: R,
+    what: String,
+}
+
+impl<R: std::io::Read> std::io::Read for Guarded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let inner = &mut self.inner;
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.read(buf))).unwrap_or_else(
+            |_| {
+                Err(std::io::Error::other(format!(
+                    "{}: the parser gave up on malformed data",
+                    self.what
+                )))
+            },
+        )
     }
 }

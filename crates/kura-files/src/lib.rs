@@ -9,10 +9,12 @@
 
 mod extract;
 mod fs;
+mod tar_out;
 mod volume;
 
 pub use extract::{ExtractOptions, ExtractReport, extract};
 pub use fs::{Entry, EntryKind, FileSystem};
+pub use tar_out::write_tar;
 pub use volume::{FsKind, Volume, volumes};
 
 /// A random-access disk: exact reads at any offset below [`ReadAt::size`].

@@ -133,6 +133,31 @@ fn files_are_listed_and_extracted_from_an_ext4_partition_of_a_gpt_disk() {
         Path::new("../../outside")
     );
 
+    // The same directory as a tar stream, unpacked by GNU tar.
+    let mut archive = Vec::new();
+    let bytes = kura_files::write_tar(&fs, "/etc", &mut archive).unwrap();
+    assert_eq!(bytes, 20 + 300_000);
+    let untar = dir.path().join("untar");
+    std::fs::create_dir(&untar).unwrap();
+    std::fs::write(dir.path().join("etc.tar"), &archive).unwrap();
+    run(Command::new("tar")
+        .arg("-xf")
+        .arg(dir.path().join("etc.tar"))
+        .arg("-C")
+        .arg(&untar));
+    assert_eq!(
+        std::fs::read(untar.join("etc/conf.d/big.bin")).unwrap(),
+        std::fs::read(src.join("etc/conf.d/big.bin")).unwrap()
+    );
+    assert_eq!(
+        std::fs::read_link(untar.join("etc/abs-link")).unwrap(),
+        Path::new("/etc/passwd")
+    );
+    assert_eq!(
+        std::fs::metadata(untar.join("etc/hosts")).unwrap().mtime(),
+        1709210096
+    );
+
     // Again: existing files are skipped unless overwrite, which replaces them.
     std::fs::write(out.join("etc/hosts"), b"changed").unwrap();
     let r = extract(

@@ -29,12 +29,18 @@ pub fn openapi() -> Value {
             params.extend(query_params(&resolve(&g, &schema)));
         }
         let body = (r.response)(&mut g).to_value();
+        // Downloads answer with bytes; everything else with JSON.
+        let media = if body["format"] == "binary" {
+            "application/octet-stream"
+        } else {
+            "application/json"
+        };
         let mut op = json!({
             "operationId": r.operation,
             "summary": r.summary,
             "parameters": params,
             "responses": {
-                r.success.to_string(): {"description": "success", "content": {"application/json": {"schema": body}}},
+                r.success.to_string(): {"description": "success", "content": {media: {"schema": body}}},
                 "4XX": {"description": "the request was refused; nothing was changed", "content": {"application/json": {"schema": error}}},
                 "5XX": {"description": "the server failed or is stopping", "content": {"application/json": {"schema": error}}}
             }

@@ -29,6 +29,11 @@ fn schema<T: schemars::JsonSchema>(g: &mut schemars::SchemaGenerator) -> schemar
     g.subschema_for::<T>()
 }
 
+/// The answer of a download: bytes, not JSON (the document says `application/octet-stream`).
+pub(crate) fn binary(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"type": "string", "format": "binary"})
+}
+
 /// One API route.
 #[derive(Debug, Clone, Copy)]
 pub struct Route {
@@ -363,6 +368,16 @@ pub const ROUTES: &[Route] = &[
         200,
         None,
         schema::<api::FileListing>,
+        Some(schema::<api::FilesQuery>),
+    ),
+    r(
+        "GET",
+        "/api/v1/items/{item}/recovery-points/{rp}/download",
+        "downloadFiles",
+        "A file of a point (its contents), or a directory as a tar archive",
+        200,
+        None,
+        binary,
         Some(schema::<api::FilesQuery>),
     ),
     r(
@@ -1387,6 +1402,124 @@ async fn list_files(
     )
 }
 
+/// A `Write` whose bytes go, in pieces, to a response body being streamed.
+struct BodyWriter {
+    tx: tokio::sync::mpsc::Sender<Result<axum::body::Bytes, std::io::Error>>,
+    buf: Vec<u8>,
+}
+
+impl BodyWriter {
+    const PIECE: usize = 256 << 10;
+
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let piece = std::mem::replace(&mut self.buf, Vec::with_capacity(Self::PIECE));
+        self.tx.blocking_send(Ok(piece.into())).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away")
+        })
+    }
+}
+
+impl std::io::Write for BodyWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(b);
+        if self.buf.len() >= Self::PIECE {
+            self.send()?;
+        }
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}
+
+/// `filename*` of a Content-Disposition header (RFC 6266/5987): any name, safely quoted.
+fn attachment(name: &str) -> String {
+    let mut enc = String::new();
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            enc.push(b as char);
+        } else {
+            enc.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("attachment; filename*=UTF-8''{enc}")
+}
+
+async fn download_files(
+    _: Auth,
+    State(s): State<S>,
+    Path((item, rp)): Path<(String, String)>,
+    Params(q): Params<api::FilesQuery>,
+) -> ApiResult {
+    use axum::http::header;
+    let target = files_target(rp, q.disk, q.volume);
+    let path = q.path.unwrap_or_else(|| "/".into());
+    // Everything that can fail before the first byte fails here, as a JSON error.
+    let (st, it, tg, p) = (s.clone(), item.clone(), target.clone(), path.clone());
+    let listing = blocking(move || Ok(st.home.list_files(&it, &tg, &p, &st.secrets)?)).await?;
+    let entry = listing.entry;
+    let (kind, name, length) = match entry.kind {
+        kura_engine::FileEntryKind::File => (
+            "application/octet-stream",
+            entry.name.clone(),
+            Some(entry.size),
+        ),
+        kura_engine::FileEntryKind::Dir => {
+            let base = if entry.path == "/" {
+                item.clone()
+            } else {
+                entry.name.clone()
+            };
+            ("application/x-tar", format!("{base}.tar"), None)
+        }
+        k => {
+            return Err(ApiError::invalid(format!(
+                "path: {} is a {k:?}, which has no contents to download",
+                entry.path
+            )));
+        }
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tokio::task::spawn_blocking(move || {
+        let mut w = BodyWriter {
+            tx,
+            buf: Vec::with_capacity(BodyWriter::PIECE),
+        };
+        let done = s
+            .home
+            .write_files(&item, &target, &path, &s.secrets, &mut w)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|_| std::io::Write::flush(&mut w));
+        // A failure mid-way ends the body with an error: the client sees a broken transfer
+        // (short of its length, or a tar without its end), never a complete-looking one.
+        if let Err(e) = done {
+            tracing::warn!("download of {path} failed: {e}");
+            let _ = w.tx.blocking_send(Err(e));
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|piece| (piece, rx))
+    });
+    let mut resp = axum::body::Body::from_stream(stream).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, header::HeaderValue::from_static(kind));
+    if let Ok(v) = header::HeaderValue::from_str(&attachment(&name)) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    if let Some(n) = length {
+        h.insert(header::CONTENT_LENGTH, n.into());
+    }
+    Ok(resp)
+}
+
 async fn restore_files(
     _: Auth,
     State(s): State<S>,
@@ -1811,6 +1944,7 @@ fn handler(route: &Route) -> MethodRouter<S> {
         "listVolumes" => get(list_volumes),
         "listFiles" => get(list_files),
         "restoreFiles" => post(restore_files),
+        "downloadFiles" => get(download_files),
         "setAgent" => post(set_agent),
         "listJobs" => get(list_jobs),
         "getJob" => get(get_job),

@@ -217,3 +217,86 @@ fn a_disk_without_a_readable_file_system_says_so() {
         "{err}"
     );
 }
+
+/// `curl` (a client kura did not write) against the server over the test's home.
+fn curl(e: &Env, path: &str, out: &Path) -> (u16, String) {
+    let server = e.server.get_or_init(|| remote::serve_home(e));
+    let o = Command::new("curl")
+        .args(["-sS", "-D", "-", "-o"])
+        .arg(out)
+        .args(["-w", "%{http_code}", "-H"])
+        .arg(format!("Authorization: Bearer {}", remote::TOKEN))
+        .arg(format!("{}/api/v1{path}", server.url))
+        .output()
+        .expect("curl (scripts/test installs it)");
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    let code = text[text.len() - 3..].parse().unwrap_or(0);
+    (code, text)
+}
+
+#[test]
+fn a_file_downloads_as_itself_and_a_directory_as_a_tar_archive() {
+    let e = Env::new();
+    e.vault("v", &[]);
+    let (img, src) = disk_with_files(&e);
+    e.protect(&img, "v", &["--name", "web"]);
+    e.backup("web");
+    let base = "/items/web/recovery-points/latest/download";
+
+    let got = e.path("big.bin");
+    let (code, head) = curl(&e, &format!("{base}?path=/srv/big.bin"), &got);
+    assert_eq!(code, 200, "{head}");
+    let head = head.to_ascii_lowercase();
+    assert!(
+        head.contains("content-disposition: attachment; filename*=utf-8''big.bin"),
+        "{head}"
+    );
+    assert!(
+        head.contains(&format!("content-length: {}", 24 << 20)),
+        "{head}"
+    );
+    assert_eq!(
+        std::fs::read(&got).unwrap(),
+        std::fs::read(src.join("srv/big.bin")).unwrap()
+    );
+
+    let tar = e.path("srv.tar");
+    let (code, head) = curl(&e, &format!("{base}?path=/srv"), &tar);
+    assert_eq!(code, 200, "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/x-tar"),
+        "{head}"
+    );
+    let unpacked = e.path("unpacked");
+    std::fs::create_dir(&unpacked).unwrap();
+    let o = Command::new("tar")
+        .arg("-xf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(&unpacked)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(
+        std::fs::read(unpacked.join("srv/big.bin")).unwrap(),
+        std::fs::read(src.join("srv/big.bin")).unwrap()
+    );
+    assert_eq!(
+        std::fs::read(unpacked.join("srv/www/index.html")).unwrap(),
+        b"<h1>hello</h1>\n"
+    );
+    assert_eq!(
+        std::fs::read_link(unpacked.join("srv/home")).unwrap(),
+        Path::new("www/index.html")
+    );
+
+    // Refusals come as JSON errors before any byte: an unknown path, a climb out.
+    let err = e.path("err.json");
+    let (code, _) = curl(&e, &format!("{base}?path=/srv/nope"), &err);
+    assert_eq!(code, 404);
+    let v: Value = serde_json::from_slice(&std::fs::read(&err).unwrap()).unwrap();
+    assert_eq!(v["error"]["code"], "not_found", "{v}");
+    let (code, _) = curl(&e, &format!("{base}?path=/srv/../etc"), &err);
+    assert_eq!(code, 400);
+}
