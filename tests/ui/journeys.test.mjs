@@ -5,7 +5,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFileSync } from "node:child_process";
-import { mkdtempSync, writeFileSync, readFileSync, rmSync, existsSync, openSync, writeSync, closeSync } from "node:fs";
+import { mkdtempSync, mkdirSync, writeFileSync, readFileSync, rmSync, existsSync, openSync, writeSync, closeSync, truncateSync } from "node:fs";
 import { createHash, randomBytes } from "node:crypto";
 import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
@@ -533,5 +533,54 @@ test("the UI offers only the operations the session may call", async () => {
   await page.getByRole("button", { name: "Stop protection, keep data" }).waitFor();
   assert.equal(await page.getByRole("button", { name: "Back up now" }).count(), 0);
   assert.equal(await page.getByRole("link", { name: /^Restore point / }).count(), 0);
+  await page.close();
+});
+
+test("files of a point: browse its ext4 partition, download a file, restore a folder", async () => {
+  // A GPT disk with an ext4 partition (sfdisk, mkfs.ext4 -d), protected and backed up in a
+  // home of its own.
+  const h = join(dir, "home-files");
+  const src = join(dir, "files-src");
+  mkdirSync(join(src, "srv/www"), { recursive: true });
+  writeFileSync(join(src, "srv/www/index.html"), "<h1>hello</h1>\n");
+  writeFileSync(join(src, "srv/notes.txt"), "remember the milk\n");
+  const img = join(dir, "files.raw");
+  writeFileSync(img, Buffer.alloc(0));
+  truncateSync(img, 24 << 20);
+  execFileSync("sfdisk", ["--quiet", img], { input: "label: gpt\nstart=2048, size=32768, name=data\n" });
+  execFileSync("mkfs.ext4", ["-q", "-F", "-E", "offset=1048576", "-d", src, img, "16M"]);
+  kuraIn(h, {}, "vault", "create", "f", "--no-encryption", "--chunk-size", "64KiB");
+  kuraIn(h, {}, "item", "protect", "disk", img, "--vault", "f", "--name", "share");
+  kuraIn(h, {}, "backup", "now", "share");
+  const at = await startServer(h);
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 }, acceptDownloads: true });
+  await signIn(page, at);
+  await page.goto(at + "/#/items/share");
+  await page.getByRole("link", { name: /^Files of point / }).click();
+  await page.getByRole("heading", { name: "Files of share" }).waitFor();
+  await page.getByRole("link", { name: "srv/" }).click();
+  await page.getByRole("cell", { name: "notes.txt", exact: true }).waitFor();
+  await accessible(page, "file browser");
+  await shot(page, "files");
+
+  // Download one file: the browser saves exactly its contents.
+  const [download] = await Promise.all([page.waitForEvent("download"),
+    page.getByRole("link", { name: "Download notes.txt" }).click()]);
+  assert.equal(download.suggestedFilename(), "notes.txt");
+  assert.equal(readFileSync(await download.path(), "utf8"), "remember the milk\n");
+
+  // Restore the www folder into a directory on the server and follow the job.
+  const to = join(dir, "files-out");
+  mkdirSync(to);
+  await page.getByLabel("Select www").check();
+  await page.getByLabel("Into the existing directory").fill(to);
+  await page.getByRole("button", { name: "Restore selected" }).click();
+  await page.getByRole("heading", { name: /^Job .*: RestoreFiles of share$/ }).waitFor();
+  await page.locator("#job-status").getByText("Completed", { exact: true }).waitFor({ timeout: 30000 });
+  assert.equal(readFileSync(join(to, "www/index.html"), "utf8"), "<h1>hello</h1>\n");
+
+  // A path that is not there: the API's message, and no job.
+  await page.goto(at + `/#/files/share/latest?path=${encodeURIComponent("/srv/nope")}`);
+  await page.getByText(/no such file or directory/).waitFor();
   await page.close();
 });

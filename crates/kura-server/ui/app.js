@@ -520,15 +520,114 @@ async function itemPage(_params, name) {
     el("section", { class: "actions", "aria-label": "Actions" }, actions),
     el("section", { "aria-label": "Recovery points" },
       el("h2", {}, `Recovery points (${points.length})`),
-      table(["Point", "Time", "Tier", "Consistency", "Size", "Stored", "Expires", ""], points.map((p) => [
+      table(["Point", "Time", "Tier", "Consistency", "Size", "Stored", "Expires", "", ""], points.map((p) => [
         el("code", {}, p.id.slice(-8)), when(p.time), p.tier, p.consistency, size(p.logical_size), size(p.stored_size), when(p.expires),
         (item.kind === "vm" ? ["restoreDisks", "restoreVm"] : ["restoreDisk"]).some((op) => allowed.has(op))
           ? el("a", { href: `#/restore/${encodeURIComponent(name)}/${p.id}`, "aria-label": `Restore point ${p.id.slice(-8)}` }, "Restore…") : "",
+        allowed.has("listFiles")
+          ? el("a", { href: `#/files/${encodeURIComponent(name)}/${p.id}`, "aria-label": `Files of point ${p.id.slice(-8)}` }, "Files…") : "",
       ]), "No recovery points yet: back it up now.")),
     el("section", { "aria-label": "Jobs" },
       el("h2", {}, "Jobs"),
       table(["Job", "Operation", "Status", "Progress", "Started", "Ended", "Error"], jobRows(jobs), "No jobs yet.")));
   return jobs.some((j) => RUNNING.includes(j.status)) ? 1000 : 0;
+}
+
+/// `rwxr-x---` for permission bits.
+function modeString(kind, mode) {
+  const k = { dir: "d", symlink: "l", "block-device": "b", "char-device": "c", fifo: "p", socket: "s" }[kind] || "-";
+  return k + [...Array(9)].map((_, i) => (mode & (1 << (8 - i)) ? "rwx"[i % 3] : "-")).join("");
+}
+
+/// File-level restore: browse a point's file system, download a file or a folder (tar), or
+/// restore chosen entries into a directory on the server.
+async function filesPage(params, [name, rp]) {
+  const path = params.get("path") || "/";
+  const disk = params.get("disk") || "";
+  const volume = params.get("volume") || "";
+  const base = `/items/${encodeURIComponent(name)}/recovery-points/${encodeURIComponent(rp)}`;
+  const point = await api("GET", base);
+  const q = (extra) => {
+    const p = new URLSearchParams({ ...(disk ? { disk } : {}), ...(volume ? { volume } : {}), ...extra });
+    return p.toString();
+  };
+  const go = (changes) => {
+    const p = new URLSearchParams(params);
+    for (const [k, v] of Object.entries(changes)) if (v === "" || v == null) p.delete(k); else p.set(k, v);
+    return `#/files/${encodeURIComponent(name)}/${encodeURIComponent(rp)}?${p}`;
+  };
+  const head = [el("h1", {}, `Files of ${name}`),
+    facts([["Point", el("code", {}, point.rp_id)], ["Time", when(point.time)], ["Consistency", point.consistency]])];
+  const pickers = [];
+  if (point.disks.length > 1) {
+    const sel = el("select", { id: "files-disk" }, [el("option", { value: "" }, "choose a disk"),
+      ...point.disks.map((d) => el("option", { value: d.name, selected: d.name === disk }, `${d.name} (${size(d.size)})`))]);
+    sel.addEventListener("change", () => { location.hash = go({ disk: sel.value, volume: "", path: "" }); });
+    pickers.push(el("label", { for: "files-disk" }, "Disk"), sel);
+    if (!disk) return show(head, el("div", { class: "filters" }, pickers), el("p", { class: "empty" }, "Choose the disk to browse.")), 0;
+  }
+  const vols = await api("GET", `${base}/volumes?${q({})}`);
+  const readable = vols.volumes.filter((v) => v.readable);
+  if (readable.length > 1 || volume) {
+    const sel = el("select", { id: "files-volume" }, [el("option", { value: "" }, "choose a volume"),
+      ...vols.volumes.map((v) => el("option", { value: v.number, selected: String(v.number) === volume, disabled: !v.readable },
+        `${v.number}: ${v.fs}${v.name ? ` "${v.name}"` : ""} (${size(v.size)})${v.readable ? "" : ", not readable yet"}`))]);
+    sel.addEventListener("change", () => { location.hash = go({ volume: sel.value, path: "" }); });
+    pickers.push(el("label", { for: "files-volume" }, "Volume"), sel);
+  }
+  if (!readable.length) {
+    return show(head, table(["Volume", "Table", "File system", "Size"], vols.volumes.map((v) => [v.number, v.table, v.fs, size(v.size)]), ""),
+      el("p", { class: "empty" }, "No file system kura can read (ext2/3/4) on this disk: restore the whole disk instead.")), 0;
+  }
+  if (readable.length > 1 && !volume) {
+    return show(head, el("div", { class: "filters" }, pickers), el("p", { class: "empty" }, "Choose the volume to browse.")), 0;
+  }
+  const list = await api("GET", `${base}/files?${q({ path })}`);
+  const crumbs = [el("a", { href: go({ path: "/" }) }, "/")];
+  let acc = "";
+  for (const part of path.split("/").filter(Boolean)) {
+    acc += `/${part}`;
+    crumbs.push(" ", el("a", { href: go({ path: acc }) }, part), " /");
+  }
+  const download = (e) => el("a", {
+    href: `/api/v1${base}/download?${q({ path: e.path })}`, download: "",
+    "aria-label": e.kind === "dir" ? `Download .tar of ${e.name}` : `Download ${e.name}`,
+  }, e.kind === "dir" ? "Download .tar" : "Download");
+  const err = el("p", { class: "error", role: "alert", id: "files-error" });
+  const rows = (list.entry.kind === "dir" ? list.entries : [list.entry]).map((e) => [
+    el("input", { type: "checkbox", name: "pick", value: e.path, "aria-label": `Select ${e.name}` }),
+    e.kind === "dir" ? el("a", { href: go({ path: e.path }) }, `${e.name}/`) : e.name,
+    el("code", {}, modeString(e.kind, e.mode)), `${e.uid}:${e.gid}`, e.kind === "file" ? size(e.size) : "",
+    when(e.modified), e.target ? `→ ${e.target}` : "",
+    e.kind === "file" || e.kind === "dir" ? (allowed.has("downloadFiles") ? download(e) : "") : "",
+  ]);
+  const form = el("form", { class: "wizard", "aria-label": "Restore files" },
+    el("div", { class: "scroll" }, table(["", "Name", "Mode", "Owner", "Size", "Modified", "Link", ""], rows, `${path} is empty.`)),
+    allowed.has("restoreFiles") ? el("fieldset", {}, el("legend", {}, "Restore the selected entries to the server"),
+      el("label", { for: "files-to" }, "Into the existing directory"),
+      el("input", { id: "files-to", name: "to", placeholder: "/srv/restores" }),
+      el("label", { class: "choice" }, el("input", { type: "checkbox", name: "overwrite" }), " Replace files that exist (else they are skipped)"),
+      err, el("button", { type: "submit" }, "Restore selected")) : null);
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const f = new FormData(form);
+    const paths = f.getAll("pick");
+    if (!paths.length) { err.textContent = "Select at least one entry."; return; }
+    const body = { rp: point.rp_id, paths, to: f.get("to"), overwrite: f.get("overwrite") === "on" };
+    if (disk) body.disk = disk;
+    if (volume) body.volume = Number(volume);
+    try {
+      const started = await api("POST", `/items/${encodeURIComponent(name)}/file-restores`, body);
+      location.hash = `#/jobs/${started.job_id}`;
+    } catch (e) {
+      err.textContent = e.message;
+    }
+  });
+  show(head, pickers.length ? el("div", { class: "filters" }, pickers) : null,
+    el("nav", { class: "crumbs", "aria-label": "Path" }, crumbs),
+    el("p", { class: "muted" }, `Disk ${list.disk}, volume ${list.volume}; ${list.fetched.chunks} chunk(s) read from the vault for this listing.`),
+    form);
+  return 0;
 }
 
 /// The restore wizard's first steps: the item (`#/restore`), then its point
@@ -905,6 +1004,7 @@ async function route() {
     [/^\/items\/([^/]+)$/, itemPage],
     [/^\/restore\/([^/]+)\/([^/]+)$/, restorePage],
     [/^\/restore(?:\/([^/]+))?$/, restoreStart],
+    [/^\/files\/([^/]+)\/([^/]+)$/, filesPage],
     [/^\/jobs\/([^/]+)$/, jobPage],
     [/^\/policies\/([^/]+)\/([^/]+)$/, policyPage],
     [/^\/policies$/, policyList],
