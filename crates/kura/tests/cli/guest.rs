@@ -267,6 +267,26 @@ fn consistency_follows_the_agent_the_freeze_and_the_scripts() {
         Some("hello from the guest\n")
     );
     assert_eq!(guest.sh("cat /proc/mounts | grep -c /mnt/data"), "1");
+    // The same file straight from the VM point's disk in the vault, without a disk restore.
+    let out = e.path("marker-out");
+    std::fs::create_dir(&out).unwrap();
+    let ls = e.json(&["files", "ls", "web", "/"]);
+    assert!(ls["entries"].to_string().contains("\"pre-marker\""), "{ls}");
+    let r = e.json(&[
+        "files",
+        "get",
+        "web",
+        "/pre-marker",
+        "--disk",
+        "vda",
+        "--to",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(r["disk"], "vda", "{r}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("pre-marker")).unwrap(),
+        "pre 1\n"
+    );
 
     // 2. No scripts: file-system-consistent, and no warning.
     guest.sh("rm -f /etc/kura/pre-backup /etc/kura/post-backup");
