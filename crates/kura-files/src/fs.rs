@@ -67,9 +67,14 @@ impl Entry {
     }
 }
 
-/// A readable file system (ext2/3/4) on one volume of a disk.
+/// A readable file system (ext2/3/4 or FAT) on one volume of a disk.
 pub struct FileSystem {
-    ext4: ext4_view::Ext4,
+    inner: Inner,
+}
+
+enum Inner {
+    Ext4(ext4_view::Ext4),
+    Fat(crate::fat::Fat),
 }
 
 impl std::fmt::Debug for FileSystem {
@@ -150,21 +155,31 @@ impl FileSystem {
                     volume.number
                 ),
                 k => format!(
-                    "volume {} holds {k:?}, which kura cannot read yet (ext2/3/4 only); restore the disk instead",
+                    "volume {} holds {k:?}, which kura cannot read yet (ext2/3/4 and FAT only); restore the disk instead",
                     volume.number
                 ),
             }));
+        }
+        let what = format!("the file system of volume {}", volume.number);
+        if volume.fs == FsKind::Vfat {
+            let fat = guarded(&what, || {
+                crate::fat::Fat::open(disk, volume.start, volume.size, &what)
+            })?;
+            return Ok(FileSystem {
+                inner: Inner::Fat(fat),
+            });
         }
         let reader = VolumeReader {
             disk,
             start: volume.start,
             len: volume.size,
         };
-        let what = format!("the file system of volume {}", volume.number);
         let ext4 = guarded(&what, || {
             ext4_view::Ext4::load(Box::new(reader)).map_err(|e| fs_error(&what, e))
         })?;
-        Ok(FileSystem { ext4 })
+        Ok(FileSystem {
+            inner: Inner::Ext4(ext4),
+        })
     }
 
     /// The entry at `path` (a link itself, not what it points to).
@@ -175,13 +190,14 @@ impl FileSystem {
 
     pub(crate) fn entry_raw(&self, raw: &[u8]) -> Result<Entry> {
         let what = lossy(raw);
+        let ext4 = match &self.inner {
+            Inner::Ext4(x) => x,
+            Inner::Fat(f) => return guarded(&what, || f.entry_raw(raw)),
+        };
         guarded(&what, || {
             let p = ext4_view::Path::try_from(raw)
                 .map_err(|e| Error::Invalid(format!("{what}: {e}")))?;
-            let m = self
-                .ext4
-                .symlink_metadata(p)
-                .map_err(|e| fs_error(&what, e))?;
+            let m = ext4.symlink_metadata(p).map_err(|e| fs_error(&what, e))?;
             let kind = match m.file_type() {
                 ext4_view::FileType::Regular => EntryKind::File,
                 ext4_view::FileType::Directory => EntryKind::Dir,
@@ -192,7 +208,7 @@ impl FileSystem {
                 ext4_view::FileType::Socket => EntryKind::Socket,
             };
             let target = if kind == EntryKind::Symlink {
-                let t = self.ext4.read_link(p).map_err(|e| fs_error(&what, e))?;
+                let t = ext4.read_link(p).map_err(|e| fs_error(&what, e))?;
                 Some(t.as_ref().to_vec())
             } else {
                 None
@@ -225,11 +241,15 @@ impl FileSystem {
 
     pub(crate) fn list_raw(&self, raw: &[u8]) -> Result<Vec<Entry>> {
         let what = lossy(raw);
+        let ext4 = match &self.inner {
+            Inner::Ext4(x) => x,
+            Inner::Fat(f) => return guarded(&what, || f.list_raw(raw)),
+        };
         let names = guarded(&what, || {
             let p = ext4_view::Path::try_from(raw)
                 .map_err(|e| Error::Invalid(format!("{what}: {e}")))?;
             let mut names = Vec::new();
-            for e in self.ext4.read_dir(p).map_err(|e| fs_error(&what, e))? {
+            for e in ext4.read_dir(p).map_err(|e| fs_error(&what, e))? {
                 let e = e.map_err(|e| fs_error(&what, e))?;
                 let n = e.file_name().as_ref().to_vec();
                 if n != b"." && n != b".." {
@@ -262,11 +282,16 @@ impl FileSystem {
     pub(crate) fn reader_raw(&self, raw: &[u8]) -> Result<impl std::io::Read + use<>> {
         let what = lossy(raw);
         guarded(&what, || {
-            let p = ext4_view::Path::try_from(raw)
-                .map_err(|e| Error::Invalid(format!("{what}: {e}")))?;
-            let f = self.ext4.open(p).map_err(|e| fs_error(&what, e))?;
+            let inner: Box<dyn std::io::Read> = match &self.inner {
+                Inner::Fat(f) => Box::new(f.reader_raw(raw)?),
+                Inner::Ext4(ext4) => {
+                    let p = ext4_view::Path::try_from(raw)
+                        .map_err(|e| Error::Invalid(format!("{what}: {e}")))?;
+                    Box::new(ext4.open(p).map_err(|e| fs_error(&what, e))?)
+                }
+            };
             Ok(Guarded {
-                inner: f,
+                inner,
                 what: what.clone(),
             })
         })
@@ -275,24 +300,21 @@ impl FileSystem {
     /// Copies the contents of the file at `raw` into `to`; returns the bytes copied.
     pub(crate) fn copy_raw(&self, raw: &[u8], to: &mut dyn std::io::Write) -> Result<u64> {
         let what = lossy(raw);
-        guarded(&what, || {
-            let p = ext4_view::Path::try_from(raw)
-                .map_err(|e| Error::Invalid(format!("{what}: {e}")))?;
-            let mut f = self.ext4.open(p).map_err(|e| fs_error(&what, e))?;
-            let mut buf = vec![0u8; 1 << 20];
-            let mut total = 0u64;
-            loop {
-                let n = f.read_bytes(&mut buf).map_err(|e| fs_error(&what, e))?;
-                if n == 0 {
-                    return Ok(total);
-                }
-                to.write_all(&buf[..n]).map_err(|source| Error::Write {
-                    what: what.clone(),
-                    source,
-                })?;
-                total += n as u64;
+        let mut r = self.reader_raw(raw)?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            let n = std::io::Read::read(&mut r, &mut buf)
+                .map_err(|e| Error::corrupt(what.clone(), e.to_string()))?;
+            if n == 0 {
+                return Ok(total);
             }
-        })
+            to.write_all(&buf[..n]).map_err(|source| Error::Write {
+                what: what.clone(),
+                source,
+            })?;
+            total += n as u64;
+        }
     }
 }
 

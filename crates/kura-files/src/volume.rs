@@ -5,7 +5,8 @@ use serde::Serialize;
 
 use crate::{Error, ReadAt, Result, Slice, guarded};
 
-/// A file system's kind, from its signature. Only [`FsKind::Ext`] can be browsed today.
+/// A file system's kind, from its signature. [`FsKind::Ext`] and [`FsKind::Vfat`] can be
+/// browsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FsKind {
@@ -13,7 +14,7 @@ pub enum FsKind {
     Ext,
     /// XFS (recognized, not readable yet).
     Xfs,
-    /// FAT12/16/32 (recognized, not readable yet).
+    /// FAT12/16/32.
     Vfat,
     /// NTFS (recognized, not readable yet).
     Ntfs,
@@ -28,7 +29,7 @@ pub enum FsKind {
 impl FsKind {
     /// Whether kura can list and extract its files.
     pub fn readable(self) -> bool {
-        self == FsKind::Ext
+        matches!(self, FsKind::Ext | FsKind::Vfat)
     }
 }
 

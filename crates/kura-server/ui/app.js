@@ -577,7 +577,7 @@ async function filesPage(params, [name, rp]) {
   }
   if (!readable.length) {
     return show(head, table(["Volume", "Table", "File system", "Size"], vols.volumes.map((v) => [v.number, v.table, v.fs, size(v.size)]), ""),
-      el("p", { class: "empty" }, "No file system kura can read (ext2/3/4) on this disk: restore the whole disk instead.")), 0;
+      el("p", { class: "empty" }, "No file system kura can read (ext2/3/4, FAT) on this disk: restore the whole disk instead.")), 0;
   }
   if (readable.length > 1 && !volume) {
     return show(head, el("div", { class: "filters" }, pickers), el("p", { class: "empty" }, "Choose the volume to browse.")), 0;

@@ -92,7 +92,7 @@ enum Command {
     /// Restore from a recovery point.
     #[command(subcommand)]
     Restore(RestoreCmd),
-    /// Browse and get back single files of a recovery point (ext2/3/4 file systems, on
+    /// Browse and get back single files of a recovery point (ext2/3/4 and FAT file systems, on
     /// GPT or MBR partitions or a whole disk), fetching only the chunks they need.
     #[command(subcommand)]
     Files(FilesCmd),

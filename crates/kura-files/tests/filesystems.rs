@@ -1,5 +1,5 @@
-//! Real ext4 file systems made by mkfs.ext4 (e2fsprogs) inside GPT and MBR disks made by
-//! sfdisk (fdisk), read back through the crate.
+//! Real file systems, ext4 (mkfs.ext4, e2fsprogs) and FAT (mkfs.fat, mtools), inside GPT and
+//! MBR disks made by sfdisk (fdisk), read back through the crate.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
@@ -283,4 +283,81 @@ fn a_disk_without_a_table_is_one_volume_and_garbage_is_an_error_not_a_panic() {
     std::fs::write(&p, &disk).unwrap();
     let e = volumes(open(&p).as_mut()).unwrap_err();
     assert!(e.to_string().contains("1000000 entries"), "{e}");
+}
+
+/// An EFI system partition: FAT32 made by mkfs.fat and filled by mtools, in a GPT disk.
+#[test]
+fn a_fat_partition_is_listed_and_extracted_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("esp.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let mut sf = Command::new("sfdisk");
+    sf.arg("--quiet")
+        .arg(&img)
+        .stdin(std::process::Stdio::piped());
+    let mut child = sf.spawn().expect("sfdisk (scripts/test installs fdisk)");
+    std::io::Write::write_all(
+        child.stdin.as_mut().unwrap(),
+        b"label: gpt\nstart=2048, size=100000, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=EFI\n",
+    )
+    .unwrap();
+    assert!(child.wait_with_output().unwrap().status.success());
+    let part = dir.path().join("part.img");
+    run(Command::new("mkfs.fat")
+        .args(["-F", "32", "-C"])
+        .arg(&part)
+        .arg("50000"));
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 253) as u8).collect();
+    std::fs::write(dir.path().join("grubx64.efi"), &big).unwrap();
+    std::fs::write(dir.path().join("grub.cfg"), b"set timeout=5\n").unwrap();
+    let at = format!("{}", part.display());
+    run(Command::new("mmd").args(["-i", &at, "::/EFI", "::/EFI/debian"]));
+    run(Command::new("mcopy")
+        .args(["-i", &at])
+        .arg(dir.path().join("grubx64.efi"))
+        .arg(dir.path().join("grub.cfg"))
+        .arg("::/EFI/debian/"));
+    // Put the file system at 1 MiB in the disk.
+    let bytes = std::fs::read(&part).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(
+        &std::fs::OpenOptions::new().write(true).open(&img).unwrap(),
+        &bytes,
+        1 << 20,
+    )
+    .unwrap();
+
+    let vols = volumes(open(&img).as_mut()).unwrap();
+    assert_eq!(
+        (vols[0].fs, vols[0].name.as_str()),
+        (FsKind::Vfat, "EFI"),
+        "{vols:?}"
+    );
+    let fs = FileSystem::open(open(&img), &vols[0]).unwrap();
+    let names: Vec<String> = fs
+        .list("/EFI/debian")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(names, ["grub.cfg", "grubx64.efi"]);
+    assert_eq!(
+        fs.entry("/efi/DEBIAN/grub.cfg").unwrap().size,
+        14,
+        "FAT names ignore case"
+    );
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let r = extract(&fs, &["/EFI".into()], &out, ExtractOptions::default()).unwrap();
+    assert_eq!((r.files, r.dirs), (2, 2), "{r:?}");
+    assert_eq!(
+        std::fs::read(out.join("EFI/debian/grubx64.efi")).unwrap(),
+        big
+    );
+    assert!(matches!(
+        fs.entry("/EFI/nope"),
+        Err(kura_files::Error::NotFound(_))
+    ));
 }
