@@ -4,8 +4,8 @@
 //! files (0444 when read-only), and its timestamps (local time without a zone) are taken as
 //! UTC.
 
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::cell::RefCell;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::rc::Rc;
 
 use crate::{Entry, EntryKind, Error, ReadAt, Result};
@@ -157,6 +157,7 @@ impl Fat {
         let mut out = Vec::new();
         for e in dir.iter() {
             let e = e.map_err(|e| io(&what, e))?;
+            crate::fs::too_many(&what, out.len())?;
             let n = e.file_name();
             if n == "." || n == ".." || e.attributes().contains(fatfs::FileAttributes::VOLUME_ID) {
                 continue;

@@ -241,6 +241,16 @@ impl FileSystem {
 
     pub(crate) fn list_raw(&self, raw: &[u8]) -> Result<Vec<Entry>> {
         let what = lossy(raw);
+        // A directory that (through damage or malice) contains itself makes paths grow
+        // without end: a walk stops at this depth instead of running forever.
+        if raw.iter().filter(|b| **b == b'/').count() > MAX_DEPTH {
+            return Err(Error::corrupt(
+                what,
+                format!(
+                    "directories nest deeper than {MAX_DEPTH} levels (a loop in the file system?)"
+                ),
+            ));
+        }
         let ext4 = match &self.inner {
             Inner::Ext4(x) => x,
             Inner::Fat(f) => return guarded(&what, || f.list_raw(raw)),
@@ -251,6 +261,7 @@ impl FileSystem {
             let mut names = Vec::new();
             for e in ext4.read_dir(p).map_err(|e| fs_error(&what, e))? {
                 let e = e.map_err(|e| fs_error(&what, e))?;
+                too_many(&what, names.len())?;
                 let n = e.file_name().as_ref().to_vec();
                 if n != b"." && n != b".." {
                     names.push(n);
@@ -316,6 +327,21 @@ impl FileSystem {
             total += n as u64;
         }
     }
+}
+
+/// Deepest directory nesting a walk follows.
+pub(crate) const MAX_DEPTH: usize = 256;
+/// Most entries one directory may list (a loop in a damaged directory would never end).
+pub(crate) const MAX_ENTRIES: usize = 1_000_000;
+
+pub(crate) fn too_many(what: &str, n: usize) -> Result<()> {
+    if n >= MAX_ENTRIES {
+        return Err(Error::corrupt(
+            what,
+            format!("more than {MAX_ENTRIES} entries in one directory (a loop in it?)"),
+        ));
+    }
+    Ok(())
 }
 
 /// A file's reader whose parser panics become read errors.

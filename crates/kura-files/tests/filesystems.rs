@@ -361,3 +361,122 @@ fn a_fat_partition_is_listed_and_extracted_too() {
         Err(kura_files::Error::NotFound(_))
     ));
 }
+
+/// Walks everything reachable (bounded), reading each file: whatever the bytes, this
+/// returns errors, never panics and never runs away.
+fn walk(fs: &FileSystem, path: &str, depth: usize, budget: &mut usize) {
+    let Ok(list) = fs.list(path) else { return };
+    for e in list {
+        if *budget == 0 {
+            return;
+        }
+        *budget -= 1;
+        match e.kind {
+            EntryKind::Dir if depth < 6 => walk(fs, &e.path, depth + 1, budget),
+            EntryKind::File => {
+                if let Ok(mut r) = fs.reader(&e.path) {
+                    let mut sink = vec![0u8; 64 << 10];
+                    let mut left = 1usize << 20;
+                    while left > 0 {
+                        match std::io::Read::read(&mut r, &mut sink) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => left = left.saturating_sub(n),
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Damaged file systems (bytes of their metadata overwritten, deterministic seeds): every
+/// call answers, with data or an error.
+#[test]
+fn damaged_file_systems_give_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = tree(dir.path());
+    let ext = dir.path().join("ext.img");
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&src)
+        .arg(&ext)
+        .arg("4M"));
+    let fat = dir.path().join("fat.img");
+    run(Command::new("mkfs.fat")
+        .args(["-F", "16", "-C"])
+        .arg(&fat)
+        .arg("16384"));
+    let at = fat.display().to_string();
+    run(Command::new("mmd").args(["-i", &at, "::/etc", "::/etc/conf.d"]));
+    run(Command::new("mcopy")
+        .args(["-i", &at])
+        .arg(src.join("etc/hosts"))
+        .arg("::/etc/"));
+    run(Command::new("mcopy")
+        .args(["-i", &at])
+        .arg(src.join("etc/conf.d/big.bin"))
+        .arg("::/etc/conf.d/"));
+    let mut walked = 0;
+    for (img, meta) in [(&ext, 256 << 10), (&fat, 64 << 10)] {
+        let clean = std::fs::read(img).unwrap();
+        for seed in 1..=150u64 {
+            let mut b = clean.clone();
+            let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            for _ in 0..(1 + seed % 24) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                // Anywhere in the metadata, sparing the first superblock/boot sector bytes
+                // half of the time so the parsers get past their first checks.
+                let lo = if seed % 2 == 0 { 1536 } else { 0 };
+                let at = lo + (x as usize) % (meta - lo);
+                b[at] = (x >> 32) as u8;
+            }
+            let p = dir.path().join("damaged.img");
+            std::fs::write(&p, &b).unwrap();
+            let Ok(vols) = volumes(open(&p).as_mut()) else {
+                continue;
+            };
+            for v in vols {
+                if let Ok(fs) = FileSystem::open(open(&p), &v) {
+                    let mut budget = 2000;
+                    walk(&fs, "/", 0, &mut budget);
+                    walked += usize::from(budget < 2000);
+                }
+            }
+        }
+    }
+    // Not vacuous: many damaged images still open and list something.
+    assert!(
+        walked > 100,
+        "only {walked} damaged images could be walked at all"
+    );
+}
+
+/// A walk stops at 256 levels of directories (what a directory containing itself would
+/// give), with an error naming it.
+#[test]
+fn directories_nested_too_deep_end_the_walk_with_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("deep");
+    let mut p = src.clone();
+    for _ in 0..260 {
+        p.push("d");
+    }
+    std::fs::create_dir_all(&p).unwrap();
+    let img = dir.path().join("deep.img");
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&src)
+        .arg(&img)
+        .arg("8M"));
+    let vols = volumes(open(&img).as_mut()).unwrap();
+    let fs = FileSystem::open(open(&img), &vols[0]).unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let e = extract(&fs, &["/d".into()], &out, ExtractOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("deeper than 256 levels"), "{e}");
+    let e = kura_files::write_tar(&fs, "/", std::io::sink()).unwrap_err();
+    assert!(e.to_string().contains("deeper than 256 levels"), "{e}");
+}
