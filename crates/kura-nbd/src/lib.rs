@@ -476,7 +476,7 @@ fn transmission(s: &mut dyn Stream, mut e: Box<dyn Export>, agreed: &Agreed) -> 
                     if at >= end || x.len == 0 {
                         break;
                     }
-                    let n = x.len.min(end - at).min(u64::from(u32::MAX & !4095));
+                    let n = x.len.min(end - at).min(u64::from(!4095u32));
                     d.extend_from_slice(&(n as u32).to_be_bytes());
                     d.extend_from_slice(&x.state.to_be_bytes());
                     at += n;
