@@ -18,7 +18,7 @@ const BLOCK: u64 = 1 << 20;
 fn disk() -> Blocks {
     let mut d = vec![0u8; 16 << 20];
     for (i, b) in d.iter_mut().enumerate() {
-        if (i as u64 / BLOCK) % 2 == 0 {
+        if (i as u64 / BLOCK).is_multiple_of(2) {
             *b = (i % 251) as u8 | 1;
         }
     }
@@ -38,7 +38,7 @@ impl Export for Blocks {
         let mut at = offset;
         while at < offset + len {
             let end = (at / BLOCK + 1) * BLOCK;
-            let state = if (at / BLOCK) % 2 == 0 {
+            let state = if (at / BLOCK).is_multiple_of(2) {
                 0
             } else {
                 STATE_HOLE_ZERO
