@@ -169,6 +169,57 @@ impl ReadAt for VaultDisk {
     }
 }
 
+impl VaultDisk {
+    /// Another reader of the same disk, with its own cache (one per NBD client).
+    fn fresh(&self) -> VaultDisk {
+        VaultDisk {
+            vault: self.vault.clone(),
+            codec: self.vault.codec(),
+            index: self.index.clone(),
+            cache: HashMap::new(),
+            order: VecDeque::new(),
+            chunks: self.chunks.clone(),
+            bytes: self.bytes.clone(),
+        }
+    }
+}
+
+impl kura_nbd::Export for VaultDisk {
+    fn size(&self) -> u64 {
+        self.index.size
+    }
+
+    fn read_at(&mut self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        ReadAt::read_at(self, buf, offset)
+    }
+
+    /// Zero chunks are holes; runs of chunks of one kind are merged.
+    fn extents(&mut self, offset: u64, len: u64) -> std::io::Result<Vec<kura_nbd::Extent>> {
+        let cs = u64::from(self.index.chunk_size);
+        let end = (offset + len).min(self.index.size);
+        let mut out: Vec<kura_nbd::Extent> = Vec::new();
+        let mut at = offset;
+        while at < end {
+            let i = (at / cs) as usize;
+            let chunk_end = self.index.chunk_range(i).end.min(end);
+            let state = if self.index.chunks[i].is_zero() {
+                kura_nbd::STATE_HOLE_ZERO
+            } else {
+                0
+            };
+            match out.last_mut() {
+                Some(last) if last.state == state => last.len += chunk_end - at,
+                _ => out.push(kura_nbd::Extent {
+                    len: chunk_end - at,
+                    state,
+                }),
+            }
+            at = chunk_end;
+        }
+        Ok(out)
+    }
+}
+
 /// A snapshot-tier disk (a local file or image) as a [`ReadAt`].
 struct SnapshotDisk(Box<dyn kura_source::DiskReader>);
 
@@ -181,6 +232,24 @@ impl ReadAt for SnapshotDisk {
         self.0
             .read_at(buf, offset)
             .map_err(|e| std::io::Error::other(e.to_string()))
+    }
+}
+
+/// A recovery point's disk ready to be served over NBD: each client gets its own reader.
+pub struct PointExport {
+    /// Recovery point id.
+    pub rp_id: String,
+    /// Disk name.
+    pub disk: String,
+    /// Disk size.
+    pub size: u64,
+    /// Makes the reader of a new client.
+    pub factory: kura_nbd::Factory,
+}
+
+impl std::fmt::Debug for PointExport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PointExport({} {})", self.rp_id, self.disk)
     }
 }
 
@@ -295,6 +364,53 @@ impl Home {
             reader,
             chunks,
             bytes,
+        })
+    }
+
+    /// A point's disk to serve read-only over NBD (`kura export`), from its vault tier.
+    pub fn point_export(
+        &self,
+        item: &str,
+        target: &FilesTarget,
+        secrets: &Secrets,
+    ) -> Result<PointExport> {
+        let row = self.catalog.item(item)?;
+        Self::check_can_restore(&row)?;
+        let rp = self.resolve_rp(&row, &target.rp)?;
+        if rp.tier == "snapshot" {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                format!(
+                    "recovery point {} has only a snapshot tier (its disk is a local file): restore it instead",
+                    rp.id
+                ),
+            ));
+        }
+        let d = self.open_point_disk(&row, target, secrets)?;
+        let size = d.reader.size();
+        let vrow = self.catalog.vault_by_id(&row.vault_id)?;
+        let vault = self.open_vault_row(&vrow, secrets)?;
+        let manifest = vault.get_manifest(&d.rp.id)?;
+        let entry = crate::restore::pick_disk(&manifest, Some(&d.disk))?;
+        let proto = VaultDisk {
+            codec: vault.codec(),
+            index: vault.get_index(&entry.index)?,
+            vault,
+            cache: HashMap::new(),
+            order: VecDeque::new(),
+            chunks: d.chunks.clone(),
+            bytes: d.bytes.clone(),
+        };
+        let proto = std::sync::Mutex::new(proto);
+        let factory: kura_nbd::Factory = Arc::new(move || {
+            let p = proto.lock().unwrap_or_else(|e| e.into_inner());
+            Ok(Box::new(p.fresh()) as Box<dyn kura_nbd::Export>)
+        });
+        Ok(PointExport {
+            rp_id: d.rp.id.clone(),
+            disk: d.disk.clone(),
+            size,
+            factory,
         })
     }
 

@@ -2,6 +2,7 @@
 
 #[cfg(test)]
 mod doc_examples;
+mod export;
 mod output;
 mod policy_cmd;
 mod quickstart;
@@ -128,6 +129,10 @@ enum Command {
     /// Run scheduled backups: once (`tick`, e.g. from a timer) or continuously (`run`).
     #[command(subcommand)]
     Scheduler(policy_cmd::SchedulerCmd),
+    /// Serve a recovery point's disk read-only over NBD for a limited time (qemu-img,
+    /// nbdcopy, qemu-nbd --connect, a VM booting from it through an overlay).
+    #[command(subcommand)]
+    Export(export::ExportCmd),
     /// Run the service: the HTTP API and the scheduler over the home.
     Server(server::ServerArgs),
     /// API tokens of `kura server`: create, list, revoke, reset (on the server's host, or
@@ -797,7 +802,7 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
     if let Some(url) = &cli.server {
         let Some(request) = request else {
             anyhow::bail!(
-                "this command runs on the server's host only (quickstart, server, scheduler, vault key export/change, vault detach); run it there without --server"
+                "this command runs on the server's host only (quickstart, server, scheduler, export, vault key export/change, vault detach); run it there without --server"
             );
         };
         let given = host.given();
@@ -975,6 +980,7 @@ fn request(cmd: &Command, host: &mut HostOptions) -> anyhow::Result<Option<Reque
         }
         Command::Vault(VaultCmd::Detach { .. } | VaultCmd::Key(_))
         | Command::Scheduler(_)
+        | Command::Export(_)
         | Command::Server(_)
         | Command::Quickstart(_) => return Ok(None),
         Command::Item(ItemCmd::Protect(ProtectCmd::Disk {
@@ -1386,6 +1392,7 @@ fn host_only(home: &Home, cmd: &Command, secrets: Secrets, out: &Out) -> anyhow:
             Ok(0)
         }
         Command::Scheduler(cmd) => policy_cmd::run_scheduler(home, cmd, secrets, out),
+        Command::Export(cmd) => export::run(home, cmd, &secrets, out),
         _ => unreachable!("every other command is an API call"),
     }
 }

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 mod audit;
 mod cancel;
+mod export;
 mod files;
 mod guest;
 mod jobs;
@@ -65,7 +66,8 @@ fn api_command(args: &[&str]) -> bool {
         }
     }
     match words.as_slice() {
-        ["vault", "detach" | "key", ..] | ["scheduler" | "server" | "quickstart", ..] => false,
+        ["vault", "detach" | "key", ..]
+        | ["scheduler" | "server" | "quickstart" | "export", ..] => false,
         [_, ..] => true,
         [] => false,
     }

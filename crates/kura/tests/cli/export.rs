@@ -1,0 +1,110 @@
+//! `kura export`: a point's disk served read-only over NBD, read by clients kura did not
+//! write (libnbd's nbdinfo and nbdcopy, qemu-img), listed, stopped.
+
+use std::io::BufRead;
+use std::process::Stdio;
+
+use super::*;
+
+/// Starts `kura export start ARGS` in the background; returns the process and the URI it
+/// printed.
+fn start(e: &Env, args: &[&str]) -> (std::process::Child, String, String) {
+    let mut a = vec!["--output", "json", "export", "start"];
+    a.extend_from_slice(args);
+    let mut child = e
+        .cmd(&a)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut doc = String::new();
+    // One JSON document, pretty-printed: read up to its closing brace.
+    loop {
+        let mut line = String::new();
+        if out.read_line(&mut line).unwrap() == 0 {
+            let mut err = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            panic!("export start ended early: {doc}{err}");
+        }
+        doc.push_str(&line);
+        if line.starts_with('}') {
+            break;
+        }
+    }
+    let v: Value = serde_json::from_str(&doc).unwrap();
+    (
+        child,
+        v["uri"].as_str().unwrap().to_string(),
+        v["id"].as_str().unwrap().to_string(),
+    )
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let o = cmd.output().unwrap_or_else(|err| panic!("{cmd:?}: {err}"));
+    assert!(o.status.success(), "{cmd:?}: {o:?}");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn a_point_is_served_over_nbd_to_real_clients_until_it_is_stopped() {
+    let e = Env::new();
+    e.vault("v", &[]);
+    // 32 MiB with data at 0-4 MiB and 20-24 MiB only: the rest is holes in the point.
+    let img = e.path("d.raw");
+    make_image(&img, 32 << 20, &[(0, 4 << 20, 5), (20 << 20, 4 << 20, 9)]);
+    e.protect(&img, "v", &[]);
+    e.backup("d");
+
+    // Refused before anything listens: a non-loopback address, an unknown point.
+    let (_, err) = e.fails(&["export", "start", "d", "--listen", "tcp:0.0.0.0:10809"]);
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("loopback"),
+        "{err}"
+    );
+    let (_, err) = e.fails(&["export", "start", "d", "--rp", "0123abcd"]);
+    assert!(err.to_string().contains("0123abcd"), "{err}");
+
+    let (mut child, uri, id) = start(&e, &["d", "--expires", "10m"]);
+    let map = run_ok(Command::new("nbdinfo").args(["--map", &uri]));
+    let lines: Vec<Vec<&str>> = map
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines[0][..3], ["0", &(4 << 20).to_string(), "0"], "{map}");
+    assert_eq!(
+        lines[1][..3],
+        [&(4u64 << 20).to_string()[..], &(16 << 20).to_string(), "3"],
+        "{map}"
+    );
+    assert_eq!(lines.len(), 4, "{map}");
+
+    // Two clients at once, both bit-exact.
+    let a = e.path("qemu.raw");
+    let b = e.path("nbdcopy.raw");
+    let mut q = Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "raw", &uri])
+        .arg(&a)
+        .spawn()
+        .unwrap();
+    run_ok(Command::new("nbdcopy").arg(&uri).arg(&b));
+    assert!(q.wait().unwrap().success());
+    let want = std::fs::read(&img).unwrap();
+    assert!(
+        std::fs::read(&a).unwrap() == want,
+        "qemu-img's copy differs"
+    );
+    assert!(std::fs::read(&b).unwrap() == want, "nbdcopy's copy differs");
+
+    let list = e.json(&["export", "list"]);
+    assert_eq!(list[0]["id"], id.as_str(), "{list}");
+    assert_eq!(list[0]["uri"], uri.as_str());
+    e.json(&["export", "stop", &id[id.len() - 8..]]);
+    assert!(child.wait().unwrap().success());
+    let o = Command::new("nbdinfo").arg(&uri).output().unwrap();
+    assert!(!o.status.success(), "a stopped export still answered");
+    assert_eq!(e.json(&["export", "list"]), serde_json::json!([]));
+}
