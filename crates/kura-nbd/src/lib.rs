@@ -458,10 +458,19 @@ fn transmission(s: &mut dyn Stream, mut e: Box<dyn Export>, agreed: &Agreed) -> 
             }
             CMD_READ if !in_range => simple(s, EINVAL, handle, &[])?,
             CMD_READ => read(s, e.as_mut(), agreed, handle, offset, len)?,
-            CMD_BLOCK_STATUS if !agreed.allocation || !in_range || len == 0 => {
+            // A status request may cover any length: the answer covers at most the
+            // largest request from its start (the client asks again for the rest).
+            CMD_BLOCK_STATUS
+                if !agreed.allocation
+                    || len == 0
+                    || offset
+                        .checked_add(u64::from(len))
+                        .is_none_or(|end| end > size) =>
+            {
                 simple(s, EINVAL, handle, &[])?
             }
             CMD_BLOCK_STATUS => {
+                let len = len.min(MAX_REQUEST);
                 let runs = match e.extents(offset, u64::from(len)) {
                     Ok(r) => r,
                     Err(_) => {

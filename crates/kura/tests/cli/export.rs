@@ -108,3 +108,47 @@ fn a_point_is_served_over_nbd_to_real_clients_until_it_is_stopped() {
     assert!(!o.status.success(), "a stopped export still answered");
     assert_eq!(e.json(&["export", "list"]), serde_json::json!([]));
 }
+
+/// The beginning of live restore: the tiny guest boots with its data disk on a local qcow2
+/// overlay whose backing file is the export, reads what the point holds while kura fetches
+/// it on demand, and writes into the overlay (the export stays read-only).
+#[test]
+fn a_vm_runs_from_an_export_through_a_local_overlay() {
+    let e = Env::new();
+    e.vault("v", &[]);
+    let data = super::guest::ext4_image(
+        &e,
+        "data.raw",
+        "64M",
+        &[("hello", "hello from the point\n", false)],
+    );
+    e.protect(&data, "v", &["--name", "data"]);
+    e.backup("data");
+    std::fs::remove_file(&data).unwrap();
+    let (mut child, uri, id) = start(&e, &["data", "--expires", "30m"]);
+    let overlay = e.path("overlay.qcow2");
+    run_ok(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b", &uri])
+            .arg(&overlay),
+    );
+    let guest = super::guest::boot(&e, "live", &[("vda", &overlay, "qcow2")]);
+    assert_eq!(guest.sh("cat /mnt/data/hello"), "hello from the point");
+    guest.sh("echo written in the guest > /mnt/data/new && sync");
+    assert_eq!(guest.sh("cat /mnt/data/new"), "written in the guest");
+    drop(guest);
+    // The point is untouched: a fresh read of the export has the file system as backed up.
+    let copy = e.path("copy.raw");
+    run_ok(
+        Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "raw", &uri])
+            .arg(&copy),
+    );
+    assert_eq!(
+        super::guest::ext4_cat(&copy, "/hello").as_deref(),
+        Some("hello from the point\n")
+    );
+    assert_eq!(super::guest::ext4_cat(&copy, "/new"), None);
+    e.json(&["export", "stop", &id]);
+    assert!(child.wait().unwrap().success());
+}
