@@ -19,6 +19,14 @@ const NOT_RUN: &[(&str, &str)] = &[
     ("--server", "needs a running server (tests/cli/remote.rs)"),
     ("job cancel", "needs a running job (tests/cli/cancel.rs)"),
     ("vault detach old", "an example name"),
+    (
+        "export start",
+        "serves until it expires or is stopped (tests/cli/export.rs)",
+    ),
+    (
+        "export stop",
+        "needs a running export (tests/cli/export.rs)",
+    ),
 ];
 
 /// Where the tour's paths go inside the test directory (each word's leading path, once).
@@ -82,11 +90,20 @@ fn the_readme_tour_runs_as_written() {
         std::fs::create_dir_all(e.path(d)).unwrap();
     }
     let web = e.path("images/web.qcow2");
-    make_image(
-        &e.path("web.raw"),
-        8 << 20,
-        &[(0, 1 << 20, 1), (5 << 20, 1 << 20, 2)],
-    );
+    // The web server's disk holds an ext4 file system (`kura files` browses it).
+    let tree = e.path("web-tree");
+    std::fs::create_dir_all(tree.join("etc/nginx")).unwrap();
+    std::fs::write(tree.join("etc/hosts"), "127.0.0.1 localhost web\n").unwrap();
+    std::fs::write(tree.join("etc/nginx/nginx.conf"), "events {}\n").unwrap();
+    let o = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&tree)
+        .arg(e.path("web.raw"))
+        .arg("8M")
+        .output()
+        .expect("mkfs.ext4 (scripts/test installs e2fsprogs)");
+    assert!(o.status.success(), "{o:?}");
+    std::fs::create_dir_all(e.path("tmp/back")).unwrap();
     qemu_img(&[
         "convert",
         "-f",
