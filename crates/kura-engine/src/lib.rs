@@ -24,6 +24,7 @@
 
 pub mod backup;
 mod error;
+mod export;
 mod files;
 pub mod gc;
 mod home;
@@ -45,6 +46,7 @@ pub mod verify;
 
 pub use backup::{BackupOptions, BackupReport, ScheduledRun};
 pub use error::{Error, ErrorKind, Result};
+pub use export::{ExportInfo, ExportListen, MAX_EXPORT_LIFE, RunningExport};
 pub use files::{Fetched, FileListing, FileRestoreReport, FilesTarget, PointVolumes};
 pub use gc::{GcOptions, GcReport};
 pub use home::{AttachReport, CreateVault, Home, Secrets, VaultInfo, WrappedKeyDocument};
