@@ -450,3 +450,19 @@ impl From<kura_engine::FileListing> for FileListing {
         }
     }
 }
+
+impl From<kura_engine::ExportInfo> for Export {
+    fn from(e: kura_engine::ExportInfo) -> Self {
+        Export {
+            id: e.id,
+            item: e.item,
+            rp_id: e.rp_id,
+            disk: e.disk,
+            size: e.size,
+            uri: e.uri,
+            pid: e.pid,
+            started: e.started,
+            expires: e.expires,
+        }
+    }
+}

@@ -399,3 +399,21 @@ pub struct FilesQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume: Option<u32>,
 }
+
+/// `POST /items/{item}/exports`: serve a point's disk read-only over NBD for a while.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewExport {
+    /// Recovery point.
+    pub rp: String,
+    /// The disk, when the point has several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<String>,
+    /// How long it runs, in minutes (default 60, at most 7 days).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minutes: Option<u32>,
+    /// `tcp:127.0.0.1:PORT` (loopback only; port 0 picks one); default: a private Unix
+    /// socket in the server's home.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+}

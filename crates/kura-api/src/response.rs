@@ -682,3 +682,35 @@ pub struct FileEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
 }
+
+/// A running NBD export of a recovery point's disk.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Export {
+    /// Export id.
+    pub id: String,
+    /// Item name.
+    pub item: String,
+    /// Recovery point id.
+    pub rp_id: String,
+    /// Disk name.
+    pub disk: String,
+    /// Disk size in bytes.
+    pub size: u64,
+    /// Where NBD clients connect (`nbd+unix:///NAME?socket=PATH` or `nbd://ADDRESS/NAME`).
+    pub uri: String,
+    /// The process serving it.
+    pub pid: u32,
+    /// When it started.
+    pub started: String,
+    /// When it ends (its clients are then cut off).
+    pub expires: String,
+}
+
+/// `DELETE /exports/{export}`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ExportStopped {
+    /// Export id.
+    pub id: String,
+    /// Always true: it has ended and its clients are cut off.
+    pub stopped: bool,
+}

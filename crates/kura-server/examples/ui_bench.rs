@@ -100,6 +100,7 @@ fn main() {
         stopping: Default::default(),
         scheduler: Default::default(),
         secure_cookies: false,
+        exports: Default::default(),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

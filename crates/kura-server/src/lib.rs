@@ -49,7 +49,13 @@ pub struct AppState {
     pub queue: Arc<kura_engine::JobQueue>,
     /// Mark the web UI's session cookie `Secure` (the server speaks HTTPS).
     pub secure_cookies: bool,
+    /// The NBD exports this server runs for its clients, by id.
+    pub exports: Exports,
 }
+
+/// The exports a server runs (`POST /items/{item}/exports`).
+pub type Exports =
+    Arc<std::sync::Mutex<std::collections::HashMap<String, kura_engine::RunningExport>>>;
 
 /// Where the admin token stood before named tokens (a file with its hash); adopted into
 /// the token table at the next start and removed.

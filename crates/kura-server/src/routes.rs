@@ -382,6 +382,36 @@ pub const ROUTES: &[Route] = &[
     ),
     r(
         "POST",
+        "/api/v1/items/{item}/exports",
+        "startExport",
+        "Serve a point's disk read-only over NBD for a while",
+        201,
+        Some(schema::<api::NewExport>),
+        schema::<api::Export>,
+        None,
+    ),
+    r(
+        "GET",
+        "/api/v1/exports",
+        "listExports",
+        "The NBD exports running on this home",
+        200,
+        None,
+        schema::<Vec<api::Export>>,
+        None,
+    ),
+    r(
+        "DELETE",
+        "/api/v1/exports/{export}",
+        "stopExport",
+        "End an export this server runs: its clients are cut off",
+        200,
+        None,
+        schema::<api::ExportStopped>,
+        None,
+    ),
+    r(
+        "POST",
         "/api/v1/items/{item}/file-restores",
         "restoreFiles",
         "Start a restore of files and directories of a point into a directory",
@@ -749,6 +779,7 @@ pub fn fuzz_bodies(data: &[u8]) {
     let _ = parse_body::<api::Restore>(data);
     let _ = parse_body::<api::RestoreDisks>(data);
     let _ = parse_body::<api::RestoreFiles>(data);
+    let _ = parse_body::<api::NewExport>(data);
     let _ = parse_body::<api::RestoreVm>(data);
     let _ = parse_body::<api::SetAgent>(data);
     let _ = parse_body::<api::At>(data);
@@ -1402,6 +1433,79 @@ async fn list_files(
     )
 }
 
+async fn start_export(
+    _: Auth,
+    State(s): State<S>,
+    Path(item): Path<String>,
+    Body(b): Body<api::NewExport>,
+) -> ApiResult {
+    refuse_when_stopping(&s)?;
+    let listen = match b.listen.as_deref() {
+        Some(l) if l.starts_with("unix:") => {
+            return Err(ApiError::invalid(
+                "listen: the server chooses its socket (in its home); give tcp:127.0.0.1:PORT or leave it out",
+            ));
+        }
+        l => kura_engine::ExportListen::parse(l.unwrap_or(""))?,
+    };
+    let minutes = b.minutes.unwrap_or(60);
+    let life = jiff::SignedDuration::from_mins(i64::from(minutes));
+    if minutes == 0 || life > kura_engine::MAX_EXPORT_LIFE {
+        return Err(ApiError::invalid(format!(
+            "minutes: {minutes} is not between 1 and {}",
+            kura_engine::MAX_EXPORT_LIFE.as_mins()
+        )));
+    }
+    let target = files_target(b.rp, b.disk, None);
+    let st = s.clone();
+    let info = blocking(move || {
+        let running = st
+            .home
+            .start_export(&item, &target, &listen, life, &st.secrets)?;
+        let info = running.info.clone();
+        let mut map = st.exports.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|_, e| !e.ended());
+        map.insert(info.id.clone(), running);
+        Ok(info)
+    })
+    .await?;
+    ok(201, api::Export::from(info))
+}
+
+async fn list_exports(_: Auth, State(s): State<S>) -> ApiResult {
+    ok(
+        200,
+        blocking(move || Ok(list::<_, api::Export>(s.home.list_exports()))).await?,
+    )
+}
+
+async fn stop_export(_: Auth, State(s): State<S>, Path(id): Path<String>) -> ApiResult {
+    let st = s.clone();
+    let id = blocking(move || {
+        let info = st.home.find_export(&id)?;
+        let mut map = st.exports.lock().unwrap_or_else(|p| p.into_inner());
+        match map.remove(&info.id) {
+            Some(running) => {
+                // Answer once it has ended: its clients are cut off, its socket is gone.
+                running.stop();
+                drop(map);
+                let _ = running.wait();
+                Ok(info.id)
+            }
+            None => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!(
+                    "export {} is run by process {}, not this server: stop it with `kura export stop {}` on the host",
+                    info.id, info.pid, info.id
+                ),
+            )),
+        }
+    })
+    .await?;
+    ok(200, api::ExportStopped { id, stopped: true })
+}
+
 /// A `Write` whose bytes go, in pieces, to a response body being streamed.
 struct BodyWriter {
     tx: tokio::sync::mpsc::Sender<Result<axum::body::Bytes, std::io::Error>>,
@@ -1945,6 +2049,9 @@ fn handler(route: &Route) -> MethodRouter<S> {
         "listFiles" => get(list_files),
         "restoreFiles" => post(restore_files),
         "downloadFiles" => get(download_files),
+        "startExport" => post(start_export),
+        "listExports" => get(list_exports),
+        "stopExport" => delete(stop_export),
         "setAgent" => post(set_agent),
         "listJobs" => get(list_jobs),
         "getJob" => get(get_job),

@@ -78,6 +78,7 @@ fn start_with(clock: Option<Arc<dyn kura_engine::Clock>>) -> Server {
         stopping: Default::default(),
         scheduler: Default::default(),
         secure_cookies: false,
+        exports: Default::default(),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -1145,6 +1146,9 @@ fn every_client_call_is_a_documented_request() {
                     "getSession",
                     "deleteSession",
                     "downloadFiles",
+                    "startExport",
+                    "listExports",
+                    "stopExport",
                 ]
                 .contains(op)
         })

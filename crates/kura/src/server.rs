@@ -304,6 +304,7 @@ fn run(
         scheduler,
         queue: queue.clone(),
         secure_cookies: cfg.tls_cert.is_some(),
+        exports: Default::default(),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -152,3 +152,80 @@ fn a_vm_runs_from_an_export_through_a_local_overlay() {
     e.json(&["export", "stop", &id]);
     assert!(child.wait().unwrap().success());
 }
+
+/// `curl` with the admin token against the server over the test's home: status and JSON.
+fn api(e: &Env, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+    let server = e.server.get_or_init(|| remote::serve_home(e));
+    let mut c = Command::new("curl");
+    c.args(["-sS", "-w", "\n%{http_code}", "-X", method, "-H"])
+        .arg(format!("Authorization: Bearer {}", remote::TOKEN));
+    if let Some(b) = body {
+        c.args(["-H", "Content-Type: application/json", "--data", b]);
+    }
+    let o = c
+        .arg(format!("{}/api/v1{path}", server.url))
+        .output()
+        .expect("curl (scripts/test installs it)");
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    let (doc, code) = text.rsplit_once('\n').unwrap();
+    (
+        code.parse().unwrap(),
+        serde_json::from_str(doc).unwrap_or(Value::Null),
+    )
+}
+
+#[test]
+fn the_server_runs_exports_for_its_clients() {
+    let e = Env::new();
+    e.vault("v", &[]);
+    let img = e.path("d.raw");
+    make_image(&img, 8 << 20, &[(0, 1 << 20, 5)]);
+    e.protect(&img, "v", &[]);
+    e.backup("d");
+
+    let (code, v) = api(
+        &e,
+        "POST",
+        "/items/d/exports",
+        Some(r#"{"rp": "latest", "minutes": 5}"#),
+    );
+    assert_eq!(code, 201, "{v}");
+    let uri = v["uri"].as_str().unwrap().to_string();
+    let copy = e.path("copy.raw");
+    run_ok(
+        Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "raw", &uri])
+            .arg(&copy),
+    );
+    assert!(std::fs::read(&copy).unwrap() == std::fs::read(&img).unwrap());
+    let (_, list) = api(&e, "GET", "/exports", None);
+    assert_eq!(list[0]["id"], v["id"], "{list}");
+
+    // Refused: a socket path of the client's choosing, a life out of range, a wide address.
+    for body in [
+        r#"{"rp": "latest", "listen": "unix:/tmp/x.sock"}"#,
+        r#"{"rp": "latest", "minutes": 0}"#,
+        r#"{"rp": "latest", "listen": "tcp:0.0.0.0:0"}"#,
+    ] {
+        let (code, err) = api(&e, "POST", "/items/d/exports", Some(body));
+        assert_eq!(code, 400, "{body}: {err}");
+    }
+    // An export another process runs is not the server's to stop.
+    let (mut child, _, other) = start(&e, &["d", "--expires", "5m"]);
+    let (code, err) = api(&e, "DELETE", &format!("/exports/{other}"), None);
+    assert_eq!(code, 409, "{err}");
+    e.json(&["export", "stop", &other]);
+    assert!(child.wait().unwrap().success());
+
+    let (code, _) = api(
+        &e,
+        "DELETE",
+        &format!("/exports/{}", v["id"].as_str().unwrap()),
+        None,
+    );
+    assert_eq!(code, 200);
+    let o = Command::new("nbdinfo").arg(&uri).output().unwrap();
+    assert!(!o.status.success(), "a stopped export still answered");
+    let (_, list) = api(&e, "GET", "/exports", None);
+    assert_eq!(list, serde_json::json!([]));
+}
