@@ -579,6 +579,16 @@ test("files of a point: browse its ext4 partition, download a file, restore a fo
   await page.locator("#job-status").getByText("Completed", { exact: true }).waitFor({ timeout: 30000 });
   assert.equal(readFileSync(join(to, "www/index.html"), "utf8"), "<h1>hello</h1>\n");
 
+  // The whole disk over NBD: the URI shown is served (libnbd's nbdinfo reads it) until
+  // the export is ended.
+  await page.goto(at + "/#/files/share/latest");
+  await page.getByRole("button", { name: "Export over NBD" }).click();
+  const uri = (await page.locator("#export-uri").textContent()).trim();
+  assert.match(execFileSync("nbdinfo", ["--size", uri], { encoding: "utf8" }), /^25165824/);
+  await page.getByRole("button", { name: "End export" }).click();
+  await page.getByText("The export has ended.").waitFor();
+  assert.throws(() => execFileSync("nbdinfo", [uri], { stdio: "ignore" }), "an ended export is gone");
+
   // A path that is not there: the API's message, and no job.
   await page.goto(at + `/#/files/share/latest?path=${encodeURIComponent("/srv/nope")}`);
   await page.getByText(/no such file or directory/).waitFor();

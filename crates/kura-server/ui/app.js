@@ -465,7 +465,7 @@ function action(op, label, fields, send, opts = {}) {
     err.textContent = "";
     try {
       await send(new FormData(form));
-      route();
+      if (!opts.stay) route();
     } catch (e) {
       err.textContent = e.message;
     }
@@ -623,10 +623,30 @@ async function filesPage(params, [name, rp]) {
       err.textContent = e.message;
     }
   });
+  // The disk itself, served read-only over NBD for a while (qemu-img, nbdcopy, a VM).
+  const exported = el("div", { id: "export-info", "aria-live": "polite" });
+  const exportForm = action("startExport", "Export over NBD", [
+    el("label", { for: "export-minutes" }, "For minutes"),
+    el("input", { id: "export-minutes", name: "minutes", type: "number", min: 1, value: 60 }),
+  ], async (f) => {
+    const body = { rp: point.rp_id, minutes: Number(f.get("minutes")) };
+    if (disk) body.disk = disk;
+    const x = await api("POST", `/items/${encodeURIComponent(name)}/exports`, body);
+    exported.replaceChildren(
+      el("p", {}, "Serving read-only until ", when(x.expires), " at"),
+      el("pre", { class: "log", id: "export-uri" }, x.uri),
+      el("p", { class: "muted" }, `e.g. qemu-img convert -O qcow2 '${x.uri}' copy.qcow2 on the server's host`),
+      action("stopExport", "End export", [], async () => {
+        await api("DELETE", `/exports/${x.id}`);
+        exported.replaceChildren(el("p", {}, "The export has ended."));
+      }, { stay: true }));
+  }, { stay: true });
   show(head, pickers.length ? el("div", { class: "filters" }, pickers) : null,
     el("nav", { class: "crumbs", "aria-label": "Path" }, crumbs),
     el("p", { class: "muted" }, `Disk ${list.disk}, volume ${list.volume}; ${list.fetched.chunks} chunk(s) read from the vault for this listing.`),
-    form);
+    form,
+    el("section", { "aria-labelledby": "export-title" }, el("h2", { id: "export-title" }, "The whole disk over NBD"),
+      exportForm, exported));
   return 0;
 }
 
