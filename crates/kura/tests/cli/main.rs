@@ -73,6 +73,16 @@ fn api_command(args: &[&str]) -> bool {
     }
 }
 
+/// A `KURA_TEST_CLOCK` value: "now" is `instant` at this moment and runs on with real
+/// time from there.
+fn clock_at(instant: &str) -> String {
+    let real = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    format!("{instant}@{real}")
+}
+
 impl Env {
     fn new() -> Self {
         Env {
@@ -87,13 +97,9 @@ impl Env {
     /// runs with real time: a test of schedules, expiry or purges does not depend on when it
     /// runs.
     fn at(instant: &str) -> Self {
-        let real = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
         Env {
             dir: tempfile::tempdir().unwrap(),
-            clock: Some(format!("{instant}@{real}")),
+            clock: Some(clock_at(instant)),
             server: std::sync::OnceLock::new(),
             on_host: std::sync::atomic::AtomicBool::new(false),
         }

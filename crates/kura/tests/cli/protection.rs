@@ -256,14 +256,10 @@ fn the_vault_trend_follows_backups_and_gc_and_estimates_when_the_disk_is_full() 
     let e = Env::at("2026-03-01T00:00:00Z");
     e.on_host();
     let day = |d: u32, args: &[&str]| {
-        let real = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
         let mut c = e.cmd(args);
         c.env(
             "KURA_TEST_CLOCK",
-            format!("2026-03-{d:02}T06:00:00Z@{real}"),
+            clock_at(&format!("2026-03-{d:02}T06:00:00Z")),
         );
         let o = c.output().unwrap();
         assert!(
