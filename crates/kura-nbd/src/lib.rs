@@ -624,7 +624,7 @@ pub fn fuzz_session(data: &[u8]) -> usize {
             let mut at = offset;
             while at < offset + len {
                 let end = (at / 65536 + 1) * 65536;
-                let state = if (at / 65536) % 2 == 0 {
+                let state = if (at / 65536).is_multiple_of(2) {
                     0
                 } else {
                     STATE_HOLE_ZERO
