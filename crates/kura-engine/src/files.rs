@@ -292,7 +292,6 @@ impl Home {
     ) -> Result<OpenDisk> {
         Self::check_can_restore(item)?;
         let rp = self.resolve_rp(item, &target.rp)?;
-        let (chunks, bytes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         if rp.tier == "snapshot" {
             let snap = rp
                 .snapshot
@@ -308,35 +307,43 @@ impl Home {
                         ),
                     )
                 })?;
-            let names = snap.disk_names();
-            let disk = match &target.disk {
-                Some(d) => d.clone(),
-                None if names.len() == 1 => names[0].clone(),
-                None => {
-                    return Err(Error::new(
-                        ErrorKind::Invalid,
-                        format!(
-                            "recovery point {} has {} disks ({}): name one with --disk",
-                            rp.id,
-                            names.len(),
-                            names.join(", ")
-                        ),
-                    ));
-                }
-            };
+            let disk = crate::restore::pick_snapshot_disk(
+                &rp.id,
+                &snap.disk_names(),
+                target.disk.as_deref(),
+            )?;
             let reader = Box::new(SnapshotDisk(snap.reader_of(target.disk.as_deref())?));
+            // Nothing is fetched from a vault.
             return Ok(OpenDisk {
                 rp,
                 disk,
                 reader,
-                chunks,
-                bytes,
+                chunks: Arc::default(),
+                bytes: Arc::default(),
             });
         }
+        let (disk, vd) = self.open_vault_disk(item, &rp, target.disk.as_deref(), secrets)?;
+        Ok(OpenDisk {
+            rp,
+            disk,
+            chunks: vd.chunks.clone(),
+            bytes: vd.bytes.clone(),
+            reader: Box::new(vd),
+        })
+    }
+
+    /// A point's disk in its vault: the disk's name and a reader of its chunks.
+    fn open_vault_disk(
+        &self,
+        item: &ItemRow,
+        rp: &RpRow,
+        disk: Option<&str>,
+        secrets: &Secrets,
+    ) -> Result<(String, VaultDisk)> {
         let vrow = self.catalog.vault_by_id(&item.vault_id)?;
         let vault = self.open_vault_row(&vrow, secrets)?;
         let manifest = vault.get_manifest(&rp.id)?;
-        let entry = crate::restore::pick_disk(&manifest, target.disk.as_deref())?;
+        let entry = crate::restore::pick_disk(&manifest, disk)?;
         let index = vault.get_index(&entry.index)?;
         if index.size != entry.size {
             return Err(Error::new(
@@ -347,24 +354,16 @@ impl Home {
                 ),
             ));
         }
-        let disk = entry.name.clone();
-        let codec = vault.codec();
-        let reader = Box::new(VaultDisk {
+        let vd = VaultDisk {
+            codec: vault.codec(),
             vault,
-            codec,
             index,
             cache: HashMap::new(),
             order: VecDeque::new(),
-            chunks: chunks.clone(),
-            bytes: bytes.clone(),
-        });
-        Ok(OpenDisk {
-            rp,
-            disk,
-            reader,
-            chunks,
-            bytes,
-        })
+            chunks: Arc::default(),
+            bytes: Arc::default(),
+        };
+        Ok((entry.name.clone(), vd))
     }
 
     /// A point's disk to serve read-only over NBD (`kura export`), from its vault tier.
@@ -386,29 +385,16 @@ impl Home {
                 ),
             ));
         }
-        let d = self.open_point_disk(&row, target, secrets)?;
-        let size = d.reader.size();
-        let vrow = self.catalog.vault_by_id(&row.vault_id)?;
-        let vault = self.open_vault_row(&vrow, secrets)?;
-        let manifest = vault.get_manifest(&d.rp.id)?;
-        let entry = crate::restore::pick_disk(&manifest, Some(&d.disk))?;
-        let proto = VaultDisk {
-            codec: vault.codec(),
-            index: vault.get_index(&entry.index)?,
-            vault,
-            cache: HashMap::new(),
-            order: VecDeque::new(),
-            chunks: d.chunks.clone(),
-            bytes: d.bytes.clone(),
-        };
+        let (disk, proto) = self.open_vault_disk(&row, &rp, target.disk.as_deref(), secrets)?;
+        let size = proto.index.size;
         let proto = std::sync::Mutex::new(proto);
         let factory: kura_nbd::Factory = Arc::new(move || {
             let p = proto.lock().unwrap_or_else(|e| e.into_inner());
             Ok(Box::new(p.fresh()) as Box<dyn kura_nbd::Export>)
         });
         Ok(PointExport {
-            rp_id: d.rp.id.clone(),
-            disk: d.disk.clone(),
+            rp_id: rp.id,
+            disk,
             size,
             factory,
         })
@@ -551,6 +537,30 @@ impl Home {
                 format!("{path}: a {k:?} has no contents to download"),
             )),
         }
+    }
+
+    /// Checks, touching nothing, that the point, its disk and volume and every one of
+    /// `paths` exist (what [`Home::restore_files`] checks before its job starts; the server
+    /// asks before it queues one).
+    pub fn check_files(
+        &self,
+        item: &str,
+        target: &FilesTarget,
+        paths: &[String],
+        secrets: &Secrets,
+    ) -> Result<()> {
+        let row = self.catalog.item(item)?;
+        if paths.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                "paths: name at least one file or directory to restore",
+            ));
+        }
+        let (_, fs, _) = self.open_point_fs(&row, target, secrets)?;
+        for p in paths {
+            fs.entry(p).map_err(files_error)?;
+        }
+        Ok(())
     }
 
     /// Restores files and directories of a point into the existing directory `to` (a

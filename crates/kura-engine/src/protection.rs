@@ -576,7 +576,8 @@ impl Home {
         self.item_status(&row.name)
     }
 
-    /// Resumes protection of a stopped item with a policy of its vault.
+    /// Resumes protection of a stopped item with a policy of its vault (see
+    /// [`Home::change_policy`]: the same, from the stopped state).
     pub fn resume_protection(
         &self,
         item: &str,
@@ -585,29 +586,7 @@ impl Home {
     ) -> Result<ItemStatus> {
         let row = self.catalog.item(item)?;
         Self::require_state(&row, &["stopped"], "resume its protection")?;
-        if !self.catalog.has_policy(&row.vault_id, policy)? {
-            return Err(Error::new(
-                ErrorKind::NotFound,
-                format!("the item's vault has no policy {policy:?}"),
-            ));
-        }
-        self.run_job(
-            JobOperation::ConfigureBackup,
-            &row.name,
-            false,
-            None,
-            &NoProgress,
-            |_| {
-                self.record_state(&row, Some(policy), "protected", None, secrets)?;
-                self.catalog.set_item_policy(&row.id, Some(policy))?;
-                self.catalog.set_item_state(&row.id, "protected", None)?;
-                // The schedule starts from now, not from the time protection stopped.
-                self.catalog
-                    .set_item_last_slot(&row.id, &kura_catalog::stamp(self.now()))?;
-                Ok(((), None))
-            },
-        )?;
-        self.item_status(&row.name)
+        self.protect_under(&row, policy, secrets)
     }
 
     /// Moves a protected item to another policy of its vault (Azure's "modify protection").
@@ -617,6 +596,13 @@ impl Home {
     pub fn change_policy(&self, item: &str, policy: &str, secrets: &Secrets) -> Result<ItemStatus> {
         let row = self.catalog.item(item)?;
         Self::require_state(&row, &["protected"], "change its policy")?;
+        self.protect_under(&row, policy, secrets)
+    }
+
+    /// Resume and change policy alike: the item is protected under `policy` (of its vault)
+    /// from now on. Its schedule starts now, not at a slot the item missed while stopped or
+    /// under another policy, and its scheduled points take the policy's retention.
+    fn protect_under(&self, row: &ItemRow, policy: &str, secrets: &Secrets) -> Result<ItemStatus> {
         if !self.catalog.has_policy(&row.vault_id, policy)? {
             return Err(Error::new(
                 ErrorKind::NotFound,
@@ -632,11 +618,12 @@ impl Home {
             None,
             &NoProgress,
             |job| {
-                self.record_state(&row, Some(policy), "protected", None, secrets)?;
+                self.record_state(row, Some(policy), "protected", None, secrets)?;
                 self.catalog.set_item_policy(&row.id, Some(policy))?;
+                self.catalog.set_item_state(&row.id, "protected", None)?;
                 self.catalog
                     .set_item_last_slot(&row.id, &kura_catalog::stamp(self.now()))?;
-                let changed = self.reapply_retention(&row, &rules)?;
+                let changed = self.reapply_retention(row, &rules)?;
                 job.message(&format!(
                     "policy changed from {before} to {policy}; {changed} scheduled recovery point(s) take its retention"
                 ));

@@ -156,18 +156,7 @@ impl Home {
             .and_then(kura_source::Snapshot::decode)
         {
             Some(snap) if snap.exists() => {
-                let names = snap.disk_names();
-                if opts.disk.is_none() && names.len() > 1 {
-                    return Err(Error::new(
-                        ErrorKind::Invalid,
-                        format!(
-                            "recovery point {} has {} disks ({}): name one with --disk",
-                            rp.id,
-                            names.len(),
-                            names.join(", ")
-                        ),
-                    ));
-                }
+                pick_snapshot_disk(&rp.id, &snap.disk_names(), opts.disk.as_deref())?;
             }
             _ if rp.tier != "snapshot" => {
                 pick_disk(&vault.get_manifest(&rp.id)?, opts.disk.as_deref())?;
@@ -471,6 +460,27 @@ impl Home {
 }
 
 /// The disk of a point to restore: the one named, or the only one.
+/// The disk of a snapshot-tier point named `name`, or its only disk; naming none of
+/// several is a usage error.
+pub(crate) fn pick_snapshot_disk(
+    rp_id: &str,
+    names: &[String],
+    name: Option<&str>,
+) -> Result<String> {
+    match (name, names) {
+        (Some(n), _) => Ok(n.to_string()),
+        (None, [one]) => Ok(one.clone()),
+        (None, _) => Err(Error::new(
+            ErrorKind::Invalid,
+            format!(
+                "recovery point {rp_id} has {} disks ({}): name one with --disk",
+                names.len(),
+                names.join(", ")
+            ),
+        )),
+    }
+}
+
 pub(crate) fn pick_disk<'m>(
     m: &'m kura_store::Manifest,
     name: Option<&str>,

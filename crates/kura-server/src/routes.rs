@@ -1640,11 +1640,6 @@ async fn restore_files(
         item.clone(),
         false,
         move |st| {
-            if check_paths.is_empty() {
-                return Err(kura_engine::Error::invalid(
-                    "paths: name at least one file or directory to restore",
-                ));
-            }
             if !check_to.is_dir() {
                 return Err(kura_engine::Error::not_found(format!(
                     "to: {} is not an existing directory",
@@ -1652,11 +1647,8 @@ async fn restore_files(
                 )));
             }
             // The point, disk, volume and every path exist, before a job does.
-            for p in &check_paths {
-                st.home
-                    .list_files(&check_item, &check_target, p, &st.secrets)?;
-            }
-            Ok(())
+            st.home
+                .check_files(&check_item, &check_target, &check_paths, &st.secrets)
         },
         move |st, job| {
             st.home
