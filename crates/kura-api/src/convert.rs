@@ -341,6 +341,17 @@ pub fn restore_format(format: Option<&str>) -> Result<Option<kura_engine::Restor
     }
 }
 
+/// A file restore's destination: `to` (a directory), or with `original` the place the files
+/// came from (`None`); exactly one of them.
+pub fn files_destination(to: &str, original: bool) -> Result<Option<&str>, String> {
+    match (to.is_empty(), original) {
+        (false, false) => Ok(Some(to)),
+        (true, true) => Ok(None),
+        (true, false) => Err("to: name an existing directory (or set original)".into()),
+        (false, true) => Err("to: leave it out when original is set".into()),
+    }
+}
+
 /// An `at` field: an RFC 3339 instant, or `now` when absent.
 pub fn instant(at: Option<&str>, now: jiff::Timestamp) -> Result<jiff::Timestamp, String> {
     match at {

@@ -88,9 +88,9 @@ pub struct LibvirtDomain {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Protect {
-    /// `disk` or `vm`.
+    /// `disk`, `vm` or `files`.
     pub kind: String,
-    /// A disk image, or a VM's QMP socket (under a source root).
+    /// A disk image, a VM's QMP socket, or a directory tree (under a source root).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
     /// VM items run by libvirt, instead of a QMP socket.
@@ -123,6 +123,10 @@ pub struct Protect {
     /// VM items: guest path of the post-backup script.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub post_script: Option<String>,
+    /// File items: patterns of what to leave out (a name anywhere, or with `/` a path from
+    /// the tree's root).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
 }
 
 /// `POST /items/{item}/stop`.
@@ -363,7 +367,12 @@ pub struct RestoreFiles {
     /// Absolute paths inside the point's file system (`/` for all of it).
     pub paths: Vec<String>,
     /// An existing directory (under a restore root); each path lands under its own name.
+    /// Leave it out with `original`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub to: String,
+    /// File items: put the paths back where they were in the protected directory.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub original: bool,
     /// The disk, when the point has several.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk: Option<String>,

@@ -530,6 +530,7 @@ impl Home {
         // for reuse; it ends however this function ends.
         let _lease = self.lease(&vrow.id, "backup")?;
         let previous = self.previous_indexes(item, vault, job);
+        let previous_trees = self.previous_trees(item, vault, job);
         let incremental = previous.is_some();
         job.message(&match &previous {
             Some((rp, _)) => {
@@ -647,6 +648,58 @@ impl Home {
             .join()
             .unwrap_or_else(|p| std::panic::resume_unwind(p))
         })?;
+        // File trees: each compared with the previous point's tree of the same name, whose
+        // directories are the files cache.
+        let trees = held.driver.open_trees(&held.point)?;
+        let mut tree_entries = Vec::new();
+        for (name, src) in &trees {
+            let prev = previous_trees
+                .as_ref()
+                .and_then(|(_, m)| m.get(name.as_str()));
+            let mut known: HashSet<ChunkId> = prev
+                .map(|t| t.chunks.iter().copied().collect())
+                .unwrap_or_default();
+            known.retain(|id| !unhealthy.contains(id));
+            let reuse = Reuse {
+                known: &known,
+                unhealthy: &unhealthy,
+                cheap_stat,
+                stored: &stored,
+                base: None,
+            };
+            let out = crate::tree_backup::backup_tree(
+                vault,
+                src,
+                prev.map(|t| t.root),
+                &reuse,
+                job,
+                prev.map_or(0, |t| t.bytes),
+            )?;
+            for w in out.warnings.iter().take(20) {
+                job.warn(w);
+            }
+            if out.warnings.len() > 20 {
+                job.warn(&format!(
+                    "{} more entries were not backed up (the first 20 are listed above)",
+                    out.warnings.len() - 20
+                ));
+            }
+            job.message(&format!(
+                "{name}: {} files ({} unchanged, not read; {} read), {} directories, {} bytes",
+                out.index.files,
+                out.unchanged_files,
+                out.read_files,
+                out.index.dirs,
+                out.index.bytes
+            ));
+            totals.read_bytes += out.stats.read_bytes;
+            *totals.used_bytes.get_or_insert(0) += out.index.bytes;
+            totals.new_chunks += out.stats.new_chunks;
+            totals.new_stored_bytes += out.stats.new_stored_bytes;
+            totals.new_plain_bytes += out.stats.new_plain_bytes;
+            healed.extend(out.healed);
+            tree_entries.push((name.clone(), src.root().display().to_string(), out.index));
+        }
         for ((name, disk), (index, stats)) in disks.iter_mut().zip(results) {
             // A source that shrank or was replaced while it was read would give a wrong point.
             disk.check_unchanged()?;
@@ -679,6 +732,19 @@ impl Home {
                 source_format: format,
             });
         }
+        let mut trees = Vec::new();
+        for (name, root, index) in tree_entries {
+            let key = vault.put_tree_index(&rp_id, &name, &index)?;
+            trees.push(kura_store::TreeEntry {
+                name,
+                root,
+                index: key,
+                files: index.files,
+                dirs: index.dirs,
+                bytes: index.bytes,
+                chunks: index.chunks.len() as u64,
+            });
+        }
         vault.sync()?;
         let manifest = Manifest {
             version: kura_store::manifest_version(),
@@ -694,6 +760,7 @@ impl Home {
             expires: Some(expires),
             job_id: job.id.clone(),
             disks: disk_entries,
+            trees,
             definition: held.point.definition.clone(),
             capture: held.point.capture.clone(),
             encrypted_disks: held
@@ -749,11 +816,13 @@ impl Home {
             job.message(&format!("the vault's storage trend was not updated: {e}"));
         }
         let tier = row.tier.clone();
-        let chunks: u64 = manifest.disks.iter().map(|d| d.chunks).sum();
+        let chunks: u64 = manifest.disks.iter().map(|d| d.chunks).sum::<u64>()
+            + manifest.trees.iter().map(|t| t.chunks).sum::<u64>();
         let zero_chunks: u64 = manifest.disks.iter().map(|d| d.zero_chunks).sum();
         job.message(&format!(
-            "recovery point {rp_id}: {} disk(s), {chunks} chunks, {} new ({} bytes stored), {} bytes read",
+            "recovery point {rp_id}: {} disk(s), {} tree(s), {chunks} chunks, {} new ({} bytes stored), {} bytes read",
             manifest.disks.len(),
+            manifest.trees.len(),
             totals.new_chunks,
             totals.new_stored_bytes,
             totals.read_bytes
@@ -762,7 +831,8 @@ impl Home {
             job_id: String::new(),
             rp_id,
             item: item.name.clone(),
-            logical_size: manifest.disks.iter().map(|d| d.size).sum(),
+            logical_size: manifest.disks.iter().map(|d| d.size).sum::<u64>()
+                + manifest.trees.iter().map(|t| t.bytes).sum::<u64>(),
             read_bytes: totals.read_bytes,
             chunks,
             zero_chunks,
@@ -812,6 +882,48 @@ impl Home {
     }
 }
 
+impl Home {
+    /// The tree indexes of the item's latest point with a vault copy, by tree name (the
+    /// files cache of a file item's next backup).
+    fn previous_trees(
+        &self,
+        item: &ItemRow,
+        vault: &Vault,
+        job: &JobCtx<'_>,
+    ) -> Option<(
+        String,
+        std::collections::HashMap<String, kura_store::TreeIndex>,
+    )> {
+        if item.kind != "files" {
+            return None;
+        }
+        let latest = self
+            .catalog
+            .list_rps(&item.id)
+            .ok()?
+            .into_iter()
+            .find(|r| r.tier != "snapshot")?;
+        let load = || -> Result<std::collections::HashMap<String, kura_store::TreeIndex>> {
+            let m = vault.get_manifest(&latest.id)?;
+            let mut out = std::collections::HashMap::new();
+            for t in &m.trees {
+                out.insert(t.name.clone(), vault.get_tree_index(&t.index)?);
+            }
+            Ok(out)
+        };
+        match load() {
+            Ok(t) => Some((latest.id, t)),
+            Err(e) => {
+                job.message(&format!(
+                    "previous recovery point {} unusable as the files cache: {e}",
+                    latest.id
+                ));
+                None
+            }
+        }
+    }
+}
+
 /// A taken point and its driver: the driver releases the point when this is dropped, on
 /// every path.
 struct Release<'d> {
@@ -853,18 +965,28 @@ fn unhealthy_chunks(vault: &Vault, job: &JobCtx<'_>) -> HashSet<ChunkId> {
 
 /// What a backup may reuse instead of writing.
 #[derive(Clone, Copy)]
-struct Reuse<'a> {
+pub(crate) struct Reuse<'a> {
     /// Ids of the previous point (minus unhealthy ones).
-    known: &'a HashSet<ChunkId>,
+    pub(crate) known: &'a HashSet<ChunkId>,
     /// Ids on the bad list: always written again.
-    unhealthy: &'a HashSet<ChunkId>,
+    pub(crate) unhealthy: &'a HashSet<ChunkId>,
     /// Whether a known chunk's existence is confirmed with a stat before reuse.
-    cheap_stat: bool,
+    pub(crate) cheap_stat: bool,
     /// Whether the vault holds an intact copy (and GC lets it be reused).
-    stored: &'a (dyn Fn(&ChunkId) -> Result<bool> + Sync),
+    pub(crate) stored: &'a (dyn Fn(&ChunkId) -> Result<bool> + Sync),
     /// The previous point's chunk ids and what changed since: unchanged chunks are taken
     /// from it without reading.
-    base: Option<(&'a [ChunkId], &'a kura_source::Changes)>,
+    pub(crate) base: Option<(&'a [ChunkId], &'a kura_source::Changes)>,
+}
+
+impl Reuse<'_> {
+    /// Whether a chunk of the previous point may be reused without reading its data again:
+    /// not on the bad list, and (where a stat is cheap) still stored.
+    pub(crate) fn still_there(&self, vault: &Vault, id: &ChunkId) -> Result<bool> {
+        Ok(self.known.contains(id)
+            && !self.unhealthy.contains(id)
+            && (!self.cheap_stat || vault.chunk_exists_cheaply(id)? != Some(false)))
+    }
 }
 
 impl Reuse<'_> {
@@ -901,7 +1023,7 @@ impl Reuse<'_> {
 impl Reuse<'_> {
     /// `Ok(None)` to reuse; `Ok(Some(healing))` to write, `healing` when a bad or missing
     /// chunk is being replaced.
-    fn decide(&self, vault: &Vault, id: &ChunkId) -> Result<Option<bool>> {
+    pub(crate) fn decide(&self, vault: &Vault, id: &ChunkId) -> Result<Option<bool>> {
         if self.unhealthy.contains(id) {
             return Ok(Some(true));
         }

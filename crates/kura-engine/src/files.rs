@@ -408,6 +408,15 @@ impl Home {
         secrets: &Secrets,
     ) -> Result<PointVolumes> {
         let item = self.catalog.item(item)?;
+        if item.kind == "files" {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                format!(
+                    "item {:?} protects a directory tree: its points have files but no disks or volumes (see `kura files ls {}`)",
+                    item.name, item.name
+                ),
+            ));
+        }
         let mut d = self.open_point_disk(&item, target, secrets)?;
         let volumes = kura_files::volumes(d.reader.as_mut()).map_err(files_error)?;
         Ok(PointVolumes {
@@ -426,6 +435,9 @@ impl Home {
         target: &FilesTarget,
         secrets: &Secrets,
     ) -> Result<(OpenDisk, FileSystem, u32)> {
+        if item.kind == "files" {
+            return self.open_point_tree(item, target, secrets);
+        }
         let mut d = self.open_point_disk(item, target, secrets)?;
         let volumes = kura_files::volumes(d.reader.as_mut()).map_err(files_error)?;
         let describe = || {
@@ -482,6 +494,70 @@ impl Home {
         let reader = std::mem::replace(&mut d.reader, Box::new(Empty));
         let fs = FileSystem::open(reader, &volume).map_err(files_error)?;
         Ok((d, fs, volume.number))
+    }
+
+    /// A file item's point as a file system (its tree; `target.disk` names one when the
+    /// point has several).
+    fn open_point_tree(
+        &self,
+        item: &ItemRow,
+        target: &FilesTarget,
+        secrets: &Secrets,
+    ) -> Result<(OpenDisk, FileSystem, u32)> {
+        Self::check_can_restore(item)?;
+        let rp = self.resolve_rp(item, &target.rp)?;
+        let vrow = self.catalog.vault_by_id(&item.vault_id)?;
+        let vault = self.open_vault_row(&vrow, secrets)?;
+        let manifest = vault.get_manifest(&rp.id)?;
+        let names = || {
+            manifest
+                .trees
+                .iter()
+                .map(|t| t.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let tree = match target.disk.as_deref() {
+            Some(n) => manifest.trees.iter().find(|t| t.name == n).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "recovery point {} has no tree {n:?} (it has: {})",
+                        rp.id,
+                        names()
+                    ),
+                )
+            })?,
+            None => match manifest.trees.as_slice() {
+                [one] => one,
+                [] => {
+                    return Err(Error::new(
+                        ErrorKind::Corrupt,
+                        format!("recovery point {} of a file item holds no tree", rp.id),
+                    ));
+                }
+                _ => {
+                    return Err(Error::new(
+                        ErrorKind::Invalid,
+                        format!(
+                            "recovery point {} has several trees: name one ({})",
+                            rp.id,
+                            names()
+                        ),
+                    ));
+                }
+            },
+        };
+        let index = vault.get_tree_index(&tree.index)?;
+        let vt = crate::tree_read::VaultTree::new(vault, index.root);
+        let d = OpenDisk {
+            rp,
+            disk: tree.name.clone(),
+            reader: Box::new(Empty),
+            chunks: vt.chunks.clone(),
+            bytes: vt.bytes.clone(),
+        };
+        Ok((d, FileSystem::from_tree(Box::new(vt)), 0))
     }
 
     /// Lists a directory of a point's file system (or shows one entry).
@@ -565,14 +641,15 @@ impl Home {
 
     /// Restores files and directories of a point into the existing directory `to` (a
     /// `RestoreFiles` job): each path under its own name, existing files skipped unless
-    /// `overwrite`, owners kept when running as root.
+    /// `overwrite`, owners kept when running as root. Without `to`, a file item's paths go
+    /// back where they were in its protected directory (the original location).
     #[allow(clippy::too_many_arguments)]
     pub fn restore_files(
         &self,
         item: &str,
         target: &FilesTarget,
         paths: &[String],
-        to: &Path,
+        to: Option<&Path>,
         overwrite: bool,
         job_id: Option<&str>,
         secrets: &Secrets,
@@ -585,7 +662,11 @@ impl Home {
                 "paths: name at least one file or directory to restore",
             ));
         }
-        let to = crate::home::absolute(to)?;
+        let original = to.is_none();
+        let to = match to {
+            Some(t) => crate::home::absolute(t)?,
+            None => self.original_location(&row)?,
+        };
         if !to.is_dir() {
             return Err(Error::new(
                 ErrorKind::NotFound,
@@ -605,17 +686,24 @@ impl Home {
             progress,
             |job| {
                 job.message(&format!(
-                    "restoring {} from recovery point {} (disk {}, volume {volume}) into {}",
+                    "restoring {} from recovery point {} ({} {}) into {}{}",
                     paths.join(", "),
                     d.rp.id,
-                    d.disk,
-                    to.display()
+                    if row.kind == "files" { "tree" } else { "disk" },
+                    if row.kind == "files" { d.disk.clone() } else { format!("{}, volume {volume}", d.disk) },
+                    to.display(),
+                    if original { " (the original location)" } else { "" }
                 ));
                 let opts = ExtractOptions {
                     overwrite,
                     owners: rustix::process::geteuid().is_root(),
                 };
-                let r = kura_files::extract(&fs, paths, &to, opts).map_err(files_error)?;
+                let r = if original {
+                    kura_files::extract_original(&fs, paths, &to, opts)
+                } else {
+                    kura_files::extract(&fs, paths, &to, opts)
+                }
+                .map_err(files_error)?;
                 for s in &r.skipped {
                     job.message(&format!("skipped {s}"));
                 }
@@ -640,6 +728,22 @@ impl Home {
             },
         )?;
         Ok(FileRestoreReport { job_id, ..report })
+    }
+}
+
+impl Home {
+    /// Where a file item's tree was read: the target of an original-location restore.
+    pub fn original_location(&self, item: &ItemRow) -> Result<std::path::PathBuf> {
+        match crate::home::source_spec(self, item, None)? {
+            kura_source::SourceSpec::Files { path, .. } => Ok(path.into()),
+            _ => Err(Error::new(
+                ErrorKind::Invalid,
+                format!(
+                    "original: item {:?} is a {} item; only a file item's files go back to their original location (name a directory with --to)",
+                    item.name, item.kind
+                ),
+            )),
+        }
     }
 }
 

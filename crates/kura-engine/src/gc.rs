@@ -163,14 +163,13 @@ impl Home {
                     format!("garbage collection stopped, nothing deleted: {e}"),
                 )
             })?;
-            for d in &m.disks {
-                let idx = vault.get_index(&d.index).map_err(|e| {
+            for (_, chunks) in vault.point_chunks(&m) {
+                referenced.extend(chunks.map_err(|e| {
                     Error::new(
                         ErrorKind::Corrupt,
                         format!("garbage collection stopped, nothing deleted: {e}"),
                     )
-                })?;
-                referenced.extend(idx.chunks.into_iter().filter(|c| !c.is_zero()));
+                })?);
             }
         }
         report.recovery_points = rp_ids.len();

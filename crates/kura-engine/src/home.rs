@@ -670,14 +670,7 @@ impl Home {
                 // A spec must describe the record's own source, or it is not used (the format
                 // is then probed once at the next backup).
                 spec: r.spec.as_ref().map(|f| f.to_string()).filter(|text| {
-                    match kura_source::SourceSpec::parse(text) {
-                        Ok(kura_source::SourceSpec::Disk { path, .. }) => path == r.source,
-                        Ok(kura_source::SourceSpec::Vm {
-                            libvirt: Some(d), ..
-                        }) => r.source == format!("libvirt:{}", d.name),
-                        Ok(kura_source::SourceSpec::Vm { qmp, .. }) => qmp == r.source,
-                        _ => false,
-                    }
+                    kura_source::SourceSpec::parse(text).is_ok_and(|spec| spec.source() == r.source)
                 }),
                 damaged_points: 0,
             };
@@ -882,6 +875,85 @@ impl Home {
         self.register_item(&vrow, &vault_handle, name, policy, spec, &describe)
     }
 
+    /// Protects a directory tree (a file share): `exclude` patterns leave entries out (a
+    /// pattern without `/` matches a name anywhere, one with `/` a path from the root).
+    #[allow(clippy::too_many_arguments)]
+    pub fn protect_files(
+        &self,
+        dir: &Path,
+        vault: &str,
+        name: Option<&str>,
+        policy: Option<&str>,
+        exclude: &[String],
+        secrets: &Secrets,
+    ) -> Result<ItemRow> {
+        let vrow = self.catalog.vault(vault)?;
+        let policy = self.policy_for_new_item(&vrow, policy)?;
+        let source = absolute(dir)?;
+        let meta = std::fs::metadata(&source)
+            .map_err(|e| Error::io(format!("directory {}", source.display()), e))?;
+        if !meta.is_dir() {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                format!(
+                    "{} is not a directory (protect a disk image with `kura item protect disk`)",
+                    source.display()
+                ),
+            ));
+        }
+        let tree = kura_source::TreeSource::new(&source, exclude)?;
+        tree.open_root()?;
+        // A vault or the home inside the tree would back itself up, growing at every backup.
+        let source_real = std::fs::canonicalize(&source)
+            .map_err(|e| Error::io(format!("directory {}", source.display()), e))?;
+        for (what, p) in [
+            ("the vault's storage", PathBuf::from(&vrow.path)),
+            ("kura's home", self.root().to_path_buf()),
+        ] {
+            let Ok(real) = std::fs::canonicalize(&p) else {
+                continue;
+            };
+            if let Ok(rel) = real.strip_prefix(&source_real) {
+                let rel = rel.display().to_string();
+                if rel.is_empty() || !tree.excluded(rel.as_bytes()) {
+                    return Err(Error::new(
+                        ErrorKind::Invalid,
+                        if rel.is_empty() {
+                            format!("{} is {what} itself", source.display())
+                        } else {
+                            format!(
+                                "{what} ({}) lies inside {}: it would be backed up into itself; add --exclude /{rel}",
+                                real.display(),
+                                source.display()
+                            )
+                        },
+                    ));
+                }
+            }
+        }
+        let name = match name {
+            Some(n) => n.to_string(),
+            None => default_item_name(&source),
+        };
+        check_name("item", &name)?;
+        let vault_handle = self.open_vault_row(&vrow, secrets)?;
+        let describe = if exclude.is_empty() {
+            format!("directory tree {}", source.display())
+        } else {
+            format!(
+                "directory tree {}, excluding {}",
+                source.display(),
+                exclude.join(", ")
+            )
+        };
+        let spec = kura_source::SourceSpec::Files {
+            v: kura_source::SPEC_VERSION,
+            path: source.display().to_string(),
+            exclude: exclude.to_vec(),
+        };
+        self.register_item(&vrow, &vault_handle, name, policy, spec, &describe)
+    }
+
     /// The policy a new item gets: the one named (which the vault must have), or
     /// `DefaultPolicy`.
     fn policy_for_new_item<'p>(&self, vrow: &VaultRow, policy: Option<&'p str>) -> Result<&'p str> {
@@ -908,14 +980,7 @@ impl Home {
         spec: kura_source::SourceSpec,
         describe: &str,
     ) -> Result<ItemRow> {
-        let source = match &spec {
-            kura_source::SourceSpec::Disk { path, .. } => path.clone(),
-            kura_source::SourceSpec::Vm {
-                libvirt: Some(d), ..
-            } => format!("libvirt:{}", d.name),
-            kura_source::SourceSpec::Vm { qmp, .. } => qmp.clone(),
-            _ => String::new(),
-        };
+        let source = spec.source();
         let item = ItemRow {
             id: new_id(),
             name,

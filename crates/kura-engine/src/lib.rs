@@ -41,6 +41,8 @@ pub mod retention;
 pub mod scheduler;
 pub mod snapshot;
 pub mod tokens;
+mod tree_backup;
+mod tree_read;
 pub mod usage;
 pub mod verify;
 

@@ -7,7 +7,7 @@
 //! followed. Links are extracted as links, with their target as stored.
 
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -34,6 +34,10 @@ pub struct ExtractReport {
     pub dirs: u64,
     /// Symbolic links made.
     pub links: u64,
+    /// Of the files, those made as hard links to one written before.
+    pub hard_links: u64,
+    /// FIFOs and device nodes made.
+    pub specials: u64,
     /// Bytes of file contents written.
     pub bytes: u64,
     /// What was not written, and why (existing without overwrite, special files).
@@ -79,6 +83,7 @@ pub fn extract(
     )
     .map_err(|e| write_err(to.as_os_str().as_bytes(), e))?;
     let mut report = ExtractReport::default();
+    let mut links = Links::new();
     // Look every path up before writing anything: a typo fails the whole request cleanly.
     let entries = paths
         .iter()
@@ -87,12 +92,86 @@ pub fn extract(
     for e in &entries {
         if e.raw_path() == b"/" {
             for child in fs.list_raw(b"/")? {
-                write_entry(fs, &target, &child, opts, &mut report)?;
+                write_entry(fs, &target, &child, opts, &mut report, &mut links)?;
             }
             set_meta_fd(&target, e, opts).map_err(|err| write_err(b"/", err))?;
         } else {
-            write_entry(fs, &target, e, opts, &mut report)?;
+            write_entry(fs, &target, e, opts, &mut report, &mut links)?;
         }
+    }
+    Ok(report)
+}
+
+/// Files of hard-link groups already written, open, so the next member links to them.
+type Links = std::collections::HashMap<u64, std::fs::File>;
+
+/// Most hard-link groups kept open at once; past that, members are written as copies.
+const MAX_OPEN_LINKS: usize = 1024;
+
+/// Extracts each of `paths` back where it was under `root` (a file item's protected
+/// directory): `/a/b/c` is written into `ROOT/a/b`. Missing parent directories are made
+/// (with the point's modes and times); each is entered with `O_NOFOLLOW`, so a link that
+/// took the place of a directory since the backup is never followed: that path is skipped
+/// and reported.
+pub fn extract_original(
+    fs: &FileSystem,
+    paths: &[String],
+    root: &Path,
+    opts: ExtractOptions,
+) -> Result<ExtractReport> {
+    let root_fd = rustix::fs::open(
+        root,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| write_err(root.as_os_str().as_bytes(), e))?;
+    let mut report = ExtractReport::default();
+    let mut links = Links::new();
+    let entries = paths
+        .iter()
+        .map(|p| fs.entry(p))
+        .collect::<Result<Vec<_>>>()?;
+    'paths: for e in &entries {
+        let raw = e.raw_path();
+        if raw == b"/" {
+            for child in fs.list_raw(b"/")? {
+                write_entry(fs, &root_fd, &child, opts, &mut report, &mut links)?;
+            }
+            set_meta_fd(&root_fd, e, opts).map_err(|err| write_err(b"/", err))?;
+            continue;
+        }
+        let parent = &raw[..raw.iter().rposition(|b| *b == b'/').unwrap_or(0)];
+        let mut dir = rustix::io::dup(&root_fd).map_err(|err| write_err(raw, err))?;
+        let mut so_far = Vec::new();
+        for comp in parent.split(|b| *b == b'/').filter(|c| !c.is_empty()) {
+            so_far.push(b'/');
+            so_far.extend_from_slice(comp);
+            let name = OsStr::from_bytes(comp);
+            let flags = OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC;
+            dir = match rustix::fs::openat(&dir, name, flags, Mode::empty()) {
+                Ok(fd) => fd,
+                Err(rustix::io::Errno::NOENT) => {
+                    rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o700))
+                        .map_err(|err| write_err(&so_far, err))?;
+                    let fd = rustix::fs::openat(&dir, name, flags, Mode::empty())
+                        .map_err(|err| write_err(&so_far, err))?;
+                    report.dirs += 1;
+                    if let Ok(meta) = fs.entry_raw(&so_far) {
+                        set_meta_fd(&fd, &meta, opts).map_err(|err| write_err(&so_far, err))?;
+                    }
+                    fd
+                }
+                Err(_) => {
+                    report.skipped.push(format!(
+                        "{}: {} is no longer a directory there (a link or a file took its place; nothing is written through it)",
+                        e.path,
+                        String::from_utf8_lossy(&so_far)
+                    ));
+                    continue 'paths;
+                }
+            };
+        }
+        write_entry(fs, &dir, e, opts, &mut report, &mut links)?;
     }
     Ok(report)
 }
@@ -103,6 +182,7 @@ fn write_entry(
     e: &Entry,
     opts: ExtractOptions,
     report: &mut ExtractReport,
+    links: &mut Links,
 ) -> Result<()> {
     let name = OsStr::from_bytes(checked_name(e)?);
     let existing = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).ok();
@@ -134,10 +214,11 @@ fn write_entry(
             .map_err(|err| write_err(e.raw_path(), err))?;
             report.dirs += 1;
             for child in fs.list_raw(e.raw_path())? {
-                write_entry(fs, &sub, &child, opts, report)?;
+                write_entry(fs, &sub, &child, opts, report, links)?;
             }
             // The directory's own mode and times last: writing into it changed its times.
             set_meta_fd(&sub, e, opts).map_err(|err| write_err(e.raw_path(), err))?;
+            set_xattrs(&sub, e, report);
         }
         EntryKind::File | EntryKind::Symlink => {
             if let Some(_st) = &existing {
@@ -174,6 +255,24 @@ fn write_entry(
                     .map_err(|err| write_err(e.raw_path(), err))?;
                 report.links += 1;
             } else {
+                // Another member of its hard-link group was written: link to it (through
+                // the open file, never through a path someone could change meanwhile).
+                if let Some(first) = e.link_group.and_then(|g| links.get(&g)) {
+                    let via = format!("/proc/self/fd/{}", first.as_raw_fd());
+                    if rustix::fs::linkat(
+                        rustix::fs::CWD,
+                        via.as_str(),
+                        dir,
+                        name,
+                        AtFlags::SYMLINK_FOLLOW,
+                    )
+                    .is_ok()
+                    {
+                        report.files += 1;
+                        report.hard_links += 1;
+                        return Ok(());
+                    }
+                }
                 let fd = rustix::fs::openat(
                     dir,
                     name,
@@ -186,17 +285,120 @@ fn write_entry(
                 )
                 .map_err(|err| write_err(e.raw_path(), err))?;
                 let mut file = std::fs::File::from(fd);
-                report.bytes += fs.copy_raw(e.raw_path(), &mut file)?;
+                let mut sparse = Sparse {
+                    file: &file,
+                    pos: 0,
+                };
+                report.bytes += fs.copy_raw(e.raw_path(), &mut sparse)?;
+                let end = sparse.pos;
+                file.set_len(end)
+                    .map_err(|err| write_err(e.raw_path(), err))?;
                 set_meta_fd(&file, e, opts).map_err(|err| write_err(e.raw_path(), err))?;
+                set_xattrs(&file, e, report);
+                std::io::Write::flush(&mut file).map_err(|err| write_err(e.raw_path(), err))?;
                 report.files += 1;
+                if let Some(g) = e.link_group
+                    && links.len() < MAX_OPEN_LINKS
+                {
+                    links.insert(g, file);
+                }
             }
         }
-        _ => report.skipped.push(format!(
-            "{}: a special file ({:?}) is not extracted",
-            e.path, e.kind
+        EntryKind::Fifo | EntryKind::BlockDevice | EntryKind::CharDevice => {
+            if e.kind != EntryKind::Fifo && !opts.owners {
+                report.skipped.push(format!(
+                    "{}: a device node is made only when kura runs as root",
+                    e.path
+                ));
+                return Ok(());
+            }
+            if existing.is_some() {
+                if existing_dir || !opts.overwrite {
+                    report.skipped.push(format!("{}: exists", e.path));
+                    return Ok(());
+                }
+                rustix::fs::unlinkat(dir, name, AtFlags::empty())
+                    .map_err(|err| write_err(e.raw_path(), err))?;
+            }
+            let kind = match e.kind {
+                EntryKind::Fifo => rustix::fs::FileType::Fifo,
+                EntryKind::BlockDevice => rustix::fs::FileType::BlockDevice,
+                _ => rustix::fs::FileType::CharacterDevice,
+            };
+            rustix::fs::mknodat(dir, name, kind, Mode::from_raw_mode(0o600), e.extra.rdev)
+                .map_err(|err| write_err(e.raw_path(), err))?;
+            // Its metadata through a handle on the node itself (O_PATH opens no device).
+            let node = rustix::fs::openat(
+                dir,
+                name,
+                OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|err| write_err(e.raw_path(), err))?;
+            let via = format!("/proc/self/fd/{}", node.as_raw_fd());
+            (|| -> rustix::io::Result<()> {
+                if opts.owners {
+                    rustix::fs::chown(
+                        via.as_str(),
+                        Some(rustix::fs::Uid::from_raw(e.uid)),
+                        Some(rustix::fs::Gid::from_raw(e.gid)),
+                    )?;
+                }
+                rustix::fs::chmod(via.as_str(), Mode::from_raw_mode(e.mode))?;
+                rustix::fs::utimensat(rustix::fs::CWD, via.as_str(), &times(e), AtFlags::empty())
+            })()
+            .map_err(|err| write_err(e.raw_path(), err))?;
+            report.specials += 1;
+        }
+        EntryKind::Socket => report.skipped.push(format!(
+            "{}: a socket is not recreated (its program makes it)",
+            e.path
         )),
     }
     Ok(())
+}
+
+/// Writes a file's contents leaving holes where whole blocks are zero (a sparse file stays
+/// sparse; the length is set at the end).
+struct Sparse<'f> {
+    file: &'f std::fs::File,
+    pos: u64,
+}
+
+impl std::io::Write for Sparse<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        for block in buf.chunks(64 << 10) {
+            if !block.iter().all(|b| *b == 0) {
+                self.file.write_all_at(block, self.pos)?;
+            }
+            self.pos += block.len() as u64;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Extended attributes (ACLs among them) as recorded; one that cannot be set here is
+/// reported, not fatal.
+fn set_xattrs(fd: impl AsFd, e: &Entry, report: &mut ExtractReport) {
+    for (name, value) in &e.extra.xattrs {
+        let Ok(c) = std::ffi::CString::new(name.clone()) else {
+            continue;
+        };
+        if let Err(err) =
+            rustix::fs::fsetxattr(&fd, c.as_c_str(), value, rustix::fs::XattrFlags::empty())
+        {
+            report.skipped.push(format!(
+                "{}: extended attribute {} not restored: {err}",
+                e.path,
+                String::from_utf8_lossy(name)
+            ));
+        }
+    }
 }
 
 fn times(e: &Entry) -> Timestamps {

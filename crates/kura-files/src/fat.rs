@@ -141,6 +141,8 @@ impl Fat {
             target: None,
             raw,
             raw_target: Vec::new(),
+            link_group: None,
+            extra: Default::default(),
         }
     }
 
@@ -186,6 +188,8 @@ impl Fat {
                 target: None,
                 raw: b"/".to_vec(),
                 raw_target: Vec::new(),
+                link_group: None,
+                extra: Default::default(),
             });
         }
         let cut = raw.iter().rposition(|b| *b == b'/').unwrap_or(0);

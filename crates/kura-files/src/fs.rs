@@ -58,6 +58,49 @@ pub struct Entry {
     /// A link target's exact bytes.
     #[serde(skip)]
     pub(crate) raw_target: Vec<u8>,
+    /// Hard links: entries of one extraction with the same group are one file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub link_group: Option<u64>,
+    /// What only some sources record (a file item's trees): extended attributes, device
+    /// numbers.
+    #[serde(skip)]
+    pub(crate) extra: Extra,
+}
+
+/// Metadata beyond what every file system gives.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Extra {
+    pub(crate) xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    pub(crate) rdev: u64,
+}
+
+/// The fields of an [`Entry`] a [`Tree`] gives, by their exact bytes.
+#[derive(Debug, Clone, Default)]
+pub struct RawEntry {
+    /// Absolute path inside the tree (`/` for its root).
+    pub path: Vec<u8>,
+    /// What it is.
+    pub kind: Option<EntryKind>,
+    /// Length in bytes.
+    pub size: u64,
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Modification time.
+    pub mtime: (i64, u32),
+    /// Access time.
+    pub atime: (i64, u32),
+    /// A link's target.
+    pub target: Option<Vec<u8>>,
+    /// Hard-link group (entries with the same one are one file).
+    pub link_group: Option<u64>,
+    /// Extended attributes.
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// A device node's number.
+    pub rdev: u64,
 }
 
 impl Entry {
@@ -65,6 +108,47 @@ impl Entry {
     pub fn raw_path(&self) -> &[u8] {
         &self.raw
     }
+
+    /// An entry from its exact bytes.
+    pub fn from_raw(r: RawEntry) -> Entry {
+        let name = r.path.rsplit(|b| *b == b'/').next().unwrap_or_default();
+        Entry {
+            path: lossy(&r.path),
+            name: if r.path == b"/" {
+                "/".into()
+            } else {
+                lossy(name)
+            },
+            kind: r.kind.unwrap_or(EntryKind::File),
+            size: r.size,
+            mode: r.mode & 0o7777,
+            uid: r.uid,
+            gid: r.gid,
+            mtime: r.mtime.0,
+            mtime_nsec: r.mtime.1,
+            atime: r.atime.0,
+            atime_nsec: r.atime.1,
+            target: r.target.as_deref().map(lossy),
+            raw_target: r.target.unwrap_or_default(),
+            link_group: r.link_group,
+            extra: Extra {
+                xattrs: r.xattrs,
+                rdev: r.rdev,
+            },
+            raw: r.path,
+        }
+    }
+}
+
+/// A file tree that is not on a disk (a file item's recovery point), read through
+/// [`FileSystem::from_tree`]. Paths are absolute byte paths without `.` or `..`.
+pub trait Tree: Send {
+    /// The entry at `path`.
+    fn entry(&self, path: &[u8]) -> Result<Entry>;
+    /// The entries of the directory at `path`, sorted by name.
+    fn list(&self, path: &[u8]) -> Result<Vec<Entry>>;
+    /// The contents of the regular file at `path`.
+    fn reader(&self, path: &[u8]) -> Result<Box<dyn std::io::Read + Send>>;
 }
 
 /// A readable file system (ext2/3/4 or FAT) on one volume of a disk.
@@ -75,6 +159,7 @@ pub struct FileSystem {
 enum Inner {
     Ext4(ext4_view::Ext4),
     Fat(crate::fat::Fat),
+    Tree(Box<dyn Tree>),
 }
 
 impl std::fmt::Debug for FileSystem {
@@ -146,6 +231,13 @@ fn lossy(b: &[u8]) -> String {
 }
 
 impl FileSystem {
+    /// A tree read through its own [`Tree`] (a file item's point).
+    pub fn from_tree(tree: Box<dyn Tree>) -> FileSystem {
+        FileSystem {
+            inner: Inner::Tree(tree),
+        }
+    }
+
     /// Opens the file system of `volume` on `disk`.
     pub fn open(disk: Box<dyn ReadAt>, volume: &Volume) -> Result<FileSystem> {
         if !volume.fs.readable() {
@@ -193,6 +285,7 @@ impl FileSystem {
         let ext4 = match &self.inner {
             Inner::Ext4(x) => x,
             Inner::Fat(f) => return guarded(&what, || f.entry_raw(raw)),
+            Inner::Tree(t) => return t.entry(raw),
         };
         guarded(&what, || {
             let p = ext4_view::Path::try_from(raw)
@@ -229,6 +322,8 @@ impl FileSystem {
                 target: target.as_deref().map(lossy),
                 raw_target: target.unwrap_or_default(),
                 raw: raw.to_vec(),
+                link_group: None,
+                extra: Extra::default(),
             })
         })
     }
@@ -254,6 +349,7 @@ impl FileSystem {
         let ext4 = match &self.inner {
             Inner::Ext4(x) => x,
             Inner::Fat(f) => return guarded(&what, || f.list_raw(raw)),
+            Inner::Tree(t) => return t.list(raw),
         };
         let names = guarded(&what, || {
             let p = ext4_view::Path::try_from(raw)
@@ -295,6 +391,7 @@ impl FileSystem {
         guarded(&what, || {
             let inner: Box<dyn std::io::Read> = match &self.inner {
                 Inner::Fat(f) => Box::new(f.reader_raw(raw)?),
+                Inner::Tree(t) => Box::new(t.reader(raw)?),
                 Inner::Ext4(ext4) => {
                     let p = ext4_view::Path::try_from(raw)
                         .map_err(|e| Error::Invalid(format!("{what}: {e}")))?;

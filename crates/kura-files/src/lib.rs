@@ -13,8 +13,8 @@ mod fs;
 mod tar_out;
 mod volume;
 
-pub use extract::{ExtractOptions, ExtractReport, extract};
-pub use fs::{Entry, EntryKind, FileSystem};
+pub use extract::{ExtractOptions, ExtractReport, extract, extract_original};
+pub use fs::{Entry, EntryKind, FileSystem, RawEntry, Tree};
 pub use tar_out::write_tar;
 pub use volume::{FsKind, Volume, volumes};
 

@@ -978,11 +978,16 @@ async fn list_items(_: Auth, State(s): State<S>) -> ApiResult {
 }
 
 async fn protect_item(_: Auth, State(s): State<S>, Body(b): Body<api::Protect>) -> ApiResult {
-    if b.kind != "disk" && b.kind != "vm" {
+    if !matches!(b.kind.as_str(), "disk" | "vm" | "files") {
         return Err(ApiError::invalid(format!(
-            "kind: {:?} is not supported; use \"disk\" or \"vm\"",
+            "kind: {:?} is not supported; use \"disk\", \"vm\" or \"files\"",
             b.kind
         )));
+    }
+    if b.kind != "files" && !b.exclude.is_empty() {
+        return Err(ApiError::invalid(
+            "exclude: only file items take exclude patterns (VMs: exclude_disks)",
+        ));
     }
     // A VM's source is its QMP socket: it too must lie under a source root. A libvirt
     // domain's disks are whatever its definition says, as for `virsh` users.
@@ -1029,6 +1034,21 @@ async fn protect_item(_: Auth, State(s): State<S>, Body(b): Body<api::Protect>) 
             "libvirt: only VM items are libvirt domains",
         ));
     };
+    if b.kind == "files" {
+        let item = blocking(move || {
+            let row = s.home.protect_files(
+                &path,
+                &b.vault,
+                b.name.as_deref(),
+                b.policy.as_deref(),
+                &b.exclude,
+                &s.secrets,
+            )?;
+            Ok(api::Item::from(s.home.item_status(&row.name)?))
+        })
+        .await?;
+        return ok(201, item);
+    }
     let item = blocking(move || {
         let row = s.home.protect_disk(
             &path,
@@ -1630,7 +1650,12 @@ async fn restore_files(
     Path(item): Path<String>,
     Body(b): Body<api::RestoreFiles>,
 ) -> ApiResult {
-    let to = s.roots.restore("to", &b.to)?;
+    // The original location is the item's own protected directory; anything else must lie
+    // under a restore root.
+    let to = match api::convert::files_destination(&b.to, b.original).map_err(ApiError::invalid)? {
+        Some(t) => Some(s.roots.restore("to", t)?),
+        None => None,
+    };
     let target = files_target(b.rp.clone(), b.disk.clone(), b.volume);
     let (check_item, check_target, check_paths, check_to) =
         (item.clone(), target.clone(), b.paths.clone(), to.clone());
@@ -1640,6 +1665,12 @@ async fn restore_files(
         item.clone(),
         false,
         move |st| {
+            let check_to = match check_to {
+                Some(t) => t,
+                None => st
+                    .home
+                    .original_location(&st.home.catalog().item(&check_item)?)?,
+            };
             if !check_to.is_dir() {
                 return Err(kura_engine::Error::not_found(format!(
                     "to: {} is not an existing directory",
@@ -1656,7 +1687,7 @@ async fn restore_files(
                     &item,
                     &target,
                     &b.paths,
-                    &to,
+                    to.as_deref(),
                     b.overwrite,
                     Some(&job),
                     &st.secrets,

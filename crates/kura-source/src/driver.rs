@@ -61,6 +61,17 @@ pub enum SourceSpec {
         #[serde(default, skip_serializing_if = "crate::vm::AgentOptions::is_empty")]
         agent: crate::vm::AgentOptions,
     },
+    /// A directory tree (a file share).
+    Files {
+        /// Schema version of these fields.
+        #[serde(default = "spec_version")]
+        v: u32,
+        /// Absolute path of the directory.
+        path: String,
+        /// Patterns of what is left out (see [`crate::TreeSource`]).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        exclude: Vec<String>,
+    },
 }
 
 impl SourceSpec {
@@ -78,7 +89,9 @@ impl SourceSpec {
         let spec: SourceSpec = serde_json::from_str(json)
             .map_err(|e| Error::Invalid(format!("unreadable source spec: {e}")))?;
         match &spec {
-            SourceSpec::Disk { v, .. } | SourceSpec::Vm { v, .. } if *v != SPEC_VERSION => {
+            SourceSpec::Disk { v, .. } | SourceSpec::Vm { v, .. } | SourceSpec::Files { v, .. }
+                if *v != SPEC_VERSION =>
+            {
                 Err(Error::Invalid(format!(
                     "{} source spec version {v} is not supported (this kura reads {SPEC_VERSION})",
                     spec.kind()
@@ -98,6 +111,19 @@ impl SourceSpec {
         match self {
             SourceSpec::Disk { .. } => "disk",
             SourceSpec::Vm { .. } => "vm",
+            SourceSpec::Files { .. } => "files",
+        }
+    }
+
+    /// Where the source lives, as the catalog shows it (an image or directory path, a QMP
+    /// socket, `libvirt:DOMAIN`).
+    pub fn source(&self) -> String {
+        match self {
+            SourceSpec::Disk { path, .. } | SourceSpec::Files { path, .. } => path.clone(),
+            SourceSpec::Vm {
+                libvirt: Some(d), ..
+            } => format!("libvirt:{}", d.name),
+            SourceSpec::Vm { qmp, .. } => qmp.clone(),
         }
     }
 
@@ -106,6 +132,7 @@ impl SourceSpec {
     pub fn present(&self) -> bool {
         match self {
             SourceSpec::Disk { path, .. } => Path::new(path).exists(),
+            SourceSpec::Files { path, .. } => Path::new(path).is_dir(),
             SourceSpec::Vm {
                 libvirt: Some(d), ..
             } => d.state().is_ok(),
@@ -139,6 +166,10 @@ impl SourceSpec {
                 exclude.clone(),
                 agent.clone(),
             )),
+            SourceSpec::Files { path, exclude, .. } => Box::new(FilesDriver {
+                path: PathBuf::from(path),
+                exclude: exclude.clone(),
+            }),
         }
     }
 }
@@ -225,6 +256,11 @@ pub trait SourceDriver: Send {
     fn take_point(&mut self, request: &PointRequest) -> Result<PointInTime>;
     /// One named stream per disk, reading the point (its snapshot when there is one).
     fn open_disks(&mut self, point: &PointInTime) -> Result<Vec<(String, Box<dyn DiskReader>)>>;
+    /// One named tree per directory tree of the point (a file item's); none for disks and
+    /// VMs.
+    fn open_trees(&mut self, _point: &PointInTime) -> Result<Vec<(String, crate::TreeSource)>> {
+        Ok(Vec::new())
+    }
     /// Releases what the point held open. Called on every path once the point was taken.
     fn release(&mut self, point: &PointInTime);
     /// The point was published in the vault: what tracked changes up to it may go (a VM's
@@ -281,6 +317,63 @@ impl SourceDriver for DiskDriver {
             None => self.format.open(&self.path)?,
         };
         Ok(vec![("disk0".to_string(), reader)])
+    }
+
+    fn release(&mut self, _point: &PointInTime) {}
+}
+
+/// A file item: one tree, `files`, read live (crash-consistent).
+struct FilesDriver {
+    path: PathBuf,
+    exclude: Vec<String>,
+}
+
+impl SourceDriver for FilesDriver {
+    fn precheck(&mut self) -> Result<()> {
+        let meta = std::fs::metadata(&self.path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::NotFound {
+                path: self.path.clone(),
+            },
+            _ => Error::Io {
+                path: self.path.clone(),
+                source: e,
+            },
+        })?;
+        if !meta.is_dir() {
+            return Err(Error::Invalid(format!(
+                "{} is not a directory",
+                self.path.display()
+            )));
+        }
+        crate::TreeSource::new(&self.path, &self.exclude)?.open_root()?;
+        Ok(())
+    }
+
+    fn take_point(&mut self, _request: &PointRequest) -> Result<PointInTime> {
+        Ok(PointInTime {
+            snapshot: None,
+            no_snapshot: Some(
+                "a directory tree has no snapshot tier: it is read live, crash-consistent".into(),
+            ),
+            snapshot_only: None,
+            consistency: Consistency::Crash,
+            definition: None,
+            capture: None,
+            log: Vec::new(),
+            warnings: Vec::new(),
+            secrets: Default::default(),
+        })
+    }
+
+    fn open_disks(&mut self, _point: &PointInTime) -> Result<Vec<(String, Box<dyn DiskReader>)>> {
+        Ok(Vec::new())
+    }
+
+    fn open_trees(&mut self, _point: &PointInTime) -> Result<Vec<(String, crate::TreeSource)>> {
+        Ok(vec![(
+            "files".to_string(),
+            crate::TreeSource::new(&self.path, &self.exclude)?,
+        )])
     }
 
     fn release(&mut self, _point: &PointInTime) {}

@@ -35,6 +35,7 @@ pub mod qga;
 pub mod qmp;
 mod raw;
 mod snapshot;
+pub mod tree;
 pub mod vm;
 mod vm_off;
 
@@ -45,6 +46,7 @@ pub use format::{BackingFile, FORMATS, PinnedFormat};
 pub use qemu::NbdReader;
 pub use raw::RawReader;
 pub use snapshot::Snapshot;
+pub use tree::TreeSource;
 
 use std::path::PathBuf;
 

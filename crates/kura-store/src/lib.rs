@@ -10,6 +10,7 @@
 //!   data, and a keyless BLAKE3 checksum of the stored bytes.
 //! - [`keys`]: the vault's data key, wrapped by a passphrase (Argon2id) or a key file.
 //! - [`DiskIndex`]: the full list of chunk ids of one disk in one recovery point.
+//! - [`tree`]: file trees: directories as chunks, and the [`TreeIndex`] of each tree.
 //! - [`Manifest`]: what a recovery point is; written last, so its presence means the
 //!   recovery point is complete.
 //! - [`Vault`]: the typed view over a backend that ties these together.
@@ -42,6 +43,7 @@ mod index;
 pub mod keys;
 pub mod kit;
 mod manifest;
+pub mod tree;
 mod vault;
 
 pub use blob::{BlobKind, Codec};
@@ -49,7 +51,10 @@ pub use error::{Error, Result};
 pub use id::{ChunkId, is_zero};
 pub use index::DiskIndex;
 pub use keys::{Cipher, KeySecret, WrappedKey};
-pub use manifest::{DiskEntry, ItemRecord, Manifest, RpStats, SnapshotRef, is_disk_name};
+pub use manifest::{
+    DiskEntry, ItemRecord, Manifest, RpStats, SnapshotRef, TreeEntry, is_disk_name,
+};
+pub use tree::{Dir, Node, NodeKind, Piece, TreeIndex};
 
 /// The manifest schema version this build writes.
 pub fn manifest_version() -> u32 {

@@ -2,10 +2,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
-/// Manifest schema version written by this build. Version 2 names every disk (unique, safe
-/// names, matched by name across points) and may carry the source's definition; version 1
-/// manifests (one disk, `disk0`) are still read.
-pub const MANIFEST_VERSION: u32 = 2;
+/// Manifest schema version written by this build. Version 3 may list file trees besides
+/// disks; version 2 names every disk (unique, safe names, matched by name across points) and
+/// may carry the source's definition; version 1 manifests (one disk, `disk0`) are still read.
+pub const MANIFEST_VERSION: u32 = 3;
 
 /// The oldest manifest version this build reads.
 pub const MANIFEST_VERSION_MIN: u32 = 1;
@@ -44,6 +44,9 @@ pub struct Manifest {
     pub job_id: String,
     /// The disks, each with a name unique in the point.
     pub disks: Vec<DiskEntry>,
+    /// The file trees (a file-tree item's), each with a name unique in the point.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trees: Vec<TreeEntry>,
     /// How the source was defined at that instant (a VM's definition: its disks by name,
     /// CPU, memory, devices); absent for disk items and in version 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -76,6 +79,25 @@ pub struct DiskEntry {
     pub zero_chunks: u64,
     /// Format of the source (`raw`, `qcow2`, ...).
     pub source_format: String,
+}
+
+/// One file tree of a recovery point.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeEntry {
+    /// Tree name inside the item (`files`), a disk name's rules.
+    pub name: String,
+    /// Where it was read (the protected directory), for display.
+    pub root: String,
+    /// Object key of its [`crate::TreeIndex`].
+    pub index: String,
+    /// Regular files.
+    pub files: u64,
+    /// Directories, the root included.
+    pub dirs: u64,
+    /// Bytes of file data.
+    pub bytes: u64,
+    /// Chunks referenced (directories and data).
+    pub chunks: u64,
 }
 
 /// Costs of one backup.
@@ -167,17 +189,22 @@ impl Manifest {
         }
         // Disk names become file names on restore: a vault may not choose a path.
         let mut seen = std::collections::HashSet::new();
-        for d in &m.disks {
-            if !is_disk_name(&d.name) {
+        for d in m
+            .disks
+            .iter()
+            .map(|d| &d.name)
+            .chain(m.trees.iter().map(|t| &t.name))
+        {
+            if !is_disk_name(d) {
                 return Err(Error::corrupt(
                     object,
-                    format!("bad disk name {:?}", d.name),
+                    format!("bad disk or tree name {d:?}"),
                 ));
             }
-            if !seen.insert(d.name.as_str()) {
+            if !seen.insert(d.as_str()) {
                 return Err(Error::corrupt(
                     object,
-                    format!("disk {:?} listed twice", d.name),
+                    format!("disk or tree {d:?} listed twice"),
                 ));
             }
         }

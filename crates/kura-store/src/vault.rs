@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::blob::{BlobKind, Codec};
 use crate::keys::{self, Cipher, KeySecret, Keys, WrappedKey};
-use crate::{ChunkId, DiskIndex, Error, ItemRecord, Manifest, Result};
+use crate::{ChunkId, DiskIndex, Error, ItemRecord, Manifest, Result, TreeIndex};
 
 /// Vault format version written by this build.
 pub const FORMAT_VERSION: u32 = 1;
@@ -471,6 +471,49 @@ impl Vault {
             ));
         }
         Ok(index)
+    }
+
+    /// Stores the tree index of a recovery point's tree; returns its key.
+    pub fn put_tree_index(&self, rp_id: &str, tree: &str, index: &TreeIndex) -> Result<String> {
+        let key = format!("rps/{rp_id}/{tree}.tree");
+        self.put_object(&key, BlobKind::Index, &index.encode(), false)?;
+        Ok(key)
+    }
+
+    /// Reads and validates a tree index.
+    pub fn get_tree_index(&self, key: &str) -> Result<TreeIndex> {
+        let object = format!("tree index {key}");
+        let plain = self.get_object(key, BlobKind::Index, &object)?;
+        TreeIndex::decode(&object, &plain)
+    }
+
+    /// Reads a directory of a file tree (a chunk holding a [`Dir`]).
+    pub fn get_dir(&self, piece: &crate::Piece, codec: &mut Codec) -> Result<crate::Dir> {
+        let plain = self.get_chunk(&piece.id, codec)?;
+        crate::Dir::decode(&format!("directory {}", piece.id.short()), &plain)
+    }
+
+    /// Every chunk a recovery point references (its disks' and trees'), without the zero
+    /// chunk: one list per index, named by its key, each read on its own (one damaged index
+    /// does not hide the others).
+    pub fn point_chunks(&self, m: &Manifest) -> Vec<(String, Result<Vec<ChunkId>>)> {
+        let disks = m.disks.iter().map(|d| {
+            let chunks = self.get_index(&d.index).and_then(|idx| {
+                if idx.size != d.size {
+                    return Err(Error::corrupt(
+                        format!("index {}", d.index),
+                        "its disk size differs from the manifest's",
+                    ));
+                }
+                Ok(idx.chunks.into_iter().filter(|c| !c.is_zero()).collect())
+            });
+            (d.index.clone(), chunks)
+        });
+        let trees = m.trees.iter().map(|t| {
+            let chunks = self.get_tree_index(&t.index).map(|i| i.chunks);
+            (t.index.clone(), chunks)
+        });
+        disks.chain(trees).collect()
     }
 
     /// Publishes a recovery point: call after its chunks and indexes are synced. Syncs again,

@@ -354,6 +354,27 @@ enum ProtectCmd {
         #[arg(long)]
         format: Option<String>,
     },
+    /// Protect a directory tree (a file share): incrementals read only files whose size,
+    /// times or inode changed; modes, owners, times, links, hard links, xattrs and ACLs
+    /// are kept.
+    Files {
+        /// The directory.
+        dir: PathBuf,
+        /// Vault to back up into.
+        #[arg(long)]
+        vault: String,
+        /// Item name (default: the directory's name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Policy of the vault that schedules its backups (default DefaultPolicy).
+        #[arg(long)]
+        policy: Option<String>,
+        /// Leave out what this pattern matches (repeatable): a pattern without `/` matches
+        /// a name anywhere (`*.tmp`, `.cache`), one with `/` a path from the directory
+        /// (`/scratch`, `home/*/Downloads`).
+        #[arg(long, value_name = "GLOB")]
+        exclude: Vec<String>,
+    },
     /// Protect a running QEMU VM through its QMP monitor socket: all disks at one instant,
     /// read while the VM runs; with its guest agent (--qga), frozen for file-system or
     /// application consistency.
@@ -492,6 +513,30 @@ enum FilesCmd {
 
 #[derive(Debug, Subcommand)]
 enum RestoreCmd {
+    /// Restore a file item's tree, or chosen files and folders of it, into a directory or
+    /// where they were (Azure's file share restore); existing files are skipped unless
+    /// --overwrite.
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["to", "original"])))]
+    Files {
+        /// Item name.
+        item: String,
+        /// Recovery point: its id, the short id `rp list` shows, a unique prefix, or `latest`.
+        #[arg(long)]
+        rp: String,
+        /// A file or folder of the tree, as `/sub/dir` from its root (repeatable; default:
+        /// the whole tree).
+        #[arg(long = "path", value_name = "P")]
+        paths: Vec<String>,
+        /// An existing directory to restore into, each path under its own name.
+        #[arg(long, value_name = "DIR")]
+        to: Option<PathBuf>,
+        /// Back where they were in the protected directory.
+        #[arg(long)]
+        original: bool,
+        /// Replace files and links that exist.
+        #[arg(long)]
+        overwrite: bool,
+    },
     /// Restore a disk to a new image file.
     Disk {
         /// Item name.
@@ -1001,6 +1046,24 @@ fn request(cmd: &Command, host: &mut HostOptions) -> anyhow::Result<Option<Reque
             }),
             views::protected,
         ),
+        Command::Item(ItemCmd::Protect(ProtectCmd::Files {
+            dir,
+            vault,
+            name,
+            policy,
+            exclude,
+        })) => (
+            C::Protect(api::Protect {
+                kind: "files".into(),
+                source: Some(abs(dir)?),
+                vault: vault.clone(),
+                name: name.clone(),
+                policy: policy.clone(),
+                exclude: exclude.clone(),
+                ..Default::default()
+            }),
+            views::protected,
+        ),
         Command::Item(ItemCmd::Protect(ProtectCmd::Vm {
             qmp,
             libvirt,
@@ -1030,6 +1093,7 @@ fn request(cmd: &Command, host: &mut HostOptions) -> anyhow::Result<Option<Reque
                 require_agent: *require_agent,
                 pre_script: pre_script.clone(),
                 post_script: post_script.clone(),
+                exclude: Vec::new(),
             }),
             views::protected,
         ),
@@ -1158,6 +1222,7 @@ fn request(cmd: &Command, host: &mut HostOptions) -> anyhow::Result<Option<Reque
                     rp: point.rp.clone(),
                     paths: paths.clone(),
                     to: abs(to)?,
+                    original: false,
                     disk: point.disk.clone(),
                     volume: point.volume,
                     overwrite: *overwrite,
@@ -1174,6 +1239,32 @@ fn request(cmd: &Command, host: &mut HostOptions) -> anyhow::Result<Option<Reque
                 rp: rp.clone(),
             },
             views::rp_show,
+        ),
+        Command::Restore(RestoreCmd::Files {
+            item,
+            rp,
+            paths,
+            to,
+            original,
+            overwrite,
+        }) => (
+            C::RestoreFiles {
+                item: item.clone(),
+                body: api::RestoreFiles {
+                    rp: rp.clone(),
+                    paths: if paths.is_empty() {
+                        vec!["/".into()]
+                    } else {
+                        paths.clone()
+                    },
+                    to: to.as_ref().map(|t| abs(t)).transpose()?.unwrap_or_default(),
+                    original: *original,
+                    disk: None,
+                    volume: None,
+                    overwrite: *overwrite,
+                },
+            },
+            views::restore_files,
         ),
         Command::Restore(RestoreCmd::Disk {
             item,

@@ -188,6 +188,14 @@ impl Transport for Local<'_> {
                         b.format.as_deref(),
                         secrets,
                     )?,
+                    ("files", Some(src), None) => home.protect_files(
+                        Path::new(src),
+                        &b.vault,
+                        b.name.as_deref(),
+                        b.policy.as_deref(),
+                        &b.exclude,
+                        secrets,
+                    )?,
                     ("vm", source, libvirt) => {
                         let link = match (source, libvirt) {
                             (Some(q), None) => kura_engine::VmLink::Qmp(path(q)),
@@ -297,11 +305,13 @@ impl Transport for Local<'_> {
                     disk: body.disk.clone(),
                     volume: body.volume,
                 };
+                let to =
+                    api::convert::files_destination(&body.to, body.original).map_err(invalid)?;
                 doc(home.restore_files(
                     item,
                     &target,
                     &body.paths,
-                    &path(&body.to),
+                    to.map(path).as_deref(),
                     body.overwrite,
                     None,
                     secrets,
