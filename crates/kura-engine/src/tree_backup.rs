@@ -110,7 +110,10 @@ fn node_of(name: &[u8], st: &EntryStat) -> Node {
             0
         },
         mtime: st.mtime,
-        atime: st.atime,
+        // Access times are not kept (as Borg does by default): they change whenever anyone
+        // reads, which would make every directory new at every backup. A restore sets the
+        // modification time.
+        atime: st.mtime,
         ctime: st.ctime,
         ino: st.ino,
         nlink: st.nlink,

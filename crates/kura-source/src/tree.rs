@@ -90,11 +90,17 @@ impl TreeSource {
 
     /// Opens the root directory.
     pub fn open_root(&self) -> Result<SourceDir> {
-        let fd = rustix::fs::open(
-            &self.root,
-            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
+        let open = |extra: OFlags| {
+            rustix::fs::open(
+                &self.root,
+                OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | extra,
+                Mode::empty(),
+            )
+        };
+        let fd = match open(OFlags::NOATIME) {
+            Err(rustix::io::Errno::PERM) => open(OFlags::empty()),
+            r => r,
+        }
         .map_err(|e| io(&self.root, e))?;
         let st = rustix::fs::fstat(&fd).map_err(|e| io(&self.root, e))?;
         Ok(SourceDir {

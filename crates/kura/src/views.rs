@@ -89,6 +89,14 @@ pub fn protected(i: &Value) -> String {
 
 /// An item's pinned format as one phrase: `qcow2`, `qcow2 on /base.raw (raw)`, or `-`.
 pub fn item_format(i: &Value) -> String {
+    if i["spec"]["kind"] == "files" {
+        let ex: Vec<String> = rows(&i["spec"]["exclude"]).map(s).collect();
+        return if ex.is_empty() {
+            "directory tree".into()
+        } else {
+            format!("directory tree, excluding {}", ex.join(" "))
+        };
+    }
     if i["spec"]["kind"] == "vm" {
         let ex: Vec<String> = rows(&i["spec"]["exclude"]).map(s).collect();
         return format!(
@@ -217,7 +225,7 @@ pub fn backup(r: &Value) -> String {
     );
     if r["transfer"] == "Completed" {
         out += &format!(
-            "  {} of disk, {} read, {} new chunks ({} stored), {}\n",
+            "  {} of data, {} read, {} new chunks ({} stored), {}\n",
             sz(&r["logical_size"]),
             sz(&r["read_bytes"]),
             s(&r["new_chunks"]),
@@ -911,9 +919,10 @@ pub fn file_listing(v: &Value) -> String {
 /// `kura files get`.
 pub fn restore_files(r: &Value) -> String {
     let mut out = format!(
-        "job {} completed\nrestored {} file(s), {} directorie(s), {} link(s) ({}) from recovery point {} into {}; {} chunk(s) fetched\n",
+        "job {} completed\nrestored {} file(s) ({} as hard links), {} director(ies), {} link(s) ({}) from recovery point {} into {}; {} chunk(s) fetched\n",
         s(&r["job_id"]),
         s(&r["files"]),
+        r["hard_links"].as_u64().unwrap_or(0),
         s(&r["dirs"]),
         s(&r["links"]),
         sz(&r["bytes"]),

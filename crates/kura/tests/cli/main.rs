@@ -20,6 +20,7 @@ mod remote;
 mod service;
 mod snapshots;
 mod tour;
+mod trees;
 mod usability;
 mod vm;
 

@@ -1,0 +1,346 @@
+//! File-tree items (a file share): backups that read only changed files, restores of the
+//! whole tree or chosen paths, to another directory or the original place, with the tree's
+//! metadata, and never through a link a user of the tree planted.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+
+use super::*;
+
+/// A small share: nested folders, modes, a relative and an absolute link, two names of one
+/// file, a sparse file, a FIFO, a name that is not UTF-8, 3 MB of random data, and a file
+/// the item excludes.
+fn share(e: &Env) -> PathBuf {
+    let src = e.path("share");
+    std::fs::create_dir_all(src.join("docs/deep/er")).unwrap();
+    std::fs::write(src.join("docs/readme.txt"), b"read me\n").unwrap();
+    std::fs::set_permissions(
+        src.join("docs/readme.txt"),
+        std::fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+    std::fs::write(src.join("docs/deep/er/note"), b"deep note").unwrap();
+    std::fs::write(src.join("data.bin"), pattern(7, 3_000_000)).unwrap();
+    std::fs::hard_link(src.join("data.bin"), src.join("docs/same.bin")).unwrap();
+    std::os::unix::fs::symlink("../data.bin", src.join("docs/rel")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", src.join("docs/abs")).unwrap();
+    let sparse = File::create(src.join("sparse.img")).unwrap();
+    sparse.set_len(32 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&sparse, b"end", (32 << 20) - 3).unwrap();
+    let fifo = std::ffi::CString::new(src.join("pipe").as_os_str().as_bytes()).unwrap();
+    assert!(
+        Command::new("mkfifo")
+            .arg(OsStr::from_bytes(fifo.as_bytes()))
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::fs::write(src.join(OsStr::from_bytes(b"caf\xe9")), b"latin-1 name").unwrap();
+    std::fs::write(src.join("docs/scratch.tmp"), b"leave me out").unwrap();
+    src
+}
+
+fn file_names(v: &Value) -> Vec<String> {
+    v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_file_tree_round_trips_with_its_metadata_and_incrementals_read_only_what_changed() {
+    let e = Env::new();
+    e.vault("v", &[]);
+    let src = share(&e);
+    e.ok(&[
+        "item",
+        "protect",
+        "files",
+        src.to_str().unwrap(),
+        "--vault",
+        "v",
+        "--name",
+        "share",
+        "--exclude",
+        "*.tmp",
+    ]);
+    let show = e.json(&["item", "show", "share"]);
+    assert_eq!(show["kind"], "files", "{show}");
+
+    let first = e.json(&["backup", "now", "share"]);
+    let data = 3_000_000 + 8 + 9 + 12 + 3; // what is read: the sparse file's data is 3 bytes
+    assert!(
+        first["read_bytes"].as_u64().unwrap() >= data,
+        "the first backup reads everything: {first}"
+    );
+    // Nothing changed: nothing is read, nothing is written.
+    let same = e.json(&["backup", "now", "share"]);
+    assert_eq!(
+        (same["read_bytes"].as_u64(), same["new_chunks"].as_u64()),
+        (Some(0), Some(0)),
+        "a no-change incremental reads and stores nothing: {same}"
+    );
+    // One file changed, one added, one removed: only the first two are read.
+    std::fs::write(src.join("docs/deep/er/note"), b"deep note, edited").unwrap();
+    std::fs::write(src.join("docs/new.txt"), b"new!").unwrap();
+    std::fs::remove_file(src.join(OsStr::from_bytes(b"caf\xe9"))).unwrap();
+    let third = e.json(&["backup", "now", "share"]);
+    assert_eq!(third["read_bytes"], 17 + 4, "{third}");
+    let rp3 = third["rp_id"].as_str().unwrap().to_string();
+    let rp1 = first["rp_id"].as_str().unwrap().to_string();
+
+    // Browsing a point, as for disk points.
+    let ls = e.json(&["files", "ls", "share", "--rp", &rp1, "/docs"]);
+    assert_eq!(
+        file_names(&ls),
+        ["abs", "deep", "readme.txt", "rel", "same.bin"],
+        "excluded *.tmp is absent: {ls}"
+    );
+    assert_eq!(ls["entries"][0]["target"], "/etc/passwd");
+
+    // The whole first point into a new directory.
+    let out = e.path("out");
+    std::fs::create_dir(&out).unwrap();
+    let r = e.json(&[
+        "restore",
+        "files",
+        "share",
+        "--rp",
+        &rp1,
+        "--to",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(r["hard_links"], 1, "{r}");
+    for (f, want) in [
+        ("data.bin", pattern(7, 3_000_000)),
+        ("docs/readme.txt", b"read me\n".to_vec()),
+        ("docs/deep/er/note", b"deep note".to_vec()),
+        ("sparse.img", std::fs::read(src.join("sparse.img")).unwrap()),
+    ] {
+        assert!(std::fs::read(out.join(f)).unwrap() == want, "{f}");
+    }
+    assert_eq!(
+        std::fs::read(out.join(OsStr::from_bytes(b"caf\xe9"))).unwrap(),
+        b"latin-1 name"
+    );
+    let m = std::fs::metadata(out.join("docs/readme.txt")).unwrap();
+    let m0 = std::fs::metadata(src.join("docs/readme.txt")).unwrap();
+    assert_eq!(m.permissions().mode() & 0o7777, 0o640);
+    assert_eq!((m.mtime(), m.mtime_nsec()), (m0.mtime(), m0.mtime_nsec()));
+    assert_eq!(
+        std::fs::metadata(out.join("data.bin")).unwrap().ino(),
+        std::fs::metadata(out.join("docs/same.bin")).unwrap().ino(),
+        "hard links stay one file"
+    );
+    assert_eq!(
+        std::fs::read_link(out.join("docs/abs")).unwrap(),
+        Path::new("/etc/passwd"),
+        "links are kept as links, never followed"
+    );
+    assert_eq!(
+        std::fs::read_link(out.join("docs/rel")).unwrap(),
+        Path::new("../data.bin")
+    );
+    assert!(
+        std::fs::symlink_metadata(out.join("pipe"))
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+    assert!(
+        allocated(&out.join("sparse.img")) < 1 << 20,
+        "a sparse file stays sparse"
+    );
+    assert!(!out.join("docs/scratch.tmp").exists());
+
+    // Chosen paths of the latest point.
+    let some = e.path("some");
+    std::fs::create_dir(&some).unwrap();
+    e.ok(&[
+        "restore",
+        "files",
+        "share",
+        "--rp",
+        &rp3,
+        "--path",
+        "/docs/deep",
+        "--path",
+        "/docs/new.txt",
+        "--to",
+        some.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read(some.join("deep/er/note")).unwrap(),
+        b"deep note, edited"
+    );
+    assert_eq!(std::fs::read(some.join("new.txt")).unwrap(), b"new!");
+    assert!(!some.join("data.bin").exists());
+
+    // Back to the original location: existing files are skipped unless --overwrite, a
+    // deleted one comes back.
+    std::fs::write(src.join("docs/readme.txt"), b"changed since").unwrap();
+    std::fs::remove_file(src.join("docs/new.txt")).unwrap();
+    let r = e.json(&[
+        "restore",
+        "files",
+        "share",
+        "--rp",
+        &rp3,
+        "--path",
+        "/docs/readme.txt",
+        "--path",
+        "/docs/new.txt",
+        "--original",
+    ]);
+    assert_eq!(r["skipped"].as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(
+        std::fs::read(src.join("docs/readme.txt")).unwrap(),
+        b"changed since"
+    );
+    assert_eq!(std::fs::read(src.join("docs/new.txt")).unwrap(), b"new!");
+    e.ok(&[
+        "restore",
+        "files",
+        "share",
+        "--rp",
+        &rp3,
+        "--path",
+        "/docs/readme.txt",
+        "--original",
+        "--overwrite",
+    ]);
+    assert_eq!(
+        std::fs::read(src.join("docs/readme.txt")).unwrap(),
+        b"read me\n"
+    );
+
+    // A user of the share replaced a folder with a link to somewhere else: an original
+    // restore into it writes nothing there.
+    let victim = e.path("victim");
+    std::fs::create_dir(&victim).unwrap();
+    std::fs::remove_dir_all(src.join("docs/deep")).unwrap();
+    std::os::unix::fs::symlink(&victim, src.join("docs/deep")).unwrap();
+    let r = e.json(&[
+        "restore",
+        "files",
+        "share",
+        "--rp",
+        &rp3,
+        "--path",
+        "/docs/deep/er",
+        "--original",
+        "--overwrite",
+    ]);
+    assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 0, "{r}");
+    assert!(
+        r["skipped"][0]
+            .as_str()
+            .unwrap()
+            .contains("no longer a directory"),
+        "{r}"
+    );
+
+    // Verify reads every chunk of every tree; GC keeps them (the points reference them).
+    let v = e.json(&["verify", "--item", "share"]);
+    assert_eq!(v["problems"].as_array().unwrap().len(), 0, "{v}");
+    e.ok(&["gc", "--vault", "v", "--grace", "0"]);
+    e.ok(&["gc", "--vault", "v", "--grace", "0"]);
+    let again = e.path("again");
+    std::fs::create_dir(&again).unwrap();
+    e.ok(&[
+        "restore",
+        "files",
+        "share",
+        "--rp",
+        &rp1,
+        "--to",
+        again.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read(again.join("data.bin")).unwrap(),
+        pattern(7, 3_000_000)
+    );
+
+    // Bad requests: clear errors, no job.
+    let (_, err) = e.fails(&[
+        "restore",
+        "files",
+        "share",
+        "--rp",
+        &rp1,
+        "--path",
+        "/nope",
+        "--to",
+        again.to_str().unwrap(),
+    ]);
+    assert_eq!(err["error"]["code"], "not_found", "{err}");
+    let (_, err) = e.fails(&["files", "volumes", "share"]);
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("directory tree"),
+        "{err}"
+    );
+}
+
+#[test]
+fn protecting_a_tree_checks_it_first() {
+    let e = Env::new();
+    e.vault("v", &[]);
+    let file = e.path("plain");
+    std::fs::write(&file, b"x").unwrap();
+    let (_, err) = e.fails(&[
+        "item",
+        "protect",
+        "files",
+        file.to_str().unwrap(),
+        "--vault",
+        "v",
+    ]);
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not a directory"),
+        "{err}"
+    );
+    let (_, err) = e.fails(&[
+        "item",
+        "protect",
+        "files",
+        e.path("").to_str().unwrap(),
+        "--vault",
+        "v",
+    ]);
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("into itself"),
+        "the home lies inside: {err}"
+    );
+    let dir = e.path("d");
+    std::fs::create_dir(&dir).unwrap();
+    let (_, err) = e.fails(&[
+        "item",
+        "protect",
+        "files",
+        dir.to_str().unwrap(),
+        "--vault",
+        "v",
+        "--exclude",
+        "a[",
+    ]);
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--exclude"),
+        "{err}"
+    );
+    assert_eq!(e.json(&["item", "list"]).as_array().unwrap().len(), 0);
+}
