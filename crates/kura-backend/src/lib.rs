@@ -100,7 +100,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// - `get_range` returns exactly the bytes asked for or [`Error::InvalidRange`];
 /// - `list(prefix)` (`""` or a path ending in `/`) returns every key under it, recursively, sorted;
 /// - `delete` of a missing object succeeds (deletes are idempotent);
-/// - after `sync` returns, every completed `put` survives a crash of the machine.
+/// - after `sync` returns, every completed `put` survives a crash of the machine; before it,
+///   a crash may lose (or leave unreadable) objects that were new, never one that existed.
 pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Stores `data` under `key`, replacing any existing object.
     fn put(&self, key: &str, data: Vec<u8>) -> Result<()>;

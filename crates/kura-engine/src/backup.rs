@@ -619,7 +619,22 @@ impl Home {
                 }
             });
         }
-        let stored = |id: &ChunkId| self.reusable(&vrow.id, vault, id);
+        // Chunks garbage collection had marked when this writer's lease was already held:
+        // only those need rescuing before reuse (a mark made later is younger than the
+        // lease, and GC keeps it), so the catalog is asked once, not once per chunk.
+        let doomed: HashSet<String> = self
+            .catalog
+            .doomed(&vrow.id)?
+            .into_iter()
+            .map(|d| d.chunk)
+            .collect();
+        let stored = |id: &ChunkId| {
+            if doomed.is_empty() || !doomed.contains(&id.to_hex()) {
+                Ok(vault.has_chunk(id)?)
+            } else {
+                self.reusable(&vrow.id, vault, id)
+            }
+        };
         let reuses: Vec<Reuse<'_>> = known
             .iter()
             .zip(&bases)

@@ -1414,7 +1414,8 @@ pub(crate) fn rp_row(m: &kura_store::Manifest) -> RpRow {
         id: m.rp_id.clone(),
         item_id: m.item.id.clone(),
         time: m.time.clone(),
-        logical_size: m.disks.iter().map(|d| d.size).sum(),
+        logical_size: m.disks.iter().map(|d| d.size).sum::<u64>()
+            + m.trees.iter().map(|t| t.bytes).sum::<u64>(),
         stored_size: m.stats.new_stored_bytes,
         consistency: m.consistency.clone(),
         tier: m.tier.clone(),

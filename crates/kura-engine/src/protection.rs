@@ -325,6 +325,9 @@ impl Home {
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
+                kura_source::SourceSpec::Files { path, .. } => {
+                    format!("directory {path} is there and can be read")
+                }
                 _ => "ready".to_string(),
             })
         });

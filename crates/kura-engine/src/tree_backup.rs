@@ -56,6 +56,8 @@ fn cdc_sizes(chunk_size: u32) -> (u32, u32, u32) {
 struct FileJob {
     slot: usize,
     file: std::fs::File,
+    /// Its size when listed.
+    size: u64,
     path: String,
 }
 
@@ -143,11 +145,8 @@ impl Walker<'_> {
     fn previous_dir(&mut self, prev: Option<&Dir>, name: &[u8]) -> Option<Dir> {
         let node = prev?.get(name)?;
         let piece = node.tree.filter(|_| node.kind == NodeKind::Dir)?;
-        match self.vault.get_dir(&piece, &mut self.codec) {
-            Ok(d) => Some(d),
-            // Only the cache is lost: the directory is read in full.
-            Err(_) => None,
-        }
+        // Unreadable: only the cache is lost, and the directory is read in full.
+        self.vault.get_dir(&piece, &mut self.codec).ok()
     }
 
     /// The previous point's chunks of this file, when it is unchanged since (size, times
@@ -278,6 +277,7 @@ impl Walker<'_> {
                     let job = FileJob {
                         slot,
                         file,
+                        size: st.size,
                         path: path.display().to_string(),
                     };
                     if self.jobs.send(job).is_err() {
@@ -324,14 +324,45 @@ fn chunk_file(
 ) -> Result<FileResult> {
     let (min, avg, max) = sizes;
     let mut pieces = Vec::new();
-    let reader = std::io::BufReader::with_capacity(1 << 20, &mut job.file);
-    for chunk in fastcdc::v2020::StreamCDC::new(reader, min, avg, max) {
+    // A file that fits in one chunk's room (most files of a tree) is read at once and cut
+    // in memory; a larger one streams through the chunker's own buffer.
+    let small = job.size <= u64::from(max);
+    let whole = if small {
+        let mut buf = Vec::with_capacity(job.size as usize + 1);
+        if let Err(e) = std::io::Read::read_to_end(&mut job.file, &mut buf) {
+            return Ok(Err(format!("{}: not backed up: {e}", job.path)));
+        }
+        buf
+    } else {
+        Vec::new()
+    };
+    let mut cuts: Box<dyn Iterator<Item = std::io::Result<Vec<u8>>> + '_> = if small {
+        let chunks: Vec<std::ops::Range<usize>> = if whole.len() as u64 <= u64::from(min) {
+            std::iter::once(0..whole.len()).collect()
+        } else {
+            fastcdc::v2020::FastCDC::new(&whole, min, avg, max)
+                .map(|c| c.offset..c.offset + c.length)
+                .collect()
+        };
+        Box::new(
+            chunks
+                .into_iter()
+                .filter(|r| !r.is_empty())
+                .map(|r| Ok(whole[r].to_vec())),
+        )
+    } else {
+        Box::new(
+            fastcdc::v2020::StreamCDC::new(&mut job.file, min, avg, max)
+                .map(|c| c.map(|c| c.data).map_err(std::io::Error::other)),
+        )
+    };
+    for chunk in &mut cuts {
         crate::progress::check_cancel(progress)?;
         let chunk = match chunk {
             Ok(c) => c,
             Err(e) => return Ok(Err(format!("{}: not backed up: {e}", job.path))),
         };
-        let data = &chunk.data;
+        let data = &chunk;
         counters
             .read_bytes
             .fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -392,7 +423,9 @@ pub(crate) fn backup_tree(
         Some(p) => vault.get_dir(&p, &mut vault.codec()).ok(),
         None => None,
     };
-    let n_workers = workers();
+    // More workers than cores: each stored chunk ends in an fsync (the backend's atomic
+    // put), and many small files make that the wait, not the CPU.
+    let n_workers = (workers() * 4).clamp(8, 32);
     let (tx, rx) = bounded::<FileJob>(n_workers * 4);
     let counters = Counters::default();
     let healed = Mutex::new(Vec::new());

@@ -522,7 +522,7 @@ async function itemPage(_params, name) {
       el("h2", {}, `Recovery points (${points.length})`),
       table(["Point", "Time", "Tier", "Consistency", "Size", "Stored", "Expires", "", ""], points.map((p) => [
         el("code", {}, p.id.slice(-8)), when(p.time), p.tier, p.consistency, size(p.logical_size), size(p.stored_size), when(p.expires),
-        (item.kind === "vm" ? ["restoreDisks", "restoreVm"] : ["restoreDisk"]).some((op) => allowed.has(op))
+        item.kind !== "files" && (item.kind === "vm" ? ["restoreDisks", "restoreVm"] : ["restoreDisk"]).some((op) => allowed.has(op))
           ? el("a", { href: `#/restore/${encodeURIComponent(name)}/${p.id}`, "aria-label": `Restore point ${p.id.slice(-8)}` }, "Restore…") : "",
         allowed.has("listFiles")
           ? el("a", { href: `#/files/${encodeURIComponent(name)}/${p.id}`, "aria-label": `Files of point ${p.id.slice(-8)}` }, "Files…") : "",
@@ -559,6 +559,8 @@ async function filesPage(params, [name, rp]) {
   const head = [el("h1", {}, `Files of ${name}`),
     facts([["Point", el("code", {}, point.rp_id)], ["Time", when(point.time)], ["Consistency", point.consistency]])];
   const pickers = [];
+  // A file item's point is a tree: no disks, no volumes.
+  const tree = point.disks.length === 0;
   if (point.disks.length > 1) {
     const sel = el("select", { id: "files-disk" }, [el("option", { value: "" }, "choose a disk"),
       ...point.disks.map((d) => el("option", { value: d.name, selected: d.name === disk }, `${d.name} (${size(d.size)})`))]);
@@ -566,9 +568,9 @@ async function filesPage(params, [name, rp]) {
     pickers.push(el("label", { for: "files-disk" }, "Disk"), sel);
     if (!disk) return show(head, el("div", { class: "filters" }, pickers), el("p", { class: "empty" }, "Choose the disk to browse.")), 0;
   }
-  const vols = await api("GET", `${base}/volumes?${q({})}`);
-  const readable = vols.volumes.filter((v) => v.readable);
-  if (readable.length > 1 || volume) {
+  const vols = tree ? { volumes: [] } : await api("GET", `${base}/volumes?${q({})}`);
+  const readable = tree ? [{}] : vols.volumes.filter((v) => v.readable);
+  if (!tree && (readable.length > 1 || volume)) {
     const sel = el("select", { id: "files-volume" }, [el("option", { value: "" }, "choose a volume"),
       ...vols.volumes.map((v) => el("option", { value: v.number, selected: String(v.number) === volume, disabled: !v.readable },
         `${v.number}: ${v.fs}${v.name ? ` "${v.name}"` : ""} (${size(v.size)})${v.readable ? "" : ", not readable yet"}`))]);
@@ -606,6 +608,7 @@ async function filesPage(params, [name, rp]) {
     allowed.has("restoreFiles") ? el("fieldset", {}, el("legend", {}, "Restore the selected entries to the server"),
       el("label", { for: "files-to" }, "Into the existing directory"),
       el("input", { id: "files-to", name: "to", placeholder: "/srv/restores" }),
+      tree ? el("label", { class: "choice" }, el("input", { type: "checkbox", name: "original" }), " Or back where they were (the original location)") : null,
       el("label", { class: "choice" }, el("input", { type: "checkbox", name: "overwrite" }), " Replace files that exist (else they are skipped)"),
       err, el("button", { type: "submit" }, "Restore selected")) : null);
   form.addEventListener("submit", async (ev) => {
@@ -613,7 +616,8 @@ async function filesPage(params, [name, rp]) {
     const f = new FormData(form);
     const paths = f.getAll("pick");
     if (!paths.length) { err.textContent = "Select at least one entry."; return; }
-    const body = { rp: point.rp_id, paths, to: f.get("to"), overwrite: f.get("overwrite") === "on" };
+    const body = { rp: point.rp_id, paths, overwrite: f.get("overwrite") === "on" };
+    if (f.get("original") === "on") body.original = true; else body.to = f.get("to");
     if (disk) body.disk = disk;
     if (volume) body.volume = Number(volume);
     try {
@@ -643,9 +647,9 @@ async function filesPage(params, [name, rp]) {
   }, { stay: true });
   show(head, pickers.length ? el("div", { class: "filters" }, pickers) : null,
     el("nav", { class: "crumbs", "aria-label": "Path" }, crumbs),
-    el("p", { class: "muted" }, `Disk ${list.disk}, volume ${list.volume}; ${list.fetched.chunks} chunk(s) read from the vault for this listing.`),
+    el("p", { class: "muted" }, `${tree ? `Tree ${list.disk}` : `Disk ${list.disk}, volume ${list.volume}`}; ${list.fetched.chunks} chunk(s) read from the vault for this listing.`),
     form,
-    el("section", { "aria-labelledby": "export-title" }, el("h2", { id: "export-title" }, "The whole disk over NBD"),
+    tree ? null : el("section", { "aria-labelledby": "export-title" }, el("h2", { id: "export-title" }, "The whole disk over NBD"),
       exportForm, exported));
   return 0;
 }

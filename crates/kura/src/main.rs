@@ -1257,7 +1257,7 @@ fn request(cmd: &Command, host: &mut HostOptions) -> anyhow::Result<Option<Reque
                     } else {
                         paths.clone()
                     },
-                    to: to.as_ref().map(|t| abs(t)).transpose()?.unwrap_or_default(),
+                    to: to.as_deref().map(abs).transpose()?.unwrap_or_default(),
                     original: *original,
                     disk: None,
                     volume: None,
