@@ -17,6 +17,9 @@ pub(crate) struct VaultTree {
     vault: Vault,
     root: Piece,
     state: Mutex<State>,
+    /// One codec for every file reader (making one per file costs more than a small
+    /// file's read).
+    codec: Arc<Mutex<Codec>>,
     pub(crate) chunks: Arc<AtomicU64>,
     pub(crate) bytes: Arc<AtomicU64>,
 }
@@ -92,6 +95,7 @@ impl VaultTree {
                 codec: vault.codec(),
                 dirs: HashMap::new(),
             }),
+            codec: Arc::new(Mutex::new(vault.codec())),
             vault,
             root,
             chunks: Arc::default(),
@@ -191,7 +195,7 @@ impl kura_files::Tree for VaultTree {
             )));
         }
         Ok(Box::new(FileReader {
-            codec: self.vault.codec(),
+            codec: self.codec.clone(),
             vault: self.vault.clone(),
             pieces: n.chunks,
             next: 0,
@@ -206,7 +210,7 @@ impl kura_files::Tree for VaultTree {
 /// A file's data, one chunk fetched at a time; zero pieces are never fetched.
 struct FileReader {
     vault: Vault,
-    codec: Codec,
+    codec: Arc<Mutex<Codec>>,
     pieces: Vec<Piece>,
     next: usize,
     buf: Vec<u8>,
@@ -228,7 +232,10 @@ impl std::io::Read for FileReader {
             } else {
                 let d = self
                     .vault
-                    .get_chunk(&p.id, &mut self.codec)
+                    .get_chunk(
+                        &p.id,
+                        &mut self.codec.lock().unwrap_or_else(|e| e.into_inner()),
+                    )
                     .map_err(|e| std::io::Error::other(format!("chunk {}: {e}", p.id.to_hex())))?;
                 self.chunks.fetch_add(1, Ordering::Relaxed);
                 self.bytes.fetch_add(d.len() as u64, Ordering::Relaxed);
