@@ -36,6 +36,7 @@ fn map_paths(line: &str, t: &str) -> String {
         ("/var/lib/libvirt/images/", "/images/"),
         ("/srv/images/", "/images/"),
         ("/srv/restores/", "/restores/"),
+        ("/srv/share", "/share"),
         ("/srv/kura/vaults/", "/kura-home/vaults/"),
         ("/mnt/usb/", "/usb/"),
         ("/tmp/", "/tmp/"),
@@ -104,6 +105,10 @@ fn the_readme_tour_runs_as_written() {
         .expect("mkfs.ext4 (scripts/test installs e2fsprogs)");
     assert!(o.status.success(), "{o:?}");
     std::fs::create_dir_all(e.path("tmp/back")).unwrap();
+    // The file share of `kura item protect files`.
+    std::fs::create_dir_all(e.path("share/docs")).unwrap();
+    std::fs::write(e.path("share/docs/q3.xlsx"), b"quarterly numbers").unwrap();
+    std::fs::write(e.path("share/docs/draft.tmp"), b"left out").unwrap();
     qemu_img(&[
         "convert",
         "-f",
@@ -189,6 +194,12 @@ fn the_readme_tour_runs_as_written() {
         restored.to_str().unwrap(),
         web.to_str().unwrap(),
     ]);
+    // The share's tree came back whole, without what it excludes.
+    assert_eq!(
+        std::fs::read(e.path("restores/docs/q3.xlsx")).unwrap(),
+        b"quarterly numbers"
+    );
+    assert!(!e.path("restores/docs/draft.tmp").exists());
     for home in ["new-home", "new-home-kit"] {
         let attached = e.json_in_tour(&["--home", &format!("{t}/{home}"), "rp", "list", "web"], &t);
         assert!(
