@@ -379,9 +379,10 @@ mod tests {
         std::fs::remove_file(dir.path().join("f")).unwrap();
         std::os::unix::fs::symlink(dir.path().join("secret"), dir.path().join("f")).unwrap();
         assert!(root.open_file(b"f", st).is_err());
-        // Replaced by another file: refused as well.
+        // Replaced by another file (the listed one kept elsewhere, so its inode number is
+        // not reused): refused as well.
         std::fs::remove_file(dir.path().join("f")).unwrap();
-        std::fs::write(dir.path().join("f"), b"other").unwrap();
+        std::fs::hard_link(dir.path().join("secret"), dir.path().join("f")).unwrap();
         assert!(root.open_file(b"f", st).is_err());
     }
 }
