@@ -282,8 +282,8 @@ fn version_1_manifests_are_still_read_and_disk_names_are_checked() {
     for bad in ["../../etc/passwd", ".hidden", ""] {
         let t = text.replace(r#""name": "disk0""#, &format!(r#""name": "{bad}""#));
         let e = kura_store::Manifest::decode("m", t.as_bytes()).unwrap_err();
-        assert!(e.to_string().contains("bad disk name"), "{e}");
+        assert!(e.to_string().contains("bad disk or tree name"), "{e}");
     }
-    let t = text.replace(r#""version": 1"#, r#""version": 3"#);
+    let t = text.replace(r#""version": 1"#, r#""version": 4"#);
     assert!(kura_store::Manifest::decode("m", t.as_bytes()).is_err());
 }
