@@ -81,7 +81,7 @@ timed restore-all restic restic restore latest -q --target "$dir/out-restic"
 timed restore-one kura "$kura" restore files tree --rp latest --path "/$one" --to "$dir/one-kura"
 timed restore-one restic restic restore latest -q --target "$dir/one-restic" --include "$src/$one"
 (cd "$dir/one-borg" && timed restore-one borg borg extract ::b3 "${src#/}/$one")
-diff -r "$src" "$dir/out-kura" >/dev/null || { echo "kura's restore differs from the tree" >&2; exit 1; }
+diff -r --no-dereference "$src" "$dir/out-kura" >/dev/null || { echo "kura's restore differs from the tree" >&2; exit 1; }
 cmp "$src/$one" "$dir/one-kura/$(basename "$one")"
 echo "stored kura $(du -sb "$dir/kura-vault" | cut -f1)" >>"$results"
 echo "stored restic $(du -sb "$dir/restic" | cut -f1)" >>"$results"
