@@ -93,10 +93,16 @@ impl FsBackend {
                 r => r?,
             };
             f.write_all(data)?;
-            if let Some(parent) = dest.parent() {
-                std::fs::create_dir_all(parent)?;
+            // The parent (`chunks/HH/`) usually exists: made only when the rename says not.
+            match std::fs::rename(&tmp, dest) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    if let Some(parent) = dest.parent() {
+                        std::fs::create_dir_all(parent)?;
+                    }
+                    std::fs::rename(&tmp, dest)
+                }
+                r => r,
             }
-            std::fs::rename(&tmp, dest)
         };
         if let Err(e) = write() {
             let _ = std::fs::remove_file(&tmp);

@@ -529,8 +529,10 @@ impl Home {
         // The lease tells garbage collection a writer is active, before anything is chosen
         // for reuse; it ends however this function ends.
         let _lease = self.lease(&vrow.id, "backup")?;
-        let previous = self.previous_indexes(item, vault, job);
-        let previous_trees = self.previous_trees(item, vault, job);
+        let (previous, previous_trees) = match self.previous_indexes(item, vault, job) {
+            Some((rp, (disks, trees))) => (Some((rp, disks)), trees),
+            None => (None, Default::default()),
+        };
         let incremental = previous.is_some();
         job.message(&match &previous {
             Some((rp, _)) => {
@@ -629,10 +631,10 @@ impl Home {
             .map(|d| d.chunk)
             .collect();
         let stored = |id: &ChunkId| {
-            if doomed.is_empty() || !doomed.contains(&id.to_hex()) {
-                Ok(vault.has_chunk(id)?)
-            } else {
+            if doomed.contains(&id.to_hex()) {
                 self.reusable(&vrow.id, vault, id)
+            } else {
+                Ok(vault.has_chunk(id)?)
             }
         };
         let reuses: Vec<Reuse<'_>> = known
@@ -668,9 +670,7 @@ impl Home {
         let trees = held.driver.open_trees(&held.point)?;
         let mut tree_entries = Vec::new();
         for (name, src) in &trees {
-            let prev = previous_trees
-                .as_ref()
-                .and_then(|(_, m)| m.get(name.as_str()));
+            let prev = previous_trees.get(name.as_str());
             let mut known: HashSet<ChunkId> = prev
                 .map(|t| t.chunks.iter().copied().collect())
                 .unwrap_or_default();
@@ -860,15 +860,16 @@ impl Home {
         })
     }
 
-    /// The indexes of the item's latest recovery point with a vault copy, by disk name, when
-    /// they can be read. A damaged one only costs dedup against it, so it is logged and
-    /// skipped rather than failing the backup.
+    /// The indexes of the item's latest recovery point with a vault copy, by disk name, and
+    /// its tree indexes by tree name (a file item's files cache), when they can be read. A
+    /// damaged one only costs dedup against it, so it is logged and skipped rather than
+    /// failing the backup.
     fn previous_indexes(
         &self,
         item: &ItemRow,
         vault: &Vault,
         job: &JobCtx<'_>,
-    ) -> Option<(String, std::collections::HashMap<String, DiskIndex>)> {
+    ) -> Option<(String, PreviousIndexes)> {
         // The latest point with a vault copy (snapshot-only points have no index).
         let latest = self
             .catalog
@@ -876,11 +877,15 @@ impl Home {
             .ok()?
             .into_iter()
             .find(|r| r.tier != "snapshot")?;
-        let load = || -> Result<std::collections::HashMap<String, DiskIndex>> {
+        let load = || -> Result<PreviousIndexes> {
             let m = vault.get_manifest(&latest.id)?;
-            let mut out = std::collections::HashMap::new();
+            let mut out = PreviousIndexes::default();
             for d in &m.disks {
-                out.insert(d.name.clone(), vault.get_index(&d.index)?);
+                out.0.insert(d.name.clone(), vault.get_index(&d.index)?);
+            }
+            for t in &m.trees {
+                out.1
+                    .insert(t.name.clone(), vault.get_tree_index(&t.index)?);
             }
             Ok(out)
         };
@@ -897,47 +902,11 @@ impl Home {
     }
 }
 
-impl Home {
-    /// The tree indexes of the item's latest point with a vault copy, by tree name (the
-    /// files cache of a file item's next backup).
-    fn previous_trees(
-        &self,
-        item: &ItemRow,
-        vault: &Vault,
-        job: &JobCtx<'_>,
-    ) -> Option<(
-        String,
-        std::collections::HashMap<String, kura_store::TreeIndex>,
-    )> {
-        if item.kind != "files" {
-            return None;
-        }
-        let latest = self
-            .catalog
-            .list_rps(&item.id)
-            .ok()?
-            .into_iter()
-            .find(|r| r.tier != "snapshot")?;
-        let load = || -> Result<std::collections::HashMap<String, kura_store::TreeIndex>> {
-            let m = vault.get_manifest(&latest.id)?;
-            let mut out = std::collections::HashMap::new();
-            for t in &m.trees {
-                out.insert(t.name.clone(), vault.get_tree_index(&t.index)?);
-            }
-            Ok(out)
-        };
-        match load() {
-            Ok(t) => Some((latest.id, t)),
-            Err(e) => {
-                job.message(&format!(
-                    "previous recovery point {} unusable as the files cache: {e}",
-                    latest.id
-                ));
-                None
-            }
-        }
-    }
-}
+/// A previous point's disk indexes and tree indexes, by name.
+type PreviousIndexes = (
+    std::collections::HashMap<String, DiskIndex>,
+    std::collections::HashMap<String, kura_store::TreeIndex>,
+);
 
 /// A taken point and its driver: the driver releases the point when this is dropped, on
 /// every path.

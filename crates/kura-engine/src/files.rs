@@ -509,45 +509,13 @@ impl Home {
         let vrow = self.catalog.vault_by_id(&item.vault_id)?;
         let vault = self.open_vault_row(&vrow, secrets)?;
         let manifest = vault.get_manifest(&rp.id)?;
-        let names = || {
-            manifest
-                .trees
-                .iter()
-                .map(|t| t.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        let tree = match target.disk.as_deref() {
-            Some(n) => manifest.trees.iter().find(|t| t.name == n).ok_or_else(|| {
-                Error::new(
-                    ErrorKind::NotFound,
-                    format!(
-                        "recovery point {} has no tree {n:?} (it has: {})",
-                        rp.id,
-                        names()
-                    ),
-                )
-            })?,
-            None => match manifest.trees.as_slice() {
-                [one] => one,
-                [] => {
-                    return Err(Error::new(
-                        ErrorKind::Corrupt,
-                        format!("recovery point {} of a file item holds no tree", rp.id),
-                    ));
-                }
-                _ => {
-                    return Err(Error::new(
-                        ErrorKind::Invalid,
-                        format!(
-                            "recovery point {} has several trees: name one ({})",
-                            rp.id,
-                            names()
-                        ),
-                    ));
-                }
-            },
-        };
+        let tree = crate::restore::pick(
+            &rp.id,
+            "tree",
+            &manifest.trees,
+            |t| &t.name,
+            target.disk.as_deref(),
+        )?;
         let index = vault.get_tree_index(&tree.index)?;
         let vt = crate::tree_read::VaultTree::new(vault, index.root);
         let d = OpenDisk {
@@ -685,12 +653,15 @@ impl Home {
             job_id,
             progress,
             |job| {
+                let from = if row.kind == "files" {
+                    format!("tree {}", d.disk)
+                } else {
+                    format!("disk {}, volume {volume}", d.disk)
+                };
                 job.message(&format!(
-                    "restoring {} from recovery point {} ({} {}) into {}{}",
+                    "restoring {} from recovery point {} ({from}) into {}{}",
                     paths.join(", "),
                     d.rp.id,
-                    if row.kind == "files" { "tree" } else { "disk" },
-                    if row.kind == "files" { d.disk.clone() } else { format!("{}, volume {volume}", d.disk) },
                     to.display(),
                     if original { " (the original location)" } else { "" }
                 ));

@@ -485,35 +485,38 @@ pub(crate) fn pick_disk<'m>(
     m: &'m kura_store::Manifest,
     name: Option<&str>,
 ) -> Result<&'m kura_store::DiskEntry> {
-    let names = || {
-        m.disks
-            .iter()
-            .map(|d| d.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
+    pick(&m.rp_id, "disk", &m.disks, |d| &d.name, name)
+}
+
+/// The entry of `entries` (a point's disks or trees) called `name`, or the only one.
+pub(crate) fn pick<'m, T>(
+    rp_id: &str,
+    what: &str,
+    entries: &'m [T],
+    name_of: impl Fn(&T) -> &str,
+    name: Option<&str>,
+) -> Result<&'m T> {
+    let names = || entries.iter().map(&name_of).collect::<Vec<_>>().join(", ");
     match name {
-        Some(n) => m.disks.iter().find(|d| d.name == n).ok_or_else(|| {
+        Some(n) => entries.iter().find(|d| name_of(d) == n).ok_or_else(|| {
             Error::new(
                 ErrorKind::NotFound,
                 format!(
-                    "recovery point {} has no disk {n:?} (it has: {})",
-                    m.rp_id,
+                    "recovery point {rp_id} has no {what} {n:?} (it has: {})",
                     names()
                 ),
             )
         }),
-        None if m.disks.len() == 1 => Ok(&m.disks[0]),
-        None if m.disks.is_empty() => Err(Error::new(
+        None if entries.len() == 1 => Ok(&entries[0]),
+        None if entries.is_empty() => Err(Error::new(
             ErrorKind::Corrupt,
-            format!("manifest of {} lists no disk", m.rp_id),
+            format!("manifest of {rp_id} lists no {what}"),
         )),
         None => Err(Error::new(
             ErrorKind::Invalid,
             format!(
-                "recovery point {} has {} disks ({}): name one with --disk",
-                m.rp_id,
-                m.disks.len(),
+                "recovery point {rp_id} has {} {what}s ({}): name one with --disk",
+                entries.len(),
                 names()
             ),
         )),

@@ -205,18 +205,21 @@ impl Walker<'_> {
             if self.src.excluded(&child_rel) {
                 continue;
             }
-            let path = dir.path().join(String::from_utf8_lossy(&name).as_ref());
+            let path = || dir.path().join(String::from_utf8_lossy(&name).as_ref());
             let mut node = node_of(&name, &st);
             match st.kind {
                 EntryType::Dir => {
                     if depth >= MAX_DEPTH {
-                        self.skip(&path, format!("nested deeper than {MAX_DEPTH} directories"));
+                        self.skip(
+                            &path(),
+                            format!("nested deeper than {MAX_DEPTH} directories"),
+                        );
                         continue;
                     }
                     let sub = match dir.open_dir(&name, &st) {
                         Ok(s) => s,
                         Err(e) => {
-                            self.skip(&path, e);
+                            self.skip(&path(), e);
                             continue;
                         }
                     };
@@ -262,7 +265,7 @@ impl Walker<'_> {
                     let file = match dir.open_file(&name, &st) {
                         Ok(f) => f,
                         Err(e) => {
-                            self.skip(&path, e);
+                            self.skip(&path(), e);
                             continue;
                         }
                     };
@@ -278,7 +281,7 @@ impl Walker<'_> {
                         slot,
                         file,
                         size: st.size,
-                        path: path.display().to_string(),
+                        path: path().display().to_string(),
                     };
                     if self.jobs.send(job).is_err() {
                         return Ok(me);
@@ -290,7 +293,7 @@ impl Walker<'_> {
                         node.target = Some(Name(t));
                         self.dirs[me].nodes.push(node);
                     }
-                    Err(e) => self.skip(&path, e),
+                    Err(e) => self.skip(&path(), e),
                 },
                 _ => self.dirs[me].nodes.push(node),
             }
@@ -324,45 +327,9 @@ fn chunk_file(
 ) -> Result<FileResult> {
     let (min, avg, max) = sizes;
     let mut pieces = Vec::new();
-    // A file that fits in one chunk's room (most files of a tree) is read at once and cut
-    // in memory; a larger one streams through the chunker's own buffer.
-    let small = job.size <= u64::from(max);
-    let whole = if small {
-        let mut buf = Vec::with_capacity(job.size as usize + 1);
-        if let Err(e) = std::io::Read::read_to_end(&mut job.file, &mut buf) {
-            return Ok(Err(format!("{}: not backed up: {e}", job.path)));
-        }
-        buf
-    } else {
-        Vec::new()
-    };
-    let mut cuts: Box<dyn Iterator<Item = std::io::Result<Vec<u8>>> + '_> = if small {
-        let chunks: Vec<std::ops::Range<usize>> = if whole.len() as u64 <= u64::from(min) {
-            std::iter::once(0..whole.len()).collect()
-        } else {
-            fastcdc::v2020::FastCDC::new(&whole, min, avg, max)
-                .map(|c| c.offset..c.offset + c.length)
-                .collect()
-        };
-        Box::new(
-            chunks
-                .into_iter()
-                .filter(|r| !r.is_empty())
-                .map(|r| Ok(whole[r].to_vec())),
-        )
-    } else {
-        Box::new(
-            fastcdc::v2020::StreamCDC::new(&mut job.file, min, avg, max)
-                .map(|c| c.map(|c| c.data).map_err(std::io::Error::other)),
-        )
-    };
-    for chunk in &mut cuts {
+    // One chunk of the file: hashed, stored unless known, recorded.
+    let mut store = |data: &[u8]| -> Result<()> {
         crate::progress::check_cancel(progress)?;
-        let chunk = match chunk {
-            Ok(c) => c,
-            Err(e) => return Ok(Err(format!("{}: not backed up: {e}", job.path))),
-        };
-        let data = &chunk;
         counters
             .read_bytes
             .fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -392,6 +359,33 @@ fn chunk_file(
             id,
             len: data.len() as u32,
         });
+        Ok(())
+    };
+    let unreadable =
+        |e: &dyn std::fmt::Display| Ok(Err(format!("{}: not backed up: {e}", job.path)));
+    if job.size <= u64::from(max) {
+        // A file that fits in one chunk's room (most files of a tree) is read at once and
+        // cut in memory; a larger one streams through the chunker's own buffer.
+        let mut whole = Vec::with_capacity(job.size as usize + 1);
+        if let Err(e) = std::io::Read::read_to_end(&mut job.file, &mut whole) {
+            return unreadable(&e);
+        }
+        if whole.len() as u64 <= u64::from(min) {
+            if !whole.is_empty() {
+                store(&whole)?;
+            }
+        } else {
+            for c in fastcdc::v2020::FastCDC::new(&whole, min, avg, max) {
+                store(&whole[c.offset..c.offset + c.length])?;
+            }
+        }
+    } else {
+        for c in fastcdc::v2020::StreamCDC::new(&mut job.file, min, avg, max) {
+            match c {
+                Ok(c) => store(&c.data)?,
+                Err(e) => return unreadable(&e),
+            }
+        }
     }
     // A file still growing is kept as far as it was read (crash-consistent, like the rest
     // of a live tree).

@@ -76,6 +76,37 @@ pub fn extract(
     to: &Path,
     opts: ExtractOptions,
 ) -> Result<ExtractReport> {
+    extract_in(fs, paths, to, false, opts)
+}
+
+/// Extracts each of `paths` back where it was under `root` (a file item's protected
+/// directory): `/a/b/c` is written into `ROOT/a/b`. Missing parent directories are made
+/// (with the point's modes and times); each is entered with `O_NOFOLLOW`, so a link that
+/// took the place of a directory since the backup is never followed: that path is skipped
+/// and reported.
+pub fn extract_original(
+    fs: &FileSystem,
+    paths: &[String],
+    root: &Path,
+    opts: ExtractOptions,
+) -> Result<ExtractReport> {
+    extract_in(fs, paths, root, true, opts)
+}
+
+/// Files of hard-link groups already written, open, so the next member links to them.
+type Links = std::collections::HashMap<u64, std::fs::File>;
+
+/// Most hard-link groups kept open at once; past that, members are written as copies.
+const MAX_OPEN_LINKS: usize = 1024;
+
+/// [`extract`], or with `original` [`extract_original`].
+fn extract_in(
+    fs: &FileSystem,
+    paths: &[String],
+    to: &Path,
+    original: bool,
+    opts: ExtractOptions,
+) -> Result<ExtractReport> {
     let target = rustix::fs::open(
         to,
         OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
@@ -95,85 +126,58 @@ pub fn extract(
                 write_entry(fs, &target, &child, opts, &mut report, &mut links)?;
             }
             set_meta_fd(&target, e, opts).map_err(|err| write_err(b"/", err))?;
-        } else {
+        } else if !original {
             write_entry(fs, &target, e, opts, &mut report, &mut links)?;
+        } else if let Some(dir) = enter_parents(fs, &target, e, opts, &mut report)? {
+            write_entry(fs, &dir, e, opts, &mut report, &mut links)?;
         }
     }
     Ok(report)
 }
 
-/// Files of hard-link groups already written, open, so the next member links to them.
-type Links = std::collections::HashMap<u64, std::fs::File>;
-
-/// Most hard-link groups kept open at once; past that, members are written as copies.
-const MAX_OPEN_LINKS: usize = 1024;
-
-/// Extracts each of `paths` back where it was under `root` (a file item's protected
-/// directory): `/a/b/c` is written into `ROOT/a/b`. Missing parent directories are made
-/// (with the point's modes and times); each is entered with `O_NOFOLLOW`, so a link that
-/// took the place of a directory since the backup is never followed: that path is skipped
-/// and reported.
-pub fn extract_original(
+/// The directory `e` was in, below `root`: each component entered with `O_NOFOLLOW`, made
+/// (with the point's metadata) when missing. `None`, with the reason in the report, when a
+/// component is no longer a directory.
+fn enter_parents(
     fs: &FileSystem,
-    paths: &[String],
-    root: &Path,
+    root: &OwnedFd,
+    e: &Entry,
     opts: ExtractOptions,
-) -> Result<ExtractReport> {
-    let root_fd = rustix::fs::open(
-        root,
-        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| write_err(root.as_os_str().as_bytes(), e))?;
-    let mut report = ExtractReport::default();
-    let mut links = Links::new();
-    let entries = paths
-        .iter()
-        .map(|p| fs.entry(p))
-        .collect::<Result<Vec<_>>>()?;
-    'paths: for e in &entries {
-        let raw = e.raw_path();
-        if raw == b"/" {
-            for child in fs.list_raw(b"/")? {
-                write_entry(fs, &root_fd, &child, opts, &mut report, &mut links)?;
+    report: &mut ExtractReport,
+) -> Result<Option<OwnedFd>> {
+    let raw = e.raw_path();
+    let parent = &raw[..raw.iter().rposition(|b| *b == b'/').unwrap_or(0)];
+    let mut dir = rustix::io::dup(root).map_err(|err| write_err(raw, err))?;
+    let mut so_far = Vec::new();
+    let flags = OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC;
+    for comp in parent.split(|b| *b == b'/').filter(|c| !c.is_empty()) {
+        so_far.push(b'/');
+        so_far.extend_from_slice(comp);
+        let name = OsStr::from_bytes(comp);
+        dir = match rustix::fs::openat(&dir, name, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) => {
+                rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o700))
+                    .map_err(|err| write_err(&so_far, err))?;
+                let fd = rustix::fs::openat(&dir, name, flags, Mode::empty())
+                    .map_err(|err| write_err(&so_far, err))?;
+                report.dirs += 1;
+                if let Ok(meta) = fs.entry_raw(&so_far) {
+                    set_meta_fd(&fd, &meta, opts).map_err(|err| write_err(&so_far, err))?;
+                }
+                fd
             }
-            set_meta_fd(&root_fd, e, opts).map_err(|err| write_err(b"/", err))?;
-            continue;
-        }
-        let parent = &raw[..raw.iter().rposition(|b| *b == b'/').unwrap_or(0)];
-        let mut dir = rustix::io::dup(&root_fd).map_err(|err| write_err(raw, err))?;
-        let mut so_far = Vec::new();
-        for comp in parent.split(|b| *b == b'/').filter(|c| !c.is_empty()) {
-            so_far.push(b'/');
-            so_far.extend_from_slice(comp);
-            let name = OsStr::from_bytes(comp);
-            let flags = OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC;
-            dir = match rustix::fs::openat(&dir, name, flags, Mode::empty()) {
-                Ok(fd) => fd,
-                Err(rustix::io::Errno::NOENT) => {
-                    rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o700))
-                        .map_err(|err| write_err(&so_far, err))?;
-                    let fd = rustix::fs::openat(&dir, name, flags, Mode::empty())
-                        .map_err(|err| write_err(&so_far, err))?;
-                    report.dirs += 1;
-                    if let Ok(meta) = fs.entry_raw(&so_far) {
-                        set_meta_fd(&fd, &meta, opts).map_err(|err| write_err(&so_far, err))?;
-                    }
-                    fd
-                }
-                Err(_) => {
-                    report.skipped.push(format!(
-                        "{}: {} is no longer a directory there (a link or a file took its place; nothing is written through it)",
-                        e.path,
-                        String::from_utf8_lossy(&so_far)
-                    ));
-                    continue 'paths;
-                }
-            };
-        }
-        write_entry(fs, &dir, e, opts, &mut report, &mut links)?;
+            Err(_) => {
+                report.skipped.push(format!(
+                    "{}: {} is no longer a directory there (a link or a file took its place; nothing is written through it)",
+                    e.path,
+                    String::from_utf8_lossy(&so_far)
+                ));
+                return Ok(None);
+            }
+        };
     }
-    Ok(report)
+    Ok(Some(dir))
 }
 
 fn write_entry(

@@ -236,6 +236,24 @@ pub struct PointInTime {
     pub secrets: std::collections::BTreeMap<String, String>,
 }
 
+impl PointInTime {
+    /// A crash-consistent point with nothing else to say (no snapshot tier, definition,
+    /// log or warnings): what a driver fills in from.
+    pub fn crash() -> Self {
+        PointInTime {
+            snapshot: None,
+            no_snapshot: None,
+            snapshot_only: None,
+            consistency: Consistency::Crash,
+            definition: None,
+            capture: None,
+            log: Vec::new(),
+            warnings: Vec::new(),
+            secrets: Default::default(),
+        }
+    }
+}
+
 /// Something a precheck found beyond "the source is there": a VM's agent status, a shared
 /// disk. Findings never block a backup; the precheck fails on them only when `ok` is false.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -301,13 +319,7 @@ impl SourceDriver for DiskDriver {
         Ok(PointInTime {
             snapshot,
             no_snapshot,
-            snapshot_only: None,
-            consistency: Consistency::Crash,
-            definition: None,
-            capture: None,
-            log: Vec::new(),
-            warnings: Vec::new(),
-            secrets: Default::default(),
+            ..PointInTime::crash()
         })
     }
 
@@ -351,17 +363,10 @@ impl SourceDriver for FilesDriver {
 
     fn take_point(&mut self, _request: &PointRequest) -> Result<PointInTime> {
         Ok(PointInTime {
-            snapshot: None,
             no_snapshot: Some(
                 "a directory tree has no snapshot tier: it is read live, crash-consistent".into(),
             ),
-            snapshot_only: None,
-            consistency: Consistency::Crash,
-            definition: None,
-            capture: None,
-            log: Vec::new(),
-            warnings: Vec::new(),
-            secrets: Default::default(),
+            ..PointInTime::crash()
         })
     }
 

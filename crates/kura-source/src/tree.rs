@@ -83,6 +83,9 @@ impl TreeSource {
 
     /// Whether the entry at `rel` (its path from the root, `a/b/c`) is left out.
     pub fn excluded(&self, rel: &[u8]) -> bool {
+        if self.patterns.is_empty() {
+            return false;
+        }
         let text = String::from_utf8_lossy(rel);
         let name = text.rsplit('/').next().unwrap_or_default();
         self.by_name.is_match(name) || self.by_path.is_match(text.as_ref())

@@ -291,56 +291,28 @@ fn a_file_tree_round_trips_with_its_metadata_and_incrementals_read_only_what_cha
 fn protecting_a_tree_checks_it_first() {
     let e = Env::new();
     e.vault("v", &[]);
+    // `item protect files DIR --vault v EXTRA...` is refused with a message saying `why`.
+    let refused = |dir: &Path, extra: &[&str], why: &str| {
+        let mut args = vec![
+            "item",
+            "protect",
+            "files",
+            dir.to_str().unwrap(),
+            "--vault",
+            "v",
+        ];
+        args.extend_from_slice(extra);
+        let (_, err) = e.fails(&args);
+        let message = err["error"]["message"].as_str().unwrap();
+        assert!(message.contains(why), "{args:?}: {err}");
+    };
     let file = e.path("plain");
     std::fs::write(&file, b"x").unwrap();
-    let (_, err) = e.fails(&[
-        "item",
-        "protect",
-        "files",
-        file.to_str().unwrap(),
-        "--vault",
-        "v",
-    ]);
-    assert!(
-        err["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("not a directory"),
-        "{err}"
-    );
-    let (_, err) = e.fails(&[
-        "item",
-        "protect",
-        "files",
-        e.path("").to_str().unwrap(),
-        "--vault",
-        "v",
-    ]);
-    assert!(
-        err["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("into itself"),
-        "the home lies inside: {err}"
-    );
+    refused(&file, &[], "not a directory");
+    // The home lies inside.
+    refused(&e.path(""), &[], "into itself");
     let dir = e.path("d");
     std::fs::create_dir(&dir).unwrap();
-    let (_, err) = e.fails(&[
-        "item",
-        "protect",
-        "files",
-        dir.to_str().unwrap(),
-        "--vault",
-        "v",
-        "--exclude",
-        "a[",
-    ]);
-    assert!(
-        err["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("--exclude"),
-        "{err}"
-    );
+    refused(&dir, &["--exclude", "a["], "--exclude");
     assert_eq!(e.json(&["item", "list"]).as_array().unwrap().len(), 0);
 }
