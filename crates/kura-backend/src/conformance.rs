@@ -95,6 +95,18 @@ fn listing(b: &dyn Backend) {
         "list is recursive, sorted and stays inside the prefix"
     );
     assert_eq!(b.list("ls/b/").unwrap(), vec!["ls/b/1", "ls/b/2"]);
+    assert_eq!(
+        b.list_sizes("ls/").unwrap(),
+        vec![
+            ("ls/a".to_string(), 4),
+            ("ls/b/1".to_string(), 6),
+            ("ls/b/2".to_string(), 6),
+            ("ls/c/d/e".to_string(), 8)
+        ],
+        "list_sizes gives the keys of list, each with its size"
+    );
+    assert_eq!(b.list_sizes("nf-none/").unwrap(), Vec::new());
+    assert!(b.list_sizes("ls").is_err());
     let all = b.list("").unwrap();
     assert!(all.contains(&"lsx/other".to_string()) && all.contains(&"ls/a".to_string()));
     assert!(

@@ -13,7 +13,8 @@ const STAGING_DIR: &str = ".staging";
 
 /// The local filesystem backend, on Apache OpenDAL's `fs` service.
 ///
-/// Every put is written to a staging file and renamed into place, so no reader ever sees a
+/// A new object is written unnamed in its directory and linked into place (or, where the
+/// file system cannot, written to a staging file and renamed), so no reader ever sees a
 /// truncated object under its real name. A put that replaces an object fsyncs its file
 /// before the rename (a crash leaves the old object or the new one); a new object is made
 /// durable by the next [`Backend::sync`] (one `syncfs` for all of them, then the directories
@@ -75,16 +76,29 @@ impl FsBackend {
         &self.root
     }
 
-    /// A new object: staged, renamed into place, made durable by the next sync.
-    fn put_fresh(&self, key: &str, dest: &Path, data: &[u8]) -> Result<()> {
+    /// A new object: staged, renamed into place unless `dest` exists (then
+    /// [`Fresh::Exists`], and nothing changed), made durable by the next sync.
+    fn put_fresh(&self, key: &str, dest: &Path, data: &[u8]) -> Result<Fresh> {
         use std::io::Write;
         let err = |e: std::io::Error| io_err(key, "put", e);
+        match write_unnamed(dest, data) {
+            Ok(Some(fresh)) => {
+                if fresh == Fresh::Written {
+                    self.unsynced
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                    self.mark_dirty(key);
+                }
+                return Ok(fresh);
+            }
+            Ok(None) => {} // no unnamed files here: staged
+            Err(e) => return Err(err(e)),
+        }
         let staging = self.root.join(STAGING_DIR);
         let n = self
             .staged
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmp = staging.join(format!("kura-{}-{n}", std::process::id()));
-        let write = || -> std::io::Result<()> {
+        let write = || -> std::io::Result<Fresh> {
             let mut f = match File::create(&tmp) {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     std::fs::create_dir_all(&staging)?;
@@ -94,24 +108,31 @@ impl FsBackend {
             };
             f.write_all(data)?;
             // The parent (`chunks/HH/`) usually exists: made only when the rename says not.
-            match std::fs::rename(&tmp, dest) {
+            match rename_new(&tmp, dest) {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     if let Some(parent) = dest.parent() {
                         std::fs::create_dir_all(parent)?;
                     }
-                    std::fs::rename(&tmp, dest)
+                    rename_new(&tmp, dest)
                 }
                 r => r,
             }
         };
-        if let Err(e) = write() {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(err(e));
+        match write() {
+            Ok(Fresh::Written) => {}
+            Ok(Fresh::Exists) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Ok(Fresh::Exists);
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(err(e));
+            }
         }
         self.unsynced
             .store(true, std::sync::atomic::Ordering::SeqCst);
         self.mark_dirty(key);
-        Ok(())
+        Ok(Fresh::Written)
     }
 
     fn mark_dirty(&self, key: &str) {
@@ -124,6 +145,79 @@ impl FsBackend {
                 break;
             }
         }
+    }
+}
+
+/// What [`FsBackend::put_fresh`] did.
+#[derive(Debug, PartialEq)]
+enum Fresh {
+    Written,
+    /// An object had the key: left as it was.
+    Exists,
+}
+
+/// Writes a new object as an unnamed file in its directory (`O_TMPFILE`), then gives it
+/// its name with `linkat`, which refuses an existing name: the object appears whole or not
+/// at all, a crash leaves nothing to clean up, and writers do not queue on one staging
+/// directory's lock. `None` when the file system (or a missing `/proc`) does not allow it.
+fn write_unnamed(dest: &Path, data: &[u8]) -> std::io::Result<Option<Fresh>> {
+    use rustix::fs::{AtFlags, CWD, Mode, OFlags, linkat, openat};
+    use rustix::io::Errno;
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let Some(dir) = dest.parent() else {
+        return Ok(None);
+    };
+    let flags = OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC;
+    let mode = Mode::from_bits_truncate(0o666);
+    let fd = match openat(CWD, dir, flags, mode) {
+        Ok(fd) => fd,
+        // The parent (`chunks/HH/`) usually exists: made only when the open says not.
+        Err(Errno::NOENT) => {
+            std::fs::create_dir_all(dir)?;
+            match openat(CWD, dir, flags, mode) {
+                Ok(fd) => fd,
+                Err(e) if unsupported(e) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(e) if unsupported(e) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let mut f = File::from(fd);
+    f.write_all(data)?;
+    let by_fd = format!("/proc/self/fd/{}", f.as_raw_fd());
+    match linkat(CWD, by_fd.as_str(), CWD, dest, AtFlags::SYMLINK_FOLLOW) {
+        Ok(()) => Ok(Some(Fresh::Written)),
+        Err(Errno::EXIST) => Ok(Some(Fresh::Exists)),
+        Err(Errno::NOENT) if !Path::new("/proc/self/fd").exists() => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn unsupported(e: rustix::io::Errno) -> bool {
+    use rustix::io::Errno;
+    matches!(
+        e,
+        Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL | Errno::NOSYS
+    )
+}
+
+/// Renames `from` to `to` unless `to` exists, in one step (`RENAME_NOREPLACE`). A file
+/// system without it (some network ones) gets a check first; there a racing writer of the
+/// same new key may replace the other's object, which only puts matter where both are new.
+fn rename_new(from: &Path, to: &Path) -> std::io::Result<Fresh> {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(Fresh::Written),
+        Err(rustix::io::Errno::EXIST) => Ok(Fresh::Exists),
+        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {
+            if std::fs::symlink_metadata(to).is_ok() {
+                return Ok(Fresh::Exists);
+            }
+            std::fs::rename(from, to).map(|()| Fresh::Written)
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -193,8 +287,10 @@ impl Backend for FsBackend {
     fn put(&self, key: &str, data: Vec<u8>) -> Result<()> {
         check_key(key)?;
         let dest = self.root.join(key);
-        if std::fs::symlink_metadata(&dest).is_err() {
-            return self.put_fresh(key, &dest, &data);
+        // Most puts make a new object (a chunk); only a replacement pays for OpenDAL's
+        // fsync-then-rename, so that a crash never damages an object that was there.
+        if self.put_fresh(key, &dest, &data)? == Fresh::Written {
+            return Ok(());
         }
         self.rt
             .block_on(self.op.write(key, data))
@@ -205,11 +301,12 @@ impl Backend for FsBackend {
 
     fn put_new(&self, key: &str, data: Vec<u8>) -> Result<()> {
         check_key(key)?;
-        self.rt
-            .block_on(async { self.op.write_with(key, data).if_not_exists(true).await })
-            .map_err(|e| map_err(key, "put_new", e))?;
-        self.mark_dirty(key);
-        Ok(())
+        match self.put_fresh(key, &self.root.join(key), &data)? {
+            Fresh::Written => Ok(()),
+            Fresh::Exists => Err(Error::AlreadyExists {
+                key: key.to_string(),
+            }),
+        }
     }
 
     // Reads and stats go to the file directly: a rename makes an object appear whole, so a
@@ -254,23 +351,56 @@ impl Backend for FsBackend {
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<String>> {
-        check_prefix(prefix)?;
-        let entries = match self
-            .rt
-            .block_on(async { self.op.list_with(prefix).recursive(true).await })
-        {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(map_err(prefix, "list", e)),
-        };
-        let mut keys: Vec<String> = entries
+        Ok(self
+            .list_sizes(prefix)?
             .into_iter()
-            .filter(|e| e.metadata().is_file())
-            .map(|e| e.path().to_string())
-            .filter(|k| !k.starts_with(STAGING_DIR) && k.starts_with(prefix))
-            .collect();
-        keys.sort();
-        Ok(keys)
+            .map(|(k, _)| k)
+            .collect())
+    }
+
+    // A walk of the directories: each entry's size comes from the same `statx` that tells
+    // a file from a directory, and nothing goes through the async runtime.
+    fn list_sizes(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+        check_prefix(prefix)?;
+        let mut out = Vec::new();
+        let mut todo = vec![prefix.to_string()];
+        while let Some(dir) = todo.pop() {
+            let entries = match std::fs::read_dir(self.root.join(&dir)) {
+                Ok(e) => e,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                    ) =>
+                {
+                    continue;
+                }
+                Err(e) => return Err(io_err(&dir, "list", e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|e| io_err(&dir, "list", e))?;
+                // Not a key (staging files, names outside the key alphabet): not an object.
+                let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                    continue;
+                };
+                if dir.is_empty() && name == STAGING_DIR {
+                    continue;
+                }
+                let key = format!("{dir}{name}");
+                let meta = match entry.metadata() {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io_err(&key, "list", e)),
+                };
+                if meta.is_dir() {
+                    todo.push(format!("{key}/"));
+                } else if meta.is_file() && check_key(&key).is_ok() {
+                    out.push((key, meta.len()));
+                }
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
     }
 
     fn delete(&self, key: &str) -> Result<()> {

@@ -99,6 +99,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// - `get` of a missing object is [`Error::NotFound`];
 /// - `get_range` returns exactly the bytes asked for or [`Error::InvalidRange`];
 /// - `list(prefix)` (`""` or a path ending in `/`) returns every key under it, recursively, sorted;
+///   `list_sizes` the same keys, each with its size;
 /// - `delete` of a missing object succeeds (deletes are idempotent);
 /// - after `sync` returns, every completed `put` survives a crash of the machine; before it,
 ///   a crash may lose (or leave unreadable) objects that were new, never one that existed.
@@ -115,6 +116,18 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn stat(&self, key: &str) -> Result<Option<u64>>;
     /// Every key under `prefix`, sorted.
     fn list(&self, prefix: &str) -> Result<Vec<String>>;
+    /// Every key under `prefix` with its object's size, sorted. Object stores return sizes
+    /// with a listing, so a backend overrides this to spare a stat per key.
+    fn list_sizes(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+        let mut out = Vec::new();
+        for key in self.list(prefix)? {
+            // Deleted between the listing and the stat: not there any more.
+            if let Some(size) = self.stat(&key)? {
+                out.push((key, size));
+            }
+        }
+        Ok(out)
+    }
     /// Removes an object; removing a missing object is not an error.
     fn delete(&self, key: &str) -> Result<()>;
     /// Makes every completed put durable.

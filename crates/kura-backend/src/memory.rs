@@ -84,6 +84,16 @@ impl Backend for MemoryBackend {
             .collect())
     }
 
+    fn list_sizes(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+        check_prefix(prefix)?;
+        Ok(self
+            .read()
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, d)| (k.clone(), d.len() as u64))
+            .collect())
+    }
+
     fn delete(&self, key: &str) -> Result<()> {
         check_key(key)?;
         self.write().remove(key);

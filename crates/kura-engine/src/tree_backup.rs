@@ -7,15 +7,17 @@
 //!         are reused without reading; otherwise it is opened (O_NOFOLLOW, checked inode)
 //!         and handed to a worker ─┐
 //! workers: FastCDC → zero? → keyed BLAKE3 → known? skip : zstd → AEAD → put ◄┘
-//! then:    directories bottom-up as JSON chunks; the tree index lists every chunk
+//!          a directory is written (a JSON chunk) by whoever delivers its last file or
+//!          subdirectory, so the tree is written bottom-up while the walk goes on
 //! ```
 //!
 //! The previous point's directories are the files cache: they hold each file's size, times,
 //! inode and chunks, and they are read one directory at a time as the walk reaches it, so
-//! nothing needs keeping beside the vault. Memory holds the new tree's entries (about
-//! 200 bytes per file) and one file's chunk per worker.
+//! nothing needs keeping beside the vault. Memory holds the directories in flight (the
+//! walk's current path and those whose files are still being read), one file's chunk per
+//! worker, and the point's list of chunk ids for its index.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -54,35 +56,228 @@ fn cdc_sizes(chunk_size: u32) -> (u32, u32, u32) {
 }
 
 struct FileJob {
+    /// The directory it is an entry of, and where.
+    dir: usize,
+    at: usize,
+    /// Its number among the files read (hard links wait on the first copy's).
     slot: usize,
+    linked: bool,
     file: std::fs::File,
     /// Its size when listed.
     size: u64,
     path: String,
 }
 
-/// A directory whose entries are known, waiting for its files' chunks and its
-/// subdirectories' chunks.
-struct Pending {
+/// Work for the pool: a file to read, or a directory whose entries are all known to write.
+enum Job {
+    File(FileJob),
+    Dir(usize, PendingDir),
+}
+
+/// A directory being listed, or listed and waiting for its files' chunks and its
+/// subdirectories' chunks. Whoever delivers the last of them writes it.
+struct PendingDir {
+    /// Where its chunk goes: (parent directory, entry there); `None` for the root.
+    parent: Option<(usize, usize)>,
+    /// Its entries, once the walk has listed them all.
     nodes: Vec<Node>,
-    /// (entry, pending directory) of each subdirectory.
-    subdirs: Vec<(usize, usize)>,
-    /// (entry, file job) of each file being read.
-    files: Vec<(usize, usize)>,
+    /// Deliveries still awaited: files being read, subdirectories not yet written, and the
+    /// end of its own listing.
+    remaining: usize,
+    files: Vec<(usize, FileResult)>,
+    subdirs: Vec<(usize, Piece)>,
+}
+
+/// A hard-linked file's first copy: the later copies wait for its result.
+enum LinkSlot {
+    Waiting(Vec<(usize, usize)>),
+    Done(FileResult),
+}
+
+/// The directories in flight, shared by the walk and the workers. Memory holds only these:
+/// the walk's current path and the directories whose files are still being read.
+#[derive(Default)]
+struct InFlight {
+    dirs: HashMap<usize, PendingDir>,
+    links: HashMap<usize, LinkSlot>,
+}
+
+/// What every directory written adds to the point.
+#[derive(Default)]
+struct Written {
+    root: Option<Piece>,
+    dirs: u64,
+    files: u64,
+    bytes: u64,
+    /// Every chunk referenced (with repeats; sorted and deduplicated at the end).
+    chunks: Vec<ChunkId>,
+}
+
+/// The state of one tree's backup that the walk and the workers share.
+struct Shared<'a> {
+    vault: &'a Vault,
+    reuse: &'a Reuse<'a>,
+    root_node: Node,
+    in_flight: Mutex<InFlight>,
+    written: Mutex<Written>,
+    warnings: Mutex<Vec<String>>,
+    counters: Counters,
+    healed: Mutex<Vec<ChunkId>>,
+}
+
+impl Shared<'_> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, InFlight> {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts one more delivery `dir` waits for.
+    fn expect(&self, dir: usize) {
+        if let Some(d) = self.lock().dirs.get_mut(&dir) {
+            d.remaining += 1;
+        }
+    }
+
+    /// A file's result: to its directory, and to the copies linked to it.
+    fn file_done(&self, job: &FileJob, r: FileResult, ready: &mut Vec<(usize, PendingDir)>) {
+        let mut f = self.lock();
+        if job.linked {
+            let waiting = match f.links.insert(job.slot, LinkSlot::Done(r.clone())) {
+                Some(LinkSlot::Waiting(w)) => w,
+                _ => Vec::new(),
+            };
+            for (dir, at) in waiting {
+                deliver(&mut f, dir, ready, |d| d.files.push((at, r.clone())));
+            }
+        }
+        deliver(&mut f, job.dir, ready, |d| d.files.push((job.at, r)));
+    }
+
+    /// Writes each ready directory, then delivers its chunk to its parent, which may make
+    /// that one ready in turn.
+    fn write_ready(
+        &self,
+        codec: &mut kura_store::Codec,
+        mut ready: Vec<(usize, PendingDir)>,
+    ) -> Result<()> {
+        while let Some((_, pd)) = ready.pop() {
+            let parent = pd.parent;
+            let piece = self.write_dir(codec, pd)?;
+            match parent {
+                Some((dir, at)) => {
+                    let mut f = self.lock();
+                    deliver(&mut f, dir, &mut ready, |d| d.subdirs.push((at, piece)));
+                }
+                None => self.written.lock().unwrap_or_else(|e| e.into_inner()).root = Some(piece),
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores one directory whose entries are complete; returns its chunk.
+    fn write_dir(&self, codec: &mut kura_store::Codec, pd: PendingDir) -> Result<Piece> {
+        let mut nodes: Vec<Option<Node>> = pd.nodes.into_iter().map(Some).collect();
+        let mut warnings = Vec::new();
+        for (at, r) in pd.files {
+            match (r, nodes[at].as_mut()) {
+                (Ok(pieces), Some(node)) => {
+                    node.size = pieces.iter().map(|p| u64::from(p.len)).sum();
+                    node.chunks = pieces;
+                }
+                (Err(why), _) => {
+                    warnings.push(why);
+                    nodes[at] = None;
+                }
+                (Ok(_), None) => {}
+            }
+        }
+        for (at, piece) in pd.subdirs {
+            if let Some(node) = nodes[at].as_mut() {
+                node.tree = Some(piece);
+            }
+        }
+        let nodes: Vec<Node> = nodes.into_iter().flatten().collect();
+        let (mut files, mut bytes) = (0u64, 0u64);
+        let mut chunks = Vec::new();
+        for n in &nodes {
+            if n.kind == NodeKind::File {
+                files += 1;
+                bytes += n.size;
+            }
+            chunks.extend(n.chunks.iter().map(|p| p.id).filter(|c| !c.is_zero()));
+        }
+        let dir = Dir {
+            kura_tree: DIR_VERSION,
+            entries: nodes,
+            this: pd
+                .parent
+                .is_none()
+                .then(|| Box::new(self.root_node.clone())),
+        };
+        let plain = dir.encode();
+        let id = codec.chunk_id(&plain);
+        if let Some(healing) = self.reuse.decide(self.vault, &id)? {
+            let stored = codec.encode_chunk(&id, &plain)?;
+            let c = &self.counters;
+            c.new_stored
+                .fetch_add(stored.len() as u64, Ordering::Relaxed);
+            self.vault.put_chunk(&id, stored)?;
+            c.new_chunks.fetch_add(1, Ordering::Relaxed);
+            c.new_plain.fetch_add(plain.len() as u64, Ordering::Relaxed);
+            if healing {
+                self.healed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(id);
+            }
+        }
+        chunks.push(id);
+        if !warnings.is_empty() {
+            self.warnings
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(warnings);
+        }
+        let mut w = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        w.dirs += 1;
+        w.files += files;
+        w.bytes += bytes;
+        w.chunks.extend(chunks);
+        Ok(Piece {
+            id,
+            len: plain.len() as u32,
+        })
+    }
+}
+
+/// Hands `dir` one delivery; when it was the last, moves the directory to `ready`.
+fn deliver(
+    f: &mut InFlight,
+    dir: usize,
+    ready: &mut Vec<(usize, PendingDir)>,
+    put: impl FnOnce(&mut PendingDir),
+) {
+    let Some(d) = f.dirs.get_mut(&dir) else {
+        return;
+    };
+    put(d);
+    d.remaining -= 1;
+    if d.remaining == 0
+        && let Some(d) = f.dirs.remove(&dir)
+    {
+        ready.push((dir, d));
+    }
 }
 
 struct Walker<'a> {
-    vault: &'a Vault,
+    shared: &'a Shared<'a>,
     src: &'a TreeSource,
-    reuse: &'a Reuse<'a>,
     progress: &'a dyn Progress,
     codec: kura_store::Codec,
-    dirs: Vec<Pending>,
-    jobs: crossbeam_channel::Sender<FileJob>,
+    jobs: crossbeam_channel::Sender<Job>,
+    next_dir: usize,
     next_slot: usize,
     /// Files with several links already seen: inode → file job.
     links: HashMap<u64, usize>,
-    warnings: Vec<String>,
     unchanged_files: u64,
     failed: &'a AtomicBool,
 }
@@ -137,7 +332,10 @@ fn xattrs(list: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<(Name, Name)> {
 
 impl Walker<'_> {
     fn skip(&mut self, path: &std::path::Path, why: impl std::fmt::Display) {
-        self.warnings
+        self.shared
+            .warnings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
             .push(format!("{}: not backed up: {why}", path.display()));
     }
 
@@ -146,7 +344,7 @@ impl Walker<'_> {
         let node = prev?.get(name)?;
         let piece = node.tree.filter(|_| node.kind == NodeKind::Dir)?;
         // Unreadable: only the cache is lost, and the directory is read in full.
-        self.vault.get_dir(&piece, &mut self.codec).ok()
+        self.shared.vault.get_dir(&piece, &mut self.codec).ok()
     }
 
     /// The previous point's chunks of this file, when it is unchanged since (size, times
@@ -164,38 +362,74 @@ impl Walker<'_> {
             return Ok(None);
         }
         for piece in &p.chunks {
-            if !piece.id.is_zero() && !self.reuse.still_there(self.vault, &piece.id)? {
+            if !piece.id.is_zero()
+                && !self
+                    .shared
+                    .reuse
+                    .still_there(self.shared.vault, &piece.id)?
+            {
                 return Ok(None); // read it again: that heals it
             }
         }
         Ok(Some(p.clone()))
     }
 
-    /// Lists `dir` and everything under it; returns its pending directory.
+    /// Registers a new directory (its parent then waits for it).
+    fn open_pending(&mut self, parent: Option<(usize, usize)>) -> usize {
+        let me = self.next_dir;
+        self.next_dir += 1;
+        if let Some((p, _)) = parent {
+            self.shared.expect(p);
+        }
+        self.shared.lock().dirs.insert(
+            me,
+            PendingDir {
+                parent,
+                nodes: Vec::new(),
+                remaining: 1,
+                files: Vec::new(),
+                subdirs: Vec::new(),
+            },
+        );
+        me
+    }
+
+    /// The directory's entries are all listed: it is written once its files are read.
+    fn close_pending(&mut self, me: usize, nodes: Vec<Node>) {
+        let mut ready = Vec::new();
+        {
+            let mut f = self.shared.lock();
+            deliver(&mut f, me, &mut ready, |d| d.nodes = nodes);
+        }
+        for (dir, pd) in ready {
+            // To a worker: the walk goes on listing meanwhile.
+            let _ = self.jobs.send(Job::Dir(dir, pd));
+        }
+    }
+
+    /// Lists `dir` and everything under it, handing its files to the workers.
     fn walk(
         &mut self,
         dir: &SourceDir,
         prev: Option<&Dir>,
         rel: &[u8],
         depth: usize,
-    ) -> Result<usize> {
-        let me = self.dirs.len();
-        self.dirs.push(Pending {
-            nodes: Vec::new(),
-            subdirs: Vec::new(),
-            files: Vec::new(),
-        });
+        parent: Option<(usize, usize)>,
+    ) -> Result<()> {
+        let me = self.open_pending(parent);
+        let mut nodes: Vec<Node> = Vec::new();
         let entries = match dir.entries() {
             Ok(e) => e,
             Err(e) => {
                 self.skip(dir.path(), format!("its entries cannot be listed: {e}"));
-                return Ok(me);
+                self.close_pending(me, nodes);
+                return Ok(());
             }
         };
         for (name, st) in entries {
             crate::progress::check_cancel(self.progress)?;
             if self.failed.load(Ordering::SeqCst) {
-                return Ok(me);
+                return Ok(());
             }
             let mut child_rel = rel.to_vec();
             if !child_rel.is_empty() {
@@ -207,6 +441,7 @@ impl Walker<'_> {
             }
             let path = || dir.path().join(String::from_utf8_lossy(&name).as_ref());
             let mut node = node_of(&name, &st);
+            let at = nodes.len();
             match st.kind {
                 EntryType::Dir => {
                     if depth >= MAX_DEPTH {
@@ -223,26 +458,27 @@ impl Walker<'_> {
                             continue;
                         }
                     };
-                    let at = self.dirs[me].nodes.len();
-                    let child = match sub {
+                    match sub {
                         Some(sub) => {
                             node.xattrs = xattrs(sub.xattrs());
+                            nodes.push(node);
                             let prev_sub = self.previous_dir(prev, &name);
-                            self.walk(&sub, prev_sub.as_ref(), &child_rel, depth + 1)?
+                            self.walk(
+                                &sub,
+                                prev_sub.as_ref(),
+                                &child_rel,
+                                depth + 1,
+                                Some((me, at)),
+                            )?;
                         }
                         // A mount point: kept as an empty directory, its contents are
                         // another file system's.
                         None => {
-                            self.dirs.push(Pending {
-                                nodes: Vec::new(),
-                                subdirs: Vec::new(),
-                                files: Vec::new(),
-                            });
-                            self.dirs.len() - 1
+                            nodes.push(node);
+                            let child = self.open_pending(Some((me, at)));
+                            self.close_pending(child, Vec::new());
                         }
-                    };
-                    self.dirs[me].nodes.push(node);
-                    self.dirs[me].subdirs.push((at, child));
+                    }
                 }
                 EntryType::File => {
                     if let Some(same) = self.unchanged(prev, &name, &st)? {
@@ -251,15 +487,28 @@ impl Walker<'_> {
                         node.size = same.size;
                         node.chunks = same.chunks;
                         node.xattrs = same.xattrs;
-                        self.dirs[me].nodes.push(node);
+                        nodes.push(node);
                         continue;
                     }
-                    let at = self.dirs[me].nodes.len();
                     if st.nlink > 1
                         && let Some(&slot) = self.links.get(&st.ino)
                     {
-                        self.dirs[me].nodes.push(node);
-                        self.dirs[me].files.push((at, slot));
+                        nodes.push(node);
+                        let mut f = self.shared.lock();
+                        let done = match f.links.get_mut(&slot) {
+                            Some(LinkSlot::Done(r)) => Some(r.clone()),
+                            Some(LinkSlot::Waiting(w)) => {
+                                w.push((me, at));
+                                None
+                            }
+                            None => None,
+                        };
+                        if let Some(d) = f.dirs.get_mut(&me) {
+                            match done {
+                                Some(r) => d.files.push((at, r)),
+                                None => d.remaining += 1,
+                            }
+                        }
                         continue;
                     }
                     let file = match dir.open_file(&name, &st) {
@@ -272,33 +521,42 @@ impl Walker<'_> {
                     node.xattrs = xattrs(xattrs_of(&file));
                     let slot = self.next_slot;
                     self.next_slot += 1;
-                    if st.nlink > 1 {
+                    let linked = st.nlink > 1;
+                    if linked {
                         self.links.insert(st.ino, slot);
+                        self.shared
+                            .lock()
+                            .links
+                            .insert(slot, LinkSlot::Waiting(Vec::new()));
                     }
-                    self.dirs[me].nodes.push(node);
-                    self.dirs[me].files.push((at, slot));
+                    nodes.push(node);
+                    self.shared.expect(me);
                     let job = FileJob {
+                        dir: me,
+                        at,
                         slot,
+                        linked,
                         file,
                         size: st.size,
                         path: path().display().to_string(),
                     };
-                    if self.jobs.send(job).is_err() {
-                        return Ok(me);
+                    if self.jobs.send(Job::File(job)).is_err() {
+                        return Ok(());
                     }
                 }
                 EntryType::Symlink => match dir.read_link(&name) {
                     Ok(t) => {
                         node.size = t.len() as u64;
                         node.target = Some(Name(t));
-                        self.dirs[me].nodes.push(node);
+                        nodes.push(node);
                     }
                     Err(e) => self.skip(&path(), e),
                 },
-                _ => self.dirs[me].nodes.push(node),
+                _ => nodes.push(node),
             }
         }
-        Ok(me)
+        self.close_pending(me, nodes);
+        Ok(())
     }
 }
 
@@ -417,13 +675,21 @@ pub(crate) fn backup_tree(
         Some(p) => vault.get_dir(&p, &mut vault.codec()).ok(),
         None => None,
     };
-    // More workers than cores: each stored chunk ends in an fsync (the backend's atomic
-    // put), and many small files make that the wait, not the CPU.
+    // More workers than cores: writers of new objects block now and then in the kernel
+    // (dirty-page throttling, directory locks), and a core should not idle meanwhile.
+    // Measured on 2 cores (bench/tree.sh): 4 workers 18-20 s, 8 13.5-14.7 s, 16 14-15.6 s.
     let n_workers = (workers() * 4).clamp(8, 32);
-    let (tx, rx) = bounded::<FileJob>(n_workers * 4);
-    let counters = Counters::default();
-    let healed = Mutex::new(Vec::new());
-    let results: Mutex<HashMap<usize, FileResult>> = Mutex::new(HashMap::new());
+    let (tx, rx) = bounded::<Job>(n_workers * 4);
+    let shared = Shared {
+        vault,
+        reuse,
+        root_node,
+        in_flight: Mutex::new(InFlight::default()),
+        written: Mutex::new(Written::default()),
+        warnings: Mutex::new(Vec::new()),
+        counters: Counters::default(),
+        healed: Mutex::new(Vec::new()),
+    };
     let failed = AtomicBool::new(false);
     let first_error: Mutex<Option<Error>> = Mutex::new(None);
     let fail = |e: Error| {
@@ -437,24 +703,33 @@ pub(crate) fn backup_tree(
     let walked = std::thread::scope(|s| {
         for _ in 0..n_workers {
             let rx = rx.clone();
-            let (counters, healed, results, failed, fail) =
-                (&counters, &healed, &results, &failed, &fail);
+            let (shared, failed, fail) = (&shared, &failed, &fail);
             s.spawn(move || {
                 let mut codec = vault.codec();
-                for mut job in rx {
+                for job in rx {
                     if failed.load(Ordering::SeqCst) {
                         continue;
                     }
-                    match chunk_file(
-                        vault, &mut codec, reuse, &mut job, sizes, counters, healed, progress,
-                    ) {
-                        Ok(r) => {
-                            results
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .insert(job.slot, r);
+                    let mut ready = Vec::new();
+                    let r = match job {
+                        Job::File(mut job) => chunk_file(
+                            vault,
+                            &mut codec,
+                            reuse,
+                            &mut job,
+                            sizes,
+                            &shared.counters,
+                            &shared.healed,
+                            progress,
+                        )
+                        .map(|r| shared.file_done(&job, r, &mut ready)),
+                        Job::Dir(dir, pd) => {
+                            ready.push((dir, pd));
+                            Ok(())
                         }
-                        Err(e) => fail(e),
+                    };
+                    if let Err(e) = r.and_then(|()| shared.write_ready(&mut codec, ready)) {
+                        fail(e);
                     }
                 }
             });
@@ -465,22 +740,20 @@ pub(crate) fn backup_tree(
             .stack_size(256 << 20)
             .spawn_scoped(s, || {
                 let mut w = Walker {
-                    vault,
+                    shared: &shared,
                     src,
-                    reuse,
                     progress,
                     codec: vault.codec(),
-                    dirs: Vec::new(),
                     jobs: tx,
+                    next_dir: 0,
                     next_slot: 0,
                     links: HashMap::new(),
-                    warnings: Vec::new(),
                     unchanged_files: 0,
                     failed: &failed,
                 };
-                let r = w.walk(&root, prev_root.as_ref(), b"", 0);
+                let r = w.walk(&root, prev_root.as_ref(), b"", 0, None);
                 drop(w.jobs);
-                r.map(|_| (w.dirs, w.warnings, w.unchanged_files, w.next_slot))
+                r.map(|()| (w.unchanged_files, w.next_slot))
             })
             .map_err(|e| Error::new(ErrorKind::Other, format!("starting the walk: {e}")));
         match walker {
@@ -492,97 +765,45 @@ pub(crate) fn backup_tree(
     if let Some(e) = first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
         return Err(e);
     }
-    let (mut dirs, mut warnings, unchanged_files, read_files) = walked?;
-    let mut results = results.into_inner().unwrap_or_else(|e| e.into_inner());
-
-    // Directories bottom-up: a directory's pending index is above its parent's.
-    let mut referenced: HashSet<ChunkId> = HashSet::new();
-    let mut dir_pieces: Vec<Option<Piece>> = vec![None; dirs.len()];
-    let mut codec = vault.codec();
-    let mut stats = RpStats::default();
-    let (mut files, mut bytes) = (0u64, 0u64);
-    for i in (0..dirs.len()).rev() {
-        let pending = std::mem::replace(
-            &mut dirs[i],
-            Pending {
-                nodes: Vec::new(),
-                subdirs: Vec::new(),
-                files: Vec::new(),
-            },
-        );
-        let mut nodes: Vec<Option<Node>> = pending.nodes.into_iter().map(Some).collect();
-        for (at, slot) in pending.files {
-            let node = nodes[at].as_mut().expect("each entry once");
-            match results.get(&slot) {
-                Some(Ok(pieces)) => {
-                    node.size = pieces.iter().map(|p| u64::from(p.len)).sum();
-                    node.chunks = pieces.clone();
-                }
-                Some(Err(why)) => {
-                    warnings.push(why.clone());
-                    nodes[at] = None;
-                }
-                None => nodes[at] = None,
-            }
-        }
-        for (at, child) in pending.subdirs {
-            let node = nodes[at].as_mut().expect("each entry once");
-            node.tree = dir_pieces[child];
-        }
-        let nodes: Vec<Node> = nodes.into_iter().flatten().collect();
-        for n in &nodes {
-            if n.kind == NodeKind::File {
-                files += 1;
-                bytes += n.size;
-            }
-            referenced.extend(n.chunks.iter().map(|p| p.id).filter(|c| !c.is_zero()));
-        }
-        let dir = Dir {
-            kura_tree: DIR_VERSION,
-            entries: nodes,
-            this: (i == 0).then(|| Box::new(root_node.clone())),
-        };
-        let plain = dir.encode();
-        let id = codec.chunk_id(&plain);
-        if let Some(healing) = reuse.decide(vault, &id)? {
-            let stored = codec.encode_chunk(&id, &plain)?;
-            stats.new_stored_bytes += stored.len() as u64;
-            vault.put_chunk(&id, stored)?;
-            stats.new_chunks += 1;
-            stats.new_plain_bytes += plain.len() as u64;
-            if healing {
-                healed.lock().unwrap_or_else(|e| e.into_inner()).push(id);
-            }
-        }
-        referenced.insert(id);
-        dir_pieces[i] = Some(Piece {
-            id,
-            len: plain.len() as u32,
-        });
-    }
-    results.clear();
-    let root = dir_pieces
-        .first()
-        .copied()
-        .flatten()
-        .ok_or_else(|| Error::new(ErrorKind::Other, "the tree's root was not walked"))?;
-    let mut chunks: Vec<ChunkId> = referenced.into_iter().collect();
-    chunks.sort();
-    stats.read_bytes = counters.read_bytes.load(Ordering::Relaxed);
-    stats.new_chunks += counters.new_chunks.load(Ordering::Relaxed);
-    stats.new_stored_bytes += counters.new_stored.load(Ordering::Relaxed);
-    stats.new_plain_bytes += counters.new_plain.load(Ordering::Relaxed);
-    stats.used_bytes = Some(bytes);
+    let (unchanged_files, read_files) = walked?;
+    let written = shared
+        .written
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner());
+    let root = written
+        .root
+        .ok_or_else(|| Error::new(ErrorKind::Other, "the tree's root was not written"))?;
+    let mut chunks = written.chunks;
+    chunks.sort_unstable();
+    chunks.dedup();
+    let c = &shared.counters;
+    let stats = RpStats {
+        read_bytes: c.read_bytes.load(Ordering::Relaxed),
+        new_chunks: c.new_chunks.load(Ordering::Relaxed),
+        new_stored_bytes: c.new_stored.load(Ordering::Relaxed),
+        new_plain_bytes: c.new_plain.load(Ordering::Relaxed),
+        used_bytes: Some(written.bytes),
+        ..RpStats::default()
+    };
+    // Sorted: the walk and the workers meet them in no fixed order.
+    let mut warnings = shared
+        .warnings
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner());
+    warnings.sort();
     Ok(TreeOutcome {
         index: TreeIndex {
             root,
-            files,
-            dirs: dirs.len() as u64,
-            bytes,
+            files: written.files,
+            dirs: written.dirs,
+            bytes: written.bytes,
             chunks,
         },
         stats,
-        healed: healed.into_inner().unwrap_or_else(|e| e.into_inner()),
+        healed: shared
+            .healed
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner()),
         warnings,
         unchanged_files,
         read_files: read_files as u64,

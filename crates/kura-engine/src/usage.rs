@@ -185,11 +185,8 @@ impl Home {
     /// Bytes of all chunk objects in a vault's storage now.
     fn measure_stored(&self, v: &VaultRow) -> Result<u64> {
         let backend = kura_backend::FsBackend::open(std::path::Path::new(&v.path))?;
-        let mut stored_bytes = 0;
-        for key in kura_backend::Backend::list(&backend, "chunks/")? {
-            stored_bytes += kura_backend::Backend::stat(&backend, &key)?.unwrap_or(0);
-        }
-        Ok(stored_bytes)
+        let chunks = kura_backend::Backend::list_sizes(&backend, "chunks/")?;
+        Ok(chunks.iter().map(|(_, size)| size).sum())
     }
 
     /// A vault's storage trend, its file system, growth and estimated full date.
