@@ -30,7 +30,18 @@ pub struct FsBackend {
     unsynced: std::sync::atomic::AtomicBool,
     /// Names of this process's staging files.
     staged: std::sync::atomic::AtomicU64,
+    /// The root, open since the backend was: `syncfs` on it reports every write-back error
+    /// since then (one opened at sync time would miss earlier ones).
+    root_dir: File,
+    /// Bytes of new objects written since the last early write-back.
+    ahead: std::sync::atomic::AtomicU64,
+    /// Wakes the thread that starts write-back early (made at the first need).
+    flusher: Mutex<Option<std::sync::mpsc::SyncSender<()>>>,
 }
+
+/// New bytes after which write-back starts in the background: the sync at the end of a
+/// backup then finds little left to write, instead of waiting for all of it at once.
+const WRITE_AHEAD: u64 = 256 << 20;
 
 impl FsBackend {
     /// Opens (creating if needed) a backend rooted at `root`.
@@ -55,6 +66,7 @@ impl FsBackend {
             .root(root_str)
             .atomic_write_dir(staging_str);
         let op = Operator::new(builder).map_err(|e| storage_err(e.to_string()))?;
+        let root_dir = File::open(&root).map_err(|e| storage_err(e.to_string()))?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("kura-fs-io")
@@ -68,6 +80,9 @@ impl FsBackend {
             dirty_dirs: Mutex::new(BTreeSet::new()),
             unsynced: Default::default(),
             staged: Default::default(),
+            root_dir,
+            ahead: Default::default(),
+            flusher: Mutex::new(None),
         })
     }
 
@@ -84,9 +99,7 @@ impl FsBackend {
         match write_unnamed(dest, data) {
             Ok(Some(fresh)) => {
                 if fresh == Fresh::Written {
-                    self.unsynced
-                        .store(true, std::sync::atomic::Ordering::SeqCst);
-                    self.mark_dirty(key);
+                    self.wrote_new(key, data.len());
                 }
                 return Ok(fresh);
             }
@@ -129,10 +142,48 @@ impl FsBackend {
                 return Err(err(e));
             }
         }
-        self.unsynced
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        self.mark_dirty(key);
+        self.wrote_new(key, data.len());
         Ok(Fresh::Written)
+    }
+
+    /// Notes a new object for the next sync, and starts write-back early every
+    /// [`WRITE_AHEAD`] bytes.
+    fn wrote_new(&self, key: &str, len: usize) {
+        use std::sync::atomic::Ordering;
+        self.unsynced.store(true, Ordering::SeqCst);
+        self.mark_dirty(key);
+        let before = self.ahead.fetch_add(len as u64, Ordering::Relaxed);
+        if before + len as u64 >= WRITE_AHEAD {
+            self.ahead.store(0, Ordering::Relaxed);
+            self.write_back_early();
+        }
+    }
+
+    /// Asks the background thread for a `syncfs` (skipped when one is already asked for).
+    /// Only a head start: errors are left for [`Backend::sync`] to report, on its own
+    /// descriptor.
+    fn write_back_early(&self) {
+        let mut flusher = self.flusher.lock().unwrap_or_else(|e| e.into_inner());
+        if flusher.is_none() {
+            let Ok(dir) = File::open(&self.root) else {
+                return;
+            };
+            let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+            let spawned = std::thread::Builder::new()
+                .name("kura-fs-flush".into())
+                .spawn(move || {
+                    for () in rx {
+                        let _ = rustix::fs::syncfs(&dir);
+                    }
+                });
+            if spawned.is_err() {
+                return;
+            }
+            *flusher = Some(tx);
+        }
+        if let Some(tx) = flusher.as_ref() {
+            let _ = tx.try_send(());
+        }
     }
 
     fn mark_dirty(&self, key: &str) {
@@ -419,8 +470,7 @@ impl Backend for FsBackend {
             .unsynced
             .swap(false, std::sync::atomic::Ordering::SeqCst)
         {
-            let r = File::open(&self.root)
-                .and_then(|f| rustix::fs::syncfs(&f).map_err(std::io::Error::from));
+            let r = rustix::fs::syncfs(&self.root_dir).map_err(std::io::Error::from);
             if let Err(e) = r {
                 self.unsynced
                     .store(true, std::sync::atomic::Ordering::SeqCst);

@@ -783,7 +783,6 @@ pub(crate) fn backup_tree(
         new_stored_bytes: c.new_stored.load(Ordering::Relaxed),
         new_plain_bytes: c.new_plain.load(Ordering::Relaxed),
         used_bytes: Some(written.bytes),
-        ..RpStats::default()
     };
     // Sorted: the walk and the workers meet them in no fixed order.
     let mut warnings = shared
