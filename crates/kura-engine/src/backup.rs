@@ -695,7 +695,7 @@ impl Home {
             }
             if out.warnings.len() > 20 {
                 job.warn(&format!(
-                    "{} more entries were not backed up (the first 20 are listed above)",
+                    "{} more warnings about entries (the first 20 are listed above)",
                     out.warnings.len() - 20
                 ));
             }

@@ -8,7 +8,8 @@
 /// Waits at `point` (`snapshot`: after the snapshot is taken; `transfer`: when the transfer
 /// phase is claimed; `read`: once the source is open, before it is read; `transfer_chunk`,
 /// `restore_chunk`, `verify_chunk`, `gc_delete`, `retention_delete`: after each unit of work,
-/// so every worker stops after its first until the release) when a test asked for it.
+/// so every worker stops after its first until the release; `file_read`: a file of a tree
+/// is read, not yet checked for changes) when a test asked for it.
 #[cfg(feature = "test-hooks")]
 pub(crate) fn gate(point: &str) {
     let var = format!("KURA_TEST_GATE_{}", point.to_uppercase());

@@ -63,16 +63,21 @@ struct FileJob {
     slot: usize,
     linked: bool,
     file: std::fs::File,
-    /// Its size when listed.
-    size: u64,
+    /// What it was when listed.
+    stat: EntryStat,
     path: String,
 }
 
-/// Work for the pool: a file to read, or a directory whose entries are all known to write.
+/// Work for the pool: a file to read, or directories whose entries are all known to write
+/// (handed over a few at a time: waking a worker for each small directory cost more than
+/// writing it, in a no-change backup).
 enum Job {
     File(FileJob),
-    Dir(usize, PendingDir),
+    Dirs(Vec<(usize, PendingDir)>),
 }
+
+/// Ready directories the walk hands over at once.
+const DIR_BATCH: usize = 32;
 
 /// A directory being listed, or listed and waiting for its files' chunks and its
 /// subdirectories' chunks. Whoever delivers the last of them writes it.
@@ -274,6 +279,8 @@ struct Walker<'a> {
     progress: &'a dyn Progress,
     codec: kura_store::Codec,
     jobs: crossbeam_channel::Sender<Job>,
+    /// Ready directories not yet handed over.
+    ready: Vec<(usize, PendingDir)>,
     next_dir: usize,
     next_slot: usize,
     /// Files with several links already seen: inode → file job.
@@ -401,9 +408,17 @@ impl Walker<'_> {
             let mut f = self.shared.lock();
             deliver(&mut f, me, &mut ready, |d| d.nodes = nodes);
         }
-        for (dir, pd) in ready {
-            // To a worker: the walk goes on listing meanwhile.
-            let _ = self.jobs.send(Job::Dir(dir, pd));
+        // To a worker: the walk goes on listing meanwhile.
+        self.ready.extend(ready);
+        if self.ready.len() >= DIR_BATCH {
+            self.hand_over();
+        }
+    }
+
+    /// Sends the ready directories to the workers.
+    fn hand_over(&mut self) {
+        if !self.ready.is_empty() {
+            let _ = self.jobs.send(Job::Dirs(std::mem::take(&mut self.ready)));
         }
     }
 
@@ -537,7 +552,7 @@ impl Walker<'_> {
                         slot,
                         linked,
                         file,
-                        size: st.size,
+                        stat: st,
                         path: path().display().to_string(),
                     };
                     if self.jobs.send(Job::File(job)).is_err() {
@@ -572,17 +587,15 @@ struct Counters {
 }
 
 /// Reads one file into chunks, storing the new ones.
-#[allow(clippy::too_many_arguments)]
 fn chunk_file(
-    vault: &Vault,
+    shared: &Shared<'_>,
     codec: &mut kura_store::Codec,
-    reuse: &Reuse<'_>,
     job: &mut FileJob,
     sizes: (u32, u32, u32),
-    counters: &Counters,
-    healed: &Mutex<Vec<ChunkId>>,
     progress: &dyn Progress,
 ) -> Result<FileResult> {
+    let (vault, reuse, counters, healed) =
+        (shared.vault, shared.reuse, &shared.counters, &shared.healed);
     let (min, avg, max) = sizes;
     let mut pieces = Vec::new();
     // One chunk of the file: hashed, stored unless known, recorded.
@@ -621,10 +634,10 @@ fn chunk_file(
     };
     let unreadable =
         |e: &dyn std::fmt::Display| Ok(Err(format!("{}: not backed up: {e}", job.path)));
-    if job.size <= u64::from(max) {
+    if job.stat.size <= u64::from(max) {
         // A file that fits in one chunk's room (most files of a tree) is read at once and
         // cut in memory; a larger one streams through the chunker's own buffer.
-        let mut whole = Vec::with_capacity(job.size as usize + 1);
+        let mut whole = Vec::with_capacity(job.stat.size as usize + 1);
         if let Err(e) = std::io::Read::read_to_end(&mut job.file, &mut whole) {
             return unreadable(&e);
         }
@@ -645,8 +658,20 @@ fn chunk_file(
             }
         }
     }
-    // A file still growing is kept as far as it was read (crash-consistent, like the rest
-    // of a live tree).
+    // A file written while it was read is kept as read (crash-consistent, like the rest of
+    // a live tree), and said so. Its listed times go into the point, so the next backup
+    // reads it again.
+    crate::hooks::gate("file_read");
+    if EntryStat::of_file(&job.file).is_ok_and(|now| now.changed_since(&job.stat)) {
+        shared
+            .warnings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(format!(
+                "{}: changed while it was read; kept as read (the next backup reads it again)",
+                job.path
+            ));
+    }
     Ok(Ok(pieces))
 }
 
@@ -712,19 +737,12 @@ pub(crate) fn backup_tree(
                     }
                     let mut ready = Vec::new();
                     let r = match job {
-                        Job::File(mut job) => chunk_file(
-                            vault,
-                            &mut codec,
-                            reuse,
-                            &mut job,
-                            sizes,
-                            &shared.counters,
-                            &shared.healed,
-                            progress,
-                        )
-                        .map(|r| shared.file_done(&job, r, &mut ready)),
-                        Job::Dir(dir, pd) => {
-                            ready.push((dir, pd));
+                        Job::File(mut job) => {
+                            chunk_file(shared, &mut codec, &mut job, sizes, progress)
+                                .map(|r| shared.file_done(&job, r, &mut ready))
+                        }
+                        Job::Dirs(dirs) => {
+                            ready = dirs;
                             Ok(())
                         }
                     };
@@ -745,6 +763,7 @@ pub(crate) fn backup_tree(
                     progress,
                     codec: vault.codec(),
                     jobs: tx,
+                    ready: Vec::new(),
                     next_dir: 0,
                     next_slot: 0,
                     links: HashMap::new(),
@@ -752,6 +771,7 @@ pub(crate) fn backup_tree(
                     failed: &failed,
                 };
                 let r = w.walk(&root, prev_root.as_ref(), b"", 0, None);
+                w.hand_over();
                 drop(w.jobs);
                 r.map(|()| (w.unchanged_files, w.next_slot))
             })

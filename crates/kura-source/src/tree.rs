@@ -171,6 +171,17 @@ pub struct EntryStat {
 }
 
 impl EntryStat {
+    /// What an open file is now (to tell whether it changed while it was read).
+    pub fn of_file(f: &File) -> std::io::Result<Self> {
+        Ok(Self::of(&rustix::fs::fstat(f)?))
+    }
+
+    /// Whether the content may differ from what `earlier` described: its size or its
+    /// modification or change time moved.
+    pub fn changed_since(&self, earlier: &EntryStat) -> bool {
+        self.size != earlier.size || self.mtime != earlier.mtime || self.ctime != earlier.ctime
+    }
+
     fn of(st: &rustix::fs::Stat) -> Self {
         use rustix::fs::FileType as T;
         let kind = match T::from_raw_mode(st.st_mode) {

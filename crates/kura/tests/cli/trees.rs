@@ -3,8 +3,10 @@
 //! metadata, and never through a link a user of the tree planted.
 
 use std::ffi::OsStr;
+use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::process::Stdio;
 
 use super::*;
 
@@ -315,4 +317,82 @@ fn protecting_a_tree_checks_it_first() {
     std::fs::create_dir(&dir).unwrap();
     refused(&dir, &["--exclude", "a["], "--exclude");
     assert_eq!(e.json(&["item", "list"]).as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn a_file_written_while_it_is_read_is_kept_as_read_and_reported() {
+    let e = Env::new();
+    e.vault("v", &[]);
+    let src = e.path("live");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("app.log"), b"first line\n").unwrap();
+    std::fs::write(src.join("quiet.txt"), b"never written to\n").unwrap();
+    e.ok(&[
+        "item",
+        "protect",
+        "files",
+        src.to_str().unwrap(),
+        "--vault",
+        "v",
+        "--name",
+        "live",
+    ]);
+    e.ok(&["backup", "now", "live"]);
+    // The log grows, so the next backup reads it (and only it). That backup stops after
+    // reading it, before checking it; meanwhile the application appends again.
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(src.join("app.log"))
+        .unwrap();
+    log.write_all(b"more\n").unwrap();
+    let g = Gate::new(&e, "file_read");
+    let (var, val) = g.env();
+    let child = e
+        .cmd(&["--output", "json", "backup", "now", "live"])
+        .env(var, val)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    g.wait_reached();
+    log.write_all(b"second line\n").unwrap();
+    g.release();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let job = e.json(&["job", "show", first["job_id"].as_str().unwrap()]);
+    assert_eq!(job["status"], "CompletedWithWarnings", "{job}");
+    let text = job["log"].to_string();
+    assert!(
+        text.contains("app.log: changed while it was read") && !text.contains("quiet.txt"),
+        "the warning names the file that changed, only it: {text}"
+    );
+    // The point holds the file as it was read.
+    let rp = first["rp_id"].as_str().unwrap();
+    let to = e.path("out");
+    std::fs::create_dir(&to).unwrap();
+    e.ok(&[
+        "restore",
+        "files",
+        "live",
+        "--rp",
+        rp,
+        "--path",
+        "/app.log",
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read(to.join("app.log")).unwrap(),
+        b"first line\nmore\n"
+    );
+    // The next backup reads it again (and only it), and has nothing to warn about.
+    let next = e.json(&["backup", "now", "live"]);
+    assert_eq!(next["read_bytes"], 11 + 5 + 12, "{next}");
+    let job = e.json(&["job", "show", next["job_id"].as_str().unwrap()]);
+    assert_eq!(job["status"], "Completed", "{job}");
 }
