@@ -53,7 +53,7 @@ pub enum Call {
     /// `GET /items` → `Vec<Item>`.
     ListItems,
     /// `POST /items` → `Item`.
-    Protect(Protect),
+    Protect(Box<Protect>),
     /// `GET /items/{item}` → `Item`.
     GetItem { item: String },
     /// `POST /items/{item}/stop` → `Item`.

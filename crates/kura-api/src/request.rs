@@ -127,6 +127,11 @@ pub struct Protect {
     /// the tree's root).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exclude: Vec<String>,
+    /// File items: `btrfs` to read each backup from a read-only btrfs snapshot of the tree
+    /// (a subvolume), taken first and deleted after: every file from one instant
+    /// (file-system consistent); `none` (the default) to read it live (crash-consistent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
 }
 
 /// `POST /items/{item}/stop`.

@@ -885,6 +885,7 @@ impl Home {
         name: Option<&str>,
         policy: Option<&str>,
         exclude: &[String],
+        snapshot: kura_source::TreeSnapshot,
         secrets: &Secrets,
     ) -> Result<ItemRow> {
         let vrow = self.catalog.vault(vault)?;
@@ -903,6 +904,7 @@ impl Home {
         }
         let tree = kura_source::TreeSource::new(&source, exclude)?;
         tree.open_root()?;
+        snapshot.check(&source)?;
         // A vault or the home inside the tree would back itself up, growing at every backup.
         let source_real = std::fs::canonicalize(&source)
             .map_err(|e| Error::io(format!("directory {}", source.display()), e))?;
@@ -937,19 +939,18 @@ impl Home {
         };
         check_name("item", &name)?;
         let vault_handle = self.open_vault_row(&vrow, secrets)?;
-        let describe = if exclude.is_empty() {
-            format!("directory tree {}", source.display())
-        } else {
-            format!(
-                "directory tree {}, excluding {}",
-                source.display(),
-                exclude.join(", ")
-            )
-        };
+        let mut describe = format!("directory tree {}", source.display());
+        if !exclude.is_empty() {
+            describe += &format!(", excluding {}", exclude.join(", "));
+        }
+        if !snapshot.is_none() {
+            describe += &format!(", read from a {} snapshot", snapshot.as_str());
+        }
         let spec = kura_source::SourceSpec::Files {
             v: kura_source::SPEC_VERSION,
             path: source.display().to_string(),
             exclude: exclude.to_vec(),
+            snapshot,
         };
         self.register_item(&vrow, &vault_handle, name, policy, spec, &describe)
     }

@@ -54,6 +54,7 @@ pub use gc::{GcOptions, GcReport};
 pub use home::{AttachReport, CreateVault, Home, Secrets, VaultInfo, WrappedKeyDocument};
 pub use jobs::JobQuery;
 pub use kura_files::{Entry as FileEntry, EntryKind as FileEntryKind, FsKind, Volume};
+pub use kura_source::TreeSnapshot;
 pub use kura_source::libvirt::Domain;
 pub use kura_source::vm::{AgentOptions, VmLink};
 pub use policy::{PolicySource, split_policy_path};
@@ -72,6 +73,11 @@ pub(crate) fn workers() -> usize {
     std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .clamp(2, 16)
+}
+
+/// A file item's snapshot option as given (`none`, `btrfs`; absent: none).
+pub fn tree_snapshot(given: Option<&str>) -> Result<TreeSnapshot> {
+    given.map_or(Ok(TreeSnapshot::None), |s| Ok(TreeSnapshot::parse(s)?))
 }
 
 /// A new time-ordered id (UUID v7, simple form: 32 hex digits).

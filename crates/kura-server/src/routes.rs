@@ -989,6 +989,11 @@ async fn protect_item(_: Auth, State(s): State<S>, Body(b): Body<api::Protect>) 
             "exclude: only file items take exclude patterns (VMs: exclude_disks)",
         ));
     }
+    if b.kind != "files" && b.snapshot.is_some() {
+        return Err(ApiError::invalid(
+            "snapshot: only file items take a snapshot option",
+        ));
+    }
     // A VM's source is its QMP socket: it too must lie under a source root. A libvirt
     // domain's disks are whatever its definition says, as for `virsh` users.
     let link = match (&b.source, &b.libvirt, b.kind.as_str()) {
@@ -1042,6 +1047,7 @@ async fn protect_item(_: Auth, State(s): State<S>, Body(b): Body<api::Protect>) 
                 b.name.as_deref(),
                 b.policy.as_deref(),
                 &b.exclude,
+                kura_engine::tree_snapshot(b.snapshot.as_deref())?,
                 &s.secrets,
             )?;
             Ok(api::Item::from(s.home.item_status(&row.name)?))

@@ -939,12 +939,12 @@ fn every_client_call_is_a_documented_request() {
             days: 10,
         }),
         Call::ListItems,
-        Call::Protect(api::Protect {
+        Call::Protect(Box::new(api::Protect {
             kind: s("disk"),
             source: Some(s("/srv/disk.raw")),
             vault: s("v1"),
             ..Default::default()
-        }),
+        })),
         Call::GetItem { item: item() },
         Call::StopProtection {
             item: item(),

@@ -71,6 +71,9 @@ pub enum SourceSpec {
         /// Patterns of what is left out (see [`crate::TreeSource`]).
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         exclude: Vec<String>,
+        /// A file system snapshot taken first, or none (read live).
+        #[serde(default, skip_serializing_if = "crate::TreeSnapshot::is_none")]
+        snapshot: crate::TreeSnapshot,
     },
 }
 
@@ -166,9 +169,16 @@ impl SourceSpec {
                 exclude.clone(),
                 agent.clone(),
             )),
-            SourceSpec::Files { path, exclude, .. } => Box::new(FilesDriver {
+            SourceSpec::Files {
+                path,
+                exclude,
+                snapshot,
+                ..
+            } => Box::new(FilesDriver {
                 path: PathBuf::from(path),
                 exclude: exclude.clone(),
+                snapshot: *snapshot,
+                taken: None,
             }),
         }
     }
@@ -334,10 +344,14 @@ impl SourceDriver for DiskDriver {
     fn release(&mut self, _point: &PointInTime) {}
 }
 
-/// A file item: one tree, `files`, read live (crash-consistent).
+/// A file item: one tree, `files`, read live (crash-consistent) or from a snapshot taken
+/// first (file-system consistent).
 struct FilesDriver {
     path: PathBuf,
     exclude: Vec<String>,
+    snapshot: crate::TreeSnapshot,
+    /// The snapshot of the point being backed up.
+    taken: Option<PathBuf>,
 }
 
 impl SourceDriver for FilesDriver {
@@ -358,16 +372,42 @@ impl SourceDriver for FilesDriver {
             )));
         }
         crate::TreeSource::new(&self.path, &self.exclude)?.open_root()?;
-        Ok(())
+        self.snapshot.check(&self.path)
     }
 
-    fn take_point(&mut self, _request: &PointRequest) -> Result<PointInTime> {
-        Ok(PointInTime {
-            no_snapshot: Some(
-                "a directory tree has no snapshot tier: it is read live, crash-consistent".into(),
-            ),
-            ..PointInTime::crash()
-        })
+    fn take_point(&mut self, request: &PointRequest) -> Result<PointInTime> {
+        match self.snapshot {
+            crate::TreeSnapshot::None => Ok(PointInTime {
+                no_snapshot: Some(
+                    "a directory tree has no snapshot tier: it is read live, crash-consistent"
+                        .into(),
+                ),
+                ..PointInTime::crash()
+            }),
+            crate::TreeSnapshot::Btrfs => {
+                let (at, stale) =
+                    crate::tree_snapshot::take_btrfs(&self.path, &request.item_id, &request.rp_id)?;
+                let mut log: Vec<String> = stale
+                    .into_iter()
+                    .map(|s| format!("deleted {s}, which an interrupted backup left"))
+                    .collect();
+                log.push(format!(
+                    "btrfs snapshot {} taken: the tree is read as it was at this instant",
+                    at.display()
+                ));
+                self.taken = Some(at);
+                Ok(PointInTime {
+                    no_snapshot: Some(
+                        "the btrfs snapshot is read, then deleted: it is not kept as a \
+                         snapshot tier"
+                            .into(),
+                    ),
+                    consistency: Consistency::FileSystem,
+                    log,
+                    ..PointInTime::crash()
+                })
+            }
+        }
     }
 
     fn open_disks(&mut self, _point: &PointInTime) -> Result<Vec<(String, Box<dyn DiskReader>)>> {
@@ -375,13 +415,19 @@ impl SourceDriver for FilesDriver {
     }
 
     fn open_trees(&mut self, _point: &PointInTime) -> Result<Vec<(String, crate::TreeSource)>> {
-        Ok(vec![(
-            "files".to_string(),
-            crate::TreeSource::new(&self.path, &self.exclude)?,
-        )])
+        let mut tree = crate::TreeSource::new(&self.path, &self.exclude)?;
+        if let Some(at) = &self.taken {
+            tree = tree.read_from(at)?;
+        }
+        Ok(vec![("files".to_string(), tree)])
     }
 
-    fn release(&mut self, _point: &PointInTime) {}
+    fn release(&mut self, _point: &PointInTime) {
+        if let Some(at) = self.taken.take() {
+            // Left behind, the item's next backup deletes it.
+            let _ = crate::tree_snapshot::release_btrfs(&self.path, &at);
+        }
+    }
 }
 
 #[cfg(test)]

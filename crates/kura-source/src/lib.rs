@@ -36,6 +36,7 @@ pub mod qmp;
 mod raw;
 mod snapshot;
 pub mod tree;
+mod tree_snapshot;
 pub mod vm;
 mod vm_off;
 
@@ -47,6 +48,7 @@ pub use qemu::NbdReader;
 pub use raw::RawReader;
 pub use snapshot::Snapshot;
 pub use tree::TreeSource;
+pub use tree_snapshot::TreeSnapshot;
 
 use std::path::PathBuf;
 

@@ -18,6 +18,8 @@ use crate::{Error, Result};
 #[derive(Debug, Clone)]
 pub struct TreeSource {
     root: PathBuf,
+    /// Where it is read from when not `root` (a snapshot of it).
+    read_from: Option<PathBuf>,
     patterns: Vec<String>,
     by_name: globset::GlobSet,
     by_path: globset::GlobSet,
@@ -60,10 +62,23 @@ impl TreeSource {
         let (by_name, by_path) = matchers(exclude)?;
         Ok(TreeSource {
             root: root.to_path_buf(),
+            read_from: None,
             patterns: exclude.to_vec(),
             by_name,
             by_path,
         })
+    }
+
+    /// The same tree read from `snapshot`, a copy of it at one instant; what the snapshots
+    /// directory holds (`/.kura-snapshots`) is left out.
+    pub fn read_from(mut self, snapshot: &Path) -> Result<Self> {
+        self.patterns
+            .push(format!("/{}", crate::tree_snapshot::SNAPSHOT_DIR));
+        let (by_name, by_path) = matchers(&self.patterns)?;
+        self.by_name = by_name;
+        self.by_path = by_path;
+        self.read_from = Some(snapshot.to_path_buf());
+        Ok(self)
     }
 
     /// Checks patterns without building a source (for protect).
@@ -93,9 +108,10 @@ impl TreeSource {
 
     /// Opens the root directory.
     pub fn open_root(&self) -> Result<SourceDir> {
+        let at = self.read_from.as_ref().unwrap_or(&self.root);
         let open = |extra: OFlags| {
             rustix::fs::open(
-                &self.root,
+                at,
                 OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | extra,
                 Mode::empty(),
             )

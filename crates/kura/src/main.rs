@@ -374,6 +374,12 @@ enum ProtectCmd {
         /// (`/scratch`, `home/*/Downloads`).
         #[arg(long, value_name = "GLOB")]
         exclude: Vec<String>,
+        /// How each backup captures the tree: `none` reads it live (crash-consistent, each
+        /// file as it is when read); `btrfs` reads a read-only snapshot of it taken first
+        /// and deleted after (the directory must be a btrfs subvolume; file-system
+        /// consistent).
+        #[arg(long, value_name = "none|btrfs", default_value = "none")]
+        snapshot: String,
     },
     /// Protect a running QEMU VM through its QMP monitor socket: all disks at one instant,
     /// read while the VM runs; with its guest agent (--qga), frozen for file-system or
@@ -1035,7 +1041,7 @@ fn request(cmd: &Command, host: &mut HostOptions) -> anyhow::Result<Option<Reque
             policy,
             format,
         })) => (
-            C::Protect(api::Protect {
+            C::Protect(Box::new(api::Protect {
                 kind: "disk".into(),
                 source: Some(abs(image)?),
                 vault: vault.clone(),
@@ -1043,7 +1049,7 @@ fn request(cmd: &Command, host: &mut HostOptions) -> anyhow::Result<Option<Reque
                 policy: policy.clone(),
                 format: format.clone(),
                 ..Default::default()
-            }),
+            })),
             views::protected,
         ),
         Command::Item(ItemCmd::Protect(ProtectCmd::Files {
@@ -1052,16 +1058,18 @@ fn request(cmd: &Command, host: &mut HostOptions) -> anyhow::Result<Option<Reque
             name,
             policy,
             exclude,
+            snapshot,
         })) => (
-            C::Protect(api::Protect {
+            C::Protect(Box::new(api::Protect {
                 kind: "files".into(),
                 source: Some(abs(dir)?),
                 vault: vault.clone(),
                 name: name.clone(),
                 policy: policy.clone(),
                 exclude: exclude.clone(),
+                snapshot: (snapshot != "none").then(|| snapshot.clone()),
                 ..Default::default()
-            }),
+            })),
             views::protected,
         ),
         Command::Item(ItemCmd::Protect(ProtectCmd::Vm {
@@ -1077,7 +1085,7 @@ fn request(cmd: &Command, host: &mut HostOptions) -> anyhow::Result<Option<Reque
             pre_script,
             post_script,
         })) => (
-            C::Protect(api::Protect {
+            C::Protect(Box::new(api::Protect {
                 kind: "vm".into(),
                 source: opt_abs(qmp)?,
                 libvirt: libvirt.as_ref().map(|d| api::LibvirtDomain {
@@ -1094,7 +1102,8 @@ fn request(cmd: &Command, host: &mut HostOptions) -> anyhow::Result<Option<Reque
                 pre_script: pre_script.clone(),
                 post_script: post_script.clone(),
                 exclude: Vec::new(),
-            }),
+                snapshot: None,
+            })),
             views::protected,
         ),
         Command::Item(ItemCmd::List) => (C::ListItems, views::item_list),

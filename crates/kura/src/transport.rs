@@ -194,6 +194,7 @@ impl Transport for Local<'_> {
                         b.name.as_deref(),
                         b.policy.as_deref(),
                         &b.exclude,
+                        kura_engine::tree_snapshot(b.snapshot.as_deref())?,
                         secrets,
                     )?,
                     ("vm", source, libvirt) => {

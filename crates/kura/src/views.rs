@@ -91,11 +91,14 @@ pub fn protected(i: &Value) -> String {
 pub fn item_format(i: &Value) -> String {
     if i["spec"]["kind"] == "files" {
         let ex: Vec<String> = rows(&i["spec"]["exclude"]).map(s).collect();
-        return if ex.is_empty() {
-            "directory tree".into()
-        } else {
-            format!("directory tree, excluding {}", ex.join(" "))
-        };
+        let mut text = String::from("directory tree");
+        if !ex.is_empty() {
+            text += &format!(", excluding {}", ex.join(" "));
+        }
+        if let Some(snap) = i["spec"]["snapshot"].as_str() {
+            text += &format!(", read from a {snap} snapshot");
+        }
+        return text;
     }
     if i["spec"]["kind"] == "vm" {
         let ex: Vec<String> = rows(&i["spec"]["exclude"]).map(s).collect();

@@ -303,6 +303,43 @@ impl Gate {
     }
 }
 
+/// Unmounts a [`loop_mount`] when dropped.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A new 512 MiB file system, made by `mkfs` (the program and its options; scripts/test
+/// installs it) in an image and loop-mounted under the test's directory. Needs root and a
+/// loop device, as scripts/test runs; fails loudly without them, never skips.
+fn loop_mount(e: &Env, name: &str, mkfs: &[&str]) -> (PathBuf, Unmount) {
+    let img = e.path(&format!("{name}.img"));
+    File::create(&img).unwrap().set_len(512 << 20).unwrap();
+    let o = Command::new(mkfs[0])
+        .args(&mkfs[1..])
+        .arg(&img)
+        .output()
+        .unwrap_or_else(|err| panic!("{} (installed by scripts/test): {err}", mkfs[0]));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mnt = e.path(&format!("{name}-mnt"));
+    std::fs::create_dir(&mnt).unwrap();
+    let o = Command::new("mount")
+        .args(["-o", "loop"])
+        .arg(&img)
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "this test needs root and a loop device: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (mnt.clone(), Unmount(mnt))
+}
+
 /// Deterministic test data.
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;

@@ -208,40 +208,9 @@ fn while_a_transfer_runs_the_next_job_snapshots_and_skips_its_transfer() {
 
 #[test]
 fn raw_images_on_xfs_get_reflink_snapshots() {
-    // Needs root, a loop device and mkfs.xfs (installed by scripts/test); fails loudly if not.
     let e = Env::new();
     e.vault("v", &[]);
-    let fs_img = e.path("xfs.img");
-    std::fs::File::create(&fs_img)
-        .unwrap()
-        .set_len(512 << 20)
-        .unwrap();
-    let o = Command::new("mkfs.xfs")
-        .args(["-q", "-m", "reflink=1"])
-        .arg(&fs_img)
-        .output()
-        .expect("mkfs.xfs (xfsprogs) is installed by scripts/test");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let mnt = e.path("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let o = Command::new("mount")
-        .args(["-o", "loop"])
-        .arg(&fs_img)
-        .arg(&mnt)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "this test needs root and a loop device: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _guard = Unmount(mnt.clone());
+    let (mnt, _guard) = loop_mount(&e, "xfs", &["mkfs.xfs", "-q", "-m", "reflink=1"]);
     let img = mnt.join("disk.raw");
     make_image(&img, 4 << 20, &[(0, 1 << 20, 1)]);
     let before = std::fs::read(&img).unwrap();
