@@ -122,3 +122,19 @@ pub fn config(data: &[u8]) {
 pub fn kit(data: &[u8]) {
     let _ = crate::kit::open(data, None);
 }
+
+/// A file tree's documents, which a vault's writer controls: the first byte picks the
+/// decoder (even: a directory's JSON, odd: a tree index), the rest is its input. What
+/// decodes re-encodes to something that decodes the same.
+pub fn tree(data: &[u8]) {
+    let Some((&pick, body)) = data.split_first() else {
+        return;
+    };
+    if pick & 1 == 0 {
+        if let Ok(d) = crate::Dir::decode("fuzz", body) {
+            assert_eq!(crate::Dir::decode("fuzz", &d.encode()).unwrap(), d);
+        }
+    } else if let Ok(t) = crate::TreeIndex::decode("fuzz", body) {
+        assert_eq!(t.encode(), body, "a tree index re-encodes to its bytes");
+    }
+}

@@ -25,7 +25,8 @@ fn store_decoders_survive_every_recorded_input() {
     let total = replay("blob", fuzz::blob)
         + replay("sealed", fuzz::sealed)
         + replay("config", fuzz::config)
-        + replay("kit", fuzz::kit);
+        + replay("kit", fuzz::kit)
+        + replay("tree", fuzz::tree);
     assert!(total > 0, "no recorded inputs");
 }
 
@@ -53,4 +54,16 @@ fn sealed_inputs_reach_the_index_decoder() {
         std::fs::create_dir_all(&root).unwrap();
         std::fs::write(&seed, &input).unwrap();
     }
+}
+
+/// The tree seeds are valid documents, so fuzzing starts from inputs that reach the
+/// round trip, not only the first error.
+#[test]
+fn tree_seeds_decode() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/tree");
+    let read = |name: &str| std::fs::read(dir.join(name)).unwrap()[1..].to_vec();
+    let d = kura_store::Dir::decode("seed", &read("directory")).unwrap();
+    assert_eq!(d.entries.len(), 5);
+    let t = kura_store::TreeIndex::decode("seed", &read("tree-index")).unwrap();
+    assert_eq!((t.files, t.dirs, t.chunks.len()), (1, 2, 3));
 }
