@@ -568,6 +568,11 @@ test("files of a point: browse its ext4 partition, download a file, restore a fo
     page.getByRole("link", { name: "Download notes.txt" }).click()]);
   assert.equal(download.suggestedFilename(), "notes.txt");
   assert.equal(readFileSync(await download.path(), "utf8"), "remember the milk\n");
+  // A folder as a zip, which Info-ZIP's unzip lists.
+  const [zip] = await Promise.all([page.waitForEvent("download"),
+    page.getByRole("link", { name: "Download .zip of www" }).click()]);
+  assert.equal(zip.suggestedFilename(), "www.zip");
+  assert.match(execFileSync("unzip", ["-l", await zip.path()], { encoding: "utf8" }), /www\/index\.html/);
 
   // Restore the www folder into a directory on the server and follow the job.
   const to = join(dir, "files-out");

@@ -412,6 +412,20 @@ pub struct FilesQuery {
     /// The volume, when the disk has several readable ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume: Option<u32>,
+    /// Downloads of a folder: its archive format (default tar). Ignored by listings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<ArchiveFormat>,
+}
+
+/// The archive a folder downloads as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ArchiveFormat {
+    /// POSIX tar: names as bytes, owners, modes, times, symlinks.
+    Tar,
+    /// Zip (stored, not compressed): modes, times, symlinks; names that are not UTF-8
+    /// get U+FFFD for their bad bytes.
+    Zip,
 }
 
 /// `POST /items/{item}/exports`: serve a point's disk read-only over NBD for a while.

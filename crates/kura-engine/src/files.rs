@@ -554,14 +554,15 @@ impl Home {
         })
     }
 
-    /// Writes the file at `path` of a point to `out` (its contents), or a directory as a tar
-    /// archive of everything under it; returns the bytes of file contents. For downloads:
-    /// look the entry up with [`Home::list_files`] first to know which it is.
+    /// Writes the file at `path` of a point to `out` (its contents), or a directory as an
+    /// archive (`archive`) of everything under it; returns the bytes of file contents. For
+    /// downloads: look the entry up with [`Home::list_files`] first to know which it is.
     pub fn write_files(
         &self,
         item: &str,
         target: &FilesTarget,
         path: &str,
+        archive: kura_files::Archive,
         secrets: &Secrets,
         out: &mut dyn std::io::Write,
     ) -> Result<u64> {
@@ -570,7 +571,7 @@ impl Home {
         let entry = fs.entry(path).map_err(files_error)?;
         match entry.kind {
             kura_files::EntryKind::Dir => {
-                kura_files::write_tar(&fs, path, out).map_err(files_error)
+                kura_files::write_archive(&fs, path, archive, out).map_err(files_error)
             }
             kura_files::EntryKind::File => {
                 let mut r = fs.reader(path).map_err(files_error)?;

@@ -53,7 +53,9 @@ pub use files::{Fetched, FileListing, FileRestoreReport, FilesTarget, PointVolum
 pub use gc::{GcOptions, GcReport};
 pub use home::{AttachReport, CreateVault, Home, Secrets, VaultInfo, WrappedKeyDocument};
 pub use jobs::JobQuery;
-pub use kura_files::{Entry as FileEntry, EntryKind as FileEntryKind, FsKind, Volume};
+pub use kura_files::{
+    Archive as FileArchive, Entry as FileEntry, EntryKind as FileEntryKind, FsKind, Volume,
+};
 pub use kura_source::TreeSnapshot;
 pub use kura_source::libvirt::Domain;
 pub use kura_source::vm::{AgentOptions, VmLink};

@@ -7,15 +7,15 @@
 //! mbrman, ext4-view, fatfs) behind bounds checks of our own, a parser's panic becomes an error,
 //! and extraction never writes outside its target directory (see [`extract`]).
 
+mod archive;
 mod extract;
 mod fat;
 mod fs;
-mod tar_out;
 mod volume;
 
+pub use archive::{Archive, write_archive};
 pub use extract::{ExtractOptions, ExtractReport, extract, extract_original};
 pub use fs::{Entry, EntryKind, FileSystem, RawEntry, Tree};
-pub use tar_out::write_tar;
 pub use volume::{FsKind, Volume, volumes};
 
 /// A random-access disk: exact reads at any offset below [`ReadAt::size`].

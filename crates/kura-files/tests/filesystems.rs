@@ -135,7 +135,8 @@ fn files_are_listed_and_extracted_from_an_ext4_partition_of_a_gpt_disk() {
 
     // The same directory as a tar stream, unpacked by GNU tar.
     let mut archive = Vec::new();
-    let bytes = kura_files::write_tar(&fs, "/etc", &mut archive).unwrap();
+    let bytes =
+        kura_files::write_archive(&fs, "/etc", kura_files::Archive::Tar, &mut archive).unwrap();
     assert_eq!(bytes, 20 + 300_000);
     let untar = dir.path().join("untar");
     std::fs::create_dir(&untar).unwrap();
@@ -477,6 +478,7 @@ fn directories_nested_too_deep_end_the_walk_with_an_error() {
     std::fs::create_dir(&out).unwrap();
     let e = extract(&fs, &["/d".into()], &out, ExtractOptions::default()).unwrap_err();
     assert!(e.to_string().contains("deeper than 256 levels"), "{e}");
-    let e = kura_files::write_tar(&fs, "/", std::io::sink()).unwrap_err();
+    let e =
+        kura_files::write_archive(&fs, "/", kura_files::Archive::Tar, std::io::sink()).unwrap_err();
     assert!(e.to_string().contains("deeper than 256 levels"), "{e}");
 }

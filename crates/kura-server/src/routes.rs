@@ -1588,6 +1588,10 @@ async fn download_files(
     use axum::http::header;
     let target = files_target(rp, q.disk, q.volume);
     let path = q.path.unwrap_or_else(|| "/".into());
+    let archive = match q.archive {
+        Some(api::ArchiveFormat::Zip) => kura_engine::FileArchive::Zip,
+        Some(api::ArchiveFormat::Tar) | None => kura_engine::FileArchive::Tar,
+    };
     // Everything that can fail before the first byte fails here, as a JSON error.
     let (st, it, tg, p) = (s.clone(), item.clone(), target.clone(), path.clone());
     let listing = blocking(move || Ok(st.home.list_files(&it, &tg, &p, &st.secrets)?)).await?;
@@ -1604,7 +1608,8 @@ async fn download_files(
             } else {
                 entry.name.clone()
             };
-            ("application/x-tar", format!("{base}.tar"), None)
+            let (ext, media) = archive.extension_and_type();
+            (media, format!("{base}.{ext}"), None)
         }
         k => {
             return Err(ApiError::invalid(format!(
@@ -1621,7 +1626,7 @@ async fn download_files(
         };
         let done = s
             .home
-            .write_files(&item, &target, &path, &s.secrets, &mut w)
+            .write_files(&item, &target, &path, archive, &s.secrets, &mut w)
             .map_err(|e| std::io::Error::other(e.to_string()))
             .and_then(|_| std::io::Write::flush(&mut w));
         // A failure mid-way ends the body with an error: the client sees a broken transfer

@@ -968,6 +968,7 @@ fn every_client_call_is_a_documented_request() {
                 path: Some(s("/etc")),
                 disk: None,
                 volume: Some(1),
+                archive: None,
             },
         },
         Call::RestoreFiles {

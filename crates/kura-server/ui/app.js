@@ -539,7 +539,7 @@ function modeString(kind, mode) {
   return k + [...Array(9)].map((_, i) => (mode & (1 << (8 - i)) ? "rwx"[i % 3] : "-")).join("");
 }
 
-/// File-level restore: browse a point's file system, download a file or a folder (tar), or
+/// File-level restore: browse a point's file system, download a file or a folder (tar or zip), or
 /// restore chosen entries into a directory on the server.
 async function filesPage(params, [name, rp]) {
   const path = params.get("path") || "/";
@@ -591,10 +591,14 @@ async function filesPage(params, [name, rp]) {
     acc += `/${part}`;
     crumbs.push(" ", el("a", { href: go({ path: acc }) }, part), " /");
   }
-  const download = (e) => el("a", {
-    href: `/api/v1${base}/download?${q({ path: e.path })}`, download: "",
-    "aria-label": e.kind === "dir" ? `Download .tar of ${e.name}` : `Download ${e.name}`,
-  }, e.kind === "dir" ? "Download .tar" : "Download");
+  const link = (e, archive) => el("a", {
+    href: `/api/v1${base}/download?${q(archive ? { path: e.path, archive } : { path: e.path })}`, download: "",
+    "aria-label": archive ? `Download .${archive} of ${e.name}` : `Download ${e.name}`,
+  }, archive ? `.${archive}` : "Download");
+  // A folder as tar (names as bytes, owners) or zip (what every desktop opens).
+  const download = (e) => e.kind === "dir"
+    ? el("span", {}, "Download ", link(e, "tar"), " ", link(e, "zip"))
+    : link(e);
   const err = el("p", { class: "error", role: "alert", id: "files-error" });
   const rows = (list.entry.kind === "dir" ? list.entries : [list.entry]).map((e) => [
     el("input", { type: "checkbox", name: "pick", value: e.path, "aria-label": `Select ${e.name}` }),

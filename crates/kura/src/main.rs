@@ -1214,6 +1214,7 @@ fn request(cmd: &Command, host: &mut HostOptions) -> anyhow::Result<Option<Reque
                     path: Some(path.clone()),
                     disk: point.disk.clone(),
                     volume: point.volume,
+                    archive: None,
                 },
             },
             views::file_listing,

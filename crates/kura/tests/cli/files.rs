@@ -235,7 +235,7 @@ fn curl(e: &Env, path: &str, out: &Path) -> (u16, String) {
 }
 
 #[test]
-fn a_file_downloads_as_itself_and_a_directory_as_a_tar_archive() {
+fn a_file_downloads_as_itself_and_a_directory_as_a_tar_or_zip_archive() {
     let e = Env::new();
     e.vault("v", &[]);
     let (img, src) = disk_with_files(&e);
@@ -290,6 +290,45 @@ fn a_file_downloads_as_itself_and_a_directory_as_a_tar_archive() {
         std::fs::read_link(unpacked.join("srv/home")).unwrap(),
         Path::new("www/index.html")
     );
+
+    // The same folder as a zip, opened by Info-ZIP's unzip: same contents, modes, link.
+    let zip = e.path("srv.zip");
+    let (code, head) = curl(&e, &format!("{base}?path=/srv&archive=zip"), &zip);
+    assert_eq!(code, 200, "{head}");
+    let head = head.to_ascii_lowercase();
+    assert!(
+        head.contains("content-type: application/zip") && head.contains("filename*=utf-8''srv.zip"),
+        "{head}"
+    );
+    let unzipped = e.path("unzipped");
+    let o = Command::new("unzip")
+        .arg("-q")
+        .arg(&zip)
+        .arg("-d")
+        .arg(&unzipped)
+        .output()
+        .expect("unzip (scripts/test installs it)");
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(
+        std::fs::read(unzipped.join("srv/big.bin")).unwrap(),
+        std::fs::read(src.join("srv/big.bin")).unwrap()
+    );
+    assert_eq!(
+        std::fs::read(unzipped.join("srv/www/index.html")).unwrap(),
+        b"<h1>hello</h1>\n"
+    );
+    assert_eq!(
+        std::fs::read_link(unzipped.join("srv/home")).unwrap(),
+        Path::new("www/index.html")
+    );
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(
+        mode(&unzipped.join("srv/www/index.html")),
+        mode(&unpacked.join("srv/www/index.html")),
+        "zip and tar keep the same mode"
+    );
+    let (code, _) = curl(&e, &format!("{base}?path=/srv&archive=rar"), &e.path("rar"));
+    assert_eq!(code, 400, "an unknown archive format is refused");
 
     // Refusals come as JSON errors before any byte: an unknown path, a climb out.
     let err = e.path("err.json");
