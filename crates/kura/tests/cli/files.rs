@@ -186,6 +186,13 @@ fn single_files_come_back_from_a_disk_point_fetching_only_their_chunks() {
             .contains("no volume 7"),
         "{err}"
     );
+    // A disk's files have no original location to go back to (only a file item's do).
+    let (_, err) = e.fails(&["restore", "files", "web", "--rp", "latest", "--original"]);
+    let message = err["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("original") && message.contains("--to"),
+        "{err}"
+    );
     let jobs = e.json(&["job", "list", "--operation", "RestoreFiles"]);
     assert_eq!(
         jobs.as_array().unwrap().len(),
