@@ -21,7 +21,10 @@ pub(crate) fn gate(point: &str) {
         p.push(ext);
         std::path::PathBuf::from(p)
     };
-    let _ = std::fs::write(with(".reached"), std::process::id().to_string());
+    // Written aside and renamed, so a test that sees `.reached` also sees its content (the
+    // process id): a plain write shows an empty file for a moment.
+    let _ = std::fs::write(with(".reached.tmp"), std::process::id().to_string());
+    let _ = std::fs::rename(with(".reached.tmp"), with(".reached"));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
     while !with(".release").exists() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(5));
