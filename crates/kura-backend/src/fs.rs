@@ -338,8 +338,10 @@ impl Backend for FsBackend {
     fn put(&self, key: &str, data: Vec<u8>) -> Result<()> {
         check_key(key)?;
         let dest = self.root.join(key);
-        // Most puts make a new object (a chunk); only a replacement pays for OpenDAL's
-        // fsync-then-rename, so that a crash never damages an object that was there.
+        // Most puts make a new object (a chunk): written once, with no stat first. A
+        // replacement (an item record, a health blob: small and rare) is written twice, the
+        // unnamed copy refused by linkat and then OpenDAL's fsync-then-rename, so that a
+        // crash never damages an object that was there.
         if self.put_fresh(key, &dest, &data)? == Fresh::Written {
             return Ok(());
         }

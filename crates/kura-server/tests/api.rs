@@ -669,6 +669,38 @@ fn refused_before_any_job(s: &Server) {
         (404, Some("not_found")),
         "{v}"
     );
+    // The snapshot option is a file item's, and only takes the values it names.
+    let items_before = ok(s, "GET", "/api/v1/items", None)
+        .as_array()
+        .unwrap()
+        .len();
+    let dir = s.dir.path().to_str().unwrap();
+    for (body, says) in [
+        (
+            json!({"kind": "disk", "source": to, "vault": "v", "snapshot": "btrfs"}),
+            "snapshot: only file items",
+        ),
+        (
+            json!({"kind": "files", "source": dir, "vault": "v", "snapshot": "lvm"}),
+            "expected none or btrfs",
+        ),
+    ] {
+        let (status, v) = call(
+            s,
+            "POST",
+            "/api/v1/items",
+            Some(TOKEN),
+            Some(&body.to_string()),
+        );
+        assert_eq!(status, 400, "{body}: {v}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(says), "{body}: {msg}");
+    }
+    let items_after = ok(s, "GET", "/api/v1/items", None)
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(items_before, items_after, "no item was made");
     let jobs_after = ok(s, "GET", "/api/v1/jobs?limit=10000", None)
         .as_array()
         .unwrap()

@@ -285,18 +285,22 @@ fn a_file_downloads_as_itself_and_a_directory_as_a_tar_or_zip_archive() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{o:?}");
-    assert_eq!(
-        std::fs::read(unpacked.join("srv/big.bin")).unwrap(),
-        std::fs::read(src.join("srv/big.bin")).unwrap()
-    );
-    assert_eq!(
-        std::fs::read(unpacked.join("srv/www/index.html")).unwrap(),
-        b"<h1>hello</h1>\n"
-    );
-    assert_eq!(
-        std::fs::read_link(unpacked.join("srv/home")).unwrap(),
-        Path::new("www/index.html")
-    );
+    // What a folder's archive unpacks to: its files and its link.
+    let unpacked_as_srv = |dir: &Path| {
+        assert_eq!(
+            std::fs::read(dir.join("srv/big.bin")).unwrap(),
+            std::fs::read(src.join("srv/big.bin")).unwrap()
+        );
+        assert_eq!(
+            std::fs::read(dir.join("srv/www/index.html")).unwrap(),
+            b"<h1>hello</h1>\n"
+        );
+        assert_eq!(
+            std::fs::read_link(dir.join("srv/home")).unwrap(),
+            Path::new("www/index.html")
+        );
+    };
+    unpacked_as_srv(&unpacked);
 
     // The same folder as a zip, opened by Info-ZIP's unzip: same contents, modes, link.
     let zip = e.path("srv.zip");
@@ -316,18 +320,7 @@ fn a_file_downloads_as_itself_and_a_directory_as_a_tar_or_zip_archive() {
         .output()
         .expect("unzip (scripts/test installs it)");
     assert!(o.status.success(), "{o:?}");
-    assert_eq!(
-        std::fs::read(unzipped.join("srv/big.bin")).unwrap(),
-        std::fs::read(src.join("srv/big.bin")).unwrap()
-    );
-    assert_eq!(
-        std::fs::read(unzipped.join("srv/www/index.html")).unwrap(),
-        b"<h1>hello</h1>\n"
-    );
-    assert_eq!(
-        std::fs::read_link(unzipped.join("srv/home")).unwrap(),
-        Path::new("www/index.html")
-    );
+    unpacked_as_srv(&unzipped);
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
     assert_eq!(
         mode(&unzipped.join("srv/www/index.html")),

@@ -43,6 +43,30 @@ fn share(e: &Env) -> PathBuf {
     src
 }
 
+/// Runs `backup now ITEM`, which stops at the `point` gate; runs `during` while it waits
+/// there, releases it, and returns its result once it has succeeded.
+fn backup_held(e: &Env, item: &str, point: &'static str, during: impl FnOnce()) -> Value {
+    let g = Gate::new(e, point);
+    let (var, val) = g.env();
+    let child = e
+        .cmd(&["--output", "json", "backup", "now", item])
+        .env(var, val)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    g.wait_reached();
+    during();
+    g.release();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 fn file_names(v: &Value) -> Vec<String> {
     v["entries"]
         .as_array()
@@ -362,30 +386,14 @@ fn a_tree_on_btrfs_is_read_from_a_snapshot_taken_first() {
 
     // The backup stops once its point is taken, before reading; meanwhile the tree
     // changes. The point is the tree as it was at the snapshot.
-    let g = Gate::new(&e, "transfer");
-    let (var, val) = g.env();
-    let child = e
-        .cmd(&["--output", "json", "backup", "now", "share"])
-        .env(var, val)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    g.wait_reached();
-    let held: Vec<_> = std::fs::read_dir(share.join(".kura-snapshots"))
-        .unwrap()
-        .collect();
-    assert_eq!(held.len(), 1, "one snapshot while the backup runs");
-    std::fs::write(share.join("a.txt"), b"one, edited later").unwrap();
-    std::fs::write(share.join("c.txt"), b"new").unwrap();
-    g.release();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let first: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let first = backup_held(&e, "share", "transfer", || {
+        let held: Vec<_> = std::fs::read_dir(share.join(".kura-snapshots"))
+            .unwrap()
+            .collect();
+        assert_eq!(held.len(), 1, "one snapshot while the backup runs");
+        std::fs::write(share.join("a.txt"), b"one, edited later").unwrap();
+        std::fs::write(share.join("c.txt"), b"new").unwrap();
+    });
     let job = e.json(&["job", "show", first["job_id"].as_str().unwrap()]);
     assert_eq!(job["status"], "Completed", "{job}");
     let rp = first["rp_id"].as_str().unwrap();
@@ -447,25 +455,9 @@ fn a_file_written_while_it_is_read_is_kept_as_read_and_reported() {
         .open(src.join("app.log"))
         .unwrap();
     log.write_all(b"more\n").unwrap();
-    let g = Gate::new(&e, "file_read");
-    let (var, val) = g.env();
-    let child = e
-        .cmd(&["--output", "json", "backup", "now", "live"])
-        .env(var, val)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    g.wait_reached();
-    log.write_all(b"second line\n").unwrap();
-    g.release();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let first: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let first = backup_held(&e, "live", "file_read", || {
+        log.write_all(b"second line\n").unwrap()
+    });
     let job = e.json(&["job", "show", first["job_id"].as_str().unwrap()]);
     assert_eq!(job["status"], "CompletedWithWarnings", "{job}");
     let text = job["log"].to_string();
