@@ -628,7 +628,7 @@ pub struct Volume {
     pub name: String,
     /// What its signature says: `ext`, `xfs`, `vfat`, `ntfs`, `lvm`, `swap` or `unknown`.
     pub fs: String,
-    /// Whether kura can list and restore its files (ext2/3/4 and FAT today).
+    /// Whether kura can list and restore its files (ext2/3/4, XFS and FAT today).
     pub readable: bool,
 }
 

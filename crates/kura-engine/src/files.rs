@@ -468,7 +468,7 @@ impl Home {
                         return Err(Error::new(
                             ErrorKind::Invalid,
                             format!(
-                                "disk {} of point {} has no file system kura can read (ext2/3/4, FAT); its volumes: {}",
+                                "disk {} of point {} has no file system kura can read (ext2/3/4, XFS, FAT); its volumes: {}",
                                 d.disk,
                                 d.rp.id,
                                 describe()

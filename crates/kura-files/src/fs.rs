@@ -151,7 +151,7 @@ pub trait Tree: Send {
     fn reader(&self, path: &[u8]) -> Result<Box<dyn std::io::Read + Send>>;
 }
 
-/// A readable file system (ext2/3/4 or FAT) on one volume of a disk.
+/// A readable file system (ext2/3/4, XFS or FAT) on one volume of a disk.
 pub struct FileSystem {
     inner: Inner,
 }
@@ -159,6 +159,7 @@ pub struct FileSystem {
 enum Inner {
     Ext4(ext4_view::Ext4),
     Fat(crate::fat::Fat),
+    Xfs(crate::xfs::Xfs),
     Tree(Box<dyn Tree>),
 }
 
@@ -247,7 +248,7 @@ impl FileSystem {
                     volume.number
                 ),
                 k => format!(
-                    "volume {} holds {k:?}, which kura cannot read yet (ext2/3/4 and FAT only); restore the disk instead",
+                    "volume {} holds {k:?}, which kura cannot read yet (ext2/3/4, XFS and FAT only); restore the disk instead",
                     volume.number
                 ),
             }));
@@ -259,6 +260,14 @@ impl FileSystem {
             })?;
             return Ok(FileSystem {
                 inner: Inner::Fat(fat),
+            });
+        }
+        if volume.fs == FsKind::Xfs {
+            let xfs = guarded(&what, || {
+                crate::xfs::Xfs::open(disk, volume.start, volume.size, &what)
+            })?;
+            return Ok(FileSystem {
+                inner: Inner::Xfs(xfs),
             });
         }
         let reader = VolumeReader {
@@ -285,6 +294,7 @@ impl FileSystem {
         let ext4 = match &self.inner {
             Inner::Ext4(x) => x,
             Inner::Fat(f) => return guarded(&what, || f.entry_raw(raw)),
+            Inner::Xfs(x) => return guarded(&what, || x.entry_raw(raw)),
             Inner::Tree(t) => return t.entry(raw),
         };
         guarded(&what, || {
@@ -349,6 +359,7 @@ impl FileSystem {
         let ext4 = match &self.inner {
             Inner::Ext4(x) => x,
             Inner::Fat(f) => return guarded(&what, || f.list_raw(raw)),
+            Inner::Xfs(x) => return guarded(&what, || x.list_raw(raw)),
             Inner::Tree(t) => return t.list(raw),
         };
         let names = guarded(&what, || {
@@ -391,6 +402,7 @@ impl FileSystem {
         guarded(&what, || {
             let inner: Box<dyn std::io::Read> = match &self.inner {
                 Inner::Fat(f) => Box::new(f.reader_raw(raw)?),
+                Inner::Xfs(x) => Box::new(x.reader_raw(raw)?),
                 Inner::Tree(t) => Box::new(t.reader(raw)?),
                 Inner::Ext4(ext4) => {
                     let p = ext4_view::Path::try_from(raw)

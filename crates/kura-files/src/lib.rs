@@ -1,10 +1,10 @@
 //! The files inside a disk image, read-only: partition tables (GPT, MBR), file systems
-//! (ext2/3/4, FAT12/16/32) and safe extraction into a directory.
+//! (ext2/3/4, XFS, FAT12/16/32) and safe extraction into a directory.
 //!
 //! Everything here reads through [`ReadAt`], so a disk can be a local file or a recovery
 //! point's chunks fetched on demand from a vault. Every byte read is untrusted: it comes from
 //! a guest. Partition tables and file systems are parsed by well-kept crates (gptman,
-//! mbrman, ext4-view, fatfs) behind bounds checks of our own, a parser's panic becomes an error,
+//! mbrman, ext4-view, lamxfs, fatfs) behind bounds checks of our own, a parser's panic becomes an error,
 //! and extraction never writes outside its target directory (see [`extract`]).
 
 mod archive;
@@ -12,6 +12,10 @@ mod extract;
 mod fat;
 mod fs;
 mod volume;
+mod xfs;
+
+#[cfg(feature = "fuzzing")]
+pub mod fuzz;
 
 pub use archive::{Archive, write_archive};
 pub use extract::{ExtractOptions, ExtractReport, extract, extract_original};

@@ -5,14 +5,14 @@ use serde::Serialize;
 
 use crate::{Error, ReadAt, Result, Slice, guarded};
 
-/// A file system's kind, from its signature. [`FsKind::Ext`] and [`FsKind::Vfat`] can be
-/// browsed.
+/// A file system's kind, from its signature. [`FsKind::Ext`], [`FsKind::Xfs`] and
+/// [`FsKind::Vfat`] can be browsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FsKind {
     /// ext2, ext3 or ext4.
     Ext,
-    /// XFS (recognized, not readable yet).
+    /// XFS, v4 or v5.
     Xfs,
     /// FAT12/16/32.
     Vfat,
@@ -29,7 +29,7 @@ pub enum FsKind {
 impl FsKind {
     /// Whether kura can list and extract its files.
     pub fn readable(self) -> bool {
-        matches!(self, FsKind::Ext | FsKind::Vfat)
+        matches!(self, FsKind::Ext | FsKind::Xfs | FsKind::Vfat)
     }
 }
 

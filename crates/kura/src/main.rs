@@ -93,8 +93,8 @@ enum Command {
     /// Restore from a recovery point.
     #[command(subcommand)]
     Restore(RestoreCmd),
-    /// Browse and get back single files of a recovery point (ext2/3/4 and FAT file systems, on
-    /// GPT or MBR partitions or a whole disk), fetching only the chunks they need.
+    /// Browse and get back single files of a recovery point (ext2/3/4, XFS and FAT file
+    /// systems, on GPT or MBR partitions or a whole disk), fetching only the chunks they need.
     #[command(subcommand)]
     Files(FilesCmd),
     /// Re-read and check every chunk of a recovery point, an item, a vault or everything.

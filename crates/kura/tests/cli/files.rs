@@ -339,3 +339,60 @@ fn a_file_downloads_as_itself_and_a_directory_as_a_tar_or_zip_archive() {
     let (code, _) = curl(&e, &format!("{base}?path=/srv/../etc"), &err);
     assert_eq!(code, 400);
 }
+
+/// A whole disk that is one XFS (no partition table, as many cloud images have), filled by
+/// the kernel through a loop mount: its files come back from the point with owners, a hard
+/// link as a hard link, and a link.
+#[test]
+fn files_come_back_from_an_xfs_disk_point_with_hard_links() {
+    use std::os::unix::fs::MetadataExt;
+    let e = Env::new();
+    e.vault("v", &[]);
+    let (mnt, guard) = loop_mount(&e, "xfs", &["mkfs.xfs", "-q"]);
+    std::fs::create_dir(mnt.join("srv")).unwrap();
+    let data = pattern(11, 3 << 20);
+    std::fs::write(mnt.join("srv/data.bin"), &data).unwrap();
+    std::os::unix::fs::chown(mnt.join("srv/data.bin"), Some(4242), Some(4343)).unwrap();
+    std::fs::hard_link(mnt.join("srv/data.bin"), mnt.join("srv/same.bin")).unwrap();
+    std::os::unix::fs::symlink("data.bin", mnt.join("srv/link")).unwrap();
+    drop(guard);
+    let img = e.path("xfs.img");
+    e.protect(&img, "v", &["--name", "xfs"]);
+    e.backup("xfs");
+    std::fs::remove_file(&img).unwrap();
+
+    let v = e.json(&["files", "volumes", "xfs"]);
+    assert_eq!(
+        (&v["volumes"][0]["table"], &v["volumes"][0]["fs"]),
+        (&Value::from("none"), &Value::from("xfs")),
+        "{v}"
+    );
+    let ls = e.json(&["files", "ls", "xfs", "/srv"]);
+    let names: Vec<&str> = ls["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["data.bin", "link", "same.bin"], "{ls}");
+    assert_eq!(ls["entries"][0]["uid"], 4242, "{ls}");
+
+    let out = e.path("out");
+    std::fs::create_dir(&out).unwrap();
+    let r = e.json(&["files", "get", "xfs", "/srv", "--to", out.to_str().unwrap()]);
+    assert_eq!(
+        (
+            r["files"].as_u64(),
+            r["hard_links"].as_u64(),
+            r["links"].as_u64()
+        ),
+        (Some(2), Some(1), Some(1)),
+        "{r}"
+    );
+    assert_eq!(std::fs::read(out.join("srv/data.bin")).unwrap(), data);
+    let (a, b) = (
+        std::fs::metadata(out.join("srv/data.bin")).unwrap(),
+        std::fs::metadata(out.join("srv/same.bin")).unwrap(),
+    );
+    assert_eq!((a.ino(), a.nlink(), a.uid()), (b.ino(), 2, 4242));
+}
