@@ -471,6 +471,8 @@ impl From<kura_engine::ExportInfo> for Export {
             disk: e.disk,
             size: e.size,
             uri: e.uri,
+            tls_dir: e.tls_dir,
+            client_tls: None,
             pid: e.pid,
             started: e.started,
             expires: e.expires,

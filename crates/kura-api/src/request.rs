@@ -440,8 +440,12 @@ pub struct NewExport {
     /// How long it runs, in minutes (default 60, at most 7 days).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub minutes: Option<u32>,
-    /// `tcp:127.0.0.1:PORT` (loopback only; port 0 picks one); default: a private Unix
-    /// socket in the server's home.
+    /// `tcp:ADDRESS:PORT` (port 0 picks one); default: a private Unix socket in the
+    /// server's home. Off loopback the export requires TLS with its own client certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
+    /// Require TLS on a loopback TCP export too. The answer then holds the client's
+    /// certificate and key (`client_tls`), shown this once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<bool>,
 }

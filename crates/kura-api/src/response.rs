@@ -696,14 +696,35 @@ pub struct Export {
     pub disk: String,
     /// Disk size in bytes.
     pub size: u64,
-    /// Where NBD clients connect (`nbd+unix:///NAME?socket=PATH` or `nbd://ADDRESS/NAME`).
+    /// Where NBD clients connect (`nbd+unix:///NAME?socket=PATH`, `nbd://ADDRESS/NAME`, or
+    /// with TLS `nbds://ADDRESS/NAME`).
     pub uri: String,
+    /// With TLS: the directory on the server's host holding the client's files
+    /// (`ca-cert.pem`, `client-cert.pem`, `client-key.pem`), deleted when the export ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_dir: Option<String>,
+    /// With TLS, in the answer to the request that started it only: the same files'
+    /// contents, for a client on another host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_tls: Option<ClientTls>,
     /// The process serving it.
     pub pid: u32,
     /// When it started.
     pub started: String,
     /// When it ends (its clients are then cut off).
     pub expires: String,
+}
+
+/// What an NBD client presents to a TLS export: the export's CA certificate, and its client
+/// certificate and key (the export's secret), in PEM.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ClientTls {
+    /// `ca-cert.pem`.
+    pub ca_cert: String,
+    /// `client-cert.pem`.
+    pub client_cert: String,
+    /// `client-key.pem`.
+    pub client_key: String,
 }
 
 /// `DELETE /exports/{export}`.

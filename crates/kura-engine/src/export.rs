@@ -18,13 +18,20 @@ pub enum ExportListen {
     Home,
     /// A Unix socket at this path.
     Unix(PathBuf),
-    /// A loopback TCP address (port 0: any free one).
-    Tcp(std::net::SocketAddr),
+    /// A TCP address (port 0: any free one), with TLS and a client certificate of the
+    /// export's own, always so off loopback.
+    Tcp {
+        /// Where to listen.
+        addr: std::net::SocketAddr,
+        /// Whether clients must use TLS (with the export's client certificate).
+        tls: bool,
+    },
 }
 
 impl ExportListen {
-    /// Reads `unix:PATH` or `tcp:ADDRESS:PORT` (empty: [`ExportListen::Home`]). Only loopback
-    /// addresses are accepted: an export has no secret or TLS yet.
+    /// Reads `unix:PATH` or `tcp:ADDRESS:PORT` (empty: [`ExportListen::Home`]). An address
+    /// that is not loopback gets TLS: whoever can reach the port needs the export's client
+    /// key too.
     pub fn parse(s: &str) -> Result<ExportListen> {
         if s.is_empty() {
             return Ok(ExportListen::Home);
@@ -38,16 +45,25 @@ impl ExportListen {
                     "listen: {s}: tcp:ADDRESS:PORT, e.g. tcp:127.0.0.1:10809"
                 ))
             })?;
-            if !addr.ip().is_loopback() {
-                return Err(Error::invalid(format!(
-                    "listen: {s}: exports listen on loopback or a Unix socket only (an export has no secret or TLS yet); reach it from elsewhere through an SSH tunnel"
-                )));
-            }
-            return Ok(ExportListen::Tcp(addr));
+            return Ok(ExportListen::Tcp {
+                addr,
+                tls: !addr.ip().is_loopback(),
+            });
         }
         Err(Error::invalid(format!(
-            "listen: {s}: unix:PATH or tcp:127.0.0.1:PORT"
+            "listen: {s}: unix:PATH or tcp:ADDRESS:PORT"
         )))
+    }
+
+    /// The same with TLS required (`--tls`): only for TCP, since a Unix socket is private to
+    /// its owner already.
+    pub fn with_tls(self) -> Result<ExportListen> {
+        match self {
+            ExportListen::Tcp { addr, .. } => Ok(ExportListen::Tcp { addr, tls: true }),
+            _ => Err(Error::invalid(
+                "tls: only a TCP export (--listen tcp:ADDRESS:PORT) uses TLS; a Unix socket is reachable by its owner only",
+            )),
+        }
     }
 }
 
@@ -64,8 +80,14 @@ pub struct ExportInfo {
     pub disk: String,
     /// Disk size in bytes.
     pub size: u64,
-    /// Where clients connect (`nbd+unix:///NAME?socket=PATH` or `nbd://ADDRESS/NAME`).
+    /// Where clients connect (`nbd+unix:///NAME?socket=PATH`, `nbd://ADDRESS/NAME`, or with
+    /// TLS `nbds://ADDRESS/NAME`).
     pub uri: String,
+    /// With TLS: the directory holding the CA certificate and the client certificate and
+    /// key a client must present (`ca-cert.pem`, `client-cert.pem`, `client-key.pem`;
+    /// readable by kura's user only). It is deleted when the export ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_dir: Option<String>,
     /// The process serving it.
     pub pid: u32,
     /// When it started.
@@ -111,13 +133,37 @@ impl RunningExport {
     }
 }
 
-/// Removes a file (the record, the socket) when the export ends, however it ends.
+/// Removes a file (the record, the socket) or a directory (TLS files) when the export ends,
+/// however it ends.
 struct RemoveOnEnd(PathBuf);
 
 impl Drop for RemoveOnEnd {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        if self.0.is_dir() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        } else {
+            let _ = std::fs::remove_file(&self.0);
+        }
     }
+}
+
+/// The names a TLS client may connect by: the address listened on (unless it is every
+/// address), the host's name, and loopback.
+fn tls_names(addr: &std::net::SocketAddr) -> Vec<String> {
+    let mut names = Vec::new();
+    if !addr.ip().is_unspecified() {
+        names.push(addr.ip().to_string());
+    }
+    let host = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    for n in [host, "localhost".into(), "127.0.0.1".into(), "::1".into()] {
+        if !n.is_empty() && !names.contains(&n) {
+            names.push(n);
+        }
+    }
+    names
 }
 
 fn alive(pid: u32) -> bool {
@@ -154,19 +200,44 @@ impl Home {
         let dir = self.exports_dir();
         crate::home::create_private_dir(&dir)?;
         let mut socket = None;
+        let mut tls = None;
         let (listener, uri) = match listen {
             ExportListen::Home => unix(&dir.join(format!("{id}.sock")), &name, &mut socket)?,
             ExportListen::Unix(p) => unix(p, &name, &mut socket)?,
-            ExportListen::Tcp(addr) => {
+            ExportListen::Tcp { addr, tls: secure } => {
                 let l = std::net::TcpListener::bind(addr)
                     .map_err(|e| Error::io(format!("listening on {addr}"), e))?;
                 let at = l
                     .local_addr()
                     .map_err(|e| Error::io("the export's address", e))?;
-                (kura_nbd::Listener::Tcp(l), format!("nbd://{at}/{name}"))
+                if *secure {
+                    let tls_dir = dir.join(format!("{id}.tls"));
+                    let names = tls_names(&at);
+                    let config = crate::export_tls::make(&tls_dir, &names)?;
+                    tls = Some((config, RemoveOnEnd(tls_dir)));
+                    // Every address: name the host, as its certificate does.
+                    let host = if at.ip().is_unspecified() {
+                        names[0].clone()
+                    } else {
+                        at.ip().to_string()
+                    };
+                    let host = if host.contains(':') {
+                        format!("[{host}]")
+                    } else {
+                        host
+                    };
+                    let uri = format!("nbds://{host}:{}/{name}", at.port());
+                    (kura_nbd::Listener::Tcp(l), uri)
+                } else {
+                    (kura_nbd::Listener::Tcp(l), format!("nbd://{at}/{name}"))
+                }
             }
         };
         let socket = socket.map(RemoveOnEnd);
+        let (tls_config, tls_dir) = match tls {
+            Some((c, d)) => (Some(c), Some(d)),
+            None => (None, None),
+        };
         let now = self.now();
         let until = now
             .checked_add(life)
@@ -178,6 +249,7 @@ impl Home {
             disk: export.disk.clone(),
             size: export.size,
             uri,
+            tls_dir: tls_dir.as_ref().map(|d| d.0.display().to_string()),
             pid: std::process::id(),
             started: kura_catalog::stamp(now),
             expires: kura_catalog::stamp(until),
@@ -190,8 +262,8 @@ impl Home {
         let (s, factory) = (stop.clone(), export.factory);
         let deadline = Instant::now() + Duration::from_secs(life.as_secs().max(1) as u64);
         let thread = std::thread::spawn(move || {
-            let ended = kura_nbd::serve(listener, &name, factory, Some(deadline), &s);
-            drop((record, socket));
+            let ended = kura_nbd::serve(listener, &name, factory, tls_config, Some(deadline), &s);
+            drop((record, socket, tls_dir));
             ended
         });
         Ok(RunningExport { info, stop, thread })
@@ -220,6 +292,7 @@ impl Home {
             } else {
                 let _ = std::fs::remove_file(&p);
                 let _ = std::fs::remove_file(p.with_extension("sock"));
+                let _ = std::fs::remove_dir_all(p.with_extension("tls"));
             }
         }
         out.sort_by(|a, b| a.started.cmp(&b.started));

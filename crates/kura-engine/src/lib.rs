@@ -25,6 +25,7 @@
 pub mod backup;
 mod error;
 mod export;
+mod export_tls;
 mod files;
 pub mod gc;
 mod home;

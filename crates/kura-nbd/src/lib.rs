@@ -4,6 +4,11 @@
 //! client's connection is shut, so a client gets an error and never wrong data.
 //!
 //! What is served is an [`Export`]: each connection gets its own from a factory.
+//!
+//! With a TLS configuration, a client must upgrade the connection (`NBD_OPT_STARTTLS`)
+//! before anything else: every other option is answered `NBD_REP_ERR_TLS_REQD`, and the
+//! export is reached only over TLS. Who may connect is the configuration's business (kura's
+//! exports require a client certificate of their own CA).
 
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -26,6 +31,7 @@ const CLIENT_NO_ZEROES: u32 = 2;
 const OPT_EXPORT_NAME: u32 = 1;
 const OPT_ABORT: u32 = 2;
 const OPT_LIST: u32 = 3;
+const OPT_STARTTLS: u32 = 5;
 const OPT_INFO: u32 = 6;
 const OPT_GO: u32 = 7;
 const OPT_STRUCTURED_REPLY: u32 = 8;
@@ -39,6 +45,7 @@ const REP_META_CONTEXT: u32 = 4;
 const REP_ERR_UNSUP: u32 = (1 << 31) | 1;
 const REP_ERR_INVALID: u32 = (1 << 31) | 3;
 const REP_ERR_UNKNOWN: u32 = (1 << 31) | 6;
+const REP_ERR_TLS_REQD: u32 = (1 << 31) | 5;
 
 const INFO_EXPORT: u16 = 0;
 const INFO_BLOCK_SIZE: u16 = 3;
@@ -102,7 +109,7 @@ pub type Factory = Arc<dyn Fn() -> io::Result<Box<dyn Export>> + Send + Sync>;
 pub enum Listener {
     /// A Unix socket.
     Unix(UnixListener),
-    /// TCP (loopback only: the caller checks).
+    /// TCP (off loopback, the caller gives a TLS configuration).
     Tcp(TcpListener),
 }
 
@@ -145,11 +152,12 @@ pub enum Ended {
 }
 
 /// Serves `name` on `listener` until `deadline` or `stop`, one thread per client; then
-/// shuts every connection and returns.
+/// shuts every connection and returns. With `tls`, clients must upgrade to TLS first.
 pub fn serve(
     listener: Listener,
     name: &str,
     factory: Factory,
+    tls: Option<Arc<rustls::ServerConfig>>,
     deadline: Option<Instant>,
     stop: &Stop,
 ) -> io::Result<Ended> {
@@ -190,8 +198,9 @@ pub fn serve(
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(id, keep?);
                 let (factory, name, conns) = (factory.clone(), name.to_string(), conns.clone());
+                let tls = tls.clone();
                 workers.push(std::thread::spawn(move || {
-                    if let Err(e) = session(stream, &name, &factory) {
+                    if let Err(e) = session(stream, &name, &factory, tls) {
                         tracing::debug!("nbd client ended: {e}");
                     }
                     // The client sees the end of the connection (it waits for it after
@@ -230,6 +239,15 @@ impl Stream for UnixStream {
 impl Stream for TcpStream {
     fn blocking(&self) -> io::Result<()> {
         self.set_nonblocking(false)
+    }
+}
+
+/// A connection after `NBD_OPT_STARTTLS`.
+type TlsStream = rustls::StreamOwned<rustls::ServerConnection, Box<dyn Stream + Send>>;
+
+impl Stream for TlsStream {
+    fn blocking(&self) -> io::Result<()> {
+        self.sock.blocking()
     }
 }
 
@@ -273,11 +291,68 @@ struct Agreed {
     allocation: bool,
 }
 
-fn session(mut s: Box<dyn Stream + Send>, name: &str, factory: &Factory) -> io::Result<()> {
-    session_on(s.as_mut(), name, factory)
+/// Where a connection stands with TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tls {
+    /// Not offered: plain NBD.
+    Off,
+    /// Required and not yet started.
+    Required,
+    /// Running.
+    On,
 }
 
+/// How option haggling ended.
+enum Haggled {
+    /// The client chose the export.
+    Go(Box<dyn Export>, Agreed),
+    /// The client left (`NBD_OPT_ABORT`).
+    Abort,
+    /// The client asked for TLS, and was told yes.
+    StartTls,
+}
+
+fn session(
+    mut s: Box<dyn Stream + Send>,
+    name: &str,
+    factory: &Factory,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> io::Result<()> {
+    let no_zeroes = hello(s.as_mut())?;
+    let state = if tls.is_some() {
+        Tls::Required
+    } else {
+        Tls::Off
+    };
+    match haggle(s.as_mut(), name, factory, no_zeroes, state)? {
+        Haggled::Go(e, agreed) => transmission(s.as_mut(), e, &agreed),
+        Haggled::Abort => Ok(()),
+        Haggled::StartTls => {
+            let config = tls.ok_or_else(|| bad("TLS without a configuration"))?;
+            let conn = rustls::ServerConnection::new(config).map_err(io::Error::other)?;
+            let mut t: TlsStream = rustls::StreamOwned::new(conn, s);
+            while t.conn.is_handshaking() {
+                t.conn.complete_io(&mut t.sock)?;
+            }
+            match haggle(&mut t, name, factory, no_zeroes, Tls::On)? {
+                Haggled::Go(e, agreed) => transmission(&mut t, e, &agreed),
+                Haggled::Abort | Haggled::StartTls => Ok(()),
+            }
+        }
+    }
+}
+
+#[cfg(feature = "fuzzing")]
 fn session_on(s: &mut dyn Stream, name: &str, factory: &Factory) -> io::Result<()> {
+    let no_zeroes = hello(s)?;
+    match haggle(s, name, factory, no_zeroes, Tls::Off)? {
+        Haggled::Go(e, agreed) => transmission(s, e, &agreed),
+        _ => Ok(()),
+    }
+}
+
+/// The server's greeting; returns whether the client asked for no zeroes.
+fn hello(s: &mut dyn Stream) -> io::Result<bool> {
     let mut hello = Vec::new();
     hello.extend_from_slice(&NBDMAGIC.to_be_bytes());
     hello.extend_from_slice(&IHAVEOPT.to_be_bytes());
@@ -285,7 +360,17 @@ fn session_on(s: &mut dyn Stream, name: &str, factory: &Factory) -> io::Result<(
     s.write_all(&hello)?;
     let mut cf = [0u8; 4];
     s.read_exact(&mut cf)?;
-    let no_zeroes = u32_of(&cf) & CLIENT_NO_ZEROES != 0;
+    Ok(u32_of(&cf) & CLIENT_NO_ZEROES != 0)
+}
+
+/// Answers options until the client picks the export, leaves, or starts TLS.
+fn haggle(
+    s: &mut dyn Stream,
+    name: &str,
+    factory: &Factory,
+    no_zeroes: bool,
+    tls: Tls,
+) -> io::Result<Haggled> {
     let mut agreed = Agreed::default();
     let tflags = TFLAG_HAS_FLAGS | TFLAG_READ_ONLY | TFLAG_SEND_FLUSH | TFLAG_CAN_MULTI_CONN;
     let export = loop {
@@ -301,7 +386,38 @@ fn session_on(s: &mut dyn Stream, name: &str, factory: &Factory) -> io::Result<(
         let mut data = vec![0u8; len as usize];
         s.read_exact(&mut data)?;
         let known = |n: &str| n.is_empty() || n == name;
+        if tls == Tls::Required {
+            match option {
+                OPT_STARTTLS => {
+                    opt_reply(s, option, REP_ACK, &[])?;
+                    return Ok(Haggled::StartTls);
+                }
+                OPT_ABORT => {
+                    opt_reply(s, option, REP_ACK, &[])?;
+                    return Ok(Haggled::Abort);
+                }
+                // It has no error reply: the connection ends.
+                OPT_EXPORT_NAME => return Err(bad("NBD_OPT_EXPORT_NAME before TLS")),
+                _ => {
+                    opt_reply(
+                        s,
+                        option,
+                        REP_ERR_TLS_REQD,
+                        b"TLS is required (NBD_OPT_STARTTLS)",
+                    )?;
+                    continue;
+                }
+            }
+        }
         match option {
+            OPT_STARTTLS => {
+                let why: &[u8] = if tls == Tls::On {
+                    b"TLS is running already"
+                } else {
+                    b"this export has no TLS"
+                };
+                opt_reply(s, option, REP_ERR_INVALID, why)?;
+            }
             OPT_EXPORT_NAME => {
                 if !known(&String::from_utf8_lossy(&data)) {
                     return Err(bad("unknown export"));
@@ -318,7 +434,7 @@ fn session_on(s: &mut dyn Stream, name: &str, factory: &Factory) -> io::Result<(
             }
             OPT_ABORT => {
                 opt_reply(s, option, REP_ACK, &[])?;
-                return Ok(());
+                return Ok(Haggled::Abort);
             }
             OPT_LIST => {
                 let mut d = (name.len() as u32).to_be_bytes().to_vec();
@@ -402,7 +518,7 @@ fn session_on(s: &mut dyn Stream, name: &str, factory: &Factory) -> io::Result<(
             _ => opt_reply(s, option, REP_ERR_UNSUP, b"not supported")?,
         }
     };
-    transmission(s, export, &agreed)
+    Ok(Haggled::Go(export, agreed))
 }
 
 fn simple(s: &mut dyn Stream, error: u32, handle: u64, data: &[u8]) -> io::Result<()> {

@@ -70,8 +70,9 @@ fn start(
     let factory: Factory = Arc::new(move || Ok(Box::new(d.clone()) as Box<dyn Export>));
     let stop = Stop::default();
     let s2 = stop.clone();
-    let t =
-        std::thread::spawn(move || serve(Listener::Unix(l), "pt", factory, deadline, &s2).unwrap());
+    let t = std::thread::spawn(move || {
+        serve(Listener::Unix(l), "pt", factory, None, deadline, &s2).unwrap()
+    });
     (format!("nbd+unix:///pt?socket={}", sock.display()), stop, t)
 }
 

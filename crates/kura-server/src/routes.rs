@@ -1469,10 +1469,15 @@ async fn start_export(
     let listen = match b.listen.as_deref() {
         Some(l) if l.starts_with("unix:") => {
             return Err(ApiError::invalid(
-                "listen: the server chooses its socket (in its home); give tcp:127.0.0.1:PORT or leave it out",
+                "listen: the server chooses its socket (in its home); give tcp:ADDRESS:PORT or leave it out",
             ));
         }
         l => kura_engine::ExportListen::parse(l.unwrap_or(""))?,
+    };
+    let listen = if b.tls == Some(true) {
+        listen.with_tls()?
+    } else {
+        listen
     };
     let minutes = b.minutes.unwrap_or(60);
     let life = jiff::SignedDuration::from_mins(i64::from(minutes));
@@ -1495,7 +1500,29 @@ async fn start_export(
         Ok(info)
     })
     .await?;
-    ok(201, api::Export::from(info))
+    let client_tls = match &info.tls_dir {
+        Some(dir) => {
+            let dir = std::path::Path::new(dir);
+            let read = |f: &str| {
+                std::fs::read_to_string(dir.join(f)).map_err(|e| {
+                    ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal",
+                        format!("{}: {e}", dir.join(f).display()),
+                    )
+                })
+            };
+            Some(api::ClientTls {
+                ca_cert: read("ca-cert.pem")?,
+                client_cert: read("client-cert.pem")?,
+                client_key: read("client-key.pem")?,
+            })
+        }
+        None => None,
+    };
+    let mut export = api::Export::from(info);
+    export.client_tls = client_tls;
+    ok(201, export)
 }
 
 async fn list_exports(_: Auth, State(s): State<S>) -> ApiResult {

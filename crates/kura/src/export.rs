@@ -22,9 +22,15 @@ pub(crate) enum ExportCmd {
         /// Which disk, when the point has several.
         #[arg(long)]
         disk: Option<String>,
-        /// `unix:PATH` (default: a socket in the home) or `tcp:127.0.0.1:PORT` (loopback only).
+        /// `unix:PATH` (default: a socket in the home) or `tcp:ADDRESS:PORT`. Off loopback,
+        /// clients need TLS and the export's own client certificate (see `--tls`).
         #[arg(long)]
         listen: Option<String>,
+        /// Require TLS on a loopback TCP export too. A CA made for this export signs the
+        /// server's certificate and one client certificate; the client's files are written
+        /// to a directory (shown) readable by you only, and deleted when the export ends.
+        #[arg(long)]
+        tls: bool,
         /// How long it runs, e.g. `30m`, `1h`, `12h` (at most 7 days).
         #[arg(long, default_value = "1h")]
         expires: String,
@@ -77,6 +83,7 @@ pub(crate) fn run(
             rp,
             disk,
             listen,
+            tls,
             expires,
         } => {
             let life: jiff::SignedDuration = expires.parse().with_context(|| {
@@ -87,14 +94,21 @@ pub(crate) fn run(
                 disk: disk.clone(),
                 volume: None,
             };
-            let listen = ExportListen::parse(listen.as_deref().unwrap_or(""))?;
+            let mut listen = ExportListen::parse(listen.as_deref().unwrap_or(""))?;
+            if *tls {
+                listen = listen.with_tls()?;
+            }
             let running = home.start_export(item, &target, &listen, life, secrets)?;
             let i = &running.info;
             out.print(i, || {
-                format!(
+                let mut t = format!(
                     "export {}: recovery point {} disk {} ({} bytes), read-only, at\n  {}\nuntil {} (kura export stop {}, or Ctrl-C)\n",
                     i.id, i.rp_id, i.disk, i.size, i.uri, i.expires, i.id
-                )
+                );
+                if let Some(dir) = &i.tls_dir {
+                    t.push_str(&tls_help(&i.uri, dir));
+                }
+                t
             });
             use std::io::Write;
             let _ = std::io::stdout().flush();
@@ -112,6 +126,20 @@ pub(crate) fn run(
             Ok(0)
         }
     }
+}
+
+/// How a client reaches a TLS export: its files, and the commands of libnbd and qemu.
+fn tls_help(uri: &str, dir: &str) -> String {
+    let rest = uri.strip_prefix("nbds://").unwrap_or(uri);
+    let (at, name) = rest.split_once('/').unwrap_or((rest, ""));
+    let (host, port) = at.rsplit_once(':').unwrap_or((at, "10809"));
+    format!(
+        "TLS with a client certificate: copy {dir}/ (ca-cert.pem, client-cert.pem, client-key.pem;\n\
+         the key is the export's secret) to the client, then for example\n  \
+         nbdinfo '{uri}?tls-certificates=DIR'\n  \
+         qemu-img info --object tls-creds-x509,id=tls0,dir=DIR,endpoint=client \\\n    \
+         --image-opts driver=nbd,host={host},port={port},export={name},tls-creds=tls0\n"
+    )
 }
 
 /// SIGTERM (`export stop`) or SIGINT (Ctrl-C) ends the export.

@@ -2,6 +2,7 @@
 //! write (libnbd's nbdinfo and nbdcopy, qemu-img), listed, stopped.
 
 use std::io::BufRead;
+use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
 
 use super::*;
@@ -56,13 +57,10 @@ fn a_point_is_served_over_nbd_to_real_clients_until_it_is_stopped() {
     e.protect(&img, "v", &[]);
     e.backup("d");
 
-    // Refused before anything listens: a non-loopback address, an unknown point.
-    let (_, err) = e.fails(&["export", "start", "d", "--listen", "tcp:0.0.0.0:10809"]);
+    // Refused before anything listens: TLS on a Unix socket, an unknown point.
+    let (_, err) = e.fails(&["export", "start", "d", "--tls"]);
     assert!(
-        err["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("loopback"),
+        err["error"]["message"].as_str().unwrap().contains("tls"),
         "{err}"
     );
     let (_, err) = e.fails(&["export", "start", "d", "--rp", "0123abcd"]);
@@ -201,11 +199,12 @@ fn the_server_runs_exports_for_its_clients() {
     let (_, list) = api(&e, "GET", "/exports", None);
     assert_eq!(list[0]["id"], v["id"], "{list}");
 
-    // Refused: a socket path of the client's choosing, a life out of range, a wide address.
+    // Refused: a socket path of the client's choosing, a life out of range, TLS on the
+    // server's own socket.
     for body in [
         r#"{"rp": "latest", "listen": "unix:/tmp/x.sock"}"#,
         r#"{"rp": "latest", "minutes": 0}"#,
-        r#"{"rp": "latest", "listen": "tcp:0.0.0.0:0"}"#,
+        r#"{"rp": "latest", "tls": true}"#,
     ] {
         let (code, err) = api(&e, "POST", "/items/d/exports", Some(body));
         assert_eq!(code, 400, "{body}: {err}");
@@ -228,4 +227,133 @@ fn the_server_runs_exports_for_its_clients() {
     assert!(!o.status.success(), "a stopped export still answered");
     let (_, list) = api(&e, "GET", "/exports", None);
     assert_eq!(list, serde_json::json!([]));
+
+    // A TLS export through the API: its answer holds the client's files, once.
+    let (code, v) = api(
+        &e,
+        "POST",
+        "/items/d/exports",
+        Some(r#"{"rp": "latest", "minutes": 5, "listen": "tcp:127.0.0.1:0", "tls": true}"#),
+    );
+    assert_eq!(code, 201, "{v}");
+    let uri = v["uri"].as_str().unwrap().to_string();
+    assert!(uri.starts_with("nbds://127.0.0.1:"), "{v}");
+    let certs = e.path("api-certs");
+    std::fs::create_dir(&certs).unwrap();
+    for (key, file) in [
+        ("ca_cert", "ca-cert.pem"),
+        ("client_cert", "client-cert.pem"),
+        ("client_key", "client-key.pem"),
+    ] {
+        std::fs::write(certs.join(file), v["client_tls"][key].as_str().unwrap()).unwrap();
+    }
+    let copy = e.path("tls-copy.raw");
+    run_ok(
+        Command::new("nbdcopy")
+            .arg(format!("{uri}?tls-certificates={}", certs.display()))
+            .arg(&copy),
+    );
+    assert!(std::fs::read(&copy).unwrap() == std::fs::read(&img).unwrap());
+    let (_, list) = api(&e, "GET", "/exports", None);
+    assert!(
+        list[0].get("client_tls").is_none(),
+        "the key is shown once: {list}"
+    );
+    let (code, _) = api(
+        &e,
+        "DELETE",
+        &format!("/exports/{}", v["id"].as_str().unwrap()),
+        None,
+    );
+    assert_eq!(code, 200);
+}
+
+/// Off loopback an export requires TLS and a client certificate of its own CA: a plain
+/// client, and one with a certificate of another export, are refused; libnbd and qemu with
+/// the export's files read it bit-exactly; its files go when it ends.
+#[test]
+fn an_export_off_loopback_serves_only_clients_with_its_certificate() {
+    let e = Env::new();
+    e.vault("v", &[]);
+    let img = e.path("d.raw");
+    make_image(&img, 16 << 20, &[(0, 2 << 20, 3), (12 << 20, 1 << 20, 4)]);
+    e.protect(&img, "v", &[]);
+    e.backup("d");
+
+    // Every address: TLS without being asked. The URI names the host.
+    let (mut child, uri, id) = start(&e, &["d", "--listen", "tcp:0.0.0.0:0"]);
+    assert!(uri.starts_with("nbds://"), "{uri}");
+    let list = e.json(&["export", "list"]);
+    let dir = PathBuf::from(list[0]["tls_dir"].as_str().unwrap());
+    let mode = std::fs::metadata(dir.join("client-key.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the key is its owner's only");
+    // Connect by loopback, which its certificate names too.
+    let port = uri.rsplit_once(':').unwrap().1.split('/').next().unwrap();
+    let name = uri.rsplit('/').next().unwrap();
+    let local = format!("nbds://127.0.0.1:{port}/{name}");
+    let with = |d: &Path| format!("{local}?tls-certificates={}", d.display());
+
+    let plain = format!("nbd://127.0.0.1:{port}/{name}");
+    let o = Command::new("nbdinfo").arg(&plain).output().unwrap();
+    assert!(
+        !o.status.success(),
+        "a client without TLS was served: {o:?}"
+    );
+
+    let map = run_ok(Command::new("nbdinfo").args(["--map", &with(&dir)]));
+    let states: Vec<&str> = map
+        .lines()
+        .map(|l| l.split_whitespace().nth(2).unwrap())
+        .collect();
+    assert_eq!(
+        states,
+        ["0", "3", "0", "3"],
+        "data, hole, data, hole: {map}"
+    );
+    let copy = e.path("qemu.raw");
+    run_ok(
+        Command::new("qemu-img")
+            .args(["convert", "-O", "raw", "--object"])
+            .arg(format!(
+                "tls-creds-x509,id=tls0,dir={},endpoint=client",
+                dir.display()
+            ))
+            .args(["--image-opts"])
+            .arg(format!(
+                "driver=nbd,host=127.0.0.1,port={port},export={name},tls-creds=tls0"
+            ))
+            .arg(&copy),
+    );
+    assert!(std::fs::read(&copy).unwrap() == std::fs::read(&img).unwrap());
+
+    // Another export's certificate (its CA is not this one's) gets nothing.
+    let (mut other, _, other_id) = start(&e, &["d", "--listen", "tcp:127.0.0.1:0", "--tls"]);
+    let list = e.json(&["export", "list"]);
+    let other_dir = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == other_id.as_str())
+        .map(|x| PathBuf::from(x["tls_dir"].as_str().unwrap()))
+        .unwrap();
+    let o = Command::new("nbdinfo")
+        .arg(with(&other_dir))
+        .output()
+        .unwrap();
+    assert!(
+        !o.status.success(),
+        "another export's certificate was let in: {o:?}"
+    );
+
+    e.json(&["export", "stop", &id]);
+    e.json(&["export", "stop", &other_id]);
+    assert!(child.wait().unwrap().success());
+    assert!(other.wait().unwrap().success());
+    assert!(
+        !dir.exists() && !other_dir.exists(),
+        "the TLS files are deleted"
+    );
 }
