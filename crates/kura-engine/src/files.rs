@@ -528,6 +528,29 @@ impl Home {
         Ok((d, FileSystem::from_tree(Box::new(vt)), 0))
     }
 
+    /// Mounts a point's file system read-only at `mountpoint` through FUSE, served by this
+    /// thread until `stop` is set or the mount point is unmounted; then it is unmounted.
+    /// Returns what was fetched from the vault while it was mounted.
+    pub fn mount_files(
+        &self,
+        item: &str,
+        target: &FilesTarget,
+        mountpoint: &std::path::Path,
+        secrets: &Secrets,
+        stop: &std::sync::atomic::AtomicBool,
+    ) -> Result<Fetched> {
+        let item = self.catalog.item(item)?;
+        let (d, fs, volume) = self.open_point_fs(&item, target, secrets)?;
+        let short = &d.rp.id[d.rp.id.len().saturating_sub(8)..];
+        let name = if item.kind == "files" {
+            format!("kura:{}@{short}", item.name)
+        } else {
+            format!("kura:{}@{short}:{}:{volume}", item.name, d.disk)
+        };
+        kura_files::mount(&fs, mountpoint, &name, stop).map_err(files_error)?;
+        Ok(d.fetched())
+    }
+
     /// Lists a directory of a point's file system (or shows one entry).
     pub fn list_files(
         &self,

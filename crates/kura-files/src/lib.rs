@@ -11,6 +11,7 @@ mod archive;
 mod extract;
 mod fat;
 mod fs;
+mod mount;
 mod volume;
 mod xfs;
 
@@ -20,6 +21,7 @@ pub mod fuzz;
 pub use archive::{Archive, write_archive};
 pub use extract::{ExtractOptions, ExtractReport, extract, extract_original};
 pub use fs::{Entry, EntryKind, FileSystem, RawEntry, Tree};
+pub use mount::mount;
 pub use volume::{FsKind, Volume, volumes};
 
 /// A random-access disk: exact reads at any offset below [`ReadAt::size`].

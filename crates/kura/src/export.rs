@@ -142,6 +142,53 @@ fn tls_help(uri: &str, dir: &str) -> String {
     )
 }
 
+/// `kura mount`: a point's files mounted read-only in the foreground until SIGINT or
+/// SIGTERM, or until the mount point is unmounted.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn mount(
+    home: &Home,
+    item: &str,
+    mountpoint: &std::path::Path,
+    rp: &str,
+    disk: &Option<String>,
+    volume: Option<u32>,
+    secrets: &Secrets,
+    out: &Out,
+) -> anyhow::Result<u8> {
+    let target = FilesTarget {
+        rp: rp.to_string(),
+        disk: disk.clone(),
+        volume,
+    };
+    let stop = kura_nbd::Stop::default();
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let (stop, flag) = (stop.clone(), flag.clone());
+        std::thread::spawn(move || {
+            wait_for_signal(stop);
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+    }
+    eprintln!(
+        "mounting {item} point {rp} read-only at {} (Ctrl-C or `umount {}` ends it)",
+        mountpoint.display(),
+        mountpoint.display()
+    );
+    let fetched = home.mount_files(item, &target, mountpoint, secrets, &flag)?;
+    out.print(
+        &serde_json::json!({"unmounted": true, "fetched": fetched}),
+        || {
+            format!(
+                "unmounted {}; {} chunks ({} bytes) were fetched\n",
+                mountpoint.display(),
+                fetched.chunks,
+                fetched.bytes
+            )
+        },
+    );
+    Ok(0)
+}
+
 /// SIGTERM (`export stop`) or SIGINT (Ctrl-C) ends the export.
 fn wait_for_signal(stop: kura_nbd::Stop) {
     let rt = match tokio::runtime::Builder::new_current_thread()

@@ -133,6 +133,25 @@ enum Command {
     /// nbdcopy, qemu-nbd --connect, a VM booting from it through an overlay).
     #[command(subcommand)]
     Export(export::ExportCmd),
+    /// Mount a recovery point's files read-only (FUSE), in the foreground until Ctrl-C or
+    /// `umount MOUNTPOINT`: a disk point's file system (ext2/3/4, XFS, FAT) or a file item's
+    /// tree, fetched from the vault as it is read. Mounted nosuid, nodev, noexec.
+    Mount {
+        /// Item name.
+        item: String,
+        /// An existing, empty directory.
+        mountpoint: PathBuf,
+        /// Recovery point (default: the latest).
+        #[arg(long, default_value = "latest")]
+        rp: String,
+        /// Which disk (or tree), when the point has several.
+        #[arg(long)]
+        disk: Option<String>,
+        /// Which volume (partition number; 0 for a disk without a table), when the disk
+        /// has several readable ones.
+        #[arg(long)]
+        volume: Option<u32>,
+    },
     /// Run the service: the HTTP API and the scheduler over the home.
     Server(server::ServerArgs),
     /// API tokens of `kura server`: create, list, revoke, reset (on the server's host, or
@@ -1032,6 +1051,7 @@ fn request(cmd: &Command, host: &mut HostOptions) -> anyhow::Result<Option<Reque
         Command::Vault(VaultCmd::Detach { .. } | VaultCmd::Key(_))
         | Command::Scheduler(_)
         | Command::Export(_)
+        | Command::Mount { .. }
         | Command::Server(_)
         | Command::Quickstart(_) => return Ok(None),
         Command::Item(ItemCmd::Protect(ProtectCmd::Disk {
@@ -1494,6 +1514,13 @@ fn host_only(home: &Home, cmd: &Command, secrets: Secrets, out: &Out) -> anyhow:
         }
         Command::Scheduler(cmd) => policy_cmd::run_scheduler(home, cmd, secrets, out),
         Command::Export(cmd) => export::run(home, cmd, &secrets, out),
+        Command::Mount {
+            item,
+            mountpoint,
+            rp,
+            disk,
+            volume,
+        } => export::mount(home, item, mountpoint, rp, disk, *volume, &secrets, out),
         _ => unreachable!("every other command is an API call"),
     }
 }

@@ -14,7 +14,7 @@ fn run(cmd: &mut Command) {
 
 /// A 48 MiB GPT disk whose partition 1 (at 1 MiB, 40 MiB) is an ext4 file system holding a
 /// small text file, a 24 MiB file of random bytes and a link.
-fn disk_with_files(e: &Env) -> (PathBuf, PathBuf) {
+pub(super) fn disk_with_files(e: &Env) -> (PathBuf, PathBuf) {
     let src = e.path("src");
     std::fs::create_dir_all(src.join("srv/www")).unwrap();
     std::fs::write(src.join("srv/www/index.html"), b"<h1>hello</h1>\n").unwrap();

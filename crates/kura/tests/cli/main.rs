@@ -14,6 +14,7 @@ mod files;
 mod guest;
 mod jobs;
 mod libvirt;
+mod mount;
 mod policies;
 mod protection;
 mod remote;
@@ -68,7 +69,10 @@ fn api_command(args: &[&str]) -> bool {
     }
     match words.as_slice() {
         ["vault", "detach" | "key", ..]
-        | ["scheduler" | "server" | "quickstart" | "export", ..] => false,
+        | [
+            "scheduler" | "server" | "quickstart" | "export" | "mount",
+            ..,
+        ] => false,
         [_, ..] => true,
         [] => false,
     }

@@ -13,7 +13,7 @@ use super::*;
 /// A small share: nested folders, modes, a relative and an absolute link, two names of one
 /// file, a sparse file, a FIFO, a name that is not UTF-8, 3 MB of random data, and a file
 /// the item excludes.
-fn share(e: &Env) -> PathBuf {
+pub(super) fn share(e: &Env) -> PathBuf {
     let src = e.path("share");
     std::fs::create_dir_all(src.join("docs/deep/er")).unwrap();
     std::fs::write(src.join("docs/readme.txt"), b"read me\n").unwrap();
