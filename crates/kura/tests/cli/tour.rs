@@ -24,6 +24,10 @@ const NOT_RUN: &[(&str, &str)] = &[
         "serves until it expires or is stopped (tests/cli/export.rs)",
     ),
     (
+        "kura mount",
+        "stays mounted until Ctrl-C or umount (tests/cli/mount.rs)",
+    ),
+    (
         "export stop",
         "needs a running export (tests/cli/export.rs)",
     ),
