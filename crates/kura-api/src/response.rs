@@ -618,7 +618,7 @@ pub struct PointVolumes {
 pub struct Volume {
     /// Its number in the partition table (from 1); 0 for a disk without one.
     pub number: u32,
-    /// `gpt`, `mbr` or `none`.
+    /// `gpt`, `mbr` or `none`; `lvm` for a logical volume (named `vg/lv`).
     pub table: String,
     /// First byte on the disk.
     pub start: u64,

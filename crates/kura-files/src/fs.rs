@@ -254,6 +254,22 @@ impl FileSystem {
             }));
         }
         let what = format!("the file system of volume {}", volume.number);
+        // A logical volume: its runs as a disk of their own.
+        let (disk, volume): (Box<dyn ReadAt>, std::borrow::Cow<'_, Volume>) =
+            if volume.map.is_empty() {
+                (disk, std::borrow::Cow::Borrowed(volume))
+            } else {
+                let mapped = crate::lvm::Mapped {
+                    disk,
+                    segments: volume.map.clone(),
+                    size: volume.size,
+                };
+                let mut v = volume.clone();
+                v.start = 0;
+                v.map.clear();
+                (Box::new(mapped), std::borrow::Cow::Owned(v))
+            };
+        let volume = volume.as_ref();
         if volume.fs == FsKind::Vfat {
             let fat = guarded(&what, || {
                 crate::fat::Fat::open(disk, volume.start, volume.size, &what)

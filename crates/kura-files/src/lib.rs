@@ -11,6 +11,7 @@ mod archive;
 mod extract;
 mod fat;
 mod fs;
+mod lvm;
 mod mount;
 mod volume;
 mod xfs;

@@ -38,23 +38,59 @@ impl FsKind {
 pub struct Volume {
     /// The partition's number in its table (from 1); 0 for a disk without a table.
     pub number: u32,
-    /// `gpt`, `mbr` or `none`.
+    /// `gpt`, `mbr` or `none`; `lvm` for a logical volume.
     pub table: &'static str,
     /// First byte on the disk.
     pub start: u64,
     /// Length in bytes.
     pub size: u64,
-    /// The GPT partition name, if any.
+    /// The GPT partition name, or a logical volume's `vg/lv`.
     pub name: String,
     /// What its signature says it holds.
     pub fs: FsKind,
+    /// A logical volume's runs on the disk (empty for a partition, which is one run).
+    #[serde(skip)]
+    pub(crate) map: Vec<crate::lvm::Segment>,
 }
 
 /// Most partition entries a GPT may claim (the usual table has 128).
 const MAX_GPT_ENTRIES: u32 = 1024;
 
-/// The disk's volumes: its partitions, in table order, or the whole disk as volume 0.
+/// The disk's volumes: its partitions, in table order, or the whole disk as volume 0; then
+/// the linear logical volumes of any LVM physical volume among them, numbered after them
+/// (table `lvm`, named `vg/lv`).
 pub fn volumes(disk: &mut dyn ReadAt) -> Result<Vec<Volume>> {
+    let mut vols = partitions(disk)?;
+    let mut next = vols.iter().map(|v| v.number).max().unwrap_or(0) + 1;
+    let mut lvs = Vec::new();
+    for pv in vols.iter_mut().filter(|v| v.fs == FsKind::Lvm) {
+        match crate::lvm::logical_volumes(disk, pv.start, pv.size) {
+            Ok(found) => {
+                for lv in found {
+                    let mut head = vec![0u8; lv.size.min(4096) as usize];
+                    crate::lvm::read_mapped(disk, &lv.segments, &mut head, 0)?;
+                    lvs.push(Volume {
+                        number: next,
+                        table: "lvm",
+                        start: lv.segments[0].at,
+                        size: lv.size,
+                        name: lv.name,
+                        fs: signature_of(&head),
+                        map: lv.segments,
+                    });
+                    next += 1;
+                }
+            }
+            // The other volumes stay readable; this one says why it has none.
+            Err(e) => pv.name = format!("(its logical volumes cannot be read: {e})"),
+        }
+    }
+    vols.extend(lvs);
+    Ok(vols)
+}
+
+/// The partitions, or the whole disk as volume 0.
+fn partitions(disk: &mut dyn ReadAt) -> Result<Vec<Volume>> {
     let size = disk.size();
     let mut sector0 = [0u8; 512];
     if size < 512 {
@@ -131,6 +167,7 @@ pub fn volumes(disk: &mut dyn ReadAt) -> Result<Vec<Volume>> {
                 size,
                 name,
                 fs,
+                map: Vec::new(),
             })
         })
         .collect()
@@ -187,8 +224,13 @@ fn signature(disk: &mut dyn ReadAt, start: u64, size: u64) -> Result<FsKind> {
     let n = size.min(4096) as usize;
     let mut b = vec![0u8; n];
     disk.read_at(&mut b, start)?;
+    Ok(signature_of(&b))
+}
+
+/// The file system whose signatures `b` (a volume's first 4 KiB) holds.
+fn signature_of(b: &[u8]) -> FsKind {
     let at = |off: usize, magic: &[u8]| b.get(off..off + magic.len()) == Some(magic);
-    Ok(if at(1080, &[0x53, 0xEF]) {
+    if at(1080, &[0x53, 0xEF]) {
         FsKind::Ext
     } else if at(0, b"XFSB") {
         FsKind::Xfs
@@ -202,5 +244,5 @@ fn signature(disk: &mut dyn ReadAt, start: u64, size: u64) -> Result<FsKind> {
         FsKind::Swap
     } else {
         FsKind::Unknown
-    })
+    }
 }

@@ -913,3 +913,155 @@ fn write_disk_seeds(to: &Path) {
         std::fs::write(to.join(name), seed).unwrap();
     }
 }
+
+/// Runs an LVM command without device-mapper (which this kernel may lack): it only writes
+/// the physical volume's metadata. Returns its standard output.
+fn lvm(args: &[&str]) -> String {
+    let o = Command::new(args[0])
+        .args(&args[1..])
+        .env("LVM_SUPPRESS_FD_WARNINGS", "1")
+        .output()
+        .unwrap_or_else(|e| panic!("{} (scripts/test installs lvm2): {e}", args[0]));
+    assert!(o.status.success(), "{args:?}: {o:?}");
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// An LVM physical volume in partition 1 of a GPT disk, made by the real LVM tools, with a
+/// logical volume of two segments (ext4) and one of one (FAT): both are listed after the
+/// partition and read through their extents.
+#[test]
+fn logical_volumes_of_an_lvm_partition_are_volumes_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("lvm.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let mut sf = Command::new("sfdisk");
+    sf.arg("--quiet")
+        .arg(&img)
+        .stdin(std::process::Stdio::piped());
+    let mut child = sf.spawn().expect("sfdisk (scripts/test installs fdisk)");
+    std::io::Write::write_all(
+        child.stdin.as_mut().unwrap(),
+        b"label: gpt\nstart=2048, size=126976, type=E6D6D379-F507-44C2-A23C-238F2A3DF928\n",
+    )
+    .unwrap();
+    assert!(child.wait_with_output().unwrap().status.success());
+    let o = Command::new("losetup")
+        .args([
+            "-f",
+            "--show",
+            "-o",
+            "1048576",
+            "--sizelimit",
+            &(126976u64 * 512).to_string(),
+        ])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "this test needs root and a loop device: {o:?}"
+    );
+    let dev = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    let guard = Loop(dev.clone());
+    let vg = format!("kuratest{}", std::process::id());
+    let no_dm = "--driverloaded";
+    lvm(&["pvcreate", "-ff", "-y", &dev]);
+    lvm(&["vgcreate", &vg, &dev]);
+    for (name, size) in [("root", "8M"), ("esp", "12M")] {
+        lvm(&[
+            "lvcreate", no_dm, "n", "-an", "-Zn", "-L", size, "-n", name, &vg,
+        ]);
+    }
+    // root grows after esp: its second segment lies past esp's.
+    lvm(&["lvextend", no_dm, "n", "-L", "+4M", &format!("{vg}/root")]);
+    let pe_start: u64 = lvm(&[
+        "pvs",
+        "--noheadings",
+        "--nosuffix",
+        "--units",
+        "b",
+        "-o",
+        "pe_start",
+        &dev,
+    ])
+    .trim()
+    .parse()
+    .unwrap();
+    let segs = lvm(&[
+        "lvs",
+        "--noheadings",
+        "-o",
+        "lv_name,seg_start_pe,seg_pe_ranges",
+        &vg,
+    ]);
+    drop(guard);
+    // Where each LV's extents (4 MiB) lie on the disk, from LVM's own report.
+    let extent = 4u64 << 20;
+    let mut runs: Vec<(String, u64, u64, u64)> = Vec::new();
+    for l in segs.lines() {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        let range = w[2].rsplit(':').next().unwrap();
+        let (a, b) = range.split_once('-').unwrap();
+        let (a, b): (u64, u64) = (a.parse().unwrap(), b.parse().unwrap());
+        let lv_at: u64 = w[1].parse().unwrap();
+        runs.push((
+            w[0].to_string(),
+            lv_at * extent,
+            (1 << 20) + pe_start + a * extent,
+            (b - a + 1) * extent,
+        ));
+    }
+    assert_eq!(runs.iter().filter(|r| r.0 == "root").count(), 2, "{segs}");
+    // Put a file system into each LV, through its runs.
+    let src = tree(dir.path());
+    let ext = dir.path().join("root.ext4");
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&src)
+        .arg(&ext)
+        .arg("12M"));
+    let fat = dir.path().join("esp.fat");
+    run(Command::new("mkfs.fat").args(["-C"]).arg(&fat).arg("12288"));
+    let at = fat.display().to_string();
+    run(Command::new("mcopy")
+        .args(["-i", &at])
+        .arg(src.join("etc/hosts"))
+        .arg("::/"));
+    let disk = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    for (name, fs) in [("root", &ext), ("esp", &fat)] {
+        let bytes = std::fs::read(fs).unwrap();
+        for (_, lv_at, disk_at, len) in runs.iter().filter(|r| r.0 == name) {
+            let end = ((lv_at + len) as usize).min(bytes.len());
+            std::os::unix::fs::FileExt::write_all_at(&disk, &bytes[*lv_at as usize..end], *disk_at)
+                .unwrap();
+        }
+    }
+    drop(disk);
+
+    let vols = volumes(open(&img).as_mut()).unwrap();
+    let summary: Vec<(u32, &str, String, FsKind, u64)> = vols
+        .iter()
+        .map(|v| (v.number, v.table, v.name.clone(), v.fs, v.size))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (1, "gpt", String::new(), FsKind::Lvm, 126976 * 512),
+            (2, "lvm", format!("{vg}/root"), FsKind::Ext, 12 << 20),
+            (3, "lvm", format!("{vg}/esp"), FsKind::Vfat, 12 << 20),
+        ]
+    );
+    let root = FileSystem::open(open(&img), &vols[1]).unwrap();
+    let mut got = Vec::new();
+    std::io::Read::read_to_end(&mut root.reader("/etc/conf.d/big.bin").unwrap(), &mut got).unwrap();
+    assert_eq!(got, std::fs::read(src.join("etc/conf.d/big.bin")).unwrap());
+    let esp = FileSystem::open(open(&img), &vols[2]).unwrap();
+    assert_eq!(esp.entry("/hosts").unwrap().size, 20);
+    assert!(
+        FileSystem::open(open(&img), &vols[0]).is_err(),
+        "the PV itself is not a file system"
+    );
+}
