@@ -10,6 +10,7 @@ pub fn run(b: &dyn Backend) {
     put_get(b);
     overwrite(b);
     put_new(b);
+    put_new_race(b);
     not_found(b);
     ranges(b);
     listing(b);
@@ -59,6 +60,40 @@ fn put_new(b: &dyn Backend) {
         b.get("pn/x").unwrap(),
         b"one",
         "a refused put_new changes nothing"
+    );
+}
+
+/// Writers racing to create one object: exactly one wins, and its bytes are what is there.
+fn put_new_race(b: &dyn Backend) {
+    let results: Vec<_> = std::thread::scope(|s| {
+        let writers: Vec<_> = (0..6u8)
+            .map(|i| s.spawn(move || (i, b.put_new("race/x", vec![i; 1000 + i as usize]))))
+            .collect();
+        writers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let winners: Vec<u8> = results
+        .iter()
+        .filter(|(_, r)| r.is_ok())
+        .map(|(i, _)| *i)
+        .collect();
+    assert_eq!(
+        winners.len(),
+        1,
+        "exactly one racing put_new wins: {results:?}"
+    );
+    for (_, r) in &results {
+        if let Err(e) = r {
+            assert!(
+                matches!(e, Error::AlreadyExists { .. }),
+                "a losing put_new says AlreadyExists: {e}"
+            );
+        }
+    }
+    let w = winners[0];
+    assert_eq!(
+        b.get("race/x").unwrap(),
+        vec![w; 1000 + w as usize],
+        "the winner's bytes are stored"
     );
 }
 

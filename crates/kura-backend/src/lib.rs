@@ -6,10 +6,13 @@
 //!
 //! Backends here:
 //! - [`FsBackend`]: the local filesystem, built on Apache OpenDAL's `fs` service with atomic
-//!   writes (temp file, fsync, rename) and directory fsyncs at [`Backend::sync`]. S3 and Azure
-//!   Blob are further OpenDAL services and will plug in the same way.
+//!   writes (temp file, fsync, rename) and directory fsyncs at [`Backend::sync`].
+//! - [`ObjectBackend`]: S3 and Azure Blob, through OpenDAL's `s3` and `azblob` services, with
+//!   retries of transient failures and every request counted ([`Backend::requests`]).
 //! - [`MemoryBackend`]: the in-memory reference implementation, for unit tests and for pinning
 //!   down the rules every backend must follow.
+//!
+//! [`Location`] turns a vault's location (a path, `s3://...`, `azblob://...`) into one of them.
 //!
 //! [`conformance::run`] is the rule book: every backend must pass it.
 //!
@@ -25,10 +28,16 @@
 
 pub mod conformance;
 mod fs;
+mod location;
 mod memory;
+mod object;
+#[cfg(feature = "test-servers")]
+pub mod test_servers;
 
 pub use fs::FsBackend;
+pub use location::{Location, LocationError, StorageEnv};
 pub use memory::MemoryBackend;
+pub use object::{Faults, ObjectBackend};
 
 use std::ops::Range;
 
@@ -146,6 +155,75 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// filesystem), rather than a network request (object storage).
     fn cheap_stat(&self) -> bool {
         false
+    }
+    /// Requests sent to a remote service since the backend was opened, or `None` for local
+    /// storage (a job reports the difference over its run).
+    fn requests(&self) -> Option<Requests> {
+        None
+    }
+}
+
+/// Requests sent to a storage service, by kind. Retries count: each attempt is a request.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Requests {
+    /// Object reads (whole or ranged).
+    pub get: u64,
+    /// Object writes (a multipart upload's parts included).
+    pub put: u64,
+    /// Object stats.
+    pub head: u64,
+    /// Listing pages.
+    pub list: u64,
+    /// Deletes.
+    pub delete: u64,
+    /// Anything else (multipart starts and completions, batch deletes).
+    pub other: u64,
+}
+
+impl Requests {
+    /// Every request.
+    pub fn total(&self) -> u64 {
+        self.get + self.put + self.head + self.list + self.delete + self.other
+    }
+
+    /// Both counts together.
+    pub fn plus(&self, other: &Requests) -> Requests {
+        Requests {
+            get: self.get + other.get,
+            put: self.put + other.put,
+            head: self.head + other.head,
+            list: self.list + other.list,
+            delete: self.delete + other.delete,
+            other: self.other + other.other,
+        }
+    }
+
+    /// The requests sent since `earlier`.
+    pub fn since(&self, earlier: &Requests) -> Requests {
+        Requests {
+            get: self.get.saturating_sub(earlier.get),
+            put: self.put.saturating_sub(earlier.put),
+            head: self.head.saturating_sub(earlier.head),
+            list: self.list.saturating_sub(earlier.list),
+            delete: self.delete.saturating_sub(earlier.delete),
+            other: self.other.saturating_sub(earlier.other),
+        }
+    }
+}
+
+impl std::fmt::Display for Requests {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} requests ({} PUT, {} GET, {} HEAD, {} LIST, {} DELETE, {} other)",
+            self.total(),
+            self.put,
+            self.get,
+            self.head,
+            self.list,
+            self.delete,
+            self.other
+        )
     }
 }
 
