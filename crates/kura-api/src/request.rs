@@ -14,6 +14,11 @@ pub struct NewVault {
     /// Storage directory (under a restore root); default: in the home.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// Where the vault's objects live, instead of `path`: a directory (under a restore
+    /// root), `file:///DIR`, `s3://BUCKET/PREFIX` or `azblob://ACCOUNT/CONTAINER/PREFIX`.
+    /// The object store's credentials are the server's (its environment), never sent here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
     /// Chunk size in bytes (a power of two).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunk_size: Option<u32>,
@@ -41,8 +46,13 @@ pub struct Attach {
     /// Name to register the vault under.
     #[schemars(regex(pattern = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$"))]
     pub name: String,
-    /// The vault's directory (under a restore root).
-    pub path: String,
+    /// The vault's directory (under a restore root); or give `location`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Where the vault lives, instead of `path`: a directory, `file:///DIR`,
+    /// `s3://BUCKET/PREFIX` or `azblob://ACCOUNT/CONTAINER/PREFIX`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
     /// Its key file (under a source root), for key-file vaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_file: Option<String>,

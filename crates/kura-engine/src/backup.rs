@@ -23,7 +23,7 @@ use kura_store::{ChunkId, DiskEntry, DiskIndex, Manifest, RpStats, Vault, is_zer
 use serde::Serialize;
 
 use crate::home::{JobCtx, item_record, rp_row};
-use crate::{Error, ErrorKind, Home, Progress, Result, Secrets, new_id, workers};
+use crate::{Error, ErrorKind, Home, Progress, Result, Secrets, io_workers, new_id};
 
 /// Options of `backup now`.
 #[derive(Debug, Clone, Default)]
@@ -633,8 +633,13 @@ impl Home {
         let stored = |id: &ChunkId| {
             if doomed.contains(&id.to_hex()) {
                 self.reusable(&vrow.id, vault, id)
-            } else {
+            } else if cheap_stat {
                 Ok(vault.has_chunk(id)?)
+            } else {
+                // On object storage a chunk the previous point lacks is written without
+                // asking first: one PUT, where asking costs a HEAD (and a GET) before it. A
+                // chunk other items already stored is sent again, and stays one object.
+                Ok(false)
             }
         };
         let reuses: Vec<Reuse<'_>> = known
@@ -1066,7 +1071,7 @@ fn run_pipeline(
     let counters: Vec<DiskCounters> = disks.iter().map(|_| DiskCounters::default()).collect();
     let healed: Vec<Mutex<Vec<ChunkId>>> = disks.iter().map(|_| Mutex::new(Vec::new())).collect();
     let formats: Vec<String> = disks.iter().map(|(_, d)| d.format().to_string()).collect();
-    let n_workers = workers();
+    let n_workers = io_workers(vault.backend().as_ref());
     let pool = n_workers + 1 + disks.len();
     let (work_tx, work_rx) = bounded::<Work>(n_workers);
     let (free_tx, free_rx) = bounded::<Vec<u8>>(pool);

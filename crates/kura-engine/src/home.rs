@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use kura_backend::FsBackend;
+use kura_backend::{Backend, FsBackend, Location, StorageEnv};
 use kura_catalog::{Catalog, ItemRow, JobOperation, JobStatus, RpRow, VaultRow};
 use kura_store::{Cipher, ItemRecord, KeySecret, Vault, VaultOptions};
 use serde::Serialize;
@@ -41,8 +41,9 @@ impl Secrets {
 /// Settings for `vault create`.
 #[derive(Debug, Clone, Default)]
 pub struct CreateVault {
-    /// Storage directory; default `HOME/vaults/NAME`.
-    pub path: Option<PathBuf>,
+    /// Where the vault's objects go (a directory, `s3://...`, `azblob://...`); default the
+    /// directory `HOME/vaults/NAME`.
+    pub location: Option<Location>,
     /// Chunk size; default 4 MiB.
     pub chunk_size: Option<u32>,
     /// Turn encryption off.
@@ -115,6 +116,8 @@ pub struct Home {
     /// The spread window (seconds) of the last scheduler run in this process, for the next
     /// backup times item status shows; the scheduler's default until one runs.
     spread_secs: std::sync::atomic::AtomicI64,
+    /// Object stores' settings and credentials, from this process's environment.
+    storage_env: StorageEnv,
 }
 
 impl std::fmt::Debug for dyn crate::scheduler::Clock {
@@ -160,6 +163,7 @@ impl Home {
             spread_secs: std::sync::atomic::AtomicI64::new(
                 crate::SchedulerOptions::default().spread.as_secs(),
             ),
+            storage_env: StorageEnv::from_process(),
         };
         for v in home.catalog.list_vaults()? {
             home.ensure_default_policy(&v.id)?;
@@ -216,34 +220,30 @@ impl Home {
                 format!("vault {name:?} already exists"),
             ));
         }
-        let path = match &opts.path {
-            Some(p) => absolute(p)?,
-            None => self.root.join("vaults").join(name),
+        let location = match &opts.location {
+            Some(Location::Fs(p)) => Location::Fs(absolute(p)?),
+            Some(remote) => remote.clone(),
+            None => Location::Fs(self.root.join("vaults").join(name)),
         };
-        // A directory holding only the partial uploads of a `vault create` that was killed
-        // counts as empty: they are removed, and the vault is made again.
-        let leftovers_only = path
-            .read_dir()
-            .is_ok_and(|d| d.flatten().all(|e| e.file_name() == ".staging"))
-            && !path.join("config").exists();
-        if leftovers_only && path.join(".staging").is_dir() {
-            std::fs::remove_dir_all(path.join(".staging"))
-                .map_err(|e| Error::io(format!("cannot remove {}/.staging", path.display()), e))?;
-        }
-        if path.exists()
-            && path
-                .read_dir()
-                .map(|mut d| d.next().is_some())
-                .unwrap_or(true)
-        {
-            return Err(Error::new(
-                ErrorKind::AlreadyExists,
-                format!(
-                    "vault directory {} is not empty (to use an existing vault, run `kura vault attach`)",
-                    path.display()
-                ),
-            ));
-        }
+        // An object store is opened (and found empty) before anything is decided.
+        let remote = match &location {
+            Location::Fs(path) => {
+                check_new_vault_dir(path)?;
+                None
+            }
+            remote => {
+                let backend = self.open_location(remote)?;
+                if !backend.list("")?.is_empty() {
+                    return Err(Error::new(
+                        ErrorKind::AlreadyExists,
+                        format!(
+                            "{remote} already holds objects (to use an existing vault, run `kura vault attach`)"
+                        ),
+                    ));
+                }
+                Some(backend)
+            }
+        };
         let mut note = None;
         let mut generated_key = None;
         let (secret, encryption, key_file) = if opts.no_encryption {
@@ -294,28 +294,37 @@ impl Home {
         if let Some(l) = opts.compression_level {
             vopts.compression_level = l;
         }
-        let created_dir = !path.exists();
+        let dir = location.as_path();
+        let created_dir = dir.is_some_and(|d| !d.exists());
         let cleanup = |e: Error| {
-            if created_dir {
-                let _ = std::fs::remove_dir_all(&path);
+            if let (true, Some(d)) = (created_dir, dir) {
+                let _ = std::fs::remove_dir_all(d);
             }
             e
         };
-        if created_dir {
-            create_private_dir(&path).map_err(cleanup)?;
-        }
-        let backend = Arc::new(FsBackend::open(&path).map_err(|e| cleanup(e.into()))?);
+        let backend: Arc<dyn Backend> = match (remote, dir) {
+            (Some(b), _) => b,
+            (None, Some(d)) => {
+                if created_dir {
+                    create_private_dir(d).map_err(cleanup)?;
+                }
+                Arc::new(FsBackend::open(d).map_err(|e| cleanup(e.into()))?)
+            }
+            (None, None) => unreachable!("a location is a directory or remote"),
+        };
         let vault = Vault::create(backend, &vopts, &secret).map_err(|e| cleanup(e.into()))?;
         // An unencrypted vault's chunks are the disk's data: nobody else may read them.
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| cleanup(Error::io(format!("cannot chmod {}", path.display()), e)))?;
+        if let Some(d) = dir {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| cleanup(Error::io(format!("cannot chmod {}", d.display()), e)))?;
+        }
         if let Some((kf, contents)) = generated_key {
             write_private(&kf, &contents).map_err(cleanup)?;
         }
         let row = VaultRow {
             id: vault.config().vault_id.clone(),
             name: name.to_string(),
-            path: path.display().to_string(),
+            path: location.to_string(),
             chunk_size: vault.config().chunk_size,
             encryption: encryption.into(),
             cipher: vault
@@ -421,18 +430,27 @@ impl Home {
 
     /// Opens a vault by catalog row.
     pub(crate) fn open_vault_row(&self, row: &VaultRow, secrets: &Secrets) -> Result<Vault> {
-        let path = Path::new(&row.path);
-        if !path.join("config").exists() {
-            return Err(Error::new(
+        let missing = || {
+            Error::new(
                 ErrorKind::NotFound,
                 format!(
                     "vault {:?}: its storage {} is missing or is not a vault",
-                    row.name,
-                    path.display()
+                    row.name, row.path
                 ),
-            ));
-        }
-        let backend = Arc::new(FsBackend::open(path)?);
+            )
+        };
+        let location = location_of(row)?;
+        let backend = match &location {
+            Location::Fs(dir) if !dir.join("config").exists() => return Err(missing()),
+            Location::Fs(_) => self.open_location(&location)?,
+            remote => {
+                let backend = self.open_location(remote)?;
+                if backend.stat("config")?.is_none() {
+                    return Err(missing());
+                }
+                backend
+            }
+        };
         let vault = Vault::open(backend, &self.secret_for(row, secrets)?).map_err(|e| match e {
             kura_store::Error::WrongKey => Error::new(
                 ErrorKind::Key,
@@ -445,12 +463,33 @@ impl Home {
                 ErrorKind::Conflict,
                 format!(
                     "vault {:?}: {} now holds a different vault",
-                    row.name,
-                    path.display()
+                    row.name, row.path
                 ),
             ));
         }
         Ok(vault)
+    }
+
+    /// A location's backend, with this process's object-store settings.
+    pub(crate) fn open_location(&self, location: &Location) -> Result<Arc<dyn Backend>> {
+        #[cfg(feature = "test-hooks")]
+        let backend = match crate::hooks::storage_faults() {
+            Some(faults) => location.open_with_faults(&self.storage_env, faults)?,
+            None => location.open(&self.storage_env)?,
+        };
+        #[cfg(not(feature = "test-hooks"))]
+        let backend = location.open(&self.storage_env)?;
+        JOB_STORAGE.with(|j| {
+            if let Some(opened) = j.borrow_mut().as_mut() {
+                opened.push(backend.clone());
+            }
+        });
+        Ok(backend)
+    }
+
+    /// The backend of a vault's storage.
+    pub(crate) fn backend_of(&self, row: &VaultRow) -> Result<Arc<dyn Backend>> {
+        self.open_location(&location_of(row)?)
     }
 
     /// Opens a vault by name.
@@ -476,8 +515,7 @@ impl Home {
     /// The escrow document of a vault's wrapped key (never the unwrapped key).
     pub fn wrapped_key_document(&self, name: &str) -> Result<WrappedKeyDocument> {
         let row = self.catalog.vault(name)?;
-        let backend = FsBackend::open(Path::new(&row.path))?;
-        let config = Vault::read_config(&backend)?;
+        let config = Vault::read_config(self.backend_of(&row)?.as_ref())?;
         let enc = config.encryption.as_ref().ok_or_else(|| {
             Error::new(
                 ErrorKind::Invalid,
@@ -496,7 +534,12 @@ impl Home {
 
     /// Registers an existing vault directory and rebuilds its items and recovery points from
     /// the manifests stored in it.
-    pub fn attach_vault(&self, name: &str, path: &Path, secrets: &Secrets) -> Result<AttachReport> {
+    pub fn attach_vault(
+        &self,
+        name: &str,
+        location: &Location,
+        secrets: &Secrets,
+    ) -> Result<AttachReport> {
         check_vault_name(name)?;
         if self.catalog.vault(name).is_ok() {
             return Err(Error::new(
@@ -504,18 +547,26 @@ impl Home {
                 format!("vault {name:?} already exists"),
             ));
         }
-        let path = absolute(path)?;
-        if !path.is_dir() {
-            return Err(Error::new(
-                ErrorKind::NotFound,
-                format!("{} is not a directory", path.display()),
-            ));
-        }
-        let backend = Arc::new(FsBackend::open(&path)?);
+        let location = match location {
+            Location::Fs(p) => {
+                let p = absolute(p)?;
+                if !p.is_dir() {
+                    return Err(Error::new(
+                        ErrorKind::NotFound,
+                        format!("{} is not a directory", p.display()),
+                    ));
+                }
+                Location::Fs(p)
+            }
+            remote => remote.clone(),
+        };
+        // For messages.
+        let path = &location;
+        let backend = self.open_location(&location)?;
         let config = Vault::read_config(backend.as_ref()).map_err(|e| match e {
             kura_store::Error::NotAVault { reason, .. } => Error::new(
                 ErrorKind::Invalid,
-                format!("{} is not a kura vault: {reason}", path.display()),
+                format!("{path} is not a kura vault: {reason}"),
             ),
             e => e.into(),
         })?;
@@ -558,7 +609,7 @@ impl Home {
         let row = VaultRow {
             id: config.vault_id.clone(),
             name: name.into(),
-            path: path.display().to_string(),
+            path: location.to_string(),
             chunk_size: config.chunk_size,
             encryption: encryption.into(),
             cipher: config
@@ -576,10 +627,7 @@ impl Home {
         let vault = Vault::open(backend.clone(), &secret).map_err(|e| match e {
             kura_store::Error::WrongKey => Error::new(
                 ErrorKind::Key,
-                format!(
-                    "{}: wrong passphrase, key file or recovery kit",
-                    path.display()
-                ),
+                format!("{path}: wrong passphrase, key file or recovery kit"),
             ),
             e => e.into(),
         })?;
@@ -607,7 +655,7 @@ impl Home {
                 ErrorKind::Conflict,
                 format!(
                     "vault {} cannot be attached without losing items: {}; detach or rename the items of this home first (`kura vault detach`)",
-                    path.display(),
+                    path,
                     clashes.join("; ")
                 ),
             ));
@@ -1249,7 +1297,17 @@ impl Home {
         };
         ctx.log(&format!("{operation} of {target} started"));
         progress.job_started(&id, operation.as_str(), target);
-        match f(&ctx) {
+        let outer = JOB_STORAGE.with(|j| j.replace(Some(Vec::new())));
+        let result = f(&ctx);
+        let opened = JOB_STORAGE.with(|j| j.replace(outer)).unwrap_or_default();
+        let sent = opened
+            .iter()
+            .filter_map(|b| b.requests())
+            .fold(kura_backend::Requests::default(), |a, r| a.plus(&r));
+        if sent.total() > 0 {
+            ctx.log(&format!("storage: {sent}"));
+        }
+        match result {
             Ok((value, rp)) => {
                 ctx.flush();
                 let warning = ctx.warning.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -1664,6 +1722,62 @@ pub(crate) fn write_private(path: &Path, data: &[u8]) -> Result<()> {
     if let Err(e) = r {
         let _ = std::fs::remove_file(&tmp);
         return Err(Error::io(format!("cannot write {}", path.display()), e));
+    }
+    Ok(())
+}
+
+/// The location a request names in its `path` field (a directory) or its `location` field
+/// (a directory or an object store's URL): one of them, or neither for the default.
+pub fn requested_location(path: Option<&str>, location: Option<&str>) -> Result<Option<Location>> {
+    match (path, location) {
+        (Some(_), Some(_)) => Err(Error::new(
+            ErrorKind::Invalid,
+            "path and location name the same thing: give one of them",
+        )),
+        (Some(p), None) => Ok(Some(Location::Fs(PathBuf::from(p)))),
+        (None, Some(l)) => Location::parse(l)
+            .map(Some)
+            .map_err(|e| Error::new(ErrorKind::Invalid, format!("location: {e}"))),
+        (None, None) => Ok(None),
+    }
+}
+
+thread_local! {
+    /// The backends the job running on this thread opened, whose requests its log reports.
+    static JOB_STORAGE: std::cell::RefCell<Option<Vec<Arc<dyn Backend>>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Where a vault's catalog row says it lives.
+pub(crate) fn location_of(row: &VaultRow) -> Result<Location> {
+    Location::parse(&row.path)
+        .map_err(|e| Error::new(ErrorKind::Invalid, format!("vault {:?}: {e}", row.name)))
+}
+
+/// A directory a new vault may be made in: missing, or empty. One that holds only the
+/// partial uploads of a `vault create` that was killed counts as empty: they are removed.
+fn check_new_vault_dir(path: &Path) -> Result<()> {
+    let leftovers_only = path
+        .read_dir()
+        .is_ok_and(|d| d.flatten().all(|e| e.file_name() == ".staging"))
+        && !path.join("config").exists();
+    if leftovers_only && path.join(".staging").is_dir() {
+        std::fs::remove_dir_all(path.join(".staging"))
+            .map_err(|e| Error::io(format!("cannot remove {}/.staging", path.display()), e))?;
+    }
+    if path.exists()
+        && path
+            .read_dir()
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        return Err(Error::new(
+            ErrorKind::AlreadyExists,
+            format!(
+                "vault directory {} is not empty (to use an existing vault, run `kura vault attach`)",
+                path.display()
+            ),
+        ));
     }
     Ok(())
 }

@@ -35,3 +35,18 @@ pub(crate) fn gate(point: &str) {
 #[cfg(not(feature = "test-hooks"))]
 #[inline(always)]
 pub(crate) fn gate(_point: &str) {}
+
+/// With `KURA_TEST_STORAGE_FAULTS=RATE` (0 to 1, e.g. `0.05`), that share of the requests
+/// to object stores fails: 503s, replies lost after the work was done, slow answers. The
+/// same faults for every run (a fixed seed).
+#[cfg(feature = "test-hooks")]
+pub(crate) fn storage_faults() -> Option<std::sync::Arc<kura_backend::Faults>> {
+    let rate: f64 = std::env::var("KURA_TEST_STORAGE_FAULTS")
+        .ok()?
+        .parse()
+        .ok()?;
+    Some(std::sync::Arc::new(kura_backend::Faults::new(
+        rate,
+        0x6b75_7261,
+    )))
+}

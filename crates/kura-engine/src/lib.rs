@@ -52,8 +52,11 @@ pub use error::{Error, ErrorKind, Result};
 pub use export::{ExportInfo, ExportListen, MAX_EXPORT_LIFE, RunningExport};
 pub use files::{Fetched, FileListing, FileRestoreReport, FilesTarget, PointVolumes};
 pub use gc::{GcOptions, GcReport};
-pub use home::{AttachReport, CreateVault, Home, Secrets, VaultInfo, WrappedKeyDocument};
+pub use home::{
+    AttachReport, CreateVault, Home, Secrets, VaultInfo, WrappedKeyDocument, requested_location,
+};
 pub use jobs::JobQuery;
+pub use kura_backend::Location;
 pub use kura_files::{
     Archive as FileArchive, Entry as FileEntry, EntryKind as FileEntryKind, FsKind, Volume,
 };
@@ -76,6 +79,17 @@ pub(crate) fn workers() -> usize {
     std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .clamp(2, 16)
+}
+
+/// Workers for a loop that moves chunks to or from `backend`: one per core for local
+/// storage; on an object store, where each request waits on the network, enough requests in
+/// flight to fill the link.
+pub(crate) fn io_workers(backend: &dyn kura_backend::Backend) -> usize {
+    if backend.cheap_stat() {
+        workers()
+    } else {
+        (workers() * 8).clamp(16, 64)
+    }
 }
 
 /// A file item's snapshot option as given (`none`, `btrfs`; absent: none).

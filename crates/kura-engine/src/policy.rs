@@ -75,17 +75,13 @@ impl Home {
         doc: Option<&serde_json::Value>,
     ) -> Result<()> {
         let v = self.catalog.vault_by_id(vault_id)?;
-        let backend = kura_backend::FsBackend::open(std::path::Path::new(&v.path))?;
+        let backend = self.backend_of(&v)?;
         let key = policy_key(name);
         match doc {
-            Some(d) => kura_backend::Backend::put(
-                &backend,
-                &key,
-                serde_json::to_vec_pretty(d).expect("json"),
-            )?,
-            None => kura_backend::Backend::delete(&backend, &key)?,
+            Some(d) => backend.put(&key, serde_json::to_vec_pretty(d).expect("json"))?,
+            None => backend.delete(&key)?,
         }
-        kura_backend::Backend::sync(&backend)?;
+        backend.sync()?;
         Ok(())
     }
 

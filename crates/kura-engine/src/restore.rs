@@ -13,7 +13,7 @@ use kura_store::{DiskIndex, Vault};
 use serde::Serialize;
 
 use crate::home::absolute;
-use crate::{Error, ErrorKind, Home, Progress, Result, Secrets, workers};
+use crate::{Error, ErrorKind, Home, Progress, Result, Secrets, io_workers};
 
 /// Output format of a restored disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
@@ -593,7 +593,7 @@ fn write_raw(
                 }
             }
         });
-        let workers: Vec<_> = (0..workers())
+        let workers: Vec<_> = (0..io_workers(vault.backend().as_ref()))
             .map(|_| {
                 s.spawn(|| {
                 let mut codec = vault.codec();

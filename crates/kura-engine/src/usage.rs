@@ -184,8 +184,7 @@ impl Home {
 
     /// Bytes of all chunk objects in a vault's storage now.
     fn measure_stored(&self, v: &VaultRow) -> Result<u64> {
-        let backend = kura_backend::FsBackend::open(std::path::Path::new(&v.path))?;
-        let chunks = kura_backend::Backend::list_sizes(&backend, "chunks/")?;
+        let chunks = self.backend_of(v)?.list_sizes("chunks/")?;
         Ok(chunks.iter().map(|(_, size)| size).sum())
     }
 
@@ -208,8 +207,10 @@ impl Home {
                 _ => samples.push(sample),
             }
         }
-        let filesystem = rustix::fs::statvfs(std::path::Path::new(&v.path))
-            .ok()
+        // A directory's file system; an object store has no size to fill.
+        let filesystem = crate::home::location_of(&v)?
+            .as_path()
+            .and_then(|dir| rustix::fs::statvfs(dir).ok())
             .map(|st| FsSpace {
                 total_bytes: st.f_blocks.saturating_mul(st.f_frsize),
                 available_bytes: st.f_bavail.saturating_mul(st.f_frsize),

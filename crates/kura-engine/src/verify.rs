@@ -9,7 +9,7 @@ use kura_catalog::{ItemRow, JobOperation, RpRow};
 use kura_store::{ChunkId, Vault};
 use serde::Serialize;
 
-use crate::{Error, ErrorKind, Home, Progress, Result, Secrets, workers};
+use crate::{Error, ErrorKind, Home, Progress, Result, Secrets, io_workers};
 
 /// What to verify.
 #[derive(Debug, Clone)]
@@ -319,7 +319,7 @@ fn verify_vault(
         chunks.len() as u64 * u64::from(vault.config().chunk_size),
     );
     std::thread::scope(|s| {
-        for _ in 0..workers() {
+        for _ in 0..io_workers(vault.backend().as_ref()) {
             s.spawn(|| {
                 let mut codec = vault.codec();
                 loop {

@@ -819,14 +819,10 @@ async fn list_vaults(_: Auth, State(s): State<S>) -> ApiResult {
 }
 
 async fn create_vault(_: Auth, State(s): State<S>, Body(b): Body<api::NewVault>) -> ApiResult {
-    let path = b
-        .path
-        .as_deref()
-        .map(|p| s.roots.restore("path", p))
-        .transpose()?;
+    let location = checked_location(&s, b.path.as_deref(), b.location.as_deref())?;
     let v = blocking(move || {
         let opts = kura_engine::CreateVault {
-            path,
+            location,
             chunk_size: b.chunk_size,
             no_encryption: b.no_encryption,
             ..Default::default()
@@ -1939,8 +1935,30 @@ async fn apply_retention(
     )
 }
 
+/// A vault's location from a request: a directory must lie under a restore root (it is
+/// written to); an object store is reached with the server's own credentials.
+fn checked_location(
+    s: &S,
+    path: Option<&str>,
+    location: Option<&str>,
+) -> Result<Option<kura_engine::Location>, ApiError> {
+    let field = if path.is_some() { "path" } else { "location" };
+    Ok(
+        match kura_engine::requested_location(path, location).map_err(ApiError::from)? {
+            Some(kura_engine::Location::Fs(dir)) => Some(kura_engine::Location::Fs(
+                s.roots.restore(field, &dir.to_string_lossy())?,
+            )),
+            other => other,
+        },
+    )
+}
+
 async fn attach_vault(_: Auth, State(s): State<S>, Body(b): Body<api::Attach>) -> ApiResult {
-    let path = s.roots.restore("path", &b.path)?;
+    let Some(location) = checked_location(&s, b.path.as_deref(), b.location.as_deref())? else {
+        return Err(ApiError::invalid(
+            "path or location: the vault's storage is required",
+        ));
+    };
     let key_file = b
         .key_file
         .as_deref()
@@ -1951,7 +1969,7 @@ async fn attach_vault(_: Auth, State(s): State<S>, Body(b): Body<api::Attach>) -
         if let Some(k) = key_file {
             secrets.key_file = Some(k);
         }
-        let report = s.home.attach_vault(&b.name, &path, &secrets)?;
+        let report = s.home.attach_vault(&b.name, &location, &secrets)?;
         Ok(api::Attached {
             vault: s.home.vault_info(&b.name)?.into(),
             items: report.items,

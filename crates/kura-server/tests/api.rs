@@ -923,6 +923,7 @@ fn every_client_call_is_a_documented_request() {
         Call::CreateVault(api::NewVault {
             name: s("v1"),
             path: Some(s("/srv/v1")),
+            location: None,
             chunk_size: Some(65536),
             no_encryption: true,
         }),
@@ -935,7 +936,8 @@ fn every_client_call_is_a_documented_request() {
         },
         Call::AttachVault(api::Attach {
             name: s("v2"),
-            path: s("/srv/v2"),
+            path: None,
+            location: Some(s("s3://kura-vaults/v2")),
             key_file: None,
         }),
         Call::ListPolicies { vault: s("v1") },

@@ -169,8 +169,15 @@ enum VaultCmd {
         /// Vault name.
         name: String,
         /// Storage directory (default: HOME/vaults/NAME).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "location")]
         path: Option<PathBuf>,
+        /// Where the vault lives instead: a directory, file:///DIR, s3://BUCKET/PREFIX
+        /// (credentials and endpoint from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+        /// AWS_REGION, AWS_ENDPOINT_URL or ~/.aws) or azblob://ACCOUNT/CONTAINER/PREFIX
+        /// (AZURE_STORAGE_KEY or AZURE_STORAGE_SAS_TOKEN, AZURE_STORAGE_ENDPOINT). The bucket or
+        /// container must exist.
+        #[arg(long, value_name = "URL")]
+        location: Option<String>,
         /// Chunk size for disks, e.g. 4MiB (64KiB to 64MiB).
         #[arg(long, value_name = "SIZE")]
         chunk_size: Option<String>,
@@ -202,8 +209,16 @@ enum VaultCmd {
         /// Name to give it in this home.
         name: String,
         /// The vault's directory.
-        #[arg(long)]
-        path: PathBuf,
+        #[arg(
+            long,
+            required_unless_present = "location",
+            conflicts_with = "location"
+        )]
+        path: Option<PathBuf>,
+        /// Where the vault lives instead: a directory, file:///DIR, s3://BUCKET/PREFIX or
+        /// azblob://ACCOUNT/CONTAINER/PREFIX (see `vault create --help` for credentials).
+        #[arg(long, value_name = "URL")]
+        location: Option<String>,
         /// Open the vault with a recovery kit (`vault key export`) instead of its passphrase
         /// or key file: the vault's storage and the kit alone rebuild a home.
         #[arg(long, value_name = "FILE")]
@@ -994,6 +1009,7 @@ fn request(cmd: &Command, host: &mut HostOptions) -> anyhow::Result<Option<Reque
         Command::Vault(VaultCmd::Create {
             name,
             path,
+            location,
             chunk_size,
             no_encryption,
             cipher,
@@ -1008,6 +1024,7 @@ fn request(cmd: &Command, host: &mut HostOptions) -> anyhow::Result<Option<Reque
                 C::CreateVault(api::NewVault {
                     name: name.clone(),
                     path: opt_abs(path)?,
+                    location: location.clone(),
                     chunk_size: chunk_size.as_deref().map(parse_size).transpose()?,
                     no_encryption: *no_encryption,
                 }),
@@ -1031,6 +1048,7 @@ fn request(cmd: &Command, host: &mut HostOptions) -> anyhow::Result<Option<Reque
         Command::Vault(VaultCmd::Attach {
             name,
             path,
+            location,
             recovery_kit,
             kit_passphrase_file,
         }) => {
@@ -1042,7 +1060,8 @@ fn request(cmd: &Command, host: &mut HostOptions) -> anyhow::Result<Option<Reque
             (
                 C::AttachVault(api::Attach {
                     name: name.clone(),
-                    path: abs(path)?,
+                    path: opt_abs(path)?,
+                    location: location.clone(),
                     key_file: None,
                 }),
                 views::attached,

@@ -99,8 +99,10 @@ impl Transport for Local<'_> {
             Call::GetVault { vault } => doc(api::Vault::from(home.vault_info(vault)?)),
             Call::VaultTrend { vault } => doc(api::VaultTrend::from(home.vault_trend(vault)?)),
             Call::CreateVault(b) => {
+                let location =
+                    kura_engine::requested_location(b.path.as_deref(), b.location.as_deref())?;
                 let opts = kura_engine::CreateVault {
-                    path: b.path.as_deref().map(path),
+                    location,
                     chunk_size: b.chunk_size,
                     no_encryption: b.no_encryption,
                     cipher: self.host.cipher,
@@ -124,7 +126,12 @@ impl Transport for Local<'_> {
                 if let Some(p) = &self.host.kit_passphrase {
                     secrets.kit_passphrase = Some(p.clone());
                 }
-                let r = home.attach_vault(&b.name, Path::new(&b.path), &secrets)?;
+                let location =
+                    kura_engine::requested_location(b.path.as_deref(), b.location.as_deref())?
+                        .ok_or_else(|| {
+                            anyhow::anyhow!("vault attach needs --path or --location")
+                        })?;
+                let r = home.attach_vault(&b.name, &location, &secrets)?;
                 doc(api::Attached {
                     vault: home.vault_info(&b.name)?.into(),
                     items: r.items,

@@ -15,6 +15,7 @@ mod guest;
 mod jobs;
 mod libvirt;
 mod mount;
+mod object_storage;
 mod policies;
 mod protection;
 mod remote;
@@ -33,6 +34,8 @@ struct Env {
     server: std::sync::OnceLock<remote::ServerProcess>,
     /// Commands run on the host from now on, whatever the transport (see [`Env::on_host`]).
     on_host: std::sync::atomic::AtomicBool,
+    /// Variables every command (and a server) gets: an object store's endpoint and keys.
+    storage: std::sync::Mutex<Vec<(&'static str, String)>>,
 }
 
 /// Whether this run sends the commands of the tests through a `kura server`
@@ -95,7 +98,13 @@ impl Env {
             clock: None,
             server: std::sync::OnceLock::new(),
             on_host: std::sync::atomic::AtomicBool::new(false),
+            storage: Default::default(),
         }
+    }
+
+    /// Gives every command from now on (and the server, when one runs) these variables.
+    fn storage(&self, vars: Vec<(&'static str, String)>) {
+        *self.storage.lock().unwrap() = vars;
     }
 
     /// An environment whose commands' clock starts at the fixed `instant` (RFC 3339) and then
@@ -107,6 +116,7 @@ impl Env {
             clock: Some(clock_at(instant)),
             server: std::sync::OnceLock::new(),
             on_host: std::sync::atomic::AtomicBool::new(false),
+            storage: Default::default(),
         }
     }
 
@@ -134,6 +144,7 @@ impl Env {
         if let Some(clock) = &self.clock {
             c.env("KURA_TEST_CLOCK", clock);
         }
+        c.envs(self.storage.lock().unwrap().iter().map(|(k, v)| (k, v)));
         if via_server()
             && api_command(args)
             && !self.on_host.load(std::sync::atomic::Ordering::SeqCst)
@@ -367,6 +378,12 @@ fn make_image(path: &Path, size: u64, writes: &[(u64, usize, u64)]) {
     for &(off, len, seed) in writes {
         f.write_all_at(&pattern(seed, len), off).unwrap();
     }
+}
+
+/// Writes `len` bytes of pattern `seed` at `off` into an existing image, keeping the rest.
+fn make_image_part(path: &Path, off: u64, len: usize, seed: u64) {
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(&pattern(seed, len), off).unwrap();
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {

@@ -328,8 +328,3 @@ fn the_vault_trend_follows_backups_and_gc_and_estimates_when_the_disk_is_full() 
     let (_, err) = e.fails(&["vault", "trend", "nope"]);
     assert_eq!(err["error"]["code"], "not_found", "{err}");
 }
-
-fn make_image_part(path: &Path, off: u64, len: usize, seed: u64) {
-    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-    f.write_all_at(&pattern(seed, len), off).unwrap();
-}

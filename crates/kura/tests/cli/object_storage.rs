@@ -1,0 +1,254 @@
+//! Vaults on object storage, end to end through the binary: a disk item's whole life (full
+//! and incremental backups, restores, verify, retention, soft delete, purge, GC) on S3
+//! (moto) and on Azure Blob (Azurite), every job reporting its requests, and the same round
+//! trip with one request in twenty failing.
+
+use kura_backend::test_servers::{Kind, TestStore};
+
+use super::*;
+
+/// The vault's objects under `prefix/chunks/`, listed by the test (not through kura).
+fn chunks(store: &TestStore, prefix: &str) -> usize {
+    let b = store.parsed(prefix).open(&store.storage_env()).unwrap();
+    b.list("chunks/").unwrap().len()
+}
+
+/// The requests a job's log reports, as (PUT, GET, HEAD, LIST).
+fn requests(e: &Env, job: &str) -> (u64, u64, u64, u64) {
+    let j = e.json(&["job", "show", job]);
+    let line = j["log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l.as_str())
+        .find_map(|l| l.find("storage: ").map(|at| l[at..].to_string()))
+        .unwrap_or_else(|| panic!("job {job} reports no storage requests: {j}"));
+    let n = |what: &str| -> u64 {
+        let at = line.find(&format!(" {what}")).expect(what);
+        let digits: String = line[..at]
+            .chars()
+            .rev()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        digits.chars().rev().collect::<String>().parse().unwrap()
+    };
+    (n("PUT"), n("GET"), n("HEAD"), n("LIST"))
+}
+
+fn life_on(kind: Kind) {
+    let store = TestStore::start(kind);
+    let e = Env::at("2026-03-10T09:00:00Z");
+    e.storage(store.env());
+    let location = store.location("site-a/v1");
+    e.vault("remote", &["--location", &location]);
+    let shown = e.json(&["vault", "show", "remote"]);
+    assert_eq!(shown["path"], location.as_str(), "{shown}");
+
+    let img = e.path("disk.raw");
+    make_image(&img, 4 << 20, &[(0, 1 << 20, 1), (3 << 20, 256 << 10, 2)]);
+    e.protect(&img, "remote", &["--name", "d"]);
+    let first = e.json(&["backup", "now", "d"]);
+    let stored = chunks(&store, "site-a/v1");
+    assert!(stored >= 20, "{stored} chunks");
+    let (put, _, head, list) = requests(&e, first["job_id"].as_str().unwrap());
+    // One PUT per new chunk plus the index, manifest, item record and health: no HEAD
+    // before a put, no listing of the vault.
+    assert!(
+        put >= stored as u64 && put <= stored as u64 + 8,
+        "{put} PUTs for {stored} chunks"
+    );
+    assert!(head <= 4 && list <= 2, "{head} HEAD, {list} LIST");
+    std::fs::copy(&img, e.path("v1.raw")).unwrap();
+
+    // An incremental writes only what changed.
+    make_image_part(&img, 128 << 10, 64 << 10, 3);
+    let second = e.json(&["backup", "now", "d"]);
+    let (put, ..) = requests(&e, second["job_id"].as_str().unwrap());
+    assert!(put <= 8, "an incremental of one chunk: {put} PUTs");
+    assert_eq!(chunks(&store, "site-a/v1"), stored + 1);
+
+    for (rp, want) in [
+        (first["rp_id"].as_str().unwrap(), e.path("v1.raw")),
+        (second["rp_id"].as_str().unwrap(), img.clone()),
+    ] {
+        let out = e.path("out.raw");
+        e.restore("d", rp, &out, "raw");
+        assert!(same_file(&out, &want), "restore of {rp}");
+        std::fs::remove_file(&out).unwrap();
+    }
+    let verdict = e.json(&["verify", "--item", "d"]);
+    assert_eq!(verdict["problems"], serde_json::json!([]), "{verdict}");
+    assert_eq!(verdict["chunks_checked"], stored + 1, "{verdict}");
+
+    // Retention a year on deletes the expired points; GC frees the chunks they alone used.
+    let far = "2027-04-14T09:00:00Z";
+    let plan = e.json(&["retention", "plan", "d", "--at", far]);
+    let doomed = plan["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["action"] == "delete")
+        .count();
+    assert!(doomed >= 1, "{plan}");
+    e.json(&["retention", "apply", "d", "--at", far]);
+    e.json(&["gc", "--vault", "remote", "--grace", "0"]);
+    e.json(&["gc", "--vault", "remote", "--grace", "0"]);
+    let left = e.json(&["rp", "list", "d"]).as_array().unwrap().len();
+    assert_eq!(left, 2 - doomed);
+    let expected = if left == 0 { 0 } else { stored };
+    assert_eq!(chunks(&store, "site-a/v1"), expected, "GC on the bucket");
+
+    // Soft delete keeps the data; the purge 14 days on and GC remove it from the bucket.
+    make_image_part(&img, 0, 64 << 10, 4);
+    e.backup("d");
+    let kept = chunks(&store, "site-a/v1");
+    e.json(&["item", "stop", "d", "--delete-data"]);
+    e.json(&["gc", "--vault", "remote", "--grace", "0"]);
+    assert_eq!(chunks(&store, "site-a/v1"), kept);
+    let tick = e.json(&["scheduler", "tick", "--now", "2026-03-25T12:00:00Z"]);
+    assert_eq!(tick["purged"], serde_json::json!(["d"]));
+    e.json(&["gc", "--vault", "remote", "--grace", "0"]);
+    e.json(&["gc", "--vault", "remote", "--grace", "0"]);
+    assert_eq!(
+        chunks(&store, "site-a/v1"),
+        0,
+        "purged data leaves the bucket"
+    );
+}
+
+#[test]
+fn a_disk_item_lives_its_whole_life_on_s3() {
+    life_on(Kind::Moto);
+}
+
+#[test]
+fn a_disk_item_lives_its_whole_life_on_azure_blob() {
+    life_on(Kind::Azurite);
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "test-hooks"),
+    ignore = "needs the test-hooks feature (scripts/test turns it on)"
+)]
+fn backups_and_restores_come_through_when_requests_fail() {
+    let store = TestStore::start(Kind::Moto);
+    let e = Env::new();
+    let mut env = store.env();
+    env.push(("KURA_TEST_STORAGE_FAULTS", "0.05".into()));
+    e.storage(env);
+    e.vault("remote", &["--location", &store.location("faults")]);
+    let img = e.path("disk.raw");
+    make_image(&img, 8 << 20, &[(0, 6 << 20, 11)]);
+    e.protect(&img, "remote", &["--name", "d"]);
+    let rp = e.backup("d");
+    let out = e.path("out.raw");
+    e.restore("d", &rp, &out, "raw");
+    assert!(same_file(&out, &img), "bit-exact through the faults");
+    let verdict = e.json(&["verify", "--item", "d"]);
+    assert_eq!(verdict["problems"], serde_json::json!([]), "{verdict}");
+    assert_eq!(verdict["chunks_checked"], 96, "{verdict}");
+}
+
+#[test]
+fn a_location_that_cannot_hold_a_vault_is_refused_and_nothing_is_made() {
+    let store = TestStore::start(Kind::Moto);
+    let e = Env::new();
+    e.storage(store.env());
+    // Not empty: another vault is there.
+    e.vault(
+        "first",
+        &["--location", &store.location("taken"), "--no-encryption"],
+    );
+    let (_, err) = e.fails(&[
+        "vault",
+        "create",
+        "second",
+        "--location",
+        &store.location("taken"),
+    ]);
+    let msg = err["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("already holds objects") && msg.contains("attach"),
+        "{msg}"
+    );
+    // A bucket that does not exist, a scheme kura does not know, both flags at once.
+    let missing = store.location("v").replace("kura-test", "no-such-bucket");
+    for (args, says) in [
+        (vec!["--location", missing.as_str()], "no-such-bucket"),
+        (vec!["--location", "gs://bucket/v"], "unknown scheme \"gs\""),
+        (vec!["--location", "s3://Bad_Bucket/v"], "bucket"),
+    ] {
+        let mut a = vec!["vault", "create", "second"];
+        a.extend(args);
+        let (_, err) = e.fails(&a);
+        let msg = err["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(says), "{a:?}: {msg}");
+    }
+    let vaults = e.json(&["vault", "list"]);
+    assert_eq!(vaults.as_array().unwrap().len(), 1, "first only: {vaults}");
+    // The vault that was made can be attached again from its location alone.
+    e.ok(&["vault", "detach", "first"]);
+    let attached = e.json(&[
+        "vault",
+        "attach",
+        "again",
+        "--location",
+        &store.location("taken"),
+    ]);
+    assert_eq!(attached["vault"]["path"], store.location("taken").as_str());
+}
+
+#[test]
+fn a_file_tree_round_trips_through_azure_blob() {
+    let store = TestStore::start(Kind::Azurite);
+    let e = Env::new();
+    e.storage(store.env());
+    e.vault("remote", &["--location", &store.location("trees")]);
+    let src = super::trees::share(&e);
+    e.ok(&[
+        "item",
+        "protect",
+        "files",
+        src.to_str().unwrap(),
+        "--vault",
+        "remote",
+        "--name",
+        "share",
+    ]);
+    let first = e.backup("share");
+    std::fs::write(src.join("docs/readme.txt"), b"read me, changed\n").unwrap();
+    let second = e.json(&["backup", "now", "share"]);
+    // An incremental of one changed file: a handful of PUTs (the file, its directories,
+    // the index, the manifest), nothing stated first.
+    let (put, _, head, _) = requests(&e, second["job_id"].as_str().unwrap());
+    assert!(put <= 10 && head <= 4, "{put} PUT, {head} HEAD");
+    for (rp, readme) in [
+        (first.as_str(), &b"read me\n"[..]),
+        (
+            second["rp_id"].as_str().unwrap(),
+            &b"read me, changed\n"[..],
+        ),
+    ] {
+        let to = e.path(&format!("out-{rp}"));
+        std::fs::create_dir(&to).unwrap();
+        e.ok(&[
+            "restore",
+            "files",
+            "share",
+            "--rp",
+            rp,
+            "--to",
+            to.to_str().unwrap(),
+        ]);
+        assert_eq!(std::fs::read(to.join("docs/readme.txt")).unwrap(), readme);
+        assert_eq!(
+            std::fs::read(to.join("data.bin")).unwrap(),
+            pattern(7, 3_000_000)
+        );
+        assert_eq!(
+            std::fs::read_link(to.join("docs/rel")).unwrap(),
+            Path::new("../data.bin")
+        );
+    }
+}
