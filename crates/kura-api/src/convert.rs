@@ -10,6 +10,8 @@ impl From<kura_engine::VaultInfo> for Vault {
             id: r.id,
             name: r.name,
             path: r.path,
+            redundancy: r.redundancy,
+            replica: r.replica,
             chunk_size: r.chunk_size,
             encryption: r.encryption,
             cipher: r.cipher,

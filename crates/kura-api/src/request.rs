@@ -19,6 +19,13 @@ pub struct NewVault {
     /// The object store's credentials are the server's (its environment), never sent here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
+    /// `local` (default) or `zone`: every write also goes to `replica`, a point is visible
+    /// only once both locations have it, reads fall back to the other one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redundancy: Option<String>,
+    /// The second location of a `zone` vault (a directory under a restore root or a URL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
     /// Chunk size in bytes (a power of two).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chunk_size: Option<u32>,

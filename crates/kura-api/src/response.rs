@@ -45,8 +45,12 @@ pub struct Vault {
     pub id: String,
     /// Name.
     pub name: String,
-    /// Storage directory.
+    /// Where it lives: a directory, or an `s3://` or `azblob://` location.
     pub path: String,
+    /// `local` (one location) or `zone` (every write also goes to `replica`).
+    pub redundancy: String,
+    /// The second location of a zone-redundant vault.
+    pub replica: Option<String>,
     /// Chunk size.
     pub chunk_size: u32,
     /// `none`, `passphrase` or `key-file`.

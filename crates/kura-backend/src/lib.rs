@@ -30,6 +30,7 @@ pub mod conformance;
 mod fs;
 mod location;
 mod memory;
+mod mirror;
 mod object;
 #[cfg(feature = "test-servers")]
 pub mod test_servers;
@@ -37,6 +38,7 @@ pub mod test_servers;
 pub use fs::FsBackend;
 pub use location::{Location, LocationError, StorageEnv};
 pub use memory::MemoryBackend;
+pub use mirror::MirrorBackend;
 pub use object::{Faults, ObjectBackend};
 
 use std::ops::Range;

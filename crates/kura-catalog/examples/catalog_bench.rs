@@ -29,6 +29,8 @@ fn main() {
         cipher: None,
         key_file: None,
         created: "2026-01-01T00:00:00.000Z".into(),
+        redundancy: "local".into(),
+        replica: None,
     })
     .unwrap();
     let items = 10_000;

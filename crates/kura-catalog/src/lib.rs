@@ -104,6 +104,10 @@ pub struct VaultRow {
     pub key_file: Option<String>,
     /// When it was created or attached.
     pub created: String,
+    /// `local` (one location) or `zone` (every write also goes to `replica`).
+    pub redundancy: String,
+    /// The second location of a `zone` vault.
+    pub replica: Option<String>,
 }
 
 /// A protected item.
@@ -369,9 +373,9 @@ impl Catalog {
     pub fn insert_vault(&self, v: &VaultRow) -> Result<()> {
         self.conn()
             .execute(
-                "INSERT INTO vaults (id, name, path, chunk_size, encryption, cipher, key_file, created)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![v.id, v.name, v.path, v.chunk_size, v.encryption, v.cipher, v.key_file, v.created],
+                "INSERT INTO vaults (id, name, path, chunk_size, encryption, cipher, key_file, created, redundancy, replica)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![v.id, v.name, v.path, v.chunk_size, v.encryption, v.cipher, v.key_file, v.created, v.redundancy, v.replica],
             )
             .map_err(|e| constraint(e, "vault", &v.name))?;
         Ok(())
@@ -387,6 +391,8 @@ impl Catalog {
             cipher: r.get(5)?,
             key_file: r.get(6)?,
             created: r.get(7)?,
+            redundancy: r.get(8)?,
+            replica: r.get(9)?,
         })
     }
 
@@ -396,7 +402,7 @@ impl Catalog {
         let row = self
             .conn()
             .query_row(
-                "SELECT id, name, path, chunk_size, encryption, cipher, key_file, created FROM vaults WHERE name = ?1",
+                "SELECT id, name, path, chunk_size, encryption, cipher, key_file, created, redundancy, replica FROM vaults WHERE name = ?1",
                 [name],
                 Self::vault_from,
             )
@@ -432,7 +438,7 @@ impl Catalog {
     pub fn vault_by_id(&self, id: &str) -> Result<VaultRow> {
         self.conn()
             .query_row(
-                "SELECT id, name, path, chunk_size, encryption, cipher, key_file, created FROM vaults WHERE id = ?1",
+                "SELECT id, name, path, chunk_size, encryption, cipher, key_file, created, redundancy, replica FROM vaults WHERE id = ?1",
                 [id],
                 Self::vault_from,
             )
@@ -448,7 +454,7 @@ impl Catalog {
     pub fn list_vaults(&self) -> Result<Vec<VaultRow>> {
         let conn = self.conn();
         let mut st = conn.prepare(
-            "SELECT id, name, path, chunk_size, encryption, cipher, key_file, created FROM vaults ORDER BY name",
+            "SELECT id, name, path, chunk_size, encryption, cipher, key_file, created, redundancy, replica FROM vaults ORDER BY name",
         )?;
         let rows = st
             .query_map([], Self::vault_from)?

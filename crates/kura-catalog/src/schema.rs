@@ -163,6 +163,10 @@ const MIGRATIONS: &[&str] = &[
         stored_bytes INTEGER NOT NULL,
         PRIMARY KEY (vault_id, hour)
     );",
+    // 24: storage redundancy (Azure's LRS/ZRS): `local`, or `zone` with a second location
+    // every write also goes to.
+    "ALTER TABLE vaults ADD COLUMN redundancy TEXT NOT NULL DEFAULT 'local';
+     ALTER TABLE vaults ADD COLUMN replica TEXT;",
 ];
 
 pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {

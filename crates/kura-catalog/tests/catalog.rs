@@ -12,6 +12,8 @@ fn vault(cat: &Catalog, name: &str) -> VaultRow {
         cipher: None,
         key_file: None,
         created: "2026-01-01T00:00:00Z".into(),
+        redundancy: "local".into(),
+        replica: None,
     };
     cat.insert_vault(&v).unwrap();
     v

@@ -44,6 +44,8 @@ pub struct CreateVault {
     /// Where the vault's objects go (a directory, `s3://...`, `azblob://...`); default the
     /// directory `HOME/vaults/NAME`.
     pub location: Option<Location>,
+    /// Zone redundancy: a second location every write also goes to.
+    pub replica: Option<Location>,
     /// Chunk size; default 4 MiB.
     pub chunk_size: Option<u32>,
     /// Turn encryption off.
@@ -225,24 +227,22 @@ impl Home {
             Some(remote) => remote.clone(),
             None => Location::Fs(self.root.join("vaults").join(name)),
         };
-        // An object store is opened (and found empty) before anything is decided.
-        let remote = match &location {
-            Location::Fs(path) => {
-                check_new_vault_dir(path)?;
-                None
-            }
-            remote => {
-                let backend = self.open_location(remote)?;
-                if !backend.list("")?.is_empty() {
-                    return Err(Error::new(
-                        ErrorKind::AlreadyExists,
-                        format!(
-                            "{remote} already holds objects (to use an existing vault, run `kura vault attach`)"
-                        ),
-                    ));
-                }
-                Some(backend)
-            }
+        let replica = match &opts.replica {
+            Some(Location::Fs(p)) => Some(Location::Fs(absolute(p)?)),
+            other => other.clone(),
+        };
+        if replica.as_ref() == Some(&location) {
+            return Err(Error::new(
+                ErrorKind::Invalid,
+                "replica: a zone-redundant vault needs a second location, not the same one",
+            ));
+        }
+        // Both locations are checked (an object store opened and found empty) before
+        // anything is decided or made.
+        let remote = self.check_new_location(&location)?;
+        let remote_replica = match &replica {
+            Some(r) => Some(self.check_new_location(r)?),
+            None => None,
         };
         let mut note = None;
         let mut generated_key = None;
@@ -294,30 +294,35 @@ impl Home {
         if let Some(l) = opts.compression_level {
             vopts.compression_level = l;
         }
-        let dir = location.as_path();
-        let created_dir = dir.is_some_and(|d| !d.exists());
+        // Directories this call makes, removed again if it fails.
+        let made: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
         let cleanup = |e: Error| {
-            if let (true, Some(d)) = (created_dir, dir) {
+            for d in made.lock().unwrap_or_else(|p| p.into_inner()).iter() {
                 let _ = std::fs::remove_dir_all(d);
             }
             e
         };
-        let backend: Arc<dyn Backend> = match (remote, dir) {
-            (Some(b), _) => b,
-            (None, Some(d)) => {
-                if created_dir {
-                    create_private_dir(d).map_err(cleanup)?;
-                }
-                Arc::new(FsBackend::open(d).map_err(|e| cleanup(e.into()))?)
+        let storage = |location: &Location, remote: Option<Arc<dyn Backend>>| {
+            let Some(dir) = location.as_path() else {
+                return Ok(remote.expect("a remote location was opened"));
+            };
+            if !dir.exists() {
+                create_private_dir(dir)?;
+                made.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(dir.to_path_buf());
             }
-            (None, None) => unreachable!("a location is a directory or remote"),
+            // An unencrypted vault's chunks are the disk's data: nobody else may read them.
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| Error::io(format!("cannot chmod {}", dir.display()), e))?;
+            Ok::<_, Error>(Arc::new(FsBackend::open(dir)?) as Arc<dyn Backend>)
         };
-        let vault = Vault::create(backend, &vopts, &secret).map_err(|e| cleanup(e.into()))?;
-        // An unencrypted vault's chunks are the disk's data: nobody else may read them.
-        if let Some(d) = dir {
-            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o700))
-                .map_err(|e| cleanup(Error::io(format!("cannot chmod {}", d.display()), e)))?;
+        let mut backend = storage(&location, remote).map_err(cleanup)?;
+        if let (Some(r), Some(remote)) = (&replica, remote_replica) {
+            let second = storage(r, remote).map_err(cleanup)?;
+            backend = Arc::new(kura_backend::MirrorBackend::new(backend, second));
         }
+        let vault = Vault::create(backend, &vopts, &secret).map_err(|e| cleanup(e.into()))?;
         if let Some((kf, contents)) = generated_key {
             write_private(&kf, &contents).map_err(cleanup)?;
         }
@@ -334,6 +339,8 @@ impl Home {
                 .map(|e| e.cipher.name().to_string()),
             key_file: key_file.map(|k| k.display().to_string()),
             created: vault.config().created.clone(),
+            redundancy: if replica.is_some() { "zone" } else { "local" }.into(),
+            replica: replica.as_ref().map(Location::to_string),
         };
         self.catalog.insert_vault(&row)?;
         self.ensure_default_policy(&row.id)?;
@@ -439,12 +446,11 @@ impl Home {
                 ),
             )
         };
-        let location = location_of(row)?;
-        let backend = match &location {
+        let backend = match location_of(row)? {
             Location::Fs(dir) if !dir.join("config").exists() => return Err(missing()),
-            Location::Fs(_) => self.open_location(&location)?,
-            remote => {
-                let backend = self.open_location(remote)?;
+            Location::Fs(_) => self.backend_of(row)?,
+            _ => {
+                let backend = self.backend_of(row)?;
                 if backend.stat("config")?.is_none() {
                     return Err(missing());
                 }
@@ -487,9 +493,47 @@ impl Home {
         Ok(backend)
     }
 
-    /// The backend of a vault's storage.
+    /// The backend of a vault's storage: both copies of a zone-redundant vault.
     pub(crate) fn backend_of(&self, row: &VaultRow) -> Result<Arc<dyn Backend>> {
-        self.open_location(&location_of(row)?)
+        let first = self.open_location(&location_of(row)?)?;
+        match &row.replica {
+            Some(r) if row.redundancy == "zone" => {
+                let r = Location::parse(r).map_err(|e| {
+                    Error::new(
+                        ErrorKind::Invalid,
+                        format!("vault {:?} replica: {e}", row.name),
+                    )
+                })?;
+                Ok(Arc::new(kura_backend::MirrorBackend::new(
+                    first,
+                    self.open_location(&r)?,
+                )))
+            }
+            _ => Ok(first),
+        }
+    }
+
+    /// A location a new vault may be made at: a directory missing or empty (no side effect),
+    /// or an object store's prefix holding nothing, opened.
+    fn check_new_location(&self, location: &Location) -> Result<Option<Arc<dyn Backend>>> {
+        match location {
+            Location::Fs(path) => {
+                check_new_vault_dir(path)?;
+                Ok(None)
+            }
+            remote => {
+                let backend = self.open_location(remote)?;
+                if !backend.list("")?.is_empty() {
+                    return Err(Error::new(
+                        ErrorKind::AlreadyExists,
+                        format!(
+                            "{remote} already holds objects (to use an existing vault, run `kura vault attach`)"
+                        ),
+                    ));
+                }
+                Ok(Some(backend))
+            }
+        }
     }
 
     /// Opens a vault by name.
@@ -562,6 +606,9 @@ impl Home {
         };
         // For messages.
         let path = &location;
+        // Either copy of a zone-redundant vault is a whole vault: attached, it is read (and
+        // written) at the one location given.
+        let replica: Option<Location> = None;
         let backend = self.open_location(&location)?;
         let config = Vault::read_config(backend.as_ref()).map_err(|e| match e {
             kura_store::Error::NotAVault { reason, .. } => Error::new(
@@ -618,6 +665,8 @@ impl Home {
                 .map(|e| e.cipher.name().to_string()),
             key_file,
             created: kura_catalog::stamp(self.now()),
+            redundancy: if replica.is_some() { "zone" } else { "local" }.into(),
+            replica: replica.as_ref().map(Location::to_string),
         };
         // Prove the key works before registering anything.
         let secret = match &kit_key {
@@ -1734,6 +1783,10 @@ pub fn requested_location(path: Option<&str>, location: Option<&str>) -> Result<
             ErrorKind::Invalid,
             "path and location name the same thing: give one of them",
         )),
+        (Some(p), None) if p.contains("://") => Err(Error::new(
+            ErrorKind::Invalid,
+            format!("path: {p:?} is a URL, not a directory: give it as the location (--location)"),
+        )),
         (Some(p), None) => Ok(Some(Location::Fs(PathBuf::from(p)))),
         (None, Some(l)) => Location::parse(l)
             .map(Some)
@@ -1746,6 +1799,32 @@ thread_local! {
     /// The backends the job running on this thread opened, whose requests its log reports.
     static JOB_STORAGE: std::cell::RefCell<Option<Vec<Arc<dyn Backend>>>> =
         const { std::cell::RefCell::new(None) };
+}
+
+/// The replica a request's `redundancy` and `replica` fields ask for: `local` (or nothing)
+/// has none, `zone` needs one.
+pub fn requested_replica(
+    redundancy: Option<&str>,
+    replica: Option<&str>,
+) -> Result<Option<Location>> {
+    let invalid = |m: &str| Err(Error::new(ErrorKind::Invalid, m.to_string()));
+    match (redundancy.unwrap_or("local"), replica) {
+        ("local", None) => Ok(None),
+        ("local", Some(_)) => {
+            invalid("replica: only a zone-redundant vault has one (--redundancy zone)")
+        }
+        ("zone", None) => invalid("redundancy zone: give the second location with --replica URL"),
+        ("zone", Some(r)) => Location::parse(r)
+            .map(Some)
+            .map_err(|e| Error::new(ErrorKind::Invalid, format!("replica: {e}"))),
+        ("geo", _) => invalid(
+            "redundancy geo (an asynchronous replica) is not available yet; zone writes both locations synchronously",
+        ),
+        (other, _) => Err(Error::new(
+            ErrorKind::Invalid,
+            format!("redundancy {other:?}: expected local or zone"),
+        )),
+    }
 }
 
 /// Where a vault's catalog row says it lives.

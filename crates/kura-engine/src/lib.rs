@@ -54,6 +54,7 @@ pub use files::{Fetched, FileListing, FileRestoreReport, FilesTarget, PointVolum
 pub use gc::{GcOptions, GcReport};
 pub use home::{
     AttachReport, CreateVault, Home, Secrets, VaultInfo, WrappedKeyDocument, requested_location,
+    requested_replica,
 };
 pub use jobs::JobQuery;
 pub use kura_backend::Location;

@@ -820,9 +820,19 @@ async fn list_vaults(_: Auth, State(s): State<S>) -> ApiResult {
 
 async fn create_vault(_: Auth, State(s): State<S>, Body(b): Body<api::NewVault>) -> ApiResult {
     let location = checked_location(&s, b.path.as_deref(), b.location.as_deref())?;
+    let replica =
+        match kura_engine::requested_replica(b.redundancy.as_deref(), b.replica.as_deref())
+            .map_err(ApiError::from)?
+        {
+            Some(kura_engine::Location::Fs(dir)) => Some(kura_engine::Location::Fs(
+                s.roots.restore("replica", &dir.to_string_lossy())?,
+            )),
+            other => other,
+        };
     let v = blocking(move || {
         let opts = kura_engine::CreateVault {
             location,
+            replica,
             chunk_size: b.chunk_size,
             no_encryption: b.no_encryption,
             ..Default::default()

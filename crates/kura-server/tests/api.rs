@@ -924,6 +924,8 @@ fn every_client_call_is_a_documented_request() {
             name: s("v1"),
             path: Some(s("/srv/v1")),
             location: None,
+            redundancy: Some(s("zone")),
+            replica: Some(s("s3://kura-vaults/v1")),
             chunk_size: Some(65536),
             no_encryption: true,
         }),

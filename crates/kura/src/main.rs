@@ -178,6 +178,14 @@ enum VaultCmd {
         /// container must exist.
         #[arg(long, value_name = "URL")]
         location: Option<String>,
+        /// local: one location. zone: every write also goes to --replica, a point is
+        /// visible only once both locations hold it, and reads fall back to the other one
+        /// (Azure's zone-redundant storage, on storage you own).
+        #[arg(long, value_name = "local|zone")]
+        redundancy: Option<String>,
+        /// The second location of a zone-redundant vault (a directory or a URL).
+        #[arg(long, value_name = "URL")]
+        replica: Option<String>,
         /// Chunk size for disks, e.g. 4MiB (64KiB to 64MiB).
         #[arg(long, value_name = "SIZE")]
         chunk_size: Option<String>,
@@ -964,6 +972,15 @@ fn execute(t: &dyn Transport, r: &Request, out: &Out) -> anyhow::Result<u8> {
     Ok((r.exit)(&answer))
 }
 
+/// A location as given, with a relative directory made absolute here (it is this
+/// command's directory, not a server's).
+fn abs_location(l: &str) -> String {
+    if l.contains("://") {
+        return l.to_string();
+    }
+    std::path::absolute(l).map_or(l.to_string(), |p| p.display().to_string())
+}
+
 /// A path given on the command line, absolute (a server does not share the CLI's working
 /// directory), as the API's UTF-8 text.
 fn abs(p: impl AsRef<Path>) -> anyhow::Result<String> {
@@ -983,6 +1000,19 @@ fn zero(_: &serde_json::Value) -> u8 {
 fn request(cmd: &Command, host: &mut HostOptions) -> anyhow::Result<Option<Request>> {
     use api::Call as C;
     let opt_abs = |p: &Option<PathBuf>| p.as_deref().map(abs).transpose();
+    // A vault's --path is a directory: a URL there would become a folder named "s3:".
+    let dir_abs = |p: &Option<PathBuf>| -> anyhow::Result<Option<String>> {
+        if let Some(url) = p
+            .as_deref()
+            .and_then(Path::to_str)
+            .filter(|s| s.contains("://"))
+        {
+            return Err(transport::invalid(format!(
+                "--path {url:?} is a URL, not a directory: give it with --location"
+            )));
+        }
+        opt_abs(p)
+    };
     // Checked here so that the message names the flag, not the API's field.
     let at = |at: &Option<String>| -> anyhow::Result<api::At> {
         if let Some(a) = at {
@@ -1010,6 +1040,8 @@ fn request(cmd: &Command, host: &mut HostOptions) -> anyhow::Result<Option<Reque
             name,
             path,
             location,
+            redundancy,
+            replica,
             chunk_size,
             no_encryption,
             cipher,
@@ -1023,8 +1055,10 @@ fn request(cmd: &Command, host: &mut HostOptions) -> anyhow::Result<Option<Reque
             (
                 C::CreateVault(api::NewVault {
                     name: name.clone(),
-                    path: opt_abs(path)?,
-                    location: location.clone(),
+                    path: dir_abs(path)?,
+                    location: location.as_deref().map(abs_location),
+                    redundancy: redundancy.clone(),
+                    replica: replica.as_deref().map(abs_location),
                     chunk_size: chunk_size.as_deref().map(parse_size).transpose()?,
                     no_encryption: *no_encryption,
                 }),
@@ -1060,8 +1094,8 @@ fn request(cmd: &Command, host: &mut HostOptions) -> anyhow::Result<Option<Reque
             (
                 C::AttachVault(api::Attach {
                     name: name.clone(),
-                    path: opt_abs(path)?,
-                    location: location.clone(),
+                    path: dir_abs(path)?,
+                    location: location.as_deref().map(abs_location),
                     key_file: None,
                 }),
                 views::attached,

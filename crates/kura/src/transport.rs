@@ -101,8 +101,11 @@ impl Transport for Local<'_> {
             Call::CreateVault(b) => {
                 let location =
                     kura_engine::requested_location(b.path.as_deref(), b.location.as_deref())?;
+                let replica =
+                    kura_engine::requested_replica(b.redundancy.as_deref(), b.replica.as_deref())?;
                 let opts = kura_engine::CreateVault {
                     location,
+                    replica,
                     chunk_size: b.chunk_size,
                     no_encryption: b.no_encryption,
                     cipher: self.host.cipher,

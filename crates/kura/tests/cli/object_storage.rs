@@ -252,3 +252,111 @@ fn a_file_tree_round_trips_through_azure_blob() {
         );
     }
 }
+
+#[test]
+#[cfg_attr(
+    not(feature = "test-hooks"),
+    ignore = "needs the test-hooks feature (scripts/test turns it on)"
+)]
+fn a_zone_redundant_vault_writes_both_locations_and_outlives_one() {
+    let mut primary = TestStore::start(Kind::Azurite);
+    let replica = TestStore::start(Kind::Moto);
+    let e = Env::new();
+    e.storage(primary.env().into_iter().chain(replica.env()).collect());
+    let (first, second) = (primary.location("zone"), replica.location("zone"));
+    e.vault(
+        "zone",
+        &[
+            "--location",
+            &first,
+            "--redundancy",
+            "zone",
+            "--replica",
+            &second,
+        ],
+    );
+    let shown = e.json(&["vault", "show", "zone"]);
+    assert_eq!(shown["redundancy"], "zone", "{shown}");
+    assert_eq!(shown["replica"], second.as_str(), "{shown}");
+    let img = e.path("disk.raw");
+    make_image(&img, 4 << 20, &[(0, 1 << 20, 5)]);
+    e.protect(&img, "zone", &["--name", "d"]);
+    let rp = e.backup("d");
+    // Both locations hold the whole point.
+    for store in [&primary, &replica] {
+        let b = store.parsed("zone").open(&store.storage_env()).unwrap();
+        assert_eq!(b.list("chunks/").unwrap().len(), 16, "{:?}", store.kind);
+        assert!(b.stat(&format!("rps/{rp}/manifest")).unwrap().is_some());
+    }
+
+    // The primary location fails while a backup is under way: the backup fails, and no
+    // point appears that a location lacks.
+    make_image_part(&img, 0, 64 << 10, 6);
+    let g = Gate::new(&e, "transfer");
+    let (var, val) = g.env();
+    let child = e
+        .cmd(&["--output", "json", "backup", "now", "d"])
+        .env(var, val)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    g.wait_reached();
+    primary.stop();
+    g.release();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "a backup with a location down fails");
+    let rps = e.json(&["rp", "list", "d"]);
+    assert_eq!(rps.as_array().unwrap().len(), 1, "{rps}");
+    let b = replica.parsed("zone").open(&replica.storage_env()).unwrap();
+    let manifests: Vec<String> = b
+        .list("rps/")
+        .unwrap()
+        .into_iter()
+        .filter(|k| k.ends_with("/manifest"))
+        .collect();
+    assert_eq!(manifests, [format!("rps/{rp}/manifest")]);
+
+    // Restores read from the location that is still there.
+    let back = e.path("back.raw");
+    e.restore("d", &rp, &back, "raw");
+    let want = e.path("want.raw");
+    make_image(&want, 4 << 20, &[(0, 1 << 20, 5)]);
+    assert!(
+        same_file(&back, &want),
+        "the first point, read from the replica"
+    );
+}
+
+#[test]
+fn redundancy_is_checked_before_anything_is_made() {
+    let store = TestStore::start(Kind::Moto);
+    let e = Env::new();
+    e.storage(store.env());
+    let here = store.location("a");
+    for (args, says) in [
+        (vec!["--redundancy", "zone"], "--replica"),
+        (vec!["--replica", "s3://kura-test/b"], "zone"),
+        (
+            vec!["--redundancy", "zone", "--replica", here.as_str()],
+            "second location",
+        ),
+        (
+            vec!["--redundancy", "geo", "--replica", "s3://kura-test/b"],
+            "not available yet",
+        ),
+        (vec!["--redundancy", "lrs"], "expected local or zone"),
+    ] {
+        let mut a = vec!["vault", "create", "v", "--location", here.as_str()];
+        a.extend(args);
+        let (_, err) = e.fails(&a);
+        let msg = err["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(says), "{a:?}: {msg}");
+    }
+    let (_, err) = e.fails(&["vault", "create", "v", "--path", "s3://kura-test/a"]);
+    let msg = err["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("--location"), "{msg}");
+    assert_eq!(e.json(&["vault", "list"]).as_array().unwrap().len(), 0);
+    let b = store.parsed("a").open(&store.storage_env()).unwrap();
+    assert_eq!(b.list("").unwrap(), Vec::<String>::new(), "nothing written");
+}
