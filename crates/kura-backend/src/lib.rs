@@ -163,6 +163,11 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn requests(&self) -> Option<Requests> {
         None
     }
+    /// The copies a redundant backend keeps, each a whole backend (empty for one copy), so
+    /// that verification can read each and repair one from another.
+    fn copies(&self) -> Vec<std::sync::Arc<dyn Backend>> {
+        Vec::new()
+    }
 }
 
 /// Requests sent to a storage service, by kind. Retries count: each attempt is a request.

@@ -30,11 +30,6 @@ impl MirrorBackend {
         }
     }
 
-    /// The two copies, first first.
-    pub fn copies(&self) -> &[Arc<dyn Backend>; 2] {
-        &self.copies
-    }
-
     /// Copy indexes in the order reads try them: the healthy ones first.
     fn order(&self) -> [usize; 2] {
         if self.down[0].load(Ordering::Relaxed) && !self.down[1].load(Ordering::Relaxed) {
@@ -185,6 +180,10 @@ impl Backend for MirrorBackend {
 
     fn cheap_stat(&self) -> bool {
         self.copies.iter().all(|c| c.cheap_stat())
+    }
+
+    fn copies(&self) -> Vec<Arc<dyn Backend>> {
+        self.copies.to_vec()
     }
 
     fn requests(&self) -> Option<Requests> {

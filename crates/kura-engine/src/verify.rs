@@ -55,6 +55,9 @@ pub struct VerifyReport {
     pub healed: Vec<String>,
     /// Vaults that could not be opened (no secret given for them), with the reason.
     pub not_verified: Vec<String>,
+    /// Copies of a zone-redundant vault written again from the other location, because they
+    /// were missing or damaged there: `OBJECT at LOCATION`.
+    pub repaired: Vec<String>,
 }
 
 impl VerifyReport {
@@ -155,6 +158,7 @@ impl Home {
                 snapshot_only: Vec::new(),
                 healed: Vec::new(),
                 not_verified: not_opened.clone(),
+                repaired: Vec::new(),
             };
             for v in &not_opened {
                 job.warn(&format!("not verified: {v}"));
@@ -171,6 +175,9 @@ impl Home {
                 });
                 let first = report.problems.len();
                 let checked = verify_vault(vault, &vault_rps, &mut report, job)?;
+                report
+                    .repaired
+                    .extend(repair_copies(vault, &vault_rps, &checked, job)?);
                 self.remember_bad_chunks(vault, &vault_rps, &checked, &report.problems[first..])?;
                 for (key, h) in healed {
                     report.healed.extend(
@@ -186,6 +193,12 @@ impl Home {
                     "{} recovery point(s) exist only in the snapshot tier and have no vault copy to verify: {}",
                     report.snapshot_only.len(),
                     report.snapshot_only.join(", ")
+                ));
+            }
+            if !report.repaired.is_empty() {
+                job.message(&format!(
+                    "repaired from the other location: {}",
+                    report.repaired.join(", ")
                 ));
             }
             if !report.healed.is_empty() {
@@ -263,6 +276,54 @@ impl Home {
 }
 
 /// Checks the recovery points `rps` of one vault; returns the chunks it checked.
+/// A zone-redundant vault's copies, compared: every checked chunk and each point's manifest
+/// and indexes is read at each location, and a copy that is missing or fails the keyless
+/// check there is written again from one that passes it. Returns what was repaired.
+fn repair_copies(
+    vault: &Vault,
+    rps: &[RpRow],
+    chunks: &HashSet<ChunkId>,
+    progress: &dyn Progress,
+) -> Result<Vec<String>> {
+    let copies = vault.backend().copies();
+    if copies.len() < 2 {
+        return Ok(Vec::new());
+    }
+    let mut keys: Vec<String> = chunks.iter().map(ChunkId::key).collect();
+    for rp in rps {
+        keys.extend(vault.backend().list(&format!("rps/{}/", rp.id))?);
+    }
+    progress.start("compare the locations", keys.len() as u64);
+    let mut repaired = Vec::new();
+    for key in &keys {
+        crate::progress::check_cancel(progress)?;
+        let mut good = None;
+        let mut lacking = Vec::new();
+        for c in &copies {
+            match c.get(key) {
+                Ok(b) if kura_store::blob::check_stored(key, &b).is_ok() => {
+                    good.get_or_insert(b);
+                }
+                Ok(_) => lacking.push(c),
+                Err(e) if e.is_not_found() => lacking.push(c),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if let Some(bytes) = good {
+            for c in lacking {
+                c.put(key, bytes.clone())?;
+                repaired.push(format!("{key} at {}", c.location()));
+            }
+        }
+        progress.advance(1);
+    }
+    for c in &copies {
+        c.sync()?;
+    }
+    progress.finish();
+    Ok(repaired)
+}
+
 fn verify_vault(
     vault: &Vault,
     rps: &[RpRow],

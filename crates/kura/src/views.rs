@@ -380,6 +380,16 @@ pub fn verify(r: &Value) -> String {
             out += &format!("  {h}\n");
         }
     }
+    let repaired: Vec<String> = rows(&r["repaired"]).map(s).collect();
+    if !repaired.is_empty() {
+        out += &format!(
+            "repaired from the other location: {} object(s)\n",
+            repaired.len()
+        );
+        for o in repaired {
+            out += &format!("  {o}\n");
+        }
+    }
     for v in rows(&r["not_verified"]) {
         out += &format!("NOT VERIFIED: {}\n", s(v));
     }

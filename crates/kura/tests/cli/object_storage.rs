@@ -289,6 +289,19 @@ fn a_zone_redundant_vault_writes_both_locations_and_outlives_one() {
         assert!(b.stat(&format!("rps/{rp}/manifest")).unwrap().is_some());
     }
 
+    // A copy lost at one location comes back from the other at the next verify.
+    let at_replica = replica.parsed("zone").open(&replica.storage_env()).unwrap();
+    let lost = at_replica.list("chunks/").unwrap()[0].clone();
+    at_replica.delete(&lost).unwrap();
+    let verdict = e.json(&["verify", "--item", "d"]);
+    assert_eq!(verdict["problems"], serde_json::json!([]), "{verdict}");
+    assert_eq!(
+        verdict["repaired"],
+        serde_json::json!([format!("{lost} at {second}")]),
+        "{verdict}"
+    );
+    assert!(at_replica.stat(&lost).unwrap().is_some());
+
     // The primary location fails while a backup is under way: the backup fails, and no
     // point appears that a location lacks.
     make_image_part(&img, 0, 64 << 10, 6);
@@ -308,8 +321,7 @@ fn a_zone_redundant_vault_writes_both_locations_and_outlives_one() {
     assert!(!out.status.success(), "a backup with a location down fails");
     let rps = e.json(&["rp", "list", "d"]);
     assert_eq!(rps.as_array().unwrap().len(), 1, "{rps}");
-    let b = replica.parsed("zone").open(&replica.storage_env()).unwrap();
-    let manifests: Vec<String> = b
+    let manifests: Vec<String> = at_replica
         .list("rps/")
         .unwrap()
         .into_iter()
