@@ -104,6 +104,8 @@ pub enum Call {
     Verify(Verify),
     /// `POST /vaults/{vault}/gc` → a job whose result is the GC report.
     Gc { vault: String, body: Gc },
+    /// `POST /vaults/{vault}/replicate` → a job whose result is the replication report.
+    Replicate { vault: String },
     /// `GET /jobs` → `Vec<Job>`.
     ListJobs(JobFilter),
     /// `GET /jobs/{job}` → `Job`.
@@ -147,6 +149,7 @@ impl Call {
                 | Call::RestoreFiles { .. }
                 | Call::Verify(_)
                 | Call::Gc { .. }
+                | Call::Replicate { .. }
         )
     }
 
@@ -294,6 +297,11 @@ impl Call {
                     "/vaults/{vault}/gc",
                     format!("/vaults/{}/gc", seg(vault)),
                     json(body),
+                ),
+                C::Replicate { vault } => post(
+                    "/vaults/{vault}/replicate",
+                    format!("/vaults/{}/replicate", seg(vault)),
+                    serde_json::json!({}),
                 ),
                 C::ListJobs(filter) => get("/jobs", format!("/jobs{}", query_string(filter))),
                 C::GetJob { job } => get("/jobs/{job}", format!("/jobs/{}", seg(job))),

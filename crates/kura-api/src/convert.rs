@@ -12,6 +12,12 @@ impl From<kura_engine::VaultInfo> for Vault {
             path: r.path,
             redundancy: r.redundancy,
             replica: r.replica,
+            replication: v.replication.map(|l| Replication {
+                replica: l.replica,
+                replicated_at: l.replicated_at,
+                points_behind: l.points_behind,
+                bytes_behind: l.bytes_behind,
+            }),
             chunk_size: r.chunk_size,
             encryption: r.encryption,
             cipher: r.cipher,

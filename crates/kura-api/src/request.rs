@@ -19,11 +19,13 @@ pub struct NewVault {
     /// The object store's credentials are the server's (its environment), never sent here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
-    /// `local` (default) or `zone`: every write also goes to `replica`, a point is visible
-    /// only once both locations have it, reads fall back to the other one.
+    /// `local` (default); `zone`: every write also goes to `replica`, a point is visible
+    /// only once both locations have it, reads fall back to the other one; `geo`:
+    /// replication jobs copy new points to `replica` after each backup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redundancy: Option<String>,
-    /// The second location of a `zone` vault (a directory under a restore root or a URL).
+    /// The second location of a `zone` or `geo` vault (a directory under a restore root or
+    /// a URL).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replica: Option<String>,
     /// Chunk size in bytes (a power of two).
@@ -233,6 +235,9 @@ pub struct Restore {
     /// Write a disk that was encrypted at the source decrypted.
     #[serde(default)]
     pub decrypt: bool,
+    /// Read the point from the vault's replica (cross-region restore).
+    #[serde(default)]
+    pub from_replica: bool,
 }
 
 /// `POST /items/{item}/disk-restores`: disks of a point into a directory.

@@ -49,8 +49,10 @@ pub struct Vault {
     pub path: String,
     /// `local` (one location) or `zone` (every write also goes to `replica`).
     pub redundancy: String,
-    /// The second location of a zone-redundant vault.
+    /// The second location of a zone- or geo-redundant vault.
     pub replica: Option<String>,
+    /// A geo-redundant vault's replication lag.
+    pub replication: Option<Replication>,
     /// Chunk size.
     pub chunk_size: u32,
     /// `none`, `passphrase` or `key-file`.
@@ -72,6 +74,19 @@ pub struct Vault {
     /// A note for the user (e.g. where a generated key file went).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+}
+
+/// How far a geo-redundant vault's replica is behind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Replication {
+    /// The replica's location.
+    pub replica: String,
+    /// When it last caught up (null: never).
+    pub replicated_at: Option<String>,
+    /// Recovery points made since, which the replica may lack.
+    pub points_behind: usize,
+    /// Their stored bytes.
+    pub bytes_behind: u64,
 }
 
 /// What `POST /vaults/attach` registered.

@@ -396,6 +396,24 @@ impl Catalog {
         })
     }
 
+    /// Records that a vault's replica holds everything the vault held at `at`.
+    pub fn set_replicated(&self, vault_id: &str, at: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE vaults SET replicated_at = ?2 WHERE id = ?1",
+            params![vault_id, at],
+        )?;
+        Ok(())
+    }
+
+    /// When a vault's replica last caught up (`None`: never, or not geo-redundant).
+    pub fn replicated_at(&self, vault_id: &str) -> Result<Option<String>> {
+        Ok(self.conn().query_row(
+            "SELECT replicated_at FROM vaults WHERE id = ?1",
+            [vault_id],
+            |r| r.get(0),
+        )?)
+    }
+
     /// A vault by name.
     pub fn vault(&self, name: &str) -> Result<VaultRow> {
         // The connection is released before a miss looks for the nearest name.

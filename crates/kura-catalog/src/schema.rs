@@ -167,6 +167,8 @@ const MIGRATIONS: &[&str] = &[
     // every write also goes to.
     "ALTER TABLE vaults ADD COLUMN redundancy TEXT NOT NULL DEFAULT 'local';
      ALTER TABLE vaults ADD COLUMN replica TEXT;",
+    // 25: when a geo-redundant vault's replica last caught up (start of that replication).
+    "ALTER TABLE vaults ADD COLUMN replicated_at TEXT;",
 ];
 
 pub(crate) fn migrate(conn: &Connection) -> rusqlite::Result<()> {

@@ -130,6 +130,8 @@ words! {
         DeleteExpiredPoints,
         /// Purge soft-deleted items whose period is over.
         PurgeSoftDeleted,
+        /// Copy a geo-redundant vault's new points to its replica (and mirror deletions).
+        Replicate,
         /// Protect an item, or change its policy or settings.
         ConfigureBackup,
         /// Stop protection, keeping the data.

@@ -139,6 +139,11 @@ impl Home {
                 Ok((report, rp))
             },
         )?;
+        if report.transfer != "Failed"
+            && let Ok(vault) = self.catalog.vault_by_id(&item.vault_id)
+        {
+            self.replicate_after(&vault, progress);
+        }
         if report.transfer == "Failed" {
             return Err(Error::new(
                 ErrorKind::Other,

@@ -44,8 +44,11 @@ pub struct CreateVault {
     /// Where the vault's objects go (a directory, `s3://...`, `azblob://...`); default the
     /// directory `HOME/vaults/NAME`.
     pub location: Option<Location>,
-    /// Zone redundancy: a second location every write also goes to.
+    /// A second location: every write also goes there (zone), or replication jobs copy
+    /// to it (geo).
     pub replica: Option<Location>,
+    /// With `replica`: geo redundancy (an asynchronous replica) rather than zone.
+    pub geo: bool,
     /// Chunk size; default 4 MiB.
     pub chunk_size: Option<u32>,
     /// Turn encryption off.
@@ -76,6 +79,8 @@ pub struct VaultInfo {
     /// A note for the user (e.g. where a generated key file went).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// A geo-redundant vault's replication lag.
+    pub replication: Option<crate::ReplicationLag>,
 }
 
 /// A vault's wrapped data key as written for escrow (`vault key export`, the API).
@@ -234,7 +239,7 @@ impl Home {
         if replica.as_ref() == Some(&location) {
             return Err(Error::new(
                 ErrorKind::Invalid,
-                "replica: a zone-redundant vault needs a second location, not the same one",
+                "replica: a redundant vault needs a second location, not the same one",
             ));
         }
         // Both locations are checked (an object store opened and found empty) before
@@ -320,7 +325,10 @@ impl Home {
         let mut backend = storage(&location, remote).map_err(cleanup)?;
         if let (Some(r), Some(remote)) = (&replica, remote_replica) {
             let second = storage(r, remote).map_err(cleanup)?;
-            backend = Arc::new(kura_backend::MirrorBackend::new(backend, second));
+            // A geo replica gets its objects from replication jobs, the first one below.
+            if !opts.geo {
+                backend = Arc::new(kura_backend::MirrorBackend::new(backend, second));
+            }
         }
         let vault = Vault::create(backend, &vopts, &secret).map_err(|e| cleanup(e.into()))?;
         if let Some((kf, contents)) = generated_key {
@@ -339,11 +347,18 @@ impl Home {
                 .map(|e| e.cipher.name().to_string()),
             key_file: key_file.map(|k| k.display().to_string()),
             created: vault.config().created.clone(),
-            redundancy: if replica.is_some() { "zone" } else { "local" }.into(),
+            redundancy: match (&replica, opts.geo) {
+                (None, _) => "local",
+                (Some(_), false) => "zone",
+                (Some(_), true) => "geo",
+            }
+            .into(),
             replica: replica.as_ref().map(Location::to_string),
         };
         self.catalog.insert_vault(&row)?;
         self.ensure_default_policy(&row.id)?;
+        // The replica is a whole vault from the start (its config and policies).
+        self.replicate_after(&row, &crate::NoProgress);
         Ok(VaultInfo {
             note,
             ..self.vault_info_of(row, 0)?
@@ -353,7 +368,9 @@ impl Home {
     fn vault_info_of(&self, row: VaultRow, items: usize) -> Result<VaultInfo> {
         let (soft_delete, soft_delete_days) = self.catalog.soft_delete(&row.id)?;
         let kit_exported = self.catalog.kit_exported(&row.id)?;
+        let replication = self.replication_lag(&row)?;
         Ok(VaultInfo {
+            replication,
             row,
             items,
             soft_delete,
@@ -457,6 +474,17 @@ impl Home {
                 backend
             }
         };
+        self.open_vault_on(row, backend, secrets)
+    }
+
+    /// Opens a vault's storage `backend` (its location, or its replica's) with its secret,
+    /// and checks it holds that vault.
+    pub(crate) fn open_vault_on(
+        &self,
+        row: &VaultRow,
+        backend: Arc<dyn Backend>,
+        secrets: &Secrets,
+    ) -> Result<Vault> {
         let vault = Vault::open(backend, &self.secret_for(row, secrets)?).map_err(|e| match e {
             kura_store::Error::WrongKey => Error::new(
                 ErrorKind::Key,
@@ -1801,29 +1829,25 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
-/// The replica a request's `redundancy` and `replica` fields ask for: `local` (or nothing)
-/// has none, `zone` needs one.
+/// The replica a request's `redundancy` and `replica` fields ask for, and whether it is a
+/// geo replica: `local` (or nothing) has none, `zone` and `geo` need one.
 pub fn requested_replica(
     redundancy: Option<&str>,
     replica: Option<&str>,
-) -> Result<Option<Location>> {
-    let invalid = |m: &str| Err(Error::new(ErrorKind::Invalid, m.to_string()));
+) -> Result<Option<(Location, bool)>> {
+    let invalid = |m: String| Err(Error::new(ErrorKind::Invalid, m));
     match (redundancy.unwrap_or("local"), replica) {
         ("local", None) => Ok(None),
         ("local", Some(_)) => {
-            invalid("replica: only a zone-redundant vault has one (--redundancy zone)")
+            invalid("replica: only a redundant vault has one (--redundancy zone or geo)".into())
         }
-        ("zone", None) => invalid("redundancy zone: give the second location with --replica URL"),
-        ("zone", Some(r)) => Location::parse(r)
-            .map(Some)
-            .map_err(|e| Error::new(ErrorKind::Invalid, format!("replica: {e}"))),
-        ("geo", _) => invalid(
-            "redundancy geo (an asynchronous replica) is not available yet; zone writes both locations synchronously",
-        ),
-        (other, _) => Err(Error::new(
-            ErrorKind::Invalid,
-            format!("redundancy {other:?}: expected local or zone"),
+        (kind @ ("zone" | "geo"), None) => invalid(format!(
+            "redundancy {kind}: give the second location with --replica URL"
         )),
+        (kind @ ("zone" | "geo"), Some(r)) => Location::parse(r)
+            .map(|l| Some((l, kind == "geo")))
+            .map_err(|e| Error::new(ErrorKind::Invalid, format!("replica: {e}"))),
+        (other, _) => invalid(format!("redundancy {other:?}: expected local, zone or geo")),
     }
 }
 

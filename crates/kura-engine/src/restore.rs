@@ -83,6 +83,9 @@ pub struct RestoreOptions {
     /// Write a disk that was encrypted at the source decrypted (default: encrypted again,
     /// as qcow2 with LUKS and the source's passphrase).
     pub decrypt: bool,
+    /// Read the point from the vault's geo replica (cross-region restore: the primary
+    /// location is down).
+    pub from_replica: bool,
 }
 
 /// The outcome of a restore.
@@ -148,7 +151,11 @@ impl Home {
             ));
         }
         let vrow = self.catalog.vault_by_id(&item.vault_id)?;
-        let vault = self.open_vault_row(&vrow, secrets)?;
+        let vault = if opts.from_replica {
+            self.open_vault_replica(&vrow, secrets)?
+        } else {
+            self.open_vault_row(&vrow, secrets)?
+        };
         // Which disk, before a job starts: naming none of several is a usage error.
         match rp
             .snapshot
@@ -401,6 +408,7 @@ impl Home {
                     job_id: None,
                     disk: Some(disk.clone()),
                     decrypt: opts.decrypt,
+                    from_replica: false,
                 };
                 let existed = to.exists();
                 match self.restore_disk(&row.name, &one, secrets, progress) {

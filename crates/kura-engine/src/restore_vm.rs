@@ -544,6 +544,7 @@ impl Home {
                     job_id: None,
                     disk: Some(d.name.clone()),
                     decrypt: false,
+                    from_replica: false,
                 };
                 reports.push(self.restore_disk(item, &one, secrets, progress)?);
                 made.push(to.clone());
@@ -684,6 +685,7 @@ impl Home {
                 job_id: None,
                 disk: Some(d.name.clone()),
                 decrypt: false,
+                from_replica: false,
             };
             let restored = crate::progress::check_cancel(progress)
                 .and_then(|()| self.restore_disk(item, &one, secrets, progress));

@@ -222,6 +222,30 @@ impl Home {
                     .retention_errors
                     .push(format!("purge in vault {}: {e}", v.name)),
             }
+            // A geo replica that missed points (it was unreachable after a backup) catches
+            // up.
+            match self.replication_lag(v) {
+                Ok(Some(lag)) if lag.points_behind > 0 || lag.replicated_at.is_none() => {
+                    let name = v.name.clone();
+                    self.submit_upkeep(
+                        queue,
+                        &mut report,
+                        JobRequest {
+                            operation: JobOperation::Replicate,
+                            target: v.name.clone(),
+                            exclusive: true,
+                            work: Box::new(move |home, id| {
+                                home.replicate(&name, Some(id), &crate::NoProgress)
+                                    .map(|_| ())
+                            }),
+                        },
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => report
+                    .retention_errors
+                    .push(format!("replication of vault {}: {e}", v.name)),
+            }
         }
         // Each policy is read once per tick, however many items share it.
         let mut policies = HashMap::new();

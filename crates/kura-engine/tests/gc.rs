@@ -132,6 +132,7 @@ fn gc_removes_only_unreferenced_chunks_after_the_grace_period() {
             job_id: None,
             disk: None,
             decrypt: false,
+            from_replica: false,
         },
         &Secrets::default(),
         &NoProgress,
@@ -300,6 +301,7 @@ fn stress_backups_and_gc_run_concurrently_without_losing_a_chunk() {
                 job_id: None,
                 disk: None,
                 decrypt: false,
+                from_replica: false,
             };
             h.restore_disk(name, &opts, &Secrets::default(), &NoProgress)
                 .unwrap();

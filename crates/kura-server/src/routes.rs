@@ -592,6 +592,16 @@ pub const ROUTES: &[Route] = &[
     ),
     r(
         "POST",
+        "/api/v1/vaults/{vault}/replicate",
+        "replicateVault",
+        "Copy a geo-redundant vault's new points to its replica now",
+        202,
+        None,
+        schema::<api::JobAccepted>,
+        None,
+    ),
+    r(
+        "POST",
         "/api/v1/items/{item}/retention",
         "applyRetention",
         "Remove the recovery points retention marks for deletion",
@@ -820,19 +830,24 @@ async fn list_vaults(_: Auth, State(s): State<S>) -> ApiResult {
 
 async fn create_vault(_: Auth, State(s): State<S>, Body(b): Body<api::NewVault>) -> ApiResult {
     let location = checked_location(&s, b.path.as_deref(), b.location.as_deref())?;
-    let replica =
+    let (replica, geo) =
         match kura_engine::requested_replica(b.redundancy.as_deref(), b.replica.as_deref())
             .map_err(ApiError::from)?
         {
-            Some(kura_engine::Location::Fs(dir)) => Some(kura_engine::Location::Fs(
-                s.roots.restore("replica", &dir.to_string_lossy())?,
-            )),
-            other => other,
+            Some((kura_engine::Location::Fs(dir), geo)) => (
+                Some(kura_engine::Location::Fs(
+                    s.roots.restore("replica", &dir.to_string_lossy())?,
+                )),
+                geo,
+            ),
+            Some((remote, geo)) => (Some(remote), geo),
+            None => (None, false),
         };
     let v = blocking(move || {
         let opts = kura_engine::CreateVault {
             location,
             replica,
+            geo,
             chunk_size: b.chunk_size,
             no_encryption: b.no_encryption,
             ..Default::default()
@@ -1301,6 +1316,7 @@ async fn restore_disk(
                 job_id: Some(job),
                 disk: b.disk,
                 decrypt: b.decrypt,
+                from_replica: b.from_replica,
             };
             st.home
                 .restore_disk(&item, &opts, &st.secrets, &kura_engine::NoProgress)
@@ -1927,6 +1943,23 @@ async fn collect_garbage(
     .await
 }
 
+async fn replicate_vault(_: Auth, State(s): State<S>, Path(vault): Path<String>) -> ApiResult {
+    let v = vault.clone();
+    start_job(
+        s,
+        JobOperation::Replicate,
+        vault.clone(),
+        true,
+        move |st| st.home.check_replicate(&v),
+        move |st, job| {
+            st.home
+                .replicate(&vault, Some(&job), &kura_engine::NoProgress)
+                .map(|_| ())
+        },
+    )
+    .await
+}
+
 async fn apply_retention(
     _: Auth,
     State(s): State<S>,
@@ -2153,6 +2186,7 @@ fn handler(route: &Route) -> MethodRouter<S> {
         "getSession" => get(get_session),
         "deleteSession" => delete(delete_session),
         "collectGarbage" => post(collect_garbage),
+        "replicateVault" => post(replicate_vault),
         "applyRetention" => post(apply_retention),
         "getUsage" => get(get_usage),
         other => panic!("route table names an operation without a handler: {other}"),

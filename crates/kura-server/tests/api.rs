@@ -1056,6 +1056,7 @@ fn every_client_call_is_a_documented_request() {
                 force: false,
                 disk: None,
                 decrypt: false,
+                from_replica: true,
             },
         },
         Call::RestoreDisks {
@@ -1101,6 +1102,7 @@ fn every_client_call_is_a_documented_request() {
                 dry_run: true,
             },
         },
+        Call::Replicate { vault: s("v1") },
         Call::ListJobs(api::JobFilter {
             limit: Some(5),
             status: Some(s("Failed")),

@@ -206,6 +206,13 @@ enum VaultCmd {
         /// Vault name.
         name: String,
     },
+    /// Copy a geo-redundant vault's new recovery points to its replica now (backups do it
+    /// after they end, scheduler ticks catch up), and remove there what the vault no longer
+    /// holds.
+    Replicate {
+        /// Vault name.
+        name: String,
+    },
     /// A vault's stored size over the last 90 days, its growth, and when its file system
     /// would be full at that growth.
     Trend {
@@ -609,6 +616,10 @@ enum RestoreCmd {
         /// by default it is written as qcow2 with LUKS and the same passphrase.
         #[arg(long)]
         decrypt: bool,
+        /// Read the point from the vault's replica (cross-region restore, when its primary
+        /// location is down).
+        #[arg(long)]
+        from_replica: bool,
     },
     /// Restore all (or some) disks of a recovery point into a directory, one file per disk
     /// named after it (DIR/NAME.raw or .qcow2).
@@ -1030,6 +1041,12 @@ fn request(cmd: &Command, host: &mut HostOptions) -> anyhow::Result<Option<Reque
             },
             views::vault_show,
         ),
+        Command::Vault(VaultCmd::Replicate { name }) => (
+            C::Replicate {
+                vault: name.clone(),
+            },
+            views::replicated,
+        ),
         Command::Vault(VaultCmd::Trend { name }) => (
             C::VaultTrend {
                 vault: name.clone(),
@@ -1357,6 +1374,7 @@ fn request(cmd: &Command, host: &mut HostOptions) -> anyhow::Result<Option<Reque
             force,
             disk,
             decrypt,
+            from_replica,
         }) => (
             C::Restore {
                 item: item.clone(),
@@ -1367,6 +1385,7 @@ fn request(cmd: &Command, host: &mut HostOptions) -> anyhow::Result<Option<Reque
                     force: *force,
                     disk: disk.clone(),
                     decrypt: *decrypt,
+                    from_replica: *from_replica,
                 },
             },
             views::restore,

@@ -132,6 +132,7 @@ pub fn run(args: &Args, home: Option<&Path>, out: &Out) -> anyhow::Result<u8> {
             job_id: None,
             disk: None,
             decrypt: false,
+            from_replica: false,
         };
         home.restore_disk(&item.name, &opts, &secrets, &bar)
     };

@@ -103,9 +103,12 @@ impl Transport for Local<'_> {
                     kura_engine::requested_location(b.path.as_deref(), b.location.as_deref())?;
                 let replica =
                     kura_engine::requested_replica(b.redundancy.as_deref(), b.replica.as_deref())?;
+                let geo = replica.as_ref().is_some_and(|(_, geo)| *geo);
+                let replica = replica.map(|(l, _)| l);
                 let opts = kura_engine::CreateVault {
                     location,
                     replica,
+                    geo,
                     chunk_size: b.chunk_size,
                     no_encryption: b.no_encryption,
                     cipher: self.host.cipher,
@@ -341,6 +344,7 @@ impl Transport for Local<'_> {
                     job_id: None,
                     disk: body.disk.clone(),
                     decrypt: body.decrypt,
+                    from_replica: body.from_replica,
                 };
                 doc(home.restore_disk(item, &opts, secrets, &bar)?)
             }
@@ -405,6 +409,7 @@ impl Transport for Local<'_> {
                 };
                 doc(home.gc(vault, &opts, secrets, &bar)?)
             }
+            Call::Replicate { vault } => doc(home.replicate(vault, None, &bar)?),
             Call::ListJobs(q) => doc(list::<_, api::Job>(home.find_jobs(
                 &kura_engine::JobQuery {
                     item: q.item.clone(),

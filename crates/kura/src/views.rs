@@ -530,6 +530,18 @@ SAVING          DATA IN POINTS / STORED (2.00 = half the space full copies would
 }
 
 /// `kura gc`.
+/// `kura vault replicate`.
+pub fn replicated(r: &Value) -> String {
+    format!(
+        "job {}: {} object(s) ({}) copied to {}, {} removed there\n",
+        s(&r["job_id"]),
+        s(&r["copied_objects"]),
+        sz(&r["copied_bytes"]),
+        s(&r["replica"]),
+        s(&r["deleted_objects"])
+    )
+}
+
 pub fn gc(r: &Value) -> String {
     let mut out = format!(
         "job {}: {} recovery point(s) reference {} of {} stored chunks\n{} newly marked, {} released, {} deleted ({}), {} waiting for their grace period or older writers\n",

@@ -353,11 +353,8 @@ fn redundancy_is_checked_before_anything_is_made() {
             vec!["--redundancy", "zone", "--replica", here.as_str()],
             "second location",
         ),
-        (
-            vec!["--redundancy", "geo", "--replica", "s3://kura-test/b"],
-            "not available yet",
-        ),
-        (vec!["--redundancy", "lrs"], "expected local or zone"),
+        (vec!["--redundancy", "geo"], "--replica"),
+        (vec!["--redundancy", "lrs"], "expected local, zone or geo"),
     ] {
         let mut a = vec!["vault", "create", "v", "--location", here.as_str()];
         a.extend(args);
@@ -371,4 +368,118 @@ fn redundancy_is_checked_before_anything_is_made() {
     assert_eq!(e.json(&["vault", "list"]).as_array().unwrap().len(), 0);
     let b = store.parsed("a").open(&store.storage_env()).unwrap();
     assert_eq!(b.list("").unwrap(), Vec::<String>::new(), "nothing written");
+}
+
+/// Waits until `n` replication jobs ran and none is queued or running. A backup through a
+/// server ends before the replication it triggers starts; on the host the command runs both.
+fn replications_done(e: &Env, n: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let jobs = e.json(&["job", "list", "--operation", "Replicate"]);
+        let busy = jobs
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|j| j["status"] == "InProgress" || j["status"] == "Queued");
+        if !busy && jobs.as_array().unwrap().len() >= n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "replication still running: {jobs}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_geo_replica_follows_the_vault_and_serves_restores_when_the_primary_is_gone() {
+    let mut primary = TestStore::start(Kind::Moto);
+    let e = Env::at("2026-03-10T09:00:00Z");
+    e.storage(primary.env());
+    let replica = e.path("replica");
+    let replica_text = replica.to_str().unwrap();
+    e.vault(
+        "geo",
+        &[
+            "--location",
+            &primary.location("geo"),
+            "--redundancy",
+            "geo",
+            "--replica",
+            replica_text,
+            "--no-encryption",
+        ],
+    );
+    let shown = e.json(&["vault", "show", "geo"]);
+    assert_eq!(shown["redundancy"], "geo", "{shown}");
+    assert_eq!(shown["replication"]["points_behind"], 0, "{shown}");
+    assert!(
+        replica.join("config").exists(),
+        "the replica is a vault from the start"
+    );
+
+    let img = e.path("disk.raw");
+    make_image(&img, 4 << 20, &[(0, 1 << 20, 8)]);
+    e.protect(&img, "geo", &["--name", "d"]);
+    let rp1 = e.backup("d");
+    // One replication when the vault was made, one after the backup.
+    replications_done(&e, 2);
+    assert!(
+        replica.join(format!("rps/{rp1}/manifest")).exists(),
+        "replicated after the backup"
+    );
+    let primary_chunks = chunks(&primary, "geo");
+    let replica_chunks = std::fs::read_dir(replica.join("chunks"))
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+        .count();
+    assert_eq!(replica_chunks, primary_chunks);
+
+    // The replica is unreachable for a while: backups go on, and the lag shows it.
+    std::fs::rename(&replica, e.path("replica.away")).unwrap();
+    make_image_part(&img, 0, 64 << 10, 9);
+    let rp2 = e.backup("d");
+    replications_done(&e, 3);
+    let shown = e.json(&["vault", "show", "geo"]);
+    assert_eq!(shown["replication"]["points_behind"], 1, "{shown}");
+    assert!(
+        shown["replication"]["bytes_behind"].as_u64().unwrap() > 0,
+        "{shown}"
+    );
+    std::fs::rename(e.path("replica.away"), &replica).unwrap();
+    let r = e.json(&["vault", "replicate", "geo"]);
+    assert!(r["copied_objects"].as_u64().unwrap() >= 3, "{r}");
+    assert_eq!(
+        e.json(&["vault", "show", "geo"])["replication"]["points_behind"],
+        0
+    );
+    assert!(replica.join(format!("rps/{rp2}/manifest")).exists());
+
+    // The primary's region is gone: the point comes back from the replica.
+    primary.stop();
+    let back = e.path("back.raw");
+    e.ok(&[
+        "restore",
+        "disk",
+        "d",
+        "--rp",
+        &rp2,
+        "--to",
+        back.to_str().unwrap(),
+        "--from-replica",
+    ]);
+    assert!(same_file(&back, &img), "restored from the replica");
+    // And the replica alone rebuilds a home.
+    e.on_host();
+    let attached = e.json(&[
+        "--home",
+        e.path("new-home").to_str().unwrap(),
+        "vault",
+        "attach",
+        "geo",
+        "--location",
+        replica_text,
+    ]);
+    assert_eq!(attached["recovery_points"], 2, "{attached}");
 }
