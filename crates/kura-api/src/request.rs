@@ -46,6 +46,12 @@ pub struct VaultSettings {
     /// Days soft-deleted data is kept (14-180).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub soft_delete_days: Option<u32>,
+    /// `local`, `zone` or `geo`: only while no item was ever protected in the vault.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redundancy: Option<String>,
+    /// The second location for `zone` or `geo` (empty; it gets the vault's config).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
 }
 
 /// `POST /vaults/attach`.

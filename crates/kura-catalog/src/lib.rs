@@ -396,6 +396,20 @@ impl Catalog {
         })
     }
 
+    /// Changes a vault's redundancy (`local`, `zone`, `geo`) and replica.
+    pub fn set_redundancy(
+        &self,
+        vault_id: &str,
+        redundancy: &str,
+        replica: Option<&str>,
+    ) -> Result<()> {
+        self.conn().execute(
+            "UPDATE vaults SET redundancy = ?2, replica = ?3, replicated_at = NULL WHERE id = ?1",
+            params![vault_id, redundancy, replica],
+        )?;
+        Ok(())
+    }
+
     /// Records that a vault's replica holds everything the vault held at `at`.
     pub fn set_replicated(&self, vault_id: &str, at: &str) -> Result<()> {
         self.conn().execute(

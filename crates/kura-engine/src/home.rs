@@ -543,7 +543,10 @@ impl Home {
 
     /// A location a new vault may be made at: a directory missing or empty (no side effect),
     /// or an object store's prefix holding nothing, opened.
-    fn check_new_location(&self, location: &Location) -> Result<Option<Arc<dyn Backend>>> {
+    pub(crate) fn check_new_location(
+        &self,
+        location: &Location,
+    ) -> Result<Option<Arc<dyn Backend>>> {
         match location {
             Location::Fs(path) => {
                 check_new_vault_dir(path)?;

@@ -102,6 +102,65 @@ impl Home {
         self.open_vault_on(row, backend, secrets)
     }
 
+    /// Changes a vault's redundancy, which is possible only until the first item is
+    /// protected in it (Azure's rule: the data already stored would have one copy). A new
+    /// replica must be empty; it gets the vault's objects (its config and policies) at once.
+    pub fn set_redundancy(
+        &self,
+        vault: &str,
+        redundancy: &str,
+        replica: Option<&str>,
+    ) -> Result<()> {
+        let row = self.catalog.vault(vault)?;
+        let items = self.catalog.list_items(Some(&row.id))?.len();
+        if items > 0 {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!(
+                    "vault {vault:?}: its redundancy is fixed once an item is protected in it (it has {items}); \
+                     make a new vault with the redundancy wanted and protect the items there"
+                ),
+            ));
+        }
+        let wanted = crate::requested_replica(Some(redundancy), replica)?;
+        let (kind, replica) = match wanted {
+            None => ("local", None),
+            Some((loc, geo)) => {
+                let loc = match loc {
+                    Location::Fs(p) => Location::Fs(
+                        std::path::absolute(&p)
+                            .map_err(|e| Error::io(format!("replica {}", p.display()), e))?,
+                    ),
+                    other => other,
+                };
+                if loc == location_of(&row)? {
+                    return Err(Error::new(
+                        ErrorKind::Invalid,
+                        "replica: a redundant vault needs a second location, not the same one",
+                    ));
+                }
+                let second = match self.check_new_location(&loc)? {
+                    Some(b) => b,
+                    None => {
+                        let dir = loc.as_path().expect("a directory");
+                        crate::home::create_private_dir(dir)?;
+                        self.open_location(&loc)?
+                    }
+                };
+                let primary = self.open_location(&location_of(&row)?)?;
+                copy_vault(primary.as_ref(), second.as_ref(), &crate::NoProgress)?;
+                (if geo { "geo" } else { "zone" }, Some(loc.to_string()))
+            }
+        };
+        self.catalog
+            .set_redundancy(&row.id, kind, replica.as_deref())?;
+        if kind == "geo" {
+            self.catalog
+                .set_replicated(&row.id, &kura_catalog::stamp(self.now()))?;
+        }
+        Ok(())
+    }
+
     /// What the API checks before it hands out a replication job id: the vault exists and
     /// has a geo replica.
     pub fn check_replicate(&self, vault: &str) -> Result<()> {
@@ -232,4 +291,52 @@ fn copy_vault(
     to.sync()?;
     progress.finish();
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kura_backend::MemoryBackend;
+
+    #[test]
+    fn a_replica_gets_what_it_lacks_and_loses_what_the_vault_no_longer_holds() {
+        let (vault, replica) = (MemoryBackend::default(), MemoryBackend::default());
+        for (k, v) in [
+            ("config", "c"),
+            ("chunks/aa/1", "one"),
+            ("chunks/bb/2", "two"),
+            ("rps/r1/disk0.index", "i1"),
+            ("rps/r1/manifest", "m1"),
+            ("items/x", "protected"),
+        ] {
+            vault.put(k, v.into()).unwrap();
+        }
+        let r = copy_vault(&vault, &replica, &crate::NoProgress).unwrap();
+        assert_eq!((r.copied_objects, r.deleted_objects), (6, 0));
+        assert_eq!(replica.list("").unwrap(), vault.list("").unwrap());
+
+        // Unchanged immutable objects are not sent again; a changed record is.
+        vault.put("items/x", b"stopped".to_vec()).unwrap();
+        let r = copy_vault(&vault, &replica, &crate::NoProgress).unwrap();
+        assert_eq!(
+            r.copied_objects, 2,
+            "the item record and the config, small and mutable"
+        );
+        assert_eq!(replica.get("items/x").unwrap(), b"stopped");
+
+        // Retention deleted the point and GC its chunk: the replica follows.
+        vault.delete("rps/r1/manifest").unwrap();
+        vault.delete("rps/r1/disk0.index").unwrap();
+        vault.delete("chunks/bb/2").unwrap();
+        let r = copy_vault(&vault, &replica, &crate::NoProgress).unwrap();
+        assert_eq!(r.deleted_objects, 3);
+        assert_eq!(replica.list("").unwrap(), vault.list("").unwrap());
+    }
+
+    #[test]
+    fn manifests_go_last_and_leave_first() {
+        assert!(rank("chunks/aa/1") < rank("rps/r/disk0.index"));
+        assert!(rank("rps/r/disk0.index") < rank("items/x"));
+        assert!(rank("items/x") < rank("rps/r/manifest"));
+    }
 }

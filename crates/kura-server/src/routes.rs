@@ -873,7 +873,24 @@ async fn update_vault(
     Path(vault): Path<String>,
     Body(b): Body<api::VaultSettings>,
 ) -> ApiResult {
+    let replica = match b.replica.as_deref() {
+        Some(r) if !r.contains("://") => Some(
+            s.roots
+                .restore("replica", r)?
+                .to_string_lossy()
+                .into_owned(),
+        ),
+        other => other.map(str::to_string),
+    };
+    if b.redundancy.is_none() && replica.is_some() {
+        return Err(ApiError::invalid(
+            "replica: give it with redundancy (zone or geo)",
+        ));
+    }
     let v = blocking(move || {
+        if let Some(r) = &b.redundancy {
+            s.home.set_redundancy(&vault, r, replica.as_deref())?;
+        }
         s.home
             .set_soft_delete(&vault, b.soft_delete.as_deref(), b.soft_delete_days)?;
         Ok(api::Vault::from(s.home.vault_info(&vault)?))

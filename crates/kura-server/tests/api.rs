@@ -934,6 +934,8 @@ fn every_client_call_is_a_documented_request() {
             body: api::VaultSettings {
                 soft_delete: Some(s("enabled")),
                 soft_delete_days: Some(20),
+                redundancy: Some(s("geo")),
+                replica: Some(s("azblob://acct/kura/v1")),
             },
         },
         Call::AttachVault(api::Attach {

@@ -261,6 +261,12 @@ enum VaultCmd {
         /// Days soft-deleted data is kept, 14-180.
         #[arg(long)]
         soft_delete_days: Option<u32>,
+        /// local, zone or geo (with --replica): only until the first item is protected.
+        #[arg(long, value_name = "local|zone|geo")]
+        redundancy: Option<String>,
+        /// The second location for zone or geo; it must be empty.
+        #[arg(long, value_name = "URL", requires = "redundancy")]
+        replica: Option<String>,
     },
 }
 
@@ -1086,12 +1092,16 @@ fn request(cmd: &Command, host: &mut HostOptions) -> anyhow::Result<Option<Reque
             name,
             soft_delete,
             soft_delete_days,
+            redundancy,
+            replica,
         }) => (
             C::UpdateVault {
                 vault: name.clone(),
                 body: api::VaultSettings {
                     soft_delete: soft_delete.clone(),
                     soft_delete_days: *soft_delete_days,
+                    redundancy: redundancy.clone(),
+                    replica: replica.as_deref().map(abs_location),
                 },
             },
             views::vault_show,

@@ -483,3 +483,54 @@ fn a_geo_replica_follows_the_vault_and_serves_restores_when_the_primary_is_gone(
     ]);
     assert_eq!(attached["recovery_points"], 2, "{attached}");
 }
+
+#[test]
+fn redundancy_changes_until_an_item_is_protected_and_an_azure_replica_serves_restores() {
+    let mut primary = TestStore::start(Kind::Moto);
+    let azure = TestStore::start(Kind::Azurite);
+    let e = Env::new();
+    e.storage(primary.env().into_iter().chain(azure.env()).collect());
+    e.vault(
+        "v",
+        &["--location", &primary.location("v"), "--no-encryption"],
+    );
+    // Before any item: local becomes geo, and the replica gets the vault's objects.
+    let shown = e.json(&[
+        "vault",
+        "set",
+        "v",
+        "--redundancy",
+        "geo",
+        "--replica",
+        &azure.location("v"),
+    ]);
+    assert_eq!(shown["redundancy"], "geo", "{shown}");
+    let at_azure = azure.parsed("v").open(&azure.storage_env()).unwrap();
+    assert!(at_azure.stat("config").unwrap().is_some());
+
+    let img = e.path("disk.raw");
+    make_image(&img, 4 << 20, &[(0, 1 << 20, 12)]);
+    e.protect(&img, "v", &["--name", "d"]);
+    let rp = e.backup("d");
+    replications_done(&e, 1);
+    // From now on the redundancy is fixed (Azure's rule).
+    let (_, err) = e.fails(&["vault", "set", "v", "--redundancy", "local"]);
+    let msg = err["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("fixed once an item is protected"), "{msg}");
+    assert_eq!(e.json(&["vault", "show", "v"])["redundancy"], "geo");
+
+    // The primary's S3 server is gone: the point comes back from Azure.
+    primary.stop();
+    let back = e.path("back.raw");
+    e.ok(&[
+        "restore",
+        "disk",
+        "d",
+        "--rp",
+        &rp,
+        "--to",
+        back.to_str().unwrap(),
+        "--from-replica",
+    ]);
+    assert!(same_file(&back, &img), "restored from the Azure replica");
+}
