@@ -534,3 +534,55 @@ fn redundancy_changes_until_an_item_is_protected_and_an_azure_replica_serves_res
     ]);
     assert!(same_file(&back, &img), "restored from the Azure replica");
 }
+
+#[test]
+fn s3_credentials_come_from_a_profile_in_the_shared_credentials_file() {
+    // s3s-fs checks signatures: only the right key gets in.
+    let store = TestStore::start(Kind::S3sFs);
+    let e = Env::new();
+    // The environment changes between commands: a server would keep its first one.
+    e.on_host();
+    let creds = e.path("aws-credentials");
+    let keys: std::collections::HashMap<_, _> = store.env().into_iter().collect();
+    std::fs::write(
+        &creds,
+        format!(
+            "[default]\naws_access_key_id = wrong\naws_secret_access_key = wrong\n\n\
+             [backups]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            keys["AWS_ACCESS_KEY_ID"], keys["AWS_SECRET_ACCESS_KEY"]
+        ),
+    )
+    .unwrap();
+    let mut env: Vec<(&'static str, String)> = store
+        .env()
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("AWS_ACCESS") && !k.starts_with("AWS_SECRET"))
+        .collect();
+    env.push((
+        "AWS_SHARED_CREDENTIALS_FILE",
+        creds.to_str().unwrap().into(),
+    ));
+    env.push((
+        "AWS_CONFIG_FILE",
+        e.path("no-config").to_str().unwrap().into(),
+    ));
+    // The default profile holds a wrong key: refused, nothing registered.
+    e.storage(env.clone());
+    let (_, err) = e.fails(&["vault", "create", "v", "--location", &store.location("p")]);
+    assert!(
+        !err["error"]["message"].as_str().unwrap().is_empty(),
+        "{err}"
+    );
+    assert_eq!(e.json(&["vault", "list"]).as_array().unwrap().len(), 0);
+    // The named profile's key works, end to end.
+    env.push(("AWS_PROFILE", "backups".into()));
+    e.storage(env);
+    e.vault("v", &["--location", &store.location("p")]);
+    let img = e.path("disk.raw");
+    make_image(&img, 1 << 20, &[(0, 256 << 10, 14)]);
+    e.protect(&img, "v", &["--name", "d"]);
+    let rp = e.backup("d");
+    let out = e.path("out.raw");
+    e.restore("d", &rp, &out, "raw");
+    assert!(same_file(&out, &img));
+}
