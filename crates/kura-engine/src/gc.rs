@@ -176,8 +176,10 @@ impl Home {
         report.referenced_chunks = referenced.len();
 
         // 2. Doom the unreferenced, release the referenced.
-        let stored = vault.list_chunks()?;
-        report.stored_chunks = stored.len();
+        let sized = vault.list_chunk_sizes()?;
+        report.stored_chunks = sized.len();
+        let sizes: std::collections::HashMap<ChunkId, u64> = sized.iter().copied().collect();
+        let stored: Vec<ChunkId> = sized.into_iter().map(|(id, _)| id).collect();
         let doomed = self.catalog.doomed(vault_id)?;
         let doomed_set: HashSet<&str> = doomed.iter().map(|d| d.chunk.as_str()).collect();
         let release: Vec<String> = doomed
@@ -240,7 +242,8 @@ impl Home {
                 if d.state == "doomed" && !self.catalog.claim_doomed(vault_id, &d.chunk)? {
                     continue; // a writer rescued it
                 }
-                let size = vault.backend().stat(&id.key())?.unwrap_or(0);
+                // The size from the listing: no stat per chunk (a request each on S3).
+                let size = sizes.get(&id).copied().unwrap_or(0);
                 vault.backend().delete(&id.key())?;
                 self.catalog
                     .undoom(vault_id, std::slice::from_ref(&d.chunk))?;

@@ -605,11 +605,21 @@ impl Vault {
 
     /// Ids of every chunk stored in the vault.
     pub fn list_chunks(&self) -> Result<Vec<ChunkId>> {
+        Ok(self
+            .list_chunk_sizes()?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect())
+    }
+
+    /// Every chunk stored in the vault with its stored size (one listing: no request per
+    /// chunk on object storage).
+    pub fn list_chunk_sizes(&self) -> Result<Vec<(ChunkId, u64)>> {
         self.backend
-            .list("chunks/")?
-            .iter()
-            .filter_map(|k| k.rsplit('/').next())
-            .map(ChunkId::from_hex)
+            .list_sizes("chunks/")?
+            .into_iter()
+            .filter_map(|(k, size)| Some((k.rsplit('/').next()?.to_string(), size)))
+            .map(|(hex, size)| ChunkId::from_hex(&hex).map(|id| (id, size)))
             .collect()
     }
 

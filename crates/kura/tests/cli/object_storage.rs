@@ -108,7 +108,15 @@ fn life_on(kind: Kind) {
     let tick = e.json(&["scheduler", "tick", "--now", "2026-03-25T12:00:00Z"]);
     assert_eq!(tick["purged"], serde_json::json!(["d"]));
     e.json(&["gc", "--vault", "remote", "--grace", "0"]);
-    e.json(&["gc", "--vault", "remote", "--grace", "0"]);
+    let sweep = e.json(&["gc", "--vault", "remote", "--grace", "0"]);
+    assert!(sweep["deleted"].as_u64().unwrap() >= 20, "{sweep}");
+    // One DELETE per chunk; sizes come from the listing, not a HEAD each.
+    let (_, _, head, _) = requests(&e, sweep["job_id"].as_str().unwrap());
+    assert!(
+        head <= 4,
+        "{head} HEADs while deleting {} chunks",
+        sweep["deleted"]
+    );
     assert_eq!(
         chunks(&store, "site-a/v1"),
         0,
