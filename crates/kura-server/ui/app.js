@@ -803,7 +803,12 @@ async function vaultPage(_params, name) {
   const mine = await api("GET", `/jobs?limit=5&operation=Verify&item=${encodeURIComponent(`vault ${name}`)}`);
   show(
     el("h1", {}, `Vault ${name}`),
-    facts([["Path", v.path], ["Encryption", v.cipher ? `${v.encryption} (${v.cipher})` : v.encryption],
+    facts([["Location", v.path],
+      ["Redundancy", v.replica ? `${v.redundancy}, replica ${v.replica}` : v.redundancy],
+      ...(v.replication ? [["Replication", v.replication.replicated_at
+        ? `caught up ${when(v.replication.replicated_at)}; ${v.replication.points_behind} point(s), ${size(v.replication.bytes_behind)} behind`
+        : "never caught up"]] : []),
+      ["Encryption", v.cipher ? `${v.encryption} (${v.cipher})` : v.encryption],
       ["Chunk size", size(v.chunk_size)], ["Items", v.items],
       ["Soft delete", el("span", { id: "soft-delete" }, `${v.soft_delete}, ${v.soft_delete_days} days`)],
       ["Logical", size(u.logical_bytes)], ["Stored", size(u.stored_bytes)], ["Dedup and compression", ratio(u)],
