@@ -416,6 +416,9 @@ pub struct RestoreFiles {
     /// Replace files and links that exist (default: skip them).
     #[serde(default)]
     pub overwrite: bool,
+    /// Read the point from the vault's replica (cross-region restore).
+    #[serde(default)]
+    pub from_replica: bool,
 }
 
 /// `GET /items/{item}/recovery-points/{rp}/volumes` query.

@@ -24,6 +24,8 @@ pub struct FilesTarget {
     /// The volume (partition number, 0 for a disk without a table); needed when the disk
     /// has several readable ones.
     pub volume: Option<u32>,
+    /// Read the point from the vault's replica (cross-region restore).
+    pub from_replica: bool,
 }
 
 /// How many chunks and bytes were fetched from the vault to answer.
@@ -322,7 +324,7 @@ impl Home {
                 bytes: Arc::default(),
             });
         }
-        let (disk, vd) = self.open_vault_disk(item, &rp, target.disk.as_deref(), secrets)?;
+        let (disk, vd) = self.open_vault_disk(item, &rp, target, secrets)?;
         Ok(OpenDisk {
             rp,
             disk,
@@ -337,11 +339,12 @@ impl Home {
         &self,
         item: &ItemRow,
         rp: &RpRow,
-        disk: Option<&str>,
+        target: &FilesTarget,
         secrets: &Secrets,
     ) -> Result<(String, VaultDisk)> {
+        let disk = target.disk.as_deref();
         let vrow = self.catalog.vault_by_id(&item.vault_id)?;
-        let vault = self.open_vault_row(&vrow, secrets)?;
+        let vault = self.open_vault_for(&vrow, secrets, target.from_replica)?;
         let manifest = vault.get_manifest(&rp.id)?;
         let entry = crate::restore::pick_disk(&manifest, disk)?;
         let index = vault.get_index(&entry.index)?;
@@ -385,7 +388,7 @@ impl Home {
                 ),
             ));
         }
-        let (disk, proto) = self.open_vault_disk(&row, &rp, target.disk.as_deref(), secrets)?;
+        let (disk, proto) = self.open_vault_disk(&row, &rp, target, secrets)?;
         let size = proto.index.size;
         let proto = std::sync::Mutex::new(proto);
         let factory: kura_nbd::Factory = Arc::new(move || {
@@ -507,7 +510,7 @@ impl Home {
         Self::check_can_restore(item)?;
         let rp = self.resolve_rp(item, &target.rp)?;
         let vrow = self.catalog.vault_by_id(&item.vault_id)?;
-        let vault = self.open_vault_row(&vrow, secrets)?;
+        let vault = self.open_vault_for(&vrow, secrets, target.from_replica)?;
         let manifest = vault.get_manifest(&rp.id)?;
         let tree = crate::restore::pick(
             &rp.id,

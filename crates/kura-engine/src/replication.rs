@@ -161,6 +161,20 @@ impl Home {
         Ok(())
     }
 
+    /// Opens a vault at its location, or at its replica when `from_replica`.
+    pub(crate) fn open_vault_for(
+        &self,
+        row: &VaultRow,
+        secrets: &crate::Secrets,
+        from_replica: bool,
+    ) -> Result<kura_store::Vault> {
+        if from_replica {
+            self.open_vault_replica(row, secrets)
+        } else {
+            self.open_vault_row(row, secrets)
+        }
+    }
+
     /// What the API checks before it hands out a replication job id: the vault exists and
     /// has a geo replica.
     pub fn check_replicate(&self, vault: &str) -> Result<()> {

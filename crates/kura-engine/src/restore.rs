@@ -151,11 +151,7 @@ impl Home {
             ));
         }
         let vrow = self.catalog.vault_by_id(&item.vault_id)?;
-        let vault = if opts.from_replica {
-            self.open_vault_replica(&vrow, secrets)?
-        } else {
-            self.open_vault_row(&vrow, secrets)?
-        };
+        let vault = self.open_vault_for(&vrow, secrets, opts.from_replica)?;
         // Which disk, before a job starts: naming none of several is a usage error.
         match rp
             .snapshot

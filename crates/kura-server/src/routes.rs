@@ -1458,7 +1458,12 @@ async fn list_rps(_: Auth, State(s): State<S>, Path(item): Path<String>) -> ApiR
 }
 
 fn files_target(rp: String, disk: Option<String>, volume: Option<u32>) -> kura_engine::FilesTarget {
-    kura_engine::FilesTarget { rp, disk, volume }
+    kura_engine::FilesTarget {
+        rp,
+        disk,
+        volume,
+        ..Default::default()
+    }
 }
 
 async fn list_volumes(
@@ -1733,7 +1738,10 @@ async fn restore_files(
         Some(t) => Some(s.roots.restore("to", t)?),
         None => None,
     };
-    let target = files_target(b.rp.clone(), b.disk.clone(), b.volume);
+    let target = kura_engine::FilesTarget {
+        from_replica: b.from_replica,
+        ..files_target(b.rp.clone(), b.disk.clone(), b.volume)
+    };
     let (check_item, check_target, check_paths, check_to) =
         (item.clone(), target.clone(), b.paths.clone(), to.clone());
     start_job(

@@ -92,7 +92,7 @@ pub(crate) fn run(
             let target = FilesTarget {
                 rp: rp.clone(),
                 disk: disk.clone(),
-                volume: None,
+                ..Default::default()
             };
             let mut listen = ExportListen::parse(listen.as_deref().unwrap_or(""))?;
             if *tls {
@@ -159,6 +159,7 @@ pub(crate) fn mount(
         rp: rp.to_string(),
         disk: disk.clone(),
         volume,
+        ..Default::default()
     };
     let stop = kura_nbd::Stop::default();
     let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

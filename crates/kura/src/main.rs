@@ -597,6 +597,10 @@ enum RestoreCmd {
         /// Replace files and links that exist.
         #[arg(long)]
         overwrite: bool,
+        /// Read the point from the vault's replica (cross-region restore, when its primary
+        /// location is down).
+        #[arg(long)]
+        from_replica: bool,
     },
     /// Restore a disk to a new image file.
     Disk {
@@ -1336,6 +1340,7 @@ fn request(cmd: &Command, host: &mut HostOptions) -> anyhow::Result<Option<Reque
                     disk: point.disk.clone(),
                     volume: point.volume,
                     overwrite: *overwrite,
+                    from_replica: false,
                 },
             },
             views::restore_files,
@@ -1357,6 +1362,7 @@ fn request(cmd: &Command, host: &mut HostOptions) -> anyhow::Result<Option<Reque
             to,
             original,
             overwrite,
+            from_replica,
         }) => (
             C::RestoreFiles {
                 item: item.clone(),
@@ -1372,6 +1378,7 @@ fn request(cmd: &Command, host: &mut HostOptions) -> anyhow::Result<Option<Reque
                     disk: None,
                     volume: None,
                     overwrite: *overwrite,
+                    from_replica: *from_replica,
                 },
             },
             views::restore_files,

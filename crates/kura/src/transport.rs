@@ -303,7 +303,7 @@ impl Transport for Local<'_> {
                 let target = kura_engine::FilesTarget {
                     rp: rp.clone(),
                     disk: query.disk.clone(),
-                    volume: None,
+                    ..Default::default()
                 };
                 doc(api::PointVolumes::from(
                     home.point_volumes(item, &target, secrets)?,
@@ -314,6 +314,7 @@ impl Transport for Local<'_> {
                     rp: rp.clone(),
                     disk: query.disk.clone(),
                     volume: query.volume,
+                    ..Default::default()
                 };
                 let at = query.path.as_deref().unwrap_or("/");
                 doc(api::FileListing::from(
@@ -325,6 +326,7 @@ impl Transport for Local<'_> {
                     rp: body.rp.clone(),
                     disk: body.disk.clone(),
                     volume: body.volume,
+                    from_replica: body.from_replica,
                 };
                 let to =
                     api::convert::files_destination(&body.to, body.original).map_err(invalid)?;
