@@ -168,6 +168,20 @@ fn deletes(b: &dyn Backend) {
     b.delete("del/x").unwrap();
     b.delete("del/never").unwrap();
     assert!(!b.list("").unwrap().iter().any(|k| k.starts_with("del/")));
+    let many: Vec<String> = (0..30).map(|i| format!("delmany/{i:02}")).collect();
+    for k in &many {
+        b.put(k, b"x".to_vec()).unwrap();
+    }
+    let mut gone = many[..20].to_vec();
+    gone.push("delmany/missing".into());
+    b.delete_many(&gone)
+        .expect("delete_many of present and missing keys succeeds");
+    assert_eq!(
+        b.list("delmany/").unwrap(),
+        many[20..].to_vec(),
+        "delete_many removes exactly its keys"
+    );
+    b.delete_many(&many[20..]).unwrap();
 }
 
 fn bad_keys(b: &dyn Backend) {

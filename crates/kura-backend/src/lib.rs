@@ -141,6 +141,11 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     }
     /// Removes an object; removing a missing object is not an error.
     fn delete(&self, key: &str) -> Result<()>;
+    /// Removes several objects (missing ones are not an error). Object stores override it to
+    /// send one request per batch of keys.
+    fn delete_many(&self, keys: &[String]) -> Result<()> {
+        keys.iter().try_for_each(|k| self.delete(k))
+    }
     /// Makes every completed put durable.
     fn sync(&self) -> Result<()>;
     /// Where the objects live, for messages (a directory, a bucket); never credentials.

@@ -158,6 +158,10 @@ impl Backend for MirrorBackend {
         self.both(|c| c.delete(key))
     }
 
+    fn delete_many(&self, keys: &[String]) -> Result<()> {
+        self.both(|c| c.delete_many(keys))
+    }
+
     fn sync(&self) -> Result<()> {
         self.both(|c| c.sync())
     }

@@ -243,6 +243,22 @@ impl Backend for ObjectBackend {
         }
     }
 
+    /// One request per batch (S3's DeleteObjects; Azure's blob batch where OpenDAL has it).
+    fn delete_many(&self, keys: &[String]) -> Result<()> {
+        for k in keys {
+            check_key(k)?;
+        }
+        self.rt
+            .block_on(self.op.delete_iter(keys.iter().map(String::as_str)))
+            .map_err(|e| match e.kind() {
+                ErrorKind::NotFound => Error::NotFound {
+                    key: keys.first().cloned().unwrap_or_default(),
+                },
+                _ => self.err(keys.first().map_or("", String::as_str), "delete", e),
+            })
+            .or_else(|e| if e.is_not_found() { Ok(()) } else { Err(e) })
+    }
+
     /// An object store answers a put only once the object is durable: nothing to wait for.
     fn sync(&self) -> Result<()> {
         Ok(())

@@ -216,6 +216,25 @@ impl Home {
         );
         let candidates = self.catalog.doomed(vault_id)?;
         progress.start("garbage collection", candidates.len() as u64);
+        // Claimed chunks are deleted together: one request per thousand on object storage
+        // (S3's DeleteObjects), one at a time on a local disk.
+        let batch_size = if vault.backend().cheap_stat() {
+            1
+        } else {
+            1000
+        };
+        let mut batch: Vec<(String, String)> = Vec::new();
+        let flush = |batch: &mut Vec<(String, String)>| -> Result<()> {
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let keys: Vec<String> = batch.iter().map(|(key, _)| key.clone()).collect();
+            vault.backend().delete_many(&keys)?;
+            let hexes: Vec<String> = batch.drain(..).map(|(_, hex)| hex).collect();
+            self.catalog.undoom(vault_id, &hexes)?;
+            crate::hooks::gate("gc_delete");
+            Ok(())
+        };
         for d in candidates {
             // Stopping between chunks is safe: a chunk is claimed, deleted, then released,
             // and a claim left by a stop is finished by the next run.
@@ -244,16 +263,17 @@ impl Home {
                 }
                 // The size from the listing: no stat per chunk (a request each on S3).
                 let size = sizes.get(&id).copied().unwrap_or(0);
-                vault.backend().delete(&id.key())?;
-                self.catalog
-                    .undoom(vault_id, std::slice::from_ref(&d.chunk))?;
+                batch.push((id.key(), d.chunk.clone()));
                 report.deleted += 1;
                 report.freed_bytes += size;
-                crate::hooks::gate("gc_delete");
+                if batch.len() >= batch_size {
+                    flush(&mut batch)?;
+                }
             } else {
                 report.waiting += 1;
             }
         }
+        flush(&mut batch)?;
         vault.sync()?;
         progress.finish();
 
