@@ -40,6 +40,12 @@ impl ObjectBackend {
         };
         let counts = Arc::new(Counts::default());
         let client = http_client().map_err(storage_err)?;
+        // A request that hangs is cut off and retried. With injected faults the limits are
+        // short, so that a test meets them in seconds (a hang lasts longer than them).
+        let (timeout, io_timeout) = match &faults {
+            Some(_) => (faults::TEST_TIMEOUT, faults::TEST_TIMEOUT),
+            None => (Duration::from_secs(120), Duration::from_secs(30)),
+        };
         let transport = Transport {
             inner: opendal_http_transport_reqwest::ReqwestTransport::new(client),
             counts: counts.clone(),
@@ -52,8 +58,8 @@ impl ObjectBackend {
             .with_context(ctx)
             .layer(
                 TimeoutLayer::new()
-                    .with_timeout(Duration::from_secs(120))
-                    .with_io_timeout(Duration::from_secs(30)),
+                    .with_timeout(timeout)
+                    .with_io_timeout(io_timeout),
             )
             .layer(
                 RetryLayer::new()
@@ -355,7 +361,12 @@ mod faults {
         LostReply,
         /// The answer comes late (a congested link).
         Slow,
+        /// Nothing comes back before the timeout: the request is cut off (never sent).
+        Hang,
     }
+
+    /// The request timeouts of a backend with injected faults.
+    pub(super) const TEST_TIMEOUT: Duration = Duration::from_secs(2);
 
     impl Faults {
         /// `rate` of all requests (0.0 to 1.0) fail, chosen by a generator seeded with `seed`.
@@ -390,11 +401,12 @@ mod faults {
             if (r % 1000) as u32 >= self.per_mille {
                 return None;
             }
-            self.injected.fetch_add(1, Ordering::Relaxed);
-            Some(match r % 3 {
+            // The kinds take turns, so any four faults in a row include each of them.
+            Some(match self.injected.fetch_add(1, Ordering::Relaxed) % 4 {
                 0 => Fault::Unavailable,
                 1 => Fault::LostReply,
-                _ => Fault::Slow,
+                2 => Fault::Slow,
+                _ => Fault::Hang,
             })
         }
     }
@@ -425,6 +437,10 @@ mod faults {
                 }
                 Fault::Slow => {
                     tokio::time::sleep(Duration::from_millis(300)).await;
+                    inner.fetch(req).await
+                }
+                Fault::Hang => {
+                    tokio::time::sleep(TEST_TIMEOUT * 2).await;
                     inner.fetch(req).await
                 }
             }

@@ -41,7 +41,7 @@ fn azurite_passes_the_conformance_suite() {
 }
 
 /// With one request in ten failing (503s, replies lost after the work was done, slow
-/// answers), every rule still holds: retries hide the transient failures, and a put_new
+/// answers, hangs cut off by the timeout), every rule still holds: retries hide the transient failures, and a put_new
 /// whose first attempt landed is not mistaken for somebody else's object.
 fn conformance_with_faults(kind: Kind) {
     let store = TestStore::start(kind);
@@ -52,8 +52,9 @@ fn conformance_with_faults(kind: Kind) {
         .unwrap();
     conformance::run(b.as_ref());
     let sent = b.requests().unwrap();
+    // Four or more: each kind at least once (they take turns).
     assert!(
-        faults.injected() >= 3,
+        faults.injected() >= 4,
         "{} faults in {sent}",
         faults.injected()
     );

@@ -37,7 +37,8 @@ pub(crate) fn gate(point: &str) {
 pub(crate) fn gate(_point: &str) {}
 
 /// With `KURA_TEST_STORAGE_FAULTS=RATE` (0 to 1, e.g. `0.05`), that share of the requests
-/// to object stores fails: 503s, replies lost after the work was done, slow answers. The
+/// to object stores fails: 503s, replies lost after the work was done, slow answers, hangs
+/// cut off by the (then short) timeouts. The
 /// same faults for every run (a fixed seed).
 #[cfg(feature = "test-hooks")]
 pub(crate) fn storage_faults() -> Option<std::sync::Arc<kura_backend::Faults>> {
