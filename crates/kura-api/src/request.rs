@@ -266,6 +266,9 @@ pub struct RestoreDisks {
     /// Write disks that were encrypted at the source decrypted.
     #[serde(default)]
     pub decrypt: bool,
+    /// Read the point from the vault's replica (cross-region restore).
+    #[serde(default)]
+    pub from_replica: bool,
 }
 
 /// `POST /items/{item}/vm-restores`: as a new VM (`as_new` and `to`) or over the VM's own

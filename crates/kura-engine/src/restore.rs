@@ -311,6 +311,8 @@ pub struct RestoreDisksOptions {
     /// A job made beforehand with [`Home::begin_job`] (the API): the restore then runs as
     /// one `RestoreDisks` job.
     pub job_id: Option<String>,
+    /// Read the point from the vault's replica (cross-region restore).
+    pub from_replica: bool,
 }
 
 impl Home {
@@ -341,7 +343,7 @@ impl Home {
                 .unwrap_or_else(|| vec!["disk0".into()])
         } else {
             let vrow = self.catalog.vault_by_id(&row.vault_id)?;
-            let vault = self.open_vault_row(&vrow, secrets)?;
+            let vault = self.open_vault_for(&vrow, secrets, opts.from_replica)?;
             let m = vault.get_manifest(&rp.id)?;
             m.disks.iter().map(|d| d.name.clone()).collect()
         };
@@ -404,7 +406,7 @@ impl Home {
                     job_id: None,
                     disk: Some(disk.clone()),
                     decrypt: opts.decrypt,
-                    from_replica: false,
+                    from_replica: opts.from_replica,
                 };
                 let existed = to.exists();
                 match self.restore_disk(&row.name, &one, secrets, progress) {

@@ -1391,6 +1391,7 @@ async fn restore_disks(
                 force: b.force,
                 decrypt: b.decrypt,
                 job_id: Some(job),
+                from_replica: b.from_replica,
             };
             st.home
                 .restore_disks(&item, &opts, &st.secrets, &kura_engine::NoProgress)

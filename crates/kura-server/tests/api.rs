@@ -1070,6 +1070,7 @@ fn every_client_call_is_a_documented_request() {
                 format: Some(s("raw")),
                 force: false,
                 decrypt: false,
+                from_replica: false,
             },
         },
         Call::RestoreVm {

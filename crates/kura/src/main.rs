@@ -654,6 +654,10 @@ enum RestoreCmd {
         /// Write disks that were encrypted at the source decrypted.
         #[arg(long)]
         decrypt: bool,
+        /// Read the point from the vault's replica (cross-region restore, when its primary
+        /// location is down).
+        #[arg(long)]
+        from_replica: bool,
     },
     /// Restore a VM point as a new VM (its disks and a start script with a new name, UUID
     /// and MAC addresses) or over the existing VM's disks (kept as safety copies).
@@ -1415,6 +1419,7 @@ fn request(cmd: &Command, host: &mut HostOptions) -> anyhow::Result<Option<Reque
             format,
             force,
             decrypt,
+            from_replica,
         }) => (
             C::RestoreDisks {
                 item: item.clone(),
@@ -1425,6 +1430,7 @@ fn request(cmd: &Command, host: &mut HostOptions) -> anyhow::Result<Option<Reque
                     format: Some(format.restore_format().name().to_string()),
                     force: *force,
                     decrypt: *decrypt,
+                    from_replica: *from_replica,
                 },
             },
             views::restore_disks,

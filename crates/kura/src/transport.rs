@@ -369,6 +369,7 @@ impl Transport for Local<'_> {
                     force: body.force,
                     decrypt: body.decrypt,
                     job_id: None,
+                    from_replica: body.from_replica,
                 };
                 doc(home.restore_disks(item, &opts, secrets, &bar)?)
             }

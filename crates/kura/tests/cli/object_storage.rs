@@ -545,6 +545,22 @@ fn redundancy_changes_until_an_item_is_protected_and_an_azure_replica_serves_res
         "--from-replica",
     ]);
     assert!(same_file(&back, &img), "restored from the Azure replica");
+    let dir = e.path("disks");
+    std::fs::create_dir(&dir).unwrap();
+    e.ok(&[
+        "restore",
+        "disks",
+        "d",
+        "--rp",
+        &rp,
+        "--to",
+        dir.to_str().unwrap(),
+        "--from-replica",
+    ]);
+    assert!(
+        same_file(&dir.join("disk0.raw"), &img),
+        "restore disks from the replica"
+    );
 }
 
 #[test]
