@@ -628,7 +628,7 @@ pub fn vault_trend(t: &Value) -> String {
 /// `kura vault show` (and create).
 pub fn vault_show(v: &Value) -> String {
     let mut out = format!(
-        "vault       {}\nid          {}\npath        {}\nchunk size  {}\nencryption  {}{}\nkey file    {}\nitems       {}\nsoft delete {} ({} days)\ncreated     {}\n",
+        "vault       {}\nid          {}\nlocation    {}\nchunk size  {}\nencryption  {}{}\nkey file    {}\nitems       {}\nsoft delete {} ({} days)\ncreated     {}\n",
         s(&v["name"]),
         s(&v["id"]),
         s(&v["path"]),
@@ -649,6 +649,24 @@ pub fn vault_show(v: &Value) -> String {
         s(&v["soft_delete_days"]),
         when(&v["created"])
     );
+    out += &match (s(&v["redundancy"]).as_str(), v["replica"].as_str()) {
+        (kind @ ("zone" | "geo"), Some(replica)) => {
+            format!("redundancy  {kind}, replica {replica}\n")
+        }
+        _ => "redundancy  local\n".to_string(),
+    };
+    let r = &v["replication"];
+    if !r.is_null() {
+        out += &match r["replicated_at"].as_str() {
+            Some(_) => format!(
+                "replication caught up {}; {} point(s), {} behind since\n",
+                when(&r["replicated_at"]),
+                s(&r["points_behind"]),
+                sz(&r["bytes_behind"])
+            ),
+            None => "replication NEVER caught up: run `kura vault replicate` when the replica is reachable\n".into(),
+        };
+    }
     out += &match v["kit_exported"].as_str() {
         Some(_) => format!("recovery kit exported {}\n", when(&v["kit_exported"])),
         None => format!(
