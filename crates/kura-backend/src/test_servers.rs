@@ -24,7 +24,7 @@ const AZURITE_KEY: &str =
 pub enum Kind {
     /// moto's S3 server (PyPI).
     Moto,
-    /// s3s-fs (crates.io): S3 over plain files.
+    /// s3s-fs (installed with cargo): S3 over plain files.
     S3sFs,
     /// Azurite's blob service (npm).
     Azurite,
