@@ -536,6 +536,42 @@ test("the UI offers only the operations the session may call", async () => {
   await page.close();
 });
 
+test("files of a file item's point: no disk or volume, a file put back where it was", async () => {
+  const h = join(dir, "home-tree");
+  const share = join(dir, "tree-share");
+  mkdirSync(join(share, "docs"), { recursive: true });
+  writeFileSync(join(share, "docs/plan.txt"), "the plan\n");
+  writeFileSync(join(share, "docs/other.txt"), "kept as it is\n");
+  kuraIn(h, {}, "vault", "create", "t", "--no-encryption");
+  kuraIn(h, {}, "item", "protect", "files", share, "--vault", "t", "--name", "docs");
+  kuraIn(h, {}, "backup", "now", "docs");
+  writeFileSync(join(share, "docs/plan.txt"), "a worse plan\n");
+  const at = await startServer(h);
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  await signIn(page, at);
+  await page.goto(at + "/#/items/docs");
+  await page.getByRole("link", { name: /^Files of point / }).click();
+  await page.getByRole("heading", { name: "Files of docs" }).waitFor();
+  await page.getByText(/^Tree files;/).waitFor();
+  // A tree has no disks, no volumes and no NBD export.
+  assert.equal(await page.locator("#files-disk, #files-volume").count(), 0);
+  assert.equal(await page.getByRole("heading", { name: "The whole disk over NBD" }).count(), 0);
+  await page.getByRole("link", { name: "docs/" }).click();
+  await page.getByRole("cell", { name: "plan.txt", exact: true }).waitFor();
+  await accessible(page, "file browser of a tree");
+
+  // The old plan back where it was, replacing the new one; nothing else touched.
+  await page.getByLabel("Select plan.txt").check();
+  await page.getByLabel("Or back where they were (the original location)").check();
+  await page.getByLabel("Replace files that exist (else they are skipped)").check();
+  await page.getByRole("button", { name: "Restore selected" }).click();
+  await page.getByRole("heading", { name: /^Job .*: RestoreFiles of docs$/ }).waitFor();
+  await page.locator("#job-status").getByText("Completed", { exact: true }).waitFor({ timeout: 30000 });
+  assert.equal(readFileSync(join(share, "docs/plan.txt"), "utf8"), "the plan\n");
+  assert.equal(readFileSync(join(share, "docs/other.txt"), "utf8"), "kept as it is\n");
+  await page.close();
+});
+
 test("files of a point: browse its ext4 partition, download a file, restore a folder", async () => {
   // A GPT disk with an ext4 partition (sfdisk, mkfs.ext4 -d), protected and backed up in a
   // home of its own.

@@ -568,21 +568,24 @@ async function filesPage(params, [name, rp]) {
     pickers.push(el("label", { for: "files-disk" }, "Disk"), sel);
     if (!disk) return show(head, el("div", { class: "filters" }, pickers), el("p", { class: "empty" }, "Choose the disk to browse.")), 0;
   }
-  const vols = tree ? { volumes: [] } : await api("GET", `${base}/volumes?${q({})}`);
-  const readable = tree ? [{}] : vols.volumes.filter((v) => v.readable);
-  if (!tree && (readable.length > 1 || volume)) {
-    const sel = el("select", { id: "files-volume" }, [el("option", { value: "" }, "choose a volume"),
-      ...vols.volumes.map((v) => el("option", { value: v.number, selected: String(v.number) === volume, disabled: !v.readable },
-        `${v.number}: ${v.fs}${v.name ? ` "${v.name}"` : ""} (${size(v.size)})${v.readable ? "" : ", not readable yet"}`))]);
-    sel.addEventListener("change", () => { location.hash = go({ volume: sel.value, path: "" }); });
-    pickers.push(el("label", { for: "files-volume" }, "Volume"), sel);
-  }
-  if (!readable.length) {
-    return show(head, table(["Volume", "Table", "File system", "Size"], vols.volumes.map((v) => [v.number, v.table, v.fs, size(v.size)]), ""),
-      el("p", { class: "empty" }, "No file system kura can read (ext2/3/4, FAT) on this disk: restore the whole disk instead.")), 0;
-  }
-  if (readable.length > 1 && !volume) {
-    return show(head, el("div", { class: "filters" }, pickers), el("p", { class: "empty" }, "Choose the volume to browse.")), 0;
+  // A disk is browsed on one of its volumes: picked when it has several readable ones.
+  if (!tree) {
+    const vols = await api("GET", `${base}/volumes?${q({})}`);
+    const readable = vols.volumes.filter((v) => v.readable);
+    if (readable.length > 1 || volume) {
+      const sel = el("select", { id: "files-volume" }, [el("option", { value: "" }, "choose a volume"),
+        ...vols.volumes.map((v) => el("option", { value: v.number, selected: String(v.number) === volume, disabled: !v.readable },
+          `${v.number}: ${v.fs}${v.name ? ` "${v.name}"` : ""} (${size(v.size)})${v.readable ? "" : ", not readable yet"}`))]);
+      sel.addEventListener("change", () => { location.hash = go({ volume: sel.value, path: "" }); });
+      pickers.push(el("label", { for: "files-volume" }, "Volume"), sel);
+    }
+    if (!readable.length) {
+      return show(head, table(["Volume", "Table", "File system", "Size"], vols.volumes.map((v) => [v.number, v.table, v.fs, size(v.size)]), ""),
+        el("p", { class: "empty" }, "No file system kura can read (ext2/3/4, XFS, FAT) on this disk: restore the whole disk instead.")), 0;
+    }
+    if (readable.length > 1 && !volume) {
+      return show(head, el("div", { class: "filters" }, pickers), el("p", { class: "empty" }, "Choose the volume to browse.")), 0;
+    }
   }
   const list = await api("GET", `${base}/files?${q({ path })}`);
   const crumbs = [el("a", { href: go({ path: "/" }) }, "/")];
