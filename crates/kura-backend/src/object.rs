@@ -216,20 +216,14 @@ impl Backend for ObjectBackend {
 
     fn list_sizes(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
         check_prefix(prefix)?;
-        let entries = self
+        let listed = self
             .rt
-            .block_on(self.op.list_with(prefix).recursive(true).into_future())
-            .map_err(|e| match self.err(prefix, "list", e) {
-                // An empty prefix: nothing under it.
-                Error::NotFound { .. } => Error::NotFound {
-                    key: prefix.to_string(),
-                },
-                e => e,
-            });
-        let entries = match entries {
+            .block_on(self.op.list_with(prefix).recursive(true).into_future());
+        let entries = match listed {
             Ok(e) => e,
-            Err(Error::NotFound { .. }) => return Ok(Vec::new()),
-            Err(e) => return Err(e),
+            // Nothing under the prefix.
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(self.err(prefix, "list", e)),
         };
         let mut out: Vec<(String, u64)> = entries
             .into_iter()
@@ -249,20 +243,20 @@ impl Backend for ObjectBackend {
         }
     }
 
-    /// One request per batch (S3's DeleteObjects; Azure's blob batch where OpenDAL has it).
+    /// One request per batch: S3's DeleteObjects (1,000 keys), Azure's blob batch (256).
     fn delete_many(&self, keys: &[String]) -> Result<()> {
         for k in keys {
             check_key(k)?;
         }
-        self.rt
+        let first = keys.first().map_or("", String::as_str);
+        match self
+            .rt
             .block_on(self.op.delete_iter(keys.iter().map(String::as_str)))
-            .map_err(|e| match e.kind() {
-                ErrorKind::NotFound => Error::NotFound {
-                    key: keys.first().cloned().unwrap_or_default(),
-                },
-                _ => self.err(keys.first().map_or("", String::as_str), "delete", e),
-            })
-            .or_else(|e| if e.is_not_found() { Ok(()) } else { Err(e) })
+        {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.err(first, "delete", e)),
+        }
     }
 
     /// An object store answers a put only once the object is durable: nothing to wait for.

@@ -311,16 +311,13 @@ impl Home {
             let Some(dir) = location.as_path() else {
                 return Ok(remote.expect("a remote location was opened"));
             };
-            if !dir.exists() {
-                create_private_dir(dir)?;
+            let (backend, created) = open_new_vault_dir(dir)?;
+            if created {
                 made.lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .push(dir.to_path_buf());
             }
-            // An unencrypted vault's chunks are the disk's data: nobody else may read them.
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-                .map_err(|e| Error::io(format!("cannot chmod {}", dir.display()), e))?;
-            Ok::<_, Error>(Arc::new(FsBackend::open(dir)?) as Arc<dyn Backend>)
+            Ok::<_, Error>(backend)
         };
         let mut backend = storage(&location, remote).map_err(cleanup)?;
         if let (Some(r), Some(remote)) = (&replica, remote_replica) {
@@ -1852,6 +1849,19 @@ pub fn requested_replica(
             .map_err(|e| Error::new(ErrorKind::Invalid, format!("replica: {e}"))),
         (other, _) => invalid(format!("redundancy {other:?}: expected local, zone or geo")),
     }
+}
+
+/// A new vault's directory (checked missing or empty): made if missing, owner-only either
+/// way (an unencrypted vault's chunks are the disk's data), and opened. Says whether it was
+/// made here.
+pub(crate) fn open_new_vault_dir(dir: &Path) -> Result<(Arc<dyn Backend>, bool)> {
+    let created = !dir.exists();
+    if created {
+        create_private_dir(dir)?;
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| Error::io(format!("cannot chmod {}", dir.display()), e))?;
+    Ok((Arc::new(FsBackend::open(dir)?), created))
 }
 
 /// Where a vault's catalog row says it lives.

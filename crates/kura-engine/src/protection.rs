@@ -711,6 +711,33 @@ impl Home {
         Ok(names)
     }
 
+    /// Changes a vault's settings (`vault set`, PATCH /vaults/{vault}): its soft delete, or
+    /// its redundancy. A redundancy change is not combined with other settings, so that a
+    /// refusal of either leaves both as they were.
+    pub fn update_vault(
+        &self,
+        vault: &str,
+        soft_delete: Option<&str>,
+        soft_delete_days: Option<u32>,
+        redundancy: Option<&str>,
+        replica: Option<&str>,
+    ) -> Result<()> {
+        match (redundancy, replica) {
+            (None, Some(_)) => Err(Error::new(
+                ErrorKind::Invalid,
+                "replica: give it with redundancy (zone or geo)",
+            )),
+            (Some(_), _) if soft_delete.is_some() || soft_delete_days.is_some() => Err(Error::new(
+                ErrorKind::Invalid,
+                "redundancy: change it on its own, not with the soft delete settings",
+            )),
+            (Some(r), replica) => self.set_redundancy(vault, r, replica),
+            (None, None) => self
+                .set_soft_delete(vault, soft_delete, soft_delete_days)
+                .map(drop),
+        }
+    }
+
     /// Changes a vault's soft delete: `enabled`, `disabled` or `always-on` (irreversible),
     /// kept 14-180 days.
     pub fn set_soft_delete(

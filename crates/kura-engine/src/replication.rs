@@ -85,7 +85,7 @@ impl Home {
         secrets: &crate::Secrets,
     ) -> Result<kura_store::Vault> {
         let replica = match (&row.replica, row.redundancy.as_str()) {
-            (Some(_), "zone") => Location::parse(row.replica.as_deref().unwrap_or_default())
+            (Some(r), "zone") => Location::parse(r)
                 .map_err(|e| Error::new(ErrorKind::Invalid, format!("replica: {e}")))?,
             _ => geo_replica(row)?,
         };
@@ -139,13 +139,10 @@ impl Home {
                         "replica: a redundant vault needs a second location, not the same one",
                     ));
                 }
-                let second = match self.check_new_location(&loc)? {
-                    Some(b) => b,
-                    None => {
-                        let dir = loc.as_path().expect("a directory");
-                        crate::home::create_private_dir(dir)?;
-                        self.open_location(&loc)?
-                    }
+                let second = match (self.check_new_location(&loc)?, loc.as_path()) {
+                    (Some(remote), _) => remote,
+                    (None, Some(dir)) => crate::home::open_new_vault_dir(dir)?.0,
+                    (None, None) => unreachable!("only a directory is checked without opening"),
                 };
                 let primary = self.open_location(&location_of(&row)?)?;
                 copy_vault(primary.as_ref(), second.as_ref(), &crate::NoProgress)?;

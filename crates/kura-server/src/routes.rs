@@ -882,17 +882,14 @@ async fn update_vault(
         ),
         other => other.map(str::to_string),
     };
-    if b.redundancy.is_none() && replica.is_some() {
-        return Err(ApiError::invalid(
-            "replica: give it with redundancy (zone or geo)",
-        ));
-    }
     let v = blocking(move || {
-        if let Some(r) = &b.redundancy {
-            s.home.set_redundancy(&vault, r, replica.as_deref())?;
-        }
-        s.home
-            .set_soft_delete(&vault, b.soft_delete.as_deref(), b.soft_delete_days)?;
+        s.home.update_vault(
+            &vault,
+            b.soft_delete.as_deref(),
+            b.soft_delete_days,
+            b.redundancy.as_deref(),
+            replica.as_deref(),
+        )?;
         Ok(api::Vault::from(s.home.vault_info(&vault)?))
     })
     .await?;

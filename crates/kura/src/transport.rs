@@ -120,14 +120,13 @@ impl Transport for Local<'_> {
                 ))
             }
             Call::UpdateVault { vault, body } => {
-                if let Some(r) = &body.redundancy {
-                    home.set_redundancy(vault, r, body.replica.as_deref())?;
-                } else if body.replica.is_some() {
-                    return Err(invalid(
-                        "replica: give it with redundancy (zone or geo)".into(),
-                    ));
-                }
-                home.set_soft_delete(vault, body.soft_delete.as_deref(), body.soft_delete_days)?;
+                home.update_vault(
+                    vault,
+                    body.soft_delete.as_deref(),
+                    body.soft_delete_days,
+                    body.redundancy.as_deref(),
+                    body.replica.as_deref(),
+                )?;
                 doc(api::Vault::from(home.vault_info(vault)?))
             }
             Call::AttachVault(b) => {

@@ -344,6 +344,12 @@ fn release_build_reads_no_test_switches() {
     let e = Env::new();
     std::fs::write(e.path("pass"), "correct horse").unwrap();
     let p = e.path("pass");
+    // No test switch is even named in this binary (gates, clock, fast KDF, storage faults).
+    let bin = std::fs::read(env!("CARGO_BIN_EXE_kura")).unwrap();
+    assert!(
+        !bin.windows(10).any(|w| w == b"KURA_TEST_"),
+        "a release build names a KURA_TEST_ variable"
+    );
     // KURA_TEST_FAST_KDF (set by Env, even as "0") must not weaken the stored parameters.
     let o = e
         .cmd(&[

@@ -504,6 +504,29 @@ fn redundancy_changes_until_an_item_is_protected_and_an_azure_replica_serves_res
         "v",
         &["--location", &primary.location("v"), "--no-encryption"],
     );
+    // A redundancy change comes on its own: with another setting it is refused, and
+    // neither changes.
+    let (_, err) = e.fails(&[
+        "vault",
+        "set",
+        "v",
+        "--redundancy",
+        "geo",
+        "--replica",
+        &azure.location("v"),
+        "--soft-delete",
+        "disabled",
+    ]);
+    let msg = err["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("on its own"), "{msg}");
+    let shown = e.json(&["vault", "show", "v"]);
+    assert_eq!(
+        (&shown["redundancy"], &shown["soft_delete"]),
+        (&serde_json::json!("local"), &serde_json::json!("enabled")),
+        "{shown}"
+    );
+    let at_azure = azure.parsed("v").open(&azure.storage_env()).unwrap();
+    assert_eq!(at_azure.list("").unwrap(), Vec::<String>::new());
     // Before any item: local becomes geo, and the replica gets the vault's objects.
     let shown = e.json(&[
         "vault",
@@ -515,7 +538,6 @@ fn redundancy_changes_until_an_item_is_protected_and_an_azure_replica_serves_res
         &azure.location("v"),
     ]);
     assert_eq!(shown["redundancy"], "geo", "{shown}");
-    let at_azure = azure.parsed("v").open(&azure.storage_env()).unwrap();
     assert!(at_azure.stat("config").unwrap().is_some());
 
     let img = e.path("disk.raw");
@@ -618,7 +640,14 @@ fn a_file_tree_comes_back_from_a_geo_replica() {
     let mut primary = TestStore::start(Kind::Moto);
     let e = Env::new();
     e.storage(primary.env());
+    // An empty directory others may read: the replica made there is owner-only.
     let replica = e.path("replica");
+    std::fs::create_dir(&replica).unwrap();
+    std::fs::set_permissions(
+        &replica,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     e.vault(
         "geo",
         &[
@@ -641,6 +670,10 @@ fn a_file_tree_comes_back_from_a_geo_replica() {
         "--name",
         "share",
     ]);
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&replica).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o700, "the replica directory is owner-only");
     let rp = e.backup("share");
     replications_done(&e, 2);
     primary.stop();
