@@ -12,7 +12,7 @@
 //! already stores it, so an incremental backup reads and hashes every allocated chunk but
 //! uploads only new ones, and still produces a full index.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -655,6 +655,7 @@ impl Home {
                 unhealthy: &unhealthy,
                 cheap_stat,
                 stored: &stored,
+                tree: None,
                 base: b.as_ref().map(|(ids, ch)| (ids.as_slice(), ch)),
             })
             .collect();
@@ -685,17 +686,25 @@ impl Home {
                 .map(|t| t.chunks.iter().copied().collect())
                 .unwrap_or_default();
             known.retain(|id| !unhealthy.contains(id));
+            let places = prev.map(|index| TreePlaces {
+                index,
+                seen: Mutex::new(HashMap::new()),
+            });
+            // A tree's new chunks go into packs, whether or not another item stored the
+            // same chunk as an object: no stat and no request per chunk to find out.
+            let in_packs = |_: &ChunkId| Ok(false);
             let reuse = Reuse {
                 known: &known,
                 unhealthy: &unhealthy,
                 cheap_stat,
-                stored: &stored,
+                stored: &in_packs,
                 base: None,
+                tree: places.as_ref(),
             };
             let out = crate::tree_backup::backup_tree(
                 vault,
                 src,
-                prev.map(|t| t.root),
+                prev,
                 &reuse,
                 job,
                 prev.map_or(0, |t| t.bytes),
@@ -971,6 +980,14 @@ pub(crate) struct Reuse<'a> {
     /// The previous point's chunk ids and what changed since: unchanged chunks are taken
     /// from it without reading.
     pub(crate) base: Option<(&'a [ChunkId], &'a kura_source::Changes)>,
+    /// A tree's previous index, which says where its known chunks are (packs or objects).
+    pub(crate) tree: Option<&'a TreePlaces<'a>>,
+}
+
+/// Where the chunks of a tree's previous point are, with the packs already found present.
+pub(crate) struct TreePlaces<'a> {
+    pub(crate) index: &'a kura_store::TreeIndex,
+    pub(crate) seen: Mutex<HashMap<kura_store::PackId, bool>>,
 }
 
 impl Reuse<'_> {
@@ -979,7 +996,26 @@ impl Reuse<'_> {
     pub(crate) fn still_there(&self, vault: &Vault, id: &ChunkId) -> Result<bool> {
         Ok(self.known.contains(id)
             && !self.unhealthy.contains(id)
-            && (!self.cheap_stat || vault.chunk_exists_cheaply(id)? != Some(false)))
+            && (!self.cheap_stat || self.exists_cheaply(vault, id)? != Some(false)))
+    }
+
+    /// Whether a known chunk's stored copy exists (its pack, for a packed one), where a
+    /// stat is cheap; each pack is asked once.
+    fn exists_cheaply(&self, vault: &Vault, id: &ChunkId) -> Result<Option<bool>> {
+        if let Some(t) = self.tree
+            && let Some(Some(at)) = t.index.place(id)
+        {
+            let mut seen = t.seen.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(&there) = seen.get(&at.pack) {
+                return Ok(Some(there));
+            }
+            let there = vault.pack_exists_cheaply(&at.pack)?;
+            if let Some(b) = there {
+                seen.insert(at.pack, b);
+            }
+            return Ok(there);
+        }
+        Ok(vault.chunk_exists_cheaply(id)?)
     }
 }
 
@@ -1006,7 +1042,7 @@ impl Reuse<'_> {
             return Ok(Some(id));
         }
         if self.unhealthy.contains(&id)
-            || (self.cheap_stat && vault.chunk_exists_cheaply(&id)? == Some(false))
+            || (self.cheap_stat && self.exists_cheaply(vault, &id)? == Some(false))
         {
             return Ok(None); // read it again: that heals it
         }
@@ -1022,7 +1058,7 @@ impl Reuse<'_> {
             return Ok(Some(true));
         }
         if self.known.contains(id) {
-            if !self.cheap_stat || vault.chunk_exists_cheaply(id)? != Some(false) {
+            if !self.cheap_stat || self.exists_cheaply(vault, id)? != Some(false) {
                 return Ok(None);
             }
             // Referenced by the previous point, yet gone: heal it if it cannot be reused.
@@ -1325,6 +1361,7 @@ mod tests {
             unhealthy: &nothing,
             cheap_stat: true,
             stored: &never,
+            tree: None,
             base: None,
         };
         let out = run_pipeline(
@@ -1361,6 +1398,7 @@ mod tests {
                 unhealthy: &nothing,
                 cheap_stat: true,
                 stored: &never,
+                tree: None,
                 base: None,
             })
             .collect();
@@ -1381,6 +1419,7 @@ mod tests {
             unhealthy: &nothing,
             cheap_stat: true,
             stored: &never,
+            tree: None,
             base: Some((out[0].0.chunks.as_slice(), &changes)),
         }];
         let out3 = run_pipeline(&vault, &mut disk, &cbt, &crate::NoProgress, None).unwrap();

@@ -520,7 +520,7 @@ impl Home {
             target.disk.as_deref(),
         )?;
         let index = vault.get_tree_index(&tree.index)?;
-        let vt = crate::tree_read::VaultTree::new(vault, index.root);
+        let vt = crate::tree_read::VaultTree::new(vault, Arc::new(index));
         let d = OpenDisk {
             rp,
             disk: tree.name.clone(),

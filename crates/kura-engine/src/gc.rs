@@ -1,5 +1,9 @@
-//! Garbage collection: remove chunks no recovery point references, without ever blocking a
-//! backup or deleting a chunk a running backup is about to reference.
+//! Garbage collection: remove chunks and packs no recovery point references, without ever
+//! blocking a backup or deleting a chunk a running backup is about to reference.
+//!
+//! The unit collected is an object: a chunk stored as its own object, or a pack (which goes
+//! when no point references any chunk in it; a pack some point still uses is kept whole, and
+//! the report says how many of its bytes no point uses). "Chunk" below means either.
 //!
 //! Protocol (state in the catalog, see `kura_catalog::gc`):
 //!
@@ -23,7 +27,7 @@ use std::collections::HashSet;
 
 use jiff::{SignedDuration, Timestamp};
 use kura_catalog::JobOperation;
-use kura_store::{ChunkId, Vault};
+use kura_store::{ChunkId, PackId, Packed, Vault};
 use serde::Serialize;
 
 use crate::{Error, ErrorKind, Home, Progress, Result, Secrets};
@@ -56,15 +60,22 @@ pub struct GcReport {
     pub job_id: String,
     /// Recovery points read.
     pub recovery_points: usize,
-    /// Distinct chunks they reference.
+    /// Distinct chunks they reference (stored as objects or in packs).
     pub referenced_chunks: usize,
-    /// Chunks stored in the vault.
+    /// Chunks stored as objects of their own in the vault.
     pub stored_chunks: usize,
-    /// Chunks doomed by this run.
+    /// Packs they reference.
+    pub referenced_packs: usize,
+    /// Packs stored in the vault.
+    pub stored_packs: usize,
+    /// Bytes of the packs kept that no recovery point uses (freed when the rest of their
+    /// pack is).
+    pub unused_packed_bytes: u64,
+    /// Objects (chunks and packs) doomed by this run.
     pub newly_doomed: usize,
-    /// Doomed chunks released because they are referenced again.
+    /// Doomed objects released because they are referenced again.
     pub released: usize,
-    /// Chunks deleted.
+    /// Objects deleted (chunks and packs).
     pub deleted: usize,
     /// Stored bytes freed.
     pub freed_bytes: u64,
@@ -85,6 +96,38 @@ pub(crate) struct LeaseGuard<'a> {
 impl Drop for LeaseGuard<'_> {
     fn drop(&mut self) {
         let _ = self.home.catalog.end_lease(&self.id);
+    }
+}
+
+/// What GC collects: a chunk stored as its own object, or a pack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Collectable {
+    Chunk(ChunkId),
+    Pack(PackId),
+}
+
+impl Collectable {
+    /// Its name in the catalog's list of doomed objects: a chunk's id in hex (what writers
+    /// rescue by), a pack's key.
+    fn name(&self) -> String {
+        match self {
+            Collectable::Chunk(c) => c.to_hex(),
+            Collectable::Pack(p) => p.key(),
+        }
+    }
+
+    fn parse(name: &str) -> Option<Self> {
+        match PackId::from_key(name) {
+            Some(p) => Some(Collectable::Pack(p)),
+            None => ChunkId::from_hex(name).ok().map(Collectable::Chunk),
+        }
+    }
+
+    fn key(&self) -> String {
+        match self {
+            Collectable::Chunk(c) => c.key(),
+            Collectable::Pack(p) => p.key(),
+        }
     }
 }
 
@@ -153,7 +196,9 @@ impl Home {
         let leases_at_mark = self.catalog.active_leases(vault_id)?;
 
         // 1. Mark, from the vault itself (a superset of what the catalog knows).
-        let mut referenced: HashSet<ChunkId> = HashSet::new();
+        let mut referenced: HashSet<Collectable> = HashSet::new();
+        let mut chunk_ids: HashSet<ChunkId> = HashSet::new();
+        let mut live_places: HashSet<Packed> = HashSet::new();
         let rp_ids = vault.list_rp_ids()?;
         for rp in &rp_ids {
             crate::progress::check_cancel(progress)?;
@@ -164,34 +209,72 @@ impl Home {
                 )
             })?;
             for (_, chunks) in vault.point_chunks(&m) {
-                referenced.extend(chunks.map_err(|e| {
+                let chunks = chunks.map_err(|e| {
                     Error::new(
                         ErrorKind::Corrupt,
                         format!("garbage collection stopped, nothing deleted: {e}"),
                     )
-                })?);
+                })?;
+                for r in chunks {
+                    chunk_ids.insert(r.id);
+                    match r.packed {
+                        Some(at) => {
+                            referenced.insert(Collectable::Pack(at.pack));
+                            live_places.insert(at);
+                            // A packed chunk's own object, if a backup wrote one to heal
+                            // it, is what reads fall back to: kept as well.
+                            referenced.insert(Collectable::Chunk(r.id));
+                        }
+                        None => {
+                            referenced.insert(Collectable::Chunk(r.id));
+                        }
+                    }
+                }
             }
         }
         report.recovery_points = rp_ids.len();
-        report.referenced_chunks = referenced.len();
+        report.referenced_chunks = chunk_ids.len();
+        drop(chunk_ids);
 
         // 2. Doom the unreferenced, release the referenced.
-        let sized = vault.list_chunk_sizes()?;
-        report.stored_chunks = sized.len();
-        let sizes: std::collections::HashMap<ChunkId, u64> = sized.iter().copied().collect();
-        let stored: Vec<ChunkId> = sized.into_iter().map(|(id, _)| id).collect();
+        let chunk_sizes = vault.list_chunk_sizes()?;
+        let pack_sizes = vault.list_pack_sizes()?;
+        report.stored_chunks = chunk_sizes.len();
+        report.stored_packs = pack_sizes.len();
+        let sizes: std::collections::HashMap<Collectable, u64> = chunk_sizes
+            .into_iter()
+            .map(|(id, n)| (Collectable::Chunk(id), n))
+            .chain(
+                pack_sizes
+                    .into_iter()
+                    .map(|(id, n)| (Collectable::Pack(id), n)),
+            )
+            .collect();
+        let mut live_bytes: std::collections::HashMap<PackId, u64> = Default::default();
+        for at in &live_places {
+            *live_bytes.entry(at.pack).or_default() += u64::from(at.len);
+        }
+        report.referenced_packs = live_bytes.len();
+        report.unused_packed_bytes = live_bytes
+            .iter()
+            .map(|(p, live)| {
+                sizes
+                    .get(&Collectable::Pack(*p))
+                    .map_or(0, |n| n.saturating_sub(*live))
+            })
+            .sum();
         let doomed = self.catalog.doomed(vault_id)?;
         let doomed_set: HashSet<&str> = doomed.iter().map(|d| d.chunk.as_str()).collect();
         let release: Vec<String> = doomed
             .iter()
             .filter(|d| d.state == "doomed")
-            .filter(|d| ChunkId::from_hex(&d.chunk).is_ok_and(|c| referenced.contains(&c)))
+            .filter(|d| Collectable::parse(&d.chunk).is_some_and(|c| referenced.contains(&c)))
             .map(|d| d.chunk.clone())
             .collect();
-        let fresh: Vec<String> = stored
-            .iter()
+        let fresh: Vec<String> = sizes
+            .keys()
             .filter(|c| !referenced.contains(c))
-            .map(|c| c.to_hex())
+            .map(Collectable::name)
             .filter(|h| !doomed_set.contains(h.as_str()))
             .collect();
         report.released = release.len();
@@ -247,7 +330,7 @@ impl Home {
             // is seen by this run's mark, which released its chunks above.
             let old_enough = d.doomed_at < grace_cutoff && d.doomed_at < mark_start;
             let before_writers = oldest_writer.as_ref().is_none_or(|w| d.doomed_at < *w);
-            let Ok(id) = ChunkId::from_hex(&d.chunk) else {
+            let Some(id) = Collectable::parse(&d.chunk) else {
                 self.catalog
                     .undoom(vault_id, std::slice::from_ref(&d.chunk))?;
                 continue;

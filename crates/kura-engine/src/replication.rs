@@ -233,10 +233,10 @@ pub(crate) fn geo_replica(row: &VaultRow) -> Result<Location> {
     }
 }
 
-/// The order objects reach the replica in: chunks, then indexes, then records, manifests
-/// last.
+/// The order objects reach the replica in: chunks and packs, then indexes, then records,
+/// manifests last.
 fn rank(key: &str) -> u8 {
-    if key.starts_with("chunks/") {
+    if key.starts_with("chunks/") || key.starts_with("packs/") {
         0
     } else if key.starts_with("rps/") && !key.ends_with("/manifest") {
         1
@@ -255,12 +255,13 @@ fn copy_vault(
 ) -> Result<ReplicationReport> {
     let here = from.list_sizes("")?;
     let there: HashMap<String, u64> = to.list_sizes("")?.into_iter().collect();
-    // Chunks and a point's objects never change once written: copied when missing. Item
+    // Chunks, packs and a point's objects never change once written: copied when missing. Item
     // records, health records, policies and the config can: copied every time (small).
     let mut todo: Vec<&(String, u64)> = here
         .iter()
         .filter(|(k, size)| {
-            let immutable = k.starts_with("chunks/") || k.starts_with("rps/");
+            let immutable =
+                k.starts_with("chunks/") || k.starts_with("packs/") || k.starts_with("rps/");
             !immutable || there.get(k) != Some(size)
         })
         .collect();
@@ -347,6 +348,7 @@ mod tests {
     #[test]
     fn manifests_go_last_and_leave_first() {
         assert!(rank("chunks/aa/1") < rank("rps/r/disk0.index"));
+        assert!(rank("packs/aa/1") < rank("rps/r/files.tree"));
         assert!(rank("rps/r/disk0.index") < rank("items/x"));
         assert!(rank("items/x") < rank("rps/r/manifest"));
     }

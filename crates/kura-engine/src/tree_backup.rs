@@ -25,7 +25,9 @@ use crossbeam_channel::bounded;
 use kura_source::TreeSource;
 use kura_source::tree::{EntryStat, EntryType, SourceDir, xattrs_of};
 use kura_store::tree::{DIR_VERSION, Name};
-use kura_store::{ChunkId, Dir, Node, NodeKind, Piece, RpStats, TreeIndex, Vault, is_zero};
+use kura_store::{
+    ChunkId, Dir, Node, NodeKind, PackWriter, Piece, RpStats, TreeIndex, Vault, is_zero,
+};
 
 use crate::backup::Reuse;
 use crate::{Error, ErrorKind, Progress, Result, workers};
@@ -122,6 +124,10 @@ struct Written {
 struct Shared<'a> {
     vault: &'a Vault,
     reuse: &'a Reuse<'a>,
+    /// The previous point's tree: its directories are the files cache.
+    prev: Option<&'a TreeIndex>,
+    /// Where new chunks go.
+    packs: PackWriter<'a>,
     root_node: Node,
     in_flight: Mutex<InFlight>,
     written: Mutex<Written>,
@@ -131,6 +137,39 @@ struct Shared<'a> {
 }
 
 impl Shared<'_> {
+    /// Stores a chunk unless the previous point or this backup has it. A new chunk goes
+    /// into a pack; a bad or missing one is written again as its own object, which every
+    /// point whose packed copy is damaged reads instead (packs are never rewritten).
+    fn store(&self, codec: &mut kura_store::Codec, id: ChunkId, plain: &[u8]) -> Result<()> {
+        if self.packs.contains(&id) {
+            return Ok(());
+        }
+        let Some(healing) = self.reuse.decide(self.vault, &id)? else {
+            return Ok(());
+        };
+        let stored = codec.encode_chunk(&id, plain)?;
+        let added = if healing {
+            let mut healed = self.healed.lock().unwrap_or_else(|e| e.into_inner());
+            if healed.contains(&id) {
+                false
+            } else {
+                self.vault.put_chunk(&id, stored.clone())?;
+                healed.push(id);
+                true
+            }
+        } else {
+            self.packs.add(id, &stored, codec)?
+        };
+        if added {
+            let c = &self.counters;
+            c.new_stored
+                .fetch_add(stored.len() as u64, Ordering::Relaxed);
+            c.new_chunks.fetch_add(1, Ordering::Relaxed);
+            c.new_plain.fetch_add(plain.len() as u64, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, InFlight> {
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -220,21 +259,7 @@ impl Shared<'_> {
         };
         let plain = dir.encode();
         let id = codec.chunk_id(&plain);
-        if let Some(healing) = self.reuse.decide(self.vault, &id)? {
-            let stored = codec.encode_chunk(&id, &plain)?;
-            let c = &self.counters;
-            c.new_stored
-                .fetch_add(stored.len() as u64, Ordering::Relaxed);
-            self.vault.put_chunk(&id, stored)?;
-            c.new_chunks.fetch_add(1, Ordering::Relaxed);
-            c.new_plain.fetch_add(plain.len() as u64, Ordering::Relaxed);
-            if healing {
-                self.healed
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(id);
-            }
-        }
+        self.store(codec, id, &plain)?;
         chunks.push(id);
         if !warnings.is_empty() {
             self.warnings
@@ -351,7 +376,11 @@ impl Walker<'_> {
         let node = prev?.get(name)?;
         let piece = node.tree.filter(|_| node.kind == NodeKind::Dir)?;
         // Unreadable: only the cache is lost, and the directory is read in full.
-        self.shared.vault.get_dir(&piece, &mut self.codec).ok()
+        let index = self.shared.prev?;
+        self.shared
+            .vault
+            .get_dir(index, &piece, &mut self.codec)
+            .ok()
     }
 
     /// The previous point's chunks of this file, when it is unchanged since (size, times
@@ -594,8 +623,7 @@ fn chunk_file(
     sizes: (u32, u32, u32),
     progress: &dyn Progress,
 ) -> Result<FileResult> {
-    let (vault, reuse, counters, healed) =
-        (shared.vault, shared.reuse, &shared.counters, &shared.healed);
+    let counters = &shared.counters;
     let (min, avg, max) = sizes;
     let mut pieces = Vec::new();
     // One chunk of the file: hashed, stored unless known, recorded.
@@ -609,21 +637,8 @@ fn chunk_file(
         } else {
             codec.chunk_id(data)
         };
-        if !id.is_zero()
-            && let Some(healing) = reuse.decide(vault, &id)?
-        {
-            let stored = codec.encode_chunk(&id, data)?;
-            counters
-                .new_stored
-                .fetch_add(stored.len() as u64, Ordering::Relaxed);
-            vault.put_chunk(&id, stored)?;
-            counters.new_chunks.fetch_add(1, Ordering::Relaxed);
-            counters
-                .new_plain
-                .fetch_add(data.len() as u64, Ordering::Relaxed);
-            if healing {
-                healed.lock().unwrap_or_else(|e| e.into_inner()).push(id);
-            }
+        if !id.is_zero() {
+            shared.store(codec, id, data)?;
         }
         progress.advance(data.len() as u64);
         pieces.push(Piece {
@@ -675,11 +690,12 @@ fn chunk_file(
     Ok(Ok(pieces))
 }
 
-/// Backs the tree up; `previous` is the previous point's root directory (the files cache).
+/// Backs the tree up; `previous` is the previous point's tree (the files cache). New
+/// chunks, directories among them, are written in packs.
 pub(crate) fn backup_tree(
     vault: &Vault,
     src: &TreeSource,
-    previous: Option<Piece>,
+    previous: Option<&TreeIndex>,
     reuse: &Reuse<'_>,
     progress: &dyn Progress,
     estimate: u64,
@@ -697,7 +713,7 @@ pub(crate) fn backup_tree(
         n
     };
     let prev_root = match previous {
-        Some(p) => vault.get_dir(&p, &mut vault.codec()).ok(),
+        Some(p) => vault.get_dir(p, &p.root, &mut vault.codec()).ok(),
         None => None,
     };
     // More workers than cores: writers of new objects block now and then in the kernel
@@ -708,6 +724,8 @@ pub(crate) fn backup_tree(
     let shared = Shared {
         vault,
         reuse,
+        prev: previous,
+        packs: PackWriter::new(vault),
         root_node,
         in_flight: Mutex::new(InFlight::default()),
         written: Mutex::new(Written::default()),
@@ -786,6 +804,13 @@ pub(crate) fn backup_tree(
         return Err(e);
     }
     let (unchanged_files, read_files) = walked?;
+    let placed = shared.packs.finish(&mut vault.codec())?;
+    let healed: std::collections::HashSet<ChunkId> = shared
+        .healed
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        .collect();
     let written = shared
         .written
         .into_inner()
@@ -796,6 +821,21 @@ pub(crate) fn backup_tree(
     let mut chunks = written.chunks;
     chunks.sort_unstable();
     chunks.dedup();
+    // Where each chunk is: its own object when this backup healed it, in a pack this backup
+    // wrote, else where the previous point had it.
+    let places = chunks
+        .iter()
+        .map(|id| {
+            if healed.contains(id) {
+                return None;
+            }
+            placed
+                .places
+                .get(id)
+                .copied()
+                .or_else(|| previous.and_then(|p| p.place(id)).flatten())
+        })
+        .collect();
     let c = &shared.counters;
     let stats = RpStats {
         read_bytes: c.read_bytes.load(Ordering::Relaxed),
@@ -817,12 +857,10 @@ pub(crate) fn backup_tree(
             dirs: written.dirs,
             bytes: written.bytes,
             chunks,
+            places,
         },
         stats,
-        healed: shared
-            .healed
-            .into_inner()
-            .unwrap_or_else(|e| e.into_inner()),
+        healed: healed.into_iter().collect(),
         warnings,
         unchanged_files,
         read_files: read_files as u64,

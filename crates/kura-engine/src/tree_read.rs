@@ -8,14 +8,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use kura_files::{Entry, EntryKind, RawEntry};
-use kura_store::{Codec, Dir, Node, NodeKind, Piece, Vault};
+use kura_store::{Codec, Dir, Node, NodeKind, Piece, TreeIndex, Vault};
 
 /// Directories kept decoded for the next lookups.
 const CACHED_DIRS: usize = 4096;
 
 pub(crate) struct VaultTree {
     vault: Vault,
-    root: Piece,
+    /// The tree's index: its root, and where each chunk is.
+    index: Arc<TreeIndex>,
     state: Mutex<State>,
     /// One codec for every file reader (making one per file costs more than a small
     /// file's read).
@@ -89,7 +90,7 @@ fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
 }
 
 impl VaultTree {
-    pub(crate) fn new(vault: Vault, root: Piece) -> Self {
+    pub(crate) fn new(vault: Vault, index: Arc<TreeIndex>) -> Self {
         VaultTree {
             state: Mutex::new(State {
                 codec: vault.codec(),
@@ -97,7 +98,7 @@ impl VaultTree {
             }),
             codec: Arc::new(Mutex::new(vault.codec())),
             vault,
-            root,
+            index,
             chunks: Arc::default(),
             bytes: Arc::default(),
         }
@@ -106,7 +107,7 @@ impl VaultTree {
     fn fetch_dir(&self, st: &mut State, piece: &Piece) -> kura_files::Result<Arc<Dir>> {
         let d = self
             .vault
-            .get_dir(piece, &mut st.codec)
+            .get_dir(&self.index, piece, &mut st.codec)
             .map_err(|e| corrupt(b"directory", e))?;
         self.chunks.fetch_add(1, Ordering::Relaxed);
         self.bytes
@@ -125,7 +126,10 @@ impl VaultTree {
             return Ok(d.clone());
         }
         let d = match split(path) {
-            None => self.fetch_dir(st, &self.root)?,
+            None => {
+                let root = self.index.root;
+                self.fetch_dir(st, &root)?
+            }
             Some((parent, name)) => {
                 let p = self.dir_locked(st, parent)?;
                 let node = p.get(name).ok_or_else(|| {
@@ -197,6 +201,7 @@ impl kura_files::Tree for VaultTree {
         Ok(Box::new(FileReader {
             codec: self.codec.clone(),
             vault: self.vault.clone(),
+            index: self.index.clone(),
             pieces: n.chunks,
             next: 0,
             buf: Vec::new(),
@@ -210,6 +215,7 @@ impl kura_files::Tree for VaultTree {
 /// A file's data, one chunk fetched at a time; zero pieces are never fetched.
 struct FileReader {
     vault: Vault,
+    index: Arc<TreeIndex>,
     codec: Arc<Mutex<Codec>>,
     pieces: Vec<Piece>,
     next: usize,
@@ -232,7 +238,8 @@ impl std::io::Read for FileReader {
             } else {
                 let d = self
                     .vault
-                    .get_chunk(
+                    .get_tree_chunk(
+                        &self.index,
                         &p.id,
                         &mut self.codec.lock().unwrap_or_else(|e| e.into_inner()),
                     )

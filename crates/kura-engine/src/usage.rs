@@ -44,7 +44,7 @@ pub struct VaultUsage {
     pub vault: String,
     /// Sum of the items' logical bytes.
     pub logical_bytes: u64,
-    /// Bytes of all chunk objects in the vault storage now.
+    /// Bytes of all chunk objects and packs in the vault's storage now.
     pub stored_bytes: u64,
     /// logical / stored.
     pub ratio: f64,
@@ -182,10 +182,18 @@ impl Home {
         Ok(out)
     }
 
-    /// Bytes of all chunk objects in a vault's storage now.
+    /// Bytes of all chunk objects and packs in a vault's storage now.
     fn measure_stored(&self, v: &VaultRow) -> Result<u64> {
-        let chunks = self.backend_of(v)?.list_sizes("chunks/")?;
-        Ok(chunks.iter().map(|(_, size)| size).sum())
+        let backend = self.backend_of(v)?;
+        let mut total = 0;
+        for prefix in ["chunks/", "packs/"] {
+            total += backend
+                .list_sizes(prefix)?
+                .iter()
+                .map(|(_, size)| size)
+                .sum::<u64>();
+        }
+        Ok(total)
     }
 
     /// A vault's storage trend, its file system, growth and estimated full date.

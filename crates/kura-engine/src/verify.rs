@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use kura_catalog::{ItemRow, JobOperation, RpRow};
-use kura_store::{ChunkId, Vault};
+use kura_store::{ChunkId, ChunkRef, PackId, Vault};
 use serde::Serialize;
 
 use crate::{Error, ErrorKind, Home, Progress, Result, Secrets, io_workers};
@@ -177,8 +177,8 @@ impl Home {
                 let checked = verify_vault(vault, &vault_rps, &mut report, job)?;
                 report
                     .repaired
-                    .extend(repair_copies(vault, &vault_rps, &checked, job)?);
-                self.remember_bad_chunks(vault, &vault_rps, &checked, &report.problems[first..])?;
+                    .extend(repair_copies(vault, &vault_rps, &checked.objects, job)?);
+                self.remember_bad_chunks(vault, &vault_rps, &checked.chunks, &report.problems[first..])?;
                 for (key, h) in healed {
                     report.healed.extend(
                         h.chunks
@@ -282,14 +282,14 @@ impl Home {
 fn repair_copies(
     vault: &Vault,
     rps: &[RpRow],
-    chunks: &HashSet<ChunkId>,
+    objects: &[String],
     progress: &dyn Progress,
 ) -> Result<Vec<String>> {
     let copies = vault.backend().copies();
     if copies.len() < 2 {
         return Ok(Vec::new());
     }
-    let mut keys: Vec<String> = chunks.iter().map(ChunkId::key).collect();
+    let mut keys: Vec<String> = objects.to_vec();
     for rp in rps {
         keys.extend(vault.backend().list(&format!("rps/{}/", rp.id))?);
     }
@@ -324,14 +324,29 @@ fn repair_copies(
     Ok(repaired)
 }
 
+/// What one vault's verify checked.
+struct Checked {
+    /// Every chunk id checked, wherever it is stored.
+    chunks: HashSet<ChunkId>,
+    /// The keys of the objects read: chunks of their own and packs.
+    objects: Vec<String>,
+}
+
+/// One unit of a verify's work: a chunk of its own object, or a pack read once for all of
+/// its chunks the points use.
+enum Unit {
+    Chunk(ChunkId, Vec<u32>),
+    Pack(PackId, Vec<(ChunkRef, Vec<u32>)>),
+}
+
 fn verify_vault(
     vault: &Vault,
     rps: &[RpRow],
     report: &mut VerifyReport,
     progress: &dyn Progress,
-) -> Result<HashSet<ChunkId>> {
+) -> Result<Checked> {
     // chunk -> indexes of the recovery points that use it
-    let mut users: HashMap<ChunkId, Vec<u32>> = HashMap::new();
+    let mut users: HashMap<ChunkRef, Vec<u32>> = HashMap::new();
     for (n, rp) in rps.iter().enumerate() {
         report.recovery_points += 1;
         let problem = |object: String, e: &kura_store::Error| VerifyProblem {
@@ -359,8 +374,8 @@ fn verify_vault(
         for (key, list) in lists {
             match list {
                 Ok(chunks) => {
-                    for id in chunks {
-                        let list = users.entry(id).or_default();
+                    for r in chunks {
+                        let list = users.entry(r).or_default();
                         if list.last() != Some(&(n as u32)) {
                             list.push(n as u32);
                         }
@@ -370,19 +385,79 @@ fn verify_vault(
             }
         }
     }
-    let chunks: Vec<(ChunkId, Vec<u32>)> = users.into_iter().collect();
-    report.chunks_checked += chunks.len();
+    report.chunks_checked += users.len();
+    let mut checked = Checked {
+        chunks: users.keys().map(|r| r.id).collect(),
+        objects: Vec::new(),
+    };
+    let mut units = Vec::new();
+    let mut packs: HashMap<PackId, Vec<(ChunkRef, Vec<u32>)>> = HashMap::new();
+    for (r, used_by) in users {
+        match r.packed {
+            Some(at) => packs.entry(at.pack).or_default().push((r, used_by)),
+            None => units.push(Unit::Chunk(r.id, used_by)),
+        }
+    }
+    checked.objects = units
+        .iter()
+        .filter_map(|u| match u {
+            Unit::Chunk(id, _) => Some(id.key()),
+            Unit::Pack(..) => None,
+        })
+        .chain(packs.keys().map(PackId::key))
+        .collect();
+    units.extend(packs.into_iter().map(|(p, refs)| Unit::Pack(p, refs)));
+    let total: usize = units
+        .iter()
+        .map(|u| match u {
+            Unit::Chunk(..) => 1,
+            Unit::Pack(_, refs) => refs.len(),
+        })
+        .sum();
     let bad: Mutex<Vec<VerifyProblem>> = Mutex::new(Vec::new());
     let next = AtomicUsize::new(0);
     let fatal: Mutex<Option<Error>> = Mutex::new(None);
+    let names = |used_by: &[u32]| -> Vec<String> {
+        used_by
+            .iter()
+            .map(|&i| rps[i as usize].id.clone())
+            .collect()
+    };
+    let verdict = |outcome: kura_store::Result<Vec<u8>>| -> std::result::Result<Option<(&'static str, String)>, kura_store::Error> {
+        match outcome {
+            Ok(_) => Ok(None),
+            Err(kura_store::Error::Missing { .. }) => {
+                Ok(Some(("missing", "not found in the vault".to_string())))
+            }
+            Err(kura_store::Error::Corrupt { reason, .. }) => Ok(Some(("corrupt", reason))),
+            Err(e) => Err(e),
+        }
+    };
     progress.start(
         "verify chunks",
-        chunks.len() as u64 * u64::from(vault.config().chunk_size),
+        total as u64 * u64::from(vault.config().chunk_size),
     );
     std::thread::scope(|s| {
         for _ in 0..io_workers(vault.backend().as_ref()) {
             s.spawn(|| {
                 let mut codec = vault.codec();
+                let found = |object: String, (problem, detail): (&str, String), used_by: &[u32]| {
+                    bad.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(VerifyProblem {
+                            object,
+                            problem: problem.into(),
+                            detail,
+                            recovery_points: names(used_by),
+                        });
+                };
+                // Storage failures are not verdicts about a chunk: they stop the verify.
+                let stop = |e: kura_store::Error| {
+                    fatal
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_or_insert(e.into());
+                };
                 loop {
                     if fatal.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
                         break;
@@ -395,38 +470,87 @@ fn verify_vault(
                         break;
                     }
                     let n = next.fetch_add(1, Ordering::SeqCst);
-                    let Some((id, used_by)) = chunks.get(n) else {
+                    let Some(unit) = units.get(n) else {
                         break;
                     };
-                    let outcome = vault.get_chunk(id, &mut codec);
-                    progress.advance(u64::from(vault.config().chunk_size));
-                    crate::hooks::gate("verify_chunk");
-                    let (problem, detail) = match outcome {
-                        Ok(_) => continue,
-                        Err(kura_store::Error::Missing { .. }) => {
-                            ("missing", "not found in the vault".to_string())
+                    match unit {
+                        Unit::Chunk(id, used_by) => {
+                            let outcome = vault.get_chunk(id, &mut codec);
+                            progress.advance(u64::from(vault.config().chunk_size));
+                            crate::hooks::gate("verify_chunk");
+                            match verdict(outcome) {
+                                Ok(None) => {}
+                                Ok(Some(v)) => found(format!("chunk {id}"), v, used_by),
+                                Err(e) => {
+                                    stop(e);
+                                    break;
+                                }
+                            }
                         }
-                        Err(kura_store::Error::Corrupt { reason, .. }) => ("corrupt", reason),
-                        Err(e) => {
-                            // Storage failures are not verdicts about the chunk: stop.
-                            fatal
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .get_or_insert(e.into());
-                            break;
+                        Unit::Pack(pack, refs) => {
+                            // One read for the whole pack, then each chunk checked in it.
+                            let stored = match vault.get_pack(pack) {
+                                Ok(b) => Some(b),
+                                Err(kura_store::Error::Missing { .. }) => None,
+                                Err(e) => {
+                                    stop(e);
+                                    break;
+                                }
+                            };
+                            if let Some(b) = &stored
+                                && let Err(e) = kura_store::pack::pack_entries(&mut codec, pack, b)
+                            {
+                                let mut all: Vec<u32> =
+                                    refs.iter().flat_map(|(_, u)| u.clone()).collect();
+                                all.sort_unstable();
+                                all.dedup();
+                                found(
+                                    format!("pack {pack}"),
+                                    ("corrupt", format!("its header: {e}")),
+                                    &all,
+                                );
+                            }
+                            for (r, used_by) in refs {
+                                let at = r.packed.expect("a packed chunk");
+                                let outcome = match &stored {
+                                    None => Err(kura_store::Error::Missing {
+                                        object: format!("pack {pack}"),
+                                    }),
+                                    Some(b) => match b.get(
+                                        at.offset as usize
+                                            ..(at.offset as usize).saturating_add(at.len as usize),
+                                    ) {
+                                        Some(blob) => codec.decode_chunk(&r.id, blob.to_vec()),
+                                        None => Err(kura_store::Error::corrupt(
+                                            format!("chunk {}", r.id),
+                                            format!("pack {pack} is shorter than its index says"),
+                                        )),
+                                    },
+                                };
+                                // A damaged packed copy that a backup healed reads from
+                                // the chunk's own object: the point is whole again.
+                                let outcome =
+                                    vault.get_packed_or_healed(&r.id, outcome, &mut codec);
+                                progress.advance(u64::from(vault.config().chunk_size));
+                                match verdict(outcome) {
+                                    Ok(None) => {}
+                                    Ok(Some((problem, detail))) => {
+                                        let detail = if stored.is_none() {
+                                            format!("its pack {pack} is not found in the vault")
+                                        } else {
+                                            format!("in pack {pack}: {detail}")
+                                        };
+                                        found(format!("chunk {}", r.id), (problem, detail), used_by)
+                                    }
+                                    Err(e) => {
+                                        stop(e);
+                                        break;
+                                    }
+                                }
+                            }
+                            crate::hooks::gate("verify_chunk");
                         }
-                    };
-                    bad.lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(VerifyProblem {
-                            object: format!("chunk {id}"),
-                            problem: problem.into(),
-                            detail,
-                            recovery_points: used_by
-                                .iter()
-                                .map(|&i| rps[i as usize].id.clone())
-                                .collect(),
-                        });
+                    }
                 }
             });
         }
@@ -444,5 +568,5 @@ fn verify_vault(
     let mut bad = bad.into_inner().unwrap_or_else(|e| e.into_inner());
     bad.sort_by(|a, b| a.object.cmp(&b.object));
     report.problems.extend(bad);
-    Ok(chunks.into_iter().map(|(id, _)| id).collect())
+    Ok(checked)
 }

@@ -4,7 +4,7 @@
 //! offset  size  field
 //!      0     4  magic "KURA"
 //!      4     1  blob format version (1)
-//!      5     1  kind: 1 chunk, 2 disk index, 3 manifest, 4 item record
+//!      5     1  kind: 1 chunk, 2 index, 3 manifest, 4 item record, 5 health, 6 pack header
 //!      6     1  compression: 0 none, 1 zstd
 //!      7     1  cipher: 0 none, 1 AES-256-GCM, 2 ChaCha20-Poly1305
 //!      8     8  plaintext length, u64 little-endian
@@ -52,6 +52,8 @@ pub enum BlobKind {
     Item = 4,
     /// A health record: the vault's bad-chunk list or a backup's healed chunks.
     Health = 5,
+    /// The header of a pack ([`crate::pack`]).
+    Pack = 6,
 }
 
 impl BlobKind {
@@ -63,6 +65,7 @@ impl BlobKind {
             3 => BlobKind::Manifest,
             4 => BlobKind::Item,
             5 => BlobKind::Health,
+            6 => BlobKind::Pack,
             _ => return None,
         })
     }

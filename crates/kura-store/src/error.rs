@@ -61,7 +61,8 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn corrupt(object: impl Into<String>, reason: impl Into<String>) -> Self {
+    /// A [`Error::Corrupt`] naming `object`.
+    pub fn corrupt(object: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::Corrupt {
             object: object.into(),
             reason: reason.into(),

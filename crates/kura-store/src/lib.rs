@@ -11,6 +11,7 @@
 //! - [`keys`]: the vault's data key, wrapped by a passphrase (Argon2id) or a key file.
 //! - [`DiskIndex`]: the full list of chunk ids of one disk in one recovery point.
 //! - [`tree`]: file trees: directories as chunks, and the [`TreeIndex`] of each tree.
+//! - [`pack`]: pack objects, which hold many chunks of a tree in one object.
 //! - [`Manifest`]: what a recovery point is; written last, so its presence means the
 //!   recovery point is complete.
 //! - [`Vault`]: the typed view over a backend that ties these together.
@@ -43,6 +44,7 @@ mod index;
 pub mod keys;
 pub mod kit;
 mod manifest;
+pub mod pack;
 pub mod tree;
 mod vault;
 
@@ -54,6 +56,7 @@ pub use keys::{Cipher, KeySecret, WrappedKey};
 pub use manifest::{
     DiskEntry, ItemRecord, Manifest, RpStats, SnapshotRef, TreeEntry, is_disk_name,
 };
+pub use pack::{ChunkRef, PackId, PackWriter, Packed};
 pub use tree::{Dir, Node, NodeKind, Piece, TreeIndex};
 
 /// The manifest schema version this build writes.

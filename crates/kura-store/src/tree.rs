@@ -10,6 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::pack::{ChunkRef, PackId, Packed};
 use crate::{ChunkId, Error, Result};
 
 /// Version of the directory documents this build writes and reads.
@@ -252,19 +253,29 @@ impl Dir {
 }
 
 const MAGIC: &[u8; 4] = b"KTRE";
-const VERSION: u8 = 1;
+/// Version 1 listed chunk ids only (every chunk its own object); version 2 adds where each
+/// chunk is.
+const VERSION: u8 = 2;
 const HEADER_LEN: usize = 80;
+const ENTRY_LEN: usize = 44;
+/// The pack number of a chunk stored as its own object.
+const OWN_OBJECT: u32 = u32::MAX;
 
-/// Everything a file tree of one point references.
+/// Everything a file tree of one point references, and where each chunk is stored.
 ///
 /// Plaintext layout (inside an index blob):
 /// ```text
-///  0  4  magic "KTRE"   4  1  version (1)   5  3  zero
+///  0  4  magic "KTRE"   4  1  version (2)   5  3  zero
 ///  8 32  root directory chunk id            40 4  root directory length (u32 LE)
-/// 44  4  zero           48 8  files (u64)   56 8  directories (u64)
+/// 44  4  pack count p (u32 LE)              48 8  files (u64)   56 8  directories (u64)
 /// 64  8  file bytes (u64)                   72 8  chunk count c (u64)
-/// 80 32 × c  every chunk id the tree references (directories and data), sorted, unique
+/// 80 32 × p  the packs the tree's chunks are in, sorted, unique
+///    44 × c  every chunk the tree references (directories and data), sorted by id, unique:
+///            chunk id (32), pack number (u32 LE, an index into the packs; FFFFFFFF for a
+///            chunk stored as its own object), offset and length in the pack (u32 LE each)
 /// ```
+/// Version 1 (read, no longer written) has no packs: bytes 44..48 are zero and each chunk
+/// is its 32-byte id alone, its own object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TreeIndex {
     /// The root directory.
@@ -277,22 +288,41 @@ pub struct TreeIndex {
     pub bytes: u64,
     /// Every chunk referenced (without the zero chunk), sorted and unique.
     pub chunks: Vec<ChunkId>,
+    /// Where each of `chunks` is: in a pack, or (`None`) its own object.
+    pub places: Vec<Option<Packed>>,
 }
 
 impl TreeIndex {
     /// Serializes to the layout above.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HEADER_LEN + 32 * self.chunks.len());
+        debug_assert_eq!(self.places.len(), self.chunks.len());
+        let packs = self.packs();
+        let mut out =
+            Vec::with_capacity(HEADER_LEN + 32 * packs.len() + ENTRY_LEN * self.chunks.len());
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&[VERSION, 0, 0, 0]);
         out.extend_from_slice(&self.root.id.0);
         out.extend_from_slice(&self.root.len.to_le_bytes());
-        out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(&(packs.len() as u32).to_le_bytes());
         for n in [self.files, self.dirs, self.bytes, self.chunks.len() as u64] {
             out.extend_from_slice(&n.to_le_bytes());
         }
-        for id in &self.chunks {
+        for p in &packs {
+            out.extend_from_slice(&p.0);
+        }
+        for (i, id) in self.chunks.iter().enumerate() {
             out.extend_from_slice(&id.0);
+            let (n, offset, len) = match self.places.get(i).copied().flatten() {
+                Some(at) => (
+                    packs.binary_search(&at.pack).expect("listed") as u32,
+                    at.offset,
+                    at.len,
+                ),
+                None => (OWN_OBJECT, 0, 0),
+            };
+            for v in [n, offset, len] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
         }
         out
     }
@@ -306,10 +336,12 @@ impl TreeIndex {
         if &b[..4] != MAGIC {
             return Err(bad("not a tree index (bad magic)".into()));
         }
-        if b[4] != VERSION {
-            return Err(bad(format!("unknown tree index version {}", b[4])));
+        let version = b[4];
+        if version != 1 && version != VERSION {
+            return Err(bad(format!("unknown tree index version {version}")));
         }
-        if b[5..8] != [0; 3] || b[44..48] != [0; 4] {
+        let pack_count = u32::from_le_bytes(b[44..48].try_into().expect("4")) as u64;
+        if b[5..8] != [0; 3] || (version == 1 && pack_count != 0) {
             return Err(bad("reserved header bytes are not zero".into()));
         }
         let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().expect("8"));
@@ -319,16 +351,48 @@ impl TreeIndex {
         };
         let count = u64_at(72);
         let body = &b[HEADER_LEN..];
-        if Some(body.len() as u64) != count.checked_mul(32) {
+        let entry = if version == 1 { 32 } else { ENTRY_LEN as u64 };
+        let expected = count
+            .checked_mul(entry)
+            .and_then(|n| n.checked_add(32 * pack_count));
+        if Some(body.len() as u64) != expected {
             return Err(bad(format!(
-                "expected {count} chunk ids, found {} bytes",
+                "expected {pack_count} packs and {count} chunks, found {} bytes",
                 body.len()
             )));
         }
-        let chunks: Vec<ChunkId> = body
+        let (pack_bytes, entries) = body.split_at(32 * pack_count as usize);
+        let packs: Vec<PackId> = pack_bytes
             .chunks_exact(32)
-            .map(|c| ChunkId(c.try_into().expect("32")))
+            .map(|c| PackId(c.try_into().expect("32")))
             .collect();
+        if packs.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(bad("pack ids are not sorted and unique".into()));
+        }
+        let mut chunks = Vec::with_capacity(count as usize);
+        let mut places = Vec::with_capacity(count as usize);
+        for e in entries.chunks_exact(entry as usize) {
+            chunks.push(ChunkId(e[..32].try_into().expect("32")));
+            if version == 1 {
+                places.push(None);
+                continue;
+            }
+            let u32_at = |o: usize| u32::from_le_bytes(e[o..o + 4].try_into().expect("4"));
+            let (n, offset, len) = (u32_at(32), u32_at(36), u32_at(40));
+            places.push(match n {
+                OWN_OBJECT if offset == 0 && len == 0 => None,
+                OWN_OBJECT => {
+                    return Err(bad("a chunk of its own object has a place in a pack".into()));
+                }
+                n => Some(Packed {
+                    pack: *packs
+                        .get(n as usize)
+                        .ok_or_else(|| bad(format!("pack number {n} of {} packs", packs.len())))?,
+                    offset,
+                    len,
+                }),
+            });
+        }
         if chunks.windows(2).any(|w| w[0] >= w[1]) || chunks.first().is_some_and(|c| c.is_zero()) {
             return Err(bad("chunk ids are not sorted and unique".into()));
         }
@@ -341,7 +405,31 @@ impl TreeIndex {
             dirs: u64_at(56),
             bytes: u64_at(64),
             chunks,
+            places,
         })
+    }
+
+    /// Where chunk `id` is: `Some(place)` when the tree references it (`place` is `None`
+    /// for its own object), `None` when it does not.
+    pub fn place(&self, id: &ChunkId) -> Option<Option<Packed>> {
+        let i = self.chunks.binary_search(id).ok()?;
+        Some(self.places.get(i).copied().flatten())
+    }
+
+    /// Every chunk with its place.
+    pub fn refs(&self) -> impl Iterator<Item = ChunkRef> + '_ {
+        self.chunks.iter().enumerate().map(|(i, id)| ChunkRef {
+            id: *id,
+            packed: self.places.get(i).copied().flatten(),
+        })
+    }
+
+    /// The packs its chunks are in, sorted.
+    pub fn packs(&self) -> Vec<PackId> {
+        let mut p: Vec<PackId> = self.places.iter().flatten().map(|a| a.pack).collect();
+        p.sort_unstable();
+        p.dedup();
+        p
     }
 }
 
@@ -426,8 +514,25 @@ mod tests {
             dirs: 1,
             bytes: 99,
             chunks: vec![ChunkId([1; 32]), ChunkId([2; 32]), ChunkId([9; 32])],
+            places: vec![
+                Some(Packed {
+                    pack: PackId([7; 32]),
+                    offset: 10,
+                    len: 20,
+                }),
+                None,
+                Some(Packed {
+                    pack: PackId([3; 32]),
+                    offset: 0,
+                    len: 5,
+                }),
+            ],
         };
         let b = t.encode();
+        assert_eq!(t.packs(), vec![PackId([3; 32]), PackId([7; 32])]);
+        assert_eq!(t.place(&ChunkId([2; 32])), Some(None));
+        assert_eq!(t.place(&ChunkId([9; 32])).unwrap().unwrap().len, 5);
+        assert_eq!(t.place(&ChunkId([4; 32])), None);
         assert_eq!(TreeIndex::decode("x", &b).unwrap(), t);
         for cut in 0..b.len() {
             assert!(TreeIndex::decode("x", &b[..cut]).is_err());
@@ -438,5 +543,21 @@ mod tests {
         let mut rootless = t.clone();
         rootless.root.id = ChunkId([5; 32]);
         assert!(TreeIndex::decode("x", &rootless.encode()).is_err());
+        // A pack number past the pack list.
+        let mut far = b.clone();
+        let first_entry = 80 + 2 * 32;
+        far[first_entry + 32..first_entry + 36].copy_from_slice(&2u32.to_le_bytes());
+        assert!(TreeIndex::decode("x", &far).is_err());
+
+        // Version 1 (every chunk its own object) still reads.
+        let mut v1 = b[..80].to_vec();
+        v1[4] = 1;
+        v1[44..48].copy_from_slice(&[0; 4]);
+        for c in &t.chunks {
+            v1.extend_from_slice(&c.0);
+        }
+        let old = TreeIndex::decode("x", &v1).unwrap();
+        assert_eq!(old.chunks, t.chunks);
+        assert!(old.places.iter().all(Option::is_none));
     }
 }

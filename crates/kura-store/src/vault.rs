@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::blob::{BlobKind, Codec};
 use crate::keys::{self, Cipher, KeySecret, Keys, WrappedKey};
+use crate::pack::{ChunkRef, PackId, Packed};
 use crate::{ChunkId, DiskIndex, Error, ItemRecord, Manifest, Result, TreeIndex};
 
 /// Vault format version written by this build.
@@ -487,16 +488,125 @@ impl Vault {
         TreeIndex::decode(&object, &plain)
     }
 
-    /// Reads a directory of a file tree (a chunk holding a [`Dir`]).
-    pub fn get_dir(&self, piece: &crate::Piece, codec: &mut Codec) -> Result<crate::Dir> {
-        let plain = self.get_chunk(&piece.id, codec)?;
+    /// Reads a directory of a file tree (a chunk holding a [`Dir`]), found through the
+    /// tree's index.
+    pub fn get_dir(
+        &self,
+        index: &TreeIndex,
+        piece: &crate::Piece,
+        codec: &mut Codec,
+    ) -> Result<crate::Dir> {
+        let plain = self.get_tree_chunk(index, &piece.id, codec)?;
         crate::Dir::decode(&format!("directory {}", piece.id.short()), &plain)
     }
 
+    /// Fetches, checks and decodes a chunk of a file tree, from its pack when the tree's
+    /// index places it in one.
+    pub fn get_tree_chunk(
+        &self,
+        index: &TreeIndex,
+        id: &ChunkId,
+        codec: &mut Codec,
+    ) -> Result<Vec<u8>> {
+        match index.place(id) {
+            Some(packed) => self.get_ref(&ChunkRef { id: *id, packed }, codec),
+            None => Err(Error::corrupt(
+                format!("chunk {id}"),
+                "its tree's index does not list it",
+            )),
+        }
+    }
+
+    /// Fetches, checks and decodes a chunk wherever `r` says it is. A packed chunk whose
+    /// copy there is damaged or missing is read from its own object when a later backup
+    /// wrote one to heal it ([`Vault::get_packed_or_healed`]).
+    pub fn get_ref(&self, r: &ChunkRef, codec: &mut Codec) -> Result<Vec<u8>> {
+        match &r.packed {
+            Some(at) => {
+                let packed = self.get_packed(&r.id, at, codec);
+                self.get_packed_or_healed(&r.id, packed, codec)
+            }
+            None => self.get_chunk(&r.id, codec),
+        }
+    }
+
+    /// The outcome of reading a packed chunk, or, when its packed copy is damaged or
+    /// missing, the copy a later backup wrote as the chunk's own object to heal it (packs
+    /// are never rewritten, so that is how one backup repairs every point using the chunk).
+    /// Without such a copy, the packed copy's error.
+    pub fn get_packed_or_healed(
+        &self,
+        id: &ChunkId,
+        packed: Result<Vec<u8>>,
+        codec: &mut Codec,
+    ) -> Result<Vec<u8>> {
+        match packed {
+            Err(e @ (Error::Corrupt { .. } | Error::Missing { .. })) => {
+                match self.get_chunk(id, codec) {
+                    Err(Error::Missing { .. }) => Err(e),
+                    healed => healed,
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Fetches, checks and decodes a chunk's blob from its pack (one ranged read).
+    pub fn get_packed(&self, id: &ChunkId, at: &Packed, codec: &mut Codec) -> Result<Vec<u8>> {
+        let stored = self
+            .backend
+            .get_range(&at.pack.key(), at.range())
+            .map_err(|e| match e {
+                kura_backend::Error::NotFound { .. } => Error::Missing {
+                    object: format!("chunk {id} (pack {} is missing)", at.pack),
+                },
+                kura_backend::Error::InvalidRange { .. } => Error::corrupt(
+                    format!("chunk {id}"),
+                    format!("pack {} is shorter than its index says", at.pack),
+                ),
+                e => e.into(),
+            })?;
+        codec.decode_chunk(id, stored)
+    }
+
+    /// Stores a finished pack ([`crate::pack::PackBuilder::finish`]).
+    pub fn put_pack(&self, id: &PackId, stored: Vec<u8>) -> Result<()> {
+        Ok(self.backend.put(&id.key(), stored)?)
+    }
+
+    /// The stored bytes of a whole pack; [`Error::Missing`] when absent.
+    pub fn get_pack(&self, id: &PackId) -> Result<Vec<u8>> {
+        self.backend.get(&id.key()).map_err(|e| match e {
+            kura_backend::Error::NotFound { .. } => Error::Missing {
+                object: format!("pack {id}"),
+            },
+            e => e.into(),
+        })
+    }
+
+    /// Whether a pack exists, when the backend can tell cheaply (see
+    /// [`Vault::chunk_exists_cheaply`]).
+    pub fn pack_exists_cheaply(&self, id: &PackId) -> Result<Option<bool>> {
+        if !self.backend.cheap_stat() {
+            return Ok(None);
+        }
+        Ok(Some(self.backend.stat(&id.key())?.is_some()))
+    }
+
+    /// Every pack stored in the vault with its stored size (one listing).
+    pub fn list_pack_sizes(&self) -> Result<Vec<(PackId, u64)>> {
+        Ok(self
+            .backend
+            .list_sizes("packs/")?
+            .into_iter()
+            .filter_map(|(k, size)| Some((PackId::from_key(&k)?, size)))
+            .collect())
+    }
+
     /// Every chunk a recovery point references (its disks' and trees'), without the zero
-    /// chunk: one list per index, named by its key, each read on its own (one damaged index
-    /// does not hide the others).
-    pub fn point_chunks(&self, m: &Manifest) -> Vec<(String, Result<Vec<ChunkId>>)> {
+    /// chunk, with where it is stored: one list per index, named by its key, each read on
+    /// its own (one damaged index does not hide the others).
+    pub fn point_chunks(&self, m: &Manifest) -> Vec<(String, Result<Vec<ChunkRef>>)> {
         let disks = m.disks.iter().map(|d| {
             let chunks = self.get_index(&d.index).and_then(|idx| {
                 if idx.size != d.size {
@@ -505,12 +615,19 @@ impl Vault {
                         "its disk size differs from the manifest's",
                     ));
                 }
-                Ok(idx.chunks.into_iter().filter(|c| !c.is_zero()).collect())
+                Ok(idx
+                    .chunks
+                    .into_iter()
+                    .filter(|c| !c.is_zero())
+                    .map(|id| ChunkRef { id, packed: None })
+                    .collect())
             });
             (d.index.clone(), chunks)
         });
         let trees = m.trees.iter().map(|t| {
-            let chunks = self.get_tree_index(&t.index).map(|i| i.chunks);
+            let chunks = self
+                .get_tree_index(&t.index)
+                .map(|i| i.refs().collect::<Vec<_>>());
             (t.index.clone(), chunks)
         });
         disks.chain(trees).collect()

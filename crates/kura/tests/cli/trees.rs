@@ -313,6 +313,161 @@ fn a_file_tree_round_trips_with_its_metadata_and_incrementals_read_only_what_cha
     );
 }
 
+fn pack_files(e: &Env, vault: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = e
+        .vault_files(vault)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("/packs/"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_trees_chunks_go_into_packs_a_damaged_one_is_healed_for_every_point_and_gc_frees_packs() {
+    let e = Env::new();
+    e.vault("v", &[]);
+    e.ok(&["vault", "set", "v", "--soft-delete", "disabled"]);
+    // 300 small files in 10 folders, and one of 3 MB (about 12 content-defined chunks at
+    // this vault's 64 KiB chunk size).
+    let src = e.path("many");
+    for i in 0..300 {
+        let dir = src.join(format!("d{}", i % 10));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join(format!("f{i}.txt")),
+            format!("file {i} {}", "x".repeat(i)),
+        )
+        .unwrap();
+    }
+    std::fs::write(src.join("big.bin"), pattern(3, 3_000_000)).unwrap();
+    let protect = |dir: &Path, name: &str| {
+        e.ok(&[
+            "item",
+            "protect",
+            "files",
+            dir.to_str().unwrap(),
+            "--vault",
+            "v",
+            "--name",
+            name,
+        ]);
+    };
+    protect(&src, "many");
+    let first = e.json(&["backup", "now", "many"]);
+    let rp1 = first["rp_id"].as_str().unwrap().to_string();
+    assert!(first["new_chunks"].as_u64().unwrap() > 300, "{first}");
+    // Every chunk, directories and file data, went into a pack: no object per chunk.
+    assert!(e.chunk_files("v").is_empty(), "{:?}", e.chunk_files("v"));
+    let packs = pack_files(&e, "v");
+    assert_eq!(
+        packs.len(),
+        1,
+        "3.4 MB of chunks fit one 16 MiB pack: {packs:?}"
+    );
+
+    // One byte of the pack flipped (inside its first blob): verify names that chunk.
+    let pack = &packs[0];
+    let mut bytes = std::fs::read(pack).unwrap();
+    bytes[60] ^= 0x40;
+    std::fs::write(pack, &bytes).unwrap();
+    let o = e.run(&["--output", "json", "verify", "--item", "many"]);
+    assert_eq!(o.status.code(), Some(3), "verify exits 3 on damage");
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let problems = v["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{v}");
+    assert!(
+        problems[0]["object"]
+            .as_str()
+            .unwrap()
+            .starts_with("chunk "),
+        "{v}"
+    );
+    assert!(
+        problems[0]["detail"].as_str().unwrap().contains("in pack"),
+        "{v}"
+    );
+    assert_eq!(
+        problems[0]["recovery_points"],
+        serde_json::json!([rp1]),
+        "{v}"
+    );
+
+    // The next backup writes that chunk again, as its own object; the first point reads it
+    // there from now on, and verifies whole.
+    let second = e.json(&["backup", "now", "many"]);
+    assert_eq!(
+        second["new_chunks"], 1,
+        "only the bad chunk is written: {second}"
+    );
+    assert_eq!(e.chunk_files("v").len(), 1);
+    assert_eq!(pack_files(&e, "v").len(), 1, "packs are never rewritten");
+    let v = e.json(&["verify", "--item", "many"]);
+    assert_eq!(v["problems"], serde_json::json!([]), "{v}");
+    assert_eq!(v["healed"].as_array().unwrap().len(), 1, "{v}");
+    let out = e.path("out");
+    std::fs::create_dir(&out).unwrap();
+    e.ok(&[
+        "restore",
+        "files",
+        "many",
+        "--rp",
+        &rp1,
+        "--to",
+        out.to_str().unwrap(),
+    ]);
+    for i in [0, 7, 150, 299] {
+        let f = format!("d{}/f{i}.txt", i % 10);
+        assert_eq!(
+            std::fs::read(out.join(&f)).unwrap(),
+            std::fs::read(src.join(&f)).unwrap(),
+            "{f}"
+        );
+    }
+    assert!(std::fs::read(out.join("big.bin")).unwrap() == pattern(3, 3_000_000));
+
+    // GC keeps what the points use, and frees a tree's packs (and its healed chunk) once
+    // no point uses them; another tree's pack stays.
+    let other = e.path("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("keep.txt"), b"keep me").unwrap();
+    protect(&other, "other");
+    e.backup("other");
+    let all = pack_files(&e, "v");
+    assert_eq!(all.len(), 2);
+    let gc = e.json(&["gc", "--vault", "v", "--grace", "0"]);
+    assert_eq!(
+        (gc["stored_packs"].as_u64(), gc["referenced_packs"].as_u64()),
+        (Some(2), Some(2)),
+        "{gc}"
+    );
+    assert_eq!(gc["newly_doomed"], 0, "{gc}");
+    let st = e.json(&["item", "stop", "many", "--delete-data"]);
+    assert_eq!(st["protection_state"], "Deleted", "{st}");
+    e.ok(&["gc", "--vault", "v", "--grace", "0"]);
+    let gc = e.json(&["gc", "--vault", "v", "--grace", "0"]);
+    assert_eq!(gc["deleted"], 2, "the pack and the healed chunk: {gc}");
+    assert_eq!(
+        pack_files(&e, "v"),
+        all.into_iter()
+            .filter(|p| *p != packs[0])
+            .collect::<Vec<_>>()
+    );
+    assert!(e.chunk_files("v").is_empty());
+    let back = e.path("back");
+    std::fs::create_dir(&back).unwrap();
+    e.ok(&[
+        "restore",
+        "files",
+        "other",
+        "--rp",
+        "latest",
+        "--to",
+        back.to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read(back.join("keep.txt")).unwrap(), b"keep me");
+}
+
 #[test]
 fn protecting_a_tree_checks_it_first() {
     let e = Env::new();
