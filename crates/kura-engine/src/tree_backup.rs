@@ -127,7 +127,7 @@ struct Shared<'a> {
     /// The previous point's tree: its directories are the files cache.
     prev: Option<&'a TreeIndex>,
     /// Where new chunks go.
-    packs: PackWriter<'a>,
+    packs: PackWriter,
     root_node: Node,
     in_flight: Mutex<InFlight>,
     written: Mutex<Written>,
@@ -158,7 +158,7 @@ impl Shared<'_> {
                 true
             }
         } else {
-            self.packs.add(id, &stored, codec)?
+            self.packs.add(id, &stored)?
         };
         if added {
             let c = &self.counters;
@@ -804,7 +804,7 @@ pub(crate) fn backup_tree(
         return Err(e);
     }
     let (unchanged_files, read_files) = walked?;
-    let placed = shared.packs.finish(&mut vault.codec())?;
+    let placed = shared.packs.finish()?;
     let healed: std::collections::HashSet<ChunkId> = shared
         .healed
         .into_inner()

@@ -396,6 +396,15 @@ impl TreeIndex {
         if chunks.windows(2).any(|w| w[0] >= w[1]) || chunks.first().is_some_and(|c| c.is_zero()) {
             return Err(bad("chunk ids are not sorted and unique".into()));
         }
+        let mut used = vec![false; packs.len()];
+        for at in places.iter().flatten() {
+            if let Ok(i) = packs.binary_search(&at.pack) {
+                used[i] = true;
+            }
+        }
+        if used.contains(&false) {
+            return Err(bad("it lists a pack none of its chunks is in".into()));
+        }
         if root.id.is_zero() || chunks.binary_search(&root.id).is_err() {
             return Err(bad("the root directory is not among its chunks".into()));
         }
