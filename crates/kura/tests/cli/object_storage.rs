@@ -227,7 +227,14 @@ fn a_file_tree_round_trips_through_azure_blob() {
         "--name",
         "share",
     ]);
-    let first = e.backup("share");
+    let first = e.json(&["backup", "now", "share"]);
+    // About 120 chunks at this vault's 64 KiB chunk size (3 MB of data, a few small files,
+    // four directories) go into one pack: a handful of PUTs, not one per chunk.
+    assert!(first["new_chunks"].as_u64().unwrap() > 100, "{first}");
+    let (put, _, head, _, _) = requests(&e, first["job_id"].as_str().unwrap());
+    assert!(put <= 8 && head <= 4, "first backup: {put} PUT, {head} HEAD");
+    assert_eq!(chunks(&store, "trees"), 0, "no chunk objects of their own");
+    let first = first["rp_id"].as_str().unwrap().to_string();
     std::fs::write(src.join("docs/readme.txt"), b"read me, changed\n").unwrap();
     let second = e.json(&["backup", "now", "share"]);
     // An incremental of one changed file: a handful of PUTs (the file, its directories,
