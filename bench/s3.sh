@@ -7,7 +7,7 @@
 # (scripts/get-object-stores), makes a sparse raw image (real binaries and text from /usr,
 # random data, holes), and times for each tool a full backup to S3, an incremental after 1%
 # scattered 4 KiB writes, and a restore from S3; kura's restore from a local vault of the
-# same data too. s3s-fs logs every request it serves, so requests are counted by the server,
+# same data too. Then the same for a file tree of small files (/usr/share, /usr/include). s3s-fs logs every request it serves, so requests are counted by the server,
 # the same way for both tools. Results: a Markdown table, also in WORKDIR/results.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -104,6 +104,23 @@ SPARSE=""; restic restore --help | grep -q -- --sparse && SPARSE="--sparse"
 measure restore restic restic -r "$R" restore latest $SPARSE --target "$W/restic-out" -q
 cmp "$W/restic.raw" "$W/restic-out/$W/restic.raw"; rm -rf "$W/restic-out"
 
+# --- a file tree of small files: where one object per chunk would cost a request each ---------
+mkdir -p "$W/tree"
+cp -a /usr/share /usr/include "$W/tree/"
+TREE_FILES=$(find "$W/tree" -type f | wc -l)
+TREE_MIB=$(( $(du -sb "$W/tree" | cut -f1) >> 20 ))
+"$KURA" item protect files "$W/tree" --vault s3 --name tree >/dev/null
+measure tree-full kura "$KURA" backup now tree
+mkdir -p "$W/kura-tree-out"
+measure tree-restore kura "$KURA" restore files tree --rp latest --to "$W/kura-tree-out"
+diff -r --no-dereference "$W/tree" "$W/kura-tree-out" >/dev/null
+rm -rf "$W/kura-tree-out"
+measure tree-full restic restic -r "$R" backup -q "$W/tree"
+mkdir -p "$W/restic-tree-out"
+measure tree-restore restic restic -r "$R" restore latest --path "$W/tree" --target "$W/restic-tree-out" -q
+diff -r --no-dereference "$W/tree" "$W/restic-tree-out/$W/tree" >/dev/null
+rm -rf "$W/restic-tree-out"
+
 # --- report ----------------------------------------------------------------------------------
 get() { awk -F'\t' -v t="$1" -v l="$2" -v c="$3" '$1==t && $2==l {print $c}' "$RES"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }'; }
@@ -113,6 +130,15 @@ GIB_DATA=$(awk 'BEGIN { printf "%.2f", 1280 / 1024 }')
   echo "|---|---:|---:|---:|---:|---:|---:|---|"
   for t in kura restic; do
     echo "| $t | $(get $t full 3) | $(get $t full 5) | $(get $t incremental 3) | $(get $t incremental 5) | $(get $t restore 3) | $(get $t restore 5) | $(get $t full 4) / $(get $t restore 4) |"
+  done
+  echo
+  echo
+  echo "File tree ($TREE_FILES files, $TREE_MIB MiB: /usr/share and /usr/include):"
+  echo
+  echo "| tool | first backup (s) | requests | requests per GiB | restore from S3 (s) | requests | peak RSS backup / restore (MiB) |"
+  echo "|---|---:|---:|---:|---:|---:|---|"
+  for t in kura restic; do
+    echo "| $t | $(get $t tree-full 3) | $(get $t tree-full 5) | $(ratio "$(get $t tree-full 5)" "$(awk -v m="$TREE_MIB" 'BEGIN { print m / 1024 }')") | $(get $t tree-restore 3) | $(get $t tree-restore 5) | $(get $t tree-full 4) / $(get $t tree-restore 4) |"
   done
   echo
   echo "- kura's full backup: $(get kura full 5) requests for $KURA_CHUNKS new 4 MiB chunks ($(ratio "$(get kura full 5)" "$KURA_CHUNKS") per chunk); requests per GiB of data (${GIB_DATA} GiB): kura $(ratio "$(get kura full 5)" "$GIB_DATA"), restic $(ratio "$(get restic full 5)" "$GIB_DATA")"

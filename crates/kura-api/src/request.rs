@@ -449,6 +449,9 @@ pub struct FilesQuery {
     /// Downloads of a folder: its archive format (default tar). Ignored by listings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive: Option<ArchiveFormat>,
+    /// Read the point from the vault's geo replica (cross-region restore). Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_replica: Option<bool>,
 }
 
 /// The archive a folder downloads as.

@@ -1488,7 +1488,10 @@ async fn list_files(
     Path((item, rp)): Path<(String, String)>,
     Params(q): Params<api::FilesQuery>,
 ) -> ApiResult {
-    let target = files_target(rp, q.disk, q.volume);
+    let target = kura_engine::FilesTarget {
+        from_replica: q.from_replica.unwrap_or(false),
+        ..files_target(rp, q.disk, q.volume)
+    };
     let at = q.path.unwrap_or_else(|| "/".into());
     ok(
         200,
@@ -1655,7 +1658,10 @@ async fn download_files(
     Params(q): Params<api::FilesQuery>,
 ) -> ApiResult {
     use axum::http::header;
-    let target = files_target(rp, q.disk, q.volume);
+    let target = kura_engine::FilesTarget {
+        from_replica: q.from_replica.unwrap_or(false),
+        ..files_target(rp, q.disk, q.volume)
+    };
     let path = q.path.unwrap_or_else(|| "/".into());
     let archive = match q.archive {
         Some(api::ArchiveFormat::Zip) => kura_engine::FileArchive::Zip,

@@ -528,6 +528,10 @@ struct PointFs {
     /// partition table), when the disk has several readable ones.
     #[arg(long)]
     volume: Option<u32>,
+    /// Read the point from the vault's replica (cross-region restore, when its primary
+    /// location is down).
+    #[arg(long)]
+    from_replica: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -1323,6 +1327,7 @@ fn request(cmd: &Command, host: &mut HostOptions) -> anyhow::Result<Option<Reque
                     disk: point.disk.clone(),
                     volume: point.volume,
                     archive: None,
+                    from_replica: point.from_replica.then_some(true),
                 },
             },
             views::file_listing,
@@ -1344,7 +1349,7 @@ fn request(cmd: &Command, host: &mut HostOptions) -> anyhow::Result<Option<Reque
                     disk: point.disk.clone(),
                     volume: point.volume,
                     overwrite: *overwrite,
-                    from_replica: false,
+                    from_replica: point.from_replica,
                 },
             },
             views::restore_files,

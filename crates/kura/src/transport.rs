@@ -313,7 +313,7 @@ impl Transport for Local<'_> {
                     rp: rp.clone(),
                     disk: query.disk.clone(),
                     volume: query.volume,
-                    ..Default::default()
+                    from_replica: query.from_replica.unwrap_or(false),
                 };
                 let at = query.path.as_deref().unwrap_or("/");
                 doc(api::FileListing::from(

@@ -232,7 +232,10 @@ fn a_file_tree_round_trips_through_azure_blob() {
     // four directories) go into one pack: a handful of PUTs, not one per chunk.
     assert!(first["new_chunks"].as_u64().unwrap() > 100, "{first}");
     let (put, _, head, _, _) = requests(&e, first["job_id"].as_str().unwrap());
-    assert!(put <= 8 && head <= 4, "first backup: {put} PUT, {head} HEAD");
+    assert!(
+        put <= 8 && head <= 4,
+        "first backup: {put} PUT, {head} HEAD"
+    );
     assert_eq!(chunks(&store, "trees"), 0, "no chunk objects of their own");
     let first = first["rp_id"].as_str().unwrap().to_string();
     std::fs::write(src.join("docs/readme.txt"), b"read me, changed\n").unwrap();
@@ -704,5 +707,36 @@ fn a_file_tree_comes_back_from_a_geo_replica() {
     assert_eq!(
         std::fs::read(to.join("data.bin")).unwrap(),
         pattern(7, 3_000_000)
+    );
+    // Browsing and taking single files work from the replica alone too.
+    let ls = e.json(&[
+        "files",
+        "ls",
+        "share",
+        "--rp",
+        &rp,
+        "/docs",
+        "--from-replica",
+    ]);
+    assert!(ls["entries"].as_array().unwrap().len() >= 4, "{ls}");
+    let one = e.path("one");
+    std::fs::create_dir(&one).unwrap();
+    e.ok(&[
+        "files",
+        "get",
+        "share",
+        "/docs/deep/er/note",
+        "--to",
+        one.to_str().unwrap(),
+        "--rp",
+        &rp,
+        "--from-replica",
+    ]);
+    assert_eq!(std::fs::read(one.join("note")).unwrap(), b"deep note");
+    // Without the flag, the primary is asked, and it is down: a clear error.
+    let (_, err) = e.fails(&["files", "ls", "share", "--rp", &rp, "/docs"]);
+    assert!(
+        !err["error"]["message"].as_str().unwrap().is_empty(),
+        "{err}"
     );
 }
