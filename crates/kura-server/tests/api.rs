@@ -1007,6 +1007,7 @@ fn every_client_call_is_a_documented_request() {
                 disk: None,
                 volume: Some(1),
                 archive: None,
+                from_replica: Some(true),
             },
         },
         Call::RestoreFiles {
