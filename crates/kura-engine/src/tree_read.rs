@@ -18,9 +18,9 @@ pub(crate) struct VaultTree {
     /// The tree's index: its root, and where each chunk is.
     index: Arc<TreeIndex>,
     state: Mutex<State>,
-    /// One codec for every file reader (making one per file costs more than a small
-    /// file's read).
-    codec: Arc<Mutex<Codec>>,
+    /// Codecs for file readers, each taken by a reader while it reads and given back after
+    /// (making one per file costs more than a small file's read).
+    codecs: Arc<Mutex<Vec<Codec>>>,
     pub(crate) chunks: Arc<AtomicU64>,
     pub(crate) bytes: Arc<AtomicU64>,
 }
@@ -96,7 +96,7 @@ impl VaultTree {
                 codec: vault.codec(),
                 dirs: HashMap::new(),
             }),
-            codec: Arc::new(Mutex::new(vault.codec())),
+            codecs: Arc::default(),
             vault,
             index,
             chunks: Arc::default(),
@@ -199,7 +199,8 @@ impl kura_files::Tree for VaultTree {
             )));
         }
         Ok(Box::new(FileReader {
-            codec: self.codec.clone(),
+            codecs: self.codecs.clone(),
+            codec: None,
             vault: self.vault.clone(),
             index: self.index.clone(),
             pieces: n.chunks,
@@ -210,19 +211,41 @@ impl kura_files::Tree for VaultTree {
             bytes: self.bytes.clone(),
         }))
     }
+
+    fn concurrent_reads(&self) -> usize {
+        let backend = self.vault.backend();
+        if backend.cheap_stat() {
+            crate::workers() * 2
+        } else {
+            crate::io_workers(backend.as_ref())
+        }
+    }
 }
 
 /// A file's data, one chunk fetched at a time; zero pieces are never fetched.
 struct FileReader {
     vault: Vault,
     index: Arc<TreeIndex>,
-    codec: Arc<Mutex<Codec>>,
+    codecs: Arc<Mutex<Vec<Codec>>>,
+    /// Taken from `codecs` at the first fetch, given back when the reader is dropped.
+    codec: Option<Codec>,
     pieces: Vec<Piece>,
     next: usize,
     buf: Vec<u8>,
     pos: usize,
     chunks: Arc<AtomicU64>,
     bytes: Arc<AtomicU64>,
+}
+
+impl Drop for FileReader {
+    fn drop(&mut self) {
+        if let Some(c) = self.codec.take() {
+            self.codecs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(c);
+        }
+    }
 }
 
 impl std::io::Read for FileReader {
@@ -236,13 +259,13 @@ impl std::io::Read for FileReader {
             self.buf = if p.id.is_zero() {
                 vec![0; p.len as usize]
             } else {
+                let codec = self.codec.get_or_insert_with(|| {
+                    let pooled = self.codecs.lock().unwrap_or_else(|e| e.into_inner()).pop();
+                    pooled.unwrap_or_else(|| self.vault.codec())
+                });
                 let d = self
                     .vault
-                    .get_tree_chunk(
-                        &self.index,
-                        &p.id,
-                        &mut self.codec.lock().unwrap_or_else(|e| e.into_inner()),
-                    )
+                    .get_tree_chunk(&self.index, &p.id, codec)
                     .map_err(|e| std::io::Error::other(format!("chunk {}: {e}", p.id.to_hex())))?;
                 self.chunks.fetch_add(1, Ordering::Relaxed);
                 self.bytes.fetch_add(d.len() as u64, Ordering::Relaxed);

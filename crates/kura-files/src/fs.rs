@@ -149,6 +149,11 @@ pub trait Tree: Send {
     fn list(&self, path: &[u8]) -> Result<Vec<Entry>>;
     /// The contents of the regular file at `path`.
     fn reader(&self, path: &[u8]) -> Result<Box<dyn std::io::Read + Send>>;
+    /// How many files an extraction may read at once, each reader on a thread of its own;
+    /// 1 (the default) reads them one after the other on the extracting thread.
+    fn concurrent_reads(&self) -> usize {
+        1
+    }
 }
 
 /// A readable file system (ext2/3/4, XFS or FAT) on one volume of a disk.
@@ -433,24 +438,61 @@ impl FileSystem {
         })
     }
 
-    /// Copies the contents of the file at `raw` into `to`; returns the bytes copied.
-    pub(crate) fn copy_raw(&self, raw: &[u8], to: &mut dyn std::io::Write) -> Result<u64> {
-        let what = lossy(raw);
-        let mut r = self.reader_raw(raw)?;
-        let mut buf = vec![0u8; 1 << 20];
-        let mut total = 0u64;
-        loop {
-            let n = std::io::Read::read(&mut r, &mut buf)
-                .map_err(|e| Error::corrupt(what.clone(), e.to_string()))?;
-            if n == 0 {
-                return Ok(total);
-            }
-            to.write_all(&buf[..n]).map_err(|source| Error::Write {
-                what: what.clone(),
-                source,
-            })?;
-            total += n as u64;
+    /// How many files an extraction may read at once (see [`Tree::concurrent_reads`]); 1
+    /// for the file systems of disks, whose readers stay on the thread that opened them.
+    pub(crate) fn concurrent_reads(&self) -> usize {
+        match &self.inner {
+            Inner::Tree(t) => t.concurrent_reads().max(1),
+            _ => 1,
         }
+    }
+
+    /// A reader of the file at `raw` that may be read on another thread, where the file
+    /// system gives one (a tree's); `None` for the file systems of disks.
+    pub(crate) fn sendable_reader_raw(
+        &self,
+        raw: &[u8],
+    ) -> Result<Option<impl std::io::Read + Send + use<>>> {
+        let Inner::Tree(t) = &self.inner else {
+            return Ok(None);
+        };
+        let what = lossy(raw);
+        guarded(&what, || {
+            Ok(Some(Guarded {
+                inner: t.reader(raw)?,
+                what: what.clone(),
+            }))
+        })
+    }
+}
+
+/// Size of the buffer a file's contents are copied through.
+const COPY_BUFFER: usize = 1 << 20;
+
+/// Copies `r` (the contents of the file at `raw`) into `to` through `buf`, which is grown to
+/// [`COPY_BUFFER`] once and reused by the caller's next copy; returns the bytes copied.
+pub(crate) fn copy_file(
+    raw: &[u8],
+    r: &mut dyn std::io::Read,
+    to: &mut dyn std::io::Write,
+    buf: &mut Vec<u8>,
+) -> Result<u64> {
+    if buf.len() < COPY_BUFFER {
+        buf.resize(COPY_BUFFER, 0);
+    }
+    let mut total = 0u64;
+    loop {
+        let n = r
+            .read(buf)
+            .map_err(|e| Error::corrupt(lossy(raw), e.to_string()))?;
+        if n == 0 {
+            return Ok(total);
+        }
+        to.write_all(&buf[..n]).map_err(|source| Error::Write {
+            what: lossy(raw),
+            source,
+        })?;
+        total += n as u64;
     }
 }
 
