@@ -270,6 +270,8 @@ struct OpenDisk {
     rp: RpRow,
     disk: String,
     reader: Box<dyn ReadAt>,
+    /// The vault's storage, when it is read from a vault (not a snapshot).
+    storage: Option<Arc<dyn kura_backend::Backend>>,
     chunks: Arc<AtomicU64>,
     bytes: Arc<AtomicU64>,
 }
@@ -320,6 +322,7 @@ impl Home {
                 rp,
                 disk,
                 reader,
+                storage: None,
                 chunks: Arc::default(),
                 bytes: Arc::default(),
             });
@@ -328,6 +331,7 @@ impl Home {
         Ok(OpenDisk {
             rp,
             disk,
+            storage: Some(vd.vault.backend().clone()),
             chunks: vd.chunks.clone(),
             bytes: vd.bytes.clone(),
             reader: Box::new(vd),
@@ -520,11 +524,13 @@ impl Home {
             target.disk.as_deref(),
         )?;
         let index = vault.get_tree_index(&tree.index)?;
+        let storage = Some(vault.backend().clone());
         let vt = crate::tree_read::VaultTree::new(vault, Arc::new(index));
         let d = OpenDisk {
             rp,
             disk: tree.name.clone(),
             reader: Box::new(Empty),
+            storage,
             chunks: vt.chunks.clone(),
             bytes: vt.bytes.clone(),
         };
@@ -680,6 +686,9 @@ impl Home {
             job_id,
             progress,
             |job| {
+                if let Some(s) = &d.storage {
+                    crate::home::job_storage(s);
+                }
                 let from = if row.kind == "files" {
                     format!("tree {}", d.disk)
                 } else {

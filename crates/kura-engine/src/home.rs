@@ -510,11 +510,7 @@ impl Home {
         };
         #[cfg(not(feature = "test-hooks"))]
         let backend = location.open(&self.storage_env)?;
-        JOB_STORAGE.with(|j| {
-            if let Some(opened) = j.borrow_mut().as_mut() {
-                opened.push(backend.clone());
-            }
-        });
+        job_storage(&backend);
         Ok(backend)
     }
 
@@ -1821,6 +1817,19 @@ pub fn requested_location(path: Option<&str>, location: Option<&str>) -> Result<
             .map_err(|e| Error::new(ErrorKind::Invalid, format!("location: {e}"))),
         (None, None) => Ok(None),
     }
+}
+
+/// Counts `backend`'s requests in the log of the job running on this thread, if any: a
+/// backend opened before its job (to check everything before the job exists) is added
+/// this way.
+pub(crate) fn job_storage(backend: &Arc<dyn Backend>) {
+    JOB_STORAGE.with(|j| {
+        if let Some(opened) = j.borrow_mut().as_mut()
+            && !opened.iter().any(|b| Arc::ptr_eq(b, backend))
+        {
+            opened.push(backend.clone());
+        }
+    });
 }
 
 thread_local! {

@@ -8,21 +8,39 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use kura_files::{Entry, EntryKind, RawEntry};
-use kura_store::{Codec, Dir, Node, NodeKind, Piece, TreeIndex, Vault};
+use kura_store::{ChunkId, Codec, Dir, Node, NodeKind, PackWindows, Piece, TreeIndex, Vault};
 
 /// Directories kept decoded for the next lookups.
 const CACHED_DIRS: usize = 4096;
 
 pub(crate) struct VaultTree {
-    vault: Vault,
-    /// The tree's index: its root, and where each chunk is.
-    index: Arc<TreeIndex>,
+    source: Source,
     state: Mutex<State>,
     /// Codecs for file readers, each taken by a reader while it reads and given back after
     /// (making one per file costs more than a small file's read).
     codecs: Arc<Mutex<Vec<Codec>>>,
     pub(crate) chunks: Arc<AtomicU64>,
     pub(crate) bytes: Arc<AtomicU64>,
+}
+
+/// Where a tree's chunks are read from.
+#[derive(Clone)]
+struct Source {
+    vault: Vault,
+    /// The tree's index: its root, and where each chunk is.
+    index: Arc<TreeIndex>,
+    /// Pack windows kept for the next chunks, on an object store.
+    windows: Option<Arc<PackWindows>>,
+}
+
+impl Source {
+    /// The chunk `id` of the tree, fetched, checked and decoded.
+    fn chunk(&self, id: &ChunkId, codec: &mut Codec) -> kura_store::Result<Vec<u8>> {
+        match (&self.windows, self.index.place(id)) {
+            (Some(w), Some(Some(at))) => w.get(&self.vault, id, &at, codec),
+            _ => self.vault.get_tree_chunk(&self.index, id, codec),
+        }
+    }
 }
 
 struct State {
@@ -91,23 +109,31 @@ fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
 
 impl VaultTree {
     pub(crate) fn new(vault: Vault, index: Arc<TreeIndex>) -> Self {
+        // On an object store packed chunks are read a window at a time: one request for
+        // many small files instead of one each.
+        let windows = (!vault.backend().cheap_stat()).then(|| Arc::new(PackWindows::new(&index)));
         VaultTree {
             state: Mutex::new(State {
                 codec: vault.codec(),
                 dirs: HashMap::new(),
             }),
             codecs: Arc::default(),
-            vault,
-            index,
+            source: Source {
+                vault,
+                index,
+                windows,
+            },
             chunks: Arc::default(),
             bytes: Arc::default(),
         }
     }
 
     fn fetch_dir(&self, st: &mut State, piece: &Piece) -> kura_files::Result<Arc<Dir>> {
-        let d = self
-            .vault
-            .get_dir(&self.index, piece, &mut st.codec)
+        let plain = self
+            .source
+            .chunk(&piece.id, &mut st.codec)
+            .map_err(|e| corrupt(b"directory", e))?;
+        let d = Dir::decode(&format!("directory {}", piece.id.short()), &plain)
             .map_err(|e| corrupt(b"directory", e))?;
         self.chunks.fetch_add(1, Ordering::Relaxed);
         self.bytes
@@ -127,7 +153,7 @@ impl VaultTree {
         }
         let d = match split(path) {
             None => {
-                let root = self.index.root;
+                let root = self.source.index.root;
                 self.fetch_dir(st, &root)?
             }
             Some((parent, name)) => {
@@ -201,8 +227,7 @@ impl kura_files::Tree for VaultTree {
         Ok(Box::new(FileReader {
             codecs: self.codecs.clone(),
             codec: None,
-            vault: self.vault.clone(),
-            index: self.index.clone(),
+            source: self.source.clone(),
             pieces: n.chunks,
             next: 0,
             buf: Vec::new(),
@@ -213,7 +238,7 @@ impl kura_files::Tree for VaultTree {
     }
 
     fn concurrent_reads(&self) -> usize {
-        let backend = self.vault.backend();
+        let backend = self.source.vault.backend();
         if backend.cheap_stat() {
             crate::workers() * 2
         } else {
@@ -224,8 +249,7 @@ impl kura_files::Tree for VaultTree {
 
 /// A file's data, one chunk fetched at a time; zero pieces are never fetched.
 struct FileReader {
-    vault: Vault,
-    index: Arc<TreeIndex>,
+    source: Source,
     codecs: Arc<Mutex<Vec<Codec>>>,
     /// Taken from `codecs` at the first fetch, given back when the reader is dropped.
     codec: Option<Codec>,
@@ -261,11 +285,11 @@ impl std::io::Read for FileReader {
             } else {
                 let codec = self.codec.get_or_insert_with(|| {
                     let pooled = self.codecs.lock().unwrap_or_else(|e| e.into_inner()).pop();
-                    pooled.unwrap_or_else(|| self.vault.codec())
+                    pooled.unwrap_or_else(|| self.source.vault.codec())
                 });
                 let d = self
-                    .vault
-                    .get_tree_chunk(&self.index, &p.id, codec)
+                    .source
+                    .chunk(&p.id, codec)
                     .map_err(|e| std::io::Error::other(format!("chunk {}: {e}", p.id.to_hex())))?;
                 self.chunks.fetch_add(1, Ordering::Relaxed);
                 self.bytes.fetch_add(d.len() as u64, Ordering::Relaxed);

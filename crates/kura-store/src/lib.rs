@@ -45,6 +45,7 @@ pub mod keys;
 pub mod kit;
 mod manifest;
 pub mod pack;
+pub mod pack_windows;
 pub mod tree;
 mod vault;
 
@@ -57,6 +58,7 @@ pub use manifest::{
     DiskEntry, ItemRecord, Manifest, RpStats, SnapshotRef, TreeEntry, is_disk_name,
 };
 pub use pack::{ChunkRef, PackId, PackWriter, Packed};
+pub use pack_windows::PackWindows;
 pub use tree::{Dir, Node, NodeKind, Piece, TreeIndex};
 
 /// The manifest schema version this build writes.

@@ -554,19 +554,32 @@ impl Vault {
     /// Fetches, checks and decodes a chunk's blob from its pack (one ranged read).
     pub fn get_packed(&self, id: &ChunkId, at: &Packed, codec: &mut Codec) -> Result<Vec<u8>> {
         let stored = self
-            .backend
-            .get_range(&at.pack.key(), at.range())
+            .get_pack_range(&at.pack, at.range())
             .map_err(|e| match e {
-                kura_backend::Error::NotFound { .. } => Error::Missing {
+                Error::Missing { .. } => Error::Missing {
                     object: format!("chunk {id} (pack {} is missing)", at.pack),
                 },
-                kura_backend::Error::InvalidRange { .. } => Error::corrupt(
-                    format!("chunk {id}"),
-                    format!("pack {} is shorter than its index says", at.pack),
-                ),
-                e => e.into(),
+                Error::Corrupt { reason, .. } => Error::corrupt(format!("chunk {id}"), reason),
+                e => e,
             })?;
         codec.decode_chunk(id, stored)
+    }
+
+    /// The stored bytes `range` of a pack (one ranged read): [`Error::Missing`] when the
+    /// pack is absent, [`Error::Corrupt`] when it is shorter than `range`.
+    pub fn get_pack_range(&self, pack: &PackId, range: std::ops::Range<u64>) -> Result<Vec<u8>> {
+        self.backend
+            .get_range(&pack.key(), range)
+            .map_err(|e| match e {
+                kura_backend::Error::NotFound { .. } => Error::Missing {
+                    object: format!("pack {pack}"),
+                },
+                kura_backend::Error::InvalidRange { .. } => Error::corrupt(
+                    format!("pack {pack}"),
+                    format!("pack {pack} is shorter than its index says"),
+                ),
+                e => e.into(),
+            })
     }
 
     /// Stores a finished pack ([`crate::pack::PackBuilder::finish`]).

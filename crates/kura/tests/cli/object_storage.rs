@@ -253,7 +253,7 @@ fn a_file_tree_round_trips_through_azure_blob() {
     ] {
         let to = e.path(&format!("out-{rp}"));
         std::fs::create_dir(&to).unwrap();
-        e.ok(&[
+        let restored = e.json(&[
             "restore",
             "files",
             "share",
@@ -262,6 +262,9 @@ fn a_file_tree_round_trips_through_azure_blob() {
             "--to",
             to.to_str().unwrap(),
         ]);
+        // Its chunks are cut out of a window or two of the pack: not a GET per chunk.
+        let (_, get, _, _, _) = requests(&e, restored["job_id"].as_str().unwrap());
+        assert!(get <= 12, "restore of {rp}: {get} GET");
         assert_eq!(std::fs::read(to.join("docs/readme.txt")).unwrap(), readme);
         assert_eq!(
             std::fs::read(to.join("data.bin")).unwrap(),
