@@ -293,6 +293,9 @@ pub struct RestoreVm {
     /// With `replace`: stop the running VM first.
     #[serde(default)]
     pub stop: bool,
+    /// Read the point from the vault's geo replica (cross-region restore).
+    #[serde(default)]
+    pub from_replica: bool,
 }
 
 /// `GET /items/{item}/retention-plan` query.

@@ -49,6 +49,8 @@ pub struct VmRestoreOptions {
     pub job_id: Option<String>,
     /// Checked for every directory or image the restore writes, before anything is written.
     pub may_write: Option<PathCheck>,
+    /// Read the point from the vault's geo replica (cross-region restore).
+    pub from_replica: bool,
 }
 
 /// The outcome of `restore vm`.
@@ -86,6 +88,8 @@ struct VmPoint {
     rp_id: String,
     /// Whether the point has a vault copy (else only its snapshot tier).
     in_vault: bool,
+    /// Whether it is read from the vault's geo replica.
+    from_replica: bool,
     disks: Vec<VmDisk>,
     cmdline: Option<Vec<String>>,
     /// Names of the disks the point holds.
@@ -153,7 +157,13 @@ fn format_of(d: &VmDisk) -> Result<RestoreFormat> {
 }
 
 impl Home {
-    fn vm_point(&self, item: &str, rp: &str, secrets: &Secrets) -> Result<VmPoint> {
+    fn vm_point(
+        &self,
+        item: &str,
+        rp: &str,
+        secrets: &Secrets,
+        from_replica: bool,
+    ) -> Result<VmPoint> {
         let row = self.catalog.item(item)?;
         Self::check_can_restore(&row)?;
         if row.kind != "vm" {
@@ -169,6 +179,15 @@ impl Home {
         // The definition, the disks the point holds and the VM's sealed secrets: from the
         // manifest as stored, or, for a point only in the snapshot tier, from the catalog,
         // the snapshot and the VM's command line now.
+        if from_replica && rp_row.tier == "snapshot" {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "recovery point {} has no vault copy yet, so the replica has none either: restore it without --from-replica",
+                    rp_row.id
+                ),
+            ));
+        }
         let (rp_id, def, held, secrets) = if rp_row.tier == "snapshot" {
             let snap = rp_row
                 .snapshot
@@ -205,12 +224,10 @@ impl Home {
             };
             (rp_row.id.clone(), def, snap.disk_names(), secrets)
         } else {
-            let m = {
-                let shown = self.rp_manifest(item, rp, secrets)?;
-                let vrow = self.catalog.vault_by_id(&row.vault_id)?;
-                self.open_vault_row(&vrow, secrets)?
-                    .get_manifest(&shown.rp_id)?
-            };
+            let vrow = self.catalog.vault_by_id(&row.vault_id)?;
+            let m = self
+                .open_vault_for(&vrow, secrets, from_replica)?
+                .get_manifest(&rp_row.id)?;
             let def = m.definition.clone().ok_or_else(|| {
                 Error::new(
                     ErrorKind::NotFound,
@@ -246,6 +263,7 @@ impl Home {
         };
         Ok(VmPoint {
             in_vault: rp_row.tier != "snapshot",
+            from_replica,
             rp_id,
             held,
             secrets,
@@ -266,7 +284,7 @@ impl Home {
         secrets: &Secrets,
         progress: &dyn Progress,
     ) -> Result<VmRestoreReport> {
-        let p = self.vm_point(item, &opts.rp, secrets)?;
+        let p = self.vm_point(item, &opts.rp, secrets, opts.from_replica)?;
         // A point only in the snapshot tier lives inside the very images a replace would
         // set aside.
         if matches!(opts.mode, VmRestoreMode::Replace { .. }) && !p.in_vault {
@@ -544,7 +562,7 @@ impl Home {
                     job_id: None,
                     disk: Some(d.name.clone()),
                     decrypt: false,
-                    from_replica: false,
+                    from_replica: p.from_replica,
                 };
                 reports.push(self.restore_disk(item, &one, secrets, progress)?);
                 made.push(to.clone());
@@ -611,7 +629,7 @@ impl Home {
         let vrow = self
             .catalog
             .vault_by_id(&self.catalog.item(item)?.vault_id)?;
-        let vault = self.open_vault_row(&vrow, secrets)?;
+        let vault = self.open_vault_for(&vrow, secrets, p.from_replica)?;
         let m = vault.get_manifest(&p.rp_id)?;
         let mut need: Vec<(u64, u64, PathBuf)> = Vec::new(); // (fsid, bytes, dir)
         for (d, _, file, _) in &plan {
@@ -685,7 +703,7 @@ impl Home {
                 job_id: None,
                 disk: Some(d.name.clone()),
                 decrypt: false,
-                from_replica: false,
+                from_replica: p.from_replica,
             };
             let restored = crate::progress::check_cancel(progress)
                 .and_then(|()| self.restore_disk(item, &one, secrets, progress));

@@ -1439,6 +1439,7 @@ async fn restore_vm(
                 mode,
                 job_id: Some(job),
                 may_write: replace.then_some(may_write),
+                from_replica: b.from_replica,
             };
             st.home
                 .restore_vm(&item, &opts, &st.secrets, &kura_engine::NoProgress)

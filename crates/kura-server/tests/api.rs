@@ -1083,6 +1083,7 @@ fn every_client_call_is_a_documented_request() {
                 start: false,
                 replace: false,
                 stop: false,
+                from_replica: true,
             },
         },
         Call::RetentionPlan {

@@ -687,6 +687,10 @@ enum RestoreCmd {
         /// With --replace: shut the VM down first (through its agent, else ACPI) and wait.
         #[arg(long, requires = "replace")]
         stop: bool,
+        /// Read the point from the vault's replica (cross-region restore, when its primary
+        /// location is down).
+        #[arg(long)]
+        from_replica: bool,
     },
 }
 
@@ -1448,6 +1452,7 @@ fn request(cmd: &Command, host: &mut HostOptions) -> anyhow::Result<Option<Reque
             start,
             replace,
             stop,
+            from_replica,
         }) => (
             C::RestoreVm {
                 item: item.clone(),
@@ -1458,6 +1463,7 @@ fn request(cmd: &Command, host: &mut HostOptions) -> anyhow::Result<Option<Reque
                     start: *start,
                     replace: *replace,
                     stop: *stop,
+                    from_replica: *from_replica,
                 },
             },
             views::restore_vm,

@@ -391,6 +391,7 @@ impl Transport for Local<'_> {
                     mode,
                     job_id: None,
                     may_write: None,
+                    from_replica: body.from_replica,
                 };
                 doc(home.restore_vm(item, &opts, secrets, &bar)?)
             }

@@ -871,7 +871,16 @@ fn start_fails(disks: &[(&str, &Path, &str)]) -> String {
 )]
 fn a_shut_off_vm_is_read_from_its_locked_disk_files() {
     let e = Env::new();
-    e.vault("v", &[]);
+    let replica = e.path("replica");
+    e.vault(
+        "v",
+        &[
+            "--redundancy",
+            "geo",
+            "--replica",
+            replica.to_str().unwrap(),
+        ],
+    );
     let a = e.path("a.qcow2");
     qemu_img(&["create", "-q", "-f", "qcow2", a.to_str().unwrap(), "8M"]);
     let b = e.path("b.raw");
@@ -963,6 +972,58 @@ fn a_shut_off_vm_is_read_from_its_locked_disk_files() {
     ]);
     assert!(std::fs::read(&out).unwrap() == vda);
     assert_eq!(kura_bitmaps(&vm).len(), 2, "{:?}", kura_bitmaps(&vm));
+
+    // Cross-region: with the vault's primary location gone, a new VM from the geo replica.
+    e.ok(&["vault", "replicate", "v"]);
+    let primary = e.path("home").join("vaults").join("v");
+    let away = e.path("primary-away");
+    std::fs::rename(&primary, &away).unwrap();
+    let restore = |dir: &Path, replica: bool| {
+        let mut a = vec![
+            "restore",
+            "vm",
+            "off",
+            "--rp",
+            "latest",
+            "--as-new",
+            "off2",
+            "--to",
+            dir.to_str().unwrap(),
+        ];
+        if replica {
+            a.push("--from-replica");
+        }
+        a.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let args = restore(&e.path("not-made"), false);
+    let (_, err) = e.fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        err.to_string().contains("vault"),
+        "without --from-replica the primary is read, and it is gone: {err}"
+    );
+    assert!(!e.path("not-made").exists(), "nothing made");
+    let dir = e.path("from-replica");
+    let args = restore(&dir, true);
+    let r = e.json(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let restored = r["disks"].as_array().unwrap();
+    assert_eq!(restored.len(), 2, "{r}");
+    let mut formats = Vec::new();
+    for (i, d) in restored.iter().enumerate() {
+        let to = PathBuf::from(d["target"].as_str().unwrap());
+        assert!(to.starts_with(&dir), "{r}");
+        // vda was a qcow2 disk, vdb a raw one; each comes back in its format.
+        let format = d["format"].as_str().unwrap();
+        formats.push(format);
+        let raw = image_now(&e, &to, format, &format!("replica-{i}.raw"));
+        if format == "qcow2" {
+            assert!(std::fs::read(&raw).unwrap() == vda, "vda from the replica");
+        } else {
+            assert!(same_file(&raw, &b), "vdb from the replica");
+        }
+    }
+    formats.sort_unstable();
+    assert_eq!(formats, ["qcow2", "raw"], "{r}");
+    std::fs::rename(&away, &primary).unwrap();
 }
 
 /// An encrypted disk (qcow2 with LUKS, its passphrase on the QEMU command line) is backed up
