@@ -317,6 +317,7 @@ impl Home {
         let mut held = Release {
             driver: driver.as_mut(),
             point,
+            job,
         };
         crate::hooks::gate("snapshot");
         // Cancel is accepted during the snapshot phase: honour it before anything is published.
@@ -519,7 +520,7 @@ impl Home {
         &self,
         item: &ItemRow,
         vault: &Vault,
-        held: &mut Release<'_>,
+        held: &mut Release<'_, '_>,
         opts: &BackupOptions,
         job: &JobCtx<'_>,
         rp_id: &str,
@@ -929,14 +930,18 @@ type PreviousIndexes = (
 
 /// A taken point and its driver: the driver releases the point when this is dropped, on
 /// every path.
-struct Release<'d> {
+struct Release<'d, 'j> {
     driver: &'d mut dyn kura_source::SourceDriver,
     point: kura_source::PointInTime,
+    /// Where what could not be released is reported, as warnings.
+    job: &'d JobCtx<'j>,
 }
 
-impl Drop for Release<'_> {
+impl Drop for Release<'_, '_> {
     fn drop(&mut self) {
-        self.driver.release(&self.point);
+        for w in self.driver.release(&self.point) {
+            self.job.warn(&w);
+        }
     }
 }
 

@@ -290,7 +290,9 @@ pub trait SourceDriver: Send {
         Ok(Vec::new())
     }
     /// Releases what the point held open. Called on every path once the point was taken.
-    fn release(&mut self, point: &PointInTime);
+    /// Returns what could not be released, as warnings for the job (a snapshot left
+    /// behind, which the item's next backup removes).
+    fn release(&mut self, point: &PointInTime) -> Vec<String>;
     /// The point was published in the vault: what tracked changes up to it may go (a VM's
     /// previous dirty bitmap). Without a commit, `release` keeps the changes tracked for the
     /// next backup.
@@ -341,7 +343,9 @@ impl SourceDriver for DiskDriver {
         Ok(vec![("disk0".to_string(), reader)])
     }
 
-    fn release(&mut self, _point: &PointInTime) {}
+    fn release(&mut self, _point: &PointInTime) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// A file item: one tree, `files`, read live (crash-consistent) or from a snapshot taken
@@ -422,10 +426,17 @@ impl SourceDriver for FilesDriver {
         Ok(vec![("files".to_string(), tree)])
     }
 
-    fn release(&mut self, _point: &PointInTime) {
-        if let Some(at) = self.taken.take() {
+    fn release(&mut self, _point: &PointInTime) -> Vec<String> {
+        let Some(at) = self.taken.take() else {
+            return Vec::new();
+        };
+        match crate::tree_snapshot::release_btrfs(&self.path, &at) {
+            Ok(()) => Vec::new(),
             // Left behind, the item's next backup deletes it.
-            let _ = crate::tree_snapshot::release_btrfs(&self.path, &at);
+            Err(e) => vec![format!(
+                "the snapshot {} could not be deleted ({e}); the item's next backup deletes it",
+                at.display()
+            )],
         }
     }
 }

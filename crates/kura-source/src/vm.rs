@@ -1260,10 +1260,10 @@ impl SourceDriver for VmDriver {
         }
     }
 
-    fn release(&mut self, _point: &PointInTime) {
+    fn release(&mut self, _point: &PointInTime) -> Vec<String> {
         if let Some(o) = self.offline.take() {
             o.release();
-            return;
+            return Vec::new();
         }
         if let Ok(mut q) = self.link.monitor() {
             self.teardown(&mut q);
@@ -1271,6 +1271,7 @@ impl SourceDriver for VmDriver {
         if let Some(h) = self.held.take() {
             let _ = std::fs::remove_dir_all(&h.dir);
         }
+        Vec::new()
     }
 }
 

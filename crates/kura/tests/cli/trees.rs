@@ -582,6 +582,33 @@ fn a_tree_on_btrfs_is_read_from_a_snapshot_taken_first() {
     // backup reads only what changed.
     let next = e.json(&["backup", "now", "share"]);
     assert_eq!(next["read_bytes"], 17 + 3, "{next}");
+
+    // A snapshot that cannot be deleted at release (its directory made immutable while the
+    // backup runs) is a warning of the job, not silence; the next backup deletes it.
+    let snapshots = share.join(".kura-snapshots");
+    let chattr = |flag: &str| {
+        let out = std::process::Command::new("chattr")
+            .arg(flag)
+            .arg(&snapshots)
+            .output()
+            .expect("chattr (e2fsprogs, which scripts/test installs)");
+        assert!(out.status.success(), "chattr {flag}: {out:?}");
+    };
+    let stuck = backup_held(&e, "share", "transfer", || chattr("+i"));
+    chattr("-i");
+    let job = e.json(&["job", "show", stuck["job_id"].as_str().unwrap()]);
+    assert_eq!(job["status"], "CompletedWithWarnings", "{job}");
+    assert!(
+        job["log"].to_string().contains("could not be deleted"),
+        "{job}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&snapshots).unwrap().count(),
+        1,
+        "left behind"
+    );
+    e.ok(&["backup", "now", "share"]);
+    assert!(!snapshots.exists(), "the next backup deleted it");
 }
 
 #[test]
