@@ -34,6 +34,10 @@ pub(crate) enum ExportCmd {
         /// How long it runs, e.g. `30m`, `1h`, `12h` (at most 7 days).
         #[arg(long, default_value = "1h")]
         expires: String,
+        /// Read the point from the vault's replica (cross-region, when its primary
+        /// location is down).
+        #[arg(long)]
+        from_replica: bool,
     },
     /// The exports running now.
     List,
@@ -85,6 +89,7 @@ pub(crate) fn run(
             listen,
             tls,
             expires,
+            from_replica,
         } => {
             let life: jiff::SignedDuration = expires.parse().with_context(|| {
                 format!("--expires {expires:?} is not a duration (e.g. 30m, 1h, 12h)")
@@ -92,6 +97,7 @@ pub(crate) fn run(
             let target = FilesTarget {
                 rp: rp.clone(),
                 disk: disk.clone(),
+                from_replica: *from_replica,
                 ..Default::default()
             };
             let mut listen = ExportListen::parse(listen.as_deref().unwrap_or(""))?;
@@ -144,23 +150,14 @@ fn tls_help(uri: &str, dir: &str) -> String {
 
 /// `kura mount`: a point's files mounted read-only in the foreground until SIGINT or
 /// SIGTERM, or until the mount point is unmounted.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn mount(
     home: &Home,
     item: &str,
     mountpoint: &std::path::Path,
-    rp: &str,
-    disk: &Option<String>,
-    volume: Option<u32>,
+    target: &FilesTarget,
     secrets: &Secrets,
     out: &Out,
 ) -> anyhow::Result<u8> {
-    let target = FilesTarget {
-        rp: rp.to_string(),
-        disk: disk.clone(),
-        volume,
-        ..Default::default()
-    };
     let stop = kura_nbd::Stop::default();
     let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
@@ -171,11 +168,17 @@ pub(crate) fn mount(
         });
     }
     eprintln!(
-        "mounting {item} point {rp} read-only at {} (Ctrl-C or `umount {}` ends it)",
+        "mounting {item} point {}{} read-only at {} (Ctrl-C or `umount {}` ends it)",
+        target.rp,
+        if target.from_replica {
+            " from the vault's replica"
+        } else {
+            ""
+        },
         mountpoint.display(),
         mountpoint.display()
     );
-    let fetched = home.mount_files(item, &target, mountpoint, secrets, &flag)?;
+    let fetched = home.mount_files(item, target, mountpoint, secrets, &flag)?;
     out.print(
         &serde_json::json!({"unmounted": true, "fetched": fetched}),
         || {

@@ -151,6 +151,10 @@ enum Command {
         /// has several readable ones.
         #[arg(long)]
         volume: Option<u32>,
+        /// Read the point from the vault's replica (cross-region, when its primary
+        /// location is down).
+        #[arg(long)]
+        from_replica: bool,
     },
     /// Run the service: the HTTP API and the scheduler over the home.
     Server(server::ServerArgs),
@@ -1626,7 +1630,21 @@ fn host_only(home: &Home, cmd: &Command, secrets: Secrets, out: &Out) -> anyhow:
             rp,
             disk,
             volume,
-        } => export::mount(home, item, mountpoint, rp, disk, *volume, &secrets, out),
+            from_replica,
+        } => export::mount(
+            home,
+            item,
+            mountpoint,
+            &kura_engine::FilesTarget {
+                rp: rp.clone(),
+                disk: disk.clone(),
+                volume: *volume,
+                from_replica: *from_replica,
+                ..Default::default()
+            },
+            &secrets,
+            out,
+        ),
         _ => unreachable!("every other command is an API call"),
     }
 }

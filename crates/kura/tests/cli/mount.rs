@@ -96,7 +96,16 @@ fn a_disk_point_is_mounted_read_only_and_unmounted_on_a_signal() {
 #[test]
 fn a_file_item_point_is_mounted_and_an_unmount_ends_the_process() {
     let e = Env::new();
-    e.vault("v", &[]);
+    let replica = e.path("replica");
+    e.vault(
+        "v",
+        &[
+            "--redundancy",
+            "geo",
+            "--replica",
+            replica.to_str().unwrap(),
+        ],
+    );
     let src = super::trees::share(&e);
     e.ok(&[
         "item",
@@ -151,4 +160,21 @@ fn a_file_item_point_is_mounted_and_an_unmount_ends_the_process() {
     assert!(err.to_string().contains("nope"), "{err}");
     let (_, err) = e.fails(&["mount", "share", mnt.to_str().unwrap(), "--rp", "0123abcd"]);
     assert!(err.to_string().contains("0123abcd"), "{err}");
+
+    // With the vault's primary location gone, the point is mounted from its geo replica.
+    e.ok(&["vault", "replicate", "v"]);
+    let primary = e.path("home").join("vaults").join("v");
+    let away = e.path("primary-away");
+    std::fs::rename(&primary, &away).unwrap();
+    let (_, err) = e.fails(&["mount", "share", mnt.to_str().unwrap()]);
+    assert!(!mounted(&mnt), "{err}");
+    let child = mount(&e, &["share", "--from-replica"], &mnt);
+    assert_eq!(
+        std::fs::read(mnt.join("data.bin")).unwrap(),
+        std::fs::read(src.join("data.bin")).unwrap()
+    );
+    let o = Command::new("umount").arg(&mnt).output().unwrap();
+    assert!(o.status.success(), "{o:?}");
+    assert!(child.wait_with_output().unwrap().status.success());
+    std::fs::rename(&away, &primary).unwrap();
 }
