@@ -357,6 +357,9 @@ mod faults {
         Slow,
         /// Nothing comes back before the timeout: the request is cut off (never sent).
         Hang,
+        /// The request is carried out and its answer starts, but the connection drops
+        /// halfway through the body (at once when there is none).
+        CutBody,
     }
 
     /// The request timeouts of a backend with injected faults.
@@ -395,12 +398,13 @@ mod faults {
             if (r % 1000) as u32 >= self.per_mille {
                 return None;
             }
-            // The kinds take turns, so any four faults in a row include each of them.
-            Some(match self.injected.fetch_add(1, Ordering::Relaxed) % 4 {
+            // The kinds take turns, so any five faults in a row include each of them.
+            Some(match self.injected.fetch_add(1, Ordering::Relaxed) % 5 {
                 0 => Fault::Unavailable,
                 1 => Fault::LostReply,
                 2 => Fault::Slow,
-                _ => Fault::Hang,
+                3 => Fault::Hang,
+                _ => Fault::CutBody,
             })
         }
     }
@@ -437,6 +441,61 @@ mod faults {
                     tokio::time::sleep(TEST_TIMEOUT * 2).await;
                     inner.fetch(req).await
                 }
+                Fault::CutBody => {
+                    let resp = inner.fetch(req).await?;
+                    let keep = http_len(&resp).map_or(0, |n| n / 2);
+                    Ok(resp.map(|body| body.map_inner(|stream| Box::new(Cut { stream, keep }))))
+                }
+            }
+        }
+    }
+
+    /// The length the response's head announces.
+    fn http_len(resp: &http::Response<HttpBody>) -> Option<u64> {
+        resp.headers()
+            .get(http::header::CONTENT_LENGTH)?
+            .to_str()
+            .ok()?
+            .parse()
+            .ok()
+    }
+
+    type BodyStream =
+        Box<dyn futures::Stream<Item = opendal::Result<Buffer>> + Send + Sync + Unpin + 'static>;
+
+    /// A body that yields its first `keep` bytes, then fails as a reset connection would.
+    struct Cut {
+        stream: BodyStream,
+        keep: u64,
+    }
+
+    impl futures::Stream for Cut {
+        type Item = opendal::Result<Buffer>;
+
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            use std::task::Poll;
+            if self.keep == 0 {
+                return Poll::Ready(Some(Err(opendal::Error::new(
+                    ErrorKind::Unexpected,
+                    "connection reset in the middle of the body (injected)",
+                )
+                .set_temporary())));
+            }
+            match std::pin::Pin::new(&mut self.stream).poll_next(cx) {
+                Poll::Ready(Some(Ok(buf))) => {
+                    let n = (buf.len() as u64).min(self.keep);
+                    self.keep -= n;
+                    Poll::Ready(Some(Ok(buf.slice(..n as usize))))
+                }
+                // Ended (or failed) before the cut: the cut still comes next.
+                Poll::Ready(None) => {
+                    self.keep = 0;
+                    self.poll_next(cx)
+                }
+                other => other,
             }
         }
     }
