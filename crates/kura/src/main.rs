@@ -1640,7 +1640,6 @@ fn host_only(home: &Home, cmd: &Command, secrets: Secrets, out: &Out) -> anyhow:
                 disk: disk.clone(),
                 volume: *volume,
                 from_replica: *from_replica,
-                ..Default::default()
             },
             &secrets,
             out,
