@@ -50,16 +50,7 @@ fn run_ok(cmd: &mut Command) -> String {
 #[test]
 fn a_point_is_served_over_nbd_to_real_clients_until_it_is_stopped() {
     let e = Env::new();
-    let replica = e.path("replica");
-    e.vault(
-        "v",
-        &[
-            "--redundancy",
-            "geo",
-            "--replica",
-            replica.to_str().unwrap(),
-        ],
-    );
+    e.geo_vault("v");
     // 32 MiB with data at 0-4 MiB and 20-24 MiB only: the rest is holes in the point.
     let img = e.path("d.raw");
     make_image(&img, 32 << 20, &[(0, 4 << 20, 5), (20 << 20, 4 << 20, 9)]);
@@ -116,10 +107,7 @@ fn a_point_is_served_over_nbd_to_real_clients_until_it_is_stopped() {
     assert_eq!(e.json(&["export", "list"]), serde_json::json!([]));
 
     // With the vault's primary location gone, the point is served from its geo replica.
-    e.ok(&["vault", "replicate", "v"]);
-    let primary = e.path("home").join("vaults").join("v");
-    let away = e.path("primary-away");
-    std::fs::rename(&primary, &away).unwrap();
+    let gone = e.primary_gone("v");
     e.fails(&["export", "start", "d"]);
     let (mut child, uri, id) = start(&e, &["d", "--from-replica"]);
     let c = e.path("replica.raw");
@@ -130,7 +118,7 @@ fn a_point_is_served_over_nbd_to_real_clients_until_it_is_stopped() {
     );
     e.json(&["export", "stop", &id]);
     assert!(child.wait().unwrap().success());
-    std::fs::rename(&away, &primary).unwrap();
+    drop(gone);
 }
 
 /// The beginning of live restore: the tiny guest boots with its data disk on a local qcow2

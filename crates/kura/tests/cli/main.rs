@@ -206,6 +206,30 @@ impl Env {
         self.ok(&a);
     }
 
+    /// A geo-redundant vault `name` (in the home) whose replica is a local directory.
+    fn geo_vault(&self, name: &str) {
+        let replica = self.path(&format!("{name}-replica"));
+        self.vault(
+            name,
+            &[
+                "--redundancy",
+                "geo",
+                "--replica",
+                replica.to_str().unwrap(),
+            ],
+        );
+    }
+
+    /// Brings the geo replica of `vault` up to date, then moves the vault's primary
+    /// location away (it is unreachable) until the guard is dropped.
+    fn primary_gone(&self, vault: &str) -> PrimaryGone {
+        self.ok(&["vault", "replicate", vault]);
+        let at = self.path("home").join("vaults").join(vault);
+        let away = self.path(&format!("{vault}-primary-away"));
+        std::fs::rename(&at, &away).unwrap();
+        PrimaryGone { at, away }
+    }
+
     /// Protects `image` in `vault` (extra arguments, e.g. `--name`, follow).
     fn protect(&self, image: &Path, vault: &str, extra: &[&str]) {
         let mut a = vec![
@@ -384,6 +408,18 @@ fn make_image(path: &Path, size: u64, writes: &[(u64, usize, u64)]) {
 fn make_image_part(path: &Path, off: u64, len: usize, seed: u64) {
     let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
     f.write_all_at(&pattern(seed, len), off).unwrap();
+}
+
+/// A vault's primary location moved away; put back when dropped.
+struct PrimaryGone {
+    at: PathBuf,
+    away: PathBuf,
+}
+
+impl Drop for PrimaryGone {
+    fn drop(&mut self) {
+        let _ = std::fs::rename(&self.away, &self.at);
+    }
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {

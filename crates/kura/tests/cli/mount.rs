@@ -96,16 +96,7 @@ fn a_disk_point_is_mounted_read_only_and_unmounted_on_a_signal() {
 #[test]
 fn a_file_item_point_is_mounted_and_an_unmount_ends_the_process() {
     let e = Env::new();
-    let replica = e.path("replica");
-    e.vault(
-        "v",
-        &[
-            "--redundancy",
-            "geo",
-            "--replica",
-            replica.to_str().unwrap(),
-        ],
-    );
+    e.geo_vault("v");
     let src = super::trees::share(&e);
     e.ok(&[
         "item",
@@ -162,10 +153,7 @@ fn a_file_item_point_is_mounted_and_an_unmount_ends_the_process() {
     assert!(err.to_string().contains("0123abcd"), "{err}");
 
     // With the vault's primary location gone, the point is mounted from its geo replica.
-    e.ok(&["vault", "replicate", "v"]);
-    let primary = e.path("home").join("vaults").join("v");
-    let away = e.path("primary-away");
-    std::fs::rename(&primary, &away).unwrap();
+    let gone = e.primary_gone("v");
     let (_, err) = e.fails(&["mount", "share", mnt.to_str().unwrap()]);
     assert!(!mounted(&mnt), "{err}");
     let child = mount(&e, &["share", "--from-replica"], &mnt);
@@ -176,5 +164,5 @@ fn a_file_item_point_is_mounted_and_an_unmount_ends_the_process() {
     let o = Command::new("umount").arg(&mnt).output().unwrap();
     assert!(o.status.success(), "{o:?}");
     assert!(child.wait_with_output().unwrap().status.success());
-    std::fs::rename(&away, &primary).unwrap();
+    drop(gone);
 }

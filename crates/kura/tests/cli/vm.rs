@@ -871,16 +871,7 @@ fn start_fails(disks: &[(&str, &Path, &str)]) -> String {
 )]
 fn a_shut_off_vm_is_read_from_its_locked_disk_files() {
     let e = Env::new();
-    let replica = e.path("replica");
-    e.vault(
-        "v",
-        &[
-            "--redundancy",
-            "geo",
-            "--replica",
-            replica.to_str().unwrap(),
-        ],
-    );
+    e.geo_vault("v");
     let a = e.path("a.qcow2");
     qemu_img(&["create", "-q", "-f", "qcow2", a.to_str().unwrap(), "8M"]);
     let b = e.path("b.raw");
@@ -974,10 +965,7 @@ fn a_shut_off_vm_is_read_from_its_locked_disk_files() {
     assert_eq!(kura_bitmaps(&vm).len(), 2, "{:?}", kura_bitmaps(&vm));
 
     // Cross-region: with the vault's primary location gone, a new VM from the geo replica.
-    e.ok(&["vault", "replicate", "v"]);
-    let primary = e.path("home").join("vaults").join("v");
-    let away = e.path("primary-away");
-    std::fs::rename(&primary, &away).unwrap();
+    let gone = e.primary_gone("v");
     let restore = |dir: &Path, replica: bool| {
         let mut a = vec![
             "restore",
@@ -1023,7 +1011,7 @@ fn a_shut_off_vm_is_read_from_its_locked_disk_files() {
     }
     formats.sort_unstable();
     assert_eq!(formats, ["qcow2", "raw"], "{r}");
-    std::fs::rename(&away, &primary).unwrap();
+    drop(gone);
 }
 
 /// An encrypted disk (qcow2 with LUKS, its passphrase on the QEMU command line) is backed up
