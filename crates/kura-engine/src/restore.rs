@@ -284,8 +284,18 @@ impl Home {
             ));
         }
         let vrow = self.catalog.vault_by_id(&row.vault_id)?;
-        let vault = self.open_vault_row(&vrow, secrets)?;
-        let mut m = vault.get_manifest(&rp.id)?;
+        let primary = self
+            .open_vault_row(&vrow, secrets)
+            .and_then(|v| Ok(v.get_manifest(&rp.id)?));
+        // A manifest never changes once written: when the primary location cannot give it
+        // (it is down), a geo vault's replica shows the same point.
+        let mut m = match primary {
+            Err(e) if vrow.redundancy == "geo" => self
+                .open_vault_replica(&vrow, secrets)
+                .and_then(|v| Ok(v.get_manifest(&rp.id)?))
+                .map_err(|_| e)?,
+            other => other?,
+        };
         // Passphrases of encrypted disks stay in the vault: a restore uses them, nothing
         // shows them.
         m.disk_secrets.clear();

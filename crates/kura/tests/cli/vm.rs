@@ -966,6 +966,8 @@ fn a_shut_off_vm_is_read_from_its_locked_disk_files() {
 
     // Cross-region: with the vault's primary location gone, a new VM from the geo replica.
     let gone = e.primary_gone("v");
+    // The point is still shown: its manifest comes from the replica.
+    assert_eq!(e.json(&["rp", "show", "off"])["consistency"], "crash");
     let restore = |dir: &Path, replica: bool| {
         let mut a = vec![
             "restore",
