@@ -5,7 +5,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, execFileSync } from "node:child_process";
-import { mkdtempSync, mkdirSync, writeFileSync, readFileSync, rmSync, existsSync, openSync, writeSync, closeSync, truncateSync } from "node:fs";
+import { mkdtempSync, mkdirSync, writeFileSync, readFileSync, rmSync, existsSync, openSync, writeSync, closeSync, truncateSync, renameSync } from "node:fs";
 import { createHash, randomBytes } from "node:crypto";
 import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
@@ -634,4 +634,47 @@ test("files of a point: browse its ext4 partition, download a file, restore a fo
   await page.goto(at + `/#/files/share/latest?path=${encodeURIComponent("/srv/nope")}`);
   await page.getByText(/no such file or directory/).waitFor();
   await page.close();
+});
+
+test("restore from a geo vault's replica while its primary location is gone", async () => {
+  kura("vault", "create", "geo", "--no-encryption", "--chunk-size", "64KiB",
+    "--redundancy", "geo", "--replica", join(dir, "geo-replica"));
+  const src = image("far.raw", 1 << 20);
+  kura("item", "protect", "disk", src, "--vault", "geo", "--name", "far");
+  kura("backup", "now", "far");
+  kura("vault", "replicate", "geo");
+  const primary = join(home, "vaults", "geo");
+  renameSync(primary, join(dir, "geo-away"));
+  try {
+    const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+    // The dashboard still shows every vault; this one's storage is marked unreachable.
+    await signIn(page);
+    await page.locator("#vaults-title").waitFor();
+    await page.getByText("(last known: storage unreachable)").waitFor();
+    const newest = (await get("/api/v1/items/far/recovery-points"))[0];
+    await page.goto(base + `/#/restore/far/${encodeURIComponent(newest.id)}`);
+    await page.getByRole("heading", { name: "Restore far" }).waitFor();
+    const target = join(dir, "far-restored.raw");
+    await page.getByLabel("Target file on the server").fill(target);
+    // Without the replica the primary is read, and it is gone: the job fails.
+    await page.getByRole("button", { name: "Review" }).click();
+    await page.getByRole("button", { name: "Restore" }).click();
+    await page.locator("#restore-error").filter({ hasText: /./ })
+      .or(page.locator("#job-status").getByText("Failed", { exact: true })).waitFor({ timeout: 30000 });
+    assert.ok(!existsSync(target), "a failed restore leaves no target");
+    await page.goto(base + `/#/restore/far/${encodeURIComponent(newest.id)}`);
+    await page.getByRole("heading", { name: "Restore far" }).waitFor();
+    await page.getByLabel("Target file on the server").fill(target);
+    await page.getByLabel(/geo replica/).check();
+    await page.getByRole("button", { name: "Review" }).click();
+    await page.locator("#restore-summary").getByText(/read from the vault's geo replica/).waitFor();
+    await accessible(page, "restore wizard of a geo vault");
+    await page.getByRole("button", { name: "Restore" }).click();
+    await page.locator("#job-status").getByText("Completed", { exact: true }).waitFor({ timeout: 30000 });
+    const sha = (p) => createHash("sha256").update(readFileSync(p)).digest("hex");
+    assert.equal(sha(target), sha(src), "the image from the replica is the source");
+    await page.close();
+  } finally {
+    renameSync(join(dir, "geo-away"), primary);
+  }
 });

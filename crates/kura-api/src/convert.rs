@@ -276,6 +276,7 @@ impl From<kura_engine::usage::VaultUsage> for VaultUsage {
             logical_bytes: v.logical_bytes,
             stored_bytes: v.stored_bytes,
             ratio: v.ratio,
+            unreachable: v.unreachable,
             items: v
                 .items
                 .into_iter()

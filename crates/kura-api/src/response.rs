@@ -564,12 +564,16 @@ pub struct VaultUsage {
     /// Used bytes summed over every item's recovery points (what they would take without
     /// dedup and compression).
     pub logical_bytes: u64,
-    /// Bytes of all chunk objects in the vault's storage now.
+    /// Bytes of all chunk objects and packs in the vault's storage now (its last
+    /// measurement when the storage cannot be reached).
     pub stored_bytes: u64,
     /// logical / stored.
     pub ratio: f64,
     /// Per item.
     pub items: Vec<ItemUsage>,
+    /// Why the storage could not be measured now; only in the listing of every vault.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreachable: Option<String>,
 }
 
 /// Usage of one item.

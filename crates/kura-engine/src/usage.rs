@@ -44,12 +44,16 @@ pub struct VaultUsage {
     pub vault: String,
     /// Sum of the items' logical bytes.
     pub logical_bytes: u64,
-    /// Bytes of all chunk objects and packs in the vault's storage now.
+    /// Bytes of all chunk objects and packs in the vault's storage now (the last
+    /// measurement when its storage cannot be reached).
     pub stored_bytes: u64,
     /// logical / stored.
     pub ratio: f64,
     /// Per item.
     pub items: Vec<ItemUsage>,
+    /// Why the storage could not be measured now, in a listing of every vault (one
+    /// unreachable vault does not hide the others).
+    pub unreachable: Option<String>,
 }
 
 /// A vault's storage over time, and when its file system would fill up.
@@ -150,7 +154,18 @@ impl Home {
         };
         let mut out = Vec::new();
         for v in vaults {
-            let stored_bytes = self.measure_stored(&v)?;
+            let (stored_bytes, unreachable) = match self.measure_stored(&v) {
+                Ok(b) => (b, None),
+                Err(e) if vault.is_none() => {
+                    let last = self
+                        .catalog
+                        .vault_usage_since(&v.id, "")?
+                        .last()
+                        .map(|s| s.1);
+                    (last.unwrap_or(0), Some(e.to_string()))
+                }
+                Err(e) => return Err(e),
+            };
             let mut items = Vec::new();
             let totals = self.catalog.rp_totals(&v.id)?;
             for item in self.catalog.list_items(Some(&v.id))? {
@@ -177,6 +192,7 @@ impl Home {
                 stored_bytes,
                 ratio: ratio(logical_bytes, stored_bytes),
                 items,
+                unreachable,
             });
         }
         Ok(out)

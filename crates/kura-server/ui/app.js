@@ -211,7 +211,8 @@ async function dashboard() {
         const t = trends.find((x) => x.vault === u.vault);
         return [
           el("a", { href: `#/vaults/${encodeURIComponent(u.vault)}` }, u.vault), u.items.length,
-          size(u.items.reduce((a, i) => a + i.protected_bytes, 0)), size(u.logical_bytes), size(u.stored_bytes),
+          size(u.items.reduce((a, i) => a + i.protected_bytes, 0)), size(u.logical_bytes),
+          u.unreachable ? el("span", { class: "error", title: u.unreachable }, `${size(u.stored_bytes)} (last known: storage unreachable)`) : size(u.stored_bytes),
           ratio(u), t?.estimated_full ? day(t.estimated_full) : "—",
         ];
       }), "No vaults yet: create one with `kura vault create NAME`."),
@@ -688,6 +689,10 @@ async function restoreStart(_params, name) {
 async function restorePage(_params, [name, rp]) {
   const point = await api("GET", `/items/${encodeURIComponent(name)}/recovery-points/${encodeURIComponent(rp)}`);
   const vm = point.item.kind === "vm";
+  // A geo vault's replica can serve the restore while its primary location is down.
+  const geo = await api("GET", `/items/${encodeURIComponent(name)}`)
+    .then((i) => api("GET", `/vaults/${encodeURIComponent(i.vault)}`))
+    .then((v) => v.redundancy === "geo", () => false);
   const modes = vm
     ? [["disks", "Disks into a directory (one file per disk)"], ["new-vm", "A new VM (disks and a start script)"], ["replace", "Over the existing VM's disks"]]
     : [["disk", "The disk to an image file"]];
@@ -713,7 +718,9 @@ async function restorePage(_params, [name, rp]) {
         el("option", { value: "raw" }, "raw"), el("option", { value: "qcow2" }, "qcow2")),
       point.disks.length > 1 && !vm ? [el("label", { for: "restore-disk" }, "Disk"),
         el("select", { id: "restore-disk", name: "disk" }, point.disks.map((d) => el("option", { value: d.name }, d.name)))] : null,
-      el("label", { class: "choice" }, el("input", { type: "checkbox", name: "force" }), " Replace an existing target")),
+      el("label", { class: "choice" }, el("input", { type: "checkbox", name: "force" }), " Replace an existing target"),
+      geo ? el("label", { class: "choice" }, el("input", { type: "checkbox", name: "from_replica" }),
+        " Read the point from the vault's geo replica (when its primary location is down)") : null),
     el("fieldset", {}, el("legend", {}, "4. Confirm"), summary, err,
       el("button", { type: "submit", id: "restore-review" }, "Review")));
   let reviewed = null;
@@ -740,6 +747,10 @@ async function restorePage(_params, [name, rp]) {
     } else {
       call = [`${base}/vm-restores`, { rp: point.rp_id, replace: true, stop: true },
         `Shut ${name} down and replace its disks with point ${point.rp_id.slice(-8)} (the old disks are kept beside them).`];
+    }
+    if (f.get("from_replica") === "on") {
+      call[1].from_replica = true;
+      call[2] += " The point is read from the vault's geo replica.";
     }
     if (reviewed !== JSON.stringify(call)) {
       reviewed = JSON.stringify(call);

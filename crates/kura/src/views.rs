@@ -518,6 +518,14 @@ pub fn usage(u: &Value) -> String {
         }
     }
     let mut out = t.render();
+    for v in rows(u) {
+        if let Some(why) = v["unreachable"].as_str() {
+            out += &format!(
+                "\nvault {}: storage unreachable ({why}); STORED is its last measurement\n",
+                s(&v["vault"])
+            );
+        }
+    }
     if rows(u).next().is_some() {
         out += "\nSOURCE SIZE     used bytes of the item's disks at its latest backup (what Azure bills as protected size)\n\
 INSTANCES       protected instances by that size: small up to 50 GB, then one per started 500 GB\n\

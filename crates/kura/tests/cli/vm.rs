@@ -966,8 +966,15 @@ fn a_shut_off_vm_is_read_from_its_locked_disk_files() {
 
     // Cross-region: with the vault's primary location gone, a new VM from the geo replica.
     let gone = e.primary_gone("v");
-    // The point is still shown: its manifest comes from the replica.
+    // The point is still shown: its manifest comes from the replica. The usage of every
+    // vault still answers, this one marked unreachable.
     assert_eq!(e.json(&["rp", "show", "off"])["consistency"], "crash");
+    let usage = e.json(&["usage"]);
+    assert!(usage[0]["unreachable"].is_string(), "{usage}");
+    assert!(
+        usage[0]["stored_bytes"].as_u64().unwrap() > 0,
+        "last measured: {usage}"
+    );
     let restore = |dir: &Path, replica: bool| {
         let mut a = vec![
             "restore",
