@@ -1738,8 +1738,9 @@ pub(crate) fn check_name(kind: &str, name: &str) -> Result<()> {
 }
 
 /// Whether new passphrases get cheap Argon2id parameters: only in builds with the
-/// `test-hooks` feature, when a test asks.
-pub(crate) fn fast_kdf_for_tests() -> bool {
+/// `test-hooks` feature, when a test asks (`KURA_TEST_FAST_KDF`); a release build always
+/// uses the real parameters. The one place that reads the switch.
+pub fn fast_kdf_for_tests() -> bool {
     #[cfg(feature = "test-hooks")]
     if std::env::var_os("KURA_TEST_FAST_KDF").is_some_and(|v| v != "0") {
         return true;

@@ -53,6 +53,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use export::{ExportInfo, ExportListen, MAX_EXPORT_LIFE, RunningExport};
 pub use files::{Fetched, FileListing, FileRestoreReport, FilesTarget, PointVolumes};
 pub use gc::{GcOptions, GcReport};
+pub use home::fast_kdf_for_tests;
 pub use home::{
     AttachReport, CreateVault, Home, Secrets, VaultInfo, WrappedKeyDocument, requested_location,
     requested_replica,

@@ -925,7 +925,7 @@ fn run(cli: &Cli, out: &Out) -> anyhow::Result<u8> {
         return server::start(cli, args);
     }
     let mut host = HostOptions {
-        fast_kdf: test_fast_kdf(),
+        fast_kdf: kura_engine::fast_kdf_for_tests(),
         ..Default::default()
     };
     let request = request(&cli.command, &mut host)?;
@@ -1712,14 +1712,4 @@ fn test_clock() -> anyhow::Result<Option<std::sync::Arc<dyn kura_engine::Clock>>
         return Ok(Some(std::sync::Arc::new(Shifted(at.duration_since(since)))));
     }
     Ok(None)
-}
-
-/// Cheap key derivation for tests: only builds with the `test-hooks` feature read
-/// `KURA_TEST_FAST_KDF`; a release binary always uses the real Argon2id parameters.
-fn test_fast_kdf() -> bool {
-    #[cfg(feature = "test-hooks")]
-    if std::env::var_os("KURA_TEST_FAST_KDF").is_some_and(|v| v != "0") {
-        return true;
-    }
-    false
 }
